@@ -1,0 +1,35 @@
+# One command to run Meridian, one to pass the tests. Both install what a fresh Debian machine lacks.
+CARGO ?= cargo
+MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
+
+.PHONY: run test gate deps bench bench-redis fuzz doc
+
+## Start a node with defaults: QUIC client protocol on 127.0.0.1:7400, HTTP on 127.0.0.1:7480, data in ./meridian-data.
+run: deps
+	$(MERIDIAN) serve
+
+## The whole gate: formatting, lints (warnings are errors), docs, every test.
+test: deps gate
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
+
+gate:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+
+deps:
+	@scripts/install-deps.sh
+
+## Benchmark: 32 clients writing then reading 100-byte registers, against a raw RocksDB loop.
+bench: deps
+	$(MERIDIAN) bench --clients 32 --ops 500
+
+## The long-term yardstick: redis-benchmark SET against redis-server with appendfsync everysec.
+bench-redis:
+	@scripts/install-deps.sh --bench
+	scripts/bench-redis.sh
+
+## Fuzz the wire decoder for a while (stable toolchain, no sanitizer).
+fuzz:
+	cd client/fuzz && $(CARGO) fuzz run decode_frame -s none -- -max_total_time=60

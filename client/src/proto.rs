@@ -1,0 +1,527 @@
+//! The native wire protocol between clients and nodes, shared by the SDK and the node.
+//!
+//! # Transport
+//!
+//! QUIC (quinn) with TLS 1.3, ALPN [`ALPN`]. Every request opens its own bidirectional stream, so a
+//! slow or malformed request never blocks or breaks another one on the same connection:
+//!
+//! ```text
+//! client → node:  [u32 big-endian length][Request frame]   then finish
+//! node → client:  [u32 big-endian length][Response frame]  then finish
+//! ```
+//!
+//! A frame is [`crate::codec`]'s encoding (format byte + bincode) of a versioned enum
+//! ([`Request::V1`], [`Response::V1`]). The length is checked against the receiver's cap *before* the
+//! body is read; an oversized or malformed frame gets a typed error response on that stream and closes
+//! only that stream.
+//!
+//! # Versioning
+//!
+//! bincode is not self-describing: a message's layout never changes under its version. A new field
+//! means a `V2` variant, which old nodes refuse with [`ErrorCode::Unsupported`].
+
+use base64::Engine as _;
+use meridian_crdt::{codec, CrdtType, Mutation, NodeId, Value, VersionVector};
+use serde::{Deserialize, Serialize};
+
+pub use meridian_crdt::codec::CodecError;
+
+/// ALPN protocol id of the native client protocol.
+pub const ALPN: &[u8] = b"meridian-client/1";
+
+/// Default cap on one frame, both directions (4 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// Cap on an exported causal token string.
+pub const MAX_TOKEN_BYTES: usize = 16 << 10;
+
+/// A key: a namespace and a name within it, written `ns/key`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    /// The namespace (no `/`).
+    pub namespace: String,
+    /// The key within the namespace (may contain `/`).
+    pub name: String,
+}
+
+/// Longest namespace, in bytes.
+pub const MAX_NAMESPACE_BYTES: usize = 128;
+/// Longest key name, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+impl Key {
+    /// A key, validated: non-empty namespace without `/` or control characters, non-empty name,
+    /// both within their length limits.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Result<Key, KeyError> {
+        let key = Key { namespace: namespace.into(), name: name.into() };
+        key.validate()?;
+        Ok(key)
+    }
+
+    /// Checks the rules of [`Key::new`] (for keys that arrived over the wire).
+    pub fn validate(&self) -> Result<(), KeyError> {
+        validate_namespace(&self.namespace)?;
+        if self.name.is_empty() {
+            return Err(KeyError("the key name is empty".into()));
+        }
+        if self.name.len() > MAX_KEY_BYTES {
+            return Err(KeyError(format!("the key name is {} bytes, the limit is {MAX_KEY_BYTES}", self.name.len())));
+        }
+        if self.name.chars().any(char::is_control) {
+            return Err(KeyError("the key name contains a control character".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a namespace name.
+pub fn validate_namespace(namespace: &str) -> Result<(), KeyError> {
+    if namespace.is_empty() {
+        return Err(KeyError("the namespace is empty".into()));
+    }
+    if namespace.len() > MAX_NAMESPACE_BYTES {
+        return Err(KeyError(format!("the namespace is {} bytes, the limit is {MAX_NAMESPACE_BYTES}", namespace.len())));
+    }
+    if namespace.contains('/') || namespace.chars().any(char::is_control) {
+        return Err(KeyError(format!("the namespace {namespace:?} contains '/' or a control character")));
+    }
+    Ok(())
+}
+
+/// Why a key or namespace is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid key: {0}")]
+pub struct KeyError(pub String);
+
+impl std::str::FromStr for Key {
+    type Err = KeyError;
+    /// Parses `ns/key` (the key part may itself contain `/`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (namespace, name) =
+            s.split_once('/').ok_or_else(|| KeyError(format!("{s:?} is not of the form namespace/key")))?;
+        Key::new(namespace, name)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How much consistency a request pays for. See the README's table for the exact guarantees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Write: durable on one replica. Read: one replica's state.
+    Eventual,
+    /// Causal+: session guarantees across keys and regions, via the session's causal token.
+    Causal,
+    /// Majority of the key's replicas in the local region, repaired before a read returns.
+    LocalQuorum,
+    /// Majority of all the key's replicas in all its allowed regions, repaired before a read returns.
+    Quorum,
+}
+
+impl Consistency {
+    /// Every level, weakest first.
+    pub const ALL: [Consistency; 4] =
+        [Consistency::Eventual, Consistency::Causal, Consistency::LocalQuorum, Consistency::Quorum];
+
+    /// The name used in config, the CLI and HTTP.
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Eventual => "eventual",
+            Consistency::Causal => "causal",
+            Consistency::LocalQuorum => "local_quorum",
+            Consistency::Quorum => "quorum",
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown consistency level name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown consistency level {0:?} (expected eventual, causal, local_quorum or quorum)")]
+pub struct UnknownConsistency(pub String);
+
+impl std::str::FromStr for Consistency {
+    type Err = UnknownConsistency;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Consistency::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| UnknownConsistency(s.to_string()))
+    }
+}
+
+impl Serialize for CausalToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for CausalToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        VersionVector::deserialize(d).map(CausalToken)
+    }
+}
+
+/// A session's causal token: a compact vector clock over the nodes' write logs. A read carrying it
+/// returns a state that includes everything the token has seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CausalToken(pub VersionVector);
+
+const TOKEN_PREFIX: &str = "mt1.";
+
+impl CausalToken {
+    /// The token that has seen nothing.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// Merges another token in (pointwise max).
+    pub fn merge(&mut self, other: &CausalToken) {
+        self.0.merge(&other.0);
+    }
+
+    /// Whether this token has seen everything `other` has.
+    pub fn covers(&self, other: &CausalToken) -> bool {
+        self.0.dominates(&other.0)
+    }
+}
+
+impl std::fmt::Display for CausalToken {
+    /// `mt1.` followed by URL-safe base64 of the codec encoding.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = codec::encode(&self.0);
+        write!(f, "{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+}
+
+/// A causal token string that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid causal token: {0}")]
+pub struct TokenError(pub String);
+
+impl std::str::FromStr for CausalToken {
+    type Err = TokenError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError(format!("{} bytes, the limit is {MAX_TOKEN_BYTES}", s.len())));
+        }
+        let body = s.strip_prefix(TOKEN_PREFIX).ok_or_else(|| TokenError(format!("missing {TOKEN_PREFIX} prefix")))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| TokenError(format!("not base64: {e}")))?;
+        codec::decode(&bytes, MAX_TOKEN_BYTES).map(CausalToken).map_err(|e| TokenError(e.to_string()))
+    }
+}
+
+/// An idempotency id: a retried write carrying the same id is applied once, and the retry gets the
+/// first attempt's reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdempotencyId(pub u128);
+
+impl IdempotencyId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        IdempotencyId(rand::random())
+    }
+}
+
+/// A request frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Version 1.
+    V1(RequestV1),
+}
+
+/// A version-1 request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestV1 {
+    /// The level for this request; `None` uses the namespace's default.
+    pub consistency: Option<Consistency>,
+    /// The session's causal token, if it has one.
+    pub causal_token: Option<CausalToken>,
+    /// How long the node may work on the request before answering [`ErrorCode::Timeout`]
+    /// (0: the node's default).
+    pub timeout_ms: u32,
+    /// What to do.
+    pub op: Operation,
+}
+
+/// The operations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Operation {
+    /// Apply a typed mutation to a key (creating it with the mutation's type).
+    Write { key: Key, mutation: Mutation, idempotency_id: Option<IdempotencyId> },
+    /// Delete a key (a causal tombstone: writes concurrent with the delete survive it).
+    Delete { key: Key, idempotency_id: Option<IdempotencyId> },
+    /// Read a key. With `expected`, a key of another type is a [`ErrorCode::WrongType`] error.
+    Read { key: Key, expected: Option<CrdtType> },
+    /// The automerge changes of a `doc` key that a peer holding `since_heads` lacks.
+    DocChanges { key: Key, since_heads: Vec<String> },
+    /// List keys of a namespace whose names start with `prefix`, in byte order, after `start_after`.
+    ListKeys { namespace: String, prefix: String, start_after: Option<String>, limit: u32 },
+    /// The node's status.
+    Status,
+}
+
+impl Operation {
+    /// Whether the operation changes state.
+    pub fn is_write(&self) -> bool {
+        matches!(self, Operation::Write { .. } | Operation::Delete { .. })
+    }
+}
+
+/// A response frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Version 1.
+    V1(Result<Reply, ErrorReply>),
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The token after this request: the session's token merged with what this request wrote or read.
+    pub causal_token: CausalToken,
+    /// The answer.
+    pub body: ReplyBody,
+}
+
+/// The answer to each operation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReplyBody {
+    /// The write is durable per the consistency level. `counter` is the counter's value after the
+    /// write at the coordinator, for counter writes.
+    Written { counter: Option<i64> },
+    /// The delete is durable; `existed` says whether the coordinator held the key.
+    Deleted { existed: bool },
+    /// The key's value, `None` if it does not exist.
+    Value(Option<Value>),
+    /// Automerge changes and the document's current heads.
+    DocChanges { changes: Vec<Vec<u8>>, heads: Vec<String> },
+    /// A page of keys, and the cursor for the next page if there is one.
+    Keys { keys: Vec<KeyInfo>, next: Option<String> },
+    /// The node's status.
+    Status(NodeStatus),
+}
+
+/// One listed key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The key's name within the namespace.
+    pub name: String,
+    /// Its type.
+    pub crdt_type: CrdtType,
+}
+
+/// What `meridian status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's replica id.
+    pub node_id: NodeId,
+    /// Its configured name.
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// Its zone.
+    pub zone: String,
+    /// The software version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Keys stored (RocksDB's estimate).
+    pub keys_estimate: u64,
+    /// Writes in the node's delta log.
+    pub log_entries: u64,
+    /// The node's version vector over all write logs it holds.
+    pub version_vector: VersionVector,
+    /// `"fsync"` or `"relaxed"`.
+    pub durability: String,
+    /// Open client connections.
+    pub client_connections: u64,
+}
+
+/// A failed request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What kind of failure; decides whether a retry is safe.
+    pub code: ErrorCode,
+    /// A human-readable explanation naming the problem.
+    pub message: String,
+}
+
+/// Failure classes shared by the wire protocol, the HTTP API and the SDK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or invalid (bad key, bad argument, undecodable frame).
+    BadRequest,
+    /// The key holds another CRDT type than the operation needs.
+    WrongType,
+    /// A value, member, change or frame exceeds a configured limit.
+    TooLarge,
+    /// A message version or feature this node does not support.
+    Unsupported,
+    /// Too few replicas answered in time for the requested consistency level.
+    QuorumUnavailable,
+    /// A causal read could not be served within the causal wait bound.
+    CausalTimeout,
+    /// The request did not finish within its timeout; a write may or may not have been applied.
+    Timeout,
+    /// The node is at a connection, stream or queue limit.
+    Overloaded,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// A storage or internal failure on the node.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request (with the same idempotency id, for writes) is safe and may
+    /// succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::QuorumUnavailable
+                | ErrorCode::CausalTimeout
+                | ErrorCode::Timeout
+                | ErrorCode::Overloaded
+                | ErrorCode::ShuttingDown
+        )
+    }
+
+    /// The snake_case name used in HTTP JSON error bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::WrongType => "wrong_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::QuorumUnavailable => "quorum_unavailable",
+            ErrorCode::CausalTimeout => "causal_timeout",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl ErrorReply {
+    /// An error reply.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply { code, message: message.into() }
+    }
+}
+
+/// Encodes a frame body with its 4-byte length prefix.
+pub fn encode_frame<T: Serialize>(message: &T) -> Vec<u8> {
+    let body = codec::encode(message);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&u32::try_from(body.len()).expect("frames are far below 4 GiB").to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length exceeds the cap; the body was not read.
+    #[error("frame of {len} bytes exceeds the {max} byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The body did not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] CodecError),
+    /// The stream ended early or failed.
+    #[error("stream error: {0}")]
+    Stream(String),
+}
+
+/// Reads one length-prefixed frame from a QUIC stream, refusing a length over `max_frame_bytes`
+/// before reading the body.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max_frame_bytes: usize,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    Ok(codec::decode(&body, max_frame_bytes)?)
+}
+
+/// Decodes a frame body that has already been read (used by the fuzz target and tests).
+pub fn decode_frame_body<T: serde::de::DeserializeOwned>(body: &[u8], max_frame_bytes: usize) -> Result<T, CodecError> {
+    codec::decode(body, max_frame_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_and_validate() {
+        let key: Key = "users/alice/profile".parse().unwrap();
+        assert_eq!(key.namespace, "users");
+        assert_eq!(key.name, "alice/profile");
+        assert!("nokey".parse::<Key>().is_err());
+        assert!("/x".parse::<Key>().is_err());
+        assert!("ns/".parse::<Key>().is_err());
+        assert!(Key::new("ns", "a".repeat(MAX_KEY_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn consistency_names_round_trip() {
+        for level in Consistency::ALL {
+            assert_eq!(level.name().parse::<Consistency>().unwrap(), level);
+        }
+        assert!("strong".parse::<Consistency>().is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let token = CausalToken([(NodeId(9), 41)].into_iter().collect());
+        let text = token.to_string();
+        assert!(text.starts_with("mt1."));
+        assert_eq!(text.parse::<CausalToken>().unwrap(), token);
+        assert!("mt1.!!!".parse::<CausalToken>().is_err());
+        assert!("xyz".parse::<CausalToken>().is_err());
+        assert!("mt1.AQ".parse::<CausalToken>().is_err());
+    }
+
+    #[test]
+    fn golden_request_frame() {
+        let request = Request::V1(RequestV1 {
+            consistency: Some(Consistency::Eventual),
+            causal_token: None,
+            timeout_ms: 0,
+            op: Operation::Status,
+        });
+        // length 7 | format 1 | V1=0 | Some=1, Eventual=0 | None=0 | timeout 0 | Status=5
+        assert_eq!(encode_frame(&request), vec![0, 0, 0, 7, 1, 0, 1, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let request = Request::V1(RequestV1 {
+            consistency: Some(Consistency::Quorum),
+            causal_token: Some(CausalToken([(NodeId(1), 2)].into_iter().collect())),
+            timeout_ms: 500,
+            op: Operation::Write {
+                key: "a/b".parse().unwrap(),
+                mutation: Mutation::SetAdd { members: vec![b"x".to_vec()] },
+                idempotency_id: Some(IdempotencyId(7)),
+            },
+        });
+        let frame = encode_frame(&request);
+        assert_eq!(decode_frame_body::<Request>(&frame[4..], 1 << 20).unwrap(), request);
+    }
+}

@@ -1,0 +1,370 @@
+//! A key's replicated state: which CRDT it holds, whether it exists, and the typed mutations on it.
+//!
+//! An [`Entry`] is a product of two lattices: a [`Presence`] flag (enable-wins) and a typed [`Body`].
+//! Every write enables the flag and changes the body; a delete disables the flag *as observed* and
+//! resets the body *as observed*, so a write concurrent with a delete survives it (add-wins, as in the
+//! set) and a key re-created after a delete starts empty. Map fields are entries too, which gives the
+//! OR-map its field-level merge and field removal for free.
+//!
+//! A key's type is fixed by its first write; a mutation of another type is refused with
+//! [`CrdtError::WrongType`], never applied as an overwrite.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::{AwSet, CrdtError, DocCrdt, DotContext, Hlc, Lattice, LwwRegister, MvRegister, NodeId, PnCounter, Presence};
+
+/// The CRDT types a key can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CrdtType {
+    /// PN-counter.
+    Counter,
+    /// Last-writer-wins register.
+    Register,
+    /// Multi-value register.
+    MvRegister,
+    /// Add-wins set.
+    Set,
+    /// Observed-remove map of nested CRDTs.
+    Map,
+    /// Automerge document.
+    Doc,
+}
+
+impl CrdtType {
+    /// Every type, in wire order.
+    pub const ALL: [CrdtType; 6] =
+        [CrdtType::Counter, CrdtType::Register, CrdtType::MvRegister, CrdtType::Set, CrdtType::Map, CrdtType::Doc];
+
+    /// The lower-case name used by the CLI and the HTTP API.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrdtType::Counter => "counter",
+            CrdtType::Register => "register",
+            CrdtType::MvRegister => "mvregister",
+            CrdtType::Set => "set",
+            CrdtType::Map => "map",
+            CrdtType::Doc => "doc",
+        }
+    }
+}
+
+impl std::fmt::Display for CrdtType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CrdtType {
+    type Err = CrdtError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CrdtType::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| CrdtError::UnknownType(s.to_string()))
+    }
+}
+
+/// An observed-remove map from field names to nested CRDT entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrMap {
+    fields: BTreeMap<String, Entry>,
+}
+
+impl OrMap {
+    fn try_join(&mut self, other: &OrMap) -> Result<(), CrdtError> {
+        for (name, theirs) in &other.fields {
+            match self.fields.get_mut(name) {
+                Some(ours) => ours.try_join(theirs)?,
+                None => {
+                    self.fields.insert(name.clone(), theirs.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The typed part of an entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// See [`PnCounter`].
+    Counter(PnCounter),
+    /// See [`LwwRegister`].
+    Register(LwwRegister),
+    /// See [`MvRegister`].
+    MvRegister(MvRegister),
+    /// See [`AwSet`].
+    Set(AwSet<Vec<u8>>),
+    /// See [`OrMap`].
+    Map(OrMap),
+    /// See [`DocCrdt`].
+    Doc(DocCrdt),
+}
+
+impl Body {
+    /// The bottom element of type `crdt_type`.
+    pub fn empty(crdt_type: CrdtType) -> Body {
+        match crdt_type {
+            CrdtType::Counter => Body::Counter(PnCounter::default()),
+            CrdtType::Register => Body::Register(LwwRegister::default()),
+            CrdtType::MvRegister => Body::MvRegister(MvRegister::default()),
+            CrdtType::Set => Body::Set(AwSet::default()),
+            CrdtType::Map => Body::Map(OrMap::default()),
+            CrdtType::Doc => Body::Doc(DocCrdt::default()),
+        }
+    }
+
+    /// Which type this is.
+    pub fn crdt_type(&self) -> CrdtType {
+        match self {
+            Body::Counter(_) => CrdtType::Counter,
+            Body::Register(_) => CrdtType::Register,
+            Body::MvRegister(_) => CrdtType::MvRegister,
+            Body::Set(_) => CrdtType::Set,
+            Body::Map(_) => CrdtType::Map,
+            Body::Doc(_) => CrdtType::Doc,
+        }
+    }
+
+    fn try_join(&mut self, other: &Body) -> Result<(), CrdtError> {
+        match (self, other) {
+            (Body::Counter(a), Body::Counter(b)) => a.join(b),
+            (Body::Register(a), Body::Register(b)) => a.join(b),
+            (Body::MvRegister(a), Body::MvRegister(b)) => a.join(b),
+            (Body::Set(a), Body::Set(b)) => a.join(b),
+            (Body::Doc(a), Body::Doc(b)) => a.join(b),
+            (Body::Map(a), Body::Map(b)) => a.try_join(b)?,
+            (a, b) => return Err(CrdtError::TypeConflict { ours: a.crdt_type(), theirs: b.crdt_type() }),
+        }
+        Ok(())
+    }
+
+    fn reset_delta(&self, w: &WriteContext) -> Result<Body, CrdtError> {
+        Ok(match self {
+            Body::Counter(c) => Body::Counter(c.reset_delta()),
+            Body::Register(_) => Body::Register(LwwRegister::set_delta(w.node, w.ts, None)),
+            Body::MvRegister(r) => Body::MvRegister(r.reset_delta()),
+            Body::Set(s) => Body::Set(s.reset_delta()),
+            Body::Doc(d) => Body::Doc(d.reset_delta(w.node)?),
+            Body::Map(m) => Body::Map(OrMap {
+                fields: m
+                    .fields
+                    .iter()
+                    .map(|(name, entry)| Ok((name.clone(), entry.reset_delta(w)?)))
+                    .collect::<Result<_, CrdtError>>()?,
+            }),
+        })
+    }
+}
+
+/// Who writes and when: the coordinating replica and the HLC timestamp it issued for this write.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteContext {
+    /// The coordinating replica.
+    pub node: NodeId,
+    /// Its timestamp for this write.
+    pub ts: Hlc,
+}
+
+/// A typed mutation, as requested by a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// Counter: add `amount` (negative decrements).
+    CounterAdd { amount: i64 },
+    /// Register: set the value.
+    RegisterSet { value: Vec<u8> },
+    /// Multi-value register: write, replacing the siblings in `context` (all siblings the coordinator
+    /// holds when `None`).
+    MvRegisterSet { value: Vec<u8>, context: Option<DotContext> },
+    /// Set: add members.
+    SetAdd { members: Vec<Vec<u8>> },
+    /// Set: remove members (as observed by the coordinator; no prior read needed).
+    SetRemove { members: Vec<Vec<u8>> },
+    /// Map: apply a nested mutation to `field`, creating it with the nested mutation's type.
+    MapUpdate { field: String, mutation: Box<Mutation> },
+    /// Map: remove `field` as observed.
+    MapRemove { field: String },
+    /// Doc: apply automerge changes (automerge's binary change encoding, one per element).
+    DocApply { changes: Vec<Vec<u8>> },
+    /// Doc: set the root fields of a JSON object (a change authored by the coordinator).
+    DocPut { json: String },
+}
+
+impl Mutation {
+    /// The type of CRDT this mutation applies to.
+    pub fn crdt_type(&self) -> CrdtType {
+        match self {
+            Mutation::CounterAdd { .. } => CrdtType::Counter,
+            Mutation::RegisterSet { .. } => CrdtType::Register,
+            Mutation::MvRegisterSet { .. } => CrdtType::MvRegister,
+            Mutation::SetAdd { .. } | Mutation::SetRemove { .. } => CrdtType::Set,
+            Mutation::MapUpdate { .. } | Mutation::MapRemove { .. } => CrdtType::Map,
+            Mutation::DocApply { .. } | Mutation::DocPut { .. } => CrdtType::Doc,
+        }
+    }
+
+    /// Total payload bytes carried (values, members, changes), for size limits.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Mutation::CounterAdd { .. } | Mutation::MapRemove { .. } => 0,
+            Mutation::RegisterSet { value } | Mutation::MvRegisterSet { value, .. } => value.len(),
+            Mutation::SetAdd { members } | Mutation::SetRemove { members } => members.iter().map(Vec::len).sum(),
+            Mutation::MapUpdate { field, mutation } => field.len() + mutation.payload_len(),
+            Mutation::DocApply { changes } => changes.iter().map(Vec::len).sum(),
+            Mutation::DocPut { json } => json.len(),
+        }
+    }
+}
+
+/// A key's (or map field's) replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    presence: Presence,
+    body: Body,
+}
+
+/// A read view of a CRDT's value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A counter's value.
+    Counter(i64),
+    /// A register's value (`None` once cleared).
+    Register(Option<Vec<u8>>),
+    /// A multi-value register's siblings and the context to pass back to resolve them.
+    MvRegister { values: Vec<Vec<u8>>, context: DotContext },
+    /// A set's members, in byte order.
+    Set(Vec<Vec<u8>>),
+    /// A map's present fields.
+    Map(BTreeMap<String, Value>),
+    /// A document as JSON text, with its heads (hex change hashes).
+    Doc { json: String, heads: Vec<String> },
+}
+
+impl Value {
+    /// The type this value was read from.
+    pub fn crdt_type(&self) -> CrdtType {
+        match self {
+            Value::Counter(_) => CrdtType::Counter,
+            Value::Register(_) => CrdtType::Register,
+            Value::MvRegister { .. } => CrdtType::MvRegister,
+            Value::Set(_) => CrdtType::Set,
+            Value::Map(_) => CrdtType::Map,
+            Value::Doc { .. } => CrdtType::Doc,
+        }
+    }
+}
+
+impl Entry {
+    /// An empty entry of `crdt_type` (absent, bottom body).
+    pub fn empty(crdt_type: CrdtType) -> Entry {
+        Entry { presence: Presence::default(), body: Body::empty(crdt_type) }
+    }
+
+    /// Which type the entry holds.
+    pub fn crdt_type(&self) -> CrdtType {
+        self.body.crdt_type()
+    }
+
+    /// Whether the key exists (written and not deleted since, as far as this replica knows).
+    pub fn exists(&self) -> bool {
+        self.presence.is_enabled()
+    }
+
+    /// The typed body.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Joins another replica's state (or a delta) into this one.
+    ///
+    /// Laws (proved by the property tests in `tests/laws.rs`): commutative, associative, idempotent,
+    /// for entries of the same type. Joining entries of different types is refused with
+    /// [`CrdtError::TypeConflict`] and leaves `self` unchanged for the conflicting part.
+    pub fn try_join(&mut self, other: &Entry) -> Result<(), CrdtError> {
+        self.body.try_join(&other.body)?;
+        self.presence.join(&other.presence);
+        Ok(())
+    }
+
+    /// Computes the delta of `mutation` against `state` (the coordinator's current state of the key,
+    /// `None` if it has none). The caller joins the delta into its state and ships it to other replicas.
+    pub fn mutation_delta(state: Option<&Entry>, mutation: &Mutation, w: &WriteContext) -> Result<Entry, CrdtError> {
+        let crdt_type = mutation.crdt_type();
+        let empty;
+        let state = match state {
+            Some(s) if s.crdt_type() != crdt_type => {
+                return Err(CrdtError::WrongType { actual: s.crdt_type(), requested: crdt_type })
+            }
+            Some(s) => s,
+            None => {
+                empty = Entry::empty(crdt_type);
+                &empty
+            }
+        };
+        let body = match (&state.body, mutation) {
+            (Body::Counter(c), Mutation::CounterAdd { amount }) => Body::Counter(c.add_delta(w.node, *amount)?),
+            (Body::Register(_), Mutation::RegisterSet { value }) => {
+                Body::Register(LwwRegister::set_delta(w.node, w.ts, Some(value.clone())))
+            }
+            (Body::MvRegister(r), Mutation::MvRegisterSet { value, context }) => {
+                let seen = context.clone().unwrap_or_else(|| r.read_context());
+                Body::MvRegister(r.set_delta(w.node, Some(value.clone()), &seen))
+            }
+            (Body::Set(s), Mutation::SetAdd { members }) => Body::Set(s.add_delta(w.node, members)),
+            (Body::Set(s), Mutation::SetRemove { members }) => Body::Set(s.remove_delta(members)),
+            (Body::Map(m), Mutation::MapUpdate { field, mutation }) => {
+                if matches!(mutation.crdt_type(), CrdtType::Doc) {
+                    return Err(CrdtError::InvalidMutation("a map field cannot hold a doc".into()));
+                }
+                let field_delta = Entry::mutation_delta(m.fields.get(field), mutation, w)?;
+                Body::Map(OrMap { fields: BTreeMap::from([(field.clone(), field_delta)]) })
+            }
+            (Body::Map(m), Mutation::MapRemove { field }) => {
+                let mut fields = BTreeMap::new();
+                if let Some(entry) = m.fields.get(field) {
+                    fields.insert(field.clone(), entry.reset_delta(w)?);
+                }
+                Body::Map(OrMap { fields })
+            }
+            (Body::Doc(_), Mutation::DocApply { changes }) => Body::Doc(DocCrdt::apply_delta(changes)?),
+            (Body::Doc(d), Mutation::DocPut { json }) => {
+                let value: serde_json::Value = serde_json::from_str(json)
+                    .map_err(|e| CrdtError::InvalidDocChange(format!("doc_put JSON: {e}")))?;
+                Body::Doc(d.put_root_delta(w.node, &value)?)
+            }
+            (body, mutation) => unreachable!("type checked above: {:?} vs {:?}", body.crdt_type(), mutation.crdt_type()),
+        };
+        Ok(Entry { presence: state.presence.enable_delta(w.node), body })
+    }
+
+    /// The delta that deletes the key as observed here: presence off, body reset.
+    pub fn reset_delta(&self, w: &WriteContext) -> Result<Entry, CrdtError> {
+        Ok(Entry { presence: self.presence.disable_delta(), body: self.body.reset_delta(w)? })
+    }
+
+    /// The value, or `None` if the key does not exist.
+    pub fn read(&self) -> Result<Option<Value>, CrdtError> {
+        if !self.exists() {
+            return Ok(None);
+        }
+        Ok(Some(match &self.body {
+            Body::Counter(c) => Value::Counter(c.value()),
+            Body::Register(r) => Value::Register(r.value.clone()),
+            Body::MvRegister(r) => {
+                Value::MvRegister { values: r.values().map(<[u8]>::to_vec).collect(), context: r.read_context() }
+            }
+            Body::Set(s) => Value::Set(s.elements().cloned().collect()),
+            Body::Map(m) => {
+                let mut fields = BTreeMap::new();
+                for (name, entry) in &m.fields {
+                    if let Some(value) = entry.read()? {
+                        fields.insert(name.clone(), value);
+                    }
+                }
+                Value::Map(fields)
+            }
+            Body::Doc(d) => {
+                let doc = d.materialize()?;
+                Value::Doc { json: doc.to_json().to_string(), heads: doc.heads() }
+            }
+        }))
+    }
+}

@@ -1,0 +1,62 @@
+//! Multi-value register with dotted version vectors.
+//!
+//! Each write is stored under the dot that created it, together with the causal context of what the
+//! writer had seen. Merge keeps a (dot, value) pair if both sides hold it, or if one side holds it and
+//! the other has never seen its dot; a pair one side has seen but no longer holds was overwritten. So
+//! concurrent writes survive as siblings, and the next write whose context covers them replaces them
+//! all — siblings never pile up beyond the number of truly concurrent writers.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::dot_store::join_dot_map;
+use crate::{Dot, DotContext, Lattice, NodeId};
+
+/// A multi-value register.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MvRegister {
+    values: BTreeMap<Dot, Vec<u8>>,
+    ctx: DotContext,
+}
+
+impl MvRegister {
+    /// The current siblings, ordered by dot.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.values.values().map(Vec::as_slice)
+    }
+
+    /// The context a client passes back to resolve exactly the siblings it read.
+    pub fn read_context(&self) -> DotContext {
+        DotContext::from_dots(self.values.keys().copied())
+    }
+
+    /// The causal context of everything seen.
+    pub fn context(&self) -> &DotContext {
+        &self.ctx
+    }
+
+    /// The delta that writes `value` on behalf of `node`, replacing the siblings in `seen` (what the
+    /// writer read; pass [`MvRegister::read_context`] to replace everything held here).
+    pub fn set_delta(&self, node: NodeId, value: Option<Vec<u8>>, seen: &DotContext) -> MvRegister {
+        let dot = self.ctx.next_dot(node);
+        let mut ctx = seen.clone();
+        ctx.insert(dot);
+        let mut values = BTreeMap::new();
+        if let Some(value) = value {
+            values.insert(dot, value);
+        }
+        MvRegister { values, ctx }
+    }
+
+    /// The delta that clears every sibling held here.
+    pub fn reset_delta(&self) -> MvRegister {
+        MvRegister { values: BTreeMap::new(), ctx: self.read_context() }
+    }
+}
+
+impl Lattice for MvRegister {
+    fn join(&mut self, other: &Self) {
+        join_dot_map(&mut self.values, &self.ctx, &other.values, &other.ctx);
+        self.ctx.merge(&other.ctx);
+    }
+}

@@ -1,0 +1,40 @@
+//! Last-writer-wins register ordered by `(Hlc, NodeId)`.
+//!
+//! The node id breaks ties between equal timestamps, and the value bytes break the (impossible in
+//! practice, possible in property tests) tie of one replica issuing one timestamp twice, so merge is a
+//! total order's max: commutative, associative and idempotent. A delete writes an empty value at a
+//! newer timestamp, so a later write wins over it and an older one does not.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Hlc, Lattice, NodeId};
+
+/// A last-writer-wins register. `value == None` is empty (never written, or deleted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LwwRegister {
+    /// The winning write's timestamp.
+    pub ts: Hlc,
+    /// The replica that issued the winning write.
+    pub node: NodeId,
+    /// The winning value.
+    pub value: Option<Vec<u8>>,
+}
+
+impl LwwRegister {
+    /// The delta that writes `value` (or clears, with `None`) at `ts` on behalf of `node`.
+    pub fn set_delta(node: NodeId, ts: Hlc, value: Option<Vec<u8>>) -> LwwRegister {
+        LwwRegister { ts, node, value }
+    }
+
+    fn order_key(&self) -> (Hlc, NodeId, &Option<Vec<u8>>) {
+        (self.ts, self.node, &self.value)
+    }
+}
+
+impl Lattice for LwwRegister {
+    fn join(&mut self, other: &Self) {
+        if other.order_key() > self.order_key() {
+            *self = other.clone();
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Node configuration: defaults in code → a TOML file → `MERIDIAN_*` environment variables, validated
+//! at start with an error that names the field.
+//!
+//! Every field is documented here and in `docs/config.md`; `meridian serve` with no file just works,
+//! keeping data under `./meridian-data`. Environment variables use `__` between levels, e.g.
+//! `MERIDIAN_LIMITS__MAX_VALUE_BYTES=2097152` or `MERIDIAN_STORAGE__DURABILITY=relaxed`.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use meridian_client::proto::{validate_namespace, Consistency};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole node configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name, shown in status and put in its certificate.
+    pub node_name: String,
+    /// The cluster this node belongs to; peers with another id are refused.
+    pub cluster_id: String,
+    /// The node's region (e.g. `eu-west`).
+    pub region: String,
+    /// The node's zone within its region.
+    pub zone: String,
+    /// Where RocksDB, the generated certificate and the node id live.
+    pub data_dir: PathBuf,
+    /// Listening addresses.
+    pub listen: ListenConfig,
+    /// TLS material for the client protocol.
+    pub tls: TlsConfig,
+    /// Durability and RocksDB settings.
+    pub storage: StorageConfig,
+    /// Limits on everything a client can make the node hold.
+    pub limits: LimitsConfig,
+    /// Consistency level of requests that do not choose one, for namespaces without their own.
+    pub default_consistency: ConsistencyName,
+    /// Per-namespace settings.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// How far ahead of local time a remote HLC timestamp may be before it is refused.
+    pub max_clock_drift_ms: u64,
+}
+
+/// A consistency level as written in config (validated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConsistencyName(pub String);
+
+impl ConsistencyName {
+    /// The parsed level (valid after [`Config::validate`]).
+    pub fn level(&self) -> Consistency {
+        self.0.parse().unwrap_or(Consistency::Eventual)
+    }
+}
+
+/// Listening addresses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// UDP address of the native QUIC client protocol.
+    pub client: SocketAddr,
+    /// TCP address of the HTTP/JSON API, `/metrics`, `/livez`, `/readyz`.
+    pub http: SocketAddr,
+}
+
+/// TLS material. Without paths the node generates a self-signed certificate under
+/// `<data_dir>/tls/` on first start and reuses it afterwards.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `fsync` (default): a write is acknowledged after the WAL is fsynced, concurrent writes share
+    /// fsyncs (group commit). `relaxed`: acknowledged once in the OS page cache; a process crash loses
+    /// nothing, a power loss or kernel crash loses at most `relaxed_sync_interval_ms` of writes.
+    pub durability: String,
+    /// How often the WAL is fsynced in `relaxed` mode.
+    pub relaxed_sync_interval_ms: u64,
+    /// RocksDB block cache size.
+    pub cache_mb: usize,
+}
+
+/// Limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request or response frame.
+    pub max_frame_bytes: usize,
+    /// Largest payload (value, members, changes) of one write.
+    pub max_value_bytes: usize,
+    /// Open client connections (QUIC); further ones are refused.
+    pub max_connections: usize,
+    /// Concurrent requests (streams) per QUIC connection.
+    pub max_streams_per_connection: u32,
+    /// Requests being executed at once across all connections and HTTP; further ones get `overloaded`.
+    pub max_inflight_requests: usize,
+    /// Default time a request may take on the node.
+    pub request_timeout_ms: u64,
+    /// How long a `causal` read waits for missing dependencies before failing with `causal_timeout`.
+    pub causal_wait_ms: u64,
+    /// Largest page of `keys`.
+    pub max_list_keys: u32,
+    /// How long an idempotency record is kept (a retry later than this may apply twice).
+    pub idempotency_ttl_s: u64,
+}
+
+/// Settings of one namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Default consistency of requests in this namespace.
+    pub consistency: ConsistencyName,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: "meridian-1".into(),
+            cluster_id: "local".into(),
+            region: "local".into(),
+            zone: "local-a".into(),
+            data_dir: PathBuf::from("./meridian-data"),
+            listen: ListenConfig {
+                client: "127.0.0.1:7400".parse().expect("valid literal"),
+                http: "127.0.0.1:7480".parse().expect("valid literal"),
+            },
+            tls: TlsConfig::default(),
+            storage: StorageConfig { durability: "fsync".into(), relaxed_sync_interval_ms: 100, cache_mb: 64 },
+            limits: LimitsConfig {
+                max_frame_bytes: 4 << 20,
+                max_value_bytes: 1 << 20,
+                max_connections: 1024,
+                max_streams_per_connection: 256,
+                max_inflight_requests: 4096,
+                request_timeout_ms: 5_000,
+                causal_wait_ms: 2_000,
+                max_list_keys: 1_000,
+                idempotency_ttl_s: 24 * 3600,
+            },
+            default_consistency: ConsistencyName("eventual".into()),
+            namespaces: BTreeMap::new(),
+            max_clock_drift_ms: 60_000,
+        }
+    }
+}
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed into the schema.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A field has an invalid value.
+    #[error("invalid configuration field `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Top-level fields, used to keep unrelated `MERIDIAN_*` variables (like the CLI's
+/// `MERIDIAN_ENDPOINT`) out of the node's schema.
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "node_name",
+    "cluster_id",
+    "region",
+    "zone",
+    "data_dir",
+    "listen",
+    "tls",
+    "storage",
+    "limits",
+    "default_consistency",
+    "namespaces",
+    "max_clock_drift_ms",
+];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the `MERIDIAN_*` environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(file, Env::prefixed("MERIDIAN_"))
+    }
+
+    /// Like [`Config::load`] with an explicit environment provider (for tests).
+    pub fn figment(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Parse(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let env = env.split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_FIELDS.iter().any(|field| field.eq_ignore_ascii_case(top))
+        });
+        let config: Config = figment.merge(env).extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field that serde's types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
+        for (field, value) in [
+            ("node_name", &self.node_name),
+            ("cluster_id", &self.cluster_id),
+            ("region", &self.region),
+            ("zone", &self.zone),
+        ] {
+            if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return invalid(field, format!("{value:?} must be 1-64 characters of [A-Za-z0-9-_.]"));
+            }
+        }
+        if !["fsync", "relaxed"].contains(&self.storage.durability.as_str()) {
+            return invalid("storage.durability", format!("{:?} must be \"fsync\" or \"relaxed\"", self.storage.durability));
+        }
+        if self.storage.relaxed_sync_interval_ms == 0 {
+            return invalid("storage.relaxed_sync_interval_ms", "must be at least 1".into());
+        }
+        let limits = &self.limits;
+        for (field, value, min) in [
+            ("limits.max_frame_bytes", limits.max_frame_bytes, 1024),
+            ("limits.max_value_bytes", limits.max_value_bytes, 1),
+            ("limits.max_connections", limits.max_connections, 1),
+            ("limits.max_streams_per_connection", limits.max_streams_per_connection as usize, 1),
+            ("limits.max_inflight_requests", limits.max_inflight_requests, 1),
+            ("limits.request_timeout_ms", limits.request_timeout_ms as usize, 1),
+            ("limits.max_list_keys", limits.max_list_keys as usize, 1),
+        ] {
+            if value < min {
+                return invalid(field, format!("{value} is below the minimum {min}"));
+            }
+        }
+        if limits.max_frame_bytes > meridian_crdt::codec::ABSOLUTE_MAX_BYTES {
+            return invalid(
+                "limits.max_frame_bytes",
+                format!("{} exceeds the codec's ceiling {}", limits.max_frame_bytes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES),
+            );
+        }
+        if limits.max_value_bytes + 4096 > limits.max_frame_bytes {
+            return invalid(
+                "limits.max_value_bytes",
+                format!("{} must leave 4096 bytes of headroom below limits.max_frame_bytes", limits.max_value_bytes),
+            );
+        }
+        if let Err(e) = self.default_consistency.0.parse::<Consistency>() {
+            return invalid("default_consistency", e.to_string());
+        }
+        for (namespace, ns) in &self.namespaces {
+            if let Err(e) = validate_namespace(namespace) {
+                return invalid(&format!("namespaces.{namespace}"), e.to_string());
+            }
+            if let Err(e) = ns.consistency.0.parse::<Consistency>() {
+                return invalid(&format!("namespaces.{namespace}.consistency"), e.to_string());
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls", "set both tls.cert and tls.key, or neither".into());
+        }
+        Ok(())
+    }
+
+    /// The default consistency of `namespace`.
+    pub fn consistency_for(&self, namespace: &str) -> Consistency {
+        self.namespaces.get(namespace).map_or(self.default_consistency.level(), |ns| ns.consistency.level())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn no_env() -> Env {
+        Env::prefixed("MERIDIAN_TEST_NOTHING_")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::figment(None, no_env()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_errors_name_the_field() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "node_name = \"n2\"\n[namespaces.orders]\nconsistency = \"local_quorum\"").unwrap();
+        let config = Config::figment(Some(file.path()), no_env()).unwrap();
+        assert_eq!(config.node_name, "n2");
+        assert_eq!(config.consistency_for("orders"), Consistency::LocalQuorum);
+        assert_eq!(config.consistency_for("other"), Consistency::Eventual);
+
+        let mut bad = tempfile::NamedTempFile::new().unwrap();
+        writeln!(bad, "[namespaces.orders]\nconsistency = \"strong\"").unwrap();
+        let err = Config::figment(Some(bad.path()), no_env()).unwrap_err().to_string();
+        assert!(err.contains("namespaces.orders.consistency"), "{err}");
+
+        let mut typo = tempfile::NamedTempFile::new().unwrap();
+        writeln!(typo, "[limits]\nmax_value_byte = 3").unwrap();
+        let err = Config::figment(Some(typo.path()), no_env()).unwrap_err().to_string();
+        assert!(err.contains("max_value_byte"), "{err}");
+
+        let mut durability = tempfile::NamedTempFile::new().unwrap();
+        writeln!(durability, "[storage]\ndurability = \"sometimes\"").unwrap();
+        let err = Config::figment(Some(durability.path()), no_env()).unwrap_err().to_string();
+        assert!(err.contains("storage.durability"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MERIDIAN_CFGTEST_LIMITS__MAX_VALUE_BYTES", "2048");
+            jail.set_env("MERIDIAN_CFGTEST_ENDPOINT", "ignored: not a node field");
+            let config = Config::figment(None, Env::prefixed("MERIDIAN_CFGTEST_")).unwrap();
+            assert_eq!(config.limits.max_value_bytes, 2048);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,19 @@
+//! # meridian-node
+//!
+//! The `meridian` binary's library: a node (storage, the QUIC client protocol, the HTTP API) and the
+//! operator CLI's helpers. Only this crate links RocksDB.
+//!
+//! Reading order, bottom-up: [`storage`] (engine trait, RocksDB, in-memory twin) → [`keyspace`]
+//! (record layout and formats) → [`node`] (request execution, the write path, causal tokens) →
+//! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`].
+
+pub mod bench;
+pub mod config;
+pub mod http;
+pub mod keyspace;
+pub mod metrics_export;
+pub mod node;
+pub mod serve;
+pub mod server;
+pub mod storage;
+pub mod tls;

@@ -1,0 +1,411 @@
+//! `meridian`: runs a node (`serve`) and talks to one (data commands, `status`, `bench`).
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use meridian_client::{CausalToken, Client, Consistency, Mutation, Session, Value};
+use meridian_node::config::Config;
+use meridian_node::http::value_json;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: a geo-replicated CRDT database", propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// How data commands reach a node.
+#[derive(Args, Clone)]
+struct Connection {
+    /// Node address (QUIC client protocol).
+    #[arg(long, global = true, env = "MERIDIAN_ENDPOINT", default_value = "127.0.0.1:7400")]
+    endpoint: String,
+    /// Certificate to trust (a self-signed node writes its own under <data_dir>/tls/node.crt).
+    #[arg(long, global = true, env = "MERIDIAN_CA_CERT", default_value = "./meridian-data/tls/node.crt")]
+    ca_cert: PathBuf,
+    /// Consistency level: eventual, causal, local_quorum or quorum (default: the namespace's).
+    #[arg(long, global = true)]
+    consistency: Option<Consistency>,
+    /// A causal token from an earlier command (`--show-token`), to continue that session.
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN")]
+    token: Option<String>,
+    /// Print the session's causal token after the command (on stderr).
+    #[arg(long, global = true)]
+    show_token: bool,
+    /// Per-attempt timeout.
+    #[arg(long, global = true, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default when no command is given).
+    Serve {
+        /// TOML config file (defaults, then this file, then MERIDIAN_* environment).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show the node's status.
+    Status,
+    /// Read a key of any type (prints JSON).
+    Get {
+        /// `namespace/key`.
+        key: String,
+        /// Fail unless the key has this type.
+        #[arg(long = "type")]
+        crdt_type: Option<String>,
+    },
+    /// Register: set the value.
+    Put { key: String, value: String },
+    /// Counter: add (default 1).
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Counter: subtract (default 1).
+    Decr {
+        key: String,
+        #[arg(default_value_t = 1)]
+        by: i64,
+    },
+    /// Multi-value register: write, replacing the siblings named by --context (all, without it).
+    Mvput {
+        key: String,
+        value: String,
+        /// The `context` a `get` of the key printed.
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Set: add members.
+    Sadd {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Set: remove members.
+    Srem {
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Set: list members.
+    Smembers { key: String },
+    /// Set: test membership (exit status 1 when absent).
+    Sismember { key: String, member: String },
+    /// Map: set a register field.
+    Hset { key: String, field: String, value: String },
+    /// Map: add to a counter field.
+    Hincr {
+        key: String,
+        field: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Map: add members to a set field.
+    Hsadd {
+        key: String,
+        field: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Map: remove a field.
+    Hdel { key: String, field: String },
+    /// Doc: set root fields from a JSON object.
+    DocPut { key: String, json: String },
+    /// Doc: apply automerge changes from a file (concatenated change chunks as written by doc-changes).
+    DocApply { key: String, file: PathBuf },
+    /// Doc: write the automerge changes since --since to a file (all, without it).
+    DocChanges {
+        key: String,
+        /// Comma-separated hex change hashes.
+        #[arg(long, default_value = "")]
+        since: String,
+        /// Where to write the changes (length-prefixed chunks).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Delete a key.
+    Del { key: String },
+    /// List keys of a namespace.
+    Keys {
+        namespace: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this key (the `next` cursor a previous page printed).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Benchmark a node: N clients writing then reading 100-byte registers, against a raw RocksDB loop.
+    Bench {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 500)]
+        ops: u64,
+        #[arg(long, default_value_t = 100)]
+        value_bytes: usize,
+        /// Drive the node at --endpoint instead of starting one in-process.
+        #[arg(long)]
+        external: bool,
+        /// Relaxed durability for the in-process node and the baseline.
+        #[arg(long)]
+        relaxed: bool,
+        #[arg(long)]
+        skip_baseline: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve { config: None });
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Bench { clients, ops, value_bytes, external, relaxed, skip_baseline } => {
+            let options = meridian_node::bench::BenchOptions {
+                clients,
+                ops_per_client: ops,
+                value_bytes,
+                endpoint: external.then(|| cli.conn.endpoint.parse()).transpose().context("--endpoint")?,
+                ca_cert: external.then(|| cli.conn.ca_cert.clone()),
+                durability: if relaxed {
+                    meridian_node::storage::Durability::Relaxed
+                } else {
+                    meridian_node::storage::Durability::Fsync
+                },
+                skip_baseline,
+            };
+            let report = meridian_node::bench::run(options.clone()).await?;
+            print!("{}", meridian_node::bench::render(&report, &options));
+            Ok(())
+        }
+        command => data_command(&cli.conn, command).await,
+    }
+}
+
+async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_file.as_deref())?;
+    let running = meridian_node::serve::start(config).await?;
+    println!(
+        "meridian node {} serving: client protocol on {} (QUIC), HTTP on http://{}; trust {}",
+        running.node.id(),
+        running.client_addr,
+        running.http_addr,
+        running.cert_path.display()
+    );
+    let shutdown = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()> {
+    let mut builder = Client::builder()
+        .endpoint(conn.endpoint.clone())
+        .ca_cert_file(&conn.ca_cert)
+        .timeout(Duration::from_millis(conn.timeout_ms));
+    if let Some(level) = conn.consistency {
+        builder = builder.default_consistency(level);
+    }
+    let client = builder.connect().await.with_context(|| {
+        format!("connecting to {} (trusting {}); is `meridian serve` running?", conn.endpoint, conn.ca_cert.display())
+    })?;
+    let session: Session = match &conn.token {
+        Some(token) => client.resume_session(token)?,
+        None => client.session(),
+    };
+    // Without an explicit level, a CLI session reads at the namespace default like any client.
+    let level = conn.consistency;
+    macro_rules! with_level {
+        ($handle:expr) => {{
+            let handle = $handle;
+            match level {
+                Some(level) => handle.consistency(level),
+                None => handle,
+            }
+        }};
+    }
+    let mut exit_code = 0;
+    match command {
+        Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled by run"),
+        Command::Status => {
+            let status = client.status().await?;
+            println!("node        {} ({})", status.name, status.node_id);
+            println!("region/zone {}/{}", status.region, status.zone);
+            println!("version     {}", status.version);
+            println!("uptime      {} s", status.uptime_s);
+            println!("keys        ~{}", status.keys_estimate);
+            println!("log         {} writes", status.log_entries);
+            println!("durability  {}", status.durability);
+            println!("connections {}", status.client_connections);
+            let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
+            println!("vector      [{}]", vv.join(", "));
+        }
+        Command::Get { key, crdt_type } => {
+            let value = match crdt_type {
+                Some(t) => {
+                    let t: meridian_client::CrdtType = t.parse()?;
+                    with_level!(session.typed_get(key.as_str(), t)).await?
+                }
+                None => with_level!(session.read(key.as_str())).await?,
+            };
+            match value {
+                Some(value) => {
+                    let json = serde_json::json!({"type": value.crdt_type().name(), "value": value_json(&value)});
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+                None => {
+                    eprintln!("(not found)");
+                    exit_code = 1;
+                }
+            }
+        }
+        Command::Put { key, value } => {
+            with_level!(session.register(key.as_str())).set(value.into_bytes()).await?;
+            println!("OK");
+        }
+        Command::Incr { key, by } => println!("{}", with_level!(session.counter(key.as_str())).incr(by).await?),
+        Command::Decr { key, by } => println!("{}", with_level!(session.counter(key.as_str())).decr(by).await?),
+        Command::Mvput { key, value, context } => {
+            let handle = with_level!(session.mvregister(key.as_str()));
+            match context {
+                Some(context) => {
+                    let context = meridian_client::decode_context(&context)?;
+                    handle.set_resolving(value.into_bytes(), &context).await?
+                }
+                None => handle.set(value.into_bytes()).await?,
+            };
+            println!("OK");
+        }
+        Command::Sadd { key, members } => {
+            with_level!(session.set(key.as_str())).add(members.into_iter().map(String::into_bytes)).await?;
+            println!("OK");
+        }
+        Command::Srem { key, members } => {
+            with_level!(session.set(key.as_str())).remove(members.into_iter().map(String::into_bytes)).await?;
+            println!("OK");
+        }
+        Command::Smembers { key } => {
+            for member in with_level!(session.set(key.as_str())).members().await? {
+                println!("{}", text(&member));
+            }
+        }
+        Command::Sismember { key, member } => {
+            let present = with_level!(session.set(key.as_str())).contains(member.into_bytes()).await?;
+            println!("{present}");
+            exit_code = if present { 0 } else { 1 };
+        }
+        Command::Hset { key, field, value } => {
+            with_level!(session.map(key.as_str())).set_field(field, value.into_bytes()).await?;
+            println!("OK");
+        }
+        Command::Hincr { key, field, by } => {
+            with_level!(session.map(key.as_str())).incr_field(field, by).await?;
+            println!("OK");
+        }
+        Command::Hsadd { key, field, members } => {
+            let mutation = Mutation::SetAdd { members: members.into_iter().map(String::into_bytes).collect() };
+            with_level!(session.map(key.as_str())).update(field, mutation).await?;
+            println!("OK");
+        }
+        Command::Hdel { key, field } => {
+            with_level!(session.map(key.as_str())).remove(field).await?;
+            println!("OK");
+        }
+        Command::DocPut { key, json } => {
+            let json: serde_json::Value = serde_json::from_str(&json).context("the JSON argument does not parse")?;
+            with_level!(session.doc(key.as_str())).put_json(&json).await?;
+            println!("OK");
+        }
+        Command::DocApply { key, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let changes = split_chunks(&bytes)?;
+            let count = changes.len();
+            with_level!(session.doc(key.as_str())).apply_changes(changes).await?;
+            println!("applied {count} changes");
+        }
+        Command::DocChanges { key, since, out } => {
+            let since: Vec<String> = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
+            let (changes, heads) = with_level!(session.doc(key.as_str())).changes_since(&since).await?;
+            let mut bytes = Vec::new();
+            for change in &changes {
+                bytes.extend_from_slice(&(change.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(change);
+            }
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} changes to {}; heads {}", changes.len(), out.display(), heads.join(","));
+        }
+        Command::Del { key } => {
+            let existed = with_level!(session.delete(key.as_str())).await?;
+            println!("{}", if existed { "deleted" } else { "(did not exist)" });
+        }
+        Command::Keys { namespace, prefix, limit, after } => {
+            let mut listing = session.keys(namespace.as_str()).prefix(prefix).limit(limit);
+            if let Some(after) = after {
+                listing = listing.start_after(after);
+            }
+            let page = listing.page().await?;
+            for key in &page.keys {
+                println!("{}\t{}", key.name, key.crdt_type);
+            }
+            if let Some(next) = page.next {
+                eprintln!("(more: --after {next})");
+            }
+        }
+    }
+    if conn.show_token {
+        eprintln!("token: {}", session.token());
+    }
+    if exit_code != 0 {
+        std::process::exit(exit_code);
+    }
+    Ok(())
+}
+
+/// Splits a file of `[u32 BE length][chunk]` records.
+fn split_chunks(mut bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        anyhow::ensure!(bytes.len() >= 4, "truncated change file");
+        let len = u32::from_be_bytes(bytes[..4].try_into()?) as usize;
+        anyhow::ensure!(bytes.len() >= 4 + len, "truncated change file");
+        out.push(bytes[4..4 + len].to_vec());
+        bytes = &bytes[4 + len..];
+    }
+    Ok(out)
+}
+
+#[allow(dead_code)]
+fn _token_type_check(_: CausalToken, _: Value) {}

@@ -1,0 +1,600 @@
+//! The node core: executes client requests against local storage, whatever surface (QUIC, HTTP) they
+//! came in by.
+//!
+//! # The write path
+//!
+//! A write runs on the blocking pool, under the key's lock stripe:
+//!
+//! 1. if it carries an idempotency id already recorded, return the recorded reply (applied once);
+//! 2. read the key's state, compute the mutation's *delta* against it (`meridian-crdt`), join it;
+//! 3. give the write a log position (its dot in this node's write stream) from [`SeqTracker`];
+//! 4. commit the new state, the delta with its dot, the version-vector entry and the idempotency record
+//!    in **one atomic batch**, fsynced unless durability is relaxed. Writes to different keys run on
+//!    different threads, so RocksDB group-commits them: one fsync serves every writer waiting.
+//! 5. acknowledge per the consistency level (one replica here: every level is met once step 4 is
+//!    durable — the rule itself lives in `meridian-replication` and is the same one a region uses).
+//!
+//! # The version vector and causal tokens
+//!
+//! Log positions are handed out in order but may commit out of order, so the node's visible version
+//! vector advances only over the gap-free prefix of committed positions (the *watermark*). A read's
+//! token is the watermark taken *before* the read, so every write the token names is in the state read.
+//! A `causal` read whose token is ahead of the watermark waits, bounded by `limits.causal_wait_ms`, and
+//! then fails with `causal_timeout` instead of showing the session an older state.
+
+use meridian_client::proto::{
+    CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, KeyInfo, NodeStatus, Operation, Reply,
+    ReplyBody, Request, RequestV1, Response,
+};
+use meridian_crdt::{CrdtError, CrdtType, Entry, HlcClock, Mutation, NodeId, Value, VersionVector, WriteContext};
+use meridian_replication::{causal_gap, Outcome, QuorumTracker, ReplicaCounts};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::keyspace::{self, IdempotencyRecord, LogRecord, StoredEntry};
+use crate::storage::{Batch, Durability, Engine, Space, StorageError};
+
+/// Number of key lock stripes; writes to keys in different stripes never wait for each other.
+const LOCK_STRIPES: usize = 1024;
+
+/// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
+const LIST_SCAN_FACTOR: usize = 8;
+
+/// Hands out this node's log positions and tracks the gap-free prefix of those committed.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    next: u64,
+    watermark: u64,
+    finished_above_watermark: BTreeSet<u64>,
+}
+
+impl SeqTracker {
+    /// A tracker resuming after `last`, the highest position found in the log.
+    pub fn resume(last: u64) -> Self {
+        SeqTracker { next: last, watermark: last, finished_above_watermark: BTreeSet::new() }
+    }
+
+    /// The next position.
+    pub fn allocate(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Marks `seq` finished (committed, or failed and left as a hole); returns the new watermark.
+    pub fn finish(&mut self, seq: u64) -> u64 {
+        self.finished_above_watermark.insert(seq);
+        while self.finished_above_watermark.remove(&(self.watermark + 1)) {
+            self.watermark += 1;
+        }
+        self.watermark
+    }
+
+    /// Every position up to here has finished.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+}
+
+/// A write's target change.
+enum Change {
+    Mutate(Mutation),
+    Delete,
+}
+
+/// One Meridian node.
+pub struct Node {
+    config: Config,
+    engine: Arc<dyn Engine>,
+    id: NodeId,
+    clock: Mutex<HlcClock>,
+    seqs: Mutex<SeqTracker>,
+    visible: watch::Sender<VersionVector>,
+    key_locks: Vec<Mutex<()>>,
+    inflight: Arc<Semaphore>,
+    started: Instant,
+    client_connections: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e.to_string())
+}
+
+fn crdt_error(e: CrdtError) -> ErrorReply {
+    let code = match e {
+        CrdtError::WrongType { .. } => ErrorCode::WrongType,
+        CrdtError::TypeConflict { .. } => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+impl Node {
+    /// Opens the node over `engine`: loads or mints its id and resumes its log position.
+    pub fn open(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Node>, StorageError> {
+        let id = match engine.get(Space::Meta, keyspace::META_NODE_ID)? {
+            Some(bytes) => NodeId(crate::storage::decode_u64_be(&bytes)?),
+            None => {
+                let id = NodeId(rand::random::<u64>().max(1));
+                let mut batch = Batch::default();
+                batch.put(Space::Meta, keyspace::META_NODE_ID, id.0.to_be_bytes().to_vec());
+                engine.write(batch)?;
+                id
+            }
+        };
+        let last = engine
+            .last_in_range(Space::Log, &keyspace::log_key(id, 0), &keyspace::log_key(id, u64::MAX))?
+            .and_then(|(key, _)| keyspace::parse_log_key(&key))
+            .map_or(0, |(_, seq)| seq);
+        let mut visible = VersionVector::new();
+        for (key, value) in engine.scan(Space::Meta, keyspace::VV_PREFIX, keyspace::prefix_end(keyspace::VV_PREFIX).as_deref(), usize::MAX)? {
+            if let Ok(origin) = <[u8; 8]>::try_from(&key[keyspace::VV_PREFIX.len()..]) {
+                visible.observe(NodeId(u64::from_be_bytes(origin)), crate::storage::decode_u64_be(&value)?);
+            }
+        }
+        visible.observe(id, last);
+        tracing::info!(node_id = %id, log_position = last, "node opened");
+        Ok(Arc::new(Node {
+            clock: Mutex::new(HlcClock::new(config.max_clock_drift_ms)),
+            seqs: Mutex::new(SeqTracker::resume(last)),
+            visible: watch::channel(visible).0,
+            key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            inflight: Arc::new(Semaphore::new(config.limits.max_inflight_requests)),
+            started: Instant::now(),
+            client_connections: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            config,
+            engine,
+            id,
+        }))
+    }
+
+    /// This node's replica id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The version vector of every write visible here.
+    pub fn version_vector(&self) -> VersionVector {
+        self.visible.borrow().clone()
+    }
+
+    /// Counts a client connection opened (`+1`) or closed (`-1`).
+    pub fn track_connection(&self, opened: bool) {
+        if opened {
+            self.client_connections.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.client_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// From now on, new requests are refused with `shutting_down`.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node accepts requests.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Executes a request frame of any supported version.
+    pub async fn execute(self: &Arc<Self>, request: Request) -> Response {
+        match request {
+            Request::V1(request) => Response::V1(self.execute_v1(request).await),
+        }
+    }
+
+    /// Executes a version-1 request: admission, timeout, metrics, then the operation.
+    pub async fn execute_v1(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        let op_name = op_name(&request.op);
+        let started = Instant::now();
+        let result = self.admit_and_run(request).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code.name(),
+        };
+        metrics::counter!("meridian_requests_total", "op" => op_name, "result" => outcome).increment(1);
+        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name).record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn admit_and_run(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        if !self.is_ready() {
+            return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
+        }
+        let _permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
+            ErrorReply::new(
+                ErrorCode::Overloaded,
+                format!("{} requests in flight (limits.max_inflight_requests); retry later", self.config.limits.max_inflight_requests),
+            )
+        })?;
+        let timeout_ms = match request.timeout_ms {
+            0 => self.config.limits.request_timeout_ms,
+            ms => u64::from(ms).min(self.config.limits.request_timeout_ms),
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.run(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(ErrorReply::new(
+                ErrorCode::Timeout,
+                format!("no answer within {timeout_ms} ms; a write may or may not have been applied (retry with the same idempotency id)"),
+            )),
+        }
+    }
+
+    async fn run(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        let token = request.causal_token.unwrap_or_default();
+        match request.op {
+            Operation::Write { key, mutation, idempotency_id } => {
+                let level = self.level(&key, request.consistency)?;
+                if mutation.payload_len() > self.config.limits.max_value_bytes {
+                    return Err(ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the write carries {} bytes, limits.max_value_bytes is {}",
+                            mutation.payload_len(),
+                            self.config.limits.max_value_bytes
+                        ),
+                    ));
+                }
+                self.write(key, Change::Mutate(mutation), idempotency_id, token, level).await
+            }
+            Operation::Delete { key, idempotency_id } => {
+                let level = self.level(&key, request.consistency)?;
+                self.write(key, Change::Delete, idempotency_id, token, level).await
+            }
+            Operation::Read { key, expected } => {
+                let level = self.level(&key, request.consistency)?;
+                let (entry, token) = self.read_entry(&key, token, level).await?;
+                if let (Some(entry), Some(expected)) = (&entry, expected) {
+                    if entry.crdt_type() != expected {
+                        return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested: expected }));
+                    }
+                }
+                let value = match entry {
+                    Some(entry) => tokio::task::spawn_blocking(move || entry.read()).await.map_err(internal)?.map_err(crdt_error)?,
+                    None => None,
+                };
+                Ok(Reply { causal_token: token, body: ReplyBody::Value(value) })
+            }
+            Operation::DocChanges { key, since_heads } => {
+                let level = self.level(&key, request.consistency)?;
+                let (entry, token) = self.read_entry(&key, token, level).await?;
+                let body = match entry.filter(Entry::exists) {
+                    None => ReplyBody::DocChanges { changes: Vec::new(), heads: Vec::new() },
+                    Some(entry) => match entry.body() {
+                        meridian_crdt::Body::Doc(doc) => {
+                            let doc = doc.materialize().map_err(crdt_error)?;
+                            let changes = doc.changes_since(&since_heads).map_err(crdt_error)?;
+                            ReplyBody::DocChanges { changes, heads: doc.heads() }
+                        }
+                        other => {
+                            return Err(crdt_error(CrdtError::WrongType {
+                                actual: other.crdt_type(),
+                                requested: CrdtType::Doc,
+                            }))
+                        }
+                    },
+                };
+                Ok(Reply { causal_token: token, body })
+            }
+            Operation::ListKeys { namespace, prefix, start_after, limit } => {
+                meridian_client::proto::validate_namespace(&namespace)
+                    .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+                let limit = limit.clamp(1, self.config.limits.max_list_keys) as usize;
+                let node = self.clone();
+                let (keys, next) =
+                    tokio::task::spawn_blocking(move || node.list_keys(&namespace, &prefix, start_after.as_deref(), limit))
+                        .await
+                        .map_err(internal)??;
+                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Keys { keys, next } })
+            }
+            Operation::Status => Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) }),
+        }
+    }
+
+    fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, ErrorReply> {
+        key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        Ok(requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace)))
+    }
+
+    /// The replicas of a key, relative to this node. One node: itself.
+    fn replicas(&self) -> ReplicaCounts {
+        ReplicaCounts { local: 1, remote: 0 }
+    }
+
+    fn token_after(&self, mut token: CausalToken) -> CausalToken {
+        token.merge(&CausalToken(self.version_vector()));
+        token
+    }
+
+    async fn write(
+        self: &Arc<Self>,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<Reply, ErrorReply> {
+        let node = self.clone();
+        let reply = tokio::task::spawn_blocking(move || node.write_blocking(key, change, idempotency_id, token))
+            .await
+            .map_err(internal)??;
+        let mut tracker = QuorumTracker::new(level, self.replicas());
+        tracker.record(true, true);
+        match tracker.outcome() {
+            Outcome::Satisfied => Ok(reply),
+            Outcome::Pending | Outcome::Unavailable { .. } => Err(ErrorReply::new(
+                ErrorCode::QuorumUnavailable,
+                format!("{level} needs more replicas than this node has answering: 1 of {:?}", self.replicas()),
+            )),
+        }
+    }
+
+    fn write_blocking(
+        &self,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        mut token: CausalToken,
+    ) -> Result<Reply, ErrorReply> {
+        let data_key = keyspace::data_key(&key);
+        let _guard = self.lock_for(&data_key);
+        if let Some(id) = idempotency_id {
+            if let Some(bytes) = self.engine.get(Space::Idempotency, &id.0.to_be_bytes()).map_err(internal)? {
+                let IdempotencyRecord::V1 { key: first_key, reply, .. } = keyspace::decode(&bytes).map_err(internal)?;
+                if first_key != key {
+                    return Err(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!("idempotency id already used for key {first_key}, not {key}"),
+                    ));
+                }
+                metrics::counter!("meridian_idempotent_replays_total").increment(1);
+                return Ok(reply);
+            }
+        }
+        let state = self.load(&data_key)?;
+        let ts = self.clock.lock().expect("clock lock").tick(now_ms());
+        let write = WriteContext { node: self.id, ts };
+        let delta = match &change {
+            Change::Mutate(mutation) => Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?,
+            Change::Delete => match &state {
+                Some(entry) if entry.exists() => entry.reset_delta(&write).map_err(crdt_error)?,
+                _ => return Ok(Reply { causal_token: token, body: ReplyBody::Deleted { existed: false } }),
+            },
+        };
+        let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
+        next.try_join(&delta).map_err(crdt_error)?;
+        let stored = keyspace::encode(&StoredEntry::V1(next.clone()));
+        let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
+        if stored.len() > max_entry {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
+            ));
+        }
+        let body = match change {
+            Change::Delete => ReplyBody::Deleted { existed: true },
+            Change::Mutate(Mutation::CounterAdd { .. }) => match next.read() {
+                Ok(Some(Value::Counter(value))) => ReplyBody::Written { counter: Some(value) },
+                _ => ReplyBody::Written { counter: None },
+            },
+            Change::Mutate(_) => ReplyBody::Written { counter: None },
+        };
+
+        let seq = self.seqs.lock().expect("seq lock").allocate();
+        let mut batch = Batch::default();
+        batch.put(Space::Data, data_key, stored);
+        batch.put(Space::Log, keyspace::log_key(self.id, seq).to_vec(), keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts }));
+        batch.max_u64(Space::Meta, keyspace::vv_key(self.id), seq);
+        token.0.observe(self.id, seq);
+        let reply = Reply { causal_token: token, body };
+        if let Some(id) = idempotency_id {
+            let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, reply: reply.clone() };
+            batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
+        }
+        let committed = self.engine.write(batch);
+        self.finish_seq(seq);
+        committed.map_err(internal)?;
+        Ok(reply)
+    }
+
+    fn finish_seq(&self, seq: u64) {
+        let watermark = self.seqs.lock().expect("seq lock").finish(seq);
+        self.visible.send_if_modified(|vv| {
+            let before = vv.get(self.id);
+            vv.observe(self.id, watermark);
+            vv.get(self.id) != before
+        });
+    }
+
+    fn lock_for(&self, data_key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        data_key.hash(&mut hasher);
+        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
+        self.key_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn load(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
+        match self.engine.get(Space::Data, data_key).map_err(internal)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let StoredEntry::V1(entry) = keyspace::decode(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
+                Ok(Some(entry))
+            }
+        }
+    }
+
+    /// Waits (bounded) until the node has seen `token` when the level is `causal`, then reads the key.
+    /// Returns the entry (if any, deleted or not) and the token after the read.
+    async fn read_entry(
+        self: &Arc<Self>,
+        key: &Key,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+        if level == Consistency::Causal {
+            self.wait_for(&token).await?;
+        }
+        let before = self.token_after(token);
+        let node = self.clone();
+        let data_key = keyspace::data_key(key);
+        let entry = tokio::task::spawn_blocking(move || node.load(&data_key)).await.map_err(internal)??;
+        Ok((entry, before))
+    }
+
+    async fn wait_for(&self, token: &CausalToken) -> Result<(), ErrorReply> {
+        let wait_ms = self.config.limits.causal_wait_ms;
+        let mut visible = self.visible.subscribe();
+        let waited = tokio::time::timeout(Duration::from_millis(wait_ms), async {
+            loop {
+                if causal_gap(&visible.borrow_and_update(), &token.0, |_| false).is_none() {
+                    return Ok(());
+                }
+                if visible.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                let gap = causal_gap(&self.version_vector(), &token.0, |_| false)
+                    .map_or_else(|| "unknown".to_string(), |gap| gap.to_string());
+                Err(ErrorReply::new(
+                    ErrorCode::CausalTimeout,
+                    format!("this node has not yet seen the session's dependencies after {wait_ms} ms ({gap})"),
+                ))
+            }
+        }
+    }
+
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyInfo>, Option<String>), ErrorReply> {
+        let ns_prefix = keyspace::namespace_prefix(namespace);
+        let mut range_prefix = ns_prefix.clone();
+        range_prefix.extend_from_slice(prefix.as_bytes());
+        let end = keyspace::prefix_end(&range_prefix);
+        let mut start = range_prefix.clone();
+        if let Some(after) = start_after {
+            let mut after_key = ns_prefix.clone();
+            after_key.extend_from_slice(after.as_bytes());
+            after_key.push(0);
+            start = start.max(after_key);
+        }
+        let raw = self
+            .engine
+            .scan(Space::Data, &start, end.as_deref(), limit * LIST_SCAN_FACTOR)
+            .map_err(internal)?;
+        let mut keys = Vec::new();
+        let mut last_name = None;
+        for (data_key, value) in &raw {
+            let name = String::from_utf8_lossy(&data_key[ns_prefix.len()..]).into_owned();
+            let StoredEntry::V1(entry) = keyspace::decode(value).map_err(internal)?;
+            last_name = Some(name.clone());
+            if entry.exists() {
+                keys.push(KeyInfo { name, crdt_type: entry.crdt_type() });
+                if keys.len() == limit {
+                    break;
+                }
+            }
+        }
+        let exhausted = raw.len() < limit * LIST_SCAN_FACTOR && keys.len() < limit;
+        let next = if exhausted { None } else { last_name };
+        Ok((keys, next))
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> Result<NodeStatus, ErrorReply> {
+        Ok(NodeStatus {
+            node_id: self.id,
+            name: self.config.node_name.clone(),
+            region: self.config.region.clone(),
+            zone: self.config.zone.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            keys_estimate: self.engine.estimate_keys(Space::Data).map_err(internal)?,
+            log_entries: self.version_vector().iter().map(|(_, seq)| seq).sum(),
+            version_vector: self.version_vector(),
+            durability: match self.engine.durability() {
+                Durability::Fsync => "fsync".into(),
+                Durability::Relaxed => "relaxed".into(),
+            },
+            client_connections: self.client_connections.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Deletes idempotency records older than the TTL; scans at most `budget` records from `cursor`
+    /// and returns where to resume (`None`: wrapped around).
+    pub fn expire_idempotency_records(&self, cursor: Option<Vec<u8>>, budget: usize) -> Result<Option<Vec<u8>>, StorageError> {
+        let start = cursor.unwrap_or_default();
+        let records = self.engine.scan(Space::Idempotency, &start, None, budget)?;
+        let cutoff = now_ms().saturating_sub(self.config.limits.idempotency_ttl_s * 1000);
+        let mut batch = Batch::default();
+        for (key, value) in &records {
+            let expired = match keyspace::decode::<IdempotencyRecord>(value) {
+                Ok(IdempotencyRecord::V1 { created_ms, .. }) => created_ms < cutoff,
+                Err(_) => true,
+            };
+            if expired {
+                batch.delete(Space::Idempotency, key.clone());
+            }
+        }
+        if !batch.is_empty() {
+            self.engine.write(batch)?;
+        }
+        Ok(if records.len() < budget { None } else { records.last().map(|(k, _)| [k.as_slice(), &[0]].concat()) })
+    }
+}
+
+fn op_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Write { .. } => "write",
+        Operation::Delete { .. } => "delete",
+        Operation::Read { .. } => "read",
+        Operation::DocChanges { .. } => "doc_changes",
+        Operation::ListKeys { .. } => "list_keys",
+        Operation::Status => "status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_advances_only_over_gap_free_prefix() {
+        let mut seqs = SeqTracker::resume(10);
+        let (a, b, c) = (seqs.allocate(), seqs.allocate(), seqs.allocate());
+        assert_eq!((a, b, c), (11, 12, 13));
+        assert_eq!(seqs.finish(c), 10);
+        assert_eq!(seqs.finish(a), 11);
+        assert_eq!(seqs.finish(b), 13);
+        assert_eq!(seqs.watermark(), 13);
+    }
+}

@@ -1,0 +1,131 @@
+//! Assembles a running node: storage, the QUIC client endpoint, the HTTP API and background upkeep,
+//! all stopped by one cancellation token (SIGTERM / Ctrl-C in the binary, `shutdown()` in tests).
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::storage::{Durability, Engine, RocksEngine, RocksOptions};
+
+/// Idempotency records examined per upkeep tick.
+const IDEMPOTENCY_SWEEP_BUDGET: usize = 10_000;
+/// Time between idempotency sweeps.
+const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A node that is serving.
+pub struct RunningNode {
+    /// The node core.
+    pub node: Arc<Node>,
+    /// Where the QUIC client protocol listens (the real port when configured with port 0).
+    pub client_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The certificate clients should trust.
+    pub cert_path: PathBuf,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningNode {
+    /// A token that, when cancelled, shuts the node down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded), flushes the WAL and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the node has shut down (after the token was cancelled).
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.node.begin_shutdown();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// Opens storage and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let durability = if config.storage.durability == "relaxed" { Durability::Relaxed } else { Durability::Fsync };
+    let options = RocksOptions { durability, cache_bytes: config.storage.cache_mb << 20, ..RocksOptions::default() };
+    let db_path = config.data_dir.join("db");
+    let engine = tokio::task::spawn_blocking(move || RocksEngine::open(&db_path, options))
+        .await?
+        .context("opening RocksDB (is another meridian process using this data_dir?)")?;
+    start_with_engine(config, Arc::new(engine)).await
+}
+
+/// Starts serving over an already-open engine (tests use the in-memory twin).
+pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<RunningNode> {
+    crate::metrics_export::prometheus();
+    let tls = crate::tls::ensure_certificate(&config)?;
+    let server_config = crate::tls::client_server_config(&tls, &config)?;
+    let node = Node::open(config.clone(), engine).context("opening the node state")?;
+
+    let endpoint = quinn::Endpoint::server(server_config, config.listen.client)
+        .with_context(|| format!("binding the client port {} (listen.client)", config.listen.client))?;
+    let client_addr = endpoint.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(config.listen.http)
+        .await
+        .with_context(|| format!("binding the HTTP port {} (listen.http)", config.listen.http))?;
+    let http_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(crate::server::serve_clients(endpoint, node.clone(), shutdown.clone()));
+    let app = crate::http::router(node.clone());
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    if durability_is_relaxed(&config) {
+        tasks.spawn(sync_wal_periodically(node.clone(), Duration::from_millis(config.storage.relaxed_sync_interval_ms), shutdown.clone()));
+    }
+    tasks.spawn(expire_idempotency_records(node.clone(), shutdown.clone()));
+    tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
+    Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, shutdown, tasks })
+}
+
+fn durability_is_relaxed(config: &Config) -> bool {
+    config.storage.durability == "relaxed"
+}
+
+async fn sync_wal_periodically(node: Arc<Node>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        let node = node.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await {
+            tracing::error!(error = %e, "relaxed-mode WAL sync failed");
+        }
+    }
+}
+
+async fn expire_idempotency_records(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut cursor = None;
+    let mut ticks = tokio::time::interval(IDEMPOTENCY_SWEEP_INTERVAL);
+    while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        let sweeper = node.clone();
+        let from = cursor.take();
+        match tokio::task::spawn_blocking(move || sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET)).await {
+            Ok(Ok(next)) => cursor = next,
+            Ok(Err(e)) => tracing::warn!(error = %e, "idempotency sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "idempotency sweep panicked"),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! TLS for the client protocol: load the configured certificate, or generate a self-signed one on
+//! first start and keep it under `<data_dir>/tls/` so clients can pin it across restarts.
+//!
+//! Only TLS 1.3 is offered (QUIC requires it) and the ring provider is passed explicitly, never
+//! installed process-wide.
+
+use anyhow::Context as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// Certificate and key paths as used (configured or generated).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate chain; clients trust this file for a self-signed node.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Where a generated certificate lives.
+pub fn generated_paths(data_dir: &Path) -> TlsFiles {
+    let dir = data_dir.join("tls");
+    TlsFiles { cert: dir.join("node.crt"), key: dir.join("node.key") }
+}
+
+/// The configured certificate, or a self-signed one generated (once) for `localhost`, `127.0.0.1`,
+/// `::1` and the node name.
+pub fn ensure_certificate(config: &Config) -> anyhow::Result<TlsFiles> {
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        return Ok(TlsFiles { cert: cert.clone(), key: key.clone() });
+    }
+    let files = generated_paths(&config.data_dir);
+    if files.cert.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into(), config.node_name.clone()];
+    let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let dir = files.cert.parent().expect("generated paths have a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_private(&files.key, generated.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.cert, generated.cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
+    tracing::info!(cert = %files.cert.display(), "generated a self-signed certificate");
+    Ok(files)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Reads a PEM certificate chain.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificate {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("parsing key {}", path.display()))?
+        .with_context(|| format!("no private key in {}", path.display()))
+}
+
+/// The quinn server config for the client protocol.
+pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with ring")?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .context("the certificate does not match its key")?;
+    tls.alpn_protocols = vec![meridian_client::proto::ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(std::time::Duration::from_secs(60).try_into().expect("60 s fits")))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}

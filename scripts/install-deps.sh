@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build and test Meridian:
+# clang + libclang-dev (RocksDB's bindgen bindings). Idempotent; does nothing when already present.
+# With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs).
+set -euo pipefail
+
+need=()
+command -v clang >/dev/null 2>&1 || need+=(clang)
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+if [[ "${1:-}" == "--bench" ]]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}" >&2
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
