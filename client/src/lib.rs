@@ -1,1 +1,70 @@
+//! # meridian-client
+//!
+//! The async Rust SDK for Meridian, and the native wire protocol ([`proto`]) it shares with the node.
+//!
+//! The SDK speaks QUIC + TLS 1.3 to one node at a time, one stream per request, and gives each CRDT
+//! type a typed handle so that a counter cannot be read as a set by accident (the node refuses with
+//! [`ErrorCode::WrongType`]). Transient failures are retried with backoff and failover across the
+//! configured endpoints; writes carry an idempotency id so a retry is applied once. Causal sessions
+//! ([`Session`]) give read-your-writes and monotonic reads across nodes and regions.
+//!
+//! ```no_run
+//! use meridian_client::{Client, Consistency};
+//! # async fn example() -> Result<(), meridian_client::Error> {
+//! let client = Client::builder()
+//!     .endpoint("127.0.0.1:7400")
+//!     .ca_cert_file("node.crt") // the node's self-signed certificate
+//!     .connect()
+//!     .await?;
+//!
+//! client.counter("app/visits").incr(1).await?;
+//! client.register("users/alice/name").set("Alice").await?;
+//! client.set("posts/42/tags").add(["rust", "crdt"]).await?;
+//! let visits = client.counter("app/visits").consistency(Consistency::Quorum).get().await?;
+//!
+//! let session = client.session();
+//! session.map("users/alice").incr_field("logins", 1).await?;
+//! let fields = session.map("users/alice").get().await?; // sees the increment
+//! # Ok(()) }
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`proto`] | wire messages and framing (shared with the node) |
+//! | `builder`, `client` | configuring and holding a connection |
+//! | `transport` | connection cache, failover, retries with backoff |
+//! | `handles`, `map_doc`, `keys` | typed handles per CRDT type, key listing |
+//! | `session` | causal tokens |
+//! | `error` | [`Error`] and its retry classification |
 
+#![warn(missing_docs)]
+
+mod builder;
+mod client;
+mod error;
+mod handles;
+mod key;
+mod keys;
+mod map_doc;
+pub mod proto;
+mod session;
+mod tls;
+mod transport;
+
+#[cfg(test)]
+mod net_tests;
+
+pub use builder::{ClientBuilder, DEFAULT_MAX_RETRIES, DEFAULT_SERVER_NAME, DEFAULT_TIMEOUT};
+pub use client::Client;
+pub use error::Error;
+pub use handles::{CounterHandle, MvRegisterHandle, RegisterHandle, SetHandle, Siblings};
+pub use key::IntoKey;
+pub use keys::{KeysPage, KeysQuery, DEFAULT_PAGE_LIMIT};
+pub use map_doc::{DocHandle, MapHandle};
+pub use session::Session;
+
+pub use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
+pub use proto::{
+    CausalToken, Consistency, ErrorCode, IdempotencyId, Key, KeyInfo, NodeStatus, Operation, Reply, ReplyBody,
+    RequestV1,
+};

@@ -10,7 +10,7 @@
 //! node → client:  [u32 big-endian length][Response frame]  then finish
 //! ```
 //!
-//! A frame is [`crate::codec`]'s encoding (format byte + bincode) of a versioned enum
+//! A frame is [`meridian_crdt::codec`]'s encoding (format byte + bincode) of a versioned enum
 //! ([`Request::V1`], [`Response::V1`]). The length is checked against the receiver's cap *before* the
 //! body is read; an oversized or malformed frame gets a typed error response on that stream and closes
 //! only that stream.
@@ -256,15 +256,46 @@ pub struct RequestV1 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Operation {
     /// Apply a typed mutation to a key (creating it with the mutation's type).
-    Write { key: Key, mutation: Mutation, idempotency_id: Option<IdempotencyId> },
+    Write {
+        /// The key.
+        key: Key,
+        /// The typed change; its type must match the key's.
+        mutation: Mutation,
+        /// Deduplicates retries of this write (the SDK always sets one).
+        idempotency_id: Option<IdempotencyId>,
+    },
     /// Delete a key (a causal tombstone: writes concurrent with the delete survive it).
-    Delete { key: Key, idempotency_id: Option<IdempotencyId> },
+    Delete {
+        /// The key.
+        key: Key,
+        /// Deduplicates retries of this delete (the SDK always sets one).
+        idempotency_id: Option<IdempotencyId>,
+    },
     /// Read a key. With `expected`, a key of another type is a [`ErrorCode::WrongType`] error.
-    Read { key: Key, expected: Option<CrdtType> },
+    Read {
+        /// The key.
+        key: Key,
+        /// The type the caller expects, if any.
+        expected: Option<CrdtType>,
+    },
     /// The automerge changes of a `doc` key that a peer holding `since_heads` lacks.
-    DocChanges { key: Key, since_heads: Vec<String> },
+    DocChanges {
+        /// The `doc` key.
+        key: Key,
+        /// The heads (hex change hashes) the caller already has; empty for every change.
+        since_heads: Vec<String>,
+    },
     /// List keys of a namespace whose names start with `prefix`, in byte order, after `start_after`.
-    ListKeys { namespace: String, prefix: String, start_after: Option<String>, limit: u32 },
+    ListKeys {
+        /// The namespace.
+        namespace: String,
+        /// Only names starting with this (empty: all).
+        prefix: String,
+        /// Only names after this one (exclusive): the previous page's cursor.
+        start_after: Option<String>,
+        /// At most this many keys (the node may cap it lower).
+        limit: u32,
+    },
     /// The node's status.
     Status,
 }
@@ -297,15 +328,31 @@ pub struct Reply {
 pub enum ReplyBody {
     /// The write is durable per the consistency level. `counter` is the counter's value after the
     /// write at the coordinator, for counter writes.
-    Written { counter: Option<i64> },
+    Written {
+        /// The counter's value after the write, for counter writes.
+        counter: Option<i64>,
+    },
     /// The delete is durable; `existed` says whether the coordinator held the key.
-    Deleted { existed: bool },
+    Deleted {
+        /// Whether the coordinator held the key.
+        existed: bool,
+    },
     /// The key's value, `None` if it does not exist.
     Value(Option<Value>),
     /// Automerge changes and the document's current heads.
-    DocChanges { changes: Vec<Vec<u8>>, heads: Vec<String> },
+    DocChanges {
+        /// Automerge changes in their binary encoding.
+        changes: Vec<Vec<u8>>,
+        /// The document's current heads (hex change hashes).
+        heads: Vec<String>,
+    },
     /// A page of keys, and the cursor for the next page if there is one.
-    Keys { keys: Vec<KeyInfo>, next: Option<String> },
+    Keys {
+        /// The keys of this page, in byte order of their names.
+        keys: Vec<KeyInfo>,
+        /// The cursor (`start_after`) for the next page; `None` when the listing is complete.
+        next: Option<String>,
+    },
     /// The node's status.
     Status(NodeStatus),
 }
@@ -432,7 +479,12 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Vec<u8> {
 pub enum FrameError {
     /// The announced length exceeds the cap; the body was not read.
     #[error("frame of {len} bytes exceeds the {max} byte limit")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
     /// The body did not decode.
     #[error("malformed frame: {0}")]
     Malformed(#[from] CodecError),

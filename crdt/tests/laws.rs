@@ -934,7 +934,8 @@ proptest! {
         let run = run(&LwwM, &steps);
         let merged = LwwM.join_all(&run.finals);
         let latest = run.deltas.iter().max_by(|a, b| (a.ts, a.node, &a.value).cmp(&(b.ts, b.node, &b.value)));
-        prop_assert_eq!(&merged, latest.unwrap_or(&LwwRegister::default()));
+        let expected = latest.cloned().unwrap_or_default();
+        prop_assert_eq!(&merged, &expected);
         // One replica never issues one timestamp twice.
         let stamps: BTreeSet<(NodeId, Hlc)> = run.writes.iter().map(|w| (w.node, w.ts)).collect();
         prop_assert_eq!(stamps.len(), run.writes.len());

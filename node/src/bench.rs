@@ -98,7 +98,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
         }
     };
     let value = vec![b'x'; options.value_bytes];
-    let writes = phase(&options, endpoint, &ca_cert, "writes", |client, key| {
+    let writes = phase(&options, endpoint, &ca_cert, "writes", move |client, key| {
         let value = value.clone();
         async move { client.register(key.as_str()).consistency(Consistency::Eventual).set(value).await.map(|_| ()) }
     })

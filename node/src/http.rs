@@ -156,6 +156,19 @@ fn json_bytes(value: &Json_, what: &str) -> Result<Vec<u8>, ApiError> {
     }
 }
 
+/// The text form of a multi-value register's read context (URL-safe base64 of its codec encoding).
+pub fn encode_context(context: &DotContext) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meridian_crdt::codec::encode(context))
+}
+
+/// Parses [`encode_context`]'s output.
+pub fn decode_context(text: &str) -> Result<DotContext, String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|e| format!("context: invalid base64: {e}"))?;
+    meridian_crdt::codec::decode::<DotContext>(&bytes, 1 << 20).map_err(|e| format!("context: {e}"))
+}
+
 /// A value as JSON.
 pub fn value_json(value: &Value) -> Json_ {
     match value {
@@ -163,7 +176,7 @@ pub fn value_json(value: &Value) -> Json_ {
         Value::Register(v) => v.as_deref().map_or(Json_::Null, bytes_json),
         Value::MvRegister { values, context } => json!({
             "values": values.iter().map(|v| bytes_json(v)).collect::<Vec<_>>(),
-            "context": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meridian_crdt::codec::encode(context)),
+            "context": encode_context(context),
         }),
         Value::Set(members) => Json_::Array(members.iter().map(|m| bytes_json(m)).collect()),
         Value::Map(fields) => Json_::Object(fields.iter().map(|(k, v)| (k.clone(), typed_json(v))).collect()),
@@ -209,15 +222,7 @@ fn mutation_from_json(body: &Json_, depth: usize) -> Result<Mutation, ApiError> 
         "mvset" => {
             let context = match body.get("context") {
                 None | Some(Json_::Null) => None,
-                Some(Json_::String(text)) => {
-                    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(text)
-                        .map_err(|e| bad(format!("context: invalid base64: {e}")))?;
-                    Some(
-                        meridian_crdt::codec::decode::<DotContext>(&bytes, 1 << 20)
-                            .map_err(|e| bad(format!("context: {e}")))?,
-                    )
-                }
+                Some(Json_::String(text)) => Some(decode_context(text).map_err(bad)?),
                 Some(_) => return Err(bad("\"context\" must be the string a read returned")),
             };
             Mutation::MvRegisterSet { value: json_bytes(field("value")?, "value")?, context }

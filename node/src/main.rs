@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use meridian_client::{CausalToken, Client, Consistency, Mutation, Session, Value};
+use meridian_client::proto::{Operation, ReplyBody, RequestV1};
+use meridian_client::{Client, Consistency, CrdtType, Mutation, Session, Value};
 use meridian_node::config::Config;
 use meridian_node::http::value_json;
 use std::path::PathBuf;
@@ -161,7 +162,15 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        // `{:#}` prints the whole context chain on one line; no backtrace for operating errors.
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
@@ -242,20 +251,14 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     let client = builder.connect().await.with_context(|| {
         format!("connecting to {} (trusting {}); is `meridian serve` running?", conn.endpoint, conn.ca_cert.display())
     })?;
-    let session: Session = match &conn.token {
+    // Every CLI command runs in a session, so `--show-token` / `--token` carry causality between
+    // invocations; its level is `--consistency`, else causal.
+    let mut session: Session = match &conn.token {
         Some(token) => client.resume_session(token)?,
         None => client.session(),
     };
-    // Without an explicit level, a CLI session reads at the namespace default like any client.
-    let level = conn.consistency;
-    macro_rules! with_level {
-        ($handle:expr) => {{
-            let handle = $handle;
-            match level {
-                Some(level) => handle.consistency(level),
-                None => handle,
-            }
-        }};
+    if let Some(level) = conn.consistency {
+        session = session.with_consistency(level);
     }
     let mut exit_code = 0;
     match command {
@@ -275,11 +278,8 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         }
         Command::Get { key, crdt_type } => {
             let value = match crdt_type {
-                Some(t) => {
-                    let t: meridian_client::CrdtType = t.parse()?;
-                    with_level!(session.typed_get(key.as_str(), t)).await?
-                }
-                None => with_level!(session.read(key.as_str())).await?,
+                Some(crdt_type) => typed_get(&session, &key, crdt_type.parse()?, conn).await?,
+                None => session.get(key.as_str()).await?,
             };
             match value {
                 Some(value) => {
@@ -293,16 +293,16 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             }
         }
         Command::Put { key, value } => {
-            with_level!(session.register(key.as_str())).set(value.into_bytes()).await?;
+            session.register(key.as_str()).set(value.into_bytes()).await?;
             println!("OK");
         }
-        Command::Incr { key, by } => println!("{}", with_level!(session.counter(key.as_str())).incr(by).await?),
-        Command::Decr { key, by } => println!("{}", with_level!(session.counter(key.as_str())).decr(by).await?),
+        Command::Incr { key, by } => println!("{}", session.counter(key.as_str()).incr(by).await?),
+        Command::Decr { key, by } => println!("{}", session.counter(key.as_str()).decr(by).await?),
         Command::Mvput { key, value, context } => {
-            let handle = with_level!(session.mvregister(key.as_str()));
+            let handle = session.mvregister(key.as_str());
             match context {
                 Some(context) => {
-                    let context = meridian_client::decode_context(&context)?;
+                    let context = meridian_node::http::decode_context(&context).map_err(anyhow::Error::msg)?;
                     handle.set_resolving(value.into_bytes(), &context).await?
                 }
                 None => handle.set(value.into_bytes()).await?,
@@ -310,55 +310,55 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             println!("OK");
         }
         Command::Sadd { key, members } => {
-            with_level!(session.set(key.as_str())).add(members.into_iter().map(String::into_bytes)).await?;
+            session.set(key.as_str()).add(members.into_iter().map(String::into_bytes)).await?;
             println!("OK");
         }
         Command::Srem { key, members } => {
-            with_level!(session.set(key.as_str())).remove(members.into_iter().map(String::into_bytes)).await?;
+            session.set(key.as_str()).remove(members.into_iter().map(String::into_bytes)).await?;
             println!("OK");
         }
         Command::Smembers { key } => {
-            for member in with_level!(session.set(key.as_str())).members().await? {
+            for member in session.set(key.as_str()).members().await? {
                 println!("{}", text(&member));
             }
         }
         Command::Sismember { key, member } => {
-            let present = with_level!(session.set(key.as_str())).contains(member.into_bytes()).await?;
+            let present = session.set(key.as_str()).contains(member.into_bytes()).await?;
             println!("{present}");
             exit_code = if present { 0 } else { 1 };
         }
         Command::Hset { key, field, value } => {
-            with_level!(session.map(key.as_str())).set_field(field, value.into_bytes()).await?;
+            session.map(key.as_str()).set_field(field, value.into_bytes()).await?;
             println!("OK");
         }
         Command::Hincr { key, field, by } => {
-            with_level!(session.map(key.as_str())).incr_field(field, by).await?;
+            session.map(key.as_str()).incr_field(field, by).await?;
             println!("OK");
         }
         Command::Hsadd { key, field, members } => {
             let mutation = Mutation::SetAdd { members: members.into_iter().map(String::into_bytes).collect() };
-            with_level!(session.map(key.as_str())).update(field, mutation).await?;
+            session.map(key.as_str()).update(field, mutation).await?;
             println!("OK");
         }
         Command::Hdel { key, field } => {
-            with_level!(session.map(key.as_str())).remove(field).await?;
+            session.map(key.as_str()).remove(field).await?;
             println!("OK");
         }
         Command::DocPut { key, json } => {
             let json: serde_json::Value = serde_json::from_str(&json).context("the JSON argument does not parse")?;
-            with_level!(session.doc(key.as_str())).put_json(&json).await?;
+            session.doc(key.as_str()).put_json(&json).await?;
             println!("OK");
         }
         Command::DocApply { key, file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let changes = split_chunks(&bytes)?;
             let count = changes.len();
-            with_level!(session.doc(key.as_str())).apply_changes(changes).await?;
+            session.doc(key.as_str()).apply_changes(changes).await?;
             println!("applied {count} changes");
         }
         Command::DocChanges { key, since, out } => {
             let since: Vec<String> = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
-            let (changes, heads) = with_level!(session.doc(key.as_str())).changes_since(&since).await?;
+            let (changes, heads) = session.doc(key.as_str()).changes_since(&since).await?;
             let mut bytes = Vec::new();
             for change in &changes {
                 bytes.extend_from_slice(&(change.len() as u32).to_be_bytes());
@@ -368,7 +368,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             println!("wrote {} changes to {}; heads {}", changes.len(), out.display(), heads.join(","));
         }
         Command::Del { key } => {
-            let existed = with_level!(session.delete(key.as_str())).await?;
+            let existed = session.delete(key.as_str()).await?;
             println!("{}", if existed { "deleted" } else { "(did not exist)" });
         }
         Command::Keys { namespace, prefix, limit, after } => {
@@ -388,6 +388,8 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     if conn.show_token {
         eprintln!("token: {}", session.token());
     }
+    // Close the QUIC connection now rather than leaving the node to time it out.
+    client.close().await;
     if exit_code != 0 {
         std::process::exit(exit_code);
     }
@@ -407,5 +409,18 @@ fn split_chunks(mut bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-#[allow(dead_code)]
-fn _token_type_check(_: CausalToken, _: Value) {}
+/// Reads a key, refusing another type (the node checks, so nothing is decoded client-side).
+async fn typed_get(session: &Session, key: &str, crdt_type: CrdtType, conn: &Connection) -> anyhow::Result<Option<Value>> {
+    let request = RequestV1 {
+        consistency: conn.consistency.or(Some(Consistency::Causal)),
+        causal_token: Some(session.token()),
+        timeout_ms: u32::try_from(conn.timeout_ms).unwrap_or(u32::MAX),
+        op: Operation::Read { key: key.parse()?, expected: Some(crdt_type) },
+    };
+    let reply = session.client().raw(request).await?;
+    session.merge_token(&reply.causal_token);
+    match reply.body {
+        ReplyBody::Value(value) => Ok(value),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}

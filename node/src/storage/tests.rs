@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::rocks::Db as RawDb;
 use super::*;
 
 fn open_memory() -> (MemoryEngine, Option<TempDir>) {
@@ -450,7 +451,7 @@ mod rocks_only {
 
     /// Writes a format marker behind the engine's back (the engine refuses to).
     fn overwrite_marker(path: &Path, marker: &[u8]) {
-        let db = rocks::Db::open_cf(&rocksdb::Options::default(), path, Space::ALL.map(Space::name)).unwrap();
+        let db = RawDb::open_cf(&rocksdb::Options::default(), path, Space::ALL.map(Space::name)).unwrap();
         db.put_cf(db.cf_handle(Space::Meta.name()).unwrap(), FORMAT_KEY, marker).unwrap();
     }
 
@@ -458,7 +459,7 @@ mod rocks_only {
     fn format_marker_written_and_mismatch_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(RocksEngine::open(dir.path(), RocksOptions::default()).unwrap());
-        let db = rocks::Db::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), Space::ALL.map(Space::name), false)
+        let db = RawDb::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), Space::ALL.map(Space::name), false)
             .unwrap();
         assert_eq!(db.get_cf(db.cf_handle("meta").unwrap(), b"storage_format").unwrap(), Some(vec![1]));
         drop(db);
@@ -482,7 +483,7 @@ mod rocks_only {
             let mut opts = rocksdb::Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let db = rocks::Db::open_cf(&opts, dir.path(), Space::ALL.map(Space::name)).unwrap();
+            let db = RawDb::open_cf(&opts, dir.path(), Space::ALL.map(Space::name)).unwrap();
             db.put_cf(db.cf_handle("log").unwrap(), b"k", b"v").unwrap();
         }
         let err = RocksEngine::open(dir.path(), RocksOptions::default()).unwrap_err();
@@ -504,7 +505,7 @@ mod rocks_only {
         let report = raw_rocksdb_put_loop(&path, 2, 50, 100, Durability::Relaxed).unwrap();
         assert_eq!((report.writers, report.ops, report.hist.len()), (2, 100, 100));
         assert!(report.ops_per_sec > 0.0);
-        let db = rocks::Db::open_default(&path).unwrap();
+        let db = RawDb::open_default(&path).unwrap();
         assert_eq!(db.iterator(rocksdb::IteratorMode::Start).count(), 100);
         drop(db);
         assert!(raw_rocksdb_put_loop(&path, 1, 1, 1, Durability::Relaxed).is_err(), "refuses an existing DB");
@@ -576,7 +577,8 @@ mod model {
             let all = memory.scan(space, b"", None, usize::MAX).unwrap();
             prop_assert_eq!(&rocks.scan(space, b"", None, usize::MAX).unwrap(), &all, "contents of {}", space);
             for (k, v) in &all {
-                prop_assert_eq!(rocks.get(space, k).unwrap().as_ref(), Some(v));
+                let got = rocks.get(space, k).unwrap();
+                prop_assert_eq!(got.as_ref(), Some(v));
             }
         }
         for q in queries {

@@ -1,0 +1,390 @@
+//! [`ClientBuilder`]: every setting of a client, validated in one place before any I/O.
+//!
+//! Setters never fail (they only record), so configuration code stays a flat chain; all validation
+//! happens in [`ClientBuilder::connect`], which reports the first problem as
+//! [`Error::InvalidArgument`] (or [`Error::Tls`] for unusable certificates) naming the setter to fix.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto::{self, Consistency};
+use crate::tls::{self, ClientIdentity};
+use crate::transport::{Config, Transport};
+use crate::{Client, Error};
+
+/// Per-attempt timeout unless [`ClientBuilder::timeout`] says otherwise (5 s).
+///
+/// ```no_run
+/// assert_eq!(meridian_client::DEFAULT_TIMEOUT.as_secs(), 5);
+/// ```
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Retries after the first attempt unless [`ClientBuilder::max_retries`] says otherwise (3).
+///
+/// ```no_run
+/// assert_eq!(meridian_client::DEFAULT_MAX_RETRIES, 3);
+/// ```
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+/// The default TLS server name, which the nodes' self-signed certificates carry.
+///
+/// ```no_run
+/// assert_eq!(meridian_client::DEFAULT_SERVER_NAME, "localhost");
+/// ```
+pub const DEFAULT_SERVER_NAME: &str = "localhost";
+
+/// PEM data given inline or as a path, read when the client is built.
+#[derive(Clone)]
+enum Pem {
+    Inline(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Pem {
+    fn load(&self, what: &str) -> Result<Vec<u8>, Error> {
+        match self {
+            Pem::Inline(bytes) => Ok(bytes.clone()),
+            Pem::File(path) => std::fs::read(path)
+                .map_err(|e| Error::invalid(format!("cannot read the {what} file {}: {e}", path.display()))),
+        }
+    }
+}
+
+/// Configures and connects a [`Client`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use meridian_client::{Client, Consistency};
+/// # async fn example() -> Result<(), meridian_client::Error> {
+/// let client = Client::builder()
+///     .endpoint("10.0.0.1:7400") // nearest first
+///     .endpoint("10.0.1.1:7400")
+///     .ca_cert_file("cluster-ca.pem")
+///     .client_cert_files("app.crt", "app.key") // only if the nodes require mutual TLS
+///     .timeout(Duration::from_secs(2))
+///     .max_retries(5)
+///     .default_consistency(Consistency::LocalQuorum)
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    roots: Vec<Pem>,
+    identity: Option<(Pem, Pem)>,
+    server_name: String,
+    timeout: Duration,
+    max_retries: u32,
+    default_consistency: Option<Consistency>,
+    max_frame_bytes: usize,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Certificates and keys are left out: the key is a secret.
+        f.debug_struct("ClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("trusted_certificates", &self.roots.len())
+            .field("client_certificate", &self.identity.is_some())
+            .field("server_name", &self.server_name)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("default_consistency", &self.default_consistency)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .finish()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with the defaults: no endpoint, no trusted certificate (both required), server name
+    /// [`DEFAULT_SERVER_NAME`], timeout [`DEFAULT_TIMEOUT`], [`DEFAULT_MAX_RETRIES`] retries, the
+    /// namespace's default consistency, [`proto::DEFAULT_MAX_FRAME_BYTES`] frames.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::ClientBuilder::new(); // same as Client::builder()
+    /// ```
+    pub fn new() -> ClientBuilder {
+        ClientBuilder {
+            endpoints: Vec::new(),
+            roots: Vec::new(),
+            identity: None,
+            server_name: DEFAULT_SERVER_NAME.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            max_retries: DEFAULT_MAX_RETRIES,
+            default_consistency: None,
+            max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+
+    /// Adds a node's client address, `host:port` (`[v6]:port` for IPv6 literals). Call it once per
+    /// node, nearest first: the client connects to the first reachable one and fails over in order,
+    /// wrapping around.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().endpoint("127.0.0.1:7400").endpoint("node2.local:7400");
+    /// ```
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// Trusts the certificate(s) in this PEM data: a node's self-signed certificate or the CA that
+    /// signed the nodes' certificates. May be called several times; at least one is required.
+    ///
+    /// ```no_run
+    /// # fn example(pem: Vec<u8>) {
+    /// let builder = meridian_client::Client::builder().ca_cert_pem(pem);
+    /// # }
+    /// ```
+    pub fn ca_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(Pem::Inline(pem.into()));
+        self
+    }
+
+    /// Like [`ClientBuilder::ca_cert_pem`], reading the PEM file when the client is built.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().ca_cert_file("/etc/meridian/node.crt");
+    /// ```
+    pub fn ca_cert_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.roots.push(Pem::File(path.into()));
+        self
+    }
+
+    /// Presents this certificate chain and private key (PEM) to nodes that require mutual TLS.
+    ///
+    /// ```no_run
+    /// # fn example(cert: Vec<u8>, key: Vec<u8>) {
+    /// let builder = meridian_client::Client::builder().client_cert_pem(cert, key);
+    /// # }
+    /// ```
+    pub fn client_cert_pem(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some((Pem::Inline(cert_pem.into()), Pem::Inline(key_pem.into())));
+        self
+    }
+
+    /// Like [`ClientBuilder::client_cert_pem`], reading the PEM files when the client is built.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().client_cert_files("app.crt", "app.key");
+    /// ```
+    pub fn client_cert_files(mut self, cert_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Self {
+        self.identity = Some((Pem::File(cert_path.into()), Pem::File(key_path.into())));
+        self
+    }
+
+    /// The name the node's certificate must carry (default [`DEFAULT_SERVER_NAME`]).
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().server_name("db.example.com");
+    /// ```
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// How long one attempt may take (default [`DEFAULT_TIMEOUT`]): the handshake with each
+    /// endpoint, and each request's round trip, which also tells the node (`timeout_ms`) when to
+    /// give up. Must be at least 1 ms.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().timeout(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many times a retryable failure is retried (default [`DEFAULT_MAX_RETRIES`]; 0 disables
+    /// retries), with exponential backoff from 50 ms, capped at 2 s, with jitter.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().max_retries(0);
+    /// ```
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// The consistency level for requests that do not choose one (sessions use
+    /// [`Consistency::Causal`]). Unset, the node applies the namespace's default.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().default_consistency(meridian_client::Consistency::Quorum);
+    /// ```
+    pub fn default_consistency(mut self, consistency: Consistency) -> Self {
+        self.default_consistency = Some(consistency);
+        self
+    }
+
+    /// The largest frame sent or accepted (default [`proto::DEFAULT_MAX_FRAME_BYTES`]; at most
+    /// [`meridian_crdt::codec::ABSOLUTE_MAX_BYTES`]). A larger response is an [`Error::Protocol`], a
+    /// larger request an [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().max_frame_bytes(16 << 20);
+    /// ```
+    pub fn max_frame_bytes(mut self, bytes: usize) -> Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Validates the settings and connects to the first reachable endpoint.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for missing or malformed settings, [`Error::Tls`] for
+    /// unusable certificates or if every node refused the handshake, [`Error::Connect`] if no
+    /// endpoint answered.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), meridian_client::Error> {
+    /// let client = meridian_client::Client::builder()
+    ///     .endpoint("127.0.0.1:7400")
+    ///     .ca_cert_file("node.crt")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<Client, Error> {
+        let transport = Arc::new(Transport::new(self.config()?));
+        transport.ensure_connected().await?;
+        Ok(Client::from_transport(transport))
+    }
+
+    /// Validates every setting and builds the TLS configuration (no network I/O).
+    fn config(&self) -> Result<Config, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::invalid("no endpoint: call .endpoint(\"host:port\") at least once"));
+        }
+        for endpoint in &self.endpoints {
+            check_endpoint(endpoint)?;
+        }
+        if self.roots.is_empty() {
+            return Err(Error::invalid(
+                "no trusted certificate: call .ca_cert_pem() or .ca_cert_file() with the node's certificate or CA",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::invalid("the timeout must be at least 1 ms"));
+        }
+        let max = meridian_crdt::codec::ABSOLUTE_MAX_BYTES;
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > max {
+            return Err(Error::invalid(format!("max_frame_bytes must be between 1 and {max}")));
+        }
+        tls::check_server_name(&self.server_name)?;
+        let roots = self.roots.iter().map(|pem| pem.load("trusted certificate")).collect::<Result<Vec<_>, _>>()?;
+        let identity = match &self.identity {
+            None => None,
+            Some((cert, key)) => {
+                Some(ClientIdentity { cert_pem: cert.load("client certificate")?, key_pem: key.load("client key")? })
+            }
+        };
+        Ok(Config {
+            endpoints: self.endpoints.clone(),
+            quic: tls::client_config(&roots, identity.as_ref())?,
+            server_name: self.server_name.clone(),
+            timeout: self.timeout,
+            max_retries: self.max_retries,
+            default_consistency: self.default_consistency,
+            max_frame_bytes: self.max_frame_bytes,
+        })
+    }
+}
+
+/// Checks `host:port` syntax (resolution happens when connecting).
+fn check_endpoint(endpoint: &str) -> Result<(), Error> {
+    let bad = |why: &str| Error::invalid(format!("endpoint {endpoint:?}: {why} (expected host:port)"));
+    if let Ok(addr) = endpoint.parse::<std::net::SocketAddr>() {
+        return if addr.port() == 0 { Err(bad("port 0")) } else { Ok(()) };
+    }
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+        return Err(bad("bad host name (IPv6 addresses need brackets)"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err(bad("port 0")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(bad("bad port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem() -> Vec<u8> {
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap().cert.pem().into_bytes()
+    }
+
+    fn invalid(builder: ClientBuilder) -> String {
+        match builder.config() {
+            Err(Error::InvalidArgument(message)) => message,
+            Err(other) => panic!("expected InvalidArgument, got {other:?}"),
+            Ok(_) => panic!("expected InvalidArgument, got a config"),
+        }
+    }
+
+    #[test]
+    fn requires_an_endpoint_and_a_trust_root() {
+        assert!(invalid(ClientBuilder::new().ca_cert_pem(pem())).contains("no endpoint"));
+        assert!(invalid(ClientBuilder::new().endpoint("127.0.0.1:7400")).contains("no trusted certificate"));
+        let config = ClientBuilder::new().endpoint("127.0.0.1:7400").ca_cert_pem(pem()).config().unwrap();
+        assert_eq!(config.endpoints, ["127.0.0.1:7400"]);
+        assert_eq!(config.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(config.timeout_ms(), 5000);
+        assert_eq!(config.max_retries, DEFAULT_MAX_RETRIES);
+        assert_eq!(config.server_name, "localhost");
+        assert_eq!(config.default_consistency, None);
+    }
+
+    #[tokio::test]
+    async fn connect_fails_fast_on_bad_settings() {
+        // Validation happens before any network I/O, so this returns at once.
+        let result = tokio::time::timeout(Duration::from_secs(5), Client::builder().ca_cert_pem(pem()).connect()).await;
+        assert!(matches!(result, Ok(Err(Error::InvalidArgument(m))) if m.contains("no endpoint")));
+    }
+
+    #[test]
+    fn validates_endpoints() {
+        let base = || ClientBuilder::new().ca_cert_pem(pem());
+        for good in ["127.0.0.1:7400", "[::1]:7400", "localhost:1", "node-2.example.com:65535"] {
+            base().endpoint(good).config().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["127.0.0.1", "localhost", ":7400", "host:0", "host:99999", "::1:7400", "a b:1", "host:port"] {
+            assert!(invalid(base().endpoint(bad)).contains("expected host:port"), "{bad}");
+        }
+        // Every endpoint is checked, not only the first.
+        assert!(invalid(base().endpoint("127.0.0.1:1").endpoint("nope")).contains("\"nope\""));
+    }
+
+    #[test]
+    fn validates_other_settings() {
+        let base = || ClientBuilder::new().endpoint("127.0.0.1:7400").ca_cert_pem(pem());
+        assert!(invalid(base().timeout(Duration::ZERO)).contains("timeout"));
+        assert!(invalid(base().max_frame_bytes(0)).contains("max_frame_bytes"));
+        assert!(invalid(base().max_frame_bytes(usize::MAX)).contains("max_frame_bytes"));
+        assert!(invalid(base().server_name("not a name")).contains("server name"));
+        assert!(invalid(base().ca_cert_file("/nonexistent/ca.pem")).contains("/nonexistent/ca.pem"));
+        assert!(matches!(base().ca_cert_pem("garbage").config(), Err(Error::Tls(_))));
+        let config = base()
+            .timeout(Duration::from_millis(1500))
+            .max_retries(0)
+            .default_consistency(Consistency::Quorum)
+            .server_name("127.0.0.1")
+            .config()
+            .unwrap();
+        assert_eq!(config.timeout_ms(), 1500);
+        assert_eq!(config.max_retries, 0);
+        assert_eq!(config.default_consistency, Some(Consistency::Quorum));
+        // The builder's Debug output never shows key material.
+        let debug = format!("{:?}", base().client_cert_pem(pem(), "SECRET KEY"));
+        assert!(!debug.contains("SECRET") && debug.contains("client_certificate: true"), "{debug}");
+    }
+}

@@ -1,0 +1,293 @@
+//! [`Client`]: the entry point. A cheap, clonable handle on one shared connection core.
+//!
+//! The client itself is thin: it hands out typed handles (which send requests through
+//! [`crate::transport`]) and sessions. Everything stateful — the cached connection, failover
+//! position, UDP sockets — lives behind one `Arc`, so clones share it and the last clone dropped
+//! closes the connection.
+
+use std::sync::Arc;
+
+use meridian_crdt::Value;
+
+use crate::handles::{unexpected, Ctx};
+use crate::proto::{CausalToken, NodeStatus, Operation, Reply, ReplyBody, RequestV1};
+use crate::transport::Transport;
+use crate::{
+    ClientBuilder, CounterHandle, DocHandle, Error, IntoKey, KeysQuery, MapHandle, MvRegisterHandle, RegisterHandle,
+    Session, SetHandle,
+};
+
+/// A connection to a Meridian cluster (one node at a time, with failover to the others).
+///
+/// Clone it freely: clones share the connection. Requests are retried on transient failures; writes
+/// carry an idempotency id so a retried write is applied once.
+///
+/// ```no_run
+/// use meridian_client::Client;
+/// # async fn example() -> Result<(), meridian_client::Error> {
+/// let client = Client::builder()
+///     .endpoint("127.0.0.1:7400")
+///     .ca_cert_file("node.crt")
+///     .connect()
+///     .await?;
+/// let visits = client.counter("app/visits").incr(1).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Transport>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.inner.config;
+        f.debug_struct("Client")
+            .field("endpoints", &config.endpoints)
+            .field("server_name", &config.server_name)
+            .field("timeout", &config.timeout)
+            .field("max_retries", &config.max_retries)
+            .field("default_consistency", &config.default_consistency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client. See [`ClientBuilder`].
+    ///
+    /// ```no_run
+    /// # async fn example(ca_pem: Vec<u8>) -> Result<(), meridian_client::Error> {
+    /// let client = meridian_client::Client::builder()
+    ///     .endpoint("10.0.0.1:7400")
+    ///     .endpoint("10.0.1.1:7400") // failover
+    ///     .ca_cert_pem(ca_pem)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) fn from_transport(inner: Arc<Transport>) -> Client {
+        Client { inner }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx { client: self.clone(), session: None, consistency: self.inner.config.default_consistency }
+    }
+
+    /// Starts a causal session with an empty token. See [`Session`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let session = client.session();
+    /// session.set("posts/42/tags").add(["rust"]).await?;
+    /// assert!(session.set("posts/42/tags").contains("rust").await?); // read-your-writes
+    /// # Ok(()) }
+    /// ```
+    pub fn session(&self) -> Session {
+        Session::new(self.clone(), CausalToken::empty())
+    }
+
+    /// Resumes a session from a token exported by [`Session::export_token`]; a string that is not a
+    /// token is [`Error::InvalidArgument`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client, token_from_cookie: String) -> Result<(), meridian_client::Error> {
+    /// let session = client.resume_session(&token_from_cookie)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resume_session(&self, token: &str) -> Result<Session, Error> {
+        let token = token.parse::<CausalToken>().map_err(|e| Error::invalid(e.to_string()))?;
+        Ok(Session::new(self.clone(), token))
+    }
+
+    /// A handle on a `counter` key. See [`CounterHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let n = client.counter("app/visits").incr(1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn counter(&self, key: impl IntoKey) -> CounterHandle {
+        CounterHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// A handle on a `register` key. See [`RegisterHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// client.register("cfg/motd").set("hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn register(&self, key: impl IntoKey) -> RegisterHandle {
+        RegisterHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// A handle on an `mvregister` key. See [`MvRegisterHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let siblings = client.mvregister("carts/alice").get().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn mvregister(&self, key: impl IntoKey) -> MvRegisterHandle {
+        MvRegisterHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// A handle on a `set` key. See [`SetHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let tags = client.set("posts/42/tags").members().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set(&self, key: impl IntoKey) -> SetHandle {
+        SetHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// A handle on a `map` key. See [`MapHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let fields = client.map("users/alice").get().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn map(&self, key: impl IntoKey) -> MapHandle {
+        MapHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// A handle on a `doc` key. See [`DocHandle`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let json = client.doc("notes/today").get_json().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn doc(&self, key: impl IntoKey) -> DocHandle {
+        DocHandle::new(self.ctx(), key.into_key())
+    }
+
+    /// Reads a key of any type; `None` if it does not exist.
+    ///
+    /// ```no_run
+    /// use meridian_client::Value;
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// match client.get("app/anything").await? {
+    ///     Some(Value::Counter(n)) => println!("counter {n}"),
+    ///     Some(other) => println!("a {}", other.crdt_type()),
+    ///     None => println!("absent"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, key: impl IntoKey) -> Result<Option<Value>, Error> {
+        self.ctx().read(&key.into_key(), None).await
+    }
+
+    /// Deletes a key of any type; returns whether the coordinating node held it. Writes concurrent
+    /// with the delete survive it.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let existed = client.delete("app/old").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, key: impl IntoKey) -> Result<bool, Error> {
+        self.ctx().delete(&key.into_key()).await
+    }
+
+    /// Lists a namespace's keys. See [`KeysQuery`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let page = client.keys("users").prefix("a").limit(100).page().await?;
+    /// let everything = client.keys("users").all_up_to(100_000).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn keys(&self, namespace: impl Into<String>) -> KeysQuery {
+        KeysQuery::new(self.ctx(), namespace.into())
+    }
+
+    /// The connected node's status.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let status = client.status().await?;
+    /// println!("{} in {} up {} s", status.name, status.region, status.uptime_s);
+    /// # Ok(()) }
+    /// ```
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        match self.ctx().call(Operation::Status).await? {
+            ReplyBody::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Sends a request as given (for the CLI and benchmarks), with the client's retries and
+    /// failover. The only change made to it: a write or delete without an idempotency id gets a
+    /// random one, used on every attempt. Nothing is checked or interpreted beyond the frame limit;
+    /// a node error reply is returned as [`Error::Server`].
+    ///
+    /// ```no_run
+    /// use meridian_client::{Operation, RequestV1};
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let request = RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op: Operation::Status };
+    /// let reply = client.raw(request).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn raw(&self, request: RequestV1) -> Result<Reply, Error> {
+        self.inner.execute(request).await
+    }
+
+    /// The endpoints, in failover order, as given to the builder.
+    ///
+    /// ```no_run
+    /// # fn example(client: meridian_client::Client) {
+    /// println!("nodes: {}", client.endpoints().join(", "));
+    /// # }
+    /// ```
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.config.endpoints
+    }
+
+    /// The endpoint the client is connected to right now, if any (it reconnects lazily).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) {
+    /// if let Some(endpoint) = client.connected_endpoint().await {
+    ///     println!("talking to {endpoint}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn connected_endpoint(&self) -> Option<String> {
+        self.inner.connected_endpoint().await
+    }
+
+    /// Closes the connection gracefully (for every clone) and waits up to a second for the node to
+    /// acknowledge. Not required — dropping the last clone also closes it — but lets the node free
+    /// the connection at once. A later request reconnects.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) {
+    /// client.close().await;
+    /// # }
+    /// ```
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    /// A client that is never connected (its endpoint is unroutable), for tests of local behaviour.
+    #[cfg(test)]
+    pub(crate) fn offline_for_tests() -> Client {
+        let config = crate::transport::Config {
+            endpoints: vec!["192.0.2.1:7400".into()],
+            quic: crate::tls::client_config(&[], None).expect("an empty trust store builds"),
+            server_name: "localhost".into(),
+            timeout: std::time::Duration::from_millis(100),
+            max_retries: 0,
+            default_consistency: None,
+            max_frame_bytes: crate::proto::DEFAULT_MAX_FRAME_BYTES,
+        };
+        Client::from_transport(Arc::new(Transport::new(config)))
+    }
+}
