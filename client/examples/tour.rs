@@ -14,12 +14,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = args.next().unwrap_or_else(|| "127.0.0.1:7400".into());
     let ca_cert = args.next().unwrap_or_else(|| "./meridian-data/tls/node.crt".into());
 
-    let client = Client::builder()
-        .endpoint(endpoint)
-        .ca_cert_file(ca_cert)
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+    let client =
+        Client::builder().endpoint(endpoint).ca_cert_file(ca_cert).timeout(Duration::from_secs(2)).connect().await?;
 
     // Typed handles: each key holds one CRDT type.
     let visits = client.counter("tour/visits").incr(1).await?;
@@ -31,8 +27,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     client.set("tour/tags").add(["rust", "crdt", "quic"]).await?;
     client.set("tour/tags").remove(["quic"]).await?;
-    let tags: Vec<String> =
-        client.set("tour/tags").members().await?.into_iter().map(|m| String::from_utf8_lossy(&m).into_owned()).collect();
+    let tags: Vec<String> = client
+        .set("tour/tags")
+        .members()
+        .await?
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
+        .collect();
     println!("set tour/tags = {tags:?}");
 
     client.map("tour/user:1").set_field("name", "Ada").await?;

@@ -40,7 +40,11 @@ impl Ctx {
     }
 
     /// Reads a key; with `expected`, the node refuses a key of another type and the reply is checked.
-    pub(crate) async fn read(&self, key: &Result<Key, Error>, expected: Option<CrdtType>) -> Result<Option<Value>, Error> {
+    pub(crate) async fn read(
+        &self,
+        key: &Result<Key, Error>,
+        expected: Option<CrdtType>,
+    ) -> Result<Option<Value>, Error> {
         let key = key.clone()?;
         match self.call(Operation::Read { key, expected }).await? {
             ReplyBody::Value(Some(value)) if expected.is_some_and(|t| t != value.crdt_type()) => {

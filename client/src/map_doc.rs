@@ -210,7 +210,8 @@ mod tests {
     #[test]
     fn map_fields_cannot_hold_docs_at_any_depth() {
         assert!(contains_doc(&Mutation::DocPut { json: "{}".into() }));
-        let nested = Mutation::MapUpdate { field: "f".into(), mutation: Box::new(Mutation::DocApply { changes: vec![] }) };
+        let nested =
+            Mutation::MapUpdate { field: "f".into(), mutation: Box::new(Mutation::DocApply { changes: vec![] }) };
         assert!(contains_doc(&nested));
         assert!(!contains_doc(&Mutation::CounterAdd { amount: 1 }));
         assert!(!contains_doc(&Mutation::MapUpdate {

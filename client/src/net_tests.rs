@@ -23,7 +23,7 @@ use crate::{Client, CrdtType, Error};
 
 /// What the server does with one request.
 enum Action {
-    Reply(Response),
+    Reply(Box<Response>),
     /// Reads the request and never answers.
     Silent,
 }
@@ -47,11 +47,11 @@ fn token(entries: &[(u64, u64)]) -> CausalToken {
 }
 
 fn ok(causal_token: CausalToken, body: ReplyBody) -> Action {
-    Action::Reply(Response::V1(Ok(Reply { causal_token, body })))
+    Action::Reply(Box::new(Response::V1(Ok(Reply { causal_token, body }))))
 }
 
 fn err(code: ErrorCode) -> Action {
-    Action::Reply(Response::V1(Err(ErrorReply::new(code, format!("scripted {}", code.name())))))
+    Action::Reply(Box::new(Response::V1(Err(ErrorReply::new(code, format!("scripted {}", code.name()))))))
 }
 
 impl TestServer {
@@ -59,13 +59,12 @@ impl TestServer {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let cert: CertificateDer<'static> = ck.cert.der().clone();
         let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-        let mut tls =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert], key)
-                .unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
         tls.alpn_protocols = vec![proto::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
         let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -108,7 +107,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     shared.seen.lock().unwrap().push(request);
     let action = shared.script.lock().unwrap().pop_front();
     let response = match action {
-        Some(Action::Reply(response)) => response,
+        Some(Action::Reply(response)) => *response,
         Some(Action::Silent) => {
             // Hold the stream open without answering until the client gives up on it.
             let _ = send.stopped().await;
@@ -165,7 +164,9 @@ async fn scenario() {
         assert_eq!(request.consistency, Some(Consistency::Causal));
         assert_eq!(request.causal_token, Some(CausalToken::empty()));
         assert_eq!(request.timeout_ms, 500);
-        assert!(matches!(&request.op, Operation::Write { key: k, mutation: Mutation::CounterAdd { amount: 3 }, .. } if *k == key));
+        assert!(
+            matches!(&request.op, Operation::Write { key: k, mutation: Mutation::CounterAdd { amount: 3 }, .. } if *k == key)
+        );
     }
     assert_eq!(session.token(), token(&[(1, 5)]));
     assert_eq!(server.connections(), 1, "both attempts used the connection made by connect()");
@@ -238,7 +239,8 @@ async fn scenario() {
 
     // A node whose certificate is not trusted: a TLS error, not a retryable connect error.
     let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap().cert.pem();
-    let refused = Client::builder().endpoint(&live).ca_cert_pem(stranger).timeout(Duration::from_secs(2)).connect().await;
+    let refused =
+        Client::builder().endpoint(&live).ca_cert_pem(stranger).timeout(Duration::from_secs(2)).connect().await;
     assert!(matches!(&refused, Err(Error::Tls(m)) if m.contains("handshake")), "{refused:?}");
 
     impatient.close().await;

@@ -80,7 +80,10 @@ pub fn validate_namespace(namespace: &str) -> Result<(), KeyError> {
         return Err(KeyError("the namespace is empty".into()));
     }
     if namespace.len() > MAX_NAMESPACE_BYTES {
-        return Err(KeyError(format!("the namespace is {} bytes, the limit is {MAX_NAMESPACE_BYTES}", namespace.len())));
+        return Err(KeyError(format!(
+            "the namespace is {} bytes, the limit is {MAX_NAMESPACE_BYTES}",
+            namespace.len()
+        )));
     }
     if namespace.contains('/') || namespace.chars().any(char::is_control) {
         return Err(KeyError(format!("the namespace {namespace:?} contains '/' or a control character")));

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::RwLock;
 
-use crate::proto::{self, Consistency, ErrorCode, FrameError, IdempotencyId, Operation, Reply, Request, RequestV1, Response};
+use crate::proto::{
+    self, Consistency, ErrorCode, FrameError, IdempotencyId, Operation, Reply, Request, RequestV1, Response,
+};
 use crate::{tls, Error};
 
 /// First retry delay (before jitter).
@@ -120,12 +122,10 @@ impl Transport {
     /// One attempt: get a connection, exchange one stream, fail over on connection-level trouble.
     async fn attempt(&self, frame: &[u8]) -> Result<Reply, Error> {
         let current = self.connection().await?;
-        let result = tokio::time::timeout(
-            self.config.timeout,
-            exchange(&current.conn, frame, self.config.max_frame_bytes),
-        )
-        .await
-        .unwrap_or_else(|_| Err(Error::Timeout { after_ms: self.config.timeout.as_millis() as u64 }));
+        let exchange = exchange(&current.conn, frame, self.config.max_frame_bytes);
+        let after_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
+        let result =
+            tokio::time::timeout(self.config.timeout, exchange).await.unwrap_or(Err(Error::Timeout { after_ms }));
         let fail_over = match &result {
             Err(Error::Timeout { .. }) => true,
             Err(Error::Transport(_)) => current.conn.close_reason().is_some(),
@@ -276,7 +276,8 @@ fn open(current: &Option<Current>) -> Option<Current> {
 
 /// One request/response exchange on a fresh bidirectional stream.
 async fn exchange(conn: &quinn::Connection, frame: &[u8], max_frame_bytes: usize) -> Result<Reply, Error> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| Error::Transport(format!("cannot open a stream: {e}")))?;
+    let (mut send, mut recv) =
+        conn.open_bi().await.map_err(|e| Error::Transport(format!("cannot open a stream: {e}")))?;
     send.write_all(frame).await.map_err(|e| Error::Transport(format!("cannot send the request: {e}")))?;
     send.finish().map_err(|e| Error::Transport(format!("cannot finish the request: {e}")))?;
     let response = proto::read_frame::<Response>(&mut recv, max_frame_bytes).await.map_err(|e| match e {

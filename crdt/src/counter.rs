@@ -35,11 +35,7 @@ impl PnCounter {
     /// The delta that adds `amount` (negative to decrement) on behalf of `node`.
     pub fn add_delta(&self, node: NodeId, amount: i64) -> Result<PnCounter, CrdtError> {
         let mut delta = PnCounter::default();
-        let (totals, out) = if amount >= 0 {
-            (&self.inc, &mut delta.inc)
-        } else {
-            (&self.dec, &mut delta.dec)
-        };
+        let (totals, out) = if amount >= 0 { (&self.inc, &mut delta.inc) } else { (&self.dec, &mut delta.dec) };
         let current = totals.get(&node).copied().unwrap_or(0);
         let next = current.checked_add(amount.unsigned_abs()).ok_or(CrdtError::CounterOverflow)?;
         out.insert(node, next);
@@ -48,11 +44,7 @@ impl PnCounter {
 
     /// The delta that resets everything observed here to zero.
     pub fn reset_delta(&self) -> PnCounter {
-        PnCounter {
-            reset_inc: self.inc.clone(),
-            reset_dec: self.dec.clone(),
-            ..PnCounter::default()
-        }
+        PnCounter { reset_inc: self.inc.clone(), reset_dec: self.dec.clone(), ..PnCounter::default() }
     }
 }
 

@@ -153,11 +153,7 @@ impl DotContext {
 
     /// The next dot `node` should mint so that it is newer than every dot of `node` seen here.
     pub fn next_dot(&self, node: NodeId) -> Dot {
-        let in_cloud = self
-            .cloud
-            .range(Dot::new(node, 0)..=Dot::new(node, u64::MAX))
-            .next_back()
-            .map_or(0, |d| d.seq);
+        let in_cloud = self.cloud.range(Dot::new(node, 0)..=Dot::new(node, u64::MAX)).next_back().map_or(0, |d| d.seq);
         Dot::new(node, self.vv.get(node).max(in_cloud) + 1)
     }
 

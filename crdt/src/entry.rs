@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::{AwSet, CrdtError, DocCrdt, DotContext, Hlc, Lattice, LwwRegister, MvRegister, NodeId, PnCounter, Presence};
+use crate::{
+    AwSet, CrdtError, DocCrdt, DotContext, Hlc, Lattice, LwwRegister, MvRegister, NodeId, PnCounter, Presence,
+};
 
 /// The CRDT types a key can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -330,7 +332,9 @@ impl Entry {
                     .map_err(|e| CrdtError::InvalidDocChange(format!("doc_put JSON: {e}")))?;
                 Body::Doc(d.put_root_delta(w.node, &value)?)
             }
-            (body, mutation) => unreachable!("type checked above: {:?} vs {:?}", body.crdt_type(), mutation.crdt_type()),
+            (body, mutation) => {
+                unreachable!("type checked above: {:?} vs {:?}", body.crdt_type(), mutation.crdt_type())
+            }
         };
         Ok(Entry { presence: state.presence.enable_delta(w.node), body })
     }

@@ -25,6 +25,8 @@ pub enum CrdtError {
     #[error("invalid mutation: {0}")]
     InvalidMutation(String),
     /// A remote HLC timestamp too far ahead of local physical time.
-    #[error("clock drift: remote timestamp {remote_ms} ms is more than {max_drift_ms} ms ahead of local {local_ms} ms")]
+    #[error(
+        "clock drift: remote timestamp {remote_ms} ms is more than {max_drift_ms} ms ahead of local {local_ms} ms"
+    )]
     ClockDrift { remote_ms: u64, local_ms: u64, max_drift_ms: u64 },
 }

@@ -34,11 +34,8 @@ impl HlcClock {
     /// A timestamp for a local event at physical time `now_ms`, greater than every timestamp issued
     /// or observed before.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
-        self.last = if now_ms > self.last.wall_ms {
-            Hlc { wall_ms: now_ms, logical: 0 }
-        } else {
-            self.successor_of_last()
-        };
+        self.last =
+            if now_ms > self.last.wall_ms { Hlc { wall_ms: now_ms, logical: 0 } } else { self.successor_of_last() };
         self.last
     }
 

@@ -5,6 +5,12 @@
 //! the other has never seen its dot; a pair one side has seen but no longer holds was overwritten. So
 //! concurrent writes survive as siblings, and the next write whose context covers them replaces them
 //! all — siblings never pile up beyond the number of truly concurrent writers.
+//!
+//! A write that replaces every sibling its coordinator holds (and a reset) carries the coordinator's
+//! whole causal context, not just the dots it replaces. The extra dots are ones the coordinator has
+//! seen overwritten, so the merged outcome is the same, but a replica that receives this delta before
+//! the deltas that did the overwriting (deltas are shipped per origin, not in causal order) does not
+//! resurrect them as siblings of the write that causally follows them.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,6 +46,10 @@ impl MvRegister {
     pub fn set_delta(&self, node: NodeId, value: Option<Vec<u8>>, seen: &DotContext) -> MvRegister {
         let dot = self.ctx.next_dot(node);
         let mut ctx = seen.clone();
+        if self.values.keys().all(|held| seen.contains(*held)) {
+            // Replacing everything held here: every other dot seen here is already overwritten.
+            ctx.merge(&self.ctx);
+        }
         ctx.insert(dot);
         let mut values = BTreeMap::new();
         if let Some(value) = value {
@@ -48,9 +58,9 @@ impl MvRegister {
         MvRegister { values, ctx }
     }
 
-    /// The delta that clears every sibling held here.
+    /// The delta that clears every sibling held here (and retires every overwritten one seen here).
     pub fn reset_delta(&self) -> MvRegister {
-        MvRegister { values: BTreeMap::new(), ctx: self.read_context() }
+        MvRegister { values: BTreeMap::new(), ctx: self.ctx.clone() }
     }
 }
 

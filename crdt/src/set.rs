@@ -85,10 +85,7 @@ impl<E: Ord + Clone> AwSet<E> {
 
     /// The delta that removes every element observed here.
     pub fn reset_delta(&self) -> AwSet<E> {
-        AwSet {
-            entries: BTreeMap::new(),
-            ctx: DotContext::from_dots(self.entries.values().flatten().copied()),
-        }
+        AwSet { entries: BTreeMap::new(), ctx: DotContext::from_dots(self.entries.values().flatten().copied()) }
     }
 }
 

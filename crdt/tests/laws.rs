@@ -44,6 +44,9 @@ enum Step<O> {
     Op { at: usize, now_ms: u64, op: O },
     /// Replica `to` receives replica `from`'s whole state at physical time `now_ms`.
     Sync { from: usize, to: usize, now_ms: u64 },
+    /// Replica `to` receives one delta produced earlier by any replica (possibly again, possibly before
+    /// the deltas it follows): delta shipping, out of order and duplicated.
+    Deliver { to: usize, delta: Index },
 }
 
 /// Physical times: mostly a narrow window (shared milliseconds, clocks going backwards), sometimes a jump
@@ -59,6 +62,7 @@ fn steps<O: Clone + Debug + 'static>(
     let step = prop_oneof![
         3 => (0..REPLICAS, physical_time(), op).prop_map(|(at, now_ms, op)| Step::Op { at, now_ms, op }),
         1 => (0..REPLICAS, 0..REPLICAS, physical_time()).prop_map(|(from, to, now_ms)| Step::Sync { from, to, now_ms }),
+        1 => (0..REPLICAS, any::<Index>()).prop_map(|(to, delta)| Step::Deliver { to, delta }),
     ];
     prop::collection::vec(step, 0..max)
 }
@@ -129,6 +133,13 @@ fn run<M: Model>(model: &M, steps: &[Step<M::Op>]) -> Run<M::State> {
                 model.join(&mut states[*to], &theirs);
                 out.snapshots.push(states[*to].clone());
             }
+            Step::Deliver { to, delta } => {
+                if out.deltas.is_empty() {
+                    continue;
+                }
+                model.join(&mut states[*to], &out.deltas[delta.index(out.deltas.len())]);
+                out.snapshots.push(states[*to].clone());
+            }
         }
     }
     out.finals = states;
@@ -174,7 +185,12 @@ fn check_join_laws<M: Model>(model: &M, a: &M::State, b: &M::State, c: &M::State
 
 /// Every law, for one run: on three snapshots picked at random, on the three final states, and on the
 /// run's deltas delivered out of order and duplicated.
-fn check_laws<M: Model>(model: &M, steps: &[Step<M::Op>], picks: [Index; 3], seed: u64) -> Result<Run<M::State>, TestCaseError> {
+fn check_laws<M: Model>(
+    model: &M,
+    steps: &[Step<M::Op>],
+    picks: [Index; 3],
+    seed: u64,
+) -> Result<Run<M::State>, TestCaseError> {
     let run = run(model, steps);
     let [a, b, c] = picks.map(|i| &run.snapshots[i.index(run.snapshots.len())]);
     check_join_laws(model, a, b, c)?;
@@ -307,7 +323,11 @@ impl Model for MvM {
                     SeenContext::Full => me.read_context(),
                     SeenContext::Blind => DotContext::new(),
                     SeenContext::Partial(mask) => DotContext::from_dots(
-                        dots_of(&me.read_context()).into_iter().enumerate().filter(|(i, _)| mask >> (i % 8) & 1 == 1).map(|(_, d)| d),
+                        dots_of(&me.read_context())
+                            .into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| mask >> (i % 8) & 1 == 1)
+                            .map(|(_, d)| d),
                     ),
                     SeenContext::ReadFrom(other) => states[*other].read_context(),
                 };
@@ -460,7 +480,9 @@ impl Model for DocM {
         match op {
             DocOp::Put(fields) => me.put_root_delta(w.node, fields).expect("put"),
             DocOp::Reset => me.reset_delta(w.node).expect("reset"),
-            DocOp::ApplyFrom { from, mask } => DocCrdt::apply_delta(&some_changes(&states[*from], *mask)).expect("apply"),
+            DocOp::ApplyFrom { from, mask } => {
+                DocCrdt::apply_delta(&some_changes(&states[*from], *mask)).expect("apply")
+            }
         }
     }
     fn read(&self, state: &DocCrdt) -> (serde_json::Value, Vec<String>) {
@@ -766,6 +788,7 @@ proptest! {
             .map(|s| match s {
                 Step::Op { at, now_ms, op } => Step::Op { at: *at, now_ms: *now_ms, op: CounterOp::Add(*op) },
                 Step::Sync { from, to, now_ms } => Step::Sync { from: *from, to: *to, now_ms: *now_ms },
+                Step::Deliver { to, delta } => Step::Deliver { to: *to, delta: *delta },
             })
             .collect();
         let total = added_total(&steps, |a| *a);
@@ -773,21 +796,30 @@ proptest! {
         prop_assert_eq!(CounterM.join_all(&counters.finals).value(), total);
         prop_assert_eq!(CounterM.join_all(&counters.deltas).value(), total);
         // Each replica's value is the sum of the amounts it has seen, directly or through syncs.
+        // A counter delta carries its origin's running total of increments (or of decrements), so
+        // receiving one means receiving every earlier increment (or decrement) of that origin too.
         let mut seen_ops: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); REPLICAS];
-        let mut amounts = Vec::new();
+        let mut amounts: Vec<(usize, i64)> = Vec::new();
         for step in &steps {
             match step {
                 Step::Op { at, op, .. } => {
                     seen_ops[*at].insert(amounts.len());
-                    amounts.push(*op);
+                    amounts.push((*at, *op));
                 }
                 Step::Sync { from, to, .. } => {
                     let theirs = seen_ops[*from].clone();
                     seen_ops[*to].extend(theirs);
                 }
+                Step::Deliver { to, delta } => {
+                    if !amounts.is_empty() {
+                        let k = delta.index(amounts.len());
+                        let (origin, sign) = (amounts[k].0, amounts[k].1 >= 0);
+                        seen_ops[*to].extend((0..=k).filter(|j| amounts[*j] .0 == origin && (amounts[*j].1 >= 0) == sign));
+                    }
+                }
             }
         }
-        let seen: Vec<i64> = seen_ops.iter().map(|ops| ops.iter().map(|i| amounts[*i]).sum()).collect();
+        let seen: Vec<i64> = seen_ops.iter().map(|ops| ops.iter().map(|i| amounts[*i].1).sum()).collect();
         let values: Vec<i64> = counters.finals.iter().map(PnCounter::value).collect();
         prop_assert_eq!(values, seen);
 
@@ -798,6 +830,7 @@ proptest! {
                     Step::Op { at: *at, now_ms: *now_ms, op: EntryOp::Mutate(Mutation::CounterAdd { amount: *op }) }
                 }
                 Step::Sync { from, to, now_ms } => Step::Sync { from: *from, to: *to, now_ms: *now_ms },
+                Step::Deliver { to, delta } => Step::Deliver { to: *to, delta: *delta },
             })
             .collect();
         let model = EntryM(CrdtType::Counter);

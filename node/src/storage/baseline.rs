@@ -84,7 +84,7 @@ pub(super) fn raw_put_loop_with(
                         key[4..].copy_from_slice(&seq.to_be_bytes());
                         let t0 = Instant::now();
                         db.put_opt(key, &value, wo).map_err(|e| rocks_err(e, format_args!("baseline: put")))?;
-                        hist.saturating_record(t0.elapsed().as_micros() as u64);
+                        hist.saturating_record(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX));
                     }
                     Ok(hist)
                 })
@@ -92,7 +92,7 @@ pub(super) fn raw_put_loop_with(
             .collect();
         barrier.wait();
         let start = Instant::now();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        let results: Vec<_> = handles.into_iter().map(std::thread::ScopedJoinHandle::join).collect();
         (start.elapsed(), results)
     });
     for result in results {

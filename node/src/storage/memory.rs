@@ -11,9 +11,12 @@ use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
-use super::{max_u64_of, Batch, BatchOp, Durability, Engine, Space, StorageError, FORMAT_KEY, FORMAT_VERSION};
+use super::{
+    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, StorageError, FORMAT_KEY, FORMAT_VERSION,
+};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
+type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// An in-memory [`Engine`] with exactly the semantics of [`RocksEngine`](super::RocksEngine)
 /// (atomic batches, `MaxU64`, scans, the reserved format marker) and no persistence: **nothing
@@ -30,12 +33,9 @@ pub struct MemoryEngine {
 impl MemoryEngine {
     /// An empty engine (holding only the format marker, like a freshly created RocksDB).
     pub fn new() -> Self {
-        let spaces: [RwLock<Tree>; 4] = Default::default();
-        spaces[Space::Meta.index()]
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(FORMAT_KEY.to_vec(), vec![FORMAT_VERSION]);
-        Self { spaces: Arc::new(spaces) }
+        let mut spaces: [Tree; 4] = Default::default();
+        spaces[Space::Meta.index()].insert(FORMAT_KEY.to_vec(), vec![FORMAT_VERSION]);
+        Self { spaces: Arc::new(spaces.map(RwLock::new)) }
     }
 
     /// Runs `f` with a read lock on `space`.
@@ -63,7 +63,7 @@ fn poisoned(space: Space) -> StorageError {
 
 /// The half-open key range `[start, end)`, or None if it is empty (BTreeMap::range panics on
 /// inverted ranges).
-fn range_bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn range_bounds<'a>(start: &'a [u8], end: Option<&'a [u8]>) -> Option<KeyRange<'a>> {
     match end {
         Some(end) if end <= start => None,
         Some(end) => Some((Bound::Included(start), Bound::Excluded(end))),
@@ -116,14 +116,14 @@ impl Engine for MemoryEngine {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let Some(bounds) = range_bounds(start, end) else { return Ok(Vec::new()) };
         self.read(space, |tree| {
             tree.range::<[u8], _>(bounds).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
         })
     }
 
-    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         let Some(bounds) = range_bounds(start, Some(end)) else { return Ok(None) };
         self.read(space, |tree| tree.range::<[u8], _>(bounds).next_back().map(|(k, v)| (k.clone(), v.clone())))
     }

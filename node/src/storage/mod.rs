@@ -86,6 +86,9 @@ pub const FORMAT_KEY: &[u8] = b"storage_format";
 /// [`FORMAT_KEY`]).
 pub const FORMAT_VERSION: u8 = 1;
 
+/// A key and its value, as returned by [`Engine::scan`] and [`Engine::last_in_range`].
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A logical keyspace. Each is a RocksDB column family of the same [name](Space::name) in
 /// [`RocksEngine`] and a separate `BTreeMap` in [`MemoryEngine`]; keys in different spaces never
 /// collide, and scans never cross spaces.
@@ -235,16 +238,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Up to `limit` entries with `start <= key < end` (`end` None = unbounded), in key order
     /// (bytewise). An empty or inverted range yields no entries.
-    fn scan(
-        &self,
-        space: Space,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize)
+        -> Result<Vec<KeyValue>, StorageError>;
 
     /// The last entry with `start <= key < end`, if any (used to recover sequence numbers).
-    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
 
     /// Estimated number of keys in the space (RocksDB "rocksdb.estimate-num-keys"; exact in memory).
     fn estimate_keys(&self, space: Space) -> Result<u64, StorageError>;

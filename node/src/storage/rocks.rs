@@ -15,7 +15,9 @@ use rocksdb::{
     MergeOperands, Options, ReadOptions, SingleThreaded, WriteBatch, WriteOptions,
 };
 
-use super::{max_u64_of, Batch, BatchOp, Durability, Engine, Space, StorageError, FORMAT_KEY, FORMAT_VERSION};
+use super::{
+    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, StorageError, FORMAT_KEY, FORMAT_VERSION,
+};
 
 /// The concrete RocksDB handle type. Spelled out (rather than `rocksdb::DB`) so that a workspace
 /// member enabling the `multi-threaded-cf` feature cannot change our column-family handle types;
@@ -28,8 +30,16 @@ pub(super) type Db = DBWithThreadMode<SingleThreaded>;
 pub(super) const MERGE_OPERATOR_NAME: &str = "meridian_max_u64";
 
 /// Whether RocksDB's pipelined write (separate WAL and memtable writer queues) is enabled, by both
-/// [`RocksEngine`] and the raw baseline. Chosen by measurement on the 2-core dev machine with
-/// 32 concurrent fsync writers; the numbers are in the storage tests' `bench_write_paths`.
+/// [`RocksEngine`] and the raw baseline.
+///
+/// Off (RocksDB's default), by measurement: on the 2-core dev VM (ext4; one fsynced put alone
+/// takes ≈ 0.15–0.3 ms), 32 threads × 200 fsynced 256-byte puts, 10 interleaved rounds (the
+/// ignored test `bench_write_paths`), gave medians of raw 30.6k ops/s off vs 30.9k on and
+/// RocksEngine 30.7k off vs 31.2k on — a 1–2 % difference, inside the run-to-run spread
+/// (26k–37k), and an earlier, noisier run favoured "off". Group commit already amortises the
+/// fsync, and with two cores there is no spare parallelism for the extra queue stage to exploit;
+/// without a measurable gain we keep the default, which is also compatible with every other
+/// write-path option (e.g. `unordered_write`, two write queues).
 pub(super) const PIPELINED_WRITE: bool = false;
 
 /// Options of [`RocksEngine::open`].
@@ -148,8 +158,8 @@ impl RocksEngine {
             ColumnFamilyDescriptor::new(space.name(), cf_opts)
         });
 
-        let db =
-            Db::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| rocks_err(e, format_args!("opening {}", path.display())))?;
+        let db = Db::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| rocks_err(e, format_args!("opening {}", path.display())))?;
         let engine = Self {
             inner: Arc::new(Inner {
                 db,
@@ -187,7 +197,10 @@ impl RocksEngine {
                 }
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(Space::Meta)?, FORMAT_KEY, [FORMAT_VERSION]);
-                self.inner.db.write_opt(batch, &write_options(Durability::Fsync)).map_err(|e| rocks_err(e, format_args!("{path}: writing the storage format marker")))
+                self.inner
+                    .db
+                    .write_opt(batch, &write_options(Durability::Fsync))
+                    .map_err(|e| rocks_err(e, format_args!("{path}: writing the storage format marker")))
             }
         }
     }
@@ -219,7 +232,11 @@ impl RocksEngine {
 
 impl Engine for RocksEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let value = self.inner.db.get_pinned_cf(self.cf(space)?, key).map_err(|e| rocks_err(e, format_args!("get in {space}")))?;
+        let value = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(space)?, key)
+            .map_err(|e| rocks_err(e, format_args!("get in {space}")))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -239,7 +256,10 @@ impl Engine for RocksEngine {
                 BatchOp::MaxU64(value) => wb.merge_cf(cf, key, value.to_be_bytes()),
             }
         }
-        self.inner.db.write_opt(wb, &self.inner.write_options).map_err(|e| rocks_err(e, format_args!("writing a batch of {} ops", batch.len())))
+        self.inner
+            .db
+            .write_opt(wb, &self.inner.write_options)
+            .map_err(|e| rocks_err(e, format_args!("writing a batch of {} ops", batch.len())))
     }
 
     fn scan(
@@ -248,7 +268,7 @@ impl Engine for RocksEngine {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KeyValue>, StorageError> {
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
         }
@@ -271,7 +291,7 @@ impl Engine for RocksEngine {
         Ok(out)
     }
 
-    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {
         if end <= start {
             return Ok(None);
         }

@@ -204,8 +204,14 @@ mod suite {
         assert_eq!(last(4), None, "nothing for this origin, even with keys before the range");
         assert_eq!(last(0), None, "nothing for this origin, even with keys after the range");
         // End is exclusive, start inclusive.
-        assert_eq!(e.last_in_range(Space::Log, &log_key(1, 2), &log_key(1, 10)).unwrap().map(|(k, _)| k), Some(log_key(1, 2)));
-        assert_eq!(e.last_in_range(Space::Log, &log_key(1, 10), &log_key(1, 11)).unwrap().map(|(k, _)| k), Some(log_key(1, 10)));
+        assert_eq!(
+            e.last_in_range(Space::Log, &log_key(1, 2), &log_key(1, 10)).unwrap().map(|(k, _)| k),
+            Some(log_key(1, 2))
+        );
+        assert_eq!(
+            e.last_in_range(Space::Log, &log_key(1, 10), &log_key(1, 11)).unwrap().map(|(k, _)| k),
+            Some(log_key(1, 10))
+        );
         assert_eq!(e.last_in_range(Space::Log, &log_key(1, 3), &log_key(1, 10)).unwrap(), None);
         assert_eq!(e.last_in_range(Space::Log, &log_key(1, 5), &log_key(1, 5)).unwrap(), None, "empty range");
         assert_eq!(e.last_in_range(Space::Log, &log_key(2, 0), &log_key(1, 0)).unwrap(), None, "inverted range");
@@ -459,8 +465,9 @@ mod rocks_only {
     fn format_marker_written_and_mismatch_refused() {
         let dir = tempfile::tempdir().unwrap();
         drop(RocksEngine::open(dir.path(), RocksOptions::default()).unwrap());
-        let db = RawDb::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), Space::ALL.map(Space::name), false)
-            .unwrap();
+        let db =
+            RawDb::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), Space::ALL.map(Space::name), false)
+                .unwrap();
         assert_eq!(db.get_cf(db.cf_handle("meta").unwrap(), b"storage_format").unwrap(), Some(vec![1]));
         drop(db);
 
@@ -684,10 +691,17 @@ fn bench_write_paths() {
     for round in 0..rounds {
         for pipelined in [false, true] {
             let dir = tempfile::tempdir_in(&base).unwrap();
-            let raw =
-                baseline::raw_put_loop_with(&dir.path().join("raw"), writers, ops, value_bytes, Durability::Fsync, pipelined)
-                    .unwrap();
-            let engine = RocksEngine::open_with(&dir.path().join("engine"), RocksOptions::default(), pipelined).unwrap();
+            let raw = baseline::raw_put_loop_with(
+                &dir.path().join("raw"),
+                writers,
+                ops,
+                value_bytes,
+                Durability::Fsync,
+                pipelined,
+            )
+            .unwrap();
+            let engine =
+                RocksEngine::open_with(&dir.path().join("engine"), RocksOptions::default(), pipelined).unwrap();
             let (elapsed, engine_ops) = engine_put_loop(&engine, writers, ops, value_bytes);
             drop(engine);
             println!(
