@@ -104,8 +104,27 @@ mod tests {
 
     #[test]
     fn huge_length_prefix_does_not_allocate() {
-        // A vector claiming 2^60 elements: the decoder must refuse it, not try to allocate.
-        let bytes = [1u8, 255, 0, 0, 0, 0, 0, 0, 0, 16];
-        assert!(decode::<Vec<u64>>(&bytes, 1 << 20).is_err());
+        // A vector claiming 2^60 elements (varint marker 253 = u64 follows, little-endian): the decoder
+        // must refuse it, not try to allocate. (255 is not a varint marker at all, and would be refused
+        // before the length is even read.)
+        let bytes = [1u8, 253, 0, 0, 0, 0, 0, 0, 0, 16];
+        assert!(matches!(decode::<Vec<u64>>(&bytes, 1 << 20), Err(CodecError::Malformed(_))));
+        assert!(matches!(decode::<String>(&bytes, 1 << 20), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode::<Vec<u8>>(&[1, 255, 0, 0, 0, 0, 0, 0, 0, 16], 1 << 20),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn golden_varint_boundaries() {
+        // bincode 2 standard(): u64 up to 250 is one byte; 251 = u16 follows, 252 = u32, 253 = u64 (LE).
+        assert_eq!(encode(&250u64), vec![1, 250]);
+        assert_eq!(encode(&251u64), vec![1, 251, 251, 0]);
+        assert_eq!(encode(&65_536u64), vec![1, 252, 0, 0, 1, 0]);
+        assert_eq!(encode(&u64::MAX), vec![1, 253, 255, 255, 255, 255, 255, 255, 255, 255]);
+        // i64 is zigzag-encoded first: -1 -> 1, 1 -> 2.
+        assert_eq!(encode(&-1i64), vec![1, 1]);
+        assert_eq!(encode(&1i64), vec![1, 2]);
     }
 }

@@ -2,64 +2,16 @@
 //! mid-load, restart it on the same data directory, and check that no acknowledged write was lost.
 //! Then stop it with SIGTERM and check it exits cleanly.
 
+mod process;
+
 use meridian_client::{Client, Consistency};
+use process::{connect, spawn_node};
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const WRITERS: usize = 8;
 const MAX_WRITES_PER_WRITER: usize = 400;
-
-struct Spawned {
-    child: Child,
-    client_addr: String,
-}
-
-/// Starts `meridian serve` on ephemeral ports and waits for its "serving" line.
-async fn spawn_node(data_dir: &Path) -> Spawned {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("serve")
-        .env("MERIDIAN_DATA_DIR", data_dir)
-        .env("MERIDIAN_LISTEN__CLIENT", "127.0.0.1:0")
-        .env("MERIDIAN_LISTEN__HTTP", "127.0.0.1:0")
-        .env("MERIDIAN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn meridian");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("node announced itself within 60 s")
-        .expect("read stdout")
-        .expect("a line");
-    // "... client protocol on 127.0.0.1:PORT (QUIC), HTTP on ..."
-    let client_addr = line
-        .split("client protocol on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Spawned { child, client_addr }
-}
-
-async fn connect(addr: &str, data_dir: &Path) -> Client {
-    Client::builder()
-        .endpoint(addr.to_string())
-        .ca_cert_file(data_dir.join("tls/node.crt"))
-        .timeout(Duration::from_secs(5))
-        .max_retries(0)
-        .connect()
-        .await
-        .expect("connect")
-}
 
 #[derive(Default)]
 struct Acked {

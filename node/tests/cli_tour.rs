@@ -1,0 +1,93 @@
+//! The README's five-minute tour, run as written against a real `meridian` process: every CLI
+//! command of the tour, checking what it prints.
+
+mod process;
+
+use std::path::Path;
+use std::process::Output;
+
+fn meridian(endpoint: &str, data_dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("MERIDIAN_ENDPOINT", endpoint)
+        .env("MERIDIAN_CA_CERT", data_dir.join("tls/node.crt"))
+        .env("MERIDIAN_LOG", "warn")
+        .output()
+        .expect("run meridian")
+}
+
+fn ok(endpoint: &str, data_dir: &Path, args: &[&str]) -> String {
+    let out = meridian(endpoint, data_dir, args);
+    assert!(out.status.success(), "meridian {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tour_works_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = process::spawn_node(&data).await;
+    let (ep, data) = (node.client_addr.as_str(), data.as_path());
+    let status = ok(ep, data, &["status"]);
+    assert!(status.contains("durability  fsync"), "{status}");
+
+    assert_eq!(ok(ep, data, &["incr", "shop/visits"]).trim(), "1");
+    assert_eq!(ok(ep, data, &["incr", "shop/visits", "41"]).trim(), "42");
+    assert_eq!(ok(ep, data, &["decr", "shop/visits", "2"]).trim(), "40");
+    ok(ep, data, &["put", "shop/motd", "hello, world"]);
+    let motd = json(&ok(ep, data, &["get", "shop/motd"]));
+    assert_eq!(motd, serde_json::json!({"type": "register", "value": "hello, world"}));
+
+    ok(ep, data, &["sadd", "shop/tags", "red", "green", "blue"]);
+    ok(ep, data, &["srem", "shop/tags", "green"]);
+    assert_eq!(ok(ep, data, &["smembers", "shop/tags"]), "blue\nred\n");
+    assert_eq!(ok(ep, data, &["sismember", "shop/tags", "red"]).trim(), "true");
+    assert!(!meridian(ep, data, &["sismember", "shop/tags", "green"]).status.success());
+
+    ok(ep, data, &["hset", "shop/user:1", "name", "Ada"]);
+    ok(ep, data, &["hincr", "shop/user:1", "logins", "3"]);
+    let user = json(&ok(ep, data, &["get", "shop/user:1"]));
+    assert_eq!(user["value"]["name"], serde_json::json!({"type": "register", "value": "Ada"}));
+    assert_eq!(user["value"]["logins"], serde_json::json!({"type": "counter", "value": 3}));
+    ok(ep, data, &["hdel", "shop/user:1", "logins"]);
+    assert!(json(&ok(ep, data, &["get", "shop/user:1"]))["value"].get("logins").is_none());
+
+    ok(ep, data, &["mvput", "shop/draft", "v1"]);
+    let draft = json(&ok(ep, data, &["get", "shop/draft"]));
+    assert_eq!(draft["value"]["values"], serde_json::json!(["v1"]));
+    let context = draft["value"]["context"].as_str().unwrap().to_string();
+    ok(ep, data, &["mvput", "shop/draft", "v2", "--context", &context]);
+    assert_eq!(json(&ok(ep, data, &["get", "shop/draft"]))["value"]["values"], serde_json::json!(["v2"]));
+
+    ok(ep, data, &["doc-put", "shop/page", r#"{"title": "Home", "blocks": ["intro"]}"#]);
+    let page = json(&ok(ep, data, &["get", "shop/page"]));
+    assert_eq!(page["value"]["doc"], serde_json::json!({"title": "Home", "blocks": ["intro"]}));
+    let changes = dir.path().join("page.changes");
+    ok(ep, data, &["doc-changes", "shop/page", "--out", changes.to_str().unwrap()]);
+    assert_eq!(ok(ep, data, &["doc-apply", "shop/copy", changes.to_str().unwrap()]).trim(), "applied 1 changes");
+    assert_eq!(json(&ok(ep, data, &["get", "shop/copy"]))["value"]["doc"], page["value"]["doc"]);
+
+    let wrong = meridian(ep, data, &["put", "shop/visits", "oops"]);
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong type"), "{wrong:?}");
+    assert_eq!(json(&ok(ep, data, &["get", "shop/visits"]))["value"], 40, "the wrong-type write changed nothing");
+
+    let keys = ok(ep, data, &["keys", "shop"]);
+    for expected in ["copy\tdoc", "draft\tmvregister", "motd\tregister", "page\tdoc", "tags\tset", "user:1\tmap", "visits\tcounter"] {
+        assert!(keys.contains(expected), "{expected:?} missing from {keys}");
+    }
+    assert_eq!(ok(ep, data, &["del", "shop/motd"]).trim(), "deleted");
+    assert!(!meridian(ep, data, &["get", "shop/motd"]).status.success(), "a deleted key is not found");
+
+    let out = meridian(ep, data, &["--consistency", "causal", "--show-token", "get", "shop/visits"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let token = stderr.lines().find_map(|l| l.strip_prefix("token: ")).expect("token printed").to_string();
+    let resumed = meridian(ep, data, &["--token", &token, "--consistency", "causal", "get", "shop/visits"]);
+    assert!(resumed.status.success());
+    assert!(!meridian(ep, data, &["--consistency", "strong", "get", "shop/visits"]).status.success());
+}

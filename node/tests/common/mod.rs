@@ -1,0 +1,153 @@
+//! Shared setup for the in-process node tests: configs on port 0 under a temp dir, nodes over RocksDB
+//! or the in-memory engine, SDK clients, a raw QUIC client for bad-input tests, and a bound on every
+//! await that could hang.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_client::proto::{self, Request, Response};
+use meridian_client::Client;
+use meridian_node::config::Config;
+use meridian_node::node::Node;
+use meridian_node::serve::RunningNode;
+use meridian_node::storage::MemoryEngine;
+
+/// The bound on any one step of a test (start, connect, a request, shutdown).
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than [`STEP`].
+pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: no result within {STEP:?}"),
+    }
+}
+
+/// A default config listening on loopback port 0, keeping its data under `data_dir`.
+pub fn config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = data_dir.to_path_buf();
+    config.listen.client = "127.0.0.1:0".parse().unwrap();
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// Starts a node over RocksDB in `config.data_dir`.
+pub async fn start_rocks(config: Config) -> RunningNode {
+    bounded("start a RocksDB node", meridian_node::serve::start(config)).await.expect("start the node")
+}
+
+/// Starts a node over the in-memory engine (its certificate still lives in `config.data_dir`).
+pub async fn start_memory(config: Config) -> RunningNode {
+    let engine = Arc::new(MemoryEngine::new());
+    bounded("start an in-memory node", meridian_node::serve::start_with_engine(config, engine))
+        .await
+        .expect("start the node")
+}
+
+/// A node core without any listener, over the in-memory engine (for the HTTP router tests).
+pub fn memory_node(config: Config) -> Arc<Node> {
+    Node::open(config, Arc::new(MemoryEngine::new())).expect("open the node")
+}
+
+/// Connects an SDK client with the given retry budget and a per-attempt timeout of 5 s.
+pub async fn connect_with_retries(running: &RunningNode, max_retries: u32) -> Client {
+    bounded(
+        "connect the SDK",
+        Client::builder()
+            .endpoint(running.client_addr.to_string())
+            .ca_cert_file(&running.cert_path)
+            .timeout(Duration::from_secs(5))
+            .max_retries(max_retries)
+            .connect(),
+    )
+    .await
+    .expect("connect the SDK")
+}
+
+/// Connects an SDK client that never retries (so that a test sees the node's first answer).
+pub async fn connect(running: &RunningNode) -> Client {
+    connect_with_retries(running, 0).await
+}
+
+/// Shuts a node down, bounded.
+pub async fn shutdown(running: RunningNode) {
+    bounded("shut the node down", running.shutdown()).await;
+}
+
+/// A raw QUIC connection speaking the client ALPN, for sending hand-made frames.
+pub struct RawConn {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+}
+
+/// Opens a raw QUIC connection to `addr`, trusting the certificate at `cert_path`.
+pub async fn raw_connect(addr: SocketAddr, cert_path: &Path) -> Result<RawConn, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in meridian_node::tls::load_certs(cert_path).map_err(|e| e.to_string())? {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![proto::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    let connecting = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "localhost")
+        .map_err(|e| e.to_string())?;
+    let conn = bounded("QUIC handshake", connecting).await.map_err(|e| e.to_string())?;
+    Ok(RawConn { endpoint, conn })
+}
+
+/// What came back on a stream after sending raw bytes.
+#[derive(Debug)]
+pub enum RawAnswer {
+    /// A decoded response frame.
+    Frame(Response),
+    /// The stream ended (finished or reset) without any byte.
+    Nothing,
+    /// Bytes that are not a response frame.
+    Garbage(Vec<u8>),
+}
+
+impl RawConn {
+    /// Sends `bytes` on a fresh stream (finishing it unless `finish` is false), then reads the answer.
+    /// Write errors are ignored: the node may stop reading early (that is the point of some tests).
+    pub async fn send_raw(&self, bytes: &[u8], finish: bool) -> RawAnswer {
+        let (mut send, mut recv) = bounded("open a stream", self.conn.open_bi()).await.expect("open a stream");
+        let _ = bounded("write the frame", send.write_all(bytes)).await;
+        if finish {
+            let _ = send.finish();
+        }
+        let answer = match bounded("read the answer", recv.read_to_end(16 << 20)).await {
+            Ok(answer) => answer,
+            Err(_) => return RawAnswer::Nothing,
+        };
+        if answer.is_empty() {
+            return RawAnswer::Nothing;
+        }
+        if answer.len() < 4 || u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize != answer.len() - 4 {
+            return RawAnswer::Garbage(answer);
+        }
+        match proto::decode_frame_body::<Response>(&answer[4..], 16 << 20) {
+            Ok(response) => RawAnswer::Frame(response),
+            Err(_) => RawAnswer::Garbage(answer),
+        }
+    }
+
+    /// Sends a well-formed request frame and returns the node's response.
+    pub async fn request(&self, request: &Request) -> Response {
+        match self.send_raw(&proto::encode_frame(request), true).await {
+            RawAnswer::Frame(response) => response,
+            other => panic!("expected a response frame, got {other:?}"),
+        }
+    }
+}
