@@ -142,7 +142,7 @@ impl Body {
     fn reset_delta(&self, w: &WriteContext) -> Result<Body, CrdtError> {
         Ok(match self {
             Body::Counter(c) => Body::Counter(c.reset_delta()),
-            Body::Register(_) => Body::Register(LwwRegister::set_delta(w.node, w.ts, None)),
+            Body::Register(r) => Body::Register(LwwRegister::set_delta(w.node, r.write_ts(w.ts), None)),
             Body::MvRegister(r) => Body::MvRegister(r.reset_delta()),
             Body::Set(s) => Body::Set(s.reset_delta()),
             Body::Doc(d) => Body::Doc(d.reset_delta(w.node)?),
@@ -303,8 +303,8 @@ impl Entry {
         };
         let body = match (&state.body, mutation) {
             (Body::Counter(c), Mutation::CounterAdd { amount }) => Body::Counter(c.add_delta(w.node, *amount)?),
-            (Body::Register(_), Mutation::RegisterSet { value }) => {
-                Body::Register(LwwRegister::set_delta(w.node, w.ts, Some(value.clone())))
+            (Body::Register(r), Mutation::RegisterSet { value }) => {
+                Body::Register(LwwRegister::set_delta(w.node, r.write_ts(w.ts), Some(value.clone())))
             }
             (Body::MvRegister(r), Mutation::MvRegisterSet { value, context }) => {
                 let seen = context.clone().unwrap_or_else(|| r.read_context());

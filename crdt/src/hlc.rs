@@ -63,10 +63,17 @@ impl HlcClock {
     }
 
     fn successor_of_last(&self) -> Hlc {
-        match self.last.logical.checked_add(1) {
-            Some(logical) => Hlc { wall_ms: self.last.wall_ms, logical },
+        self.last.successor()
+    }
+}
+
+impl Hlc {
+    /// The least timestamp greater than this one.
+    pub(crate) fn successor(self) -> Hlc {
+        match self.logical.checked_add(1) {
+            Some(logical) => Hlc { wall_ms: self.wall_ms, logical },
             // 4 billion events in one millisecond: borrow the next millisecond instead of wrapping.
-            None => Hlc { wall_ms: self.last.wall_ms + 1, logical: 0 },
+            None => Hlc { wall_ms: self.wall_ms + 1, logical: 0 },
         }
     }
 }

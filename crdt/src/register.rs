@@ -4,6 +4,12 @@
 //! practice, possible in property tests) tie of one replica issuing one timestamp twice, so merge is a
 //! total order's max: commutative, associative and idempotent. A delete writes an empty value at a
 //! newer timestamp, so a later write wins over it and an older one does not.
+//!
+//! A write must win over every write its coordinator has already seen, whatever the clocks say: a
+//! replica whose clock lags (or that refused a timestamp too far ahead) must not lose its own later
+//! write, or delete, to an earlier one. So the coordinator's write is stamped with
+//! [`LwwRegister::write_ts`]: its clock's timestamp, or just after the current winner's if that is not
+//! newer.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +30,17 @@ impl LwwRegister {
     /// The delta that writes `value` (or clears, with `None`) at `ts` on behalf of `node`.
     pub fn set_delta(node: NodeId, ts: Hlc, value: Option<Vec<u8>>) -> LwwRegister {
         LwwRegister { ts, node, value }
+    }
+
+    /// The timestamp for a write issued at `ts` by a coordinator holding this register: `ts` if it is
+    /// newer than the current winner's, else the current winner's successor, so the write, which
+    /// causally follows the winner, wins over it.
+    pub(crate) fn write_ts(&self, ts: Hlc) -> Hlc {
+        if ts > self.ts {
+            ts
+        } else {
+            self.ts.successor()
+        }
     }
 
     fn order_key(&self) -> (Hlc, NodeId, &Option<Vec<u8>>) {

@@ -8,6 +8,7 @@
 //! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`].
 
 pub mod bench;
+pub mod commit;
 pub mod config;
 pub mod http;
 pub mod keyspace;

@@ -34,12 +34,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, Semaphore};
 
+use crate::commit::GroupCommitter;
 use crate::config::Config;
 use crate::keyspace::{self, IdempotencyRecord, LogRecord, StoredEntry};
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
 
 /// Number of key lock stripes; writes to keys in different stripes never wait for each other.
 const LOCK_STRIPES: usize = 1024;
+
+/// Writes waiting for the committer before writers wait in line (backpressure).
+const COMMIT_QUEUE_DEPTH: usize = 4096;
+/// Most writes joined into one durable batch.
+const COMMIT_MAX_GROUP: usize = 256;
 
 /// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
 const LIST_SCAN_FACTOR: usize = 8;
@@ -79,6 +85,12 @@ impl SeqTracker {
     }
 }
 
+/// A write ready to commit, or already answered (an idempotent replay, a delete of nothing).
+enum Prepared {
+    Done(Reply),
+    Commit { batch: Batch, seq: u64, reply: Reply },
+}
+
 /// A write's target change.
 enum Change {
     Mutate(Mutation),
@@ -93,7 +105,8 @@ pub struct Node {
     clock: Mutex<HlcClock>,
     seqs: Mutex<SeqTracker>,
     visible: watch::Sender<VersionVector>,
-    key_locks: Vec<Mutex<()>>,
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+    committer: GroupCommitter,
     inflight: Arc<Semaphore>,
     started: Instant,
     client_connections: AtomicU64,
@@ -146,7 +159,8 @@ impl Node {
             clock: Mutex::new(HlcClock::new(config.max_clock_drift_ms)),
             seqs: Mutex::new(SeqTracker::resume(last)),
             visible: watch::channel(visible).0,
-            key_locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            key_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            committer: GroupCommitter::start(engine.clone(), COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP),
             inflight: Arc::new(Semaphore::new(config.limits.max_inflight_requests)),
             started: Instant::now(),
             client_connections: AtomicU64::new(0),
@@ -338,10 +352,28 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<Reply, ErrorReply> {
-        let node = self.clone();
-        let reply = tokio::task::spawn_blocking(move || node.write_blocking(key, change, idempotency_id, token))
-            .await
-            .map_err(internal)??;
+        let data_key = keyspace::data_key(&key);
+        // Held until the write is durable, so the next write of this key reads the state this one made.
+        let _guard = self.lock_for(&data_key).await;
+        let is_doc = matches!(&change, Change::Mutate(m) if m.crdt_type() == CrdtType::Doc);
+        let prepared = if is_doc {
+            // Automerge replays the document's history: keep that off the reactor threads.
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || node.prepare_write(key, data_key, change, idempotency_id, token))
+                .await
+                .map_err(internal)??
+        } else {
+            self.prepare_write(key, data_key, change, idempotency_id, token)?
+        };
+        let reply = match prepared {
+            Prepared::Done(reply) => reply,
+            Prepared::Commit { batch, seq, reply } => {
+                let committed = self.committer.commit(batch).await;
+                self.finish_seq(seq);
+                committed.map_err(internal)?;
+                reply
+            }
+        };
         let mut tracker = QuorumTracker::new(level, self.replicas());
         tracker.record(true, true);
         match tracker.outcome() {
@@ -353,15 +385,16 @@ impl Node {
         }
     }
 
-    fn write_blocking(
+    /// Everything of a write but making it durable: the idempotency check, the delta, the new state,
+    /// the log position and the batch. Runs under the key's lock.
+    fn prepare_write(
         &self,
         key: Key,
+        data_key: Vec<u8>,
         change: Change,
         idempotency_id: Option<IdempotencyId>,
         mut token: CausalToken,
-    ) -> Result<Reply, ErrorReply> {
-        let data_key = keyspace::data_key(&key);
-        let _guard = self.lock_for(&data_key);
+    ) -> Result<Prepared, ErrorReply> {
         if let Some(id) = idempotency_id {
             if let Some(bytes) = self.engine.get(Space::Idempotency, &id.0.to_be_bytes()).map_err(internal)? {
                 let IdempotencyRecord::V1 { key: first_key, reply, .. } = keyspace::decode(&bytes).map_err(internal)?;
@@ -372,7 +405,7 @@ impl Node {
                     ));
                 }
                 metrics::counter!("meridian_idempotent_replays_total").increment(1);
-                return Ok(reply);
+                return Ok(Prepared::Done(reply));
             }
         }
         let state = self.load(&data_key)?;
@@ -382,19 +415,11 @@ impl Node {
             Change::Mutate(mutation) => Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?,
             Change::Delete => match &state {
                 Some(entry) if entry.exists() => entry.reset_delta(&write).map_err(crdt_error)?,
-                _ => return Ok(Reply { causal_token: token, body: ReplyBody::Deleted { existed: false } }),
+                _ => return Ok(Prepared::Done(Reply { causal_token: token, body: ReplyBody::Deleted { existed: false } })),
             },
         };
         let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
         next.try_join(&delta).map_err(crdt_error)?;
-        let stored = keyspace::encode(&StoredEntry::V1(next.clone()));
-        let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
-        if stored.len() > max_entry {
-            return Err(ErrorReply::new(
-                ErrorCode::TooLarge,
-                format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
-            ));
-        }
         let body = match change {
             Change::Delete => ReplyBody::Deleted { existed: true },
             Change::Mutate(Mutation::CounterAdd { .. }) => match next.read() {
@@ -403,6 +428,14 @@ impl Node {
             },
             Change::Mutate(_) => ReplyBody::Written { counter: None },
         };
+        let stored = keyspace::encode(&StoredEntry::V1(next));
+        let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
+        if stored.len() > max_entry {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
+            ));
+        }
 
         let seq = self.seqs.lock().expect("seq lock").allocate();
         let mut batch = Batch::default();
@@ -415,10 +448,7 @@ impl Node {
             let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
         }
-        let committed = self.engine.write(batch);
-        self.finish_seq(seq);
-        committed.map_err(internal)?;
-        Ok(reply)
+        Ok(Prepared::Commit { batch, seq, reply })
     }
 
     fn finish_seq(&self, seq: u64) {
@@ -430,12 +460,12 @@ impl Node {
         });
     }
 
-    fn lock_for(&self, data_key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+    async fn lock_for(&self, data_key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         data_key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
-        self.key_locks[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.key_locks[stripe].lock().await
     }
 
     fn load(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {

@@ -179,6 +179,11 @@ impl Batch {
         self.ops.push((space, key.into(), op));
     }
 
+    /// Moves every operation of `other` to the end of this batch (group commit joins batches).
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
+
     /// The number of operations in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()
