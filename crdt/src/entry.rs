@@ -162,7 +162,9 @@ impl Body {
 pub struct WriteContext {
     /// The coordinating replica.
     pub node: NodeId,
-    /// Its timestamp for this write.
+    /// Its timestamp for this write. A register write is stamped with it, or, if the coordinator's
+    /// register already holds a write at this timestamp or a later one (a lagging clock), just after that
+    /// write, so a write always wins over the writes its coordinator has seen.
     pub ts: Hlc,
 }
 

@@ -7,9 +7,9 @@
 //!
 //! A write must win over every write its coordinator has already seen, whatever the clocks say: a
 //! replica whose clock lags (or that refused a timestamp too far ahead) must not lose its own later
-//! write, or delete, to an earlier one. So the coordinator's write is stamped with
-//! [`LwwRegister::write_ts`]: its clock's timestamp, or just after the current winner's if that is not
-//! newer.
+//! write, or delete, to an earlier one. So [`crate::Entry::mutation_delta`] and
+//! [`crate::Entry::reset_delta`] stamp the write with the coordinator's timestamp, or just after the
+//! current winner's if that is not newer.
 
 use serde::{Deserialize, Serialize};
 

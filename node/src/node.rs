@@ -298,19 +298,10 @@ impl Node {
                 let (entry, token) = self.read_entry(&key, token, level).await?;
                 let body = match entry.filter(Entry::exists) {
                     None => ReplyBody::DocChanges { changes: Vec::new(), heads: Vec::new() },
-                    Some(entry) => match entry.body() {
-                        meridian_crdt::Body::Doc(doc) => {
-                            let doc = doc.materialize().map_err(crdt_error)?;
-                            let changes = doc.changes_since(&since_heads).map_err(crdt_error)?;
-                            ReplyBody::DocChanges { changes, heads: doc.heads() }
-                        }
-                        other => {
-                            return Err(crdt_error(CrdtError::WrongType {
-                                actual: other.crdt_type(),
-                                requested: CrdtType::Doc,
-                            }))
-                        }
-                    },
+                    Some(entry) => {
+                        // Materialising replays the document's history: off the reactor threads.
+                        tokio::task::spawn_blocking(move || doc_changes(&entry, &since_heads)).await.map_err(internal)??
+                    }
                 };
                 Ok(Reply { causal_token: token, body })
             }
@@ -352,6 +343,31 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<Reply, ErrorReply> {
+        // The write runs as its own task: if the request times out (its future is dropped), the write
+        // still finishes — its log position is released and its key lock held until it is durable —
+        // instead of being cut off between "queued for commit" and "committed".
+        let node = self.clone();
+        let reply = tokio::spawn(async move { node.write_to_completion(key, change, idempotency_id, token).await })
+            .await
+            .map_err(internal)??;
+        let mut tracker = QuorumTracker::new(level, self.replicas());
+        tracker.record(true, true);
+        match tracker.outcome() {
+            Outcome::Satisfied => Ok(reply),
+            Outcome::Pending | Outcome::Unavailable { .. } => Err(ErrorReply::new(
+                ErrorCode::QuorumUnavailable,
+                format!("{level} needs more replicas than this node has answering: 1 of {:?}", self.replicas()),
+            )),
+        }
+    }
+
+    async fn write_to_completion(
+        self: Arc<Self>,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        token: CausalToken,
+    ) -> Result<Reply, ErrorReply> {
         let data_key = keyspace::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
         let _guard = self.lock_for(&data_key).await;
@@ -365,23 +381,14 @@ impl Node {
         } else {
             self.prepare_write(key, data_key, change, idempotency_id, token)?
         };
-        let reply = match prepared {
-            Prepared::Done(reply) => reply,
+        match prepared {
+            Prepared::Done(reply) => Ok(reply),
             Prepared::Commit { batch, seq, reply } => {
                 let committed = self.committer.commit(batch).await;
                 self.finish_seq(seq);
                 committed.map_err(internal)?;
-                reply
+                Ok(reply)
             }
-        };
-        let mut tracker = QuorumTracker::new(level, self.replicas());
-        tracker.record(true, true);
-        match tracker.outcome() {
-            Outcome::Satisfied => Ok(reply),
-            Outcome::Pending | Outcome::Unavailable { .. } => Err(ErrorReply::new(
-                ErrorCode::QuorumUnavailable,
-                format!("{level} needs more replicas than this node has answering: 1 of {:?}", self.replicas()),
-            )),
         }
     }
 
@@ -604,6 +611,17 @@ impl Node {
             self.engine.write(batch)?;
         }
         Ok(if records.len() < budget { None } else { records.last().map(|(k, _)| [k.as_slice(), &[0]].concat()) })
+    }
+}
+
+fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, ErrorReply> {
+    match entry.body() {
+        meridian_crdt::Body::Doc(doc) => {
+            let doc = doc.materialize().map_err(crdt_error)?;
+            let changes = doc.changes_since(since_heads).map_err(crdt_error)?;
+            Ok(ReplyBody::DocChanges { changes, heads: doc.heads() })
+        }
+        other => Err(crdt_error(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Doc })),
     }
 }
 
