@@ -84,8 +84,13 @@ impl<E: Ord + Clone> AwSet<E> {
     }
 
     /// The delta that removes every element observed here.
+    ///
+    /// It carries this replica's whole causal context, not just the dots it removes: every other dot
+    /// seen here was already removed by a delta seen here, so the merged outcome is the same, but a
+    /// replica that receives this delta before those (deltas travel per origin, not in causal order)
+    /// does not show elements this replica had seen removed.
     pub fn reset_delta(&self) -> AwSet<E> {
-        AwSet { entries: BTreeMap::new(), ctx: DotContext::from_dots(self.entries.values().flatten().copied()) }
+        AwSet { entries: BTreeMap::new(), ctx: self.ctx.clone() }
     }
 }
 
@@ -123,8 +128,13 @@ impl Presence {
     }
 
     /// The delta that enables the flag on behalf of `node`.
+    ///
+    /// Like a disable, it carries the whole causal context: the flag's one element is re-tagged, so every
+    /// dot seen here is either replaced by this delta or was already removed.
     pub fn enable_delta(&self, node: NodeId) -> Presence {
-        Presence(self.0.add_delta(node, [&()]))
+        let mut delta = self.0.add_delta(node, [&()]);
+        delta.ctx.merge(&self.0.ctx);
+        Presence(delta)
     }
 
     /// The delta that disables the flag as observed here.

@@ -1013,6 +1013,72 @@ proptest! {
         );
     }
 
+    /// A register write, or a delete, wins over every write its coordinator has seen, even when the
+    /// coordinator's clock lags behind those writes' timestamps.
+    #[test]
+    fn register_write_wins_over_every_write_its_coordinator_saw(
+        steps in steps(entry_ops(CrdtType::Register), STEPS),
+        map_steps in steps(entry_ops(CrdtType::Map), STEPS),
+        replica in 0..REPLICAS,
+        value in small_bytes(),
+        now_ms in physical_time(),
+    ) {
+        let mut regs = run(&EntryM(CrdtType::Register), &steps);
+        let mut state = regs.finals[replica].clone();
+        let w = WriteContext { node: node(replica), ts: regs.clocks[replica].tick(now_ms) };
+        state.try_join(&Entry::mutation_delta(Some(&state), &Mutation::RegisterSet { value: value.clone() }, &w).unwrap()).unwrap();
+        prop_assert_eq!(state.read().unwrap(), Some(Value::Register(Some(value.clone()))));
+        let w = WriteContext { node: node(replica), ts: regs.clocks[replica].tick(now_ms) };
+        let Body::Register(before) = state.body().clone() else { unreachable!() };
+        state.try_join(&state.reset_delta(&w).unwrap()).unwrap();
+        let Body::Register(after) = state.body() else { unreachable!() };
+        prop_assert!(after.ts > before.ts && after.value.is_none(), "the delete lost to an earlier write");
+
+        // The same for a register nested in a map.
+        let mut maps = run(&EntryM(CrdtType::Map), &map_steps);
+        let mut state = maps.finals[replica].clone();
+        let w = WriteContext { node: node(replica), ts: maps.clocks[replica].tick(now_ms) };
+        let set = map_update("reg", Mutation::RegisterSet { value: value.clone() });
+        state.try_join(&Entry::mutation_delta(Some(&state), &set, &w).unwrap()).unwrap();
+        let Some(Value::Map(fields)) = state.read().unwrap() else { panic!("a map reads as a map") };
+        prop_assert_eq!(fields.get("reg"), Some(&Value::Register(Some(value))));
+    }
+
+    /// Deltas are shipped per origin, not in causal order. A replica that has received only one
+    /// replica's deltas, in order, including its delete of the key, shows the key deleted — nothing that
+    /// replica had seen overwritten or removed comes back — and after that replica writes the key again,
+    /// shows exactly what that replica shows.
+    #[test]
+    fn delete_holds_at_a_replica_that_has_only_the_deleters_deltas(
+        (crdt_type, steps, mutation) in entry_kind_steps_and_mutation(),
+        replica in 0..REPLICAS,
+        now_ms in physical_time(),
+    ) {
+        let model = EntryM(crdt_type);
+        let mut run = run(&model, &steps);
+        let own = run.deltas.iter().zip(&run.writes).filter(|(_, w)| w.node == node(replica)).map(|(d, _)| d);
+        let mut elsewhere = model.join_all(own);
+        let mut here = run.finals[replica].clone();
+
+        let w = WriteContext { node: node(replica), ts: run.clocks[replica].tick(now_ms) };
+        let delete = here.reset_delta(&w).unwrap();
+        here.try_join(&delete).unwrap();
+        elsewhere.try_join(&delete).unwrap();
+        prop_assert!(!elsewhere.exists(), "the deleted key came back: {:?}", elsewhere);
+
+        let w = WriteContext { node: node(replica), ts: run.clocks[replica].tick(now_ms) };
+        let write = Entry::mutation_delta(Some(&here), &mutation, &w).unwrap();
+        here.try_join(&write).unwrap();
+        elsewhere.try_join(&write).unwrap();
+        // (A doc's changes wait for the changes they depend on, which this replica has not received.)
+        if crdt_type != CrdtType::Doc {
+            prop_assert_eq!(
+                elsewhere.read().unwrap().map(without_causality),
+                here.read().unwrap().map(without_causality)
+            );
+        }
+    }
+
     /// Once merged, a last-writer-wins register holds the write with the greatest (timestamp, node).
     #[test]
     fn lww_register_keeps_the_greatest_write(steps in steps(lww_ops(), STEPS)) {
