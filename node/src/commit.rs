@@ -37,6 +37,9 @@ impl GroupCommitter {
     /// `max_group` bounds how many are joined into one write.
     pub fn start(engine: Arc<dyn Engine>, queue_depth: usize, max_group: usize) -> GroupCommitter {
         let (queue, mut receiver) = mpsc::channel::<Pending>(queue_depth.max(1));
+        // Only a weak reference: the node owns the engine, so dropping the node closes it at once
+        // (a restart on the same data_dir must not race this thread for RocksDB's lock).
+        let engine = Arc::downgrade(&engine);
         std::thread::Builder::new()
             .name("meridian-commit".into())
             .spawn(move || {
@@ -57,7 +60,11 @@ impl GroupCommitter {
                     }
                     metrics::histogram!("meridian_commit_group_size").record(waiters.len() as f64);
                     // StorageError is not Clone; every waiter gets the same failure as text.
-                    let result = engine.write(joined).map_err(|e| e.to_string());
+                    // The strong reference ends before any waiter hears back.
+                    let result = match engine.upgrade() {
+                        Some(engine) => engine.write(joined).map_err(|e| e.to_string()),
+                        None => Err("the storage engine is closed".to_string()),
+                    };
                     for waiter in waiters {
                         // A writer that gave up (timed out) no longer listens; its write still counts.
                         let _ = waiter.send(result.clone());

@@ -6,7 +6,7 @@
 //! Byte values travel as JSON strings when they are UTF-8, else as `{"base64": "..."}`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/keys/{namespace}", get(list_keys))
         .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
 }
@@ -68,6 +69,23 @@ impl IntoResponse for ApiError {
 
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError(ErrorReply::new(ErrorCode::BadRequest, message))
+}
+
+/// A known endpoint asked with a method it does not serve: 405, with the usual JSON error body.
+async fn method_not_allowed() -> Response {
+    let error = ErrorReply::new(ErrorCode::BadRequest, "method not allowed; see docs/api.md");
+    let mut response = ApiError(error).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// axum's own path and query rejections are plain text; the API answers every error in JSON.
+fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(value)| value).map_err(|e| bad(e.body_text()))
+}
+
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(value)| value).map_err(|e| bad(e.body_text()))
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
@@ -278,11 +296,13 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Json_, ApiError> {
 
 async fn write(
     State(node): State<Arc<Node>>,
-    Path((namespace, key)): Path<(String, String)>,
-    Query(query): Query<CommonQuery>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Json_>, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
     let key = key_of(namespace, key)?;
     let common = common(&query, &headers)?;
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
@@ -297,10 +317,12 @@ async fn write(
 
 async fn delete(
     State(node): State<Arc<Node>>,
-    Path((namespace, key)): Path<(String, String)>,
-    Query(query): Query<CommonQuery>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
     let key = key_of(namespace, key)?;
     let common = common(&query, &headers)?;
     let reply = execute(&node, common, Operation::Delete { key, idempotency_id: idempotency_id(&headers)? }).await?;
@@ -310,10 +332,12 @@ async fn delete(
 
 async fn read(
     State(node): State<Arc<Node>>,
-    Path((namespace, key)): Path<(String, String)>,
-    Query(query): Query<CommonQuery>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
     let key = key_of(namespace, key)?;
     let common = common(&query, &headers)?;
     if let Some(since) = &query.changes_since {
@@ -340,10 +364,12 @@ async fn read(
 
 async fn list_keys(
     State(node): State<Arc<Node>>,
-    Path(namespace): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
+    let namespace = path_of(path)?;
+    let query = query_of(query)?;
     let limit = match query.get("limit") {
         None => 100,
         Some(l) => l.parse::<u32>().map_err(|_| bad("limit must be a positive integer"))?,
