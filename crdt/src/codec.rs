@@ -87,6 +87,21 @@ mod tests {
     }
 
     #[test]
+    fn golden_register_bytes_are_a_length_and_the_raw_bytes() {
+        let register = crate::LwwRegister {
+            ts: crate::Hlc { wall_ms: 7, logical: 1 },
+            node: NodeId(2),
+            value: Some(b"hi".to_vec()),
+        };
+        // format | wall 7 | logical 1 | node 2 | Some | len 2 | 'h' 'i' — the same layout a plain
+        // `Vec<u8>` sequence had, so serde_bytes changed speed, not format.
+        assert_eq!(encode(&register), vec![1, 7, 1, 2, 1, 2, b'h', b'i']);
+        let mutation = crate::Mutation::RegisterSet { value: b"hi".to_vec() };
+        assert_eq!(encode(&mutation), vec![1, 1, 2, b'h', b'i']);
+        assert_eq!(decode::<crate::Mutation>(&encode(&mutation), 64).unwrap(), mutation);
+    }
+
+    #[test]
     fn golden_dot_context() {
         let ctx = DotContext::from_dots([Dot::new(NodeId(2), 1), Dot::new(NodeId(2), 3)]);
         assert_eq!(encode(&ctx), vec![1, 1, 2, 1, 1, 2, 3]);

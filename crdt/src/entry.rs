@@ -174,10 +174,17 @@ pub enum Mutation {
     /// Counter: add `amount` (negative decrements).
     CounterAdd { amount: i64 },
     /// Register: set the value.
-    RegisterSet { value: Vec<u8> },
+    RegisterSet {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Multi-value register: write, replacing the siblings in `context` (all siblings the coordinator
     /// holds when `None`).
-    MvRegisterSet { value: Vec<u8>, context: Option<DotContext> },
+    MvRegisterSet {
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        context: Option<DotContext>,
+    },
     /// Set: add members.
     SetAdd { members: Vec<Vec<u8>> },
     /// Set: remove members (as observed by the coordinator; no prior read needed).
@@ -231,7 +238,7 @@ pub enum Value {
     /// A counter's value.
     Counter(i64),
     /// A register's value (`None` once cleared).
-    Register(Option<Vec<u8>>),
+    Register(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// A multi-value register's siblings and the context to pass back to resolve them.
     MvRegister { values: Vec<Vec<u8>>, context: DotContext },
     /// A set's members, in byte order.

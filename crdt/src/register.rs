@@ -23,6 +23,7 @@ pub struct LwwRegister {
     /// The replica that issued the winning write.
     pub node: NodeId,
     /// The winning value.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -374,7 +374,9 @@ async fn list_keys(
         None => 100,
         Some(l) => l.parse::<u32>().map_err(|_| bad("limit must be a positive integer"))?,
     };
-    let common_query = CommonQuery { consistency: query.get("consistency").cloned(), ..CommonQuery::default() };
+    let timeout_ms = query.get("timeout_ms").map(|t| t.parse::<u32>()).transpose();
+    let timeout_ms = timeout_ms.map_err(|_| bad("timeout_ms must be a non-negative integer"))?;
+    let common_query = CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
     let common = common(&common_query, &headers)?;
     let op = Operation::ListKeys {
         namespace,
