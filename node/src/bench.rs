@@ -85,10 +85,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             (endpoint, ca, None)
         }
         None => {
-            let mut config = Config::default();
-            config.data_dir = scratch.join("node");
-            config.listen.client = "127.0.0.1:0".parse()?;
-            config.listen.http = "127.0.0.1:0".parse()?;
+            let mut config = Config {
+                data_dir: scratch.join("node"),
+                listen: crate::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
+                ..Config::default()
+            };
             config.storage.durability = match options.durability {
                 Durability::Fsync => "fsync".into(),
                 Durability::Relaxed => "relaxed".into(),

@@ -220,13 +220,18 @@ impl Config {
             ("region", &self.region),
             ("zone", &self.zone),
         ] {
-            if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            if value.is_empty()
+                || value.len() > 64
+                || !value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 return invalid(field, format!("{value:?} must be 1-64 characters of [A-Za-z0-9-_.]"));
             }
         }
         if !["fsync", "relaxed"].contains(&self.storage.durability.as_str()) {
-            return invalid("storage.durability", format!("{:?} must be \"fsync\" or \"relaxed\"", self.storage.durability));
+            return invalid(
+                "storage.durability",
+                format!("{:?} must be \"fsync\" or \"relaxed\"", self.storage.durability),
+            );
         }
         if self.storage.relaxed_sync_interval_ms == 0 {
             return invalid("storage.relaxed_sync_interval_ms", "must be at least 1".into());
@@ -248,7 +253,11 @@ impl Config {
         if limits.max_frame_bytes > meridian_crdt::codec::ABSOLUTE_MAX_BYTES {
             return invalid(
                 "limits.max_frame_bytes",
-                format!("{} exceeds the codec's ceiling {}", limits.max_frame_bytes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES),
+                format!(
+                    "{} exceeds the codec's ceiling {}",
+                    limits.max_frame_bytes,
+                    meridian_crdt::codec::ABSOLUTE_MAX_BYTES
+                ),
             );
         }
         if limits.max_value_bytes + 4096 > limits.max_frame_bytes {
@@ -321,6 +330,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error type
     fn environment_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MERIDIAN_CFGTEST_LIMITS__MAX_VALUE_BYTES", "2048");

@@ -54,7 +54,9 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::WrongType => StatusCode::CONFLICT,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::QuorumUnavailable | ErrorCode::CausalTimeout | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::QuorumUnavailable | ErrorCode::CausalTimeout | ErrorCode::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -146,7 +148,8 @@ fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError
 }
 
 async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {
-    let request = RequestV1 { consistency: common.consistency, causal_token: common.token, timeout_ms: common.timeout_ms, op };
+    let request =
+        RequestV1 { consistency: common.consistency, causal_token: common.token, timeout_ms: common.timeout_ms, op };
     node.execute_v1(request).await.map_err(ApiError)
 }
 
@@ -212,7 +215,10 @@ fn mutation_from_json(body: &Json_, depth: usize) -> Result<Mutation, ApiError> 
     if depth > 8 {
         return Err(bad("map updates nest at most 8 levels"));
     }
-    let op = body.get("op").and_then(Json_::as_str).ok_or_else(|| bad("the body needs an \"op\" string; see docs/api.md"))?;
+    let op = body
+        .get("op")
+        .and_then(Json_::as_str)
+        .ok_or_else(|| bad("the body needs an \"op\" string; see docs/api.md"))?;
     let field = |name: &str| body.get(name).ok_or_else(|| bad(format!("op {op:?} needs \"{name}\"")));
     let int = |name: &str, default: i64| -> Result<i64, ApiError> {
         match body.get(name) {
@@ -344,10 +350,12 @@ async fn read(
         let since_heads = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
         let reply = execute(&node, common, Operation::DocChanges { key, since_heads }).await?;
         let ReplyBody::DocChanges { changes, heads } = &reply.body else { unreachable!("doc changes reply") };
-        let changes: Vec<String> = changes.iter().map(|c| base64::engine::general_purpose::STANDARD.encode(c)).collect();
+        let changes: Vec<String> =
+            changes.iter().map(|c| base64::engine::general_purpose::STANDARD.encode(c)).collect();
         return Ok(Json(with_token(&reply, json!({"changes": changes, "heads": heads}))).into_response());
     }
-    let expected = query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
+    let expected =
+        query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
     let display = key.to_string();
     let reply = execute(&node, common, Operation::Read { key, expected }).await?;
     match &reply.body {
@@ -376,7 +384,8 @@ async fn list_keys(
     };
     let timeout_ms = query.get("timeout_ms").map(|t| t.parse::<u32>()).transpose();
     let timeout_ms = timeout_ms.map_err(|_| bad("timeout_ms must be a non-negative integer"))?;
-    let common_query = CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
+    let common_query =
+        CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
     let common = common(&common_query, &headers)?;
     let op = Operation::ListKeys {
         namespace,

@@ -410,7 +410,12 @@ fn split_chunks(mut bytes: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// Reads a key, refusing another type (the node checks, so nothing is decoded client-side).
-async fn typed_get(session: &Session, key: &str, crdt_type: CrdtType, conn: &Connection) -> anyhow::Result<Option<Value>> {
+async fn typed_get(
+    session: &Session,
+    key: &str,
+    crdt_type: CrdtType,
+    conn: &Connection,
+) -> anyhow::Result<Option<Value>> {
     let request = RequestV1 {
         consistency: conn.consistency.or(Some(Consistency::Causal)),
         causal_token: Some(session.token()),

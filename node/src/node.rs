@@ -148,7 +148,12 @@ impl Node {
             .and_then(|(key, _)| keyspace::parse_log_key(&key))
             .map_or(0, |(_, seq)| seq);
         let mut visible = VersionVector::new();
-        for (key, value) in engine.scan(Space::Meta, keyspace::VV_PREFIX, keyspace::prefix_end(keyspace::VV_PREFIX).as_deref(), usize::MAX)? {
+        for (key, value) in engine.scan(
+            Space::Meta,
+            keyspace::VV_PREFIX,
+            keyspace::prefix_end(keyspace::VV_PREFIX).as_deref(),
+            usize::MAX,
+        )? {
             if let Ok(origin) = <[u8; 8]>::try_from(&key[keyspace::VV_PREFIX.len()..]) {
                 visible.observe(NodeId(u64::from_be_bytes(origin)), crate::storage::decode_u64_be(&value)?);
             }
@@ -227,7 +232,8 @@ impl Node {
             Err(e) => e.code.name(),
         };
         metrics::counter!("meridian_requests_total", "op" => op_name, "result" => outcome).increment(1);
-        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name)
+            .record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -238,7 +244,10 @@ impl Node {
         let _permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             ErrorReply::new(
                 ErrorCode::Overloaded,
-                format!("{} requests in flight (limits.max_inflight_requests); retry later", self.config.limits.max_inflight_requests),
+                format!(
+                    "{} requests in flight (limits.max_inflight_requests); retry later",
+                    self.config.limits.max_inflight_requests
+                ),
             )
         })?;
         let timeout_ms = match request.timeout_ms {
@@ -280,13 +289,19 @@ impl Node {
                 let (entry, token) = self.read_entry(&key, token, level).await?;
                 if let (Some(entry), Some(expected)) = (&entry, expected) {
                     if entry.crdt_type() != expected {
-                        return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested: expected }));
+                        return Err(crdt_error(CrdtError::WrongType {
+                            actual: entry.crdt_type(),
+                            requested: expected,
+                        }));
                     }
                 }
                 let value = match entry {
                     // Materialising an automerge document replays its history: keep it off the reactor.
                     Some(entry) if entry.crdt_type() == CrdtType::Doc => {
-                        tokio::task::spawn_blocking(move || entry.read()).await.map_err(internal)?.map_err(crdt_error)?
+                        tokio::task::spawn_blocking(move || entry.read())
+                            .await
+                            .map_err(internal)?
+                            .map_err(crdt_error)?
                     }
                     Some(entry) => entry.read().map_err(crdt_error)?,
                     None => None,
@@ -300,7 +315,9 @@ impl Node {
                     None => ReplyBody::DocChanges { changes: Vec::new(), heads: Vec::new() },
                     Some(entry) => {
                         // Materialising replays the document's history: off the reactor threads.
-                        tokio::task::spawn_blocking(move || doc_changes(&entry, &since_heads)).await.map_err(internal)??
+                        tokio::task::spawn_blocking(move || doc_changes(&entry, &since_heads))
+                            .await
+                            .map_err(internal)??
                     }
                 };
                 Ok(Reply { causal_token: token, body })
@@ -310,13 +327,16 @@ impl Node {
                     .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
                 let limit = limit.clamp(1, self.config.limits.max_list_keys) as usize;
                 let node = self.clone();
-                let (keys, next) =
-                    tokio::task::spawn_blocking(move || node.list_keys(&namespace, &prefix, start_after.as_deref(), limit))
-                        .await
-                        .map_err(internal)??;
+                let (keys, next) = tokio::task::spawn_blocking(move || {
+                    node.list_keys(&namespace, &prefix, start_after.as_deref(), limit)
+                })
+                .await
+                .map_err(internal)??;
                 Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Keys { keys, next } })
             }
-            Operation::Status => Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) }),
+            Operation::Status => {
+                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) })
+            }
         }
     }
 
@@ -422,7 +442,12 @@ impl Node {
             Change::Mutate(mutation) => Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?,
             Change::Delete => match &state {
                 Some(entry) if entry.exists() => entry.reset_delta(&write).map_err(crdt_error)?,
-                _ => return Ok(Prepared::Done(Reply { causal_token: token, body: ReplyBody::Deleted { existed: false } })),
+                _ => {
+                    return Ok(Prepared::Done(Reply {
+                        causal_token: token,
+                        body: ReplyBody::Deleted { existed: false },
+                    }))
+                }
             },
         };
         let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
@@ -447,7 +472,11 @@ impl Node {
         let seq = self.seqs.lock().expect("seq lock").allocate();
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
-        batch.put(Space::Log, keyspace::log_key(self.id, seq).to_vec(), keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts }));
+        batch.put(
+            Space::Log,
+            keyspace::log_key(self.id, seq).to_vec(),
+            keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts }),
+        );
         batch.max_u64(Space::Meta, keyspace::vv_key(self.id), seq);
         token.0.observe(self.id, seq);
         let reply = Reply { causal_token: token, body };
@@ -479,7 +508,8 @@ impl Node {
         match self.engine.get(Space::Data, data_key).map_err(internal)? {
             None => Ok(None),
             Some(bytes) => {
-                let StoredEntry::V1(entry) = keyspace::decode(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
+                let StoredEntry::V1(entry) =
+                    keyspace::decode(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
                 Ok(Some(entry))
             }
         }
@@ -549,10 +579,7 @@ impl Node {
             after_key.push(0);
             start = start.max(after_key);
         }
-        let raw = self
-            .engine
-            .scan(Space::Data, &start, end.as_deref(), limit * LIST_SCAN_FACTOR)
-            .map_err(internal)?;
+        let raw = self.engine.scan(Space::Data, &start, end.as_deref(), limit * LIST_SCAN_FACTOR).map_err(internal)?;
         let mut keys = Vec::new();
         let mut last_name = None;
         for (data_key, value) in &raw {
@@ -593,7 +620,11 @@ impl Node {
 
     /// Deletes idempotency records older than the TTL; scans at most `budget` records from `cursor`
     /// and returns where to resume (`None`: wrapped around).
-    pub fn expire_idempotency_records(&self, cursor: Option<Vec<u8>>, budget: usize) -> Result<Option<Vec<u8>>, StorageError> {
+    pub fn expire_idempotency_records(
+        &self,
+        cursor: Option<Vec<u8>>,
+        budget: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         let start = cursor.unwrap_or_default();
         let records = self.engine.scan(Space::Idempotency, &start, None, budget)?;
         let cutoff = now_ms().saturating_sub(self.config.limits.idempotency_ttl_s * 1000);

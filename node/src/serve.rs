@@ -58,7 +58,8 @@ impl RunningNode {
 
 /// Opens storage and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let durability = if config.storage.durability == "relaxed" { Durability::Relaxed } else { Durability::Fsync };
     let options = RocksOptions { durability, cache_bytes: config.storage.cache_mb << 20, ..RocksOptions::default() };
     let db_path = config.data_dir.join("db");
@@ -89,13 +90,18 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     let app = crate::http::router(node.clone());
     let http_shutdown = shutdown.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     if durability_is_relaxed(&config) {
-        tasks.spawn(sync_wal_periodically(node.clone(), Duration::from_millis(config.storage.relaxed_sync_interval_ms), shutdown.clone()));
+        tasks.spawn(sync_wal_periodically(
+            node.clone(),
+            Duration::from_millis(config.storage.relaxed_sync_interval_ms),
+            shutdown.clone(),
+        ));
     }
     tasks.spawn(expire_idempotency_records(node.clone(), shutdown.clone()));
     tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
@@ -122,7 +128,9 @@ async fn expire_idempotency_records(node: Arc<Node>, shutdown: CancellationToken
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
         let sweeper = node.clone();
         let from = cursor.take();
-        match tokio::task::spawn_blocking(move || sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET)).await {
+        match tokio::task::spawn_blocking(move || sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET))
+            .await
+        {
             Ok(Ok(next)) => cursor = next,
             Ok(Err(e)) => tracing::warn!(error = %e, "idempotency sweep failed"),
             Err(e) => tracing::warn!(error = %e, "idempotency sweep panicked"),

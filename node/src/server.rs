@@ -98,7 +98,8 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     };
     let mut frame = proto::encode_frame(&response);
     if frame.len() > max + 4 {
-        let error = ErrorReply::new(ErrorCode::TooLarge, format!("the response exceeds limits.max_frame_bytes ({max})"));
+        let error =
+            ErrorReply::new(ErrorCode::TooLarge, format!("the response exceeds limits.max_frame_bytes ({max})"));
         frame = proto::encode_frame(&Response::V1(Err(error)));
     }
     if send.write_all(&frame).await.is_ok() {

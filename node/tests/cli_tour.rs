@@ -77,7 +77,9 @@ async fn readme_tour_works_as_written() {
     assert_eq!(json(&ok(ep, data, &["get", "shop/visits"]))["value"], 40, "the wrong-type write changed nothing");
 
     let keys = ok(ep, data, &["keys", "shop"]);
-    for expected in ["copy\tdoc", "draft\tmvregister", "motd\tregister", "page\tdoc", "tags\tset", "user:1\tmap", "visits\tcounter"] {
+    for expected in
+        ["copy\tdoc", "draft\tmvregister", "motd\tregister", "page\tdoc", "tags\tset", "user:1\tmap", "visits\tcounter"]
+    {
         assert!(keys.contains(expected), "{expected:?} missing from {keys}");
     }
     assert_eq!(ok(ep, data, &["del", "shop/motd"]).trim(), "deleted");

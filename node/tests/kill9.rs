@@ -84,6 +84,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_write() {
     let pid = node.child.id().expect("running");
     let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), node.child.wait()).await.expect("exits on SIGTERM").unwrap();
+    let exit =
+        tokio::time::timeout(Duration::from_secs(30), node.child.wait()).await.expect("exits on SIGTERM").unwrap();
     assert!(exit.success(), "graceful shutdown exit status: {exit}");
 }

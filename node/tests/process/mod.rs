@@ -61,4 +61,3 @@ pub async fn connect(addr: &str, data_dir: &Path) -> Client {
         .await
         .expect("connect")
 }
-
