@@ -106,6 +106,8 @@ pub enum IdempotencyRecord {
         created_ms: u64,
         /// The key it wrote (a retry naming another key is refused).
         key: Key,
+        /// Fingerprint of the operation (a retry of another operation is refused).
+        request_digest: u64,
         /// The reply of the first attempt.
         reply: Reply,
     },

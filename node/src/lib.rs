@@ -5,7 +5,7 @@
 //!
 //! Reading order, bottom-up: [`storage`] (engine trait, RocksDB, in-memory twin) → [`keyspace`]
 //! (record layout and formats) → [`node`] (request execution, the write path, causal tokens) →
-//! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`].
+//! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`](mod@bench).
 
 pub mod bench;
 pub mod commit;

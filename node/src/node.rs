@@ -97,6 +97,18 @@ enum Change {
     Delete,
 }
 
+impl Change {
+    /// A fingerprint (FNV-1a over the codec encoding) so a reused idempotency id naming a different
+    /// operation is refused instead of replaying the other operation's reply.
+    fn digest(&self) -> u64 {
+        let bytes = match self {
+            Change::Mutate(mutation) => meridian_crdt::codec::encode(mutation),
+            Change::Delete => Vec::new(),
+        };
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    }
+}
+
 /// One Meridian node.
 pub struct Node {
     config: Config,
@@ -111,6 +123,8 @@ pub struct Node {
     started: Instant,
     client_connections: AtomicU64,
     shutting_down: AtomicBool,
+    /// Writes in flight, each in its own task; shutdown waits for them.
+    writes: tokio_util::task::TaskTracker,
 }
 
 fn now_ms() -> u64 {
@@ -133,6 +147,7 @@ fn crdt_error(e: CrdtError) -> ErrorReply {
 impl Node {
     /// Opens the node over `engine`: loads or mints its id and resumes its log position.
     pub fn open(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Node>, StorageError> {
+        crate::metrics_export::prometheus();
         let id = match engine.get(Space::Meta, keyspace::META_NODE_ID)? {
             Some(bytes) => NodeId(crate::storage::decode_u64_be(&bytes)?),
             None => {
@@ -170,6 +185,7 @@ impl Node {
             started: Instant::now(),
             client_connections: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            writes: tokio_util::task::TaskTracker::new(),
             config,
             engine,
             id,
@@ -208,6 +224,12 @@ impl Node {
     /// From now on, new requests are refused with `shutting_down`.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until every write already started is durable (or failed). Call after [`Node::begin_shutdown`].
+    pub async fn wait_for_writes(&self) {
+        self.writes.close();
+        self.writes.wait().await;
     }
 
     /// Whether the node accepts requests.
@@ -367,7 +389,9 @@ impl Node {
         // still finishes — its log position is released and its key lock held until it is durable —
         // instead of being cut off between "queued for commit" and "committed".
         let node = self.clone();
-        let reply = tokio::spawn(async move { node.write_to_completion(key, change, idempotency_id, token).await })
+        let reply = self
+            .writes
+            .spawn(async move { node.write_to_completion(key, change, idempotency_id, token).await })
             .await
             .map_err(internal)??;
         let mut tracker = QuorumTracker::new(level, self.replicas());
@@ -422,13 +446,15 @@ impl Node {
         idempotency_id: Option<IdempotencyId>,
         mut token: CausalToken,
     ) -> Result<Prepared, ErrorReply> {
+        let request_digest = change.digest();
         if let Some(id) = idempotency_id {
             if let Some(bytes) = self.engine.get(Space::Idempotency, &id.0.to_be_bytes()).map_err(internal)? {
-                let IdempotencyRecord::V1 { key: first_key, reply, .. } = keyspace::decode(&bytes).map_err(internal)?;
-                if first_key != key {
+                let IdempotencyRecord::V1 { key: first_key, request_digest: first_digest, reply, .. } =
+                    keyspace::decode(&bytes).map_err(internal)?;
+                if first_key != key || first_digest != request_digest {
                     return Err(ErrorReply::new(
                         ErrorCode::BadRequest,
-                        format!("idempotency id already used for key {first_key}, not {key}"),
+                        format!("idempotency id already used for another operation (on key {first_key}); use a fresh id per write"),
                     ));
                 }
                 metrics::counter!("meridian_idempotent_replays_total").increment(1);
@@ -481,7 +507,7 @@ impl Node {
         token.0.observe(self.id, seq);
         let reply = Reply { causal_token: token, body };
         if let Some(id) = idempotency_id {
-            let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, reply: reply.clone() };
+            let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
         }
         Ok(Prepared::Commit { batch, seq, reply })

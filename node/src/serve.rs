@@ -50,6 +50,7 @@ impl RunningNode {
         self.node.begin_shutdown();
         self.tasks.close();
         self.tasks.wait().await;
+        self.node.wait_for_writes().await;
         let node = self.node.clone();
         let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
         tracing::info!("node stopped");

@@ -128,7 +128,8 @@ async fn garbage_unknown_versions_and_unknown_variants_are_refused_per_stream() 
         still_serves(&raw).await;
         // Several bad streams in flight at once do not disturb a good one.
         let bad = framed(&[1, 0xff, 0xff]);
-        let (a, b, good) = tokio::join!(raw.send_raw(&bad, true), raw.send_raw(&bad, true), raw.send_raw(&valid_status, true));
+        let (a, b, good) =
+            tokio::join!(raw.send_raw(&bad, true), raw.send_raw(&bad, true), raw.send_raw(&valid_status, true));
         assert_eq!(error_of(a).code, ErrorCode::BadRequest);
         assert_eq!(error_of(b).code, ErrorCode::BadRequest);
         assert!(matches!(good, RawAnswer::Frame(Response::V1(Ok(_)))), "{good:?}");
@@ -171,6 +172,25 @@ async fn streams_ending_mid_frame_are_dropped_quietly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_neither_blocks_other_requests_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.limits.request_timeout_ms = 1_000;
+    let running = start_memory(cfg).await;
+    let raw = raw_connect(running.client_addr, &running.cert_path).await.unwrap();
+    // Half a length prefix, never finished: the node waits on that stream only.
+    let (mut stalled, _recv) = raw.conn.open_bi().await.unwrap();
+    stalled.write_all(&[0, 0]).await.unwrap();
+    still_serves(&raw).await;
+    let client = connect(&running).await;
+    bounded("a request beside the stalled stream", client.counter("stall/n").incr(1)).await.unwrap();
+    client.close().await;
+    // Shutdown drains for at most request_timeout_ms, then closes the connection under the stream.
+    shutdown(running).await;
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_and_keys_over_the_limits_are_too_large_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let running = small_node(dir.path()).await;
@@ -200,7 +220,8 @@ async fn values_and_keys_over_the_limits_are_too_large_and_write_nothing() {
         let set = client.set("lim/grow");
         let mut added = Vec::new();
         let refused = loop {
-            let member = format!("{:04}", added.len()).into_bytes().into_iter().chain(vec![b'm'; 8 << 10]).collect::<Vec<u8>>();
+            let member =
+                format!("{:04}", added.len()).into_bytes().into_iter().chain(vec![b'm'; 8 << 10]).collect::<Vec<u8>>();
             match set.add([member.clone()]).await {
                 Ok(()) => added.push(member),
                 Err(e) => break e,
@@ -255,7 +276,12 @@ async fn invalid_keys_sent_raw_are_bad_requests() {
             }
         }
         for namespace in [String::new(), "a/b".into(), "t\tab".into(), "n".repeat(129), "n".repeat(300)] {
-            let op = Operation::ListKeys { namespace: namespace.clone(), prefix: String::new(), start_after: None, limit: 10 };
+            let op = Operation::ListKeys {
+                namespace: namespace.clone(),
+                prefix: String::new(),
+                start_after: None,
+                limit: 10,
+            };
             assert_eq!(server_code(client.raw(request(op)).await), ErrorCode::BadRequest, "{namespace:?}");
         }
         // The SDK refuses the same keys before sending anything.
@@ -277,14 +303,15 @@ async fn bad_doc_input_and_counter_overflow_are_bad_requests() {
     let running = small_node(dir.path()).await;
     let client = connect(&running).await;
     let key: Key = "docs/d".parse().unwrap();
-    let write = |mutation| {
-        request(Operation::Write { key: key.clone(), mutation, idempotency_id: None })
-    };
+    let write = |mutation| request(Operation::Write { key: key.clone(), mutation, idempotency_id: None });
     bounded("bad doc input", async {
         // (i) garbage automerge changes, on a new key and on an existing doc.
         let garbage = Mutation::DocApply { changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]] };
         assert_eq!(server_code(client.raw(write(garbage.clone())).await), ErrorCode::BadRequest);
-        assert_eq!(server_code(client.raw(write(Mutation::DocApply { changes: vec![vec![]] })).await), ErrorCode::BadRequest);
+        assert_eq!(
+            server_code(client.raw(write(Mutation::DocApply { changes: vec![vec![]] })).await),
+            ErrorCode::BadRequest
+        );
         assert_eq!(client.get("docs/d").await.unwrap(), None);
         for json in ["[1, 2]", "42", "\"text\"", "null", "{", "not json"] {
             let err = client.raw(write(Mutation::DocPut { json: json.into() })).await.unwrap_err();
@@ -440,6 +467,41 @@ async fn connections_over_the_limit_are_refused_while_the_first_keeps_working() 
     .await;
     assert_eq!(bounded("read", replacement.counter("conn/n").get()).await.unwrap(), 2);
     replacement.close().await;
+    shutdown(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_inflight_limit_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.limits.max_inflight_requests = 1;
+    let running = start_memory(cfg).await;
+    let client = connect(&running).await;
+    let (applied, refused) = bounded("a burst over the inflight limit", async {
+        let mut burst = Vec::new();
+        for _ in 0..64 {
+            let client = client.clone();
+            burst.push(tokio::spawn(async move { client.counter("busy/n").incr(1).await }));
+        }
+        let (mut applied, mut refused) = (0, 0);
+        for request in burst {
+            match request.await.unwrap() {
+                Ok(_) => applied += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::Overloaded), "{e:?}");
+                    assert!(e.is_retryable());
+                    refused += 1;
+                }
+            }
+        }
+        (applied, refused)
+    })
+    .await;
+    assert_eq!(applied + refused, 64);
+    assert!(applied >= 1);
+    // A refused request was not applied at all: the counter counts exactly the acknowledged ones.
+    assert_eq!(bounded("read", client.counter("busy/n").get()).await.unwrap(), applied);
+    client.close().await;
     shutdown(running).await;
 }
 

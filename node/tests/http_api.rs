@@ -104,7 +104,8 @@ fn token_of(body: &Json) -> CausalToken {
 
 /// An object's field names, sorted (whatever serde_json's map order).
 fn fields(body: &Json) -> Vec<String> {
-    let mut names: Vec<String> = body.as_object().unwrap_or_else(|| panic!("not an object: {body}")).keys().cloned().collect();
+    let mut names: Vec<String> =
+        body.as_object().unwrap_or_else(|| panic!("not an object: {body}")).keys().cloned().collect();
     names.sort();
     names
 }
@@ -184,7 +185,9 @@ async fn map_and_doc_ops_have_the_documented_shapes() {
     let body = api.post("/v1/kv/shop/user:1", update("logins", json!({"op": "incr", "by": 1}))).await.ok();
     assert_eq!(fields(&body), ["ok", "token"], "{body}");
     assert_write_ok(&api.post("/v1/kv/shop/user:1", update("logins", json!({"op": "incr", "by": 2}))).await);
-    assert_write_ok(&api.post("/v1/kv/shop/user:1", update("roles", json!({"op": "sadd", "members": ["admin"]}))).await);
+    assert_write_ok(
+        &api.post("/v1/kv/shop/user:1", update("roles", json!({"op": "sadd", "members": ["admin"]}))).await,
+    );
     let nested = update("city", json!({"op": "set", "value": "London"}));
     assert_write_ok(&api.post("/v1/kv/shop/user:1", update("address", nested)).await);
     assert_write_ok(&api.post("/v1/kv/shop/user:1", update("nick", json!({"op": "mvset", "value": "ada"}))).await);
@@ -194,10 +197,7 @@ async fn map_and_doc_ops_have_the_documented_shapes() {
     assert_eq!(value["name"], json!({"type": "register", "value": "Ada"}));
     assert_eq!(value["logins"], json!({"type": "counter", "value": 3}));
     assert_eq!(value["roles"], json!({"type": "set", "value": ["admin"]}));
-    assert_eq!(
-        value["address"],
-        json!({"type": "map", "value": {"city": {"type": "register", "value": "London"}}})
-    );
+    assert_eq!(value["address"], json!({"type": "map", "value": {"city": {"type": "register", "value": "London"}}}));
     assert_eq!(value["nick"]["type"], "mvregister");
     assert_eq!(value["nick"]["value"]["values"], json!(["ada"]));
     assert!(value.get("gone").is_none(), "{value}");
@@ -301,7 +301,8 @@ async fn malformed_requests_are_json_400s() {
     bad(post("/v1/kv/a/k", r#"{"op":"doc_apply","changes":"x"}"#).await);
     bad(post("/v1/kv/a/k", r#"{"op":"doc_apply","changes":["not base64!"]}"#).await);
     bad(post("/v1/kv/a/k", r#"{"op":"doc_apply","changes":["AAECAw=="]}"#).await); // base64 of garbage
-    let deep = (0..12).fold(json!({"op": "incr"}), |inner, i| json!({"op": "map_update", "field": format!("f{i}"), "update": inner}));
+    let deep = (0..12)
+        .fold(json!({"op": "incr"}), |inner, i| json!({"op": "map_update", "field": format!("f{i}"), "update": inner}));
     assert!(bad(api.post("/v1/kv/a/k", deep).await).contains("nest"));
     // None of those wrote anything.
     api.get("/v1/kv/a/k").await.error(StatusCode::NOT_FOUND, "not_found", false);
@@ -358,7 +359,8 @@ async fn oversized_bodies_and_values_are_413_too_large() {
     // A key that would outgrow max_frame_bytes - 4096.
     let mut refused = None;
     for i in 0..10 {
-        let answer = api.post("/v1/kv/big/grow", json!({"op": "sadd", "members": [format!("{i}{}", "m".repeat(1500))]})).await;
+        let answer =
+            api.post("/v1/kv/big/grow", json!({"op": "sadd", "members": [format!("{i}{}", "m".repeat(1500))]})).await;
         if answer.status != StatusCode::OK {
             refused = Some((i, answer));
             break;
@@ -383,14 +385,19 @@ async fn idempotency_key_applies_a_retried_write_once() {
     let retry = incr("order-1234").await.ok();
     assert_eq!(first, retry, "a retry gets the first reply");
     assert_eq!(first["value"], 3);
-    assert_eq!(value_of(&api, "shop/orders", "counter").await, json!(3));
+    assert_eq!(value_of(api, "shop/orders", "counter").await, json!(3));
     assert_eq!(incr("order-1235").await.ok()["value"], 6);
     // The same idempotency key on another kv key is refused.
     let other = api.send("POST", "/v1/kv/shop/other", &[("idempotency-key", "order-1234")], r#"{"op":"incr"}"#).await;
     other.error(StatusCode::BAD_REQUEST, "bad_request", false);
     // The doc's sadd example.
     let sadd = || {
-        api.send("POST", "/v1/kv/shop/orderset", &[("idempotency-key", "order-9")], r#"{"op":"sadd","members":["1234"]}"#)
+        api.send(
+            "POST",
+            "/v1/kv/shop/orderset",
+            &[("idempotency-key", "order-9")],
+            r#"{"op":"sadd","members":["1234"]}"#,
+        )
     };
     let body = sadd().await.ok();
     assert_eq!(fields(&body), ["ok", "token"]);
@@ -467,6 +474,29 @@ async fn keys_paginate_through_next() {
     assert_eq!(all["keys"][4], json!({"key": "v1", "type": "set"}));
     let after = api.get("/v1/keys/ls?after=u4&timeout_ms=1000").await.ok();
     assert_eq!(after["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(api.get("/v1/keys/ls?limit=0").await.ok()["keys"].as_array().unwrap().len(), 1);
+
+    // Deleted keys are skipped: a page may be empty while `next` is set; following it finds the rest.
+    for i in 0..12 {
+        assert_write_ok(&api.post(&format!("/v1/kv/gone/k{i:02}"), json!({"op": "incr"})).await);
+        assert_eq!(api.delete(&format!("/v1/kv/gone/k{i:02}")).await.ok()["existed"], true);
+    }
+    assert_write_ok(&api.post("/v1/kv/gone/zz", json!({"op": "incr"})).await);
+    let first = api.get("/v1/keys/gone?limit=1").await.ok();
+    assert_eq!(first["keys"], json!([]), "{first}");
+    assert!(first["next"].is_string(), "{first}");
+    let mut found = Vec::new();
+    let mut next = first["next"].as_str().unwrap().to_string();
+    for _ in 0..10 {
+        let page = api.get(&format!("/v1/keys/gone?limit=1&after={next}")).await.ok();
+        found.extend(page["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(cursor) => next = cursor.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(found, ["zz"]);
+
     let empty = api.get("/v1/keys/empty").await.ok();
     assert_eq!((empty["keys"].clone(), empty["next"].clone()), (json!([]), Json::Null));
     assert_eq!(fields(&empty), ["keys", "next", "token"]);
@@ -564,4 +594,3 @@ async fn operations_endpoints() {
     api.get("/v1/kv/ops/n").await.error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true);
     api.post("/v1/kv/ops/n", json!({"op": "incr"})).await.error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true);
 }
-

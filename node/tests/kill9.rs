@@ -4,7 +4,7 @@
 
 mod process;
 
-use meridian_client::{Client, Consistency};
+use meridian_client::Consistency;
 use process::{connect, spawn_node};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

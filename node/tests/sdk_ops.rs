@@ -133,7 +133,10 @@ async fn map_fields_nest_and_remove() {
         user.incr_field("logins", 1).await.unwrap();
         user.update("roles", Mutation::SetAdd { members: bytes(&["admin", "dev"]) }).await.unwrap();
         user.update("roles", Mutation::SetRemove { members: bytes(&["dev"]) }).await.unwrap();
-        let city = Mutation::MapUpdate { field: "city".into(), mutation: Box::new(Mutation::RegisterSet { value: b"London".to_vec() }) };
+        let city = Mutation::MapUpdate {
+            field: "city".into(),
+            mutation: Box::new(Mutation::RegisterSet { value: b"London".to_vec() }),
+        };
         user.update("address", city).await.unwrap();
         user.remove("nickname").await.unwrap();
         user.remove("never-there").await.unwrap();
@@ -303,7 +306,10 @@ async fn wrong_type_is_refused_and_changes_nothing() {
         let tags = client.set("shop/tags");
         tags.add(["x", "y"]).await.unwrap();
         let err = client.counter("shop/tags").incr(1).await.unwrap_err();
-        assert!(matches!(&err, Error::Server { code: ErrorCode::WrongType, message } if message.contains("set")), "{err:?}");
+        assert!(
+            matches!(&err, Error::Server { code: ErrorCode::WrongType, message } if message.contains("set")),
+            "{err:?}"
+        );
         assert!(!err.is_retryable());
         assert_eq!(err.code(), Some(ErrorCode::WrongType));
         // Typed reads of another type are refused too, and every other type's write.
@@ -369,7 +375,8 @@ async fn keys_listing_paginates_with_prefix_and_skips_deleted() {
         let all = client.keys("ls").prefix("a").limit(2).all_up_to(100).await.unwrap();
         assert_eq!(all.next, None);
         assert_eq!(all.keys.iter().map(|k| (k.name.clone(), k.crdt_type)).collect::<Vec<_>>(), expected);
-        let names: Vec<String> = client.keys("ls").all_up_to(100).await.unwrap().keys.into_iter().map(|k| k.name).collect();
+        let names: Vec<String> =
+            client.keys("ls").all_up_to(100).await.unwrap().keys.into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["a1", "a2", "a4", "a5", "a6", "b1"]);
         // Bounded: stops with a cursor.
         let first_three = client.keys("ls").limit(2).all_up_to(3).await.unwrap();
@@ -436,8 +443,8 @@ async fn every_consistency_level_serves_writes_and_reads() {
             assert!(client.keys("c").consistency(level).page().await.unwrap().keys.len() > i);
             // The same through a session at that level, which also carries its token.
             let session = client.session().with_consistency(level);
-            session.register(&key.replace("c/", "r/")).set(level.name()).await.unwrap();
-            let read = session.register(&key.replace("c/", "r/")).get_string().await.unwrap();
+            session.register(key.replace("c/", "r/")).set(level.name()).await.unwrap();
+            let read = session.register(key.replace("c/", "r/")).get_string().await.unwrap();
             assert_eq!(read.as_deref(), Some(level.name()));
         }
     })
@@ -607,7 +614,8 @@ async fn everything_survives_a_restart() {
         assert_eq!(client.doc("p/d").get_json().await.unwrap(), json!({"k": "v"}));
         assert_eq!(client.doc("p/d").heads().await.unwrap(), heads);
         assert_eq!(client.get("p/gone").await.unwrap(), None);
-        let names: Vec<String> = client.keys("p").all_up_to(100).await.unwrap().keys.into_iter().map(|k| k.name).collect();
+        let names: Vec<String> =
+            client.keys("p").all_up_to(100).await.unwrap().keys.into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["d", "m", "mv", "n", "r", "s"]);
 
         // The old session's token is served (the log position survived), and new writes continue it.
@@ -620,5 +628,65 @@ async fn everything_survives_a_restart() {
     })
     .await;
     client.close().await;
+    shutdown(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_all_land_and_sessions_read_them() {
+    const TASKS: usize = 4;
+    const WRITES: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_rocks(config(dir.path())).await;
+    let clients = [connect(&running).await, connect(&running).await];
+    let node_id = running.node.id();
+    bounded("concurrent writes", async {
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let client = clients[t % clients.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let session = client.session();
+                let mut seen = Vec::new();
+                for i in 0..WRITES {
+                    // One hot key shared by every task, plus a key of this task's own.
+                    let value = session.counter("hot/n").incr(1).await.unwrap();
+                    seen.push(value);
+                    session.set("hot/members").add([format!("{t}-{i}")]).await.unwrap();
+                    session.counter(format!("own/{t}")).incr(1).await.unwrap();
+                    // Read-your-writes: the session sees at least its own increment.
+                    assert!(session.counter("hot/n").get().await.unwrap() >= value);
+                    assert!(session.set("hot/members").contains(format!("{t}-{i}")).await.unwrap());
+                }
+                (seen, session.token())
+            }));
+        }
+        let mut values = Vec::new();
+        let mut tokens = Vec::new();
+        for task in tasks {
+            let (seen, token) = task.await.unwrap();
+            values.extend(seen);
+            tokens.push(token);
+        }
+        // Writes to one key are serialised: each increment saw a distinct value, 1..=N.
+        values.sort_unstable();
+        assert_eq!(values, (1..=(TASKS * WRITES) as i64).collect::<Vec<_>>());
+        let client = &clients[0];
+        assert_eq!(client.counter("hot/n").get().await.unwrap(), (TASKS * WRITES) as i64);
+        assert_eq!(client.set("hot/members").members().await.unwrap().len(), TASKS * WRITES);
+        for t in 0..TASKS {
+            assert_eq!(client.counter(format!("own/{t}")).get().await.unwrap(), WRITES as i64);
+        }
+        // Every write got its own log position, and every session token is covered by the node's.
+        let status = client.status().await.unwrap();
+        assert_eq!(status.log_entries, (3 * TASKS * WRITES) as u64);
+        let node_token = CausalToken(status.version_vector.clone());
+        for token in &tokens {
+            assert!(node_token.covers(token), "{token:?} vs {node_token:?}");
+            assert!(token.0.get(node_id) > 0);
+        }
+    })
+    .await;
+    for client in &clients {
+        client.close().await;
+    }
     shutdown(running).await;
 }

@@ -30,8 +30,7 @@ pub async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
 
 /// A default config listening on loopback port 0, keeping its data under `data_dir`.
 pub fn config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_path_buf();
+    let mut config = Config { data_dir: data_dir.to_path_buf(), ..Config::default() };
     config.listen.client = "127.0.0.1:0".parse().unwrap();
     config.listen.http = "127.0.0.1:0".parse().unwrap();
     config
