@@ -118,6 +118,26 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_map_updates_are_refused_not_a_stack_overflow() {
+        // MapUpdate { field: "", mutation: MapUpdate { ... } } a million times over: variant 5, empty
+        // field name, repeated; then a CounterAdd leaf. Without the nesting bound this overflows the stack.
+        let mut bytes = vec![FORMAT_V1];
+        for _ in 0..1_000_000 {
+            bytes.extend_from_slice(&[5, 0]);
+        }
+        bytes.extend_from_slice(&[0, 2]);
+        let err = decode::<crate::Mutation>(&bytes, ABSOLUTE_MAX_BYTES).unwrap_err();
+        assert!(err.to_string().contains("nesting"), "{err}");
+        // Within the bound it decodes.
+        let mut ok = vec![FORMAT_V1];
+        for _ in 0..crate::depth::MAX_NESTING {
+            ok.extend_from_slice(&[5, 0]);
+        }
+        ok.extend_from_slice(&[0, 2]);
+        assert!(decode::<crate::Mutation>(&ok, 1024).is_ok());
+    }
+
+    #[test]
     fn huge_length_prefix_does_not_allocate() {
         // A vector claiming 2^60 elements (varint marker 253 = u64 follows, little-endian): the decoder
         // must refuse it, not try to allocate. (255 is not a varint marker at all, and would be refused

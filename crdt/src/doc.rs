@@ -80,6 +80,21 @@ impl DocCrdt {
         Ok(delta)
     }
 
+    /// Like [`DocCrdt::apply_delta`], for changes a *client* sends: refuses changes that would leave
+    /// this document unreadable (automerge refuses two different changes with the same actor and
+    /// sequence number — accepting them would make the key fail every later read).
+    ///
+    /// Not yet refused: a client authoring changes under a replica's actor id. Harmless on one node
+    /// (the replica's next change takes the next free sequence number); across replicas it could clash
+    /// with a concurrent change of that replica, so per-key replica actors come with replication.
+    pub fn client_delta(&self, changes: &[Vec<u8>]) -> Result<DocCrdt, CrdtError> {
+        let delta = DocCrdt::apply_delta(changes)?;
+        let mut joined = self.clone();
+        joined.join(&delta);
+        joined.materialize()?;
+        Ok(delta)
+    }
+
     /// The delta that sets each field of the JSON object `fields` at the document root, authored by `node`.
     pub fn put_root_delta(&self, node: NodeId, fields: &serde_json::Value) -> Result<DocCrdt, CrdtError> {
         let serde_json::Value::Object(fields) = fields else {
@@ -218,6 +233,21 @@ mod tests {
         let first = doc.materialize().unwrap().changes_since(&[]).unwrap();
         peer.apply_changes(first.iter().map(|b| Change::try_from(b.as_slice()).unwrap())).unwrap();
         assert_eq!(peer.get_heads().len(), 1);
+    }
+
+    #[test]
+    fn client_changes_that_would_break_the_document_are_refused() {
+        let node = NodeId(42);
+        let mut doc = DocCrdt::default();
+        doc.join(&doc.put_root_delta(node, &json!({"a": 1})).unwrap());
+        // Two different changes with the same actor and seq would make the document unreadable.
+        let other = NodeId(7);
+        let first = DocCrdt::default().put_root_delta(other, &json!({"c": 1})).unwrap();
+        let clash = DocCrdt::default().put_root_delta(other, &json!({"c": 2})).unwrap();
+        doc.join(&doc.client_delta(&first.changes.values().cloned().collect::<Vec<_>>()).unwrap());
+        let clash: Vec<Vec<u8>> = clash.changes.values().cloned().collect();
+        assert!(doc.client_delta(&clash).is_err());
+        assert!(doc.materialize().is_ok());
     }
 
     #[test]

@@ -158,6 +158,21 @@ impl DotContext {
     }
 
     /// Union of the two contexts.
+    /// The dots seen by both contexts. A context that arrives from a client names dots it claims
+    /// to have read; intersecting it with what the replica has really seen keeps a fabricated dot
+    /// (say `seq = u64::MAX`) from hiding writes or exhausting a node's sequence.
+    pub fn intersect(&self, other: &DotContext) -> DotContext {
+        let vv: VersionVector = self.vv.iter().map(|(node, seq)| (node, seq.min(other.vv.get(node)))).collect();
+        let mut out = DotContext { vv, cloud: BTreeSet::new() };
+        for dot in
+            self.cloud.iter().filter(|d| other.contains(**d)).chain(other.cloud.iter().filter(|d| self.contains(**d)))
+        {
+            out.insert(*dot);
+        }
+        out
+    }
+
+    /// Union of the two contexts.
     pub fn merge(&mut self, other: &DotContext) {
         self.vv.merge(&other.vv);
         for dot in &other.cloud {
@@ -214,6 +229,18 @@ mod tests {
         assert_eq!(ctx.version_vector().get(n), 3);
         assert_eq!(ctx.cloud().count(), 0);
         assert_eq!(ctx.next_dot(n), Dot::new(n, 4));
+    }
+
+    #[test]
+    fn intersect_keeps_only_dots_both_have_seen() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let ours = DotContext::from_dots([Dot::new(a, 1), Dot::new(a, 2), Dot::new(b, 5)]);
+        let claimed = DotContext::from_dots([Dot::new(a, 1), Dot::new(a, 2), Dot::new(a, 3), Dot::new(b, u64::MAX)]);
+        let both = claimed.intersect(&ours);
+        assert!(both.contains(Dot::new(a, 2)));
+        assert!(!both.contains(Dot::new(a, 3)));
+        assert!(!both.contains(Dot::new(b, u64::MAX)));
+        assert_eq!(both, ours.intersect(&claimed));
     }
 
     #[test]

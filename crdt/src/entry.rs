@@ -67,6 +67,7 @@ impl std::str::FromStr for CrdtType {
 /// An observed-remove map from field names to nested CRDT entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrMap {
+    #[serde(deserialize_with = "crate::depth::nested")]
     fields: BTreeMap<String, Entry>,
 }
 
@@ -190,7 +191,11 @@ pub enum Mutation {
     /// Set: remove members (as observed by the coordinator; no prior read needed).
     SetRemove { members: Vec<Vec<u8>> },
     /// Map: apply a nested mutation to `field`, creating it with the nested mutation's type.
-    MapUpdate { field: String, mutation: Box<Mutation> },
+    MapUpdate {
+        field: String,
+        #[serde(deserialize_with = "crate::depth::nested")]
+        mutation: Box<Mutation>,
+    },
     /// Map: remove `field` as observed.
     MapRemove { field: String },
     /// Doc: apply automerge changes (automerge's binary change encoding, one per element).
@@ -209,6 +214,14 @@ impl Mutation {
             Mutation::SetAdd { .. } | Mutation::SetRemove { .. } => CrdtType::Set,
             Mutation::MapUpdate { .. } | Mutation::MapRemove { .. } => CrdtType::Map,
             Mutation::DocApply { .. } | Mutation::DocPut { .. } => CrdtType::Doc,
+        }
+    }
+
+    /// How many map levels the mutation reaches into (1 for a mutation of the key itself).
+    pub fn depth(&self) -> usize {
+        match self {
+            Mutation::MapUpdate { mutation, .. } => 1 + mutation.depth(),
+            _ => 1,
         }
     }
 
@@ -244,7 +257,7 @@ pub enum Value {
     /// A set's members, in byte order.
     Set(Vec<Vec<u8>>),
     /// A map's present fields.
-    Map(BTreeMap<String, Value>),
+    Map(#[serde(deserialize_with = "crate::depth::nested")] BTreeMap<String, Value>),
     /// A document as JSON text, with its heads (hex change hashes).
     Doc { json: String, heads: Vec<String> },
 }
@@ -298,6 +311,12 @@ impl Entry {
     /// Computes the delta of `mutation` against `state` (the coordinator's current state of the key,
     /// `None` if it has none). The caller joins the delta into its state and ships it to other replicas.
     pub fn mutation_delta(state: Option<&Entry>, mutation: &Mutation, w: &WriteContext) -> Result<Entry, CrdtError> {
+        if mutation.depth() > crate::depth::MAX_NESTING {
+            return Err(CrdtError::InvalidMutation(format!(
+                "map updates nest at most {} levels",
+                crate::depth::MAX_NESTING
+            )));
+        }
         let crdt_type = mutation.crdt_type();
         let empty;
         let state = match state {
@@ -316,7 +335,9 @@ impl Entry {
                 Body::Register(LwwRegister::set_delta(w.node, r.write_ts(w.ts), Some(value.clone())))
             }
             (Body::MvRegister(r), Mutation::MvRegisterSet { value, context }) => {
-                let seen = context.clone().unwrap_or_else(|| r.read_context());
+                // Only dots this replica has seen count: a client cannot claim to have read writes
+                // that do not exist here.
+                let seen = context.as_ref().map_or_else(|| r.read_context(), |c| c.intersect(r.context()));
                 Body::MvRegister(r.set_delta(w.node, Some(value.clone()), &seen))
             }
             (Body::Set(s), Mutation::SetAdd { members }) => Body::Set(s.add_delta(w.node, members)),
@@ -335,7 +356,7 @@ impl Entry {
                 }
                 Body::Map(OrMap { fields })
             }
-            (Body::Doc(_), Mutation::DocApply { changes }) => Body::Doc(DocCrdt::apply_delta(changes)?),
+            (Body::Doc(d), Mutation::DocApply { changes }) => Body::Doc(d.client_delta(changes)?),
             (Body::Doc(d), Mutation::DocPut { json }) => {
                 let value: serde_json::Value = serde_json::from_str(json)
                     .map_err(|e| CrdtError::InvalidDocChange(format!("doc_put JSON: {e}")))?;

@@ -27,6 +27,7 @@
 
 pub mod codec;
 pub mod counter;
+pub mod depth;
 pub mod doc;
 pub mod dot;
 mod dot_store;

@@ -32,6 +32,7 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// The router.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().limits.max_frame_bytes;
+    let max_inflight = node.config().limits.max_inflight_requests;
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -42,6 +43,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Bounds HTTP requests in progress, bodies included, before they are read (the node's
+        // in-flight limit admits them again once parsed).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_inflight))
         .with_state(node)
 }
 
@@ -142,9 +146,9 @@ fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError
     if value.is_empty() || value.len() > 128 {
         return Err(bad("idempotency-key must be 1 to 128 bytes"));
     }
-    // Two independent 64-bit FNV-1a hashes of the key make a 128-bit id, stable across processes.
-    let fnv = |seed: u64| value.iter().fold(seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    Ok(Some(IdempotencyId((u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142)))))
+    // Two stable hashes of the key (with different prefixes) make a 128-bit id, the same in every process.
+    let hash = |prefix: u8| crate::keyspace::stable_hash(&[&[prefix][..], value].concat());
+    Ok(Some(IdempotencyId((u128::from(hash(1)) << 64) | u128::from(hash(2)))))
 }
 
 async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {

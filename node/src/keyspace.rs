@@ -3,14 +3,15 @@
 //! | space | key | value |
 //! |---|---|---|
 //! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state |
-//! | `Log` | `[origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced, with its dot |
+//! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
-//! | `Meta` | `vv/[origin: u64 BE]` | highest log seq of `origin` stored here, `u64 BE` (max-merged) |
+//! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
 //! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got |
 //!
 //! Data keys sort by namespace then name, so listing a namespace by prefix is one range scan. Log keys
-//! sort by origin then sequence, so "everything from origin X after seq N" — what anti-entropy ships —
-//! is one range scan too. Every value is a versioned enum encoded by the one codec module.
+//! sort by partition, origin, sequence, so "everything of partition P from origin X after seq N" —
+//! what anti-entropy ships — is one range scan too. Partitions are fixed ([`PARTITIONS`]); see
+//! `docs/design/replication.md`. Every value is a versioned enum encoded by the one codec module.
 
 use meridian_client::proto::{Key, Reply};
 use meridian_crdt::{codec, Entry, Hlc, NodeId};
@@ -47,34 +48,53 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The log key of write `seq` by `origin`.
-pub fn log_key(origin: NodeId, seq: u64) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&origin.0.to_be_bytes());
-    out[8..].copy_from_slice(&seq.to_be_bytes());
+/// Number of partitions the keyspace is cut into (fixed; see `docs/design/replication.md`).
+pub const PARTITIONS: u16 = 256;
+
+/// A stable 64-bit hash (FNV-1a, then the murmur3 finaliser to spread the bits): the same on every
+/// platform, process and Rust version, unlike `std`'s `DefaultHasher`.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The partition of a data key.
+pub fn partition_of(data_key: &[u8]) -> u16 {
+    (stable_hash(data_key) % u64::from(PARTITIONS)) as u16
+}
+
+/// The log key of record `seq` of `origin` in `partition`.
+pub fn log_key(partition: u16, origin: NodeId, seq: u64) -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[..2].copy_from_slice(&partition.to_be_bytes());
+    out[2..10].copy_from_slice(&origin.0.to_be_bytes());
+    out[10..].copy_from_slice(&seq.to_be_bytes());
     out
 }
 
-/// Splits a log key.
-pub fn parse_log_key(bytes: &[u8]) -> Option<(NodeId, u64)> {
-    let bytes: &[u8; 16] = bytes.try_into().ok()?;
-    let origin = u64::from_be_bytes(bytes[..8].try_into().ok()?);
-    let seq = u64::from_be_bytes(bytes[8..].try_into().ok()?);
-    Some((NodeId(origin), seq))
+/// Splits a log key into (partition, origin, seq).
+pub fn parse_log_key(bytes: &[u8]) -> Option<(u16, NodeId, u64)> {
+    let bytes: &[u8; 18] = bytes.try_into().ok()?;
+    let partition = u16::from_be_bytes(bytes[..2].try_into().ok()?);
+    let origin = u64::from_be_bytes(bytes[2..10].try_into().ok()?);
+    let seq = u64::from_be_bytes(bytes[10..].try_into().ok()?);
+    Some((partition, NodeId(origin), seq))
 }
 
 /// Meta key of this node's id.
 pub const META_NODE_ID: &[u8] = b"node_id";
 
-/// Meta key of `origin`'s version-vector entry.
-pub fn vv_key(origin: NodeId) -> Vec<u8> {
+/// Meta key of `origin`'s version-vector entry in `partition`.
+pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
     let mut out = b"vv/".to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&origin.0.to_be_bytes());
     out
 }
-
-/// Meta prefix of all version-vector entries.
-pub const VV_PREFIX: &[u8] = b"vv/";
 
 /// A key's state as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,9 +164,19 @@ mod tests {
     }
 
     #[test]
-    fn log_keys_round_trip_and_sort_by_origin_then_seq() {
-        assert_eq!(parse_log_key(&log_key(NodeId(3), 9)), Some((NodeId(3), 9)));
-        assert!(log_key(NodeId(1), 300) < log_key(NodeId(2), 1));
-        assert!(log_key(NodeId(1), 2) < log_key(NodeId(1), 256));
+    fn log_keys_round_trip_and_sort_by_partition_origin_seq() {
+        assert_eq!(parse_log_key(&log_key(5, NodeId(3), 9)), Some((5, NodeId(3), 9)));
+        assert!(log_key(0, NodeId(9), 300) < log_key(1, NodeId(1), 1));
+        assert!(log_key(1, NodeId(1), 300) < log_key(1, NodeId(2), 1));
+        assert!(log_key(1, NodeId(1), 2) < log_key(1, NodeId(1), 256));
+    }
+
+    #[test]
+    fn stable_hash_is_pinned() {
+        // Golden values: partitions must never move between builds.
+        assert_eq!(stable_hash(b""), 0xefd0_1f60_ba99_2926);
+        assert_eq!(stable_hash(b"meridian"), 0xedaa_65a8_db7d_39db);
+        assert_eq!(partition_of(&data_key(&Key::new("shop", "visits").unwrap())), 160);
+        assert!(partition_of(b"anything") < PARTITIONS);
     }
 }

@@ -3,38 +3,41 @@
 //!
 //! # The write path
 //!
-//! A write runs on the blocking pool, under the key's lock stripe:
+//! A write runs in its own task, under the key's lock stripe:
 //!
 //! 1. if it carries an idempotency id already recorded, return the recorded reply (applied once);
-//! 2. read the key's state, compute the mutation's *delta* against it (`meridian-crdt`), join it;
-//! 3. give the write a log position (its dot in this node's write stream) from [`SeqTracker`];
-//! 4. commit the new state, the delta with its dot, the version-vector entry and the idempotency record
-//!    in **one atomic batch**, fsynced unless durability is relaxed. Writes to different keys run on
-//!    different threads, so RocksDB group-commits them: one fsync serves every writer waiting.
-//! 5. acknowledge per the consistency level (one replica here: every level is met once step 4 is
+//! 2. read the key's state, take an HLC timestamp, compute the mutation's *delta* against the state
+//!    (`meridian-crdt`) and join it;
+//! 3. hand the new state, the idempotency record and the delta-log record to the group committer
+//!    ([`crate::commit`]), which gives the record its log position `(partition, origin, seq)` and
+//!    commits everything with the partition's version-vector entry in **one atomic batch**, fsynced
+//!    (one fsync per group of concurrent writes) unless durability is relaxed;
+//! 4. acknowledge per the consistency level (one replica here: every level is met once step 3 is
 //!    durable — the rule itself lives in `meridian-replication` and is the same one a region uses).
 //!
-//! # The version vector and causal tokens
+//! # Causal tokens
 //!
-//! Log positions are handed out in order but may commit out of order, so the node's visible version
-//! vector advances only over the gap-free prefix of committed positions (the *watermark*). A read's
-//! token is the watermark taken *before* the read, so every write the token names is in the state read.
-//! A `causal` read whose token is ahead of the watermark waits, bounded by `limits.causal_wait_ms`, and
-//! then fails with `causal_timeout` instead of showing the session an older state.
+//! A token maps origin nodes to HLC timestamps (packed, see `docs/design/replication.md`). The node's
+//! *frontier* holds, for itself, the HLC below which every write it has timestamped is durable: the
+//! newest timestamp issued when no write is in flight, else just below the oldest one in flight. A
+//! read's token is the frontier taken *before* the read, so every write the token names is in the
+//! state read; a write's reply names the write's own timestamp. A `causal` read whose token is ahead
+//! of the frontier waits, bounded by `limits.causal_wait_ms`, and then fails with `causal_timeout`
+//! instead of showing the session an older state.
 
 use meridian_client::proto::{
     CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, KeyInfo, NodeStatus, Operation, Reply,
     ReplyBody, Request, RequestV1, Response,
 };
-use meridian_crdt::{CrdtError, CrdtType, Entry, HlcClock, Mutation, NodeId, Value, VersionVector, WriteContext};
+use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, HlcClock, Mutation, NodeId, Value, VersionVector, WriteContext};
 use meridian_replication::{causal_gap, Outcome, QuorumTracker, ReplicaCounts};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::commit::GroupCommitter;
+use crate::commit::{GroupCommitter, LogAppend};
 use crate::config::Config;
 use crate::keyspace::{self, IdempotencyRecord, LogRecord, StoredEntry};
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
@@ -50,45 +53,39 @@ const COMMIT_MAX_GROUP: usize = 256;
 /// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
 const LIST_SCAN_FACTOR: usize = 8;
 
-/// Hands out this node's log positions and tracks the gap-free prefix of those committed.
-#[derive(Debug, Default)]
-pub struct SeqTracker {
-    next: u64,
-    watermark: u64,
-    finished_above_watermark: BTreeSet<u64>,
+/// The node's HLC and the timestamps of writes not yet durable, which bound its causal frontier.
+#[derive(Debug)]
+struct ClockState {
+    clock: HlcClock,
+    in_flight: BTreeMap<u64, usize>,
 }
 
-impl SeqTracker {
-    /// A tracker resuming after `last`, the highest position found in the log.
-    pub fn resume(last: u64) -> Self {
-        SeqTracker { next: last, watermark: last, finished_above_watermark: BTreeSet::new() }
-    }
-
-    /// The next position.
-    pub fn allocate(&mut self) -> u64 {
-        self.next += 1;
-        self.next
-    }
-
-    /// Marks `seq` finished (committed, or failed and left as a hole); returns the new watermark.
-    pub fn finish(&mut self, seq: u64) -> u64 {
-        self.finished_above_watermark.insert(seq);
-        while self.finished_above_watermark.remove(&(self.watermark + 1)) {
-            self.watermark += 1;
+impl ClockState {
+    /// Every write this node timestamped at or below this packed HLC is durable (or failed).
+    fn frontier(&self) -> u64 {
+        match self.in_flight.keys().next() {
+            Some(oldest) => oldest - 1,
+            None => self.clock.last().pack(),
         }
-        self.watermark
     }
+}
 
-    /// Every position up to here has finished.
-    pub fn watermark(&self) -> u64 {
-        self.watermark
+/// A write's timestamp, registered as in flight until dropped (after the write is durable or failed).
+struct InFlightTs {
+    node: Arc<Node>,
+    ts: Hlc,
+}
+
+impl Drop for InFlightTs {
+    fn drop(&mut self) {
+        self.node.release_ts(self.ts);
     }
 }
 
 /// A write ready to commit, or already answered (an idempotent replay, a delete of nothing).
 enum Prepared {
     Done(Reply),
-    Commit { batch: Batch, seq: u64, reply: Reply },
+    Commit { batch: Batch, log: LogAppend, reply: Reply, ts: InFlightTs },
 }
 
 /// A write's target change.
@@ -98,14 +95,14 @@ enum Change {
 }
 
 impl Change {
-    /// A fingerprint (FNV-1a over the codec encoding) so a reused idempotency id naming a different
+    /// A fingerprint (the stable hash of the codec encoding) so a reused idempotency id naming a different
     /// operation is refused instead of replaying the other operation's reply.
     fn digest(&self) -> u64 {
         let bytes = match self {
             Change::Mutate(mutation) => meridian_crdt::codec::encode(mutation),
             Change::Delete => Vec::new(),
         };
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+        keyspace::stable_hash(&bytes)
     }
 }
 
@@ -114,10 +111,11 @@ pub struct Node {
     config: Config,
     engine: Arc<dyn Engine>,
     id: NodeId,
-    clock: Mutex<HlcClock>,
-    seqs: Mutex<SeqTracker>,
+    clock: Mutex<ClockState>,
+    /// The causal frontier: origin → packed HLC known complete here.
     visible: watch::Sender<VersionVector>,
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    stripe_hasher: std::collections::hash_map::RandomState,
     committer: GroupCommitter,
     inflight: Arc<Semaphore>,
     started: Instant,
@@ -158,29 +156,37 @@ impl Node {
                 id
             }
         };
-        let last = engine
-            .last_in_range(Space::Log, &keyspace::log_key(id, 0), &keyspace::log_key(id, u64::MAX))?
-            .and_then(|(key, _)| keyspace::parse_log_key(&key))
-            .map_or(0, |(_, seq)| seq);
-        let mut visible = VersionVector::new();
-        for (key, value) in engine.scan(
-            Space::Meta,
-            keyspace::VV_PREFIX,
-            keyspace::prefix_end(keyspace::VV_PREFIX).as_deref(),
-            usize::MAX,
-        )? {
-            if let Ok(origin) = <[u8; 8]>::try_from(&key[keyspace::VV_PREFIX.len()..]) {
-                visible.observe(NodeId(u64::from_be_bytes(origin)), crate::storage::decode_u64_be(&value)?);
+        // Resume each partition's log after its last record, and the clock after the newest
+        // timestamp in those records, so a wall clock that went back across a restart cannot make
+        // the node issue timestamps below ones it issued before.
+        let mut last_seqs = vec![0u64; usize::from(keyspace::PARTITIONS)];
+        let mut newest = Hlc::default();
+        for partition in 0..keyspace::PARTITIONS {
+            let start = keyspace::log_key(partition, id, 0);
+            let end = keyspace::log_key(partition, id, u64::MAX);
+            if let Some((key, value)) = engine.last_in_range(Space::Log, &start, &end)? {
+                if let Some((_, _, seq)) = keyspace::parse_log_key(&key) {
+                    last_seqs[usize::from(partition)] = seq;
+                }
+                let LogRecord::V1 { ts, .. } = keyspace::decode(&value)
+                    .map_err(|e| StorageError::Corrupt(format!("log record of partition {partition}: {e}")))?;
+                newest = newest.max(ts);
             }
         }
-        visible.observe(id, last);
-        tracing::info!(node_id = %id, log_position = last, "node opened");
+        let mut clock = HlcClock::new(config.max_clock_drift_ms);
+        // The newest timestamp is our own: no drift bound applies.
+        let _ = clock.observe(newest, newest.wall_ms);
+        clock.tick(now_ms());
+        let clock = ClockState { clock, in_flight: BTreeMap::new() };
+        let frontier: VersionVector = [(id, clock.frontier())].into_iter().collect();
+        let records: u64 = last_seqs.iter().sum();
+        tracing::info!(node_id = %id, log_records = records, "node opened");
         Ok(Arc::new(Node {
-            clock: Mutex::new(HlcClock::new(config.max_clock_drift_ms)),
-            seqs: Mutex::new(SeqTracker::resume(last)),
-            visible: watch::channel(visible).0,
+            clock: Mutex::new(clock),
+            visible: watch::channel(frontier).0,
             key_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            committer: GroupCommitter::start(engine.clone(), COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP),
+            stripe_hasher: std::collections::hash_map::RandomState::new(),
+            committer: GroupCommitter::start(engine.clone(), id, last_seqs, COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP),
             inflight: Arc::new(Semaphore::new(config.limits.max_inflight_requests)),
             started: Instant::now(),
             client_connections: AtomicU64::new(0),
@@ -263,7 +269,7 @@ impl Node {
         if !self.is_ready() {
             return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
         }
-        let _permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
+        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             ErrorReply::new(
                 ErrorCode::Overloaded,
                 format!(
@@ -276,7 +282,7 @@ impl Node {
             0 => self.config.limits.request_timeout_ms,
             ms => u64::from(ms).min(self.config.limits.request_timeout_ms),
         };
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.run(request)).await {
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.run(request, permit)).await {
             Ok(result) => result,
             Err(_) => Err(ErrorReply::new(
                 ErrorCode::Timeout,
@@ -285,7 +291,9 @@ impl Node {
         }
     }
 
-    async fn run(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+    /// Runs one admitted request. `permit` is its in-flight slot: a write hands it to its own task,
+    /// so a write that outlives its request's timeout still counts against the limit.
+    async fn run(self: &Arc<Self>, request: RequestV1, permit: OwnedSemaphorePermit) -> Result<Reply, ErrorReply> {
         let token = request.causal_token.unwrap_or_default();
         match request.op {
             Operation::Write { key, mutation, idempotency_id } => {
@@ -300,11 +308,11 @@ impl Node {
                         ),
                     ));
                 }
-                self.write(key, Change::Mutate(mutation), idempotency_id, token, level).await
+                self.write(key, Change::Mutate(mutation), idempotency_id, token, level, permit).await
             }
             Operation::Delete { key, idempotency_id } => {
                 let level = self.level(&key, request.consistency)?;
-                self.write(key, Change::Delete, idempotency_id, token, level).await
+                self.write(key, Change::Delete, idempotency_id, token, level, permit).await
             }
             Operation::Read { key, expected } => {
                 let level = self.level(&key, request.consistency)?;
@@ -384,6 +392,7 @@ impl Node {
         idempotency_id: Option<IdempotencyId>,
         token: CausalToken,
         level: Consistency,
+        permit: OwnedSemaphorePermit,
     ) -> Result<Reply, ErrorReply> {
         // The write runs as its own task: if the request times out (its future is dropped), the write
         // still finishes — its log position is released and its key lock held until it is durable —
@@ -391,7 +400,10 @@ impl Node {
         let node = self.clone();
         let reply = self
             .writes
-            .spawn(async move { node.write_to_completion(key, change, idempotency_id, token).await })
+            .spawn(async move {
+                let _permit = permit;
+                node.write_to_completion(key, change, idempotency_id, token).await
+            })
             .await
             .map_err(internal)??;
         let mut tracker = QuorumTracker::new(level, self.replicas());
@@ -427,9 +439,10 @@ impl Node {
         };
         match prepared {
             Prepared::Done(reply) => Ok(reply),
-            Prepared::Commit { batch, seq, reply } => {
-                let committed = self.committer.commit(batch).await;
-                self.finish_seq(seq);
+            Prepared::Commit { batch, log, reply, ts } => {
+                let committed = self.committer.commit(batch, Some(log)).await;
+                // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
+                drop(ts);
                 committed.map_err(internal)?;
                 Ok(reply)
             }
@@ -439,7 +452,7 @@ impl Node {
     /// Everything of a write but making it durable: the idempotency check, the delta, the new state,
     /// the log position and the batch. Runs under the key's lock.
     fn prepare_write(
-        &self,
+        self: &Arc<Self>,
         key: Key,
         data_key: Vec<u8>,
         change: Change,
@@ -462,22 +475,35 @@ impl Node {
             }
         }
         let state = self.load(&data_key)?;
-        let ts = self.clock.lock().expect("clock lock").tick(now_ms());
-        let write = WriteContext { node: self.id, ts };
-        let delta = match &change {
-            Change::Mutate(mutation) => Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?,
-            Change::Delete => match &state {
-                Some(entry) if entry.exists() => entry.reset_delta(&write).map_err(crdt_error)?,
-                _ => {
-                    return Ok(Prepared::Done(Reply {
-                        causal_token: token,
-                        body: ReplyBody::Deleted { existed: false },
-                    }))
+        let exists = state.as_ref().is_some_and(Entry::exists);
+        match &change {
+            Change::Delete if !exists => {
+                return Ok(Prepared::Done(Reply { causal_token: token, body: ReplyBody::Deleted { existed: false } }))
+            }
+            // Removing from a key that does not exist removes nothing and must not create it.
+            Change::Mutate(mutation @ (Mutation::SetRemove { .. } | Mutation::MapRemove { .. })) if !exists => {
+                if let Some(entry) = &state {
+                    let requested = mutation.crdt_type();
+                    if entry.crdt_type() != requested {
+                        return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested }));
+                    }
                 }
-            },
+                return Ok(Prepared::Done(Reply { causal_token: token, body: ReplyBody::Written { counter: None } }));
+            }
+            _ => {}
+        }
+        let ts = self.issue_ts();
+        let write = WriteContext { node: self.id, ts: ts.ts };
+        let delta = match (&change, &state) {
+            (Change::Mutate(mutation), _) => {
+                Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?
+            }
+            (Change::Delete, Some(entry)) => entry.reset_delta(&write).map_err(crdt_error)?,
+            (Change::Delete, None) => unreachable!("checked above"),
         };
         let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
         next.try_join(&delta).map_err(crdt_error)?;
+        let is_delete = matches!(change, Change::Delete);
         let body = match change {
             Change::Delete => ReplyBody::Deleted { existed: true },
             Change::Mutate(Mutation::CounterAdd { .. }) => match next.read() {
@@ -488,43 +514,58 @@ impl Node {
         };
         let stored = keyspace::encode(&StoredEntry::V1(next));
         let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
-        if stored.len() > max_entry {
+        // A delete may grow a key (a tombstone records what it removed) but must always be possible.
+        if stored.len() > max_entry && !is_delete {
             return Err(ErrorReply::new(
                 ErrorCode::TooLarge,
                 format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
             ));
         }
 
-        let seq = self.seqs.lock().expect("seq lock").allocate();
+        let partition = keyspace::partition_of(&data_key);
+        let record = keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts: ts.ts });
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
-        batch.put(
-            Space::Log,
-            keyspace::log_key(self.id, seq).to_vec(),
-            keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts }),
-        );
-        batch.max_u64(Space::Meta, keyspace::vv_key(self.id), seq);
-        token.0.observe(self.id, seq);
+        token.0.observe(self.id, ts.ts.pack());
         let reply = Reply { causal_token: token, body };
         if let Some(id) = idempotency_id {
             let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
         }
-        Ok(Prepared::Commit { batch, seq, reply })
+        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, reply, ts })
     }
 
-    fn finish_seq(&self, seq: u64) {
-        let watermark = self.seqs.lock().expect("seq lock").finish(seq);
+    /// Timestamps a write and registers it in flight until the returned guard is dropped.
+    fn issue_ts(self: &Arc<Self>) -> InFlightTs {
+        let mut state = self.clock.lock().expect("clock lock");
+        let ts = state.clock.tick(now_ms());
+        *state.in_flight.entry(ts.pack()).or_insert(0) += 1;
+        InFlightTs { node: self.clone(), ts }
+    }
+
+    fn release_ts(&self, ts: Hlc) {
+        let frontier = {
+            let mut state = self.clock.lock().expect("clock lock");
+            let packed = ts.pack();
+            if let Some(count) = state.in_flight.get_mut(&packed) {
+                *count -= 1;
+                if *count == 0 {
+                    state.in_flight.remove(&packed);
+                }
+            }
+            state.frontier()
+        };
         self.visible.send_if_modified(|vv| {
             let before = vv.get(self.id);
-            vv.observe(self.id, watermark);
+            vv.observe(self.id, frontier);
             vv.get(self.id) != before
         });
     }
 
     async fn lock_for(&self, data_key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::{BuildHasher, Hash, Hasher};
+        // Seeded per process: clients cannot choose keys that all land on one stripe.
+        let mut hasher = self.stripe_hasher.build_hasher();
         data_key.hash(&mut hasher);
         let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
         self.key_locks[stripe].lock().await
@@ -549,7 +590,9 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
-        if level == Consistency::Causal {
+        // Every level but `eventual` keeps the session's guarantees (on one node the only replica
+        // is the quorum); `eventual` answers with whatever this replica has.
+        if level != Consistency::Eventual {
             self.wait_for(&token).await?;
         }
         let before = self.token_after(token);
@@ -562,6 +605,15 @@ impl Node {
 
     async fn wait_for(&self, token: &CausalToken) -> Result<(), ErrorReply> {
         let wait_ms = self.config.limits.causal_wait_ms;
+        // Our own entry can only be ahead of our clock if the token was never issued by this node's
+        // history (another cluster, a wiped data directory): waiting cannot help, so say so.
+        let newest_issued = self.clock.lock().expect("clock lock").clock.last().pack();
+        if token.0.get(self.id) > newest_issued {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                "the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session",
+            ));
+        }
         let mut visible = self.visible.subscribe();
         let waited = tokio::time::timeout(Duration::from_millis(wait_ms), async {
             loop {
@@ -634,7 +686,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             keys_estimate: self.engine.estimate_keys(Space::Data).map_err(internal)?,
-            log_entries: self.version_vector().iter().map(|(_, seq)| seq).sum(),
+            log_entries: self.committer.committed_records(),
             version_vector: self.version_vector(),
             durability: match self.engine.durability() {
                 Durability::Fsync => "fsync".into(),
@@ -697,14 +749,18 @@ fn op_name(op: &Operation) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn watermark_advances_only_over_gap_free_prefix() {
-        let mut seqs = SeqTracker::resume(10);
-        let (a, b, c) = (seqs.allocate(), seqs.allocate(), seqs.allocate());
-        assert_eq!((a, b, c), (11, 12, 13));
-        assert_eq!(seqs.finish(c), 10);
-        assert_eq!(seqs.finish(a), 11);
-        assert_eq!(seqs.finish(b), 13);
-        assert_eq!(seqs.watermark(), 13);
+    use crate::storage::MemoryEngine;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frontier_stays_below_writes_in_flight() {
+        let node = Node::open(Config::default(), Arc::new(MemoryEngine::new())).unwrap();
+        let first = node.issue_ts();
+        let second = node.issue_ts();
+        assert!(first.ts < second.ts);
+        drop(second);
+        let frontier = node.version_vector().get(node.id());
+        assert!(frontier < first.ts.pack(), "a write still in flight bounds the frontier");
+        drop(first);
+        assert!(node.version_vector().get(node.id()) >= node.clock.lock().unwrap().clock.last().pack());
     }
 }

@@ -79,10 +79,18 @@ async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdo
 
 async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: Arc<Node>) {
     let max = node.config().limits.max_frame_bytes;
-    let response = match proto::read_frame::<Request>(&mut recv, max).await {
+    // A client gets `request_timeout_ms` to deliver its frame: a stalled stream cannot hold its
+    // slot (and its partial buffer) for the life of the connection.
+    let deadline = std::time::Duration::from_millis(node.config().limits.request_timeout_ms);
+    let frame = match tokio::time::timeout(deadline, proto::read_frame::<Request>(&mut recv, max)).await {
+        Ok(frame) => frame,
+        Err(_) => Err(FrameError::Stream("the request frame did not arrive within limits.request_timeout_ms".into())),
+    };
+    let response = match frame {
         Ok(request) => node.execute(request).await,
         Err(FrameError::Stream(reason)) => {
             tracing::debug!(%reason, "client stream ended before a full frame");
+            let _ = recv.stop(STOP_BAD_FRAME.into());
             return;
         }
         Err(e) => {
