@@ -39,12 +39,10 @@
 //! Under [`Durability::Fsync`] concurrent writers do not pay one fsync each. RocksDB queues
 //! concurrent `Write` calls in its write thread: the writer at the head becomes the *leader*,
 //! collects the batches queued behind it into a group, appends them to the WAL, issues **one**
-//! fsync for the whole group and then wakes the followers. Throughput therefore scales with the
-//! number of concurrent writers even though each of them waits for an fsync. For this to work the
-//! layer above RocksDB must not serialise writers itself: [`RocksEngine::write`] takes no lock of
-//! ours — it builds a `WriteBatch` on the caller's thread and calls straight into RocksDB — so the
-//! node should issue writes from many threads (e.g. `spawn_blocking`) rather than funnel them
-//! through one.
+//! fsync for the whole group and then wakes the followers. [`RocksEngine::write`] takes no lock of
+//! ours, so callers on many threads get that grouping. The node itself goes one step further and
+//! funnels its writes through one committer thread (`crate::commit`) that joins every waiting batch
+//! into one `write` call — the same single fsync, without a thread per waiting writer.
 //!
 //! # The `MaxU64` merge operator
 //!
