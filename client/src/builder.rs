@@ -161,6 +161,10 @@ impl ClientBuilder {
 
     /// Presents this certificate chain and private key (PEM) to nodes that require mutual TLS.
     ///
+    /// Today's nodes do not yet ask clients for a certificate on the client protocol (node-to-node
+    /// traffic is where mutual TLS is enforced first); the certificate is offered and ignored until
+    /// they do.
+    ///
     /// ```no_run
     /// # fn example(cert: Vec<u8>, key: Vec<u8>) {
     /// let builder = meridian_client::Client::builder().client_cert_pem(cert, key);
