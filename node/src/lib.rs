@@ -8,12 +8,14 @@
 //! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`](mod@bench).
 
 pub mod bench;
+pub mod certs;
 pub mod commit;
 pub mod config;
 pub mod http;
 pub mod keyspace;
 pub mod metrics_export;
 pub mod node;
+pub mod peer;
 pub mod serve;
 pub mod server;
 pub mod storage;

@@ -160,6 +160,11 @@ enum Command {
         #[arg(long)]
         skip_baseline: bool,
     },
+    /// Cluster certificates for node-to-node mutual TLS: a CA, node and client certificates.
+    Certs {
+        #[command(subcommand)]
+        command: meridian_node::certs::CertsCommand,
+    },
 }
 
 fn main() {
@@ -204,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", meridian_node::bench::render(&report, &options));
             Ok(())
         }
+        Command::Certs { command } => meridian_node::certs::run(command),
         command => data_command(&cli.conn, command).await,
     }
 }
@@ -262,7 +268,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     }
     let mut exit_code = 0;
     match command {
-        Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled by run"),
+        Command::Serve { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled by run"),
         Command::Status => {
             let status = client.status().await?;
             println!("node        {} ({})", status.name, status.node_id);

@@ -563,11 +563,9 @@ impl Node {
     }
 
     async fn lock_for(&self, data_key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         // Seeded per process: clients cannot choose keys that all land on one stripe.
-        let mut hasher = self.stripe_hasher.build_hasher();
-        data_key.hash(&mut hasher);
-        let stripe = (hasher.finish() as usize) % LOCK_STRIPES;
+        let stripe = (self.stripe_hasher.hash_one(data_key) as usize) % LOCK_STRIPES;
         self.key_locks[stripe].lock().await
     }
 
