@@ -2,7 +2,7 @@
 //!
 //! Maps nest (a map field may hold a map), and bincode has no recursion limit: a hostile frame of a
 //! few megabytes could nest a million levels and overflow the stack, killing the process instead of
-//! failing one request. Every recursive field decodes through [`nested`], which counts the depth on
+//! failing one request. Every recursive field decodes through `nested`, which counts the depth on
 //! the decoding thread and refuses more than [`MAX_NESTING`] levels. Writes are held to the same bound
 //! (`Entry::mutation_delta`), so everything Meridian stores decodes again.
 
