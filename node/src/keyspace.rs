@@ -6,6 +6,7 @@
 //! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
+//! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states; see `sync_store.rs`) |
 //! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got |
 //!
 //! Data keys sort by namespace then name, so listing a namespace by prefix is one range scan. Log keys

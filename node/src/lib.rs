@@ -19,4 +19,5 @@ pub mod peer;
 pub mod serve;
 pub mod server;
 pub mod storage;
+pub mod sync_store;
 pub mod tls;
