@@ -132,6 +132,18 @@ impl GroupCommitter {
             .map_err(|e| StorageError::Internal(format!("group commit failed: {e}")))
     }
 
+    /// [`GroupCommitter::commit`] for a thread that may block (never a runtime's reactor thread).
+    pub fn commit_blocking(&self, batch: Batch, log: Option<LogAppend>) -> Result<Option<u64>, StorageError> {
+        let (done, verdict) = oneshot::channel();
+        self.queue
+            .blocking_send(Pending { batch, log, done })
+            .map_err(|_| StorageError::Internal("the commit thread has stopped".into()))?;
+        verdict
+            .blocking_recv()
+            .map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
+            .map_err(|e| StorageError::Internal(format!("group commit failed: {e}")))
+    }
+
     /// Delta-log records this node has committed as origin (all partitions).
     pub fn committed_records(&self) -> u64 {
         self.committed_records.load(Ordering::Relaxed)

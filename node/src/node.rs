@@ -563,10 +563,34 @@ impl Node {
     }
 
     async fn lock_for(&self, data_key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::BuildHasher;
         // Seeded per process: clients cannot choose keys that all land on one stripe.
-        let stripe = (self.stripe_hasher.hash_one(data_key) as usize) % LOCK_STRIPES;
-        self.key_locks[stripe].lock().await
+        self.key_locks[self.stripe_of(data_key)].lock().await
+    }
+
+    fn stripe_of(&self, data_key: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.stripe_hasher.hash_one(data_key) as usize) % LOCK_STRIPES
+    }
+
+    /// Runs `apply` holding the locks of every key in `data_keys`, then commits the batch it returns
+    /// through the group committer — how replicated state (anti-entropy) enters this node without
+    /// racing its own writes to the same keys. Stripes are taken in ascending order, and a local write
+    /// holds one stripe at a time, so this cannot deadlock. Blocks: call it from a blocking thread.
+    pub fn apply_under_key_locks<E>(
+        &self,
+        data_keys: &[&[u8]],
+        apply: impl FnOnce() -> Result<Batch, E>,
+    ) -> Result<(), E>
+    where
+        E: From<StorageError>,
+    {
+        let stripes: std::collections::BTreeSet<usize> = data_keys.iter().map(|k| self.stripe_of(k)).collect();
+        let _guards: Vec<_> = stripes.into_iter().map(|stripe| self.key_locks[stripe].blocking_lock()).collect();
+        let batch = apply()?;
+        if !batch.is_empty() {
+            self.committer.commit_blocking(batch, None)?;
+        }
+        Ok(())
     }
 
     fn load(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {

@@ -35,6 +35,11 @@
 //! shared by every clone of the store (see [`EngineSyncStore::new`]). Everything is decoded, checked
 //! and joined in memory first; any refusal returns an error with nothing written.
 //!
+//! Next to a live node ([`EngineSyncStore::for_node`]) the read-join-write runs under the touched
+//! keys' locks and commits through the node's group committer ([`Node::apply_under_key_locks`]), so a
+//! remote join never races a local write of the same key (`sync_next_to_live_writes_loses_no_update`
+//! fails without it). Those calls block: drive the store from a blocking thread.
+//!
 //! Refused (nothing of the call applied): a record that does not extend the vector gap-free
 //! ([`SyncStoreError::Gap`]), an undecodable key or delta ([`SyncStoreError::Malformed`]), a key of
 //! another partition ([`SyncStoreError::WrongPartition`]), a delta or state whose type conflicts
@@ -288,6 +293,20 @@ impl EngineSyncStore {
         }
     }
 
+    /// Builds a batch and writes it: next to a live node under the keys' locks and through its group
+    /// committer ([`Node::apply_under_key_locks`]; blocks, so never call it on a reactor thread);
+    /// over a bare engine, directly.
+    fn commit_under_locks(&self, keys: &[&[u8]], build: impl FnOnce() -> Result<Batch>) -> Result<()> {
+        match self.node.as_ref().and_then(Weak::upgrade) {
+            Some(node) => node.apply_under_key_locks(keys, build),
+            None => {
+                let batch = build()?;
+                self.engine.write(batch)?;
+                Ok(())
+            }
+        }
+    }
+
     fn lock(&self, partition: u16) -> MutexGuard<'_, ()> {
         // The lock guards no data (a panic mid-call leaves nothing torn: the batch is atomic).
         self.locks[usize::from(partition)].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -520,22 +539,27 @@ impl SyncStore for EngineSyncStore {
             raised.insert(record.origin, record.seq);
             fresh.push(record);
         }
-        // Decode, check and join everything in memory: a refusal leaves the store untouched.
-        let mut batch = Batch::new();
-        let mut joined = Joined::new();
-        for record in fresh {
-            let key = Self::check_key(partition, &record.key)?;
-            let delta = Self::decode_entry(partition, "delta", &record.delta)?;
-            self.join_into(&mut joined, partition, &record.key, &delta)?;
-            let log = LogRecord::V1 { key, delta, ts: Hlc::unpack(record.hlc) };
-            batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
-        }
-        for (origin, seq) in raised {
-            batch.max_u64(Space::Meta, keyspace::vv_key(p, origin), seq);
-        }
-        Self::put_states(&mut batch, joined);
-        self.engine.write(batch)?;
-        Ok(())
+        // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
+        // a running node this happens under the touched keys' locks and commits through the node's
+        // group committer, so it cannot race the node's own writes to the same keys.
+        let keys: Vec<&[u8]> = fresh.iter().map(|r| r.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for record in &fresh {
+                let key = Self::check_key(partition, &record.key)?;
+                let delta = Self::decode_entry(partition, "delta", &record.delta)?;
+                self.join_into(&mut joined, partition, &record.key, &delta)?;
+                let log = LogRecord::V1 { key, delta, ts: Hlc::unpack(record.hlc) };
+                batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
+            }
+            for (origin, seq) in &raised {
+                batch.max_u64(Space::Meta, keyspace::vv_key(p, *origin), *seq);
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)
     }
 
     /// Every key of the partition (a full `Data` scan, see the module docs), hashed as stored.
@@ -615,29 +639,32 @@ impl SyncStore for EngineSyncStore {
     ) -> Result<()> {
         let p = Self::check(partition)?;
         let _serial = self.lock(p);
-        let mut batch = Batch::new();
-        let mut joined = Joined::new();
-        for state in states {
-            Self::check_key(partition, &state.key)?;
-            let entry = Self::decode_entry(partition, "state", &state.state)?;
-            self.join_into(&mut joined, partition, &state.key, &entry)?;
-        }
-        if let Some(target) = raise_vv_to {
-            for (origin, seq) in target.iter() {
-                let held = self.vv_entry(p, origin)?;
-                if seq <= held {
-                    continue;
-                }
-                if origin == self.local {
-                    return Err(SyncStoreError::OwnOriginAhead { partition, have: held, got: seq });
-                }
-                batch.max_u64(Space::Meta, keyspace::vv_key(p, origin), seq);
-                batch.max_u64(Space::Meta, log_floor_key(p, origin), seq.saturating_add(1));
+        let keys: Vec<&[u8]> = states.iter().map(|s| s.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for state in states {
+                Self::check_key(partition, &state.key)?;
+                let entry = Self::decode_entry(partition, "state", &state.state)?;
+                self.join_into(&mut joined, partition, &state.key, &entry)?;
             }
-        }
-        Self::put_states(&mut batch, joined);
-        self.engine.write(batch)?;
-        Ok(())
+            if let Some(target) = raise_vv_to {
+                for (origin, seq) in target.iter() {
+                    let held = self.vv_entry(p, origin)?;
+                    if seq <= held {
+                        continue;
+                    }
+                    if origin == self.local {
+                        return Err(SyncStoreError::OwnOriginAhead { partition, have: held, got: seq });
+                    }
+                    batch.max_u64(Space::Meta, keyspace::vv_key(p, origin), seq);
+                    batch.max_u64(Space::Meta, log_floor_key(p, origin), seq.saturating_add(1));
+                }
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)
     }
 }
 

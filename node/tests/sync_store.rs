@@ -152,8 +152,18 @@ fn drain(session: &mut SyncSession, to: usize, wire: &mut VecDeque<(usize, Vec<u
     }
 }
 
+/// Runs `f` where it may block: a store next to a live node applies under the node's key locks and
+/// commits through its group committer, which blocks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 /// Runs one session on each side for `partition` until both are idle with nothing in flight.
 fn sync_partition(a: &mut EngineSyncStore, b: &mut EngineSyncStore, partition: PartitionId) -> [Side; 2] {
+    blocking(|| sync_partition_blocking(a, b, partition))
+}
+
+fn sync_partition_blocking(a: &mut EngineSyncStore, b: &mut EngineSyncStore, partition: PartitionId) -> [Side; 2] {
     let config = sync_config();
     let mut sa = SyncSession::new(config.clone(), partition, a.local(), b.local(), 1).unwrap();
     let mut sb = SyncSession::new(config, partition, b.local(), a.local(), 1 << 40).unwrap();
@@ -415,12 +425,12 @@ async fn syncing_again_changes_nothing() {
         let partition = PartitionId(p);
         for origin in [NodeId(A), NodeId(B)] {
             let records = a.read_log(partition, origin, 0, usize::MAX, usize::MAX).unwrap();
-            b.apply_remote(partition, &records).unwrap();
+            blocking(|| b.apply_remote(partition, &records)).unwrap();
         }
         let page = a.keys_in_range(partition, HashRange::ROOT, None, usize::MAX, usize::MAX).unwrap();
         assert!(!page.more);
         let vv = a.partition_vv(partition).unwrap();
-        b.apply_states(partition, &page.states, Some(&vv)).unwrap();
+        blocking(|| b.apply_states(partition, &page.states, Some(&vv))).unwrap();
         assert_eq!(
             a.range_digests(partition, &[HashRange::ROOT]).unwrap(),
             b.range_digests(partition, &[HashRange::ROOT]).unwrap(),
@@ -446,7 +456,7 @@ async fn gaps_and_bad_records_are_refused_whole() {
     let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
     let untouched = dump(node_b.engine());
     let refused = |b: &mut EngineSyncStore, batch: &[SyncRecord]| {
-        let error = b.apply_remote(p, batch).expect_err("refused");
+        let error = blocking(|| b.apply_remote(p, batch)).expect_err("refused");
         assert_eq!(dump(node_b.engine()), untouched, "{error}: nothing applied");
         error
     };
@@ -481,16 +491,16 @@ async fn gaps_and_bad_records_are_refused_whole() {
     assert!(matches!(error, SyncStoreError::OwnOriginAhead { have: 0, got: 1, .. }), "{error}");
     assert!(!error.is_peer_fault());
     let raise_own: VersionVector = [(NodeId(B), 5)].into_iter().collect();
-    let error = b.apply_states(p, &[], Some(&raise_own)).expect_err("refused");
+    let error = blocking(|| b.apply_states(p, &[], Some(&raise_own))).expect_err("refused");
     assert!(matches!(error, SyncStoreError::OwnOriginAhead { have: 0, got: 5, .. }), "{error}");
     assert_eq!(dump(node_b.engine()), untouched);
 
     // The whole run applies, once.
-    b.apply_remote(p, &[r1.clone(), r2.clone(), r3.clone()]).unwrap();
+    blocking(|| b.apply_remote(p, &[r1.clone(), r2.clone(), r3.clone()])).unwrap();
     assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 3);
     assert_eq!(read(&node_b, "t/n").await, Some(Value::Counter(3)));
     let applied = dump(node_b.engine());
-    b.apply_remote(p, &[r1, r2, r3]).unwrap();
+    blocking(|| b.apply_remote(p, &[r1, r2, r3])).unwrap();
     assert_eq!(dump(node_b.engine()), applied, "re-applying is a no-op");
     assert_eq!(b.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap(), records, "stored under a's positions");
 }
@@ -527,4 +537,32 @@ async fn replicated_data_survives_a_restart() {
     assert_eq!(side_a.records_applied, 1);
     assert_eq!(read(&node_a, "t/visits").await, Some(Value::Counter(14)));
     assert_converged((&node_a, &a), (&node_b, &b), &work.keys).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_next_to_live_writes_loses_no_update() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (node_a, mut a) = open(dir_a.path(), A);
+    let (node_b, mut b) = open(dir_b.path(), B);
+    const ROUNDS: i64 = 20;
+    // Node B keeps incrementing the same counter while A's increments of it are synced in: without
+    // the key locks, a remote join racing a local write would drop one of them.
+    let writer = {
+        let node_b = node_b.clone();
+        tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                write(&node_b, "t/hot", add(1)).await;
+            }
+        })
+    };
+    let p = partition("t/hot");
+    for _ in 0..ROUNDS {
+        write(&node_a, "t/hot", add(100)).await;
+        sync_partition(&mut a, &mut b, p);
+    }
+    writer.await.unwrap();
+    sync_partition(&mut a, &mut b, p);
+    let expected = Some(Value::Counter(ROUNDS * 100 + ROUNDS));
+    assert_eq!(read(&node_b, "t/hot").await, expected, "every increment of both nodes counted on b");
+    assert_eq!(read(&node_a, "t/hot").await, expected, "and on a");
 }
