@@ -41,6 +41,38 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// How far ahead of local time a remote HLC timestamp may be before it is refused.
     pub max_clock_drift_ms: u64,
+    /// Node-to-node anti-entropy over mutual TLS (off unless `peer.listen` is set).
+    pub peer: PeerConfig,
+}
+
+/// Node-to-node settings. Today every node syncs every partition with every listed peer (full
+/// replication); placement and cross-node quorums come with the region step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerConfig {
+    /// UDP address of the peer transport; `None` runs the node alone.
+    pub listen: Option<SocketAddr>,
+    /// Peers to sync with (their `peer.listen` addresses).
+    pub peers: Vec<SocketAddr>,
+    /// The cluster CA certificate (PEM), from `meridian certs ca`.
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), from `meridian certs node`; its identity must name `cluster_id`.
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Time between anti-entropy rounds of a partition with a peer (0: 1000 ms).
+    pub sync_interval_ms: u64,
+}
+
+impl PeerConfig {
+    /// The round interval in effect.
+    pub fn interval_ms(&self) -> u64 {
+        if self.sync_interval_ms == 0 {
+            1_000
+        } else {
+            self.sync_interval_ms
+        }
+    }
 }
 
 /// A consistency level as written in config (validated).
@@ -150,6 +182,7 @@ impl Default for Config {
             default_consistency: ConsistencyName("eventual".into()),
             namespaces: BTreeMap::new(),
             max_clock_drift_ms: 60_000,
+            peer: PeerConfig::default(),
         }
     }
 }
@@ -185,6 +218,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "default_consistency",
     "namespaces",
     "max_clock_drift_ms",
+    "peer",
 ];
 
 impl Config {
@@ -276,6 +310,13 @@ impl Config {
             if let Err(e) = ns.consistency.0.parse::<Consistency>() {
                 return invalid(&format!("namespaces.{namespace}.consistency"), e.to_string());
             }
+        }
+        if self.peer.listen.is_some() && (self.peer.ca.is_none() || self.peer.cert.is_none() || self.peer.key.is_none())
+        {
+            return invalid("peer", "peer.listen needs peer.ca, peer.cert and peer.key (see `meridian certs`)".into());
+        }
+        if self.peer.listen.is_none() && !self.peer.peers.is_empty() {
+            return invalid("peer.peers", "listing peers needs peer.listen (and the certificates)".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both tls.cert and tls.key, or neither".into());

@@ -16,6 +16,7 @@ pub mod keyspace;
 pub mod metrics_export;
 pub mod node;
 pub mod peer;
+pub mod peer_sync;
 pub mod serve;
 pub mod server;
 pub mod storage;

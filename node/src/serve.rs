@@ -30,6 +30,9 @@ pub struct RunningNode {
     pub http_addr: SocketAddr,
     /// The certificate clients should trust.
     pub cert_path: PathBuf,
+    /// Where the peer transport listens, when enabled.
+    pub peer_addr: Option<SocketAddr>,
+    sync_threads: Vec<std::thread::JoinHandle<()>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -52,6 +55,8 @@ impl RunningNode {
         self.node.begin_shutdown();
         self.tasks.close();
         self.tasks.wait().await;
+        let threads = self.sync_threads;
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         self.node.wait_for_writes().await;
         let node = self.node.clone();
         let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
@@ -107,8 +112,58 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(node.clone(), shutdown.clone()));
+    let (peer_addr, sync_threads) = start_peer_sync(&config, &node, &tasks, &shutdown)?;
     tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
-    Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, shutdown, tasks })
+    Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, peer_addr, sync_threads, shutdown, tasks })
+}
+
+/// Binds the peer transport and starts anti-entropy with every configured peer (when `peer.listen`
+/// is set).
+fn start_peer_sync(
+    config: &Config,
+    node: &Arc<Node>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Option<SocketAddr>, Vec<std::thread::JoinHandle<()>>)> {
+    let Some(listen) = config.peer.listen else { return Ok((None, Vec::new())) };
+    let (ca, cert, key) = match (&config.peer.ca, &config.peer.cert, &config.peer.key) {
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => anyhow::bail!("peer.listen needs peer.ca, peer.cert and peer.key"),
+    };
+    let tls = crate::peer::PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
+        .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
+    let endpoint = crate::peer::PeerEndpoint::bind(listen, tls, crate::peer::PeerTransportConfig::default())
+        .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
+    let peer_addr = endpoint.local_addr()?;
+    let interval = Duration::from_millis(config.peer.interval_ms());
+    let sync_config = meridian_replication::antientropy::SyncConfig {
+        round_interval_ms: config.peer.interval_ms(),
+        ..Default::default()
+    };
+    let handler = Arc::new(crate::peer_sync::SyncHandler::new(node.clone(), sync_config.clone()));
+    let server = endpoint.clone();
+    let serve_shutdown = shutdown.clone();
+    tasks.spawn(async move { server.serve(handler, serve_shutdown).await });
+    let pool = Arc::new(crate::peer::PeerPool::new(endpoint));
+    let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+    let threads = config
+        .peer
+        .peers
+        .iter()
+        .map(|peer| {
+            crate::peer_sync::spawn_peer_sync(
+                node.clone(),
+                pool.clone(),
+                *peer,
+                sync_config.clone(),
+                interval,
+                request_timeout,
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    tracing::info!(%peer_addr, peers = config.peer.peers.len(), "peer anti-entropy on");
+    Ok((Some(peer_addr), threads))
 }
 
 fn durability_is_relaxed(config: &Config) -> bool {
