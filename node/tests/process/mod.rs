@@ -16,8 +16,14 @@ pub struct Spawned {
 
 /// Starts `meridian serve` on ephemeral ports and waits for its "serving" line.
 pub async fn spawn_node(data_dir: &Path) -> Spawned {
+    spawn_node_with(data_dir, &[]).await
+}
+
+/// [`spawn_node`] with extra `MERIDIAN_*` environment (e.g. the `[peer]` settings).
+pub async fn spawn_node_with(data_dir: &Path, env: &[(String, String)]) -> Spawned {
     let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .arg("serve")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("MERIDIAN_DATA_DIR", data_dir)
         .env("MERIDIAN_LISTEN__CLIENT", "127.0.0.1:0")
         .env("MERIDIAN_LISTEN__HTTP", "127.0.0.1:0")
