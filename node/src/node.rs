@@ -372,7 +372,20 @@ impl Node {
 
     fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, ErrorReply> {
         key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-        Ok(requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace)))
+        let level = requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace));
+        // With peers, a key has replicas this node cannot yet wait for (writes reach peers by
+        // anti-entropy only): acknowledging a quorum level after the local write alone would be a lie.
+        if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && !self.config.peer.peers.is_empty() {
+            return Err(ErrorReply::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "{level} is not available on a node with peers yet (writes reach its {} peer(s) by anti-entropy \
+                     only); use eventual or causal",
+                    self.config.peer.peers.len()
+                ),
+            ));
+        }
+        Ok(level)
     }
 
     /// The replicas of a key, relative to this node. One node: itself.

@@ -84,6 +84,13 @@ async fn eventually_two_nodes_converge_over_the_peer_transport() {
     };
     tokio::time::timeout(Duration::from_secs(60), converged).await.expect("both nodes converge within 60 s");
 
+    // Quorum levels are refused, clearly and for good, on nodes with peers: they cannot wait for them.
+    let refused = ca_client.counter("s/visits").consistency(Consistency::LocalQuorum).incr(1).await.unwrap_err();
+    assert_eq!(refused.code(), Some(meridian_client::ErrorCode::Unsupported), "{refused}");
+    assert!(!refused.is_retryable());
+    let refused = cb_client.counter("s/visits").consistency(Consistency::Quorum).get().await.unwrap_err();
+    assert_eq!(refused.code(), Some(meridian_client::ErrorCode::Unsupported), "{refused}");
+
     // A later write still flows (the sync keeps running), and shutdown stops the sync threads.
     cb_client.counter("s/visits").incr(1).await.unwrap();
     let caught_up = async {
