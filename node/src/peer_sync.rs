@@ -84,14 +84,16 @@ fn now_ms(started: Instant) -> u64 {
 /// Serves peers' anti-entropy requests from this node's storage.
 pub struct SyncHandler {
     node: Arc<Node>,
+    store: EngineSyncStore,
     config: SyncConfig,
     started: Instant,
 }
 
 impl SyncHandler {
-    /// A handler over `node`'s storage.
-    pub fn new(node: Arc<Node>, config: SyncConfig) -> Self {
-        SyncHandler { node, config, started: Instant::now() }
+    /// A handler over `node`'s storage, through `store` (share one store, and its clones, among
+    /// everything that syncs this node: clones serialise their writes per partition).
+    pub fn new(node: Arc<Node>, store: EngineSyncStore, config: SyncConfig) -> Self {
+        SyncHandler { node, store, config, started: Instant::now() }
     }
 
     fn answer(&self, request: &[u8]) -> Result<PeerReplyV1, String> {
@@ -104,7 +106,7 @@ impl SyncHandler {
                 if partition.0 >= PARTITIONS {
                     return Err(format!("no partition {}", partition.0));
                 }
-                let mut store = EngineSyncStore::for_node(&self.node);
+                let mut store = self.store.clone();
                 let mut session = SyncSession::new(self.config.clone(), partition, self.node.id(), from, 1)
                     .map_err(|e| e.to_string())?;
                 session.step(&mut store, now_ms(self.started), message).map_err(|e| e.to_string())?;
@@ -120,7 +122,12 @@ impl SyncHandler {
 
 impl PeerHandler for SyncHandler {
     async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
-        let handler = SyncHandler { node: self.node.clone(), config: self.config.clone(), started: self.started };
+        let handler = SyncHandler {
+            node: self.node.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            started: self.started,
+        };
         // Storage calls block (and take key locks): off the reactor.
         let answer = tokio::task::spawn_blocking(move || handler.answer(&request))
             .await
@@ -134,8 +141,10 @@ impl PeerHandler for SyncHandler {
 
 /// Runs anti-entropy with one peer until `shutdown`: a thread that passes over every partition each
 /// `interval`.
+#[allow(clippy::too_many_arguments)] // each is a distinct knob; a struct would only rename them
 pub fn spawn_peer_sync(
     node: Arc<Node>,
+    store: EngineSyncStore,
     pool: Arc<PeerPool>,
     peer: SocketAddr,
     config: SyncConfig,
@@ -171,7 +180,7 @@ pub fn spawn_peer_sync(
                     }
                 }
                 if peer_id.is_some() {
-                    let mut store = EngineSyncStore::for_node(&node);
+                    let mut store = store.clone();
                     for session in &mut sessions {
                         if shutdown.is_cancelled() {
                             break;

@@ -140,7 +140,9 @@ fn start_peer_sync(
         round_interval_ms: config.peer.interval_ms(),
         ..Default::default()
     };
-    let handler = Arc::new(crate::peer_sync::SyncHandler::new(node.clone(), sync_config.clone()));
+    // One store for everything that syncs this node: its clones serialise writes per partition.
+    let store = crate::sync_store::EngineSyncStore::for_node(node);
+    let handler = Arc::new(crate::peer_sync::SyncHandler::new(node.clone(), store.clone(), sync_config.clone()));
     let server = endpoint.clone();
     let serve_shutdown = shutdown.clone();
     tasks.spawn(async move { server.serve(handler, serve_shutdown).await });
@@ -153,6 +155,7 @@ fn start_peer_sync(
         .map(|peer| {
             crate::peer_sync::spawn_peer_sync(
                 node.clone(),
+                store.clone(),
                 pool.clone(),
                 *peer,
                 sync_config.clone(),
