@@ -45,23 +45,55 @@ pub struct Config {
     pub peer: PeerConfig,
 }
 
-/// Node-to-node settings. Today every node syncs every partition with every listed peer (full
-/// replication); placement and cross-node quorums come with the region step.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Node-to-node settings: the region's membership, placement and replication over mutual TLS.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerConfig {
     /// UDP address of the peer transport; `None` runs the node alone.
     pub listen: Option<SocketAddr>,
-    /// Peers to sync with (their `peer.listen` addresses).
-    pub peers: Vec<SocketAddr>,
+    /// The peer address other nodes reach this one at (default: `listen`; set it when listening
+    /// on a wildcard address).
+    pub advertise: Option<SocketAddr>,
+    /// Peer addresses of nodes to join through (any live member will do; the rest is gossiped).
+    #[serde(alias = "peers")]
+    pub seeds: Vec<SocketAddr>,
     /// The cluster CA certificate (PEM), from `meridian certs ca`.
     pub ca: Option<PathBuf>,
     /// This node's certificate (PEM), from `meridian certs node`; its identity must name `cluster_id`.
     pub cert: Option<PathBuf>,
     /// This node's private key (PEM).
     pub key: Option<PathBuf>,
+    /// Replicas of each partition in the region (capped by the number of active nodes).
+    pub rf: usize,
     /// Time between anti-entropy rounds of a partition with a peer (0: 1000 ms).
     pub sync_interval_ms: u64,
+    /// Time between membership gossip exchanges (which double as heartbeats).
+    pub gossip_interval_ms: u64,
+    /// A node not heard from for this long is suspected (still tried, hints kept for it).
+    pub suspect_after_ms: u64,
+    /// A node not heard from for this long is down: requests skip it and hints queue for it.
+    pub dead_after_ms: u64,
+    /// Most hints (writes kept for a replica that was down) held per target node.
+    pub max_hints_per_node: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            listen: None,
+            advertise: None,
+            seeds: Vec::new(),
+            ca: None,
+            cert: None,
+            key: None,
+            rf: 3,
+            sync_interval_ms: 1_000,
+            gossip_interval_ms: 250,
+            suspect_after_ms: 1_500,
+            dead_after_ms: 3_000,
+            max_hints_per_node: 100_000,
+        }
+    }
 }
 
 impl PeerConfig {
@@ -72,6 +104,16 @@ impl PeerConfig {
         } else {
             self.sync_interval_ms
         }
+    }
+
+    /// Whether this node runs as a member of a multi-node region.
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some()
+    }
+
+    /// The address peers reach this node at.
+    pub fn advertised(&self) -> Option<SocketAddr> {
+        self.advertise.or(self.listen)
     }
 }
 
@@ -315,8 +357,17 @@ impl Config {
         {
             return invalid("peer", "peer.listen needs peer.ca, peer.cert and peer.key (see `meridian certs`)".into());
         }
-        if self.peer.listen.is_none() && !self.peer.peers.is_empty() {
-            return invalid("peer.peers", "listing peers needs peer.listen (and the certificates)".into());
+        if self.peer.listen.is_none() && !self.peer.seeds.is_empty() {
+            return invalid("peer.seeds", "listing seeds needs peer.listen (and the certificates)".into());
+        }
+        if self.peer.rf == 0 {
+            return invalid("peer.rf", "the replication factor must be at least 1".into());
+        }
+        if self.peer.gossip_interval_ms == 0 || self.peer.suspect_after_ms == 0 {
+            return invalid("peer", "gossip_interval_ms and suspect_after_ms must be positive".into());
+        }
+        if self.peer.dead_after_ms < self.peer.suspect_after_ms {
+            return invalid("peer.dead_after_ms", "must be at least peer.suspect_after_ms".into());
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both tls.cert and tls.key, or neither".into());

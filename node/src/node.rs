@@ -375,13 +375,13 @@ impl Node {
         let level = requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace));
         // With peers, a key has replicas this node cannot yet wait for (writes reach peers by
         // anti-entropy only): acknowledging a quorum level after the local write alone would be a lie.
-        if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && !self.config.peer.peers.is_empty() {
+        if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && !self.config.peer.seeds.is_empty() {
             return Err(ErrorReply::new(
                 ErrorCode::Unsupported,
                 format!(
                     "{level} is not available on a node with peers yet (writes reach its {} peer(s) by anti-entropy \
                      only); use eventual or causal",
-                    self.config.peer.peers.len()
+                    self.config.peer.seeds.len()
                 ),
             ));
         }

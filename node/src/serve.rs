@@ -150,7 +150,7 @@ fn start_peer_sync(
     let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
     let threads = config
         .peer
-        .peers
+        .seeds
         .iter()
         .map(|peer| {
             crate::peer_sync::spawn_peer_sync(
@@ -165,7 +165,7 @@ fn start_peer_sync(
             )
         })
         .collect();
-    tracing::info!(%peer_addr, peers = config.peer.peers.len(), "peer anti-entropy on");
+    tracing::info!(%peer_addr, peers = config.peer.seeds.len(), "peer anti-entropy on");
     Ok((Some(peer_addr), threads))
 }
 

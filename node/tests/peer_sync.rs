@@ -32,7 +32,7 @@ fn node_config(dir: &Path, name: &str, listen: SocketAddr, peer: SocketAddr, ca:
     config.listen.client = "127.0.0.1:0".parse().unwrap();
     config.listen.http = "127.0.0.1:0".parse().unwrap();
     config.peer.listen = Some(listen);
-    config.peer.peers = vec![peer];
+    config.peer.seeds = vec![peer];
     config.peer.ca = Some(Path::new(ca).join("ca.crt"));
     config.peer.cert = Some(cert_path);
     config.peer.key = Some(key_path);

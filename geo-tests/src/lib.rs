@@ -1,0 +1,1 @@
+//! Fault tests with real `meridian` processes: histories, checkers and harnesses.
