@@ -1,1 +1,17 @@
 //! Fault tests with real `meridian` processes: histories, checkers and harnesses.
+//!
+//! A fault test's client workers record every operation they issue to a JSON-lines
+//! [history](history) file while the cluster is disturbed; afterwards the [checkers](check) judge
+//! the run from that file and the replicas' final state. The file alone is enough to re-check the
+//! history-only claims later: `check-history HISTORY.jsonl [--level LEVEL]`.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`history`] | the event format, [`HistoryWriter`], [`read_history`] |
+//! | [`check`] | the checkers, their exact claims, [`Summary`] and [`Violation`] |
+
+pub mod check;
+pub mod history;
+
+pub use check::{Summary, Violation, ViolationKind};
+pub use history::{read_history, Event, HistoryWriter};

@@ -9,13 +9,19 @@
 
 pub mod bench;
 pub mod certs;
+pub mod cluster;
 pub mod commit;
 pub mod config;
+pub mod coordinator;
+pub mod gossip;
+pub mod hints;
 pub mod http;
 pub mod keyspace;
+pub mod local_region;
 pub mod metrics_export;
 pub mod node;
 pub mod peer;
+pub mod peer_service;
 pub mod peer_sync;
 pub mod serve;
 pub mod server;

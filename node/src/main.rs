@@ -165,6 +165,11 @@ enum Command {
         #[command(subcommand)]
         command: meridian_node::certs::CertsCommand,
     },
+    /// A local multi-node region on this machine: `init` writes it, `start` runs it.
+    Region {
+        #[command(subcommand)]
+        command: meridian_node::local_region::RegionCommand,
+    },
 }
 
 fn main() {
@@ -210,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Certs { command } => meridian_node::certs::run(command),
+        Command::Region { command } => meridian_node::local_region::run(command).await,
         command => data_command(&cli.conn, command).await,
     }
 }
@@ -268,7 +274,9 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     }
     let mut exit_code = 0;
     match command {
-        Command::Serve { .. } | Command::Bench { .. } | Command::Certs { .. } => unreachable!("handled by run"),
+        Command::Serve { .. } | Command::Bench { .. } | Command::Certs { .. } | Command::Region { .. } => {
+            unreachable!("handled by run")
+        }
         Command::Status => {
             let status = client.status().await?;
             println!("node        {} ({})", status.name, status.node_id);

@@ -30,15 +30,17 @@ use meridian_client::proto::{
     ReplyBody, Request, RequestV1, Response,
 };
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, HlcClock, Mutation, NodeId, Value, VersionVector, WriteContext};
+use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::{causal_gap, Outcome, QuorumTracker, ReplicaCounts};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::commit::{GroupCommitter, LogAppend};
 use crate::config::Config;
+use crate::coordinator::Coordinator;
 use crate::keyspace::{self, IdempotencyRecord, LogRecord, StoredEntry};
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
 
@@ -85,7 +87,15 @@ impl Drop for InFlightTs {
 /// A write ready to commit, or already answered (an idempotent replay, a delete of nothing).
 enum Prepared {
     Done(Reply),
-    Commit { batch: Batch, log: LogAppend, reply: Reply, ts: InFlightTs },
+    Commit { batch: Batch, log: LogAppend, push: Push, reply: Reply, ts: InFlightTs },
+}
+
+/// What a write's fan-out ships to the other replicas (its log record minus the position, which the
+/// committer assigns).
+struct Push {
+    data_key: Vec<u8>,
+    delta: Vec<u8>,
+    hlc: u64,
 }
 
 /// A write's target change.
@@ -123,6 +133,8 @@ pub struct Node {
     shutting_down: AtomicBool,
     /// Writes in flight, each in its own task; shutdown waits for them.
     writes: tokio_util::task::TaskTracker,
+    /// The region side (placement, fan-out, quorum reads), once the peer transport is up.
+    coordinator: OnceLock<Arc<Coordinator>>,
 }
 
 fn now_ms() -> u64 {
@@ -192,10 +204,23 @@ impl Node {
             client_connections: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             writes: tokio_util::task::TaskTracker::new(),
+            coordinator: OnceLock::new(),
             config,
             engine,
             id,
         }))
+    }
+
+    /// Joins the node to its region: from now on requests are placed, fanned out and forwarded.
+    pub fn attach_coordinator(&self, coordinator: Arc<Coordinator>) {
+        if self.coordinator.set(coordinator).is_err() {
+            tracing::warn!("the node already has a coordinator");
+        }
+    }
+
+    /// The region side, if the node runs in a region.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.coordinator.get()
     }
 
     /// This node's replica id.
@@ -252,9 +277,19 @@ impl Node {
 
     /// Executes a version-1 request: admission, timeout, metrics, then the operation.
     pub async fn execute_v1(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, false).await
+    }
+
+    /// Executes a request another node forwarded here: coordinated here even if this node's view of
+    /// placement disagrees (a forward is never forwarded again, so views in flux cannot loop).
+    pub async fn execute_forwarded(self: Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, true).await
+    }
+
+    async fn execute_routed(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
         let op_name = op_name(&request.op);
         let started = Instant::now();
-        let result = self.admit_and_run(request).await;
+        let result = self.admit_and_run(request, forwarded).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.name(),
@@ -265,7 +300,7 @@ impl Node {
         result
     }
 
-    async fn admit_and_run(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+    async fn admit_and_run(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
         if !self.is_ready() {
             return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
         }
@@ -282,13 +317,42 @@ impl Node {
             0 => self.config.limits.request_timeout_ms,
             ms => u64::from(ms).min(self.config.limits.request_timeout_ms),
         };
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), self.run(request, permit)).await {
+        let run = async {
+            if !forwarded {
+                if let Some(forward) = self.route(&request) {
+                    let (coordinator, replicas) = forward;
+                    return coordinator.forward(request, &replicas, Duration::from_millis(timeout_ms)).await;
+                }
+            }
+            self.run(request, permit).await
+        };
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
             Ok(result) => result,
             Err(_) => Err(ErrorReply::new(
                 ErrorCode::Timeout,
                 format!("no answer within {timeout_ms} ms; a write may or may not have been applied (retry with the same idempotency id)"),
             )),
         }
+    }
+
+    /// Where a keyed request goes when this node holds no replica of its key: the coordinator and
+    /// the key's replicas. `None`: run it here.
+    fn route(&self, request: &RequestV1) -> Option<(Arc<Coordinator>, Vec<NodeId>)> {
+        let coordinator = self.coordinator.get()?;
+        let key = match &request.op {
+            Operation::Write { key, .. }
+            | Operation::Delete { key, .. }
+            | Operation::Read { key, .. }
+            | Operation::DocChanges { key, .. } => key,
+            Operation::ListKeys { .. } | Operation::Status => return None,
+        };
+        // An invalid key is refused here, not forwarded.
+        key.validate().ok()?;
+        let replicas = coordinator.cluster().replicas(keyspace::partition_of(&keyspace::data_key(key)));
+        if replicas.is_empty() || replicas.contains(&self.id) {
+            return None;
+        }
+        Some((coordinator.clone(), replicas))
     }
 
     /// Runs one admitted request. `permit` is its in-flight slot: a write hands it to its own task,
@@ -373,18 +437,6 @@ impl Node {
     fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, ErrorReply> {
         key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
         let level = requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace));
-        // With peers, a key has replicas this node cannot yet wait for (writes reach peers by
-        // anti-entropy only): acknowledging a quorum level after the local write alone would be a lie.
-        if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && !self.config.peer.seeds.is_empty() {
-            return Err(ErrorReply::new(
-                ErrorCode::Unsupported,
-                format!(
-                    "{level} is not available on a node with peers yet (writes reach its {} peer(s) by anti-entropy \
-                     only); use eventual or causal",
-                    self.config.peer.seeds.len()
-                ),
-            ));
-        }
         Ok(level)
     }
 
@@ -419,6 +471,14 @@ impl Node {
             })
             .await
             .map_err(internal)??;
+        let (reply, pushed) = reply;
+        if let Some(coordinator) = self.coordinator.get() {
+            if let Some((partition, record)) = pushed {
+                let replicas = coordinator.cluster().replicas(partition);
+                coordinator.replicate(partition, record, level, &replicas).await?;
+            }
+            return Ok(reply);
+        }
         let mut tracker = QuorumTracker::new(level, self.replicas());
         tracker.record(true, true);
         match tracker.outcome() {
@@ -436,7 +496,7 @@ impl Node {
         change: Change,
         idempotency_id: Option<IdempotencyId>,
         token: CausalToken,
-    ) -> Result<Reply, ErrorReply> {
+    ) -> Result<(Reply, Option<(u16, SyncRecord)>), ErrorReply> {
         let data_key = keyspace::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
         let _guard = self.lock_for(&data_key).await;
@@ -451,13 +511,15 @@ impl Node {
             self.prepare_write(key, data_key, change, idempotency_id, token)?
         };
         match prepared {
-            Prepared::Done(reply) => Ok(reply),
-            Prepared::Commit { batch, log, reply, ts } => {
+            Prepared::Done(reply) => Ok((reply, None)),
+            Prepared::Commit { batch, log, push, reply, ts } => {
+                let partition = log.partition;
                 let committed = self.committer.commit(batch, Some(log)).await;
                 // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
                 drop(ts);
-                committed.map_err(internal)?;
-                Ok(reply)
+                let seq = committed.map_err(internal)?.ok_or_else(|| internal("the committer gave no log position"))?;
+                let record = SyncRecord { origin: self.id, seq, key: push.data_key, delta: push.delta, hlc: push.hlc };
+                Ok((reply, Some((partition, record))))
             }
         }
     }
@@ -536,6 +598,11 @@ impl Node {
         }
 
         let partition = keyspace::partition_of(&data_key);
+        let push = Push {
+            data_key: data_key.clone(),
+            delta: keyspace::encode(&StoredEntry::V1(delta.clone())),
+            hlc: ts.ts.pack(),
+        };
         let record = keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts: ts.ts });
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
@@ -545,7 +612,7 @@ impl Node {
             let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
         }
-        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, reply, ts })
+        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts })
     }
 
     /// Timestamps a write and registers it in flight until the returned guard is dropped.
@@ -606,6 +673,16 @@ impl Node {
         Ok(())
     }
 
+    /// The stored bytes of a key's state (what a quorum read's replica answers with).
+    pub fn stored_state(&self, data_key: &[u8]) -> Result<Option<Vec<u8>>, ErrorReply> {
+        self.engine.get(Space::Data, data_key).map_err(internal)
+    }
+
+    /// A key's state, decoded.
+    pub fn load_entry(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
+        self.load(data_key)
+    }
+
     fn load(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
         match self.engine.get(Space::Data, data_key).map_err(internal)? {
             None => Ok(None),
@@ -625,6 +702,15 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+        if let Some(coordinator) = self.coordinator.get() {
+            if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) {
+                let data_key = keyspace::data_key(key);
+                let before = self.token_after(token);
+                let replicas = coordinator.cluster().replicas(keyspace::partition_of(&data_key));
+                let entry = coordinator.quorum_read(self, &data_key, level, &replicas).await?;
+                return Ok((entry, before));
+            }
+        }
         // Every level but `eventual` keeps the session's guarantees (on one node the only replica
         // is the quorum); `eventual` answers with whatever this replica has.
         if level != Consistency::Eventual {

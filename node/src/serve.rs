@@ -32,7 +32,7 @@ pub struct RunningNode {
     pub cert_path: PathBuf,
     /// Where the peer transport listens, when enabled.
     pub peer_addr: Option<SocketAddr>,
-    sync_threads: Vec<std::thread::JoinHandle<()>>,
+    sync_threads: Option<Arc<crate::gossip::SyncThreads>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -55,8 +55,10 @@ impl RunningNode {
         self.node.begin_shutdown();
         self.tasks.close();
         self.tasks.wait().await;
-        let threads = self.sync_threads;
-        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+        if let Some(threads) = self.sync_threads {
+            let handles = threads.take_handles();
+            let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|t| drop(t.join()))).await;
+        }
         self.node.wait_for_writes().await;
         let node = self.node.clone();
         let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
@@ -112,20 +114,22 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(node.clone(), shutdown.clone()));
-    let (peer_addr, sync_threads) = start_peer_sync(&config, &node, &tasks, &shutdown)?;
+    let (peer_addr, sync_threads) = start_region(&config, &node, client_addr, http_addr, &tasks, &shutdown)?;
     tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
     Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, peer_addr, sync_threads, shutdown, tasks })
 }
 
-/// Binds the peer transport and starts anti-entropy with every configured peer (when `peer.listen`
-/// is set).
-fn start_peer_sync(
+/// Binds the peer transport and joins the region (when `peer.listen` is set): membership gossip,
+/// the coordinator (placement, fan-out, quorum reads, hints) and anti-entropy with every peer.
+fn start_region(
     config: &Config,
     node: &Arc<Node>,
+    client_addr: SocketAddr,
+    http_addr: SocketAddr,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(Option<SocketAddr>, Vec<std::thread::JoinHandle<()>>)> {
-    let Some(listen) = config.peer.listen else { return Ok((None, Vec::new())) };
+) -> anyhow::Result<(Option<SocketAddr>, Option<Arc<crate::gossip::SyncThreads>>)> {
+    let Some(listen) = config.peer.listen else { return Ok((None, None)) };
     let (ca, cert, key) = match (&config.peer.ca, &config.peer.cert, &config.peer.key) {
         (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
         _ => anyhow::bail!("peer.listen needs peer.ca, peer.cert and peer.key"),
@@ -135,38 +139,57 @@ fn start_peer_sync(
     let endpoint = crate::peer::PeerEndpoint::bind(listen, tls, crate::peer::PeerTransportConfig::default())
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     let peer_addr = endpoint.local_addr()?;
+    let advertised = config.peer.advertise.unwrap_or(peer_addr);
+    let cluster = crate::cluster::Cluster::open(node.engine().clone(), node.id(), config, advertised, client_addr, http_addr)
+        .context("opening the cluster membership")?;
     let interval = Duration::from_millis(config.peer.interval_ms());
     let sync_config = meridian_replication::antientropy::SyncConfig {
         round_interval_ms: config.peer.interval_ms(),
         ..Default::default()
     };
-    // One store for everything that syncs this node: its clones serialise writes per partition.
+    // One store for everything that writes replicated state: its clones serialise writes per partition.
     let store = crate::sync_store::EngineSyncStore::for_node(node);
-    let handler = Arc::new(crate::peer_sync::SyncHandler::new(node.clone(), store.clone(), sync_config.clone()));
-    let server = endpoint.clone();
-    let serve_shutdown = shutdown.clone();
-    tasks.spawn(async move { server.serve(handler, serve_shutdown).await });
-    let pool = Arc::new(crate::peer::PeerPool::new(endpoint));
+    let hints = Arc::new(
+        crate::hints::Hints::open(node.engine().clone(), config.peer.max_hints_per_node).context("opening the hints")?,
+    );
+    let pool = Arc::new(crate::peer::PeerPool::new(endpoint.clone()));
     let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
-    let threads = config
-        .peer
-        .seeds
-        .iter()
-        .map(|peer| {
-            crate::peer_sync::spawn_peer_sync(
-                node.clone(),
-                store.clone(),
-                pool.clone(),
-                *peer,
-                sync_config.clone(),
-                interval,
-                request_timeout,
-                shutdown.clone(),
-            )
-        })
-        .collect();
-    tracing::info!(%peer_addr, peers = config.peer.seeds.len(), "peer anti-entropy on");
-    Ok((Some(peer_addr), threads))
+    let coordinator = Arc::new(crate::coordinator::Coordinator::new(
+        cluster.clone(),
+        pool.clone(),
+        store.clone(),
+        hints,
+        request_timeout / 2,
+    ));
+    node.attach_coordinator(coordinator.clone());
+
+    let service = Arc::new(crate::peer_service::PeerService::new(
+        node.clone(),
+        Some(cluster.clone()),
+        store.clone(),
+        sync_config.clone(),
+    ));
+    let serve_shutdown = shutdown.clone();
+    tasks.spawn(async move { endpoint.serve(service, serve_shutdown).await });
+    tasks.spawn(crate::gossip::gossip(
+        cluster.clone(),
+        pool.clone(),
+        Duration::from_millis(config.peer.gossip_interval_ms),
+        shutdown.clone(),
+    ));
+    tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
+    let threads = crate::gossip::SyncThreads::new();
+    tasks.spawn(threads.clone().supervise(
+        coordinator,
+        store,
+        pool,
+        sync_config,
+        interval,
+        request_timeout,
+        shutdown.clone(),
+    ));
+    tracing::info!(%peer_addr, seeds = config.peer.seeds.len(), rf = config.peer.rf, "joined the region");
+    Ok((Some(peer_addr), Some(threads)))
 }
 
 fn durability_is_relaxed(config: &Config) -> bool {

@@ -275,6 +275,24 @@ impl EngineSyncStore {
         store
     }
 
+    /// Makes records another replica pushed durable here (a write's fan-out or a replayed hint).
+    ///
+    /// Records that extend this replica's vector gap-free are applied as anti-entropy would apply
+    /// them (logged under the origin's position, vector raised). Records that arrive ahead of a gap
+    /// — pushes of one partition race each other — are joined into the keys' states without a log
+    /// entry or vector raise: the write is durable here at once, and anti-entropy later ships the
+    /// records in order (joining them again changes nothing).
+    pub fn accept_pushed(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        match self.apply_remote(partition, records) {
+            Err(SyncStoreError::Gap { .. }) => {
+                let states: Vec<KeyState> =
+                    records.iter().map(|r| KeyState { key: r.key.clone(), state: r.delta.clone() }).collect();
+                self.apply_states(partition, &states, None)
+            }
+            other => other,
+        }
+    }
+
     /// This replica's id (its own origin).
     pub fn local(&self) -> NodeId {
         self.local

@@ -37,6 +37,9 @@ fn node_config(dir: &Path, name: &str, listen: SocketAddr, peer: SocketAddr, ca:
     config.peer.cert = Some(cert_path);
     config.peer.key = Some(key_path);
     config.peer.sync_interval_ms = 100;
+    config.peer.gossip_interval_ms = 100;
+    config.peer.suspect_after_ms = 500;
+    config.peer.dead_after_ms = 1_000;
     config
 }
 
@@ -84,25 +87,38 @@ async fn eventually_two_nodes_converge_over_the_peer_transport() {
     };
     tokio::time::timeout(Duration::from_secs(60), converged).await.expect("both nodes converge within 60 s");
 
-    // Quorum levels are refused, clearly and for good, on nodes with peers: they cannot wait for them.
-    let refused = ca_client.counter("s/visits").consistency(Consistency::LocalQuorum).incr(1).await.unwrap_err();
-    assert_eq!(refused.code(), Some(meridian_client::ErrorCode::Unsupported), "{refused}");
-    assert!(!refused.is_retryable());
-    let refused = cb_client.counter("s/visits").consistency(Consistency::Quorum).get().await.unwrap_err();
-    assert_eq!(refused.code(), Some(meridian_client::ErrorCode::Unsupported), "{refused}");
+    // Two nodes, rf 3 capped at 2: a local_quorum write is durable on both before it is
+    // acknowledged, so a local_quorum read through the other node sees it at once.
+    ca_client.counter("s/visits").consistency(Consistency::LocalQuorum).incr(1).await.unwrap();
+    assert_eq!(cb_client.counter("s/visits").consistency(Consistency::LocalQuorum).get().await.unwrap(), 13);
 
-    // A later write still flows (the sync keeps running), and shutdown stops the sync threads.
+    // A later eventual write still flows (the sync keeps running).
     cb_client.counter("s/visits").incr(1).await.unwrap();
     let caught_up = async {
-        while ca_client.counter("s/visits").get().await.unwrap() != 13 {
+        while ca_client.counter("s/visits").get().await.unwrap() != 14 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(60), caught_up).await.expect("a later write reaches the other node");
-    tokio::time::timeout(Duration::from_secs(60), async {
-        a.shutdown().await;
-        b.shutdown().await;
+
+    // With b gone, a majority of 2 replicas is out of reach: local_quorum says so and how many
+    // answered; eventual writes still succeed and leave a hint for b.
+    let b_id = b.node.id();
+    tokio::time::timeout(Duration::from_secs(60), b.shutdown()).await.expect("b stops");
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ca_client.counter("s/visits").consistency(Consistency::LocalQuorum).incr(1).await {
+                Err(e) => return e,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     })
     .await
-    .expect("both nodes stop");
+    .expect("local_quorum fails once b is gone");
+    assert_eq!(refused.code(), Some(meridian_client::ErrorCode::QuorumUnavailable), "{refused}");
+    assert!(refused.to_string().contains("1 acknowledged"), "{refused}");
+    ca_client.counter("s/visits").incr(1).await.unwrap();
+    let hints = a.node.coordinator().expect("a region node").hints().depth(b_id);
+    assert!(hints >= 1, "writes b missed are kept as hints ({hints})");
+    tokio::time::timeout(Duration::from_secs(60), a.shutdown()).await.expect("a stops");
 }

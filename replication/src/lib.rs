@@ -7,6 +7,8 @@
 //!
 //! * [`quorum`] — how many replica acknowledgements each consistency level needs, and a tracker that
 //!   turns a stream of acks, failures and timeouts into one verdict.
+//! * [`coordination`] — the coordinator's rounds for one leaderless write or read: counting acks, and
+//!   merging a read's replies into the write-back that must land before the read returns.
 //! * [`causal`] — whether a replica's state is recent enough to serve a session's causal token.
 //! * [`antientropy`] — how two replicas of a partition converge: version-vector rounds that ship the
 //!   log records the other lacks, with a range-digest fallback when the log no longer reaches back.
@@ -20,6 +22,7 @@
 
 pub mod antientropy;
 pub mod causal;
+pub mod coordination;
 pub mod error;
 pub mod failure;
 pub mod hash;
@@ -32,6 +35,7 @@ pub use antientropy::{
     SyncStore,
 };
 pub use causal::{causal_gap, CausalGap};
+pub use coordination::{AckRound, ReadRound};
 pub use error::ReplicationError;
 pub use failure::{DetectorConfig, FailureDetector, Health, Liveness};
 pub use hash::{stable_hash, StableHasher};

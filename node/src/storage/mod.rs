@@ -100,11 +100,13 @@ pub enum Space {
     Meta,
     /// Idempotency records of client requests.
     Idempotency,
+    /// Hinted handoff: writes kept for replicas that were down, keyed by (target node, position).
+    Hints,
 }
 
 impl Space {
     /// Every space, in a fixed order (also the order [`MemoryEngine`] takes its locks in).
-    pub const ALL: [Space; 4] = [Space::Data, Space::Log, Space::Meta, Space::Idempotency];
+    pub const ALL: [Space; 5] = [Space::Data, Space::Log, Space::Meta, Space::Idempotency, Space::Hints];
 
     /// The space's name, which is also its RocksDB column family name.
     pub const fn name(self) -> &'static str {
@@ -113,6 +115,7 @@ impl Space {
             Space::Log => "log",
             Space::Meta => "meta",
             Space::Idempotency => "idempotency",
+            Space::Hints => "hints",
         }
     }
 

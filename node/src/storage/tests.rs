@@ -380,7 +380,7 @@ fn decode_u64_be_checks_length() {
 
 #[test]
 fn space_names_and_order() {
-    assert_eq!(Space::ALL.map(Space::name), ["data", "log", "meta", "idempotency"]);
+    assert_eq!(Space::ALL.map(Space::name), ["data", "log", "meta", "idempotency", "hints"]);
     for (i, space) in Space::ALL.into_iter().enumerate() {
         assert_eq!(space.index(), i);
     }

@@ -1,0 +1,380 @@
+//! This node's view of its region: who the members are (a gossiped CRDT, persisted), which of them
+//! are alive (a heartbeat failure detector fed by every successful peer exchange), and where each
+//! partition lives (rendezvous placement over the active members, spread over zones).
+//!
+//! Placement places *partitions*, not keys (`docs/design/replication.md`): a key's replicas are its
+//! partition's, so replicas of the same keys share one delta log and one version vector per
+//! partition, which is what anti-entropy compares. Placement uses the membership, not liveness: a
+//! replica that is merely down keeps its partitions (writes for it become hints and anti-entropy
+//! catches it up), so a flapping node does not move data around. Only an operator's drain or removal
+//! changes placement.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meridian_crdt::{codec, Hlc, NodeId};
+use meridian_replication::{
+    place, DetectorConfig, FailureDetector, Liveness, Member, MemberState, MemberVersion, Membership, Placement,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::keyspace::PARTITIONS;
+use crate::storage::{Batch, Engine, Space, StorageError};
+
+/// `Meta` key of the persisted membership.
+const META_MEMBERSHIP: &[u8] = b"membership";
+/// Largest membership decoded (from disk or a peer).
+pub const MAX_MEMBERSHIP_BYTES: usize = 1 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One member as `meridian status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: NodeId,
+    /// The member record.
+    pub member: Member,
+    /// What the failure detector believes.
+    pub liveness: String,
+    /// Partitions placement gives it.
+    pub partitions: usize,
+}
+
+struct View {
+    membership: Membership,
+    detector: FailureDetector,
+    /// Replicas of each partition, best first; recomputed when the membership changes.
+    placements: Arc<Vec<Vec<NodeId>>>,
+}
+
+/// This node's view of the region.
+pub struct Cluster {
+    local: NodeId,
+    region: String,
+    rf: usize,
+    seeds: Vec<SocketAddr>,
+    engine: Arc<dyn Engine>,
+    view: Mutex<View>,
+}
+
+impl Cluster {
+    /// Loads the persisted membership and (re-)announces this node in it.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        local: NodeId,
+        config: &Config,
+        peer_addr: SocketAddr,
+        client_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let mut membership = match engine.get(Space::Meta, META_MEMBERSHIP)? {
+            Some(bytes) => codec::decode::<Membership>(&bytes, MAX_MEMBERSHIP_BYTES)
+                .map_err(|e| anyhow::anyhow!("the persisted membership is unreadable: {e}"))?,
+            None => Membership::new(),
+        };
+        let held = membership.get(local).cloned();
+        let (state, incarnation) = match &held {
+            // A node that was removed stays out: re-joining is an operator's decision (a new data dir).
+            Some(m) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
+            Some(m) => (m.state, m.version.incarnation),
+            None => (MemberState::Active, 1),
+        };
+        if state == MemberState::Removed {
+            tracing::warn!(node = %local, "this node was removed from the cluster; it holds no placements");
+        } else {
+            let me = Member {
+                name: config.node_name.clone(),
+                region: config.region.clone(),
+                zone: config.zone.clone(),
+                peer_addr: peer_addr.to_string(),
+                client_addr: client_addr.to_string(),
+                http_addr: http_addr.to_string(),
+                state,
+                version: MemberVersion {
+                    incarnation,
+                    hlc: Hlc { wall_ms: now_ms().max(held.map_or(0, |m| m.version.hlc.wall_ms + 1)), logical: 0 },
+                },
+            };
+            membership.upsert(local, me).map_err(|e| anyhow::anyhow!("announcing this node: {e}"))?;
+        }
+        let detector = FailureDetector::new(DetectorConfig::new(config.peer.suspect_after_ms, config.peer.dead_after_ms))
+            .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
+        let placements = Arc::new(compute_placements(&membership, &config.region, config.peer.rf));
+        let cluster = Cluster {
+            local,
+            region: config.region.clone(),
+            rf: config.peer.rf,
+            seeds: config.peer.seeds.clone(),
+            engine,
+            view: Mutex::new(View { membership, detector, placements }),
+        };
+        cluster.persist(&cluster.lock().membership)?;
+        Ok(Arc::new(cluster))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn persist(&self, membership: &Membership) -> Result<(), StorageError> {
+        let mut batch = Batch::default();
+        batch.put(Space::Meta, META_MEMBERSHIP, codec::encode(membership));
+        self.engine.write(batch)
+    }
+
+    /// This node's id.
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// The configured replication factor.
+    pub fn rf(&self) -> usize {
+        self.rf
+    }
+
+    /// The seed addresses from the configuration.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
+    /// The replicas of `partition`, best first (empty only while no member is active).
+    pub fn replicas(&self, partition: u16) -> Vec<NodeId> {
+        self.lock().placements[usize::from(partition)].clone()
+    }
+
+    /// Placement of every partition (cheap: shared).
+    pub fn all_placements(&self) -> Arc<Vec<Vec<NodeId>>> {
+        self.lock().placements.clone()
+    }
+
+    /// Placement of `partition` with each replica's score, rank and reason.
+    pub fn explain(&self, partition: u16) -> Placement {
+        let view = self.lock();
+        place(&partition.to_be_bytes(), &view.membership.placement_nodes(&self.region), self.rf)
+    }
+
+    /// Whether this node is one of `partition`'s replicas.
+    pub fn is_replica(&self, partition: u16) -> bool {
+        self.lock().placements[usize::from(partition)].contains(&self.local)
+    }
+
+    /// The membership as gossip ships it.
+    pub fn snapshot(&self) -> Membership {
+        self.lock().membership.clone()
+    }
+
+    /// The membership digest (equal views have equal digests).
+    pub fn digest(&self) -> u64 {
+        self.lock().membership.digest()
+    }
+
+    /// Joins a peer's membership into ours; persists and re-places when it changed anything.
+    pub fn merge(&self, theirs: &Membership) -> Result<bool, StorageError> {
+        let mut view = self.lock();
+        if !view.membership.merge(theirs) {
+            return Ok(false);
+        }
+        // If a peer holds an older record of us (say, from before our restart), ours wins again on
+        // the next exchange: our record only moves forward.
+        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        let snapshot = view.membership.clone();
+        drop(view);
+        self.persist(&snapshot)?;
+        Ok(true)
+    }
+
+    /// Records that `node` answered or called us just now.
+    pub fn heartbeat(&self, node: NodeId) {
+        if node != self.local {
+            self.lock().detector.heartbeat(node, now_ms());
+        }
+    }
+
+    /// What the failure detector believes about `node` (this node is always alive).
+    pub fn liveness(&self, node: NodeId) -> Liveness {
+        if node == self.local {
+            return Liveness::Alive;
+        }
+        self.lock().detector.status(node, now_ms())
+    }
+
+    /// Whether requests should be sent to `node` now (alive or merely suspected, or never heard
+    /// from yet — a node just learned of gets a chance).
+    pub fn reachable(&self, node: NodeId) -> bool {
+        !matches!(self.liveness(node), Liveness::Dead)
+    }
+
+    /// The member record of `node`.
+    pub fn member(&self, node: NodeId) -> Option<Member> {
+        self.lock().membership.get(node).cloned()
+    }
+
+    /// The peer address of `node`.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.member(node).and_then(|m| m.peer_addr.parse().ok())
+    }
+
+    /// Every other member that is not removed, with its peer address.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let view = self.lock();
+        view.membership
+            .iter()
+            .filter(|(id, m)| *id != self.local && m.state != MemberState::Removed)
+            .filter_map(|(id, m)| m.peer_addr.parse().ok().map(|addr| (id, addr)))
+            .collect()
+    }
+
+    /// This node's lifecycle state.
+    pub fn local_state(&self) -> MemberState {
+        self.member(self.local).map_or(MemberState::Removed, |m| m.state)
+    }
+
+    /// Whether this node should run anti-entropy for `partition` with `peer`: both are replicas, or
+    /// this node is handing the partition off (draining) and `peer` is one of its new replicas.
+    pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
+        let view = self.lock();
+        let replicas = &view.placements[usize::from(partition)];
+        if !replicas.contains(&peer) {
+            return false;
+        }
+        replicas.contains(&self.local)
+            || view.membership.get(self.local).is_some_and(|m| m.state == MemberState::Draining)
+    }
+
+    /// Finds a member by node name or id (decimal or as displayed).
+    pub fn find(&self, name_or_id: &str) -> Option<NodeId> {
+        let view = self.lock();
+        let found = view
+            .membership
+            .iter()
+            .find(|(id, m)| m.name == name_or_id || id.to_string() == name_or_id || id.0.to_string() == name_or_id)
+            .map(|(id, _)| id);
+        found
+    }
+
+    /// Moves `node` to `to` (an operator's command); the change spreads by gossip.
+    pub fn transition(&self, node: NodeId, to: MemberState) -> Result<(), String> {
+        let mut view = self.lock();
+        let at = Hlc { wall_ms: now_ms(), logical: 0 };
+        view.membership.transition(node, to, at).map_err(|e| e.to_string())?;
+        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        let snapshot = view.membership.clone();
+        drop(view);
+        self.persist(&snapshot).map_err(|e| e.to_string())
+    }
+
+    /// Every member with its liveness and partition count, in node order.
+    pub fn members(&self) -> Vec<MemberView> {
+        let view = self.lock();
+        let now = now_ms();
+        let mut owned: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for replicas in view.placements.iter() {
+            for id in replicas {
+                *owned.entry(*id).or_default() += 1;
+            }
+        }
+        view.membership
+            .iter()
+            .map(|(id, m)| MemberView {
+                id,
+                member: m.clone(),
+                liveness: if id == self.local { "self".into() } else { view.detector.status(id, now).to_string() },
+                partitions: owned.get(&id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+/// The replicas of every partition over the region's active members.
+fn compute_placements(membership: &Membership, region: &str, rf: usize) -> Vec<Vec<NodeId>> {
+    let nodes = membership.placement_nodes(region);
+    (0..PARTITIONS).map(|p| place(&p.to_be_bytes(), &nodes, rf).ids()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    fn config(name: &str, zone: &str, port: u16) -> Config {
+        let mut config = Config::default();
+        config.node_name = name.into();
+        config.zone = zone.into();
+        config.peer.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        config
+    }
+
+    fn open(name: &str, zone: &str, port: u16, id: u64) -> Arc<Cluster> {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let config = config(name, zone, port);
+        Cluster::open(Arc::new(MemoryEngine::new()), NodeId(id), &config, config.peer.listen.unwrap(), addr, addr)
+            .unwrap()
+    }
+
+    #[test]
+    fn merged_views_agree_on_placement_and_spread_zones() {
+        let nodes: Vec<_> =
+            (1..=5).map(|i| open(&format!("n{i}"), &format!("z{}", (i - 1) % 3 + 1), 9000 + i as u16, i)).collect();
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+            }
+        }
+        let first = nodes[0].all_placements();
+        for node in &nodes {
+            assert_eq!(node.all_placements(), first, "every node computes the same placement");
+            assert_eq!(node.digest(), nodes[0].digest());
+        }
+        for (p, replicas) in first.iter().enumerate() {
+            assert_eq!(replicas.len(), 3, "partition {p}");
+            let zones: std::collections::BTreeSet<_> =
+                replicas.iter().map(|id| nodes[0].member(*id).unwrap().zone).collect();
+            assert_eq!(zones.len(), 3, "partition {p} spans three zones");
+        }
+        let owned: Vec<usize> = nodes[0].members().iter().map(|m| m.partitions).collect();
+        assert_eq!(owned.iter().sum::<usize>(), 256 * 3);
+        assert!(owned.iter().all(|n| *n > 100), "placement is roughly balanced: {owned:?}");
+    }
+
+    #[test]
+    fn drain_moves_placements_away_and_keeps_the_node_syncing_its_handoff() {
+        let nodes: Vec<_> = (1..=4).map(|i| open(&format!("n{i}"), "z", 9100 + i as u16, i)).collect();
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+            }
+        }
+        let held: Vec<u16> = (0..PARTITIONS).filter(|p| nodes[0].is_replica(*p)).collect();
+        assert!(!held.is_empty());
+        nodes[1].transition(NodeId(1), MemberState::Draining).unwrap();
+        nodes[0].merge(&nodes[1].snapshot()).unwrap();
+        assert!((0..PARTITIONS).all(|p| !nodes[0].is_replica(p)), "a draining node takes no placements");
+        let p = held[0];
+        let new_replicas = nodes[0].replicas(p);
+        assert!(new_replicas.iter().all(|id| nodes[0].syncs_with(p, *id)), "the drainer hands off to the new owners");
+        assert_eq!(nodes[0].local_state(), MemberState::Draining);
+    }
+
+    #[test]
+    fn membership_survives_a_restart_and_removal_sticks() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = Cluster::open(engine.clone(), NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        let b = open("n8", "z", 9201, 8);
+        a.merge(&b.snapshot()).unwrap();
+        drop(a);
+        let a = Cluster::open(engine.clone(), NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        assert!(a.member(NodeId(8)).is_some(), "peers are remembered across restarts");
+        a.transition(NodeId(7), MemberState::Removed).unwrap();
+        drop(a);
+        let a = Cluster::open(engine, NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        assert_eq!(a.local_state(), MemberState::Removed, "a removed node does not re-join by restarting");
+        assert!((0..PARTITIONS).all(|p| !a.is_replica(p)));
+    }
+}

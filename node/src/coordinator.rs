@@ -1,0 +1,332 @@
+//! Leaderless coordination in a region: any node accepts any request and coordinates it.
+//!
+//! * **Routing.** Only replicas coordinate writes (every write's origin holds its partition's log):
+//!   a node that is not a replica of the key forwards the whole request to the first reachable
+//!   replica in placement order and relays the reply.
+//! * **Writes.** The coordinating replica makes the write durable locally (its log position,
+//!   version vector and state in one batch), then pushes the log record to the other replicas at
+//!   once and acknowledges per the level ([`AckRound`]): `eventual`/`causal` after the local write,
+//!   `local_quorum`/`quorum` once a majority of the partition's replicas hold it durably. A replica
+//!   that fails or is down gets a durable hint ([`crate::hints`]), replayed when it answers again.
+//! * **Reads.** `eventual`/`causal` read the coordinating replica. `local_quorum`/`quorum` read a
+//!   majority ([`ReadRound`]), join the states, and write the joined state back to stale replicas
+//!   until a majority holds it *before* returning — so a later quorum read, which intersects that
+//!   majority, never returns less, and every write acknowledged at a quorum level before the read
+//!   began is in the answer. Replicas beyond the majority that answered stale are repaired too
+//!   (read repair), without waiting for them.
+//!
+//! When too few replicas answer within the peer timeout the client gets `quorum_unavailable`,
+//! saying how many answered; a write refused this way may still have been applied on the replicas
+//! that did acknowledge (and will spread from them): retry it with the same idempotency id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_client::proto::{Consistency, ErrorCode, ErrorReply, Reply, RequestV1};
+use meridian_crdt::{Entry, NodeId};
+use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
+use meridian_replication::{AckRound, Liveness, Outcome, ReadRound};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::hints::Hints;
+use crate::keyspace::{self, StoredEntry};
+use crate::node::Node;
+use crate::peer::PeerPool;
+use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
+use crate::sync_store::EngineSyncStore;
+
+/// Hints replayed per request.
+const HINT_BATCH: usize = 256;
+/// Time between hint replay passes.
+const HINT_REPLAY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The region-side half of a node: talks to the other replicas.
+pub struct Coordinator {
+    local: NodeId,
+    cluster: Arc<Cluster>,
+    pool: Arc<PeerPool>,
+    store: EngineSyncStore,
+    hints: Arc<Hints>,
+    /// How long a replica may take to answer one request.
+    peer_timeout: Duration,
+}
+
+fn unavailable(message: String) -> ErrorReply {
+    ErrorReply::new(ErrorCode::QuorumUnavailable, message)
+}
+
+impl Coordinator {
+    /// A coordinator for the node `local` of `cluster`.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        pool: Arc<PeerPool>,
+        store: EngineSyncStore,
+        hints: Arc<Hints>,
+        peer_timeout: Duration,
+    ) -> Coordinator {
+        Coordinator { local: cluster.local(), cluster, pool, store, hints, peer_timeout }
+    }
+
+    /// The region view.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The hint store.
+    pub fn hints(&self) -> &Arc<Hints> {
+        &self.hints
+    }
+
+    fn name(&self, node: NodeId) -> String {
+        self.cluster.member(node).map_or_else(|| node.to_string(), |m| m.name)
+    }
+
+    /// Sends one request to `target` and decodes its reply; a reply of any kind is a heartbeat.
+    pub async fn call(&self, target: NodeId, message: PeerMessageV1, timeout: Duration) -> Result<PeerReplyV1, String> {
+        let addr = self.cluster.peer_addr(target).ok_or_else(|| format!("no address known for node {target}"))?;
+        let reply = self
+            .pool
+            .request(addr, None, encode_request(self.local, message), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.cluster.heartbeat(target);
+        decode_reply(&reply)
+    }
+
+    /// Relays a client request to a replica of its key (first reachable in placement order).
+    pub async fn forward(&self, request: RequestV1, replicas: &[NodeId], timeout: Duration) -> Result<Reply, ErrorReply> {
+        let mut failures = Vec::new();
+        for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
+            metrics::counter!("meridian_forwarded_requests_total").increment(1);
+            match self.call(target, PeerMessageV1::Forward(request.clone()), timeout).await {
+                Ok(PeerReplyV1::Forwarded(result)) => return result,
+                Ok(other) => failures.push(format!("{}: unexpected reply {other:?}", self.name(target))),
+                Err(e) => failures.push(format!("{}: {e}", self.name(target))),
+            }
+        }
+        Err(unavailable(format!(
+            "this node holds no replica of the key and none of its {} replica(s) answered ({})",
+            replicas.len(),
+            if failures.is_empty() { "all are down".to_string() } else { failures.join("; ") }
+        )))
+    }
+
+    /// Keeps `record` for `target` (a replica that did not take it).
+    fn hint(&self, target: NodeId, partition: u16, record: &SyncRecord) {
+        if let Err(e) = self.hints.add(target, partition, record) {
+            tracing::warn!(target = %target, error = %e, "could not store a hint; anti-entropy will repair the replica");
+        }
+    }
+
+    /// Pushes a record this node just made durable to the partition's other replicas and waits until
+    /// `level` is met (or cannot be).
+    pub async fn replicate(
+        self: &Arc<Self>,
+        partition: u16,
+        record: SyncRecord,
+        level: Consistency,
+        replicas: &[NodeId],
+    ) -> Result<(), ErrorReply> {
+        let mut round = AckRound::for_write(level, replicas);
+        round.ack(self.local);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for &target in replicas.iter().filter(|r| **r != self.local) {
+            if !self.cluster.reachable(target) {
+                self.hint(target, partition, &record);
+                round.fail(target);
+                continue;
+            }
+            let (me, tx, record) = (self.clone(), tx.clone(), record.clone());
+            // Each push runs to completion on its own (hinting on failure), whether or not the
+            // client is still waiting for it.
+            tokio::spawn(async move {
+                let message = PeerMessageV1::Replicate { partition, records: vec![record.clone()] };
+                let ok = match me.call(target, message, me.peer_timeout).await {
+                    Ok(PeerReplyV1::Applied) => true,
+                    Ok(other) => {
+                        tracing::warn!(target = %target, "replica refused a write: {other:?}");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(target = %target, error = %e, "push failed");
+                        false
+                    }
+                };
+                if !ok {
+                    me.hint(target, partition, &record);
+                }
+                let _ = tx.send((target, ok));
+            });
+        }
+        drop(tx);
+        self.settle(&mut round, &mut rx).await;
+        match round.outcome() {
+            Outcome::Satisfied => Ok(()),
+            _ => Err(unavailable(format!(
+                "{level} needs {} of the key's {} replicas; {} acknowledged in time (the write is durable on those and \
+                 will reach the rest by hinted handoff and anti-entropy; retry with the same idempotency id)",
+                round.needed(),
+                replicas.len(),
+                round.acked()
+            ))),
+        }
+    }
+
+    /// Feeds answers into `round` until it is decided or the peer timeout passes.
+    async fn settle(&self, round: &mut AckRound, rx: &mut mpsc::UnboundedReceiver<(NodeId, bool)>) {
+        let deadline = tokio::time::sleep(self.peer_timeout);
+        tokio::pin!(deadline);
+        while round.outcome() == Outcome::Pending {
+            tokio::select! {
+                answer = rx.recv() => match answer {
+                    Some((target, true)) => round.ack(target),
+                    Some((target, false)) => round.fail(target),
+                    None => round.expire(),
+                },
+                _ = &mut deadline => round.expire(),
+            }
+        }
+    }
+
+    /// A quorum read of `data_key` with write-back (see the module docs).
+    pub async fn quorum_read(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        data_key: &[u8],
+        level: Consistency,
+        replicas: &[NodeId],
+    ) -> Result<Option<Entry>, ErrorReply> {
+        let partition = keyspace::partition_of(data_key);
+        let mut round: ReadRound<Entry> = ReadRound::new(level, replicas);
+        if replicas.contains(&self.local) {
+            round.reply(self.local, node.load_entry(data_key)?);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for &target in replicas.iter().filter(|r| **r != self.local) {
+            if !self.cluster.reachable(target) {
+                round.fail(target);
+                continue;
+            }
+            let (me, tx, key) = (self.clone(), tx.clone(), data_key.to_vec());
+            tokio::spawn(async move {
+                let state = match me.call(target, PeerMessageV1::ReadKey { key }, me.peer_timeout).await {
+                    Ok(PeerReplyV1::State(None)) => Ok(None),
+                    Ok(PeerReplyV1::State(Some(bytes))) => match keyspace::decode::<StoredEntry>(&bytes) {
+                        Ok(StoredEntry::V1(entry)) => Ok(Some(entry)),
+                        Err(e) => Err(format!("undecodable state: {e}")),
+                    },
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send((target, state));
+            });
+        }
+        drop(tx);
+        let deadline = tokio::time::sleep(self.peer_timeout);
+        tokio::pin!(deadline);
+        while round.outcome() == Outcome::Pending {
+            tokio::select! {
+                answer = rx.recv() => match answer {
+                    Some((target, Ok(state))) => round.reply(target, state),
+                    Some((target, Err(e))) => {
+                        tracing::debug!(target = %target, error = %e, "quorum read: replica failed");
+                        round.fail(target);
+                    }
+                    None => round.expire(),
+                },
+                _ = &mut deadline => round.expire(),
+            }
+        }
+        if let Outcome::Unavailable { acked, needed } = round.outcome() {
+            return Err(unavailable(format!(
+                "{level} read needs {needed} of the key's {} replicas; {acked} answered in time",
+                replicas.len()
+            )));
+        }
+        let merged = round
+            .merged(|acc: &mut Entry, other: &Entry| acc.try_join(other))
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("replicas disagree on the key's type: {e}")))?;
+        let stale = round.stale(&merged);
+        let mut repair = round.repair(&merged);
+        if let (Some(state), false) = (&merged, stale.is_empty()) {
+            metrics::counter!("meridian_read_repairs_total").increment(stale.len() as u64);
+            let encoded = keyspace::encode(&StoredEntry::V1(state.clone()));
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            for target in stale {
+                let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), encoded.clone());
+                tokio::spawn(async move {
+                    let ok = if target == me.local {
+                        let mut store = me.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            store.apply_states(PartitionId(partition), &[KeyState { key, state }], None)
+                        })
+                        .await
+                        .is_ok_and(|applied| applied.is_ok())
+                    } else {
+                        let message = PeerMessageV1::Repair { partition, key, state };
+                        matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied))
+                    };
+                    let _ = tx.send((target, ok));
+                });
+            }
+            drop(tx);
+            self.settle(&mut repair, &mut rx).await;
+        }
+        match repair.outcome() {
+            Outcome::Satisfied => Ok(merged),
+            _ => Err(unavailable(format!(
+                "{level} read could not write the merged state back to a majority of the key's {} replicas \
+                 ({} of {} needed write-backs succeeded)",
+                replicas.len(),
+                repair.acked(),
+                repair.needed()
+            ))),
+        }
+    }
+
+    /// Replays hints to targets that answer again, until `shutdown`.
+    pub async fn replay_hints(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(HINT_REPLAY_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            for target in self.hints.targets() {
+                if self.cluster.liveness(target) != Liveness::Alive {
+                    continue;
+                }
+                if let Err(e) = self.replay_to(target).await {
+                    tracing::debug!(target = %target, error = %e, "hint replay paused");
+                }
+            }
+        }
+    }
+
+    async fn replay_to(&self, target: NodeId) -> Result<(), String> {
+        loop {
+            let hints = self.hints.clone();
+            let batch = tokio::task::spawn_blocking(move || hints.peek(target, HINT_BATCH))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            // One request per run of the same partition, in log order.
+            let mut start = 0;
+            while start < batch.len() {
+                let partition = batch[start].partition;
+                let end = batch[start..].iter().position(|h| h.partition != partition).map_or(batch.len(), |n| start + n);
+                let records = batch[start..end].iter().map(|h| h.record.clone()).collect();
+                match self.call(target, PeerMessageV1::Replicate { partition, records }, self.peer_timeout).await? {
+                    PeerReplyV1::Applied => {}
+                    other => return Err(format!("unexpected reply {other:?}")),
+                }
+                let keys: Vec<Vec<u8>> = batch[start..end].iter().map(|h| h.key.clone()).collect();
+                metrics::counter!("meridian_hints_replayed_total").increment(keys.len() as u64);
+                self.hints.remove(target, &keys).map_err(|e| e.to_string())?;
+                start = end;
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Membership gossip and heartbeats, and the anti-entropy threads that follow the membership.
+//!
+//! Every `gossip_interval_ms` the node sends its membership to every other member it knows (a
+//! region is tens of nodes at most, so all-to-all stays cheap) and to its seeds; each answer is the
+//! peer's membership, merged in. A successful exchange is also the heartbeat the failure detector
+//! listens to, so a node that stops answering turns suspect and then dead within
+//! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_crdt::NodeId;
+use meridian_replication::antientropy::SyncConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::coordinator::Coordinator;
+use crate::peer::PeerPool;
+use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
+use crate::peer_sync::{spawn_peer_sync, SyncProgress};
+use crate::sync_store::EngineSyncStore;
+
+/// Exchanges memberships with every known member and seed each `interval`, until `shutdown`.
+pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        let known = cluster.peers();
+        let mut targets: Vec<SocketAddr> = known.iter().map(|(_, addr)| *addr).collect();
+        for seed in cluster.seeds() {
+            if !targets.contains(seed) {
+                targets.push(*seed);
+            }
+        }
+        let request = encode_request(cluster.local(), PeerMessageV1::Gossip(cluster.snapshot()));
+        let exchanges = targets.into_iter().map(|addr| {
+            let (pool, request) = (pool.clone(), request.clone());
+            async move { (addr, pool.request(addr, None, request, interval * 4).await) }
+        });
+        for (addr, answer) in futures::future::join_all(exchanges).await {
+            match answer.map_err(|e| e.to_string()).and_then(|bytes| decode_reply(&bytes)) {
+                Ok(PeerReplyV1::Gossip { node_id, membership }) => {
+                    cluster.heartbeat(node_id);
+                    if let Err(e) = cluster.merge(&membership) {
+                        tracing::warn!(error = %e, "could not store the merged membership");
+                    }
+                }
+                Ok(other) => tracing::warn!(%addr, "unexpected gossip reply {other:?}"),
+                Err(e) => tracing::debug!(%addr, error = %e, "gossip exchange failed"),
+            }
+        }
+        metrics::gauge!("meridian_cluster_members").set(cluster.members().len() as f64);
+    }
+}
+
+/// The anti-entropy threads, one per peer, started and stopped as the membership changes.
+pub struct SyncThreads {
+    running: Mutex<BTreeMap<(NodeId, SocketAddr), (CancellationToken, Arc<SyncProgress>)>>,
+    handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl SyncThreads {
+    /// No threads yet.
+    pub fn new() -> Arc<SyncThreads> {
+        Arc::new(SyncThreads { running: Mutex::new(BTreeMap::new()), handles: Mutex::new(Vec::new()) })
+    }
+
+    /// Progress of the sync with each peer.
+    pub fn progress(&self) -> Vec<(NodeId, Arc<SyncProgress>)> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.iter().map(|((id, _), (_, progress))| (*id, progress.clone())).collect()
+    }
+
+    /// Takes the thread handles (to join them at shutdown).
+    pub fn take_handles(&self) -> Vec<std::thread::JoinHandle<()>> {
+        std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Keeps one thread per current peer until `shutdown`.
+    #[allow(clippy::too_many_arguments)] // each is a distinct knob
+    pub async fn supervise(
+        self: Arc<Self>,
+        coordinator: Arc<Coordinator>,
+        store: EngineSyncStore,
+        pool: Arc<PeerPool>,
+        config: SyncConfig,
+        interval: Duration,
+        request_timeout: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let cluster = coordinator.cluster().clone();
+        let mut ticks = tokio::time::interval(Duration::from_millis(500));
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            let wanted: Vec<(NodeId, SocketAddr)> = cluster.peers();
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.retain(|peer, (token, _)| {
+                let keep = wanted.contains(peer);
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for (id, addr) in wanted {
+                if running.contains_key(&(id, addr)) {
+                    continue;
+                }
+                let token = shutdown.child_token();
+                let progress = Arc::new(SyncProgress::default());
+                let handle = spawn_peer_sync(
+                    cluster.clone(),
+                    store.clone(),
+                    pool.clone(),
+                    id,
+                    addr,
+                    config.clone(),
+                    interval,
+                    request_timeout,
+                    progress.clone(),
+                    token.clone(),
+                );
+                self.handles.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+                running.insert((id, addr), (token, progress));
+                tracing::info!(peer = %id, %addr, "anti-entropy with a new peer");
+            }
+        }
+    }
+}

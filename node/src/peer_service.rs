@@ -1,0 +1,214 @@
+//! The node-to-node protocol carried by the mutual-TLS peer transport, and the node's side of it.
+//!
+//! Every request travels in a versioned envelope naming the sender's node id; every reply is a
+//! versioned `Result`, so a refusal reaches the caller as a message, never as a dropped stream.
+//!
+//! | request | answered with | used by |
+//! |---|---|---|
+//! | `Hello` | the node id | anti-entropy threads |
+//! | `Gossip(membership)` | our membership (push-pull) | [`crate::gossip`]; doubles as a heartbeat |
+//! | `Sync(message)` | the anti-entropy session's replies | [`crate::peer_sync`] |
+//! | `Replicate { partition, records }` | `Applied` once durable | write fan-out and hint replay |
+//! | `ReadKey { key }` | the key's stored state | quorum reads |
+//! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
+//! | `Forward(request)` | the client reply | a node that is not a replica of the key |
+//!
+//! Any successful request counts as a heartbeat from its sender.
+
+use std::sync::Arc;
+
+use meridian_client::proto::{ErrorReply, Reply, RequestV1};
+use meridian_crdt::{codec, NodeId};
+use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncConfig, SyncMessage};
+use meridian_replication::Membership;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::keyspace::PARTITIONS;
+use crate::node::Node;
+use crate::peer::{PeerHandler, PeerIdentity};
+use crate::sync_store::EngineSyncStore;
+
+/// Largest peer message decoded.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 8 << 20;
+
+/// A request between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Version 1.
+    V1 {
+        /// The sender's node id.
+        from: NodeId,
+        /// What it asks.
+        message: PeerMessageV1,
+    },
+}
+
+/// Version-1 peer requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerMessageV1 {
+    /// Who are you?
+    Hello,
+    /// One anti-entropy message for the receiver's side of the partition's session.
+    Sync(SyncMessage),
+    /// The sender's membership; the receiver merges it and answers with its own.
+    Gossip(Membership),
+    /// Log records of one partition to make durable here (a write's fan-out, or replayed hints).
+    Replicate {
+        /// The partition.
+        partition: u16,
+        /// The records, each under its origin's position.
+        records: Vec<SyncRecord>,
+    },
+    /// The stored state of one key.
+    ReadKey {
+        /// The data key.
+        key: Vec<u8>,
+    },
+    /// A state to join into one key (a quorum read's write-back).
+    Repair {
+        /// The key's partition.
+        partition: u16,
+        /// The data key.
+        key: Vec<u8>,
+        /// The state, encoded as stored.
+        state: Vec<u8>,
+    },
+    /// A client request to coordinate here (the sender holds no replica of its key).
+    Forward(RequestV1),
+}
+
+/// A reply between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Version 1: the answer, or why there is none.
+    V1(Result<PeerReplyV1, String>),
+}
+
+/// Version-1 peer replies.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReplyV1 {
+    /// The receiver's node id.
+    Hello {
+        /// Its id.
+        node_id: NodeId,
+    },
+    /// The messages the receiver's session answered with.
+    Sync(Vec<SyncMessage>),
+    /// The receiver's membership after the merge.
+    Gossip {
+        /// Its id.
+        node_id: NodeId,
+        /// Its membership.
+        membership: Membership,
+    },
+    /// Durable here.
+    Applied,
+    /// A key's stored state (`None`: never written here).
+    State(Option<Vec<u8>>),
+    /// The reply to a forwarded client request.
+    Forwarded(Result<Reply, ErrorReply>),
+}
+
+/// Encodes a request from `from`.
+pub fn encode_request(from: NodeId, message: PeerMessageV1) -> Vec<u8> {
+    codec::encode(&PeerRequest::V1 { from, message })
+}
+
+/// Decodes a reply (transport-level errors are the caller's).
+pub fn decode_reply(bytes: &[u8]) -> Result<PeerReplyV1, String> {
+    let PeerResponse::V1(answer) =
+        codec::decode(bytes, MAX_PEER_MESSAGE_BYTES).map_err(|e| format!("undecodable peer reply: {e}"))?;
+    answer
+}
+
+/// Serves every peer request of one node.
+#[derive(Clone)]
+pub struct PeerService {
+    node: Arc<Node>,
+    cluster: Option<Arc<Cluster>>,
+    store: EngineSyncStore,
+    sync: SyncConfig,
+}
+
+impl PeerService {
+    /// A service over `node`'s storage through `store` (share one store among everything that writes
+    /// replicated state: its clones serialise writes per partition). Without `cluster`, gossip is refused.
+    pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>, store: EngineSyncStore, sync: SyncConfig) -> Self {
+        PeerService { node, cluster, store, sync }
+    }
+
+    async fn answer(&self, request: &[u8]) -> Result<PeerReplyV1, String> {
+        let PeerRequest::V1 { from, message } =
+            codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| format!("undecodable request: {e}"))?;
+        if let Some(cluster) = &self.cluster {
+            cluster.heartbeat(from);
+        }
+        match message {
+            PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
+            PeerMessageV1::Sync(message) => {
+                check_partition(message.partition().0)?;
+                let (node, store, sync) = (self.node.id(), self.store.clone(), self.sync.clone());
+                blocking(move || crate::peer_sync::answer_sync(store, sync, node, from, message)).await
+            }
+            PeerMessageV1::Gossip(theirs) => {
+                let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
+                cluster.merge(&theirs).map_err(|e| format!("storing the membership: {e}"))?;
+                Ok(PeerReplyV1::Gossip { node_id: self.node.id(), membership: cluster.snapshot() })
+            }
+            PeerMessageV1::Replicate { partition, records } => {
+                check_partition(partition)?;
+                let mut store = self.store.clone();
+                blocking(move || {
+                    store.accept_pushed(PartitionId(partition), &records).map_err(|e| e.to_string())?;
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await
+            }
+            PeerMessageV1::ReadKey { key } => {
+                let state = self.node.stored_state(&key).map_err(|e| e.message)?;
+                Ok(PeerReplyV1::State(state))
+            }
+            PeerMessageV1::Repair { partition, key, state } => {
+                check_partition(partition)?;
+                let mut store = self.store.clone();
+                blocking(move || {
+                    use meridian_replication::antientropy::SyncStore as _;
+                    store
+                        .apply_states(PartitionId(partition), &[KeyState { key, state }], None)
+                        .map_err(|e| e.to_string())?;
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await
+            }
+            PeerMessageV1::Forward(request) => {
+                Ok(PeerReplyV1::Forwarded(self.node.clone().execute_forwarded(request).await))
+            }
+        }
+    }
+}
+
+fn check_partition(partition: u16) -> Result<(), String> {
+    if partition < PARTITIONS {
+        Ok(())
+    } else {
+        Err(format!("no partition {partition}"))
+    }
+}
+
+/// Runs storage work (which blocks, and may take key locks) off the reactor.
+async fn blocking(
+    work: impl FnOnce() -> Result<PeerReplyV1, String> + Send + 'static,
+) -> Result<PeerReplyV1, String> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the peer handler failed: {e}")))
+}
+
+impl PeerHandler for PeerService {
+    async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
+        let answer = self.answer(&request).await;
+        if let Err(reason) = &answer {
+            tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
+        }
+        codec::encode(&PeerResponse::V1(answer))
+    }
+}
