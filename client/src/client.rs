@@ -223,6 +223,24 @@ impl Client {
         }
     }
 
+    /// Region administration and introspection: members, placement of a key, drain and removal.
+    ///
+    /// ```no_run
+    /// use meridian_client::ClusterOp;
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let region = client.cluster(ClusterOp::Status).await?;
+    /// for member in &region.members {
+    ///     println!("{} {} {}", member.name, member.state, member.liveness);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn cluster(&self, op: crate::proto::ClusterOp) -> Result<crate::proto::ClusterReport, Error> {
+        match self.ctx().call(Operation::Cluster(op)).await? {
+            ReplyBody::Cluster(report) => Ok(report),
+            other => Err(unexpected("cluster", &other)),
+        }
+    }
+
     /// Sends a request as given (for the CLI and benchmarks), with the client's retries and
     /// failover. The only change made to it: a write or delete without an idempotency id gets a
     /// random one, used on every attempt. Nothing is checked or interpreted beyond the frame limit;

@@ -91,6 +91,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::DocChanges { .. } => "DocChanges",
         ReplyBody::Keys { .. } => "Keys",
         ReplyBody::Status(_) => "Status",
+        ReplyBody::Cluster(_) => "Cluster",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

@@ -65,6 +65,6 @@ pub use session::Session;
 
 pub use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 pub use proto::{
-    CausalToken, Consistency, ErrorCode, IdempotencyId, Key, KeyInfo, NodeStatus, Operation, Reply, ReplyBody,
-    RequestV1,
+    CausalToken, ClusterOp, ClusterReport, Consistency, ErrorCode, HandoffReport, IdempotencyId, Key, KeyInfo,
+    MemberReport, NodeStatus, Operation, PlacedReplica, PlacementReport, Reply, ReplyBody, RequestV1,
 };

@@ -301,6 +301,125 @@ pub enum Operation {
     },
     /// The node's status.
     Status,
+    /// Region administration and introspection (membership, placement).
+    Cluster(ClusterOp),
+}
+
+/// Region administration and introspection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterOp {
+    /// Members, their liveness, partitions and hints, as this node sees them.
+    Status,
+    /// Let a joining node take placements (`Joining → Active`).
+    Activate {
+        /// Node name or id.
+        node: String,
+    },
+    /// Stop placing partitions on a node; it hands what it holds to the new replicas (`Active → Draining`).
+    Drain {
+        /// Node name or id.
+        node: String,
+    },
+    /// Remove a node from the region for good (`Draining/Active → Removed`).
+    Remove {
+        /// Node name or id.
+        node: String,
+    },
+    /// Which nodes hold a key, and why.
+    Placement {
+        /// The key.
+        key: Key,
+    },
+}
+
+/// A region as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The answering node's name.
+    pub local: String,
+    /// The region's replication factor (as configured on the answering node).
+    pub rf: u32,
+    /// Every member, removed ones included, in node-id order.
+    pub members: Vec<MemberReport>,
+    /// For [`ClusterOp::Placement`]: the key's placement.
+    pub placement: Option<PlacementReport>,
+    /// When the answering node is draining: how far its handoff is.
+    pub handoff: Option<HandoffReport>,
+}
+
+/// One member of the region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Lifecycle state: joining, active, draining, removed.
+    pub state: String,
+    /// What the answering node's failure detector believes: self, alive, suspect, dead, unknown.
+    pub liveness: String,
+    /// Node-to-node address.
+    pub peer_addr: String,
+    /// Client protocol address.
+    pub client_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// Partitions placed on it.
+    pub partitions: u32,
+    /// Hints the answering node holds for it.
+    pub hints_queued: u64,
+    /// Milliseconds since the answering node last completed an anti-entropy pass with it.
+    pub last_sync_ms_ago: Option<u64>,
+}
+
+/// Where a key lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementReport {
+    /// The key.
+    pub key: Key,
+    /// Its partition.
+    pub partition: u16,
+    /// Active nodes placement chose from.
+    pub candidates: u32,
+    /// The replicas, best first.
+    pub replicas: Vec<PlacedReplica>,
+}
+
+/// One replica of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedReplica {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Zone.
+    pub zone: String,
+    /// Rendezvous score of (node, partition).
+    pub score: u64,
+    /// Rank by score among the candidates (1 = highest).
+    pub rank: u32,
+    /// Why it was chosen.
+    pub reason: String,
+}
+
+/// Progress of a draining node's handoff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffReport {
+    /// Peers it has completed a full anti-entropy pass with since the drain began.
+    pub peers_synced: u32,
+    /// Peers it syncs with.
+    pub peers_total: u32,
+}
+
+impl HandoffReport {
+    /// Whether everything the node held when the drain began has reached its new replicas.
+    pub fn is_complete(&self) -> bool {
+        self.peers_synced >= self.peers_total
+    }
 }
 
 impl Operation {
@@ -358,6 +477,8 @@ pub enum ReplyBody {
     },
     /// The node's status.
     Status(NodeStatus),
+    /// The region, as the answering node sees it.
+    Cluster(ClusterReport),
 }
 
 /// One listed key.

@@ -78,8 +78,11 @@ pub fn final_states_by_key(
     by_node: &NodeStates,
     replicas_of: impl Fn(&str) -> Vec<String>,
 ) -> FinalStates {
-    let keys: BTreeSet<&str> =
-        history.iter().map(|e| e.key.as_str()).chain(by_node.values().flat_map(|keys| keys.keys().map(String::as_str))).collect();
+    let keys: BTreeSet<&str> = history
+        .iter()
+        .map(|e| e.key.as_str())
+        .chain(by_node.values().flat_map(|keys| keys.keys().map(String::as_str)))
+        .collect();
     keys.into_iter()
         .map(|key| {
             let replicas = replicas_of(key)
@@ -430,8 +433,12 @@ pub fn quorum_reads_by_region(
             continue;
         }
         keys.insert(*key);
+        // Each read's elements as returned (the history's order, so messages are deterministic),
+        // and as a set for membership tests.
+        let returned: HashMap<usize, Vec<&str>> =
+            group.reads.iter().map(|&i| (i, history[i].read_elements().unwrap_or_default())).collect();
         let sets: HashMap<usize, HashSet<&str>> =
-            group.reads.iter().map(|&i| (i, history[i].read_elements().unwrap_or_default().into_iter().collect())).collect();
+            returned.iter().map(|(&i, elements)| (i, elements.iter().copied().collect())).collect();
         let mut by_start = group.reads.clone();
         by_start.sort_by_key(|&i| (history[i].start_us, i));
         summary.reads_checked += by_start.len() as u64;
@@ -451,16 +458,7 @@ pub fn quorum_reads_by_region(
         });
 
         // Monotonicity: earlier reads in end order, folded into `seen` as later reads start.
-        // A read's own elements in a fixed order, so the witness named for an element is too.
-        let mut reads: Vec<(usize, Vec<&str>)> = group
-            .reads
-            .iter()
-            .map(|&i| {
-                let mut elements: Vec<&str> = sets[&i].iter().copied().collect();
-                elements.sort_unstable();
-                (i, elements)
-            })
-            .collect();
+        let mut reads: Vec<(usize, Vec<&str>)> = returned.iter().map(|(&i, elements)| (i, elements.clone())).collect();
         reads.sort_by_key(|&(i, _)| (history[i].end_us, i));
         sweep(history, &by_start, &sets, &reads, &mut summary, |read, missing, total| {
             violations.push(missing_violation(
@@ -474,7 +472,7 @@ pub fn quorum_reads_by_region(
 
         for &read in &group.reads {
             summary.elements_checked += sets[&read].len() as u64;
-            check_origins(history, read, &sets[&read], &origins, &mut violations);
+            check_origins(history, read, &returned[&read], &origins, &mut violations);
         }
     }
     summary.keys = keys.len() as u64;
@@ -492,23 +490,27 @@ pub fn no_future_reads(history: &[Event]) -> Result<Summary, Vec<Violation>> {
     for (index, event) in history.iter().enumerate() {
         let Some(elements) = event.read_elements().filter(|_| valid[index]) else { continue };
         keys.insert(event.key.as_str());
-        let set: HashSet<&str> = elements.into_iter().collect();
         summary.reads_checked += 1;
-        summary.elements_checked += set.len() as u64;
-        check_origins(history, index, &set, &origins, &mut violations);
+        summary.elements_checked += elements.len() as u64;
+        check_origins(history, index, &elements, &origins, &mut violations);
     }
     summary.keys = keys.len() as u64;
     finish(summary, violations)
 }
 
-/// (key, element) -> the add of it that started first, at any level and with any result: the
-/// earliest moment the element could have existed anywhere.
-fn earliest_adds<'h>(history: &'h [Event], valid: &[bool]) -> HashMap<(&'h str, &'h str), usize> {
-    let mut origins: HashMap<(&str, &str), usize> = HashMap::new();
+/// Key -> element -> the add of it that started first, at any level and with any result: the
+/// earliest moment the element could have existed anywhere. (Nested by key so that a read hashes
+/// its key once, not once per element.)
+type Origins<'h> = HashMap<&'h str, HashMap<&'h str, usize>>;
+
+fn earliest_adds<'h>(history: &'h [Event], valid: &[bool]) -> Origins<'h> {
+    let mut origins: Origins<'h> = HashMap::new();
     for (index, event) in history.iter().enumerate().filter(|&(i, _)| valid[i]) {
         let Some(element) = event.added_element() else { continue };
         origins
-            .entry((&event.key, element))
+            .entry(&event.key)
+            .or_default()
+            .entry(element)
             .and_modify(|first| {
                 if event.start_us < history[*first].start_us {
                     *first = index;
@@ -523,14 +525,16 @@ fn earliest_adds<'h>(history: &'h [Event], valid: &[bool]) -> HashMap<(&'h str, 
 fn check_origins(
     history: &[Event],
     read: usize,
-    set: &HashSet<&str>,
-    origins: &HashMap<(&str, &str), usize>,
+    elements: &[&str],
+    origins: &Origins<'_>,
     violations: &mut Vec<Violation>,
 ) {
     let event = &history[read];
-    let mut bad: Vec<(&str, Option<usize>)> = set
+    let no_adds = HashMap::new();
+    let added = origins.get(event.key.as_str()).unwrap_or(&no_adds);
+    let mut bad: Vec<(&str, Option<usize>)> = elements
         .iter()
-        .filter_map(|&element| match origins.get(&(event.key.as_str(), element)) {
+        .filter_map(|&element| match added.get(element) {
             None => Some((element, None)),
             Some(&add) if history[add].start_us > event.end_us => Some((element, Some(add))),
             Some(_) => None,
@@ -540,6 +544,7 @@ fn check_origins(
         return;
     }
     bad.sort_unstable();
+    bad.dedup();
     let named = &bad[..bad.len().min(NAMED_PER_VIOLATION)];
     let lines: Vec<String> = named
         .iter()
@@ -597,7 +602,7 @@ fn sweep<'h>(
         // this linear in the history's size; walking the union would be quadratic on a busy key.
         let set = &sets[&read];
         let covered = set.iter().filter(|e| union.contains_key(*e)).count();
-        if covered == union.len() {
+        if covered + 1 >= union.len() {
             continue;
         }
         let named =

@@ -117,7 +117,8 @@ impl Event {
         if self.op == OP_ADD && self.added_element().is_none() {
             return Err(format!("an add's value must be a string, got {}", self.value));
         }
-        if self.op == OP_READ && self.is_ok() && self.read_elements().is_none() {
+        let strings = |v: &serde_json::Value| v.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string));
+        if self.op == OP_READ && self.is_ok() && !strings(&self.value) {
             return Err(format!("an ok read's value must be an array of strings, got {}", self.value));
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Fault tests with real `meridian` processes: histories, checkers and harnesses.
 //!
 //! A fault test's client workers record every operation they issue to a JSON-lines
-//! [history](history) file while the cluster is disturbed; afterwards the [checkers](check) judge
+//! [history] file while the cluster is disturbed; afterwards the [checkers](check) judge
 //! the run from that file and the replicas' final state. The file alone is enough to re-check the
 //! history-only claims later: `check-history HISTORY.jsonl [--level LEVEL]`.
 //!

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
+use crate::gossip::SyncThreads;
 use crate::hints::Hints;
 use crate::keyspace::{self, StoredEntry};
 use crate::node::Node;
@@ -51,6 +52,8 @@ pub struct Coordinator {
     hints: Arc<Hints>,
     /// How long a replica may take to answer one request.
     peer_timeout: Duration,
+    /// The anti-entropy threads (for their progress).
+    sync_threads: Arc<SyncThreads>,
 }
 
 fn unavailable(message: String) -> ErrorReply {
@@ -65,8 +68,14 @@ impl Coordinator {
         store: EngineSyncStore,
         hints: Arc<Hints>,
         peer_timeout: Duration,
+        sync_threads: Arc<SyncThreads>,
     ) -> Coordinator {
-        Coordinator { local: cluster.local(), cluster, pool, store, hints, peer_timeout }
+        Coordinator { local: cluster.local(), cluster, pool, store, hints, peer_timeout, sync_threads }
+    }
+
+    /// The anti-entropy threads.
+    pub fn sync_threads(&self) -> &Arc<SyncThreads> {
+        &self.sync_threads
     }
 
     /// The region view.

@@ -51,7 +51,14 @@ pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Durati
                 Err(e) => tracing::debug!(%addr, error = %e, "gossip exchange failed"),
             }
         }
-        metrics::gauge!("meridian_cluster_members").set(cluster.members().len() as f64);
+        let members = cluster.members();
+        for liveness in ["alive", "suspect", "dead", "unknown"] {
+            let count = members.iter().filter(|m| m.liveness == liveness).count();
+            metrics::gauge!("meridian_cluster_peers", "liveness" => liveness).set(count as f64);
+        }
+        metrics::gauge!("meridian_cluster_members").set(members.len() as f64);
+        let owned = members.iter().find(|m| m.id == cluster.local()).map_or(0, |m| m.partitions);
+        metrics::gauge!("meridian_partitions_owned").set(owned as f64);
     }
 }
 

@@ -7,6 +7,7 @@
 //! (record layout and formats) → [`node`] (request execution, the write path, causal tokens) →
 //! [`server`] and [`http`] (the two surfaces) → [`serve`] (assembly, shutdown) → [`bench`](mod@bench).
 
+pub mod admin;
 pub mod bench;
 pub mod certs;
 pub mod cluster;

@@ -52,6 +52,8 @@ pub const DEFAULT_DIR: &str = "./meridian-region";
 pub const CONFIG_FILE: &str = "meridian.toml";
 /// Each node's output, inside `DIR/n{i}/`.
 pub const LOG_FILE: &str = "node.log";
+/// Starts the line `meridian region start` appends to a node's log before each start.
+const LOG_SEPARATOR: &str = "--- meridian region start:";
 /// How long a node is given to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -585,7 +587,7 @@ async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::proces
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     {
         use std::io::Write as _;
-        let _ = writeln!(log, "--- meridian region start: {} (unix time {}) ---", node.name, since_epoch.as_secs());
+        let _ = writeln!(log, "{LOG_SEPARATOR} {} (unix time {}) ---", node.name, since_epoch.as_secs());
     }
     let mut command = tokio::process::Command::new(exe);
     command
@@ -593,6 +595,8 @@ async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::proces
         .arg("--config")
         .arg(&node.config)
         .current_dir(node.config.parent().unwrap_or(Path::new("/")))
+        // The output goes to a file: no terminal colour codes in it.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone().with_context(|| format!("opening {}", node.log.display()))?)
         .stderr(log)
@@ -663,7 +667,9 @@ async fn probe_ready(http: SocketAddr) -> bool {
 /// The last lines of a log, indented, for an error message.
 fn log_tail(log: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(log) else { return String::new() };
-    let lines: Vec<&str> = text.lines().collect();
+    // Only this run's output: what follows the last separator `spawn_node` wrote.
+    let this_run = text.rfind(LOG_SEPARATOR).map_or(text.as_str(), |at| &text[at..]);
+    let lines: Vec<&str> = this_run.lines().skip(1).collect();
     let tail = &lines[lines.len().saturating_sub(15)..];
     if tail.is_empty() {
         return String::new();

@@ -42,6 +42,36 @@ struct Connection {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Members, zones, liveness, partitions owned, hints queued, anti-entropy freshness.
+    Status,
+    /// Which nodes hold a key, and why (rendezvous score, rank, zone rule).
+    Placement {
+        /// `namespace/key`.
+        key: String,
+    },
+    /// Let a joining node take placements.
+    Activate {
+        /// Node name or id.
+        node: String,
+    },
+    /// Move a node's partitions to other nodes; it hands off what it holds, then can be removed.
+    Drain {
+        /// Node name or id.
+        node: String,
+        /// Wait (with progress) until the handoff is complete; needs the draining node reachable
+        /// at its client address with the same --ca-cert.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a node for good (drain it first so nothing it alone held is lost).
+    Remove {
+        /// Node name or id.
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a node (the default when no command is given).
     Serve {
@@ -49,8 +79,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Show the node's status.
+    /// Show the node's status (and its region's, when it runs in one).
     Status,
+    /// Region administration: members, placement of a key, activate, drain, remove.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Read a key of any type (prints JSON).
     Get {
         /// `namespace/key`.
@@ -289,7 +324,16 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             println!("connections {}", status.client_connections);
             let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
             println!("vector      [{}]", vv.join(", "));
+            match client.cluster(meridian_client::ClusterOp::Status).await {
+                Ok(report) => {
+                    println!();
+                    print_cluster(&report);
+                }
+                Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Command::Cluster { command } => cluster_command(&client, conn, command).await?,
         Command::Get { key, crdt_type } => {
             let value = match crdt_type {
                 Some(crdt_type) => typed_get(&session, &key, crdt_type.parse()?, conn).await?,
@@ -441,5 +485,89 @@ async fn typed_get(
     match reply.body {
         ReplyBody::Value(value) => Ok(value),
         other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCommand) -> anyhow::Result<()> {
+    use meridian_client::ClusterOp;
+    let op = match command {
+        ClusterCommand::Status => ClusterOp::Status,
+        ClusterCommand::Placement { key } => ClusterOp::Placement { key: meridian_client::IntoKey::into_key(key.as_str())? },
+        ClusterCommand::Activate { node } => ClusterOp::Activate { node },
+        ClusterCommand::Remove { node } => ClusterOp::Remove { node },
+        ClusterCommand::Drain { node, wait } => {
+            let report = client.cluster(ClusterOp::Drain { node: node.clone() }).await?;
+            print_cluster(&report);
+            if wait {
+                wait_for_handoff(&report, &node, conn).await?;
+            }
+            return Ok(());
+        }
+    };
+    let report = client.cluster(op).await?;
+    if let Some(placement) = &report.placement {
+        println!("key {} → partition {} ({} candidate nodes, rf {})", placement.key, placement.partition, placement.candidates, report.rf);
+        for r in &placement.replicas {
+            println!("  {:<10} zone {:<10} rank {:>2}  score {:#018x}  {}", r.name, r.zone, r.rank, r.score, r.reason);
+        }
+    } else {
+        print_cluster(&report);
+    }
+    Ok(())
+}
+
+/// Polls the draining node itself (only it knows how far its handoff is) until it is complete.
+async fn wait_for_handoff(report: &meridian_client::ClusterReport, node: &str, conn: &Connection) -> anyhow::Result<()> {
+    let member = report
+        .members
+        .iter()
+        .find(|m| m.name == node || m.id.to_string() == node || m.id.0.to_string() == node)
+        .ok_or_else(|| anyhow::anyhow!("no member named {node}"))?;
+    let drainer = Client::builder()
+        .endpoint(member.client_addr.clone())
+        .ca_cert_file(&conn.ca_cert)
+        .timeout(Duration::from_millis(conn.timeout_ms))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the draining node at {}", member.client_addr))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("handoff {bar:30} {pos}/{len} new owners synced ({elapsed})")
+            .expect("valid template"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let report = drainer.cluster(meridian_client::ClusterOp::Status).await?;
+        if let Some(handoff) = report.handoff {
+            bar.set_length(u64::from(handoff.peers_total));
+            bar.set_position(u64::from(handoff.peers_synced));
+            if handoff.is_complete() {
+                bar.finish();
+                println!("handoff complete: `meridian cluster remove {node}` is now safe");
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the handoff did not complete within 10 minutes; see `meridian cluster status`");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_cluster(report: &meridian_client::ClusterReport) {
+    println!("region as seen by {} (rf {})", report.local, report.rf);
+    println!(
+        "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  {}",
+        "NODE", "REGION", "ZONE", "STATE", "LIVE", "PARTITIONS", "HINTS", "SYNCED", "PEER"
+    );
+    for m in &report.members {
+        let synced = m.last_sync_ms_ago.map_or_else(|| "-".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
+        println!(
+            "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  {}",
+            m.name, m.region, m.zone, m.state, m.liveness, m.partitions, m.hints_queued, synced, m.peer_addr
+        );
+    }
+    if let Some(handoff) = &report.handoff {
+        println!("handoff: {}/{} new owners synced since the drain began", handoff.peers_synced, handoff.peers_total);
     }
 }

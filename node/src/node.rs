@@ -344,7 +344,7 @@ impl Node {
             | Operation::Delete { key, .. }
             | Operation::Read { key, .. }
             | Operation::DocChanges { key, .. } => key,
-            Operation::ListKeys { .. } | Operation::Status => return None,
+            Operation::ListKeys { .. } | Operation::Status | Operation::Cluster(_) => return None,
         };
         // An invalid key is refused here, not forwarded.
         key.validate().ok()?;
@@ -430,6 +430,13 @@ impl Node {
             }
             Operation::Status => {
                 Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) })
+            }
+            Operation::Cluster(op) => {
+                let coordinator = self.coordinator.get().ok_or_else(|| {
+                    ErrorReply::new(ErrorCode::Unsupported, "this node runs alone (no [peer] section): it has no region")
+                })?;
+                let report = crate::admin::cluster_op(coordinator, &self.config, op)?;
+                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Cluster(report) })
             }
         }
     }
@@ -863,6 +870,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::DocChanges { .. } => "doc_changes",
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
+        Operation::Cluster(_) => "cluster",
     }
 }
 

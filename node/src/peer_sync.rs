@@ -61,6 +61,8 @@ pub struct SyncProgress {
     pub shared_partitions: AtomicU64,
     /// Unix ms of the last pass that reached the peer for every shared partition (0: never).
     pub last_complete_ms: AtomicU64,
+    /// Unix ms at which that pass started (0: never).
+    pub last_complete_started_ms: AtomicU64,
     /// Unix ms of the last failed exchange (0: never).
     pub last_error_ms: AtomicU64,
 }
@@ -95,6 +97,7 @@ pub fn spawn_peer_sync(
                 .collect();
             while !shutdown.is_cancelled() {
                 let pass_started = Instant::now();
+                let pass_started_ms = unix_ms();
                 if cluster.reachable(peer) {
                     let mut store = store.clone();
                     let mut shared = 0;
@@ -110,6 +113,7 @@ pub fn spawn_peer_sync(
                         if let Err(e) = link.pass(session, &mut store, now_ms(started)) {
                             tracing::debug!(%addr, error = %e, "sync pass interrupted");
                             progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
+                            metrics::counter!("meridian_sync_pass_errors_total").increment(1);
                             complete = false;
                             break;
                         }
@@ -117,6 +121,8 @@ pub fn spawn_peer_sync(
                     progress.shared_partitions.store(shared, Ordering::Relaxed);
                     progress.passes.fetch_add(1, Ordering::Relaxed);
                     if complete && !shutdown.is_cancelled() {
+                        progress.last_complete_started_ms.store(pass_started_ms, Ordering::Relaxed);
+                        metrics::counter!("meridian_sync_passes_total").increment(1);
                         progress.last_complete_ms.store(unix_ms(), Ordering::Relaxed);
                     }
                 }

@@ -154,12 +154,14 @@ fn start_region(
     );
     let pool = Arc::new(crate::peer::PeerPool::new(endpoint.clone()));
     let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+    let threads = crate::gossip::SyncThreads::new();
     let coordinator = Arc::new(crate::coordinator::Coordinator::new(
         cluster.clone(),
         pool.clone(),
         store.clone(),
         hints,
         request_timeout / 2,
+        threads.clone(),
     ));
     node.attach_coordinator(coordinator.clone());
 
@@ -178,7 +180,6 @@ fn start_region(
         shutdown.clone(),
     ));
     tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
-    let threads = crate::gossip::SyncThreads::new();
     tasks.spawn(threads.clone().supervise(
         coordinator,
         store,

@@ -168,7 +168,7 @@ struct Op {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-enum Res {
+enum OpResult {
     WriteOk,
     ReadOk(Set),
     Unavailable,
@@ -185,7 +185,7 @@ struct Record {
     end: u64,
     start_tick: u64,
     end_tick: u64,
-    result: Res,
+    result: OpResult,
 }
 
 impl fmt::Display for Record {
@@ -544,18 +544,18 @@ impl Sim {
                 Outcome::Pending => Phase::Write(round),
                 Outcome::Satisfied => {
                     self.check_write_durable(op);
-                    self.finish(op, Res::WriteOk);
+                    self.finish(op, OpResult::WriteOk);
                     Phase::Done { read: None }
                 }
                 Outcome::Unavailable { .. } => {
-                    self.finish(op, Res::Unavailable);
+                    self.finish(op, OpResult::Unavailable);
                     Phase::Done { read: None }
                 }
             },
             Phase::Read(read) => match read.outcome() {
                 Outcome::Pending => Phase::Read(read),
                 Outcome::Unavailable { .. } => {
-                    self.finish(op, Res::Unavailable);
+                    self.finish(op, OpResult::Unavailable);
                     Phase::Done { read: None }
                 }
                 Outcome::Satisfied => self.write_back(op, read),
@@ -563,11 +563,11 @@ impl Sim {
             Phase::Repair { read, merged, round, repaired } => match round.outcome() {
                 Outcome::Pending => Phase::Repair { read, merged, round, repaired },
                 Outcome::Satisfied => {
-                    self.finish(op, Res::ReadOk(merged.clone().unwrap_or_default()));
+                    self.finish(op, OpResult::ReadOk(merged.clone().unwrap_or_default()));
                     Phase::Done { read: Some((read, merged, repaired)) }
                 }
                 Outcome::Unavailable { .. } => {
-                    self.finish(op, Res::Unavailable);
+                    self.finish(op, OpResult::Unavailable);
                     Phase::Done { read: Some((read, merged, repaired)) }
                 }
             },
@@ -591,7 +591,7 @@ impl Sim {
                 let state = merged.clone().unwrap_or_default();
                 self.send(coordinator, replica, Msg::Join { op: None, key, state });
             }
-            self.finish(op, Res::ReadOk(merged.clone().unwrap_or_default()));
+            self.finish(op, OpResult::ReadOk(merged.clone().unwrap_or_default()));
             return Phase::Done { read: Some((read, merged, repaired)) };
         }
         let round = read.repair(&merged);
@@ -606,21 +606,21 @@ impl Sim {
         }
         match round.outcome() {
             Outcome::Satisfied => {
-                self.finish(op, Res::ReadOk(merged.clone().unwrap_or_default()));
+                self.finish(op, OpResult::ReadOk(merged.clone().unwrap_or_default()));
                 Phase::Done { read: Some((read, merged, repaired)) }
             }
             Outcome::Unavailable { .. } => {
-                self.finish(op, Res::Unavailable);
+                self.finish(op, OpResult::Unavailable);
                 Phase::Done { read: Some((read, merged, repaired)) }
             }
             Outcome::Pending => Phase::Repair { read, merged, round, repaired },
         }
     }
 
-    fn finish(&mut self, op: usize, result: Res) {
+    fn finish(&mut self, op: usize, result: OpResult) {
         match (&result, self.ops[op].write.is_some()) {
-            (Res::Unavailable, true) => self.totals.writes_unavailable += 1,
-            (Res::Unavailable, false) => self.totals.reads_unavailable += 1,
+            (OpResult::Unavailable, true) => self.totals.writes_unavailable += 1,
+            (OpResult::Unavailable, false) => self.totals.reads_unavailable += 1,
             (_, true) => self.totals.writes_ok += 1,
             (_, false) => self.totals.reads_ok += 1,
         }
@@ -665,12 +665,12 @@ impl Sim {
     fn check_history(&mut self) {
         let mut found = Vec::new();
         let written: BTreeMap<u64, usize> = self.history.iter().filter_map(|r| r.write.map(|v| (v, r.key))).collect();
-        let ok_writes: Vec<&Record> = self.history.iter().filter(|r| r.result == Res::WriteOk).collect();
+        let ok_writes: Vec<&Record> = self.history.iter().filter(|r| r.result == OpResult::WriteOk).collect();
         let ok_reads: Vec<(&Record, &Set)> = self
             .history
             .iter()
             .filter_map(|r| match &r.result {
-                Res::ReadOk(set) => Some((r, set)),
+                OpResult::ReadOk(set) => Some((r, set)),
                 _ => None,
             })
             .collect();
@@ -700,7 +700,7 @@ impl Sim {
     fn check_replicas(&mut self) {
         let written: BTreeMap<u64, usize> = self.history.iter().filter_map(|r| r.write.map(|v| (v, r.key))).collect();
         let ok: Vec<(usize, u64)> =
-            self.history.iter().filter(|r| r.result == Res::WriteOk).map(|r| (r.key, r.write.unwrap())).collect();
+            self.history.iter().filter(|r| r.result == OpResult::WriteOk).map(|r| (r.key, r.write.unwrap())).collect();
         for &(key, value) in &ok {
             let holders = self.holders(key, value);
             if holders < majority(RF) {

@@ -15,8 +15,7 @@ use std::process::ExitCode;
 use meridian_geo_tests::check::{no_future_reads, quorum_reads, quorum_reads_by_region};
 use meridian_geo_tests::{read_history, Summary, Violation};
 
-const USAGE: &str =
-    "usage: check-history HISTORY.jsonl [--level LEVEL] [--region NODE=REGION]... [--max-violations N]";
+const USAGE: &str = "usage: check-history HISTORY.jsonl [--level LEVEL] [--region NODE=REGION]... [--max-violations N]";
 
 struct Args {
     path: String,

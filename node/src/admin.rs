@@ -1,0 +1,118 @@
+//! Region administration: the answers to `meridian cluster …` (status, placement, activate, drain,
+//! remove), built from the node's view of its region.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meridian_client::proto::{
+    ClusterOp, ClusterReport, ErrorCode, ErrorReply, HandoffReport, MemberReport, PlacedReplica, PlacementReport,
+};
+use meridian_replication::MemberState;
+
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::keyspace;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one cluster operation on this node and reports the region as it sees it afterwards.
+pub fn cluster_op(coordinator: &Coordinator, config: &Config, op: ClusterOp) -> Result<ClusterReport, ErrorReply> {
+    let cluster = coordinator.cluster();
+    let find = |name: &str| {
+        cluster.find(name).ok_or_else(|| ErrorReply::new(ErrorCode::BadRequest, format!("no member named {name:?}")))
+    };
+    let change = |name: &str, to: MemberState| -> Result<(), ErrorReply> {
+        let node = find(name)?;
+        cluster.transition(node, to).map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e))?;
+        tracing::info!(%node, to = %to, "membership changed by an operator");
+        Ok(())
+    };
+    let mut placement = None;
+    match op {
+        ClusterOp::Status => {}
+        ClusterOp::Activate { node } => change(&node, MemberState::Active)?,
+        ClusterOp::Drain { node } => change(&node, MemberState::Draining)?,
+        ClusterOp::Remove { node } => change(&node, MemberState::Removed)?,
+        ClusterOp::Placement { key } => {
+            key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+            let partition = keyspace::partition_of(&keyspace::data_key(&key));
+            let explained = cluster.explain(partition);
+            placement = Some(PlacementReport {
+                key,
+                partition,
+                candidates: explained.candidates as u32,
+                replicas: explained
+                    .replicas
+                    .iter()
+                    .map(|r| PlacedReplica {
+                        id: r.id,
+                        name: cluster.member(r.id).map_or_else(|| r.id.to_string(), |m| m.name),
+                        zone: r.zone.clone(),
+                        score: r.score,
+                        rank: r.rank as u32 + 1,
+                        reason: r.reason.to_string(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    let now = now_ms();
+    let progress = coordinator.sync_threads().progress();
+    let members = cluster
+        .members()
+        .into_iter()
+        .map(|m| {
+            let last_sync = progress
+                .iter()
+                .find(|(id, _)| *id == m.id)
+                .map(|(_, p)| p.last_complete_ms.load(std::sync::atomic::Ordering::Relaxed))
+                .filter(|ms| *ms > 0);
+            MemberReport {
+                id: m.id,
+                name: m.member.name,
+                region: m.member.region,
+                zone: m.member.zone,
+                state: m.member.state.to_string(),
+                liveness: m.liveness,
+                peer_addr: m.member.peer_addr,
+                client_addr: m.member.client_addr,
+                http_addr: m.member.http_addr,
+                partitions: m.partitions as u32,
+                hints_queued: coordinator.hints().depth(m.id) as u64,
+                last_sync_ms_ago: last_sync.map(|ms| now.saturating_sub(ms)),
+            }
+        })
+        .collect();
+    Ok(ClusterReport {
+        local: config.node_name.clone(),
+        rf: cluster.rf() as u32,
+        members,
+        placement,
+        handoff: handoff(coordinator),
+    })
+}
+
+/// When this node is draining: the peers that hold its partitions now, and how many of them it has
+/// completed a full anti-entropy pass with that *started* after the drain began — at that point
+/// every record it held when draining began has reached them.
+fn handoff(coordinator: &Coordinator) -> Option<HandoffReport> {
+    let cluster = coordinator.cluster();
+    let me = cluster.member(cluster.local())?;
+    if me.state != MemberState::Draining {
+        return None;
+    }
+    let since = me.version.hlc.wall_ms;
+    let placements = cluster.all_placements();
+    let owners: std::collections::BTreeSet<_> = placements.iter().flatten().copied().collect();
+    let progress = coordinator.sync_threads().progress();
+    let synced = owners
+        .iter()
+        .filter(|owner| {
+            progress.iter().any(|(id, p)| {
+                id == *owner && p.last_complete_started_ms.load(std::sync::atomic::Ordering::Relaxed) > since
+            })
+        })
+        .count();
+    Some(HandoffReport { peers_synced: synced as u32, peers_total: owners.len() as u32 })
+}
