@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test Meridian:
 # clang + libclang-dev (RocksDB's bindgen bindings). Idempotent; does nothing when already present.
-# With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs).
+# With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs) and
+# etcd-server/etcd-client (the quorum anchor scripts/bench-region.sh runs).
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/de
 if [[ "${1:-}" == "--bench" ]]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 

@@ -46,9 +46,10 @@
 //!
 //! ## Cost
 //!
-//! Everything is linear in the size of the input (events plus the elements they carry) after a
-//! sort by time, so histories of tens of thousands of events check in well under a second. The
-//! pairwise claims are checked with a sweep: per key, reads in start order are compared against
+//! Checking is linear in the size of the input (events plus the elements they carry) after a sort
+//! by time: 50,000 events whose reads carry 3 million elements in all check in about a second
+//! (`tests/checkers.rs`, `fifty_thousand_events_check_quickly`). Only a violating read costs more:
+//! naming what it misses walks the union below. The pairwise claims are checked with a sweep: per key, reads in start order are compared against
 //! the union of everything that ended before they started (the acknowledged adds for visibility,
 //! the earlier reads for monotonicity). `A ⊆ r` for every earlier `A` if and only if
 //! `⋃A ⊆ r`, so this is exactly the pairwise claim, and `|⋃A ∩ r| = |⋃A|` is tested by walking
@@ -560,7 +561,7 @@ fn check_origins(
         key: event.key.clone(),
         events,
         message: format!(
-            "{} returned {} element(s) not yet added when it ended: {}",
+            "{}: returned {} element(s) not yet added when it ended: {}",
             op_ref(history, read),
             bad.len(),
             lines.join("; ")
@@ -602,7 +603,7 @@ fn sweep<'h>(
         // this linear in the history's size; walking the union would be quadratic on a busy key.
         let set = &sets[&read];
         let covered = set.iter().filter(|e| union.contains_key(*e)).count();
-        if covered + 1 >= union.len() {
+        if covered == union.len() {
             continue;
         }
         let named =
@@ -630,6 +631,6 @@ fn missing_violation(
         kind,
         key: history[read].key.clone(),
         events,
-        message: format!("{} {what} {}", op_ref(history, read), lines.join("; ")),
+        message: format!("{}: {what} {}", op_ref(history, read), lines.join("; ")),
     }
 }

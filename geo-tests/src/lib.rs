@@ -9,9 +9,11 @@
 //! |---|---|
 //! | [`history`] | the event format, [`HistoryWriter`], [`read_history`] |
 //! | [`check`] | the checkers, their exact claims, [`Summary`] and [`Violation`] |
+//! | [`region`] | a local region of real `meridian` processes: start, `kill -9`, restart, per-replica final state |
 
 pub mod check;
 pub mod history;
+pub mod region;
 
 pub use check::{Summary, Violation, ViolationKind};
 pub use history::{read_history, Event, HistoryWriter};

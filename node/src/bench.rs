@@ -1,7 +1,8 @@
 //! `meridian bench`: drives a node over the native protocol with N concurrent clients (one QUIC
-//! connection each) doing 100-byte register writes, then reads, at `eventual`; records latency in
-//! hdrhistogram; and, in the same run, measures a raw `rocksdb` put loop with the same durability and
-//! writer count, printing Meridian's write rate as a ratio of it.
+//! connection each, dealt round-robin over the endpoints given, so every node of a region
+//! coordinates) doing 100-byte register writes, then reads, at `eventual` (or the level given with
+//! `--consistency`); records latency in hdrhistogram; and, in the same run, measures a raw `rocksdb`
+//! put loop with the same durability and writer count, printing Meridian's write rate as a ratio of it.
 //!
 //! Only ratios measured in one run mean anything on a shared, noisy machine; the absolute figures are
 //! printed for context, never asserted.
@@ -27,9 +28,12 @@ pub struct BenchOptions {
     pub ops_per_client: u64,
     /// Value size.
     pub value_bytes: usize,
-    /// A running node to drive; `None` starts one in-process on a temporary directory.
-    pub endpoint: Option<SocketAddr>,
-    /// Its certificate (with `endpoint`).
+    /// Running nodes to drive, clients dealt round-robin; empty starts one in-process on a
+    /// temporary directory.
+    pub endpoints: Vec<SocketAddr>,
+    /// The level of every write and read.
+    pub consistency: Consistency,
+    /// Their certificate or CA (with `endpoints`).
     pub ca_cert: Option<PathBuf>,
     /// Durability of the in-process node and of the raw baseline.
     pub durability: Durability,
@@ -61,11 +65,11 @@ pub struct BenchReport {
     pub raw: Option<PhaseReport>,
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
 
-fn progress(total: u64, label: &str) -> ProgressBar {
+pub(crate) fn progress(total: u64, label: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
@@ -79,33 +83,33 @@ fn progress(total: u64, label: &str) -> ProgressBar {
 /// Runs the benchmark.
 pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     let scratch = tempfile_dir()?;
-    let (endpoint, ca_cert, running) = match options.endpoint {
-        Some(endpoint) => {
-            let ca = options.ca_cert.clone().context("--ca-cert is needed with --endpoint")?;
-            (endpoint, ca, None)
-        }
-        None => {
-            let mut config = Config {
-                data_dir: scratch.join("node"),
-                listen: crate::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
-                ..Config::default()
-            };
-            config.storage.durability = match options.durability {
-                Durability::Fsync => "fsync".into(),
-                Durability::Relaxed => "relaxed".into(),
-            };
-            let running = crate::serve::start(config).await?;
-            (running.client_addr, running.cert_path.clone(), Some(running))
-        }
+    let (endpoints, ca_cert, running) = if !options.endpoints.is_empty() {
+        let ca = options.ca_cert.clone().context("--ca-cert is needed with --endpoint")?;
+        (options.endpoints.clone(), ca, None)
+    } else {
+        let mut config = Config {
+            data_dir: scratch.join("node"),
+            listen: crate::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
+            ..Config::default()
+        };
+        config.storage.durability = match options.durability {
+            Durability::Fsync => "fsync".into(),
+            Durability::Relaxed => "relaxed".into(),
+        };
+        let running = crate::serve::start(config).await?;
+        (vec![running.client_addr], running.cert_path.clone(), Some(running))
     };
     let value = vec![b'x'; options.value_bytes];
-    let writes = phase(&options, endpoint, &ca_cert, "writes", move |client, key| {
+    let level = options.consistency;
+    // Fresh keys each run, so a second run against the same nodes writes new keys too.
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, key| {
         let value = value.clone();
-        async move { client.register(key.as_str()).consistency(Consistency::Eventual).set(value).await.map(|_| ()) }
+        async move { client.register(key.as_str()).consistency(level).set(value).await.map(|_| ()) }
     })
     .await?;
-    let reads = phase(&options, endpoint, &ca_cert, "reads", |client, key| async move {
-        client.register(key.as_str()).consistency(Consistency::Eventual).get().await.map(|_| ())
+    let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, key| async move {
+        client.register(key.as_str()).consistency(level).get().await.map(|_| ())
     })
     .await?;
     if let Some(running) = running {
@@ -137,8 +141,9 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 async fn phase<F, Fut>(
     options: &BenchOptions,
-    endpoint: SocketAddr,
+    endpoints: &[SocketAddr],
     ca_cert: &std::path::Path,
+    tag: &str,
     label: &str,
     op: F,
 ) -> anyhow::Result<PhaseReport>
@@ -151,7 +156,7 @@ where
     let mut workers = Vec::new();
     for worker in 0..options.clients {
         let client = Client::builder()
-            .endpoint(endpoint.to_string())
+            .endpoint(endpoints[worker % endpoints.len()].to_string())
             .ca_cert_file(ca_cert)
             .max_retries(0)
             .connect()
@@ -160,11 +165,12 @@ where
         let op = op.clone();
         let bar = bar.clone();
         let ops = options.ops_per_client;
+        let tag = tag.to_string();
         workers.push(tokio::spawn(async move {
             let mut hist = new_histogram();
             let mut errors = 0u64;
             for n in 0..ops {
-                let key = format!("bench/w{worker}-{n}");
+                let key = format!("bench/{tag}-w{worker}-{n}");
                 let t = Instant::now();
                 match op(client.clone(), key).await {
                     Ok(()) => hist.saturating_record(t.elapsed().as_micros() as u64),
@@ -188,25 +194,32 @@ where
     Ok(PhaseReport { ops, errors, ops_per_sec: ops as f64 / elapsed.as_secs_f64(), latency_us })
 }
 
+/// One phase as a line of `meridian bench`'s table (`meridian bench-etcd` prints the same).
+pub fn render_line(name: &str, p: &PhaseReport) -> String {
+    format!(
+        "{name:<24} {:>10.0} ops/s  p50 {:>8.2} ms  p99 {:>8.2} ms  p99.9 {:>8.2} ms  ({} ops, {} errors)\n",
+        p.ops_per_sec,
+        p.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
+        p.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+        p.latency_us.value_at_quantile(0.999) as f64 / 1000.0,
+        p.ops,
+        p.errors
+    )
+}
+
 /// Formats the report as the table `meridian bench` prints.
 pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
-    let line = |name: &str, p: &PhaseReport| {
-        format!(
-            "{name:<24} {:>10.0} ops/s  p50 {:>8.2} ms  p99 {:>8.2} ms  p99.9 {:>8.2} ms  ({} ops, {} errors)\n",
-            p.ops_per_sec,
-            p.latency_us.value_at_quantile(0.50) as f64 / 1000.0,
-            p.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
-            p.latency_us.value_at_quantile(0.999) as f64 / 1000.0,
-            p.ops,
-            p.errors
-        )
-    };
+    let line = render_line;
     let mut out = format!(
-        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}\n",
-        options.clients, options.ops_per_client, options.value_bytes, options.durability
+        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}, {} endpoint(s)\n",
+        options.clients,
+        options.ops_per_client,
+        options.value_bytes,
+        options.durability,
+        options.endpoints.len().max(1)
     );
-    out += &line("meridian write (eventual)", &report.writes);
-    out += &line("meridian read (eventual)", &report.reads);
+    out += &line(&format!("meridian write ({})", options.consistency), &report.writes);
+    out += &line(&format!("meridian read ({})", options.consistency), &report.reads);
     if let Some(raw) = &report.raw {
         out += &line("raw rocksdb put", raw);
         out += &format!(

@@ -103,8 +103,9 @@ impl Cluster {
             };
             membership.upsert(local, me).map_err(|e| anyhow::anyhow!("announcing this node: {e}"))?;
         }
-        let detector = FailureDetector::new(DetectorConfig::new(config.peer.suspect_after_ms, config.peer.dead_after_ms))
-            .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
+        let detector =
+            FailureDetector::new(DetectorConfig::new(config.peer.suspect_after_ms, config.peer.dead_after_ms))
+                .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
         let placements = Arc::new(compute_placements(&membership, &config.region, config.peer.rf));
         let cluster = Cluster {
             local,
@@ -235,16 +236,24 @@ impl Cluster {
         self.member(self.local).map_or(MemberState::Removed, |m| m.state)
     }
 
-    /// Whether this node should run anti-entropy for `partition` with `peer`: both are replicas, or
-    /// this node is handing the partition off (draining) and `peer` is one of its new replicas.
-    pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
-        let view = self.lock();
-        let replicas = &view.placements[usize::from(partition)];
-        if !replicas.contains(&peer) {
-            return false;
-        }
-        replicas.contains(&self.local)
-            || view.membership.get(self.local).is_some_and(|m| m.state == MemberState::Draining)
+    /// Whether this node should run anti-entropy for `partition` with `peer`: `peer` must be one of
+    /// its replicas, and this node either is one too, or holds data of it (`holds_data`, asked only
+    /// then) that must reach its owners — after a drain, or after placement moved the partition (a
+    /// node that took writes before it learned of its peers, a node that joined).
+    pub fn syncs_with(&self, partition: u16, peer: NodeId, holds_data: impl FnOnce() -> bool) -> bool {
+        let (peer_is_replica, local_is_replica) = {
+            let view = self.lock();
+            let replicas = &view.placements[usize::from(partition)];
+            (replicas.contains(&peer), replicas.contains(&self.local))
+        };
+        peer_is_replica && (local_is_replica || holds_data())
+    }
+
+    /// Whether this node has heard from its region: true once its membership names another node,
+    /// or when it has no seeds (a region of one). Until then placement would make it the only
+    /// replica of everything, so it must not coordinate.
+    pub fn has_joined(&self) -> bool {
+        self.seeds.is_empty() || self.lock().membership.len() > 1
     }
 
     /// Finds a member by node name or id (decimal or as displayed).
@@ -303,9 +312,7 @@ mod tests {
     use crate::storage::MemoryEngine;
 
     fn config(name: &str, zone: &str, port: u16) -> Config {
-        let mut config = Config::default();
-        config.node_name = name.into();
-        config.zone = zone.into();
+        let mut config = Config { node_name: name.into(), zone: zone.into(), ..Config::default() };
         config.peer.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
         config
     }
@@ -357,7 +364,11 @@ mod tests {
         assert!((0..PARTITIONS).all(|p| !nodes[0].is_replica(p)), "a draining node takes no placements");
         let p = held[0];
         let new_replicas = nodes[0].replicas(p);
-        assert!(new_replicas.iter().all(|id| nodes[0].syncs_with(p, *id)), "the drainer hands off to the new owners");
+        assert!(
+            new_replicas.iter().all(|id| nodes[0].syncs_with(p, *id, || true)),
+            "the drainer hands off to the new owners"
+        );
+        assert!(new_replicas.iter().all(|id| !nodes[0].syncs_with(p, *id, || false)), "unless it holds nothing");
         assert_eq!(nodes[0].local_state(), MemberState::Draining);
     }
 

@@ -105,7 +105,12 @@ impl Coordinator {
     }
 
     /// Relays a client request to a replica of its key (first reachable in placement order).
-    pub async fn forward(&self, request: RequestV1, replicas: &[NodeId], timeout: Duration) -> Result<Reply, ErrorReply> {
+    pub async fn forward(
+        &self,
+        request: RequestV1,
+        replicas: &[NodeId],
+        timeout: Duration,
+    ) -> Result<Reply, ErrorReply> {
         let mut failures = Vec::new();
         for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
             metrics::counter!("meridian_forwarded_requests_total").increment(1);
@@ -176,6 +181,43 @@ impl Coordinator {
             _ => Err(unavailable(format!(
                 "{level} needs {} of the key's {} replicas; {} acknowledged in time (the write is durable on those and \
                  will reach the rest by hinted handoff and anti-entropy; retry with the same idempotency id)",
+                round.needed(),
+                replicas.len(),
+                round.acked()
+            ))),
+        }
+    }
+
+    /// Makes sure the key's state here is durable on enough replicas for `level`, by writing it back
+    /// to the others. For a write answered without a new record — a retry replayed from its
+    /// idempotency record — whose first attempt may have reached fewer replicas than its level
+    /// needs: the state here contains that write, so once a quorum holds the state, it holds the write.
+    pub async fn ensure_on_quorum(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        data_key: &[u8],
+        level: Consistency,
+        replicas: &[NodeId],
+    ) -> Result<(), ErrorReply> {
+        let Some(state) = node.stored_state(data_key)? else { return Ok(()) };
+        let partition = keyspace::partition_of(data_key);
+        let mut round = AckRound::for_write(level, replicas);
+        round.ack(self.local);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
+            let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), state.clone());
+            tokio::spawn(async move {
+                let message = PeerMessageV1::Repair { partition, key, state };
+                let ok = matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied));
+                let _ = tx.send((target, ok));
+            });
+        }
+        drop(tx);
+        self.settle(&mut round, &mut rx).await;
+        match round.outcome() {
+            Outcome::Satisfied => Ok(()),
+            _ => Err(unavailable(format!(
+                "{level} needs {} of the key's {} replicas; {} hold the retried write",
                 round.needed(),
                 replicas.len(),
                 round.acked()
@@ -325,7 +367,8 @@ impl Coordinator {
             let mut start = 0;
             while start < batch.len() {
                 let partition = batch[start].partition;
-                let end = batch[start..].iter().position(|h| h.partition != partition).map_or(batch.len(), |n| start + n);
+                let end =
+                    batch[start..].iter().position(|h| h.partition != partition).map_or(batch.len(), |n| start + n);
                 let records = batch[start..end].iter().map(|h| h.record.clone()).collect();
                 match self.call(target, PeerMessageV1::Replicate { partition, records }, self.peer_timeout).await? {
                     PeerReplyV1::Applied => {}

@@ -62,9 +62,12 @@ pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Durati
     }
 }
 
+/// A running sync thread: how to stop it, and its progress.
+type SyncThread = (CancellationToken, Arc<SyncProgress>);
+
 /// The anti-entropy threads, one per peer, started and stopped as the membership changes.
 pub struct SyncThreads {
-    running: Mutex<BTreeMap<(NodeId, SocketAddr), (CancellationToken, Arc<SyncProgress>)>>,
+    running: Mutex<BTreeMap<(NodeId, SocketAddr), SyncThread>>,
     handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 

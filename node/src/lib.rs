@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_etcd;
 pub mod certs;
 pub mod cluster;
 pub mod commit;

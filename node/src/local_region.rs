@@ -44,6 +44,27 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::certs::{self, NodeIdentity};
 use crate::config::{Config, ListenConfig, PeerConfig, TlsConfig};
 
+/// `println!` that never panics: a supervisor whose stdout was closed (`… | head`, a test harness that
+/// stopped reading) must still stop its nodes.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// The plan's file name inside the region directory.
 pub const PLAN_FILE: &str = "region.json";
 /// Where `meridian region start` keeps the region when given no `--dir`.
@@ -182,8 +203,8 @@ pub async fn run(command: RegionCommand) -> anyhow::Result<()> {
     match command {
         RegionCommand::Init { dir, options } => {
             let plan = init(&dir, &options)?;
-            print!("{}", describe_init(&plan));
-            println!("start it with: {} region start --dir {}", program_name(), quote(&plan_dir(&plan, &dir)));
+            say!("{}", describe_init(&plan).trim_end());
+            say!("start it with: {} region start --dir {}", program_name(), quote(&plan_dir(&plan, &dir)));
             Ok(())
         }
         RegionCommand::Start { dir, options, ready_timeout_secs } => {
@@ -459,12 +480,12 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
     let mut signals = StopSignals::install()?;
     let plan = if options.force || !dir.join(PLAN_FILE).exists() {
         let plan = init(dir, options)?;
-        print!("{}", describe_init(&plan));
+        say!("{}", describe_init(&plan).trim_end());
         plan
     } else {
         let plan = RegionPlan::load(dir)?;
         if *options != RegionOptions::default() {
-            println!(
+            say!(
                 "note: {} exists, starting the region it describes ({} nodes, base port {}); the init flags \
                  given are ignored (add --force to re-create the region with them)",
                 dir.join(PLAN_FILE).display(),
@@ -497,30 +518,30 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
         signal = signals.recv() => Err(anyhow::anyhow!("received {signal} while the nodes were starting")),
     };
     if let Err(e) = ready {
-        println!("stopping the region");
+        say!("stopping the region");
         stop_all(&mut running).await;
         return Err(e);
     }
 
     let pids: Vec<Option<u32>> = running.iter().map(|r| r.pid).collect();
-    println!(
+    say!(
         "\nregion {:?} of cluster {:?}: {} nodes ready; trust {}",
         plan.region,
         plan.cluster_id,
         plan.nodes.len(),
         plan.ca_cert.display()
     );
-    print!("{}", table(&plan, Some(&pids)));
-    println!();
-    print!("{}", try_commands(&plan));
-    println!("\nregion ready; press Ctrl-C (or send SIGTERM to pid {}) to stop every node", std::process::id());
+    say!("{}", table(&plan, Some(&pids)).trim_end());
+    say!();
+    say!("{}", try_commands(&plan).trim_end());
+    say!("\nregion ready; press Ctrl-C (or send SIGTERM to pid {}) to stop every node", std::process::id());
 
     let mut failures = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             signal = signals.recv() => {
-                println!("received {signal}: stopping every node");
+                say!("received {signal}: stopping every node");
                 break;
             }
             _ = ticker.tick() => {}
@@ -530,7 +551,7 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
                 continue;
             }
             if let Some(status) = r.poll_exit() {
-                eprintln!(
+                say_err!(
                     "{} (pid {}) exited unexpectedly: {status}; the other nodes keep running. See {}",
                     r.node.name,
                     r.pid.map_or("?".into(), |p| p.to_string()),
@@ -540,13 +561,13 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
             }
         }
         if running.iter().all(|r| r.exited.is_some()) {
-            eprintln!("every node has exited");
+            say_err!("every node has exited");
             break;
         }
     }
     failures.extend(stop_all(&mut running).await);
     if failures.is_empty() {
-        println!("region stopped");
+        say!("region stopped");
         Ok(())
     } else {
         bail!("region stopped, but: {}", failures.join("; "))
@@ -692,7 +713,7 @@ async fn stop_all(running: &mut [Running]) -> Vec<String> {
         // Not yet reaped, so the pid is still this child's: no risk of signalling a stranger.
         if let Some(pid) = r.pid {
             if !send_sigterm(pid).await {
-                eprintln!("could not send SIGTERM to {} (pid {pid}); killing it", r.node.name);
+                say_err!("could not send SIGTERM to {} (pid {pid}); killing it", r.node.name);
                 let _ = r.child.start_kill();
             }
         }
@@ -706,16 +727,16 @@ async fn stop_all(running: &mut [Running]) -> Vec<String> {
         match tokio::time::timeout_at(deadline, r.child.wait()).await {
             Ok(Ok(status)) => {
                 r.exited = Some(status);
-                println!("{} stopped ({status})", r.node.name);
+                say!("{} stopped ({status})", r.node.name);
             }
             Ok(Err(e)) => {
-                eprintln!("{}: waiting for it failed: {e}", r.node.name);
+                say_err!("{}: waiting for it failed: {e}", r.node.name);
                 failures.push(format!("{}: {e}", r.node.name));
             }
             Err(_) => {
                 let _ = r.child.start_kill();
                 let status = r.child.wait().await;
-                eprintln!(
+                say_err!(
                     "{} did not stop within {} s of SIGTERM: killed ({})",
                     r.node.name,
                     STOP_GRACE.as_secs(),

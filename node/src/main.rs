@@ -189,12 +189,18 @@ enum Command {
         /// Drive the node at --endpoint instead of starting one in-process.
         #[arg(long)]
         external: bool,
+        /// With --external: several nodes (comma-separated host:port), clients dealt round-robin;
+        /// replaces --endpoint. The level of every write and read is --consistency (default eventual).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
         /// Relaxed durability for the in-process node and the baseline.
         #[arg(long)]
         relaxed: bool,
         #[arg(long)]
         skip_baseline: bool,
     },
+    /// Benchmark an etcd cluster (v3 JSON gateway) at the same shape as `bench`: PUTs, then linearizable GETs.
+    BenchEtcd(meridian_node::bench_etcd::EtcdBenchArgs),
     /// Cluster certificates for node-to-node mutual TLS: a CA, node and client certificates.
     Certs {
         #[command(subcommand)]
@@ -231,12 +237,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve { config: None });
     match command {
         Command::Serve { config } => serve(config).await,
-        Command::Bench { clients, ops, value_bytes, external, relaxed, skip_baseline } => {
+        Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline } => {
+            let endpoints = if endpoints.is_empty() { vec![cli.conn.endpoint.clone()] } else { endpoints };
             let options = meridian_node::bench::BenchOptions {
                 clients,
                 ops_per_client: ops,
                 value_bytes,
-                endpoint: external.then(|| cli.conn.endpoint.parse()).transpose().context("--endpoint")?,
+                endpoints: if external {
+                    endpoints.iter().map(|e| e.parse()).collect::<Result<_, _>>().context("--endpoint(s)")?
+                } else {
+                    Vec::new()
+                },
+                consistency: cli.conn.consistency.unwrap_or(meridian_client::Consistency::Eventual),
                 ca_cert: external.then(|| cli.conn.ca_cert.clone()),
                 durability: if relaxed {
                     meridian_node::storage::Durability::Relaxed
@@ -249,6 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", meridian_node::bench::render(&report, &options));
             Ok(())
         }
+        Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::Certs { command } => meridian_node::certs::run(command),
         Command::Region { command } => meridian_node::local_region::run(command).await,
         command => data_command(&cli.conn, command).await,
@@ -309,7 +322,11 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     }
     let mut exit_code = 0;
     match command {
-        Command::Serve { .. } | Command::Bench { .. } | Command::Certs { .. } | Command::Region { .. } => {
+        Command::Serve { .. }
+        | Command::Bench { .. }
+        | Command::BenchEtcd(_)
+        | Command::Certs { .. }
+        | Command::Region { .. } => {
             unreachable!("handled by run")
         }
         Command::Status => {
@@ -492,7 +509,9 @@ async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCom
     use meridian_client::ClusterOp;
     let op = match command {
         ClusterCommand::Status => ClusterOp::Status,
-        ClusterCommand::Placement { key } => ClusterOp::Placement { key: meridian_client::IntoKey::into_key(key.as_str())? },
+        ClusterCommand::Placement { key } => {
+            ClusterOp::Placement { key: meridian_client::IntoKey::into_key(key.as_str())? }
+        }
         ClusterCommand::Activate { node } => ClusterOp::Activate { node },
         ClusterCommand::Remove { node } => ClusterOp::Remove { node },
         ClusterCommand::Drain { node, wait } => {
@@ -506,7 +525,10 @@ async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCom
     };
     let report = client.cluster(op).await?;
     if let Some(placement) = &report.placement {
-        println!("key {} → partition {} ({} candidate nodes, rf {})", placement.key, placement.partition, placement.candidates, report.rf);
+        println!(
+            "key {} → partition {} ({} candidate nodes, rf {})",
+            placement.key, placement.partition, placement.candidates, report.rf
+        );
         for r in &placement.replicas {
             println!("  {:<10} zone {:<10} rank {:>2}  score {:#018x}  {}", r.name, r.zone, r.rank, r.score, r.reason);
         }
@@ -517,7 +539,11 @@ async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCom
 }
 
 /// Polls the draining node itself (only it knows how far its handoff is) until it is complete.
-async fn wait_for_handoff(report: &meridian_client::ClusterReport, node: &str, conn: &Connection) -> anyhow::Result<()> {
+async fn wait_for_handoff(
+    report: &meridian_client::ClusterReport,
+    node: &str,
+    conn: &Connection,
+) -> anyhow::Result<()> {
     let member = report
         .members
         .iter()
@@ -557,8 +583,8 @@ async fn wait_for_handoff(report: &meridian_client::ClusterReport, node: &str, c
 fn print_cluster(report: &meridian_client::ClusterReport) {
     println!("region as seen by {} (rf {})", report.local, report.rf);
     println!(
-        "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  {}",
-        "NODE", "REGION", "ZONE", "STATE", "LIVE", "PARTITIONS", "HINTS", "SYNCED", "PEER"
+        "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  PEER",
+        "NODE", "REGION", "ZONE", "STATE", "LIVE", "PARTITIONS", "HINTS", "SYNCED"
     );
     for m in &report.members {
         let synced = m.last_sync_ms_ago.map_or_else(|| "-".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));

@@ -263,9 +263,9 @@ impl Node {
         self.writes.wait().await;
     }
 
-    /// Whether the node accepts requests.
+    /// Whether the node accepts requests: not shutting down, and joined to its region if it runs in one.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::SeqCst)
+        !self.shutting_down.load(Ordering::SeqCst) && self.coordinator.get().is_none_or(|c| c.cluster().has_joined())
     }
 
     /// Executes a request frame of any supported version.
@@ -301,7 +301,7 @@ impl Node {
     }
 
     async fn admit_and_run(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
-        if !self.is_ready() {
+        if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
         }
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
@@ -318,6 +318,16 @@ impl Node {
             ms => u64::from(ms).min(self.config.limits.request_timeout_ms),
         };
         let run = async {
+            if let Some(coordinator) = self.coordinator.get() {
+                if !coordinator.cluster().has_joined()
+                    && !matches!(request.op, Operation::Status | Operation::Cluster(_))
+                {
+                    return Err(ErrorReply::new(
+                        ErrorCode::QuorumUnavailable,
+                        "this node has not heard from its region yet (no seed answered); retry shortly or on another node",
+                    ));
+                }
+            }
             if !forwarded {
                 if let Some(forward) = self.route(&request) {
                     let (coordinator, replicas) = forward;
@@ -433,7 +443,10 @@ impl Node {
             }
             Operation::Cluster(op) => {
                 let coordinator = self.coordinator.get().ok_or_else(|| {
-                    ErrorReply::new(ErrorCode::Unsupported, "this node runs alone (no [peer] section): it has no region")
+                    ErrorReply::new(
+                        ErrorCode::Unsupported,
+                        "this node runs alone (no [peer] section): it has no region",
+                    )
                 })?;
                 let report = crate::admin::cluster_op(coordinator, &self.config, op)?;
                 Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Cluster(report) })
@@ -469,6 +482,7 @@ impl Node {
         // The write runs as its own task: if the request times out (its future is dropped), the write
         // still finishes — its log position is released and its key lock held until it is durable —
         // instead of being cut off between "queued for commit" and "committed".
+        let data_key = keyspace::data_key(&key);
         let node = self.clone();
         let reply = self
             .writes
@@ -480,9 +494,14 @@ impl Node {
             .map_err(internal)??;
         let (reply, pushed) = reply;
         if let Some(coordinator) = self.coordinator.get() {
-            if let Some((partition, record)) = pushed {
-                let replicas = coordinator.cluster().replicas(partition);
-                coordinator.replicate(partition, record, level, &replicas).await?;
+            let partition = keyspace::partition_of(&data_key);
+            let replicas = coordinator.cluster().replicas(partition);
+            match pushed {
+                Some((partition, record)) => coordinator.replicate(partition, record, level, &replicas).await?,
+                None if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) => {
+                    coordinator.ensure_on_quorum(self, &data_key, level, &replicas).await?
+                }
+                None => {}
             }
             return Ok(reply);
         }

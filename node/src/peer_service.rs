@@ -197,9 +197,7 @@ fn check_partition(partition: u16) -> Result<(), String> {
 }
 
 /// Runs storage work (which blocks, and may take key locks) off the reactor.
-async fn blocking(
-    work: impl FnOnce() -> Result<PeerReplyV1, String> + Send + 'static,
-) -> Result<PeerReplyV1, String> {
+async fn blocking(work: impl FnOnce() -> Result<PeerReplyV1, String> + Send + 'static) -> Result<PeerReplyV1, String> {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(format!("the peer handler failed: {e}")))
 }
 

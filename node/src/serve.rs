@@ -140,8 +140,9 @@ fn start_region(
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     let peer_addr = endpoint.local_addr()?;
     let advertised = config.peer.advertise.unwrap_or(peer_addr);
-    let cluster = crate::cluster::Cluster::open(node.engine().clone(), node.id(), config, advertised, client_addr, http_addr)
-        .context("opening the cluster membership")?;
+    let cluster =
+        crate::cluster::Cluster::open(node.engine().clone(), node.id(), config, advertised, client_addr, http_addr)
+            .context("opening the cluster membership")?;
     let interval = Duration::from_millis(config.peer.interval_ms());
     let sync_config = meridian_replication::antientropy::SyncConfig {
         round_interval_ms: config.peer.interval_ms(),
@@ -150,7 +151,8 @@ fn start_region(
     // One store for everything that writes replicated state: its clones serialise writes per partition.
     let store = crate::sync_store::EngineSyncStore::for_node(node);
     let hints = Arc::new(
-        crate::hints::Hints::open(node.engine().clone(), config.peer.max_hints_per_node).context("opening the hints")?,
+        crate::hints::Hints::open(node.engine().clone(), config.peer.max_hints_per_node)
+            .context("opening the hints")?,
     );
     let pool = Arc::new(crate::peer::PeerPool::new(endpoint.clone()));
     let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);

@@ -132,9 +132,10 @@ async fn region_start_runs_three_nodes_and_sigterm_stops_them_all() {
     assert_eq!(plan.nodes.len(), usize::from(NODES));
     assert_eq!(plan.nodes[1].client_addr.port(), base + 20);
     assert!(plan.ca_cert.ends_with("certs/ca.crt"));
-    // The table: one row per node, with its addresses and pid.
+    // The table printed once every node is ready: one row per node, with its addresses and pid.
+    let ready_at = printed.iter().position(|l| l.contains("nodes ready")).expect("a 'nodes ready' line");
     for node in &plan.nodes {
-        let row = printed
+        let row = printed[ready_at..]
             .iter()
             .find(|l| l.split_whitespace().next() == Some(node.name.as_str()))
             .unwrap_or_else(|| panic!("no row for {} in:\n{output}", node.name));

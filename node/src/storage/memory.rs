@@ -27,13 +27,13 @@ type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 /// `sync_wal` is a no-op.
 #[derive(Clone)]
 pub struct MemoryEngine {
-    spaces: Arc<[RwLock<Tree>; 4]>,
+    spaces: Arc<[RwLock<Tree>; Space::ALL.len()]>,
 }
 
 impl MemoryEngine {
     /// An empty engine (holding only the format marker, like a freshly created RocksDB).
     pub fn new() -> Self {
-        let mut spaces: [Tree; 4] = Default::default();
+        let mut spaces: [Tree; Space::ALL.len()] = Default::default();
         spaces[Space::Meta.index()].insert(FORMAT_KEY.to_vec(), vec![FORMAT_VERSION]);
         Self { spaces: Arc::new(spaces.map(RwLock::new)) }
     }
@@ -81,12 +81,12 @@ impl Engine for MemoryEngine {
             return Ok(());
         }
         batch.check_reserved()?;
-        let mut touched = [false; 4];
+        let mut touched = [false; Space::ALL.len()];
         for (space, _, _) in &batch.ops {
             touched[space.index()] = true;
         }
         // Lock in Space::ALL order; hold every lock until the whole batch is applied.
-        let mut guards: [Option<RwLockWriteGuard<'_, Tree>>; 4] = Default::default();
+        let mut guards: [Option<RwLockWriteGuard<'_, Tree>>; Space::ALL.len()] = Default::default();
         for space in Space::ALL {
             if touched[space.index()] {
                 guards[space.index()] = Some(self.spaces[space.index()].write().map_err(|_| poisoned(space))?);
