@@ -409,16 +409,16 @@ pub struct PlacedReplica {
 /// Progress of a draining node's handoff.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandoffReport {
-    /// Peers it has completed a full anti-entropy pass with since the drain began.
-    pub peers_synced: u32,
-    /// Peers it syncs with.
-    pub peers_total: u32,
+    /// Partitions it holds whose every new replica's version vector covers its own.
+    pub partitions_synced: u32,
+    /// Partitions it holds data of.
+    pub partitions_total: u32,
 }
 
 impl HandoffReport {
-    /// Whether everything the node held when the drain began has reached its new replicas.
+    /// Whether everything the node holds has reached the partitions' new replicas.
     pub fn is_complete(&self) -> bool {
-        self.peers_synced >= self.peers_total
+        self.partitions_synced >= self.partitions_total
     }
 }
 

@@ -8,6 +8,21 @@
 //!
 //! A key's type is fixed by its first write; a mutation of another type is refused with
 //! [`CrdtError::WrongType`], never applied as an overwrite.
+//!
+//! # Concurrent creation with different types
+//!
+//! Two replicas that both see no state for a key (or a map field) can each create it, with different
+//! types. Their states still join: the body join is an *ordinal sum* over the fixed order of
+//! [`CrdtType::conflict_rank`] — the body of the higher-ranked type wins whole, the lower-ranked body
+//! is discarded, and bodies of one type join as that type does (see [`Entry::try_join`]). So every
+//! replica converges to the winner's full state: a delta of the losing type arriving later is absorbed
+//! (a no-op), and a delta of the winning type arriving at a replica that holds the losing type
+//! replaces it and then keeps joining with the winner's other deltas, whatever their order. Writes of
+//! the losing type accepted before the conflict was seen are discarded with the losing body; the
+//! presence flag always joins, so they keep the key existing (as the winner's state) like any write
+//! concurrent with a delete. Only the join of replicated states resolves conflicts: a *client*
+//! mutation of another type than the key's current state is still refused with
+//! [`CrdtError::WrongType`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -51,6 +66,29 @@ impl CrdtType {
     }
 }
 
+impl CrdtType {
+    /// The type's rank in the order that resolves concurrent creation with different types: when two
+    /// replicated states of a key (or map field) hold different types, the body of the higher rank wins
+    /// and the other is discarded.
+    ///
+    /// The order is `counter < register < mvregister < set < map < doc` — richer structure wins, so the
+    /// surviving value is the one that can hold the most, and a map (whose fields may hold any of the
+    /// lower types) never loses to a scalar. It happens to be the declaration (and wire) order, but it
+    /// is spelled out here on purpose: it is part of the stored data's semantics, so it must never
+    /// change, even if the enum is reordered or extended (a new type gets a new rank, above or below,
+    /// chosen once and for all).
+    pub const fn conflict_rank(self) -> u8 {
+        match self {
+            CrdtType::Counter => 0,
+            CrdtType::Register => 1,
+            CrdtType::MvRegister => 2,
+            CrdtType::Set => 3,
+            CrdtType::Map => 4,
+            CrdtType::Doc => 5,
+        }
+    }
+}
+
 impl std::fmt::Display for CrdtType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -72,16 +110,17 @@ pub struct OrMap {
 }
 
 impl OrMap {
-    fn try_join(&mut self, other: &OrMap) -> Result<(), CrdtError> {
+    /// Field-wise join; a field created with different types on two replicas resolves as a key does
+    /// (see [`Entry::try_join`]).
+    fn join(&mut self, other: &OrMap) {
         for (name, theirs) in &other.fields {
             match self.fields.get_mut(name) {
-                Some(ours) => ours.try_join(theirs)?,
+                Some(ours) => ours.join(theirs),
                 None => {
                     self.fields.insert(name.clone(), theirs.clone());
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -127,17 +166,22 @@ impl Body {
         }
     }
 
-    fn try_join(&mut self, other: &Body) -> Result<(), CrdtError> {
-        match (self, other) {
+    /// The ordinal-sum join: bodies of one type join as that type; otherwise the body of the higher
+    /// [`CrdtType::conflict_rank`] wins whole.
+    fn join(&mut self, other: &Body) {
+        match (&mut *self, other) {
             (Body::Counter(a), Body::Counter(b)) => a.join(b),
             (Body::Register(a), Body::Register(b)) => a.join(b),
             (Body::MvRegister(a), Body::MvRegister(b)) => a.join(b),
             (Body::Set(a), Body::Set(b)) => a.join(b),
             (Body::Doc(a), Body::Doc(b)) => a.join(b),
-            (Body::Map(a), Body::Map(b)) => a.try_join(b)?,
-            (a, b) => return Err(CrdtError::TypeConflict { ours: a.crdt_type(), theirs: b.crdt_type() }),
+            (Body::Map(a), Body::Map(b)) => a.join(b),
+            (ours, theirs) => {
+                if theirs.crdt_type().conflict_rank() > ours.crdt_type().conflict_rank() {
+                    *ours = theirs.clone();
+                }
+            }
         }
-        Ok(())
     }
 
     fn reset_delta(&self, w: &WriteContext) -> Result<Body, CrdtError> {
@@ -297,15 +341,31 @@ impl Entry {
         &self.body
     }
 
-    /// Joins another replica's state (or a delta) into this one.
+    /// Joins another replica's state (or a delta) into this one. Never fails: the `Result` is kept for
+    /// API stability, and [`CrdtError::TypeConflict`] is no longer produced.
     ///
-    /// Laws (proved by the property tests in `tests/laws.rs`): commutative, associative, idempotent,
-    /// for entries of the same type. Joining entries of different types is refused with
-    /// [`CrdtError::TypeConflict`] and leaves `self` unchanged for the conflicting part.
+    /// Presence always joins. Bodies of one type join as that type (a map field-wise, recursively);
+    /// bodies of different types resolve by [`CrdtType::conflict_rank`]: the higher-ranked body wins
+    /// whole and the other is discarded (see the [module docs](self)).
+    ///
+    /// Laws (proved by the property tests in `tests/laws.rs`, across mixed types too): commutative,
+    /// associative, idempotent, with `Entry::empty(CrdtType::Counter)` (the lowest rank) as identity.
+    /// Proof sketch: the body join is the ordinal sum of the per-type lattices, ordered by rank. The
+    /// rank of a join is the max of its operands' ranks, and an operand of lower rank is dropped at
+    /// whichever step it meets one of higher rank, so any grouping and any order of `a ⊔ b ⊔ c` gives
+    /// the per-type join of exactly the operands of the top rank — commutative and associative because
+    /// each per-type join is (a map's fields are entries, so this holds for them by induction on
+    /// nesting depth); `a ⊔ a` has one rank and is `a` by the per-type idempotence. An entry is the
+    /// product of this body lattice and the presence lattice, joined componentwise, so it is a
+    /// semilattice as well.
     pub fn try_join(&mut self, other: &Entry) -> Result<(), CrdtError> {
-        self.body.try_join(&other.body)?;
-        self.presence.join(&other.presence);
+        self.join(other);
         Ok(())
+    }
+
+    fn join(&mut self, other: &Entry) {
+        self.body.join(&other.body);
+        self.presence.join(&other.presence);
     }
 
     /// Computes the delta of `mutation` against `state` (the coordinator's current state of the key,

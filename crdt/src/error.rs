@@ -10,6 +10,9 @@ pub enum CrdtError {
     #[error("wrong type: the key holds a {actual}, the operation is for a {requested}")]
     WrongType { actual: CrdtType, requested: CrdtType },
     /// Two replicas created the same key (or map field) with different types.
+    ///
+    /// No longer produced: [`crate::Entry::try_join`] resolves such conflicts by
+    /// [`crate::CrdtType::conflict_rank`]. Kept so callers that match on it still compile.
     #[error("type conflict: this replica holds a {ours}, the other a {theirs}")]
     TypeConflict { ours: CrdtType, theirs: CrdtType },
     /// A type name that is not one of Meridian's.

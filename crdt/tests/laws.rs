@@ -19,8 +19,8 @@ use std::fmt::Debug;
 
 use meridian_crdt::codec::{decode, encode};
 use meridian_crdt::{
-    AwSet, Body, CrdtType, DocCrdt, Dot, DotContext, Entry, Hlc, HlcClock, Lattice, LwwRegister, Mutation, MvRegister,
-    NodeId, PnCounter, Presence, Value, VersionVector, WriteContext,
+    AwSet, Body, CrdtError, CrdtType, DocCrdt, Dot, DotContext, Entry, Hlc, HlcClock, Lattice, LwwRegister, Mutation,
+    MvRegister, NodeId, PnCounter, Presence, Value, VersionVector, WriteContext,
 };
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
@@ -112,6 +112,12 @@ struct Run<S> {
 }
 
 fn run<M: Model>(model: &M, steps: &[Step<M::Op>]) -> Run<M::State> {
+    run_on(model, steps, 0)
+}
+
+/// A run whose replicas are the nodes after the first `skip` (runs on disjoint nodes are independent
+/// histories of one key, as on replicas that have not heard from each other).
+fn run_on<M: Model>(model: &M, steps: &[Step<M::Op>], skip: usize) -> Run<M::State> {
     let mut states = vec![model.bottom(); REPLICAS];
     let mut clocks = vec![HlcClock::new(MAX_DRIFT_MS); REPLICAS];
     let mut out = Run {
@@ -124,7 +130,7 @@ fn run<M: Model>(model: &M, steps: &[Step<M::Op>]) -> Run<M::State> {
     for step in steps {
         match step {
             Step::Op { at, now_ms, op } => {
-                let w = WriteContext { node: node(*at), ts: clocks[*at].tick(*now_ms) };
+                let w = WriteContext { node: node(skip + *at), ts: clocks[*at].tick(*now_ms) };
                 let delta = model.delta(&states, *at, w, op);
                 model.join(&mut states[*at], &delta);
                 out.deltas.push(delta);
@@ -534,25 +540,36 @@ impl Model for EntryM {
     }
     fn delta(&self, states: &[Entry], at: usize, w: WriteContext, op: &EntryOp) -> Entry {
         let me = &states[at];
-        let mutation = match op {
-            EntryOp::Delete => return me.reset_delta(&w).expect("delete"),
-            EntryOp::Mutate(mutation) => mutation.clone(),
-            EntryOp::MvWriteReadFrom { value, from } => {
-                let context = match states[*from].read().expect("read") {
-                    Some(Value::MvRegister { context, .. }) => context,
-                    _ => DotContext::new(),
-                };
-                Mutation::MvRegisterSet { value: value.clone(), context: Some(context) }
-            }
-            EntryOp::DocApplyFrom { from, mask } => {
-                let Body::Doc(doc) = states[*from].body() else { panic!("a doc entry holds a doc") };
-                Mutation::DocApply { changes: some_changes(doc, *mask) }
-            }
-        };
-        Entry::mutation_delta(Some(me), &mutation, &w).expect("mutation")
+        if let EntryOp::Delete = op {
+            return me.reset_delta(&w).expect("delete");
+        }
+        Entry::mutation_delta(Some(me), &client_mutation(states, op), &w).expect("mutation")
     }
     fn read(&self, state: &Entry) -> Option<Value> {
         state.read().expect("read")
+    }
+}
+
+/// The client mutation `op` (not a delete) stands for, given every replica's state.
+fn client_mutation(states: &[Entry], op: &EntryOp) -> Mutation {
+    match op {
+        EntryOp::Delete => unreachable!("a delete is not a client mutation"),
+        EntryOp::Mutate(mutation) => mutation.clone(),
+        EntryOp::MvWriteReadFrom { value, from } => {
+            let context = match states[*from].read().expect("read") {
+                Some(Value::MvRegister { context, .. }) => context,
+                _ => DotContext::new(),
+            };
+            Mutation::MvRegisterSet { value: value.clone(), context: Some(context) }
+        }
+        EntryOp::DocApplyFrom { from, mask } => {
+            // (A peer holding another type, after a type conflict, has no changes to send.)
+            let changes = match states[*from].body() {
+                Body::Doc(doc) => some_changes(doc, *mask),
+                _ => Vec::new(),
+            };
+            Mutation::DocApply { changes }
+        }
     }
 }
 
@@ -702,6 +719,380 @@ proptest! {
     fn entry_doc_laws(steps in steps(entry_ops(CrdtType::Doc), DOC_STEPS), picks in picks(), seed in any::<u64>()) {
         check_laws(&EntryM(CrdtType::Doc), &steps, picks, seed)?;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Type conflicts: one key (or map field) created with different types by replicas that had not seen
+// each other's writes
+// ---------------------------------------------------------------------------------------------------
+
+/// The state of a replica that holds nothing for the key: the lowest-ranked type's empty entry, which
+/// is the identity of the join across all types.
+fn no_state() -> Entry {
+    Entry::empty(CrdtType::Counter)
+}
+
+fn type_index(crdt_type: CrdtType) -> usize {
+    CrdtType::ALL.iter().position(|t| *t == crdt_type).expect("every type is in ALL")
+}
+
+/// A client mutation of `crdt_type`, to check that a key holding another type refuses it.
+fn probe(crdt_type: CrdtType) -> Mutation {
+    match crdt_type {
+        CrdtType::Counter => Mutation::CounterAdd { amount: 1 },
+        CrdtType::Register => Mutation::RegisterSet { value: vec![1] },
+        CrdtType::MvRegister => Mutation::MvRegisterSet { value: vec![1], context: None },
+        CrdtType::Set => Mutation::SetAdd { members: vec![vec![1]] },
+        CrdtType::Map => map_update("p", Mutation::CounterAdd { amount: 1 }),
+        CrdtType::Doc => Mutation::DocPut { json: "{}".to_owned() },
+    }
+}
+
+/// One step of a client of a key whose type no replica has fixed yet.
+#[derive(Clone, Debug)]
+struct MixedOp {
+    /// The type the client creates the key with when its coordinator holds no state for it.
+    create: CrdtType,
+    /// One op per type, in [`CrdtType::ALL`] order: the coordinator applies the one of the type it
+    /// holds (a client that has read the key writes its type).
+    by_type: Vec<EntryOp>,
+}
+
+/// Entries of any type, created concurrently with different types. A coordinator holding no state
+/// creates the key with the client's type; one holding a state applies ops of that state's type and
+/// refuses the client's type if it differs; map fields, too, are created with whatever type a write
+/// names and refused when they hold another.
+struct MixedM;
+
+impl Model for MixedM {
+    type State = Entry;
+    type Op = MixedOp;
+    type Read = Option<Value>;
+    fn bottom(&self) -> Entry {
+        no_state()
+    }
+    fn join(&self, into: &mut Entry, other: &Entry) {
+        into.try_join(other).expect("entries of any types join");
+    }
+    fn delta(&self, states: &[Entry], at: usize, w: WriteContext, op: &MixedOp) -> Entry {
+        let me = &states[at];
+        let fresh = *me == no_state();
+        let crdt_type = if fresh { op.create } else { me.crdt_type() };
+        if crdt_type != op.create {
+            // The client-facing rule: writing another type to an existing key is refused.
+            let refused = Entry::mutation_delta(Some(me), &probe(op.create), &w);
+            assert_eq!(refused, Err(CrdtError::WrongType { actual: crdt_type, requested: op.create }));
+        }
+        let entry_op = &op.by_type[type_index(crdt_type)];
+        if let EntryOp::Delete = entry_op {
+            return if fresh { no_state() } else { me.reset_delta(&w).expect("delete") };
+        }
+        let state = if fresh { None } else { Some(me) };
+        match Entry::mutation_delta(state, &client_mutation(states, entry_op), &w) {
+            Ok(delta) => delta,
+            // A write to a map field that holds another type: refused, nothing to ship.
+            Err(CrdtError::WrongType { .. }) if crdt_type == CrdtType::Map => no_state(),
+            Err(e) => panic!("mutation refused: {e}"),
+        }
+    }
+    fn read(&self, state: &Entry) -> Option<Value> {
+        state.read().expect("read")
+    }
+}
+
+/// Map writes that create field `x` (at the top and inside `sub`) with any type a map field can hold,
+/// so replicas that have not seen each other's writes create it with different types.
+fn conflicting_field_mutation() -> BoxedStrategy<Mutation> {
+    let field = prop_oneof![
+        amount().prop_map(|amount| Mutation::CounterAdd { amount }),
+        small_bytes().prop_map(|value| Mutation::RegisterSet { value }),
+        small_bytes().prop_map(|value| Mutation::MvRegisterSet { value, context: None }),
+        members().prop_map(|members| Mutation::SetAdd { members }),
+        members().prop_map(|members| Mutation::SetRemove { members }),
+        amount().prop_map(|amount| map_update("c", Mutation::CounterAdd { amount })),
+        members().prop_map(|members| map_update("t", Mutation::SetAdd { members })),
+    ]
+    .boxed();
+    prop_oneof![
+        4 => field.clone().prop_map(|m| map_update("x", m)),
+        2 => field.prop_map(|m| map_update("sub", map_update("x", m))),
+        1 => Just(map_remove("x")),
+    ]
+    .boxed()
+}
+
+/// Client steps creating the key with one of `create` (and, in maps, fields of any type).
+fn mixed_ops(create: Vec<CrdtType>) -> BoxedStrategy<MixedOp> {
+    let map_ops = prop_oneof![
+        1 => entry_ops(CrdtType::Map),
+        1 => conflicting_field_mutation().prop_map(EntryOp::Mutate),
+    ];
+    let by_type = (
+        entry_ops(CrdtType::Counter),
+        entry_ops(CrdtType::Register),
+        entry_ops(CrdtType::MvRegister),
+        entry_ops(CrdtType::Set),
+        map_ops,
+        entry_ops(CrdtType::Doc),
+    )
+        .prop_map(|(counter, register, mv, set, map, doc)| vec![counter, register, mv, set, map, doc]);
+    (select(create), by_type).prop_map(|(create, by_type)| MixedOp { create, by_type }).boxed()
+}
+
+/// A single-type run's state or delta as a replica that may hold any type sees it: an empty entry of
+/// the run's type is no state at all (a replica that has nothing for a key holds no entry, and a write
+/// that changes nothing ships nothing).
+fn held(entry: &Entry) -> Entry {
+    if *entry == Entry::empty(entry.crdt_type()) {
+        no_state()
+    } else {
+        entry.clone()
+    }
+}
+
+/// Three independent runs, each of one type (often different): states no replica of one run has
+/// seen from another.
+fn three_kinds_and_steps() -> impl Strategy<Value = [(CrdtType, Vec<Step<EntryOp>>); 3]> {
+    (entry_kind_and_steps(), entry_kind_and_steps(), entry_kind_and_steps()).prop_map(|(a, b, c)| [a, b, c])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// States of different types (each reached by real operations of its type) join commutatively,
+    /// associatively and idempotently; the deltas of all of them, in any order and duplicated, give
+    /// one state, whose body is exactly the highest-ranked type's, and which a replica holding any of
+    /// the states reaches by receiving them.
+    #[test]
+    fn entry_laws_across_types(runs in three_kinds_and_steps(), picks in picks(), seed in any::<u64>()) {
+        // Each run on its own nodes: replicas that had not heard from each other.
+        let runs: Vec<(CrdtType, Run<Entry>)> =
+            runs.iter().enumerate().map(|(i, (t, steps))| (*t, run_on(&EntryM(*t), steps, i * REPLICAS))).collect();
+        let [a, b, c] = [0, 1, 2].map(|i| &runs[i].1.snapshots[picks[i].index(runs[i].1.snapshots.len())]);
+        check_join_laws(&MixedM, a, b, c)?;
+        check_join_laws(&MixedM, c, a, b)?;
+        let [a, b, c] = [0, 1, 2].map(|i| &runs[i].1.finals[i]);
+        check_join_laws(&MixedM, a, b, c)?;
+        check_join_laws(&MixedM, b, c, a)?;
+
+        let deltas: Vec<Vec<Entry>> = runs.iter().map(|(_, r)| r.deltas.iter().map(held).collect()).collect();
+        let all: Vec<Entry> = deltas.concat();
+        let in_order = MixedM.join_all(&all);
+        let shuffled = MixedM.join_all(&shuffled_with_duplicates(&all, seed));
+        prop_assert_eq!(&shuffled, &in_order, "mixed deltas out of order and duplicated give another state");
+        prop_assert_eq!(MixedM.read(&shuffled), MixedM.read(&in_order));
+        let finals: Vec<Entry> = runs.iter().flat_map(|(_, r)| r.finals.iter().map(held)).collect();
+        prop_assert_eq!(&MixedM.join_all(&finals), &in_order, "the replicas' states do not add up to their deltas");
+
+        // The highest-ranked type that was written wins, with exactly its own runs' state.
+        let written = |i: &usize| deltas[*i].iter().any(|d| *d != no_state());
+        let winner = (0..runs.len()).filter(written).map(|i| runs[i].0).max_by_key(|t| t.conflict_rank());
+        if let Some(winner) = winner {
+            let model = EntryM(winner);
+            let alone = model.join_all((0..runs.len()).filter(|i| runs[*i].0 == winner).flat_map(|i| &deltas[i]));
+            prop_assert_eq!(in_order.crdt_type(), winner);
+            prop_assert_eq!(in_order.body(), alone.body(), "the winner's body is not kept whole");
+            if alone.exists() {
+                prop_assert_eq!(model.read(&in_order), model.read(&alone));
+            }
+        } else {
+            prop_assert_eq!(&in_order, &no_state());
+        }
+
+        // A replica holding any one of the states (the loser's included) converges by receiving the
+        // deltas, in any order.
+        for (i, (_, r)) in runs.iter().enumerate() {
+            let mut here = held(&r.finals[i]);
+            for delta in shuffled_with_duplicates(&all, seed.wrapping_add(i as u64)) {
+                MixedM.join(&mut here, &delta);
+            }
+            prop_assert_eq!(&here, &in_order);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Every law, for runs in which replicas create the key (and map fields, nested too) with
+    /// different types concurrently, then keep writing the type they hold.
+    #[test]
+    fn entry_concurrent_creation_laws(
+        steps in steps(mixed_ops(CrdtType::ALL.into_iter().filter(|t| *t != CrdtType::Doc).collect()), STEPS),
+        picks in picks(),
+        seed in any::<u64>(),
+    ) {
+        check_laws(&MixedM, &steps, picks, seed)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The same, with documents among the types.
+    #[test]
+    fn entry_concurrent_creation_laws_with_docs(
+        steps in steps(mixed_ops(CrdtType::ALL.to_vec()), DOC_STEPS),
+        picks in picks(),
+        seed in any::<u64>(),
+    ) {
+        check_laws(&MixedM, &steps, picks, seed)?;
+    }
+}
+
+/// Applies a client write at a coordinator holding `state` (`None`: nothing yet) and returns its delta.
+fn write(state: &mut Option<Entry>, mutation: Mutation, node_id: u64, wall_ms: u64) -> Entry {
+    let w = WriteContext { node: NodeId(node_id), ts: Hlc { wall_ms, logical: 0 } };
+    let delta = Entry::mutation_delta(state.as_ref(), &mutation, &w).expect("write");
+    match state {
+        Some(s) => s.try_join(&delta).expect("join"),
+        None => *state = Some(delta.clone()),
+    }
+    delta
+}
+
+fn joined(a: &Entry, b: &Entry) -> Entry {
+    let mut out = a.clone();
+    out.try_join(b).expect("entries of any types join");
+    out
+}
+
+fn bytes(items: &[&str]) -> Vec<Vec<u8>> {
+    items.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+/// The order is part of the stored data's semantics: it must never change.
+#[test]
+fn type_conflict_order_is_fixed() {
+    let ranks: Vec<(CrdtType, u8)> = CrdtType::ALL.iter().map(|t| (*t, t.conflict_rank())).collect();
+    assert_eq!(
+        ranks,
+        [
+            (CrdtType::Counter, 0),
+            (CrdtType::Register, 1),
+            (CrdtType::MvRegister, 2),
+            (CrdtType::Set, 3),
+            (CrdtType::Map, 4),
+            (CrdtType::Doc, 5),
+        ]
+    );
+}
+
+/// A counter and a set created concurrently under one key: every replica ends with the set, whatever
+/// it held and in whatever order the deltas arrive; counter deltas arriving later change nothing of the
+/// body, and a counter write at a replica holding the set is refused.
+#[test]
+fn concurrent_counter_and_set_creation_converges_to_the_set() {
+    let (mut a, mut b) = (None, None);
+    let counter = [
+        write(&mut a, Mutation::CounterAdd { amount: 5 }, 1, 10),
+        write(&mut a, Mutation::CounterAdd { amount: 2 }, 1, 11),
+    ];
+    let set = [
+        write(&mut b, Mutation::SetAdd { members: bytes(&["x"]) }, 2, 10),
+        write(&mut b, Mutation::SetAdd { members: bytes(&["y"]) }, 2, 11),
+        write(&mut b, Mutation::SetRemove { members: bytes(&["x"]) }, 2, 12),
+    ];
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.read().unwrap(), Some(Value::Counter(7)));
+    assert_eq!(b.read().unwrap(), Some(Value::Set(bytes(&["y"]))));
+
+    // Full states, either way round: the set.
+    let merged = joined(&a, &b);
+    assert_eq!(merged, joined(&b, &a));
+    assert_eq!(merged.crdt_type(), CrdtType::Set);
+    assert_eq!(merged.body(), b.body());
+    assert_eq!(merged.read().unwrap(), Some(Value::Set(bytes(&["y"]))));
+
+    // A replica holding the counter receives only the set's deltas, in order or not: the first one
+    // replaces the counter, the rest keep joining, and it ends with the set's full state.
+    for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0]] {
+        let mut here = a.clone();
+        for i in order {
+            here.try_join(&set[i]).unwrap();
+            assert_eq!(here.crdt_type(), CrdtType::Set);
+        }
+        assert_eq!(here.body(), b.body());
+        assert_eq!(here.read().unwrap(), b.read().unwrap());
+        assert_eq!(here, merged);
+    }
+
+    // A replica holding the set receives the counter's deltas: absorbed.
+    let mut here = b.clone();
+    for delta in &counter {
+        here.try_join(delta).unwrap();
+        assert_eq!(here.body(), b.body());
+    }
+    assert_eq!(here, merged);
+
+    // A counter write accepted where the set had not arrived yet is absorbed too; one at a replica
+    // holding the set is refused; set writes go on everywhere.
+    let mut behind = Some(a.clone());
+    let late = write(&mut behind, Mutation::CounterAdd { amount: 100 }, 1, 20);
+    let w = WriteContext { node: NodeId(3), ts: Hlc { wall_ms: 20, logical: 0 } };
+    assert_eq!(
+        Entry::mutation_delta(Some(&merged), &Mutation::CounterAdd { amount: 1 }, &w),
+        Err(CrdtError::WrongType { actual: CrdtType::Set, requested: CrdtType::Counter })
+    );
+    let mut ahead = Some(merged.clone());
+    let add_z = write(&mut ahead, Mutation::SetAdd { members: bytes(&["z"]) }, 3, 21);
+    let (behind, ahead) = (behind.unwrap(), ahead.unwrap());
+    let everything = joined(&joined(&behind, &ahead), &late);
+    assert_eq!(everything, joined(&joined(&late, &ahead), &behind));
+    assert_eq!(everything, joined(&joined(&b, &add_z), &joined(&a, &late)));
+    assert_eq!(everything.read().unwrap(), Some(Value::Set(bytes(&["y", "z"]))));
+}
+
+/// A map field created as a counter at one replica and as a set at another ends as the set at every
+/// replica; the map's other fields merge as usual.
+#[test]
+fn map_field_created_as_counter_and_as_set_converges_to_the_set() {
+    let (mut a, mut b) = (None, None);
+    let counter = [
+        write(&mut a, map_update("f", Mutation::CounterAdd { amount: 3 }), 1, 10),
+        write(&mut a, map_update("n", Mutation::CounterAdd { amount: 1 }), 1, 11),
+    ];
+    let set = [
+        write(&mut b, map_update("f", Mutation::SetAdd { members: bytes(&["x"]) }), 2, 10),
+        write(&mut b, map_update("f", Mutation::SetAdd { members: bytes(&["y"]) }), 2, 11),
+    ];
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let expected = Value::Map(BTreeMap::from([
+        ("f".to_owned(), Value::Set(bytes(&["x", "y"]))),
+        ("n".to_owned(), Value::Counter(1)),
+    ]));
+
+    let merged = joined(&a, &b);
+    assert_eq!(merged, joined(&b, &a));
+    assert_eq!(merged.read().unwrap(), Some(expected.clone()));
+
+    // Only deltas, in either order, at a replica holding either side.
+    for (start, deltas) in [(&a, &set[..]), (&b, &counter[..])] {
+        for reversed in [false, true] {
+            let mut here = start.clone();
+            let mut deltas = deltas.to_vec();
+            if reversed {
+                deltas.reverse();
+            }
+            for delta in &deltas {
+                here.try_join(delta).unwrap();
+            }
+            assert_eq!(here, merged);
+        }
+    }
+    let mut fresh = no_state();
+    for delta in counter.iter().chain(&set).rev() {
+        fresh.try_join(delta).unwrap();
+    }
+    assert_eq!(fresh, merged);
+
+    // A counter write to the field is now refused; the key itself is still a map.
+    let w = WriteContext { node: NodeId(1), ts: Hlc { wall_ms: 20, logical: 0 } };
+    assert_eq!(
+        Entry::mutation_delta(Some(&merged), &map_update("f", Mutation::CounterAdd { amount: 1 }), &w),
+        Err(CrdtError::WrongType { actual: CrdtType::Set, requested: CrdtType::Counter })
+    );
+    assert!(Entry::mutation_delta(Some(&merged), &map_update("n", Mutation::CounterAdd { amount: 1 }), &w).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1125,4 +1516,29 @@ fn counter_overflow_is_refused() {
     c.join(&c.add_delta(n, i64::MAX).unwrap());
     assert!(c.add_delta(n, 2).is_err());
     assert!(c.add_delta(n, 1).is_ok());
+}
+
+#[test]
+fn tmp_coverage() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::default();
+    let strat = steps(mixed_ops(CrdtType::ALL.into_iter().filter(|t| *t != CrdtType::Doc).collect()), STEPS);
+    let (mut top, mut nested, mut n) = (0, 0, 0);
+    let mut winners = BTreeMap::new();
+    for _ in 0..300 {
+        let steps = strat.new_tree(&mut runner).unwrap().current();
+        let r = run(&MixedM, &steps);
+        n += 1;
+        let types: BTreeSet<String> = r.deltas.iter().filter(|d| **d != no_state()).map(|d| d.crdt_type().name().to_string()).collect();
+        if types.len() > 1 { top += 1; }
+        let fin = MixedM.join_all(&r.finals);
+        *winners.entry(fin.crdt_type().name()).or_insert(0) += 1;
+        // nested: field x types among deltas
+        let xs: BTreeSet<String> = r.deltas.iter().filter_map(|d| match d.body() { Body::Map(_) => Some(format!("{:?}", d)), _ => None })
+            .flat_map(|s| ["Counter(PnCounter", "Register(LwwRegister", "MvRegister(MvRegister", "Set(AwSet", "Map(OrMap"].into_iter().filter(move |k| s.contains(&format!("\"x\": Entry {{ presence: Presence(AwSet {{ entries: {{(): {{Dot {{ node: NodeId(1), seq: 1 }}}}}}, ctx: DotContext {{ vv: VersionVector({{NodeId(1): 1}}), cloud: {{}} }} }}), body: {k}")) || s.contains("\"x\"") && s.contains(k)).map(|k| k.to_string()))
+            .collect();
+        if xs.len() > 1 { nested += 1; }
+    }
+    eprintln!("runs {n}, top-level conflicts {top}, nested maybe {nested}, winners {winners:?}");
 }

@@ -44,12 +44,13 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Hints replayed and replicas converged, together.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Keeps the temporary directory (node logs and data) when the test fails.
+/// Keeps the temporary directory (node logs and data) when the test fails, or always with
+/// `MERIDIAN_GEO_KEEP=1`.
 struct KeepOnFailure(Option<tempfile::TempDir>);
 
 impl Drop for KeepOnFailure {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MERIDIAN_GEO_KEEP").is_some_and(|v| v == "1") {
             if let Some(dir) = self.0.take() {
                 eprintln!("kept the region (configs, node logs, data) at {}", dir.keep().display());
             }
@@ -191,11 +192,13 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let stopped = region.stop_all().await;
     for s in &stopped {
         if s.forced || !s.status.success() {
+            let i = region.index_of(&s.name).expect("a node of the region");
             println!(
-                "note: {} stopped with {}{}",
+                "note: {} stopped with {}{}; its log ends with:\n{}",
                 s.name,
                 s.status,
-                if s.forced { " (killed after the grace)" } else { "" }
+                if s.forced { " (killed after the grace)" } else { "" },
+                region.log_tail(i, 20)
             );
         }
     }

@@ -93,26 +93,13 @@ pub fn cluster_op(coordinator: &Coordinator, config: &Config, op: ClusterOp) -> 
     })
 }
 
-/// When this node is draining: the peers that hold its partitions now, and how many of them it has
-/// completed a full anti-entropy pass with that *started* after the drain began — at that point
-/// every record it held when draining began has reached them.
+/// When this node is draining: how many of the partitions it holds have reached all their new
+/// owners (measured by [`Coordinator::track_handoff`]).
 fn handoff(coordinator: &Coordinator) -> Option<HandoffReport> {
     let cluster = coordinator.cluster();
-    let me = cluster.member(cluster.local())?;
-    if me.state != MemberState::Draining {
+    if cluster.local_state() != MemberState::Draining {
         return None;
     }
-    let since = me.version.hlc.wall_ms;
-    let placements = cluster.all_placements();
-    let owners: std::collections::BTreeSet<_> = placements.iter().flatten().copied().collect();
-    let progress = coordinator.sync_threads().progress();
-    let synced = owners
-        .iter()
-        .filter(|owner| {
-            progress.iter().any(|(id, p)| {
-                id == *owner && p.last_complete_started_ms.load(std::sync::atomic::Ordering::Relaxed) > since
-            })
-        })
-        .count();
-    Some(HandoffReport { peers_synced: synced as u32, peers_total: owners.len() as u32 })
+    let (synced, total) = cluster.handoff_progress().unwrap_or((0, usize::MAX));
+    Some(HandoffReport { partitions_synced: synced as u32, partitions_total: total.min(u32::MAX as usize) as u32 })
 }

@@ -48,9 +48,17 @@ pub struct MemberView {
 
 struct View {
     membership: Membership,
+    /// This node's lifecycle state when last looked at, and since when (local clock) it holds.
+    local_state: (MemberState, u64),
     detector: FailureDetector,
     /// Replicas of each partition, best first; recomputed when the membership changes.
     placements: Arc<Vec<Vec<NodeId>>>,
+    /// Partitions each peer holds data of without being a replica (from gossip).
+    peer_handoff: BTreeMap<NodeId, std::collections::BTreeSet<u16>>,
+    /// Partitions this node holds data of without being a replica.
+    local_handoff: Vec<u16>,
+    /// For a draining node: (partitions whose every new owner covers this node's vector, partitions held).
+    handoff_progress: Option<(usize, usize)>,
 }
 
 /// This node's view of the region.
@@ -113,7 +121,15 @@ impl Cluster {
             rf: config.peer.rf,
             seeds: config.peer.seeds.clone(),
             engine,
-            view: Mutex::new(View { membership, detector, placements }),
+            view: Mutex::new(View {
+                local_state: (state, now_ms()),
+                membership,
+                detector,
+                placements,
+                peer_handoff: BTreeMap::new(),
+                local_handoff: Vec::new(),
+                handoff_progress: None,
+            }),
         };
         cluster.persist(&cluster.lock().membership)?;
         Ok(Arc::new(cluster))
@@ -127,6 +143,18 @@ impl Cluster {
         let mut batch = Batch::default();
         batch.put(Space::Meta, META_MEMBERSHIP, codec::encode(membership));
         self.engine.write(batch)
+    }
+
+    fn note_local_state(&self, view: &mut View) {
+        let state = view.membership.get(self.local).map_or(MemberState::Removed, |m| m.state);
+        if state != view.local_state.0 {
+            view.local_state = (state, now_ms());
+        }
+    }
+
+    /// When (Unix ms, this node's clock) this node learned of its current lifecycle state.
+    pub fn local_state_since_ms(&self) -> u64 {
+        self.lock().local_state.1
     }
 
     /// This node's id.
@@ -184,6 +212,7 @@ impl Cluster {
         // If a peer holds an older record of us (say, from before our restart), ours wins again on
         // the next exchange: our record only moves forward.
         view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        self.note_local_state(&mut view);
         let snapshot = view.membership.clone();
         drop(view);
         self.persist(&snapshot)?;
@@ -236,17 +265,40 @@ impl Cluster {
         self.member(self.local).map_or(MemberState::Removed, |m| m.state)
     }
 
-    /// Whether this node should run anti-entropy for `partition` with `peer`: `peer` must be one of
-    /// its replicas, and this node either is one too, or holds data of it (`holds_data`, asked only
-    /// then) that must reach its owners — after a drain, or after placement moved the partition (a
-    /// node that took writes before it learned of its peers, a node that joined).
-    pub fn syncs_with(&self, partition: u16, peer: NodeId, holds_data: impl FnOnce() -> bool) -> bool {
-        let (peer_is_replica, local_is_replica) = {
-            let view = self.lock();
-            let replicas = &view.placements[usize::from(partition)];
-            (replicas.contains(&peer), replicas.contains(&self.local))
-        };
-        peer_is_replica && (local_is_replica || holds_data())
+    /// Whether this node should pull `partition` from `peer` by anti-entropy (rounds pull what the
+    /// puller lacks): this node must be one of its replicas, and `peer` either one too, or a node
+    /// that holds data of it without owning it — after a drain, or after placement moved the
+    /// partition — which it announces in gossip ([`Cluster::set_peer_handoff`]).
+    pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
+        let view = self.lock();
+        let replicas = &view.placements[usize::from(partition)];
+        replicas.contains(&self.local)
+            && (replicas.contains(&peer) || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition)))
+    }
+
+    /// Records the partitions `peer` holds without owning them.
+    pub fn set_peer_handoff(&self, peer: NodeId, partitions: Vec<u16>) {
+        self.lock().peer_handoff.insert(peer, partitions.into_iter().collect());
+    }
+
+    /// Sets the partitions this node holds data of without owning them (recomputed periodically).
+    pub fn set_local_handoff(&self, partitions: Vec<u16>) {
+        self.lock().local_handoff = partitions;
+    }
+
+    /// The partitions this node holds data of without owning them.
+    pub fn local_handoff(&self) -> Vec<u16> {
+        self.lock().local_handoff.clone()
+    }
+
+    /// Records how far a drain's handoff is: partitions covered by all their new owners, of those held.
+    pub fn set_handoff_progress(&self, progress: Option<(usize, usize)>) {
+        self.lock().handoff_progress = progress;
+    }
+
+    /// See [`Cluster::set_handoff_progress`].
+    pub fn handoff_progress(&self) -> Option<(usize, usize)> {
+        self.lock().handoff_progress
     }
 
     /// Whether this node has heard from its region: true once its membership names another node,
@@ -273,6 +325,7 @@ impl Cluster {
         let at = Hlc { wall_ms: now_ms(), logical: 0 };
         view.membership.transition(node, to, at).map_err(|e| e.to_string())?;
         view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        self.note_local_state(&mut view);
         let snapshot = view.membership.clone();
         drop(view);
         self.persist(&snapshot).map_err(|e| e.to_string())
@@ -364,11 +417,12 @@ mod tests {
         assert!((0..PARTITIONS).all(|p| !nodes[0].is_replica(p)), "a draining node takes no placements");
         let p = held[0];
         let new_replicas = nodes[0].replicas(p);
-        assert!(
-            new_replicas.iter().all(|id| nodes[0].syncs_with(p, *id, || true)),
-            "the drainer hands off to the new owners"
-        );
-        assert!(new_replicas.iter().all(|id| !nodes[0].syncs_with(p, *id, || false)), "unless it holds nothing");
+        assert!(new_replicas.iter().all(|id| !nodes[0].syncs_with(p, *id)), "a drainer pulls nothing");
+        let owner = nodes.iter().find(|n| n.local() == new_replicas[0]).unwrap();
+        owner.merge(&nodes[1].snapshot()).unwrap();
+        assert!(!owner.syncs_with(p, NodeId(1)) || owner.replicas(p).contains(&NodeId(1)));
+        owner.set_peer_handoff(NodeId(1), vec![p]);
+        assert!(owner.syncs_with(p, NodeId(1)), "new owners pull what the drainer announces");
         assert_eq!(nodes[0].local_state(), MemberState::Draining);
     }
 

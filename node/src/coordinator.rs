@@ -127,6 +127,72 @@ impl Coordinator {
         )))
     }
 
+    /// A page of a key listing across the region: each serving node lists its own keys (every
+    /// partition it holds) and the pages are merged. A key lives on several replicas, so a node
+    /// that does not answer is tolerated as long as every partition has a replica that did.
+    ///
+    /// Each node's page is complete only up to its own cursor (a node may stop early, after many
+    /// deleted keys), so the merged page is cut at the smallest cursor any node returned.
+    pub async fn list_keys(&self, node: &Arc<Node>, request: RequestV1, limit: usize) -> Result<Reply, ErrorReply> {
+        let targets: Vec<NodeId> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| m.id != self.local && m.member.state.serves() && self.cluster.reachable(m.id))
+            .map(|m| m.id)
+            .collect();
+        let remote = targets.iter().map(|&target| {
+            let request = request.clone();
+            async move {
+                match self.call(target, PeerMessageV1::Forward(request), self.peer_timeout).await {
+                    Ok(PeerReplyV1::Forwarded(result)) => (target, result),
+                    Ok(other) => {
+                        (target, Err(ErrorReply::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))))
+                    }
+                    Err(e) => (target, Err(unavailable(e))),
+                }
+            }
+        });
+        let (local, remote) = tokio::join!(node.list_local(&request), futures::future::join_all(remote));
+        let mut answered = std::collections::BTreeSet::new();
+        let mut names: std::collections::BTreeMap<String, meridian_client::proto::KeyInfo> = Default::default();
+        let mut cut: Option<String> = None;
+        let mut token = None;
+        for (from, result) in std::iter::once((self.local, local)).chain(remote) {
+            let Ok(reply) = result else { continue };
+            let meridian_client::proto::ReplyBody::Keys { keys, next } = reply.body else { continue };
+            answered.insert(from);
+            token.get_or_insert(reply.causal_token);
+            for key in keys {
+                names.entry(key.name.clone()).or_insert(key);
+            }
+            if let Some(next) = next {
+                cut = Some(cut.map_or(next.clone(), |c: String| c.min(next)));
+            }
+        }
+        let placements = self.cluster.all_placements();
+        if let Some(p) = placements.iter().position(|replicas| !replicas.iter().any(|r| answered.contains(r))) {
+            return Err(unavailable(format!(
+                "no replica of partition {p} answered the listing ({} of {} nodes answered)",
+                answered.len(),
+                targets.len() + 1
+            )));
+        }
+        let mut keys: Vec<_> =
+            names.into_values().filter(|k| cut.as_ref().is_none_or(|c| k.name <= *c)).take(limit + 1).collect();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next = if more || cut.is_some() {
+            Some(keys.last().map_or_else(|| cut.clone().unwrap_or_default(), |k| k.name.clone()))
+        } else {
+            None
+        };
+        Ok(Reply {
+            causal_token: token.unwrap_or_default(),
+            body: meridian_client::proto::ReplyBody::Keys { keys, next },
+        })
+    }
+
     /// Keeps `record` for `target` (a replica that did not take it).
     fn hint(&self, target: NodeId, partition: u16, record: &SyncRecord) {
         if let Err(e) = self.hints.add(target, partition, record) {
@@ -334,6 +400,61 @@ impl Coordinator {
                 repair.acked(),
                 repair.needed()
             ))),
+        }
+    }
+
+    /// Until `shutdown`, once a second: finds the partitions this node holds data of without owning
+    /// them (announced in gossip, so their owners pull them), and, while draining, measures the
+    /// handoff — a partition is handed off once the version vector of each of its new owners
+    /// covers this node's.
+    pub async fn track_handoff(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            let (store, cluster) = (self.store.clone(), self.cluster.clone());
+            let held = tokio::task::spawn_blocking(move || {
+                let placements = cluster.all_placements();
+                let mut held = Vec::new();
+                for (p, replicas) in placements.iter().enumerate() {
+                    let p = p as u16;
+                    if replicas.contains(&cluster.local()) {
+                        continue;
+                    }
+                    if let Ok(vv) = store.partition_vv(PartitionId(p)) {
+                        if !vv.is_empty() {
+                            held.push((p, vv));
+                        }
+                    }
+                }
+                held
+            })
+            .await
+            .unwrap_or_default();
+            self.cluster.set_local_handoff(held.iter().map(|(p, _)| *p).collect());
+            if self.cluster.local_state() != meridian_replication::MemberState::Draining {
+                self.cluster.set_handoff_progress(None);
+                continue;
+            }
+            let mut synced = 0;
+            for (partition, vv) in &held {
+                let mut covered = true;
+                for owner in self.cluster.replicas(*partition) {
+                    let answer =
+                        self.call(owner, PeerMessageV1::PartitionVv { partition: *partition }, self.peer_timeout);
+                    match answer.await {
+                        Ok(PeerReplyV1::Vv(theirs)) if theirs.dominates(vv) => {}
+                        _ => {
+                            covered = false;
+                            break;
+                        }
+                    }
+                }
+                if covered {
+                    synced += 1;
+                }
+            }
+            self.cluster.set_handoff_progress(Some((synced, held.len())));
+            metrics::gauge!("meridian_handoff_partitions_pending").set((held.len() - synced) as f64);
         }
     }
 

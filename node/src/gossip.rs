@@ -34,15 +34,19 @@ pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Durati
                 targets.push(*seed);
             }
         }
-        let request = encode_request(cluster.local(), PeerMessageV1::Gossip(cluster.snapshot()));
+        let request = encode_request(
+            cluster.local(),
+            PeerMessageV1::Gossip { membership: cluster.snapshot(), handoff: cluster.local_handoff() },
+        );
         let exchanges = targets.into_iter().map(|addr| {
             let (pool, request) = (pool.clone(), request.clone());
             async move { (addr, pool.request(addr, None, request, interval * 4).await) }
         });
         for (addr, answer) in futures::future::join_all(exchanges).await {
             match answer.map_err(|e| e.to_string()).and_then(|bytes| decode_reply(&bytes)) {
-                Ok(PeerReplyV1::Gossip { node_id, membership }) => {
+                Ok(PeerReplyV1::Gossip { node_id, membership, handoff }) => {
                     cluster.heartbeat(node_id);
+                    cluster.set_peer_handoff(node_id, handoff);
                     if let Err(e) = cluster.merge(&membership) {
                         tracing::warn!(error = %e, "could not store the merged membership");
                     }

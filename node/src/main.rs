@@ -558,15 +558,17 @@ async fn wait_for_handoff(
         .with_context(|| format!("connecting to the draining node at {}", member.client_addr))?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("handoff {bar:30} {pos}/{len} new owners synced ({elapsed})")
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "handoff {bar:30} {pos}/{len} partitions at their new owners ({elapsed})",
+        )
+        .expect("valid template"),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     loop {
         let report = drainer.cluster(meridian_client::ClusterOp::Status).await?;
         if let Some(handoff) = report.handoff {
-            bar.set_length(u64::from(handoff.peers_total));
-            bar.set_position(u64::from(handoff.peers_synced));
+            bar.set_length(u64::from(handoff.partitions_total));
+            bar.set_position(u64::from(handoff.partitions_synced));
             if handoff.is_complete() {
                 bar.finish();
                 println!("handoff complete: `meridian cluster remove {node}` is now safe");
@@ -594,6 +596,6 @@ fn print_cluster(report: &meridian_client::ClusterReport) {
         );
     }
     if let Some(handoff) = &report.handoff {
-        println!("handoff: {}/{} new owners synced since the drain began", handoff.peers_synced, handoff.peers_total);
+        println!("handoff: {}/{} partitions at their new owners", handoff.partitions_synced, handoff.partitions_total);
     }
 }

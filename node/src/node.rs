@@ -329,6 +329,10 @@ impl Node {
                 }
             }
             if !forwarded {
+                if let (Some(coordinator), Operation::ListKeys { limit, .. }) = (self.coordinator.get(), &request.op) {
+                    let limit = (*limit).clamp(1, self.config.limits.max_list_keys) as usize;
+                    return coordinator.list_keys(self, request.clone(), limit).await;
+                }
                 if let Some(forward) = self.route(&request) {
                     let (coordinator, replicas) = forward;
                     return coordinator.forward(request, &replicas, Duration::from_millis(timeout_ms)).await;
@@ -426,17 +430,8 @@ impl Node {
                 };
                 Ok(Reply { causal_token: token, body })
             }
-            Operation::ListKeys { namespace, prefix, start_after, limit } => {
-                meridian_client::proto::validate_namespace(&namespace)
-                    .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
-                let limit = limit.clamp(1, self.config.limits.max_list_keys) as usize;
-                let node = self.clone();
-                let (keys, next) = tokio::task::spawn_blocking(move || {
-                    node.list_keys(&namespace, &prefix, start_after.as_deref(), limit)
-                })
-                .await
-                .map_err(internal)??;
-                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Keys { keys, next } })
+            op @ Operation::ListKeys { .. } => {
+                self.list_local(&RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op }).await
             }
             Operation::Status => {
                 Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) })
@@ -784,6 +779,23 @@ impl Node {
                 ))
             }
         }
+    }
+
+    /// Runs a `ListKeys` request over this node's own keys only.
+    pub async fn list_local(self: &Arc<Self>, request: &RequestV1) -> Result<Reply, ErrorReply> {
+        let Operation::ListKeys { namespace, prefix, start_after, limit } = request.op.clone() else {
+            return Err(ErrorReply::new(ErrorCode::BadRequest, "not a key listing"));
+        };
+        meridian_client::proto::validate_namespace(&namespace)
+            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        let limit = limit.clamp(1, self.config.limits.max_list_keys) as usize;
+        let node = self.clone();
+        let (keys, next) =
+            tokio::task::spawn_blocking(move || node.list_keys(&namespace, &prefix, start_after.as_deref(), limit))
+                .await
+                .map_err(internal)??;
+        let token = self.token_after(request.causal_token.clone().unwrap_or_default());
+        Ok(Reply { causal_token: token, body: ReplyBody::Keys { keys, next } })
     }
 
     fn list_keys(

@@ -6,7 +6,8 @@
 //! | request | answered with | used by |
 //! |---|---|---|
 //! | `Hello` | the node id | anti-entropy threads |
-//! | `Gossip(membership)` | our membership (push-pull) | [`crate::gossip`]; doubles as a heartbeat |
+//! | `Gossip { membership, handoff }` | ours (push-pull) | [`crate::gossip`]; doubles as a heartbeat |
+//! | `PartitionVv { partition }` | our vector of the partition | a draining node measuring its handoff |
 //! | `Sync(message)` | the anti-entropy session's replies | [`crate::peer_sync`] |
 //! | `Replicate { partition, records }` | `Applied` once durable | write fan-out and hint replay |
 //! | `ReadKey { key }` | the key's stored state | quorum reads |
@@ -51,8 +52,19 @@ pub enum PeerMessageV1 {
     Hello,
     /// One anti-entropy message for the receiver's side of the partition's session.
     Sync(SyncMessage),
-    /// The sender's membership; the receiver merges it and answers with its own.
-    Gossip(Membership),
+    /// The sender's membership (the receiver merges it and answers with its own), and the
+    /// partitions the sender holds data of without being their replica (their owners pull them).
+    Gossip {
+        /// The membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+    },
+    /// This node's version vector of one partition.
+    PartitionVv {
+        /// The partition.
+        partition: u16,
+    },
     /// Log records of one partition to make durable here (a write's fan-out, or replayed hints).
     Replicate {
         /// The partition.
@@ -95,13 +107,17 @@ pub enum PeerReplyV1 {
     },
     /// The messages the receiver's session answered with.
     Sync(Vec<SyncMessage>),
-    /// The receiver's membership after the merge.
+    /// The receiver's membership after the merge, and its partitions to hand off.
     Gossip {
         /// Its id.
         node_id: NodeId,
         /// Its membership.
         membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
     },
+    /// A partition's version vector.
+    Vv(meridian_crdt::VersionVector),
     /// Durable here.
     Applied,
     /// A key's stored state (`None`: never written here).
@@ -151,10 +167,21 @@ impl PeerService {
                 let (node, store, sync) = (self.node.id(), self.store.clone(), self.sync.clone());
                 blocking(move || crate::peer_sync::answer_sync(store, sync, node, from, message)).await
             }
-            PeerMessageV1::Gossip(theirs) => {
+            PeerMessageV1::Gossip { membership, handoff } => {
                 let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
-                cluster.merge(&theirs).map_err(|e| format!("storing the membership: {e}"))?;
-                Ok(PeerReplyV1::Gossip { node_id: self.node.id(), membership: cluster.snapshot() })
+                cluster.merge(&membership).map_err(|e| format!("storing the membership: {e}"))?;
+                cluster.set_peer_handoff(from, handoff);
+                Ok(PeerReplyV1::Gossip {
+                    node_id: self.node.id(),
+                    membership: cluster.snapshot(),
+                    handoff: cluster.local_handoff(),
+                })
+            }
+            PeerMessageV1::PartitionVv { partition } => {
+                check_partition(partition)?;
+                use meridian_replication::antientropy::SyncStore as _;
+                let vv = self.store.partition_vv(PartitionId(partition)).map_err(|e| e.to_string())?;
+                Ok(PeerReplyV1::Vv(vv))
             }
             PeerMessageV1::Replicate { partition, records } => {
                 check_partition(partition)?;

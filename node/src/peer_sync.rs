@@ -13,7 +13,7 @@
 //! skipped until it answers gossip again.
 
 use meridian_crdt::NodeId;
-use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncMessage, SyncSession, SyncStore as _};
+use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncMessage, SyncSession};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,9 +106,7 @@ pub fn spawn_peer_sync(
                         if shutdown.is_cancelled() {
                             break;
                         }
-                        let partition = session.partition();
-                        let holds_data = || store.partition_vv(partition).is_ok_and(|vv| !vv.is_empty());
-                        if !cluster.syncs_with(partition.0, peer, holds_data) {
+                        if !cluster.syncs_with(session.partition().0, peer) {
                             continue;
                         }
                         shared += 1;

@@ -155,6 +155,7 @@ fn start_region(
             .context("opening the hints")?,
     );
     let pool = Arc::new(crate::peer::PeerPool::new(endpoint.clone()));
+    let endpoint_for_sync = endpoint.clone();
     let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
     let threads = crate::gossip::SyncThreads::new();
     let coordinator = Arc::new(crate::coordinator::Coordinator::new(
@@ -182,10 +183,14 @@ fn start_region(
         shutdown.clone(),
     ));
     tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
+    tasks.spawn(coordinator.clone().track_handoff(shutdown.clone()));
+    // Anti-entropy gets connections of its own: bulk sync streams then never share a connection's
+    // flow-control window with the requests clients are waiting for.
+    let sync_pool = Arc::new(crate::peer::PeerPool::new(endpoint_for_sync));
     tasks.spawn(threads.clone().supervise(
         coordinator,
         store,
-        pool,
+        sync_pool,
         sync_config,
         interval,
         request_timeout,

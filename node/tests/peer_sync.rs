@@ -2,45 +2,18 @@
 //! on either node become readable on the other without any client touching both.
 
 use meridian_client::{Client, Consistency, Value};
-use meridian_node::certs::{generate_ca, issue_node_cert, NodeIdentity};
+use meridian_node::certs::generate_ca;
 use meridian_node::config::Config;
 use meridian_node::serve::{start, RunningNode};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// A free loopback UDP port (bound, read, released: a tiny race on a busy machine, acceptable here).
-fn free_udp_addr() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+mod common;
+use common::{free_udp_addr, region_config};
 
 fn node_config(dir: &Path, name: &str, listen: SocketAddr, peer: SocketAddr, ca: &str) -> Config {
-    let ca_bundle = meridian_node::certs::CaBundle::load(Path::new(ca)).unwrap();
-    let identity =
-        NodeIdentity { cluster_id: "test".into(), region: "local".into(), zone: name.into(), name: name.into() };
-    let (cert, key) = issue_node_cert(&ca_bundle, &identity, &["127.0.0.1", "localhost"]).unwrap();
-    let cert_path = dir.join(format!("{name}.crt"));
-    let key_path = dir.join(format!("{name}.key"));
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
-    let mut config = Config {
-        node_name: name.into(),
-        cluster_id: "test".into(),
-        data_dir: dir.join(format!("{name}-data")),
-        ..Config::default()
-    };
-    config.listen.client = "127.0.0.1:0".parse().unwrap();
-    config.listen.http = "127.0.0.1:0".parse().unwrap();
-    config.peer.listen = Some(listen);
-    config.peer.seeds = vec![peer];
-    config.peer.ca = Some(Path::new(ca).join("ca.crt"));
-    config.peer.cert = Some(cert_path);
-    config.peer.key = Some(key_path);
-    config.peer.sync_interval_ms = 100;
-    config.peer.gossip_interval_ms = 100;
-    config.peer.suspect_after_ms = 500;
-    config.peer.dead_after_ms = 1_000;
-    config
+    region_config(dir, name, name, listen, &[peer], Path::new(ca))
 }
 
 async fn client(node: &RunningNode) -> Client {

@@ -150,3 +150,51 @@ impl RawConn {
         }
     }
 }
+
+/// A node of a test region: certificates from the CA in `ca_dir` (`meridian certs` layout), peer
+/// transport on `listen`, every address in `seeds` to join through, fast gossip and failure detection.
+pub fn region_config(
+    dir: &Path,
+    name: &str,
+    zone: &str,
+    listen: SocketAddr,
+    seeds: &[SocketAddr],
+    ca_dir: &Path,
+) -> Config {
+    let ca = meridian_node::certs::CaBundle::load(ca_dir).expect("test CA");
+    let identity = meridian_node::certs::NodeIdentity {
+        cluster_id: "test".into(),
+        region: "local".into(),
+        zone: zone.into(),
+        name: name.into(),
+    };
+    let (cert, key) = meridian_node::certs::issue_node_cert(&ca, &identity, &["127.0.0.1", "localhost"]).unwrap();
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let mut config = Config {
+        node_name: name.into(),
+        cluster_id: "test".into(),
+        zone: zone.into(),
+        data_dir: dir.join(format!("{name}-data")),
+        ..Config::default()
+    };
+    config.listen.client = "127.0.0.1:0".parse().unwrap();
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    config.peer.listen = Some(listen);
+    config.peer.seeds = seeds.iter().copied().filter(|s| *s != listen).collect();
+    config.peer.ca = Some(ca_dir.join("ca.crt"));
+    config.peer.cert = Some(cert_path);
+    config.peer.key = Some(key_path);
+    config.peer.sync_interval_ms = 100;
+    config.peer.gossip_interval_ms = 100;
+    config.peer.suspect_after_ms = 500;
+    config.peer.dead_after_ms = 1_000;
+    config
+}
+
+/// A free loopback UDP port (bound, read, released: a tiny race on a busy machine, acceptable here).
+pub fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
