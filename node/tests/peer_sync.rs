@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod common;
-use common::{free_udp_addr, region_config};
+use common::{free_udp_addr, region_config, wait_for_region};
 
 fn node_config(dir: &Path, name: &str, listen: SocketAddr, peer: SocketAddr, ca: &str) -> Config {
     region_config(dir, name, name, listen, &[peer], Path::new(ca))
@@ -37,6 +37,8 @@ async fn eventually_two_nodes_converge_over_the_peer_transport() {
     let a = start(node_config(dir.path(), "a", addr_a, addr_b, &ca)).await.unwrap();
     let b = start(node_config(dir.path(), "b", addr_b, addr_a, &ca)).await.unwrap();
     let (ca_client, cb_client) = (client(&a).await, client(&b).await);
+    wait_for_region(&ca_client, 1).await;
+    wait_for_region(&cb_client, 1).await;
 
     ca_client.counter("s/visits").incr(5).await.unwrap();
     cb_client.counter("s/visits").incr(7).await.unwrap();

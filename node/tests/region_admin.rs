@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, free_udp_addr, region_config};
+use common::{bounded, free_udp_addr, region_config, wait_for_region};
 use meridian_client::{Client, ClusterOp, Consistency, ErrorCode, Value};
 use meridian_node::certs::generate_ca;
 use meridian_node::serve::{start, RunningNode};
@@ -23,21 +23,6 @@ async fn client(node: &RunningNode) -> Client {
     )
     .await
     .unwrap()
-}
-
-/// Waits until `client`'s node sees `alive` other members alive.
-async fn wait_for_region(client: &Client, alive: usize) {
-    let formed = async {
-        loop {
-            if let Ok(report) = client.cluster(ClusterOp::Status).await {
-                if report.members.iter().filter(|m| m.liveness == "alive").count() == alive {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), formed).await.expect("the region formed within 60 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use meridian_client::proto::{Consistency, Key, Operation, ReplyBody, RequestV1};
-use meridian_crdt::{codec, Entry, Hlc, Mutation, NodeId, Value, VersionVector, WriteContext};
+use meridian_crdt::{codec, Mutation, NodeId, Value, VersionVector};
 use meridian_node::config::Config;
-use meridian_node::keyspace::{self, StoredEntry, PARTITIONS};
+use meridian_node::keyspace::{self, PARTITIONS};
 use meridian_node::node::Node;
 use meridian_node::storage::{Batch, Engine, RocksEngine, RocksOptions, Space};
 use meridian_node::sync_store::{EngineSyncStore, SyncStoreError};
@@ -470,13 +470,6 @@ async fn gaps_and_bad_records_are_refused_whole() {
     // An undecodable delta after a good record.
     let garbage = SyncRecord { delta: b"garbage".to_vec(), ..r2.clone() };
     assert!(matches!(refused(&mut b, &[r1.clone(), garbage]), SyncStoreError::Malformed { what: "delta", .. }));
-
-    // A delta of another type for the same key after a good record.
-    let set = Mutation::SetAdd { members: members(&["x"]) };
-    let set_delta = Entry::mutation_delta(None, &set, &WriteContext { node: NodeId(A), ts: Hlc::default() }).unwrap();
-    let conflict = SyncRecord { delta: keyspace::encode(&StoredEntry::V1(set_delta)), ..r2.clone() };
-    let error = refused(&mut b, &[r1.clone(), conflict]);
-    assert!(matches!(error, SyncStoreError::TypeConflict { .. }), "{error}");
 
     // A key of another partition; an undecodable key.
     let elsewhere = (0..).map(|i| format!("t/x{i}")).find(|name| partition(name) != p).unwrap();

@@ -198,3 +198,18 @@ pub fn region_config(
 pub fn free_udp_addr() -> SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
+
+/// Waits (bounded) until `client`'s node sees `alive` other members alive.
+pub async fn wait_for_region(client: &Client, alive: usize) {
+    let formed = async {
+        loop {
+            if let Ok(report) = client.cluster(meridian_client::ClusterOp::Status).await {
+                if report.members.iter().filter(|m| m.liveness == "alive").count() == alive {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), formed).await.expect("the region formed within 60 s");
+}
