@@ -15,14 +15,17 @@
 //! types. Their states still join: the body join is an *ordinal sum* over the fixed order of
 //! [`CrdtType::conflict_rank`] — the body of the higher-ranked type wins whole, the lower-ranked body
 //! is discarded, and bodies of one type join as that type does (see [`Entry::try_join`]). So every
-//! replica converges to the winner's full state: a delta of the losing type arriving later is absorbed
-//! (a no-op), and a delta of the winning type arriving at a replica that holds the losing type
-//! replaces it and then keeps joining with the winner's other deltas, whatever their order. Writes of
-//! the losing type accepted before the conflict was seen are discarded with the losing body; the
-//! presence flag always joins, so they keep the key existing (as the winner's state) like any write
-//! concurrent with a delete. Only the join of replicated states resolves conflicts: a *client*
-//! mutation of another type than the key's current state is still refused with
-//! [`CrdtError::WrongType`].
+//! replica converges to the winner's full state: the body of a delta of the losing type arriving
+//! later is absorbed (a no-op), and a delta of the winning type arriving at a replica that holds the
+//! losing type replaces it and then keeps joining with the winner's other deltas, whatever their
+//! order. Writes of the losing type accepted before the conflict was seen are discarded with the
+//! losing body; the presence flag always joins, so such a write still counts as one that keeps the key
+//! existing (showing the winner's state), like any write concurrent with a delete. Only the join of
+//! replicated states resolves conflicts: a *client* mutation of another type than the key's current
+//! state is still refused with [`CrdtError::WrongType`].
+//!
+//! The order is part of the stored data's semantics and must never change; see
+//! [`CrdtType::conflict_rank`] for the order and why.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -322,6 +325,10 @@ impl Value {
 
 impl Entry {
     /// An empty entry of `crdt_type` (absent, bottom body).
+    ///
+    /// It is the identity of [`Entry::try_join`] for entries of its type and of higher-ranked types
+    /// ([`CrdtType::conflict_rank`]); joined with a lower-ranked entry it keeps its own (empty) body.
+    /// `Entry::empty(CrdtType::Counter)`, of the lowest rank, is the identity for every entry.
     pub fn empty(crdt_type: CrdtType) -> Entry {
         Entry { presence: Presence::default(), body: Body::empty(crdt_type) }
     }

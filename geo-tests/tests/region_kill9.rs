@@ -87,6 +87,10 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let history = HistoryWriter::create(&history_path).expect("history file");
     println!("history: {}", history_path.display());
     let keys: Vec<String> = (0..KEYS).map(|k| format!("t/k{k}")).collect();
+    let placements = region.placements(&keys).await.expect("every node places every key alike");
+    let placed: Vec<String> =
+        placements.iter().map(|(key, replicas)| format!("{key}={}", replicas.join(","))).collect();
+    println!("placement: {}", placed.join(" "));
 
     // The workload: each worker with its own client of every node.
     let stop = Arc::new(AtomicBool::new(false));
@@ -248,7 +252,7 @@ async fn worker(
         let key = &keys[rng.random_range(0..keys.len())];
         // 65 % adds (four in five at local_quorum), 35 % local_quorum reads.
         let roll = rng.random_range(0..100);
-        let add = (roll < 65).then(|| if roll < 52 { Consistency::LocalQuorum } else { Consistency::Eventual });
+        let add = (roll < 65).then_some(if roll < 52 { Consistency::LocalQuorum } else { Consistency::Eventual });
         let element = format!("{process}-{n}");
         let mut tried = Vec::new();
         for _ in 0..ATTEMPTS {

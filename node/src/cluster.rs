@@ -91,7 +91,8 @@ impl Cluster {
             // A node that was removed stays out: re-joining is an operator's decision (a new data dir).
             Some(m) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
             Some(m) => (m.state, m.version.incarnation),
-            None => (MemberState::Active, 1),
+            None if config.peer.auto_activate => (MemberState::Active, 1),
+            None => (MemberState::Joining, 1),
         };
         if state == MemberState::Removed {
             tracing::warn!(node = %local, "this node was removed from the cluster; it holds no placements");

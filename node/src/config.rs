@@ -75,6 +75,9 @@ pub struct PeerConfig {
     pub dead_after_ms: u64,
     /// Most hints (writes kept for a replica that was down) held per target node.
     pub max_hints_per_node: usize,
+    /// Whether a node joining for the first time takes placements at once (`true`), or waits as
+    /// `joining` until an operator runs `meridian cluster activate NODE`.
+    pub auto_activate: bool,
 }
 
 impl Default for PeerConfig {
@@ -92,6 +95,7 @@ impl Default for PeerConfig {
             suspect_after_ms: 1_500,
             dead_after_ms: 3_000,
             max_hints_per_node: 100_000,
+            auto_activate: true,
         }
     }
 }

@@ -112,9 +112,18 @@ impl Coordinator {
         timeout: Duration,
     ) -> Result<Reply, ErrorReply> {
         let mut failures = Vec::new();
-        for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
+        // Replicas heard from recently first; a suspected one only if nothing better answers.
+        let mut targets: Vec<NodeId> =
+            replicas.iter().copied().filter(|r| *r != self.local && self.cluster.reachable(*r)).collect();
+        targets.sort_by_key(|r| self.cluster.liveness(*r) != Liveness::Alive);
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (i, &target) in targets.iter().enumerate() {
             metrics::counter!("meridian_forwarded_requests_total").increment(1);
-            match self.call(target, PeerMessageV1::Forward(request.clone()), timeout).await {
+            // Every replica but the last gets half of what is left, so one that died a moment ago
+            // (not yet suspected) cannot take the whole budget.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let budget = if i + 1 == targets.len() { left } else { left / 2 };
+            match self.call(target, PeerMessageV1::Forward(request.clone()), budget).await {
                 Ok(PeerReplyV1::Forwarded(result)) => return result,
                 Ok(other) => failures.push(format!("{}: unexpected reply {other:?}", self.name(target))),
                 Err(e) => failures.push(format!("{}: {e}", self.name(target))),

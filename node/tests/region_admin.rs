@@ -1,6 +1,7 @@
 //! Region administration with in-process nodes over real RocksDB and real mutual-TLS QUIC:
 //! requests forwarded to a key's replicas, key listings merged across nodes, placement explained,
-//! and a drain that hands a node's partitions to their new owners before it is removed.
+//! a node added as `joining` and activated (its partitions' data follows it), and a drain that hands
+//! a node's partitions to their new owners before it is removed.
 
 mod common;
 
@@ -26,7 +27,7 @@ async fn client(node: &RunningNode) -> Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_hands_partitions_to_their_new_owners_and_listing_spans_the_region() {
+async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_region() {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
@@ -75,6 +76,40 @@ async fn drain_hands_partitions_to_their_new_owners_and_listing_spans_the_region
     assert_eq!(placement.replicas.len(), 1);
     assert_eq!(placement.candidates, 3);
 
+    // Add a node: it joins as `joining` (no placements) until an operator activates it, then the
+    // partitions that move to it are pulled from the nodes that held them.
+    let n4_addr = free_udp_addr();
+    let mut config = region_config(dir.path(), "n4", "z1", n4_addr, &addrs, &ca_dir);
+    config.peer.rf = 1;
+    config.peer.auto_activate = false;
+    let n4 = bounded("start n4", start(config)).await.unwrap();
+    let n4_client = client(&n4).await;
+    wait_for_region(&n4_client, 3).await;
+    let joined = clients[0].cluster(ClusterOp::Status).await.unwrap();
+    let member = joined.members.iter().find(|m| m.name == "n4").expect("n4 is known by gossip");
+    assert_eq!((member.state.as_str(), member.partitions), ("joining", 0));
+    clients[0].cluster(ClusterOp::Activate { node: "n4".into() }).await.unwrap();
+    let rebalanced = async {
+        loop {
+            let report = n4_client.cluster(ClusterOp::Status).await.unwrap();
+            let mine = report.members.iter().find(|m| m.name == "n4").map_or(0, |m| m.partitions);
+            let mut all = mine > 0;
+            for i in 0..150 {
+                if !all {
+                    break;
+                }
+                let value = n4_client.get(format!("d/k{i:03}").as_str()).await;
+                all &= matches!(value, Ok(Some(Value::Register(Some(v)))) if v == format!("v{i}").into_bytes());
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), rebalanced).await.expect("n4 takes partitions and their data");
+    nodes.push(n4);
+
     let unknown = clients[0].cluster(ClusterOp::Drain { node: "n9".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Some(ErrorCode::BadRequest), "{unknown}");
 
@@ -94,7 +129,7 @@ async fn drain_hands_partitions_to_their_new_owners_and_listing_spans_the_region
     };
     tokio::time::timeout(Duration::from_secs(60), handed_off).await.expect("the handoff completes within 60 s");
     clients[0].cluster(ClusterOp::Remove { node: "n3".into() }).await.unwrap();
-    let n3 = nodes.pop().unwrap();
+    let n3 = nodes.remove(2);
     bounded("stop n3", n3.shutdown()).await;
 
     // n3 is gone for good: every key is still there, served by its new owner.
@@ -105,6 +140,7 @@ async fn drain_hands_partitions_to_their_new_owners_and_listing_spans_the_region
     let report = clients[0].cluster(ClusterOp::Status).await.unwrap();
     assert!(report.members.iter().any(|m| m.name == "n3" && m.state == "removed"));
     assert_eq!(report.members.iter().map(|m| m.partitions).sum::<u32>(), 256);
+    assert_eq!(report.members.iter().find(|m| m.name == "n3").unwrap().partitions, 0);
     for node in nodes {
         bounded("shutdown", node.shutdown()).await;
     }

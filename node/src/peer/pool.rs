@@ -91,7 +91,11 @@ impl PeerPool {
             .map_err(|_| PeerError::Timeout { after: timeout })??;
         let result = connection.request(request, deadline.saturating_duration_since(Instant::now())).await;
         if let Err(error) = &result {
-            if error.is_connection_level() || !connection.is_open() {
+            // A timeout drops the cached connection too: a peer that restarted on the same address
+            // silently discards packets of its old connection (it cannot even reset them), so the
+            // only way back to it is a fresh handshake. Requests still running on the old
+            // connection are not affected; the next one dials.
+            if error.is_connection_level() || !connection.is_open() || matches!(error, PeerError::Timeout { .. }) {
                 self.forget(addr, &connection).await;
             }
         }
