@@ -168,7 +168,7 @@ pub fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
 }
 
-/// A base port from [`PORT_RANGE`] whose `nodes` × 3 ports are free for both TCP and UDP on
+/// A base port from `PORT_RANGE` whose `nodes` × 3 ports are free for both TCP and UDP on
 /// 127.0.0.1 right now.
 pub fn free_base_port(nodes: usize) -> anyhow::Result<u16> {
     let top = PORT_RANGE.end.checked_sub(10 * nodes + 3).filter(|top| *top > PORT_RANGE.start);

@@ -38,6 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
         .route("/v1/keys/{namespace}", get(list_keys))
         .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
@@ -401,6 +402,22 @@ async fn list_keys(
     let ReplyBody::Keys { keys, next } = &reply.body else { unreachable!("keys reply") };
     let keys: Vec<Json_> = keys.iter().map(|k| json!({"key": k.name, "type": k.crdt_type.name()})).collect();
     Ok(Json(with_token(&reply, json!({"keys": keys, "next": next}))))
+}
+
+/// The region as this node sees it (`meridian cluster status` as JSON); node ids as strings, since
+/// they are 64-bit and JSON numbers are not.
+async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    let common = common(&CommonQuery::default(), &headers)?;
+    let reply = execute(&node, common, Operation::Cluster(meridian_client::proto::ClusterOp::Status)).await?;
+    let ReplyBody::Cluster(report) = &reply.body else { unreachable!("cluster reply") };
+    let mut json =
+        serde_json::to_value(report).map_err(|e| ApiError(ErrorReply::new(ErrorCode::Internal, e.to_string())))?;
+    if let Some(members) = json.get_mut("members").and_then(Json_::as_array_mut) {
+        for (member, report) in members.iter_mut().zip(&report.members) {
+            member["id"] = json!(report.id.to_string());
+        }
+    }
+    Ok(Json(json))
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Result<Json<Json_>, ApiError> {

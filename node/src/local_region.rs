@@ -9,7 +9,7 @@
 //!     client needs for every node (the SDK's default server name, `localhost`, is in every
 //!     certificate);
 //!   - `DIR/n{i}/meridian.toml`: a complete node configuration (serialised from
-//!     [`Config`](crate::config::Config), so it always matches the schema) with absolute paths,
+//!     [`Config`], so it always matches the schema) with absolute paths,
 //!     `data_dir = DIR/n{i}/data`, client port `base + 10 i`, HTTP `base + 10 i + 1`, peer port
 //!     `base + 10 i + 2`, every other node as a seed, and zones `z1 … z{zones}` dealt round-robin;
 //!   - `DIR/region.json`: the [`RegionPlan`], a machine-readable description for scripts and test

@@ -44,6 +44,16 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
     wait_for_region(&clients[0], 2).await;
     wait_for_region(&clients[2], 2).await;
 
+    // The same view over HTTP, for operators and scripts.
+    let request = axum::http::Request::get("/v1/cluster").body(axum::body::Body::empty()).unwrap();
+    let response =
+        tower::ServiceExt::oneshot(meridian_node::http::router(nodes[0].node.clone()), request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["members"].as_array().unwrap().len(), 3, "{json}");
+    assert!(json["members"][0]["id"].is_string(), "64-bit ids travel as strings: {json}");
+
     // Every write through n1 is forwarded to the key's one replica.
     for i in 0..150 {
         clients[0].register(format!("d/k{i:03}").as_str()).set(format!("v{i}")).await.unwrap();
