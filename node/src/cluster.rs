@@ -69,6 +69,8 @@ pub struct Cluster {
     seeds: Vec<SocketAddr>,
     engine: Arc<dyn Engine>,
     view: Mutex<View>,
+    /// Serialises persisting the membership.
+    persisting: Mutex<()>,
 }
 
 impl Cluster {
@@ -122,6 +124,7 @@ impl Cluster {
             rf: config.peer.rf,
             seeds: config.peer.seeds.clone(),
             engine,
+            persisting: Mutex::new(()),
             view: Mutex::new(View {
                 local_state: (state, now_ms()),
                 membership,
@@ -138,6 +141,14 @@ impl Cluster {
 
     fn lock(&self) -> MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Persists the membership as it is now. Serialised, and the snapshot taken under the
+    /// serialising lock, so two concurrent changes cannot leave the older one on disk.
+    fn persist_latest(&self) -> Result<(), StorageError> {
+        let _serial = self.persisting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let snapshot = self.lock().membership.clone();
+        self.persist(&snapshot)
     }
 
     fn persist(&self, membership: &Membership) -> Result<(), StorageError> {
@@ -214,9 +225,8 @@ impl Cluster {
         // the next exchange: our record only moves forward.
         view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
         self.note_local_state(&mut view);
-        let snapshot = view.membership.clone();
         drop(view);
-        self.persist(&snapshot)?;
+        self.persist_latest()?;
         Ok(true)
     }
 
@@ -327,9 +337,8 @@ impl Cluster {
         view.membership.transition(node, to, at).map_err(|e| e.to_string())?;
         view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
         self.note_local_state(&mut view);
-        let snapshot = view.membership.clone();
         drop(view);
-        self.persist(&snapshot).map_err(|e| e.to_string())
+        self.persist_latest().map_err(|e| e.to_string())
     }
 
     /// Every member with its liveness and partition count, in node order.

@@ -55,7 +55,6 @@ pub struct PeerConfig {
     /// on a wildcard address).
     pub advertise: Option<SocketAddr>,
     /// Peer addresses of nodes to join through (any live member will do; the rest is gossiped).
-    #[serde(alias = "peers")]
     pub seeds: Vec<SocketAddr>,
     /// The cluster CA certificate (PEM), from `meridian certs ca`.
     pub ca: Option<PathBuf>,

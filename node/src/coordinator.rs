@@ -38,8 +38,12 @@ use crate::peer::PeerPool;
 use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
 use crate::sync_store::EngineSyncStore;
 
-/// Hints replayed per request.
+/// Hints replayed per request, at most.
 const HINT_BATCH: usize = 256;
+/// Bytes of hints replayed per request, at most (well under the peer frame cap).
+const HINT_BATCH_BYTES: usize = 2 << 20;
+/// Pushes to replicas in flight at once; beyond, writes leave hints instead.
+const MAX_PUSHES_IN_FLIGHT: usize = 8192;
 /// Time between hint replay passes.
 const HINT_REPLAY_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -54,6 +58,8 @@ pub struct Coordinator {
     peer_timeout: Duration,
     /// The anti-entropy threads (for their progress).
     sync_threads: Arc<SyncThreads>,
+    /// Pushes in flight (each a task waiting on a replica), bounded.
+    push_slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn unavailable(message: String) -> ErrorReply {
@@ -70,7 +76,16 @@ impl Coordinator {
         peer_timeout: Duration,
         sync_threads: Arc<SyncThreads>,
     ) -> Coordinator {
-        Coordinator { local: cluster.local(), cluster, pool, store, hints, peer_timeout, sync_threads }
+        Coordinator {
+            local: cluster.local(),
+            cluster,
+            pool,
+            store,
+            hints,
+            peer_timeout,
+            sync_threads,
+            push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
+        }
     }
 
     /// The anti-entropy threads.
@@ -104,25 +119,36 @@ impl Coordinator {
         decode_reply(&reply)
     }
 
-    /// Relays a client request to a replica of its key (first reachable in placement order).
+    /// Relays a client request to a replica of its key: replicas heard from recently first.
+    ///
+    /// A read that fails on one replica is tried on the next. A write is sent to one replica only:
+    /// after a timeout it may have been applied there, and its idempotency record lives on the
+    /// replica that coordinated it — so the client retries (same idempotency id), and the retry goes
+    /// to the same first live replica, which recognises it.
     pub async fn forward(
         &self,
-        request: RequestV1,
+        mut request: RequestV1,
         replicas: &[NodeId],
         timeout: Duration,
     ) -> Result<Reply, ErrorReply> {
         let mut failures = Vec::new();
-        // Replicas heard from recently first; a suspected one only if nothing better answers.
         let mut targets: Vec<NodeId> =
             replicas.iter().copied().filter(|r| *r != self.local && self.cluster.reachable(*r)).collect();
         targets.sort_by_key(|r| self.cluster.liveness(*r) != Liveness::Alive);
+        let is_write = request.op.is_write();
+        if is_write {
+            targets.truncate(1);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         for (i, &target) in targets.iter().enumerate() {
             metrics::counter!("meridian_forwarded_requests_total").increment(1);
             // Every replica but the last gets half of what is left, so one that died a moment ago
-            // (not yet suspected) cannot take the whole budget.
+            // (not yet suspected) cannot take the whole budget; the replica is told its share, less
+            // a margin for the way back, so it answers before we give up on it.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let budget = if i + 1 == targets.len() { left } else { left / 2 };
+            let remote_ms = budget.saturating_sub(budget / 10).as_millis();
+            request.timeout_ms = u32::try_from(remote_ms).unwrap_or(u32::MAX).max(1);
             match self.call(target, PeerMessageV1::Forward(request.clone()), budget).await {
                 Ok(PeerReplyV1::Forwarded(result)) => return result,
                 Ok(other) => failures.push(format!("{}: unexpected reply {other:?}", self.name(target))),
@@ -130,9 +156,11 @@ impl Coordinator {
             }
         }
         Err(unavailable(format!(
-            "this node holds no replica of the key and none of its {} replica(s) answered ({})",
+            "this node holds no replica of the key and no replica answered ({} of {} tried: {}){}",
+            targets.len(),
             replicas.len(),
-            if failures.is_empty() { "all are down".to_string() } else { failures.join("; ") }
+            if failures.is_empty() { "all are down".to_string() } else { failures.join("; ") },
+            if is_write { "; the write may have been applied: retry with the same idempotency id" } else { "" }
         )))
     }
 
@@ -202,11 +230,26 @@ impl Coordinator {
         })
     }
 
-    /// Keeps `record` for `target` (a replica that did not take it).
-    fn hint(&self, target: NodeId, partition: u16, record: &SyncRecord) {
-        if let Err(e) = self.hints.add(target, partition, record) {
-            tracing::warn!(target = %target, error = %e, "could not store a hint; anti-entropy will repair the replica");
+    /// Keeps `record` for `target` (a replica that did not take it). The hint is a durable write:
+    /// off the reactor.
+    async fn hint(&self, target: NodeId, partition: u16, record: &SyncRecord) {
+        let (hints, record) = (self.hints.clone(), record.clone());
+        let stored = tokio::task::spawn_blocking(move || hints.add(target, partition, &record)).await;
+        if !matches!(stored, Ok(Ok(_))) {
+            tracing::warn!(target = %target, "could not store a hint; anti-entropy will repair the replica");
         }
+    }
+
+    /// Joins a key's state into this node's copy (a quorum read's merge, before a delete or remove
+    /// that must see everything a majority has).
+    pub async fn join_locally(&self, data_key: &[u8], state: &Entry) -> Result<(), ErrorReply> {
+        let partition = keyspace::partition_of(data_key);
+        let key_state = KeyState { key: data_key.to_vec(), state: keyspace::encode(&StoredEntry::V1(state.clone())) };
+        let mut store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.apply_states(PartitionId(partition), &[key_state], None))
+            .await
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
     }
 
     /// Pushes a record this node just made durable to the partition's other replicas and waits until
@@ -222,15 +265,18 @@ impl Coordinator {
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
         for &target in replicas.iter().filter(|r| **r != self.local) {
-            if !self.cluster.reachable(target) {
-                self.hint(target, partition, &record);
+            // Pushes still running are bounded: past the bound a replica gets a hint instead.
+            let slot = self.push_slots.clone().try_acquire_owned().ok();
+            let Some(slot) = slot.filter(|_| self.cluster.reachable(target)) else {
+                self.hint(target, partition, &record).await;
                 round.fail(target);
                 continue;
-            }
+            };
             let (me, tx, record) = (self.clone(), tx.clone(), record.clone());
             // Each push runs to completion on its own (hinting on failure), whether or not the
             // client is still waiting for it.
             tokio::spawn(async move {
+                let _slot = slot;
                 let message = PeerMessageV1::Replicate { partition, records: vec![record.clone()] };
                 let ok = match me.call(target, message, me.peer_timeout).await {
                     Ok(PeerReplyV1::Applied) => true,
@@ -244,7 +290,7 @@ impl Coordinator {
                     }
                 };
                 if !ok {
-                    me.hint(target, partition, &record);
+                    me.hint(target, partition, &record).await;
                 }
                 let _ = tx.send((target, ok));
             });
@@ -448,6 +494,10 @@ impl Coordinator {
             for (partition, vv) in &held {
                 let mut covered = true;
                 for owner in self.cluster.replicas(*partition) {
+                    if !self.cluster.reachable(owner) {
+                        covered = false;
+                        break;
+                    }
                     let answer =
                         self.call(owner, PeerMessageV1::PartitionVv { partition: *partition }, self.peer_timeout);
                     match answer.await {
@@ -493,12 +543,20 @@ impl Coordinator {
             if batch.is_empty() {
                 return Ok(());
             }
-            // One request per run of the same partition, in log order.
+            // One request per run of the same partition, in log order, cut by size (one hint alone
+            // always fits: it was a write the peer frame cap admitted).
             let mut start = 0;
             while start < batch.len() {
                 let partition = batch[start].partition;
-                let end =
-                    batch[start..].iter().position(|h| h.partition != partition).map_or(batch.len(), |n| start + n);
+                let mut end = start;
+                let mut bytes = 0;
+                while end < batch.len() && batch[end].partition == partition {
+                    bytes += batch[end].record.wire_len();
+                    if end > start && bytes > HINT_BATCH_BYTES {
+                        break;
+                    }
+                    end += 1;
+                }
                 let records = batch[start..end].iter().map(|h| h.record.clone()).collect();
                 match self.call(target, PeerMessageV1::Replicate { partition, records }, self.peer_timeout).await? {
                     PeerReplyV1::Applied => {}
@@ -506,7 +564,11 @@ impl Coordinator {
                 }
                 let keys: Vec<Vec<u8>> = batch[start..end].iter().map(|h| h.key.clone()).collect();
                 metrics::counter!("meridian_hints_replayed_total").increment(keys.len() as u64);
-                self.hints.remove(target, &keys).map_err(|e| e.to_string())?;
+                let hints = self.hints.clone();
+                tokio::task::spawn_blocking(move || hints.remove(target, &keys))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
                 start = end;
             }
         }

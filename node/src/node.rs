@@ -105,6 +105,12 @@ enum Change {
 }
 
 impl Change {
+    /// Whether the change removes what the coordinator has observed (so a quorum-level one must
+    /// first observe what a quorum holds).
+    fn removes_observed(&self) -> bool {
+        matches!(self, Change::Delete | Change::Mutate(Mutation::SetRemove { .. } | Mutation::MapRemove { .. }))
+    }
+
     /// A fingerprint (the stable hash of the codec encoding) so a reused idempotency id naming a different
     /// operation is refused instead of replaying the other operation's reply.
     fn digest(&self) -> u64 {
@@ -478,16 +484,26 @@ impl Node {
         // still finishes — its log position is released and its key lock held until it is durable —
         // instead of being cut off between "queued for commit" and "committed".
         let data_key = keyspace::data_key(&key);
+        if let Some(coordinator) = self.coordinator.get() {
+            // A delete or a remove takes away what its coordinator has observed; at a quorum level
+            // that must include everything a majority holds (every write acknowledged at quorum
+            // before it), so the coordinator first joins a quorum read of the key into its copy.
+            if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && change.removes_observed() {
+                let replicas = coordinator.cluster().replicas(keyspace::partition_of(&data_key));
+                if let Some(merged) = coordinator.quorum_read(self, &data_key, level, &replicas).await? {
+                    coordinator.join_locally(&data_key, &merged).await?;
+                }
+            }
+        }
         let node = self.clone();
-        let reply = self
+        let (reply, permit) = self
             .writes
-            .spawn(async move {
-                let _permit = permit;
-                node.write_to_completion(key, change, idempotency_id, token).await
-            })
+            .spawn(async move { (node.write_to_completion(key, change, idempotency_id, token).await, permit) })
             .await
-            .map_err(internal)??;
-        let (reply, pushed) = reply;
+            .map_err(internal)?;
+        // The in-flight slot is held through the fan-out too: a write waiting on replicas is in flight.
+        let _permit = permit;
+        let (reply, pushed) = reply?;
         if let Some(coordinator) = self.coordinator.get() {
             let partition = keyspace::partition_of(&data_key);
             let replicas = coordinator.cluster().replicas(partition);

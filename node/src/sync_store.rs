@@ -284,13 +284,47 @@ impl EngineSyncStore {
     /// records in order (joining them again changes nothing).
     pub fn accept_pushed(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         match self.apply_remote(partition, records) {
-            Err(SyncStoreError::Gap { .. }) => {
-                let states: Vec<KeyState> =
-                    records.iter().map(|r| KeyState { key: r.key.clone(), state: r.delta.clone() }).collect();
-                self.apply_states(partition, &states, None)
-            }
+            Err(SyncStoreError::Gap { .. }) => self.store_ahead(partition, records),
             other => other,
         }
+    }
+
+    /// Joins records that arrived ahead of a gap into their keys' states and stores them under their
+    /// origin's positions, without raising the vector: it claims only gap-free prefixes, and
+    /// [`SyncStore::apply_remote`] raises it over these once the gap is filled. Until then they are
+    /// durable here (a pushed write counts towards its quorum), and never offered to peers beyond
+    /// the gap ([`SyncStore::read_log`] stops at the first missing position).
+    fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        let p = Self::check(partition)?;
+        let _serial = self.lock(p);
+        let mut ahead = Vec::with_capacity(records.len());
+        for record in records {
+            if record.origin == self.local {
+                return Err(SyncStoreError::OwnOriginAhead {
+                    partition,
+                    have: self.vv_entry(p, record.origin)?,
+                    got: record.seq,
+                });
+            }
+            if record.seq > self.vv_entry(p, record.origin)? {
+                ahead.push(record);
+            }
+        }
+        let keys: Vec<&[u8]> = ahead.iter().map(|r| r.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for record in &ahead {
+                let key = Self::check_key(partition, &record.key)?;
+                let delta = Self::decode_entry(partition, "delta", &record.delta)?;
+                self.join_into(&mut joined, partition, &record.key, &delta)?;
+                let log = LogRecord::V1 { key, delta, ts: Hlc::unpack(record.hlc) };
+                batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)
     }
 
     /// This replica's id (its own origin).
@@ -556,6 +590,16 @@ impl SyncStore for EngineSyncStore {
             have.insert(record.origin, record.seq);
             raised.insert(record.origin, record.seq);
             fresh.push(record);
+        }
+        // Records pushed ahead of a gap were stored (and joined) already ([`accept_pushed`]): once
+        // the gap is filled, the vector covers them too.
+        for (origin, seq) in raised.iter_mut() {
+            while let Some(next) = seq.checked_add(1) {
+                if self.engine.get(Space::Log, &keyspace::log_key(p, *origin, next))?.is_none() {
+                    break;
+                }
+                *seq = next;
+            }
         }
         // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
         // a running node this happens under the touched keys' locks and commits through the node's

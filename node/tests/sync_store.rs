@@ -559,3 +559,35 @@ async fn sync_next_to_live_writes_loses_no_update() {
     assert_eq!(read(&node_b, "t/hot").await, expected, "every increment of both nodes counted on b");
     assert_eq!(read(&node_a, "t/hot").await, expected, "and on a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_ahead_of_a_gap_are_durable_at_once_and_logged_when_the_gap_fills() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (node_a, a) = open(dir_a.path(), A);
+    let (node_b, mut b) = open(dir_b.path(), B);
+    let p = partition("t/n");
+    for _ in 0..3 {
+        write(&node_a, "t/n", add(1)).await;
+    }
+    let records = a.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap();
+    let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
+
+    // Pushes race: 3 arrives first. Its effect is durable at once, but the vector claims nothing.
+    blocking(|| b.accept_pushed(p, std::slice::from_ref(&r3))).unwrap();
+    // A counter delta carries its origin's running total: 3 alone already reads 3.
+    assert_eq!(read(&node_b, "t/n").await, Some(Value::Counter(3)));
+    assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 0);
+    assert!(b.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap().is_empty(), "nothing offered past the gap");
+
+    blocking(|| b.accept_pushed(p, std::slice::from_ref(&r1))).unwrap();
+    assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 1, "1 fills nothing beyond itself");
+    // 2 fills the gap: the vector now covers 3, stored earlier.
+    blocking(|| b.accept_pushed(p, std::slice::from_ref(&r2))).unwrap();
+    assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 3);
+    assert_eq!(read(&node_b, "t/n").await, Some(Value::Counter(3)));
+    assert_eq!(b.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap(), records, "the whole log, under a's positions");
+    // Replays change nothing.
+    let applied = dump(node_b.engine());
+    blocking(|| b.accept_pushed(p, &[r1, r2, r3])).unwrap();
+    assert_eq!(dump(node_b.engine()), applied);
+}

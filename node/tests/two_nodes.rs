@@ -34,7 +34,7 @@ fn node_files(dir: &Path, ca: &CaBundle, name: &str, listen: &str, peer: &str) -
         ("MERIDIAN_CLUSTER_ID", "e2e".to_string()),
         ("MERIDIAN_NODE_NAME", name.to_string()),
         ("MERIDIAN_PEER__LISTEN", listen.to_string()),
-        ("MERIDIAN_PEER__PEERS", format!("[\"{peer}\"]")),
+        ("MERIDIAN_PEER__SEEDS", format!("[\"{peer}\"]")),
         ("MERIDIAN_PEER__CA", dir.join("ca/ca.crt").display().to_string()),
         ("MERIDIAN_PEER__CERT", cert_path.display().to_string()),
         ("MERIDIAN_PEER__KEY", key_path.display().to_string()),
