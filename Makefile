@@ -2,11 +2,15 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run test gate deps bench bench-redis fuzz doc
+.PHONY: run region test gate deps bench bench-redis bench-region fuzz doc
 
 ## Start a node with defaults: QUIC client protocol on 127.0.0.1:7400, HTTP on 127.0.0.1:7480, data in ./meridian-data.
 run: deps
 	$(MERIDIAN) serve
+
+## A three-node region on this machine (./meridian-region): certificates, configs, three processes; Ctrl-C stops them.
+region: deps
+	$(MERIDIAN) region start
 
 ## The whole gate: formatting, lints (warnings are errors), docs, every test.
 test: deps gate
@@ -33,3 +37,8 @@ bench-redis:
 ## Fuzz the wire decoder for a while (stable toolchain, no sanitizer).
 fuzz:
 	cd client/fuzz && $(CARGO) fuzz run decode_frame -s none -- -max_total_time=60
+
+## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
+bench-region:
+	@scripts/install-deps.sh --bench
+	scripts/bench-region.sh --clients 32 --ops 300

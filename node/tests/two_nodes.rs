@@ -58,6 +58,19 @@ async fn finally_both_nodes_hold_every_acknowledged_write_after_a_kill_9() {
     let mut n2 = spawn_node_with(&files[1].data, &files[1].env).await;
     let clients = [connect(&n1.client_addr, &files[0].data).await, connect(&n2.client_addr, &files[1].data).await];
 
+    // A new node serves once it has heard from its region.
+    for client in &clients {
+        let joined = async {
+            loop {
+                match client.cluster(meridian_client::ClusterOp::Status).await {
+                    Ok(report) if report.members.iter().any(|m| m.liveness == "alive") => return,
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), joined).await.expect("the nodes see each other within 60 s");
+    }
+
     // Each node takes its own writer's set adds; n2 is killed mid-load.
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut writers = Vec::new();
