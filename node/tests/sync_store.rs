@@ -441,16 +441,21 @@ async fn syncing_again_changes_nothing() {
     assert_converged((&node_a, &a), (&node_b, &b), &work.keys).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gaps_and_bad_records_are_refused_whole() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (node_a, a) = open(dir_a.path(), A);
-    let (node_b, mut b) = open(dir_b.path(), B);
+/// Node `A` at `dir` increments `t/n` three times; returns the key's partition and its three log records.
+async fn three_increments_logged_on_a(dir: &Path) -> (PartitionId, Vec<SyncRecord>) {
+    let (node_a, a) = open(dir, A);
     let p = partition("t/n");
     for _ in 0..3 {
         write(&node_a, "t/n", add(1)).await;
     }
-    let records = a.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap();
+    (p, a.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_and_bad_records_are_refused_whole() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (node_b, mut b) = open(dir_b.path(), B);
+    let (p, records) = three_increments_logged_on_a(dir_a.path()).await;
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(records.iter().all(|r| r.key == keyspace::data_key(&key("t/n")) && r.hlc > 0));
     let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
@@ -563,13 +568,8 @@ async fn sync_next_to_live_writes_loses_no_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_ahead_of_a_gap_are_durable_at_once_and_logged_when_the_gap_fills() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (node_a, a) = open(dir_a.path(), A);
     let (node_b, mut b) = open(dir_b.path(), B);
-    let p = partition("t/n");
-    for _ in 0..3 {
-        write(&node_a, "t/n", add(1)).await;
-    }
-    let records = a.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap();
+    let (p, records) = three_increments_logged_on_a(dir_a.path()).await;
     let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
 
     // Pushes race: 3 arrives first. Its effect is durable at once, but the vector claims nothing.

@@ -26,38 +26,12 @@ use meridian_replication::antientropy::{
     MemStore, PartitionId, RoundOutcome, SyncConfig, SyncEvent, SyncMessage, SyncSession, SyncStore, MIN_MAX_BYTES,
 };
 
+mod common;
+use common::Rng;
+
 const STEP_MS: u64 = 5;
 const ACTIVE_MS: u64 = 1_500;
 const MAX_QUIET_MS: u64 = 30_000;
-
-/// splitmix64: tiny, seedable, and good enough to drive a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: u64, hi_inclusive: u64) -> u64 {
-        lo + self.below(hi_inclusive - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
 
 /// One write, as the checker remembers it.
 struct Write {

@@ -41,37 +41,15 @@ use meridian_replication::{AckRound, ReadRound};
 
 type Set = BTreeSet<u64>;
 
+mod common;
+use common::Rng;
+
 const NODES: usize = 5;
 const RF: usize = 3;
 const CLIENTS: usize = 4;
 /// Far beyond any run (ops are bounded and each has a deadline), so reaching it means a livelock.
 const MAX_TICK: u64 = 1_000_000;
 const DEFAULT_SEEDS: u64 = 500;
-
-/// splitmix64: tiny, seedable, plenty for driving a simulation.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn range(&mut self, lo: u64, hi_inclusive: u64) -> u64 {
-        lo + self.below(hi_inclusive - lo + 1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
 
 /// How faithfully the coordinator follows the protocol. Only [`Mode::CORRECT`] is expected to pass;
 /// the others exist to prove the checkers can fail.
