@@ -67,6 +67,7 @@ pub struct Cluster {
     region: String,
     rf: usize,
     seeds: Vec<SocketAddr>,
+    dial_via: BTreeMap<String, SocketAddr>,
     engine: Arc<dyn Engine>,
     view: Mutex<View>,
     /// Serialises persisting the membership.
@@ -123,6 +124,7 @@ impl Cluster {
             region: config.region.clone(),
             rf: config.peer.rf,
             seeds: config.peer.seeds.clone(),
+            dial_via: config.peer.dial_via.clone(),
             engine,
             persisting: Mutex::new(()),
             view: Mutex::new(View {
@@ -256,9 +258,14 @@ impl Cluster {
         self.lock().membership.get(node).cloned()
     }
 
-    /// The peer address of `node`.
+    /// The address to dial `node` at: its advertised peer address, unless `peer.dial_via` names
+    /// another for it.
     pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
-        self.member(node).and_then(|m| m.peer_addr.parse().ok())
+        self.member(node).and_then(|m| self.dial_addr(&m))
+    }
+
+    fn dial_addr(&self, member: &Member) -> Option<SocketAddr> {
+        self.dial_via.get(&member.name).copied().or_else(|| member.peer_addr.parse().ok())
     }
 
     /// Every other member that is not removed, with its peer address.
@@ -267,7 +274,7 @@ impl Cluster {
         view.membership
             .iter()
             .filter(|(id, m)| *id != self.local && m.state != MemberState::Removed)
-            .filter_map(|(id, m)| m.peer_addr.parse().ok().map(|addr| (id, addr)))
+            .filter_map(|(id, m)| self.dial_addr(m).map(|addr| (id, addr)))
             .collect()
     }
 

@@ -41,6 +41,9 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// How far ahead of local time a remote HLC timestamp may be before it is refused.
     pub max_clock_drift_ms: u64,
+    /// Added to this node's wall clock when it timestamps writes (test knob: the geo-tests skew a
+    /// node's HLC with it; leave it 0 in production).
+    pub clock_offset_ms: i64,
     /// Node-to-node anti-entropy over mutual TLS (off unless `peer.listen` is set).
     pub peer: PeerConfig,
 }
@@ -77,6 +80,10 @@ pub struct PeerConfig {
     /// Whether a node joining for the first time takes placements at once (`true`), or waits as
     /// `joining` until an operator runs `meridian cluster activate NODE`.
     pub auto_activate: bool,
+    /// Addresses to dial instead of a member's advertised peer address, by node name. For a WAN
+    /// emulator (`meridian demo` and the geo-tests put a delaying relay between regions) or a
+    /// NAT/proxy in front of a remote region; the certificate checks are unchanged.
+    pub dial_via: BTreeMap<String, SocketAddr>,
 }
 
 impl Default for PeerConfig {
@@ -95,6 +102,7 @@ impl Default for PeerConfig {
             dead_after_ms: 3_000,
             max_hints_per_node: 100_000,
             auto_activate: true,
+            dial_via: BTreeMap::new(),
         }
     }
 }
@@ -227,6 +235,7 @@ impl Default for Config {
             default_consistency: ConsistencyName("eventual".into()),
             namespaces: BTreeMap::new(),
             max_clock_drift_ms: 60_000,
+            clock_offset_ms: 0,
             peer: PeerConfig::default(),
         }
     }

@@ -147,6 +147,11 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The wall clock this node timestamps writes with (`clock_offset_ms` skews it in fault tests).
+fn skewed_now_ms(offset_ms: i64) -> u64 {
+    now_ms().saturating_add_signed(offset_ms)
+}
+
 fn internal(e: impl std::fmt::Display) -> ErrorReply {
     ErrorReply::new(ErrorCode::Internal, e.to_string())
 }
@@ -194,7 +199,7 @@ impl Node {
         let mut clock = HlcClock::new(config.max_clock_drift_ms);
         // The newest timestamp is our own: no drift bound applies.
         let _ = clock.observe(newest, newest.wall_ms);
-        clock.tick(now_ms());
+        clock.tick(skewed_now_ms(config.clock_offset_ms));
         let clock = ClockState { clock, in_flight: BTreeMap::new() };
         let frontier: VersionVector = [(id, clock.frontier())].into_iter().collect();
         let records: u64 = last_seqs.iter().sum();
@@ -655,7 +660,7 @@ impl Node {
     /// Timestamps a write and registers it in flight until the returned guard is dropped.
     fn issue_ts(self: &Arc<Self>) -> InFlightTs {
         let mut state = self.clock.lock().expect("clock lock");
-        let ts = state.clock.tick(now_ms());
+        let ts = state.clock.tick(skewed_now_ms(self.config.clock_offset_ms));
         *state.in_flight.entry(ts.pack()).or_insert(0) += 1;
         InFlightTs { node: self.clone(), ts }
     }
