@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod coordinator;
+pub mod geo_plan;
 pub mod gossip;
 pub mod hints;
 pub mod http;
