@@ -29,6 +29,7 @@ pub mod hash;
 pub mod membership;
 pub mod placement;
 pub mod quorum;
+pub mod safe_time;
 
 pub use antientropy::{
     KeyState, LogPosition, LogRecord, PartitionId, SyncConfig, SyncError, SyncEvent, SyncMessage, SyncSession,
@@ -42,3 +43,4 @@ pub use hash::{stable_hash, StableHasher};
 pub use membership::{Member, MemberState, MemberVersion, Membership};
 pub use placement::{place, score, NodeSlot, Placement, PlacementReason, Ranked};
 pub use quorum::{Outcome, QuorumTracker, ReplicaCounts, Requirement};
+pub use safe_time::{SafeReport, SafeTimes};
