@@ -142,6 +142,28 @@ async fn delay_adds_to_round_trip() {
     assert!(sent.elapsed() >= Duration::from_millis(30));
 }
 
+/// `Relay::bind` listens on the address it is given (a planned link port), and a delay set right
+/// away applies to both directions from the first datagram.
+#[tokio::test]
+async fn bind_listens_on_the_given_address() {
+    let echo = Echo::start().await;
+    let taken = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let err = Relay::bind(taken.local_addr().unwrap(), echo.addr, 1).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let addr = taken.local_addr().unwrap();
+    drop(taken);
+
+    let relay = Relay::bind(addr, echo.addr, 5).unwrap();
+    relay.set(Impairment::delay(Duration::from_millis(20)).with_jitter(Duration::from_millis(1)));
+    assert_eq!((relay.local_addr(), relay.upstream(), relay.seed()), (addr, echo.addr, 5));
+    let socket = client(&relay).await;
+    let sent = Instant::now();
+    socket.send(&9u32.to_be_bytes()).await.unwrap();
+    assert_eq!(recv_u32(&socket, PATIENCE).await, Some(9));
+    assert!(sent.elapsed() >= Duration::from_millis(38), "round trip {:?} under 2 x (20 - 1) ms", sent.elapsed());
+    assert_eq!(relay.impairment(Direction::Backward).delay, Duration::from_millis(20));
+}
+
 #[tokio::test]
 async fn jitter_keeps_fifo_unless_reorder_allowed() {
     let echo = Echo::start().await;

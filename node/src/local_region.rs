@@ -33,6 +33,7 @@
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -229,9 +230,7 @@ pub fn init(dir: &Path, options: &RegionOptions) -> anyhow::Result<RegionPlan> {
         );
     }
 
-    let certs_dir = dir.join("certs");
-    let ca = certs::generate_ca(&options.cluster_id)?;
-    let (ca_cert, _) = ca.write(&certs_dir, options.force)?;
+    let (ca, ca_cert) = write_ca(&dir, &options.cluster_id, options.force)?;
     let addr = |port: usize| SocketAddr::from((Ipv4Addr::LOCALHOST, u16::try_from(port).expect("checked")));
     let base = usize::from(options.base_port);
     let peers: Vec<SocketAddr> = (1..=options.nodes).map(|i| addr(base + 10 * i + 2)).collect();
@@ -239,68 +238,29 @@ pub fn init(dir: &Path, options: &RegionOptions) -> anyhow::Result<RegionPlan> {
     let mut nodes = Vec::with_capacity(options.nodes);
     for i in 1..=options.nodes {
         let name = format!("n{i}");
-        let zone = format!("z{}", (i - 1) % options.zones + 1);
-        let identity = NodeIdentity {
-            cluster_id: options.cluster_id.clone(),
-            region: options.region.clone(),
-            zone: zone.clone(),
-            name: name.clone(),
-        };
-        let (cert_pem, key_pem) = certs::issue_node_cert(&ca, &identity, &certs::DEFAULT_HOSTS)?;
-        let (cert, key) = certs::write_pair(
-            &certs_dir,
-            &format!("{name}.crt"),
-            &cert_pem,
-            &format!("{name}.key"),
-            &key_pem,
-            options.force,
-        )?;
-        let node_dir = dir.join(&name);
-        std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
-        let node = NodePlan {
-            name: name.clone(),
-            zone: zone.clone(),
-            config: node_dir.join(CONFIG_FILE),
-            data_dir: node_dir.join("data"),
-            log: node_dir.join(LOG_FILE),
+        let peer_addr = peers[i - 1];
+        let header =
+            format!("# Node {name} of the local region in {}, written by `meridian region init`.", dir.display());
+        nodes.push(write_node(NodeSetup {
+            dir: &dir,
+            ca: &ca,
+            ca_cert: &ca_cert,
+            identity: NodeIdentity {
+                cluster_id: options.cluster_id.clone(),
+                region: options.region.clone(),
+                zone: format!("z{}", (i - 1) % options.zones + 1),
+                name,
+            },
             client_addr: addr(base + 10 * i),
             http_addr: addr(base + 10 * i + 1),
-            peer_addr: peers[i - 1],
-        };
-        let defaults = Config::default();
-        let config = Config {
-            node_name: name.clone(),
-            cluster_id: options.cluster_id.clone(),
-            region: options.region.clone(),
-            zone,
-            data_dir: node.data_dir.clone(),
-            listen: ListenConfig { client: node.client_addr, http: node.http_addr },
-            tls: TlsConfig { cert: Some(cert.clone()), key: Some(key.clone()) },
-            storage: crate::config::StorageConfig {
-                durability: options.durability.clone(),
-                ..defaults.storage.clone()
-            },
-            peer: PeerConfig {
-                listen: Some(node.peer_addr),
-                seeds: peers.iter().copied().filter(|p| *p != node.peer_addr).collect(),
-                ca: Some(ca_cert.clone()),
-                cert: Some(cert),
-                key: Some(key),
-                rf: options.rf,
-                ..PeerConfig::default()
-            },
-            ..defaults
-        };
-        config.validate().with_context(|| format!("the configuration of {name}"))?;
-        let toml = toml::to_string_pretty(&config).with_context(|| format!("serialising {name}'s configuration"))?;
-        let text = format!(
-            "# Node {name} of the local region in {}, written by `meridian region init`.\n\
-             # Run it alone with: meridian serve --config {}\n\n{toml}",
-            dir.display(),
-            quote(&node.config)
-        );
-        write_atomically(&node.config, text.as_bytes())?;
-        nodes.push(node);
+            peer_addr,
+            seeds: peers.iter().copied().filter(|p| *p != peer_addr).collect(),
+            dial_via: BTreeMap::new(),
+            rf: options.rf,
+            durability: &options.durability,
+            force: options.force,
+            header: &header,
+        })?);
     }
 
     let plan = RegionPlan {
@@ -313,6 +273,102 @@ pub fn init(dir: &Path, options: &RegionOptions) -> anyhow::Result<RegionPlan> {
     let json = serde_json::to_string_pretty(&plan)? + "\n";
     write_atomically(&plan_path, json.as_bytes())?;
     Ok(plan)
+}
+
+/// Creates `DIR/certs/` with a fresh CA for `cluster_id` (`ca.crt`, `ca.key`; replaced only with
+/// `force`). Returns the CA and its certificate's path.
+pub(crate) fn write_ca(dir: &Path, cluster_id: &str, force: bool) -> anyhow::Result<(certs::CaBundle, PathBuf)> {
+    let ca = certs::generate_ca(cluster_id)?;
+    let (ca_cert, _) = ca.write(&dir.join("certs"), force)?;
+    Ok((ca, ca_cert))
+}
+
+/// Everything [`write_node`] needs to know about one node of a local cluster.
+pub(crate) struct NodeSetup<'a> {
+    /// The cluster's directory (absolute): certificates go to `dir/certs/`, the node's files to
+    /// `dir/<name>/`.
+    pub dir: &'a Path,
+    /// The CA that issues the node's certificate, and its certificate's path.
+    pub ca: &'a certs::CaBundle,
+    pub ca_cert: &'a Path,
+    /// cluster / region / zone / name, in the certificate and the configuration.
+    pub identity: NodeIdentity,
+    pub client_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// `peer.seeds`.
+    pub seeds: Vec<SocketAddr>,
+    /// `peer.dial_via`.
+    pub dial_via: BTreeMap<String, SocketAddr>,
+    /// `peer.rf`.
+    pub rf: usize,
+    /// `storage.durability`.
+    pub durability: &'a str,
+    /// Replace an existing certificate.
+    pub force: bool,
+    /// Comment line(s) at the top of the configuration file.
+    pub header: &'a str,
+}
+
+/// Issues the node's certificate (`dir/certs/<name>.crt` + `.key`: the identity, `localhost` and
+/// `127.0.0.1`, serverAuth + clientAuth, used for both the peer transport and the client port) and
+/// writes its complete configuration (`dir/<name>/meridian.toml`, serialised from [`Config`] and
+/// validated). Returns the node's plan.
+pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
+    let NodeIdentity { cluster_id, region, zone, name } = setup.identity.clone();
+    let certs_dir = setup.dir.join("certs");
+    let (cert_pem, key_pem) = certs::issue_node_cert(setup.ca, &setup.identity, &certs::DEFAULT_HOSTS)?;
+    let (cert, key) = certs::write_pair(
+        &certs_dir,
+        &format!("{name}.crt"),
+        &cert_pem,
+        &format!("{name}.key"),
+        &key_pem,
+        setup.force,
+    )?;
+    let node_dir = setup.dir.join(&name);
+    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+    let node = NodePlan {
+        name: name.clone(),
+        zone: zone.clone(),
+        config: node_dir.join(CONFIG_FILE),
+        data_dir: node_dir.join("data"),
+        log: node_dir.join(LOG_FILE),
+        client_addr: setup.client_addr,
+        http_addr: setup.http_addr,
+        peer_addr: setup.peer_addr,
+    };
+    let defaults = Config::default();
+    let config = Config {
+        node_name: name.clone(),
+        cluster_id,
+        region,
+        zone,
+        data_dir: node.data_dir.clone(),
+        listen: ListenConfig { client: node.client_addr, http: node.http_addr },
+        tls: TlsConfig { cert: Some(cert.clone()), key: Some(key.clone()) },
+        storage: crate::config::StorageConfig { durability: setup.durability.to_string(), ..defaults.storage.clone() },
+        peer: PeerConfig {
+            listen: Some(node.peer_addr),
+            seeds: setup.seeds,
+            ca: Some(setup.ca_cert.to_path_buf()),
+            cert: Some(cert),
+            key: Some(key),
+            rf: setup.rf,
+            dial_via: setup.dial_via,
+            ..PeerConfig::default()
+        },
+        ..defaults
+    };
+    config.validate().with_context(|| format!("the configuration of {name}"))?;
+    let toml = toml::to_string_pretty(&config).with_context(|| format!("serialising {name}'s configuration"))?;
+    let text = format!(
+        "{}\n# Run it alone with: meridian serve --config {}\n\n{toml}",
+        setup.header.trim_end(),
+        quote(&node.config)
+    );
+    write_atomically(&node.config, text.as_bytes())?;
+    Ok(node)
 }
 
 fn check_options(options: &RegionOptions) -> anyhow::Result<()> {
@@ -337,7 +393,7 @@ fn check_options(options: &RegionOptions) -> anyhow::Result<()> {
 }
 
 /// Writes `path` through a temporary file and a rename, so a reader never sees half of it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{:08x}", rand::random::<u32>()));
     let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
@@ -353,7 +409,7 @@ fn plan_dir(plan: &RegionPlan, fallback: &Path) -> PathBuf {
 }
 
 /// How to invoke this binary again in a pasted command: as typed when it was a path, else `meridian`.
-fn program_name() -> String {
+pub(crate) fn program_name() -> String {
     match std::env::args().next() {
         Some(arg0) if arg0.contains('/') => quote(Path::new(&arg0)),
         _ => "meridian".into(),
@@ -361,7 +417,7 @@ fn program_name() -> String {
 }
 
 /// `path`, single-quoted for a POSIX shell when it needs to be.
-fn quote(path: &Path) -> String {
+pub(crate) fn quote(path: &Path) -> String {
     let text = path.display().to_string();
     if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:,=@%".contains(c)) {
         text

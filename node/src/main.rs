@@ -211,6 +211,9 @@ enum Command {
         #[command(subcommand)]
         command: meridian_node::local_region::RegionCommand,
     },
+    /// A local multi-region cluster with emulated WAN latency: start it, exercise it, report
+    /// (`demo init` only writes it).
+    Demo(meridian_node::demo::DemoArgs),
 }
 
 fn main() {
@@ -264,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::Certs { command } => meridian_node::certs::run(command),
         Command::Region { command } => meridian_node::local_region::run(command).await,
+        Command::Demo(args) => meridian_node::demo::run(args).await,
         command => data_command(&cli.conn, command).await,
     }
 }
@@ -326,7 +330,8 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         | Command::Bench { .. }
         | Command::BenchEtcd(_)
         | Command::Certs { .. }
-        | Command::Region { .. } => {
+        | Command::Region { .. }
+        | Command::Demo(_) => {
             unreachable!("handled by run")
         }
         Command::Status => {
