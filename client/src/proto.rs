@@ -345,6 +345,30 @@ pub struct ClusterReport {
     pub placement: Option<PlacementReport>,
     /// When the answering node is draining: how far its handoff is.
     pub handoff: Option<HandoffReport>,
+    /// Cross-region replication as the answering node sees it, one entry per other region.
+    pub regions: Vec<RegionLagReport>,
+}
+
+/// Replication from another region into the answering node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionLagReport {
+    /// The other region.
+    pub from_region: String,
+    /// Its records that became durable on the answering node since it started.
+    pub records: u64,
+    /// Lag (write timestamp in the origin region to durable here), median, in ms.
+    pub lag_p50_ms: u64,
+    /// Lag, 99th percentile, in ms.
+    pub lag_p99_ms: u64,
+    /// Lag, largest seen, in ms.
+    pub lag_max_ms: u64,
+    /// When (Unix ms) the last of its records arrived (0: never).
+    pub last_applied_ms: u64,
+    /// Writes the answering node holds as hints for that region's nodes (pending deltas).
+    pub hints_pending: u64,
+    /// When (Unix ms) the answering node last completed an anti-entropy pass with a node of that
+    /// region (0: never).
+    pub last_sync_ms: u64,
 }
 
 /// One member of the region.

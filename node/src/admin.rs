@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_client::proto::{
     ClusterOp, ClusterReport, ErrorCode, ErrorReply, HandoffReport, MemberReport, PlacedReplica, PlacementReport,
+    RegionLagReport,
 };
 use meridian_replication::MemberState;
 
@@ -59,8 +60,9 @@ pub fn cluster_op(coordinator: &Coordinator, config: &Config, op: ClusterOp) -> 
     }
     let now = now_ms();
     let progress = coordinator.sync_threads().progress();
-    let members = cluster
-        .members()
+    let members_for_regions = cluster.members();
+    let members = members_for_regions
+        .clone()
         .into_iter()
         .map(|m| {
             let last_sync = progress
@@ -84,13 +86,35 @@ pub fn cluster_op(coordinator: &Coordinator, config: &Config, op: ClusterOp) -> 
             }
         })
         .collect();
+    let regions = region_reports(coordinator, &members_for_regions);
     Ok(ClusterReport {
         local: config.node_name.clone(),
         rf: cluster.rf() as u32,
         members,
         placement,
         handoff: handoff(coordinator),
+        regions,
     })
+}
+
+/// Replication from every other region into this node: lag (as records arrive), hints pending for
+/// that region's nodes, and the last complete anti-entropy pass with one of them.
+fn region_reports(coordinator: &Coordinator, members: &[crate::cluster::MemberView]) -> Vec<RegionLagReport> {
+    let cluster = coordinator.cluster();
+    let progress = coordinator.sync_threads().progress();
+    let mut reports: std::collections::BTreeMap<String, RegionLagReport> =
+        coordinator.lag().report().into_iter().map(|r| (r.from_region.clone(), r)).collect();
+    for m in members.iter().filter(|m| m.member.region != cluster.region()) {
+        let report = reports
+            .entry(m.member.region.clone())
+            .or_insert_with(|| RegionLagReport { from_region: m.member.region.clone(), ..RegionLagReport::default() });
+        report.hints_pending += coordinator.hints().depth(m.id) as u64;
+        if let Some((_, p)) = progress.iter().find(|(id, _)| *id == m.id) {
+            report.last_sync_ms =
+                report.last_sync_ms.max(p.last_complete_ms.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+    reports.into_values().collect()
 }
 
 /// When this node is draining: how many of the partitions it holds have reached all their new

@@ -47,12 +47,17 @@ pub struct MemberView {
 }
 
 struct View {
+    /// This node's id (the failure detector never judges it).
+    local: NodeId,
     membership: Membership,
     /// This node's lifecycle state when last looked at, and since when (local clock) it holds.
     local_state: (MemberState, u64),
     detector: FailureDetector,
-    /// Replicas of each partition, best first; recomputed when the membership changes.
+    /// Replicas of each partition in this node's region, best first; recomputed when the
+    /// membership changes.
     placements: Arc<Vec<Vec<NodeId>>>,
+    /// The same for every other region, by region name.
+    remote_placements: Arc<BTreeMap<String, Vec<Vec<NodeId>>>>,
     /// Partitions each peer holds data of without being a replica (from gossip).
     peer_handoff: BTreeMap<NodeId, std::collections::BTreeSet<u16>>,
     /// Partitions this node holds data of without being a replica.
@@ -119,6 +124,7 @@ impl Cluster {
             FailureDetector::new(DetectorConfig::new(config.peer.suspect_after_ms, config.peer.dead_after_ms))
                 .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
         let placements = Arc::new(compute_placements(&membership, &config.region, config.peer.rf));
+        let remote_placements = Arc::new(compute_remote_placements(&membership, &config.region, config.peer.rf));
         let cluster = Cluster {
             local,
             region: config.region.clone(),
@@ -128,10 +134,12 @@ impl Cluster {
             engine,
             persisting: Mutex::new(()),
             view: Mutex::new(View {
+                local,
                 local_state: (state, now_ms()),
                 membership,
                 detector,
                 placements,
+                remote_placements,
                 peer_handoff: BTreeMap::new(),
                 local_handoff: Vec::new(),
                 handoff_progress: None,
@@ -157,6 +165,12 @@ impl Cluster {
         let mut batch = Batch::default();
         batch.put(Space::Meta, META_MEMBERSHIP, codec::encode(membership));
         self.engine.write(batch)
+    }
+
+    /// Recomputes every region's placement after a membership change.
+    fn replace(&self, view: &mut View) {
+        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        view.remote_placements = Arc::new(compute_remote_placements(&view.membership, &self.region, self.rf));
     }
 
     fn note_local_state(&self, view: &mut View) {
@@ -189,6 +203,50 @@ impl Cluster {
     /// The replicas of `partition`, best first (empty only while no member is active).
     pub fn replicas(&self, partition: u16) -> Vec<NodeId> {
         self.lock().placements[usize::from(partition)].clone()
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The replicas of `partition` in every other region, by region name, best first.
+    pub fn remote_replicas(&self, partition: u16) -> Vec<(String, Vec<NodeId>)> {
+        let view = self.lock();
+        view.remote_placements
+            .iter()
+            .map(|(region, all)| (region.clone(), all[usize::from(partition)].clone()))
+            .collect()
+    }
+
+    /// The replicas a request at `level` counts: a global `quorum` counts the key's replicas in
+    /// every region (this region's first); every other level counts this region's.
+    pub fn replicas_for(&self, level: meridian_client::proto::Consistency, partition: u16) -> Vec<NodeId> {
+        let view = self.lock();
+        let mut replicas = view.placements[usize::from(partition)].clone();
+        if level == meridian_client::proto::Consistency::Quorum {
+            for all in view.remote_placements.values() {
+                replicas.extend(all[usize::from(partition)].iter().copied());
+            }
+        }
+        replicas
+    }
+
+    /// For each other region, the replica of `partition` this node sends a write to for that region
+    /// to spread (one per region, so a write crosses each WAN link once): the first one that is up,
+    /// alive ones first, in placement order. Regions with no replica up are named with `None`.
+    pub fn remote_entry_points(&self, partition: u16) -> Vec<(String, Option<NodeId>)> {
+        let view = self.lock();
+        let now = now_ms();
+        view.remote_placements
+            .iter()
+            .map(|(region, all)| (region.clone(), designated(&view, &all[usize::from(partition)], now)))
+            .collect()
+    }
+
+    /// The region of `node`, if known.
+    pub fn region_of(&self, node: NodeId) -> Option<String> {
+        self.lock().membership.get(node).map(|m| m.region.clone())
     }
 
     /// Placement of every partition (cheap: shared).
@@ -225,7 +283,7 @@ impl Cluster {
         }
         // If a peer holds an older record of us (say, from before our restart), ours wins again on
         // the next exchange: our record only moves forward.
-        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        self.replace(&mut view);
         self.note_local_state(&mut view);
         drop(view);
         self.persist_latest()?;
@@ -287,11 +345,27 @@ impl Cluster {
     /// puller lacks): this node must be one of its replicas, and `peer` either one too, or a node
     /// that holds data of it without owning it — after a drain, or after placement moved the
     /// partition — which it announces in gossip ([`Cluster::set_peer_handoff`]).
+    ///
+    /// Across regions only one pair per partition and region pair syncs, so a delta crosses a WAN
+    /// link once rather than once per replica: this region's *designated* replica (the first one up,
+    /// in placement order) pulls from the other region's designated replica, and each fans what it
+    /// got out in its own region by in-region anti-entropy.
     pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
         let view = self.lock();
         let replicas = &view.placements[usize::from(partition)];
-        replicas.contains(&self.local)
-            && (replicas.contains(&peer) || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition)))
+        if !replicas.contains(&self.local) {
+            return false;
+        }
+        let peer_region = view.membership.get(peer).map(|m| m.region.as_str());
+        match peer_region {
+            Some(region) if region != self.region => {
+                let now = now_ms();
+                let Some(theirs) = view.remote_placements.get(region) else { return false };
+                designated(&view, replicas, now) == Some(self.local)
+                    && designated(&view, &theirs[usize::from(partition)], now) == Some(peer)
+            }
+            _ => replicas.contains(&peer) || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition)),
+        }
     }
 
     /// Records the partitions `peer` holds without owning them.
@@ -342,7 +416,7 @@ impl Cluster {
         let mut view = self.lock();
         let at = Hlc { wall_ms: now_ms(), logical: 0 };
         view.membership.transition(node, to, at).map_err(|e| e.to_string())?;
-        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        self.replace(&mut view);
         self.note_local_state(&mut view);
         drop(view);
         self.persist_latest().map_err(|e| e.to_string())
@@ -353,7 +427,7 @@ impl Cluster {
         let view = self.lock();
         let now = now_ms();
         let mut owned: BTreeMap<NodeId, usize> = BTreeMap::new();
-        for replicas in view.placements.iter() {
+        for replicas in view.placements.iter().chain(view.remote_placements.values().flatten()) {
             for id in replicas {
                 *owned.entry(*id).or_default() += 1;
             }
@@ -368,6 +442,44 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// The first replica in `replicas` that is up (alive before suspected), as this node sees it.
+fn designated(view: &View, replicas: &[NodeId], now: u64) -> Option<NodeId> {
+    let status = |id: NodeId| {
+        if id == view.local {
+            Liveness::Alive
+        } else {
+            view.detector.status(id, now)
+        }
+    };
+    replicas
+        .iter()
+        .copied()
+        .find(|id| status(*id) == Liveness::Alive)
+        .or_else(|| replicas.iter().copied().find(|id| status(*id) != Liveness::Dead))
+        .or_else(|| replicas.first().copied())
+}
+
+/// The replicas of every partition in every region but `local_region`, by region.
+fn compute_remote_placements(
+    membership: &Membership,
+    local_region: &str,
+    rf: usize,
+) -> BTreeMap<String, Vec<Vec<NodeId>>> {
+    let regions: std::collections::BTreeSet<String> = membership
+        .iter()
+        .filter(|(_, m)| m.region != local_region && m.state != MemberState::Removed)
+        .map(|(_, m)| m.region.clone())
+        .collect();
+    regions
+        .into_iter()
+        .map(|region| {
+            let placements = compute_placements(membership, &region, rf);
+            (region, placements)
+        })
+        .filter(|(_, placements)| placements.iter().any(|replicas| !replicas.is_empty()))
+        .collect()
 }
 
 /// The replicas of every partition over the region's active members.

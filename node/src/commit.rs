@@ -49,6 +49,9 @@ struct Pending {
 pub struct GroupCommitter {
     queue: mpsc::Sender<Pending>,
     committed_records: Arc<AtomicU64>,
+    /// Per partition, the last position of this node's log known durable (raised before the writes
+    /// of a batch hear back, so a write that was answered is always at or below it).
+    last_durable: Arc<Vec<AtomicU64>>,
 }
 
 impl GroupCommitter {
@@ -65,6 +68,8 @@ impl GroupCommitter {
         assert_eq!(last_seqs.len(), usize::from(PARTITIONS), "one last sequence per partition");
         let (queue, mut receiver) = mpsc::channel::<Pending>(queue_depth.max(1));
         let committed_records = Arc::new(AtomicU64::new(last_seqs.iter().sum()));
+        let last_durable: Arc<Vec<AtomicU64>> = Arc::new(last_seqs.iter().map(|s| AtomicU64::new(*s)).collect());
+        let durable = last_durable.clone();
         let counter = committed_records.clone();
         // Only a weak reference: the node owns the engine, so dropping the node closes it at once
         // (a restart on the same data_dir must not race this thread for RocksDB's lock).
@@ -106,6 +111,9 @@ impl GroupCommitter {
                     if result.is_ok() {
                         let appended: u64 = next_seqs.iter().zip(&last_seqs).map(|(next, last)| next - last).sum();
                         counter.fetch_add(appended, Ordering::Relaxed);
+                        for (p, seq) in next_seqs.iter().enumerate() {
+                            durable[p].store(*seq, Ordering::SeqCst);
+                        }
                         last_seqs = next_seqs;
                     }
                     for (waiter, seq) in waiters {
@@ -115,7 +123,7 @@ impl GroupCommitter {
                 }
             })
             .expect("spawning the commit thread");
-        GroupCommitter { queue, committed_records }
+        GroupCommitter { queue, committed_records, last_durable }
     }
 
     /// Makes `batch` durable (per the engine's durability) together with whatever else is waiting,
@@ -142,6 +150,11 @@ impl GroupCommitter {
             .blocking_recv()
             .map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
             .map_err(|e| StorageError::Internal(format!("group commit failed: {e}")))
+    }
+
+    /// The last position of this node's log of `partition` known durable.
+    pub fn last_durable_seq(&self, partition: u16) -> u64 {
+        self.last_durable[usize::from(partition)].load(Ordering::SeqCst)
     }
 
     /// Delta-log records this node has committed as origin (all partitions).

@@ -23,16 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_client::proto::{Consistency, ErrorCode, ErrorReply, Reply, RequestV1};
-use meridian_crdt::{Entry, NodeId};
+use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
-use meridian_replication::{AckRound, Liveness, Outcome, ReadRound};
+use meridian_replication::{AckRound, Liveness, Outcome, ReadRound, SafeReport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::gossip::SyncThreads;
 use crate::hints::Hints;
-use crate::keyspace::{self, StoredEntry};
+use crate::keyspace::{self, Stored};
 use crate::node::Node;
 use crate::peer::PeerPool;
 use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
@@ -47,6 +47,18 @@ const MAX_PUSHES_IN_FLIGHT: usize = 8192;
 /// Time between hint replay passes.
 const HINT_REPLAY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Records of one partition on their way to another replica, with what they prove about their
+/// origins' logs.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// The partition.
+    pub partition: u16,
+    /// The records, each under its origin's position.
+    pub records: Vec<SyncRecord>,
+    /// Safe-time reports about the records' origins.
+    pub reports: Vec<SafeReport>,
+}
+
 /// The region-side half of a node: talks to the other replicas.
 pub struct Coordinator {
     local: NodeId,
@@ -60,6 +72,8 @@ pub struct Coordinator {
     sync_threads: Arc<SyncThreads>,
     /// Pushes in flight (each a task waiting on a replica), bounded.
     push_slots: Arc<tokio::sync::Semaphore>,
+    /// Replication lag from every other region.
+    lag: crate::lag::LagStats,
 }
 
 fn unavailable(message: String) -> ErrorReply {
@@ -85,6 +99,7 @@ impl Coordinator {
             peer_timeout,
             sync_threads,
             push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
+            lag: crate::lag::LagStats::default(),
         }
     }
 
@@ -96,6 +111,30 @@ impl Coordinator {
     /// The region view.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
+    }
+
+    /// Replication lag from every other region.
+    pub fn lag(&self) -> &crate::lag::LagStats {
+        &self.lag
+    }
+
+    /// Notes records made durable here: those of another region's origins count towards the lag
+    /// from that region.
+    pub fn note_applied(&self, records: &[SyncRecord]) {
+        let mut last: Option<(NodeId, Option<String>)> = None;
+        for record in records {
+            let region = match &last {
+                Some((origin, region)) if *origin == record.origin => region.clone(),
+                _ => {
+                    let region = self.cluster.region_of(record.origin).filter(|r| r != self.cluster.region());
+                    last = Some((record.origin, region.clone()));
+                    region
+                }
+            };
+            if let Some(region) = region {
+                self.lag.record(&region, meridian_crdt::Hlc::unpack(record.hlc).wall_ms);
+            }
+        }
     }
 
     /// The hint store.
@@ -242,9 +281,9 @@ impl Coordinator {
 
     /// Joins a key's state into this node's copy (a quorum read's merge, before a delete or remove
     /// that must see everything a majority has).
-    pub async fn join_locally(&self, data_key: &[u8], state: &Entry) -> Result<(), ErrorReply> {
+    pub async fn join_locally(&self, data_key: &[u8], state: &Stored) -> Result<(), ErrorReply> {
         let partition = keyspace::partition_of(data_key);
-        let key_state = KeyState { key: data_key.to_vec(), state: keyspace::encode(&StoredEntry::V1(state.clone())) };
+        let key_state = KeyState { key: data_key.to_vec(), state: keyspace::encode_stored(state) };
         let mut store = self.store.clone();
         tokio::task::spawn_blocking(move || store.apply_states(PartitionId(partition), &[key_state], None))
             .await
@@ -253,47 +292,34 @@ impl Coordinator {
     }
 
     /// Pushes a record this node just made durable to the partition's other replicas and waits until
-    /// `level` is met (or cannot be).
+    /// `level` is met (or cannot be). `replicas` are the ones `level` counts: this region's, or every
+    /// region's for a global `quorum`. Below `quorum` the record also goes to one replica in each other
+    /// region, which spreads it in its own region (a write crosses each WAN link once); the client
+    /// does not wait for those. `report` tells the receivers which of this node's timestamps the
+    /// record's position covers (for causal reads there).
     pub async fn replicate(
         self: &Arc<Self>,
         partition: u16,
         record: SyncRecord,
         level: Consistency,
         replicas: &[NodeId],
+        report: SafeReport,
     ) -> Result<(), ErrorReply> {
         let mut round = AckRound::for_write(level, replicas);
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let push = Pushed { partition, records: vec![record], reports: vec![report] };
         for &target in replicas.iter().filter(|r| **r != self.local) {
-            // Pushes still running are bounded: past the bound a replica gets a hint instead.
-            let slot = self.push_slots.clone().try_acquire_owned().ok();
-            let Some(slot) = slot.filter(|_| self.cluster.reachable(target)) else {
-                self.hint(target, partition, &record).await;
+            if !self.spawn_push(target, &push, false, Some(tx.clone())).await {
                 round.fail(target);
-                continue;
-            };
-            let (me, tx, record) = (self.clone(), tx.clone(), record.clone());
-            // Each push runs to completion on its own (hinting on failure), whether or not the
-            // client is still waiting for it.
-            tokio::spawn(async move {
-                let _slot = slot;
-                let message = PeerMessageV1::Replicate { partition, records: vec![record.clone()] };
-                let ok = match me.call(target, message, me.peer_timeout).await {
-                    Ok(PeerReplyV1::Applied) => true,
-                    Ok(other) => {
-                        tracing::warn!(target = %target, "replica refused a write: {other:?}");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::debug!(target = %target, error = %e, "push failed");
-                        false
-                    }
-                };
-                if !ok {
-                    me.hint(target, partition, &record).await;
+            }
+        }
+        if level != Consistency::Quorum {
+            for (_, entry) in self.cluster.remote_entry_points(partition) {
+                if let Some(target) = entry {
+                    self.spawn_push(target, &push, true, None).await;
                 }
-                let _ = tx.send((target, ok));
-            });
+            }
         }
         drop(tx);
         self.settle(&mut round, &mut rx).await;
@@ -307,6 +333,63 @@ impl Coordinator {
                 round.acked()
             ))),
         }
+    }
+
+    /// Spreads records that another region's node pushed here to this region's other replicas of
+    /// the partition (this node is the region's entry point for them).
+    pub async fn fan_out_in_region(self: &Arc<Self>, push: Pushed) {
+        for target in self.cluster.replicas(push.partition) {
+            if target != self.local {
+                self.spawn_push(target, &push, false, None).await;
+            }
+        }
+    }
+
+    /// Starts pushing `push` to `target` in its own task, which runs to completion (hinting on
+    /// failure) whether or not anyone waits; its verdict goes to `done`. Returns false — after
+    /// leaving hints — when the push was not started: the target is down, or too many pushes are
+    /// in flight.
+    async fn spawn_push(
+        self: &Arc<Self>,
+        target: NodeId,
+        push: &Pushed,
+        relay: bool,
+        done: Option<mpsc::UnboundedSender<(NodeId, bool)>>,
+    ) -> bool {
+        let slot = self.push_slots.clone().try_acquire_owned().ok();
+        let Some(slot) = slot.filter(|_| self.cluster.reachable(target)) else {
+            for record in &push.records {
+                self.hint(target, push.partition, record).await;
+            }
+            return false;
+        };
+        let (me, push) = (self.clone(), push.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let partition = push.partition;
+            let message =
+                PeerMessageV1::Push { partition, records: push.records.clone(), reports: push.reports, relay };
+            let ok = match me.call(target, message, me.peer_timeout).await {
+                Ok(PeerReplyV1::Applied) => true,
+                Ok(other) => {
+                    tracing::warn!(target = %target, "replica refused a write: {other:?}");
+                    false
+                }
+                Err(e) => {
+                    tracing::debug!(target = %target, error = %e, "push failed");
+                    false
+                }
+            };
+            if !ok {
+                for record in &push.records {
+                    me.hint(target, partition, record).await;
+                }
+            }
+            if let Some(done) = done {
+                let _ = done.send((target, ok));
+            }
+        });
+        true
     }
 
     /// Makes sure the key's state here is durable on enough replicas for `level`, by writing it back
@@ -369,11 +452,11 @@ impl Coordinator {
         data_key: &[u8],
         level: Consistency,
         replicas: &[NodeId],
-    ) -> Result<Option<Entry>, ErrorReply> {
+    ) -> Result<Option<Stored>, ErrorReply> {
         let partition = keyspace::partition_of(data_key);
-        let mut round: ReadRound<Entry> = ReadRound::new(level, replicas);
+        let mut round: ReadRound<Stored> = ReadRound::new(level, replicas);
         if replicas.contains(&self.local) {
-            round.reply(self.local, node.load_entry(data_key)?);
+            round.reply(self.local, node.load_stored(data_key)?);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         for &target in replicas.iter().filter(|r| **r != self.local) {
@@ -385,10 +468,9 @@ impl Coordinator {
             tokio::spawn(async move {
                 let state = match me.call(target, PeerMessageV1::ReadKey { key }, me.peer_timeout).await {
                     Ok(PeerReplyV1::State(None)) => Ok(None),
-                    Ok(PeerReplyV1::State(Some(bytes))) => match keyspace::decode::<StoredEntry>(&bytes) {
-                        Ok(StoredEntry::V1(entry)) => Ok(Some(entry)),
-                        Err(e) => Err(format!("undecodable state: {e}")),
-                    },
+                    Ok(PeerReplyV1::State(Some(bytes))) => {
+                        keyspace::decode_stored(&bytes).map(Some).map_err(|e| format!("undecodable state: {e}"))
+                    }
                     Ok(other) => Err(format!("unexpected reply {other:?}")),
                     Err(e) => Err(e),
                 };
@@ -418,13 +500,13 @@ impl Coordinator {
             )));
         }
         let merged = round
-            .merged(|acc: &mut Entry, other: &Entry| acc.try_join(other))
+            .merged(|acc: &mut Stored, other: &Stored| acc.try_join(other))
             .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("replicas disagree on the key's type: {e}")))?;
         let stale = round.stale(&merged);
         let mut repair = round.repair(&merged);
         if let (Some(state), false) = (&merged, stale.is_empty()) {
             metrics::counter!("meridian_read_repairs_total").increment(stale.len() as u64);
-            let encoded = keyspace::encode(&StoredEntry::V1(state.clone()));
+            let encoded = keyspace::encode_stored(state);
             let (tx, mut rx) = mpsc::unbounded_channel();
             for target in stale {
                 let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), encoded.clone());

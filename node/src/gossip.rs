@@ -17,13 +17,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::coordinator::Coordinator;
+use crate::node::Node;
 use crate::peer::PeerPool;
-use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
+use crate::peer_service::{decode_reply, encode_request, take_own_reports, PeerMessageV1, PeerReplyV1};
 use crate::peer_sync::{spawn_peer_sync, SyncProgress};
 use crate::sync_store::EngineSyncStore;
 
 /// Exchanges memberships with every known member and seed each `interval`, until `shutdown`.
-pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Duration, shutdown: CancellationToken) {
+pub async fn gossip(
+    node: Arc<Node>,
+    cluster: Arc<Cluster>,
+    pool: Arc<PeerPool>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
@@ -36,7 +43,11 @@ pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Durati
         }
         let request = encode_request(
             cluster.local(),
-            PeerMessageV1::Gossip { membership: cluster.snapshot(), handoff: cluster.local_handoff() },
+            PeerMessageV1::Gossip {
+                membership: cluster.snapshot(),
+                handoff: cluster.local_handoff(),
+                reports: node.own_reports(),
+            },
         );
         let exchanges = targets.into_iter().map(|addr| {
             let (pool, request) = (pool.clone(), request.clone());
@@ -44,8 +55,10 @@ pub async fn gossip(cluster: Arc<Cluster>, pool: Arc<PeerPool>, interval: Durati
         });
         for (addr, answer) in futures::future::join_all(exchanges).await {
             match answer.map_err(|e| e.to_string()).and_then(|bytes| decode_reply(&bytes)) {
-                Ok(PeerReplyV1::Gossip { node_id, membership, handoff }) => {
+                Ok(PeerReplyV1::Gossip { node_id, membership, handoff, reports }) => {
                     cluster.heartbeat(node_id);
+                    let node = node.clone();
+                    let _ = tokio::task::spawn_blocking(move || take_own_reports(&node, node_id, &reports)).await;
                     cluster.set_peer_handoff(node_id, handoff);
                     if let Err(e) = cluster.merge(&membership) {
                         tracing::warn!(error = %e, "could not store the merged membership");

@@ -15,7 +15,7 @@
 //! `docs/design/replication.md`. Every value is a versioned enum encoded by the one codec module.
 
 use meridian_client::proto::{Key, Reply};
-use meridian_crdt::{codec, Entry, Hlc, NodeId};
+use meridian_crdt::{codec, Entry, Hlc, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// Largest stored record we will decode (guards against a corrupt length inside a record).
@@ -93,8 +93,61 @@ pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
 /// A key's state as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StoredEntry {
-    /// Version 1.
+    /// Version 1: the state alone (read as having no dependencies).
     V1(Entry),
+    /// Version 2: the state and its causal dependencies.
+    V2(Stored),
+}
+
+/// A key's CRDT state with its *dependency vector*: the join of the causal tokens of every write
+/// in it (each write's session token plus the write itself). A read hands it to the session, so a
+/// session that sees an effect also carries its causes, and a later causal read waits for them
+/// (`docs/design/replication.md`). Deltas travel in the same shape: a delta's deps are its write's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The CRDT state (or delta).
+    pub entry: Entry,
+    /// Origin node → packed HLC of the writes this state causally depends on.
+    pub deps: VersionVector,
+}
+
+impl Stored {
+    /// A state with no dependencies.
+    pub fn bare(entry: Entry) -> Stored {
+        Stored { entry, deps: VersionVector::new() }
+    }
+
+    /// An empty state of `other`'s type (to join `other` into).
+    pub fn empty_like(other: &Stored) -> Stored {
+        Stored::bare(Entry::empty(other.entry.crdt_type()))
+    }
+
+    /// Joins `other` in: the CRDT join of the states, the pointwise maximum of the dependencies.
+    pub fn try_join(&mut self, other: &Stored) -> Result<(), meridian_crdt::CrdtError> {
+        self.entry.try_join(&other.entry)?;
+        self.deps.merge(&other.deps);
+        Ok(())
+    }
+}
+
+impl StoredEntry {
+    /// The state and its dependencies, whatever the version.
+    pub fn into_stored(self) -> Stored {
+        match self {
+            StoredEntry::V1(entry) => Stored::bare(entry),
+            StoredEntry::V2(stored) => stored,
+        }
+    }
+}
+
+/// Encodes a key's state (or a delta) as stored and shipped.
+pub fn encode_stored(stored: &Stored) -> Vec<u8> {
+    encode(&StoredEntry::V2(stored.clone()))
+}
+
+/// Decodes what [`encode_stored`] wrote (or a version-1 state).
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, codec::CodecError> {
+    decode::<StoredEntry>(bytes).map(StoredEntry::into_stored)
 }
 
 /// One write in the delta log: enough for a peer to apply it without the rest of the key's state.
@@ -109,6 +162,27 @@ pub enum LogRecord {
         /// The coordinator's HLC timestamp for the write.
         ts: Hlc,
     },
+    /// Version 2: with the write's causal dependencies.
+    V2 {
+        /// The key written.
+        key: Key,
+        /// The delta (join it into the key's state).
+        delta: Entry,
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+        /// The write's session token plus the write itself.
+        deps: VersionVector,
+    },
+}
+
+impl LogRecord {
+    /// The key, the delta with its dependencies, and the timestamp, whatever the version.
+    pub fn into_parts(self) -> (Key, Stored, Hlc) {
+        match self {
+            LogRecord::V1 { key, delta, ts } => (key, Stored::bare(delta), ts),
+            LogRecord::V2 { key, delta, ts, deps } => (key, Stored { entry: delta, deps }, ts),
+        }
+    }
 }
 
 /// What a write with an idempotency id got, kept so that a retry gets the same answer.

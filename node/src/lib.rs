@@ -21,6 +21,7 @@ pub mod gossip;
 pub mod hints;
 pub mod http;
 pub mod keyspace;
+pub mod lag;
 pub mod local_region;
 pub mod metrics_export;
 pub mod node;

@@ -31,7 +31,7 @@ use meridian_client::proto::{
 };
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, HlcClock, Mutation, NodeId, Value, VersionVector, WriteContext};
 use meridian_replication::antientropy::LogRecord as SyncRecord;
-use meridian_replication::{causal_gap, Outcome, QuorumTracker, ReplicaCounts};
+use meridian_replication::{Outcome, QuorumTracker, ReplicaCounts, SafeReport, SafeTimes};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,7 +41,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::commit::{GroupCommitter, LogAppend};
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::keyspace::{self, IdempotencyRecord, LogRecord, StoredEntry};
+use crate::keyspace::{self, IdempotencyRecord, LogRecord, Stored};
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
 
 /// Number of key lock stripes; writes to keys in different stripes never wait for each other.
@@ -51,6 +51,9 @@ const LOCK_STRIPES: usize = 1024;
 const COMMIT_QUEUE_DEPTH: usize = 4096;
 /// Most writes joined into one durable batch.
 const COMMIT_MAX_GROUP: usize = 256;
+
+/// How often a causal read waiting on other origins looks again.
+const CAUSAL_POLL: Duration = Duration::from_millis(2);
 
 /// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
 const LIST_SCAN_FACTOR: usize = 8;
@@ -128,8 +131,11 @@ pub struct Node {
     engine: Arc<dyn Engine>,
     id: NodeId,
     clock: Mutex<ClockState>,
-    /// The causal frontier: origin → packed HLC known complete here.
+    /// This node's causal frontier (its own entry: every write it timestamped at or below it is
+    /// durable or failed).
     visible: watch::Sender<VersionVector>,
+    /// What this node knows of other origins' logs, per partition (for causal reads).
+    safe_times: Mutex<SafeTimes>,
     key_locks: Vec<tokio::sync::Mutex<()>>,
     stripe_hasher: std::collections::hash_map::RandomState,
     committer: GroupCommitter,
@@ -191,8 +197,9 @@ impl Node {
                 if let Some((_, _, seq)) = keyspace::parse_log_key(&key) {
                     last_seqs[usize::from(partition)] = seq;
                 }
-                let LogRecord::V1 { ts, .. } = keyspace::decode(&value)
-                    .map_err(|e| StorageError::Corrupt(format!("log record of partition {partition}: {e}")))?;
+                let (_, _, ts) = keyspace::decode::<LogRecord>(&value)
+                    .map_err(|e| StorageError::Corrupt(format!("log record of partition {partition}: {e}")))?
+                    .into_parts();
                 newest = newest.max(ts);
             }
         }
@@ -207,6 +214,7 @@ impl Node {
         Ok(Arc::new(Node {
             clock: Mutex::new(clock),
             visible: watch::channel(frontier).0,
+            safe_times: Mutex::new(SafeTimes::new()),
             key_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             stripe_hasher: std::collections::hash_map::RandomState::new(),
             committer: GroupCommitter::start(engine.clone(), id, last_seqs, COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP),
@@ -489,12 +497,20 @@ impl Node {
         // still finishes — its log position is released and its key lock held until it is durable —
         // instead of being cut off between "queued for commit" and "committed".
         let data_key = keyspace::data_key(&key);
+        let partition = keyspace::partition_of(&data_key);
+        if level == Consistency::Causal {
+            // Monotonic writes and writes-follow-reads for the key itself: its state here must
+            // include what the session saw of it before this write joins in (a register's later
+            // write must win). The write's timestamp then follows the session's too.
+            self.wait_for(&token, Some(partition)).await?;
+        }
+        self.observe_token(&token);
         if let Some(coordinator) = self.coordinator.get() {
             // A delete or a remove takes away what its coordinator has observed; at a quorum level
             // that must include everything a majority holds (every write acknowledged at quorum
             // before it), so the coordinator first joins a quorum read of the key into its copy.
             if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && change.removes_observed() {
-                let replicas = coordinator.cluster().replicas(keyspace::partition_of(&data_key));
+                let replicas = coordinator.cluster().replicas_for(level, partition);
                 if let Some(merged) = coordinator.quorum_read(self, &data_key, level, &replicas).await? {
                     coordinator.join_locally(&data_key, &merged).await?;
                 }
@@ -510,10 +526,12 @@ impl Node {
         let _permit = permit;
         let (reply, pushed) = reply?;
         if let Some(coordinator) = self.coordinator.get() {
-            let partition = keyspace::partition_of(&data_key);
-            let replicas = coordinator.cluster().replicas(partition);
+            let replicas = coordinator.cluster().replicas_for(level, partition);
             match pushed {
-                Some((partition, record)) => coordinator.replicate(partition, record, level, &replicas).await?,
+                Some((partition, record)) => {
+                    let report = self.own_report(partition);
+                    coordinator.replicate(partition, record, level, &replicas, report).await?
+                }
                 None if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) => {
                     coordinator.ensure_on_quorum(self, &data_key, level, &replicas).await?
                 }
@@ -591,7 +609,10 @@ impl Node {
                 return Ok(Prepared::Done(reply));
             }
         }
-        let state = self.load(&data_key)?;
+        let (state, mut deps) = match self.load_stored(&data_key)? {
+            Some(stored) => (Some(stored.entry), stored.deps),
+            None => (None, VersionVector::new()),
+        };
         let exists = state.as_ref().is_some_and(Entry::exists);
         match &change {
             Change::Delete if !exists => {
@@ -629,7 +650,10 @@ impl Node {
             },
             Change::Mutate(_) => ReplyBody::Written { counter: None },
         };
-        let stored = keyspace::encode(&StoredEntry::V1(next));
+        // The write depends on everything its session has seen, and on itself.
+        token.0.observe(self.id, ts.ts.pack());
+        deps.merge(&token.0);
+        let stored = keyspace::encode_stored(&Stored { entry: next, deps });
         let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
         // A delete may grow a key (a tombstone records what it removed) but must always be possible.
         if stored.len() > max_entry && !is_delete {
@@ -642,19 +666,29 @@ impl Node {
         let partition = keyspace::partition_of(&data_key);
         let push = Push {
             data_key: data_key.clone(),
-            delta: keyspace::encode(&StoredEntry::V1(delta.clone())),
+            delta: keyspace::encode_stored(&Stored { entry: delta.clone(), deps: token.0.clone() }),
             hlc: ts.ts.pack(),
         };
-        let record = keyspace::encode(&LogRecord::V1 { key: key.clone(), delta, ts: ts.ts });
+        let record = keyspace::encode(&LogRecord::V2 { key: key.clone(), delta, ts: ts.ts, deps: token.0.clone() });
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
-        token.0.observe(self.id, ts.ts.pack());
         let reply = Reply { causal_token: token, body };
         if let Some(id) = idempotency_id {
             let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), keyspace::encode(&record));
         }
         Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts })
+    }
+
+    /// Moves this node's clock past every timestamp in `token` (bounded by the drift limit), so a
+    /// write that follows what its session saw is also timestamped after it: a register's later
+    /// write wins even when this node's wall clock is behind the one that wrote the earlier value.
+    fn observe_token(&self, token: &CausalToken) {
+        let Some(newest) = token.0.iter().map(|(_, packed)| packed).max() else { return };
+        let mut state = self.clock.lock().expect("clock lock");
+        let now = skewed_now_ms(self.config.clock_offset_ms);
+        // A timestamp too far ahead (a bad token) is ignored: the write keeps its own clock.
+        let _ = state.clock.observe(Hlc::unpack(newest), now);
     }
 
     /// Timestamps a write and registers it in flight until the returned guard is dropped.
@@ -726,12 +760,17 @@ impl Node {
     }
 
     fn load(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
+        Ok(self.load_stored(data_key)?.map(|stored| stored.entry))
+    }
+
+    /// A key's state with its dependency vector.
+    pub fn load_stored(&self, data_key: &[u8]) -> Result<Option<Stored>, ErrorReply> {
         match self.engine.get(Space::Data, data_key).map_err(internal)? {
             None => Ok(None),
             Some(bytes) => {
-                let StoredEntry::V1(entry) =
-                    keyspace::decode(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
-                Ok(Some(entry))
+                let stored =
+                    keyspace::decode_stored(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
+                Ok(Some(stored))
             }
         }
     }
@@ -744,29 +783,42 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+        let data_key = keyspace::data_key(key);
+        let partition = keyspace::partition_of(&data_key);
         if let Some(coordinator) = self.coordinator.get() {
             if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) {
-                let data_key = keyspace::data_key(key);
-                let before = self.token_after(token);
-                let replicas = coordinator.cluster().replicas(keyspace::partition_of(&data_key));
-                let entry = coordinator.quorum_read(self, &data_key, level, &replicas).await?;
-                return Ok((entry, before));
+                let mut after = self.token_after(token);
+                let replicas = coordinator.cluster().replicas_for(level, partition);
+                let stored = coordinator.quorum_read(self, &data_key, level, &replicas).await?;
+                if let Some(stored) = &stored {
+                    after.0.merge(&stored.deps);
+                }
+                return Ok((stored.map(|s| s.entry), after));
             }
         }
         // Every level but `eventual` keeps the session's guarantees (on one node the only replica
         // is the quorum); `eventual` answers with whatever this replica has.
         if level != Consistency::Eventual {
-            self.wait_for(&token).await?;
+            self.wait_for(&token, Some(partition)).await?;
         }
-        let before = self.token_after(token);
+        let mut after = self.token_after(token);
         // A point read is served from RocksDB's memtable, block cache or page cache in microseconds;
         // running it inline saves the two thread hand-offs a blocking-pool trip costs (writes, which
-        // wait for fsync, do go to the blocking pool).
-        let entry = self.load(&keyspace::data_key(key))?;
-        Ok((entry, before))
+        // wait for fsync, do go to the blocking pool). The key's dependencies join the session's
+        // token: a session that saw an effect then waits for its causes wherever it reads them.
+        let stored = self.load_stored(&data_key)?;
+        if let Some(stored) = &stored {
+            after.0.merge(&stored.deps);
+        }
+        Ok((stored.map(|s| s.entry), after))
     }
 
-    async fn wait_for(&self, token: &CausalToken) -> Result<(), ErrorReply> {
+    /// Waits (bounded by `limits.causal_wait_ms`) until this node holds every write `token` names
+    /// that a read of `partition` could show: its own writes up to its entry (the frontier), and for
+    /// every other origin, its writes *to that partition* up to its entry (safe times, see
+    /// `meridian_replication::safe_time`). Without a partition (listings) only this node's own
+    /// entry is checked.
+    async fn wait_for(&self, token: &CausalToken, partition: Option<u16>) -> Result<(), ErrorReply> {
         let wait_ms = self.config.limits.causal_wait_ms;
         // Our own entry can only be ahead of our clock if the token was never issued by this node's
         // history (another cluster, a wiped data directory): waiting cannot help, so say so.
@@ -777,29 +829,93 @@ impl Node {
                 "the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session",
             ));
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut visible = self.visible.subscribe();
-        let waited = tokio::time::timeout(Duration::from_millis(wait_ms), async {
-            loop {
-                if causal_gap(&visible.borrow_and_update(), &token.0, |_| false).is_none() {
-                    return Ok(());
+        let mut waited = false;
+        loop {
+            let Some((origin, needed, held)) = self.causal_gap(token, partition) else {
+                if waited {
+                    metrics::counter!("meridian_causal_waits_total", "result" => "served").increment(1);
                 }
-                if visible.changed().await.is_err() {
-                    return Err(());
-                }
-            }
-        })
-        .await;
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            _ => {
-                let gap = causal_gap(&self.version_vector(), &token.0, |_| false)
-                    .map_or_else(|| "unknown".to_string(), |gap| gap.to_string());
-                Err(ErrorReply::new(
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                metrics::counter!("meridian_causal_waits_total", "result" => "timeout").increment(1);
+                let name = self
+                    .coordinator
+                    .get()
+                    .and_then(|c| c.cluster().member(origin))
+                    .map_or_else(|| origin.to_string(), |m| format!("{} ({})", m.name, m.region));
+                return Err(ErrorReply::new(
                     ErrorCode::CausalTimeout,
-                    format!("this node has not yet seen the session's dependencies after {wait_ms} ms ({gap})"),
-                ))
+                    format!(
+                        "this node has not yet seen the session's dependencies after {wait_ms} ms: writes of {name} up to {} ms (it holds them up to {} ms); retry, or read at another consistency level",
+                        Hlc::unpack(needed).wall_ms,
+                        Hlc::unpack(held).wall_ms
+                    ),
+                ));
+            }
+            waited = true;
+            // Remote records and reports arrive without a signal; poll them, and wake at once when
+            // this node's own frontier moves.
+            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + CAUSAL_POLL), visible.changed())
+                .await;
+        }
+    }
+
+    /// The first entry of `token` this node cannot yet vouch for: (origin, needed, held).
+    fn causal_gap(&self, token: &CausalToken, partition: Option<u16>) -> Option<(NodeId, u64, u64)> {
+        for (origin, needed) in token.0.iter() {
+            let held = if origin == self.id {
+                self.visible.borrow().get(self.id)
+            } else if let Some(p) = partition {
+                self.known_safe(p, origin)
+            } else {
+                continue;
+            };
+            if held < needed {
+                return Some((origin, needed, held));
             }
         }
+        None
+    }
+
+    /// This node's gap-free position of `origin` in `partition` (its version-vector entry).
+    fn held_position(&self, partition: u16, origin: NodeId) -> u64 {
+        match self.engine.get(Space::Meta, &keyspace::vv_key(partition, origin)) {
+            Ok(Some(bytes)) => crate::storage::decode_u64_be(&bytes).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The packed HLC up to which this node holds `origin`'s writes to `partition`.
+    pub fn known_safe(&self, partition: u16, origin: NodeId) -> u64 {
+        let held = self.held_position(partition, origin);
+        self.safe_times.lock().expect("safe times lock").known(partition, origin, held)
+    }
+
+    /// Takes in what another node says about an origin's log of `partition`.
+    pub fn take_report(&self, partition: u16, report: SafeReport) {
+        if report.origin == self.id {
+            return;
+        }
+        let held = self.held_position(partition, report.origin);
+        self.safe_times.lock().expect("safe times lock").report(partition, report, held);
+    }
+
+    /// What this node says about its own log of `partition`: its frontier, taken first, then the
+    /// partition's last durable position — every write it timestamped at or below the frontier
+    /// is durable, so it sits at or below that position.
+    pub fn own_report(&self, partition: u16) -> SafeReport {
+        let safe = self.visible.borrow().get(self.id);
+        SafeReport { origin: self.id, seq: self.committer.last_durable_seq(partition), safe }
+    }
+
+    /// [`Node::own_report`] for every partition at once (one frontier): gossip carries it, so
+    /// causal reads elsewhere need not wait for this node's next write to a partition it is idle in.
+    pub fn own_reports(&self) -> (u64, Vec<u64>) {
+        let safe = self.visible.borrow().get(self.id);
+        (safe, (0..keyspace::PARTITIONS).map(|p| self.committer.last_durable_seq(p)).collect())
     }
 
     /// Runs a `ListKeys` request over this node's own keys only.
@@ -842,7 +958,7 @@ impl Node {
         let mut last_name = None;
         for (data_key, value) in &raw {
             let name = String::from_utf8_lossy(&data_key[ns_prefix.len()..]).into_owned();
-            let StoredEntry::V1(entry) = keyspace::decode(value).map_err(internal)?;
+            let entry = keyspace::decode_stored(value).map_err(internal)?.entry;
             last_name = Some(name.clone());
             if entry.exists() {
                 keys.push(KeyInfo { name, crdt_type: entry.crdt_type() });

@@ -13,6 +13,7 @@
 //! | `ReadKey { key }` | the key's stored state | quorum reads |
 //! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
 //! | `Forward(request)` | the client reply | a node that is not a replica of the key |
+//! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
 //!
 //! Any successful request counts as a heartbeat from its sender.
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use meridian_client::proto::{ErrorReply, Reply, RequestV1};
 use meridian_crdt::{codec, NodeId};
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncConfig, SyncMessage};
-use meridian_replication::Membership;
+use meridian_replication::{Membership, SafeReport};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
@@ -59,6 +60,9 @@ pub enum PeerMessageV1 {
         membership: Membership,
         /// Partitions to hand off.
         handoff: Vec<u16>,
+        /// The sender's safe-time report for every partition: its frontier and each partition's
+        /// last durable position of its own log.
+        reports: OwnReports,
     },
     /// This node's version vector of one partition.
     PartitionVv {
@@ -88,6 +92,19 @@ pub enum PeerMessageV1 {
     },
     /// A client request to coordinate here (the sender holds no replica of its key).
     Forward(RequestV1),
+    /// A write's records pushed by its coordinator (or by its region's entry point), with safe-time
+    /// reports about their origins; `relay`: the sender is in another region and this node spreads
+    /// the records to its own region's other replicas.
+    Push {
+        /// The partition.
+        partition: u16,
+        /// The records, each under its origin's position.
+        records: Vec<SyncRecord>,
+        /// What the records prove about their origins' logs (see `meridian_replication::safe_time`).
+        reports: Vec<SafeReport>,
+        /// Spread them in this region.
+        relay: bool,
+    },
 }
 
 /// A reply between nodes.
@@ -115,6 +132,8 @@ pub enum PeerReplyV1 {
         membership: Membership,
         /// Partitions to hand off.
         handoff: Vec<u16>,
+        /// Its safe-time reports (as in the request).
+        reports: OwnReports,
     },
     /// A partition's version vector.
     Vv(meridian_crdt::VersionVector),
@@ -124,6 +143,17 @@ pub enum PeerReplyV1 {
     State(Option<Vec<u8>>),
     /// The reply to a forwarded client request.
     Forwarded(Result<Reply, ErrorReply>),
+}
+
+/// A node's safe-time report about its own log, for every partition: its causal frontier (a
+/// packed HLC) and, per partition, the last durable position of its log there.
+pub type OwnReports = (u64, Vec<u64>);
+
+/// Takes in `from`'s reports about its own log (see [`OwnReports`]).
+pub fn take_own_reports(node: &Node, from: NodeId, (safe, seqs): &OwnReports) {
+    for (partition, seq) in seqs.iter().enumerate().take(usize::from(PARTITIONS)) {
+        node.take_report(partition as u16, SafeReport { origin: from, seq: *seq, safe: *safe });
+    }
 }
 
 /// Encodes a request from `from`.
@@ -167,14 +197,19 @@ impl PeerService {
                 let (node, store, sync) = (self.node.id(), self.store.clone(), self.sync.clone());
                 blocking(move || crate::peer_sync::answer_sync(store, sync, node, from, message)).await
             }
-            PeerMessageV1::Gossip { membership, handoff } => {
+            PeerMessageV1::Gossip { membership, handoff, reports } => {
                 let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
                 cluster.merge(&membership).map_err(|e| format!("storing the membership: {e}"))?;
                 cluster.set_peer_handoff(from, handoff);
+                let node = self.node.clone();
+                tokio::task::spawn_blocking(move || take_own_reports(&node, from, &reports))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(PeerReplyV1::Gossip {
                     node_id: self.node.id(),
                     membership: cluster.snapshot(),
                     handoff: cluster.local_handoff(),
+                    reports: self.node.own_reports(),
                 })
             }
             PeerMessageV1::PartitionVv { partition } => {
@@ -210,6 +245,27 @@ impl PeerService {
             }
             PeerMessageV1::Forward(request) => {
                 Ok(PeerReplyV1::Forwarded(self.node.clone().execute_forwarded(request).await))
+            }
+            PeerMessageV1::Push { partition, records, reports, relay } => {
+                check_partition(partition)?;
+                let (mut store, node) = (self.store.clone(), self.node.clone());
+                let applied = records.clone();
+                let reply = blocking(move || {
+                    store.accept_pushed(PartitionId(partition), &applied).map_err(|e| e.to_string())?;
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await?;
+                for report in &reports {
+                    node.take_report(partition, *report);
+                }
+                if relay {
+                    if let Some(coordinator) = self.node.coordinator() {
+                        let coordinator = coordinator.clone();
+                        let push = crate::coordinator::Pushed { partition, records, reports };
+                        tokio::spawn(async move { coordinator.fan_out_in_region(push).await });
+                    }
+                }
+                Ok(reply)
             }
         }
     }

@@ -13,7 +13,8 @@
 //! skipped until it answers gossip again.
 
 use meridian_crdt::NodeId;
-use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncMessage, SyncSession};
+use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
+use meridian_replication::SafeReport;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -110,7 +111,15 @@ pub fn spawn_peer_sync(
                             continue;
                         }
                         shared += 1;
-                        if let Err(e) = link.pass(session, &mut store, now_ms(started)) {
+                        let passed = link.pass(session, &mut store, now_ms(started));
+                        // What the peer's offers proved about its own log: causal reads here may
+                        // now serve writes of its up to that time.
+                        while let Some(event) = session.poll_event() {
+                            if let SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } = event {
+                                store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+                            }
+                        }
+                        if let Err(e) = passed {
                             tracing::debug!(%addr, error = %e, "sync pass interrupted");
                             progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
                             metrics::counter!("meridian_sync_pass_errors_total").increment(1);

@@ -177,6 +177,7 @@ fn start_region(
     let serve_shutdown = shutdown.clone();
     tasks.spawn(async move { endpoint.serve(service, serve_shutdown).await });
     tasks.spawn(crate::gossip::gossip(
+        node.clone(),
         cluster.clone(),
         pool.clone(),
         Duration::from_millis(config.peer.gossip_interval_ms),

@@ -88,12 +88,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use meridian_client::proto::Key;
-use meridian_crdt::{CrdtError, Entry, Hlc, NodeId, VersionVector};
+use meridian_crdt::{CrdtError, Hlc, NodeId, VersionVector};
 use meridian_replication::antientropy::{
     entry_hash, key_hash, HashRange, KeyPage, KeyState, LogRecord as SyncRecord, PartitionId, RangeDigest, SyncStore,
 };
 
-use crate::keyspace::{self, LogRecord, StoredEntry, PARTITIONS};
+use crate::keyspace::{self, LogRecord, Stored, PARTITIONS};
 use crate::node::Node;
 use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
 
@@ -234,7 +234,7 @@ impl SyncStoreError {
 type Result<T> = std::result::Result<T, SyncStoreError>;
 
 /// The states a call joins into, by data key: (as stored before, after the joins so far).
-type Joined = HashMap<Vec<u8>, (Option<Entry>, Entry)>;
+type Joined = HashMap<Vec<u8>, (Option<Stored>, Stored)>;
 
 /// The [`SyncStore`] of a node's storage engine (see the [module docs](self)).
 ///
@@ -284,8 +284,21 @@ impl EngineSyncStore {
     /// records in order (joining them again changes nothing).
     pub fn accept_pushed(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         match self.apply_remote(partition, records) {
-            Err(SyncStoreError::Gap { .. }) => self.store_ahead(partition, records),
+            Err(SyncStoreError::Gap { .. }) => {
+                self.store_ahead(partition, records)?;
+                self.note_applied(records);
+                Ok(())
+            }
             other => other,
+        }
+    }
+
+    /// Tells the node's coordinator (for its lag figures) that `records` are durable here.
+    fn note_applied(&self, records: &[SyncRecord]) {
+        if let Some(node) = self.node.as_ref().and_then(Weak::upgrade) {
+            if let Some(coordinator) = node.coordinator() {
+                coordinator.note_applied(records);
+            }
         }
     }
 
@@ -318,7 +331,7 @@ impl EngineSyncStore {
                 let key = Self::check_key(partition, &record.key)?;
                 let delta = Self::decode_entry(partition, "delta", &record.delta)?;
                 self.join_into(&mut joined, partition, &record.key, &delta)?;
-                let log = LogRecord::V1 { key, delta, ts: Hlc::unpack(record.hlc) };
+                let log = LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps };
                 batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
             }
             Self::put_states(&mut batch, joined);
@@ -372,18 +385,25 @@ impl EngineSyncStore {
         }
     }
 
+    /// Hands a safe-time report to the node this store belongs to (if it is still up).
+    pub fn take_report(&self, partition: u16, report: meridian_replication::SafeReport) {
+        if let Some(node) = self.node.as_ref().and_then(Weak::upgrade) {
+            node.take_report(partition, report);
+        }
+    }
+
     fn vv_entry(&self, partition: u16, origin: NodeId) -> Result<u64> {
         self.meta_u64(&keyspace::vv_key(partition, origin))
     }
 
     /// The key's state here, if any.
-    fn load(&self, data_key: &[u8]) -> Result<Option<Entry>> {
+    fn load(&self, data_key: &[u8]) -> Result<Option<Stored>> {
         let Some(bytes) = self.engine.get(Space::Data, data_key)? else { return Ok(None) };
-        let StoredEntry::V1(entry) = keyspace::decode(&bytes).map_err(|e| SyncStoreError::Corrupt {
+        let stored = keyspace::decode_stored(&bytes).map_err(|e| SyncStoreError::Corrupt {
             what: format!("state of {}", show(data_key)),
             detail: e.to_string(),
         })?;
-        Ok(Some(entry))
+        Ok(Some(stored))
     }
 
     /// Checks a key the peer shipped for `partition`; returns it parsed.
@@ -398,24 +418,19 @@ impl EngineSyncStore {
     }
 
     /// Decodes a delta or state the peer shipped.
-    fn decode_entry(partition: PartitionId, what: &'static str, bytes: &[u8]) -> Result<Entry> {
+    fn decode_entry(partition: PartitionId, what: &'static str, bytes: &[u8]) -> Result<Stored> {
         // The cap is the one every stored record is read back with: anything larger could be
         // stored here but never read again.
-        let StoredEntry::V1(entry) = keyspace::decode(bytes).map_err(|e| SyncStoreError::Malformed {
-            partition,
-            what,
-            detail: e.to_string(),
-        })?;
-        Ok(entry)
+        keyspace::decode_stored(bytes).map_err(|e| SyncStoreError::Malformed { partition, what, detail: e.to_string() })
     }
 
     /// Joins `delta` into the key's state in `joined` (loading it on first use).
-    fn join_into(&self, joined: &mut Joined, partition: PartitionId, data_key: &[u8], delta: &Entry) -> Result<()> {
+    fn join_into(&self, joined: &mut Joined, partition: PartitionId, data_key: &[u8], delta: &Stored) -> Result<()> {
         let (_, state) = match joined.entry(data_key.to_vec()) {
             Slot::Occupied(slot) => slot.into_mut(),
             Slot::Vacant(slot) => {
                 let before = self.load(data_key)?;
-                let state = before.clone().unwrap_or_else(|| Entry::empty(delta.crdt_type()));
+                let state = before.clone().unwrap_or_else(|| Stored::empty_like(delta));
                 slot.insert((before, state))
             }
         };
@@ -426,7 +441,7 @@ impl EngineSyncStore {
     fn put_states(batch: &mut Batch, joined: Joined) {
         for (data_key, (before, after)) in joined {
             if before.as_ref() != Some(&after) {
-                batch.put(Space::Data, data_key, keyspace::encode(&StoredEntry::V1(after)));
+                batch.put(Space::Data, data_key, keyspace::encode_stored(&after));
             }
         }
     }
@@ -531,16 +546,17 @@ impl SyncStore for EngineSyncStore {
                     // A hole (never in a healthy log): the records after it are not gap-free.
                     return Ok(out);
                 }
-                let LogRecord::V1 { key, delta, ts } =
-                    keyspace::decode(&value).map_err(|e| SyncStoreError::Corrupt {
+                let (key, delta, ts) = keyspace::decode::<LogRecord>(&value)
+                    .map_err(|e| SyncStoreError::Corrupt {
                         what: format!("log record {partition}/{origin}/{next}"),
                         detail: e.to_string(),
-                    })?;
+                    })?
+                    .into_parts();
                 let record = SyncRecord {
                     origin,
                     seq: next,
                     key: keyspace::data_key(&key),
-                    delta: keyspace::encode(&StoredEntry::V1(delta)),
+                    delta: keyspace::encode_stored(&delta),
                     hlc: ts.pack(),
                 };
                 bytes = bytes.saturating_add(record.wire_len());
@@ -612,7 +628,7 @@ impl SyncStore for EngineSyncStore {
                 let key = Self::check_key(partition, &record.key)?;
                 let delta = Self::decode_entry(partition, "delta", &record.delta)?;
                 self.join_into(&mut joined, partition, &record.key, &delta)?;
-                let log = LogRecord::V1 { key, delta, ts: Hlc::unpack(record.hlc) };
+                let log = LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps };
                 batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
             }
             for (origin, seq) in &raised {
@@ -621,7 +637,10 @@ impl SyncStore for EngineSyncStore {
             Self::put_states(&mut batch, joined);
             Ok(batch)
         };
-        self.commit_under_locks(&keys, build)
+        self.commit_under_locks(&keys, build)?;
+        let fresh: Vec<SyncRecord> = fresh.into_iter().cloned().collect();
+        self.note_applied(&fresh);
+        Ok(())
     }
 
     /// Every key of the partition (a full `Data` scan, see the module docs), hashed as stored.

@@ -161,10 +161,24 @@ pub fn region_config(
     seeds: &[SocketAddr],
     ca_dir: &Path,
 ) -> Config {
+    region_config_in(dir, "local", name, zone, listen, seeds, ca_dir)
+}
+
+/// [`region_config`] for a node of region `region`.
+#[allow(dead_code)] // not every test binary has several regions
+pub fn region_config_in(
+    dir: &Path,
+    region: &str,
+    name: &str,
+    zone: &str,
+    listen: SocketAddr,
+    seeds: &[SocketAddr],
+    ca_dir: &Path,
+) -> Config {
     let ca = meridian_node::certs::CaBundle::load(ca_dir).expect("test CA");
     let identity = meridian_node::certs::NodeIdentity {
         cluster_id: "test".into(),
-        region: "local".into(),
+        region: region.into(),
         zone: zone.into(),
         name: name.into(),
     };
@@ -176,6 +190,7 @@ pub fn region_config(
     let mut config = Config {
         node_name: name.into(),
         cluster_id: "test".into(),
+        region: region.into(),
         zone: zone.into(),
         data_dir: dir.join(format!("{name}-data")),
         ..Config::default()
