@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{self, Consistency};
+use crate::region::{RegionConfig, DEFAULT_FAILBACK_INTERVAL, DEFAULT_REGION};
 use crate::tls::{self, ClientIdentity};
 use crate::transport::{Config, Transport};
 use crate::{Client, Error};
@@ -53,6 +54,10 @@ impl Pem {
 
 /// Configures and connects a [`Client`].
 ///
+/// Nodes are given either as a flat list ([`ClientBuilder::endpoint`], one region) or grouped by
+/// region ([`ClientBuilder::region`]); see [`ClientBuilder::region`] for how requests are routed
+/// across regions.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use meridian_client::{Client, Consistency};
@@ -71,7 +76,12 @@ impl Pem {
 /// ```
 #[derive(Clone)]
 pub struct ClientBuilder {
-    endpoints: Vec<String>,
+    /// Declared regions in order: name, endpoints.
+    regions: Vec<(String, Vec<String>)>,
+    /// Which entry of `regions` collects the plain `.endpoint()`s, once there is one.
+    plain: Option<usize>,
+    prefer_region: Option<String>,
+    failback_interval: Duration,
     roots: Vec<Pem>,
     identity: Option<(Pem, Pem)>,
     server_name: String,
@@ -85,7 +95,9 @@ impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Certificates and keys are left out: the key is a secret.
         f.debug_struct("ClientBuilder")
-            .field("endpoints", &self.endpoints)
+            .field("regions", &self.regions)
+            .field("prefer_region", &self.prefer_region)
+            .field("failback_interval", &self.failback_interval)
             .field("trusted_certificates", &self.roots.len())
             .field("client_certificate", &self.identity.is_some())
             .field("server_name", &self.server_name)
@@ -113,7 +125,10 @@ impl ClientBuilder {
     /// ```
     pub fn new() -> ClientBuilder {
         ClientBuilder {
-            endpoints: Vec::new(),
+            regions: Vec::new(),
+            plain: None,
+            prefer_region: None,
+            failback_interval: DEFAULT_FAILBACK_INTERVAL,
             roots: Vec::new(),
             identity: None,
             server_name: DEFAULT_SERVER_NAME.to_string(),
@@ -128,11 +143,99 @@ impl ClientBuilder {
     /// node, nearest first: the client connects to the first reachable one and fails over in order,
     /// wrapping around.
     ///
+    /// Plain endpoints form one region named [`DEFAULT_REGION`](crate::DEFAULT_REGION), declared
+    /// where the first `.endpoint()` call stands among the [`ClientBuilder::region`] calls; with
+    /// only plain endpoints the client behaves as a single-region client (no measurement, no region
+    /// failover). A `.region("default", ..)` next to plain endpoints is a duplicate region.
+    ///
     /// ```no_run
     /// let builder = meridian_client::Client::builder().endpoint("127.0.0.1:7400").endpoint("node2.local:7400");
     /// ```
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoints.push(endpoint.into());
+        let plain = *self.plain.get_or_insert_with(|| {
+            self.regions.push((DEFAULT_REGION.to_string(), Vec::new()));
+            self.regions.len() - 1
+        });
+        self.regions[plain].1.push(endpoint.into());
+        self
+    }
+
+    /// Declares a region and its nodes' client addresses (`host:port`, in the order to try them).
+    /// Call it once per region; every region accepts every request, so this is about latency and
+    /// availability, not about where data lives.
+    ///
+    /// Routing across regions:
+    /// * **Order.** With [`ClientBuilder::prefer_region`], that region first, then the others in
+    ///   declaration order. Without it, [`ClientBuilder::connect`] handshakes with every node of
+    ///   every region in parallel (within one [`ClientBuilder::timeout`]) and ranks the regions by
+    ///   their fastest node's handshake time; regions that did not answer come last. See
+    ///   [`Client::regions`](crate::Client::regions).
+    /// * **Failover.** Requests go to one node of the current region
+    ///   ([`Client::current_region`](crate::Client::current_region)), failing over to its other
+    ///   nodes as with plain endpoints. When no node of the region can be connected to, or as many
+    ///   node-level failures (connection lost, no answer in time, `shutting_down`) as the region has
+    ///   nodes happen in a row, the request moves to the next region in order (wrapping around) and
+    ///   is retried there. `quorum_unavailable` at [`Consistency::LocalQuorum`] also moves to the
+    ///   next region (which can form its own local majority); at other levels it is retried in
+    ///   place. `causal_timeout` never moves: it means the session's writes have not reached that
+    ///   region yet, so it is retried in place and then returned. Moves count against
+    ///   [`ClientBuilder::max_retries`], and a retried write keeps its idempotency id in every
+    ///   region.
+    /// * **Sessions.** A [`Session`](crate::Session) sends the same causal token to whichever
+    ///   region serves it and merges every region's reply into it, so read-your-writes and
+    ///   monotonic reads survive a failover (a region that has not yet received the session's
+    ///   writes answers `causal_timeout` instead of stale data).
+    /// * **Failback.** Away from the first region, the client probes the better regions in the
+    ///   background every [`ClientBuilder::failback_interval`] (on the next request after it
+    ///   elapses) and moves back as soon as one completes a handshake.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), meridian_client::Error> {
+    /// let client = meridian_client::Client::builder()
+    ///     .region("us-east", ["10.0.0.1:7400", "10.0.0.2:7400"])
+    ///     .region("eu-west", ["10.1.0.1:7400", "10.1.0.2:7400"])
+    ///     .region("ap-south", ["10.2.0.1:7400"])
+    ///     .ca_cert_file("cluster-ca.pem")
+    ///     .connect() // measures each region and starts with the nearest
+    ///     .await?;
+    /// println!("using {}", client.current_region());
+    /// # Ok(()) }
+    /// ```
+    pub fn region(mut self, name: impl Into<String>, endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.regions.push((name.into(), endpoints.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Pins the home region: requests go there first, the other regions follow in declaration
+    /// order, and [`ClientBuilder::connect`] measures nothing (it connects to the home region only,
+    /// or fails over if it is unreachable). The name must be one given to
+    /// [`ClientBuilder::region`] (or [`DEFAULT_REGION`](crate::DEFAULT_REGION) for plain
+    /// endpoints).
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder()
+    ///     .region("us-east", ["10.0.0.1:7400"])
+    ///     .region("eu-west", ["10.1.0.1:7400"])
+    ///     .prefer_region("eu-west");
+    /// ```
+    pub fn prefer_region(mut self, name: impl Into<String>) -> Self {
+        self.prefer_region = Some(name.into());
+        self
+    }
+
+    /// How long the client stays in a fallback region before it probes the better ones again
+    /// (default [`DEFAULT_FAILBACK_INTERVAL`](crate::DEFAULT_FAILBACK_INTERVAL)). The probe runs
+    /// in the background, started by the first request after the interval; it never delays a
+    /// request. Zero probes on every request (one probe at a time).
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder()
+    ///     .region("us-east", ["10.0.0.1:7400"])
+    ///     .region("eu-west", ["10.1.0.1:7400"])
+    ///     .failback_interval(std::time::Duration::from_secs(30));
+    /// ```
+    pub fn failback_interval(mut self, interval: Duration) -> Self {
+        self.failback_interval = interval;
         self
     }
 
@@ -241,7 +344,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Validates the settings and connects to the first reachable endpoint.
+    /// Validates the settings and connects to the first reachable endpoint (with several regions
+    /// and no [`ClientBuilder::prefer_region`], after ranking the regions by handshake time; see
+    /// [`ClientBuilder::region`]).
     ///
     /// Errors: [`Error::InvalidArgument`] for missing or malformed settings, [`Error::Tls`] for
     /// unusable certificates or if every node refused the handshake, [`Error::Connect`] if no
@@ -258,18 +363,40 @@ impl ClientBuilder {
     /// ```
     pub async fn connect(self) -> Result<Client, Error> {
         let transport = Arc::new(Transport::new(self.config()?));
-        transport.ensure_connected().await?;
+        transport.connect().await?;
         Ok(Client::from_transport(transport))
     }
 
     /// Validates every setting and builds the TLS configuration (no network I/O).
     fn config(&self) -> Result<Config, Error> {
-        if self.endpoints.is_empty() {
-            return Err(Error::invalid("no endpoint: call .endpoint(\"host:port\") at least once"));
+        if self.regions.is_empty() {
+            return Err(Error::invalid(
+                "no endpoint: call .endpoint(\"host:port\") or .region(name, endpoints) at least once",
+            ));
         }
-        for endpoint in &self.endpoints {
-            check_endpoint(endpoint)?;
+        let mut regions: Vec<RegionConfig> = Vec::with_capacity(self.regions.len());
+        for (name, endpoints) in &self.regions {
+            check_region_name(name)?;
+            if regions.iter().any(|r| r.name == *name) {
+                return Err(Error::invalid(format!(
+                    "region {name:?} is declared twice (plain .endpoint() calls form the region {DEFAULT_REGION:?})"
+                )));
+            }
+            if endpoints.is_empty() {
+                return Err(Error::invalid(format!("region {name:?} has no endpoint")));
+            }
+            for endpoint in endpoints {
+                check_endpoint(endpoint)?;
+            }
+            regions.push(RegionConfig { name: name.clone(), endpoints: endpoints.clone() });
         }
+        let preferred_region = match &self.prefer_region {
+            None => None,
+            Some(name) => Some(regions.iter().position(|r| r.name == *name).ok_or_else(|| {
+                let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+                Error::invalid(format!("prefer_region({name:?}): no such region (declared: {})", known.join(", ")))
+            })?),
+        };
         if self.roots.is_empty() {
             return Err(Error::invalid(
                 "no trusted certificate: call .ca_cert_pem() or .ca_cert_file() with the node's certificate or CA",
@@ -291,7 +418,10 @@ impl ClientBuilder {
             }
         };
         Ok(Config {
-            endpoints: self.endpoints.clone(),
+            endpoints: regions.iter().flat_map(|r| r.endpoints.iter().cloned()).collect(),
+            regions,
+            preferred_region,
+            failback_interval: self.failback_interval,
             quic: tls::client_config(&roots, identity.as_ref())?,
             server_name: self.server_name.clone(),
             timeout: self.timeout,
@@ -300,6 +430,16 @@ impl ClientBuilder {
             max_frame_bytes: self.max_frame_bytes,
         })
     }
+}
+
+/// Checks a region name: not empty, no whitespace or control characters, at most 64 bytes.
+fn check_region_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 64 || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid(format!(
+            "region name {name:?}: expected 1 to 64 bytes without whitespace (e.g. \"us-east\")"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks `host:port` syntax (resolution happens when connecting).
@@ -387,8 +527,50 @@ mod tests {
         assert_eq!(config.timeout_ms(), 1500);
         assert_eq!(config.max_retries, 0);
         assert_eq!(config.default_consistency, Some(Consistency::Quorum));
+        assert_eq!(config.failback_interval, DEFAULT_FAILBACK_INTERVAL);
         // The builder's Debug output never shows key material.
         let debug = format!("{:?}", base().client_cert_pem(pem(), "SECRET KEY"));
         assert!(!debug.contains("SECRET") && debug.contains("client_certificate: true"), "{debug}");
+    }
+
+    fn names(config: &Config) -> Vec<&str> {
+        config.regions.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn regions_and_plain_endpoints() {
+        // Plain endpoints are one region, "default", exactly as before.
+        let config = ClientBuilder::new().endpoint("a:1").endpoint("b:1").ca_cert_pem(pem()).config().unwrap();
+        assert_eq!(names(&config), ["default"]);
+        assert_eq!(config.regions[0].endpoints, ["a:1", "b:1"]);
+        assert_eq!(config.preferred_region, None);
+
+        // Mixed: the plain region stands where the first .endpoint() call stands.
+        let config = ClientBuilder::new()
+            .region("us-east", ["u1:1", "u2:1"])
+            .endpoint("p1:1")
+            .region("eu-west", vec![String::from("e1:1")])
+            .endpoint("p2:1")
+            .prefer_region("eu-west")
+            .failback_interval(Duration::from_millis(10))
+            .ca_cert_pem(pem())
+            .config()
+            .unwrap();
+        assert_eq!(names(&config), ["us-east", "default", "eu-west"]);
+        assert_eq!(config.regions[1].endpoints, ["p1:1", "p2:1"]);
+        assert_eq!(config.endpoints, ["u1:1", "u2:1", "p1:1", "p2:1", "e1:1"]);
+        assert_eq!(config.preferred_region, Some(2));
+        assert_eq!(config.failback_interval, Duration::from_millis(10));
+
+        let base = || ClientBuilder::new().ca_cert_pem(pem());
+        assert!(invalid(base().region("a", ["x:1"]).region("a", ["y:1"])).contains("declared twice"));
+        assert!(invalid(base().region("default", ["x:1"]).endpoint("y:1")).contains("declared twice"));
+        assert!(invalid(base().region("a", Vec::<String>::new())).contains("no endpoint"));
+        assert!(invalid(base().region("a", ["nope"])).contains("\"nope\""));
+        assert!(invalid(base().region("", ["x:1"])).contains("region name"));
+        assert!(invalid(base().region("us east", ["x:1"])).contains("region name"));
+        assert!(invalid(base().region("a", ["x:1"]).prefer_region("b")).contains("no such region"));
+        assert!(invalid(base().endpoint("x:1").prefer_region("b")).contains("declared: default"));
+        base().endpoint("x:1").prefer_region("default").config().unwrap();
     }
 }

@@ -13,11 +13,12 @@ use crate::handles::{unexpected, Ctx};
 use crate::proto::{CausalToken, NodeStatus, Operation, Reply, ReplyBody, RequestV1};
 use crate::transport::Transport;
 use crate::{
-    ClientBuilder, CounterHandle, DocHandle, Error, IntoKey, KeysQuery, MapHandle, MvRegisterHandle, RegisterHandle,
-    Session, SetHandle,
+    ClientBuilder, CounterHandle, DocHandle, Error, IntoKey, KeysQuery, MapHandle, MvRegisterHandle, RegionInfo,
+    RegisterHandle, Session, SetHandle,
 };
 
-/// A connection to a Meridian cluster (one node at a time, with failover to the others).
+/// A connection to a Meridian cluster (one node at a time, with failover to the others, region by
+/// region: see [`ClientBuilder::region`]).
 ///
 /// Clone it freely: clones share the connection. Requests are retried on transient failures; writes
 /// carry an idempotency id so a retried write is applied once.
@@ -42,6 +43,8 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let config = &self.inner.config;
         f.debug_struct("Client")
+            .field("regions", &self.inner.order().iter().map(|r| &config.regions[r.region].name).collect::<Vec<_>>())
+            .field("current_region", &self.current_region())
             .field("endpoints", &config.endpoints)
             .field("server_name", &config.server_name)
             .field("timeout", &config.timeout)
@@ -257,7 +260,8 @@ impl Client {
         self.inner.execute(request).await
     }
 
-    /// The endpoints, in failover order, as given to the builder.
+    /// The endpoints as given to the builder: every region's, in declaration order (plain endpoints:
+    /// in failover order).
     ///
     /// ```no_run
     /// # fn example(client: meridian_client::Client) {
@@ -266,6 +270,41 @@ impl Client {
     /// ```
     pub fn endpoints(&self) -> &[String] {
         &self.inner.config.endpoints
+    }
+
+    /// The regions in preference order — the order requests fail over in — with the handshake time
+    /// measured to each when the client connected (see [`RegionInfo::rtt`]). A client built with
+    /// plain endpoints has one region, [`DEFAULT_REGION`](crate::DEFAULT_REGION).
+    ///
+    /// ```no_run
+    /// # fn example(client: meridian_client::Client) {
+    /// let order: Vec<String> = client.regions().into_iter().map(|r| r.name).collect();
+    /// println!("nearest first: {}", order.join(", "));
+    /// # }
+    /// ```
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        let config = &self.inner.config;
+        self.inner
+            .order()
+            .iter()
+            .map(|r| {
+                let region = &config.regions[r.region];
+                RegionInfo { name: region.name.clone(), endpoints: region.endpoints.clone(), rtt: r.rtt }
+            })
+            .collect()
+    }
+
+    /// The region requests go to now: the first of [`Client::regions`] unless the client failed over
+    /// (and has not yet failed back).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// client.counter("app/visits").incr(1).await?;
+    /// println!("served from {}", client.current_region());
+    /// # Ok(()) }
+    /// ```
+    pub fn current_region(&self) -> &str {
+        self.inner.current_region()
     }
 
     /// The endpoint the client is connected to right now, if any (it reconnects lazily).
@@ -297,8 +336,12 @@ impl Client {
     /// A client that is never connected (its endpoint is unroutable), for tests of local behaviour.
     #[cfg(test)]
     pub(crate) fn offline_for_tests() -> Client {
+        let endpoints = vec!["192.0.2.1:7400".to_string()];
         let config = crate::transport::Config {
-            endpoints: vec!["192.0.2.1:7400".into()],
+            regions: vec![crate::region::RegionConfig { name: "default".into(), endpoints: endpoints.clone() }],
+            preferred_region: None,
+            failback_interval: crate::DEFAULT_FAILBACK_INTERVAL,
+            endpoints,
             quic: crate::tls::client_config(&[], None).expect("an empty trust store builds"),
             server_name: "localhost".into(),
             timeout: std::time::Duration::from_millis(100),

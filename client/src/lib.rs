@@ -8,6 +8,33 @@
 //! configured endpoints; writes carry an idempotency id so a retry is applied once. Causal sessions
 //! ([`Session`]) give read-your-writes and monotonic reads across nodes and regions.
 //!
+//! ## Regions
+//!
+//! A multi-region cluster is declared region by region ([`ClientBuilder::region`]). The client
+//! ranks the regions — the one pinned with [`ClientBuilder::prefer_region`] first, otherwise by the
+//! handshake time it measures when connecting ([`Client::regions`]) — sends requests to the nearest
+//! one ([`Client::current_region`]), moves to the next when no node of that region can serve
+//! (connection failures, `shutting_down`, `quorum_unavailable` at `local_quorum`; never on
+//! `causal_timeout`), and returns to a better region once it answers again. Sessions keep their
+//! causal token across regions, so read-your-writes survives a failover.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), meridian_client::Error> {
+//! let client = meridian_client::Client::builder()
+//!     .region("us-east", ["10.0.0.1:7400", "10.0.0.2:7400"])
+//!     .region("eu-west", ["10.1.0.1:7400", "10.1.0.2:7400"])
+//!     .prefer_region("us-east")
+//!     .ca_cert_file("cluster-ca.pem")
+//!     .connect()
+//!     .await?;
+//! let session = client.session();
+//! session.counter("app/visits").incr(1).await?;
+//! // If us-east goes down now, this read is served by eu-west with the same causal token: it
+//! // sees the increment or fails with `causal_timeout`, never a stale value.
+//! let visits = session.counter("app/visits").get().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! ```no_run
 //! use meridian_client::{Client, Consistency};
 //! # async fn example() -> Result<(), meridian_client::Error> {
@@ -32,7 +59,8 @@
 //! |---|---|
 //! | [`proto`] | wire messages and framing (shared with the node) |
 //! | `builder`, `client` | configuring and holding a connection |
-//! | `transport` | connection cache, failover, retries with backoff |
+//! | `transport` | connection cache, region ranking, failover and failback, retries with backoff |
+//! | `region` | [`RegionInfo`], region constants |
 //! | `handles`, `map_doc`, `keys` | typed handles per CRDT type, key listing |
 //! | `session` | causal tokens |
 //! | `error` | [`Error`] and its retry classification |
@@ -47,12 +75,15 @@ mod key;
 mod keys;
 mod map_doc;
 pub mod proto;
+mod region;
 mod session;
 mod tls;
 mod transport;
 
 #[cfg(test)]
 mod net_tests;
+#[cfg(test)]
+mod region_tests;
 
 pub use builder::{ClientBuilder, DEFAULT_MAX_RETRIES, DEFAULT_SERVER_NAME, DEFAULT_TIMEOUT};
 pub use client::Client;
@@ -61,6 +92,7 @@ pub use handles::{CounterHandle, MvRegisterHandle, RegisterHandle, SetHandle, Si
 pub use key::IntoKey;
 pub use keys::{KeysPage, KeysQuery, DEFAULT_PAGE_LIMIT};
 pub use map_doc::{DocHandle, MapHandle};
+pub use region::{RegionInfo, DEFAULT_FAILBACK_INTERVAL, DEFAULT_REGION};
 pub use session::Session;
 
 pub use meridian_crdt::{CrdtType, DotContext, Mutation, Value};

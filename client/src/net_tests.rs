@@ -5,10 +5,14 @@
 //! one stream per request, length-prefixed frames. The server answers each stream from a script of
 //! canned responses and records every request it decoded, so the test can prove what was *sent*:
 //! the same idempotency id on every retry of a write, the session token on the next request.
+//!
+//! The harness (`TestServer`, `ok`, `err`, `token`, `write_id`) is shared with `region_tests`, which
+//! runs one or more servers per fake region; for that a server can delay its handshakes, go down
+//! (close its connections and ignore new ones) and come back, or shut down for good.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use crate::proto::{
 use crate::{Client, CrdtType, Error};
 
 /// What the server does with one request.
-enum Action {
+pub(crate) enum Action {
     Reply(Box<Response>),
     /// Reads the request and never answers.
     Silent,
@@ -33,29 +37,34 @@ struct Shared {
     script: Mutex<VecDeque<Action>>,
     seen: Mutex<Vec<RequestV1>>,
     connections: AtomicUsize,
+    /// Milliseconds to wait before answering a handshake.
+    handshake_delay_ms: AtomicU64,
+    /// Down: new handshakes are ignored (as by a dead host) and `live` connections were closed.
+    down: AtomicBool,
+    live: Mutex<Vec<quinn::Connection>>,
 }
 
-struct TestServer {
-    addr: SocketAddr,
-    cert_pem: String,
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) cert_pem: String,
     shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
+    pub(crate) endpoint: quinn::Endpoint,
 }
 
-fn token(entries: &[(u64, u64)]) -> CausalToken {
+pub(crate) fn token(entries: &[(u64, u64)]) -> CausalToken {
     CausalToken(entries.iter().map(|&(n, s)| (NodeId(n), s)).collect())
 }
 
-fn ok(causal_token: CausalToken, body: ReplyBody) -> Action {
+pub(crate) fn ok(causal_token: CausalToken, body: ReplyBody) -> Action {
     Action::Reply(Box::new(Response::V1(Ok(Reply { causal_token, body }))))
 }
 
-fn err(code: ErrorCode) -> Action {
+pub(crate) fn err(code: ErrorCode) -> Action {
     Action::Reply(Box::new(Response::V1(Err(ErrorReply::new(code, format!("scripted {}", code.name()))))))
 }
 
 impl TestServer {
-    fn start() -> TestServer {
+    pub(crate) fn start() -> TestServer {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let cert: CertificateDer<'static> = ck.cert.der().clone();
         let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
@@ -74,25 +83,66 @@ impl TestServer {
         TestServer { addr: endpoint.local_addr().unwrap(), cert_pem: ck.cert.pem(), shared, endpoint }
     }
 
-    fn script(&self, actions: impl IntoIterator<Item = Action>) {
+    pub(crate) fn script(&self, actions: impl IntoIterator<Item = Action>) {
         self.shared.script.lock().unwrap().extend(actions);
     }
 
-    fn take_seen(&self) -> Vec<RequestV1> {
+    pub(crate) fn take_seen(&self) -> Vec<RequestV1> {
         std::mem::take(&mut *self.shared.seen.lock().unwrap())
     }
 
-    fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The address as a client endpoint string.
+    pub(crate) fn endpoint_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Delays every later handshake by `delay` (a far-away region).
+    pub(crate) fn delay_handshakes(&self, delay: Duration) {
+        self.shared.handshake_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Down (`true`): closes every connection and ignores new handshakes, like a dead host; up again
+    /// (`false`): accepts handshakes again.
+    pub(crate) fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+        if down {
+            for conn in self.shared.live.lock().unwrap().drain(..) {
+                conn.close(0u32.into(), b"down");
+            }
+        }
+    }
+
+    /// Shuts the server down for good: closes its connections and refuses new ones.
+    pub(crate) fn shut_down(&self) {
+        self.shared.down.store(true, Ordering::SeqCst);
+        self.endpoint.close(0u32.into(), b"shut down");
     }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
+        if shared.down.load(Ordering::SeqCst) {
+            incoming.ignore();
+            continue;
+        }
         let shared = shared.clone();
         tokio::spawn(async move {
+            let delay = shared.handshake_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let Ok(conn) = incoming.await else { return };
             shared.connections.fetch_add(1, Ordering::SeqCst);
+            shared.live.lock().unwrap().push(conn.clone());
+            // A handshake that completed while the server went down does not survive it.
+            if shared.down.load(Ordering::SeqCst) {
+                conn.close(0u32.into(), b"down");
+                return;
+            }
             while let Ok((send, recv)) = conn.accept_bi().await {
                 tokio::spawn(serve_stream(send, recv, shared.clone()));
             }
@@ -120,7 +170,7 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     let _ = send.stopped().await;
 }
 
-fn write_id(request: &RequestV1) -> proto::IdempotencyId {
+pub(crate) fn write_id(request: &RequestV1) -> proto::IdempotencyId {
     match &request.op {
         Operation::Write { idempotency_id, .. } | Operation::Delete { idempotency_id, .. } => {
             idempotency_id.expect("writes always carry an idempotency id")
