@@ -65,6 +65,7 @@ macro_rules! say_err {
         let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
+pub(crate) use say;
 
 /// The plan's file name inside the region directory.
 pub const PLAN_FILE: &str = "region.json";
@@ -483,15 +484,16 @@ fn try_commands(plan: &RegionPlan) -> String {
     out
 }
 
-/// The signals that stop a running region.
-struct StopSignals {
+/// The signals that stop a running local cluster.
+pub(crate) struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
     hangup: Signal,
 }
 
 impl StopSignals {
-    fn install() -> anyhow::Result<StopSignals> {
+    /// Installs the handlers; from now on these signals no longer kill the process.
+    pub(crate) fn install() -> anyhow::Result<StopSignals> {
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
@@ -500,7 +502,7 @@ impl StopSignals {
     }
 
     /// Waits for the next stop signal and names it.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
@@ -509,13 +511,15 @@ impl StopSignals {
     }
 }
 
-/// A node process started by [`start`].
+/// A node process started by a [`Supervisor`].
 struct Running {
     node: NodePlan,
     child: tokio::process::Child,
     pid: Option<u32>,
     /// Set once the process has been reaped.
     exited: Option<ExitStatus>,
+    /// Set once its unexpected exit has been reported.
+    reported: bool,
 }
 
 impl Running {
@@ -527,6 +531,175 @@ impl Running {
             }
         }
         self.exited
+    }
+}
+
+/// The `meridian serve` child processes of a local cluster (`meridian region start`, `meridian
+/// demo`): each in its own process group (a terminal's Ctrl-C reaches only the supervisor), output
+/// appended to the node's log, no `MERIDIAN_*` environment but `MERIDIAN_LOG`, killed if the
+/// supervisor is dropped without stopping them.
+pub(crate) struct Supervisor {
+    running: Vec<Running>,
+}
+
+impl Supervisor {
+    /// Starts `meridian serve --config …` for every node (this executable); if one cannot be
+    /// started, stops those that were.
+    pub(crate) async fn spawn(nodes: &[NodePlan]) -> anyhow::Result<Supervisor> {
+        let exe = std::env::current_exe().context("locating the meridian executable")?;
+        let mut supervisor = Supervisor { running: Vec::with_capacity(nodes.len()) };
+        for node in nodes {
+            match spawn_node(&exe, node).await {
+                Ok(child) => {
+                    let pid = child.id();
+                    supervisor.running.push(Running { node: node.clone(), child, pid, exited: None, reported: false });
+                }
+                Err(e) => {
+                    supervisor.stop_all().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(supervisor)
+    }
+
+    /// Each node's pid, in the order they were given.
+    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
+        self.running.iter().map(|r| r.pid).collect()
+    }
+
+    /// Waits until every node answers `GET /readyz` with 200, failing if one exits first or
+    /// `timeout` passes (the error names the node and quotes its log).
+    pub(crate) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ready = vec![false; self.running.len()];
+        loop {
+            for (i, r) in self.running.iter_mut().enumerate() {
+                if ready[i] {
+                    continue;
+                }
+                if let Some(status) = r.poll_exit() {
+                    r.reported = true;
+                    bail!(
+                        "{} exited ({status}) before it was ready; see {}{}",
+                        r.node.name,
+                        r.node.log.display(),
+                        log_tail(&r.node.log)
+                    );
+                }
+                ready[i] = probe_ready(r.node.http_addr).await;
+            }
+            if ready.iter().all(|&r| r) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let r = &self.running[ready.iter().position(|&r| !r).expect("one is not ready")];
+                bail!(
+                    "{} was not ready within {} s (GET http://{}/readyz); see {}{}",
+                    r.node.name,
+                    timeout.as_secs(),
+                    r.node.http_addr,
+                    r.node.log.display(),
+                    log_tail(&r.node.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reaps the nodes that exited since the last call, reports each on stderr (the others keep
+    /// running), and returns one failure line per node.
+    pub(crate) fn reap_unexpected(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for r in &mut self.running {
+            if r.reported {
+                continue;
+            }
+            if let Some(status) = r.poll_exit() {
+                r.reported = true;
+                say_err!(
+                    "{} (pid {}) exited unexpectedly: {status}; the other nodes keep running. See {}",
+                    r.node.name,
+                    r.pid.map_or("?".into(), |p| p.to_string()),
+                    r.node.log.display()
+                );
+                failures.push(format!("{} exited unexpectedly ({status})", r.node.name));
+            }
+        }
+        failures
+    }
+
+    /// Whether every node has exited.
+    pub(crate) fn all_exited(&mut self) -> bool {
+        self.running.iter_mut().all(|r| r.poll_exit().is_some())
+    }
+
+    /// Watches the nodes until a stop signal arrives (or every node has exited), reporting the
+    /// ones that die. Returns their failure lines. Does not stop the nodes: see [`Self::stop_all`].
+    pub(crate) async fn supervise(&mut self, signals: &mut StopSignals) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                signal = signals.recv() => {
+                    say!("received {signal}: stopping every node");
+                    break;
+                }
+                _ = ticker.tick() => {}
+            }
+            failures.extend(self.reap_unexpected());
+            if self.all_exited() {
+                say_err!("every node has exited");
+                break;
+            }
+        }
+        failures
+    }
+
+    /// Sends SIGTERM to every node still running, waits up to [`STOP_GRACE`], kills the rest, and
+    /// reports each exit. Returns what went wrong (nodes that had to be killed).
+    pub(crate) async fn stop_all(&mut self) -> Vec<String> {
+        for r in self.running.iter_mut() {
+            if r.poll_exit().is_some() {
+                continue;
+            }
+            // Not yet reaped, so the pid is still this child's: no risk of signalling a stranger.
+            if let Some(pid) = r.pid {
+                if !send_sigterm(pid).await {
+                    say_err!("could not send SIGTERM to {} (pid {pid}); killing it", r.node.name);
+                    let _ = r.child.start_kill();
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let mut failures = Vec::new();
+        for r in self.running.iter_mut() {
+            if r.exited.is_some() {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, r.child.wait()).await {
+                Ok(Ok(status)) => {
+                    r.exited = Some(status);
+                    say!("{} stopped ({status})", r.node.name);
+                }
+                Ok(Err(e)) => {
+                    say_err!("{}: waiting for it failed: {e}", r.node.name);
+                    failures.push(format!("{}: {e}", r.node.name));
+                }
+                Err(_) => {
+                    let _ = r.child.start_kill();
+                    let status = r.child.wait().await;
+                    say_err!(
+                        "{} did not stop within {} s of SIGTERM: killed ({})",
+                        r.node.name,
+                        STOP_GRACE.as_secs(),
+                        status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                    );
+                    failures.push(format!("{} had to be killed", r.node.name));
+                }
+            }
+        }
+        failures
     }
 }
 
@@ -552,34 +725,23 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
         plan
     };
     anyhow::ensure!(!plan.nodes.is_empty(), "{} lists no nodes", dir.join(PLAN_FILE).display());
-    check_ports_free(&plan)?;
+    check_ports_free(
+        &plan.nodes,
+        "Is this region already running? (Another base port: `meridian region start --force --base-port P` \
+         re-creates the region.)",
+    )?;
 
-    let exe = std::env::current_exe().context("locating the meridian executable")?;
-    let mut running: Vec<Running> = Vec::with_capacity(plan.nodes.len());
-    for node in &plan.nodes {
-        match spawn_node(&exe, node).await {
-            Ok(child) => {
-                let pid = child.id();
-                running.push(Running { node: node.clone(), child, pid, exited: None });
-            }
-            Err(e) => {
-                stop_all(&mut running).await;
-                return Err(e);
-            }
-        }
-    }
-
+    let mut supervisor = Supervisor::spawn(&plan.nodes).await?;
     let ready = tokio::select! {
-        ready = wait_ready(&mut running, ready_timeout) => ready,
+        ready = supervisor.wait_ready(ready_timeout) => ready,
         signal = signals.recv() => Err(anyhow::anyhow!("received {signal} while the nodes were starting")),
     };
     if let Err(e) = ready {
         say!("stopping the region");
-        stop_all(&mut running).await;
+        supervisor.stop_all().await;
         return Err(e);
     }
 
-    let pids: Vec<Option<u32>> = running.iter().map(|r| r.pid).collect();
     say!(
         "\nregion {:?} of cluster {:?}: {} nodes ready; trust {}",
         plan.region,
@@ -587,41 +749,13 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
         plan.nodes.len(),
         plan.ca_cert.display()
     );
-    say!("{}", table(&plan, Some(&pids)).trim_end());
+    say!("{}", table(&plan, Some(&supervisor.pids())).trim_end());
     say!();
     say!("{}", try_commands(&plan).trim_end());
     say!("\nregion ready; press Ctrl-C (or send SIGTERM to pid {}) to stop every node", std::process::id());
 
-    let mut failures = Vec::new();
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            signal = signals.recv() => {
-                say!("received {signal}: stopping every node");
-                break;
-            }
-            _ = ticker.tick() => {}
-        }
-        for r in &mut running {
-            if r.exited.is_some() {
-                continue;
-            }
-            if let Some(status) = r.poll_exit() {
-                say_err!(
-                    "{} (pid {}) exited unexpectedly: {status}; the other nodes keep running. See {}",
-                    r.node.name,
-                    r.pid.map_or("?".into(), |p| p.to_string()),
-                    r.node.log.display()
-                );
-                failures.push(format!("{} exited unexpectedly ({status})", r.node.name));
-            }
-        }
-        if running.iter().all(|r| r.exited.is_some()) {
-            say_err!("every node has exited");
-            break;
-        }
-    }
-    failures.extend(stop_all(&mut running).await);
+    let mut failures = supervisor.supervise(&mut signals).await;
+    failures.extend(supervisor.stop_all().await);
     if failures.is_empty() {
         say!("region stopped");
         Ok(())
@@ -630,10 +764,10 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
     }
 }
 
-/// Refuses to start when any port of the region is taken (a region already running, say): the
-/// readiness probe must not mistake another process for one of ours.
-fn check_ports_free(plan: &RegionPlan) -> anyhow::Result<()> {
-    for node in &plan.nodes {
+/// Refuses to start when any port of the nodes is taken (a cluster already running, say): the
+/// readiness probe must not mistake another process for one of ours. `hint` ends the error.
+pub(crate) fn check_ports_free(nodes: &[NodePlan], hint: &str) -> anyhow::Result<()> {
+    for node in nodes {
         for (what, addr, tcp) in
             [("client", node.client_addr, false), ("HTTP", node.http_addr, true), ("peer", node.peer_addr, false)]
         {
@@ -643,11 +777,7 @@ fn check_ports_free(plan: &RegionPlan) -> anyhow::Result<()> {
                 std::net::UdpSocket::bind(addr).map(drop)
             };
             if let Err(e) = bound {
-                bail!(
-                    "{addr} ({} {what} port) is not free: {e}. Is this region already running? \
-                     (Another base port: `meridian region start --force --base-port P` re-creates the region.)",
-                    node.name
-                );
+                bail!("{addr} ({} {what} port) is not free: {e}. {hint}", node.name);
             }
         }
     }
@@ -690,44 +820,6 @@ async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::proces
     command.spawn().with_context(|| format!("starting {} ({} serve --config …)", node.name, exe.display()))
 }
 
-/// Waits until every node answers `GET /readyz` with 200, failing if one exits first or `timeout`
-/// passes.
-async fn wait_ready(running: &mut [Running], timeout: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut ready = vec![false; running.len()];
-    loop {
-        for (i, r) in running.iter_mut().enumerate() {
-            if ready[i] {
-                continue;
-            }
-            if let Some(status) = r.poll_exit() {
-                bail!(
-                    "{} exited ({status}) before it was ready; see {}{}",
-                    r.node.name,
-                    r.node.log.display(),
-                    log_tail(&r.node.log)
-                );
-            }
-            ready[i] = probe_ready(r.node.http_addr).await;
-        }
-        if ready.iter().all(|&r| r) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let r = &running[ready.iter().position(|&r| !r).expect("one is not ready")];
-            bail!(
-                "{} was not ready within {} s (GET http://{}/readyz); see {}{}",
-                r.node.name,
-                timeout.as_secs(),
-                r.node.http_addr,
-                r.node.log.display(),
-                log_tail(&r.node.log)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Whether `GET /readyz` answers 200 (bounded to one second).
 async fn probe_ready(http: SocketAddr) -> bool {
     let probe = async {
@@ -757,52 +849,6 @@ fn log_tail(log: &Path) -> String {
         out += line;
     }
     out
-}
-
-/// Sends SIGTERM to every node still running, waits up to [`STOP_GRACE`], kills the rest, and
-/// reports each exit. Returns what went wrong (nodes that had to be killed).
-async fn stop_all(running: &mut [Running]) -> Vec<String> {
-    for r in running.iter_mut() {
-        if r.poll_exit().is_some() {
-            continue;
-        }
-        // Not yet reaped, so the pid is still this child's: no risk of signalling a stranger.
-        if let Some(pid) = r.pid {
-            if !send_sigterm(pid).await {
-                say_err!("could not send SIGTERM to {} (pid {pid}); killing it", r.node.name);
-                let _ = r.child.start_kill();
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    let mut failures = Vec::new();
-    for r in running.iter_mut() {
-        if r.exited.is_some() {
-            continue;
-        }
-        match tokio::time::timeout_at(deadline, r.child.wait()).await {
-            Ok(Ok(status)) => {
-                r.exited = Some(status);
-                say!("{} stopped ({status})", r.node.name);
-            }
-            Ok(Err(e)) => {
-                say_err!("{}: waiting for it failed: {e}", r.node.name);
-                failures.push(format!("{}: {e}", r.node.name));
-            }
-            Err(_) => {
-                let _ = r.child.start_kill();
-                let status = r.child.wait().await;
-                say_err!(
-                    "{} did not stop within {} s of SIGTERM: killed ({})",
-                    r.node.name,
-                    STOP_GRACE.as_secs(),
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
-                );
-                failures.push(format!("{} had to be killed", r.node.name));
-            }
-        }
-    }
-    failures
 }
 
 /// `kill -TERM pid` (no libc binding in this crate).

@@ -73,7 +73,7 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node (the default when no command is given).
+    /// Run a node.
     Serve {
         /// TOML config file (defaults, then this file, then MERIDIAN_* environment).
         #[arg(long, short)]
@@ -212,8 +212,8 @@ enum Command {
         command: meridian_node::local_region::RegionCommand,
     },
     /// A local multi-region cluster with emulated WAN latency: start it, exercise it, report
-    /// (`demo init` only writes it).
-    Demo(meridian_node::demo::DemoArgs),
+    /// (`demo init` only writes it). The default when no command is given.
+    Demo(Box<meridian_node::demo::DemoArgs>),
 }
 
 fn main() {
@@ -237,7 +237,12 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Serve { config: None });
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Demo(Box::new(meridian_node::demo::DemoArgs {
+            command: None,
+            run: meridian_node::demo::RunArgs::default(),
+        }))
+    });
     match command {
         Command::Serve { config } => serve(config).await,
         Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline } => {
@@ -267,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::Certs { command } => meridian_node::certs::run(command),
         Command::Region { command } => meridian_node::local_region::run(command).await,
-        Command::Demo(args) => meridian_node::demo::run(args).await,
+        Command::Demo(args) => meridian_node::demo::run(*args).await,
         command => data_command(&cli.conn, command).await,
     }
 }

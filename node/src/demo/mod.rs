@@ -29,6 +29,7 @@
 //!   `--exit`).
 
 mod run;
+mod workload;
 
 use anyhow::{bail, Context as _};
 use std::collections::BTreeMap;
