@@ -4,9 +4,11 @@ MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
 .PHONY: run region test gate deps bench bench-redis bench-region fuzz doc
 
-## Start a node with defaults: QUIC client protocol on 127.0.0.1:7400, HTTP on 127.0.0.1:7480, data in ./meridian-data.
+## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
+## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
+## A single node instead: cargo run -p meridian-node -- serve
 run: deps
-	$(MERIDIAN) serve
+	$(CARGO) run --release -p meridian-node -- demo
 
 ## A three-node region on this machine (./meridian-region): certificates, configs, three processes; Ctrl-C stops them.
 region: deps

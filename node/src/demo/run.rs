@@ -116,10 +116,12 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(Phase::Done(())) => {
             say!("\n{}", stays_up(&plan).trim_end());
             failures.extend(supervisor.supervise(&mut signals).await);
-            "stopping every link".to_string()
+            String::new()
         }
     };
-    say!("{stop_reason}");
+    if !stop_reason.is_empty() {
+        say!("{stop_reason}");
+    }
     failures.extend(supervisor.stop_all().await);
     drop(links);
     if failures.is_empty() {
