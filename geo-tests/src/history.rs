@@ -11,16 +11,19 @@
 //! {"process":"w3","op":"add","key":"set/7","value":"w3-41","consistency":"local_quorum","node":"n1","start_us":120433,"end_us":121907,"result":"ok"}
 //! {"process":"w1","op":"read","key":"set/7","value":["w1-2","w3-41"],"consistency":"local_quorum","node":"n2","start_us":122010,"end_us":123377,"result":"ok"}
 //! {"process":"w2","op":"read","key":"set/7","value":null,"consistency":"quorum","node":"n3","start_us":122100,"end_us":127100,"result":"timeout"}
+//! {"process":"w4","op":"incr","key":"ctr/2","value":3,"consistency":"causal","node":"us1","region":"us","start_us":122200,"end_us":122900,"result":"ok"}
+//! {"process":"w4","op":"read_counter","key":"ctr/2","value":17,"consistency":"causal","node":"eu2","region":"eu","start_us":123000,"end_us":123800,"result":"ok"}
 //! ```
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `process` | the client worker that issued the operation, e.g. `"w3"` |
-//! | `op` | [`OP_ADD`] (add one element to a set key) or [`OP_READ`] (read a set key); other kinds may be added later and are carried along unchecked |
-//! | `key` | the set key |
-//! | `value` | add: the element (a string). Read: the elements returned (an array of strings) when the read is ok, otherwise `null` (ignored) |
+//! | `process` | the client worker (the session) that issued the operation, e.g. `"w3"`. A session's operations are sequential and recorded in the order issued; it may fail over between nodes and regions and keeps its causal token |
+//! | `op` | [`OP_ADD`] (add one element to a set key), [`OP_READ`] (read a set key), [`OP_INCR`] (add to a counter key), [`OP_READ_COUNTER`] (read a counter key); other kinds may be added later and are carried along unchecked |
+//! | `key` | the set or counter key |
+//! | `value` | add: the element (a string). Read: the elements returned (an array of strings) when the read is ok, otherwise `null` (ignored). Incr: the amount, a positive integer. Read_counter: the integer read when ok, otherwise `null` (ignored) |
 //! | `consistency` | the level asked for: `"eventual"`, `"causal"`, `"local_quorum"`, `"quorum"` |
 //! | `node` | the node the client talked to |
+//! | `region` | optional: the region of that node, e.g. `"eu"`. Histories without it (single-region runs, older harnesses) count as one region |
 //! | `start_us`, `end_us` | microseconds since the history's epoch, taken just before the request was sent and just after its answer arrived |
 //! | `result` | [`RESULT_OK`], or the error code (`"quorum_unavailable"`, `"timeout"`, `"unavailable"`, ...) |
 //!
@@ -36,6 +39,8 @@
 //!   names the add that wrote it. If an element is added more than once anyway (a worker re-issuing
 //!   a failed add), the checkers stay sound: an element counts as acknowledged if any of its adds is
 //!   ok, and as started at the earliest start of any of its adds.
+//! * **Counters only go up.** Every incr adds a positive amount, so a counter's value is the sum of
+//!   the incrs applied, and a failed incr, like a failed add, may or may not have been applied.
 //! * **Line = event number.** Blank lines are malformed, so the n-th event (1-based, printed as
 //!   `#n` in violations) is line n of the file.
 //!
@@ -56,6 +61,10 @@ use serde::{Deserialize, Serialize};
 pub const OP_ADD: &str = "add";
 /// `op` of a read: `value` is the array of elements returned (when ok).
 pub const OP_READ: &str = "read";
+/// `op` of a counter increment: `value` is the amount, a positive integer.
+pub const OP_INCR: &str = "incr";
+/// `op` of a counter read: `value` is the integer read (when ok).
+pub const OP_READ_COUNTER: &str = "read_counter";
 /// `result` of an operation that succeeded; every other result is an error code.
 pub const RESULT_OK: &str = "ok";
 
@@ -64,17 +73,23 @@ pub const RESULT_OK: &str = "ok";
 pub struct Event {
     /// The client worker that issued the operation, e.g. `"w3"`.
     pub process: String,
-    /// [`OP_ADD`] or [`OP_READ`] (other kinds are carried along unchecked).
+    /// [`OP_ADD`], [`OP_READ`], [`OP_INCR`] or [`OP_READ_COUNTER`] (other kinds are carried along
+    /// unchecked).
     pub op: String,
-    /// The set key operated on.
+    /// The set or counter key operated on.
     pub key: String,
     /// Add: the element (a JSON string). Read: the elements returned (a JSON array of strings), or
-    /// `null` when the read failed.
+    /// `null` when the read failed. Incr: the amount (a positive JSON integer). Read_counter: the
+    /// value read (a JSON integer), or `null` when the read failed.
     pub value: serde_json::Value,
     /// The consistency level asked for, by its wire name (`"eventual"`, `"local_quorum"`, ...).
     pub consistency: String,
     /// The node the client talked to.
     pub node: String,
+    /// The region of [`node`](Self::node), when the harness knows it. Optional in the file (absent
+    /// means unknown; all events without one count as one region), and left out when writing `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// When the request was sent, in microseconds since the history's epoch.
     pub start_us: u64,
     /// When the answer (or the error) arrived, in microseconds since the history's epoch.
@@ -107,9 +122,35 @@ impl Event {
         self.value.as_array()?.iter().map(|v| v.as_str()).collect()
     }
 
+    /// The amount of an incr (`None` for other kinds, or an incr whose value is not a positive
+    /// integer).
+    pub fn incr_amount(&self) -> Option<u64> {
+        if self.op == OP_INCR {
+            self.value.as_u64().filter(|&amount| amount > 0)
+        } else {
+            None
+        }
+    }
+
+    /// The value an ok counter read returned (`None` for failed reads, other kinds, or a value that
+    /// is not an integer). Signed, so that an impossible negative read reaches the counter checker
+    /// as a value out of range rather than being dropped.
+    pub fn counter_value(&self) -> Option<i64> {
+        if self.op != OP_READ_COUNTER || !self.is_ok() {
+            return None;
+        }
+        self.value.as_i64()
+    }
+
+    /// The region of the event's node, `""` when unknown (all such events count as one region).
+    pub fn region_or_default(&self) -> &str {
+        self.region.as_deref().unwrap_or("")
+    }
+
     /// Checks the shape the checkers rely on: `end_us >= start_us`, an add's value is a string, an ok
-    /// read's value is an array of strings. Events of unknown kinds only get the time check, so new
-    /// kinds can be recorded before any checker knows them.
+    /// read's value is an array of strings, an incr's value is a positive integer, an ok counter
+    /// read's value is an integer. Events of unknown kinds only get the time check, so new kinds can
+    /// be recorded before any checker knows them.
     pub fn validate(&self) -> Result<(), String> {
         if self.end_us < self.start_us {
             return Err(format!("end_us {} is before start_us {}", self.end_us, self.start_us));
@@ -121,25 +162,39 @@ impl Event {
         if self.op == OP_READ && self.is_ok() && !strings(&self.value) {
             return Err(format!("an ok read's value must be an array of strings, got {}", self.value));
         }
+        if self.op == OP_INCR && self.incr_amount().is_none() {
+            return Err(format!("an incr's value must be a positive integer, got {}", self.value));
+        }
+        if self.op == OP_READ_COUNTER && self.is_ok() && self.counter_value().is_none() {
+            return Err(format!("an ok read_counter's value must be an integer, got {}", self.value));
+        }
         Ok(())
     }
 }
 
 impl fmt::Display for Event {
     /// One line for violation messages, e.g.
-    /// `w3 add "w3-41" via n1 at local_quorum [120433..121907]us -> ok`.
+    /// `w3 add "w3-41" via n1 at local_quorum [120433..121907]us -> ok`, with the region after the
+    /// node when known (`via us1 (us)`), an incr's amount (`incr +3`) and a counter read's value
+    /// (`-> ok = 17`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.process, self.op)?;
         if let Some(element) = self.added_element() {
             write!(f, " {element:?}")?;
         }
-        write!(
-            f,
-            " via {} at {} [{}..{}]us -> {}",
-            self.node, self.consistency, self.start_us, self.end_us, self.result
-        )?;
+        if let Some(amount) = self.incr_amount() {
+            write!(f, " +{amount}")?;
+        }
+        write!(f, " via {}", self.node)?;
+        if let Some(region) = &self.region {
+            write!(f, " ({region})")?;
+        }
+        write!(f, " at {} [{}..{}]us -> {}", self.consistency, self.start_us, self.end_us, self.result)?;
         if let Some(elements) = self.read_elements() {
             write!(f, " ({} elements)", elements.len())?;
+        }
+        if let Some(value) = self.counter_value() {
+            write!(f, " = {value}")?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use meridian_geo_tests::history::{write_history, OP_ADD, OP_READ, RESULT_OK};
+use meridian_geo_tests::history::{write_history, OP_ADD, OP_INCR, OP_READ, OP_READ_COUNTER, RESULT_OK};
 use meridian_geo_tests::{read_history, Event, HistoryWriter};
 use serde_json::json;
 
@@ -14,6 +14,7 @@ fn event(process: &str, op: &str, value: serde_json::Value, start_us: u64, end_u
         value,
         consistency: "local_quorum".into(),
         node: "n1".into(),
+        region: None,
         start_us,
         end_us,
         result: result.into(),
@@ -146,4 +147,48 @@ fn now_us_is_monotonic() {
     std::thread::sleep(std::time::Duration::from_millis(2));
     let b = writer.clone().now_us();
     assert!(b >= a + 2000, "{a} {b}");
+}
+
+#[test]
+fn region_is_optional_and_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    // A line from before the region field, and one with it.
+    let old = serde_json::to_string(&event("w1", OP_ADD, json!("e1"), 1, 2, RESULT_OK)).unwrap();
+    assert!(!old.contains("region"), "None is left out when writing: {old}");
+    let with = Event { region: Some("eu".into()), ..event("w1", OP_READ, json!(["e1"]), 3, 4, RESULT_OK) };
+    write_history(&path, &[event("w1", OP_ADD, json!("e1"), 1, 2, RESULT_OK), with.clone()]).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().next().unwrap(), old);
+    assert!(text.lines().nth(1).unwrap().contains("\"region\":\"eu\""), "{text}");
+    let history = read_history(&path).unwrap();
+    assert_eq!((history[0].region.as_deref(), history[0].region_or_default()), (None, ""));
+    assert_eq!(history[1], with);
+    assert_eq!(history[1].to_string(), "w1 read via n1 (eu) at local_quorum [3..4]us -> ok (1 elements)");
+}
+
+#[test]
+fn counter_events_are_validated() {
+    let incr = |value| event("w1", OP_INCR, value, 1, 2, RESULT_OK);
+    let read = |value, result| event("w1", OP_READ_COUNTER, value, 1, 2, result);
+    assert_eq!(incr(json!(3)).incr_amount(), Some(3));
+    assert_eq!(read(json!(-2), RESULT_OK).counter_value(), Some(-2));
+    assert_eq!(read(json!(7), "timeout").counter_value(), None);
+    for good in [incr(json!(3)), read(json!(12), RESULT_OK), read(serde_json::Value::Null, "timeout")] {
+        good.validate().unwrap();
+    }
+    // Amounts are positive integers; an ok read's value is an integer. A failed incr is still
+    // validated (its amount widens the counter's upper bound).
+    for bad in [incr(json!(0)), incr(json!(-1)), incr(json!(1.5)), incr(json!("3")), read(json!("3"), RESULT_OK)] {
+        assert!(bad.validate().is_err(), "{bad}");
+    }
+    assert!(Event { result: "timeout".into(), ..incr(json!(0)) }.validate().is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    let lines = [incr(json!(3)), read(json!(3), RESULT_OK)];
+    write_history(&path, &lines).unwrap();
+    assert_eq!(read_history(&path).unwrap(), lines);
+    assert_eq!(lines[0].to_string(), "w1 incr +3 via n1 at local_quorum [1..2]us -> ok");
+    assert_eq!(lines[1].to_string(), "w1 read_counter via n1 at local_quorum [1..2]us -> ok = 3");
 }

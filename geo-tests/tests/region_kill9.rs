@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::{Client, Consistency};
-use meridian_geo_tests::check::{convergence, no_future_reads, no_lost_writes, quorum_reads};
+use meridian_geo_tests::check::{
+    anytime_no_future_reads, anytime_quorum_visibility, eventually_converged, finally_no_lost_writes,
+};
 use meridian_geo_tests::history::{OP_ADD, OP_READ, RESULT_OK};
 use meridian_geo_tests::region::{self, Region, RegionSpec};
 use meridian_geo_tests::{read_history, Event, HistoryWriter, Summary, Violation};
@@ -157,10 +159,10 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let final_states = state.final_states(&events);
     print_op_counts(&events);
     let results: Vec<Result<Summary, Vec<Violation>>> = vec![
-        no_lost_writes(&events, &final_states),
-        convergence(&final_states),
-        quorum_reads(&events, "local_quorum"),
-        no_future_reads(&events),
+        finally_no_lost_writes(&events, &final_states),
+        eventually_converged(&final_states),
+        anytime_quorum_visibility(&events),
+        anytime_no_future_reads(&events),
     ];
     let mut violations = Vec::new();
     for result in results {
@@ -284,6 +286,7 @@ async fn worker(
                 value,
                 consistency: level.name().into(),
                 node: name.clone(),
+                region: None,
                 start_us,
                 end_us,
                 result: result.as_ref().map_or(RESULT_OK.to_string(), region::error_result),
