@@ -70,12 +70,12 @@ async fn plain_endpoints_are_the_default_region() {
 async fn regions_ranked_by_measured_handshake_time() {
     bounded(async {
         let (slow, fast) = (TestServer::start(), TestServer::start());
-        slow.delay_handshakes(Duration::from_millis(250));
+        slow.delay_handshakes(Duration::from_millis(400));
         // A region whose only node never answers: unmeasured, ranked last.
         let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let dead = black_hole.local_addr().unwrap().to_string();
         let client = builder(&[&slow, &fast])
-            .timeout(Duration::from_secs(1))
+            .timeout(Duration::from_millis(1500))
             .region("dead", [dead])
             .region("slow", [slow.endpoint_string()])
             .region("fast", [fast.endpoint_string()])
