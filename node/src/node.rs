@@ -849,9 +849,8 @@ impl Node {
                 return Err(ErrorReply::new(
                     ErrorCode::CausalTimeout,
                     format!(
-                        "this node has not yet seen the session's dependencies after {wait_ms} ms: writes of {name} up to {} ms (it holds them up to {} ms); retry, or read at another consistency level",
+                        "this node has not yet seen the session's dependencies after {wait_ms} ms: the writes of {name} up to HLC {needed} (wall {} ms); it holds them up to {held}, need {needed}; retry, or read at another consistency level",
                         Hlc::unpack(needed).wall_ms,
-                        Hlc::unpack(held).wall_ms
                     ),
                 ));
             }

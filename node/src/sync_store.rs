@@ -752,8 +752,9 @@ impl SyncStore for EngineSyncStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyspace::StoredEntry;
     use crate::storage::MemoryEngine;
-    use meridian_crdt::{Mutation, WriteContext};
+    use meridian_crdt::{Entry, Mutation, WriteContext};
 
     #[test]
     fn data_keys_parse_back_to_their_keys() {
@@ -882,8 +883,7 @@ mod tests {
     }
 
     fn delta_of(record: &SyncRecord) -> Entry {
-        let StoredEntry::V1(entry) = keyspace::decode(&record.delta).unwrap();
-        entry
+        keyspace::decode_stored(&record.delta).unwrap().entry
     }
 
     #[test]

@@ -58,6 +58,16 @@ async fn cluster() -> Cluster {
     Cluster { _dir: dir, nodes: nodes.into_iter().map(Some).collect(), clients }
 }
 
+impl Cluster {
+    /// Shuts every node still running down (RocksDB must close before the process exits).
+    async fn stop(mut self) {
+        self.clients.clear();
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            tokio::time::timeout(Duration::from_secs(30), node.shutdown()).await.expect("a node shut down in 30 s");
+        }
+    }
+}
+
 async fn wait_for_members(client: &Client, alive: usize) {
     let formed = async {
         loop {
@@ -87,7 +97,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventually_every_region_sees_every_write_and_reports_its_lag() {
     let cluster = cluster().await;
-    let [us, eu, ap] = [&cluster.clients[0], &cluster.clients[1], &cluster.clients[2]];
+    let (us, eu, ap) = (cluster.clients[0].clone(), cluster.clients[1].clone(), cluster.clients[2].clone());
+    let (us, eu, ap) = (&us, &eu, &ap);
     us.counter("app/hits").consistency(Consistency::Eventual).incr(3).await.unwrap();
     eu.counter("app/hits").consistency(Consistency::Eventual).incr(4).await.unwrap();
     ap.set("app/tags").consistency(Consistency::Eventual).add(["from-ap"]).await.unwrap();
@@ -105,12 +116,14 @@ async fn eventually_every_region_sees_every_write_and_reports_its_lag() {
     let from_us = report.regions.iter().find(|r| r.from_region == "us-east").expect("us-east lag is reported");
     assert!(from_us.records >= 1, "{report:?}");
     assert!(report.regions.iter().all(|r| r.from_region != "eu-west"), "no lag from its own region");
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anytime_a_causal_session_keeps_its_guarantees_across_regions() {
     let cluster = cluster().await;
-    let [us, eu, ap] = [&cluster.clients[0], &cluster.clients[1], &cluster.clients[2]];
+    let (us, eu, ap) = (cluster.clients[0].clone(), cluster.clients[1].clone(), cluster.clients[2].clone());
+    let (us, eu, ap) = (&us, &eu, &ap);
     for round in 0..20 {
         // A session writes in us-east, then moves to eu-west and must read its own write there.
         let session = us.session().with_consistency(Consistency::Causal);
@@ -132,6 +145,7 @@ async fn anytime_a_causal_session_keeps_its_guarantees_across_regions() {
             assert!(causes.contains(&cause.clone().into_bytes()), "an effect without its cause in round {round}");
         }
     }
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,4 +166,5 @@ async fn quorum_needs_a_global_majority_and_local_quorum_a_local_one() {
     let err = us.register("q/k").consistency(Consistency::Quorum).set("three").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::QuorumUnavailable), "{err}");
     us.register("q/k").consistency(Consistency::LocalQuorum).set("four").await.unwrap();
+    cluster.stop().await;
 }
