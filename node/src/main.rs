@@ -593,19 +593,49 @@ async fn wait_for_handoff(
 }
 
 fn print_cluster(report: &meridian_client::ClusterReport) {
-    println!("region as seen by {} (rf {})", report.local, report.rf);
+    println!("cluster as seen by {} (rf {} per region)", report.local, report.rf);
     println!(
-        "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  PEER",
+        "{:<14} {:<10} {:<12} {:<9} {:<8} {:>10} {:>6} {:>10}  PEER",
         "NODE", "REGION", "ZONE", "STATE", "LIVE", "PARTITIONS", "HINTS", "SYNCED"
     );
     for m in &report.members {
         let synced = m.last_sync_ms_ago.map_or_else(|| "-".to_string(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0));
         println!(
-            "{:<10} {:<10} {:<10} {:<9} {:<8} {:>10} {:>6} {:>10}  {}",
+            "{:<14} {:<10} {:<12} {:<9} {:<8} {:>10} {:>6} {:>10}  {}",
             m.name, m.region, m.zone, m.state, m.liveness, m.partitions, m.hints_queued, synced, m.peer_addr
         );
     }
     if let Some(handoff) = &report.handoff {
         println!("handoff: {}/{} partitions at their new owners", handoff.partitions_synced, handoff.partitions_total);
+    }
+    if !report.regions.is_empty() {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let ago = |ms: u64| {
+            if ms == 0 {
+                "never".to_string()
+            } else {
+                format!("{:.1}s ago", now.saturating_sub(ms) as f64 / 1000.0)
+            }
+        };
+        println!();
+        println!("replication into {} from other regions (lag: write timestamp there to durable here)", report.local);
+        println!(
+            "{:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
+            "FROM", "RECORDS", "P50 ms", "P99 ms", "MAX ms", "HINTS TO", "LAST RECORD", "LAST SYNC"
+        );
+        for r in &report.regions {
+            println!(
+                "{:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>12} {:>12}",
+                r.from_region,
+                r.records,
+                r.lag_p50_ms,
+                r.lag_p99_ms,
+                r.lag_max_ms,
+                r.hints_pending,
+                ago(r.last_applied_ms),
+                ago(r.last_sync_ms)
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! | `ReadKey { key }` | the key's stored state | quorum reads |
 //! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
 //! | `Forward(request)` | the client reply | a node that is not a replica of the key |
+//! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
 //! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
 //!
 //! Any successful request counts as a heartbeat from its sender.
@@ -92,6 +93,12 @@ pub enum PeerMessageV1 {
     },
     /// A client request to coordinate here (the sender holds no replica of its key).
     Forward(RequestV1),
+    /// Digests of the receiver's version vectors of `partitions` (anti-entropy skips the partitions
+    /// where both sides' are equal).
+    VvDigests {
+        /// The partitions.
+        partitions: Vec<u16>,
+    },
     /// A write's records pushed by its coordinator (or by its region's entry point), with safe-time
     /// reports about their origins; `relay`: the sender is in another region and this node spreads
     /// the records to its own region's other replicas.
@@ -143,6 +150,8 @@ pub enum PeerReplyV1 {
     State(Option<Vec<u8>>),
     /// The reply to a forwarded client request.
     Forwarded(Result<Reply, ErrorReply>),
+    /// Version-vector digests, one per partition asked for, in order.
+    VvDigests(Vec<u64>),
 }
 
 /// A node's safe-time report about its own log, for every partition: its causal frontier (a
@@ -245,6 +254,13 @@ impl PeerService {
             }
             PeerMessageV1::Forward(request) => {
                 Ok(PeerReplyV1::Forwarded(self.node.clone().execute_forwarded(request).await))
+            }
+            PeerMessageV1::VvDigests { partitions } => {
+                if let Some(bad) = partitions.iter().find(|p| **p >= PARTITIONS) {
+                    return Err(format!("no partition {bad}"));
+                }
+                let store = self.store.clone();
+                blocking(move || crate::peer_sync::vv_digests(&store, &partitions).map(PeerReplyV1::VvDigests)).await
             }
             PeerMessageV1::Push { partition, records, reports, relay } => {
                 check_partition(partition)?;

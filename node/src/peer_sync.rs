@@ -53,6 +53,18 @@ pub fn answer_sync(
     Ok(PeerReplyV1::Sync(replies))
 }
 
+/// A digest of this node's version vector of each of `partitions` (equal vectors, equal digests).
+pub fn vv_digests(store: &EngineSyncStore, partitions: &[u16]) -> Result<Vec<u64>, String> {
+    use meridian_replication::antientropy::SyncStore as _;
+    partitions
+        .iter()
+        .map(|p| {
+            let vv = store.partition_vv(PartitionId(*p)).map_err(|e| e.to_string())?;
+            Ok(meridian_replication::stable_hash(&meridian_crdt::codec::encode(&vv)))
+        })
+        .collect()
+}
+
 /// Progress of anti-entropy with one peer, for `meridian status` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct SyncProgress {
@@ -103,6 +115,10 @@ pub fn spawn_peer_sync(
                     let mut store = store.clone();
                     let mut shared = 0;
                     let mut complete = true;
+                    let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.syncs_with(*p, peer)).collect();
+                    // Partitions whose version vectors are equal on both sides have nothing to
+                    // pull: one message compares them all, and only the others run a round.
+                    let in_sync = link.partitions_in_sync(&store, &partitions).unwrap_or_default();
                     for session in &mut sessions {
                         if shutdown.is_cancelled() {
                             break;
@@ -111,6 +127,9 @@ pub fn spawn_peer_sync(
                             continue;
                         }
                         shared += 1;
+                        if session.is_idle() && in_sync.contains(&session.partition().0) {
+                            continue;
+                        }
                         let passed = link.pass(session, &mut store, now_ms(started));
                         // What the peer's offers proved about its own log: causal reads here may
                         // now serve writes of its up to that time.
@@ -162,6 +181,23 @@ impl Link<'_> {
             .block_on(self.pool.request(self.peer, None, request, self.timeout))
             .map_err(|e| e.to_string())?;
         decode_reply(&reply)
+    }
+
+    /// Which of `partitions` have the same version vector here and at the peer (one exchange).
+    fn partitions_in_sync(
+        &self,
+        store: &EngineSyncStore,
+        partitions: &[u16],
+    ) -> Result<std::collections::BTreeSet<u16>, String> {
+        if partitions.is_empty() {
+            return Ok(Default::default());
+        }
+        let theirs = match self.call(PeerMessageV1::VvDigests { partitions: partitions.to_vec() })? {
+            PeerReplyV1::VvDigests(digests) if digests.len() == partitions.len() => digests,
+            other => return Err(format!("unexpected vv digest reply {other:?}")),
+        };
+        let ours = vv_digests(store, partitions)?;
+        Ok(partitions.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a == b).map(|(p, _)| *p).collect())
     }
 
     /// Lets one partition's session run a round if one is due, carrying its requests to the peer.
