@@ -8,7 +8,7 @@ MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
 ## A single node instead: cargo run -p meridian-node -- serve
 run: deps
-	$(CARGO) run --release -p meridian-node -- demo
+	$(CARGO) run -p meridian-node -- demo
 
 ## A three-node region on this machine (./meridian-region): certificates, configs, three processes; Ctrl-C stops them.
 region: deps
