@@ -13,6 +13,7 @@
 //! | [`relay`] | a user-space UDP relay emulating a WAN link (delay, jitter, loss, one- and two-way partitions), for the multi-region tests |
 
 pub mod check;
+pub mod geo;
 pub mod history;
 pub mod region;
 pub mod relay;

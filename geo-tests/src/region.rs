@@ -171,29 +171,37 @@ pub fn target_dir() -> PathBuf {
 /// A base port from `PORT_RANGE` whose `nodes` × 3 ports are free for both TCP and UDP on
 /// 127.0.0.1 right now.
 pub fn free_base_port(nodes: usize) -> anyhow::Result<u16> {
-    let top = PORT_RANGE.end.checked_sub(10 * nodes + 3).filter(|top| *top > PORT_RANGE.start);
-    let top = top.with_context(|| format!("{nodes} nodes do not fit in ports {PORT_RANGE:?}"))?;
+    free_base_port_with_links(nodes, 0, 0)
+}
+
+/// A base port from `PORT_RANGE` whose `nodes` × 3 node ports (node k on base+10k, +1, +2) and
+/// `links` link ports (base+`link_offset`, +1, …) are free for both TCP and UDP on 127.0.0.1 right
+/// now, all at once (as `meridian demo init` lays a multi-region cluster out).
+pub fn free_base_port_with_links(nodes: usize, link_offset: usize, links: usize) -> anyhow::Result<u16> {
+    let span = (10 * nodes + 3).max(if links > 0 { link_offset + links } else { 0 });
+    let top = PORT_RANGE.end.checked_sub(span).filter(|top| *top > PORT_RANGE.start);
+    let top = top.with_context(|| format!("{nodes} nodes and {links} links do not fit in ports {PORT_RANGE:?}"))?;
     let mut rng = rand::rng();
     for _ in 0..100 {
         let base = rng.random_range(PORT_RANGE.start..top);
-        if ports_free(base, nodes) {
+        let node_ports = (1..=nodes).flat_map(|i| (0..3).map(move |offset| base + 10 * i + offset));
+        let link_ports = (0..links).map(|l| base + link_offset + l);
+        if ports_free(node_ports.chain(link_ports)) {
             return Ok(u16::try_from(base).expect("below 32000"));
         }
     }
-    bail!("found no free base port for {nodes} nodes in {PORT_RANGE:?} after 100 tries")
+    bail!("found no free base port for {nodes} nodes and {links} links in {PORT_RANGE:?} after 100 tries")
 }
 
-fn ports_free(base: usize, nodes: usize) -> bool {
+fn ports_free(ports: impl Iterator<Item = usize>) -> bool {
     // Hold every probe until all are bound, so that the ports are free together.
     let mut held = Vec::new();
-    for i in 1..=nodes {
-        for offset in 0..3 {
-            let Ok(port) = u16::try_from(base + 10 * i + offset) else { return false };
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            match (TcpListener::bind(addr), UdpSocket::bind(addr)) {
-                (Ok(tcp), Ok(udp)) => held.push((tcp, udp)),
-                _ => return false,
-            }
+    for port in ports {
+        let Ok(port) = u16::try_from(port) else { return false };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        match (TcpListener::bind(addr), UdpSocket::bind(addr)) {
+            (Ok(tcp), Ok(udp)) => held.push((tcp, udp)),
+            _ => return false,
         }
     }
     true
@@ -251,19 +259,375 @@ impl RegionState {
     }
 }
 
+/// What the process handling needs to know about one node: its name, how to start it and where its
+/// output goes. Both harnesses ([`Region`] and [`crate::geo::Geo`]) describe their nodes this way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeRun {
+    /// The node's name.
+    pub name: String,
+    /// Its configuration file (`meridian serve --config PATH`).
+    pub config: PathBuf,
+    /// Its client address, which it announces on stdout once it serves.
+    pub client_addr: SocketAddr,
+    /// The file its stdout and stderr are appended to.
+    pub log: PathBuf,
+    /// Its working directory.
+    pub cwd: PathBuf,
+}
+
 /// A running node process.
 struct Proc {
     child: Child,
     pid: u32,
 }
 
+/// The `meridian serve` processes of a set of nodes (indexed from 0), started, `kill -9`ed and
+/// stopped one by one. Children are spawned with `kill_on_drop`, so dropping this kills them.
+pub(crate) struct Processes {
+    bin: PathBuf,
+    nodes: Vec<NodeRun>,
+    /// Index i: node i's process while it runs.
+    procs: Vec<Option<Proc>>,
+}
+
+impl Processes {
+    /// Nothing running yet.
+    pub(crate) fn new(bin: PathBuf, nodes: Vec<NodeRun>) -> Processes {
+        let procs = nodes.iter().map(|_| None).collect();
+        Processes { bin, nodes, procs }
+    }
+
+    /// Node `i`.
+    pub(crate) fn node(&self, i: usize) -> &NodeRun {
+        &self.nodes[i]
+    }
+
+    /// Whether node `i` was started and not killed or stopped since.
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// The indices of the nodes started and not killed or stopped since.
+    pub(crate) fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        self.procs.iter().enumerate().filter(|(_, p)| p.is_some()).map(|(i, _)| i)
+    }
+
+    /// Node `i`'s process id while it runs.
+    pub(crate) fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].as_ref().map(|p| p.pid)
+    }
+
+    /// Starts node `i` (`meridian serve --config …`, its own configuration unless `config` names
+    /// another) with `env` added to its (scrubbed) environment and waits until it announces that it
+    /// serves (at most [`ANNOUNCE_TIMEOUT`]).
+    pub(crate) async fn start(
+        &mut self,
+        i: usize,
+        config: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
+        let node = self.nodes[i].clone();
+        let config = config.unwrap_or(&node.config);
+        if let Some(proc) = &mut self.procs[i] {
+            if proc.child.try_wait()?.is_none() {
+                bail!("{} is already running (pid {})", node.name, proc.pid);
+            }
+        }
+        self.procs[i] = None;
+        let log_path = node.log.clone();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let settings: Vec<String> = env.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let other_config =
+            if config == node.config { String::new() } else { format!(" --config {}", config.display()) };
+        writeln!(
+            log,
+            "--- geo-tests: starting {}{other_config}{} (unix time {:.3}) ---",
+            node.name,
+            settings.concat(),
+            unix.as_secs_f64()
+        )?;
+
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .current_dir(&node.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?))
+            .kill_on_drop(true);
+        scrub_env(&mut command);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child =
+            command.spawn().with_context(|| format!("starting {} ({} serve)", node.name, self.bin.display()))?;
+        let pid = child.id().context("the new child has no pid")?;
+        let stdout = child.stdout.take().context("the child's stdout is not piped")?;
+        let mut reader = BufReader::new(stdout);
+
+        // Lines before the announcement (none today) go to the log as well.
+        let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
+        let announced = loop {
+            let mut line = String::new();
+            match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                    let status = status.map_or("still running".to_string(), |s| {
+                        s.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string())
+                    });
+                    bail!(
+                        "{} closed its stdout before announcing that it serves ({status}); {} ends with:\n{}",
+                        node.name,
+                        log_path.display(),
+                        tail(&log_path, 20)
+                    );
+                }
+                Ok(Ok(_)) => {
+                    log.write_all(line.as_bytes())?;
+                    if line.contains(ANNOUNCE) {
+                        break line;
+                    }
+                }
+                Err(_) => bail!(
+                    "{} did not announce that it serves within {} s; {} ends with:\n{}",
+                    node.name,
+                    ANNOUNCE_TIMEOUT.as_secs(),
+                    log_path.display(),
+                    tail(&log_path, 20)
+                ),
+            }
+        };
+        let addr = announced.split(ANNOUNCE).nth(1).and_then(|rest| rest.split_whitespace().next());
+        if addr != Some(node.client_addr.to_string().as_str()) {
+            bail!("{} announced {announced:?}, expected its client address {}", node.name, node.client_addr);
+        }
+        // The rest of stdout goes to the log until the process ends.
+        let mut log = tokio::fs::File::from_std(log);
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut reader, &mut log).await;
+            let _ = log.flush().await;
+        });
+        self.procs[i] = Some(Proc { child, pid });
+        Ok(())
+    }
+
+    /// `kill -9` node `i` and reap it; returns its exit status (a SIGKILL, unless it had died
+    /// already).
+    pub(crate) async fn kill9(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
+        let name = self.nodes[i].name.clone();
+        let mut proc = self.procs[i].take().with_context(|| format!("{name} is not running"))?;
+        proc.child.start_kill().with_context(|| format!("sending SIGKILL to {name} (pid {})", proc.pid))?;
+        let status = tokio::time::timeout(Duration::from_secs(10), proc.child.wait())
+            .await
+            .with_context(|| format!("{name} (pid {}) was not reaped within 10 s of SIGKILL", proc.pid))?
+            .with_context(|| format!("reaping {name}"))?;
+        Ok(status)
+    }
+
+    /// Stops every running node: SIGTERM to all, then up to [`STOP_GRACE`] for them to exit, then
+    /// SIGKILL for the rest.
+    pub(crate) async fn stop_all(&mut self) -> Vec<Stopped> {
+        let mut stopping = Vec::new();
+        for i in 0..self.nodes.len() {
+            let Some(mut proc) = self.procs[i].take() else { continue };
+            // Not reaped yet, so the pid is still this child's: no stranger gets the signal.
+            if matches!(proc.child.try_wait(), Ok(None)) {
+                let sent = Command::new("kill")
+                    .args(["-TERM", &proc.pid.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success());
+                if !sent {
+                    let _ = proc.child.start_kill();
+                }
+            }
+            stopping.push((self.nodes[i].name.clone(), proc));
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut stopped = Vec::new();
+        for (name, mut proc) in stopping {
+            let (status, forced) = match tokio::time::timeout_at(deadline, proc.child.wait()).await {
+                Ok(Ok(status)) => (status, false),
+                _ => {
+                    let _ = proc.child.start_kill();
+                    match proc.child.wait().await {
+                        Ok(status) => (status, true),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            stopped.push(Stopped { name, status, forced });
+        }
+        stopped
+    }
+
+    /// Polls the `cluster status` of every node (the stopped ones count as not ok) until `ok`
+    /// accepts all of them at once.
+    pub(crate) async fn poll_every_node(
+        &self,
+        ca_cert: &Path,
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(&ClusterReport) -> Result<(), String>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut clients: Vec<Option<Client>> = vec![None; self.nodes.len()];
+        loop {
+            let mut problems = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                let name = node.name.as_str();
+                if self.procs[i].is_none() {
+                    problems.push(format!("{name} is not running"));
+                    continue;
+                }
+                if clients[i].is_none() {
+                    match connect(name, node.client_addr, ca_cert, POLL_TIMEOUT).await {
+                        Ok(client) => clients[i] = Some(client),
+                        Err(e) => {
+                            problems.push(format!("{name}: {e:#}"));
+                            continue;
+                        }
+                    }
+                }
+                let client = clients[i].as_ref().expect("connected above");
+                match client.cluster(ClusterOp::Status).await {
+                    Ok(report) => {
+                        if let Err(problem) = ok(&report) {
+                            problems.push(format!("{name} {problem}"));
+                        }
+                    }
+                    Err(e) => {
+                        clients[i] = None;
+                        problems.push(format!("{name}: {e}"));
+                    }
+                }
+            }
+            if problems.is_empty() {
+                for client in clients.iter().flatten() {
+                    client.close().await;
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("timed out after {} s waiting for {what}: {}", timeout.as_secs(), problems.join("; "));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// A `cluster status` check for [`Processes::poll_every_node`]: the node knows exactly `names`, and
+/// sees every one of them active and alive.
+pub(crate) fn sees_all_alive(names: &BTreeSet<String>, report: &ClusterReport) -> Result<(), String> {
+    let seen: BTreeSet<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
+    let unwell: Vec<String> = report
+        .members
+        .iter()
+        .filter(|m| m.state != "active" || !matches!(m.liveness.as_str(), "self" | "alive"))
+        .map(|m| format!("{} {}/{}", m.name, m.state, m.liveness))
+        .collect();
+    if !seen.iter().copied().eq(names.iter().map(String::as_str)) {
+        Err(format!("knows {seen:?}"))
+    } else if !unwell.is_empty() {
+        Err(format!("sees {}", unwell.join(", ")))
+    } else {
+        Ok(())
+    }
+}
+
+/// A `cluster status` check for [`Processes::poll_every_node`]: the node holds no hint for any
+/// member.
+pub(crate) fn holds_no_hints(report: &ClusterReport) -> Result<(), String> {
+    let queued: Vec<String> = report
+        .members
+        .iter()
+        .filter(|m| m.hints_queued > 0)
+        .map(|m| format!("{} for {}", m.hints_queued, m.name))
+        .collect();
+    if queued.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("holds hints: {}", queued.join(", ")))
+    }
+}
+
+/// A connected client of one node only (no failover), trusting `ca_cert`, with `timeout` per
+/// attempt and no retries.
+pub(crate) async fn connect(name: &str, addr: SocketAddr, ca_cert: &Path, timeout: Duration) -> anyhow::Result<Client> {
+    Client::builder()
+        .endpoint(addr.to_string())
+        .ca_cert_file(ca_cert)
+        .max_retries(0)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {name} at {addr}"))
+}
+
+/// The replicas of each of `keys` as each of `clients` (name, client) places it; fails unless they
+/// all agree.
+pub(crate) async fn agreed_placements(
+    clients: &[(&str, Client)],
+    keys: &[String],
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut placements = BTreeMap::new();
+    for key in keys {
+        let parsed: Key = key.parse().with_context(|| format!("key {key:?}"))?;
+        let mut views: BTreeMap<Vec<String>, Vec<&str>> = BTreeMap::new();
+        for (name, client) in clients {
+            let report = client
+                .cluster(ClusterOp::Placement { key: parsed.clone() })
+                .await
+                .with_context(|| format!("{name} cluster placement {key}"))?;
+            let placement = report.placement.with_context(|| format!("{name} placed no {key}"))?;
+            let replicas = placement.replicas.into_iter().map(|r| r.name).collect();
+            views.entry(replicas).or_default().push(name);
+        }
+        if views.len() != 1 {
+            bail!("the nodes place {key} differently: {views:?}");
+        }
+        let (replicas, _) = views.into_iter().next().expect("one view");
+        placements.insert(key.clone(), replicas);
+    }
+    Ok(placements)
+}
+
+/// `name`'s own state of each of the set `keys` (read at `eventual`, which a replica answers from
+/// its own storage; ask only about keys the node is a replica of, since another node forwards).
+pub(crate) async fn eventual_sets(
+    client: &Client,
+    name: &str,
+    keys: &[&str],
+) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut states = BTreeMap::new();
+    for &key in keys {
+        let members = client
+            .set(key)
+            .consistency(Consistency::Eventual)
+            .members()
+            .await
+            .with_context(|| format!("{name} eventual read of {key}"))?;
+        let members = members.into_iter().map(|m| String::from_utf8_lossy(&m).into_owned()).collect();
+        states.insert(key.to_string(), members);
+    }
+    Ok(states)
+}
+
 /// A local region of `meridian` processes. See the [module docs](self).
 pub struct Region {
     dir: PathBuf,
-    bin: PathBuf,
     plan: RegionPlan,
-    /// Index i-1: node i's process while it runs.
-    procs: Vec<Option<Proc>>,
+    procs: Processes,
 }
 
 impl fmt::Debug for Region {
@@ -308,8 +672,22 @@ impl Region {
         let plan: RegionPlan =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", plan_path.display()))?;
         anyhow::ensure!(plan.nodes.len() == spec.nodes, "{} lists {} nodes", plan_path.display(), plan.nodes.len());
-        let procs = plan.nodes.iter().map(|_| None).collect();
-        Ok(Region { dir, bin, plan, procs })
+        let nodes = plan
+            .nodes
+            .iter()
+            .map(|node| {
+                let cwd = node.config.parent().unwrap_or(&dir).to_path_buf();
+                NodeRun {
+                    name: node.name.clone(),
+                    config: node.config.clone(),
+                    client_addr: node.client_addr,
+                    log: cwd.join("node.log"),
+                    cwd,
+                }
+            })
+            .collect();
+        let procs = Processes::new(bin, nodes);
+        Ok(Region { dir, plan, procs })
     }
 
     /// The region's directory.
@@ -365,18 +743,18 @@ impl Region {
 
     /// The numbers of the nodes started and not killed or stopped since.
     pub fn running(&self) -> impl Iterator<Item = usize> + '_ {
-        self.procs.iter().enumerate().filter(|(_, p)| p.is_some()).map(|(i, _)| i + 1)
+        self.procs.running().map(|i| i + 1)
     }
 
     /// Node `i`'s process id while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.procs[i - 1].as_ref().map(|p| p.pid)
+        self.procs.pid(i - 1)
     }
 
     /// Starts every node that is not running, in order.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
         for i in 1..=self.len() {
-            if self.procs[i - 1].is_none() {
+            if !self.procs.is_running(i - 1) {
                 self.start_node(i).await?;
             }
         }
@@ -386,101 +764,20 @@ impl Region {
     /// Starts node `i` (`meridian serve --config …`) on its data directory and waits until it
     /// announces that it serves (at most [`ANNOUNCE_TIMEOUT`]).
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let node = self.node(i).clone();
-        if let Some(proc) = &mut self.procs[i - 1] {
-            if proc.child.try_wait()?.is_none() {
-                bail!("{} is already running (pid {})", node.name, proc.pid);
-            }
-        }
-        self.procs[i - 1] = None;
-        let log_path = self.log_path(i);
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("opening {}", log_path.display()))?;
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        writeln!(log, "--- geo-tests: starting {} (unix time {:.3}) ---", node.name, unix.as_secs_f64())?;
-
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&node.config)
-            .current_dir(node.config.parent().unwrap_or(&self.dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log.try_clone()?))
-            .kill_on_drop(true);
-        scrub_env(&mut command);
-        let mut child =
-            command.spawn().with_context(|| format!("starting {} ({} serve)", node.name, self.bin.display()))?;
-        let pid = child.id().context("the new child has no pid")?;
-        let stdout = child.stdout.take().context("the child's stdout is not piped")?;
-        let mut reader = BufReader::new(stdout);
-
-        // Lines before the announcement (none today) go to the log as well.
-        let deadline = Instant::now() + ANNOUNCE_TIMEOUT;
-        let announced = loop {
-            let mut line = String::new();
-            match tokio::time::timeout_at(deadline, reader.read_line(&mut line)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                    let status = status.map_or("still running".to_string(), |s| {
-                        s.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string())
-                    });
-                    bail!(
-                        "{} closed its stdout before announcing that it serves ({status}); {} ends with:\n{}",
-                        node.name,
-                        log_path.display(),
-                        tail(&log_path, 20)
-                    );
-                }
-                Ok(Ok(_)) => {
-                    log.write_all(line.as_bytes())?;
-                    if line.contains(ANNOUNCE) {
-                        break line;
-                    }
-                }
-                Err(_) => bail!(
-                    "{} did not announce that it serves within {} s; {} ends with:\n{}",
-                    node.name,
-                    ANNOUNCE_TIMEOUT.as_secs(),
-                    log_path.display(),
-                    tail(&log_path, 20)
-                ),
-            }
-        };
-        let addr = announced.split(ANNOUNCE).nth(1).and_then(|rest| rest.split_whitespace().next());
-        if addr != Some(node.client_addr.to_string().as_str()) {
-            bail!("{} announced {announced:?}, expected its client address {}", node.name, node.client_addr);
-        }
-        // The rest of stdout goes to the log until the process ends.
-        let mut log = tokio::fs::File::from_std(log);
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut reader, &mut log).await;
-            let _ = log.flush().await;
-        });
-        self.procs[i - 1] = Some(Proc { child, pid });
-        Ok(())
+        self.node(i);
+        self.procs.start(i - 1, None, &[]).await
     }
 
     /// `kill -9` node `i` and reap it; returns its exit status (a SIGKILL, unless it had died
     /// already).
     pub async fn kill9(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
-        let name = self.name(i).to_string();
-        let mut proc = self.procs[i - 1].take().with_context(|| format!("{name} is not running"))?;
-        proc.child.start_kill().with_context(|| format!("sending SIGKILL to {name} (pid {})", proc.pid))?;
-        let status = tokio::time::timeout(Duration::from_secs(10), proc.child.wait())
-            .await
-            .with_context(|| format!("{name} (pid {}) was not reaped within 10 s of SIGKILL", proc.pid))?
-            .with_context(|| format!("reaping {name}"))?;
-        Ok(status)
+        self.node(i);
+        self.procs.kill9(i - 1).await
     }
 
     /// Starts node `i` again on the same data directory, `kill -9`ing it first if it runs.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        if self.procs[i - 1].is_some() {
+        if self.procs.is_running(i - 1) {
             self.kill9(i).await?;
         }
         self.start_node(i).await
@@ -489,41 +786,7 @@ impl Region {
     /// Stops every running node: SIGTERM to all, then up to [`STOP_GRACE`] for them to exit, then
     /// SIGKILL for the rest.
     pub async fn stop_all(&mut self) -> Vec<Stopped> {
-        let mut stopping = Vec::new();
-        for i in 1..=self.len() {
-            let Some(mut proc) = self.procs[i - 1].take() else { continue };
-            // Not reaped yet, so the pid is still this child's: no stranger gets the signal.
-            if matches!(proc.child.try_wait(), Ok(None)) {
-                let sent = Command::new("kill")
-                    .args(["-TERM", &proc.pid.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await
-                    .is_ok_and(|s| s.success());
-                if !sent {
-                    let _ = proc.child.start_kill();
-                }
-            }
-            stopping.push((self.name(i).to_string(), proc));
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        let mut stopped = Vec::new();
-        for (name, mut proc) in stopping {
-            let (status, forced) = match tokio::time::timeout_at(deadline, proc.child.wait()).await {
-                Ok(Ok(status)) => (status, false),
-                _ => {
-                    let _ = proc.child.start_kill();
-                    match proc.child.wait().await {
-                        Ok(status) => (status, true),
-                        Err(_) => continue,
-                    }
-                }
-            };
-            stopped.push(Stopped { name, status, forced });
-        }
-        stopped
+        self.procs.stop_all().await
     }
 
     /// A connected client of node `i` only (no failover), trusting the region's CA, with
@@ -535,14 +798,7 @@ impl Region {
     /// [`Region::client`] with another per-attempt timeout.
     pub async fn client_with(&self, i: usize, timeout: Duration) -> anyhow::Result<Client> {
         let node = self.node(i);
-        Client::builder()
-            .endpoint(node.client_addr.to_string())
-            .ca_cert_file(&self.plan.ca_cert)
-            .max_retries(0)
-            .timeout(timeout)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {} at {}", node.name, node.client_addr))
+        connect(&node.name, node.client_addr, &self.plan.ca_cert, timeout).await
     }
 
     /// Node `i`'s view of the region.
@@ -556,145 +812,41 @@ impl Region {
 
     /// Waits until every node runs and sees every member of the plan active and alive.
     pub async fn wait_all_alive(&self, timeout: Duration) -> anyhow::Result<()> {
-        let names: BTreeSet<&str> = self.plan.nodes.iter().map(|n| n.name.as_str()).collect();
-        self.poll_every_node(timeout, "every node to see every member active and alive", |report| {
-            let seen: BTreeSet<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
-            let unwell: Vec<String> = report
-                .members
-                .iter()
-                .filter(|m| m.state != "active" || !matches!(m.liveness.as_str(), "self" | "alive"))
-                .map(|m| format!("{} {}/{}", m.name, m.state, m.liveness))
-                .collect();
-            if seen != names {
-                Err(format!("knows {seen:?}"))
-            } else if !unwell.is_empty() {
-                Err(format!("sees {}", unwell.join(", ")))
-            } else {
-                Ok(())
-            }
-        })
-        .await
+        let names: BTreeSet<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
+        self.procs
+            .poll_every_node(&self.plan.ca_cert, timeout, "every node to see every member active and alive", |report| {
+                sees_all_alive(&names, report)
+            })
+            .await
     }
 
     /// Waits until no node holds a hint for any other.
     pub async fn wait_no_hints(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.poll_every_node(timeout, "every node's hints to be replayed", |report| {
-            let queued: Vec<String> = report
-                .members
-                .iter()
-                .filter(|m| m.hints_queued > 0)
-                .map(|m| format!("{} for {}", m.hints_queued, m.name))
-                .collect();
-            if queued.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("holds hints: {}", queued.join(", ")))
-            }
-        })
-        .await
-    }
-
-    /// Polls every node's `cluster status` until `ok` accepts all of them at once.
-    async fn poll_every_node(
-        &self,
-        timeout: Duration,
-        what: &str,
-        ok: impl Fn(&ClusterReport) -> Result<(), String>,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let mut clients: Vec<Option<Client>> = vec![None; self.len()];
-        loop {
-            let mut problems = Vec::new();
-            for i in 1..=self.len() {
-                let name = self.name(i);
-                if self.procs[i - 1].is_none() {
-                    problems.push(format!("{name} is not running"));
-                    continue;
-                }
-                if clients[i - 1].is_none() {
-                    match self.client_with(i, POLL_TIMEOUT).await {
-                        Ok(client) => clients[i - 1] = Some(client),
-                        Err(e) => {
-                            problems.push(format!("{name}: {e:#}"));
-                            continue;
-                        }
-                    }
-                }
-                let client = clients[i - 1].as_ref().expect("connected above");
-                match client.cluster(ClusterOp::Status).await {
-                    Ok(report) => {
-                        if let Err(problem) = ok(&report) {
-                            problems.push(format!("{name} {problem}"));
-                        }
-                    }
-                    Err(e) => {
-                        clients[i - 1] = None;
-                        problems.push(format!("{name}: {e}"));
-                    }
-                }
-            }
-            if problems.is_empty() {
-                for client in clients.iter().flatten() {
-                    client.close().await;
-                }
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("timed out after {} s waiting for {what}: {}", timeout.as_secs(), problems.join("; "));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.procs
+            .poll_every_node(&self.plan.ca_cert, timeout, "every node's hints to be replayed", holds_no_hints)
+            .await
     }
 
     /// Every key's replicas, asked of every node; fails unless all nodes place every key alike.
     pub async fn placements(&self, keys: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
         let mut clients = Vec::new();
         for i in 1..=self.len() {
-            clients.push(self.client_with(i, POLL_TIMEOUT).await?);
+            clients.push((self.name(i), self.client_with(i, POLL_TIMEOUT).await?));
         }
-        let mut placements = BTreeMap::new();
-        for key in keys {
-            let parsed: Key = key.parse().with_context(|| format!("key {key:?}"))?;
-            let mut views: BTreeMap<Vec<String>, Vec<&str>> = BTreeMap::new();
-            for (i, client) in clients.iter().enumerate() {
-                let name = self.plan.nodes[i].name.as_str();
-                let report = client
-                    .cluster(ClusterOp::Placement { key: parsed.clone() })
-                    .await
-                    .with_context(|| format!("{name} cluster placement {key}"))?;
-                let placement = report.placement.with_context(|| format!("{name} placed no {key}"))?;
-                let replicas = placement.replicas.into_iter().map(|r| r.name).collect();
-                views.entry(replicas).or_default().push(name);
-            }
-            if views.len() != 1 {
-                bail!("the nodes place {key} differently: {views:?}");
-            }
-            let (replicas, _) = views.into_iter().next().expect("one view");
-            placements.insert(key.clone(), replicas);
-        }
-        for client in &clients {
+        let placements = agreed_placements(&clients, keys).await;
+        for (_, client) in &clients {
             client.close().await;
         }
-        Ok(placements)
+        placements
     }
 
     /// Node `i`'s own state of each of `keys` (read at `eventual`, which a replica answers from its
     /// own storage; ask only about keys node `i` is a replica of, since another node forwards).
     pub async fn replica_state(&self, i: usize, keys: &[&str]) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
         let client = self.client_with(i, POLL_TIMEOUT).await?;
-        let mut states = BTreeMap::new();
-        for &key in keys {
-            let members = client
-                .set(key)
-                .consistency(Consistency::Eventual)
-                .members()
-                .await
-                .with_context(|| format!("{} eventual read of {key}", self.name(i)))?;
-            let members = members.into_iter().map(|m| String::from_utf8_lossy(&m).into_owned()).collect();
-            states.insert(key.to_string(), members);
-        }
+        let states = eventual_sets(&client, self.name(i), keys).await;
         client.close().await;
-        Ok(states)
+        states
     }
 
     /// Every key's replicas ([`Region::placements`]) and each replica's own state of it
@@ -745,7 +897,7 @@ impl Region {
 
 /// Removes the test's `MERIDIAN_*` variables from a node's environment (the node would read them
 /// as configuration overrides) except `MERIDIAN_LOG`, which defaults to `warn`.
-fn scrub_env(command: &mut Command) {
+pub(crate) fn scrub_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(|k| k.starts_with("MERIDIAN_") && k != "MERIDIAN_LOG") {
             command.env_remove(key);
@@ -758,7 +910,7 @@ fn scrub_env(command: &mut Command) {
 }
 
 /// The last `lines` lines of a file, each indented.
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else { return format!("    (cannot read {})", path.display()) };
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].iter().map(|line| format!("    {line}\n")).collect()
