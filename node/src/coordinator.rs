@@ -203,7 +203,7 @@ impl Coordinator {
         )))
     }
 
-    /// A page of a key listing across the region: each serving node lists its own keys (every
+    /// A page of a key listing across this region: each serving node lists its own keys (every
     /// partition it holds) and the pages are merged. A key lives on several replicas, so a node
     /// that does not answer is tolerated as long as every partition has a replica that did.
     ///
@@ -215,6 +215,8 @@ impl Coordinator {
             .members()
             .into_iter()
             .filter(|m| m.id != self.local && m.member.state.serves() && self.cluster.reachable(m.id))
+            // Every region holds every partition: this region's nodes answer without a WAN trip.
+            .filter(|m| m.member.region == self.cluster.region())
             .map(|m| m.id)
             .collect();
         let remote = targets.iter().map(|&target| {
