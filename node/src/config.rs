@@ -272,6 +272,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "default_consistency",
     "namespaces",
     "max_clock_drift_ms",
+    "clock_offset_ms",
     "peer",
 ];
 

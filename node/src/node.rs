@@ -17,13 +17,16 @@
 //!
 //! # Causal tokens
 //!
-//! A token maps origin nodes to HLC timestamps (packed, see `docs/design/replication.md`). The node's
-//! *frontier* holds, for itself, the HLC below which every write it has timestamped is durable: the
-//! newest timestamp issued when no write is in flight, else just below the oldest one in flight. A
-//! read's token is the frontier taken *before* the read, so every write the token names is in the
-//! state read; a write's reply names the write's own timestamp. A `causal` read whose token is ahead
-//! of the frontier waits, bounded by `limits.causal_wait_ms`, and then fails with `causal_timeout`
-//! instead of showing the session an older state.
+//! A token maps origin nodes to HLC timestamps (packed, see `docs/design/replication.md`). A write's
+//! reply adds the write's own timestamp; a read's reply adds the key's *dependency vector* (the join
+//! of the tokens of the writes in it), so a session that saw an effect carries its causes. The node's
+//! *frontier* holds, for itself, the HLC below which every write it has timestamped is durable (the
+//! newest timestamp issued when no write is in flight, else just below the oldest one in flight);
+//! for other origins it knows, per partition, up to which HLC it holds their writes (safe-time
+//! reports, `meridian_replication::safe_time`). A `causal` read of a key waits until the node holds
+//! everything the session's token names *and* everything the key's state depends on, in the key's
+//! partition, bounded by `limits.causal_wait_ms`, and then fails with `causal_timeout` instead of
+//! showing the session an older state or an effect without its cause.
 
 use meridian_client::proto::{
     CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, KeyInfo, NodeStatus, Operation, Reply,
@@ -52,8 +55,11 @@ const COMMIT_QUEUE_DEPTH: usize = 4096;
 /// Most writes joined into one durable batch.
 const COMMIT_MAX_GROUP: usize = 256;
 
-/// How often a causal read waiting on other origins looks again.
+/// How soon a causal read waiting on other origins first looks again (then twice as late each time,
+/// up to [`CAUSAL_POLL_MAX`]).
 const CAUSAL_POLL: Duration = Duration::from_millis(2);
+/// The longest a waiting causal read goes without looking again.
+const CAUSAL_POLL_MAX: Duration = Duration::from_millis(32);
 
 /// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
 const LIST_SCAN_FACTOR: usize = 8;
@@ -452,9 +458,7 @@ impl Node {
             op @ Operation::ListKeys { .. } => {
                 self.list_local(&RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op }).await
             }
-            Operation::Status => {
-                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Status(self.status()?) })
-            }
+            Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
             Operation::Cluster(op) => {
                 let coordinator = self.coordinator.get().ok_or_else(|| {
                     ErrorReply::new(
@@ -463,7 +467,7 @@ impl Node {
                     )
                 })?;
                 let report = crate::admin::cluster_op(coordinator, &self.config, op)?;
-                Ok(Reply { causal_token: self.token_after(token), body: ReplyBody::Cluster(report) })
+                Ok(Reply { causal_token: token, body: ReplyBody::Cluster(report) })
             }
         }
     }
@@ -477,11 +481,6 @@ impl Node {
     /// The replicas of a key, relative to this node. One node: itself.
     fn replicas(&self) -> ReplicaCounts {
         ReplicaCounts { local: 1, remote: 0 }
-    }
-
-    fn token_after(&self, mut token: CausalToken) -> CausalToken {
-        token.merge(&CausalToken(self.version_vector()));
-        token
     }
 
     async fn write(
@@ -680,6 +679,24 @@ impl Node {
         Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts })
     }
 
+    /// A token names one of this node's own timestamps beyond its clock: after a restart, the clock
+    /// resumes from the log, which may lack the newest timestamps it handed out (a frontier raised by
+    /// [`Node::observe_token`], writes committed out of timestamp order). Within the drift bound that
+    /// is our own past, and every write we acknowledged below it is durable: resume the clock past
+    /// it. Beyond the bound the token is not ours (another cluster, a wiped data directory).
+    fn resume_clock_to(&self, own: u64) -> bool {
+        let frontier = {
+            let mut state = self.clock.lock().expect("clock lock");
+            let now = skewed_now_ms(self.config.clock_offset_ms);
+            if state.clock.observe(Hlc::unpack(own), now).is_err() {
+                return false;
+            }
+            state.frontier()
+        };
+        self.publish_frontier(frontier);
+        true
+    }
+
     /// Moves this node's clock past every timestamp in `token` (bounded by the drift limit), so a
     /// write that follows what its session saw is also timestamped after it: a register's later
     /// write wins even when this node's wall clock is behind the one that wrote the earlier value.
@@ -711,6 +728,11 @@ impl Node {
             }
             state.frontier()
         };
+        self.publish_frontier(frontier);
+    }
+
+    /// Raises this node's own entry of the causal frontier (waiting reads wake up).
+    fn publish_frontier(&self, frontier: u64) {
         self.visible.send_if_modified(|vv| {
             let before = vv.get(self.id);
             vv.observe(self.id, frontier);
@@ -787,7 +809,9 @@ impl Node {
         let partition = keyspace::partition_of(&data_key);
         if let Some(coordinator) = self.coordinator.get() {
             if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) {
-                let mut after = self.token_after(token);
+                // A read depends on what it shows, not on everything this node wrote: the token
+                // gains the key's dependencies only (no false dependencies to wait for later).
+                let mut after = token;
                 let replicas = coordinator.cluster().replicas_for(level, partition);
                 let stored = coordinator.quorum_read(self, &data_key, level, &replicas).await?;
                 if let Some(stored) = &stored {
@@ -798,15 +822,30 @@ impl Node {
         }
         // Every level but `eventual` keeps the session's guarantees (on one node the only replica
         // is the quorum); `eventual` answers with whatever this replica has.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.limits.causal_wait_ms);
         if level != Consistency::Eventual {
-            self.wait_for(&token, Some(partition)).await?;
+            self.wait_until(&token, Some(partition), deadline).await?;
         }
-        let mut after = self.token_after(token);
+        let mut after = token;
         // A point read is served from RocksDB's memtable, block cache or page cache in microseconds;
         // running it inline saves the two thread hand-offs a blocking-pool trip costs (writes, which
-        // wait for fsync, do go to the blocking pool). The key's dependencies join the session's
-        // token: a session that saw an effect then waits for its causes wherever it reads them.
-        let stored = self.load_stored(&data_key)?;
+        // wait for fsync, do go to the blocking pool).
+        let mut stored = self.load_stored(&data_key)?;
+        if level != Consistency::Eventual {
+            // The state may hold an effect whose cause (in this key, or anywhere in the partition)
+            // has not arrived: a push that overtook an earlier one, a quorum write pushed straight
+            // from another region. Never show it before its causes: wait until the state's own
+            // dependencies are held here too, and read again (bounded by the same deadline).
+            while let Some(deps) = stored.as_ref().map(|s| CausalToken(s.deps.clone())) {
+                if self.causal_gap(&deps, Some(partition)).is_none() {
+                    break;
+                }
+                self.wait_until(&deps, Some(partition), deadline).await?;
+                stored = self.load_stored(&data_key)?;
+            }
+        }
+        // The key's dependencies join the session's token: a session that saw an effect then waits
+        // for its causes wherever it reads them.
         if let Some(stored) = &stored {
             after.0.merge(&stored.deps);
         }
@@ -819,19 +858,31 @@ impl Node {
     /// `meridian_replication::safe_time`). Without a partition (listings) only this node's own
     /// entry is checked.
     async fn wait_for(&self, token: &CausalToken, partition: Option<u16>) -> Result<(), ErrorReply> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.limits.causal_wait_ms);
+        self.wait_until(token, partition, deadline).await
+    }
+
+    /// [`Node::wait_for`] with an explicit deadline.
+    async fn wait_until(
+        &self,
+        token: &CausalToken,
+        partition: Option<u16>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ErrorReply> {
         let wait_ms = self.config.limits.causal_wait_ms;
         // Our own entry can only be ahead of our clock if the token was never issued by this node's
         // history (another cluster, a wiped data directory): waiting cannot help, so say so.
+        let own = token.0.get(self.id);
         let newest_issued = self.clock.lock().expect("clock lock").clock.last().pack();
-        if token.0.get(self.id) > newest_issued {
+        if own > newest_issued && !self.resume_clock_to(own) {
             return Err(ErrorReply::new(
                 ErrorCode::BadRequest,
                 "the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session",
             ));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut visible = self.visible.subscribe();
         let mut waited = false;
+        let mut poll = CAUSAL_POLL;
         loop {
             let Some((origin, needed, held)) = self.causal_gap(token, partition) else {
                 if waited {
@@ -855,10 +906,11 @@ impl Node {
                 ));
             }
             waited = true;
-            // Remote records and reports arrive without a signal; poll them, and wake at once when
-            // this node's own frontier moves.
-            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + CAUSAL_POLL), visible.changed())
-                .await;
+            // Remote records and reports arrive without a signal; poll them (backing off, so many
+            // waiting reads during an incident cost little), and wake at once when this node's own
+            // frontier moves.
+            let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + poll), visible.changed()).await;
+            poll = (poll * 2).min(CAUSAL_POLL_MAX);
         }
     }
 
@@ -930,7 +982,7 @@ impl Node {
             tokio::task::spawn_blocking(move || node.list_keys(&namespace, &prefix, start_after.as_deref(), limit))
                 .await
                 .map_err(internal)??;
-        let token = self.token_after(request.causal_token.clone().unwrap_or_default());
+        let token = request.causal_token.clone().unwrap_or_default();
         Ok(Reply { causal_token: token, body: ReplyBody::Keys { keys, next } })
     }
 

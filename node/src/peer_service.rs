@@ -265,15 +265,15 @@ impl PeerService {
             PeerMessageV1::Push { partition, records, reports, relay } => {
                 check_partition(partition)?;
                 let (mut store, node) = (self.store.clone(), self.node.clone());
-                let applied = records.clone();
+                let (applied, taken) = (records.clone(), reports.clone());
                 let reply = blocking(move || {
                     store.accept_pushed(PartitionId(partition), &applied).map_err(|e| e.to_string())?;
+                    for report in &taken {
+                        node.take_report(partition, *report);
+                    }
                     Ok(PeerReplyV1::Applied)
                 })
                 .await?;
-                for report in &reports {
-                    node.take_report(partition, *report);
-                }
                 if relay {
                     if let Some(coordinator) = self.node.coordinator() {
                         let coordinator = coordinator.clone();

@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, VecDeque};
 use meridian_crdt::NodeId;
 use serde::{Deserialize, Serialize};
 
-/// Pending reports kept per `(partition, origin)`; older ones are dropped first (newer reports
-/// cover more).
+/// Pending reports kept per `(partition, origin)`; past it, the ones between the lowest and the
+/// newest are dropped.
 pub const MAX_PENDING_REPORTS: usize = 16;
 
 /// "Every write of `origin` to the partition timestamped at or below `safe` is at or below position
@@ -84,8 +84,10 @@ impl SafeTimes {
                 i += 1;
             }
         }
+        // Over the bound, thin out the middle: the lowest report settles first (the replica is
+        // catching up towards it) and the newest covers the most.
         while knowledge.pending.len() > MAX_PENDING_REPORTS {
-            knowledge.pending.pop_front();
+            knowledge.pending.remove(1);
         }
     }
 
@@ -159,17 +161,13 @@ mod tests {
     }
 
     #[test]
-    fn pending_reports_are_bounded() {
+    fn pending_reports_are_bounded_keeping_the_lowest_and_the_newest() {
         let mut times = SafeTimes::new();
         for i in 1..=100u64 {
             times.report(0, report(i * 10, i * 100), 0);
         }
+        assert_eq!(times.known(0, O, 10), 100, "the lowest report is kept: it settles first");
         assert_eq!(times.known(0, O, 1000), 10_000, "the newest report is kept");
-        let mut times = SafeTimes::new();
-        for i in 1..=100u64 {
-            times.report(0, report(i * 10, i * 100), 0);
-        }
-        assert_eq!(times.known(0, O, 10), 0, "the oldest reports were dropped at the bound");
     }
 
     #[test]
