@@ -43,7 +43,7 @@ pub async fn gossip(
         }
         let request = encode_request(
             cluster.local(),
-            PeerMessageV1::Gossip {
+            PeerMessageV1::GossipReports {
                 membership: cluster.snapshot(),
                 handoff: cluster.local_handoff(),
                 reports: node.own_reports(),
@@ -55,10 +55,18 @@ pub async fn gossip(
         });
         for (addr, answer) in futures::future::join_all(exchanges).await {
             match answer.map_err(|e| e.to_string()).and_then(|bytes| decode_reply(&bytes)) {
-                Ok(PeerReplyV1::Gossip { node_id, membership, handoff, reports }) => {
+                Ok(PeerReplyV1::GossipReports { node_id, membership, handoff, reports }) => {
                     cluster.heartbeat(node_id);
                     let node = node.clone();
                     let _ = tokio::task::spawn_blocking(move || take_own_reports(&node, node_id, &reports)).await;
+                    cluster.set_peer_handoff(node_id, handoff);
+                    if let Err(e) = cluster.merge(&membership) {
+                        tracing::warn!(error = %e, "could not store the merged membership");
+                    }
+                }
+                // A node of the previous version: membership and heartbeat, no reports.
+                Ok(PeerReplyV1::Gossip { node_id, membership, handoff }) => {
+                    cluster.heartbeat(node_id);
                     cluster.set_peer_handoff(node_id, handoff);
                     if let Err(e) = cluster.merge(&membership) {
                         tracing::warn!(error = %e, "could not store the merged membership");

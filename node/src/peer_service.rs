@@ -6,7 +6,8 @@
 //! | request | answered with | used by |
 //! |---|---|---|
 //! | `Hello` | the node id | anti-entropy threads |
-//! | `Gossip { membership, handoff }` | ours (push-pull) | [`crate::gossip`]; doubles as a heartbeat |
+//! | `Gossip { membership, handoff }` | ours (push-pull) | nodes of the previous version |
+//! | `GossipReports { membership, handoff, reports }` | ours, with our safe-time reports | [`crate::gossip`]; doubles as a heartbeat |
 //! | `PartitionVv { partition }` | our vector of the partition | a draining node measuring its handoff |
 //! | `Sync(message)` | the anti-entropy session's replies | [`crate::peer_sync`] |
 //! | `Replicate { partition, records }` | `Applied` once durable | write fan-out and hint replay |
@@ -61,9 +62,6 @@ pub enum PeerMessageV1 {
         membership: Membership,
         /// Partitions to hand off.
         handoff: Vec<u16>,
-        /// The sender's safe-time report for every partition: its frontier and each partition's
-        /// last durable position of its own log.
-        reports: OwnReports,
     },
     /// This node's version vector of one partition.
     PartitionVv {
@@ -112,6 +110,17 @@ pub enum PeerMessageV1 {
         /// Spread them in this region.
         relay: bool,
     },
+    /// `Gossip` plus the sender's safe-time report for every partition (its frontier and each
+    /// partition's last durable position of its own log); answered with `GossipReports`. A new
+    /// variant rather than a new field, so nodes of the previous version still decode `Gossip`.
+    GossipReports {
+        /// The membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// The sender's reports.
+        reports: OwnReports,
+    },
 }
 
 /// A reply between nodes.
@@ -139,8 +148,6 @@ pub enum PeerReplyV1 {
         membership: Membership,
         /// Partitions to hand off.
         handoff: Vec<u16>,
-        /// Its safe-time reports (as in the request).
-        reports: OwnReports,
     },
     /// A partition's version vector.
     Vv(meridian_crdt::VersionVector),
@@ -152,6 +159,17 @@ pub enum PeerReplyV1 {
     Forwarded(Result<Reply, ErrorReply>),
     /// Version-vector digests, one per partition asked for, in order.
     VvDigests(Vec<u64>),
+    /// The answer to `GossipReports`: `Gossip` plus the receiver's reports.
+    GossipReports {
+        /// Its id.
+        node_id: NodeId,
+        /// Its membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// Its safe-time reports.
+        reports: OwnReports,
+    },
 }
 
 /// A node's safe-time report about its own log, for every partition: its causal frontier (a
@@ -206,7 +224,17 @@ impl PeerService {
                 let (node, store, sync) = (self.node.id(), self.store.clone(), self.sync.clone());
                 blocking(move || crate::peer_sync::answer_sync(store, sync, node, from, message)).await
             }
-            PeerMessageV1::Gossip { membership, handoff, reports } => {
+            PeerMessageV1::Gossip { membership, handoff } => {
+                let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
+                cluster.merge(&membership).map_err(|e| format!("storing the membership: {e}"))?;
+                cluster.set_peer_handoff(from, handoff);
+                Ok(PeerReplyV1::Gossip {
+                    node_id: self.node.id(),
+                    membership: cluster.snapshot(),
+                    handoff: cluster.local_handoff(),
+                })
+            }
+            PeerMessageV1::GossipReports { membership, handoff, reports } => {
                 let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
                 cluster.merge(&membership).map_err(|e| format!("storing the membership: {e}"))?;
                 cluster.set_peer_handoff(from, handoff);
@@ -214,7 +242,7 @@ impl PeerService {
                 tokio::task::spawn_blocking(move || take_own_reports(&node, from, &reports))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(PeerReplyV1::Gossip {
+                Ok(PeerReplyV1::GossipReports {
                     node_id: self.node.id(),
                     membership: cluster.snapshot(),
                     handoff: cluster.local_handoff(),
