@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test gate deps bench bench-redis bench-region fuzz doc
+.PHONY: run region test gate deps bench bench-redis bench-region bench-geo fuzz doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -44,3 +44,8 @@ fuzz:
 bench-region:
 	@scripts/install-deps.sh --bench
 	scripts/bench-region.sh --clients 32 --ops 300
+
+## Three local regions behind emulated 80 ms WAN links: convergence lag at a write rate, latency per
+## consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
+bench-geo: deps
+	scripts/bench-geo.sh

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_etcd;
+pub mod bench_geo;
 pub mod certs;
 pub mod cluster;
 pub mod commit;

@@ -201,6 +201,9 @@ enum Command {
     },
     /// Benchmark an etcd cluster (v3 JSON gateway) at the same shape as `bench`: PUTs, then linearizable GETs.
     BenchEtcd(meridian_node::bench_etcd::EtcdBenchArgs),
+    /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
+    /// rate, latency per consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
+    BenchGeo(Box<meridian_node::bench_geo::GeoBenchArgs>),
     /// Cluster certificates for node-to-node mutual TLS: a CA, node and client certificates.
     Certs {
         #[command(subcommand)]
@@ -270,6 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
+        Command::BenchGeo(args) => meridian_node::bench_geo::run_cli(*args).await,
         Command::Certs { command } => meridian_node::certs::run(command),
         Command::Region { command } => meridian_node::local_region::run(command).await,
         Command::Demo(args) => meridian_node::demo::run(*args).await,
@@ -334,6 +338,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         Command::Serve { .. }
         | Command::Bench { .. }
         | Command::BenchEtcd(_)
+        | Command::BenchGeo(_)
         | Command::Certs { .. }
         | Command::Region { .. }
         | Command::Demo(_) => {

@@ -131,6 +131,11 @@ pub struct DirectionStats {
     pub send_errors: u64,
     /// Datagrams waiting for their due time right now.
     pub queued: u64,
+    /// Payload bytes of the datagrams that entered this direction.
+    pub received_bytes: u64,
+    /// Payload bytes of the datagrams delivered (what crossed the link; UDP payload, no IP/UDP
+    /// headers).
+    pub forwarded_bytes: u64,
 }
 
 impl DirectionStats {
@@ -169,6 +174,8 @@ struct Counters {
     dropped_blocked: AtomicU64,
     dropped_overflow: AtomicU64,
     send_errors: AtomicU64,
+    received_bytes: AtomicU64,
+    forwarded_bytes: AtomicU64,
 }
 
 /// One direction's settings, RNG, counters and queue occupancy.
@@ -197,6 +204,7 @@ impl DirState {
     fn admit(&self, len: usize, last: &mut Instant) -> Option<Instant> {
         let c = &self.counters;
         c.received.fetch_add(1, Ordering::Relaxed);
+        c.received_bytes.fetch_add(len as u64, Ordering::Relaxed);
         let imp = *lock(&self.impairment);
         if imp.blocked {
             c.dropped_blocked.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +248,8 @@ impl DirState {
             dropped_overflow: c.dropped_overflow.load(Ordering::Relaxed),
             send_errors: c.send_errors.load(Ordering::Relaxed),
             queued: self.queued_datagrams.load(Ordering::Relaxed) as u64,
+            received_bytes: c.received_bytes.load(Ordering::Relaxed),
+            forwarded_bytes: c.forwarded_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -544,6 +554,9 @@ async fn deliver(mut rx: mpsc::UnboundedReceiver<Queued>, sink: Sink, shared: Ar
                     dir.unqueue(queued.data.len());
                     let counter = if sent.is_ok() { &dir.counters.forwarded } else { &dir.counters.send_errors };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    if sent.is_ok() {
+                        dir.counters.forwarded_bytes.fetch_add(queued.data.len() as u64, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -677,5 +690,34 @@ impl Wan {
         for relay in self.relays.values() {
             relay.heal();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_payload_bytes_per_direction() {
+        let upstream = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let relay = Relay::start_seeded(upstream.local_addr().unwrap(), 1).unwrap();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            client.send_to(&[7u8; 10], relay.local_addr()).await.unwrap();
+            let (len, from) = upstream.recv_from(&mut buf).await.unwrap();
+            assert_eq!(len, 10);
+            upstream.send_to(&[9u8; 4], from).await.unwrap();
+            assert_eq!(client.recv(&mut buf).await.unwrap(), 4);
+        }
+        relay.block_direction(Direction::Forward);
+        client.send_to(&[7u8; 10], relay.local_addr()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while relay.stats().forward.dropped_blocked == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stats = relay.stats();
+        assert_eq!((stats.forward.received_bytes, stats.forward.forwarded_bytes), (40, 30), "{stats:?}");
+        assert_eq!((stats.backward.received_bytes, stats.backward.forwarded_bytes), (12, 12), "{stats:?}");
     }
 }

@@ -41,6 +41,7 @@ use crate::geo_plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use crate::local_region::{self, NodeSetup};
 
 pub use run::RunArgs;
+pub(crate) use run::{start_links, wait_for_members, LINK_JITTER};
 
 /// Where `meridian demo` keeps the cluster when given no `--dir`.
 pub const DEFAULT_DIR: &str = "./meridian-demo";

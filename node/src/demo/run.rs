@@ -198,7 +198,7 @@ async fn exercise(
 
 /// One relay per link, on its planned address, delaying each direction by the link's one-way
 /// delay (± [`LINK_JITTER`]).
-fn start_links(plan: &GeoPlan) -> anyhow::Result<Vec<Relay>> {
+pub(crate) fn start_links(plan: &GeoPlan) -> anyhow::Result<Vec<Relay>> {
     let mut relays = Vec::with_capacity(plan.links.len());
     for (i, link) in plan.links.iter().enumerate() {
         let relay = Relay::bind(link.listen, link.upstream, 0x6d65_7269_6469_616e ^ i as u64).with_context(|| {
@@ -215,7 +215,7 @@ fn start_links(plan: &GeoPlan) -> anyhow::Result<Vec<Relay>> {
 
 /// Polls every node's cluster status until each lists every planned node alive (or itself). On
 /// timeout, the error says, node by node, whom it does not see alive.
-async fn wait_for_members(plan: &GeoPlan, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn wait_for_members(plan: &GeoPlan, timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let everyone: BTreeSet<String> = plan.nodes().map(|(_, n)| n.name.clone()).collect();
     let mut clients: Vec<Option<Client>> = plan.nodes().map(|_| None).collect();
