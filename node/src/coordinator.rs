@@ -70,8 +70,11 @@ pub struct Coordinator {
     peer_timeout: Duration,
     /// The anti-entropy threads (for their progress).
     sync_threads: Arc<SyncThreads>,
-    /// Pushes in flight (each a task waiting on a replica), bounded.
+    /// Pushes in flight to this region's replicas (each a task waiting on a replica), bounded.
     push_slots: Arc<tokio::sync::Semaphore>,
+    /// Pushes in flight to other regions, bounded separately: a slow region must not use up the
+    /// slots this region's quorums need.
+    remote_push_slots: Arc<tokio::sync::Semaphore>,
     /// Replication lag from every other region.
     lag: crate::lag::LagStats,
 }
@@ -99,6 +102,7 @@ impl Coordinator {
             peer_timeout,
             sync_threads,
             push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
+            remote_push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
             lag: crate::lag::LagStats::default(),
         }
     }
@@ -358,10 +362,23 @@ impl Coordinator {
         relay: bool,
         done: Option<mpsc::UnboundedSender<(NodeId, bool)>>,
     ) -> bool {
-        let slot = self.push_slots.clone().try_acquire_owned().ok();
+        let remote = self.cluster.region_of(target).is_some_and(|r| r != self.cluster.region());
+        let slots = if remote { &self.remote_push_slots } else { &self.push_slots };
+        let slot = slots.clone().try_acquire_owned().ok();
         let Some(slot) = slot.filter(|_| self.cluster.reachable(target)) else {
-            for record in &push.records {
-                self.hint(target, push.partition, record).await;
+            if done.is_some() {
+                // Someone waits on this push's verdict: the hint is durable before it hears.
+                for record in &push.records {
+                    self.hint(target, push.partition, record).await;
+                }
+            } else {
+                // A relay to another region nobody waits on: keep its hint off the write's path.
+                let (me, push) = (self.clone(), push.clone());
+                tokio::spawn(async move {
+                    for record in &push.records {
+                        me.hint(target, push.partition, record).await;
+                    }
+                });
             }
             return false;
         };
