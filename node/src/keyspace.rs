@@ -90,6 +90,26 @@ pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
     out
 }
 
+/// Prefix of the persisted safe-time knowledge (`Meta`).
+pub const SAFE_PREFIX: &[u8] = b"safe/";
+
+/// Meta key of what this node knows of `origin`'s log of `partition`: the packed HLC up to which it
+/// holds every write (`meridian_replication::safe_time`), as a max-merged u64.
+pub fn safe_key(partition: u16, origin: NodeId) -> Vec<u8> {
+    let mut out = SAFE_PREFIX.to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&origin.0.to_be_bytes());
+    out
+}
+
+/// The partition and origin of a [`safe_key`].
+pub fn parse_safe_key(key: &[u8]) -> Option<(u16, NodeId)> {
+    let rest = key.strip_prefix(SAFE_PREFIX)?;
+    let partition = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+    let origin = u64::from_be_bytes(rest.get(2..)?.try_into().ok()?);
+    Some((partition, NodeId(origin)))
+}
+
 /// A key's state as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StoredEntry {

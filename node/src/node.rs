@@ -215,12 +215,21 @@ impl Node {
         clock.tick(skewed_now_ms(config.clock_offset_ms));
         let clock = ClockState { clock, in_flight: BTreeMap::new() };
         let frontier: VersionVector = [(id, clock.frontier())].into_iter().collect();
+        // What this node knew of other origins' logs before it stopped: it is about data it holds
+        // durably, so it still holds (and a session's causal reads need not wait for the origin).
+        let mut safe_times = SafeTimes::new();
+        let end = keyspace::prefix_end(keyspace::SAFE_PREFIX);
+        for (key, value) in engine.scan(Space::Meta, keyspace::SAFE_PREFIX, end.as_deref(), usize::MAX)? {
+            if let Some((partition, origin)) = keyspace::parse_safe_key(&key) {
+                safe_times.restore(partition, origin, crate::storage::decode_u64_be(&value)?);
+            }
+        }
         let records: u64 = last_seqs.iter().sum();
         tracing::info!(node_id = %id, log_records = records, "node opened");
         Ok(Arc::new(Node {
             clock: Mutex::new(clock),
             visible: watch::channel(frontier).0,
-            safe_times: Mutex::new(SafeTimes::new()),
+            safe_times: Mutex::new(safe_times),
             key_locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             stripe_hasher: std::collections::hash_map::RandomState::new(),
             committer: GroupCommitter::start(engine.clone(), id, last_seqs, COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP),
@@ -952,6 +961,36 @@ impl Node {
         }
         let held = self.held_position(partition, report.origin);
         self.safe_times.lock().expect("safe times lock").report(partition, report, held);
+    }
+
+    /// Persists the safe-time knowledge gained since the last call (one small batch; blocks).
+    /// Written after the data it is about, so a restart never restores a claim about data it lost.
+    pub fn persist_safe_times(&self) -> Result<(), StorageError> {
+        let changed = self.safe_times.lock().expect("safe times lock").take_changed();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (partition, origin, known) in changed {
+            batch.max_u64(Space::Meta, keyspace::safe_key(partition, origin), known);
+        }
+        self.engine.write(batch)
+    }
+
+    /// Every `interval` until `shutdown`: [`Node::persist_safe_times`], off the reactor.
+    pub async fn persist_safe_times_every(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            let node = self.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || node.persist_safe_times()).await {
+                tracing::warn!(error = %e, "could not persist safe times");
+            }
+        }
     }
 
     /// What this node says about its own log of `partition`: its frontier, taken first, then the

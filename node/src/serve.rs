@@ -184,6 +184,7 @@ fn start_region(
         shutdown.clone(),
     ));
     tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
+    tasks.spawn(node.clone().persist_safe_times_every(Duration::from_secs(1), shutdown.clone()));
     tasks.spawn(coordinator.clone().track_handoff(shutdown.clone()));
     // Anti-entropy gets connections of its own: bulk sync streams then never share a connection's
     // flow-control window with the requests clients are waiting for.

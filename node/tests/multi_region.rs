@@ -35,6 +35,7 @@ async fn client(node: &RunningNode) -> Client {
 
 struct Cluster {
     _dir: tempfile::TempDir,
+    configs: Vec<Config>,
     nodes: Vec<Option<RunningNode>>,
     clients: Vec<Client>,
 }
@@ -45,8 +46,11 @@ async fn cluster() -> Cluster {
     generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
     let addrs: Vec<SocketAddr> = REGIONS.iter().map(|_| free_udp_addr()).collect();
     let mut nodes = Vec::new();
+    let mut configs = Vec::new();
     for (region, addr) in REGIONS.iter().zip(&addrs) {
-        nodes.push(start(node_config(dir.path(), region, *addr, &addrs, &ca_dir)).await.unwrap());
+        let config = node_config(dir.path(), region, *addr, &addrs, &ca_dir);
+        configs.push(config.clone());
+        nodes.push(start(config).await.unwrap());
     }
     let mut clients = Vec::new();
     for node in &nodes {
@@ -55,7 +59,7 @@ async fn cluster() -> Cluster {
     for c in &clients {
         wait_for_members(c, 3).await;
     }
-    Cluster { _dir: dir, nodes: nodes.into_iter().map(Some).collect(), clients }
+    Cluster { _dir: dir, configs, nodes: nodes.into_iter().map(Some).collect(), clients }
 }
 
 impl Cluster {
@@ -166,5 +170,47 @@ async fn quorum_needs_a_global_majority_and_local_quorum_a_local_one() {
     let err = us.register("q/k").consistency(Consistency::Quorum).set("three").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::QuorumUnavailable), "{err}");
     us.register("q/k").consistency(Consistency::LocalQuorum).set("four").await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_reader_keeps_serving_sessions_that_name_a_region_now_down() {
+    let mut cluster = cluster().await;
+    let (us, eu) = (cluster.clients[0].clone(), cluster.clients[1].clone());
+    let writer = us.session().with_consistency(Consistency::Causal);
+    writer.register("r/k").set("from-us").await.unwrap();
+    eventually("the write reached eu-west", || async {
+        eu.register("r/k").consistency(Consistency::Eventual).get_string().await.unwrap() == Some("from-us".into())
+    })
+    .await;
+    // Let eu-west learn (gossip) and persist (every second) how far it holds us-east's log.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    cluster.nodes[0].take().unwrap().shutdown().await;
+    cluster.nodes[1].take().unwrap().shutdown().await;
+    let restarted = start(cluster.configs[1].clone()).await.unwrap();
+    let eu = client(&restarted).await;
+    cluster.nodes[1] = Some(restarted);
+    cluster.clients[1] = eu.clone();
+    let moved = eu.session().with_consistency(Consistency::Causal);
+    moved.merge_token(&writer.token());
+    let read = async {
+        loop {
+            match moved.register("r/k").get_string().await {
+                Ok(value) => return value,
+                // The node may still be rejoining its peers.
+                Err(e) if e.code() == Some(ErrorCode::QuorumUnavailable) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("a causal read after the restart: {e}"),
+            }
+        }
+    };
+    let value = tokio::time::timeout(Duration::from_secs(30), read).await.expect("served within 30 s");
+    assert_eq!(value, Some("from-us".into()), "read-your-writes across regions and a restart");
+    for i in 0..8 {
+        // Other keys (other partitions) are served too: the session names us-east, which is down,
+        // but eu-west remembers how far it holds us-east's writes.
+        moved.register(format!("r/other-{i}")).get_string().await.unwrap();
+    }
     cluster.stop().await;
 }

@@ -49,6 +49,8 @@ struct Knowledge {
 #[derive(Debug, Default)]
 pub struct SafeTimes {
     by_key: BTreeMap<(u16, NodeId), Knowledge>,
+    /// Keys whose `known` rose since [`SafeTimes::take_changed`] last ran (to persist them).
+    changed: std::collections::BTreeSet<(u16, NodeId)>,
 }
 
 impl SafeTimes {
@@ -66,6 +68,7 @@ impl SafeTimes {
         }
         if report.seq <= held {
             knowledge.known = report.safe;
+            self.changed.insert((partition, report.origin));
             knowledge.pending.retain(|(_, safe)| *safe > report.safe);
             return;
         }
@@ -95,12 +98,16 @@ impl SafeTimes {
     /// gap-free position `held` of that origin (settles the reports it now covers).
     pub fn known(&mut self, partition: u16, origin: NodeId, held: u64) -> u64 {
         let Some(knowledge) = self.by_key.get_mut(&(partition, origin)) else { return 0 };
+        let before = knowledge.known;
         while let Some(&(seq, safe)) = knowledge.pending.front() {
             if seq > held {
                 break;
             }
             knowledge.known = knowledge.known.max(safe);
             knowledge.pending.pop_front();
+        }
+        if knowledge.known > before {
+            self.changed.insert((partition, origin));
         }
         knowledge.known
     }
@@ -110,6 +117,20 @@ impl SafeTimes {
     pub fn vouch(&mut self, partition: u16, origin: NodeId, held: u64) -> Option<SafeReport> {
         let known = self.known(partition, origin, held);
         (known > 0).then_some(SafeReport { origin, seq: held, safe: known })
+    }
+
+    /// Every `(partition, origin, known)` whose knowledge rose since the last call. Knowledge is
+    /// about data this replica holds durably, so it stays true across a restart once persisted
+    /// after that data (restore it with [`SafeTimes::restore`]).
+    pub fn take_changed(&mut self) -> Vec<(u16, NodeId, u64)> {
+        let changed = std::mem::take(&mut self.changed);
+        changed.into_iter().filter_map(|(p, o)| self.by_key.get(&(p, o)).map(|k| (p, o, k.known))).collect()
+    }
+
+    /// Restores persisted knowledge (see [`SafeTimes::take_changed`]).
+    pub fn restore(&mut self, partition: u16, origin: NodeId, known: u64) {
+        let knowledge = self.by_key.entry((partition, origin)).or_default();
+        knowledge.known = knowledge.known.max(known);
     }
 
     /// Origins this replica has heard about for `partition`.
@@ -168,6 +189,20 @@ mod tests {
         }
         assert_eq!(times.known(0, O, 10), 100, "the lowest report is kept: it settles first");
         assert_eq!(times.known(0, O, 1000), 10_000, "the newest report is kept");
+    }
+
+    #[test]
+    fn changed_knowledge_is_handed_out_once_and_restores() {
+        let mut times = SafeTimes::new();
+        times.report(2, report(3, 90), 3);
+        times.report(2, report(5, 120), 3);
+        assert_eq!(times.take_changed(), vec![(2, O, 90)]);
+        assert_eq!(times.take_changed(), vec![]);
+        assert_eq!(times.known(2, O, 5), 120);
+        assert_eq!(times.take_changed(), vec![(2, O, 120)]);
+        let mut restarted = SafeTimes::new();
+        restarted.restore(2, O, 120);
+        assert_eq!(restarted.known(2, O, 0), 120);
     }
 
     #[test]
