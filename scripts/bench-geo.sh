@@ -26,7 +26,9 @@ done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bench_timeout=${BENCH_TIMEOUT_S:-1800}
-if [[ -z "${MERIDIAN_BIN:-}" ]]; then
+if [[ -n "${MERIDIAN_BIN:-}" ]]; then
+  MERIDIAN_BIN_GIVEN=1
+else
   echo "building meridian (cargo build -p meridian-node)" >&2
   (cd "$root" && cargo build --quiet -p meridian-node)
   MERIDIAN_BIN=$root/target/debug/meridian
@@ -35,6 +37,12 @@ extra=()
 if [[ "${KEEP:-0}" == 1 ]]; then extra+=(--keep); fi
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $(date -u +%Y-%m-%dT%H:%MZ)"
+# What the binary was built from: the figures belong to that tree (a shared checkout may hold
+# others' uncommitted changes).
+if [[ -z "${MERIDIAN_BIN_GIVEN:-}" ]] && git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
+  dirty=$(git -C "$root" status --porcelain --untracked-files=no | awk '{ print $2 }' | paste -sd' ' -)
+  echo "built from: $(git -C "$root" rev-parse --short HEAD)${dirty:+ plus uncommitted changes to $dirty}"
+fi
 # In the background, so that a signal to this script reaches the benchmark (which stops its nodes
 # and links) at once; `timeout` bounds the whole run.
 timeout --signal=TERM --kill-after=30 "$bench_timeout" \
