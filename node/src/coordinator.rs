@@ -44,12 +44,18 @@ const HINT_BATCH: usize = 256;
 const HINT_BATCH_BYTES: usize = 2 << 20;
 /// Pushes to replicas in flight at once; beyond, writes leave hints instead.
 const MAX_PUSHES_IN_FLIGHT: usize = 8192;
+/// Pushes queued per entry point in another region before further ones become hints.
+const SHIP_QUEUE: usize = 65_536;
+/// Requests in flight per entry point in another region.
+const SHIP_IN_FLIGHT: usize = 4;
+/// Bytes of records a shipper puts in one request, about (well under the peer frame cap).
+const SHIP_BATCH_BYTES: usize = 1 << 20;
 /// Time between hint replay passes.
 const HINT_REPLAY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Records of one partition on their way to another replica, with what they prove about their
 /// origins' logs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pushed {
     /// The partition.
     pub partition: u16,
@@ -77,6 +83,8 @@ pub struct Coordinator {
     remote_push_slots: Arc<tokio::sync::Semaphore>,
     /// Replication lag from every other region.
     lag: crate::lag::LagStats,
+    /// Per entry point in another region, the queue of its shipper ([`Coordinator::ship_to_region`]).
+    shippers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::Sender<Pushed>>>,
 }
 
 fn unavailable(message: String) -> ErrorReply {
@@ -104,6 +112,7 @@ impl Coordinator {
             push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
             remote_push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
             lag: crate::lag::LagStats::default(),
+            shippers: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -323,7 +332,7 @@ impl Coordinator {
         if level != Consistency::Quorum {
             for (_, entry) in self.cluster.remote_entry_points(partition) {
                 if let Some(target) = entry {
-                    self.spawn_push(target, &push, true, None).await;
+                    self.ship_to_region(target, push.clone());
                 }
             }
         }
@@ -339,6 +348,98 @@ impl Coordinator {
                 round.acked()
             ))),
         }
+    }
+
+    /// Hands `push` to the shipper of `target` (an entry point in another region), which sends what
+    /// has queued up in one `PushBatch` per request, with a few requests in flight. One request per
+    /// record would cap a WAN link at (streams per connection ÷ round trip) records per second; a
+    /// batch carries everything that queued during the previous round trip. A full queue, or a
+    /// target that is down, turns the push into a hint.
+    fn ship_to_region(self: &Arc<Self>, target: NodeId, push: Pushed) {
+        let sender = {
+            let mut shippers = self.shippers.lock().unwrap_or_else(|p| p.into_inner());
+            shippers
+                .entry(target)
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(SHIP_QUEUE);
+                    tokio::spawn(self.clone().ship(target, rx));
+                    tx
+                })
+                .clone()
+        };
+        let refused = if self.cluster.reachable(target) {
+            sender.try_send(push).err().map(|e| e.into_inner())
+        } else {
+            Some(push)
+        };
+        if let Some(push) = refused {
+            let me = self.clone();
+            tokio::spawn(async move {
+                for record in &push.records {
+                    me.hint(target, push.partition, record).await;
+                }
+            });
+        }
+    }
+
+    /// The shipper of one entry point in another region (see [`Coordinator::ship_to_region`]).
+    async fn ship(self: Arc<Self>, target: NodeId, mut queue: mpsc::Receiver<Pushed>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(SHIP_IN_FLIGHT));
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let Some(first) = queue.recv().await else { return };
+            let mut bytes: usize = first.records.iter().map(|r| r.wire_len()).sum();
+            let mut batch = vec![first];
+            while bytes < SHIP_BATCH_BYTES {
+                let Ok(next) = queue.try_recv() else { break };
+                bytes += next.records.iter().map(|r| r.wire_len()).sum::<usize>();
+                batch.push(next);
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                metrics::counter!("meridian_region_batches_total").increment(1);
+                let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: true };
+                let ok = matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied));
+                if !ok {
+                    for push in &batch {
+                        for record in &push.records {
+                            me.hint(target, push.partition, record).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Spreads a batch another region's shipper sent here to this region's other replicas of each
+    /// push's partition: one request per replica, hints for what it does not take.
+    pub async fn fan_out_batch_in_region(self: &Arc<Self>, pushes: Vec<Pushed>) {
+        let mut by_target: std::collections::BTreeMap<NodeId, Vec<Pushed>> = Default::default();
+        for push in pushes {
+            for target in self.cluster.replicas(push.partition) {
+                if target != self.local {
+                    by_target.entry(target).or_default().push(push.clone());
+                }
+            }
+        }
+        let sends = by_target.into_iter().map(|(target, batch)| {
+            let me = self.clone();
+            async move {
+                let ok = me.cluster.reachable(target) && {
+                    let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: false };
+                    matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied))
+                };
+                if !ok {
+                    for push in &batch {
+                        for record in &push.records {
+                            me.hint(target, push.partition, record).await;
+                        }
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
     }
 
     /// Spreads records that another region's node pushed here to this region's other replicas of

@@ -14,6 +14,7 @@
 //! | `ReadKey { key }` | the key's stored state | quorum reads |
 //! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
 //! | `Forward(request)` | the client reply | a node that is not a replica of the key |
+//! | `PushBatch { pushes, relay }` | `Applied` once all are durable | a shipper to another region's entry point |
 //! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
 //! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
 //!
@@ -107,6 +108,14 @@ pub enum PeerMessageV1 {
         records: Vec<SyncRecord>,
         /// What the records prove about their origins' logs (see `meridian_replication::safe_time`).
         reports: Vec<SafeReport>,
+        /// Spread them in this region.
+        relay: bool,
+    },
+    /// Several `Push`es at once (a shipper to another region batches what queued up during a round
+    /// trip); answered `Applied` once all are durable here.
+    PushBatch {
+        /// The pushes, each of one partition.
+        pushes: Vec<crate::coordinator::Pushed>,
         /// Spread them in this region.
         relay: bool,
     },
@@ -282,6 +291,31 @@ impl PeerService {
             }
             PeerMessageV1::Forward(request) => {
                 Ok(PeerReplyV1::Forwarded(self.node.clone().execute_forwarded(request).await))
+            }
+            PeerMessageV1::PushBatch { pushes, relay } => {
+                if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
+                    return Err(format!("no partition {}", bad.partition));
+                }
+                let (store, node) = (self.store.clone(), self.node.clone());
+                let applied = pushes.clone();
+                let reply = blocking(move || {
+                    for push in &applied {
+                        let mut store = store.clone();
+                        store.accept_pushed(PartitionId(push.partition), &push.records).map_err(|e| e.to_string())?;
+                        for report in &push.reports {
+                            node.take_report(push.partition, *report);
+                        }
+                    }
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await?;
+                if relay {
+                    if let Some(coordinator) = self.node.coordinator() {
+                        let coordinator = coordinator.clone();
+                        tokio::spawn(async move { coordinator.fan_out_batch_in_region(pushes).await });
+                    }
+                }
+                Ok(reply)
             }
             PeerMessageV1::VvDigests { partitions } => {
                 if let Some(bad) = partitions.iter().find(|p| **p >= PARTITIONS) {
