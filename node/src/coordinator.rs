@@ -47,7 +47,7 @@ const MAX_PUSHES_IN_FLIGHT: usize = 8192;
 /// Pushes queued per entry point in another region before further ones become hints.
 const SHIP_QUEUE: usize = 65_536;
 /// Requests in flight per entry point in another region.
-const SHIP_IN_FLIGHT: usize = 4;
+const SHIP_IN_FLIGHT: usize = 16;
 /// Bytes of records a shipper puts in one request, about (well under the peer frame cap).
 const SHIP_BATCH_BYTES: usize = 1 << 20;
 /// Time between hint replay passes.
