@@ -39,7 +39,7 @@ use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReply
 use crate::sync_store::EngineSyncStore;
 
 /// Hints replayed per request, at most.
-const HINT_BATCH: usize = 256;
+const HINT_BATCH: usize = 4096;
 /// Bytes of hints replayed per request, at most (well under the peer frame cap).
 const HINT_BATCH_BYTES: usize = 2 << 20;
 /// Pushes to replicas in flight at once; beyond, writes leave hints instead.
@@ -745,22 +745,32 @@ impl Coordinator {
             if batch.is_empty() {
                 return Ok(());
             }
-            // One request per run of the same partition, in log order, cut by size (one hint alone
-            // always fits: it was a write the peer frame cap admitted).
+            // One request per batch of hints, cut by size, each partition's hints in log order (one
+            // hint alone always fits: it was a write the peer frame cap admitted). Across a WAN a
+            // request costs a round trip: many partitions share one.
             let mut start = 0;
             while start < batch.len() {
-                let partition = batch[start].partition;
                 let mut end = start;
                 let mut bytes = 0;
-                while end < batch.len() && batch[end].partition == partition {
+                while end < batch.len() {
                     bytes += batch[end].record.wire_len();
                     if end > start && bytes > HINT_BATCH_BYTES {
                         break;
                     }
                     end += 1;
                 }
-                let records = batch[start..end].iter().map(|h| h.record.clone()).collect();
-                match self.call(target, PeerMessageV1::Replicate { partition, records }, self.peer_timeout).await? {
+                let mut pushes: Vec<Pushed> = Vec::new();
+                for hint in &batch[start..end] {
+                    match pushes.last_mut() {
+                        Some(last) if last.partition == hint.partition => last.records.push(hint.record.clone()),
+                        _ => pushes.push(Pushed {
+                            partition: hint.partition,
+                            records: vec![hint.record.clone()],
+                            reports: Vec::new(),
+                        }),
+                    }
+                }
+                match self.call(target, PeerMessageV1::PushBatch { pushes, relay: false }, self.peer_timeout).await? {
                     PeerReplyV1::Applied => {}
                     other => return Err(format!("unexpected reply {other:?}")),
                 }
