@@ -3,15 +3,15 @@
 //! table beside a baseline taken from the same run. Figures are reported, never asserted: the
 //! machine is shared and its load is printed with them.
 //!
-//! 1. **Convergence lag at a write rate** ([`convergence`]): open-loop `eventual` writes in the
+//! 1. **Convergence lag at a write rate** (`convergence.rs`): open-loop `eventual` writes in the
 //!    first region paced to `--rate`; per node of the other regions, the lag histogram the node keeps
 //!    (`ClusterReport.regions`, write timestamp in the origin region → durable here), plus a
 //!    client-side probe (write a marker, poll the other region). Baseline: the emulated one-way
 //!    delay.
-//! 2. **Latency per consistency level** ([`latency`]): one sequential client per level in the first
+//! 2. **Latency per consistency level** (`latency.rs`): one sequential client per level in the first
 //!    region, writes and reads; a causal read in another region right after a causal write carried
 //!    by the session's token. Baseline: the emulated round trip to the nearest other region.
-//! 3. **Anti-entropy efficiency after a partition** ([`partition`]): `--keys` keys loaded and
+//! 3. **Anti-entropy efficiency after a partition** (`partition.rs`): `--keys` keys loaded and
 //!    replicated, the first region cut off, `--changed` keys rewritten in it, healed; the bytes that
 //!    cross the links until every region reads the new values. Baseline: the changed bytes.
 //!
