@@ -36,7 +36,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -44,7 +43,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use meridian_client::{Client, ClusterOp, ClusterReport, Consistency};
 use meridian_node::geo_plan::{GeoPlan, LinkPlan};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -391,7 +389,7 @@ impl Geo {
         let http = self.plan.nodes().nth(i).map(|(_, n)| n.http_addr).expect("a planned node");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if probe_ready(http).await {
+            if meridian_node::local_region::probe_ready(http).await {
                 return Ok(());
             }
             if !self.procs.is_running(i) {
@@ -613,29 +611,12 @@ impl Geo {
         counters: &[String],
         timeout: Duration,
     ) -> anyhow::Result<(GeoState, bool)> {
-        let deadline = Instant::now() + timeout;
-        let mut last: Option<GeoState> = None;
-        let mut last_error = None;
-        loop {
-            match self.final_state(sets, counters).await {
-                Ok(state) => {
-                    let agrees = state.divergent_keys().is_empty();
-                    if agrees && last.as_ref() == Some(&state) {
-                        return Ok((state, true));
-                    }
-                    last = Some(state);
-                }
-                Err(e) => last_error = Some(e),
-            }
-            if Instant::now() >= deadline {
-                return match (last, last_error) {
-                    (Some(state), _) => Ok((state, false)),
-                    (None, Some(e)) => Err(e.context("reading the replicas' final state")),
-                    (None, None) => bail!("no poll of the final state ran"),
-                };
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        crate::region::poll_until_stable(
+            timeout,
+            || self.final_state(sets, counters),
+            |s: &GeoState| s.divergent_keys().is_empty(),
+        )
+        .await
     }
 
     /// Stops every running node (SIGTERM, then SIGKILL after a grace). The links keep running
@@ -668,19 +649,6 @@ fn with_clock_offset(config: &str, offset_ms: i64) -> String {
         out.push(setting);
     }
     out.join("\n") + "\n"
-}
-
-/// Whether `GET /readyz` on `http` answers 200 within a second.
-async fn probe_ready(http: SocketAddr) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(http).await?;
-        let request = format!("GET /readyz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(true)))
 }
 
 #[cfg(test)]

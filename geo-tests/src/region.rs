@@ -869,29 +869,7 @@ impl Region {
     /// the same states) a poll later. Returns the last state read and whether it converged within
     /// `timeout`; fails only when no state could be read at all.
     pub async fn wait_converged(&self, keys: &[String], timeout: Duration) -> anyhow::Result<(RegionState, bool)> {
-        let deadline = Instant::now() + timeout;
-        let mut last: Option<RegionState> = None;
-        let mut last_error = None;
-        loop {
-            match self.final_state(keys).await {
-                Ok(state) => {
-                    let agrees = state.divergent_keys().is_empty();
-                    if agrees && last.as_ref() == Some(&state) {
-                        return Ok((state, true));
-                    }
-                    last = Some(state);
-                }
-                Err(e) => last_error = Some(e),
-            }
-            if Instant::now() >= deadline {
-                return match (last, last_error) {
-                    (Some(state), _) => Ok((state, false)),
-                    (None, Some(e)) => Err(e.context("reading the replicas' final state")),
-                    (None, None) => bail!("no poll of the final state ran"),
-                };
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        poll_until_stable(timeout, || self.final_state(keys), |s: &RegionState| s.divergent_keys().is_empty()).await
     }
 }
 
@@ -914,4 +892,41 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(text) = std::fs::read_to_string(path) else { return format!("    (cannot read {})", path.display()) };
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].iter().map(|line| format!("    {line}\n")).collect()
+}
+
+/// Reads a cluster's final state once a second until it `agrees` and two reads in a row are equal
+/// (converged), or `timeout` passes (the last state read, not converged). Fails only when no state
+/// could be read at all.
+pub(crate) async fn poll_until_stable<S, F, Fut>(
+    timeout: Duration,
+    mut read: F,
+    agrees: impl Fn(&S) -> bool,
+) -> anyhow::Result<(S, bool)>
+where
+    S: PartialEq,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<S>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<S> = None;
+    let mut last_error = None;
+    loop {
+        match read().await {
+            Ok(state) => {
+                if agrees(&state) && last.as_ref() == Some(&state) {
+                    return Ok((state, true));
+                }
+                last = Some(state);
+            }
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            return match (last, last_error) {
+                (Some(state), _) => Ok((state, false)),
+                (None, Some(e)) => Err(e.context("reading the replicas' final state")),
+                (None, None) => bail!("no poll of the final state ran"),
+            };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

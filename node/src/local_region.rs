@@ -821,7 +821,7 @@ async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::proces
 }
 
 /// Whether `GET /readyz` answers 200 (bounded to one second).
-async fn probe_ready(http: SocketAddr) -> bool {
+pub async fn probe_ready(http: SocketAddr) -> bool {
     let probe = async {
         let mut stream = tokio::net::TcpStream::connect(http).await?;
         let request = format!("GET /readyz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
