@@ -244,6 +244,15 @@ impl Client {
         }
     }
 
+    /// Data-residency administration: list, add, change and remove rules, explain a key, audit the
+    /// answering node's storage.
+    pub async fn residency(&self, op: crate::proto::ResidencyOp) -> Result<crate::proto::ResidencyReport, Error> {
+        match self.ctx().call(Operation::Residency(op)).await? {
+            ReplyBody::Residency(report) => Ok(*report),
+            other => Err(unexpected("residency", &other)),
+        }
+    }
+
     /// Sends a request as given (for the CLI and benchmarks), with the client's retries and
     /// failover. The only change made to it: a write or delete without an idempotency id gets a
     /// random one, used on every attempt. Nothing is checked or interpreted beyond the frame limit;

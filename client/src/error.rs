@@ -155,6 +155,7 @@ mod tests {
             ErrorCode::TooLarge,
             ErrorCode::Unsupported,
             ErrorCode::Internal,
+            ErrorCode::ResidencyRefused,
         ] {
             assert!(!server(code).is_retryable(), "{code:?}");
         }

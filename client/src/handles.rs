@@ -92,6 +92,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Keys { .. } => "Keys",
         ReplyBody::Status(_) => "Status",
         ReplyBody::Cluster(_) => "Cluster",
+        ReplyBody::Residency(_) => "Residency",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

@@ -98,5 +98,7 @@ pub use session::Session;
 pub use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 pub use proto::{
     CausalToken, ClusterOp, ClusterReport, Consistency, ErrorCode, HandoffReport, IdempotencyId, Key, KeyInfo,
-    MemberReport, NodeStatus, Operation, PlacedReplica, PlacementReport, Reply, ReplyBody, RequestV1,
+    MemberReport, NodeStatus, Operation, PlacedReplica, PlacementReport, Reply, ReplyBody, RequestV1, ResidencyAudit,
+    ResidencyCounters, ResidencyExplain, ResidencyOp, ResidencyProgress, ResidencyReport, ResidencyViolation, Rule,
+    RuleSpec,
 };

@@ -303,6 +303,176 @@ pub enum Operation {
     Status,
     /// Region administration and introspection (membership, placement).
     Cluster(ClusterOp),
+    /// Data-residency rules: list, add, change, remove, explain a key, audit this node's storage.
+    Residency(ResidencyOp),
+}
+
+/// Data-residency administration (`meridian residency …`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResidencyOp {
+    /// The rules (first match wins), their version, and this node's purge/backfill progress.
+    List,
+    /// Add a rule at the end of the list (or at `position`, 0-based).
+    Add {
+        /// The rule.
+        rule: RuleSpec,
+        /// Where in the list (first match wins); `None`: last.
+        position: Option<u32>,
+    },
+    /// Replace the rule with this id (its match and its placement).
+    Change {
+        /// The rule's id.
+        id: u32,
+        /// What it becomes.
+        rule: RuleSpec,
+    },
+    /// Remove the rule with this id (its keys then match a later rule, or go everywhere).
+    Remove {
+        /// The rule's id.
+        id: u32,
+    },
+    /// Which rule a key matches, which regions and nodes may hold it, and why.
+    Explain {
+        /// The key.
+        key: Key,
+    },
+    /// Scan the answering node's storage (state, delta log, hints, idempotency records) for keys its
+    /// region may not hold. With `compact`, first flush memtables and compact every file, so that a
+    /// raw scan of the data directory afterwards sees only what the node still holds.
+    Audit {
+        /// Flush and compact before scanning.
+        compact: bool,
+    },
+}
+
+/// A placement rule as an operator writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// The namespace it applies to.
+    pub namespace: String,
+    /// Key-name prefix it applies to (empty: the whole namespace).
+    pub prefix: String,
+    /// The regions allowed to hold matching keys (non-empty, each a region the cluster knows).
+    pub regions: Vec<String>,
+    /// Replicas per allowed region (`None`: the region's replication factor).
+    pub replicas_per_region: Option<u32>,
+    /// The region requests from disallowed regions are proxied to first (must be allowed).
+    pub home: Option<String>,
+    /// Refuse requests that arrive in a disallowed region instead of proxying them.
+    pub strict: bool,
+}
+
+/// A rule as stored: its spec and its stable id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// Stable id (never reused).
+    pub id: u32,
+    /// What it says.
+    pub spec: RuleSpec,
+}
+
+/// The answer to a [`ResidencyOp`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyReport {
+    /// The answering node's name.
+    pub node: String,
+    /// Its region (from its certificate).
+    pub region: String,
+    /// The rule-set version it holds (after the operation).
+    pub version: u64,
+    /// The rules in match order.
+    pub rules: Vec<Rule>,
+    /// For `Add`/`Change`: the rule's id.
+    pub rule_id: Option<u32>,
+    /// For `Explain`.
+    pub explain: Option<ResidencyExplain>,
+    /// For `Audit`.
+    pub audit: Option<ResidencyAudit>,
+    /// Purges and backfills this node has run or is running, newest last.
+    pub changes: Vec<ResidencyProgress>,
+    /// Counters since start: proxied, refused, rejected transfers, purged keys.
+    pub counters: ResidencyCounters,
+}
+
+/// Why a key lives where it does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyExplain {
+    /// The key.
+    pub key: String,
+    /// Its partition.
+    pub partition: u16,
+    /// The matching rule, if any (none: every region).
+    pub rule: Option<Rule>,
+    /// Regions allowed to hold it.
+    pub allowed_regions: Vec<String>,
+    /// Nodes holding it (`name (region)`), by the answering node's view of placement.
+    pub nodes: Vec<String>,
+    /// Whether the answering node's region may hold it.
+    pub allowed_here: bool,
+    /// Prose: which rule matched and why, or that none did.
+    pub reason: String,
+}
+
+/// What `meridian residency audit` found on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyAudit {
+    /// Keys scanned in the state space.
+    pub data_keys: u64,
+    /// Delta-log records scanned (redacted ones included).
+    pub log_records: u64,
+    /// Redacted delta-log records (positions kept, bytes removed).
+    pub redacted_records: u64,
+    /// Hints scanned.
+    pub hints: u64,
+    /// Idempotency records scanned.
+    pub idempotency_records: u64,
+    /// What the node holds that its region may not; empty when clean.
+    pub violations: Vec<ResidencyViolation>,
+    /// Whether memtables were flushed and files compacted first.
+    pub compacted: bool,
+}
+
+/// One thing a node holds that its region may not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyViolation {
+    /// `data`, `log`, `hints` or `idempotency`.
+    pub space: String,
+    /// The rule that forbids it here.
+    pub rule: u32,
+    /// The key (`namespace/name`).
+    pub key: String,
+}
+
+/// One purge (rule narrowed away from this region) or backfill (widened into it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyProgress {
+    /// `purge` or `backfill`.
+    pub kind: String,
+    /// The rule.
+    pub rule: u32,
+    /// The rule-set version that caused it.
+    pub version: u64,
+    /// Units done (keys purged; partitions backfilled).
+    pub done: u64,
+    /// Units in all (0 while counting).
+    pub total: u64,
+    /// Whether it finished.
+    pub complete: bool,
+}
+
+/// Residency decisions counted on one node since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidencyCounters {
+    /// Requests proxied to an allowed region.
+    pub proxied: u64,
+    /// Requests refused (strict rules, or no allowed region reachable).
+    pub refused: u64,
+    /// Incoming records, states or hints rejected because this region may not hold them.
+    pub rejected: u64,
+    /// Records sent redacted because the receiver's region may not hold them.
+    pub redacted: u64,
+    /// Keys purged by narrowed rules.
+    pub purged: u64,
 }
 
 /// Region administration and introspection.
@@ -503,6 +673,8 @@ pub enum ReplyBody {
     Status(NodeStatus),
     /// The region, as the answering node sees it.
     Cluster(ClusterReport),
+    /// Data-residency rules and this node's view of them.
+    Residency(Box<ResidencyReport>),
 }
 
 /// One listed key.
@@ -573,6 +745,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A storage or internal failure on the node.
     Internal,
+    /// A data-residency rule forbids serving this key here (a `strict` rule, or no allowed region
+    /// reachable to proxy to); the message names the rule.
+    ResidencyRefused,
 }
 
 impl ErrorCode {
@@ -602,6 +777,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::ResidencyRefused => "residency_refused",
         }
     }
 }

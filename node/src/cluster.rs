@@ -222,11 +222,27 @@ impl Cluster {
     /// The replicas a request at `level` counts: a global `quorum` counts the key's replicas in
     /// every region (this region's first); every other level counts this region's.
     pub fn replicas_for(&self, level: meridian_client::proto::Consistency, partition: u16) -> Vec<NodeId> {
+        self.replicas_for_regions(level, partition, None)
+    }
+
+    /// [`Cluster::replicas_for`] counting only the regions in `allowed` (`None`: every region), for
+    /// keys a residency rule keeps in some regions. The local region is counted as long as it is
+    /// allowed (requests for keys it may not hold are proxied before they get here).
+    pub fn replicas_for_regions(
+        &self,
+        level: meridian_client::proto::Consistency,
+        partition: u16,
+        allowed: Option<&[String]>,
+    ) -> Vec<NodeId> {
+        let permits = |region: &str| allowed.is_none_or(|allowed| allowed.iter().any(|r| r == region));
         let view = self.lock();
-        let mut replicas = view.placements[usize::from(partition)].clone();
+        let mut replicas =
+            if permits(&self.region) { view.placements[usize::from(partition)].clone() } else { Vec::new() };
         if level == meridian_client::proto::Consistency::Quorum {
-            for all in view.remote_placements.values() {
-                replicas.extend(all[usize::from(partition)].iter().copied());
+            for (region, all) in view.remote_placements.iter() {
+                if permits(region) {
+                    replicas.extend(all[usize::from(partition)].iter().copied());
+                }
             }
         }
         replicas

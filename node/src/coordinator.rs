@@ -36,6 +36,7 @@ use crate::keyspace::{self, Stored};
 use crate::node::Node;
 use crate::peer::PeerPool;
 use crate::peer_service::{decode_reply, encode_request, PeerMessageV1, PeerReplyV1};
+use crate::residency::Residency;
 use crate::sync_store::EngineSyncStore;
 
 /// Hints replayed per request, at most.
@@ -85,6 +86,8 @@ pub struct Coordinator {
     lag: crate::lag::LagStats,
     /// Per entry point in another region, the queue of its shipper ([`Coordinator::ship_to_region`]).
     shippers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::Sender<Pushed>>>,
+    /// The node's residency rules: every request to a peer is screened by the peer's region.
+    residency: Arc<Residency>,
 }
 
 fn unavailable(message: String) -> ErrorReply {
@@ -100,8 +103,10 @@ impl Coordinator {
         hints: Arc<Hints>,
         peer_timeout: Duration,
         sync_threads: Arc<SyncThreads>,
+        residency: Arc<Residency>,
     ) -> Coordinator {
         Coordinator {
+            residency,
             local: cluster.local(),
             cluster,
             pool,
@@ -114,6 +119,11 @@ impl Coordinator {
             lag: crate::lag::LagStats::default(),
             shippers: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The pool of connections to peers.
+    pub fn pool(&self) -> &Arc<PeerPool> {
+        &self.pool
     }
 
     /// The anti-entropy threads.
@@ -160,8 +170,31 @@ impl Coordinator {
     }
 
     /// Sends one request to `target` and decodes its reply; a reply of any kind is a heartbeat.
+    ///
+    /// Every request goes through here, so this is where residency is enforced on the way out: the
+    /// target's region is the one in its certificate (a member whose membership entry claims
+    /// another is refused), and the message is screened for it ([`Coordinator::screen_for`]).
     pub async fn call(&self, target: NodeId, message: PeerMessageV1, timeout: Duration) -> Result<PeerReplyV1, String> {
         let addr = self.cluster.peer_addr(target).ok_or_else(|| format!("no address known for node {target}"))?;
+        let message = if self.residency.rules().rules.is_empty() {
+            message
+        } else {
+            let connection = tokio::time::timeout(timeout, self.pool.get(addr, None))
+                .await
+                .map_err(|_| format!("connecting to node {target}: timed out"))?
+                .map_err(|e| e.to_string())?;
+            let certified = connection.peer().region.clone();
+            if let Some(claimed) = self.cluster.region_of(target).filter(|claimed| *claimed != certified) {
+                self.residency.note_rejected(
+                    0,
+                    &format!("node {target} claims region {claimed} but its certificate says {certified}"),
+                );
+                return Err(format!(
+                    "node {target} claims region {claimed} but its certificate was issued for region {certified}"
+                ));
+            }
+            self.screen_for(&certified, message)?
+        };
         let reply = self
             .pool
             .request(addr, None, encode_request(self.local, message), timeout)
@@ -169,6 +202,111 @@ impl Coordinator {
             .map_err(|e| e.to_string())?;
         self.cluster.heartbeat(target);
         decode_reply(&reply)
+    }
+
+    /// `message` as a node of `region` may receive it: records of keys it may not hold redacted
+    /// ([`Residency::for_region`]); a key's state, a read of it or a client request for it refused.
+    fn screen_for(&self, region: &str, message: PeerMessageV1) -> Result<PeerMessageV1, String> {
+        let residency = &self.residency;
+        let refuse = |data_key: &[u8]| -> Result<(), String> {
+            match residency.rule_for(data_key).filter(|rule| !meridian_replication::residency::allows(rule, region)) {
+                Some(rule) => Err(format!("residency rule {} keeps this key out of region {region}", rule.id)),
+                None => Ok(()),
+            }
+        };
+        Ok(match message {
+            PeerMessageV1::Replicate { partition, records } => {
+                PeerMessageV1::Replicate { partition, records: residency.for_region(region, records) }
+            }
+            PeerMessageV1::Push { partition, records, reports, relay } => {
+                PeerMessageV1::Push { partition, records: residency.for_region(region, records), reports, relay }
+            }
+            PeerMessageV1::PushBatch { pushes, relay } => PeerMessageV1::PushBatch {
+                pushes: pushes
+                    .into_iter()
+                    .map(|push| Pushed { records: residency.for_region(region, push.records), ..push })
+                    .collect(),
+                relay,
+            },
+            PeerMessageV1::Repair { partition, key, state } => {
+                refuse(&key)?;
+                PeerMessageV1::Repair { partition, key, state }
+            }
+            PeerMessageV1::ReadKey { key } => {
+                refuse(&key)?;
+                PeerMessageV1::ReadKey { key }
+            }
+            PeerMessageV1::Forward(request) => {
+                if let Some(data_key) = crate::node::keyed_data_key(&request.op) {
+                    refuse(&data_key)?;
+                }
+                PeerMessageV1::Forward(request)
+            }
+            other => other,
+        })
+    }
+
+    /// Runs a client request for a key this region may not hold in the nearest region that may:
+    /// the rule's home region first (if set), then the allowed regions by measured round trip. The
+    /// request goes to the key's replicas there and is coordinated by one of them; this node only
+    /// passes it on (it never stores the key). Refused with the rule's name if no allowed region
+    /// answers.
+    pub async fn proxy(
+        &self,
+        node: &Node,
+        request: RequestV1,
+        rule: &meridian_client::proto::Rule,
+        data_key: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, ErrorReply> {
+        let residency = node.residency();
+        let partition = keyspace::partition_of(data_key);
+        let mut regions: Vec<(bool, Duration, String, Vec<NodeId>)> = Vec::new();
+        for (region, replicas) in self.cluster.remote_replicas(partition) {
+            if !meridian_replication::residency::allows(rule, &region) || replicas.is_empty() {
+                continue;
+            }
+            let home = rule.spec.home.as_deref() == Some(region.as_str());
+            let mut rtt = Duration::MAX;
+            for replica in replicas.iter().filter(|r| self.cluster.reachable(**r)) {
+                if let Some(addr) = self.cluster.peer_addr(*replica) {
+                    if let Ok(Ok(connection)) =
+                        tokio::time::timeout(Duration::from_millis(200), self.pool.get(addr, None)).await
+                    {
+                        rtt = rtt.min(connection.rtt());
+                    }
+                }
+            }
+            regions.push((!home, rtt, region, replicas));
+        }
+        regions.sort();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut failures = Vec::new();
+        for (_, _, region, replicas) in &regions {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.forward(request.clone(), replicas, left).await {
+                Err(e) if e.code == ErrorCode::QuorumUnavailable && !request.op.is_write() => {
+                    failures.push(format!("{region}: {}", e.message));
+                }
+                result => {
+                    residency.note_proxied(rule, region);
+                    return result;
+                }
+            }
+        }
+        let why = if regions.is_empty() {
+            "no node of an allowed region is known".to_string()
+        } else {
+            format!("no allowed region answered ({})", failures.join("; "))
+        };
+        residency.note_refused(rule, &why);
+        Err(ErrorReply::new(
+            ErrorCode::ResidencyRefused,
+            crate::node::residency_refusal(rule, residency.region(), &why),
+        ))
     }
 
     /// Relays a client request to a replica of its key: replicas heard from recently first.
@@ -286,8 +424,17 @@ impl Coordinator {
 
     /// Keeps `record` for `target` (a replica that did not take it). The hint is a durable write:
     /// off the reactor.
+    ///
+    /// A hint for a node of a region that may not hold the record's key is stored redacted (this
+    /// node may hold the key; the hint is kept for the position, which the target needs).
     async fn hint(&self, target: NodeId, partition: u16, record: &SyncRecord) {
-        let (hints, record) = (self.hints.clone(), record.clone());
+        let record = match self.cluster.region_of(target) {
+            Some(region) => {
+                self.residency.for_region(&region, vec![record.clone()]).pop().unwrap_or_else(|| record.clone())
+            }
+            None => record.clone(),
+        };
+        let hints = self.hints.clone();
         let stored = tokio::task::spawn_blocking(move || hints.add(target, partition, &record)).await;
         if !matches!(stored, Ok(Ok(_))) {
             tracing::warn!(target = %target, "could not store a hint; anti-entropy will repair the replica");

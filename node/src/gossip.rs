@@ -33,7 +33,9 @@ pub async fn gossip(
 ) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        round += 1;
         let known = cluster.peers();
         let mut targets: Vec<SocketAddr> = known.iter().map(|(_, addr)| *addr).collect();
         for seed in cluster.seeds() {
@@ -75,6 +77,11 @@ pub async fn gossip(
                 Ok(other) => tracing::warn!(%addr, "unexpected gossip reply {other:?}"),
                 Err(e) => tracing::debug!(%addr, error = %e, "gossip exchange failed"),
             }
+        }
+        // Residency rules every fourth round: they change rarely, and a newer set wins wherever
+        // it meets an older one, so every node has a change within a few rounds.
+        if round % 4 == 1 {
+            exchange_rules(&node, &cluster, &pool, interval * 4).await;
         }
         let members = cluster.members();
         for liveness in ["alive", "suspect", "dead", "unknown"] {
@@ -158,6 +165,24 @@ impl SyncThreads {
                 self.handles.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
                 running.insert((id, addr), (token, progress));
                 tracing::info!(peer = %id, %addr, "anti-entropy with a new peer");
+            }
+        }
+    }
+}
+
+/// Sends this node's residency rules to every known peer and adopts any newer set they answer with.
+pub async fn exchange_rules(node: &Arc<Node>, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    let rules = (*node.residency().rules()).clone();
+    let request = encode_request(cluster.local(), PeerMessageV1::Residency { rules });
+    let exchanges = cluster.peers().into_iter().map(|(_, addr)| {
+        let (pool, request) = (pool.clone(), request.clone());
+        async move { pool.request(addr, None, request, timeout).await }
+    });
+    for answer in futures::future::join_all(exchanges).await {
+        if let Ok(Ok(PeerReplyV1::Residency { rules })) = answer.map(|bytes| decode_reply(&bytes)) {
+            let residency = node.residency().clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || residency.adopt(&rules)).await {
+                tracing::warn!(error = %e, "could not store newer residency rules");
             }
         }
     }

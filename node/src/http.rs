@@ -64,6 +64,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::ResidencyRefused => StatusCode::FORBIDDEN,
     }
 }
 

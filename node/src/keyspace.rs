@@ -193,14 +193,33 @@ pub enum LogRecord {
         /// The write's session token plus the write itself.
         deps: VersionVector,
     },
+    /// A position whose write this node's region may not hold (data residency): the timestamp
+    /// and the rule that kept the key and value away, nothing else.
+    Redacted {
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+        /// The residency rule.
+        rule: u32,
+    },
+}
+
+/// A log record's content, whatever the version.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // Short-lived, one at a time: boxing would cost an allocation per record read.
+pub enum LogContent {
+    /// A write: the key, the delta with its dependencies.
+    Write(Key, Stored),
+    /// A redacted position: the rule.
+    Redacted(u32),
 }
 
 impl LogRecord {
-    /// The key, the delta with its dependencies, and the timestamp, whatever the version.
-    pub fn into_parts(self) -> (Key, Stored, Hlc) {
+    /// The content and the timestamp, whatever the version.
+    pub fn into_parts(self) -> (LogContent, Hlc) {
         match self {
-            LogRecord::V1 { key, delta, ts } => (key, Stored::bare(delta), ts),
-            LogRecord::V2 { key, delta, ts, deps } => (key, Stored { entry: delta, deps }, ts),
+            LogRecord::V1 { key, delta, ts } => (LogContent::Write(key, Stored::bare(delta)), ts),
+            LogRecord::V2 { key, delta, ts, deps } => (LogContent::Write(key, Stored { entry: delta, deps }), ts),
+            LogRecord::Redacted { ts, rule } => (LogContent::Redacted(rule), ts),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod node;
 pub mod peer;
 pub mod peer_service;
 pub mod peer_sync;
+pub mod residency;
 pub mod serve;
 pub mod server;
 pub mod storage;

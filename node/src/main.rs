@@ -86,6 +86,12 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Data residency: placement rules that keep keys in some regions (list, add, change, remove,
+    /// explain a key, audit a node's storage).
+    Residency {
+        #[command(subcommand)]
+        command: meridian_node::residency::cli::ResidencyCommand,
+    },
     /// Read a key of any type (prints JSON).
     Get {
         /// `namespace/key`.
@@ -366,6 +372,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             }
         }
         Command::Cluster { command } => cluster_command(&client, conn, command).await?,
+        Command::Residency { command } => exit_code = meridian_node::residency::cli::run(&client, command).await?,
         Command::Get { key, crdt_type } => {
             let value = match crdt_type {
                 Some(crdt_type) => typed_get(&session, &key, crdt_type.parse()?, conn).await?,

@@ -45,6 +45,7 @@ use crate::commit::{GroupCommitter, LogAppend};
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::keyspace::{self, IdempotencyRecord, LogRecord, Stored};
+use crate::residency::{Decision, Residency};
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
 
 /// Number of key lock stripes; writes to keys in different stripes never wait for each other.
@@ -153,6 +154,8 @@ pub struct Node {
     writes: tokio_util::task::TaskTracker,
     /// The region side (placement, fan-out, quorum reads), once the peer transport is up.
     coordinator: OnceLock<Arc<Coordinator>>,
+    /// Data-residency rules and decisions.
+    residency: Arc<Residency>,
 }
 
 fn now_ms() -> u64 {
@@ -203,7 +206,7 @@ impl Node {
                 if let Some((_, _, seq)) = keyspace::parse_log_key(&key) {
                     last_seqs[usize::from(partition)] = seq;
                 }
-                let (_, _, ts) = keyspace::decode::<LogRecord>(&value)
+                let (_, ts) = keyspace::decode::<LogRecord>(&value)
                     .map_err(|e| StorageError::Corrupt(format!("log record of partition {partition}: {e}")))?
                     .into_parts();
                 newest = newest.max(ts);
@@ -226,7 +229,12 @@ impl Node {
         }
         let records: u64 = last_seqs.iter().sum();
         tracing::info!(node_id = %id, log_records = records, "node opened");
+        // The audit log sits next to the data it speaks for; an in-memory node (no data directory)
+        // logs its decisions to tracing only.
+        let audit = config.data_dir.is_dir().then(|| config.data_dir.join("audit.log"));
+        let residency = Arc::new(Residency::open(engine.clone(), &config.region, &config.node_name, audit)?);
         Ok(Arc::new(Node {
+            residency,
             clock: Mutex::new(clock),
             visible: watch::channel(frontier).0,
             safe_times: Mutex::new(safe_times),
@@ -255,6 +263,19 @@ impl Node {
     /// The region side, if the node runs in a region.
     pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
         self.coordinator.get()
+    }
+
+    /// The replicas a request for `data_key` at `level` counts: those of regions its residency rule
+    /// allows (quorums count only allowed replicas).
+    fn counted_replicas(&self, coordinator: &Coordinator, level: Consistency, data_key: &[u8]) -> Vec<NodeId> {
+        let rule = self.residency.rule_for(data_key);
+        let partition = keyspace::partition_of(data_key);
+        coordinator.cluster().replicas_for_regions(level, partition, rule.as_ref().map(|r| r.spec.regions.as_slice()))
+    }
+
+    /// The node's data-residency rules and decisions.
+    pub fn residency(&self) -> &Arc<Residency> {
+        &self.residency
     }
 
     /// This node's replica id.
@@ -354,12 +375,46 @@ impl Node {
         let run = async {
             if let Some(coordinator) = self.coordinator.get() {
                 if !coordinator.cluster().has_joined()
-                    && !matches!(request.op, Operation::Status | Operation::Cluster(_))
+                    && !matches!(request.op, Operation::Status | Operation::Cluster(_) | Operation::Residency(_))
                 {
                     return Err(ErrorReply::new(
                         ErrorCode::QuorumUnavailable,
                         "this node has not heard from its region yet (no seed answered); retry shortly or on another node",
                     ));
+                }
+            }
+            if let Some(data_key) = keyed_data_key(&request.op) {
+                match self.residency.decide(&data_key) {
+                    Decision::Serve => {}
+                    Decision::Refuse(rule) => {
+                        let message = residency_refusal(&rule, self.residency.region(), "the rule is strict");
+                        self.residency.note_refused(&rule, "strict rule: request refused");
+                        return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
+                    }
+                    // A forward is never proxied again: views of the rules in flux cannot loop.
+                    Decision::Proxy(rule) if forwarded => {
+                        let message = residency_refusal(
+                            &rule,
+                            self.residency.region(),
+                            "a forwarded request is not proxied again",
+                        );
+                        self.residency.note_refused(&rule, "forwarded request for a disallowed key refused");
+                        return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
+                    }
+                    Decision::Proxy(rule) => {
+                        let Some(coordinator) = self.coordinator.get() else {
+                            let message = residency_refusal(
+                                &rule,
+                                self.residency.region(),
+                                "this node runs in no cluster to proxy to",
+                            );
+                            self.residency.note_refused(&rule, "no cluster to proxy to");
+                            return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
+                        };
+                        return coordinator
+                            .proxy(self, request, &rule, &data_key, Duration::from_millis(timeout_ms))
+                            .await;
+                    }
                 }
             }
             if !forwarded {
@@ -392,7 +447,9 @@ impl Node {
             | Operation::Delete { key, .. }
             | Operation::Read { key, .. }
             | Operation::DocChanges { key, .. } => key,
-            Operation::ListKeys { .. } | Operation::Status | Operation::Cluster(_) => return None,
+            Operation::ListKeys { .. } | Operation::Status | Operation::Cluster(_) | Operation::Residency(_) => {
+                return None
+            }
         };
         // An invalid key is refused here, not forwarded.
         key.validate().ok()?;
@@ -478,6 +535,10 @@ impl Node {
                 let report = crate::admin::cluster_op(coordinator, &self.config, op)?;
                 Ok(Reply { causal_token: token, body: ReplyBody::Cluster(report) })
             }
+            Operation::Residency(op) => {
+                let report = crate::residency::admin::residency_op(self, op).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::Residency(Box::new(report)) })
+            }
         }
     }
 
@@ -518,7 +579,7 @@ impl Node {
             // that must include everything a majority holds (every write acknowledged at quorum
             // before it), so the coordinator first joins a quorum read of the key into its copy.
             if matches!(level, Consistency::LocalQuorum | Consistency::Quorum) && change.removes_observed() {
-                let replicas = coordinator.cluster().replicas_for(level, partition);
+                let replicas = self.counted_replicas(coordinator, level, &data_key);
                 if let Some(merged) = coordinator.quorum_read(self, &data_key, level, &replicas).await? {
                     coordinator.join_locally(&data_key, &merged).await?;
                 }
@@ -534,7 +595,7 @@ impl Node {
         let _permit = permit;
         let (reply, pushed) = reply?;
         if let Some(coordinator) = self.coordinator.get() {
-            let replicas = coordinator.cluster().replicas_for(level, partition);
+            let replicas = self.counted_replicas(coordinator, level, &data_key);
             match pushed {
                 Some((partition, record)) => {
                     let report = self.own_report(partition);
@@ -821,7 +882,7 @@ impl Node {
                 // A read depends on what it shows, not on everything this node wrote: the token
                 // gains the key's dependencies only (no false dependencies to wait for later).
                 let mut after = token;
-                let replicas = coordinator.cluster().replicas_for(level, partition);
+                let replicas = self.counted_replicas(coordinator, level, &data_key);
                 let stored = coordinator.quorum_read(self, &data_key, level, &replicas).await?;
                 if let Some(stored) = &stored {
                     after.0.merge(&stored.deps);
@@ -1120,6 +1181,28 @@ fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, Error
     }
 }
 
+/// The data key a keyed operation names, if it is valid (an invalid key is refused later, as usual).
+pub fn keyed_data_key(op: &Operation) -> Option<Vec<u8>> {
+    match op {
+        Operation::Write { key, .. }
+        | Operation::Delete { key, .. }
+        | Operation::Read { key, .. }
+        | Operation::DocChanges { key, .. } => key.validate().ok().map(|()| keyspace::data_key(key)),
+        _ => None,
+    }
+}
+
+/// The message of a residency refusal: names the rule, what it allows and why.
+pub fn residency_refusal(rule: &meridian_client::proto::Rule, region: &str, why: &str) -> String {
+    format!(
+        "data residency: rule {} (namespace {:?}, prefix {:?}) keeps these keys in {}; region {region} may not serve them ({why})",
+        rule.id,
+        rule.spec.namespace,
+        rule.spec.prefix,
+        rule.spec.regions.join(", ")
+    )
+}
+
 fn op_name(op: &Operation) -> &'static str {
     match op {
         Operation::Write { .. } => "write",
@@ -1129,6 +1212,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
         Operation::Cluster(_) => "cluster",
+        Operation::Residency(_) => "residency",
     }
 }
 

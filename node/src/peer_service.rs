@@ -130,6 +130,26 @@ pub enum PeerMessageV1 {
         /// The sender's reports.
         reports: OwnReports,
     },
+    /// The states of the keys of `partition` under a residency rule's namespace and prefix, after
+    /// `after` (a data key), at most `limit`: a region a rule was widened to backfills with it. The
+    /// receiver answers only keys the sender's certified region may hold.
+    PrefixStates {
+        /// The partition.
+        partition: u16,
+        /// The rule's namespace.
+        namespace: String,
+        /// The rule's key prefix.
+        prefix: String,
+        /// Resume after this data key.
+        after: Option<Vec<u8>>,
+        /// At most this many keys.
+        limit: u32,
+    },
+    /// The sender's residency rules (the receiver adopts them if newer and answers with its own).
+    Residency {
+        /// The rules.
+        rules: meridian_replication::residency::RuleSet,
+    },
 }
 
 /// A reply between nodes.
@@ -179,6 +199,18 @@ pub enum PeerReplyV1 {
         /// Its safe-time reports.
         reports: OwnReports,
     },
+    /// The answer to `PrefixStates`: states, and the data key to resume after (`None`: done).
+    PrefixStates {
+        /// The keys' states, as stored.
+        states: Vec<KeyState>,
+        /// Where the next page starts.
+        next: Option<Vec<u8>>,
+    },
+    /// The receiver's residency rules after the merge.
+    Residency {
+        /// The rules.
+        rules: meridian_replication::residency::RuleSet,
+    },
 }
 
 /// A node's safe-time report about its own log, for every partition: its causal frontier (a
@@ -220,18 +252,36 @@ impl PeerService {
         PeerService { node, cluster, store, sync }
     }
 
-    async fn answer(&self, request: &[u8]) -> Result<PeerReplyV1, String> {
+    async fn answer(&self, peer: &PeerIdentity, request: &[u8]) -> Result<PeerReplyV1, String> {
         let PeerRequest::V1 { from, message } =
             codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| format!("undecodable request: {e}"))?;
         if let Some(cluster) = &self.cluster {
+            // A node's region is the one in its certificate: a member claiming another one (in its
+            // membership entry) is refused outright, before any of its data is looked at.
+            if let Some(claimed) = cluster.region_of(from).filter(|claimed| *claimed != peer.region) {
+                let residency = self.node.residency();
+                residency.note_rejected(
+                    0,
+                    &format!("node {} claims region {claimed} but its certificate says {}", peer.name, peer.region),
+                );
+                return Err(format!(
+                    "node {} claims region {claimed} in its membership but its certificate was issued for region {}",
+                    peer.name, peer.region
+                ));
+            }
             cluster.heartbeat(from);
         }
         match message {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
             PeerMessageV1::Sync(message) => {
                 check_partition(message.partition().0)?;
-                let (node, store, sync) = (self.node.id(), self.store.clone(), self.sync.clone());
-                blocking(move || crate::peer_sync::answer_sync(store, sync, node, from, message)).await
+                let (node, store, sync) = (self.node.clone(), self.store.clone(), self.sync.clone());
+                let region = peer.region.clone();
+                blocking(move || {
+                    let residency = Some((node.residency().as_ref(), region.as_str()));
+                    crate::peer_sync::answer_sync(store, sync, node.id(), from, message, residency)
+                })
+                .await
             }
             PeerMessageV1::Gossip { membership, handoff } => {
                 let cluster = self.cluster.as_ref().ok_or("this node runs without a cluster")?;
@@ -274,8 +324,32 @@ impl PeerService {
                 .await
             }
             PeerMessageV1::ReadKey { key } => {
+                // Neither region may hold a key its rules keep away from the asker's region.
+                if !self.node.residency().allowed_in(&peer.region, &key) {
+                    return Ok(PeerReplyV1::State(None));
+                }
                 let state = self.node.stored_state(&key).map_err(|e| e.message)?;
                 Ok(PeerReplyV1::State(state))
+            }
+            PeerMessageV1::PrefixStates { partition, namespace, prefix, after, limit } => {
+                check_partition(partition)?;
+                let node = self.node.clone();
+                let region = peer.region.clone();
+                blocking(move || {
+                    crate::residency::changes::serve_prefix_states(
+                        &node, &region, partition, &namespace, &prefix, after, limit,
+                    )
+                })
+                .await
+            }
+            PeerMessageV1::Residency { rules } => {
+                let residency = self.node.residency().clone();
+                let theirs = rules.clone();
+                tokio::task::spawn_blocking(move || residency.adopt(&theirs))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("storing the residency rules: {e}"))?;
+                Ok(PeerReplyV1::Residency { rules: (*self.node.residency().rules()).clone() })
             }
             PeerMessageV1::Repair { partition, key, state } => {
                 check_partition(partition)?;
@@ -364,7 +438,7 @@ async fn blocking(work: impl FnOnce() -> Result<PeerReplyV1, String> + Send + 's
 
 impl PeerHandler for PeerService {
     async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
-        let answer = self.answer(&request).await;
+        let answer = self.answer(peer, &request).await;
         if let Err(reason) = &answer {
             tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
         }

@@ -41,6 +41,7 @@ pub fn answer_sync(
     local: NodeId,
     from: NodeId,
     message: SyncMessage,
+    residency: Option<(&crate::residency::Residency, &str)>,
 ) -> Result<PeerReplyV1, String> {
     let partition = message.partition();
     let mut session = SyncSession::new(config, partition, local, from, 1).map_err(|e| e.to_string())?;
@@ -48,9 +49,29 @@ pub fn answer_sync(
     session.step(&mut store, now, message).map_err(|e| e.to_string())?;
     let mut replies = Vec::new();
     while let Some(reply) = session.poll_outbound() {
-        replies.push(reply);
+        replies.push(match residency {
+            Some((residency, region)) => for_region(residency, region, reply),
+            None => reply,
+        });
     }
     Ok(PeerReplyV1::Sync(replies))
+}
+
+/// An answer as a node of `region` (the requester's certified region) may receive it: records of
+/// keys it may not hold redacted, states of such keys left out (`crate::residency`).
+fn for_region(residency: &crate::residency::Residency, region: &str, reply: SyncMessage) -> SyncMessage {
+    use meridian_replication::antientropy::SyncMessageV1;
+    let SyncMessage::V1(message) = reply;
+    SyncMessage::V1(match message {
+        SyncMessageV1::Records { partition, request, records, more } => {
+            SyncMessageV1::Records { partition, request, records: residency.for_region(region, records), more }
+        }
+        SyncMessageV1::States { partition, request, mut states, resume } => {
+            states.retain(|state| residency.allowed_in(region, &state.key));
+            SyncMessageV1::States { partition, request, states, resume }
+        }
+        other => other,
+    })
 }
 
 /// A digest of this node's version vector of each of `partitions` (equal vectors, equal digests).

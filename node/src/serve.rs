@@ -138,6 +138,18 @@ fn start_region(
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
     let endpoint = crate::peer::PeerEndpoint::bind(listen, tls, crate::peer::PeerTransportConfig::default())
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
+    // A node's region is the one its certificate was issued for: residency decisions (what this
+    // node may hold, what peers send it) rest on it, so a config that claims another is refused.
+    let certified = endpoint.identity().region.clone();
+    anyhow::ensure!(
+        certified == config.region,
+        "the config says region {:?} but the node certificate {} was issued for region {:?}: a node's region \
+         comes from its certificate (issue one for {:?} with `meridian certs node`, or fix `region`)",
+        config.region,
+        cert.display(),
+        certified,
+        config.region
+    );
     let peer_addr = endpoint.local_addr()?;
     let advertised = config.peer.advertise.unwrap_or(peer_addr);
     let cluster =
@@ -165,6 +177,7 @@ fn start_region(
         hints,
         request_timeout / 2,
         threads.clone(),
+        node.residency().clone(),
     ));
     node.attach_coordinator(coordinator.clone());
 
@@ -186,6 +199,7 @@ fn start_region(
     tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
     tasks.spawn(node.clone().persist_safe_times_every(Duration::from_secs(1), shutdown.clone()));
     tasks.spawn(coordinator.clone().track_handoff(shutdown.clone()));
+    tasks.spawn(crate::residency::changes::run(node.clone(), coordinator.clone(), store.clone(), shutdown.clone()));
     // Anti-entropy gets connections of its own: bulk sync streams then never share a connection's
     // flow-control window with the requests clients are waiting for.
     let sync_pool = Arc::new(crate::peer::PeerPool::new(endpoint_for_sync));

@@ -93,7 +93,7 @@ use meridian_replication::antientropy::{
     entry_hash, key_hash, HashRange, KeyPage, KeyState, LogRecord as SyncRecord, PartitionId, RangeDigest, SyncStore,
 };
 
-use crate::keyspace::{self, LogRecord, Stored, PARTITIONS};
+use crate::keyspace::{self, LogContent, LogRecord, Stored, PARTITIONS};
 use crate::node::Node;
 use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
 
@@ -309,6 +309,8 @@ impl EngineSyncStore {
     /// the gap ([`SyncStore::read_log`] stops at the first missing position).
     fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
+        let screened = self.screen(records);
+        let records = screened.as_slice();
         let _serial = self.lock(p);
         let mut ahead = Vec::with_capacity(records.len());
         for record in records {
@@ -323,15 +325,12 @@ impl EngineSyncStore {
                 ahead.push(record);
             }
         }
-        let keys: Vec<&[u8]> = ahead.iter().map(|r| r.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = ahead.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
             for record in &ahead {
-                let key = Self::check_key(partition, &record.key)?;
-                let delta = Self::decode_entry(partition, "delta", &record.delta)?;
-                self.join_into(&mut joined, partition, &record.key, &delta)?;
-                let log = LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps };
+                let log = self.log_entry(partition, record, &mut joined)?;
                 batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
             }
             Self::put_states(&mut batch, joined);
@@ -348,6 +347,37 @@ impl EngineSyncStore {
     /// The engine.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// The node's residency rules, when the store runs next to a node.
+    fn residency(&self) -> Option<Arc<crate::residency::Residency>> {
+        self.node.as_ref().and_then(Weak::upgrade).map(|node| node.residency().clone())
+    }
+
+    /// `records` as this node may store them ([`crate::residency::Residency::screen_incoming`]);
+    /// unchanged without a node.
+    fn screen(&self, records: &[SyncRecord]) -> Vec<SyncRecord> {
+        match self.residency() {
+            Some(residency) => residency.screen_incoming(records),
+            None => records.to_vec(),
+        }
+    }
+
+    /// The log entry of a checked record; a write's delta is joined into `joined`. A redaction (no
+    /// key, see `crate::residency`) is stored as such and joins nothing.
+    fn log_entry(&self, partition: PartitionId, record: &SyncRecord, joined: &mut Joined) -> Result<LogRecord> {
+        if record.key.is_empty() {
+            let rule = crate::residency::redaction_of(record).ok_or_else(|| SyncStoreError::Malformed {
+                partition,
+                what: "key",
+                detail: "an empty key that is not a redaction".into(),
+            })?;
+            return Ok(LogRecord::Redacted { ts: Hlc::unpack(record.hlc), rule });
+        }
+        let key = Self::check_key(partition, &record.key)?;
+        let delta = Self::decode_entry(partition, "delta", &record.delta)?;
+        self.join_into(joined, partition, &record.key, &delta)?;
+        Ok(LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps })
     }
 
     fn check(partition: PartitionId) -> Result<u16> {
@@ -546,18 +576,21 @@ impl SyncStore for EngineSyncStore {
                     // A hole (never in a healthy log): the records after it are not gap-free.
                     return Ok(out);
                 }
-                let (key, delta, ts) = keyspace::decode::<LogRecord>(&value)
+                let (content, ts) = keyspace::decode::<LogRecord>(&value)
                     .map_err(|e| SyncStoreError::Corrupt {
                         what: format!("log record {partition}/{origin}/{next}"),
                         detail: e.to_string(),
                     })?
                     .into_parts();
-                let record = SyncRecord {
-                    origin,
-                    seq: next,
-                    key: keyspace::data_key(&key),
-                    delta: keyspace::encode_stored(&delta),
-                    hlc: ts.pack(),
+                let record = match content {
+                    LogContent::Write(key, delta) => SyncRecord {
+                        origin,
+                        seq: next,
+                        key: keyspace::data_key(&key),
+                        delta: keyspace::encode_stored(&delta),
+                        hlc: ts.pack(),
+                    },
+                    LogContent::Redacted(rule) => crate::residency::redacted(origin, next, ts.pack(), rule),
                 };
                 bytes = bytes.saturating_add(record.wire_len());
                 if bytes > max_bytes && !out.is_empty() {
@@ -580,6 +613,8 @@ impl SyncStore for EngineSyncStore {
     /// node's own `LogRecord::V1`), and `max_u64(vv/[partition][origin], last seq)` per origin.
     fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
+        let screened = self.screen(records);
+        let records = screened.as_slice();
         if records.is_empty() {
             return Ok(());
         }
@@ -620,15 +655,12 @@ impl SyncStore for EngineSyncStore {
         // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
         // a running node this happens under the touched keys' locks and commits through the node's
         // group committer, so it cannot race the node's own writes to the same keys.
-        let keys: Vec<&[u8]> = fresh.iter().map(|r| r.key.as_slice()).collect();
+        let keys: Vec<&[u8]> = fresh.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
             for record in &fresh {
-                let key = Self::check_key(partition, &record.key)?;
-                let delta = Self::decode_entry(partition, "delta", &record.delta)?;
-                self.join_into(&mut joined, partition, &record.key, &delta)?;
-                let log = LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps };
+                let log = self.log_entry(partition, record, &mut joined)?;
                 batch.put(Space::Log, keyspace::log_key(p, record.origin, record.seq).to_vec(), keyspace::encode(&log));
             }
             for (origin, seq) in &raised {
@@ -719,6 +751,24 @@ impl SyncStore for EngineSyncStore {
         raise_vv_to: Option<&VersionVector>,
     ) -> Result<()> {
         let p = Self::check(partition)?;
+        let allowed: Vec<KeyState>;
+        let states = match self.residency() {
+            Some(residency) => {
+                allowed = states
+                    .iter()
+                    .filter(|state| match residency.rule_for(&state.key) {
+                        Some(rule) if !meridian_replication::residency::allows(&rule, residency.region()) => {
+                            residency.note_rejected(rule.id, "a key's state (dropped)");
+                            false
+                        }
+                        _ => true,
+                    })
+                    .cloned()
+                    .collect();
+                allowed.as_slice()
+            }
+            None => states,
+        };
         let _serial = self.lock(p);
         let keys: Vec<&[u8]> = states.iter().map(|s| s.key.as_slice()).collect();
         let build = || -> Result<Batch> {

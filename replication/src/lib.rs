@@ -15,6 +15,7 @@
 //! * [`hash`] — the cluster's one stable 64-bit hash (identical on every node, platform and build).
 //! * [`placement`] — which of a region's nodes hold a key: rendezvous hashing spread over zones.
 //! * [`membership`] — the cluster's members and their lifecycle, as a CRDT that converges like data.
+//! * [`residency`] — data-residency rules: which regions may hold a key, versioned and validated.
 //! * [`failure`] — a failure detector fed heartbeat arrival times, answering alive / suspect / dead.
 //!
 //! Architecture invariant: this crate names no storage engine, opens no socket, reads no clock and
@@ -29,6 +30,7 @@ pub mod hash;
 pub mod membership;
 pub mod placement;
 pub mod quorum;
+pub mod residency;
 pub mod safe_time;
 
 pub use antientropy::{

@@ -336,6 +336,11 @@ impl PeerConnection {
         &self.peer
     }
 
+    /// The connection's current round-trip estimate.
+    pub fn rtt(&self) -> Duration {
+        self.connection.rtt()
+    }
+
     /// The peer's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.connection.remote_address()

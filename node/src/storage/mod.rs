@@ -258,6 +258,14 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The durability [`write`](Engine::write) provides.
     fn durability(&self) -> Durability;
+
+    /// Rewrites storage so that nothing deleted or overwritten survives in its files: flushes every
+    /// space's memtable (the WAL files holding the old writes become obsolete and are deleted) and
+    /// compacts every file down to the last level, dropping shadowed values and tombstones. Used
+    /// after a residency purge. A no-op in memory.
+    fn compact_all(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Decodes a value written by [`Batch::max_u64`] (8 bytes, big-endian).

@@ -322,4 +322,23 @@ impl Engine for RocksEngine {
     fn durability(&self) -> Durability {
         self.inner.durability
     }
+
+    fn compact_all(&self) -> Result<(), StorageError> {
+        let db = &self.inner.db;
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let cfs = Space::ALL.iter().map(|space| self.cf(*space)).collect::<Result<Vec<_>, _>>()?;
+        db.flush_cfs_opt(&cfs, &flush).map_err(|e| rocks_err(e, format_args!("flushing memtables")))?;
+        // Force the bottommost level to be rewritten too: a purged value that already sat in the
+        // last level would otherwise survive until some later compaction happened to touch it.
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(true);
+        for cf in &cfs {
+            db.compact_range_cf_opt(*cf, None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        // The flush made every WAL file obsolete; have RocksDB delete them now.
+        db.flush_wal(true).map_err(|e| rocks_err(e, format_args!("syncing the WAL")))?;
+        Ok(())
+    }
 }

@@ -1,0 +1,363 @@
+//! Acting on rule changes: purges (a rule now excludes this region) and backfills (a rule now
+//! includes it), one at a time, with progress in `meridian residency list` and entries in the audit
+//! log.
+//!
+//! **Purge.** Runs after the new rules are stored, so every check already refuses the keys; then it
+//! removes what is here: the keys' states (under their key locks, so an in-flight write cannot
+//! resurrect one), their delta-log records (rewritten as redactions: the positions stay, so version
+//! vectors stay gap-free), their hints (redacted in place) and their idempotency records; then it
+//! flushes and compacts every RocksDB file so the bytes are gone from the WAL and SSTs too
+//! ([`Engine::compact_all`](crate::storage::Engine::compact_all)). Idempotent; it runs again at
+//! every start for every rule excluding the region (a crash mid-purge is finished then).
+//!
+//! **Backfill.** For every partition this node replicates, it asks a replica in a region that held
+//! the keys (`PrefixStates`, paged) for the states of the rule's keys and joins them in, retrying
+//! partitions whose sources did not answer. A second pass follows a few seconds later: a write made
+//! before the change may still have been in flight to the source during the first pass (it reached
+//! this region only as a redaction then). After the backfill, anti-entropy and pushes carry the
+//! keys here in full like any other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_client::proto::Rule;
+use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
+use tokio_util::sync::CancellationToken;
+
+use super::{rule_data_prefix, Job, Residency};
+use crate::coordinator::Coordinator;
+use crate::keyspace::{self, IdempotencyRecord, LogContent, LogRecord, PARTITIONS};
+use crate::node::Node;
+use crate::peer_service::{PeerMessageV1, PeerReplyV1};
+use crate::storage::{Batch, Space, StorageError};
+use crate::sync_store::EngineSyncStore;
+
+/// Keys per `PrefixStates` page.
+const PAGE_KEYS: u32 = 256;
+/// Rows per scan page and per purge batch.
+const SCAN_PAGE: usize = 1024;
+/// Wait before a backfill's second pass.
+const SECOND_PASS_AFTER: Duration = Duration::from_secs(3);
+
+/// Runs queued purges and backfills until shutdown.
+pub async fn run(node: Arc<Node>, coordinator: Arc<Coordinator>, store: EngineSyncStore, shutdown: CancellationToken) {
+    let residency = node.residency().clone();
+    loop {
+        while let Some(job) = residency.next_change() {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match job.progress.kind.as_str() {
+                "purge" => {
+                    let (node, job2) = (node.clone(), job.clone());
+                    match tokio::task::spawn_blocking(move || purge(&node, &job2)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(rule = job.rule.id, error = %e, "residency purge failed; retrying");
+                            if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_secs(2))).await.is_none()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "residency purge panicked"),
+                    }
+                }
+                _ => backfill(&node, &coordinator, &store, &job, &shutdown).await,
+            }
+        }
+        if shutdown.run_until_cancelled(residency.wake.notified()).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Removes from this node every key `job.rule` covers that its region may not hold (see the module
+/// docs), then compacts storage.
+pub(crate) fn purge(node: &Node, job: &Job) -> Result<(), StorageError> {
+    let residency = node.residency();
+    let engine = node.engine();
+    let forbidden = |data_key: &[u8]| !residency.allowed_here(data_key);
+    residency.set_progress(job, 0, 0, false);
+    // 1. States, under the keys' locks.
+    let prefix = rule_data_prefix(&job.rule);
+    let end = keyspace::prefix_end(&prefix);
+    let mut keys_purged = 0u64;
+    let mut start = prefix.clone();
+    loop {
+        let page = engine.scan(Space::Data, &start, end.as_deref(), SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        if let Some((last, _)) = page.last() {
+            start = [last.as_slice(), &[0]].concat();
+        }
+        let doomed: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).filter(|k| forbidden(k)).collect();
+        if !doomed.is_empty() {
+            let locks: Vec<&[u8]> = doomed.iter().map(Vec::as_slice).collect();
+            node.apply_under_key_locks(&locks, || -> Result<Batch, StorageError> {
+                let mut batch = Batch::new();
+                for key in &doomed {
+                    batch.delete(Space::Data, key.clone());
+                }
+                Ok(batch)
+            })?;
+            keys_purged += doomed.len() as u64;
+            residency.set_progress(job, keys_purged, 0, false);
+        }
+        if !full {
+            break;
+        }
+    }
+    // 2. Delta-log records: rewritten as redactions (positions and timestamps stay).
+    let mut log_redacted = 0u64;
+    rewrite_space(engine.as_ref(), Space::Log, |value| {
+        let record = keyspace::decode::<LogRecord>(value).ok()?;
+        let (content, ts) = record.into_parts();
+        match content {
+            LogContent::Write(key, _) if forbidden(&keyspace::data_key(&key)) => {
+                log_redacted += 1;
+                Some(Some(keyspace::encode(&LogRecord::Redacted { ts, rule: job.rule.id })))
+            }
+            _ => None,
+        }
+    })?;
+    // 3. Hints: redacted in place (the target still needs the position).
+    let mut hints_redacted = 0u64;
+    rewrite_space(engine.as_ref(), Space::Hints, |value| {
+        let record =
+            meridian_crdt::codec::decode::<SyncRecord>(value, crate::peer_service::MAX_PEER_MESSAGE_BYTES).ok()?;
+        if record.key.is_empty() || !forbidden(&record.key) {
+            return None;
+        }
+        hints_redacted += 1;
+        let redacted = super::redacted(record.origin, record.seq, record.hlc, job.rule.id);
+        Some(Some(meridian_crdt::codec::encode(&redacted)))
+    })?;
+    // 4. Idempotency records name their key and hold its reply: deleted.
+    let mut idempotency_deleted = 0u64;
+    rewrite_space(engine.as_ref(), Space::Idempotency, |value| {
+        let IdempotencyRecord::V1 { key, .. } = keyspace::decode::<IdempotencyRecord>(value).ok()?;
+        if !forbidden(&keyspace::data_key(&key)) {
+            return None;
+        }
+        idempotency_deleted += 1;
+        Some(None)
+    })?;
+    // 5. Out of the files: flush (the WAL holding the old writes is dropped) and compact.
+    engine.compact_all()?;
+    residency.note_purged(keys_purged);
+    residency.audit().record(
+        "purge",
+        job.rule.id,
+        &format!(
+            "rules version {}: {keys_purged} keys deleted, {log_redacted} log records and {hints_redacted} hints \
+             redacted, {idempotency_deleted} idempotency records deleted; storage flushed and compacted",
+            job.progress.version
+        ),
+    );
+    residency.set_progress(job, keys_purged, keys_purged, true);
+    Ok(())
+}
+
+/// Scans a whole space; `change` returns `None` to keep an entry, `Some(Some(v))` to replace its
+/// value, `Some(None)` to delete it. Changes are written a page at a time.
+fn rewrite_space(
+    engine: &dyn crate::storage::Engine,
+    space: Space,
+    mut change: impl FnMut(&[u8]) -> Option<Option<Vec<u8>>>,
+) -> Result<(), StorageError> {
+    let mut start = Vec::new();
+    loop {
+        let page = engine.scan(space, &start, None, SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        if let Some((last, _)) = page.last() {
+            start = [last.as_slice(), &[0]].concat();
+        }
+        let mut batch = Batch::new();
+        for (key, value) in page {
+            match change(&value) {
+                Some(Some(new)) => batch.put(space, key, new),
+                Some(None) => batch.delete(space, key),
+                None => {}
+            }
+        }
+        if !batch.is_empty() {
+            engine.write(batch)?;
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Brings the keys of `job.rule` into this node's partitions from the regions that held them.
+async fn backfill(
+    node: &Arc<Node>,
+    coordinator: &Arc<Coordinator>,
+    store: &EngineSyncStore,
+    job: &Job,
+    shutdown: &CancellationToken,
+) {
+    let residency = node.residency();
+    let cluster = coordinator.cluster();
+    let mut pending: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.is_replica(*p)).collect();
+    let total = pending.len() as u64;
+    residency.set_progress(job, 0, total, false);
+    let mut keys = 0u64;
+    for pass in 0..2 {
+        if pass == 1 {
+            if shutdown.run_until_cancelled(tokio::time::sleep(SECOND_PASS_AFTER)).await.is_none() {
+                return;
+            }
+            pending = (0..PARTITIONS).filter(|p| cluster.is_replica(*p)).collect();
+        }
+        let mut attempts = 0;
+        while !pending.is_empty() {
+            let mut left = Vec::new();
+            for &partition in &pending {
+                match backfill_partition(residency, coordinator, store, &job.rule, &job.sources, partition).await {
+                    Ok(n) => keys += n,
+                    Err(e) => {
+                        tracing::debug!(partition, error = %e, "residency backfill: retrying the partition");
+                        left.push(partition);
+                    }
+                }
+                if pass == 0 {
+                    let done = total - (pending.len() - left.len()) as u64;
+                    residency.set_progress(job, done.min(total), total, false);
+                }
+            }
+            pending = left;
+            attempts += 1;
+            // The second pass is a best effort of a few attempts; the first insists (a region that
+            // held the keys must answer before the backfill is complete).
+            if pending.is_empty() || (pass == 1 && attempts >= 3) {
+                break;
+            }
+            if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_secs(1))).await.is_none() {
+                return;
+            }
+        }
+        if pass == 0 {
+            residency.audit().record(
+                "backfill",
+                job.rule.id,
+                &format!("rules version {}: {total} partitions backfilled ({keys} key states)", job.progress.version),
+            );
+            // Complete once every partition has been brought up from a source; the second pass
+            // below only narrows the window for writes in flight during the change.
+            residency.set_progress(job, total, total, true);
+        }
+    }
+}
+
+/// Backfills one partition from the first source region's replica that answers; the number of
+/// key states joined.
+async fn backfill_partition(
+    residency: &Residency,
+    coordinator: &Arc<Coordinator>,
+    store: &EngineSyncStore,
+    rule: &Rule,
+    sources: &[String],
+    partition: u16,
+) -> Result<u64, String> {
+    let cluster = coordinator.cluster();
+    let mut candidates = Vec::new();
+    for (region, replicas) in cluster.remote_replicas(partition) {
+        if sources.contains(&region) && region != residency.region() {
+            candidates.extend(replicas.into_iter().filter(|r| cluster.reachable(*r)));
+        }
+    }
+    if sources.iter().any(|r| r == residency.region()) {
+        candidates
+            .extend(cluster.replicas(partition).into_iter().filter(|r| *r != cluster.local() && cluster.reachable(*r)));
+    }
+    if candidates.is_empty() {
+        // No region held the keys but this one (or none is known): nothing to bring.
+        return if sources.iter().all(|r| r == residency.region()) { Ok(0) } else { Err("no source reachable".into()) };
+    }
+    let mut errors = Vec::new();
+    for source in candidates {
+        match backfill_from(coordinator, store, rule, partition, source).await {
+            Ok(n) => return Ok(n),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn backfill_from(
+    coordinator: &Arc<Coordinator>,
+    store: &EngineSyncStore,
+    rule: &Rule,
+    partition: u16,
+    source: meridian_crdt::NodeId,
+) -> Result<u64, String> {
+    let mut after = None;
+    let mut keys = 0u64;
+    loop {
+        let message = PeerMessageV1::PrefixStates {
+            partition,
+            namespace: rule.spec.namespace.clone(),
+            prefix: rule.spec.prefix.clone(),
+            after: after.clone(),
+            limit: PAGE_KEYS,
+        };
+        let (states, next) = match coordinator.call(source, message, Duration::from_secs(5)).await? {
+            PeerReplyV1::PrefixStates { states, next } => (states, next),
+            other => return Err(format!("unexpected reply {other:?}")),
+        };
+        keys += states.len() as u64;
+        let mut store = store.clone();
+        tokio::task::spawn_blocking(move || store.apply_states(PartitionId(partition), &states, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}
+
+/// Answers `PrefixStates`: the states of `partition`'s keys under `namespace`/`prefix` that a node
+/// of `region` (the asker's certified region) may hold, after `after`, at most `limit`.
+pub fn serve_prefix_states(
+    node: &Node,
+    region: &str,
+    partition: u16,
+    namespace: &str,
+    prefix: &str,
+    after: Option<Vec<u8>>,
+    limit: u32,
+) -> Result<PeerReplyV1, String> {
+    if namespace.len() > usize::from(u8::MAX) {
+        return Err("namespace too long".into());
+    }
+    let residency = node.residency();
+    let mut first = keyspace::namespace_prefix(namespace);
+    first.extend_from_slice(prefix.as_bytes());
+    let end = keyspace::prefix_end(&first);
+    let mut start = match after {
+        Some(after) if after > first => [after.as_slice(), &[0]].concat(),
+        _ => first,
+    };
+    let limit = (limit as usize).clamp(1, 4096);
+    let mut states = Vec::new();
+    loop {
+        let page = node.engine().scan(Space::Data, &start, end.as_deref(), SCAN_PAGE).map_err(|e| e.to_string())?;
+        let full = page.len() == SCAN_PAGE;
+        for (key, state) in page {
+            start = [key.as_slice(), &[0]].concat();
+            if keyspace::partition_of(&key) != partition || !residency.allowed_in(region, &key) {
+                continue;
+            }
+            states.push(KeyState { key, state });
+            if states.len() == limit {
+                let next = states.last().map(|s: &KeyState| s.key.clone());
+                return Ok(PeerReplyV1::PrefixStates { states, next });
+            }
+        }
+        if !full {
+            return Ok(PeerReplyV1::PrefixStates { states, next: None });
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Data residency on the node: the rules this node holds, and the checks every path a key's bytes
+//! can take goes through.
+//!
+//! The rules themselves (matching, validation, versions) are `meridian_replication::residency`.
+//! This module applies them where bytes move:
+//!
+//! | path | sender | receiver |
+//! |---|---|---|
+//! | client request in a disallowed region | proxied to an allowed region, or refused (`strict`) ([`Residency::decide`]) | a forwarded request for a key its region may not hold is refused |
+//! | pushes, relays, hint replay, quorum pushes | [`Residency::for_region`] redacts per target region (`Coordinator::call`) | [`Residency::screen_incoming`] in `EngineSyncStore` |
+//! | hints | redacted for the target's region before they are stored | as pushes |
+//! | anti-entropy (log records) | redacted per the requester's *certified* region (`peer_sync::answer_sync`) | as pushes |
+//! | digest fallback, read repair, backfill (states) | disallowed keys left out | disallowed keys dropped and counted |
+//! | quorum reads | only allowed regions' replicas are asked | `ReadKey` answers nothing for a disallowed key |
+//!
+//! A **redacted record** keeps a log position and its timestamp but carries no key and no value: a
+//! [`SyncRecord`] with an empty key whose delta is a [`Redaction`]. Receivers store it as
+//! `LogRecord::Redacted`, so version vectors stay gap-free (a causal wait on a position this region
+//! may not hold ends once the redaction arrives) and nothing of the key is written. A receiver whose
+//! region *may* hold the redacted key refuses the redaction (and that origin's later records in the
+//! same message) and gets the record from a region that holds it.
+//!
+//! Rule changes: [`Residency::adopt`] stores a newer rule set *before* anything acts on it (so every
+//! check sees the new rules at once), then queues purges of rules that now exclude this region and
+//! backfills of rules that now include it; `changes.rs` runs them.
+
+pub mod admin;
+mod audit;
+pub mod changes;
+pub mod cli;
+pub mod scan;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use meridian_client::proto::{ResidencyCounters, ResidencyProgress, Rule};
+use meridian_crdt::{codec, NodeId};
+use meridian_replication::antientropy::LogRecord as SyncRecord;
+use meridian_replication::residency::{allows, RuleSet};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Batch, Engine, Space, StorageError};
+
+pub use audit::AuditLog;
+
+/// Where the rule set is stored (`Meta`).
+const RULES_KEY: &[u8] = b"residency/rules";
+
+/// The delta of a redacted record: which rule kept the key's bytes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Redaction {
+    /// Version 1.
+    V1 {
+        /// The rule (ids are never reused).
+        rule: u32,
+    },
+}
+
+/// A redacted copy of a log position: no key, no value.
+pub fn redacted(origin: NodeId, seq: u64, hlc: u64, rule: u32) -> SyncRecord {
+    SyncRecord { origin, seq, key: Vec::new(), delta: codec::encode(&Redaction::V1 { rule }), hlc }
+}
+
+/// The rule of a redacted record, `None` for a record that carries its key.
+pub fn redaction_of(record: &SyncRecord) -> Option<u32> {
+    if !record.key.is_empty() {
+        return None;
+    }
+    // An empty key with an undecodable delta is malformed; the store refuses it as such.
+    codec::decode::<Redaction>(&record.delta, 64).ok().map(|Redaction::V1 { rule }| rule)
+}
+
+/// The namespace and name of a data key (`[ns len][ns][name]`), borrowed; `None` if malformed.
+pub fn split_data_key(data_key: &[u8]) -> Option<(&str, &str)> {
+    let (&len, rest) = data_key.split_first()?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return None;
+    }
+    let ns = std::str::from_utf8(&rest[..len]).ok()?;
+    let name = std::str::from_utf8(&rest[len..]).ok()?;
+    Some((ns, name))
+}
+
+/// The first data key a rule's keys can have: `[ns len][ns][prefix]`; every key the rule matches
+/// starts with it.
+pub fn rule_data_prefix(rule: &Rule) -> Vec<u8> {
+    let mut out = crate::keyspace::namespace_prefix(&rule.spec.namespace);
+    out.extend_from_slice(rule.spec.prefix.as_bytes());
+    out
+}
+
+/// Residency decisions counted since start (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    proxied: AtomicU64,
+    refused: AtomicU64,
+    rejected: AtomicU64,
+    redacted: AtomicU64,
+    purged: AtomicU64,
+}
+
+impl Counters {
+    /// A snapshot for reports.
+    pub fn snapshot(&self) -> ResidencyCounters {
+        ResidencyCounters {
+            proxied: self.proxied.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            redacted: self.redacted.load(Ordering::Relaxed),
+            purged: self.purged.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What to do with a client request for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This region may hold the key: serve it here.
+    Serve,
+    /// Proxy it to one of these regions (home first, then the rest in rule order).
+    Proxy(Rule),
+    /// Refuse it (`strict`).
+    Refuse(Rule),
+}
+
+/// The node's residency state: its region, the rules, the audit log and the pending changes.
+pub struct Residency {
+    region: String,
+    node: String,
+    engine: Arc<dyn Engine>,
+    rules: RwLock<Arc<RuleSet>>,
+    audit: AuditLog,
+    counters: Counters,
+    changes: Mutex<Vec<Job>>,
+    /// Woken when a rule change queued work.
+    pub wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Residency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Residency").field("region", &self.region).field("version", &self.rules().version).finish()
+    }
+}
+
+impl Residency {
+    /// Loads the stored rules (none: no rule) of a node in `region`; its audit log goes to `audit`
+    /// (`None`: tracing only, for in-memory nodes).
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        region: &str,
+        node: &str,
+        audit: Option<std::path::PathBuf>,
+    ) -> Result<Residency, StorageError> {
+        let rules = match engine.get(Space::Meta, RULES_KEY)? {
+            Some(bytes) => codec::decode::<RuleSet>(&bytes, crate::keyspace::MAX_RECORD_BYTES)
+                .map_err(|e| StorageError::Corrupt(format!("residency rules: {e}")))?,
+            None => RuleSet::default(),
+        };
+        let residency = Residency {
+            region: region.to_string(),
+            node: node.to_string(),
+            engine,
+            rules: RwLock::new(Arc::new(rules)),
+            audit: AuditLog::open(audit),
+            counters: Counters::default(),
+            changes: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        };
+        // A purge interrupted by a crash, or rules that changed while the node was down and were
+        // stored but not acted on: purging every rule that excludes this region is idempotent.
+        let current = residency.rules();
+        residency.queue_changes(&RuleSet::default(), &current);
+        Ok(residency)
+    }
+
+    /// This node's region (from its certificate: `serve` refuses a config that disagrees).
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The current rules.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The rule governing `data_key`, if any.
+    pub fn rule_for(&self, data_key: &[u8]) -> Option<Rule> {
+        let (ns, name) = split_data_key(data_key)?;
+        self.rules().rule_for(ns, name).cloned()
+    }
+
+    /// Whether `region` may hold `data_key`.
+    pub fn allowed_in(&self, region: &str, data_key: &[u8]) -> bool {
+        self.rule_for(data_key).is_none_or(|rule| allows(&rule, region))
+    }
+
+    /// Whether this node's region may hold `data_key`.
+    pub fn allowed_here(&self, data_key: &[u8]) -> bool {
+        self.allowed_in(&self.region, data_key)
+    }
+
+    /// What to do with a client request for `data_key` that arrived here.
+    pub fn decide(&self, data_key: &[u8]) -> Decision {
+        match self.rule_for(data_key) {
+            Some(rule) if !allows(&rule, &self.region) => {
+                if rule.spec.strict {
+                    Decision::Refuse(rule)
+                } else {
+                    Decision::Proxy(rule)
+                }
+            }
+            _ => Decision::Serve,
+        }
+    }
+
+    /// Counts and audits a proxied request.
+    pub fn note_proxied(&self, rule: &Rule, to_region: &str) {
+        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meridian_residency_proxied_total").increment(1);
+        self.audit.record("proxy", rule.id, &format!("proxied to {to_region}"));
+    }
+
+    /// Counts and audits a refused request.
+    pub fn note_refused(&self, rule: &Rule, why: &str) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meridian_residency_refused_total").increment(1);
+        self.audit.record("refuse", rule.id, why);
+    }
+
+    /// Counts and audits something a peer sent that this region may not hold.
+    pub fn note_rejected(&self, rule: u32, what: &str) {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meridian_residency_rejected_total").increment(1);
+        self.audit.record("reject", rule, what);
+    }
+
+    /// Counts keys purged.
+    pub fn note_purged(&self, keys: u64) {
+        self.counters.purged.fetch_add(keys, Ordering::Relaxed);
+        metrics::counter!("meridian_residency_purged_keys_total").increment(keys);
+    }
+
+    /// `records` as a node of `region` may receive them, in order: a record whose key `region` may
+    /// not hold becomes a redaction; a redaction whose key `region` may hold (by this node's rules)
+    /// cannot stand in for the record, so that origin's records stop before it (the receiver gets
+    /// them from a region that holds them).
+    pub fn for_region(&self, region: &str, records: Vec<SyncRecord>) -> Vec<SyncRecord> {
+        let rules = self.rules();
+        if rules.rules.is_empty() && records.iter().all(|r| !r.key.is_empty()) {
+            return records;
+        }
+        let mut stopped: Vec<NodeId> = Vec::new();
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            if stopped.contains(&record.origin) {
+                continue;
+            }
+            match redaction_of(&record) {
+                Some(rule) => {
+                    if rules.rule(rule).is_none_or(|r| allows(r, region)) {
+                        stopped.push(record.origin);
+                    } else {
+                        out.push(record);
+                    }
+                }
+                None => match split_data_key(&record.key).and_then(|(ns, name)| rules.rule_for(ns, name)) {
+                    Some(rule) if !allows(rule, region) => {
+                        self.counters.redacted.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("meridian_residency_redacted_total").increment(1);
+                        out.push(redacted(record.origin, record.seq, record.hlc, rule.id));
+                    }
+                    _ => out.push(record),
+                },
+            }
+        }
+        out
+    }
+
+    /// `records` as this node may store them (the receiver's check): a record whose key this region
+    /// may not hold is counted, audited and stored as a redaction (its position is real: keeping it
+    /// keeps the vector gap-free); a redaction of a key this region may hold is refused with that
+    /// origin's later records, as in [`Residency::for_region`].
+    pub fn screen_incoming(&self, records: &[SyncRecord]) -> Vec<SyncRecord> {
+        let rules = self.rules();
+        let mut stopped: Vec<NodeId> = Vec::new();
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            if stopped.contains(&record.origin) {
+                continue;
+            }
+            match redaction_of(record) {
+                Some(rule) => {
+                    if rules.rule(rule).is_none_or(|r| allows(r, &self.region)) {
+                        stopped.push(record.origin);
+                    } else {
+                        out.push(record.clone());
+                    }
+                }
+                None => match split_data_key(&record.key).and_then(|(ns, name)| rules.rule_for(ns, name)) {
+                    Some(rule) if !allows(rule, &self.region) => {
+                        self.note_rejected(
+                            rule.id,
+                            &format!("a record of origin {} seq {} (stored redacted)", record.origin, record.seq),
+                        );
+                        out.push(redacted(record.origin, record.seq, record.hlc, rule.id));
+                    }
+                    _ => out.push(record.clone()),
+                },
+            }
+        }
+        out
+    }
+
+    /// Adopts `theirs` if newer: stores it, then queues the purges and backfills it implies here.
+    /// Returns whether it was newer.
+    pub fn adopt(&self, theirs: &RuleSet) -> Result<bool, StorageError> {
+        let before = {
+            let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
+            let mut next = (**rules).clone();
+            if !next.merge(theirs) {
+                return Ok(false);
+            }
+            let mut batch = Batch::new();
+            batch.put(Space::Meta, RULES_KEY.to_vec(), codec::encode(&next));
+            self.engine.write(batch)?;
+            std::mem::replace(&mut *rules, Arc::new(next))
+        };
+        let after = self.rules();
+        self.audit.record(
+            "rules",
+            0,
+            &format!("rules version {} → {} ({} rules)", before.version, after.version, after.rules.len()),
+        );
+        metrics::gauge!("meridian_residency_rules_version").set(after.version as f64);
+        self.queue_changes(&before, &after);
+        Ok(true)
+    }
+
+    fn queue_changes(&self, before: &RuleSet, after: &RuleSet) {
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        for rule in before.purges_for(after, &self.region) {
+            let progress = progress("purge", rule.id, after.version);
+            changes.push(Job { progress, sources: Vec::new(), rule });
+        }
+        for rule in before.backfills_for(after, &self.region) {
+            // The keys are where the rule allowed them before; those regions are the sources.
+            let sources =
+                before.rule(rule.id).map_or_else(|| rule.spec.regions.clone(), |old| old.spec.regions.clone());
+            let progress = progress("backfill", rule.id, after.version);
+            changes.push(Job { progress, sources, rule });
+        }
+        // Keep the report short: completed entries beyond the 64 newest go.
+        while changes.len() > 64 {
+            match changes.iter().position(|job| job.progress.complete) {
+                Some(done) => changes.remove(done),
+                None => break,
+            };
+        }
+        drop(changes);
+        self.wake.notify_one();
+    }
+
+    /// Every purge and backfill run or queued, oldest first.
+    pub fn changes(&self) -> Vec<ResidencyProgress> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|job| job.progress.clone()).collect()
+    }
+
+    /// The first queued change not yet complete.
+    pub(crate) fn next_change(&self) -> Option<Job> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|job| !job.progress.complete).cloned()
+    }
+
+    /// Records progress of `job`.
+    pub(crate) fn set_progress(&self, job: &Job, done: u64, total: u64, complete: bool) {
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let of = &job.progress;
+        if let Some(c) = changes
+            .iter_mut()
+            .map(|job| &mut job.progress)
+            .find(|c| c.kind == of.kind && c.rule == of.rule && c.version == of.version && !c.complete)
+        {
+            c.done = done;
+            c.total = total;
+            c.complete = complete;
+        }
+    }
+
+    /// The rules of this node that exclude its region, by id.
+    pub fn excluding_here(&self) -> BTreeMap<u32, Rule> {
+        self.rules().rules.iter().filter(|r| !allows(r, &self.region)).map(|r| (r.id, r.clone())).collect()
+    }
+}
+
+/// A purge or backfill to run.
+#[derive(Clone, Debug)]
+pub(crate) struct Job {
+    /// What is reported.
+    pub progress: ResidencyProgress,
+    /// The rule (for a removed rule, as it was).
+    pub rule: Rule,
+    /// For a backfill: the regions that held the keys.
+    pub sources: Vec<String>,
+}
+
+fn progress(kind: &str, rule: u32, version: u64) -> ResidencyProgress {
+    ResidencyProgress { kind: kind.into(), rule, version, done: 0, total: 0, complete: false }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! The node-side residency checks, on an in-memory engine.
+
+use super::*;
+use crate::storage::MemoryEngine;
+use meridian_client::proto::RuleSpec;
+use std::collections::BTreeSet;
+
+fn residency_in(region: &str, regions: &[&str]) -> Residency {
+    let residency = Residency::open(Arc::new(MemoryEngine::new()), region, "n1", None).unwrap();
+    let known: BTreeSet<String> = ["us-east", "eu-west", "ap-south"].map(String::from).into();
+    let spec = RuleSpec {
+        namespace: "app".into(),
+        prefix: "eu/".into(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        replicas_per_region: None,
+        home: None,
+        strict: false,
+    };
+    let (rules, _) = RuleSet::default().with_added(spec, None, 1, &known).unwrap();
+    assert!(residency.adopt(&rules).unwrap());
+    residency
+}
+
+fn key(name: &str) -> Vec<u8> {
+    crate::keyspace::data_key(&meridian_client::proto::Key { namespace: "app".into(), name: name.into() })
+}
+
+fn record(origin: u64, seq: u64, name: &str) -> SyncRecord {
+    SyncRecord { origin: NodeId(origin), seq, key: key(name), delta: b"MARKER".to_vec(), hlc: seq << 16 }
+}
+
+#[test]
+fn records_for_a_disallowed_region_carry_no_key_or_value() {
+    let here = residency_in("eu-west", &["eu-west"]);
+    let out = here.for_region("us-east", vec![record(1, 1, "eu/a"), record(1, 2, "us/b")]);
+    assert_eq!(out.len(), 2);
+    assert!(out[0].key.is_empty() && !out[0].delta.windows(6).any(|w| w == b"MARKER"));
+    assert_eq!(redaction_of(&out[0]), Some(1));
+    assert_eq!((out[0].origin, out[0].seq, out[0].hlc), (NodeId(1), 1, 1 << 16), "the position is kept");
+    assert_eq!(out[1], record(1, 2, "us/b"), "unrestricted keys go as they are");
+    // An allowed region gets the record itself.
+    assert_eq!(here.for_region("eu-west", vec![record(1, 1, "eu/a")]), vec![record(1, 1, "eu/a")]);
+}
+
+#[test]
+fn a_redaction_never_stands_in_for_a_record_the_receiver_may_hold() {
+    let here = residency_in("eu-west", &["eu-west"]);
+    let redaction = redacted(NodeId(1), 1, 1 << 16, 1);
+    // To an allowed region: that origin's records stop at the redaction (its later ones too).
+    let out = here.for_region("eu-west", vec![redaction.clone(), record(1, 2, "us/b"), record(2, 1, "us/c")]);
+    assert_eq!(out, vec![record(2, 1, "us/c")]);
+    // Received here (allowed): refused the same way.
+    assert_eq!(here.screen_incoming(&[redaction.clone(), record(1, 2, "us/b")]), vec![]);
+    // A disallowed region takes it.
+    let there = residency_in("us-east", &["eu-west"]);
+    assert_eq!(there.screen_incoming(std::slice::from_ref(&redaction)), vec![redaction]);
+}
+
+#[test]
+fn a_receiver_stores_a_disallowed_record_redacted_and_counts_it() {
+    let there = residency_in("us-east", &["eu-west"]);
+    let out = there.screen_incoming(&[record(1, 1, "eu/a")]);
+    assert_eq!(out, vec![redacted(NodeId(1), 1, 1 << 16, 1)]);
+    assert_eq!(there.counters().snapshot().rejected, 1);
+}
+
+#[test]
+fn requests_in_a_disallowed_region_are_proxied_or_refused() {
+    let there = residency_in("us-east", &["eu-west"]);
+    assert!(matches!(there.decide(&key("eu/a")), Decision::Proxy(_)));
+    assert_eq!(there.decide(&key("us/a")), Decision::Serve);
+    let here = residency_in("eu-west", &["eu-west"]);
+    assert_eq!(here.decide(&key("eu/a")), Decision::Serve);
+    let mut strict = (*there.rules()).clone();
+    strict.rules[0].spec.strict = true;
+    strict.version += 1;
+    there.adopt(&strict).unwrap();
+    assert!(matches!(there.decide(&key("eu/a")), Decision::Refuse(_)));
+}
+
+#[test]
+fn adopting_a_narrower_rule_queues_a_purge_and_a_wider_one_a_backfill() {
+    let there = residency_in("us-east", &["eu-west", "us-east"]);
+    assert!(there.changes().iter().all(|c| c.kind != "purge"));
+    let known: BTreeSet<String> = ["us-east", "eu-west", "ap-south"].map(String::from).into();
+    let mut spec = there.rules().rules[0].spec.clone();
+    spec.regions = vec!["eu-west".into()];
+    let narrowed = there.rules().with_changed(1, spec.clone(), 1, &known).unwrap();
+    there.adopt(&narrowed).unwrap();
+    assert!(there.changes().iter().any(|c| c.kind == "purge" && c.rule == 1));
+    spec.regions = vec!["eu-west".into(), "us-east".into()];
+    let widened = there.rules().with_changed(1, spec, 1, &known).unwrap();
+    there.adopt(&widened).unwrap();
+    let backfill = there.changes().into_iter().find(|c| c.kind == "backfill").unwrap();
+    assert_eq!(backfill.rule, 1);
+    assert!(!there.adopt(&narrowed).unwrap(), "an older version is ignored");
+}
