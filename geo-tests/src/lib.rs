@@ -17,6 +17,8 @@ pub mod geo;
 pub mod history;
 pub mod region;
 pub mod relay;
+pub mod residency;
+pub mod scan;
 
 pub use check::{Summary, Violation, ViolationKind};
 pub use history::{read_history, Event, HistoryWriter};
