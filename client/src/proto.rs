@@ -426,8 +426,10 @@ pub struct ResidencyAudit {
     pub hints: u64,
     /// Idempotency records scanned.
     pub idempotency_records: u64,
-    /// What the node holds that its region may not; empty when clean.
+    /// What the node holds that its region may not (the first 1,000); empty when clean.
     pub violations: Vec<ResidencyViolation>,
+    /// How many violations there are in all.
+    pub violations_total: u64,
     /// Whether memtables were flushed and files compacted first.
     pub compacted: bool,
 }

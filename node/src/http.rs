@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/residency", get(residency))
+        .route("/v1/residency/explain/{namespace}/{*key}", get(residency_explain))
         .route("/v1/keys/{namespace}", get(list_keys))
         .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
@@ -418,6 +420,34 @@ async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Js
             member["id"] = json!(report.id.to_string());
         }
     }
+    Ok(Json(json))
+}
+
+/// `GET /v1/residency`: the rules, their version, this node's purges/backfills and counters.
+async fn residency(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::List).await
+}
+
+/// `GET /v1/residency/explain/{namespace}/{key}`: which rule a key matches and where it may live.
+async fn residency_explain(
+    State(node): State<Arc<Node>>,
+    Path((namespace, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let key = meridian_client::proto::Key { namespace, name: key };
+    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::Explain { key }).await
+}
+
+async fn residency_reply(
+    node: &Arc<Node>,
+    headers: HeaderMap,
+    op: meridian_client::proto::ResidencyOp,
+) -> Result<Json<Json_>, ApiError> {
+    let common = common(&CommonQuery::default(), &headers)?;
+    let reply = execute(node, common, Operation::Residency(op)).await?;
+    let ReplyBody::Residency(report) = &reply.body else { unreachable!("residency reply") };
+    let json =
+        serde_json::to_value(report).map_err(|e| ApiError(ErrorReply::new(ErrorCode::Internal, e.to_string())))?;
     Ok(Json(json))
 }
 

@@ -36,6 +36,8 @@ use crate::sync_store::EngineSyncStore;
 const PAGE_KEYS: u32 = 256;
 /// Rows per scan page and per purge batch.
 const SCAN_PAGE: usize = 1024;
+/// How long a purge waits for hint replay to deliver hints owed to allowed regions.
+const HINT_DRAIN: Duration = Duration::from_secs(15);
 /// Wait before a backfill's second pass.
 const SECOND_PASS_AFTER: Duration = Duration::from_secs(3);
 
@@ -119,7 +121,25 @@ pub(crate) fn purge(node: &Node, job: &Job) -> Result<(), StorageError> {
             _ => None,
         }
     })?;
-    // 3. Hints: redacted in place (the target still needs the position).
+    // 3. Hints: a hint of a forbidden key for a node of a region that may hold it is a write that
+    //    region has not got yet; purging it now would lose it there. Give hint replay a bounded
+    //    time to deliver those first, then redact whatever is left (the target still needs the
+    //    position).
+    let deadline = std::time::Instant::now() + HINT_DRAIN;
+    loop {
+        let owed = hints_owed_to_allowed(node, &forbidden)?;
+        if owed == 0 || std::time::Instant::now() >= deadline {
+            if owed > 0 {
+                residency.audit().record(
+                    "purge",
+                    job.rule.id,
+                    &format!("{owed} hints for allowed regions not delivered within {HINT_DRAIN:?}: redacted"),
+                );
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let mut hints_redacted = 0u64;
     rewrite_space(engine.as_ref(), Space::Hints, |value| {
         let record =
@@ -155,6 +175,43 @@ pub(crate) fn purge(node: &Node, job: &Job) -> Result<(), StorageError> {
     );
     residency.set_progress(job, keys_purged, keys_purged, true);
     Ok(())
+}
+
+/// Hints this node holds of keys `forbidden` here for nodes of regions that may hold them.
+fn hints_owed_to_allowed(node: &Node, forbidden: &dyn Fn(&[u8]) -> bool) -> Result<u64, StorageError> {
+    let Some(coordinator) = node.coordinator() else { return Ok(0) };
+    let cluster = coordinator.cluster();
+    let residency = node.residency();
+    let mut owed = 0;
+    let mut start = Vec::new();
+    loop {
+        let page = node.engine().scan(Space::Hints, &start, None, SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        for (key, value) in &page {
+            let Ok(record) =
+                meridian_crdt::codec::decode::<SyncRecord>(value, crate::peer_service::MAX_PEER_MESSAGE_BYTES)
+            else {
+                continue;
+            };
+            if record.key.is_empty() || !forbidden(&record.key) {
+                continue;
+            }
+            let target = key
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(|b| meridian_crdt::NodeId(u64::from_be_bytes(b)));
+            if target
+                .and_then(|t| cluster.region_of(t))
+                .is_some_and(|region| residency.allowed_in(&region, &record.key))
+            {
+                owed += 1;
+            }
+        }
+        match page.last() {
+            Some((last, _)) if full => start = [last.as_slice(), &[0]].concat(),
+            _ => return Ok(owed),
+        }
+    }
 }
 
 /// Scans a whole space; `change` returns `None` to keep an entry, `Some(Some(v))` to replace its

@@ -111,7 +111,7 @@ pub async fn run(client: &Client, command: ResidencyCommand) -> anyhow::Result<i
     };
     let is_edit = matches!(op, ResidencyOp::Add { .. } | ResidencyOp::Change { .. } | ResidencyOp::Remove { .. });
     let report = client.residency(op).await?;
-    let violations = report.audit.as_ref().map_or(0, |a| a.violations.len());
+    let violations = report.audit.as_ref().map_or(0, |a| a.violations_total);
     if output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -146,6 +146,9 @@ fn print(report: &ResidencyReport, is_edit: bool) {
         }
         for v in &audit.violations {
             println!("VIOLATION  {:<12} rule {:<4} {}", v.space, v.rule, v.key);
+        }
+        if audit.violations_total > audit.violations.len() as u64 {
+            println!("… {} violations in all", audit.violations_total);
         }
         return;
     }

@@ -15,6 +15,8 @@ use crate::node::Node;
 use crate::storage::{Space, StorageError};
 
 const PAGE: usize = 1024;
+/// Violations listed in a report (all are counted): the report must fit in one reply frame.
+const MAX_LISTED: usize = 1000;
 
 /// Scans `node`'s storage (see the module docs).
 pub fn audit(node: &Node, compact: bool) -> Result<ResidencyAudit, StorageError> {
@@ -24,9 +26,14 @@ pub fn audit(node: &Node, compact: bool) -> Result<ResidencyAudit, StorageError>
         engine.compact_all()?;
     }
     let mut report = ResidencyAudit { compacted: compact, ..Default::default() };
-    let check = |space: &str, data_key: &[u8], violations: &mut Vec<ResidencyViolation>| {
+    let mut total = 0u64;
+    let mut check = |space: &str, data_key: &[u8], violations: &mut Vec<ResidencyViolation>| {
         if let Some(rule) = residency.rule_for(data_key) {
             if !meridian_replication::residency::allows(&rule, residency.region()) {
+                total += 1;
+                if violations.len() >= MAX_LISTED {
+                    return;
+                }
                 let key = crate::sync_store::parse_data_key(data_key)
                     .map_or_else(|_| String::from_utf8_lossy(data_key).into_owned(), |k| k.to_string());
                 violations.push(ResidencyViolation { space: space.into(), rule: rule.id, key });
@@ -61,6 +68,7 @@ pub fn audit(node: &Node, compact: bool) -> Result<ResidencyAudit, StorageError>
         }
     })?;
     report.violations = violations;
+    report.violations_total = total;
     residency.audit().record(
         "audit",
         0,
@@ -71,7 +79,7 @@ pub fn audit(node: &Node, compact: bool) -> Result<ResidencyAudit, StorageError>
             report.redacted_records,
             report.hints,
             report.idempotency_records,
-            report.violations.len()
+            report.violations_total
         ),
     );
     Ok(report)

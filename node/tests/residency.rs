@@ -1,0 +1,351 @@
+//! Data residency over three in-process regions (one node each, rf 1), real RocksDB and mutual-TLS
+//! QUIC: restricted keys never reach a disallowed region's storage (checked by the node's own audit
+//! and by a raw byte scan of its data directory after a flush), requests arriving there are proxied
+//! (or refused under `strict`), unrestricted keys sharing the same partitions still converge
+//! everywhere (the redacted positions keep the logs gap-free), causal sessions are not held up by
+//! writes their region may not see, quorums count only allowed replicas, and rule changes purge and
+//! backfill.
+
+use meridian_client::proto::{ResidencyOp, ResidencyReport, RuleSpec};
+use meridian_client::{Client, ClusterOp, Consistency, ErrorCode};
+use meridian_node::certs::generate_ca;
+use meridian_node::serve::{start, RunningNode};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod common;
+use common::{free_udp_addr, region_config_in};
+
+const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+const US: usize = 0;
+const EU: usize = 1;
+const AP: usize = 2;
+
+struct Regions {
+    _dir: tempfile::TempDir,
+    data_dirs: Vec<PathBuf>,
+    nodes: Vec<Option<RunningNode>>,
+    clients: Vec<Client>,
+}
+
+async fn regions() -> Regions {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
+    let addrs: Vec<SocketAddr> = REGIONS.iter().map(|_| free_udp_addr()).collect();
+    let (mut nodes, mut clients, mut data_dirs) = (Vec::new(), Vec::new(), Vec::new());
+    for (region, addr) in REGIONS.iter().zip(&addrs) {
+        let mut config = region_config_in(
+            dir.path(),
+            region,
+            &format!("{region}-n1"),
+            &format!("{region}-a"),
+            *addr,
+            &addrs,
+            &ca_dir,
+        );
+        config.peer.rf = 1;
+        data_dirs.push(config.data_dir.clone());
+        let node = start(config).await.unwrap();
+        clients.push(
+            Client::builder()
+                .endpoint(node.client_addr.to_string())
+                .ca_cert_file(&node.cert_path)
+                .max_retries(0)
+                .timeout(Duration::from_secs(10))
+                .connect()
+                .await
+                .unwrap(),
+        );
+        nodes.push(Some(node));
+    }
+    for client in &clients {
+        eventually("every region sees the others", || async {
+            client
+                .cluster(ClusterOp::Status)
+                .await
+                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
+        })
+        .await;
+    }
+    Regions { _dir: dir, data_dirs, nodes, clients }
+}
+
+impl Regions {
+    async fn stop(mut self) {
+        self.clients.clear();
+        for node in self.nodes.iter_mut().filter_map(Option::take) {
+            tokio::time::timeout(Duration::from_secs(30), node.shutdown()).await.expect("a node shut down in 30 s");
+        }
+    }
+
+    /// Adds a rule through `via` and waits until every node holds the new rules.
+    async fn add_rule(&self, via: usize, spec: RuleSpec) -> u32 {
+        let report = self.clients[via].residency(ResidencyOp::Add { rule: spec, position: None }).await.unwrap();
+        self.wait_version(report.version).await;
+        report.rule_id.unwrap()
+    }
+
+    async fn change_rule(&self, via: usize, id: u32, spec: RuleSpec) {
+        let report = self.clients[via].residency(ResidencyOp::Change { id, rule: spec }).await.unwrap();
+        self.wait_version(report.version).await;
+    }
+
+    async fn wait_version(&self, version: u64) {
+        for client in &self.clients {
+            eventually("the rules reach every node", || async {
+                client.residency(ResidencyOp::List).await.is_ok_and(|r| r.version >= version)
+            })
+            .await;
+        }
+    }
+
+    /// Waits until `node` has run every purge and backfill it queued.
+    async fn wait_changes_done(&self, node: usize) -> ResidencyReport {
+        let client = &self.clients[node];
+        eventually("purges and backfills complete", || async {
+            client.residency(ResidencyOp::List).await.is_ok_and(|r| r.changes.iter().all(|c| c.complete))
+        })
+        .await;
+        client.residency(ResidencyOp::List).await.unwrap()
+    }
+}
+
+fn rule(prefix: &str, regions: &[&str]) -> RuleSpec {
+    RuleSpec {
+        namespace: "app".into(),
+        prefix: prefix.into(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        replicas_per_region: None,
+        home: None,
+        strict: false,
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 45 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every file under `dir` that contains `marker`.
+fn files_containing(dir: &Path, marker: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(marker.len()).any(|w| w == marker) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Runs the node's audit with a flush and compaction first; asserts it is clean.
+async fn audit_clean(client: &Client, who: &str) {
+    let report = client.residency(ResidencyOp::Audit { compact: true }).await.unwrap();
+    let audit = report.audit.unwrap();
+    assert!(audit.compacted);
+    assert_eq!(
+        audit.violations_total,
+        0,
+        "{who}: the audit found {} violations, first: {:?}",
+        audit.violations_total,
+        audit.violations.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_keys_stay_in_their_regions_and_everything_else_still_converges() {
+    let r = regions().await;
+    let eu_only = r.add_rule(US, rule("eu/", &["eu-west"])).await;
+    // Restricted and unrestricted keys, interleaved and from every region, so that their records
+    // share partitions and origin logs: the unrestricted ones can only converge in us-east and
+    // ap-south if the redacted positions keep those logs gap-free.
+    for i in 0..40 {
+        for (n, client) in r.clients.iter().enumerate() {
+            let marker = format!("MRK-{}-{i:03}-RESTRICTED", REGIONS[n]);
+            client.set(format!("app/eu/{i}").as_str()).consistency(Consistency::Eventual).add([marker]).await.unwrap();
+            client
+                .set(format!("app/open/{i}").as_str())
+                .consistency(Consistency::Eventual)
+                .add([format!("{}-{i}", REGIONS[n])])
+                .await
+                .unwrap();
+        }
+    }
+    let us_report = r.clients[US].residency(ResidencyOp::List).await.unwrap();
+    assert_eq!(us_report.counters.proxied, 40, "us-east proxied its writes: {:?}", us_report.counters);
+    // Every region converges on the unrestricted keys (served locally everywhere).
+    for (n, client) in r.clients.iter().enumerate() {
+        for i in [0, 17, 39] {
+            eventually(&format!("app/open/{i} converged in {}", REGIONS[n]), || async {
+                client
+                    .set(format!("app/open/{i}").as_str())
+                    .consistency(Consistency::Eventual)
+                    .members()
+                    .await
+                    .unwrap()
+                    .len()
+                    == 3
+            })
+            .await;
+        }
+    }
+    // Restricted keys: read from anywhere (proxied), holding every region's write.
+    for client in &r.clients {
+        let members = client.set("app/eu/7").consistency(Consistency::Eventual).members().await.unwrap();
+        assert_eq!(members.len(), 3, "{members:?}");
+    }
+    // A causal session that saw an eu-only write is not held up in a region that may never see it.
+    let session = r.clients[EU].session().with_consistency(Consistency::Causal);
+    session.set("app/eu/causal").add(["MRK-eu-west-CAUSAL-RESTRICTED"]).await.unwrap();
+    let moved =
+        r.clients[AP].resume_session(&session.token().to_string()).unwrap().with_consistency(Consistency::Causal);
+    moved.set("app/open/after-causal").add(["x"]).await.expect("not held up by a write ap-south may not hold");
+    moved.set("app/open/0").members().await.expect("a causal read is not held up either");
+
+    // The proof: audits clean everywhere, and no marker in the disallowed regions' files.
+    for (n, client) in r.clients.iter().enumerate() {
+        audit_clean(client, REGIONS[n]).await;
+    }
+    for n in [US, AP] {
+        let found = files_containing(&r.data_dirs[n], b"-RESTRICTED");
+        assert!(found.is_empty(), "{} holds restricted bytes in {found:?}", REGIONS[n]);
+    }
+    // Positive control: the scan finds them where they live.
+    assert!(!files_containing(&r.data_dirs[EU], b"-RESTRICTED").is_empty(), "the scan finds markers in eu-west");
+    let explain = r.clients[US]
+        .residency(ResidencyOp::Explain { key: meridian_client::IntoKey::into_key("app/eu/1").unwrap() })
+        .await
+        .unwrap()
+        .explain
+        .unwrap();
+    assert_eq!(explain.rule.as_ref().map(|r| r.id), Some(eu_only));
+    assert!(!explain.allowed_here && explain.nodes == vec!["eu-west-n1 (eu-west)".to_string()], "{explain:?}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_rules_refuse_and_quorums_count_only_allowed_replicas() {
+    let mut r = regions().await;
+    let strict = r.add_rule(EU, RuleSpec { strict: true, ..rule("vault/", &["eu-west"]) }).await;
+    let refused =
+        r.clients[US].set("app/vault/1").consistency(Consistency::Eventual).add(["MRK-STRICT"]).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
+    assert!(refused.to_string().contains(&format!("rule {strict}")), "{refused}");
+    r.clients[EU].set("app/vault/1").consistency(Consistency::Eventual).add(["MRK-STRICT"]).await.unwrap();
+    let counters = r.clients[US].residency(ResidencyOp::List).await.unwrap().counters;
+    assert_eq!(counters.refused, 1, "{counters:?}");
+
+    // With us-east and ap-south down, a global quorum has 1 of 3 replicas for an open key, but all
+    // of the allowed ones for an eu-only key.
+    for n in [US, AP] {
+        let node = r.nodes[n].take().unwrap();
+        node.shutdown().await;
+    }
+    let eu = &r.clients[EU];
+    let open = eu.counter("app/open/q").consistency(Consistency::Quorum).incr(1).await.unwrap_err();
+    assert_eq!(open.code(), Some(ErrorCode::QuorumUnavailable), "{open}");
+    eu.counter("app/vault/q").consistency(Consistency::Quorum).incr(1).await.expect("the allowed replicas are all up");
+    assert_eq!(eu.counter("app/vault/q").consistency(Consistency::Quorum).get().await.unwrap(), 1);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_purges_and_widening_backfills() {
+    let r = regions().await;
+    let id = r.add_rule(US, rule("move/", &["eu-west", "us-east"])).await;
+    for i in 0..30 {
+        for n in [US, EU] {
+            let marker = format!("MRK-{}-{i:03}-MOVING", REGIONS[n]);
+            r.clients[n]
+                .set(format!("app/move/{i}").as_str())
+                .consistency(Consistency::Eventual)
+                .add([marker])
+                .await
+                .unwrap();
+        }
+    }
+    // Both allowed regions hold everything before the change.
+    for n in [US, EU] {
+        eventually("both allowed regions converged", || async {
+            r.clients[n].set("app/move/29").consistency(Consistency::Eventual).members().await.unwrap().len() == 2
+        })
+        .await;
+    }
+    // Narrow to eu-west: us-east purges.
+    r.change_rule(EU, id, rule("move/", &["eu-west"])).await;
+    let us = r.wait_changes_done(US).await;
+    assert!(us.changes.iter().any(|c| c.kind == "purge" && c.rule == id), "{:?}", us.changes);
+    audit_clean(&r.clients[US], "us-east after narrowing").await;
+    let found = files_containing(&r.data_dirs[US], b"-MOVING");
+    assert!(found.is_empty(), "us-east still holds purged bytes in {found:?}");
+    // Its reads are proxied now, and see everything.
+    assert_eq!(r.clients[US].set("app/move/3").consistency(Consistency::Eventual).members().await.unwrap().len(), 2);
+    // Widen to ap-south: it backfills, and then serves the keys locally.
+    r.change_rule(US, id, rule("move/", &["eu-west", "ap-south"])).await;
+    let ap = r.wait_changes_done(AP).await;
+    assert!(ap.changes.iter().any(|c| c.kind == "backfill" && c.rule == id && c.complete), "{:?}", ap.changes);
+    let ap_node = r.nodes[AP].as_ref().unwrap().node.clone();
+    for i in 0..30 {
+        let key = meridian_client::IntoKey::into_key(format!("app/move/{i}").as_str()).unwrap();
+        let held = ap_node.load_entry(&meridian_node::keyspace::data_key(&key)).unwrap();
+        let members = held.and_then(|e| e.read().ok().flatten());
+        assert!(members.is_some(), "ap-south holds app/move/{i} after the backfill");
+    }
+    audit_clean(&r.clients[AP], "ap-south after widening").await;
+    audit_clean(&r.clients[US], "us-east after widening").await;
+    let log = std::fs::read_to_string(r.data_dirs[US].join("audit.log")).unwrap();
+    assert!(log.contains("\"purge\"") && !log.contains("MOVING"), "{log}");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_rules_are_refused_and_change_nothing() {
+    let r = regions().await;
+    let us = &r.clients[US];
+    let id = r.add_rule(US, rule("ok/", &["us-east"])).await;
+    let before = us.residency(ResidencyOp::List).await.unwrap();
+    let cases: Vec<(ResidencyOp, &str)> = vec![
+        (ResidencyOp::Add { rule: rule("a/", &["mars"]), position: None }, "unknown region \"mars\""),
+        (ResidencyOp::Add { rule: rule("a/", &[]), position: None }, "no regions"),
+        (
+            ResidencyOp::Add {
+                rule: RuleSpec { home: Some("ap-south".into()), ..rule("a/", &["us-east"]) },
+                position: None,
+            },
+            "home",
+        ),
+        (
+            ResidencyOp::Add {
+                rule: RuleSpec { namespace: String::new(), ..rule("a/", &["us-east"]) },
+                position: None,
+            },
+            "namespace",
+        ),
+        (ResidencyOp::Change { id, rule: rule("ok/", &["eu-west"]) }, "no allowed home"),
+        (ResidencyOp::Remove { id: 999 }, "no rule with id 999"),
+    ];
+    for (op, expected) in cases {
+        let error = us.residency(op.clone()).await.unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::BadRequest), "{op:?}: {error}");
+        assert!(error.to_string().contains(expected), "{op:?}: {error}");
+    }
+    let after = us.residency(ResidencyOp::List).await.unwrap();
+    assert_eq!((after.version, after.rules), (before.version, before.rules));
+    r.stop().await;
+}
