@@ -180,6 +180,10 @@ pub async fn exchange_rules(node: &Arc<Node>, cluster: &Cluster, pool: &Arc<Peer
     });
     for answer in futures::future::join_all(exchanges).await {
         if let Ok(Ok(PeerReplyV1::Residency { rules })) = answer.map(|bytes| decode_reply(&bytes)) {
+            if let Err(e) = rules.check_shape() {
+                tracing::warn!(error = %e, "a peer answered with malformed residency rules; ignored");
+                continue;
+            }
             let residency = node.residency().clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || residency.adopt(&rules)).await {
                 tracing::warn!(error = %e, "could not store newer residency rules");

@@ -258,7 +258,14 @@ impl PeerService {
         if let Some(cluster) = &self.cluster {
             // A node's region is the one in its certificate: a member claiming another one (in its
             // membership entry) is refused outright, before any of its data is looked at.
-            if let Some(claimed) = cluster.region_of(from).filter(|claimed| *claimed != peer.region) {
+            let gossiped = match &message {
+                PeerMessageV1::Gossip { membership, .. } | PeerMessageV1::GossipReports { membership, .. } => {
+                    membership.get(from).map(|m| m.region.clone())
+                }
+                _ => None,
+            };
+            let claimed = gossiped.or_else(|| cluster.region_of(from));
+            if let Some(claimed) = claimed.filter(|claimed| *claimed != peer.region) {
                 let residency = self.node.residency();
                 residency.note_rejected(
                     0,
@@ -343,6 +350,7 @@ impl PeerService {
                 .await
             }
             PeerMessageV1::Residency { rules } => {
+                rules.check_shape().map_err(|e| format!("refusing malformed residency rules: {e}"))?;
                 let residency = self.node.residency().clone();
                 let theirs = rules.clone();
                 tokio::task::spawn_blocking(move || residency.adopt(&theirs))

@@ -349,3 +349,53 @@ async fn invalid_rules_are_refused_and_change_nothing() {
     assert_eq!((after.version, after.rules), (before.version, before.rules));
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_another_region_than_its_certificate_is_refused() {
+    use meridian_crdt::{Hlc, NodeId};
+    use meridian_node::peer::{PeerEndpoint, PeerTlsConfig, PeerTransportConfig};
+    use meridian_node::peer_service::{decode_reply, encode_request, PeerMessageV1};
+    use meridian_replication::{Member, MemberState, MemberVersion, Membership};
+
+    let r = regions().await;
+    // Mallory holds a genuine certificate of this cluster, issued for eu-west…
+    let ca_dir = r._dir.path().join("ca");
+    let mallory = region_config_in(r._dir.path(), "eu-west", "mallory", "eu-west-a", free_udp_addr(), &[], &ca_dir);
+    let tls = PeerTlsConfig::from_files(
+        mallory.peer.ca.as_deref().unwrap(),
+        mallory.peer.cert.as_deref().unwrap(),
+        mallory.peer.key.as_deref().unwrap(),
+        "test",
+    )
+    .unwrap();
+    let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), tls, PeerTransportConfig::default()).unwrap();
+    let us_east = r.nodes[US].as_ref().unwrap().peer_addr.unwrap();
+    let connection = endpoint.connect(us_east, None).await.unwrap();
+    // …but gossips a membership entry saying it is in us-east, where eu-only keys may not go but
+    // us-east-only keys would.
+    let me = NodeId(0xbad);
+    let mut membership = Membership::new();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let claim = Member {
+        name: "mallory".into(),
+        region: "us-east".into(),
+        zone: "us-east-a".into(),
+        peer_addr: addr.clone(),
+        client_addr: addr.clone(),
+        http_addr: addr,
+        state: MemberState::Active,
+        version: MemberVersion { incarnation: 1, hlc: Hlc { wall_ms: 1, logical: 0 } },
+    };
+    membership.upsert(me, claim).unwrap();
+    let request = encode_request(me, PeerMessageV1::Gossip { membership, handoff: Vec::new() });
+    let reply = connection.request(request, Duration::from_secs(10)).await.unwrap();
+    let refused = decode_reply(&reply).expect_err("a lying membership entry is refused");
+    assert!(refused.contains("certificate was issued for region eu-west"), "{refused}");
+    // Nothing of the claim was merged, and the refusal is counted.
+    let members = r.clients[US].cluster(ClusterOp::Status).await.unwrap().members;
+    assert!(members.iter().all(|m| m.name != "mallory"), "{members:?}");
+    let counters = r.clients[US].residency(ResidencyOp::List).await.unwrap().counters;
+    assert_eq!(counters.rejected, 1, "{counters:?}");
+    connection.close();
+    r.stop().await;
+}

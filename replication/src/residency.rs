@@ -75,6 +75,9 @@ pub enum RuleError {
         /// Its regions after.
         new: Vec<String>,
     },
+    /// A rule id that is 0, repeated, or not below the set's `next_id` (a malformed set).
+    #[error("rule id {0} is 0, repeated or not below the set's next id")]
+    BadId(u32),
     /// Another rule already matches exactly this namespace and prefix.
     #[error("rule {0} already matches this namespace and prefix; change it instead")]
     Duplicate(u32),
@@ -94,6 +97,21 @@ impl RuleSet {
     /// Whether `region` may hold `namespace/name`.
     pub fn allows(&self, region: &str, namespace: &str, name: &str) -> bool {
         self.rule_for(namespace, name).is_none_or(|r| allows(r, region))
+    }
+
+    /// Checks a set received from a peer before it is adopted: every rule well-formed (a namespace,
+    /// at least one region, a home among its regions), ids unique and below `next_id`. Regions are
+    /// not checked against membership: a peer may know a region before this node does.
+    pub fn check_shape(&self) -> Result<(), RuleError> {
+        let mut ids = BTreeSet::new();
+        for rule in &self.rules {
+            let regions: BTreeSet<String> = rule.spec.regions.iter().cloned().collect();
+            Self::check_spec(&rule.spec, &regions)?;
+            if !ids.insert(rule.id) || rule.id == 0 || rule.id >= self.next_id {
+                return Err(RuleError::BadId(rule.id));
+            }
+        }
+        Ok(())
     }
 
     /// Adopts `theirs` if it is newer by `(version, author)`; returns whether it did.
@@ -308,6 +326,13 @@ mod tests {
         let moved = set.with_changed(id, spec("app", "x/", &["eu-west"]), 1, &regions()).unwrap_err();
         assert!(moved.to_string().contains("no allowed home"), "{moved}");
         assert!(matches!(set.with_removed(99, 1), Err(RuleError::NoSuchRule(99))));
+        assert_eq!(set.check_shape(), Ok(()));
+        let mut forged = set.clone();
+        forged.rules.push(forged.rules[0].clone());
+        assert_eq!(forged.check_shape(), Err(RuleError::BadId(id)), "a repeated id");
+        forged.rules.pop();
+        forged.rules[0].spec.regions.clear();
+        assert_eq!(forged.check_shape(), Err(RuleError::NoRegions));
         assert!(matches!(
             set.with_added(spec("app", "x/", &["eu-west"]), None, 1, &regions()),
             Err(RuleError::Duplicate(_))

@@ -95,3 +95,19 @@ fn adopting_a_narrower_rule_queues_a_purge_and_a_wider_one_a_backfill() {
     assert_eq!(backfill.rule, 1);
     assert!(!there.adopt(&narrowed).unwrap(), "an older version is ignored");
 }
+
+#[test]
+fn an_empty_key_that_is_not_a_redaction_is_refused_as_malformed() {
+    use crate::sync_store::{EngineSyncStore, SyncStoreError};
+    use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let mut store = EngineSyncStore::new(engine, NodeId(9));
+    let bogus = SyncRecord { origin: NodeId(1), seq: 1, key: Vec::new(), delta: vec![0xff; 40], hlc: 1 };
+    let refused = store.apply_remote(PartitionId(0), &[bogus]).unwrap_err();
+    assert!(matches!(refused, SyncStoreError::Malformed { .. }), "{refused}");
+    // A real redaction is stored as such and raises the vector.
+    store.apply_remote(PartitionId(0), &[redacted(NodeId(1), 1, 1 << 16, 3)]).unwrap();
+    assert_eq!(store.partition_vv(PartitionId(0)).unwrap().get(NodeId(1)), 1);
+    let served = store.read_log(PartitionId(0), NodeId(1), 0, 10, 1 << 20).unwrap();
+    assert_eq!(served, vec![redacted(NodeId(1), 1, 1 << 16, 3)], "served back as the same redaction");
+}
