@@ -170,22 +170,29 @@ pub async fn cli_add_json(geo: &Geo, node: &str, rule: &RuleSpec) -> anyhow::Res
     Ok((id, report.version))
 }
 
-/// `meridian residency add <rule>` (text output) at `node`: the id and version parsed from
-/// `rule <id> added (rules version <v>)`.
-pub async fn cli_add_text(geo: &Geo, node: &str, rule: &RuleSpec) -> anyhow::Result<(u32, u64)> {
+/// `meridian residency add <rule>` (text output) at `node`: the id, the version and the verb parsed
+/// from `rule <id> <verb> (rules version <v>)` — the specified verb is `added`; the caller checks it,
+/// so that a wording difference is reported without stopping a test.
+pub async fn cli_add_text(geo: &Geo, node: &str, rule: &RuleSpec) -> anyhow::Result<(u32, u64, String)> {
     let mut args: Vec<String> = vec!["residency".into(), "add".into()];
     args.extend(rule_args(rule));
     let out = cli(geo, node, &strs(&args)).await?.ok()?;
-    parse_added(&out.stdout).with_context(|| format!("{out}\nexpected `rule <id> added (rules version <v>)`"))
+    parse_rule_line(&out.stdout).with_context(|| format!("{out}\nexpected `rule <id> added (rules version <v>)`"))
 }
 
 /// `(id, version)` from a line `rule <id> added (rules version <v>)`.
 pub fn parse_added(stdout: &str) -> Option<(u32, u64)> {
+    parse_rule_line(stdout).filter(|(_, _, verb)| verb == "added").map(|(id, version, _)| (id, version))
+}
+
+/// `(id, version, verb)` from the first line `rule <id> <verb> (rules version <v>)`.
+pub fn parse_rule_line(stdout: &str) -> Option<(u32, u64, String)> {
     stdout.lines().find_map(|line| {
         let rest = line.trim().strip_prefix("rule ")?;
         let (id, rest) = rest.split_once(' ')?;
-        let version = rest.strip_prefix("added (rules version ")?.strip_suffix(')')?;
-        Some((id.parse().ok()?, version.parse().ok()?))
+        let (verb, rest) = rest.split_once(' ')?;
+        let version = rest.strip_prefix("(rules version ")?.strip_suffix(')')?;
+        Some((id.parse().ok()?, version.parse().ok()?, verb.to_string()))
     })
 }
 
@@ -345,13 +352,35 @@ async fn poll_nodes(
     }
 }
 
-/// A random token of `len` characters from `[A-Za-z0-9]`. Used as the scanned part of a marker:
-/// random over 62 symbols, a 4-byte piece of it almost never repeats within an SST block, so LZ4
-/// keeps it as a literal and the raw scan finds it (a hex token would often be broken up by
-/// back-references to an earlier marker's hex digits).
-pub fn random_token(rng: &mut impl rand::Rng, len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+/// A marker's random part: `len` random bytes (any value).
+pub fn random_token(rng: &mut impl rand::Rng, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.random::<u8>()).collect()
+}
+
+/// Random bytes on each side of a marker's token.
+pub const GUARD_LEN: usize = 4;
+
+/// A unique value to write and find again on disk: `prefix`, [`GUARD_LEN`] random bytes, a token of
+/// `token_len` random bytes, [`GUARD_LEN`] random bytes. Returns `(marker, token)`; scan for the
+/// token.
+///
+/// Why random bytes, and why guards: RocksDB's LZ4 blocks keep bytes as literals unless a run of
+/// 4+ bytes was seen earlier in the block, which it replaces by a back-reference, and a match is
+/// extended as far as the bytes agree. Over 256 symbols no 4-byte piece *inside* a token repeats,
+/// but at its edges a match can start in the shared text before it (`…-37-` then the token's first
+/// byte, equal to an earlier token's with probability 1/256 per earlier marker) or in the token's
+/// last byte followed by the record's fixed layout bytes. Without guards ~2% of the markers a node
+/// held were stored with their last byte inside a back-reference, invisible to a raw scan; with
+/// them, a match reaching into the token needs 4 random guard bytes to repeat.
+pub fn marker(rng: &mut impl rand::Rng, prefix: &str, token_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let token = random_token(rng, token_len);
+    let marker = [prefix.as_bytes(), &random_token(rng, GUARD_LEN), &token, &random_token(rng, GUARD_LEN)].concat();
+    (marker, token)
+}
+
+/// `bytes` in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `GET path` over plain HTTP/1.1 to `addr`: the status code and the body (bounded by 10 s).
@@ -385,6 +414,8 @@ mod tests {
         assert_eq!(parse_added("rule 7 added (rules version 12)\n"), Some((7, 12)));
         assert_eq!(parse_added("note\n  rule 1 added (rules version 1)  \n"), Some((1, 1)));
         assert_eq!(parse_added("rule x added (rules version 1)"), None);
+        assert_eq!(parse_added("rule 1 saved (rules version 1)"), None);
+        assert_eq!(parse_rule_line("rule 1 saved (rules version 2)"), Some((1, 2, "saved".into())));
         assert_eq!(parse_added(""), None);
     }
 
