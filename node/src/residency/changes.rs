@@ -67,6 +67,10 @@ pub async fn run(node: Arc<Node>, coordinator: Arc<Coordinator>, store: EngineSy
                 _ => backfill(&node, &coordinator, &store, &job, &shutdown).await,
             }
         }
+        // Everything queued so far completed: a restart need not redo it.
+        if let Err(e) = residency.mark_applied() {
+            tracing::warn!(error = %e, "could not record the residency changes as applied");
+        }
         if shutdown.run_until_cancelled(residency.wake.notified()).await.is_none() {
             return;
         }

@@ -46,6 +46,8 @@ pub use audit::AuditLog;
 
 /// Where the rule set is stored (`Meta`).
 const RULES_KEY: &[u8] = b"residency/rules";
+/// The newest rules version fully acted on here (`Meta`, max-merged u64).
+const APPLIED_KEY: &[u8] = b"residency/applied";
 
 /// The delta of a redacted record: which rule kept the key's bytes away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,11 +170,39 @@ impl Residency {
             changes: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
         };
-        // A purge interrupted by a crash, or rules that changed while the node was down and were
-        // stored but not acted on: purging every rule that excludes this region is idempotent.
+        // Rules stored but not fully acted on (a crash mid-purge or mid-backfill): purge every
+        // rule that excludes this region and backfill every one that includes it. Both are
+        // idempotent; a node whose changes all completed skips this.
         let current = residency.rules();
-        residency.queue_changes(&RuleSet::default(), &current);
+        if residency.applied_version()? < current.version {
+            residency.queue_changes(&RuleSet::default(), &current);
+            let mut changes = residency.changes.lock().unwrap_or_else(|p| p.into_inner());
+            for rule in current.rules.iter().filter(|r| allows(r, region)) {
+                let progress = progress("backfill", rule.id, current.version);
+                changes.push(Job { progress, sources: rule.spec.regions.clone(), rule: rule.clone() });
+            }
+        }
         Ok(residency)
+    }
+
+    /// The newest rules version whose purges and backfills all completed here.
+    fn applied_version(&self) -> Result<u64, StorageError> {
+        match self.engine.get(Space::Meta, APPLIED_KEY)? {
+            Some(bytes) => crate::storage::decode_u64_be(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    /// Records that every change queued up to the current rules version completed (called by the
+    /// worker once its queue is empty).
+    pub(crate) fn mark_applied(&self) -> Result<(), StorageError> {
+        let version = self.rules().version;
+        if self.next_change().is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        batch.max_u64(Space::Meta, APPLIED_KEY.to_vec(), version);
+        self.engine.write(batch)
     }
 
     /// This node's region (from its certificate: `serve` refuses a config that disagrees).
