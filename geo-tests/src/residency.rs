@@ -378,6 +378,17 @@ pub fn marker(rng: &mut impl rand::Rng, prefix: &str, token_len: usize) -> (Vec<
     (marker, token)
 }
 
+/// A key-name part to find again on disk: [`GUARD_LEN`] random characters, `token_len` random
+/// characters (the token: scan for it), [`GUARD_LEN`] random characters, all from `[A-Za-z0-9]`
+/// (key names are text). The guards play the same part as in [`marker`]. Returns `(text, token)`.
+pub fn key_part(rng: &mut impl rand::Rng, token_len: usize) -> (String, String) {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut pick =
+        |n: usize| -> String { (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect() };
+    let (left, token, right) = (pick(GUARD_LEN), pick(token_len), pick(GUARD_LEN));
+    (format!("{left}{token}{right}"), token)
+}
+
 /// `bytes` in lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

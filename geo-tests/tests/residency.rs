@@ -16,7 +16,8 @@
 //!      answers the same, proxied); `explain` agrees with the rules;
 //!   2. `meridian residency audit --compact --json` exits 0 with no violation on every node;
 //!   3. a raw byte scan of every node's data directory (after that compaction) finds no marker of a
-//!      key its region may not hold under the final rules — for C that includes everything written
+//!      key its region may not hold under the final rules, nor the key's name (key names carry a
+//!      random token too; the node's own `audit.log` is exempt from the name check) — for C that includes everything written
 //!      while ap-south still held it, so the purge really erased the bytes — while it does find
 //!      markers of keys the region holds (positive control: the markers are stored raw and the scan
 //!      sees them);
@@ -339,11 +340,19 @@ async fn scenario(geo: &mut Geo, seed: u64) -> anyhow::Result<()> {
     anyhow::ensure!(listed.rules == reports[0].rules, "`residency list --json` shows {:?}", listed.rules);
 
     // b. The load, from every region, with a partition and a kill -9 meanwhile.
-    let mut keys: Vec<String> = Vec::new();
+    // Each key name carries a random token too: a disallowed region must not hold the key's name
+    // either (redacted log positions carry no key).
+    let mut names: Vec<String> = Vec::new();
     for case in &CASES {
-        keys.extend((0..KEYS_PER_PREFIX).map(|k| format!("{NS}/{}k{k}", case.prefix)));
+        names.extend((0..KEYS_PER_PREFIX).map(|k| format!("{}k{k}-", case.prefix)));
     }
-    keys.extend((0..2).map(|k| format!("{NS}/{FREE_PREFIX}k{k}")));
+    names.extend((0..2).map(|k| format!("{FREE_PREFIX}k{k}-")));
+    let mut key_tokens: BTreeMap<String, String> = BTreeMap::new();
+    for name in names {
+        let (part, token) = res::key_part(&mut rng, TOKEN_LEN);
+        key_tokens.insert(format!("{NS}/{name}{part}"), token);
+    }
+    let keys: Vec<String> = key_tokens.keys().cloned().collect();
     let writes: Writes = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let changed = Arc::new(AtomicBool::new(false));
@@ -486,7 +495,7 @@ async fn scenario(geo: &mut Geo, seed: u64) -> anyhow::Result<()> {
     }
 
     // d3. Raw bytes: nothing forbidden anywhere, allowed markers found.
-    check_raw_bytes(geo, &all_writes, &mut problems)?;
+    check_raw_bytes(geo, &all_writes, &key_tokens, &mut problems)?;
 
     // d4. Counters and audit logs.
     check_counters_and_audit_logs(geo, &all_writes, ids["C"], &mut problems).await?;
@@ -711,7 +720,9 @@ async fn check_converged(
 
     // A node of a disallowed region serves the key transparently (proxied): same members.
     for case in &CASES {
-        let key = format!("{NS}/{}k0", case.prefix);
+        let Some(key) = keys.iter().find(|k| k.starts_with(&format!("{NS}/{}", case.prefix))).cloned() else {
+            continue;
+        };
         let allowed = final_regions(&key);
         let holder = geo.region_nodes(allowed.iter().next().unwrap())[0].clone();
         let want = &state[&holder][&key];
@@ -780,16 +791,48 @@ async fn check_explain(geo: &Geo, ids: &BTreeMap<&str, u32>, problems: &mut Vec<
 /// The raw scan of every node's data directory: no marker of a key its region may not hold under
 /// the final rules (acknowledged or not: a failed write must not leave bytes behind either), and
 /// at least one marker of a key it holds.
-fn check_raw_bytes(geo: &Geo, writes: &[Write], problems: &mut Vec<String>) -> anyhow::Result<()> {
-    let tokens: Vec<Vec<u8>> = writes.iter().map(|w| w.token.clone()).collect();
+fn check_raw_bytes(
+    geo: &Geo,
+    writes: &[Write],
+    key_tokens: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    // Value tokens first (index i: writes[i]), then key-name tokens.
+    let key_list: Vec<(&String, &String)> = key_tokens.iter().collect();
+    let tokens: Vec<Vec<u8>> =
+        writes.iter().map(|w| w.token.clone()).chain(key_list.iter().map(|(_, t)| t.as_bytes().to_vec())).collect();
+    // Keys some acknowledged write created (the others may exist nowhere).
+    let written: BTreeSet<&str> = writes.iter().filter(|w| w.acked()).map(|w| w.key.as_str()).collect();
     for region in ALL {
         for node in geo.region_nodes(region) {
             let dir = res::data_dir(geo, &node)?;
             let started = Instant::now();
             let found = scan_dir_for_markers(&dir, &tokens).with_context(|| format!("scanning {}", dir.display()))?;
             let mut allowed_found = BTreeSet::new();
+            let mut keys_found = BTreeSet::new();
             let mut forbidden = 0;
             for (path, i) in &found {
+                if let Some(k) = i.checked_sub(writes.len()) {
+                    let key = key_list[k].0;
+                    // The audit log may name keys (a proxied request, a violation): that is the
+                    // node's own record of what clients asked of it, not replicated data.
+                    if path.file_name().is_some_and(|f| f == "audit.log") {
+                        continue;
+                    }
+                    if final_regions(key).contains(region) {
+                        keys_found.insert(key.as_str());
+                    } else {
+                        forbidden += 1;
+                        if forbidden <= 10 {
+                            problems.push(format!(
+                                "{node} ({region}) may not hold key {key} (rule {}) but its file {} contains its name",
+                                case_of(key),
+                                path.display()
+                            ));
+                        }
+                    }
+                    continue;
+                }
                 let w = &writes[*i];
                 if final_regions(&w.key).contains(region) {
                     allowed_found.insert(*i);
@@ -807,14 +850,28 @@ fn check_raw_bytes(geo: &Geo, writes: &[Write], problems: &mut Vec<String>) -> a
             if forbidden > 10 {
                 problems.push(format!("{node} ({region}): {} more forbidden marker occurrences", forbidden - 10));
             }
+            let keys_held: Vec<&str> = written
+                .iter()
+                .copied()
+                .filter(|k| key_tokens.contains_key(*k) && final_regions(k).contains(region))
+                .collect();
+            let keys_missed: Vec<&&str> = keys_held.iter().filter(|k| !keys_found.contains(**k)).collect();
+            if !keys_missed.is_empty() {
+                problems.push(format!(
+                    "positive control: the names of keys {node} ({region}) holds were not found raw in {}: {keys_missed:?}",
+                    dir.display()
+                ));
+            }
             let allowed_acked = writes.iter().filter(|w| w.acked() && final_regions(&w.key).contains(region)).count();
             let found_acked = allowed_found.iter().filter(|i| writes[**i].acked()).count();
             println!(
                 "scan {node} ({region}): {} (file, marker) hits under {} in {:.1} s: {found_acked} of {allowed_acked} \
-                 acknowledged markers it may hold found raw, {forbidden} forbidden",
+                 acknowledged markers and {} of {} key names it may hold found raw, {forbidden} forbidden",
                 found.len(),
                 dir.display(),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                keys_found.len(),
+                keys_held.len()
             );
             // Which held markers the scan missed, and whether their halves are there (a marker stored
             // in pieces, or not stored in this directory at all).
