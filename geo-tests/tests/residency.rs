@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -70,11 +70,12 @@ const CHANGES_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(40);
 const DEADLINE: Duration = Duration::from_secs(240);
 
-/// The tests of this binary start a cluster each: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// The tests of this binary start a cluster each: one at a time. (An async mutex: each test's
+/// runtime holds it across its awaits.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// One placement rule of the end-to-end scenario: where its keys may live at first and at the end.
@@ -187,7 +188,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn residency_rules_keep_bytes_in_their_regions() {
-    let _serial = serial();
+    let _serial = serial().await;
     let seed = seed();
     println!("residency: seed {seed} (MERIDIAN_GEO_SEED={seed} repeats the choices)");
     let spec = GeoSpec { seed, ..GeoSpec::default() };
@@ -1000,7 +1001,7 @@ fn small_spec(seed: u64) -> GeoSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_rule_refuses_outside_its_regions() {
-    let _serial = serial();
+    let _serial = serial().await;
     with_cluster("strict_rule_refuses_outside_its_regions", small_spec(1), Duration::from_secs(120), |geo| {
         Box::pin(async move {
             let us = geo.region_nodes(US)[0].clone();
@@ -1054,7 +1055,7 @@ async fn strict_rule_refuses_outside_its_regions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_rules_are_refused_and_change_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     with_cluster("invalid_rules_are_refused_and_change_nothing", small_spec(2), Duration::from_secs(120), |geo| {
         Box::pin(async move {
             let nodes = geo.node_names();

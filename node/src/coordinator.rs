@@ -173,7 +173,7 @@ impl Coordinator {
     ///
     /// Every request goes through here, so this is where residency is enforced on the way out: the
     /// target's region is the one in its certificate (a member whose membership entry claims
-    /// another is refused), and the message is screened for it ([`Coordinator::screen_for`]).
+    /// another is refused), and the message is screened for it (`Coordinator::screen_for`).
     pub async fn call(&self, target: NodeId, message: PeerMessageV1, timeout: Duration) -> Result<PeerReplyV1, String> {
         let addr = self.cluster.peer_addr(target).ok_or_else(|| format!("no address known for node {target}"))?;
         let message = if self.residency.rules().rules.is_empty() {
@@ -249,8 +249,8 @@ impl Coordinator {
     /// Runs a client request for a key this region may not hold in the nearest region that may:
     /// the rule's home region first (if set), then the allowed regions by measured round trip. The
     /// request goes to the key's replicas there and is coordinated by one of them; this node only
-    /// passes it on (it never stores the key). Refused with the rule's name if no allowed region
-    /// answers.
+    /// passes it on (it never stores the key). If no allowed region answers, the error is a
+    /// retryable `quorum_unavailable` that names the rule.
     pub async fn proxy(
         &self,
         node: &Node,
@@ -297,15 +297,17 @@ impl Coordinator {
                 }
             }
         }
+        // Not a refusal by the rule: the regions it allows are unreachable from here for now, so
+        // the error is a retryable unavailability that still names the rule.
         let why = if regions.is_empty() {
             "no node of an allowed region is known".to_string()
         } else {
             format!("no allowed region answered ({})", failures.join("; "))
         };
-        residency.note_refused(rule, &why);
+        residency.audit().record("proxy", rule.id, &format!("failed: {why}"));
         Err(ErrorReply::new(
-            ErrorCode::ResidencyRefused,
-            crate::node::residency_refusal(rule, residency.region(), &why),
+            ErrorCode::QuorumUnavailable,
+            crate::node::residency_refusal(rule, residency.region(), &format!("{why}; retry later")),
         ))
     }
 

@@ -431,10 +431,11 @@ async fn residency(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<
 /// `GET /v1/residency/explain/{namespace}/{key}`: which rule a key matches and where it may live.
 async fn residency_explain(
     State(node): State<Arc<Node>>,
-    Path((namespace, key)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
-    let key = meridian_client::proto::Key { namespace, name: key };
+    let (namespace, key) = path_of(path)?;
+    let key = key_of(namespace, key)?;
     residency_reply(&node, headers, meridian_client::proto::ResidencyOp::Explain { key }).await
 }
 

@@ -8,10 +8,11 @@
 //! them in. Concurrent changes made through two nodes at the same version are not merged: one wins
 //! whole (the operator's CLI prints the version it made, and `list` shows what won).
 //!
-//! Validation ([`RuleSet::check_spec`], [`RuleSet::check_change`]) refuses what would leave data
-//! without a home: an unknown or empty region set, a home region outside the set, and a change whose
-//! new regions share none with the old ones (nothing allowed to keep the keys while the new regions
-//! backfill). A move between disjoint region sets is two changes: widen, wait for the backfill, narrow.
+//! Validation ([`RuleSet::check_spec`], and every edit through `with_added` / `with_changed` /
+//! `with_removed`) refuses what would leave data without a home: an unknown or empty region set, a
+//! home region outside the set, and an edit after which some keys would be governed by a rule that
+//! shares no region with the rule that governed them before (nothing allowed to keep the keys while
+//! the new regions backfill). A move between disjoint region sets is two changes: widen, wait for the backfill, narrow.
 //!
 //! The node does the rest (`node/src/residency/`): it asks [`RuleSet::rule_for`] on every path a
 //! key's bytes can take and compares consecutive sets with [`RuleSet::purges_for`] /
@@ -50,29 +51,36 @@ pub enum RuleError {
         known: String,
     },
     /// The namespace is empty or not a valid namespace.
-    #[error("invalid namespace {0:?}: a rule needs a non-empty namespace of at most 255 bytes")]
+    #[error("invalid namespace {0:?}: a rule needs a non-empty namespace of at most 128 bytes, without '/'")]
     BadNamespace(String),
     /// The home region is not one of the allowed regions.
     #[error("the home region {0:?} is not one of the rule's regions")]
     HomeNotAllowed(String),
-    /// Replicas per region is 0.
-    #[error("replicas per region must be at least 1")]
-    NoReplicas,
+    /// A replica count per region was given; it is not enforced yet, so it is refused rather than
+    /// silently ignored.
+    #[error(
+        "replicas per region is not supported yet: every replica of an allowed region holds the keys \
+         (the region's rf); leave it unset"
+    )]
+    ReplicasNotEnforced,
     /// No rule has that id.
     #[error("no rule with id {0}")]
     NoSuchRule(u32),
-    /// The change would leave the rule's existing data in no region that may keep it.
+    /// The change would leave existing keys in no region that may keep them: they would move from
+    /// rule `id`'s regions to rule `to`'s, and the two share none.
     #[error(
-        "changing rule {id} from {old:?} to {new:?} leaves its existing data no allowed home: \
-         the old and new regions share none. Widen first (add the new regions), wait until \
-         `meridian residency list` shows the backfill complete, then narrow"
+        "keys of rule {id} (regions {old:?}) would fall under rule {to} (regions {new:?}), which shares no \
+         region with it: their existing data would have no allowed home. Widen first (add the new \
+         regions), wait until `meridian residency list` shows the backfill complete, then narrow"
     )]
     NoAllowedHome {
-        /// The rule.
+        /// The rule whose keys move.
         id: u32,
+        /// The rule that would govern them.
+        to: u32,
         /// Its regions before.
         old: Vec<String>,
-        /// Its regions after.
+        /// The regions after.
         new: Vec<String>,
     },
     /// A rule id that is 0, repeated, or not below the set's `next_id` (a malformed set).
@@ -126,7 +134,10 @@ impl RuleSet {
 
     /// Checks a rule as written against the cluster's regions.
     pub fn check_spec(spec: &RuleSpec, known_regions: &BTreeSet<String>) -> Result<(), RuleError> {
-        if spec.namespace.is_empty() || spec.namespace.len() > 255 || spec.namespace.contains('/') {
+        if spec.namespace.is_empty()
+            || spec.namespace.len() > meridian_client::proto::MAX_NAMESPACE_BYTES
+            || spec.namespace.contains('/')
+        {
             return Err(RuleError::BadNamespace(spec.namespace.clone()));
         }
         if spec.regions.is_empty() {
@@ -143,8 +154,8 @@ impl RuleSet {
                 return Err(RuleError::HomeNotAllowed(home.clone()));
             }
         }
-        if spec.replicas_per_region == Some(0) {
-            return Err(RuleError::NoReplicas);
+        if spec.replicas_per_region.is_some() {
+            return Err(RuleError::ReplicasNotEnforced);
         }
         Ok(())
     }
@@ -227,20 +238,30 @@ impl RuleSet {
             .collect()
     }
 
-    /// The rules of `next` that allow `region` where `self` did not (widened, or a removed or
-    /// narrowed-away rule that exposed keys to a more permissive one): this region must backfill
-    /// their keys. A removed rule appears as the rule ids of `self` that excluded `region` and are
-    /// gone from `next`; their keys then match a later rule or none, so the node backfills by the
-    /// old rule's namespace and prefix.
-    pub fn backfills_for(&self, next: &RuleSet, region: &str) -> Vec<Rule> {
-        let mut out: Vec<Rule> = next
-            .rules
-            .iter()
-            .filter(|rule| allows(rule, region))
-            .filter(|rule| self.rule(rule.id).is_some_and(|old| !allows(old, region)))
-            .cloned()
-            .collect();
-        out.extend(self.rules.iter().filter(|old| !allows(old, region) && next.rule(old.id).is_none()).cloned());
+    /// The rules of `next` whose keys `region` must backfill when moving from `self` to `next`, each
+    /// with the regions that held those keys: every rule allowing `region` that takes keys from a
+    /// rule of `self` excluding it (the same rule widened, a rule placed before it, or one replacing
+    /// a removed rule), and every removed rule that excluded `region` (its keys now match a later
+    /// rule or none; the node backfills by the old rule's namespace and prefix, and the sources
+    /// answer only keys `region` may hold now).
+    pub fn backfills_for(&self, next: &RuleSet, region: &str) -> Vec<(Rule, Vec<String>)> {
+        let mut out = Vec::new();
+        for rule in next.rules.iter().filter(|rule| allows(rule, region)) {
+            let mut sources: Vec<String> = Vec::new();
+            for old in self.rules.iter().filter(|old| !allows(old, region) && takes_keys_of(next, rule, old)) {
+                for r in &old.spec.regions {
+                    if !sources.contains(r) {
+                        sources.push(r.clone());
+                    }
+                }
+            }
+            if !sources.is_empty() {
+                out.push((rule.clone(), sources));
+            }
+        }
+        for old in self.rules.iter().filter(|old| !allows(old, region) && next.rule(old.id).is_none()) {
+            out.push((old.clone(), old.spec.regions.clone()));
+        }
         out
     }
 
@@ -248,14 +269,15 @@ impl RuleSet {
         RuleSet { version: self.version + 1, author, next_id: self.next_id.max(1), rules: self.rules.clone() }
     }
 
-    /// Every rule whose keys change hands between `self` and `next` must keep a region in common,
-    /// so the keys always have a region allowed to keep them while others purge and backfill.
+    /// Keys that change hands between `self` and `next` must keep a region in common, so they always
+    /// have a region allowed to keep them while others purge and backfill.
     fn check_homes(&self, next: &RuleSet) -> Result<(), RuleError> {
         for old in &self.rules {
-            if let Some(new) = next.rule(old.id) {
+            for new in next.rules.iter().filter(|new| takes_keys_of(next, new, old)) {
                 if !old.spec.regions.iter().any(|r| new.spec.regions.contains(r)) {
                     return Err(RuleError::NoAllowedHome {
                         id: old.id,
+                        to: new.id,
                         old: old.spec.regions.clone(),
                         new: new.spec.regions.clone(),
                     });
@@ -264,6 +286,20 @@ impl RuleSet {
         }
         Ok(())
     }
+}
+
+/// Whether rule `new` of the set `next` can govern keys that rule `old` governed before: the same
+/// rule, or one of the same namespace whose prefix overlaps `old`'s (one extends the other) and that
+/// comes first in `next` (or `old` is gone). Conservative: a key set shadowed by a third rule
+/// still counts.
+fn takes_keys_of(next: &RuleSet, new: &Rule, old: &Rule) -> bool {
+    if new.id == old.id {
+        return true;
+    }
+    let overlaps = new.spec.namespace == old.spec.namespace
+        && (new.spec.prefix.starts_with(&old.spec.prefix) || old.spec.prefix.starts_with(&new.spec.prefix));
+    let position = |id: u32| next.rules.iter().position(|r| r.id == id);
+    overlaps && position(old.id).is_none_or(|at| position(new.id).is_some_and(|new_at| new_at < at))
 }
 
 /// Whether `rule` lets `region` hold its keys.
@@ -359,11 +395,33 @@ mod tests {
         assert!(v1.purges_for(&v2, "us-east").is_empty());
         assert!(v1.backfills_for(&v2, "eu-west").is_empty());
         assert_eq!(v2.backfills_for(&v1, "eu-west").len(), 1, "widening back");
+        assert_eq!(v2.backfills_for(&v1, "eu-west")[0].1, vec!["us-east".to_string()], "from where the keys were");
         let v3 = v2.with_removed(id, 1).unwrap();
         assert_eq!(v2.backfills_for(&v3, "eu-central").len(), 1, "a removed rule's keys go everywhere");
         // A new rule purges the regions it excludes (the keys were everywhere before).
         assert_eq!(RuleSet::default().purges_for(&v1, "eu-central").len(), 1);
         // An unchanged rule purges nothing again.
         assert!(v1.purges_for(&v1, "eu-central").is_empty());
+    }
+
+    #[test]
+    fn a_rule_placed_first_takes_overlapping_keys_and_must_share_a_region_with_their_rule() {
+        let (v1, wide) = RuleSet::default().with_added(spec("app", "eu/", &["eu-west"]), None, 1, &regions()).unwrap();
+        // Before it, disjoint: the eu/vip/ keys would have no allowed home.
+        let err = v1.with_added(spec("app", "eu/vip/", &["us-east"]), Some(0), 1, &regions()).unwrap_err();
+        assert!(matches!(err, RuleError::NoAllowedHome { id, .. } if id == wide), "{err}");
+        // After it, it takes nothing (eu/ matches first): accepted.
+        assert!(v1.with_added(spec("app", "eu/vip/", &["us-east"]), None, 1, &regions()).is_ok());
+        // Before it and sharing a region: accepted, and the newly allowed region backfills.
+        let (v2, vip) = v1.with_added(spec("app", "eu/vip/", &["eu-west", "us-east"]), Some(0), 1, &regions()).unwrap();
+        let backfills = v1.backfills_for(&v2, "us-east");
+        assert_eq!(backfills.len(), 1);
+        assert_eq!((backfills[0].0.id, backfills[0].1.clone()), (vip, vec!["eu-west".to_string()]));
+        // Other namespaces and disjoint prefixes are independent.
+        assert!(v1.with_added(spec("other", "eu/", &["us-east"]), Some(0), 1, &regions()).is_ok());
+        assert!(v1.with_added(spec("app", "us/", &["us-east"]), Some(0), 1, &regions()).is_ok());
+        let mut counted = spec("app", "x/", &["us-east"]);
+        counted.replicas_per_region = Some(2);
+        assert!(matches!(v1.with_added(counted, None, 1, &regions()), Err(RuleError::ReplicasNotEnforced)));
     }
 }

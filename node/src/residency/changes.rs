@@ -7,8 +7,9 @@
 //! resurrect one), their delta-log records (rewritten as redactions: the positions stay, so version
 //! vectors stay gap-free), their hints (redacted in place) and their idempotency records; then it
 //! flushes and compacts every RocksDB file so the bytes are gone from the WAL and SSTs too
-//! ([`Engine::compact_all`](crate::storage::Engine::compact_all)). Idempotent; it runs again at
-//! every start for every rule excluding the region (a crash mid-purge is finished then).
+//! ([`Engine::compact_all`](crate::storage::Engine::compact_all)). Idempotent: a node restarted
+//! before every change of its rules version completed purges every rule excluding its region (and
+//! backfills every rule including it) again.
 //!
 //! **Backfill.** For every partition this node replicates, it asks a replica in a region that held
 //! the keys (`PrefixStates`, paged) for the states of the rule's keys and joins them in, retrying

@@ -109,18 +109,31 @@ pub async fn run(client: &Client, command: ResidencyCommand) -> anyhow::Result<i
         }
         ResidencyCommand::Audit { compact, output } => (ResidencyOp::Audit { compact }, output),
     };
-    let is_edit = matches!(op, ResidencyOp::Add { .. } | ResidencyOp::Change { .. } | ResidencyOp::Remove { .. });
+    let edit = match &op {
+        ResidencyOp::Add { .. } => Some("added"),
+        ResidencyOp::Change { .. } => Some("changed"),
+        ResidencyOp::Remove { .. } => Some("removed"),
+        _ => None,
+    };
+    let removed = match &op {
+        ResidencyOp::Remove { id } => Some(*id),
+        _ => None,
+    };
     let report = client.residency(op).await?;
     let violations = report.audit.as_ref().map_or(0, |a| a.violations_total);
     if output.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print(&report, is_edit);
+        if let Some(verb) = edit {
+            let id = report.rule_id.or(removed).map_or_else(String::new, |id| format!(" {id}"));
+            println!("rule{id} {verb} (rules version {})", report.version);
+        }
+        print(&report);
     }
     Ok(if violations > 0 { 1 } else { 0 })
 }
 
-fn print(report: &ResidencyReport, is_edit: bool) {
+fn print(report: &ResidencyReport) {
     if let Some(explain) = &report.explain {
         println!("key {} → partition {}", explain.key, explain.partition);
         println!("  {}", explain.reason);
@@ -151,12 +164,6 @@ fn print(report: &ResidencyReport, is_edit: bool) {
             println!("… {} violations in all", audit.violations_total);
         }
         return;
-    }
-    if is_edit {
-        match report.rule_id {
-            Some(id) => println!("rule {id} saved (rules version {})", report.version),
-            None => println!("rules version {}", report.version),
-        }
     }
     println!(
         "rules version {} on {} ({}); first match wins, no match = every region",

@@ -121,7 +121,7 @@ impl Counters {
 pub enum Decision {
     /// This region may hold the key: serve it here.
     Serve,
-    /// Proxy it to one of these regions (home first, then the rest in rule order).
+    /// Proxy it to a region the rule allows (its home first, then by measured round trip).
     Proxy(Rule),
     /// Refuse it (`strict`).
     Refuse(Rule),
@@ -389,10 +389,7 @@ impl Residency {
             let progress = progress("purge", rule.id, after.version);
             changes.push(Job { progress, sources: Vec::new(), rule });
         }
-        for rule in before.backfills_for(after, &self.region) {
-            // The keys are where the rule allowed them before; those regions are the sources.
-            let sources =
-                before.rule(rule.id).map_or_else(|| rule.spec.regions.clone(), |old| old.spec.regions.clone());
+        for (rule, sources) in before.backfills_for(after, &self.region) {
             let progress = progress("backfill", rule.id, after.version);
             changes.push(Job { progress, sources, rule });
         }

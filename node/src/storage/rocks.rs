@@ -337,7 +337,8 @@ impl Engine for RocksEngine {
         for cf in &cfs {
             db.compact_range_cf_opt(*cf, None::<&[u8]>, None::<&[u8]>, &compact);
         }
-        // The flush made every WAL file obsolete; have RocksDB delete them now.
+        // The flush made every older WAL file obsolete (RocksDB deletes obsolete WAL files once
+        // their memtables are flushed); sync the current one so what follows the purge is durable.
         db.flush_wal(true).map_err(|e| rocks_err(e, format_args!("syncing the WAL")))?;
         Ok(())
     }
