@@ -310,7 +310,7 @@ impl EngineSyncStore {
     fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
         let screened = self.screen(records);
-        let records = screened.as_slice();
+        let records = screened.as_ref();
         let _serial = self.lock(p);
         let mut ahead = Vec::with_capacity(records.len());
         for record in records {
@@ -356,10 +356,13 @@ impl EngineSyncStore {
 
     /// `records` as this node may store them ([`crate::residency::Residency::screen_incoming`]);
     /// unchanged without a node.
-    fn screen(&self, records: &[SyncRecord]) -> Vec<SyncRecord> {
+    /// Borrowed when there is nothing to screen (no node, or no rules and no redactions).
+    fn screen<'a>(&self, records: &'a [SyncRecord]) -> std::borrow::Cow<'a, [SyncRecord]> {
         match self.residency() {
-            Some(residency) => residency.screen_incoming(records),
-            None => records.to_vec(),
+            Some(residency) if !residency.passes_unscreened(records) => {
+                std::borrow::Cow::Owned(residency.screen_incoming(records))
+            }
+            _ => std::borrow::Cow::Borrowed(records),
         }
     }
 
@@ -614,7 +617,7 @@ impl SyncStore for EngineSyncStore {
     fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
         let screened = self.screen(records);
-        let records = screened.as_slice();
+        let records = screened.as_ref();
         if records.is_empty() {
             return Ok(());
         }

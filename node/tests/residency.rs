@@ -309,8 +309,13 @@ async fn narrowing_purges_and_widening_backfills() {
     let held = markers_in_files(&r.data_dirs[US], &markers);
     assert_eq!(held.len(), markers.len(), "before the change, the scan finds every marker in us-east");
     // Narrow to eu-west: us-east purges.
+    let started = std::time::Instant::now();
     r.change_rule(EU, id, rule("move/", &["eu-west"])).await;
     let us = r.wait_changes_done(US).await;
+    eprintln!(
+        "narrowing: rules everywhere and us-east purged (flush + compaction included) in {:?}",
+        started.elapsed()
+    );
     assert!(us.changes.iter().any(|c| c.kind == "purge" && c.rule == id), "{:?}", us.changes);
     // After it, none: not in the WAL, not in any SST.
     audit_clean(&r.clients[US], "us-east after narrowing").await;
@@ -319,8 +324,10 @@ async fn narrowing_purges_and_widening_backfills() {
     // Its reads are proxied now, and see everything.
     assert_eq!(r.clients[US].set("app/move/3").consistency(Consistency::Eventual).members().await.unwrap().len(), 2);
     // Widen to ap-south: it backfills, and then serves the keys locally.
+    let started = std::time::Instant::now();
     r.change_rule(US, id, rule("move/", &["eu-west", "ap-south"])).await;
     let ap = r.wait_changes_done(AP).await;
+    eprintln!("widening: rules everywhere and ap-south backfilled (256 partitions) in {:?}", started.elapsed());
     assert!(ap.changes.iter().any(|c| c.kind == "backfill" && c.rule == id && c.complete), "{:?}", ap.changes);
     let ap_node = r.nodes[AP].as_ref().unwrap().node.clone();
     for i in 0..30 {
