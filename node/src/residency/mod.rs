@@ -367,7 +367,7 @@ impl Residency {
     /// Adopts `theirs` if newer: stores it, then queues the purges and backfills it implies here.
     /// Returns whether it was newer.
     pub fn adopt(&self, theirs: &RuleSet) -> Result<bool, StorageError> {
-        let before = {
+        let (before, after) = {
             let mut rules = self.rules.write().unwrap_or_else(|p| p.into_inner());
             let mut next = (**rules).clone();
             if !next.merge(theirs) {
@@ -376,16 +376,19 @@ impl Residency {
             let mut batch = Batch::new();
             batch.put(Space::Meta, RULES_KEY.to_vec(), codec::encode(&next));
             self.engine.write(batch)?;
-            std::mem::replace(&mut *rules, Arc::new(next))
+            let after = Arc::new(next);
+            let before = std::mem::replace(&mut *rules, after.clone());
+            // Queued before the new version becomes visible: whoever sees the version also sees
+            // the purges and backfills it implies (a report never shows a version "done" early).
+            self.queue_changes(&before, &after);
+            (before, after)
         };
-        let after = self.rules();
         self.audit.record(
             "rules",
             0,
             &format!("rules version {} → {} ({} rules)", before.version, after.version, after.rules.len()),
         );
         metrics::gauge!("meridian_residency_rules_version").set(after.version as f64);
-        self.queue_changes(&before, &after);
         Ok(true)
     }
 
