@@ -136,6 +136,8 @@ pub enum PeerMessageV1 {
     PrefixStates {
         /// The partition.
         partition: u16,
+        /// The rule (the receiver answers only if its own rules agree on it).
+        rule: u32,
         /// The rule's namespace.
         namespace: String,
         /// The rule's key prefix.
@@ -205,6 +207,9 @@ pub enum PeerReplyV1 {
         states: Vec<KeyState>,
         /// Where the next page starts.
         next: Option<Vec<u8>>,
+        /// The answering node's version vector of the partition, read before the states: the
+        /// states reflect every write it covers.
+        vv: meridian_crdt::VersionVector,
     },
     /// The receiver's residency rules after the merge.
     Residency {
@@ -338,14 +343,14 @@ impl PeerService {
                 let state = self.node.stored_state(&key).map_err(|e| e.message)?;
                 Ok(PeerReplyV1::State(state))
             }
-            PeerMessageV1::PrefixStates { partition, namespace, prefix, after, limit } => {
+            PeerMessageV1::PrefixStates { partition, rule, namespace, prefix, after, limit } => {
                 check_partition(partition)?;
                 let node = self.node.clone();
                 let region = peer.region.clone();
                 blocking(move || {
-                    crate::residency::changes::serve_prefix_states(
-                        &node, &region, partition, &namespace, &prefix, after, limit,
-                    )
+                    let asked =
+                        crate::residency::changes::PrefixAsk { partition, rule, namespace, prefix, after, limit };
+                    crate::residency::changes::serve_prefix_states(&node, &region, asked)
                 })
                 .await
             }

@@ -309,7 +309,7 @@ impl EngineSyncStore {
     /// the gap ([`SyncStore::read_log`] stops at the first missing position).
     fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
-        let screened = self.screen(records);
+        let screened = self.screen(p, records);
         let records = screened.as_ref();
         let _serial = self.lock(p);
         let mut ahead = Vec::with_capacity(records.len());
@@ -357,10 +357,10 @@ impl EngineSyncStore {
     /// `records` as this node may store them ([`crate::residency::Residency::screen_incoming`]);
     /// unchanged without a node.
     /// Borrowed when there is nothing to screen (no node, or no rules and no redactions).
-    fn screen<'a>(&self, records: &'a [SyncRecord]) -> std::borrow::Cow<'a, [SyncRecord]> {
+    fn screen<'a>(&self, partition: u16, records: &'a [SyncRecord]) -> std::borrow::Cow<'a, [SyncRecord]> {
         match self.residency() {
             Some(residency) if !residency.passes_unscreened(records) => {
-                std::borrow::Cow::Owned(residency.screen_incoming(records))
+                std::borrow::Cow::Owned(residency.screen_incoming(partition, records))
             }
             _ => std::borrow::Cow::Borrowed(records),
         }
@@ -616,7 +616,7 @@ impl SyncStore for EngineSyncStore {
     /// node's own `LogRecord::V1`), and `max_u64(vv/[partition][origin], last seq)` per origin.
     fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
-        let screened = self.screen(records);
+        let screened = self.screen(p, records);
         let records = screened.as_ref();
         if records.is_empty() {
             return Ok(());

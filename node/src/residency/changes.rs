@@ -25,7 +25,7 @@ use meridian_client::proto::Rule;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
 use tokio_util::sync::CancellationToken;
 
-use super::{rule_data_prefix, Job, Residency};
+use super::{rule_data_prefix, Job};
 use crate::coordinator::Coordinator;
 use crate::keyspace::{self, IdempotencyRecord, LogContent, LogRecord, PARTITIONS};
 use crate::node::Node;
@@ -39,12 +39,13 @@ const PAGE_KEYS: u32 = 256;
 const SCAN_PAGE: usize = 1024;
 /// How long a purge waits for hint replay to deliver hints owed to allowed regions.
 const HINT_DRAIN: Duration = Duration::from_secs(15);
-/// Wait before a backfill's second pass.
-const SECOND_PASS_AFTER: Duration = Duration::from_secs(3);
+/// How long a backfill keeps asking for sources that cover this node's redactions.
+const BACKFILL_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs queued purges and backfills until shutdown.
 pub async fn run(node: Arc<Node>, coordinator: Arc<Coordinator>, store: EngineSyncStore, shutdown: CancellationToken) {
     let residency = node.residency().clone();
+    let mut last_wanted = tokio::time::Instant::now();
     loop {
         while let Some(job) = residency.next_change() {
             if shutdown.is_cancelled() {
@@ -67,6 +68,16 @@ pub async fn run(node: Arc<Node>, coordinator: Arc<Coordinator>, store: EngineSy
                 }
                 _ => backfill(&node, &coordinator, &store, &job, &shutdown).await,
             }
+        }
+        // Refused redactions ask for backfills; anti-entropy refuses the same one every round until
+        // a backfill covers it, so these run at most every 2 s.
+        if residency.has_wanted() {
+            let wait = Duration::from_secs(2).saturating_sub(last_wanted.elapsed());
+            if shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                return;
+            }
+            backfill_wanted(&node, &coordinator, &store).await;
+            last_wanted = tokio::time::Instant::now();
         }
         // Everything queued so far completed: a restart need not redo it.
         if let Err(e) = residency.mark_applied() {
@@ -251,6 +262,13 @@ fn rewrite_space(
 }
 
 /// Brings the keys of `job.rule` into this node's partitions from the regions that held them.
+///
+/// A partition is done once a source's states were joined in *and* that source's vector covers
+/// every redaction of the rule in this node's own log of the partition (received while the rule
+/// still excluded this region): then the node holds the effect of every write its vector claims.
+/// A source lagging behind is asked again; after `BACKFILL_PATIENCE` the job completes anyway and
+/// the audit log names the partitions left uncovered (a write that reached no region allowed to
+/// keep it, e.g. one purged by a narrowing before it was shipped).
 async fn backfill(
     node: &Arc<Node>,
     coordinator: &Arc<Coordinator>,
@@ -263,87 +281,141 @@ async fn backfill(
     let mut pending: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.is_replica(*p)).collect();
     let total = pending.len() as u64;
     residency.set_progress(job, 0, total, false);
+    let started = tokio::time::Instant::now();
     let mut keys = 0u64;
-    for pass in 0..2 {
-        if pass == 1 {
-            if shutdown.run_until_cancelled(tokio::time::sleep(SECOND_PASS_AFTER)).await.is_none() {
-                return;
-            }
-            pending = (0..PARTITIONS).filter(|p| cluster.is_replica(*p)).collect();
-        }
-        let mut attempts = 0;
-        while !pending.is_empty() {
-            let mut left = Vec::new();
-            for &partition in &pending {
-                match backfill_partition(residency, coordinator, store, &job.rule, &job.sources, partition).await {
-                    Ok(n) => keys += n,
-                    Err(e) => {
-                        tracing::debug!(partition, error = %e, "residency backfill: retrying the partition");
-                        left.push(partition);
-                    }
+    while !pending.is_empty() {
+        let mut left = Vec::new();
+        for &partition in &pending {
+            match backfill_partition(node, coordinator, store, &job.rule, &job.sources, partition).await {
+                Ok((n, true)) => keys += n,
+                Ok((n, false)) => {
+                    keys += n;
+                    left.push(partition);
                 }
-                if pass == 0 {
-                    let done = total - (pending.len() - left.len()) as u64;
-                    residency.set_progress(job, done.min(total), total, false);
+                Err(e) => {
+                    tracing::debug!(partition, error = %e, "residency backfill: retrying the partition");
+                    left.push(partition);
                 }
             }
-            pending = left;
-            attempts += 1;
-            // The second pass is a best effort of a few attempts; the first insists (a region that
-            // held the keys must answer before the backfill is complete).
-            if pending.is_empty() || (pass == 1 && attempts >= 3) {
-                break;
-            }
-            if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_secs(1))).await.is_none() {
-                return;
-            }
         }
-        if pass == 0 {
-            residency.audit().record(
-                "backfill",
-                job.rule.id,
-                &format!("rules version {}: {total} partitions backfilled ({keys} key states)", job.progress.version),
-            );
-            // Complete once every partition has been brought up from a source; the second pass
-            // below only narrows the window for writes in flight during the change.
-            residency.set_progress(job, total, total, true);
+        residency.set_progress(job, total - left.len() as u64, total, false);
+        pending = left;
+        if pending.is_empty() || started.elapsed() >= BACKFILL_PATIENCE {
+            break;
+        }
+        if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_secs(1))).await.is_none() {
+            return;
+        }
+    }
+    let uncovered =
+        if pending.is_empty() { String::new() } else { format!("; partitions {pending:?} not covered by any source") };
+    residency.audit().record(
+        "backfill",
+        job.rule.id,
+        &format!(
+            "rules version {}: {total} partitions backfilled ({keys} key states){uncovered}",
+            job.progress.version
+        ),
+    );
+    residency.set_progress(job, total - pending.len() as u64, total, true);
+}
+
+/// Backfills the rule's keys in `partitions` asked for by refused redactions (see
+/// `Residency::screen_incoming`), from any region the rule allows, this one included.
+async fn backfill_wanted(node: &Arc<Node>, coordinator: &Arc<Coordinator>, store: &EngineSyncStore) {
+    let residency = node.residency();
+    for (rule_id, partition) in residency.take_wanted() {
+        let Some(rule) = residency.rules().rule(rule_id).cloned() else { continue };
+        let sources = rule.spec.regions.clone();
+        match backfill_partition(node, coordinator, store, &rule, &sources, partition).await {
+            Ok((keys, _)) => tracing::debug!(rule = rule_id, partition, keys, "residency: backfilled for redactions"),
+            Err(e) => {
+                tracing::debug!(rule = rule_id, partition, error = %e, "residency: backfill for redactions failed")
+            }
         }
     }
 }
 
-/// Backfills one partition from the first source region's replica that answers; the number of
-/// key states joined.
+/// Backfills one partition from the first replica of a source region that answers: the number
+/// of key states joined, and whether the source's vector covers every redaction of the rule in
+/// this node's log of the partition.
 async fn backfill_partition(
-    residency: &Residency,
+    node: &Arc<Node>,
     coordinator: &Arc<Coordinator>,
     store: &EngineSyncStore,
     rule: &Rule,
     sources: &[String],
     partition: u16,
-) -> Result<u64, String> {
+) -> Result<(u64, bool), String> {
+    let residency = node.residency();
     let cluster = coordinator.cluster();
     let mut candidates = Vec::new();
-    for (region, replicas) in cluster.remote_replicas(partition) {
-        if sources.contains(&region) && region != residency.region() {
-            candidates.extend(replicas.into_iter().filter(|r| cluster.reachable(*r)));
-        }
-    }
     if sources.iter().any(|r| r == residency.region()) {
         candidates
             .extend(cluster.replicas(partition).into_iter().filter(|r| *r != cluster.local() && cluster.reachable(*r)));
     }
+    for (region, replicas) in cluster.remote_replicas(partition) {
+        if sources.contains(&region) {
+            candidates.extend(replicas.into_iter().filter(|r| cluster.reachable(*r)));
+        }
+    }
+    let engine = node.engine().clone();
+    let rule_id = rule.id;
+    let own = tokio::task::spawn_blocking(move || redactions_in_log(engine.as_ref(), partition, rule_id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     if candidates.is_empty() {
-        // No region held the keys but this one (or none is known): nothing to bring.
-        return if sources.iter().all(|r| r == residency.region()) { Ok(0) } else { Err("no source reachable".into()) };
+        // Nothing to bring from anywhere: done if nothing here waits for it.
+        return if own.is_empty() { Ok((0, true)) } else { Err("no source reachable".into()) };
     }
     let mut errors = Vec::new();
     for source in candidates {
         match backfill_from(coordinator, store, rule, partition, source).await {
-            Ok(n) => return Ok(n),
+            Ok((keys, vv)) => {
+                let engine_residency = residency.clone();
+                let covered_vv = vv.clone();
+                tokio::task::spawn_blocking(move || engine_residency.note_covered(rule_id, partition, &covered_vv))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let covers_own = own.iter().all(|(origin, seq)| vv.get(*origin) >= *seq);
+                return Ok((keys, covers_own));
+            }
             Err(e) => errors.push(e),
         }
     }
     Err(errors.join("; "))
+}
+
+/// The highest redacted position of `rule` per origin in this node's log of `partition`.
+fn redactions_in_log(
+    engine: &dyn crate::storage::Engine,
+    partition: u16,
+    rule: u32,
+) -> Result<Vec<(meridian_crdt::NodeId, u64)>, StorageError> {
+    let mut highest: std::collections::BTreeMap<meridian_crdt::NodeId, u64> = Default::default();
+    let first = keyspace::log_key(partition, meridian_crdt::NodeId(0), 0);
+    let end = keyspace::prefix_end(&first[..2]);
+    let mut start = first.to_vec();
+    loop {
+        let page = engine.scan(Space::Log, &start, end.as_deref(), SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        for (key, value) in &page {
+            if let (Some((_, origin, seq)), Ok(LogRecord::Redacted { rule: r, .. })) =
+                (keyspace::parse_log_key(key), keyspace::decode::<LogRecord>(value))
+            {
+                if r == rule {
+                    let top = highest.entry(origin).or_default();
+                    *top = (*top).max(seq);
+                }
+            }
+        }
+        match page.last() {
+            Some((last, _)) if full => start = [last.as_slice(), &[0]].concat(),
+            _ => return Ok(highest.into_iter().collect()),
+        }
+    }
 }
 
 async fn backfill_from(
@@ -352,21 +424,25 @@ async fn backfill_from(
     rule: &Rule,
     partition: u16,
     source: meridian_crdt::NodeId,
-) -> Result<u64, String> {
+) -> Result<(u64, meridian_crdt::VersionVector), String> {
     let mut after = None;
     let mut keys = 0u64;
+    let mut first_vv = None;
     loop {
         let message = PeerMessageV1::PrefixStates {
             partition,
+            rule: rule.id,
             namespace: rule.spec.namespace.clone(),
             prefix: rule.spec.prefix.clone(),
             after: after.clone(),
             limit: PAGE_KEYS,
         };
-        let (states, next) = match coordinator.call(source, message, Duration::from_secs(5)).await? {
-            PeerReplyV1::PrefixStates { states, next } => (states, next),
+        let (states, next, vv) = match coordinator.call(source, message, Duration::from_secs(5)).await? {
+            PeerReplyV1::PrefixStates { states, next, vv } => (states, next, vv),
             other => return Err(format!("unexpected reply {other:?}")),
         };
+        // The first page's vector was read before any state: it is what all of them cover.
+        let vv = first_vv.get_or_insert(vv).clone();
         keys += states.len() as u64;
         let mut store = store.clone();
         tokio::task::spawn_blocking(move || store.apply_states(PartitionId(partition), &states, None))
@@ -375,51 +451,79 @@ async fn backfill_from(
             .map_err(|e| e.to_string())?;
         match next {
             Some(next) => after = Some(next),
-            None => return Ok(keys),
+            None => return Ok((keys, vv)),
         }
     }
 }
 
-/// Answers `PrefixStates`: the states of `partition`'s keys under `namespace`/`prefix` that a node
-/// of `region` (the asker's certified region) may hold, after `after`, at most `limit`.
-pub fn serve_prefix_states(
-    node: &Node,
-    region: &str,
-    partition: u16,
-    namespace: &str,
-    prefix: &str,
-    after: Option<Vec<u8>>,
-    limit: u32,
-) -> Result<PeerReplyV1, String> {
-    if namespace.len() > usize::from(u8::MAX) {
-        return Err("namespace too long".into());
-    }
+/// A `PrefixStates` request.
+#[derive(Debug)]
+pub struct PrefixAsk {
+    /// The partition.
+    pub partition: u16,
+    /// The rule asked about.
+    pub rule: u32,
+    /// Its namespace, as the asker knows it.
+    pub namespace: String,
+    /// Its prefix, as the asker knows it.
+    pub prefix: String,
+    /// Resume after this data key.
+    pub after: Option<Vec<u8>>,
+    /// At most this many keys.
+    pub limit: u32,
+}
+
+/// Answers `PrefixStates` for a node of `region` (the asker's certified region): the states of
+/// the partition's keys under the rule's namespace and prefix that `region` may hold, with this
+/// node's vector of the partition read first. Refused unless this node's rules agree on the rule
+/// (same namespace and prefix, allowing both regions) and it is not itself backfilling the rule
+/// (its states could then be incomplete while its vector already claims the positions).
+pub fn serve_prefix_states(node: &Node, region: &str, ask: PrefixAsk) -> Result<PeerReplyV1, String> {
     let residency = node.residency();
-    let mut first = keyspace::namespace_prefix(namespace);
-    first.extend_from_slice(prefix.as_bytes());
+    let rules = residency.rules();
+    let agreed = rules.rule(ask.rule).filter(|r| {
+        r.spec.namespace == ask.namespace
+            && r.spec.prefix == ask.prefix
+            && meridian_replication::residency::allows(r, residency.region())
+            && meridian_replication::residency::allows(r, region)
+    });
+    if agreed.is_none() {
+        return Err(format!(
+            "rule {} differs here (rules version {}); ask again when they agree",
+            ask.rule, rules.version
+        ));
+    }
+    if residency.backfilling(ask.rule) {
+        return Err(format!("this node is backfilling rule {} itself", ask.rule));
+    }
+    let vv = EngineSyncStore::new(node.engine().clone(), node.id())
+        .partition_vv(PartitionId(ask.partition))
+        .map_err(|e| e.to_string())?;
+    let mut first = keyspace::namespace_prefix(&ask.namespace);
+    first.extend_from_slice(ask.prefix.as_bytes());
     let end = keyspace::prefix_end(&first);
-    let mut start = match after {
+    let mut start = match ask.after {
         Some(after) if after > first => [after.as_slice(), &[0]].concat(),
         _ => first,
     };
-    let limit = (limit as usize).clamp(1, 4096);
+    let limit = (ask.limit as usize).clamp(1, 4096);
     let mut states = Vec::new();
     loop {
         let page = node.engine().scan(Space::Data, &start, end.as_deref(), SCAN_PAGE).map_err(|e| e.to_string())?;
         let full = page.len() == SCAN_PAGE;
         for (key, state) in page {
             start = [key.as_slice(), &[0]].concat();
-            if keyspace::partition_of(&key) != partition || !residency.allowed_in(region, &key) {
+            if keyspace::partition_of(&key) != ask.partition || !residency.allowed_in(region, &key) {
                 continue;
             }
             states.push(KeyState { key, state });
             if states.len() == limit {
                 let next = states.last().map(|s: &KeyState| s.key.clone());
-                return Ok(PeerReplyV1::PrefixStates { states, next });
+                return Ok(PeerReplyV1::PrefixStates { states, next, vv });
             }
         }
         if !full {
-            return Ok(PeerReplyV1::PrefixStates { states, next: None });
+            return Ok(PeerReplyV1::PrefixStates { states, next: None, vv });
         }
     }
 }

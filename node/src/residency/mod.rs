@@ -46,6 +46,8 @@ pub use audit::AuditLog;
 
 /// Where the rule set is stored (`Meta`).
 const RULES_KEY: &[u8] = b"residency/rules";
+/// Prefix of the backfill coverage per (rule, partition) (`Meta`; see `Residency::covers`).
+const COVERED_PREFIX: &[u8] = b"residency/covered/";
 /// The newest rules version fully acted on here (`Meta`, max-merged u64).
 const APPLIED_KEY: &[u8] = b"residency/applied";
 
@@ -136,7 +138,13 @@ pub struct Residency {
     audit: AuditLog,
     counters: Counters,
     changes: Mutex<Vec<Job>>,
-    /// Woken when a rule change queued work.
+    /// Per (rule, partition): the version vector of a source whose states of the rule's keys this
+    /// node joined in (a backfill). A redaction of a key this region may hold is accepted only at a
+    /// position this covers: the write's effect is then already here, through the state.
+    covered: Mutex<std::collections::HashMap<(u32, u16), meridian_crdt::VersionVector>>,
+    /// (rule, partition) pairs whose redactions were refused for want of coverage: backfilled next.
+    wanted: Mutex<std::collections::BTreeSet<(u32, u16)>>,
+    /// Woken when a rule change queued work, or a refused redaction asked for a backfill.
     pub wake: tokio::sync::Notify,
 }
 
@@ -160,7 +168,19 @@ impl Residency {
                 .map_err(|e| StorageError::Corrupt(format!("residency rules: {e}")))?,
             None => RuleSet::default(),
         };
+        let mut covered = std::collections::HashMap::new();
+        let end = crate::keyspace::prefix_end(COVERED_PREFIX);
+        for (key, value) in engine.scan(Space::Meta, COVERED_PREFIX, end.as_deref(), usize::MAX)? {
+            let Some(id) = key.get(COVERED_PREFIX.len()..).filter(|id| id.len() == 6) else { continue };
+            let rule = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+            let partition = u16::from_be_bytes([id[4], id[5]]);
+            let vv = codec::decode::<meridian_crdt::VersionVector>(&value, crate::keyspace::MAX_RECORD_BYTES)
+                .map_err(|e| StorageError::Corrupt(format!("residency coverage: {e}")))?;
+            covered.insert((rule, partition), vv);
+        }
         let residency = Residency {
+            covered: Mutex::new(covered),
+            wanted: Mutex::new(std::collections::BTreeSet::new()),
             region: region.to_string(),
             node: node.to_string(),
             engine,
@@ -288,28 +308,18 @@ impl Residency {
     }
 
     /// `records` as a node of `region` may receive them, in order: a record whose key `region` may
-    /// not hold becomes a redaction; a redaction whose key `region` may hold (by this node's rules)
-    /// cannot stand in for the record, so that origin's records stop before it (the receiver gets
-    /// them from a region that holds them).
+    /// not hold becomes a redaction; everything else goes as it is.
     pub fn for_region(&self, region: &str, records: Vec<SyncRecord>) -> Vec<SyncRecord> {
         let rules = self.rules();
         if self.passes_unscreened(&records) {
             return records;
         }
-        let mut stopped: Vec<NodeId> = Vec::new();
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            if stopped.contains(&record.origin) {
-                continue;
-            }
             match redaction_of(&record) {
-                Some(rule) => {
-                    if rules.rule(rule).is_none_or(|r| allows(r, region)) {
-                        stopped.push(record.origin);
-                    } else {
-                        out.push(record);
-                    }
-                }
+                // A redaction carries nothing of the key: it may go anywhere, and the receiver
+                // decides whether it may stand in for the record there (`screen_incoming`).
+                Some(_) => out.push(record),
                 None => match split_data_key(&record.key).and_then(|(ns, name)| rules.rule_for(ns, name)) {
                     Some(rule) if !allows(rule, region) => {
                         self.counters.redacted.fetch_add(1, Ordering::Relaxed);
@@ -332,8 +342,9 @@ impl Residency {
     /// `records` as this node may store them (the receiver's check): a record whose key this region
     /// may not hold is counted, audited and stored as a redaction (its position is real: keeping it
     /// keeps the vector gap-free); a redaction of a key this region may hold is refused with that
-    /// origin's later records, as in [`Residency::for_region`].
-    pub fn screen_incoming(&self, records: &[SyncRecord]) -> Vec<SyncRecord> {
+    /// origin's later records, unless a backfill already brought this position's effect (see
+    /// `covered`); refusing one asks for that backfill.
+    pub fn screen_incoming(&self, partition: u16, records: &[SyncRecord]) -> Vec<SyncRecord> {
         let rules = self.rules();
         let mut stopped: Vec<NodeId> = Vec::new();
         let mut out = Vec::with_capacity(records.len());
@@ -343,10 +354,19 @@ impl Residency {
             }
             match redaction_of(record) {
                 Some(rule) => {
-                    if rules.rule(rule).is_none_or(|r| allows(r, &self.region)) {
-                        stopped.push(record.origin);
-                    } else {
+                    let may_hold = rules.rule(rule).is_none_or(|r| allows(r, &self.region));
+                    if !may_hold || self.covers(rule, partition, record.origin, record.seq) {
                         out.push(record.clone());
+                    } else {
+                        // The write's effect must come some other way: the record itself from a
+                        // region that holds it, or a backfill of the rule's keys in the partition
+                        // whose source covers this position (asked for here).
+                        stopped.push(record.origin);
+                        if rules.rule(rule).is_some()
+                            && self.wanted.lock().unwrap_or_else(|p| p.into_inner()).insert((rule, partition))
+                        {
+                            self.wake.notify_one();
+                        }
                     }
                 }
                 None => match split_data_key(&record.key).and_then(|(ns, name)| rules.rule_for(ns, name)) {
@@ -362,6 +382,49 @@ impl Residency {
             }
         }
         out
+    }
+
+    /// Whether a backfill of `rule`'s keys in `partition` brought the effect of `origin`'s write
+    /// at `seq`: its source's vector covered that position.
+    pub fn covers(&self, rule: u32, partition: u16, origin: NodeId, seq: u64) -> bool {
+        let covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        covered.get(&(rule, partition)).is_some_and(|vv| vv.get(origin) >= seq)
+    }
+
+    /// Records that this node joined in the states of `rule`'s keys in `partition` as a source
+    /// with vector `vv` held them (merged with what was covered before, and persisted).
+    pub fn note_covered(
+        &self,
+        rule: u32,
+        partition: u16,
+        vv: &meridian_crdt::VersionVector,
+    ) -> Result<(), StorageError> {
+        let mut covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = covered.entry((rule, partition)).or_default();
+        entry.merge(vv);
+        let mut key = COVERED_PREFIX.to_vec();
+        key.extend_from_slice(&rule.to_be_bytes());
+        key.extend_from_slice(&partition.to_be_bytes());
+        let mut batch = Batch::new();
+        batch.put(Space::Meta, key, codec::encode(&*entry));
+        self.engine.write(batch)
+    }
+
+    /// Whether refused redactions asked for backfills.
+    pub(crate) fn has_wanted(&self) -> bool {
+        !self.wanted.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// The (rule, partition) pairs refused redactions asked to backfill, emptied.
+    pub(crate) fn take_wanted(&self) -> Vec<(u32, u16)> {
+        std::mem::take(&mut *self.wanted.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect()
+    }
+
+    /// Whether a backfill of `rule` is queued or running here (this node's states of the rule's
+    /// keys may be incomplete: it does not serve them as a backfill source meanwhile).
+    pub fn backfilling(&self, rule: u32) -> bool {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        changes.iter().any(|job| job.progress.kind == "backfill" && job.rule.id == rule && !job.progress.complete)
     }
 
     /// Adopts `theirs` if newer: stores it, then queues the purges and backfills it implies here.

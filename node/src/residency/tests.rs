@@ -43,23 +43,33 @@ fn records_for_a_disallowed_region_carry_no_key_or_value() {
 }
 
 #[test]
-fn a_redaction_never_stands_in_for_a_record_the_receiver_may_hold() {
+fn a_redaction_stands_in_for_a_record_the_receiver_may_hold_only_once_a_backfill_covers_it() {
     let here = residency_in("eu-west", &["eu-west"]);
-    let redaction = redacted(NodeId(1), 1, 1 << 16, 1);
-    // To an allowed region: that origin's records stop at the redaction (its later ones too).
-    let out = here.for_region("eu-west", vec![redaction.clone(), record(1, 2, "us/b"), record(2, 1, "us/c")]);
-    assert_eq!(out, vec![record(2, 1, "us/c")]);
-    // Received here (allowed): refused the same way.
-    assert_eq!(here.screen_incoming(&[redaction.clone(), record(1, 2, "us/b")]), vec![]);
-    // A disallowed region takes it.
+    let redaction = redacted(NodeId(1), 5, 5 << 16, 1);
+    // Redactions carry nothing of the key: they go anywhere, the receiver decides.
+    assert_eq!(here.for_region("eu-west", vec![redaction.clone()]), vec![redaction.clone()]);
+    // Received here (allowed), uncovered: refused with that origin's later records, and a
+    // backfill of the rule in the partition is asked for.
+    assert_eq!(
+        here.screen_incoming(7, &[redaction.clone(), record(1, 6, "us/b"), record(2, 1, "us/c")]),
+        vec![record(2, 1, "us/c")]
+    );
+    assert_eq!(here.take_wanted(), vec![(1, 7)]);
+    // A backfill whose source had seen origin 1 up to 4 does not cover seq 5; up to 5 does.
+    here.note_covered(1, 7, &[(NodeId(1), 4)].into_iter().collect()).unwrap();
+    assert!(here.screen_incoming(7, std::slice::from_ref(&redaction)).is_empty());
+    here.note_covered(1, 7, &[(NodeId(1), 5)].into_iter().collect()).unwrap();
+    assert_eq!(here.screen_incoming(7, std::slice::from_ref(&redaction)), vec![redaction.clone()]);
+    assert!(here.screen_incoming(8, std::slice::from_ref(&redaction)).is_empty(), "coverage is per partition");
+    // A disallowed region takes it as it is.
     let there = residency_in("us-east", &["eu-west"]);
-    assert_eq!(there.screen_incoming(std::slice::from_ref(&redaction)), vec![redaction]);
+    assert_eq!(there.screen_incoming(7, std::slice::from_ref(&redaction)), vec![redaction]);
 }
 
 #[test]
 fn a_receiver_stores_a_disallowed_record_redacted_and_counts_it() {
     let there = residency_in("us-east", &["eu-west"]);
-    let out = there.screen_incoming(&[record(1, 1, "eu/a")]);
+    let out = there.screen_incoming(0, &[record(1, 1, "eu/a")]);
     assert_eq!(out, vec![redacted(NodeId(1), 1, 1 << 16, 1)]);
     assert_eq!(there.counters().snapshot().rejected, 1);
 }
