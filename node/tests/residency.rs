@@ -429,3 +429,98 @@ async fn a_peer_claiming_another_region_than_its_certificate_is_refused() {
     connection.close();
     r.stop().await;
 }
+
+/// A replica that was down while a rule widened to its region restarts with a gap in its log that
+/// its region's other replica can fill only with redactions (received before the widening). Those
+/// stand in for the records once its own backfill covers them, so it catches up on every origin —
+/// without them it would wait forever on the partitions whose cross-region puller it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_down_while_its_region_was_allowed_catches_up() {
+    use meridian_node::sync_store::EngineSyncStore;
+    use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
+    // us-east-n1, eu-west-n1, eu-west-n2; rf 2, so both eu-west nodes hold every partition.
+    let names = [("us-east", "us-east-n1"), ("eu-west", "eu-west-n1"), ("eu-west", "eu-west-n2")];
+    let addrs: Vec<SocketAddr> = names.iter().map(|_| free_udp_addr()).collect();
+    let configs: Vec<_> = names
+        .iter()
+        .zip(&addrs)
+        .map(|((region, name), addr)| {
+            let mut config = region_config_in(dir.path(), region, name, &format!("{region}-a"), *addr, &addrs, &ca_dir);
+            config.peer.rf = 2;
+            config
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(Some(start(config.clone()).await.unwrap()));
+    }
+    let connect = |node: &RunningNode| {
+        Client::builder()
+            .endpoint(node.client_addr.to_string())
+            .ca_cert_file(&node.cert_path)
+            .max_retries(0)
+            .timeout(Duration::from_secs(10))
+            .connect()
+    };
+    let us = connect(nodes[0].as_ref().unwrap()).await.unwrap();
+    for node in nodes.iter().flatten() {
+        let client = connect(node).await.unwrap();
+        eventually("the three nodes see each other", || async {
+            client
+                .cluster(ClusterOp::Status)
+                .await
+                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
+        })
+        .await;
+    }
+    let report = us.residency(ResidencyOp::Add { rule: rule("late/", &["us-east"]), position: None }).await.unwrap();
+    let id = report.rule_id.unwrap();
+    let eu1 = connect(nodes[1].as_ref().unwrap()).await.unwrap();
+    eventually("eu-west-n1 has the rule", || async {
+        eu1.residency(ResidencyOp::List).await.is_ok_and(|r| r.version >= report.version)
+    })
+    .await;
+    // eu-west-n2 goes down; us-east writes restricted and open keys (eu-west-n1 gets redactions).
+    nodes[2].take().unwrap().shutdown().await;
+    for i in 0..40 {
+        us.set(format!("app/late/{i}").as_str()).consistency(Consistency::Eventual).add([marker().0]).await.unwrap();
+        us.set(format!("app/open/{i}").as_str()).consistency(Consistency::Eventual).add(["x"]).await.unwrap();
+    }
+    let us_node = nodes[0].as_ref().unwrap().node.clone();
+    let eu1_node = nodes[1].as_ref().unwrap().node.clone();
+    let vv_of = |node: &std::sync::Arc<meridian_node::node::Node>, p: u16| {
+        EngineSyncStore::new(node.engine().clone(), node.id()).partition_vv(PartitionId(p)).unwrap()
+    };
+    let caught_up = |node: &std::sync::Arc<meridian_node::node::Node>| {
+        (0..meridian_node::keyspace::PARTITIONS)
+            .all(|p| vv_of(node, p).get(us_node.id()) >= vv_of(&us_node, p).get(us_node.id()))
+    };
+    eventually("eu-west-n1 caught up with us-east", || async { caught_up(&eu1_node) }).await;
+    // Widen to eu-west: eu-west-n1 backfills; then eu-west-n2 comes back.
+    let widened = us.residency(ResidencyOp::Change { id, rule: rule("late/", &["us-east", "eu-west"]) }).await.unwrap();
+    eventually("eu-west-n1 backfilled", || async {
+        eu1.residency(ResidencyOp::List)
+            .await
+            .is_ok_and(|r| r.version >= widened.version && r.changes.iter().all(|c| c.complete))
+    })
+    .await;
+    let restarted = start(configs[2].clone()).await.unwrap();
+    let eu2_node = restarted.node.clone();
+    nodes[2] = Some(restarted);
+    eventually("eu-west-n2 caught up with us-east on every partition", || async { caught_up(&eu2_node) }).await;
+    for i in 0..40 {
+        let key = meridian_client::IntoKey::into_key(format!("app/late/{i}").as_str()).unwrap();
+        assert!(
+            eu2_node.load_entry(&meridian_node::keyspace::data_key(&key)).unwrap().is_some(),
+            "eu-west-n2 holds app/late/{i}"
+        );
+    }
+    drop((us, eu1));
+    for node in nodes.into_iter().flatten() {
+        tokio::time::timeout(Duration::from_secs(30), node.shutdown()).await.expect("a node shut down in 30 s");
+    }
+}
