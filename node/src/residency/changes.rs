@@ -12,11 +12,13 @@
 //! backfills every rule including it) again.
 //!
 //! **Backfill.** For every partition this node replicates, it asks a replica in a region that held
-//! the keys (`PrefixStates`, paged) for the states of the rule's keys and joins them in, retrying
-//! partitions whose sources did not answer. A second pass follows a few seconds later: a write made
-//! before the change may still have been in flight to the source during the first pass (it reached
-//! this region only as a redaction then). After the backfill, anti-entropy and pushes carry the
-//! keys here in full like any other.
+//! the keys (`PrefixStates`, paged) for the states of the rule's keys and joins them in. Each answer
+//! carries the source's vector of the partition, read before its states; it becomes this node's
+//! *coverage* of the rule there (`Residency::note_covered`), and a partition is done once it covers
+//! every redaction of the rule in this node's own log (writes that reached this region only as
+//! redactions while it was excluded). Redactions refused for want of coverage ask for the same
+//! backfill of one partition (`backfill_wanted`). After the backfill, anti-entropy and pushes carry
+//! the keys here in full like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
