@@ -23,6 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use meridian_client::proto::Rule;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,8 @@ const PAGE_KEYS: u32 = 256;
 const SCAN_PAGE: usize = 1024;
 /// How long a purge waits for hint replay to deliver hints owed to allowed regions.
 const HINT_DRAIN: Duration = Duration::from_secs(15);
+/// Partitions a backfill brings at once.
+const BACKFILL_CONCURRENCY: usize = 16;
 /// How long a backfill keeps asking for sources that cover this node's redactions.
 const BACKFILL_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -287,9 +291,19 @@ async fn backfill(
     let mut keys = 0u64;
     while !pending.is_empty() {
         let mut left = Vec::new();
-        for &partition in &pending {
-            match backfill_partition(node, coordinator, store, &job.rule, &job.sources, partition).await {
-                Ok((n, true)) => keys += n,
+        let mut done = total - pending.len() as u64;
+        // Several partitions at once: each is a round trip to another region, often a WAN one.
+        let mut results = futures::stream::iter(pending.iter().copied())
+            .map(|partition| async move {
+                (partition, backfill_partition(node, coordinator, store, &job.rule, &job.sources, partition).await)
+            })
+            .buffer_unordered(BACKFILL_CONCURRENCY);
+        while let Some((partition, result)) = results.next().await {
+            match result {
+                Ok((n, true)) => {
+                    keys += n;
+                    done += 1;
+                }
                 Ok((n, false)) => {
                     keys += n;
                     left.push(partition);
@@ -299,7 +313,9 @@ async fn backfill(
                     left.push(partition);
                 }
             }
+            residency.set_progress(job, done, total, false);
         }
+        drop(results);
         residency.set_progress(job, total - left.len() as u64, total, false);
         pending = left;
         if pending.is_empty() || started.elapsed() >= BACKFILL_PATIENCE {

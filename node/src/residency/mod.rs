@@ -46,6 +46,8 @@ pub use audit::AuditLog;
 
 /// Where the rule set is stored (`Meta`).
 const RULES_KEY: &[u8] = b"residency/rules";
+/// One audit entry per rule per this long for rejected transfers (all are counted).
+const REJECT_AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Prefix of the backfill coverage per (rule, partition) (`Meta`; see `Residency::covers`).
 const COVERED_PREFIX: &[u8] = b"residency/covered/";
 /// The newest rules version fully acted on here (`Meta`, max-merged u64).
@@ -144,6 +146,8 @@ pub struct Residency {
     covered: Mutex<std::collections::HashMap<(u32, u16), meridian_crdt::VersionVector>>,
     /// (rule, partition) pairs whose redactions were refused for want of coverage: backfilled next.
     wanted: Mutex<std::collections::BTreeSet<(u32, u16)>>,
+    /// Per rule: when its current audit window for rejections opened, and how many it left out.
+    reject_windows: Mutex<std::collections::HashMap<u32, (std::time::Instant, u64)>>,
     /// Woken when a rule change queued work, or a refused redaction asked for a backfill.
     pub wake: tokio::sync::Notify,
 }
@@ -181,6 +185,7 @@ impl Residency {
         let residency = Residency {
             covered: Mutex::new(covered),
             wanted: Mutex::new(std::collections::BTreeSet::new()),
+            reject_windows: Mutex::new(std::collections::HashMap::new()),
             region: region.to_string(),
             node: node.to_string(),
             engine,
@@ -295,10 +300,25 @@ impl Residency {
     }
 
     /// Counts and audits something a peer sent that this region may not hold.
+    ///
+    /// Every rejection is counted; the audit log gets the first of each rule per
+    /// `REJECT_AUDIT_WINDOW` and, with the next entry, how many it left out (a stale sender can
+    /// push thousands in a second, which would drown the log).
     pub fn note_rejected(&self, rule: u32, what: &str) {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meridian_residency_rejected_total").increment(1);
-        self.audit.record("reject", rule, what);
+        let mut windows = self.reject_windows.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match windows.get_mut(&rule) {
+            Some((opened, left_out)) if now.duration_since(*opened) < REJECT_AUDIT_WINDOW => *left_out += 1,
+            _ => {
+                let left_out = windows.insert(rule, (now, 0)).map_or(0, |(_, n)| n);
+                drop(windows);
+                let more =
+                    if left_out > 0 { format!(" ({left_out} more since the previous entry)") } else { String::new() };
+                self.audit.record("reject", rule, &format!("{what}{more}"));
+            }
+        }
     }
 
     /// Counts keys purged.
