@@ -384,32 +384,23 @@ impl Node {
                 }
             }
             if let Some(data_key) = keyed_data_key(&request.op) {
+                let refuse = |rule: &meridian_client::proto::Rule, why: &str| {
+                    self.residency.note_refused(rule, why);
+                    Err(ErrorReply::new(
+                        ErrorCode::ResidencyRefused,
+                        residency_refusal(rule, self.residency.region(), why),
+                    ))
+                };
                 match self.residency.decide(&data_key) {
                     Decision::Serve => {}
-                    Decision::Refuse(rule) => {
-                        let message = residency_refusal(&rule, self.residency.region(), "the rule is strict");
-                        self.residency.note_refused(&rule, "strict rule: request refused");
-                        return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
-                    }
+                    Decision::Refuse(rule) => return refuse(&rule, "the rule is strict"),
                     // A forward is never proxied again: views of the rules in flux cannot loop.
                     Decision::Proxy(rule) if forwarded => {
-                        let message = residency_refusal(
-                            &rule,
-                            self.residency.region(),
-                            "a forwarded request is not proxied again",
-                        );
-                        self.residency.note_refused(&rule, "forwarded request for a disallowed key refused");
-                        return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
+                        return refuse(&rule, "a forwarded request is not proxied again");
                     }
                     Decision::Proxy(rule) => {
                         let Some(coordinator) = self.coordinator.get() else {
-                            let message = residency_refusal(
-                                &rule,
-                                self.residency.region(),
-                                "this node runs in no cluster to proxy to",
-                            );
-                            self.residency.note_refused(&rule, "no cluster to proxy to");
-                            return Err(ErrorReply::new(ErrorCode::ResidencyRefused, message));
+                            return refuse(&rule, "this node runs in no cluster to proxy to");
                         };
                         return coordinator
                             .proxy(self, request, &rule, &data_key, Duration::from_millis(timeout_ms))
