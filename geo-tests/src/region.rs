@@ -930,3 +930,29 @@ where
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// A test's temporary directory (node configs, logs and data), kept and its path printed when the
+/// test fails — or always with `MERIDIAN_GEO_KEEP=1` — so a failure can be read after the fact.
+pub struct KeepOnFailure(Option<tempfile::TempDir>);
+
+impl KeepOnFailure {
+    /// A fresh directory named `<prefix>…` under the system's temporary directory.
+    pub fn new(prefix: &str) -> KeepOnFailure {
+        KeepOnFailure(Some(tempfile::Builder::new().prefix(prefix).tempdir().expect("a temporary directory")))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("held until dropped").path()
+    }
+}
+
+impl Drop for KeepOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("MERIDIAN_GEO_KEEP").is_some_and(|v| v == "1") {
+            if let Some(dir) = self.0.take() {
+                eprintln!("kept the cluster (configs, node logs, data) at {}", dir.keep().display());
+            }
+        }
+    }
+}

@@ -64,7 +64,7 @@ use meridian_geo_tests::check::{
 };
 use meridian_geo_tests::geo::{Geo, GeoSpec, GeoState};
 use meridian_geo_tests::history::{OP_ADD, OP_INCR, OP_READ, OP_READ_COUNTER, RESULT_OK};
-use meridian_geo_tests::region::{self, error_result, is_connection_error};
+use meridian_geo_tests::region::{self, error_result, is_connection_error, KeepOnFailure};
 use meridian_geo_tests::{read_history, Event, HistoryWriter, Summary, Violation};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom as _;
@@ -171,20 +171,6 @@ async fn soak_geo_faults_anytime_eventually_finally() {
     run(Scenario::soak()).await;
 }
 
-/// Keeps the temporary directory (node logs and data) when the test fails, or always with
-/// `MERIDIAN_GEO_KEEP=1`.
-struct KeepOnFailure(Option<tempfile::TempDir>);
-
-impl Drop for KeepOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("MERIDIAN_GEO_KEEP").is_some_and(|v| v == "1") {
-            if let Some(dir) = self.0.take() {
-                eprintln!("kept the cluster (configs, node logs, data) at {}", dir.keep().display());
-            }
-        }
-    }
-}
-
 async fn run(mut scenario: Scenario) {
     let seed: u64 = match std::env::var("MERIDIAN_GEO_SEED") {
         Ok(seed) => seed.parse().expect("MERIDIAN_GEO_SEED must be a u64"),
@@ -192,8 +178,8 @@ async fn run(mut scenario: Scenario) {
     };
     scenario.spec.seed = seed;
     println!("{}: seed {seed} (MERIDIAN_GEO_SEED={seed} repeats the choices)", scenario.name);
-    let tmp = KeepOnFailure(Some(tempfile::Builder::new().prefix("geo-faults-").tempdir().unwrap()));
-    let dir = tmp.0.as_ref().unwrap().path().join("cluster");
+    let tmp = KeepOnFailure::new("geo-faults-");
+    let dir = tmp.path().join("cluster");
     let deadline = scenario.deadline;
     // Dropping the scenario's future on timeout drops the harness, which kills every node and
     // closes every link.

@@ -22,7 +22,7 @@ use meridian_geo_tests::check::{
     anytime_no_future_reads, anytime_quorum_visibility, eventually_converged, finally_no_lost_writes,
 };
 use meridian_geo_tests::history::{OP_ADD, OP_READ, RESULT_OK};
-use meridian_geo_tests::region::{self, Region, RegionSpec};
+use meridian_geo_tests::region::{self, KeepOnFailure, Region, RegionSpec};
 use meridian_geo_tests::{read_history, Event, HistoryWriter, Summary, Violation};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -46,20 +46,6 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Hints replayed and replicas converged, together.
 const QUIET_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Keeps the temporary directory (node logs and data) when the test fails, or always with
-/// `MERIDIAN_GEO_KEEP=1`.
-struct KeepOnFailure(Option<tempfile::TempDir>);
-
-impl Drop for KeepOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("MERIDIAN_GEO_KEEP").is_some_and(|v| v == "1") {
-            if let Some(dir) = self.0.take() {
-                eprintln!("kept the region (configs, node logs, data) at {}", dir.keep().display());
-            }
-        }
-    }
-}
-
 /// One `kill -9` and restart, in history time.
 struct Fault {
     name: String,
@@ -76,8 +62,8 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     };
     println!("seed {seed} (MERIDIAN_GEO_SEED={seed} repeats the workload's choices)");
 
-    let tmp = KeepOnFailure(Some(tempfile::Builder::new().prefix("region-kill9-").tempdir().unwrap()));
-    let dir = tmp.0.as_ref().unwrap().path().join("region");
+    let tmp = KeepOnFailure::new("region-kill9-");
+    let dir = tmp.path().join("region");
     let spec = RegionSpec { nodes: NODES, rf: 3, zones: 3, durability: "fsync".into(), base_port: None };
     let mut region = Region::init(&dir, &spec).await.expect("meridian region init");
     println!("region in {} (client ports from {})", region.dir().display(), region.node(1).client_addr);

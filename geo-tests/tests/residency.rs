@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use meridian_client::{Client, Consistency, Error, ErrorCode, Key, ResidencyOp, ResidencyReport, RuleSpec};
 use meridian_geo_tests::geo::{Geo, GeoSpec};
-use meridian_geo_tests::region::is_connection_error;
+use meridian_geo_tests::region::{is_connection_error, KeepOnFailure};
 use meridian_geo_tests::residency::{
     self as res, cli, cli_add_json, cli_add_text, cli_change_json, residency, rule, wait_changes_complete,
     wait_rules_agree, ExpectedChange,
@@ -126,20 +126,6 @@ fn case_of(key: &str) -> &'static str {
     CASES.iter().find(|c| name.starts_with(c.prefix)).map_or("free", |c| c.label)
 }
 
-/// Keeps the temporary directory (node logs and data) when the test fails, or always with
-/// `MERIDIAN_GEO_KEEP=1`.
-struct KeepOnFailure(Option<tempfile::TempDir>);
-
-impl Drop for KeepOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("MERIDIAN_GEO_KEEP").is_some_and(|v| v == "1") {
-            if let Some(dir) = self.0.take() {
-                eprintln!("kept the cluster (configs, node logs, data) at {}", dir.keep().display());
-            }
-        }
-    }
-}
-
 fn seed() -> u64 {
     match std::env::var("MERIDIAN_GEO_SEED") {
         Ok(seed) => seed.parse().expect("MERIDIAN_GEO_SEED must be a u64"),
@@ -153,8 +139,8 @@ async fn with_cluster<F>(name: &str, spec: GeoSpec, deadline: Duration, body: F)
 where
     F: for<'a> FnOnce(&'a mut Geo) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + 'a>>,
 {
-    let tmp = KeepOnFailure(Some(tempfile::Builder::new().prefix("residency-").tempdir().unwrap()));
-    let dir = tmp.0.as_ref().unwrap().path().join("cluster");
+    let tmp = KeepOnFailure::new("residency-");
+    let dir = tmp.path().join("cluster");
     let run = async {
         let mut geo = Geo::init(&dir, &spec).await.context("meridian demo init")?;
         geo.start_all(FORM_TIMEOUT).await.context("every node starts and sees every member alive")?;

@@ -19,6 +19,9 @@ use meridian_node::peer::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{meridian, succeed};
+
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs `future` with a 60 s ceiling, so a hang fails the test instead of blocking the suite.
@@ -551,21 +554,6 @@ async fn the_pool_caches_and_reconnects_and_shutdown_is_retryable() {
         a.stop().await;
     })
     .await;
-}
-
-/// Runs the `meridian` binary.
-fn meridian(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_LOG", "warn")
-        .output()
-        .expect("running meridian")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let output = meridian(args);
-    assert!(output.status.success(), "meridian {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test]

@@ -29,6 +29,29 @@ struct Regions {
     clients: Vec<Client>,
 }
 
+/// A client of `node` that does not retry (tests see every failure).
+async fn client_of(node: &RunningNode) -> Client {
+    Client::builder()
+        .endpoint(node.client_addr.to_string())
+        .ca_cert_file(&node.cert_path)
+        .max_retries(0)
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Waits until `client`'s node sees `nodes` members alive (itself included).
+async fn wait_formed(client: &Client, nodes: usize) {
+    eventually("the nodes see each other", || async {
+        client
+            .cluster(ClusterOp::Status)
+            .await
+            .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == nodes)
+    })
+    .await;
+}
+
 async fn regions() -> Regions {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
@@ -48,26 +71,11 @@ async fn regions() -> Regions {
         config.peer.rf = 1;
         data_dirs.push(config.data_dir.clone());
         let node = start(config).await.unwrap();
-        clients.push(
-            Client::builder()
-                .endpoint(node.client_addr.to_string())
-                .ca_cert_file(&node.cert_path)
-                .max_retries(0)
-                .timeout(Duration::from_secs(10))
-                .connect()
-                .await
-                .unwrap(),
-        );
+        clients.push(client_of(&node).await);
         nodes.push(Some(node));
     }
     for client in &clients {
-        eventually("every region sees the others", || async {
-            client
-                .cluster(ClusterOp::Status)
-                .await
-                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
-        })
-        .await;
+        wait_formed(client, 3).await;
     }
     Regions { _dir: dir, data_dirs, nodes, clients }
 }
@@ -458,28 +466,13 @@ async fn a_replica_down_while_its_region_was_allowed_catches_up() {
     for config in &configs {
         nodes.push(Some(start(config.clone()).await.unwrap()));
     }
-    let connect = |node: &RunningNode| {
-        Client::builder()
-            .endpoint(node.client_addr.to_string())
-            .ca_cert_file(&node.cert_path)
-            .max_retries(0)
-            .timeout(Duration::from_secs(10))
-            .connect()
-    };
-    let us = connect(nodes[0].as_ref().unwrap()).await.unwrap();
+    let us = client_of(nodes[0].as_ref().unwrap()).await;
     for node in nodes.iter().flatten() {
-        let client = connect(node).await.unwrap();
-        eventually("the three nodes see each other", || async {
-            client
-                .cluster(ClusterOp::Status)
-                .await
-                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
-        })
-        .await;
+        wait_formed(&client_of(node).await, 3).await;
     }
     let report = us.residency(ResidencyOp::Add { rule: rule("late/", &["us-east"]), position: None }).await.unwrap();
     let id = report.rule_id.unwrap();
-    let eu1 = connect(nodes[1].as_ref().unwrap()).await.unwrap();
+    let eu1 = client_of(nodes[1].as_ref().unwrap()).await;
     eventually("eu-west-n1 has the rule", || async {
         eu1.residency(ResidencyOp::List).await.is_ok_and(|r| r.version >= report.version)
     })

@@ -14,25 +14,13 @@ use meridian_node::config::Config;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::Command;
 
+mod common;
+use common::succeed;
+
 /// How long a refusing node may take to exit.
 const EXIT_BOUND: Duration = Duration::from_secs(30);
 /// How long an accepted node may take to announce that it serves.
 const ANNOUNCE_BOUND: Duration = Duration::from_secs(60);
-
-/// `meridian ARGS` (synchronous, for the certificate commands).
-fn meridian(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_LOG", "warn")
-        .output()
-        .expect("running meridian")
-}
-
-fn succeed(args: &[&str]) -> String {
-    let output = meridian(args);
-    assert!(output.status.success(), "meridian {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// A node configuration (TOML) for `meridian serve --config`: the certificate `certs/<name>.*`
 /// of the CA in `ca_dir`, `region`/`zone` as given, everything on loopback port 0 except the peer

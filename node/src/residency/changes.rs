@@ -29,7 +29,7 @@ use meridian_client::proto::Rule;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
 use tokio_util::sync::CancellationToken;
 
-use super::{rule_data_prefix, Job};
+use super::{for_each_page, rule_data_prefix, Job};
 use crate::coordinator::Coordinator;
 use crate::keyspace::{self, IdempotencyRecord, LogContent, LogRecord, PARTITIONS};
 use crate::node::Node;
@@ -106,13 +106,7 @@ pub(crate) fn purge(node: &Node, job: &Job) -> Result<(), StorageError> {
     let prefix = rule_data_prefix(&job.rule);
     let end = keyspace::prefix_end(&prefix);
     let mut keys_purged = 0u64;
-    let mut start = prefix.clone();
-    loop {
-        let page = engine.scan(Space::Data, &start, end.as_deref(), SCAN_PAGE)?;
-        let full = page.len() == SCAN_PAGE;
-        if let Some((last, _)) = page.last() {
-            start = [last.as_slice(), &[0]].concat();
-        }
+    for_each_page(engine.as_ref(), Space::Data, &prefix, end.as_deref(), |page| {
         let doomed: Vec<Vec<u8>> = page.into_iter().map(|(k, _)| k).filter(|k| forbidden(k)).collect();
         if !doomed.is_empty() {
             let locks: Vec<&[u8]> = doomed.iter().map(Vec::as_slice).collect();
@@ -126,10 +120,8 @@ pub(crate) fn purge(node: &Node, job: &Job) -> Result<(), StorageError> {
             keys_purged += doomed.len() as u64;
             residency.set_progress(job, keys_purged, 0, false);
         }
-        if !full {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     // 2. Delta-log records: rewritten as redactions (positions and timestamps stay).
     let mut log_redacted = 0u64;
     rewrite_space(engine.as_ref(), Space::Log, |value| {
@@ -205,10 +197,7 @@ fn hints_owed_to_allowed(node: &Node, forbidden: &dyn Fn(&[u8]) -> bool) -> Resu
     let cluster = coordinator.cluster();
     let residency = node.residency();
     let mut owed = 0;
-    let mut start = Vec::new();
-    loop {
-        let page = node.engine().scan(Space::Hints, &start, None, SCAN_PAGE)?;
-        let full = page.len() == SCAN_PAGE;
+    for_each_page(node.engine().as_ref(), Space::Hints, &[], None, |page| {
         for (key, value) in &page {
             let Ok(record) =
                 meridian_crdt::codec::decode::<SyncRecord>(value, crate::peer_service::MAX_PEER_MESSAGE_BYTES)
@@ -229,11 +218,9 @@ fn hints_owed_to_allowed(node: &Node, forbidden: &dyn Fn(&[u8]) -> bool) -> Resu
                 owed += 1;
             }
         }
-        match page.last() {
-            Some((last, _)) if full => start = [last.as_slice(), &[0]].concat(),
-            _ => return Ok(owed),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(owed)
 }
 
 /// Scans a whole space; `change` returns `None` to keep an entry, `Some(Some(v))` to replace its
@@ -243,13 +230,7 @@ fn rewrite_space(
     space: Space,
     mut change: impl FnMut(&[u8]) -> Option<Option<Vec<u8>>>,
 ) -> Result<(), StorageError> {
-    let mut start = Vec::new();
-    loop {
-        let page = engine.scan(space, &start, None, SCAN_PAGE)?;
-        let full = page.len() == SCAN_PAGE;
-        if let Some((last, _)) = page.last() {
-            start = [last.as_slice(), &[0]].concat();
-        }
+    for_each_page(engine, space, &[], None, |page| {
         let mut batch = Batch::new();
         for (key, value) in page {
             match change(&value) {
@@ -261,10 +242,8 @@ fn rewrite_space(
         if !batch.is_empty() {
             engine.write(batch)?;
         }
-        if !full {
-            return Ok(());
-        }
-    }
+        Ok(())
+    })
 }
 
 /// Brings the keys of `job.rule` into this node's partitions from the regions that held them.
@@ -415,10 +394,7 @@ fn redactions_in_log(
     let mut highest: std::collections::BTreeMap<meridian_crdt::NodeId, u64> = Default::default();
     let first = keyspace::log_key(partition, meridian_crdt::NodeId(0), 0);
     let end = keyspace::prefix_end(&first[..2]);
-    let mut start = first.to_vec();
-    loop {
-        let page = engine.scan(Space::Log, &start, end.as_deref(), SCAN_PAGE)?;
-        let full = page.len() == SCAN_PAGE;
+    for_each_page(engine, Space::Log, &first, end.as_deref(), |page| {
         for (key, value) in &page {
             if let (Some((_, origin, seq)), Ok(LogRecord::Redacted { rule: r, .. })) =
                 (keyspace::parse_log_key(key), keyspace::decode::<LogRecord>(value))
@@ -429,11 +405,9 @@ fn redactions_in_log(
                 }
             }
         }
-        match page.last() {
-            Some((last, _)) if full => start = [last.as_slice(), &[0]].concat(),
-            _ => return Ok(highest.into_iter().collect()),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(highest.into_iter().collect())
 }
 
 async fn backfill_from(

@@ -538,6 +538,32 @@ pub(crate) struct Job {
     pub sources: Vec<String>,
 }
 
+/// Rows per page of [`for_each_page`].
+const SCAN_PAGE: usize = 1024;
+
+/// Calls `visit` with every page of `space` from `start` to `end` (`None`: the end), in key order:
+/// the one paged walk the purge, the backfill and the audit make over storage.
+pub(crate) fn for_each_page(
+    engine: &dyn Engine,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    mut visit: impl FnMut(Vec<crate::storage::KeyValue>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut start = start.to_vec();
+    loop {
+        let page = engine.scan(space, &start, end, SCAN_PAGE)?;
+        let full = page.len() == SCAN_PAGE;
+        if let Some((last, _)) = page.last() {
+            start = [last.as_slice(), &[0]].concat();
+        }
+        visit(page)?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
 fn progress(kind: &str, rule: u32, version: u64) -> ResidencyProgress {
     ResidencyProgress { kind: kind.into(), rule, version, done: 0, total: 0, complete: false }
 }

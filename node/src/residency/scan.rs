@@ -14,7 +14,6 @@ use crate::keyspace::{self, IdempotencyRecord, LogContent, LogRecord};
 use crate::node::Node;
 use crate::storage::{Space, StorageError};
 
-const PAGE: usize = 1024;
 /// Violations listed in a report (all are counted): the report must fit in one reply frame.
 const MAX_LISTED: usize = 1000;
 
@@ -90,16 +89,10 @@ fn for_each(
     space: Space,
     mut visit: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), StorageError> {
-    let mut start = Vec::new();
-    loop {
-        let page = engine.scan(space, &start, None, PAGE)?;
-        let full = page.len() == PAGE;
+    super::for_each_page(engine, space, &[], None, |page| {
         for (key, value) in &page {
             visit(key, value);
         }
-        match page.last() {
-            Some((last, _)) if full => start = [last.as_slice(), &[0]].concat(),
-            _ => return Ok(()),
-        }
-    }
+        Ok(())
+    })
 }

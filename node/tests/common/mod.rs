@@ -228,3 +228,19 @@ pub async fn wait_for_region(client: &Client, alive: usize) {
     };
     tokio::time::timeout(Duration::from_secs(60), formed).await.expect("the region formed within 60 s");
 }
+
+/// Runs the `meridian` binary of this build (quiet logs).
+pub fn meridian(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("MERIDIAN_LOG", "warn")
+        .output()
+        .expect("running meridian")
+}
+
+/// [`meridian`], which must succeed; its stdout.
+pub fn succeed(args: &[&str]) -> String {
+    let output = meridian(args);
+    assert!(output.status.success(), "meridian {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
