@@ -307,11 +307,6 @@ pub fn allows(rule: &Rule, region: &str) -> bool {
     rule.spec.regions.iter().any(|r| r == region)
 }
 
-/// The regions allowed by `rule`, or `None` for "every region".
-pub fn allowed_regions(rule: Option<&Rule>) -> Option<&[String]> {
-    rule.map(|r| r.spec.regions.as_slice())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug)]
 pub struct AuditLog {
     file: Mutex<Option<File>>,
-    path: Option<PathBuf>,
 }
 
 impl AuditLog {
@@ -29,12 +28,7 @@ impl AuditLog {
                 None
             }
         });
-        AuditLog { file: Mutex::new(file), path }
-    }
-
-    /// Where the log is.
-    pub fn path(&self) -> Option<&std::path::Path> {
-        self.path.as_deref()
+        AuditLog { file: Mutex::new(file) }
     }
 
     /// Appends one entry: `kind` (proxy, refuse, reject, purge, backfill, rules), the rule (0: none)

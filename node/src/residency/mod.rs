@@ -30,7 +30,6 @@ pub mod changes;
 pub mod cli;
 pub mod scan;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -519,11 +518,6 @@ impl Residency {
             c.total = total;
             c.complete = complete;
         }
-    }
-
-    /// The rules of this node that exclude its region, by id.
-    pub fn excluding_here(&self) -> BTreeMap<u32, Rule> {
-        self.rules().rules.iter().filter(|r| !allows(r, &self.region)).map(|r| (r.id, r.clone())).collect()
     }
 }
 
