@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::storage::{raw_rocksdb_put_loop, Durability};
+use meridian_server::config::Config;
+use meridian_server::storage::{raw_rocksdb_put_loop, Durability};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -89,14 +89,17 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     } else {
         let mut config = Config {
             data_dir: scratch.join("node"),
-            listen: crate::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
+            listen: meridian_server::config::ListenConfig {
+                client: "127.0.0.1:0".parse()?,
+                http: "127.0.0.1:0".parse()?,
+            },
             ..Config::default()
         };
         config.storage.durability = match options.durability {
             Durability::Fsync => "fsync".into(),
             Durability::Relaxed => "relaxed".into(),
         };
-        let running = crate::serve::start(config).await?;
+        let running = meridian_server::serve::start(config).await?;
         (vec![running.client_addr], running.cert_path.clone(), Some(running))
     };
     let value = vec![b'x'; options.value_bytes];

@@ -42,8 +42,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::certs::{self, NodeIdentity};
-use crate::config::{Config, ListenConfig, PeerConfig, TlsConfig};
+use meridian_server::certs::{self, NodeIdentity};
+use meridian_server::config::{Config, ListenConfig, PeerConfig, TlsConfig};
 
 /// `println!` that never panics: a supervisor whose stdout was closed (`… | head`, a test harness that
 /// stopped reading) must still stop its nodes.
@@ -348,7 +348,10 @@ pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
         data_dir: node.data_dir.clone(),
         listen: ListenConfig { client: node.client_addr, http: node.http_addr },
         tls: TlsConfig { cert: Some(cert.clone()), key: Some(key.clone()) },
-        storage: crate::config::StorageConfig { durability: setup.durability.to_string(), ..defaults.storage.clone() },
+        storage: meridian_server::config::StorageConfig {
+            durability: setup.durability.to_string(),
+            ..defaults.storage.clone()
+        },
         peer: PeerConfig {
             listen: Some(node.peer_addr),
             seeds: setup.seeds,
@@ -867,7 +870,7 @@ async fn send_sigterm(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{CertIdentity, CA_CERT_FILE};
+    use meridian_server::certs::{CertIdentity, CA_CERT_FILE};
     use rustls::client::danger::ServerCertVerifier as _;
     use std::collections::BTreeSet;
     use std::net::IpAddr;

@@ -4,8 +4,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use meridian_client::proto::{Operation, ReplyBody, RequestV1};
 use meridian_client::{Client, Consistency, CrdtType, Mutation, Session, Value};
-use meridian_node::config::Config;
-use meridian_node::http::value_json;
+use meridian_server::api::http::value_json;
+use meridian_server::config::Config;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -90,7 +90,7 @@ enum Command {
     /// explain a key, audit a node's storage).
     Residency {
         #[command(subcommand)]
-        command: meridian_node::residency::cli::ResidencyCommand,
+        command: meridian_node::residency_cli::ResidencyCommand,
     },
     /// Read a key of any type (prints JSON).
     Get {
@@ -213,7 +213,7 @@ enum Command {
     /// Cluster certificates for node-to-node mutual TLS: a CA, node and client certificates.
     Certs {
         #[command(subcommand)]
-        command: meridian_node::certs::CertsCommand,
+        command: meridian_node::certs_cli::CertsCommand,
     },
     /// A local multi-node region on this machine: `init` writes it, `start` runs it.
     Region {
@@ -268,9 +268,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 consistency: cli.conn.consistency.unwrap_or(meridian_client::Consistency::Eventual),
                 ca_cert: external.then(|| cli.conn.ca_cert.clone()),
                 durability: if relaxed {
-                    meridian_node::storage::Durability::Relaxed
+                    meridian_server::storage::Durability::Relaxed
                 } else {
-                    meridian_node::storage::Durability::Fsync
+                    meridian_server::storage::Durability::Fsync
                 },
                 skip_baseline,
             };
@@ -280,7 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::BenchGeo(args) => meridian_node::bench_geo::run_cli(*args).await,
-        Command::Certs { command } => meridian_node::certs::run(command),
+        Command::Certs { command } => meridian_node::certs_cli::run(command),
         Command::Region { command } => meridian_node::local_region::run(command).await,
         Command::Demo(args) => meridian_node::demo::run(*args).await,
         command => data_command(&cli.conn, command).await,
@@ -289,7 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_file.as_deref())?;
-    let running = meridian_node::serve::start(config).await?;
+    let running = meridian_server::serve::start(config).await?;
     println!(
         "meridian node {} serving: client protocol on {} (QUIC), HTTP on http://{}; trust {}",
         running.node.id(),
@@ -320,27 +320,8 @@ fn text(bytes: &[u8]) -> String {
 }
 
 async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()> {
-    let mut builder = Client::builder()
-        .endpoint(conn.endpoint.clone())
-        .ca_cert_file(&conn.ca_cert)
-        .timeout(Duration::from_millis(conn.timeout_ms));
-    if let Some(level) = conn.consistency {
-        builder = builder.default_consistency(level);
-    }
-    let client = builder.connect().await.with_context(|| {
-        format!("connecting to {} (trusting {}); is `meridian serve` running?", conn.endpoint, conn.ca_cert.display())
-    })?;
-    // Every CLI command runs in a session, so `--show-token` / `--token` carry causality between
-    // invocations; its level is `--consistency`, else causal.
-    let mut session: Session = match &conn.token {
-        Some(token) => client.resume_session(token)?,
-        None => client.session(),
-    };
-    if let Some(level) = conn.consistency {
-        session = session.with_consistency(level);
-    }
-    let mut exit_code = 0;
-    match command {
+    let (client, session) = connect(conn).await?;
+    let exit_code = match command {
         Command::Serve { .. }
         | Command::Bench { .. }
         | Command::BenchEtcd(_)
@@ -351,31 +332,90 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             unreachable!("handled by run")
         }
         Command::Status => {
-            let status = client.status().await?;
-            println!("node        {} ({})", status.name, status.node_id);
-            println!("region/zone {}/{}", status.region, status.zone);
-            println!("version     {}", status.version);
-            println!("uptime      {} s", status.uptime_s);
-            println!("keys        ~{}", status.keys_estimate);
-            println!("log         {} writes", status.log_entries);
-            println!("durability  {}", status.durability);
-            println!("connections {}", status.client_connections);
-            let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
-            println!("vector      [{}]", vv.join(", "));
-            match client.cluster(meridian_client::ClusterOp::Status).await {
-                Ok(report) => {
-                    println!();
-                    print_cluster(&report);
-                }
-                Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => {}
-                Err(e) => return Err(e.into()),
-            }
+            print_status(&client).await?;
+            0
         }
-        Command::Cluster { command } => cluster_command(&client, conn, command).await?,
-        Command::Residency { command } => exit_code = meridian_node::residency::cli::run(&client, command).await?,
+        Command::Cluster { command } => {
+            cluster_command(&client, conn, command).await?;
+            0
+        }
+        Command::Residency { command } => meridian_node::residency_cli::run(&client, command).await?,
+        command @ (Command::Get { .. }
+        | Command::Smembers { .. }
+        | Command::Sismember { .. }
+        | Command::DocChanges { .. }
+        | Command::Keys { .. }) => read_command(&session, conn, command).await?,
+        command => {
+            write_command(&session, command).await?;
+            0
+        }
+    };
+    if conn.show_token {
+        eprintln!("token: {}", session.token());
+    }
+    // Close the QUIC connection now rather than leaving the node to time it out.
+    client.close().await;
+    if exit_code != 0 {
+        std::process::exit(exit_code);
+    }
+    Ok(())
+}
+
+/// Connects to the node and opens the session every CLI command runs in, so `--show-token` /
+/// `--token` carry causality between invocations; its level is `--consistency`, else causal.
+async fn connect(conn: &Connection) -> anyhow::Result<(Client, Session)> {
+    let mut builder = Client::builder()
+        .endpoint(conn.endpoint.clone())
+        .ca_cert_file(&conn.ca_cert)
+        .timeout(Duration::from_millis(conn.timeout_ms));
+    if let Some(level) = conn.consistency {
+        builder = builder.default_consistency(level);
+    }
+    let client = builder.connect().await.with_context(|| {
+        format!("connecting to {} (trusting {}); is `meridian serve` running?", conn.endpoint, conn.ca_cert.display())
+    })?;
+    let mut session: Session = match &conn.token {
+        Some(token) => client.resume_session(token)?,
+        None => client.session(),
+    };
+    if let Some(level) = conn.consistency {
+        session = session.with_consistency(level);
+    }
+    Ok((client, session))
+}
+
+/// `meridian status`: the node, then its region when it runs in one.
+async fn print_status(client: &Client) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    println!("node        {} ({})", status.name, status.node_id);
+    println!("region/zone {}/{}", status.region, status.zone);
+    println!("version     {}", status.version);
+    println!("uptime      {} s", status.uptime_s);
+    println!("keys        ~{}", status.keys_estimate);
+    println!("log         {} writes", status.log_entries);
+    println!("durability  {}", status.durability);
+    println!("connections {}", status.client_connections);
+    let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
+    println!("vector      [{}]", vv.join(", "));
+    match client.cluster(meridian_client::ClusterOp::Status).await {
+        Ok(report) => {
+            println!();
+            print_cluster(&report);
+        }
+        Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// The commands that read: their exit code is 1 when there is nothing to show (`get` of a missing
+/// key, `sismember` of an absent member).
+async fn read_command(session: &Session, conn: &Connection, command: Command) -> anyhow::Result<i32> {
+    let mut exit_code = 0;
+    match command {
         Command::Get { key, crdt_type } => {
             let value = match crdt_type {
-                Some(crdt_type) => typed_get(&session, &key, crdt_type.parse()?, conn).await?,
+                Some(crdt_type) => typed_get(session, &key, crdt_type.parse()?, conn).await?,
                 None => session.get(key.as_str()).await?,
             };
             match value {
@@ -389,6 +429,48 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
                 }
             }
         }
+        Command::Smembers { key } => {
+            for member in session.set(key.as_str()).members().await? {
+                println!("{}", text(&member));
+            }
+        }
+        Command::Sismember { key, member } => {
+            let present = session.set(key.as_str()).contains(member.into_bytes()).await?;
+            println!("{present}");
+            exit_code = if present { 0 } else { 1 };
+        }
+        Command::DocChanges { key, since, out } => {
+            let since: Vec<String> = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
+            let (changes, heads) = session.doc(key.as_str()).changes_since(&since).await?;
+            let mut bytes = Vec::new();
+            for change in &changes {
+                bytes.extend_from_slice(&(change.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(change);
+            }
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} changes to {}; heads {}", changes.len(), out.display(), heads.join(","));
+        }
+        Command::Keys { namespace, prefix, limit, after } => {
+            let mut listing = session.keys(namespace.as_str()).prefix(prefix).limit(limit);
+            if let Some(after) = after {
+                listing = listing.start_after(after);
+            }
+            let page = listing.page().await?;
+            for key in &page.keys {
+                println!("{}\t{}", key.name, key.crdt_type);
+            }
+            if let Some(next) = page.next {
+                eprintln!("(more: --after {next})");
+            }
+        }
+        _ => unreachable!("data_command sends only reads here"),
+    }
+    Ok(exit_code)
+}
+
+/// The commands that write; each prints what it did.
+async fn write_command(session: &Session, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Put { key, value } => {
             session.register(key.as_str()).set(value.into_bytes()).await?;
             println!("OK");
@@ -399,7 +481,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             let handle = session.mvregister(key.as_str());
             match context {
                 Some(context) => {
-                    let context = meridian_node::http::decode_context(&context).map_err(anyhow::Error::msg)?;
+                    let context = meridian_server::api::http::decode_context(&context).map_err(anyhow::Error::msg)?;
                     handle.set_resolving(value.into_bytes(), &context).await?
                 }
                 None => handle.set(value.into_bytes()).await?,
@@ -413,16 +495,6 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         Command::Srem { key, members } => {
             session.set(key.as_str()).remove(members.into_iter().map(String::into_bytes)).await?;
             println!("OK");
-        }
-        Command::Smembers { key } => {
-            for member in session.set(key.as_str()).members().await? {
-                println!("{}", text(&member));
-            }
-        }
-        Command::Sismember { key, member } => {
-            let present = session.set(key.as_str()).contains(member.into_bytes()).await?;
-            println!("{present}");
-            exit_code = if present { 0 } else { 1 };
         }
         Command::Hset { key, field, value } => {
             session.map(key.as_str()).set_field(field, value.into_bytes()).await?;
@@ -453,42 +525,11 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             session.doc(key.as_str()).apply_changes(changes).await?;
             println!("applied {count} changes");
         }
-        Command::DocChanges { key, since, out } => {
-            let since: Vec<String> = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
-            let (changes, heads) = session.doc(key.as_str()).changes_since(&since).await?;
-            let mut bytes = Vec::new();
-            for change in &changes {
-                bytes.extend_from_slice(&(change.len() as u32).to_be_bytes());
-                bytes.extend_from_slice(change);
-            }
-            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} changes to {}; heads {}", changes.len(), out.display(), heads.join(","));
-        }
         Command::Del { key } => {
             let existed = session.delete(key.as_str()).await?;
             println!("{}", if existed { "deleted" } else { "(did not exist)" });
         }
-        Command::Keys { namespace, prefix, limit, after } => {
-            let mut listing = session.keys(namespace.as_str()).prefix(prefix).limit(limit);
-            if let Some(after) = after {
-                listing = listing.start_after(after);
-            }
-            let page = listing.page().await?;
-            for key in &page.keys {
-                println!("{}\t{}", key.name, key.crdt_type);
-            }
-            if let Some(next) = page.next {
-                eprintln!("(more: --after {next})");
-            }
-        }
-    }
-    if conn.show_token {
-        eprintln!("token: {}", session.token());
-    }
-    // Close the QUIC connection now rather than leaving the node to time it out.
-    client.close().await;
-    if exit_code != 0 {
-        std::process::exit(exit_code);
+        _ => unreachable!("data_command sends only writes here"),
     }
     Ok(())
 }

@@ -12,8 +12,8 @@ use meridian_client::proto::{
     self, CausalToken, ErrorCode, ErrorReply, Key, Operation, Reply, ReplyBody, Request, RequestV1, Response,
 };
 use meridian_client::{Client, Error, Mutation};
-use meridian_node::config::{Config, ConfigError, ConsistencyName, NamespaceConfig};
-use meridian_node::serve::RunningNode;
+use meridian_server::config::{Config, ConfigError, ConsistencyName, NamespaceConfig};
+use meridian_server::serve::RunningNode;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 

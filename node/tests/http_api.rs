@@ -13,8 +13,8 @@ use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use meridian_client::proto::CausalToken;
 use meridian_crdt::{NodeId, VersionVector};
-use meridian_node::config::Config;
-use meridian_node::node::Node;
+use meridian_server::api::Node;
+use meridian_server::config::Config;
 use serde_json::{json, Value as Json};
 use tower::ServiceExt as _;
 
@@ -65,7 +65,7 @@ impl Api {
         configure(&mut config);
         config.validate().expect("the test config is valid");
         let node = memory_node(config);
-        let app = meridian_node::http::router(node.clone());
+        let app = meridian_server::api::http::router(node.clone());
         Api { node, app, _dir: dir }
     }
 
@@ -532,7 +532,7 @@ async fn byte_values_round_trip_as_base64() {
 async fn operations_endpoints() {
     let api = Api::new(|_| {});
     // Make sure the process-wide recorder exists before counting requests.
-    meridian_node::metrics_export::prometheus();
+    meridian_server::metrics_export::prometheus();
 
     let live = api.get("/livez").await;
     assert_eq!((live.status, live.text.as_str()), (StatusCode::OK, "ok"));

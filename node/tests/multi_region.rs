@@ -4,9 +4,9 @@
 //! replicas across regions while `local_quorum` needs only the local region.
 
 use meridian_client::{Client, ClusterOp, Consistency, ErrorCode};
-use meridian_node::certs::generate_ca;
-use meridian_node::config::Config;
-use meridian_node::serve::{start, RunningNode};
+use meridian_server::certs::generate_ca;
+use meridian_server::config::Config;
+use meridian_server::serve::{start, RunningNode};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

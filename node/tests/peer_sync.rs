@@ -2,9 +2,9 @@
 //! on either node become readable on the other without any client touching both.
 
 use meridian_client::{Client, Consistency, Value};
-use meridian_node::certs::generate_ca;
-use meridian_node::config::Config;
-use meridian_node::serve::{start, RunningNode};
+use meridian_server::certs::generate_ca;
+use meridian_server::config::Config;
+use meridian_server::serve::{start, RunningNode};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meridian_node::certs::{
+use meridian_server::certs::{
     self, generate_ca, issue_client_cert, issue_node_cert, parse_cert_identity, parse_identity, CaBundle, CertIdentity,
     ClientIdentity, IdentityError, NodeIdentity,
 };
-use meridian_node::peer::{
+use meridian_server::peer::{
     codes, PeerConnection, PeerEndpoint, PeerError, PeerHandler, PeerIdentity, PeerPool, PeerTlsConfig,
     PeerTransportConfig, StreamRefusal, ALPN,
 };

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{bounded, free_udp_addr, region_config, wait_for_region};
 use meridian_client::{Client, ClusterOp, Consistency, ErrorCode, Value};
-use meridian_node::certs::generate_ca;
-use meridian_node::serve::{start, RunningNode};
+use meridian_server::certs::generate_ca;
+use meridian_server::serve::{start, RunningNode};
 
 async fn client(node: &RunningNode) -> Client {
     bounded(
@@ -47,7 +47,7 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
     // The same view over HTTP, for operators and scripts.
     let request = axum::http::Request::get("/v1/cluster").body(axum::body::Body::empty()).unwrap();
     let response =
-        tower::ServiceExt::oneshot(meridian_node::http::router(nodes[0].node.clone()), request).await.unwrap();
+        tower::ServiceExt::oneshot(meridian_server::api::http::router(nodes[0].node.clone()), request).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();

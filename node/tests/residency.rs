@@ -8,8 +8,8 @@
 
 use meridian_client::proto::{ResidencyOp, ResidencyReport, RuleSpec};
 use meridian_client::{Client, ClusterOp, Consistency, ErrorCode};
-use meridian_node::certs::generate_ca;
-use meridian_node::serve::{start, RunningNode};
+use meridian_server::certs::generate_ca;
+use meridian_server::serve::{start, RunningNode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -340,7 +340,7 @@ async fn narrowing_purges_and_widening_backfills() {
     let ap_node = r.nodes[AP].as_ref().unwrap().node.clone();
     for i in 0..30 {
         let key = meridian_client::IntoKey::into_key(format!("app/move/{i}").as_str()).unwrap();
-        let held = ap_node.load_entry(&meridian_node::keyspace::data_key(&key)).unwrap();
+        let held = ap_node.load_entry(&meridian_server::layout::data_key(&key)).unwrap();
         let members = held.and_then(|e| e.read().ok().flatten());
         assert!(members.is_some(), "ap-south holds app/move/{i} after the backfill");
     }
@@ -391,9 +391,9 @@ async fn invalid_rules_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_claiming_another_region_than_its_certificate_is_refused() {
     use meridian_crdt::{Hlc, NodeId};
-    use meridian_node::peer::{PeerEndpoint, PeerTlsConfig, PeerTransportConfig};
-    use meridian_node::peer_service::{decode_reply, encode_request, PeerMessageV1};
     use meridian_replication::{Member, MemberState, MemberVersion, Membership};
+    use meridian_server::peer::protocol::{decode_reply, encode_request, PeerMessageV1};
+    use meridian_server::peer::{PeerEndpoint, PeerTlsConfig, PeerTransportConfig};
 
     let r = regions().await;
     // Mallory holds a genuine certificate of this cluster, issued for eu-west…
@@ -427,7 +427,7 @@ async fn a_peer_claiming_another_region_than_its_certificate_is_refused() {
     membership.upsert(me, claim).unwrap();
     let request = encode_request(me, PeerMessageV1::Gossip { membership, handoff: Vec::new() });
     let reply = connection.request(request, Duration::from_secs(10)).await.unwrap();
-    let refused = decode_reply(&reply).expect_err("a lying membership entry is refused");
+    let refused = decode_reply(&reply).expect_err("a lying membership entry is refused").to_string();
     assert!(refused.contains("certificate was issued for region eu-west"), "{refused}");
     // Nothing of the claim was merged, and the refusal is counted.
     let members = r.clients[US].cluster(ClusterOp::Status).await.unwrap().members;
@@ -444,8 +444,8 @@ async fn a_peer_claiming_another_region_than_its_certificate_is_refused() {
 /// without them it would wait forever on the partitions whose cross-region puller it is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_down_while_its_region_was_allowed_catches_up() {
-    use meridian_node::sync_store::EngineSyncStore;
     use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+    use meridian_server::store::sync_store::EngineSyncStore;
 
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
@@ -485,11 +485,11 @@ async fn a_replica_down_while_its_region_was_allowed_catches_up() {
     }
     let us_node = nodes[0].as_ref().unwrap().node.clone();
     let eu1_node = nodes[1].as_ref().unwrap().node.clone();
-    let vv_of = |node: &std::sync::Arc<meridian_node::node::Node>, p: u16| {
+    let vv_of = |node: &std::sync::Arc<meridian_server::api::Node>, p: u16| {
         EngineSyncStore::new(node.engine().clone(), node.id()).partition_vv(PartitionId(p)).unwrap()
     };
-    let caught_up = |node: &std::sync::Arc<meridian_node::node::Node>| {
-        (0..meridian_node::keyspace::PARTITIONS)
+    let caught_up = |node: &std::sync::Arc<meridian_server::api::Node>| {
+        (0..meridian_server::layout::PARTITIONS)
             .all(|p| vv_of(node, p).get(us_node.id()) >= vv_of(&us_node, p).get(us_node.id()))
     };
     eventually("eu-west-n1 caught up with us-east", || async { caught_up(&eu1_node) }).await;
@@ -508,7 +508,7 @@ async fn a_replica_down_while_its_region_was_allowed_catches_up() {
     for i in 0..40 {
         let key = meridian_client::IntoKey::into_key(format!("app/late/{i}").as_str()).unwrap();
         assert!(
-            eu2_node.load_entry(&meridian_node::keyspace::data_key(&key)).unwrap().is_some(),
+            eu2_node.load_entry(&meridian_server::layout::data_key(&key)).unwrap().is_some(),
             "eu-west-n2 holds app/late/{i}"
         );
     }

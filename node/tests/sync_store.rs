@@ -12,15 +12,15 @@ use std::sync::Arc;
 
 use meridian_client::proto::{Consistency, Key, Operation, ReplyBody, RequestV1};
 use meridian_crdt::{codec, Mutation, NodeId, Value, VersionVector};
-use meridian_node::config::Config;
-use meridian_node::keyspace::{self, PARTITIONS};
-use meridian_node::node::Node;
-use meridian_node::storage::{Batch, Engine, RocksEngine, RocksOptions, Space};
-use meridian_node::sync_store::{EngineSyncStore, SyncStoreError};
 use meridian_replication::antientropy::{
     HashRange, LogRecord as SyncRecord, PartitionId, RoundOutcome, SyncConfig, SyncEvent, SyncMessage, SyncSession,
     SyncStore, MIN_MAX_BYTES,
 };
+use meridian_server::api::Node;
+use meridian_server::config::Config;
+use meridian_server::layout::{self, PARTITIONS};
+use meridian_server::storage::{Batch, Engine, RocksEngine, RocksOptions, Space};
+use meridian_server::store::sync_store::{EngineSyncStore, SyncStoreError};
 
 /// Most message deliveries one partition's sync may take before the test fails.
 const MAX_STEPS: usize = 20_000;
@@ -36,16 +36,16 @@ fn sync_config() -> SyncConfig {
 /// Opens (or reopens) a node with id `id` over RocksDB at `path`, and its sync store.
 fn open(path: &Path, id: u64) -> (Arc<Node>, EngineSyncStore) {
     let engine = RocksEngine::open(path, RocksOptions::default()).expect("open RocksDB");
-    if engine.get(Space::Meta, keyspace::META_NODE_ID).unwrap().is_none() {
+    if engine.get(Space::Meta, layout::META_NODE_ID).unwrap().is_none() {
         // A fixed id instead of a random one: the test is deterministic.
         let mut batch = Batch::new();
-        batch.put(Space::Meta, keyspace::META_NODE_ID, id.to_be_bytes().to_vec());
+        batch.put(Space::Meta, layout::META_NODE_ID, id.to_be_bytes().to_vec());
         engine.write(batch).unwrap();
     }
     let config = Config { data_dir: path.to_path_buf(), ..Config::default() };
     let node = Node::open(config, Arc::new(engine)).expect("open the node");
     assert_eq!(node.id(), NodeId(id));
-    let store = EngineSyncStore::for_node(&node);
+    let store = node.sync_store();
     (node, store)
 }
 
@@ -54,7 +54,7 @@ fn key(name: &str) -> Key {
 }
 
 fn partition(name: &str) -> PartitionId {
-    PartitionId(keyspace::partition_of(&keyspace::data_key(&key(name))))
+    PartitionId(layout::partition_of(&layout::data_key(&key(name))))
 }
 
 fn request(op: Operation) -> RequestV1 {
@@ -365,7 +365,7 @@ async fn a_truncated_log_falls_back_to_digests_and_converges() {
     assert_eq!(a.partition_vv(p).unwrap().get(NodeId(A)), 12);
     let mut truncate = Batch::new();
     for seq in 1..=10 {
-        truncate.delete(Space::Log, keyspace::log_key(p.0, NodeId(A), seq).to_vec());
+        truncate.delete(Space::Log, layout::log_key(p.0, NodeId(A), seq).to_vec());
     }
     node_a.engine().write(truncate).unwrap();
     assert_eq!(a.log_floor(p, NodeId(A)).unwrap(), 11);
@@ -457,7 +457,7 @@ async fn gaps_and_bad_records_are_refused_whole() {
     let (node_b, mut b) = open(dir_b.path(), B);
     let (p, records) = three_increments_logged_on_a(dir_a.path()).await;
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
-    assert!(records.iter().all(|r| r.key == keyspace::data_key(&key("t/n")) && r.hlc > 0));
+    assert!(records.iter().all(|r| r.key == layout::data_key(&key("t/n")) && r.hlc > 0));
     let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
     let untouched = dump(node_b.engine());
     let refused = |b: &mut EngineSyncStore, batch: &[SyncRecord]| {
@@ -478,7 +478,7 @@ async fn gaps_and_bad_records_are_refused_whole() {
 
     // A key of another partition; an undecodable key.
     let elsewhere = (0..).map(|i| format!("t/x{i}")).find(|name| partition(name) != p).unwrap();
-    let moved = SyncRecord { key: keyspace::data_key(&key(&elsewhere)), ..r1.clone() };
+    let moved = SyncRecord { key: layout::data_key(&key(&elsewhere)), ..r1.clone() };
     assert!(matches!(refused(&mut b, &[moved]), SyncStoreError::WrongPartition { .. }));
     let bad_key = SyncRecord { key: vec![200, b'x'], ..r1.clone() };
     assert!(matches!(refused(&mut b, &[bad_key]), SyncStoreError::Malformed { what: "key", .. }));

@@ -5,7 +5,7 @@
 mod process;
 
 use meridian_client::Consistency;
-use meridian_node::certs::{generate_ca, issue_node_cert, CaBundle, NodeIdentity};
+use meridian_server::certs::{generate_ca, issue_node_cert, CaBundle, NodeIdentity};
 use process::{connect, spawn_node_with};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -36,9 +36,9 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::certs::{self, NodeIdentity};
 use crate::geo_plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use crate::local_region::{self, NodeSetup};
+use meridian_server::certs::{self, NodeIdentity};
 
 pub use run::RunArgs;
 pub(crate) use run::{start_links, wait_for_members, LINK_JITTER};

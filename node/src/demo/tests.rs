@@ -1,6 +1,6 @@
 use super::*;
-use crate::certs::CertIdentity;
-use crate::config::Config;
+use meridian_server::certs::CertIdentity;
+use meridian_server::config::Config;
 use std::collections::BTreeSet;
 
 fn der(path: &Path) -> rustls::pki_types::CertificateDer<'static> {

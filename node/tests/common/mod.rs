@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use meridian_client::proto::{self, Request, Response};
 use meridian_client::Client;
-use meridian_node::config::Config;
-use meridian_node::node::Node;
-use meridian_node::serve::RunningNode;
-use meridian_node::storage::MemoryEngine;
+use meridian_server::api::Node;
+use meridian_server::config::Config;
+use meridian_server::serve::RunningNode;
+use meridian_server::storage::MemoryEngine;
 
 /// The bound on any one step of a test (start, connect, a request, shutdown).
 pub const STEP: Duration = Duration::from_secs(30);
@@ -38,13 +38,13 @@ pub fn config(data_dir: &Path) -> Config {
 
 /// Starts a node over RocksDB in `config.data_dir`.
 pub async fn start_rocks(config: Config) -> RunningNode {
-    bounded("start a RocksDB node", meridian_node::serve::start(config)).await.expect("start the node")
+    bounded("start a RocksDB node", meridian_server::serve::start(config)).await.expect("start the node")
 }
 
 /// Starts a node over the in-memory engine (its certificate still lives in `config.data_dir`).
 pub async fn start_memory(config: Config) -> RunningNode {
     let engine = Arc::new(MemoryEngine::new());
-    bounded("start an in-memory node", meridian_node::serve::start_with_engine(config, engine))
+    bounded("start an in-memory node", meridian_server::serve::start_with_engine(config, engine))
         .await
         .expect("start the node")
 }
@@ -88,7 +88,7 @@ pub struct RawConn {
 /// Opens a raw QUIC connection to `addr`, trusting the certificate at `cert_path`.
 pub async fn raw_connect(addr: SocketAddr, cert_path: &Path) -> Result<RawConn, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in meridian_node::tls::load_certs(cert_path).map_err(|e| e.to_string())? {
+    for cert in meridian_server::tls::load_certs(cert_path).map_err(|e| e.to_string())? {
         roots.add(cert).map_err(|e| e.to_string())?;
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -175,14 +175,14 @@ pub fn region_config_in(
     seeds: &[SocketAddr],
     ca_dir: &Path,
 ) -> Config {
-    let ca = meridian_node::certs::CaBundle::load(ca_dir).expect("test CA");
-    let identity = meridian_node::certs::NodeIdentity {
+    let ca = meridian_server::certs::CaBundle::load(ca_dir).expect("test CA");
+    let identity = meridian_server::certs::NodeIdentity {
         cluster_id: "test".into(),
         region: region.into(),
         zone: zone.into(),
         name: name.into(),
     };
-    let (cert, key) = meridian_node::certs::issue_node_cert(&ca, &identity, &["127.0.0.1", "localhost"]).unwrap();
+    let (cert, key) = meridian_server::certs::issue_node_cert(&ca, &identity, &["127.0.0.1", "localhost"]).unwrap();
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
     std::fs::write(&cert_path, cert).unwrap();

@@ -1,0 +1,470 @@
+//! The HTTP/JSON API (axum): the same operations as the native protocol, for curl and for languages
+//! without a Meridian SDK. Documented with examples in `docs/api.md`.
+//!
+//! Every failure is a 4xx/5xx with a JSON body `{"error": {"code", "message", "retryable"}}`, including
+//! malformed JSON, oversized bodies and unknown consistency levels — never a bare text rejection.
+//! Byte values travel as JSON strings when they are UTF-8, else as `{"base64": "..."}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use meridian_client::proto::{
+    CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody, RequestV1,
+};
+use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
+use serde::Deserialize;
+use serde_json::{json, Value as Json_};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::api::node::Node;
+
+/// Header carrying the session's causal token (`mt1....`); the response carries the new one.
+pub const TOKEN_HEADER: &str = "x-meridian-token";
+/// Header carrying a write's idempotency key (any string up to 128 bytes).
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// The router.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config().limits.max_frame_bytes;
+    let max_inflight = node.config().limits.max_inflight_requests;
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/residency", get(residency))
+        .route("/v1/residency/explain/{namespace}/{*key}", get(residency_explain))
+        .route("/v1/keys/{namespace}", get(list_keys))
+        .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
+        .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        // Bounds HTTP requests in progress, bodies included, before they are read (the node's
+        // in-flight limit admits them again once parsed).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_inflight))
+        .with_state(node)
+}
+
+/// An error as an HTTP response.
+pub struct ApiError(pub ErrorReply);
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::Unsupported => StatusCode::BAD_REQUEST,
+        ErrorCode::WrongType => StatusCode::CONFLICT,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::QuorumUnavailable | ErrorCode::CausalTimeout | ErrorCode::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::ResidencyRefused => StatusCode::FORBIDDEN,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.0.code.name(), "message": self.0.message, "retryable": self.0.code.is_retryable()}});
+        (status_of(self.0.code), Json(body)).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(ErrorReply::new(ErrorCode::BadRequest, message))
+}
+
+/// A known endpoint asked with a method it does not serve: 405, with the usual JSON error body.
+async fn method_not_allowed() -> Response {
+    let error = ErrorReply::new(ErrorCode::BadRequest, "method not allowed; see docs/api.md");
+    let mut response = ApiError(error).into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// axum's own path and query rejections are plain text; the API answers every error in JSON.
+fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(value)| value).map_err(|e| bad(e.body_text()))
+}
+
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(value)| value).map_err(|e| bad(e.body_text()))
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> String {
+    if let Ok(status) = node.status() {
+        metrics::gauge!("meridian_keys_estimate").set(status.keys_estimate as f64);
+        metrics::gauge!("meridian_log_position").set(node.version_vector().get(node.id()) as f64);
+    }
+    crate::metrics_export::prometheus().render()
+}
+
+#[derive(Deserialize, Default)]
+struct CommonQuery {
+    consistency: Option<String>,
+    #[serde(rename = "type")]
+    crdt_type: Option<String>,
+    changes_since: Option<String>,
+    timeout_ms: Option<u32>,
+}
+
+struct Common {
+    consistency: Option<Consistency>,
+    token: Option<CausalToken>,
+    timeout_ms: u32,
+}
+
+fn common(query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> {
+    let consistency = query.consistency.as_deref().map(str::parse).transpose().map_err(|e| bad(format!("{e}")))?;
+    let token = match headers.get(TOKEN_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| bad("x-meridian-token is not ASCII"))?
+                .parse::<CausalToken>()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+    };
+    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0) })
+}
+
+fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
+    let value = value.as_bytes();
+    if value.is_empty() || value.len() > 128 {
+        return Err(bad("idempotency-key must be 1 to 128 bytes"));
+    }
+    // Two stable hashes of the key (with different prefixes) make a 128-bit id, the same in every process.
+    let hash = |prefix: u8| crate::layout::stable_hash(&[&[prefix][..], value].concat());
+    Ok(Some(IdempotencyId((u128::from(hash(1)) << 64) | u128::from(hash(2)))))
+}
+
+async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {
+    let request =
+        RequestV1 { consistency: common.consistency, causal_token: common.token, timeout_ms: common.timeout_ms, op };
+    node.execute_v1(request).await.map_err(ApiError)
+}
+
+fn key_of(namespace: String, key: String) -> Result<Key, ApiError> {
+    Key::new(namespace, key).map_err(|e| bad(e.to_string()))
+}
+
+/// Bytes as JSON: a string when UTF-8, else `{"base64": ...}`.
+pub fn bytes_json(bytes: &[u8]) -> Json_ {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Json_::String(text.to_string()),
+        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}),
+    }
+}
+
+fn json_bytes(value: &Json_, what: &str) -> Result<Vec<u8>, ApiError> {
+    match value {
+        Json_::String(text) => Ok(text.as_bytes().to_vec()),
+        Json_::Object(map) if map.len() == 1 && map.get("base64").is_some_and(Json_::is_string) => {
+            base64::engine::general_purpose::STANDARD
+                .decode(map["base64"].as_str().unwrap_or_default())
+                .map_err(|e| bad(format!("{what}: invalid base64: {e}")))
+        }
+        _ => Err(bad(format!("{what} must be a string or {{\"base64\": \"...\"}}"))),
+    }
+}
+
+/// The text form of a multi-value register's read context (URL-safe base64 of its codec encoding).
+pub fn encode_context(context: &DotContext) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(meridian_crdt::codec::encode(context))
+}
+
+/// Parses [`encode_context`]'s output.
+pub fn decode_context(text: &str) -> Result<DotContext, String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|e| format!("context: invalid base64: {e}"))?;
+    meridian_crdt::codec::decode::<DotContext>(&bytes, 1 << 20).map_err(|e| format!("context: {e}"))
+}
+
+/// A value as JSON.
+pub fn value_json(value: &Value) -> Json_ {
+    match value {
+        Value::Counter(n) => json!(n),
+        Value::Register(v) => v.as_deref().map_or(Json_::Null, bytes_json),
+        Value::MvRegister { values, context } => json!({
+            "values": values.iter().map(|v| bytes_json(v)).collect::<Vec<_>>(),
+            "context": encode_context(context),
+        }),
+        Value::Set(members) => Json_::Array(members.iter().map(|m| bytes_json(m)).collect()),
+        Value::Map(fields) => Json_::Object(fields.iter().map(|(k, v)| (k.clone(), typed_json(v))).collect()),
+        Value::Doc { json, heads } => {
+            json!({"doc": serde_json::from_str::<Json_>(json).unwrap_or(Json_::Null), "heads": heads})
+        }
+    }
+}
+
+fn typed_json(value: &Value) -> Json_ {
+    json!({"type": value.crdt_type().name(), "value": value_json(value)})
+}
+
+fn mutation_from_json(body: &Json_, depth: usize) -> Result<Mutation, ApiError> {
+    if depth > 8 {
+        return Err(bad("map updates nest at most 8 levels"));
+    }
+    let op = body
+        .get("op")
+        .and_then(Json_::as_str)
+        .ok_or_else(|| bad("the body needs an \"op\" string; see docs/api.md"))?;
+    let field = |name: &str| body.get(name).ok_or_else(|| bad(format!("op {op:?} needs \"{name}\"")));
+    let int = |name: &str, default: i64| -> Result<i64, ApiError> {
+        match body.get(name) {
+            None => Ok(default),
+            Some(v) => v.as_i64().ok_or_else(|| bad(format!("\"{name}\" must be an integer"))),
+        }
+    };
+    let members = || -> Result<Vec<Vec<u8>>, ApiError> {
+        field("members")?
+            .as_array()
+            .ok_or_else(|| bad("\"members\" must be an array"))?
+            .iter()
+            .map(|m| json_bytes(m, "a member"))
+            .collect()
+    };
+    let text = |name: &str| -> Result<String, ApiError> {
+        field(name)?.as_str().map(str::to_string).ok_or_else(|| bad(format!("\"{name}\" must be a string")))
+    };
+    Ok(match op {
+        "incr" => Mutation::CounterAdd { amount: int("by", 1)? },
+        "decr" => Mutation::CounterAdd {
+            amount: int("by", 1)?.checked_neg().ok_or_else(|| bad("\"by\" is out of range"))?,
+        },
+        "set" => Mutation::RegisterSet { value: json_bytes(field("value")?, "value")? },
+        "mvset" => {
+            let context = match body.get("context") {
+                None | Some(Json_::Null) => None,
+                Some(Json_::String(text)) => Some(decode_context(text).map_err(bad)?),
+                Some(_) => return Err(bad("\"context\" must be the string a read returned")),
+            };
+            Mutation::MvRegisterSet { value: json_bytes(field("value")?, "value")?, context }
+        }
+        "sadd" => Mutation::SetAdd { members: members()? },
+        "srem" => Mutation::SetRemove { members: members()? },
+        "map_update" => Mutation::MapUpdate {
+            field: text("field")?,
+            mutation: Box::new(mutation_from_json(field("update")?, depth + 1)?),
+        },
+        "map_remove" => Mutation::MapRemove { field: text("field")? },
+        "doc_put" => {
+            let json = field("json")?;
+            if !json.is_object() {
+                return Err(bad("\"json\" must be a JSON object"));
+            }
+            Mutation::DocPut { json: json.to_string() }
+        }
+        "doc_apply" => Mutation::DocApply {
+            changes: field("changes")?
+                .as_array()
+                .ok_or_else(|| bad("\"changes\" must be an array of base64 strings"))?
+                .iter()
+                .map(|c| {
+                    let text = c.as_str().ok_or_else(|| bad("each change must be a base64 string"))?;
+                    base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| bad(format!("change: invalid base64: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        other => {
+            return Err(bad(format!(
+                "unknown op {other:?} (expected incr, decr, set, mvset, sadd, srem, map_update, map_remove, doc_put or doc_apply)"
+            )))
+        }
+    })
+}
+
+fn with_token(reply: &Reply, mut body: Json_) -> Json_ {
+    body["token"] = Json_::String(reply.causal_token.to_string());
+    body
+}
+
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Json_, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError(ErrorReply::new(ErrorCode::TooLarge, format!("the request body exceeds the limit: {e}")))
+        } else {
+            bad(format!("could not read the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("the body is not valid JSON: {e}")))
+}
+
+async fn write(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
+    let key = key_of(namespace, key)?;
+    let common = common(&query, &headers)?;
+    let mutation = mutation_from_json(&parse_body(body)?, 0)?;
+    let op = Operation::Write { key, mutation, idempotency_id: idempotency_id(&headers)? };
+    let reply = execute(&node, common, op).await?;
+    let body = match &reply.body {
+        ReplyBody::Written { counter: Some(value) } => json!({"ok": true, "value": value}),
+        _ => json!({"ok": true}),
+    };
+    Ok(Json(with_token(&reply, body)))
+}
+
+async fn delete(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
+    let key = key_of(namespace, key)?;
+    let common = common(&query, &headers)?;
+    let reply = execute(&node, common, Operation::Delete { key, idempotency_id: idempotency_id(&headers)? }).await?;
+    let existed = matches!(reply.body, ReplyBody::Deleted { existed: true });
+    Ok(Json(with_token(&reply, json!({"ok": true, "existed": existed}))))
+}
+
+async fn read(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<CommonQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let query = query_of(query)?;
+    let key = key_of(namespace, key)?;
+    let common = common(&query, &headers)?;
+    if let Some(since) = &query.changes_since {
+        let since_heads = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
+        let reply = execute(&node, common, Operation::DocChanges { key, since_heads }).await?;
+        let ReplyBody::DocChanges { changes, heads } = &reply.body else { unreachable!("doc changes reply") };
+        let changes: Vec<String> =
+            changes.iter().map(|c| base64::engine::general_purpose::STANDARD.encode(c)).collect();
+        return Ok(Json(with_token(&reply, json!({"changes": changes, "heads": heads}))).into_response());
+    }
+    let expected =
+        query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
+    let display = key.to_string();
+    let reply = execute(&node, common, Operation::Read { key, expected }).await?;
+    match &reply.body {
+        ReplyBody::Value(Some(value)) => {
+            let body = json!({"key": display, "type": value.crdt_type().name(), "value": value_json(value)});
+            Ok(Json(with_token(&reply, body)).into_response())
+        }
+        _ => {
+            let body = json!({"error": {"code": "not_found", "message": format!("key {display} does not exist"), "retryable": false}});
+            Ok((StatusCode::NOT_FOUND, Json(with_token(&reply, body))).into_response())
+        }
+    }
+}
+
+async fn list_keys(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let namespace = path_of(path)?;
+    let query = query_of(query)?;
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(l) => l.parse::<u32>().map_err(|_| bad("limit must be a positive integer"))?,
+    };
+    let timeout_ms = query.get("timeout_ms").map(|t| t.parse::<u32>()).transpose();
+    let timeout_ms = timeout_ms.map_err(|_| bad("timeout_ms must be a non-negative integer"))?;
+    let common_query =
+        CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
+    let common = common(&common_query, &headers)?;
+    let op = Operation::ListKeys {
+        namespace,
+        prefix: query.get("prefix").cloned().unwrap_or_default(),
+        start_after: query.get("after").cloned(),
+        limit,
+    };
+    let reply = execute(&node, common, op).await?;
+    let ReplyBody::Keys { keys, next } = &reply.body else { unreachable!("keys reply") };
+    let keys: Vec<Json_> = keys.iter().map(|k| json!({"key": k.name, "type": k.crdt_type.name()})).collect();
+    Ok(Json(with_token(&reply, json!({"keys": keys, "next": next}))))
+}
+
+/// The region as this node sees it (`meridian cluster status` as JSON); node ids as strings, since
+/// they are 64-bit and JSON numbers are not.
+async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    let common = common(&CommonQuery::default(), &headers)?;
+    let reply = execute(&node, common, Operation::Cluster(meridian_client::proto::ClusterOp::Status)).await?;
+    let ReplyBody::Cluster(report) = &reply.body else { unreachable!("cluster reply") };
+    let mut json =
+        serde_json::to_value(report).map_err(|e| ApiError(ErrorReply::new(ErrorCode::Internal, e.to_string())))?;
+    if let Some(members) = json.get_mut("members").and_then(Json_::as_array_mut) {
+        for (member, report) in members.iter_mut().zip(&report.members) {
+            member["id"] = json!(report.id.to_string());
+        }
+    }
+    Ok(Json(json))
+}
+
+/// `GET /v1/residency`: the rules, their version, this node's purges/backfills and counters.
+async fn residency(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::List).await
+}
+
+/// `GET /v1/residency/explain/{namespace}/{key}`: which rule a key matches and where it may live.
+async fn residency_explain(
+    State(node): State<Arc<Node>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let (namespace, key) = path_of(path)?;
+    let key = key_of(namespace, key)?;
+    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::Explain { key }).await
+}
+
+async fn residency_reply(
+    node: &Arc<Node>,
+    headers: HeaderMap,
+    op: meridian_client::proto::ResidencyOp,
+) -> Result<Json<Json_>, ApiError> {
+    let common = common(&CommonQuery::default(), &headers)?;
+    let reply = execute(node, common, Operation::Residency(op)).await?;
+    let ReplyBody::Residency(report) = &reply.body else { unreachable!("residency reply") };
+    let json =
+        serde_json::to_value(report).map_err(|e| ApiError(ErrorReply::new(ErrorCode::Internal, e.to_string())))?;
+    Ok(Json(json))
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Result<Json<Json_>, ApiError> {
+    let status = node.status().map_err(ApiError)?;
+    Ok(Json(json!({
+        "node_id": status.node_id.to_string(),
+        "name": status.name,
+        "region": status.region,
+        "zone": status.zone,
+        "version": status.version,
+        "uptime_s": status.uptime_s,
+        "keys_estimate": status.keys_estimate,
+        "log_entries": status.log_entries,
+        "version_vector": status.version_vector.iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "durability": status.durability,
+        "client_connections": status.client_connections,
+    })))
+}

@@ -1,0 +1,324 @@
+//! The node façade: admits a client request (shutdown, in-flight limit, timeout, readiness,
+//! residency), then runs it on the region when the node runs in one (routing, replication, quorum
+//! reads) and on the local replica when it runs alone. Whatever surface a request came in by (QUIC,
+//! HTTP, a peer's forward), it goes through [`Node::execute_v1`] or [`Node::execute_forwarded`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_client::proto::{
+    CausalToken, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody, Request, RequestV1,
+    Response,
+};
+use meridian_crdt::{Entry, NodeId, VersionVector};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Config;
+use crate::layout;
+use crate::region::coordinator::Coordinator;
+use crate::replica::{doc_changes_of, value_of, Change, Replica};
+use crate::residency::{residency_refusal, Decision, Residency};
+use crate::storage::{Engine, StorageError};
+use crate::store::sync_store::EngineSyncStore;
+
+/// One Meridian node: its replica, and the region it coordinates in (if it runs in one).
+pub struct Node {
+    replica: Arc<Replica>,
+    /// The region side (placement, fan-out, quorum reads, routing); `None`: the node runs alone.
+    coordinator: Option<Arc<Coordinator>>,
+    inflight: Arc<Semaphore>,
+}
+
+impl Node {
+    /// Opens a node that runs alone over `engine`.
+    pub fn open(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Node>, StorageError> {
+        Ok(Node::new(Replica::open(config, engine)?, None))
+    }
+
+    /// The node over `replica`, coordinating in a region when `coordinator` is given.
+    pub fn new(replica: Arc<Replica>, coordinator: Option<Arc<Coordinator>>) -> Arc<Node> {
+        let inflight = Arc::new(Semaphore::new(replica.config().limits.max_inflight_requests));
+        Arc::new(Node { replica, coordinator, inflight })
+    }
+
+    /// The local replica.
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
+    /// The region side, if the node runs in a region.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.coordinator.as_ref()
+    }
+
+    /// The node's data-residency rules and decisions.
+    pub fn residency(&self) -> &Arc<Residency> {
+        self.replica.residency()
+    }
+
+    /// This node's replica id.
+    pub fn id(&self) -> NodeId {
+        self.replica.id()
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        self.replica.config()
+    }
+
+    /// The storage engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        self.replica.engine()
+    }
+
+    /// The anti-entropy store over this node's storage (see [`Replica::sync_store`]).
+    pub fn sync_store(&self) -> EngineSyncStore {
+        self.replica.sync_store()
+    }
+
+    /// A key's state, decoded.
+    pub fn load_entry(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
+        self.replica.load_entry(data_key)
+    }
+
+    /// The version vector of every write visible here.
+    pub fn version_vector(&self) -> VersionVector {
+        self.replica.version_vector()
+    }
+
+    /// Counts a client connection opened (`+1`) or closed (`-1`).
+    pub fn track_connection(&self, opened: bool) {
+        self.replica.track_connection(opened);
+    }
+
+    /// From now on, new requests are refused with `shutting_down`.
+    pub fn begin_shutdown(&self) {
+        self.replica.begin_shutdown();
+    }
+
+    /// Waits until every write already started is durable (or failed).
+    pub async fn wait_for_writes(&self) {
+        self.replica.wait_for_writes().await;
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> Result<NodeStatus, ErrorReply> {
+        self.replica.status()
+    }
+
+    /// Whether the node accepts requests: not shutting down, and joined to its region if it runs in one.
+    pub fn is_ready(&self) -> bool {
+        !self.replica.is_shutting_down() && self.coordinator.as_ref().is_none_or(|c| c.cluster().has_joined())
+    }
+
+    /// Executes a request frame of any supported version.
+    pub async fn execute(self: &Arc<Self>, request: Request) -> Response {
+        match request {
+            Request::V1(request) => Response::V1(self.execute_v1(request).await),
+        }
+    }
+
+    /// Executes a version-1 request: admission, timeout, metrics, then the operation.
+    pub async fn execute_v1(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, false).await
+    }
+
+    /// Executes a request another node forwarded here: coordinated here even if this node's view of
+    /// placement disagrees (a forward is never forwarded again, so views in flux cannot loop).
+    pub async fn execute_forwarded(self: Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, true).await
+    }
+
+    async fn execute_routed(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
+        let op_name = op_name(&request.op);
+        let started = Instant::now();
+        let result = self.admit_and_run(request, forwarded).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code.name(),
+        };
+        metrics::counter!("meridian_requests_total", "op" => op_name, "result" => outcome).increment(1);
+        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn admit_and_run(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
+        if self.replica.is_shutting_down() {
+            return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
+        }
+        let limits = &self.config().limits;
+        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
+            ErrorReply::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "{} requests in flight (limits.max_inflight_requests); retry later",
+                    limits.max_inflight_requests
+                ),
+            )
+        })?;
+        let timeout_ms = match request.timeout_ms {
+            0 => limits.request_timeout_ms,
+            ms => u64::from(ms).min(limits.request_timeout_ms),
+        };
+        let run = self.route_and_run(request, forwarded, permit, Duration::from_millis(timeout_ms));
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
+            Ok(result) => result,
+            Err(_) => Err(ErrorReply::new(
+                ErrorCode::Timeout,
+                format!("no answer within {timeout_ms} ms; a write may or may not have been applied (retry with the same idempotency id)"),
+            )),
+        }
+    }
+
+    /// Where an admitted request runs: refused or proxied by residency, listed or forwarded by the
+    /// region, or run here.
+    async fn route_and_run(
+        self: &Arc<Self>,
+        request: RequestV1,
+        forwarded: bool,
+        permit: OwnedSemaphorePermit,
+        timeout: Duration,
+    ) -> Result<Reply, ErrorReply> {
+        if let Some(coordinator) = &self.coordinator {
+            if !coordinator.cluster().has_joined()
+                && !matches!(request.op, Operation::Status | Operation::Cluster(_) | Operation::Residency(_))
+            {
+                return Err(ErrorReply::new(
+                    ErrorCode::QuorumUnavailable,
+                    "this node has not heard from its region yet (no seed answered); retry shortly or on another node",
+                ));
+            }
+        }
+        if let Some(data_key) = layout::keyed_data_key(&request.op) {
+            let residency = self.residency();
+            let refuse = |rule: &meridian_client::proto::Rule, why: &str| {
+                residency.note_refused(rule, why);
+                Err(ErrorReply::new(ErrorCode::ResidencyRefused, residency_refusal(rule, residency.region(), why)))
+            };
+            match residency.decide(&data_key) {
+                Decision::Serve => {}
+                Decision::Refuse(rule) => return refuse(&rule, "the rule is strict"),
+                // A forward is never proxied again: views of the rules in flux cannot loop.
+                Decision::Proxy(rule) if forwarded => {
+                    return refuse(&rule, "a forwarded request is not proxied again");
+                }
+                Decision::Proxy(rule) => {
+                    let Some(coordinator) = &self.coordinator else {
+                        return refuse(&rule, "this node runs in no cluster to proxy to");
+                    };
+                    return coordinator.proxy(request, &rule, &data_key, timeout).await;
+                }
+            }
+        }
+        if let (false, Some(coordinator)) = (forwarded, &self.coordinator) {
+            if let Operation::ListKeys { limit, .. } = &request.op {
+                let limit = (*limit).clamp(1, self.config().limits.max_list_keys) as usize;
+                return coordinator.list_keys(request.clone(), limit).await;
+            }
+            if let Some(replicas) = coordinator.route(&request) {
+                return coordinator.forward(request, &replicas, timeout).await;
+            }
+        }
+        self.run(request, permit).await
+    }
+
+    /// Runs one admitted request here. `permit` is its in-flight slot: a write hands it to its own
+    /// task, so a write that outlives its request's timeout still counts against the limit.
+    async fn run(self: &Arc<Self>, request: RequestV1, permit: OwnedSemaphorePermit) -> Result<Reply, ErrorReply> {
+        let token = request.causal_token.unwrap_or_default();
+        match request.op {
+            Operation::Write { key, mutation, idempotency_id } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                let max_value_bytes = self.config().limits.max_value_bytes;
+                if mutation.payload_len() > max_value_bytes {
+                    return Err(ErrorReply::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "the write carries {} bytes, limits.max_value_bytes is {max_value_bytes}",
+                            mutation.payload_len()
+                        ),
+                    ));
+                }
+                self.write(key, Change::Mutate(mutation), idempotency_id, token, level, permit).await
+            }
+            Operation::Delete { key, idempotency_id } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                self.write(key, Change::Delete, idempotency_id, token, level, permit).await
+            }
+            Operation::Read { key, expected } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                let (entry, token) = self.read_entry(&key, token, level).await?;
+                let value = value_of(entry, expected).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::Value(value) })
+            }
+            Operation::DocChanges { key, since_heads } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                let (entry, token) = self.read_entry(&key, token, level).await?;
+                Ok(Reply { causal_token: token, body: doc_changes_of(entry, since_heads).await? })
+            }
+            op @ Operation::ListKeys { .. } => {
+                let request = RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op };
+                self.replica.list_local(&request).await
+            }
+            Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
+            Operation::Cluster(op) => {
+                let coordinator = self.coordinator.as_ref().ok_or_else(|| {
+                    ErrorReply::new(
+                        ErrorCode::Unsupported,
+                        "this node runs alone (no [peer] section): it has no region",
+                    )
+                })?;
+                let report = crate::api::cluster_admin::cluster_op(coordinator, self.config(), op)?;
+                Ok(Reply { causal_token: token, body: ReplyBody::Cluster(report) })
+            }
+            Operation::Residency(op) => {
+                let report =
+                    crate::api::residency_admin::residency_op(&self.replica, self.coordinator.as_ref(), op).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::Residency(Box::new(report)) })
+            }
+        }
+    }
+
+    /// A write: replicated in the region, or on this node alone.
+    async fn write(
+        &self,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<meridian_client::proto::IdempotencyId>,
+        token: CausalToken,
+        level: Consistency,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Reply, ErrorReply> {
+        match &self.coordinator {
+            Some(coordinator) => coordinator.write(key, change, idempotency_id, token, level, permit).await,
+            None => self.replica.write(key, change, idempotency_id, token, level, permit).await,
+        }
+    }
+
+    /// A read: from a quorum of the region's replicas at the quorum levels, else from this replica.
+    async fn read_entry(
+        &self,
+        key: &Key,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+        match &self.coordinator {
+            Some(coordinator) => coordinator.read_entry(key, token, level).await,
+            None => self.replica.read_entry(key, token, level).await,
+        }
+    }
+}
+
+fn op_name(op: &Operation) -> &'static str {
+    match op {
+        Operation::Write { .. } => "write",
+        Operation::Delete { .. } => "delete",
+        Operation::Read { .. } => "read",
+        Operation::DocChanges { .. } => "doc_changes",
+        Operation::ListKeys { .. } => "list_keys",
+        Operation::Status => "status",
+        Operation::Cluster(_) => "cluster",
+        Operation::Residency(_) => "residency",
+    }
+}

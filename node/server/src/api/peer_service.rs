@@ -1,0 +1,235 @@
+//! The node's side of the peer protocol (`crate::peer::protocol`): answers every request another
+//! node sends over the mutual-TLS peer transport. Any successful request counts as a heartbeat from
+//! its sender.
+
+use std::sync::Arc;
+
+use meridian_crdt::{codec, NodeId};
+use meridian_replication::antientropy::{KeyState, PartitionId, SyncConfig};
+
+use crate::api::node::Node;
+use crate::layout::PARTITIONS;
+use crate::peer::protocol::{
+    PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest, PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
+};
+use crate::peer::{PeerHandler, PeerIdentity};
+use crate::region::cluster::Cluster;
+use crate::storage::Space;
+use crate::store::sync_store::EngineSyncStore;
+
+/// Serves every peer request of one node.
+#[derive(Clone)]
+pub struct PeerService {
+    node: Arc<Node>,
+    cluster: Option<Arc<Cluster>>,
+    store: EngineSyncStore,
+    sync: SyncConfig,
+}
+
+impl PeerService {
+    /// A service over `node`'s storage through `store` (share one store among everything that writes
+    /// replicated state: its clones serialise writes per partition). Without `cluster`, gossip is refused.
+    pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>, store: EngineSyncStore, sync: SyncConfig) -> Self {
+        PeerService { node, cluster, store, sync }
+    }
+
+    async fn answer(&self, peer: &PeerIdentity, request: &[u8]) -> Result<PeerReplyV1, PeerRefusal> {
+        let PeerRequest::V1 { from, message } =
+            codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
+        if let Some(cluster) = &self.cluster {
+            self.check_certified_region(cluster, peer, from, &message)?;
+            cluster.heartbeat(from);
+        }
+        match message {
+            PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
+            PeerMessageV1::Sync(message) => {
+                check_partition(message.partition().0)?;
+                let (replica, store, sync) = (self.node.replica().clone(), self.store.clone(), self.sync.clone());
+                let region = peer.region.clone();
+                blocking(move || {
+                    let residency = Some((replica.residency().as_ref(), region.as_str()));
+                    crate::region::peer_sync::answer_sync(store, sync, replica.id(), from, message, residency)
+                })
+                .await
+            }
+            PeerMessageV1::Gossip { membership, handoff } => {
+                let cluster = self.gossip_with(from, &membership, handoff)?;
+                Ok(PeerReplyV1::Gossip {
+                    node_id: self.node.id(),
+                    membership: cluster.snapshot(),
+                    handoff: cluster.local_handoff(),
+                })
+            }
+            PeerMessageV1::GossipReports { membership, handoff, reports } => {
+                let cluster = self.gossip_with(from, &membership, handoff)?;
+                let replica = self.node.replica().clone();
+                tokio::task::spawn_blocking(move || replica.take_reports_of(from, &reports))
+                    .await
+                    .map_err(|e| PeerRefusal::Failed(e.to_string()))?;
+                Ok(PeerReplyV1::GossipReports {
+                    node_id: self.node.id(),
+                    membership: cluster.snapshot(),
+                    handoff: cluster.local_handoff(),
+                    reports: self.node.replica().own_reports(),
+                })
+            }
+            PeerMessageV1::PartitionVv { partition } => {
+                check_partition(partition)?;
+                use meridian_replication::antientropy::SyncStore as _;
+                let vv = self.store.partition_vv(PartitionId(partition))?;
+                Ok(PeerReplyV1::Vv(vv))
+            }
+            // An earlier version's fan-out: records without reports, never relayed.
+            PeerMessageV1::Replicate { partition, records } => {
+                self.accept_pushes(vec![Pushed { partition, records, reports: Vec::new() }], false).await
+            }
+            PeerMessageV1::Push { partition, records, reports, relay } => {
+                self.accept_pushes(vec![Pushed { partition, records, reports }], relay).await
+            }
+            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(pushes, relay).await,
+            PeerMessageV1::ReadKey { key } => {
+                // Neither region may hold a key its rules keep away from the asker's region.
+                if !self.node.residency().allowed_in(&peer.region, &key) {
+                    return Ok(PeerReplyV1::State(None));
+                }
+                let state = self.node.replica().engine().get(Space::Data, &key).map_err(PeerRefusal::Read)?;
+                Ok(PeerReplyV1::State(state))
+            }
+            PeerMessageV1::PrefixStates { partition, rule, namespace, prefix, after, limit } => {
+                check_partition(partition)?;
+                let replica = self.node.replica().clone();
+                let region = peer.region.clone();
+                blocking(move || {
+                    let asked =
+                        crate::region::residency_jobs::PrefixAsk { partition, rule, namespace, prefix, after, limit };
+                    crate::region::residency_jobs::serve_prefix_states(&replica, &region, asked)
+                })
+                .await
+            }
+            PeerMessageV1::Residency { rules } => {
+                rules.check_shape().map_err(|e| PeerRefusal::MalformedRules(e.to_string()))?;
+                let residency = self.node.residency().clone();
+                let theirs = rules.clone();
+                tokio::task::spawn_blocking(move || residency.adopt(&theirs))
+                    .await
+                    .map_err(|e| PeerRefusal::Failed(e.to_string()))?
+                    .map_err(|source| PeerRefusal::Storage { what: "storing the residency rules", source })?;
+                Ok(PeerReplyV1::Residency { rules: (*self.node.residency().rules()).clone() })
+            }
+            PeerMessageV1::Repair { partition, key, state } => {
+                check_partition(partition)?;
+                let mut store = self.store.clone();
+                blocking(move || {
+                    use meridian_replication::antientropy::SyncStore as _;
+                    store.apply_states(PartitionId(partition), &[KeyState { key, state }], None)?;
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await
+            }
+            PeerMessageV1::Forward(request) => {
+                Ok(PeerReplyV1::Forwarded(self.node.clone().execute_forwarded(request).await))
+            }
+            PeerMessageV1::VvDigests { partitions } => {
+                if let Some(bad) = partitions.iter().find(|p| **p >= PARTITIONS) {
+                    return Err(PeerRefusal::NoPartition(*bad));
+                }
+                let store = self.store.clone();
+                blocking(move || Ok(PeerReplyV1::VvDigests(crate::region::peer_sync::vv_digests(&store, &partitions)?)))
+                    .await
+            }
+        }
+    }
+
+    /// A node's region is the one in its certificate: a member claiming another one (in its
+    /// membership entry) is refused outright, before any of its data is looked at.
+    fn check_certified_region(
+        &self,
+        cluster: &Cluster,
+        peer: &PeerIdentity,
+        from: NodeId,
+        message: &PeerMessageV1,
+    ) -> Result<(), PeerRefusal> {
+        let gossiped = match message {
+            PeerMessageV1::Gossip { membership, .. } | PeerMessageV1::GossipReports { membership, .. } => {
+                membership.get(from).map(|m| m.region.clone())
+            }
+            _ => None,
+        };
+        let claimed = gossiped.or_else(|| cluster.region_of(from));
+        match claimed.filter(|claimed| *claimed != peer.region) {
+            Some(claimed) => {
+                self.node.residency().note_rejected(
+                    0,
+                    &format!("node {} claims region {claimed} but its certificate says {}", peer.name, peer.region),
+                );
+                Err(PeerRefusal::WrongRegion { name: peer.name.clone(), claimed, certified: peer.region.clone() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Merges a gossiped membership and the sender's handoff announcement.
+    fn gossip_with(
+        &self,
+        from: NodeId,
+        membership: &meridian_replication::Membership,
+        handoff: Vec<u16>,
+    ) -> Result<&Arc<Cluster>, PeerRefusal> {
+        let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
+        cluster.merge(membership).map_err(|source| PeerRefusal::Storage { what: "storing the membership", source })?;
+        cluster.set_peer_handoff(from, handoff);
+        Ok(cluster)
+    }
+
+    /// Makes pushed records durable here (answered `Applied` once all are), takes in the safe-time
+    /// reports that came with them, and — when `relay` is set (this node is its region's entry point
+    /// for another region's writes) — spreads them to this region's other replicas afterwards.
+    async fn accept_pushes(&self, pushes: Vec<Pushed>, relay: bool) -> Result<PeerReplyV1, PeerRefusal> {
+        if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
+            return Err(PeerRefusal::NoPartition(bad.partition));
+        }
+        let (store, replica) = (self.store.clone(), self.node.replica().clone());
+        let applied = pushes.clone();
+        let reply = blocking(move || {
+            for push in &applied {
+                let mut store = store.clone();
+                store.accept_pushed(PartitionId(push.partition), &push.records)?;
+                for report in &push.reports {
+                    replica.take_report(push.partition, *report);
+                }
+            }
+            Ok(PeerReplyV1::Applied)
+        })
+        .await?;
+        if let (true, Some(coordinator)) = (relay, self.node.coordinator()) {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move { coordinator.fan_out_batch_in_region(pushes).await });
+        }
+        Ok(reply)
+    }
+}
+
+fn check_partition(partition: u16) -> Result<(), PeerRefusal> {
+    if partition < PARTITIONS {
+        Ok(())
+    } else {
+        Err(PeerRefusal::NoPartition(partition))
+    }
+}
+
+/// Runs storage work (which blocks, and may take key locks) off the reactor.
+async fn blocking(
+    work: impl FnOnce() -> Result<PeerReplyV1, PeerRefusal> + Send + 'static,
+) -> Result<PeerReplyV1, PeerRefusal> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(PeerRefusal::Failed(e.to_string())))
+}
+
+impl PeerHandler for PeerService {
+    async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
+        let answer = self.answer(peer, &request).await;
+        if let Err(reason) = &answer {
+            tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
+        }
+        codec::encode(&PeerResponse::V1(answer.map_err(|refusal| refusal.to_string())))
+    }
+}

@@ -1,0 +1,120 @@
+//! The QUIC server shell of the native client protocol: accept connections (bounded), accept streams
+//! (bounded per connection by QUIC flow control), read one capped frame per stream, execute, answer.
+//!
+//! Bad input closes at most the offending stream: an oversized length prefix is answered with
+//! `too_large` without reading the body, an undecodable frame with `bad_request`, and the connection
+//! and every other stream on it carry on.
+
+use meridian_client::proto::{self, ErrorCode, ErrorReply, FrameError, Request, Response};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::node::Node;
+
+/// QUIC application error code sent when the node closes connections at shutdown.
+const CLOSE_SHUTDOWN: u32 = 1;
+/// QUIC stream error code when a request frame is refused.
+const STOP_BAD_FRAME: u32 = 2;
+
+/// Serves the client protocol on `endpoint` until `shutdown` fires, then drains in-flight requests.
+pub async fn serve_clients(endpoint: quinn::Endpoint, node: Arc<Node>, shutdown: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(node.config().limits.max_connections));
+    let tasks = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("meridian_connections_refused_total").increment(1);
+            incoming.refuse();
+            continue;
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            match incoming.await {
+                Ok(connection) => serve_connection(connection, node, shutdown).await,
+                Err(e) => tracing::debug!(error = %e, "client handshake failed"),
+            }
+        });
+    }
+    tasks.close();
+    let drain = std::time::Duration::from_millis(node.config().limits.request_timeout_ms);
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!("some client requests did not finish within the drain timeout");
+    }
+    endpoint.close(CLOSE_SHUTDOWN.into(), b"shutting down");
+    // Bounded: a half-open connection (a client that vanished) would otherwise hold shutdown until
+    // its idle timeout.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), endpoint.wait_idle()).await.is_err() {
+        tracing::debug!("client connections did not close within 5 s; exiting anyway");
+    }
+}
+
+async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdown: CancellationToken) {
+    node.track_connection(true);
+    metrics::gauge!("meridian_client_connections").increment(1.0);
+    let streams = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = connection.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let node = node.clone();
+                streams.spawn(serve_stream(send, recv, node));
+            }
+            Err(_) => break,
+        }
+    }
+    streams.close();
+    streams.wait().await;
+    node.track_connection(false);
+    metrics::gauge!("meridian_client_connections").decrement(1.0);
+}
+
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: Arc<Node>) {
+    let max = node.config().limits.max_frame_bytes;
+    // A client gets `request_timeout_ms` to deliver its frame: a stalled stream cannot hold its
+    // slot (and its partial buffer) for the life of the connection.
+    let deadline = std::time::Duration::from_millis(node.config().limits.request_timeout_ms);
+    let frame = match tokio::time::timeout(deadline, proto::read_frame::<Request>(&mut recv, max)).await {
+        Ok(frame) => frame,
+        Err(_) => Err(FrameError::Stream("the request frame did not arrive within limits.request_timeout_ms".into())),
+    };
+    let response = match frame {
+        Ok(request) => node.execute(request).await,
+        Err(FrameError::Stream(reason)) => {
+            tracing::debug!(%reason, "client stream ended before a full frame");
+            let _ = recv.stop(STOP_BAD_FRAME.into());
+            return;
+        }
+        Err(e) => {
+            let _ = recv.stop(STOP_BAD_FRAME.into());
+            let code = match e {
+                FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                FrameError::Malformed(proto::CodecError::UnsupportedVersion(_)) => ErrorCode::Unsupported,
+                _ => ErrorCode::BadRequest,
+            };
+            metrics::counter!("meridian_bad_frames_total", "reason" => code.name()).increment(1);
+            Response::V1(Err(ErrorReply::new(code, e.to_string())))
+        }
+    };
+    let mut frame = proto::encode_frame(&response);
+    if frame.len() > max + 4 {
+        let error =
+            ErrorReply::new(ErrorCode::TooLarge, format!("the response exceeds limits.max_frame_bytes ({max})"));
+        frame = proto::encode_frame(&Response::V1(Err(error)));
+    }
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,370 @@
+//! How Meridian's records are laid out in the storage engine's spaces, and their versioned formats.
+//!
+//! | space | key | value |
+//! |---|---|---|
+//! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state |
+//! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced |
+//! | `Meta` | `node_id` | this node's id, `u64 BE` |
+//! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
+//! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states; see `store/sync_store.rs`) |
+//! | `Meta` | `safe/[partition: u16 BE][origin: u64 BE]` | packed HLC up to which this node holds `origin`'s writes to `partition` (safe times, max-merged) |
+//! | `Meta` | `membership` | this node's view of the cluster membership (a CRDT) |
+//! | `Meta` | `residency/rules` | the residency rule set |
+//! | `Meta` | `residency/covered/[rule: u32 BE][partition: u16 BE]` | the version vector a residency backfill covered |
+//! | `Meta` | `residency/applied` | newest rules version whose purges and backfills completed here |
+//! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got |
+//! | `Hints` | `[target: u64 BE][partition: u16 BE][origin: u64 BE][seq: u64 BE]` | a log record (`SyncRecord`) kept for a replica that missed it |
+//!
+//! Every key the node stores is built in this file; the modules that own the records (the store,
+//! the region's membership and hints, residency) only call the builders.
+//!
+//! Data keys sort by namespace then name, so listing a namespace by prefix is one range scan. Log keys
+//! sort by partition, origin, sequence, so "everything of partition P from origin X after seq N" —
+//! what anti-entropy ships — is one range scan too. Partitions are fixed ([`PARTITIONS`]); see
+//! `docs/design/replication.md`. Every value is a versioned enum encoded by the one codec module.
+
+use meridian_client::proto::{Key, Operation, Reply};
+use meridian_crdt::{codec, Entry, Hlc, NodeId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// Largest stored record we will decode (guards against a corrupt length inside a record).
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+
+/// Largest hint (a log record kept for a replica that missed it) decoded: a hint holds one record
+/// a peer message carried, so the peer protocol's message cap (8 MiB) bounds it.
+pub const MAX_HINT_BYTES: usize = 8 << 20;
+
+/// The data key of `key`.
+pub fn data_key(key: &Key) -> Vec<u8> {
+    let mut out = namespace_prefix(&key.namespace);
+    out.extend_from_slice(key.name.as_bytes());
+    out
+}
+
+/// The prefix shared by every data key of `namespace`.
+pub fn namespace_prefix(namespace: &str) -> Vec<u8> {
+    let len = u8::try_from(namespace.len()).expect("namespaces are validated to at most 128 bytes");
+    let mut out = Vec::with_capacity(1 + namespace.len());
+    out.push(len);
+    out.extend_from_slice(namespace.as_bytes());
+    out
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no bound).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Number of partitions the keyspace is cut into (fixed; see `docs/design/replication.md`).
+pub const PARTITIONS: u16 = 256;
+
+/// The cluster's stable hash (defined once, in `meridian-replication`, because placement and
+/// partitioning must agree on every node).
+pub use meridian_replication::hash::stable_hash;
+
+/// The partition of a data key.
+pub fn partition_of(data_key: &[u8]) -> u16 {
+    (stable_hash(data_key) % u64::from(PARTITIONS)) as u16
+}
+
+/// The log key of record `seq` of `origin` in `partition`.
+pub fn log_key(partition: u16, origin: NodeId, seq: u64) -> [u8; 18] {
+    let mut out = [0u8; 18];
+    out[..2].copy_from_slice(&partition.to_be_bytes());
+    out[2..10].copy_from_slice(&origin.0.to_be_bytes());
+    out[10..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// Splits a log key into (partition, origin, seq).
+pub fn parse_log_key(bytes: &[u8]) -> Option<(u16, NodeId, u64)> {
+    let bytes: &[u8; 18] = bytes.try_into().ok()?;
+    let partition = u16::from_be_bytes(bytes[..2].try_into().ok()?);
+    let origin = u64::from_be_bytes(bytes[2..10].try_into().ok()?);
+    let seq = u64::from_be_bytes(bytes[10..].try_into().ok()?);
+    Some((partition, NodeId(origin), seq))
+}
+
+/// Meta key of this node's id.
+pub const META_NODE_ID: &[u8] = b"node_id";
+
+/// Meta key of `origin`'s version-vector entry in `partition`.
+pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
+    let mut out = b"vv/".to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&origin.0.to_be_bytes());
+    out
+}
+
+/// Meta key of this node's view of the cluster membership (`meridian_replication::Membership`).
+pub const META_MEMBERSHIP: &[u8] = b"membership";
+
+/// Meta key of the residency rule set (`meridian_replication::residency::RuleSet`).
+pub const RESIDENCY_RULES_KEY: &[u8] = b"residency/rules";
+/// Meta prefix of the backfill coverage per (rule, partition): `[rule: u32 BE][partition: u16 BE]`
+/// → the version vector a backfill covered (see `Residency::covers`).
+pub const RESIDENCY_COVERED_PREFIX: &[u8] = b"residency/covered/";
+/// Meta key of the newest residency rules version fully acted on here (max-merged u64).
+pub const RESIDENCY_APPLIED_KEY: &[u8] = b"residency/applied";
+
+/// Length of a hint's key.
+pub const HINT_KEY_LEN: usize = 8 + 2 + 8 + 8;
+
+/// `Hints` key of the record `(partition, origin, seq)` kept for `target`: one target's hints are
+/// one range, replayed in log order, and the same record hinted twice is stored once.
+pub fn hint_key(target: NodeId, partition: u16, origin: NodeId, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(HINT_KEY_LEN);
+    key.extend_from_slice(&target.0.to_be_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.extend_from_slice(&origin.0.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Prefix of the persisted safe-time knowledge (`Meta`).
+pub const SAFE_PREFIX: &[u8] = b"safe/";
+
+/// Meta key of what this node knows of `origin`'s log of `partition`: the packed HLC up to which it
+/// holds every write (`meridian_replication::safe_time`), as a max-merged u64.
+pub fn safe_key(partition: u16, origin: NodeId) -> Vec<u8> {
+    let mut out = SAFE_PREFIX.to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&origin.0.to_be_bytes());
+    out
+}
+
+/// The partition and origin of a [`safe_key`].
+pub fn parse_safe_key(key: &[u8]) -> Option<(u16, NodeId)> {
+    let rest = key.strip_prefix(SAFE_PREFIX)?;
+    let partition = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+    let origin = u64::from_be_bytes(rest.get(2..)?.try_into().ok()?);
+    Some((partition, NodeId(origin)))
+}
+
+/// A key's state as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StoredEntry {
+    /// Version 1: the state alone (read as having no dependencies).
+    V1(Entry),
+    /// Version 2: the state and its causal dependencies.
+    V2(Stored),
+}
+
+/// A key's CRDT state with its *dependency vector*: the join of the causal tokens of every write
+/// in it (each write's session token plus the write itself). A read hands it to the session, so a
+/// session that sees an effect also carries its causes, and a later causal read waits for them
+/// (`docs/design/replication.md`). Deltas travel in the same shape: a delta's deps are its write's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The CRDT state (or delta).
+    pub entry: Entry,
+    /// Origin node → packed HLC of the writes this state causally depends on.
+    pub deps: VersionVector,
+}
+
+impl Stored {
+    /// A state with no dependencies.
+    pub fn bare(entry: Entry) -> Stored {
+        Stored { entry, deps: VersionVector::new() }
+    }
+
+    /// An empty state of `other`'s type (to join `other` into).
+    pub fn empty_like(other: &Stored) -> Stored {
+        Stored::bare(Entry::empty(other.entry.crdt_type()))
+    }
+
+    /// Joins `other` in: the CRDT join of the states, the pointwise maximum of the dependencies.
+    pub fn try_join(&mut self, other: &Stored) -> Result<(), meridian_crdt::CrdtError> {
+        self.entry.try_join(&other.entry)?;
+        self.deps.merge(&other.deps);
+        Ok(())
+    }
+}
+
+impl StoredEntry {
+    /// The state and its dependencies, whatever the version.
+    pub fn into_stored(self) -> Stored {
+        match self {
+            StoredEntry::V1(entry) => Stored::bare(entry),
+            StoredEntry::V2(stored) => stored,
+        }
+    }
+}
+
+/// Encodes a key's state (or a delta) as stored and shipped.
+pub fn encode_stored(stored: &Stored) -> Vec<u8> {
+    encode(&StoredEntry::V2(stored.clone()))
+}
+
+/// Decodes what [`encode_stored`] wrote (or a version-1 state).
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, codec::CodecError> {
+    decode::<StoredEntry>(bytes).map(StoredEntry::into_stored)
+}
+
+/// One write in the delta log: enough for a peer to apply it without the rest of the key's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// Version 1.
+    V1 {
+        /// The key written.
+        key: Key,
+        /// The delta (join it into the key's state).
+        delta: Entry,
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+    },
+    /// Version 2: with the write's causal dependencies.
+    V2 {
+        /// The key written.
+        key: Key,
+        /// The delta (join it into the key's state).
+        delta: Entry,
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+        /// The write's session token plus the write itself.
+        deps: VersionVector,
+    },
+    /// A position whose write this node's region may not hold (data residency): the timestamp
+    /// and the rule that kept the key and value away, nothing else.
+    Redacted {
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+        /// The residency rule.
+        rule: u32,
+    },
+}
+
+/// A log record's content, whatever the version.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // Short-lived, one at a time: boxing would cost an allocation per record read.
+pub enum LogContent {
+    /// A write: the key, the delta with its dependencies.
+    Write(Key, Stored),
+    /// A redacted position: the rule.
+    Redacted(u32),
+}
+
+impl LogRecord {
+    /// The content and the timestamp, whatever the version.
+    pub fn into_parts(self) -> (LogContent, Hlc) {
+        match self {
+            LogRecord::V1 { key, delta, ts } => (LogContent::Write(key, Stored::bare(delta)), ts),
+            LogRecord::V2 { key, delta, ts, deps } => (LogContent::Write(key, Stored { entry: delta, deps }), ts),
+            LogRecord::Redacted { ts, rule } => (LogContent::Redacted(rule), ts),
+        }
+    }
+}
+
+/// What a write with an idempotency id got, kept so that a retry gets the same answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum IdempotencyRecord {
+    /// Version 1.
+    V1 {
+        /// When the first attempt was applied (ms since the Unix epoch).
+        created_ms: u64,
+        /// The key it wrote (a retry naming another key is refused).
+        key: Key,
+        /// Fingerprint of the operation (a retry of another operation is refused).
+        request_digest: u64,
+        /// The reply of the first attempt.
+        reply: Reply,
+    },
+}
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    codec::encode(record)
+}
+
+/// Decodes a stored record; failure means corruption.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, codec::CodecError> {
+    codec::decode(bytes, MAX_RECORD_BYTES)
+}
+
+/// Meta key of the log floor of `origin` in `partition`: records of `origin` below this seq are not
+/// offered to peers (set by a digest fallback's vector raise; max-merged, 8 bytes big-endian).
+pub fn log_floor_key(partition: u16, origin: NodeId) -> Vec<u8> {
+    let mut out = b"logfloor/".to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&origin.0.to_be_bytes());
+    out
+}
+
+/// The prefix of every `vv/` entry of `partition`.
+pub fn vv_prefix(partition: u16) -> Vec<u8> {
+    let mut out = b"vv/".to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+/// Splits a data key back into the key it was made from (the inverse of [`data_key`]),
+/// validated like a key that arrived from a client.
+pub fn parse_data_key(bytes: &[u8]) -> std::result::Result<Key, String> {
+    let (&len, rest) = bytes.split_first().ok_or("empty data key")?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return Err(format!("namespace length {len} exceeds the {} bytes that follow", rest.len()));
+    }
+    let (namespace, name) = rest.split_at(len);
+    let key = Key {
+        namespace: String::from_utf8(namespace.to_vec()).map_err(|_| "namespace is not UTF-8".to_string())?,
+        name: String::from_utf8(name.to_vec()).map_err(|_| "name is not UTF-8".to_string())?,
+    };
+    key.validate().map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+/// The data key a keyed operation names, if it is valid (an invalid key is refused later, as usual).
+pub fn keyed_data_key(op: &Operation) -> Option<Vec<u8>> {
+    match op {
+        Operation::Write { key, .. }
+        | Operation::Delete { key, .. }
+        | Operation::Read { key, .. }
+        | Operation::DocChanges { key, .. } => key.validate().ok().map(|()| data_key(key)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_scans_do_not_leak_into_longer_namespaces() {
+        let a = data_key(&Key::new("ab", "c").unwrap());
+        let b = data_key(&Key::new("abc", "").unwrap_or(Key { namespace: "abc".into(), name: String::new() }));
+        let prefix = namespace_prefix("ab");
+        assert!(a.starts_with(&prefix));
+        assert!(!b.starts_with(&prefix));
+    }
+
+    #[test]
+    fn prefix_end_bounds_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255, 255]), None);
+    }
+
+    #[test]
+    fn log_keys_round_trip_and_sort_by_partition_origin_seq() {
+        assert_eq!(parse_log_key(&log_key(5, NodeId(3), 9)), Some((5, NodeId(3), 9)));
+        assert!(log_key(0, NodeId(9), 300) < log_key(1, NodeId(1), 1));
+        assert!(log_key(1, NodeId(1), 300) < log_key(1, NodeId(2), 1));
+        assert!(log_key(1, NodeId(1), 2) < log_key(1, NodeId(1), 256));
+    }
+
+    #[test]
+    fn stable_hash_is_pinned() {
+        // Golden values: partitions must never move between builds.
+        assert_eq!(stable_hash(b"meridian"), 0x5fa6_f896_03b6_e64f);
+        assert_eq!(partition_of(&data_key(&Key::new("shop", "visits").unwrap())), 31);
+        assert!(partition_of(b"anything") < PARTITIONS);
+    }
+}

@@ -1,0 +1,332 @@
+//! The node-to-node protocol carried by the mutual-TLS peer transport (the handler that answers it is
+//! `crate::api::peer_service`).
+//!
+//! Every request travels in a versioned envelope naming the sender's node id; every reply is a
+//! versioned `Result`, so a refusal reaches the caller as a message, never as a dropped stream.
+//!
+//! | request | answered with | used by |
+//! |---|---|---|
+//! | `Hello` | the node id | anti-entropy threads |
+//! | `Gossip { membership, handoff }` | ours (push-pull) | nodes of the previous version |
+//! | `GossipReports { membership, handoff, reports }` | ours, with our safe-time reports | [`crate::region::gossip`]; doubles as a heartbeat |
+//! | `PartitionVv { partition }` | our vector of the partition | a draining node measuring its handoff |
+//! | `Sync(message)` | the anti-entropy session's replies | [`crate::region::peer_sync`] |
+//! | `Replicate { partition, records }` | `Applied` once durable | nodes of an earlier version (fan-out and hint replay now send `Push` / `PushBatch`) |
+//! | `ReadKey { key }` | the key's stored state | quorum reads |
+//! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
+//! | `Forward(request)` | the client reply | a node that is not a replica of the key |
+//! | `PushBatch { pushes, relay }` | `Applied` once all are durable | a shipper to another region's entry point |
+//! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
+//! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
+//!
+//! Any successful request counts as a heartbeat from its sender.
+
+use meridian_client::proto::{ErrorReply, Reply, RequestV1};
+use meridian_crdt::{codec, NodeId};
+use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, SyncMessage};
+use meridian_replication::{Membership, SafeReport};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::StorageError;
+use crate::store::sync_store::SyncStoreError;
+
+/// Records of one partition on their way to another replica, with what they prove about their
+/// origins' logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pushed {
+    /// The partition.
+    pub partition: u16,
+    /// The records, each under its origin's position.
+    pub records: Vec<SyncRecord>,
+    /// Safe-time reports about the records' origins.
+    pub reports: Vec<SafeReport>,
+}
+
+/// Largest peer message decoded (a hint, one record such a message carried, is bounded by the same
+/// figure: `crate::layout::MAX_HINT_BYTES`).
+pub const MAX_PEER_MESSAGE_BYTES: usize = crate::layout::MAX_HINT_BYTES;
+
+/// A request between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Version 1.
+    V1 {
+        /// The sender's node id.
+        from: NodeId,
+        /// What it asks.
+        message: PeerMessageV1,
+    },
+}
+
+/// Version-1 peer requests.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerMessageV1 {
+    /// Who are you?
+    Hello,
+    /// One anti-entropy message for the receiver's side of the partition's session.
+    Sync(SyncMessage),
+    /// The sender's membership (the receiver merges it and answers with its own), and the
+    /// partitions the sender holds data of without being their replica (their owners pull them).
+    Gossip {
+        /// The membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+    },
+    /// This node's version vector of one partition.
+    PartitionVv {
+        /// The partition.
+        partition: u16,
+    },
+    /// Log records of one partition to make durable here. Sent by nodes of an earlier version
+    /// (today's fan-out sends `Push`, hint replay `PushBatch`); still answered.
+    Replicate {
+        /// The partition.
+        partition: u16,
+        /// The records, each under its origin's position.
+        records: Vec<SyncRecord>,
+    },
+    /// The stored state of one key.
+    ReadKey {
+        /// The data key.
+        key: Vec<u8>,
+    },
+    /// A state to join into one key (a quorum read's write-back).
+    Repair {
+        /// The key's partition.
+        partition: u16,
+        /// The data key.
+        key: Vec<u8>,
+        /// The state, encoded as stored.
+        state: Vec<u8>,
+    },
+    /// A client request to coordinate here (the sender holds no replica of its key).
+    Forward(RequestV1),
+    /// Digests of the receiver's version vectors of `partitions` (anti-entropy skips the partitions
+    /// where both sides' are equal).
+    VvDigests {
+        /// The partitions.
+        partitions: Vec<u16>,
+    },
+    /// A write's records pushed by its coordinator (or by its region's entry point), with safe-time
+    /// reports about their origins; `relay`: the sender is in another region and this node spreads
+    /// the records to its own region's other replicas.
+    Push {
+        /// The partition.
+        partition: u16,
+        /// The records, each under its origin's position.
+        records: Vec<SyncRecord>,
+        /// What the records prove about their origins' logs (see `meridian_replication::safe_time`).
+        reports: Vec<SafeReport>,
+        /// Spread them in this region.
+        relay: bool,
+    },
+    /// Several `Push`es at once (a shipper to another region batches what queued up during a round
+    /// trip); answered `Applied` once all are durable here.
+    PushBatch {
+        /// The pushes, each of one partition.
+        pushes: Vec<Pushed>,
+        /// Spread them in this region.
+        relay: bool,
+    },
+    /// `Gossip` plus the sender's safe-time report for every partition (its frontier and each
+    /// partition's last durable position of its own log); answered with `GossipReports`. A new
+    /// variant rather than a new field, so nodes of the previous version still decode `Gossip`.
+    GossipReports {
+        /// The membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// The sender's reports.
+        reports: OwnReports,
+    },
+    /// The states of the keys of `partition` under a residency rule's namespace and prefix, after
+    /// `after` (a data key), at most `limit`: a region a rule was widened to backfills with it. The
+    /// receiver answers only keys the sender's certified region may hold.
+    PrefixStates {
+        /// The partition.
+        partition: u16,
+        /// The rule (the receiver answers only if its own rules agree on it).
+        rule: u32,
+        /// The rule's namespace.
+        namespace: String,
+        /// The rule's key prefix.
+        prefix: String,
+        /// Resume after this data key.
+        after: Option<Vec<u8>>,
+        /// At most this many keys.
+        limit: u32,
+    },
+    /// The sender's residency rules (the receiver adopts them if newer and answers with its own).
+    Residency {
+        /// The rules.
+        rules: meridian_replication::residency::RuleSet,
+    },
+}
+
+/// A reply between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Version 1: the answer, or why there is none.
+    V1(Result<PeerReplyV1, String>),
+}
+
+/// Version-1 peer replies.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReplyV1 {
+    /// The receiver's node id.
+    Hello {
+        /// Its id.
+        node_id: NodeId,
+    },
+    /// The messages the receiver's session answered with.
+    Sync(Vec<SyncMessage>),
+    /// The receiver's membership after the merge, and its partitions to hand off.
+    Gossip {
+        /// Its id.
+        node_id: NodeId,
+        /// Its membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+    },
+    /// A partition's version vector.
+    Vv(meridian_crdt::VersionVector),
+    /// Durable here.
+    Applied,
+    /// A key's stored state (`None`: never written here).
+    State(Option<Vec<u8>>),
+    /// The reply to a forwarded client request.
+    Forwarded(Result<Reply, ErrorReply>),
+    /// Version-vector digests, one per partition asked for, in order.
+    VvDigests(Vec<u64>),
+    /// The answer to `GossipReports`: `Gossip` plus the receiver's reports.
+    GossipReports {
+        /// Its id.
+        node_id: NodeId,
+        /// Its membership.
+        membership: Membership,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// Its safe-time reports.
+        reports: OwnReports,
+    },
+    /// The answer to `PrefixStates`: states, and the data key to resume after (`None`: done).
+    PrefixStates {
+        /// The keys' states, as stored.
+        states: Vec<KeyState>,
+        /// Where the next page starts.
+        next: Option<Vec<u8>>,
+        /// The answering node's version vector of the partition, read before the states: the
+        /// states reflect every write it covers.
+        vv: meridian_crdt::VersionVector,
+    },
+    /// The receiver's residency rules after the merge.
+    Residency {
+        /// The rules.
+        rules: meridian_replication::residency::RuleSet,
+    },
+}
+
+/// A node's safe-time report about its own log, for every partition: its causal frontier (a
+/// packed HLC) and, per partition, the last durable position of its log there.
+pub type OwnReports = (u64, Vec<u64>);
+
+/// Encodes a request from `from`.
+pub fn encode_request(from: NodeId, message: PeerMessageV1) -> Vec<u8> {
+    codec::encode(&PeerRequest::V1 { from, message })
+}
+
+/// Decodes a reply: the answer, or the peer's refusal as [`PeerCallError::Refused`].
+pub fn decode_reply(bytes: &[u8]) -> Result<PeerReplyV1, PeerCallError> {
+    let PeerResponse::V1(answer) =
+        codec::decode(bytes, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerCallError::Undecodable(e.to_string()))?;
+    answer.map_err(PeerCallError::Refused)
+}
+
+/// Why a request to a peer got no answer to use. On the wire a refusal is the peer's reason as text
+/// (`PeerResponse::V1(Err(reason))`); every other case arises on the caller's side. All are
+/// retryable later or elsewhere except [`PeerCallError::NotSent`], which a retry to the same
+/// target meets again.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    /// No address is known for the node.
+    #[error("no address known for node {0}")]
+    NoAddress(NodeId),
+    /// The transport failed: connecting, a timeout, a reset stream.
+    #[error("{0}")]
+    Transport(String),
+    /// The reply did not decode.
+    #[error("undecodable peer reply: {0}")]
+    Undecodable(String),
+    /// The peer refused the request, saying why.
+    #[error("{0}")]
+    Refused(String),
+    /// This node did not send it: the target's certified region may not receive the message, or
+    /// the target claims another region than its certificate.
+    #[error("{0}")]
+    NotSent(String),
+    /// The peer answered with a reply of another kind than the request calls for.
+    #[error("unexpected reply {0}")]
+    Unexpected(String),
+}
+
+/// Why this node refuses a peer's request. It travels as its text (`PeerResponse::V1(Err(..))`),
+/// which the caller gets back as [`PeerCallError::Refused`].
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRefusal {
+    /// The request does not decode.
+    #[error("undecodable request: {0}")]
+    Undecodable(String),
+    /// The request names a partition that does not exist.
+    #[error("no partition {0}")]
+    NoPartition(u16),
+    /// Gossip reached a node that runs without a cluster.
+    #[error("this node runs without a cluster")]
+    NoCluster,
+    /// The sender claims a region its certificate was not issued for.
+    #[error(
+        "node {name} claims region {claimed} in its membership but its certificate was issued for region {certified}"
+    )]
+    WrongRegion {
+        /// The sender's certified name.
+        name: String,
+        /// The region its membership entry claims.
+        claimed: String,
+        /// The region of its certificate.
+        certified: String,
+    },
+    /// The residency rules sent are malformed.
+    #[error("refusing malformed residency rules: {0}")]
+    MalformedRules(String),
+    /// The replicated store refused or failed (a gap, a malformed record, storage).
+    #[error(transparent)]
+    Store(#[from] SyncStoreError),
+    /// Storing what the request carries failed.
+    #[error("{what}: {source}")]
+    Storage {
+        /// What was being stored.
+        what: &'static str,
+        /// Why it failed.
+        source: StorageError,
+    },
+    /// Reading or scanning failed.
+    #[error(transparent)]
+    Read(StorageError),
+    /// The anti-entropy session refused the message.
+    #[error("{0}")]
+    Sync(String),
+    /// A backfill asked about a rule this node does not agree on, or is backfilling itself.
+    #[error("{0}")]
+    NotNow(String),
+    /// The handler itself failed (a panicked task).
+    #[error("the peer handler failed: {0}")]
+    Failed(String),
+}
+
+impl PeerCallError {
+    /// The reply `reply`, which is not the kind the request called for.
+    pub fn unexpected(reply: &PeerReplyV1) -> PeerCallError {
+        PeerCallError::Unexpected(format!("{reply:?}"))
+    }
+}

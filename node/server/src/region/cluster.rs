@@ -1,0 +1,589 @@
+//! This node's view of its region: who the members are (a gossiped CRDT, persisted), which of them
+//! are alive (a heartbeat failure detector fed by every successful peer exchange), and where each
+//! partition lives (rendezvous placement over the active members, spread over zones).
+//!
+//! Placement places *partitions*, not keys (`docs/design/replication.md`): a key's replicas are its
+//! partition's, so replicas of the same keys share one delta log and one version vector per
+//! partition, which is what anti-entropy compares. Placement uses the membership, not liveness: a
+//! replica that is merely down keeps its partitions (writes for it become hints and anti-entropy
+//! catches it up), so a flapping node does not move data around. Only an operator's drain or removal
+//! changes placement.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meridian_crdt::{codec, Hlc, NodeId};
+use meridian_replication::{
+    place, DetectorConfig, FailureDetector, Liveness, Member, MemberState, MemberVersion, Membership, Placement,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::layout::PARTITIONS;
+use crate::storage::{Batch, Engine, Space, StorageError};
+
+/// `Meta` key of the persisted membership.
+/// Largest membership decoded (from disk or a peer).
+pub const MAX_MEMBERSHIP_BYTES: usize = 1 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One member as `meridian status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: NodeId,
+    /// The member record.
+    pub member: Member,
+    /// What the failure detector believes.
+    pub liveness: String,
+    /// Partitions placement gives it.
+    pub partitions: usize,
+}
+
+struct View {
+    /// This node's id (the failure detector never judges it).
+    local: NodeId,
+    membership: Membership,
+    /// This node's lifecycle state when last looked at, and since when (local clock) it holds.
+    local_state: (MemberState, u64),
+    detector: FailureDetector,
+    /// Replicas of each partition in this node's region, best first; recomputed when the
+    /// membership changes.
+    placements: Arc<Vec<Vec<NodeId>>>,
+    /// The same for every other region, by region name.
+    remote_placements: Arc<BTreeMap<String, Vec<Vec<NodeId>>>>,
+    /// Partitions each peer holds data of without being a replica (from gossip).
+    peer_handoff: BTreeMap<NodeId, std::collections::BTreeSet<u16>>,
+    /// Partitions this node holds data of without being a replica.
+    local_handoff: Vec<u16>,
+    /// For a draining node: (partitions whose every new owner covers this node's vector, partitions held).
+    handoff_progress: Option<(usize, usize)>,
+}
+
+/// This node's view of the region.
+pub struct Cluster {
+    local: NodeId,
+    region: String,
+    rf: usize,
+    seeds: Vec<SocketAddr>,
+    dial_via: BTreeMap<String, SocketAddr>,
+    engine: Arc<dyn Engine>,
+    view: Mutex<View>,
+    /// Serialises persisting the membership.
+    persisting: Mutex<()>,
+}
+
+impl Cluster {
+    /// Loads the persisted membership and (re-)announces this node in it.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        local: NodeId,
+        config: &Config,
+        peer_addr: SocketAddr,
+        client_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let mut membership = match engine.get(Space::Meta, crate::layout::META_MEMBERSHIP)? {
+            Some(bytes) => codec::decode::<Membership>(&bytes, MAX_MEMBERSHIP_BYTES)
+                .map_err(|e| anyhow::anyhow!("the persisted membership is unreadable: {e}"))?,
+            None => Membership::new(),
+        };
+        let held = membership.get(local).cloned();
+        let (state, incarnation) = match &held {
+            // A node that was removed stays out: re-joining is an operator's decision (a new data dir).
+            Some(m) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
+            Some(m) => (m.state, m.version.incarnation),
+            None if config.peer.auto_activate => (MemberState::Active, 1),
+            None => (MemberState::Joining, 1),
+        };
+        if state == MemberState::Removed {
+            tracing::warn!(node = %local, "this node was removed from the cluster; it holds no placements");
+        } else {
+            let me = Member {
+                name: config.node_name.clone(),
+                region: config.region.clone(),
+                zone: config.zone.clone(),
+                peer_addr: peer_addr.to_string(),
+                client_addr: client_addr.to_string(),
+                http_addr: http_addr.to_string(),
+                state,
+                version: MemberVersion {
+                    incarnation,
+                    hlc: Hlc { wall_ms: now_ms().max(held.map_or(0, |m| m.version.hlc.wall_ms + 1)), logical: 0 },
+                },
+            };
+            membership.upsert(local, me).map_err(|e| anyhow::anyhow!("announcing this node: {e}"))?;
+        }
+        let detector =
+            FailureDetector::new(DetectorConfig::new(config.peer.suspect_after_ms, config.peer.dead_after_ms))
+                .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
+        let placements = Arc::new(compute_placements(&membership, &config.region, config.peer.rf));
+        let remote_placements = Arc::new(compute_remote_placements(&membership, &config.region, config.peer.rf));
+        let cluster = Cluster {
+            local,
+            region: config.region.clone(),
+            rf: config.peer.rf,
+            seeds: config.peer.seeds.clone(),
+            dial_via: config.peer.dial_via.clone(),
+            engine,
+            persisting: Mutex::new(()),
+            view: Mutex::new(View {
+                local,
+                local_state: (state, now_ms()),
+                membership,
+                detector,
+                placements,
+                remote_placements,
+                peer_handoff: BTreeMap::new(),
+                local_handoff: Vec::new(),
+                handoff_progress: None,
+            }),
+        };
+        cluster.persist(&cluster.lock().membership)?;
+        Ok(Arc::new(cluster))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Persists the membership as it is now. Serialised, and the snapshot taken under the
+    /// serialising lock, so two concurrent changes cannot leave the older one on disk.
+    fn persist_latest(&self) -> Result<(), StorageError> {
+        let _serial = self.persisting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let snapshot = self.lock().membership.clone();
+        self.persist(&snapshot)
+    }
+
+    fn persist(&self, membership: &Membership) -> Result<(), StorageError> {
+        let mut batch = Batch::default();
+        batch.put(Space::Meta, crate::layout::META_MEMBERSHIP, codec::encode(membership));
+        self.engine.write(batch)
+    }
+
+    /// Recomputes every region's placement after a membership change.
+    fn replace(&self, view: &mut View) {
+        view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
+        view.remote_placements = Arc::new(compute_remote_placements(&view.membership, &self.region, self.rf));
+    }
+
+    fn note_local_state(&self, view: &mut View) {
+        let state = view.membership.get(self.local).map_or(MemberState::Removed, |m| m.state);
+        if state != view.local_state.0 {
+            view.local_state = (state, now_ms());
+        }
+    }
+
+    /// When (Unix ms, this node's clock) this node learned of its current lifecycle state.
+    pub fn local_state_since_ms(&self) -> u64 {
+        self.lock().local_state.1
+    }
+
+    /// This node's id.
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// The configured replication factor.
+    pub fn rf(&self) -> usize {
+        self.rf
+    }
+
+    /// The seed addresses from the configuration.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
+    /// The replicas of `partition`, best first (empty only while no member is active).
+    pub fn replicas(&self, partition: u16) -> Vec<NodeId> {
+        self.lock().placements[usize::from(partition)].clone()
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The replicas of `partition` in every other region, by region name, best first.
+    pub fn remote_replicas(&self, partition: u16) -> Vec<(String, Vec<NodeId>)> {
+        let view = self.lock();
+        view.remote_placements
+            .iter()
+            .map(|(region, all)| (region.clone(), all[usize::from(partition)].clone()))
+            .collect()
+    }
+
+    /// The replicas a request at `level` counts: a global `quorum` counts the key's replicas in
+    /// every region (this region's first); every other level counts this region's.
+    pub fn replicas_for(&self, level: meridian_client::proto::Consistency, partition: u16) -> Vec<NodeId> {
+        self.replicas_for_regions(level, partition, None)
+    }
+
+    /// [`Cluster::replicas_for`] counting only the regions in `allowed` (`None`: every region), for
+    /// keys a residency rule keeps in some regions. The local region is counted as long as it is
+    /// allowed (requests for keys it may not hold are proxied before they get here).
+    pub fn replicas_for_regions(
+        &self,
+        level: meridian_client::proto::Consistency,
+        partition: u16,
+        allowed: Option<&[String]>,
+    ) -> Vec<NodeId> {
+        let permits = |region: &str| allowed.is_none_or(|allowed| allowed.iter().any(|r| r == region));
+        let view = self.lock();
+        let mut replicas =
+            if permits(&self.region) { view.placements[usize::from(partition)].clone() } else { Vec::new() };
+        if level == meridian_client::proto::Consistency::Quorum {
+            for (region, all) in view.remote_placements.iter() {
+                if permits(region) {
+                    replicas.extend(all[usize::from(partition)].iter().copied());
+                }
+            }
+        }
+        replicas
+    }
+
+    /// For each other region, the replica of `partition` this node sends a write to for that region
+    /// to spread (one per region, so a write crosses each WAN link once): the first one that is up,
+    /// alive ones first, in placement order. Regions with no replica up are named with `None`.
+    pub fn remote_entry_points(&self, partition: u16) -> Vec<(String, Option<NodeId>)> {
+        let view = self.lock();
+        let now = now_ms();
+        view.remote_placements
+            .iter()
+            .map(|(region, all)| (region.clone(), designated(&view, &all[usize::from(partition)], now)))
+            .collect()
+    }
+
+    /// The region of `node`, if known.
+    pub fn region_of(&self, node: NodeId) -> Option<String> {
+        self.lock().membership.get(node).map(|m| m.region.clone())
+    }
+
+    /// Placement of every partition (cheap: shared).
+    pub fn all_placements(&self) -> Arc<Vec<Vec<NodeId>>> {
+        self.lock().placements.clone()
+    }
+
+    /// Placement of `partition` with each replica's score, rank and reason.
+    pub fn explain(&self, partition: u16) -> Placement {
+        let view = self.lock();
+        place(&partition.to_be_bytes(), &view.membership.placement_nodes(&self.region), self.rf)
+    }
+
+    /// Whether this node is one of `partition`'s replicas.
+    pub fn is_replica(&self, partition: u16) -> bool {
+        self.lock().placements[usize::from(partition)].contains(&self.local)
+    }
+
+    /// The membership as gossip ships it.
+    pub fn snapshot(&self) -> Membership {
+        self.lock().membership.clone()
+    }
+
+    /// The membership digest (equal views have equal digests).
+    pub fn digest(&self) -> u64 {
+        self.lock().membership.digest()
+    }
+
+    /// Joins a peer's membership into ours; persists and re-places when it changed anything.
+    pub fn merge(&self, theirs: &Membership) -> Result<bool, StorageError> {
+        let mut view = self.lock();
+        if !view.membership.merge(theirs) {
+            return Ok(false);
+        }
+        // If a peer holds an older record of us (say, from before our restart), ours wins again on
+        // the next exchange: our record only moves forward.
+        self.replace(&mut view);
+        self.note_local_state(&mut view);
+        drop(view);
+        self.persist_latest()?;
+        Ok(true)
+    }
+
+    /// Records that `node` answered or called us just now.
+    pub fn heartbeat(&self, node: NodeId) {
+        if node != self.local {
+            self.lock().detector.heartbeat(node, now_ms());
+        }
+    }
+
+    /// What the failure detector believes about `node` (this node is always alive).
+    pub fn liveness(&self, node: NodeId) -> Liveness {
+        if node == self.local {
+            return Liveness::Alive;
+        }
+        self.lock().detector.status(node, now_ms())
+    }
+
+    /// Whether requests should be sent to `node` now (alive or merely suspected, or never heard
+    /// from yet — a node just learned of gets a chance).
+    pub fn reachable(&self, node: NodeId) -> bool {
+        !matches!(self.liveness(node), Liveness::Dead)
+    }
+
+    /// The member record of `node`.
+    pub fn member(&self, node: NodeId) -> Option<Member> {
+        self.lock().membership.get(node).cloned()
+    }
+
+    /// The address to dial `node` at: its advertised peer address, unless `peer.dial_via` names
+    /// another for it.
+    pub fn peer_addr(&self, node: NodeId) -> Option<SocketAddr> {
+        self.member(node).and_then(|m| self.dial_addr(&m))
+    }
+
+    fn dial_addr(&self, member: &Member) -> Option<SocketAddr> {
+        self.dial_via.get(&member.name).copied().or_else(|| member.peer_addr.parse().ok())
+    }
+
+    /// Every other member that is not removed, with its peer address.
+    pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
+        let view = self.lock();
+        view.membership
+            .iter()
+            .filter(|(id, m)| *id != self.local && m.state != MemberState::Removed)
+            .filter_map(|(id, m)| self.dial_addr(m).map(|addr| (id, addr)))
+            .collect()
+    }
+
+    /// This node's lifecycle state.
+    pub fn local_state(&self) -> MemberState {
+        self.member(self.local).map_or(MemberState::Removed, |m| m.state)
+    }
+
+    /// Whether this node should pull `partition` from `peer` by anti-entropy (rounds pull what the
+    /// puller lacks): this node must be one of its replicas, and `peer` either one too, or a node
+    /// that holds data of it without owning it — after a drain, or after placement moved the
+    /// partition — which it announces in gossip ([`Cluster::set_peer_handoff`]).
+    ///
+    /// Across regions only one pair per partition and region pair syncs, so a delta crosses a WAN
+    /// link once rather than once per replica: this region's *designated* replica (the first one up,
+    /// in placement order) pulls from the other region's designated replica, and each fans what it
+    /// got out in its own region by in-region anti-entropy.
+    pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
+        let view = self.lock();
+        let replicas = &view.placements[usize::from(partition)];
+        if !replicas.contains(&self.local) {
+            return false;
+        }
+        let peer_region = view.membership.get(peer).map(|m| m.region.as_str());
+        match peer_region {
+            Some(region) if region != self.region => {
+                let now = now_ms();
+                let Some(theirs) = view.remote_placements.get(region) else { return false };
+                designated(&view, replicas, now) == Some(self.local)
+                    && designated(&view, &theirs[usize::from(partition)], now) == Some(peer)
+            }
+            _ => replicas.contains(&peer) || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition)),
+        }
+    }
+
+    /// Records the partitions `peer` holds without owning them.
+    pub fn set_peer_handoff(&self, peer: NodeId, partitions: Vec<u16>) {
+        self.lock().peer_handoff.insert(peer, partitions.into_iter().collect());
+    }
+
+    /// Sets the partitions this node holds data of without owning them (recomputed periodically).
+    pub fn set_local_handoff(&self, partitions: Vec<u16>) {
+        self.lock().local_handoff = partitions;
+    }
+
+    /// The partitions this node holds data of without owning them.
+    pub fn local_handoff(&self) -> Vec<u16> {
+        self.lock().local_handoff.clone()
+    }
+
+    /// Records how far a drain's handoff is: partitions covered by all their new owners, of those held.
+    pub fn set_handoff_progress(&self, progress: Option<(usize, usize)>) {
+        self.lock().handoff_progress = progress;
+    }
+
+    /// See [`Cluster::set_handoff_progress`].
+    pub fn handoff_progress(&self) -> Option<(usize, usize)> {
+        self.lock().handoff_progress
+    }
+
+    /// Whether this node has heard from its region: true once its membership names another node,
+    /// or when it has no seeds (a region of one). Until then placement would make it the only
+    /// replica of everything, so it must not coordinate.
+    pub fn has_joined(&self) -> bool {
+        self.seeds.is_empty() || self.lock().membership.len() > 1
+    }
+
+    /// Finds a member by node name or id (decimal or as displayed).
+    pub fn find(&self, name_or_id: &str) -> Option<NodeId> {
+        let view = self.lock();
+        let found = view
+            .membership
+            .iter()
+            .find(|(id, m)| m.name == name_or_id || id.to_string() == name_or_id || id.0.to_string() == name_or_id)
+            .map(|(id, _)| id);
+        found
+    }
+
+    /// Moves `node` to `to` (an operator's command); the change spreads by gossip.
+    pub fn transition(&self, node: NodeId, to: MemberState) -> Result<(), String> {
+        let mut view = self.lock();
+        let at = Hlc { wall_ms: now_ms(), logical: 0 };
+        view.membership.transition(node, to, at).map_err(|e| e.to_string())?;
+        self.replace(&mut view);
+        self.note_local_state(&mut view);
+        drop(view);
+        self.persist_latest().map_err(|e| e.to_string())
+    }
+
+    /// Every member with its liveness and partition count, in node order.
+    pub fn members(&self) -> Vec<MemberView> {
+        let view = self.lock();
+        let now = now_ms();
+        let mut owned: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for replicas in view.placements.iter().chain(view.remote_placements.values().flatten()) {
+            for id in replicas {
+                *owned.entry(*id).or_default() += 1;
+            }
+        }
+        view.membership
+            .iter()
+            .map(|(id, m)| MemberView {
+                id,
+                member: m.clone(),
+                liveness: if id == self.local { "self".into() } else { view.detector.status(id, now).to_string() },
+                partitions: owned.get(&id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+/// The first replica in `replicas` that is up (alive before suspected), as this node sees it.
+fn designated(view: &View, replicas: &[NodeId], now: u64) -> Option<NodeId> {
+    let status = |id: NodeId| {
+        if id == view.local {
+            Liveness::Alive
+        } else {
+            view.detector.status(id, now)
+        }
+    };
+    replicas
+        .iter()
+        .copied()
+        .find(|id| status(*id) == Liveness::Alive)
+        .or_else(|| replicas.iter().copied().find(|id| status(*id) != Liveness::Dead))
+        .or_else(|| replicas.first().copied())
+}
+
+/// The replicas of every partition in every region but `local_region`, by region.
+fn compute_remote_placements(
+    membership: &Membership,
+    local_region: &str,
+    rf: usize,
+) -> BTreeMap<String, Vec<Vec<NodeId>>> {
+    let regions: std::collections::BTreeSet<String> = membership
+        .iter()
+        .filter(|(_, m)| m.region != local_region && m.state != MemberState::Removed)
+        .map(|(_, m)| m.region.clone())
+        .collect();
+    regions
+        .into_iter()
+        .map(|region| {
+            let placements = compute_placements(membership, &region, rf);
+            (region, placements)
+        })
+        .filter(|(_, placements)| placements.iter().any(|replicas| !replicas.is_empty()))
+        .collect()
+}
+
+/// The replicas of every partition over the region's active members.
+fn compute_placements(membership: &Membership, region: &str, rf: usize) -> Vec<Vec<NodeId>> {
+    let nodes = membership.placement_nodes(region);
+    (0..PARTITIONS).map(|p| place(&p.to_be_bytes(), &nodes, rf).ids()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    fn config(name: &str, zone: &str, port: u16) -> Config {
+        let mut config = Config { node_name: name.into(), zone: zone.into(), ..Config::default() };
+        config.peer.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        config
+    }
+
+    fn open(name: &str, zone: &str, port: u16, id: u64) -> Arc<Cluster> {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let config = config(name, zone, port);
+        Cluster::open(Arc::new(MemoryEngine::new()), NodeId(id), &config, config.peer.listen.unwrap(), addr, addr)
+            .unwrap()
+    }
+
+    #[test]
+    fn merged_views_agree_on_placement_and_spread_zones() {
+        let nodes: Vec<_> =
+            (1..=5).map(|i| open(&format!("n{i}"), &format!("z{}", (i - 1) % 3 + 1), 9000 + i as u16, i)).collect();
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+            }
+        }
+        let first = nodes[0].all_placements();
+        for node in &nodes {
+            assert_eq!(node.all_placements(), first, "every node computes the same placement");
+            assert_eq!(node.digest(), nodes[0].digest());
+        }
+        for (p, replicas) in first.iter().enumerate() {
+            assert_eq!(replicas.len(), 3, "partition {p}");
+            let zones: std::collections::BTreeSet<_> =
+                replicas.iter().map(|id| nodes[0].member(*id).unwrap().zone).collect();
+            assert_eq!(zones.len(), 3, "partition {p} spans three zones");
+        }
+        let owned: Vec<usize> = nodes[0].members().iter().map(|m| m.partitions).collect();
+        assert_eq!(owned.iter().sum::<usize>(), 256 * 3);
+        assert!(owned.iter().all(|n| *n > 100), "placement is roughly balanced: {owned:?}");
+    }
+
+    #[test]
+    fn drain_moves_placements_away_and_keeps_the_node_syncing_its_handoff() {
+        let nodes: Vec<_> = (1..=4).map(|i| open(&format!("n{i}"), "z", 9100 + i as u16, i)).collect();
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+            }
+        }
+        let held: Vec<u16> = (0..PARTITIONS).filter(|p| nodes[0].is_replica(*p)).collect();
+        assert!(!held.is_empty());
+        nodes[1].transition(NodeId(1), MemberState::Draining).unwrap();
+        nodes[0].merge(&nodes[1].snapshot()).unwrap();
+        assert!((0..PARTITIONS).all(|p| !nodes[0].is_replica(p)), "a draining node takes no placements");
+        let p = held[0];
+        let new_replicas = nodes[0].replicas(p);
+        assert!(new_replicas.iter().all(|id| !nodes[0].syncs_with(p, *id)), "a drainer pulls nothing");
+        let owner = nodes.iter().find(|n| n.local() == new_replicas[0]).unwrap();
+        owner.merge(&nodes[1].snapshot()).unwrap();
+        assert!(!owner.syncs_with(p, NodeId(1)) || owner.replicas(p).contains(&NodeId(1)));
+        owner.set_peer_handoff(NodeId(1), vec![p]);
+        assert!(owner.syncs_with(p, NodeId(1)), "new owners pull what the drainer announces");
+        assert_eq!(nodes[0].local_state(), MemberState::Draining);
+    }
+
+    #[test]
+    fn membership_survives_a_restart_and_removal_sticks() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = Cluster::open(engine.clone(), NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        let b = open("n8", "z", 9201, 8);
+        a.merge(&b.snapshot()).unwrap();
+        drop(a);
+        let a = Cluster::open(engine.clone(), NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        assert!(a.member(NodeId(8)).is_some(), "peers are remembered across restarts");
+        a.transition(NodeId(7), MemberState::Removed).unwrap();
+        drop(a);
+        let a = Cluster::open(engine, NodeId(7), &config("n7", "z", 9200), addr, addr, addr).unwrap();
+        assert_eq!(a.local_state(), MemberState::Removed, "a removed node does not re-join by restarting");
+        assert!((0..PARTITIONS).all(|p| !a.is_replica(p)));
+    }
+}

@@ -1,0 +1,111 @@
+//! Membership gossip and heartbeats, safe-time reports, and residency rule exchange.
+//!
+//! Every `gossip_interval_ms` the node sends its membership to every other member it knows (a
+//! region is tens of nodes at most, so all-to-all stays cheap) and to its seeds; each answer is the
+//! peer's membership, merged in. A successful exchange is also the heartbeat the failure detector
+//! listens to, so a node that stops answering turns suspect and then dead within
+//! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerReplyV1};
+use crate::peer::PeerPool;
+use crate::region::cluster::Cluster;
+use crate::replica::Replica;
+
+/// Exchanges memberships with every known member and seed each `interval`, until `shutdown`.
+pub async fn gossip(
+    replica: Arc<Replica>,
+    cluster: Arc<Cluster>,
+    pool: Arc<PeerPool>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
+    while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        round += 1;
+        let known = cluster.peers();
+        let mut targets: Vec<SocketAddr> = known.iter().map(|(_, addr)| *addr).collect();
+        for seed in cluster.seeds() {
+            if !targets.contains(seed) {
+                targets.push(*seed);
+            }
+        }
+        let request = encode_request(
+            cluster.local(),
+            PeerMessageV1::GossipReports {
+                membership: cluster.snapshot(),
+                handoff: cluster.local_handoff(),
+                reports: replica.own_reports(),
+            },
+        );
+        let exchanges = targets.into_iter().map(|addr| {
+            let (pool, request) = (pool.clone(), request.clone());
+            async move { (addr, pool.request(addr, None, request, interval * 4).await) }
+        });
+        for (addr, answer) in futures::future::join_all(exchanges).await {
+            match answer.map_err(|e| PeerCallError::Transport(e.to_string())).and_then(|bytes| decode_reply(&bytes)) {
+                Ok(PeerReplyV1::GossipReports { node_id, membership, handoff, reports }) => {
+                    cluster.heartbeat(node_id);
+                    let replica = replica.clone();
+                    let _ = tokio::task::spawn_blocking(move || replica.take_reports_of(node_id, &reports)).await;
+                    cluster.set_peer_handoff(node_id, handoff);
+                    if let Err(e) = cluster.merge(&membership) {
+                        tracing::warn!(error = %e, "could not store the merged membership");
+                    }
+                }
+                // A node of the previous version: membership and heartbeat, no reports.
+                Ok(PeerReplyV1::Gossip { node_id, membership, handoff }) => {
+                    cluster.heartbeat(node_id);
+                    cluster.set_peer_handoff(node_id, handoff);
+                    if let Err(e) = cluster.merge(&membership) {
+                        tracing::warn!(error = %e, "could not store the merged membership");
+                    }
+                }
+                Ok(other) => tracing::warn!(%addr, "unexpected gossip reply {other:?}"),
+                Err(e) => tracing::debug!(%addr, error = %e, "gossip exchange failed"),
+            }
+        }
+        // Residency rules every fourth round: they change rarely, and a newer set wins wherever
+        // it meets an older one, so every node has a change within a few rounds.
+        if round % 4 == 1 {
+            exchange_rules(&replica, &cluster, &pool, interval * 4).await;
+        }
+        let members = cluster.members();
+        for liveness in ["alive", "suspect", "dead", "unknown"] {
+            let count = members.iter().filter(|m| m.liveness == liveness).count();
+            metrics::gauge!("meridian_cluster_peers", "liveness" => liveness).set(count as f64);
+        }
+        metrics::gauge!("meridian_cluster_members").set(members.len() as f64);
+        let owned = members.iter().find(|m| m.id == cluster.local()).map_or(0, |m| m.partitions);
+        metrics::gauge!("meridian_partitions_owned").set(owned as f64);
+    }
+}
+
+/// Sends this node's residency rules to every known peer and adopts any newer set they answer with.
+pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    let rules = (*replica.residency().rules()).clone();
+    let request = encode_request(cluster.local(), PeerMessageV1::Residency { rules });
+    let exchanges = cluster.peers().into_iter().map(|(_, addr)| {
+        let (pool, request) = (pool.clone(), request.clone());
+        async move { pool.request(addr, None, request, timeout).await }
+    });
+    for answer in futures::future::join_all(exchanges).await {
+        if let Ok(Ok(PeerReplyV1::Residency { rules })) = answer.map(|bytes| decode_reply(&bytes)) {
+            if let Err(e) = rules.check_shape() {
+                tracing::warn!(error = %e, "a peer answered with malformed residency rules; ignored");
+                continue;
+            }
+            let residency = replica.residency().clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || residency.adopt(&rules)).await {
+                tracing::warn!(error = %e, "could not store newer residency rules");
+            }
+        }
+    }
+}

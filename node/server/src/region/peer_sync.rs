@@ -1,0 +1,255 @@
+//! Anti-entropy between the replicas of each partition over the mutual-TLS peer transport.
+//!
+//! The sans-IO [`SyncSession`] decides what to send; this module carries its messages as
+//! `Sync` requests of the peer protocol ((`crate::api::peer_service`)). The answering side keeps no
+//! state between requests (a fresh session per request), so a restart of either side loses nothing.
+//!
+//! Each peer is served by one thread that runs, in turn, the sessions of the partitions this node
+//! shares with it under the current placement ([`Cluster::syncs_with`]: both are replicas, or this
+//! node is draining and hands the partition to its new replicas). It calls the storage (which
+//! blocks, and joins replicated state under the node's key locks) and the network (through the
+//! runtime handle). A round per partition per `sync_interval_ms` keeps an idle region cheap: an
+//! offer whose vector matches costs one small request. A peer the failure detector holds dead is
+//! skipped until it answers gossip again.
+
+use meridian_crdt::NodeId;
+use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
+use meridian_replication::SafeReport;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::layout::PARTITIONS;
+use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerRefusal, PeerReplyV1};
+use crate::peer::PeerPool;
+use crate::region::cluster::Cluster;
+use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
+
+/// Most request/reply exchanges one partition's session may make per pass (a bound on every loop).
+const MAX_EXCHANGES_PER_PASS: usize = 1024;
+
+fn now_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+/// Answers one anti-entropy message from `from` with a fresh session over `store`. Blocks.
+pub fn answer_sync(
+    mut store: EngineSyncStore,
+    config: SyncConfig,
+    local: NodeId,
+    from: NodeId,
+    message: SyncMessage,
+    residency: Option<(&crate::residency::Residency, &str)>,
+) -> Result<PeerReplyV1, PeerRefusal> {
+    let partition = message.partition();
+    let mut session =
+        SyncSession::new(config, partition, local, from, 1).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    session.step(&mut store, now, message).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
+    let mut replies = Vec::new();
+    while let Some(reply) = session.poll_outbound() {
+        replies.push(match residency {
+            Some((residency, region)) => for_region(residency, region, reply),
+            None => reply,
+        });
+    }
+    Ok(PeerReplyV1::Sync(replies))
+}
+
+/// An answer as a node of `region` (the requester's certified region) may receive it: records of
+/// keys it may not hold redacted, states of such keys left out (`crate::residency`).
+fn for_region(residency: &crate::residency::Residency, region: &str, reply: SyncMessage) -> SyncMessage {
+    use meridian_replication::antientropy::SyncMessageV1;
+    let SyncMessage::V1(message) = reply;
+    SyncMessage::V1(match message {
+        SyncMessageV1::Records { partition, request, records, more } => {
+            SyncMessageV1::Records { partition, request, records: residency.for_region(region, records), more }
+        }
+        SyncMessageV1::States { partition, request, mut states, resume } => {
+            states.retain(|state| residency.allowed_in(region, &state.key));
+            SyncMessageV1::States { partition, request, states, resume }
+        }
+        other => other,
+    })
+}
+
+/// A digest of this node's version vector of each of `partitions` (equal vectors, equal digests).
+pub fn vv_digests(store: &EngineSyncStore, partitions: &[u16]) -> Result<Vec<u64>, SyncStoreError> {
+    use meridian_replication::antientropy::SyncStore as _;
+    partitions
+        .iter()
+        .map(|p| {
+            let vv = store.partition_vv(PartitionId(*p))?;
+            Ok(meridian_replication::stable_hash(&meridian_crdt::codec::encode(&vv)))
+        })
+        .collect()
+}
+
+/// Progress of anti-entropy with one peer, for `meridian status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct SyncProgress {
+    /// Passes over the shared partitions completed.
+    pub passes: AtomicU64,
+    /// Partitions shared with the peer in the last pass.
+    pub shared_partitions: AtomicU64,
+    /// Unix ms of the last pass that reached the peer for every shared partition (0: never).
+    pub last_complete_ms: AtomicU64,
+    /// Unix ms at which that pass started (0: never).
+    pub last_complete_started_ms: AtomicU64,
+    /// Unix ms of the last failed exchange (0: never).
+    pub last_error_ms: AtomicU64,
+}
+
+/// Runs anti-entropy with one peer until `shutdown`: a thread that passes over the partitions it
+/// shares with the peer each `interval`.
+#[allow(clippy::too_many_arguments)] // each is a distinct knob; a struct would only rename them
+pub fn spawn_peer_sync(
+    cluster: Arc<Cluster>,
+    store: EngineSyncStore,
+    pool: Arc<PeerPool>,
+    peer: NodeId,
+    addr: SocketAddr,
+    config: SyncConfig,
+    interval: Duration,
+    request_timeout: Duration,
+    progress: Arc<SyncProgress>,
+    shutdown: CancellationToken,
+) -> std::thread::JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name(format!("meridian-sync-{addr}"))
+        .spawn(move || {
+            let local = cluster.local();
+            let link = Link { local, pool: &pool, peer: addr, runtime: &runtime, timeout: request_timeout };
+            let started = Instant::now();
+            let mut sessions: Vec<SyncSession> = (0..PARTITIONS)
+                .map(|p| {
+                    SyncSession::new(config.clone(), PartitionId(p), local, peer, rand::random::<u32>().into())
+                        .expect("validated sync config")
+                })
+                .collect();
+            while !shutdown.is_cancelled() {
+                let pass_started = Instant::now();
+                let pass_started_ms = unix_ms();
+                if cluster.reachable(peer) {
+                    let mut store = store.clone();
+                    let mut shared = 0;
+                    let mut complete = true;
+                    let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.syncs_with(*p, peer)).collect();
+                    // Partitions whose version vectors are equal on both sides have nothing to
+                    // pull: one message compares them all, and only the others run a round.
+                    let in_sync = link.partitions_in_sync(&store, &partitions).unwrap_or_default();
+                    for session in &mut sessions {
+                        if shutdown.is_cancelled() {
+                            break;
+                        }
+                        if !cluster.syncs_with(session.partition().0, peer) {
+                            continue;
+                        }
+                        shared += 1;
+                        if session.is_idle() && in_sync.contains(&session.partition().0) {
+                            continue;
+                        }
+                        let passed = link.pass(session, &mut store, now_ms(started));
+                        // What the peer's offers proved about its own log: causal reads here may
+                        // now serve writes of its up to that time.
+                        while let Some(event) = session.poll_event() {
+                            if let SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } = event {
+                                store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+                            }
+                        }
+                        if let Err(e) = passed {
+                            tracing::debug!(%addr, error = %e, "sync pass interrupted");
+                            progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
+                            metrics::counter!("meridian_sync_pass_errors_total").increment(1);
+                            complete = false;
+                            break;
+                        }
+                    }
+                    progress.shared_partitions.store(shared, Ordering::Relaxed);
+                    progress.passes.fetch_add(1, Ordering::Relaxed);
+                    if complete && !shutdown.is_cancelled() {
+                        progress.last_complete_started_ms.store(pass_started_ms, Ordering::Relaxed);
+                        metrics::counter!("meridian_sync_passes_total").increment(1);
+                        progress.last_complete_ms.store(unix_ms(), Ordering::Relaxed);
+                    }
+                }
+                let rest = interval.saturating_sub(pass_started.elapsed());
+                let _ = runtime.block_on(async { tokio::time::timeout(rest, shutdown.cancelled()).await });
+            }
+        })
+        .expect("spawning a sync thread")
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why an exchange with the peer stopped (the thread tries again at its next pass).
+#[derive(Debug, thiserror::Error)]
+enum PassFailed {
+    /// The peer did not answer usefully.
+    #[error(transparent)]
+    Peer(#[from] PeerCallError),
+    /// The partition's session refused a message or failed on the store.
+    #[error("{0}")]
+    Session(String),
+    /// Reading this node's vectors failed.
+    #[error(transparent)]
+    Store(#[from] SyncStoreError),
+}
+
+struct Link<'a> {
+    local: NodeId,
+    pool: &'a PeerPool,
+    peer: SocketAddr,
+    runtime: &'a tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+impl Link<'_> {
+    fn call(&self, message: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
+        let request = encode_request(self.local, message);
+        let reply = self
+            .runtime
+            .block_on(self.pool.request(self.peer, None, request, self.timeout))
+            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        decode_reply(&reply)
+    }
+
+    /// Which of `partitions` have the same version vector here and at the peer (one exchange).
+    fn partitions_in_sync(
+        &self,
+        store: &EngineSyncStore,
+        partitions: &[u16],
+    ) -> Result<std::collections::BTreeSet<u16>, PassFailed> {
+        if partitions.is_empty() {
+            return Ok(Default::default());
+        }
+        let theirs = match self.call(PeerMessageV1::VvDigests { partitions: partitions.to_vec() })? {
+            PeerReplyV1::VvDigests(digests) if digests.len() == partitions.len() => digests,
+            other => return Err(PeerCallError::unexpected(&other).into()),
+        };
+        let ours = vv_digests(store, partitions)?;
+        Ok(partitions.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a == b).map(|(p, _)| *p).collect())
+    }
+
+    /// Lets one partition's session run a round if one is due, carrying its requests to the peer.
+    fn pass(&self, session: &mut SyncSession, store: &mut EngineSyncStore, now_ms: u64) -> Result<(), PassFailed> {
+        session.tick(store, now_ms).map_err(|e| PassFailed::Session(e.to_string()))?;
+        for _ in 0..MAX_EXCHANGES_PER_PASS {
+            let Some(message) = session.poll_outbound() else { return Ok(()) };
+            match self.call(PeerMessageV1::Sync(message))? {
+                PeerReplyV1::Sync(replies) => {
+                    for reply in replies {
+                        session.step(store, now_ms, reply).map_err(|e| PassFailed::Session(e.to_string()))?;
+                    }
+                }
+                other => return Err(PeerCallError::unexpected(&other).into()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! The replica's write path: the causal precondition, then the write made durable under its key's
+//! lock through the group committer (see the module docs of `crate::replica`).
+
+use std::sync::Arc;
+
+use meridian_client::proto::{CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Reply, ReplyBody};
+use meridian_crdt::{CrdtError, CrdtType, Entry, Mutation, Value, VersionVector, WriteContext};
+use meridian_replication::antientropy::LogRecord as SyncRecord;
+use meridian_replication::{Outcome, QuorumTracker, ReplicaCounts};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::clock::{now_ms, InFlightTs};
+use super::{internal, Replica};
+use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
+use crate::storage::{Batch, Space};
+use crate::store::commit::LogAppend;
+
+/// A write's target change.
+pub enum Change {
+    /// Apply a mutation.
+    Mutate(Mutation),
+    /// Delete the key (reset what this replica has observed of it).
+    Delete,
+}
+
+impl Change {
+    /// Whether the change removes what the coordinator has observed (so a quorum-level one must
+    /// first observe what a quorum holds).
+    pub fn removes_observed(&self) -> bool {
+        matches!(self, Change::Delete | Change::Mutate(Mutation::SetRemove { .. } | Mutation::MapRemove { .. }))
+    }
+
+    /// A fingerprint (the stable hash of the codec encoding) so a reused idempotency id naming a different
+    /// operation is refused instead of replaying the other operation's reply.
+    fn digest(&self) -> u64 {
+        let bytes = match self {
+            Change::Mutate(mutation) => meridian_crdt::codec::encode(mutation),
+            Change::Delete => Vec::new(),
+        };
+        layout::stable_hash(&bytes)
+    }
+}
+
+/// A write ready to commit, or already answered (an idempotent replay, a delete of nothing).
+enum Prepared {
+    Done(Reply),
+    Commit { batch: Batch, log: LogAppend, push: Push, reply: Reply, ts: InFlightTs },
+}
+
+/// What a write's fan-out ships to the other replicas (its log record minus the position, which the
+/// committer assigns).
+struct Push {
+    data_key: Vec<u8>,
+    delta: Vec<u8>,
+    hlc: u64,
+}
+
+/// A write made durable here: its reply, its log record for the other replicas (none when it was
+/// answered without one: an idempotent replay, a delete of nothing), and the request's in-flight
+/// slot, held until the write has been acknowledged as its level requires.
+pub struct Durable {
+    /// The client's reply.
+    pub reply: Reply,
+    /// The record to push, with its partition.
+    pub record: Option<(u16, SyncRecord)>,
+    /// The request's in-flight slot.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// A CRDT refusal as the client sees it.
+pub(crate) fn crdt_error(e: CrdtError) -> ErrorReply {
+    let code = match e {
+        CrdtError::WrongType { .. } => ErrorCode::WrongType,
+        CrdtError::TypeConflict { .. } => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    ErrorReply::new(code, e.to_string())
+}
+
+impl Replica {
+    /// The level a request for `key` runs at (`requested`, else the namespace's default), once the
+    /// key is known to be valid.
+    pub fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, ErrorReply> {
+        key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        Ok(requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace)))
+    }
+
+    /// A write on this node alone: made durable here, then acknowledged per `level` with this node
+    /// as the only replica (every level is met once the write is durable).
+    pub async fn write(
+        self: &Arc<Self>,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        token: CausalToken,
+        level: Consistency,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Reply, ErrorReply> {
+        let partition = layout::partition_of(&layout::data_key(&key));
+        self.before_write(&token, level, partition).await?;
+        let durable = self.write_durably(key, change, idempotency_id, token, permit).await?;
+        let replicas = ReplicaCounts { local: 1, remote: 0 };
+        let mut tracker = QuorumTracker::new(level, replicas);
+        tracker.record(true, true);
+        match tracker.outcome() {
+            Outcome::Satisfied => Ok(durable.reply),
+            Outcome::Pending | Outcome::Unavailable { .. } => Err(ErrorReply::new(
+                ErrorCode::QuorumUnavailable,
+                format!("{level} needs more replicas than this node has answering: 1 of {replicas:?}"),
+            )),
+        }
+    }
+
+    /// What must hold before a write at `level` to `partition` joins in: at `causal`, monotonic
+    /// writes and writes-follow-reads for the key itself (its state here must include what the
+    /// session saw of it, so a register's later write wins); at every level, the write's timestamp
+    /// follows the session's.
+    pub async fn before_write(
+        &self,
+        token: &CausalToken,
+        level: Consistency,
+        partition: u16,
+    ) -> Result<(), ErrorReply> {
+        if level == Consistency::Causal {
+            self.wait_for(token, Some(partition)).await?;
+        }
+        self.observe_token(token);
+        Ok(())
+    }
+
+    /// Makes a write durable here. It runs as its own task: if the request times out (its future is
+    /// dropped), the write still finishes — its log position is released and its key lock held until
+    /// it is durable — instead of being cut off between "queued for commit" and "committed".
+    pub async fn write_durably(
+        self: &Arc<Self>,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        token: CausalToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Durable, ErrorReply> {
+        let replica = self.clone();
+        let (written, permit) = self
+            .writes
+            .spawn(async move { (replica.write_to_completion(key, change, idempotency_id, token).await, permit) })
+            .await
+            .map_err(internal)?;
+        let (reply, record) = written?;
+        Ok(Durable { reply, record, permit })
+    }
+
+    async fn write_to_completion(
+        self: Arc<Self>,
+        key: Key,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        token: CausalToken,
+    ) -> Result<(Reply, Option<(u16, SyncRecord)>), ErrorReply> {
+        let data_key = layout::data_key(&key);
+        // Held until the write is durable, so the next write of this key reads the state this one made.
+        let _guard = self.writer.lock(&data_key).await;
+        let is_doc = matches!(&change, Change::Mutate(m) if m.crdt_type() == CrdtType::Doc);
+        let prepared = if is_doc {
+            // Automerge replays the document's history: keep that off the reactor threads.
+            let replica = self.clone();
+            tokio::task::spawn_blocking(move || replica.prepare_write(key, data_key, change, idempotency_id, token))
+                .await
+                .map_err(internal)??
+        } else {
+            self.prepare_write(key, data_key, change, idempotency_id, token)?
+        };
+        match prepared {
+            Prepared::Done(reply) => Ok((reply, None)),
+            Prepared::Commit { batch, log, push, reply, ts } => {
+                let partition = log.partition;
+                let committed = self.writer.committer().commit(batch, Some(log)).await;
+                // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
+                drop(ts);
+                let seq = committed.map_err(internal)?.ok_or_else(|| internal("the committer gave no log position"))?;
+                let record = SyncRecord { origin: self.id, seq, key: push.data_key, delta: push.delta, hlc: push.hlc };
+                Ok((reply, Some((partition, record))))
+            }
+        }
+    }
+
+    /// The recorded reply of an idempotency id already used, if any; refuses an id reused for
+    /// another operation.
+    fn replay(&self, id: IdempotencyId, key: &Key, request_digest: u64) -> Result<Option<Reply>, ErrorReply> {
+        let Some(bytes) = self.engine.get(Space::Idempotency, &id.0.to_be_bytes()).map_err(internal)? else {
+            return Ok(None);
+        };
+        let IdempotencyRecord::V1 { key: first_key, request_digest: first_digest, reply, .. } =
+            layout::decode(&bytes).map_err(internal)?;
+        if first_key != *key || first_digest != request_digest {
+            return Err(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "idempotency id already used for another operation (on key {first_key}); use a fresh id per write"
+                ),
+            ));
+        }
+        metrics::counter!("meridian_idempotent_replays_total").increment(1);
+        Ok(Some(reply))
+    }
+
+    /// Everything of a write but making it durable: the idempotency check, the delta, the new state,
+    /// the log position and the batch. Runs under the key's lock.
+    fn prepare_write(
+        self: &Arc<Self>,
+        key: Key,
+        data_key: Vec<u8>,
+        change: Change,
+        idempotency_id: Option<IdempotencyId>,
+        mut token: CausalToken,
+    ) -> Result<Prepared, ErrorReply> {
+        let request_digest = change.digest();
+        if let Some(id) = idempotency_id {
+            if let Some(reply) = self.replay(id, &key, request_digest)? {
+                return Ok(Prepared::Done(reply));
+            }
+        }
+        let (state, mut deps) = match self.load_stored(&data_key)? {
+            Some(stored) => (Some(stored.entry), stored.deps),
+            None => (None, VersionVector::new()),
+        };
+        if let Some(reply) = nothing_to_change(&change, state.as_ref(), &token)? {
+            return Ok(Prepared::Done(reply));
+        }
+        let ts = self.issue_ts();
+        let write = WriteContext { node: self.id, ts: ts.ts };
+        let delta = match (&change, &state) {
+            (Change::Mutate(mutation), _) => {
+                Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?
+            }
+            (Change::Delete, Some(entry)) => entry.reset_delta(&write).map_err(crdt_error)?,
+            (Change::Delete, None) => unreachable!("nothing_to_change answers a delete of nothing"),
+        };
+        let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
+        next.try_join(&delta).map_err(crdt_error)?;
+        let is_delete = matches!(change, Change::Delete);
+        let body = match change {
+            Change::Delete => ReplyBody::Deleted { existed: true },
+            Change::Mutate(Mutation::CounterAdd { .. }) => match next.read() {
+                Ok(Some(Value::Counter(value))) => ReplyBody::Written { counter: Some(value) },
+                _ => ReplyBody::Written { counter: None },
+            },
+            Change::Mutate(_) => ReplyBody::Written { counter: None },
+        };
+        // The write depends on everything its session has seen, and on itself.
+        token.0.observe(self.id, ts.ts.pack());
+        deps.merge(&token.0);
+        let stored = layout::encode_stored(&Stored { entry: next, deps });
+        let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
+        // A delete may grow a key (a tombstone records what it removed) but must always be possible.
+        if stored.len() > max_entry && !is_delete {
+            return Err(ErrorReply::new(
+                ErrorCode::TooLarge,
+                format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
+            ));
+        }
+
+        let partition = layout::partition_of(&data_key);
+        let push = Push {
+            data_key: data_key.clone(),
+            delta: layout::encode_stored(&Stored { entry: delta.clone(), deps: token.0.clone() }),
+            hlc: ts.ts.pack(),
+        };
+        let record = layout::encode(&LogRecord::V2 { key: key.clone(), delta, ts: ts.ts, deps: token.0.clone() });
+        let mut batch = Batch::default();
+        batch.put(Space::Data, data_key, stored);
+        let reply = Reply { causal_token: token, body };
+        if let Some(id) = idempotency_id {
+            let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
+            batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(&record));
+        }
+        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts })
+    }
+}
+
+/// The reply of a change that changes nothing (a delete or a remove on a key that does not exist:
+/// it must not create it), if it is one.
+fn nothing_to_change(change: &Change, state: Option<&Entry>, token: &CausalToken) -> Result<Option<Reply>, ErrorReply> {
+    let exists = state.is_some_and(Entry::exists);
+    match change {
+        Change::Delete if !exists => {
+            Ok(Some(Reply { causal_token: token.clone(), body: ReplyBody::Deleted { existed: false } }))
+        }
+        Change::Mutate(mutation @ (Mutation::SetRemove { .. } | Mutation::MapRemove { .. })) if !exists => {
+            if let Some(entry) = state {
+                let requested = mutation.crdt_type();
+                if entry.crdt_type() != requested {
+                    return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested }));
+                }
+            }
+            Ok(Some(Reply { causal_token: token.clone(), body: ReplyBody::Written { counter: None } }))
+        }
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,123 @@
+//! The node-side residency checks, on an in-memory engine.
+
+use super::*;
+use crate::storage::MemoryEngine;
+use meridian_client::proto::RuleSpec;
+use std::collections::BTreeSet;
+
+fn residency_in(region: &str, regions: &[&str]) -> Residency {
+    let residency = Residency::open(Arc::new(MemoryEngine::new()), region, "n1", None).unwrap();
+    let known: BTreeSet<String> = ["us-east", "eu-west", "ap-south"].map(String::from).into();
+    let spec = RuleSpec {
+        namespace: "app".into(),
+        prefix: "eu/".into(),
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        replicas_per_region: None,
+        home: None,
+        strict: false,
+    };
+    let (rules, _) = RuleSet::default().with_added(spec, None, 1, &known).unwrap();
+    assert!(residency.adopt(&rules).unwrap());
+    residency
+}
+
+fn key(name: &str) -> Vec<u8> {
+    crate::layout::data_key(&meridian_client::proto::Key { namespace: "app".into(), name: name.into() })
+}
+
+fn record(origin: u64, seq: u64, name: &str) -> SyncRecord {
+    SyncRecord { origin: NodeId(origin), seq, key: key(name), delta: b"MARKER".to_vec(), hlc: seq << 16 }
+}
+
+#[test]
+fn records_for_a_disallowed_region_carry_no_key_or_value() {
+    let here = residency_in("eu-west", &["eu-west"]);
+    let out = here.for_region("us-east", vec![record(1, 1, "eu/a"), record(1, 2, "us/b")]);
+    assert_eq!(out.len(), 2);
+    assert!(out[0].key.is_empty() && !out[0].delta.windows(6).any(|w| w == b"MARKER"));
+    assert_eq!(redaction_of(&out[0]), Some(1));
+    assert_eq!((out[0].origin, out[0].seq, out[0].hlc), (NodeId(1), 1, 1 << 16), "the position is kept");
+    assert_eq!(out[1], record(1, 2, "us/b"), "unrestricted keys go as they are");
+    // An allowed region gets the record itself.
+    assert_eq!(here.for_region("eu-west", vec![record(1, 1, "eu/a")]), vec![record(1, 1, "eu/a")]);
+}
+
+#[test]
+fn a_redaction_stands_in_for_a_record_the_receiver_may_hold_only_once_a_backfill_covers_it() {
+    let here = residency_in("eu-west", &["eu-west"]);
+    let redaction = redacted(NodeId(1), 5, 5 << 16, 1);
+    // Redactions carry nothing of the key: they go anywhere, the receiver decides.
+    assert_eq!(here.for_region("eu-west", vec![redaction.clone()]), vec![redaction.clone()]);
+    // Received here (allowed), uncovered: refused with that origin's later records, and a
+    // backfill of the rule in the partition is asked for.
+    assert_eq!(
+        here.screen_incoming(7, &[redaction.clone(), record(1, 6, "us/b"), record(2, 1, "us/c")]),
+        vec![record(2, 1, "us/c")]
+    );
+    assert_eq!(here.take_wanted(), vec![(1, 7)]);
+    // A backfill whose source had seen origin 1 up to 4 does not cover seq 5; up to 5 does.
+    here.note_covered(1, 7, &[(NodeId(1), 4)].into_iter().collect()).unwrap();
+    assert!(here.screen_incoming(7, std::slice::from_ref(&redaction)).is_empty());
+    here.note_covered(1, 7, &[(NodeId(1), 5)].into_iter().collect()).unwrap();
+    assert_eq!(here.screen_incoming(7, std::slice::from_ref(&redaction)), vec![redaction.clone()]);
+    assert!(here.screen_incoming(8, std::slice::from_ref(&redaction)).is_empty(), "coverage is per partition");
+    // A disallowed region takes it as it is.
+    let there = residency_in("us-east", &["eu-west"]);
+    assert_eq!(there.screen_incoming(7, std::slice::from_ref(&redaction)), vec![redaction]);
+}
+
+#[test]
+fn a_receiver_stores_a_disallowed_record_redacted_and_counts_it() {
+    let there = residency_in("us-east", &["eu-west"]);
+    let out = there.screen_incoming(0, &[record(1, 1, "eu/a")]);
+    assert_eq!(out, vec![redacted(NodeId(1), 1, 1 << 16, 1)]);
+    assert_eq!(there.counters().snapshot().rejected, 1);
+}
+
+#[test]
+fn requests_in_a_disallowed_region_are_proxied_or_refused() {
+    let there = residency_in("us-east", &["eu-west"]);
+    assert!(matches!(there.decide(&key("eu/a")), Decision::Proxy(_)));
+    assert_eq!(there.decide(&key("us/a")), Decision::Serve);
+    let here = residency_in("eu-west", &["eu-west"]);
+    assert_eq!(here.decide(&key("eu/a")), Decision::Serve);
+    let mut strict = (*there.rules()).clone();
+    strict.rules[0].spec.strict = true;
+    strict.version += 1;
+    there.adopt(&strict).unwrap();
+    assert!(matches!(there.decide(&key("eu/a")), Decision::Refuse(_)));
+}
+
+#[test]
+fn adopting_a_narrower_rule_queues_a_purge_and_a_wider_one_a_backfill() {
+    let there = residency_in("us-east", &["eu-west", "us-east"]);
+    assert!(there.changes().iter().all(|c| c.kind != "purge"));
+    let known: BTreeSet<String> = ["us-east", "eu-west", "ap-south"].map(String::from).into();
+    let mut spec = there.rules().rules[0].spec.clone();
+    spec.regions = vec!["eu-west".into()];
+    let narrowed = there.rules().with_changed(1, spec.clone(), 1, &known).unwrap();
+    there.adopt(&narrowed).unwrap();
+    assert!(there.changes().iter().any(|c| c.kind == "purge" && c.rule == 1));
+    spec.regions = vec!["eu-west".into(), "us-east".into()];
+    let widened = there.rules().with_changed(1, spec, 1, &known).unwrap();
+    there.adopt(&widened).unwrap();
+    let backfill = there.changes().into_iter().find(|c| c.kind == "backfill").unwrap();
+    assert_eq!(backfill.rule, 1);
+    assert!(!there.adopt(&narrowed).unwrap(), "an older version is ignored");
+}
+
+#[test]
+fn an_empty_key_that_is_not_a_redaction_is_refused_as_malformed() {
+    use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
+    use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let mut store = EngineSyncStore::new(engine, NodeId(9));
+    let bogus = SyncRecord { origin: NodeId(1), seq: 1, key: Vec::new(), delta: vec![0xff; 40], hlc: 1 };
+    let refused = store.apply_remote(PartitionId(0), &[bogus]).unwrap_err();
+    assert!(matches!(refused, SyncStoreError::Malformed { .. }), "{refused}");
+    // A real redaction is stored as such and raises the vector.
+    store.apply_remote(PartitionId(0), &[redacted(NodeId(1), 1, 1 << 16, 3)]).unwrap();
+    assert_eq!(store.partition_vv(PartitionId(0)).unwrap().get(NodeId(1)), 1);
+    let served = store.read_log(PartitionId(0), NodeId(1), 0, 10, 1 << 20).unwrap();
+    assert_eq!(served, vec![redacted(NodeId(1), 1, 1 << 16, 3)], "served back as the same redaction");
+}

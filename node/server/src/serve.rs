@@ -1,0 +1,291 @@
+//! Assembles a running node — storage, the replica, the region, the node façade, the QUIC client
+//! endpoint, the HTTP API, the peer service and background upkeep —
+//! all stopped by one cancellation token (SIGTERM / Ctrl-C in the binary, `shutdown()` in tests).
+
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use meridian_replication::antientropy::SyncConfig;
+
+use crate::api::node::Node;
+use crate::api::peer_service::PeerService;
+use crate::config::Config;
+use crate::peer::{PeerEndpoint, PeerPool, PeerTlsConfig, PeerTransportConfig};
+use crate::region::cluster::Cluster;
+use crate::region::coordinator::Coordinator;
+use crate::region::hints::Hints;
+use crate::region::sync_threads::SyncThreads;
+use crate::replica::Replica;
+use crate::storage::{Durability, Engine, RocksEngine, RocksOptions};
+use crate::store::sync_store::EngineSyncStore;
+
+/// Idempotency records examined per upkeep tick.
+const IDEMPOTENCY_SWEEP_BUDGET: usize = 10_000;
+/// Time between full idempotency sweeps.
+const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Pause between budget-sized steps of one sweep.
+const IDEMPOTENCY_SWEEP_PAUSE: Duration = Duration::from_millis(50);
+
+/// A node that is serving.
+pub struct RunningNode {
+    /// The node core.
+    pub node: Arc<Node>,
+    /// Where the QUIC client protocol listens (the real port when configured with port 0).
+    pub client_addr: SocketAddr,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The certificate clients should trust.
+    pub cert_path: PathBuf,
+    /// Where the peer transport listens, when enabled.
+    pub peer_addr: Option<SocketAddr>,
+    sync_threads: Option<Arc<SyncThreads>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RunningNode {
+    /// A token that, when cancelled, shuts the node down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded), flushes the WAL and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the node has shut down (after the token was cancelled).
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.node.begin_shutdown();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Some(threads) = self.sync_threads {
+            let handles = threads.take_handles();
+            let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|t| drop(t.join()))).await;
+        }
+        self.node.wait_for_writes().await;
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// Opens storage and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let durability = if config.storage.durability == "relaxed" { Durability::Relaxed } else { Durability::Fsync };
+    let options = RocksOptions { durability, cache_bytes: config.storage.cache_mb << 20, ..RocksOptions::default() };
+    let db_path = config.data_dir.join("db");
+    let engine = tokio::task::spawn_blocking(move || RocksEngine::open(&db_path, options))
+        .await?
+        .context("opening RocksDB (is another meridian process using this data_dir?)")?;
+    start_with_engine(config, Arc::new(engine)).await
+}
+
+/// Starts serving over an already-open engine (tests use the in-memory twin). Built bottom-up: the
+/// replica, then the region over it (when `peer.listen` is set), then the node façade over both,
+/// then the surfaces that call the façade.
+pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<RunningNode> {
+    crate::metrics_export::prometheus();
+    let tls = crate::tls::ensure_certificate(&config)?;
+    let server_config = crate::tls::client_server_config(&tls, &config)?;
+    let replica = Replica::open(config.clone(), engine).context("opening the node state")?;
+
+    let endpoint = quinn::Endpoint::server(server_config, config.listen.client)
+        .with_context(|| format!("binding the client port {} (listen.client)", config.listen.client))?;
+    let client_addr = endpoint.local_addr()?;
+    let listener = tokio::net::TcpListener::bind(config.listen.http)
+        .await
+        .with_context(|| format!("binding the HTTP port {} (listen.http)", config.listen.http))?;
+    let http_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let region = join_region(&config, &replica, client_addr, http_addr, &tasks, &shutdown)?;
+    let node = Node::new(replica.clone(), region.as_ref().map(|r| r.coordinator.clone()));
+    if let Some(region) = &region {
+        serve_peers(region, &node, &tasks, &shutdown);
+    }
+    tasks.spawn(crate::api::server::serve_clients(endpoint, node.clone(), shutdown.clone()));
+    let app = crate::api::http::router(node.clone());
+    let http_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let served =
+            axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    if durability_is_relaxed(&config) {
+        tasks.spawn(sync_wal_periodically(
+            replica.clone(),
+            Duration::from_millis(config.storage.relaxed_sync_interval_ms),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(expire_idempotency_records(replica.clone(), shutdown.clone()));
+    let (peer_addr, sync_threads) = match region {
+        Some(region) => (Some(region.peer_addr), Some(region.threads)),
+        None => (None, None),
+    };
+    tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
+    Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, peer_addr, sync_threads, shutdown, tasks })
+}
+
+/// The region side of a running node, once it has joined.
+struct JoinedRegion {
+    coordinator: Arc<Coordinator>,
+    endpoint: PeerEndpoint,
+    store: EngineSyncStore,
+    sync_config: SyncConfig,
+    peer_addr: SocketAddr,
+    threads: Arc<SyncThreads>,
+}
+
+/// Binds the peer transport and joins the region (when `peer.listen` is set): membership gossip,
+/// the coordinator (placement, fan-out, quorum reads, hints), anti-entropy with every peer and the
+/// residency jobs. The peer service, which needs the node façade, starts in [`serve_peers`].
+fn join_region(
+    config: &Config,
+    replica: &Arc<Replica>,
+    client_addr: SocketAddr,
+    http_addr: SocketAddr,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<JoinedRegion>> {
+    let Some(listen) = config.peer.listen else { return Ok(None) };
+    let (ca, cert, key) = match (&config.peer.ca, &config.peer.cert, &config.peer.key) {
+        (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+        _ => anyhow::bail!("peer.listen needs peer.ca, peer.cert and peer.key"),
+    };
+    let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
+        .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
+    let endpoint = PeerEndpoint::bind(listen, tls, PeerTransportConfig::default())
+        .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
+    // A node's region is the one its certificate was issued for: residency decisions (what this
+    // node may hold, what peers send it) rest on it, so a config that claims another is refused.
+    let certified = endpoint.identity().region.clone();
+    anyhow::ensure!(
+        certified == config.region,
+        "the config says region {:?} but the node certificate {} was issued for region {:?}: a node's region \
+         comes from its certificate (issue one for {:?} with `meridian certs node`, or fix `region`)",
+        config.region,
+        cert.display(),
+        certified,
+        config.region
+    );
+    let peer_addr = endpoint.local_addr()?;
+    let advertised = config.peer.advertise.unwrap_or(peer_addr);
+    let cluster = Cluster::open(replica.engine().clone(), replica.id(), config, advertised, client_addr, http_addr)
+        .context("opening the cluster membership")?;
+    let interval = Duration::from_millis(config.peer.interval_ms());
+    let sync_config = SyncConfig { round_interval_ms: config.peer.interval_ms(), ..Default::default() };
+    // One store for everything that writes replicated state: its clones serialise writes per partition.
+    let store = replica.sync_store();
+    let hints =
+        Arc::new(Hints::open(replica.engine().clone(), config.peer.max_hints_per_node).context("opening the hints")?);
+    let pool = Arc::new(PeerPool::new(endpoint.clone()));
+    let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+    let threads = SyncThreads::new();
+    let coordinator = Arc::new(Coordinator::new(
+        replica.clone(),
+        cluster.clone(),
+        pool.clone(),
+        hints,
+        request_timeout / 2,
+        threads.clone(),
+    ));
+    // Records pushed here from other regions count towards the lag from their region; causal
+    // timeouts name origins by their member name and region.
+    // (Held weakly: the replica's store must not keep the coordinator, which holds the replica, alive.)
+    let lag_source = Arc::downgrade(&coordinator);
+    store.observe_applied(Box::new(move |records| {
+        if let Some(coordinator) = lag_source.upgrade() {
+            coordinator.note_applied(records);
+        }
+    }));
+    let names = cluster.clone();
+    replica
+        .name_origins_with(Box::new(move |origin| names.member(origin).map(|m| format!("{} ({})", m.name, m.region))));
+
+    tasks.spawn(crate::region::gossip::gossip(
+        replica.clone(),
+        cluster.clone(),
+        pool,
+        Duration::from_millis(config.peer.gossip_interval_ms),
+        shutdown.clone(),
+    ));
+    tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
+    tasks.spawn(replica.clone().persist_safe_times_every(Duration::from_secs(1), shutdown.clone()));
+    tasks.spawn(coordinator.clone().track_handoff(shutdown.clone()));
+    tasks.spawn(crate::region::residency_jobs::run(coordinator.clone(), store.clone(), shutdown.clone()));
+    // Anti-entropy gets connections of its own: bulk sync streams then never share a connection's
+    // flow-control window with the requests clients are waiting for.
+    let sync_pool = Arc::new(PeerPool::new(endpoint.clone()));
+    tasks.spawn(threads.clone().supervise(
+        cluster,
+        store.clone(),
+        sync_pool,
+        sync_config.clone(),
+        interval,
+        request_timeout,
+        shutdown.clone(),
+    ));
+    tracing::info!(%peer_addr, seeds = config.peer.seeds.len(), rf = config.peer.rf, "joined the region");
+    Ok(Some(JoinedRegion { coordinator, endpoint, store, sync_config, peer_addr, threads }))
+}
+
+/// Answers peers: the peer service over the node façade (forwarded requests run through it).
+fn serve_peers(region: &JoinedRegion, node: &Arc<Node>, tasks: &TaskTracker, shutdown: &CancellationToken) {
+    let service = Arc::new(PeerService::new(
+        node.clone(),
+        Some(region.coordinator.cluster().clone()),
+        region.store.clone(),
+        region.sync_config.clone(),
+    ));
+    let (endpoint, serve_shutdown) = (region.endpoint.clone(), shutdown.clone());
+    tasks.spawn(async move { endpoint.serve(service, serve_shutdown).await });
+}
+
+fn durability_is_relaxed(config: &Config) -> bool {
+    config.storage.durability == "relaxed"
+}
+
+async fn sync_wal_periodically(node: Arc<Replica>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        let node = node.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await {
+            tracing::error!(error = %e, "relaxed-mode WAL sync failed");
+        }
+    }
+}
+
+async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationToken) {
+    let mut cursor = None;
+    loop {
+        let sweeper = node.clone();
+        let from = cursor.take();
+        match tokio::task::spawn_blocking(move || sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET))
+            .await
+        {
+            Ok(Ok(next)) => cursor = next,
+            Ok(Err(e)) => tracing::warn!(error = %e, "idempotency sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "idempotency sweep panicked"),
+        }
+        // A full pass rests for the interval; a pass cut short by the budget goes on at once (after a
+        // short pause that keeps it from hogging the disk), so sweeping keeps up with any write rate.
+        let pause = if cursor.is_some() { IDEMPOTENCY_SWEEP_PAUSE } else { IDEMPOTENCY_SWEEP_INTERVAL };
+        if shutdown.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
+            return;
+        }
+    }
+}

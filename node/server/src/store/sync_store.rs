@@ -1,0 +1,944 @@
+//! The node side of anti-entropy: [`EngineSyncStore`], the [`SyncStore`] of a node's storage engine.
+//!
+//! The sans-IO core (`meridian_replication::antientropy`) decides *what* two replicas exchange; this
+//! module reads and writes it in the node's record layout (`crate::layout`): the per-partition
+//! delta log `[partition][origin][seq]`, the max-merged vectors `vv/[partition][origin]`, and the
+//! keys' states in `Data`.
+//!
+//! # What travels, and how it is encoded
+//!
+//! | field | bytes |
+//! |---|---|
+//! | [`SyncRecord::key`], [`KeyState::key`] | the **data key** (`layout::data_key`): `[ns len: u8][ns][name]` |
+//! | [`SyncRecord::delta`] | `layout::encode_stored(delta)` (`StoredEntry::V2`: the delta and its write's dependencies), as a *versioned* entry |
+//! | [`KeyState::state`] | the key's `Data` value as stored: `layout::encode_stored(state)` (`StoredEntry::V2`; `V1` still decodes) |
+//! | [`SyncRecord::hlc`] | the record's `ts`, [`Hlc::pack`]ed |
+//!
+//! * The key is the data key because it is what the trait documents ("the data key written"), what
+//!   [`layout::partition_of`] and the fallback's [`key_hash`] are computed over, and because it is
+//!   invertible: the length-prefixed namespace splits it back into the `Key` the node's
+//!   `LogRecord::V2` carries ([`parse_data_key`], which also validates it like a client's key).
+//! * Deltas and states travel inside the `StoredEntry` enum rather than as a bare `Entry`: every
+//!   stored record and wire value is a versioned enum (ARCHITECTURE.md), and a state then ships as
+//!   the stored bytes themselves — no decode/re-encode to serve the fallback, and the digest of a key
+//!   is the [`entry_hash`] of exactly the bytes a peer would receive. The codec's encoding of an
+//!   entry is deterministic, so equal states stored the same way give equal digests; a state whose
+//!   encoding is not canonical costs a spurious fetch, never correctness (a join is always safe).
+//!
+//! # Writes
+//!
+//! Each mutating call ([`SyncStore::apply_remote`], [`SyncStore::apply_states`]) is **one atomic
+//! [`Batch`]**, as the trait requires: the joined states, the log records under their *origin's*
+//! positions and the vector raises land together or not at all, so the vector never claims a record
+//! whose effect is not in `Data`, after any crash. A batch is bounded by what one message carries
+//! (`max_records`, `max_bytes`). Calls on the same partition are serialised by a per-partition lock
+//! shared by every clone of the store (see [`EngineSyncStore::new`]). Everything is decoded, checked
+//! and joined in memory first; any refusal returns an error with nothing written.
+//!
+//! Next to a live node ([`EngineSyncStore::live`]) the read-join-write runs under the touched
+//! keys' locks and commits through the node's group committer ([`Writer::apply_under_key_locks`]), so a
+//! remote join never races a local write of the same key (`sync_next_to_live_writes_loses_no_update`
+//! fails without it). Those calls block: drive the store from a blocking thread.
+//!
+//! Refused (nothing of the call applied): a record that does not extend the vector gap-free
+//! ([`SyncStoreError::Gap`]), an undecodable key or delta ([`SyncStoreError::Malformed`]), a key of
+//! another partition ([`SyncStoreError::WrongPartition`]), a delta or state whose type conflicts
+//! with the key's ([`SyncStoreError::TypeConflict`]), and any record of **this node's own origin**
+//! beyond its own vector ([`SyncStoreError::OwnOriginAhead`]). The last one protects the group
+//! committer: it hands out this node's positions from an in-memory counter resumed at open from the
+//! node's own log, so a remote copy of "our" seq `n + 1` stored here would be overwritten by the next
+//! local write with different content at the same position. A peer can only hold more of our log
+//! than we do if we lost acknowledged writes (relaxed durability and a power loss); refusing keeps the
+//! fork visible instead of silently shipping two different records under one position.
+//!
+//! Remote records of other origins never touch the committer's state: it only counts positions of
+//! `origin == node id`, and `Replica::open` resumes only from the node's own log range.
+//!
+//! # The log floor after a fallback
+//!
+//! When a digest fallback raises the vector of an origin past records this replica never received,
+//! those positions must not be offered to others. Instead of deleting anything, the raise writes a
+//! max-merged floor marker (`Meta` key [`log_floor_key`] = `logfloor/[partition][origin]`, 8 bytes BE)
+//! in the same batch; [`SyncStore::log_floor`] never answers below it. Records below the marker that
+//! were applied before the raise stay in the log until log truncation collects them.
+//!
+//! # Scans (first version)
+//!
+//! A partition's keys are spread over the whole `Data` space (partition = hash % 256), so
+//! [`SyncStore::range_digests`] and [`SyncStore::keys_in_range`] scan all of `Data` in pages and keep
+//! the keys with `partition_of(data_key) == partition`: O(all keys) per call, and a fallback makes one
+//! call per tree level. The scalable follow-up is an index keyed by `(partition, key hash, data key)`
+//! (maintained in the same batch as every state write, including the node's own writes), plus
+//! incremental per-bucket digests, which [`RangeDigest::remove_entry_hash`] is designed for. Each page
+//! is one engine iterator, not one snapshot of the whole scan; that is enough, because states only
+//! grow and each key's state is read atomically (a mixed view costs at most a spurious difference).
+//!
+//! # Next to the node's write path
+//!
+//! The replica joins a local write into a key's state under the key's lock stripe and commits it
+//! through the group committer; a live store ([`EngineSyncStore::live`]) does the same for every
+//! replicated write, so a remote apply racing a local write to the same key cannot lose either join.
+//! A bare store ([`EngineSyncStore::new`]) writes the engine directly: use it only while no node
+//! serves writes over that engine (tests, offline tools).
+
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use meridian_client::proto::Key;
+use meridian_crdt::{CrdtError, Hlc, NodeId, VersionVector};
+use meridian_replication::antientropy::{
+    entry_hash, key_hash, HashRange, KeyPage, KeyState, LogRecord as SyncRecord, PartitionId, RangeDigest, SyncStore,
+};
+
+use crate::layout::{self, log_floor_key, parse_data_key, vv_prefix, LogContent, LogRecord, Stored, PARTITIONS};
+use crate::residency::Residency;
+use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
+use crate::store::safe_times::SafeTimeBook;
+use crate::store::writer::Writer;
+use tokio::sync::watch;
+
+/// `Data` entries fetched per page when scanning a partition's keys.
+const DATA_PAGE: usize = 1024;
+/// Log records fetched per page by [`SyncStore::read_log`] (small: the byte budget often stops a
+/// page early, and records may be large).
+const LOG_PAGE: usize = 64;
+
+/// A data key for messages: `ns/name` when it parses, else its bytes, escaped.
+fn show(data_key: &[u8]) -> String {
+    parse_data_key(data_key).map_or_else(|_| data_key.escape_ascii().to_string(), |key| key.to_string())
+}
+
+/// What [`EngineSyncStore`] fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStoreError {
+    /// The engine failed (I/O, RocksDB).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A record stored here does not decode: local corruption.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// A partition id outside the keyspace.
+    #[error("partition {0} does not exist (the keyspace has {PARTITIONS})")]
+    NoSuchPartition(PartitionId),
+    /// A key or delta or state from the peer that does not decode.
+    #[error("{partition}: malformed {what} from the peer: {detail}")]
+    Malformed {
+        /// The partition.
+        partition: PartitionId,
+        /// Which field.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A key the peer shipped for this partition that belongs to another.
+    #[error("{partition}: key {key} belongs to partition {actual}")]
+    WrongPartition {
+        /// The partition of the call.
+        partition: PartitionId,
+        /// The key.
+        key: String,
+        /// Its actual partition.
+        actual: u16,
+    },
+    /// A record that does not extend the vector gap-free (the session never passes one).
+    #[error("{partition}: record {seq} of origin {origin} does not follow {have}")]
+    Gap {
+        /// The partition.
+        partition: PartitionId,
+        /// The origin.
+        origin: NodeId,
+        /// What the vector (or an earlier record of the call) holds.
+        have: u64,
+        /// The record's seq.
+        seq: u64,
+    },
+    /// A delta or state whose CRDT type differs from the key's here.
+    #[error("{partition}: key {key}: {source}")]
+    TypeConflict {
+        /// The partition.
+        partition: PartitionId,
+        /// The key.
+        key: String,
+        /// The join's refusal.
+        source: CrdtError,
+    },
+    /// The peer holds records of this node's own log beyond what this node holds.
+    #[error(
+        "{partition}: the peer has seq {got} of this node's own log, which ends at {have} here \
+         (acknowledged writes lost here, e.g. relaxed durability and a power loss)"
+    )]
+    OwnOriginAhead {
+        /// The partition.
+        partition: PartitionId,
+        /// This node's own vector entry.
+        have: u64,
+        /// What the peer shipped or claimed.
+        got: u64,
+    },
+}
+
+impl SyncStoreError {
+    /// Whether the peer's data caused the refusal (the session reports store errors as
+    /// `SyncError::Store`, so a driver that penalises peers asks here). A type conflict counts as the
+    /// peer's, though two honest replicas produce one when clients write different types to the same
+    /// key concurrently — the data model cannot merge those.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            SyncStoreError::Malformed { .. }
+                | SyncStoreError::WrongPartition { .. }
+                | SyncStoreError::Gap { .. }
+                | SyncStoreError::TypeConflict { .. }
+        )
+    }
+}
+
+type Result<T> = std::result::Result<T, SyncStoreError>;
+
+/// The states a call joins into, by data key: (as stored before, after the joins so far).
+type Joined = HashMap<Vec<u8>, (Option<Stored>, Stored)>;
+
+/// The [`SyncStore`] of a node's storage engine (see the [module docs](self)).
+///
+/// Cheap to clone; clones share the engine and the per-partition locks that serialise mutating
+/// calls. Every store writing the same engine must be a clone of one store: two stores made by
+/// separate constructor calls do not serialise against each other.
+#[derive(Clone)]
+pub struct EngineSyncStore {
+    engine: Arc<dyn Engine>,
+    local: NodeId,
+    /// The live node this store writes next to (none: a bare engine).
+    live: Option<Live>,
+    /// Told about records made durable here (the region's lag figures), once set.
+    on_applied: Arc<OnceLock<ApplyObserver>>,
+    locks: Arc<[Mutex<()>]>,
+}
+
+/// Called with records made durable here (see [`EngineSyncStore::observe_applied`]).
+pub type ApplyObserver = Box<dyn Fn(&[SyncRecord]) + Send + Sync>;
+
+/// What a store next to a live node shares with it: how to write (key locks and group committer),
+/// the node's causal frontier, its safe times and its residency rules. Handed down by the replica,
+/// so the store needs nothing above it.
+#[derive(Clone)]
+pub struct Live {
+    /// Key locks and the group committer.
+    pub writer: Arc<Writer>,
+    /// The node's causal frontier (its own entry is what [`SyncStore::safe_hlc`] answers).
+    pub frontier: watch::Receiver<VersionVector>,
+    /// What the node knows of other origins' logs.
+    pub safe_times: Arc<SafeTimeBook>,
+    /// The node's residency rules: every record is screened before it is stored.
+    pub residency: Arc<Residency>,
+}
+
+impl std::fmt::Debug for EngineSyncStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSyncStore").field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl EngineSyncStore {
+    /// A store over `engine`, whose own origin (the node id in its `Meta`) is `local`.
+    ///
+    /// Without the running node it cannot know which of its own writes are still in flight, so
+    /// [`SyncStore::safe_hlc`] is always 0 (no claim); use [`EngineSyncStore::live`] next to a
+    /// running node.
+    pub fn new(engine: Arc<dyn Engine>, local: NodeId) -> EngineSyncStore {
+        let locks = (0..PARTITIONS).map(|_| Mutex::new(())).collect();
+        EngineSyncStore { engine, local, live: None, on_applied: Arc::new(OnceLock::new()), locks }
+    }
+
+    /// The store of a live node's engine: writes under its key locks and through its group
+    /// committer, its causal frontier as safe time, records screened by its residency rules.
+    /// The replica makes one and hands out clones of it (`Replica::sync_store`).
+    pub fn live(engine: Arc<dyn Engine>, local: NodeId, live: Live) -> EngineSyncStore {
+        EngineSyncStore { live: Some(live), ..EngineSyncStore::new(engine, local) }
+    }
+
+    /// From now on, every clone of this store tells `observer` about records made durable here
+    /// ahead of a gap (pushes). Set once; later calls are ignored.
+    pub fn observe_applied(&self, observer: ApplyObserver) {
+        let _ = self.on_applied.set(observer);
+    }
+
+    /// Makes records another replica pushed durable here (a write's fan-out or a replayed hint).
+    ///
+    /// Records that extend this replica's vector gap-free are applied as anti-entropy would apply
+    /// them (logged under the origin's position, vector raised). Records that arrive ahead of a gap
+    /// — pushes of one partition race each other — are joined into the keys' states without a log
+    /// entry or vector raise: the write is durable here at once, and anti-entropy later ships the
+    /// records in order (joining them again changes nothing).
+    pub fn accept_pushed(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        match self.apply_remote(partition, records) {
+            Err(SyncStoreError::Gap { .. }) => {
+                self.store_ahead(partition, records)?;
+                self.note_applied(records);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Tells the observer (the region's lag figures) that `records` are durable here.
+    fn note_applied(&self, records: &[SyncRecord]) {
+        if let Some(observer) = self.on_applied.get() {
+            observer(records);
+        }
+    }
+
+    /// Joins records that arrived ahead of a gap into their keys' states and stores them under their
+    /// origin's positions, without raising the vector: it claims only gap-free prefixes, and
+    /// [`SyncStore::apply_remote`] raises it over these once the gap is filled. Until then they are
+    /// durable here (a pushed write counts towards its quorum), and never offered to peers beyond
+    /// the gap ([`SyncStore::read_log`] stops at the first missing position).
+    fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        let p = Self::check(partition)?;
+        let screened = self.screen(p, records);
+        let records = screened.as_ref();
+        let _serial = self.lock(p);
+        let mut ahead = Vec::with_capacity(records.len());
+        for record in records {
+            if record.origin == self.local {
+                return Err(SyncStoreError::OwnOriginAhead {
+                    partition,
+                    have: self.vv_entry(p, record.origin)?,
+                    got: record.seq,
+                });
+            }
+            if record.seq > self.vv_entry(p, record.origin)? {
+                ahead.push(record);
+            }
+        }
+        let keys: Vec<&[u8]> = ahead.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for record in &ahead {
+                let log = self.log_entry(partition, record, &mut joined)?;
+                batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)
+    }
+
+    /// This replica's id (its own origin).
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The node's residency rules, when the store runs next to a node.
+    fn residency(&self) -> Option<&Arc<Residency>> {
+        self.live.as_ref().map(|live| &live.residency)
+    }
+
+    /// `records` as this node may store them ([`crate::residency::Residency::screen_incoming`]);
+    /// unchanged without a node.
+    /// Borrowed when there is nothing to screen (no node, or no rules and no redactions).
+    fn screen<'a>(&self, partition: u16, records: &'a [SyncRecord]) -> std::borrow::Cow<'a, [SyncRecord]> {
+        match self.residency() {
+            Some(residency) if !residency.passes_unscreened(records) => {
+                std::borrow::Cow::Owned(residency.screen_incoming(partition, records))
+            }
+            _ => std::borrow::Cow::Borrowed(records),
+        }
+    }
+
+    /// The log entry of a checked record; a write's delta is joined into `joined`. A redaction (no
+    /// key, see `crate::residency`) is stored as such and joins nothing.
+    fn log_entry(&self, partition: PartitionId, record: &SyncRecord, joined: &mut Joined) -> Result<LogRecord> {
+        if record.key.is_empty() {
+            let rule = crate::residency::redaction_of(record).ok_or_else(|| SyncStoreError::Malformed {
+                partition,
+                what: "key",
+                detail: "an empty key that is not a redaction".into(),
+            })?;
+            return Ok(LogRecord::Redacted { ts: Hlc::unpack(record.hlc), rule });
+        }
+        let key = Self::check_key(partition, &record.key)?;
+        let delta = Self::decode_entry(partition, "delta", &record.delta)?;
+        self.join_into(joined, partition, &record.key, &delta)?;
+        Ok(LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps })
+    }
+
+    fn check(partition: PartitionId) -> Result<u16> {
+        if partition.0 < PARTITIONS {
+            Ok(partition.0)
+        } else {
+            Err(SyncStoreError::NoSuchPartition(partition))
+        }
+    }
+
+    /// Builds a batch and writes it: next to a live node under the keys' locks and through its group
+    /// committer ([`Node::apply_under_key_locks`]; blocks, so never call it on a reactor thread);
+    /// over a bare engine, directly.
+    fn commit_under_locks(&self, keys: &[&[u8]], build: impl FnOnce() -> Result<Batch>) -> Result<()> {
+        match &self.live {
+            Some(live) => live.writer.apply_under_key_locks(keys, build),
+            None => {
+                let batch = build()?;
+                self.engine.write(batch)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn lock(&self, partition: u16) -> MutexGuard<'_, ()> {
+        // The lock guards no data (a panic mid-call leaves nothing torn: the batch is atomic).
+        self.locks[usize::from(partition)].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A max-merged `Meta` counter (absent: 0).
+    fn meta_u64(&self, key: &[u8]) -> Result<u64> {
+        match self.engine.get(Space::Meta, key)? {
+            Some(bytes) => Ok(decode_u64_be(&bytes)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Hands a safe-time report to the node this store belongs to (if it is still up).
+    pub fn take_report(&self, partition: u16, report: meridian_replication::SafeReport) {
+        if let Some(live) = &self.live {
+            live.safe_times.take_report(partition, report);
+        }
+    }
+
+    fn vv_entry(&self, partition: u16, origin: NodeId) -> Result<u64> {
+        self.meta_u64(&layout::vv_key(partition, origin))
+    }
+
+    /// The key's state here, if any.
+    fn load(&self, data_key: &[u8]) -> Result<Option<Stored>> {
+        let Some(bytes) = self.engine.get(Space::Data, data_key)? else { return Ok(None) };
+        let stored = layout::decode_stored(&bytes).map_err(|e| SyncStoreError::Corrupt {
+            what: format!("state of {}", show(data_key)),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(stored))
+    }
+
+    /// Checks a key the peer shipped for `partition`; returns it parsed.
+    fn check_key(partition: PartitionId, data_key: &[u8]) -> Result<Key> {
+        let key =
+            parse_data_key(data_key).map_err(|detail| SyncStoreError::Malformed { partition, what: "key", detail })?;
+        let actual = layout::partition_of(data_key);
+        if actual != partition.0 {
+            return Err(SyncStoreError::WrongPartition { partition, key: key.to_string(), actual });
+        }
+        Ok(key)
+    }
+
+    /// Decodes a delta or state the peer shipped.
+    fn decode_entry(partition: PartitionId, what: &'static str, bytes: &[u8]) -> Result<Stored> {
+        // The cap is the one every stored record is read back with: anything larger could be
+        // stored here but never read again.
+        layout::decode_stored(bytes).map_err(|e| SyncStoreError::Malformed { partition, what, detail: e.to_string() })
+    }
+
+    /// Joins `delta` into the key's state in `joined` (loading it on first use).
+    fn join_into(&self, joined: &mut Joined, partition: PartitionId, data_key: &[u8], delta: &Stored) -> Result<()> {
+        let (_, state) = match joined.entry(data_key.to_vec()) {
+            Slot::Occupied(slot) => slot.into_mut(),
+            Slot::Vacant(slot) => {
+                let before = self.load(data_key)?;
+                let state = before.clone().unwrap_or_else(|| Stored::empty_like(delta));
+                slot.insert((before, state))
+            }
+        };
+        state.try_join(delta).map_err(|source| SyncStoreError::TypeConflict { partition, key: show(data_key), source })
+    }
+
+    /// Adds the changed states of `joined` to `batch`.
+    fn put_states(batch: &mut Batch, joined: Joined) {
+        for (data_key, (before, after)) in joined {
+            if before.as_ref() != Some(&after) {
+                batch.put(Space::Data, data_key, layout::encode_stored(&after));
+            }
+        }
+    }
+
+    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans).
+    fn scan_partition(&self, partition: u16, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+        let mut start = Vec::new();
+        loop {
+            let page = self.engine.scan(Space::Data, &start, None, DATA_PAGE)?;
+            let full = page.len() == DATA_PAGE;
+            if let Some((last, _)) = page.last() {
+                start = [last.as_slice(), &[0]].concat();
+            }
+            for (data_key, value) in page {
+                if layout::partition_of(&data_key) == partition {
+                    visit(data_key, value);
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl SyncStore for EngineSyncStore {
+    type Error = SyncStoreError;
+
+    /// The `vv/[partition]` entries of `Meta`.
+    fn partition_vv(&self, partition: PartitionId) -> Result<VersionVector> {
+        let p = Self::check(partition)?;
+        let prefix = vv_prefix(p);
+        let end = layout::prefix_end(&prefix);
+        let mut vv = VersionVector::new();
+        for (key, value) in self.engine.scan(Space::Meta, &prefix, end.as_deref(), usize::MAX)? {
+            let origin = <[u8; 8]>::try_from(&key[prefix.len()..]).map_err(|_| SyncStoreError::Corrupt {
+                what: "version-vector key".into(),
+                detail: format!("{} bytes", key.len()),
+            })?;
+            vv.observe(NodeId(u64::from_be_bytes(origin)), decode_u64_be(&value)?);
+        }
+        Ok(vv)
+    }
+
+    /// The node's causal frontier (its own entry) when built by [`EngineSyncStore::live`], else 0.
+    ///
+    /// The claim is "every write this node originates in the partition with an HLC at or below the
+    /// value has a seq at or below `vv[self]`, read afterwards". The HLC of the newest record of our
+    /// own log is **not** such a value: the committer assigns positions in commit order, not in
+    /// timestamp order, so a write timestamped earlier may still be in flight (its record and vector
+    /// raise not yet committed) while a later-timestamped one is already in the log. The node's
+    /// frontier is: every write it timestamped at or below it is durable (committed with its vector
+    /// entry in one batch) or failed (no position), and every later write gets a larger timestamp.
+    /// It is node-wide, hence true for every partition. The engine alone holds no trace of writes in
+    /// flight, so without the node the only true answer is 0. (Under relaxed durability, "durable"
+    /// means written to the WAL; a power loss may take back what was claimed, as it takes the data.)
+    fn safe_hlc(&self, partition: PartitionId) -> Result<u64> {
+        Self::check(partition)?;
+        Ok(match &self.live {
+            Some(live) => live.frontier.borrow().get(self.local),
+            None => 0,
+        })
+    }
+
+    /// The first record of `origin` at or above the floor marker, if the vector covers it; else
+    /// `vv[origin] + 1` (no record of `origin` held, or all below the marker).
+    fn log_floor(&self, partition: PartitionId, origin: NodeId) -> Result<u64> {
+        let p = Self::check(partition)?;
+        let vv = self.vv_entry(p, origin)?;
+        let marker = self.meta_u64(&log_floor_key(p, origin))?.max(1);
+        let end = layout::prefix_end(&layout::log_key(p, origin, 0)[..10]);
+        let first = self.engine.scan(Space::Log, &layout::log_key(p, origin, marker), end.as_deref(), 1)?;
+        let first_seq = first.first().and_then(|(key, _)| layout::parse_log_key(key)).map(|(_, _, seq)| seq);
+        Ok(match first_seq {
+            Some(seq) if seq <= vv => seq,
+            _ => vv.saturating_add(1),
+        })
+    }
+
+    /// A range scan of `[partition][origin][after_seq + 1..]`, stopping at the first missing seq.
+    fn read_log(
+        &self,
+        partition: PartitionId,
+        origin: NodeId,
+        after_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SyncRecord>> {
+        let p = Self::check(partition)?;
+        let end = layout::prefix_end(&layout::log_key(p, origin, 0)[..10]);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let Some(mut next) = after_seq.checked_add(1) else { return Ok(out) };
+        while out.len() < max_records {
+            let want = (max_records - out.len()).min(LOG_PAGE);
+            let page = self.engine.scan(Space::Log, &layout::log_key(p, origin, next), end.as_deref(), want)?;
+            let short = page.len() < want;
+            for (key, value) in page {
+                let seq = layout::parse_log_key(&key).map(|(_, _, seq)| seq);
+                if seq != Some(next) {
+                    // A hole (never in a healthy log): the records after it are not gap-free.
+                    return Ok(out);
+                }
+                let (content, ts) = layout::decode::<LogRecord>(&value)
+                    .map_err(|e| SyncStoreError::Corrupt {
+                        what: format!("log record {partition}/{origin}/{next}"),
+                        detail: e.to_string(),
+                    })?
+                    .into_parts();
+                let record = match content {
+                    LogContent::Write(key, delta) => SyncRecord {
+                        origin,
+                        seq: next,
+                        key: layout::data_key(&key),
+                        delta: layout::encode_stored(&delta),
+                        hlc: ts.pack(),
+                    },
+                    LogContent::Redacted(rule) => crate::residency::redacted(origin, next, ts.pack(), rule),
+                };
+                bytes = bytes.saturating_add(record.wire_len());
+                if bytes > max_bytes && !out.is_empty() {
+                    return Ok(out);
+                }
+                out.push(record);
+                match next.checked_add(1) {
+                    Some(n) => next = n,
+                    None => return Ok(out),
+                }
+            }
+            if short {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One batch: the joined states, each record under `log_key(partition, origin, seq)` (as the
+    /// node's own `LogRecord::V2`), and `max_u64(vv/[partition][origin], last seq)` per origin.
+    fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        let p = Self::check(partition)?;
+        let screened = self.screen(p, records);
+        let records = screened.as_ref();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let _serial = self.lock(p);
+        // Which records extend the vector, read under the partition's lock.
+        let mut have: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut raised: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut fresh = Vec::with_capacity(records.len());
+        for record in records {
+            let held = match have.get(&record.origin) {
+                Some(held) => *held,
+                None => self.vv_entry(p, record.origin)?,
+            };
+            have.insert(record.origin, held);
+            if record.seq <= held {
+                continue;
+            }
+            if record.origin == self.local {
+                return Err(SyncStoreError::OwnOriginAhead { partition, have: held, got: record.seq });
+            }
+            if Some(record.seq) != held.checked_add(1) {
+                return Err(SyncStoreError::Gap { partition, origin: record.origin, have: held, seq: record.seq });
+            }
+            have.insert(record.origin, record.seq);
+            raised.insert(record.origin, record.seq);
+            fresh.push(record);
+        }
+        // Records pushed ahead of a gap were stored (and joined) already ([`accept_pushed`]): once
+        // the gap is filled, the vector covers them too.
+        for (origin, seq) in raised.iter_mut() {
+            while let Some(next) = seq.checked_add(1) {
+                if self.engine.get(Space::Log, &layout::log_key(p, *origin, next))?.is_none() {
+                    break;
+                }
+                *seq = next;
+            }
+        }
+        // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
+        // a running node this happens under the touched keys' locks and commits through the node's
+        // group committer, so it cannot race the node's own writes to the same keys.
+        let keys: Vec<&[u8]> = fresh.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for record in &fresh {
+                let log = self.log_entry(partition, record, &mut joined)?;
+                batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
+            }
+            for (origin, seq) in &raised {
+                batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)?;
+        let fresh: Vec<SyncRecord> = fresh.into_iter().cloned().collect();
+        self.note_applied(&fresh);
+        Ok(())
+    }
+
+    /// Every key of the partition (a full `Data` scan, see the module docs), hashed as stored.
+    fn range_digests(&self, partition: PartitionId, ranges: &[HashRange]) -> Result<Vec<RangeDigest>> {
+        let p = Self::check(partition)?;
+        let mut digests = vec![RangeDigest::default(); ranges.len()];
+        // Ranges by depth, then by prefix: one lookup per depth per key.
+        let mut by_depth: BTreeMap<u8, HashMap<u64, Vec<usize>>> = BTreeMap::new();
+        for (i, range) in ranges.iter().enumerate().filter(|(_, r)| r.is_valid()) {
+            by_depth.entry(range.bits()).or_default().entry(range.index()).or_default().push(i);
+        }
+        self.scan_partition(p, |data_key, state| {
+            let hash = key_hash(&data_key);
+            let entry = entry_hash(&data_key, &state);
+            for (bits, prefixes) in &by_depth {
+                let prefix = hash.checked_shr(64 - u32::from(*bits)).unwrap_or(0);
+                for &i in prefixes.get(&prefix).into_iter().flatten() {
+                    digests[i].add_entry_hash(entry);
+                }
+            }
+        })?;
+        Ok(digests)
+    }
+
+    /// A full `Data` scan keeping the first `max_keys + 1` matches in (key hash, key) order.
+    fn keys_in_range(
+        &self,
+        partition: PartitionId,
+        range: HashRange,
+        after_key: Option<&[u8]>,
+        max_keys: usize,
+        max_bytes: usize,
+    ) -> Result<KeyPage> {
+        let p = Self::check(partition)?;
+        let after = after_key.map(|key| (key_hash(key), key.to_vec()));
+        // One more than a page, to know whether keys remain.
+        let keep = max_keys.saturating_add(1);
+        let mut first: BTreeMap<(u64, Vec<u8>), Vec<u8>> = BTreeMap::new();
+        self.scan_partition(p, |data_key, state| {
+            let hash = key_hash(&data_key);
+            if !range.contains_hash(hash) {
+                return;
+            }
+            let position = (hash, data_key);
+            if after.as_ref().is_some_and(|after| position <= *after) {
+                return;
+            }
+            if first.len() == keep && first.last_key_value().is_some_and(|(last, _)| position > *last) {
+                return;
+            }
+            first.insert(position, state);
+            if first.len() > keep {
+                first.pop_last();
+            }
+        })?;
+        let mut page = KeyPage::default();
+        let mut bytes = 0usize;
+        for ((_, key), state) in first {
+            let state = KeyState { key, state };
+            bytes = bytes.saturating_add(state.wire_len());
+            if page.states.len() == max_keys || (bytes > max_bytes && !page.states.is_empty()) {
+                page.more = true;
+                break;
+            }
+            page.states.push(state);
+        }
+        Ok(page)
+    }
+
+    /// One batch: every state joined into the key's, and with `raise_vv_to`, for every origin it
+    /// raises, `max_u64` of its `vv/` entry and of its [`log_floor_key`] (to the new `vv + 1`).
+    fn apply_states(
+        &mut self,
+        partition: PartitionId,
+        states: &[KeyState],
+        raise_vv_to: Option<&VersionVector>,
+    ) -> Result<()> {
+        let p = Self::check(partition)?;
+        let allowed: Vec<KeyState>;
+        let states = match self.residency() {
+            Some(residency) => {
+                allowed = states
+                    .iter()
+                    .filter(|state| match residency.rule_for(&state.key) {
+                        Some(rule) if !meridian_replication::residency::allows(&rule, residency.region()) => {
+                            residency.note_rejected(rule.id, "a key's state (dropped)");
+                            false
+                        }
+                        _ => true,
+                    })
+                    .cloned()
+                    .collect();
+                allowed.as_slice()
+            }
+            None => states,
+        };
+        let _serial = self.lock(p);
+        let keys: Vec<&[u8]> = states.iter().map(|s| s.key.as_slice()).collect();
+        let build = || -> Result<Batch> {
+            let mut batch = Batch::new();
+            let mut joined = Joined::new();
+            for state in states {
+                Self::check_key(partition, &state.key)?;
+                let entry = Self::decode_entry(partition, "state", &state.state)?;
+                self.join_into(&mut joined, partition, &state.key, &entry)?;
+            }
+            if let Some(target) = raise_vv_to {
+                for (origin, seq) in target.iter() {
+                    let held = self.vv_entry(p, origin)?;
+                    if seq <= held {
+                        continue;
+                    }
+                    if origin == self.local {
+                        return Err(SyncStoreError::OwnOriginAhead { partition, have: held, got: seq });
+                    }
+                    batch.max_u64(Space::Meta, layout::vv_key(p, origin), seq);
+                    batch.max_u64(Space::Meta, log_floor_key(p, origin), seq.saturating_add(1));
+                }
+            }
+            Self::put_states(&mut batch, joined);
+            Ok(batch)
+        };
+        self.commit_under_locks(&keys, build)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::StoredEntry;
+    use crate::storage::MemoryEngine;
+    use meridian_crdt::{Entry, Mutation, WriteContext};
+
+    #[test]
+    fn data_keys_parse_back_to_their_keys() {
+        for (ns, name) in [("t", "k"), ("shop", "a/b/c"), ("ns", "é")] {
+            let key = Key::new(ns, name).unwrap();
+            assert_eq!(parse_data_key(&layout::data_key(&key)), Ok(key));
+        }
+        assert!(parse_data_key(b"").is_err());
+        assert!(parse_data_key(&[5, b'a']).is_err(), "namespace longer than the key");
+        assert!(parse_data_key(&[1, b'a']).is_err(), "empty name");
+        assert!(parse_data_key(&[1, b'a', 0xff]).is_err(), "not UTF-8");
+        assert!(parse_data_key(&[1, b'/', b'x']).is_err(), "namespace with a slash");
+    }
+
+    #[test]
+    fn floor_keys_do_not_fall_in_vector_scans() {
+        let floor = log_floor_key(3, NodeId(9));
+        assert!(!floor.starts_with(b"vv/"));
+        assert_ne!(floor.as_slice(), layout::META_NODE_ID);
+    }
+
+    fn counter(amount: i64) -> Entry {
+        let write = WriteContext { node: NodeId(9), ts: Hlc { wall_ms: 1, logical: 0 } };
+        Entry::mutation_delta(None, &Mutation::CounterAdd { amount }, &write).unwrap()
+    }
+
+    /// `count` data keys of one partition, each stored with a distinct counter state.
+    fn seeded(count: usize) -> (EngineSyncStore, PartitionId, BTreeMap<Vec<u8>, Vec<u8>>) {
+        let engine = Arc::new(MemoryEngine::new());
+        let target = layout::partition_of(&layout::data_key(&Key::new("s", "k0").unwrap()));
+        let mut batch = Batch::new();
+        let mut stored = BTreeMap::new();
+        for (i, key) in (0..)
+            .map(|i| layout::data_key(&Key::new("s", format!("k{i}")).unwrap()))
+            .filter(|k| layout::partition_of(k) == target)
+            .take(count)
+            .enumerate()
+        {
+            let state = layout::encode(&StoredEntry::V1(counter(i as i64 + 1)));
+            batch.put(Space::Data, key.clone(), state.clone());
+            stored.insert(key, state);
+        }
+        // A key of another partition, which no scan of `target` may see.
+        let other = layout::data_key(&Key::new("s", "other").unwrap());
+        assert_ne!(layout::partition_of(&other), target);
+        batch.put(Space::Data, other, layout::encode(&StoredEntry::V1(counter(1))));
+        engine.write(batch).unwrap();
+        (EngineSyncStore::new(engine, NodeId(1)), PartitionId(target), stored)
+    }
+
+    #[test]
+    fn scans_match_a_brute_force_over_the_partition() {
+        let (store, p, stored) = seeded(40);
+        let mut ranges = vec![HashRange::ROOT];
+        ranges.extend(HashRange::ROOT.children(2));
+        ranges.extend(HashRange::new(3, 5).unwrap().children(1));
+        let expected: Vec<RangeDigest> = ranges
+            .iter()
+            .map(|range| {
+                let mut digest = RangeDigest::default();
+                stored.iter().filter(|(k, _)| range.contains_key(k)).for_each(|(k, v)| digest.add(k, v));
+                digest
+            })
+            .collect();
+        assert_eq!(store.range_digests(p, &ranges).unwrap(), expected);
+        assert_eq!(expected[0].count, 40);
+
+        for range in &ranges {
+            let mut want: Vec<(u64, &Vec<u8>)> =
+                stored.keys().filter(|k| range.contains_key(k)).map(|k| (key_hash(k), k)).collect();
+            want.sort();
+            // Pages of 7, resumed after the last key of each.
+            let mut got = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store.keys_in_range(p, *range, after.as_deref(), 7, 1 << 20).unwrap();
+                assert!(page.states.len() <= 7);
+                assert!(page.states.iter().all(|s| stored[&s.key] == s.state));
+                after = page.states.last().map(|s| s.key.clone());
+                got.extend(page.states.into_iter().map(|s| s.key));
+                if !page.more {
+                    break;
+                }
+            }
+            assert_eq!(got, want.iter().map(|(_, k)| (*k).clone()).collect::<Vec<_>>(), "{range:?}");
+        }
+        // A byte budget below one key still returns that key, alone.
+        let page = store.keys_in_range(p, HashRange::ROOT, None, 100, 1).unwrap();
+        assert_eq!((page.states.len(), page.more), (1, true));
+    }
+
+    #[test]
+    fn read_log_is_gap_free_and_bounded() {
+        let store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let key = Key::new("s", "k").unwrap();
+        let p = layout::partition_of(&layout::data_key(&key));
+        let origin = NodeId(2);
+        let mut batch = Batch::new();
+        for seq in [1, 2, 3, 5] {
+            let record = LogRecord::V1 { key: key.clone(), delta: counter(seq as i64), ts: Hlc::unpack(seq << 16) };
+            batch.put(Space::Log, layout::log_key(p, origin, seq).to_vec(), layout::encode(&record));
+        }
+        batch.max_u64(Space::Meta, layout::vv_key(p, origin), 3);
+        store.engine.write(batch).unwrap();
+        let p = PartitionId(p);
+        let seqs = |records: Vec<SyncRecord>| records.iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(store.read_log(p, origin, 0, 10, 1 << 20).unwrap()), [1, 2, 3], "stops at the hole");
+        assert_eq!(seqs(store.read_log(p, origin, 1, 1, 1 << 20).unwrap()), [2]);
+        assert_eq!(seqs(store.read_log(p, origin, 0, 10, 1).unwrap()), [1], "the first record travels alone");
+        let one = store.read_log(p, origin, 0, 1, 1 << 20).unwrap()[0].wire_len();
+        assert_eq!(seqs(store.read_log(p, origin, 0, 10, 2 * one).unwrap()), [1, 2]);
+        assert!(store.read_log(p, origin, 3, 10, 1 << 20).unwrap().is_empty());
+        let first = &store.read_log(p, origin, 0, 1, 1 << 20).unwrap()[0];
+        assert_eq!((first.key.clone(), first.hlc), (layout::data_key(&key), 1 << 16));
+        assert_eq!(delta_of(first), counter(1));
+        assert_eq!(store.log_floor(p, origin).unwrap(), 1);
+        // A fallback's floor marker hides what lies below it.
+        let mut batch = Batch::new();
+        batch.max_u64(Space::Meta, log_floor_key(p.0, origin), 3);
+        store.engine.write(batch).unwrap();
+        assert_eq!(store.log_floor(p, origin).unwrap(), 3);
+        let mut batch = Batch::new();
+        batch.max_u64(Space::Meta, log_floor_key(p.0, origin), 4);
+        store.engine.write(batch).unwrap();
+        assert_eq!(store.log_floor(p, origin).unwrap(), 4, "vv + 1: nothing at or above the marker is covered");
+    }
+
+    fn delta_of(record: &SyncRecord) -> Entry {
+        layout::decode_stored(&record.delta).unwrap().entry
+    }
+
+    #[test]
+    fn an_empty_store_answers_like_a_fresh_replica() {
+        let store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let p = PartitionId(7);
+        assert!(store.partition_vv(p).unwrap().is_empty());
+        assert_eq!(store.safe_hlc(p).unwrap(), 0);
+        assert_eq!(store.log_floor(p, NodeId(2)).unwrap(), 1);
+        assert!(store.read_log(p, NodeId(2), 0, 10, 1 << 20).unwrap().is_empty());
+        assert_eq!(store.range_digests(p, &[HashRange::ROOT]).unwrap(), vec![RangeDigest::default()]);
+        assert_eq!(store.keys_in_range(p, HashRange::ROOT, None, 10, 1 << 20).unwrap(), KeyPage::default());
+        assert!(matches!(store.partition_vv(PartitionId(PARTITIONS)), Err(SyncStoreError::NoSuchPartition(_))));
+    }
+}
