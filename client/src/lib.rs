@@ -1,6 +1,7 @@
 //! # meridian-client
 //!
-//! The async Rust SDK for Meridian, and the native wire protocol ([`proto`]) it shares with the node.
+//! The async Rust SDK for Meridian. It re-exports the native wire protocol it shares with the node
+//! (the `meridian-proto` crate) as [`proto`], adding the QUIC frame reader [`proto::read_frame`].
 //!
 //! The SDK speaks QUIC + TLS 1.3 to one node at a time, one stream per request, and gives each CRDT
 //! type a typed handle so that a counter cannot be read as a set by accident (the node refuses with
@@ -57,7 +58,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`proto`] | wire messages and framing (shared with the node) |
+//! | [`proto`] | wire messages and framing (the `meridian-proto` crate, shared with the node) and [`proto::read_frame`] |
+//! | `quic_frame` | reading a frame off a QUIC stream |
 //! | `builder`, `client` | configuring and holding a connection |
 //! | `transport` | connection cache, region ranking, failover and failback, retries with backoff |
 //! | `region` | [`RegionInfo`], region constants |
@@ -74,11 +76,20 @@ mod handles;
 mod key;
 mod keys;
 mod map_doc;
-pub mod proto;
+mod quic_frame;
 mod region;
 mod session;
 mod tls;
 mod transport;
+
+pub mod proto {
+    //! The native wire protocol: every item of [`meridian_proto`], plus [`read_frame`], which reads a
+    //! frame off a QUIC stream (the node uses it too). The transport and versioning rules are in
+    //! [`meridian_proto`]'s documentation.
+
+    pub use crate::quic_frame::read_frame;
+    pub use meridian_proto::*;
+}
 
 #[cfg(test)]
 mod net_tests;

@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_client::proto::Consistency;
 use meridian_crdt::NodeId;
+use meridian_proto::Consistency;
 
 use crate::quorum::{majority, Outcome, ReplicaCounts, Requirement};
 

@@ -10,7 +10,7 @@
 //! Quorums count only replicas the key may live on (placement rules decide which), so a region the key
 //! is barred from never counts towards, nor blocks, a quorum.
 
-use meridian_client::proto::Consistency;
+use meridian_proto::Consistency;
 
 /// How many replicas hold a key, by location relative to the coordinator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@
 //! key's bytes can take and compares consecutive sets with [`RuleSet::purges_for`] /
 //! [`RuleSet::backfills_for`] to purge or backfill. Nothing here touches storage or the network.
 
-use meridian_client::proto::{Rule, RuleSpec};
+use meridian_proto::{Rule, RuleSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -135,7 +135,7 @@ impl RuleSet {
     /// Checks a rule as written against the cluster's regions.
     pub fn check_spec(spec: &RuleSpec, known_regions: &BTreeSet<String>) -> Result<(), RuleError> {
         if spec.namespace.is_empty()
-            || spec.namespace.len() > meridian_client::proto::MAX_NAMESPACE_BYTES
+            || spec.namespace.len() > meridian_proto::MAX_NAMESPACE_BYTES
             || spec.namespace.contains('/')
         {
             return Err(RuleError::BadNamespace(spec.namespace.clone()));

@@ -34,8 +34,8 @@ use std::convert::Infallible;
 use std::fmt;
 use std::time::Instant;
 
-use meridian_client::proto::Consistency;
 use meridian_crdt::NodeId;
+use meridian_proto::Consistency;
 use meridian_replication::quorum::{majority, Outcome};
 use meridian_replication::{AckRound, ReadRound};
 

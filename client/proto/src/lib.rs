@@ -1,4 +1,28 @@
-//! The native wire protocol between clients and nodes, shared by the SDK and the node.
+//! # meridian-proto
+//!
+//! The native wire protocol between clients and nodes: the message types, their validation and
+//! their framing. The SDK (`meridian-client`, which re-exports this crate as `meridian_client::proto`)
+//! and the node speak it; the replication cores use its [`Consistency`] levels and residency
+//! [`Rule`]s. It is the API boundary of Meridian: everything a client can ask and every answer it can
+//! get is a type here.
+//!
+//! # Invariant
+//!
+//! Depends on `meridian-crdt` and `serde` only (plus `base64` for the token string and `thiserror`
+//! for the error types); nothing async, no I/O, no transport. Reading a frame off a QUIC stream
+//! (`meridian_client::proto::read_frame`) lives in the SDK, which owns quinn. The one exception is
+//! `IdempotencyId::random`, behind the off-by-default `random` feature (adds `rand`; the SDK turns
+//! it on), so that crates using only the types (such as `meridian-replication`) pull in neither an
+//! async runtime, a TLS stack nor a random number generator.
+//!
+//! | items | what |
+//! |---|---|
+//! | [`Request`], [`RequestV1`], [`Operation`], [`ClusterOp`], [`ResidencyOp`] | what a client asks |
+//! | [`Response`], [`Reply`], [`ReplyBody`] and its reports | what a node answers |
+//! | [`ErrorReply`], [`ErrorCode`] | failures, shared with the HTTP API, and whether a retry is safe |
+//! | [`Key`], [`Consistency`], [`CausalToken`], [`IdempotencyId`] | request parameters |
+//! | [`Rule`], [`RuleSpec`] | data-residency rules |
+//! | [`encode_frame`], [`decode_frame_body`], [`FrameError`] | framing |
 //!
 //! # Transport
 //!
@@ -19,6 +43,8 @@
 //!
 //! bincode is not self-describing: a message's layout never changes under its version. A new field
 //! means a `V2` variant, which old nodes refuse with [`ErrorCode::Unsupported`].
+
+#![warn(missing_docs)]
 
 use base64::Engine as _;
 use meridian_crdt::{codec, CrdtType, Mutation, NodeId, Value, VersionVector};
@@ -228,7 +254,8 @@ impl std::str::FromStr for CausalToken {
 pub struct IdempotencyId(pub u128);
 
 impl IdempotencyId {
-    /// A fresh random id.
+    /// A fresh random id (feature `random`).
+    #[cfg(feature = "random")]
     pub fn random() -> Self {
         IdempotencyId(rand::random())
     }
@@ -817,36 +844,6 @@ pub enum FrameError {
     /// The stream ended early or failed.
     #[error("stream error: {0}")]
     Stream(String),
-}
-
-/// Buffer reserved up front for a frame body; it grows as the body arrives.
-const INITIAL_FRAME_BUFFER: usize = 64 << 10;
-/// Largest chunk read at once.
-const READ_CHUNK: usize = 256 << 10;
-
-/// Reads one length-prefixed frame from a QUIC stream, refusing a length over `max_frame_bytes`
-/// before reading the body.
-pub async fn read_frame<T: serde::de::DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    max_frame_bytes: usize,
-) -> Result<T, FrameError> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| FrameError::Stream(e.to_string()))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max_frame_bytes {
-        return Err(FrameError::TooLarge { len, max: max_frame_bytes });
-    }
-    // Grow the buffer as bytes arrive rather than trusting the announced length: a peer that
-    // announces 4 MiB and sends nothing holds no more than what it actually sent.
-    let mut body = Vec::with_capacity(len.min(INITIAL_FRAME_BUFFER));
-    while body.len() < len {
-        let want = (len - body.len()).min(READ_CHUNK);
-        match recv.read_chunk(want, true).await.map_err(|e| FrameError::Stream(e.to_string()))? {
-            Some(chunk) => body.extend_from_slice(&chunk.bytes),
-            None => return Err(FrameError::Stream(format!("stream ended after {} of {len} bytes", body.len()))),
-        }
-    }
-    Ok(codec::decode(&body, max_frame_bytes)?)
 }
 
 /// Decodes a frame body that has already been read (used by the fuzz target and tests).
