@@ -32,12 +32,12 @@ mod run;
 mod workload;
 
 use anyhow::{bail, Context as _};
+use meridian_wan::plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::certs::{self, NodeIdentity};
-use crate::geo_plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use crate::local_region::{self, NodeSetup};
 
 pub use run::RunArgs;
