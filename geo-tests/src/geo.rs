@@ -42,7 +42,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use meridian_client::{Client, ClusterOp, ClusterReport, Consistency};
-use meridian_node::geo_plan::{GeoPlan, LinkPlan};
+use meridian_wan::plan::{GeoPlan, LinkPlan};
+use meridian_wan::probe::probe_ready;
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -389,7 +390,7 @@ impl Geo {
         let http = self.plan.nodes().nth(i).map(|(_, n)| n.http_addr).expect("a planned node");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if meridian_node::local_region::probe_ready(http).await {
+            if probe_ready(http).await {
                 return Ok(());
             }
             if !self.procs.is_running(i) {

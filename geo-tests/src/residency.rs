@@ -114,7 +114,7 @@ pub async fn cli(geo: &Geo, node: &str, args: &[&str]) -> anyhow::Result<CliOutp
 }
 
 /// The plan entry of node `name`.
-pub fn node_plan<'a>(geo: &'a Geo, name: &str) -> anyhow::Result<&'a meridian_node::geo_plan::NodePlan> {
+pub fn node_plan<'a>(geo: &'a Geo, name: &str) -> anyhow::Result<&'a meridian_wan::plan::NodePlan> {
     geo.plan().nodes().map(|(_, n)| n).find(|n| n.name == name).with_context(|| format!("no node {name} in the plan"))
 }
 

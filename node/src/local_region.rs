@@ -39,11 +39,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use meridian_server::certs::{self, NodeIdentity};
 use meridian_server::config::{Config, ListenConfig, PeerConfig, TlsConfig};
+use meridian_wan::probe::probe_ready;
+
+/// One node of a [`RegionPlan`] (shared with the multi-region plan of `meridian demo`).
+pub use meridian_wan::plan::NodePlan;
 
 /// `println!` that never panics: a supervisor whose stdout was closed (`… | head`, a test harness that
 /// stopped reading) must still stop its nodes.
@@ -93,27 +96,6 @@ pub struct RegionPlan {
     pub ca_cert: PathBuf,
     /// The nodes, `n1` first.
     pub nodes: Vec<NodePlan>,
-}
-
-/// One node of a [`RegionPlan`]. Paths are absolute.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodePlan {
-    /// `node_name` (`n1`, `n2`, …).
-    pub name: String,
-    /// `zone`.
-    pub zone: String,
-    /// The node's TOML configuration (`meridian serve --config PATH`).
-    pub config: PathBuf,
-    /// The node's `data_dir`.
-    pub data_dir: PathBuf,
-    /// Where `meridian region start` appends the node's output.
-    pub log: PathBuf,
-    /// QUIC client protocol (`listen.client`): `--endpoint` for the CLI.
-    pub client_addr: SocketAddr,
-    /// HTTP API (`listen.http`).
-    pub http_addr: SocketAddr,
-    /// Peer transport (`peer.listen`).
-    pub peer_addr: SocketAddr,
 }
 
 impl RegionPlan {
@@ -821,19 +803,6 @@ async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::proces
         }
     }
     command.spawn().with_context(|| format!("starting {} ({} serve --config …)", node.name, exe.display()))
-}
-
-/// Whether `GET /readyz` answers 200 (bounded to one second).
-pub async fn probe_ready(http: SocketAddr) -> bool {
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(http).await?;
-        let request = format!("GET /readyz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        Ok::<bool, std::io::Error>(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(true)))
 }
 
 /// The last lines of a log, indented, for an error message.

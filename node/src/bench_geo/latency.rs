@@ -215,8 +215,8 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
 /// delays each direction by `one_way` ± the demo's jitter, as the links do.
 async fn udp_echo_rtt(one_way: Duration, count: u64) -> anyhow::Result<Histogram<u64>> {
     let echo = tokio::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
-    let relay = crate::wan_relay::Relay::start_seeded(echo.local_addr()?, 7)?;
-    relay.set(crate::wan_relay::Impairment::delay(one_way).with_jitter(crate::demo::LINK_JITTER));
+    let relay = meridian_wan::relay::Relay::start_seeded(echo.local_addr()?, 7)?;
+    relay.set(meridian_wan::relay::Impairment::delay(one_way).with_jitter(crate::demo::LINK_JITTER));
     let echo_task = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         while let Ok((len, from)) = echo.recv_from(&mut buf).await {

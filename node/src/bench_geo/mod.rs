@@ -31,13 +31,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use meridian_client::{Client, ClusterOp, Consistency};
+use meridian_wan::plan::{GeoPlan, NodePlan};
+use meridian_wan::relay::Relay;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::demo::{self, DemoOptions};
-use crate::geo_plan::{GeoPlan, NodePlan};
 use crate::local_region::{self, say, StopSignals, Supervisor};
-use crate::wan_relay::Relay;
 
 /// `meridian bench-geo …`.
 #[derive(Clone, Debug, clap::Args)]

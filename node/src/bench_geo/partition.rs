@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use meridian_client::Client;
+use meridian_wan::plan::NodePlan;
 use tokio::time::Instant;
 
 use super::{metrics, GeoBenchArgs, GeoCluster};
-use crate::geo_plan::NodePlan;
 use crate::local_region::say;
 
 /// Parallel writers of the load.

@@ -32,11 +32,11 @@ mod run;
 mod workload;
 
 use anyhow::{bail, Context as _};
+use meridian_wan::plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::geo_plan::{GeoPlan, LinkPlan, RegionInPlan, GEO_PLAN_FILE};
 use crate::local_region::{self, NodeSetup};
 use meridian_server::certs::{self, NodeIdentity};
 

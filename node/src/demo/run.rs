@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use meridian_client::{Client, ClusterOp};
+use meridian_wan::plan::{GeoPlan, NodePlan, GEO_PLAN_FILE};
+use meridian_wan::relay::{Impairment, Relay};
 use tokio::time::Instant;
 
 use super::{describe, init, workload, DemoOptions, DEFAULT_DIR};
-use crate::geo_plan::{GeoPlan, NodePlan, GEO_PLAN_FILE};
 use crate::local_region::{self, say, StopSignals, Supervisor};
-use crate::wan_relay::{Impairment, Relay};
 
 /// Jitter added to every link's delay, each direction (FIFO is kept).
 pub const LINK_JITTER: Duration = Duration::from_millis(1);

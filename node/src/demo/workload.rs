@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use meridian_client::{Client, Consistency, Error, Session};
+use meridian_wan::plan::GeoPlan;
 use tokio::time::Instant;
-
-use crate::geo_plan::GeoPlan;
 
 /// Sessions per (region, level).
 pub const SESSIONS_PER_LEVEL: usize = 2;

@@ -4,7 +4,7 @@
 //! region and another region's peer endpoint: the client region dials [`RelayHandle::local_addr`]
 //! instead of the real endpoint, and the relay forwards to the `upstream` address.
 //!
-//! `meridian demo` runs one relay per link of its [`GeoPlan`](crate::geo_plan::GeoPlan), each on the
+//! `meridian demo` runs one relay per link of its [`GeoPlan`](crate::plan::GeoPlan), each on the
 //! link's planned address ([`Relay::bind`]); the geo-tests re-export this module as
 //! `meridian_geo_tests::relay`.
 //!

@@ -7,13 +7,15 @@
 //! node of the other regions, so cross-region peer traffic goes through the links and in-region
 //! traffic does not. Whoever starts the nodes must start the links first (`meridian demo` runs them
 //! in its own process; the geo-tests run them in the test process so they can partition regions).
+//!
+//! [`NodePlan`] is also the node entry of the single-region plan `meridian region init` writes
+//! (`DIR/region.json`, `meridian_node::local_region::RegionPlan`). Both formats live here, in a crate
+//! without RocksDB, so that the geo-tests read them without linking the server.
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-pub use crate::local_region::NodePlan;
 
 /// The plan's file name inside the cluster directory.
 pub const GEO_PLAN_FILE: &str = "cluster.json";
@@ -31,6 +33,29 @@ pub struct GeoPlan {
     pub regions: Vec<RegionInPlan>,
     /// One relay per (source region, destination node in another region).
     pub links: Vec<LinkPlan>,
+}
+
+/// One node of a local cluster: of a [`RegionInPlan`], and of the single-region plan
+/// `meridian region init` writes (`DIR/region.json`, `meridian_node::local_region::RegionPlan`).
+/// Paths are absolute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    /// `node_name` (`n1`, `n2`, …).
+    pub name: String,
+    /// `zone`.
+    pub zone: String,
+    /// The node's TOML configuration (`meridian serve --config PATH`).
+    pub config: PathBuf,
+    /// The node's `data_dir`.
+    pub data_dir: PathBuf,
+    /// Where `meridian region start` appends the node's output.
+    pub log: PathBuf,
+    /// QUIC client protocol (`listen.client`): `--endpoint` for the CLI.
+    pub client_addr: SocketAddr,
+    /// HTTP API (`listen.http`).
+    pub http_addr: SocketAddr,
+    /// Peer transport (`peer.listen`).
+    pub peer_addr: SocketAddr,
 }
 
 /// One region of a [`GeoPlan`].
