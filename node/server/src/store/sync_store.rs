@@ -383,7 +383,7 @@ impl EngineSyncStore {
     }
 
     /// Builds a batch and writes it: next to a live node under the keys' locks and through its group
-    /// committer ([`Node::apply_under_key_locks`]; blocks, so never call it on a reactor thread);
+    /// committer ([`Writer::apply_under_key_locks`]; blocks, so never call it on a reactor thread);
     /// over a bare engine, directly.
     fn commit_under_locks(&self, keys: &[&[u8]], build: impl FnOnce() -> Result<Batch>) -> Result<()> {
         match &self.live {
