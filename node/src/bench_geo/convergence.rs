@@ -7,12 +7,14 @@
 //! asked for its lag histogram of the first region's records (a lifetime figure: the cluster is
 //! fresh, so it holds this run's writes only, probes included).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use meridian_client::proto::RegionLagReport;
 use meridian_client::{Client, Consistency};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -41,6 +43,25 @@ struct Writes {
     issued: u64,
 }
 
+/// What the nodes of the other regions report of the first region's records once these stopped
+/// arriving.
+struct Settled {
+    /// (region, node, its lag figures of the first region's records), per node of the other regions.
+    lags: Vec<(String, String, RegionLagReport)>,
+    /// Whether records were still arriving when the wait gave up.
+    still_arriving: bool,
+    /// When the wait began (the writers had stopped).
+    started: Instant,
+}
+
+/// What a node did over the run (/metrics counter deltas).
+struct NodeActivity {
+    node: String,
+    hints_written: f64,
+    hints_replayed: f64,
+    sync_passes: f64,
+}
+
 pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Result<String> {
     let home = cluster.home().to_string();
     let writers = cluster.clients(0, 4usize.div_ceil(cluster.plan.regions[0].nodes.len())).await?;
@@ -56,64 +77,82 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         args.max_inflight,
         PROBE_EVERY.as_millis()
     );
-    let mut counters_before = Vec::new();
-    for (_, node) in cluster.plan.nodes() {
-        counters_before.push(super::metrics(node).await.unwrap_or_default());
-    }
+    let counters_before = cluster.node_metrics().await;
     let until = Instant::now() + Duration::from_secs(args.secs);
     let (writes, probes) = tokio::join!(write_paced(args, &writers), probe(&probe_writer, &probe_readers, until));
     for client in writers.iter().chain([&probe_writer]).chain(probe_readers.iter().map(|(_, c)| c)) {
         client.close().await;
     }
+    let settled = wait_settled(cluster, &home).await?;
+    let activity = node_activity(cluster, &counters_before).await;
 
-    // Let the stragglers land: until no node's record count of the home region moves for 1 s
-    // (at most 15 s).
-    let remote: Vec<_> =
-        cluster.plan.nodes().filter(|(r, _)| r.name != home).map(|(r, n)| (r.name.clone(), n.clone())).collect();
-    let mut last = Vec::new();
-    let settle_started = Instant::now();
-    let settle_deadline = settle_started + Duration::from_secs(15);
-    let mut still_arriving = false;
-    let reports = loop {
-        let mut reports = Vec::new();
-        for (region, node) in &remote {
-            let report = cluster.lag_report(node).await?;
-            let lag = report.regions.into_iter().find(|l| l.from_region == home).unwrap_or_default();
-            reports.push((region.clone(), node.name.clone(), lag));
-        }
-        let counts: Vec<u64> = reports.iter().map(|(_, _, l)| l.records).collect();
-        if counts == last {
-            break reports;
-        }
-        if Instant::now() >= settle_deadline {
-            still_arriving = true;
-            break reports;
-        }
-        last = counts;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-
-    let mut counters = Vec::new();
-    for (i, (_, node)) in cluster.plan.nodes().enumerate() {
-        let after = super::metrics(node).await.unwrap_or_default();
-        let delta =
-            |name: &str| after.get(name).copied().unwrap_or(0.0) - counters_before[i].get(name).copied().unwrap_or(0.0);
-        counters.push((
-            node.name.clone(),
-            delta("meridian_hints_written_total"),
-            delta("meridian_hints_replayed_total"),
-            delta("meridian_sync_passes_total"),
-        ));
-    }
-
-    let secs = writes.elapsed.as_secs_f64().max(0.001);
-    let ok = writes.latency.len();
-    let achieved = ok as f64 / secs;
     let mut out = format!(
         "1. Cross-region convergence lag from {home}: eventual writes (register set / counter incr over {} keys), \
          open loop\n",
         args.keys
     );
+    write_writes(&mut out, args, &writes);
+    write_lags(&mut out, cluster, &home, &settled);
+    write_node_activity(&mut out, &activity);
+    write_probes(&mut out, cluster, &home, probes);
+    Ok(out)
+}
+
+/// Lets the stragglers land: waits until no node's record count of `home` moves for 1 s (at most
+/// 15 s), and returns every other region's nodes' lag figures of `home` at that moment.
+async fn wait_settled(cluster: &GeoCluster, home: &str) -> anyhow::Result<Settled> {
+    let remote: Vec<_> =
+        cluster.plan.nodes().filter(|(r, _)| r.name != home).map(|(r, n)| (r.name.clone(), n.clone())).collect();
+    let mut last = Vec::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let mut still_arriving = false;
+    let lags = loop {
+        let mut lags = Vec::new();
+        for (region, node) in &remote {
+            let report = cluster.lag_report(node).await?;
+            let lag = report.regions.into_iter().find(|l| l.from_region == home).unwrap_or_default();
+            lags.push((region.clone(), node.name.clone(), lag));
+        }
+        let counts: Vec<u64> = lags.iter().map(|(_, _, l)| l.records).collect();
+        if counts == last {
+            break lags;
+        }
+        if Instant::now() >= deadline {
+            still_arriving = true;
+            break lags;
+        }
+        last = counts;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    Ok(Settled { lags, still_arriving, started })
+}
+
+/// Every node's hints and sync passes since `before` (its /metrics counters, in plan order).
+async fn node_activity(cluster: &GeoCluster, before: &[BTreeMap<String, f64>]) -> Vec<NodeActivity> {
+    let after = cluster.node_metrics().await;
+    cluster
+        .plan
+        .nodes()
+        .enumerate()
+        .map(|(i, (_, node))| {
+            let delta =
+                |name: &str| after[i].get(name).copied().unwrap_or(0.0) - before[i].get(name).copied().unwrap_or(0.0);
+            NodeActivity {
+                node: node.name.clone(),
+                hints_written: delta("meridian_hints_written_total"),
+                hints_replayed: delta("meridian_hints_replayed_total"),
+                sync_passes: delta("meridian_sync_passes_total"),
+            }
+        })
+        .collect()
+}
+
+/// The report's lines on the writers: rate achieved against the target, latency, failures.
+fn write_writes(out: &mut String, args: &GeoBenchArgs, writes: &Writes) {
+    let secs = writes.elapsed.as_secs_f64().max(0.001);
+    let ok = writes.latency.len();
+    let achieved = ok as f64 / secs;
     let _ = writeln!(
         out,
         "   target {} writes/s for {} s; achieved {:.0} writes/s ({} acknowledged, {} failed, {} started >{} ms late){}",
@@ -139,21 +178,26 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         let _ = writeln!(out, "   first write error: {e}");
     }
     let _ = writeln!(out, "   issued {} of {} scheduled writes", writes.issued, args.rate * args.secs);
-    out += "   lag per node (node's own histogram: origin write timestamp → durable here, ms; baseline = one-way delay):\n";
+}
+
+/// The report's table of each node's own lag histogram of `home`'s records, against the one-way
+/// delay.
+fn write_lags(out: &mut String, cluster: &GeoCluster, home: &str, settled: &Settled) {
+    *out += "   lag per node (node's own histogram: origin write timestamp → durable here, ms; baseline = one-way delay):\n";
     let _ = writeln!(
         out,
         "   {:<16}{:<12}{:>9}{:>8}{:>8}{:>8}{:>10}{:>13}   GOAL p99 ≤ one-way + {GOAL_MARGIN_MS} ms",
         "NODE", "REGION", "RECORDS", "P50", "P99", "MAX", "ONE-WAY", "P99-ONE-WAY"
     );
-    if still_arriving {
+    if settled.still_arriving {
         let _ = writeln!(
             out,
             "   (records were still arriving {:.0} s after the writers stopped: these are the figures at that moment)",
-            settle_started.elapsed().as_secs_f64()
+            settled.started.elapsed().as_secs_f64()
         );
     }
-    for (region, node, lag) in &reports {
-        let one_way = cluster.one_way_ms(&home, region);
+    for (region, node, lag) in &settled.lags {
+        let one_way = cluster.one_way_ms(home, region);
         let over = lag.lag_p99_ms as i64 - one_way as i64;
         let _ = writeln!(
             out,
@@ -175,14 +219,22 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             }
         );
     }
-    out += "   the nodes meanwhile (/metrics deltas over the run; a push that fails or finds no free stream in time \
-            leaves a hint, replayed every 500 ms; anti-entropy pulls what neither delivered):\n";
-    for (node, written, replayed, syncs) in &counters {
+}
+
+/// The report's lines on the hints and sync passes of every node over the run.
+fn write_node_activity(out: &mut String, activity: &[NodeActivity]) {
+    *out += "   the nodes meanwhile (/metrics deltas over the run; a push that fails or finds no free stream in time \
+             leaves a hint, replayed every 500 ms; anti-entropy pulls what neither delivered):\n";
+    for NodeActivity { node, hints_written: written, hints_replayed: replayed, sync_passes: syncs } in activity {
         let _ = writeln!(
             out,
             "     {node:<16} hints written {written:>8.0}   hints replayed {replayed:>8.0}   sync passes {syncs:>6.0}"
         );
     }
+}
+
+/// The report's table of the client-side probe's lag per other region, against the one-way delay.
+fn write_probes(out: &mut String, cluster: &GeoCluster, home: &str, probes: Vec<(usize, ProbeStats)>) {
     let _ = writeln!(
         out,
         "   client-side probe (marker written in {home}, polled every {} ms in each region; from the write's start, \
@@ -196,7 +248,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     );
     for (r, stats) in probes {
         let region = &cluster.plan.regions[r].name;
-        let one_way = cluster.one_way_ms(&home, region);
+        let one_way = cluster.one_way_ms(home, region);
         let h = &stats.latency;
         let (p50, p99, max, over) = if h.is_empty() {
             ("-".into(), "-".into(), "-".into(), "-".into())
@@ -224,7 +276,6 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             note.join("; ")
         );
     }
-    Ok(out)
 }
 
 /// Writes paced to `--rate` for `--secs`, over the `writers` round-robin.

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use meridian_client::Consistency;
+use meridian_client::{Client, Consistency};
 use tokio::time::Instant;
 
 use super::{histogram, ms, record, GeoBenchArgs, GeoCluster};
@@ -24,6 +24,15 @@ const GOAL_MARGIN_MS: f64 = 2.0;
 struct LevelStats {
     writes: Histogram<u64>,
     reads: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// The causal hand-offs to one other region.
+struct Handoffs {
+    region: String,
+    /// From the write's acknowledgement in the first region until the read here was served.
+    served: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -47,25 +56,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     let run = std::process::id();
     let mut levels = Vec::new();
     for level in Consistency::ALL {
-        let session = client.session().with_consistency(level);
-        let mut stats = LevelStats { writes: histogram(), reads: histogram(), errors: 0, first_error: None };
-        for i in 0..args.latency_ops {
-            let h = session.register(format!("bench/lat-{run}-{}-{}", level.name(), i % 16));
-            let value = super::value(1, i, args.value_bytes);
-            let started = Instant::now();
-            match tokio::time::timeout(OP_BOUND, h.set(value)).await {
-                Ok(Ok(())) => record(&mut stats.writes, started.elapsed()),
-                Ok(Err(e)) => fail(&mut stats, e.to_string()),
-                Err(_) => fail(&mut stats, "no answer within 10 s".into()),
-            }
-            let started = Instant::now();
-            match tokio::time::timeout(OP_BOUND, h.get()).await {
-                Ok(Ok(_)) => record(&mut stats.reads, started.elapsed()),
-                Ok(Err(e)) => fail(&mut stats, e.to_string()),
-                Err(_) => fail(&mut stats, "no answer within 10 s".into()),
-            }
-        }
-        levels.push((level, stats));
+        levels.push((level, measure_level(args, &client, level, run).await));
     }
 
     // The emulator's own round trip: UDP echo through a relay set up like the links.
@@ -74,41 +65,11 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     // Causal hand-offs.
     let mut handoffs = Vec::new();
     for r in 1..cluster.plan.regions.len() {
-        let remote = cluster.client_to(r, 0).await?;
-        let mut served = histogram();
-        let mut errors = 0u64;
-        let mut first_error = None;
-        for i in 0..args.causal_probes {
-            let writer = client.session().with_consistency(Consistency::Causal);
-            let key = format!("bench/causal-{run}-{r}-{i}");
-            let value = super::value(2, i, args.value_bytes);
-            let written = tokio::time::timeout(OP_BOUND, writer.register(key.as_str()).set(value.clone())).await;
-            let acked = Instant::now();
-            if !matches!(written, Ok(Ok(()))) {
-                errors += 1;
-                first_error.get_or_insert_with(|| format!("write: {written:?}"));
-                continue;
-            }
-            let reader = remote.session().with_consistency(Consistency::Causal);
-            reader.merge_token(&writer.token());
-            match tokio::time::timeout(OP_BOUND, reader.register(key.as_str()).get()).await {
-                Ok(Ok(Some(v))) if v == value => record(&mut served, acked.elapsed()),
-                other => {
-                    errors += 1;
-                    first_error
-                        .get_or_insert_with(|| format!("read: {:?}", other.map(|r| r.map(|v| v.map(|v| v.len())))));
-                }
-            }
-            // Spread the probes a little: each starts from an idle link.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        remote.close().await;
-        handoffs.push((cluster.plan.regions[r].name.clone(), served, errors, first_error));
+        handoffs.push(causal_handoffs(args, cluster, &client, r, run).await?);
     }
     client.close().await;
 
     let (rtt, nearest_name) = nearest;
-    let echo_p50 = echo.value_at_quantile(0.5) as f64 / 1000.0;
     let mut out = format!(
         "2. Latency per consistency level in {home}, one sequential session per level, unloaded ({} writes + {} reads each)\n",
         args.latency_ops, args.latency_ops
@@ -122,6 +83,79 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         cluster.plan.rf,
         cluster.plan.regions.len()
     );
+    write_level_header(&mut out, &echo, rtt);
+    write_levels(&mut out, &levels, rtt);
+    write_handoffs(&mut out, cluster, &home, &handoffs);
+    Ok(out)
+}
+
+/// `--latency-ops` sequential register writes, each followed by a read of the same key (16 keys), in
+/// one session at `level`.
+async fn measure_level(args: &GeoBenchArgs, client: &Client, level: Consistency, run: u32) -> LevelStats {
+    let session = client.session().with_consistency(level);
+    let mut stats = LevelStats { writes: histogram(), reads: histogram(), errors: 0, first_error: None };
+    for i in 0..args.latency_ops {
+        let h = session.register(format!("bench/lat-{run}-{}-{}", level.name(), i % 16));
+        let value = super::value(1, i, args.value_bytes);
+        let started = Instant::now();
+        match tokio::time::timeout(OP_BOUND, h.set(value)).await {
+            Ok(Ok(())) => record(&mut stats.writes, started.elapsed()),
+            Ok(Err(e)) => fail(&mut stats, e.to_string()),
+            Err(_) => fail(&mut stats, "no answer within 10 s".into()),
+        }
+        let started = Instant::now();
+        match tokio::time::timeout(OP_BOUND, h.get()).await {
+            Ok(Ok(_)) => record(&mut stats.reads, started.elapsed()),
+            Ok(Err(e)) => fail(&mut stats, e.to_string()),
+            Err(_) => fail(&mut stats, "no answer within 10 s".into()),
+        }
+    }
+    stats
+}
+
+/// `--causal-probes` causal writes through `client` (the first region), each one's session token
+/// carried to a causal read in region `r`.
+async fn causal_handoffs(
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    client: &Client,
+    r: usize,
+    run: u32,
+) -> anyhow::Result<Handoffs> {
+    let remote = cluster.client_to(r, 0).await?;
+    let mut served = histogram();
+    let mut errors = 0u64;
+    let mut first_error = None;
+    for i in 0..args.causal_probes {
+        let writer = client.session().with_consistency(Consistency::Causal);
+        let key = format!("bench/causal-{run}-{r}-{i}");
+        let value = super::value(2, i, args.value_bytes);
+        let written = tokio::time::timeout(OP_BOUND, writer.register(key.as_str()).set(value.clone())).await;
+        let acked = Instant::now();
+        if !matches!(written, Ok(Ok(()))) {
+            errors += 1;
+            first_error.get_or_insert_with(|| format!("write: {written:?}"));
+            continue;
+        }
+        let reader = remote.session().with_consistency(Consistency::Causal);
+        reader.merge_token(&writer.token());
+        match tokio::time::timeout(OP_BOUND, reader.register(key.as_str()).get()).await {
+            Ok(Ok(Some(v))) if v == value => record(&mut served, acked.elapsed()),
+            other => {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("read: {:?}", other.map(|r| r.map(|v| v.map(|v| v.len())))));
+            }
+        }
+        // Spread the probes a little: each starts from an idle link.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    remote.close().await;
+    Ok(Handoffs { region: cluster.plan.regions[r].name.clone(), served, errors, first_error })
+}
+
+/// The header of the report's latency table, and its first row: the emulated link itself.
+fn write_level_header(out: &mut String, echo: &Histogram<u64>, rtt: u64) {
+    let echo_p50 = echo.value_at_quantile(0.5) as f64 / 1000.0;
     let _ = writeln!(
         out,
         "   {:<14}{:<7}{:>7}{:>9}{:>9}{:>9}{:>11}   GOAL quorum p50 ≤ RTT + {GOAL_MARGIN_MS} ms",
@@ -141,8 +175,13 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         rtt / 2,
         crate::demo::LINK_JITTER.as_millis()
     );
+}
+
+/// The latency table's rows: writes and reads per level against the RTT (the goal is quorum's), then
+/// each level's errors.
+fn write_levels(out: &mut String, levels: &[(Consistency, LevelStats)], rtt: u64) {
     let mut errors = Vec::new();
-    for (level, stats) in &levels {
+    for (level, stats) in levels {
         for (op, h) in [("write", &stats.writes), ("read", &stats.reads)] {
             if h.is_empty() {
                 let _ = writeln!(out, "   {:<14}{:<7}{:>7}", level.name(), op, 0);
@@ -176,9 +215,13 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         }
     }
     for e in errors {
-        out += &e;
+        *out += &e;
         out.push('\n');
     }
+}
+
+/// The report's table of causal hand-offs per other region, beside the one-way delay from `home`.
+fn write_handoffs(out: &mut String, cluster: &GeoCluster, home: &str, handoffs: &[Handoffs]) {
     let _ = writeln!(
         out,
         "   causal hand-off: causal write in {home} (session token carried), causal read in another region; \
@@ -189,7 +232,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         "   {:<12}{:>7}{:>9}{:>9}{:>9}{:>10}{:>8}   NOTE",
         "TO", "COUNT", "P50 ms", "P99 ms", "MAX ms", "ONE-WAY", "ERRORS"
     );
-    for (region, h, errors, first_error) in &handoffs {
+    for Handoffs { region, served: h, errors, first_error } in handoffs {
         let (p50, p99, max) = if h.is_empty() {
             ("-".into(), "-".into(), "-".into())
         } else {
@@ -203,12 +246,11 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             p50,
             p99,
             max,
-            cluster.one_way_ms(&home, region),
+            cluster.one_way_ms(home, region),
             errors,
             first_error.as_deref().unwrap_or("")
         );
     }
-    Ok(out)
 }
 
 /// Round trips of `count` sequential 32-byte datagrams to a local UDP echo through a relay that

@@ -363,6 +363,16 @@ impl GeoCluster {
         out
     }
 
+    /// Every node's `/metrics` counters (see [`metrics`]), in plan order; empty for a node that does
+    /// not answer.
+    pub async fn node_metrics(&self) -> Vec<std::collections::BTreeMap<String, f64>> {
+        let mut out = Vec::new();
+        for (_, node) in self.plan.nodes() {
+            out.push(metrics(node).await.unwrap_or_default());
+        }
+        out
+    }
+
     /// The nodes' cluster report of `node`.
     pub async fn lag_report(&self, node: &NodePlan) -> anyhow::Result<meridian_client::ClusterReport> {
         let client = self.node_client(node).await?;

@@ -47,6 +47,31 @@ fn key(i: u64) -> String {
     format!("bench/ae-{i:08}")
 }
 
+/// Bytes delivered over the links, per ordered region pair (from, to).
+type LinkBytes = BTreeMap<(String, String), u64>;
+
+/// The cluster just before the heal.
+struct AtHeal {
+    /// Every node's /metrics counters.
+    counters: Vec<BTreeMap<String, f64>>,
+    /// Bytes delivered over every link so far.
+    link_bytes: LinkBytes,
+    /// When the links were healed (right after the figures above were taken).
+    healed_at: Instant,
+}
+
+/// From the heal until every other region read every change, or until the timeout.
+struct AfterHeal {
+    /// From the heal until the last region read every changed key; `None`: not within the timeout.
+    converged: Option<Duration>,
+    /// The same per other region (the regions after the first, in plan order).
+    per_region: Vec<Option<Duration>>,
+    /// The changed keys each other region did not read as new yet.
+    pending: Vec<Vec<u64>>,
+    /// Bytes delivered over every link by then.
+    link_bytes: LinkBytes,
+}
+
 pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Result<String> {
     let home = cluster.home().to_string();
     let timeout = Duration::from_secs(args.converge_timeout_secs);
@@ -58,9 +83,53 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
 
     // 1. Load.
     let writers = cluster.clients(0, 4usize.div_ceil(cluster.plan.regions[0].nodes.len())).await?;
+    let readers = load(args, cluster, &writers, timeout, &mut out).await?;
+    // Pushes that did not get through during the load left hints; wait until they are replayed, so
+    // that the partition's figures are not about the load's backlog.
+    drain_load_hints(cluster, timeout, &mut out).await;
+
+    // 2. Idle traffic.
+    let idle_rate = idle_link_rate(cluster).await;
+
+    // 3. Partition and change.
+    let changed: Vec<u64> = (0..args.changed).map(|j| j * (args.keys / args.changed)).collect();
+    let changed_bytes: u64 = changed.iter().map(|&i| (key(i).len() + args.value_bytes) as u64).sum();
+    let at_heal = partition_and_change(args, cluster, &writers, &changed).await?;
+
+    // 4. Convergence.
+    let after = wait_converged(args, cluster, &readers, &changed, at_heal.healed_at, timeout).await;
+    let counters_after = cluster.node_metrics().await;
+    for client in writers.iter().chain(readers.iter().flatten()) {
+        client.close().await;
+    }
+
+    // Report.
+    let moved: LinkBytes = after
+        .link_bytes
+        .iter()
+        .map(|(k, after)| (k.clone(), after - at_heal.link_bytes.get(k).copied().unwrap_or(0)))
+        .collect();
+    let window = after.converged.unwrap_or_else(|| at_heal.healed_at.elapsed());
+    write_convergence(&mut out, args, cluster, changed_bytes, &after, total(&moved), timeout);
+    write_traffic(&mut out, &moved, changed_bytes, idle_rate, window, after.converged.is_some());
+    write_node_activity(&mut out, cluster, &at_heal.counters, &counters_after);
+    Ok(out)
+}
+
+/// Step 1: loads `--keys` registers in the first region through `writers`, waits until the nodes of
+/// every other region have recorded them, then until every key reads back there, and reports it.
+/// Returns the readers of each other region (the regions after the first, in plan order).
+async fn load(
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    writers: &[Client],
+    timeout: Duration,
+    out: &mut String,
+) -> anyhow::Result<Vec<Vec<Client>>> {
+    let home = cluster.home();
     say!("[partition] loading {} keys in {home} ({LOAD_WRITERS} parallel writers, relaxed durability)", args.keys);
     let started = Instant::now();
-    let failed = write_keys(&writers, (0..args.keys).collect(), 0, args.value_bytes, LOAD_WRITERS).await;
+    let failed = write_keys(writers, (0..args.keys).collect(), 0, args.value_bytes, LOAD_WRITERS).await;
     let load_time = started.elapsed();
     anyhow::ensure!(failed == 0, "{failed} of {} load writes failed", args.keys);
     let remote: Vec<(usize, NodePlan)> = cluster
@@ -72,12 +141,36 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         .flat_map(|(r, region)| region.nodes.iter().map(move |n| (r, n.clone())))
         .collect();
     let started = Instant::now();
-    wait_records(cluster, &home, &remote, args.keys, timeout).await?;
+    wait_records(cluster, home, &remote, args.keys, timeout).await?;
     let replicated = started.elapsed();
     let mut readers = Vec::new();
     for r in 1..cluster.plan.regions.len() {
         readers.push(cluster.clients(r, 1).await?);
     }
+    read_back_load(args, cluster, &readers, started, timeout).await?;
+    let verified = started.elapsed();
+    let _ = writeln!(
+        out,
+        "   load: {} keys in {:.1} s ({:.0} writes/s, {LOAD_WRITERS} writers, relaxed); every key read back in every \
+         other region {:.1} s after the load ended (record counts complete after {:.1} s)",
+        args.keys,
+        load_time.as_secs_f64(),
+        args.keys as f64 / load_time.as_secs_f64().max(0.001),
+        verified.as_secs_f64(),
+        replicated.as_secs_f64()
+    );
+    Ok(readers)
+}
+
+/// Reads every loaded key in every other region, and the missing ones again, until none is missing
+/// (failing once `timeout` has passed since `started`).
+async fn read_back_load(
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    readers: &[Vec<Client>],
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     // The record counts overcount (a record delivered by a push and again by anti-entropy counts
     // twice), so they only say when to start reading: every key is then read in every other
     // region, and the missing ones again until none is.
@@ -97,20 +190,11 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             missing = check(region_readers, &missing, 0, args.value_bytes).await;
         }
     }
-    let verified = started.elapsed();
-    let _ = writeln!(
-        out,
-        "   load: {} keys in {:.1} s ({:.0} writes/s, {LOAD_WRITERS} writers, relaxed); every key read back in every \
-         other region {:.1} s after the load ended (record counts complete after {:.1} s)",
-        args.keys,
-        load_time.as_secs_f64(),
-        args.keys as f64 / load_time.as_secs_f64().max(0.001),
-        verified.as_secs_f64(),
-        replicated.as_secs_f64()
-    );
+    Ok(())
+}
 
-    // Pushes that did not get through during the load left hints; wait until they are replayed, so
-    // that the partition's figures are not about the load's backlog.
+/// Waits (at most `timeout`) until the hints the load left are replayed, and reports them.
+async fn drain_load_hints(cluster: &GeoCluster, timeout: Duration, out: &mut String) {
     let started = Instant::now();
     let left = wait_hints_drained(cluster, timeout).await;
     let _ = writeln!(
@@ -123,15 +207,25 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
                 format!("NOT within {} s ({n} still queued: the figures below include their replay)", timeout.as_secs()),
         }
     );
+}
 
-    // 2. Idle traffic.
+/// Step 2: the links' idle traffic (gossip, anti-entropy digests) in bytes/s, measured over [`IDLE`]:
+/// the background any later figure includes.
+async fn idle_link_rate(cluster: &GeoCluster) -> f64 {
     let before = total(&cluster.link_bytes());
     tokio::time::sleep(IDLE).await;
-    let idle_rate = (total(&cluster.link_bytes()) - before) as f64 / IDLE.as_secs_f64();
+    (total(&cluster.link_bytes()) - before) as f64 / IDLE.as_secs_f64()
+}
 
-    // 3. Partition and change.
-    let changed: Vec<u64> = (0..args.changed).map(|j| j * (args.keys / args.changed)).collect();
-    let changed_bytes: u64 = changed.iter().map(|&i| (key(i).len() + args.value_bytes) as u64).sum();
+/// Step 3: blocks every link into and out of the first region, rewrites `changed` there over
+/// `--partition-secs`, and heals at its end; returns the figures taken just before the heal.
+async fn partition_and_change(
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    writers: &[Client],
+    changed: &[u64],
+) -> anyhow::Result<AtHeal> {
+    let home = cluster.home();
     say!("[partition] cutting {home} off for {} s, changing {} keys there", args.partition_secs, args.changed);
     let cut_links: Vec<usize> = cluster
         .plan
@@ -146,6 +240,27 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     }
     let cut_at = Instant::now();
     let partition = Duration::from_secs(args.partition_secs);
+    write_changes(args, writers, changed, cut_at, partition).await?;
+    tokio::time::sleep_until(cut_at + partition).await;
+    let counters = cluster.node_metrics().await;
+    let link_bytes = cluster.link_bytes();
+    for &i in &cut_links {
+        cluster.links[i].heal();
+    }
+    let healed_at = Instant::now();
+    say!("[partition] healed; reading the {} changed keys in every other region until all are new", args.changed);
+    Ok(AtHeal { counters, link_bytes, healed_at })
+}
+
+/// Writes generation 1 of `changed` in up to 10 batches spread over the partition that began at
+/// `cut_at`; fails if any write failed.
+async fn write_changes(
+    args: &GeoBenchArgs,
+    writers: &[Client],
+    changed: &[u64],
+    cut_at: Instant,
+    partition: Duration,
+) -> anyhow::Result<()> {
     // Spread the changes over the partition, leaving its last second quiet.
     let spread = partition.saturating_sub(Duration::from_secs(1));
     let batches = 10u64.min(args.changed);
@@ -158,34 +273,32 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             .skip((b * args.changed / batches) as usize)
             .take(((b + 1) * args.changed / batches - b * args.changed / batches) as usize)
             .collect();
-        change_failed += write_keys(&writers, part, 1, args.value_bytes, LOAD_WRITERS).await;
+        change_failed += write_keys(writers, part, 1, args.value_bytes, LOAD_WRITERS).await;
     }
     anyhow::ensure!(change_failed == 0, "{change_failed} of {} changes failed during the partition", args.changed);
-    tokio::time::sleep_until(cut_at + partition).await;
-    let mut counters_before = Vec::new();
-    for (_, node) in cluster.plan.nodes() {
-        counters_before.push(metrics(node).await.unwrap_or_default());
-    }
-    let queued_at_heal: f64 =
-        counters_before.iter().map(|c| c.get("meridian_hints_queued").copied().unwrap_or(0.0)).sum();
-    let bytes_before = cluster.link_bytes();
-    for &i in &cut_links {
-        cluster.links[i].heal();
-    }
-    let healed_at = Instant::now();
-    say!("[partition] healed; reading the {} changed keys in every other region until all are new", args.changed);
+    Ok(())
+}
 
-    // 4. Convergence.
-    let mut pending: Vec<Vec<u64>> = readers.iter().map(|_| changed.clone()).collect();
-    let mut converged_in = vec![None; readers.len()];
-    let (converged_at, bytes_after) = loop {
+/// Step 4: from the heal, reads the changed keys at `eventual` in every other region (straight to
+/// the nodes, not over the links) until all show the new values, at most `timeout`.
+async fn wait_converged(
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    readers: &[Vec<Client>],
+    changed: &[u64],
+    healed_at: Instant,
+    timeout: Duration,
+) -> AfterHeal {
+    let mut pending: Vec<Vec<u64>> = readers.iter().map(|_| changed.to_vec()).collect();
+    let mut per_region = vec![None; readers.len()];
+    let (converged, link_bytes) = loop {
         for (r, region_readers) in readers.iter().enumerate() {
             if pending[r].is_empty() {
                 continue;
             }
             pending[r] = check(region_readers, &pending[r], 1, args.value_bytes).await;
             if pending[r].is_empty() {
-                converged_in[r] = Some(healed_at.elapsed());
+                per_region[r] = Some(healed_at.elapsed());
             }
         }
         if pending.iter().all(Vec::is_empty) {
@@ -196,38 +309,37 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut counters_after = Vec::new();
-    for (_, node) in cluster.plan.nodes() {
-        counters_after.push(metrics(node).await.unwrap_or_default());
-    }
-    for client in writers.iter().chain(readers.iter().flatten()) {
-        client.close().await;
-    }
+    AfterHeal { converged, per_region, pending, link_bytes }
+}
 
-    // Report.
-    let moved: BTreeMap<(String, String), u64> =
-        bytes_after.iter().map(|(k, after)| (k.clone(), after - bytes_before.get(k).copied().unwrap_or(0))).collect();
-    let moved_total = total(&moved);
-    let window = converged_at.unwrap_or_else(|| healed_at.elapsed());
-    let background = idle_rate * window.as_secs_f64();
-    let ratio = moved_total as f64 / changed_bytes as f64;
-    let net_ratio = (moved_total as f64 - background).max(0.0) / changed_bytes as f64;
+/// The report's baseline line, and when each other region converged (or how much did not).
+fn write_convergence(
+    out: &mut String,
+    args: &GeoBenchArgs,
+    cluster: &GeoCluster,
+    changed_bytes: u64,
+    after: &AfterHeal,
+    moved_total: u64,
+    timeout: Duration,
+) {
+    let others = after.per_region.len();
     let _ = writeln!(
         out,
         "   baseline: changed data = {} keys × (key + value) = {changed_bytes} bytes (each of the {} other regions \
          needs it, so {} bytes is the floor over the links without compression)",
         args.changed,
-        readers.len(),
-        changed_bytes * readers.len() as u64
+        others,
+        changed_bytes * others as u64
     );
-    match converged_at {
+    match after.converged {
         Some(t) => {
             let _ = writeln!(
                 out,
                 "   converged {:.2} s after the heal ({}); bytes over every link (UDP payload, both directions) from \
                  heal to convergence: {moved_total}",
                 t.as_secs_f64(),
-                converged_in
+                after
+                    .per_region
                     .iter()
                     .enumerate()
                     .map(|(r, t)| format!(
@@ -240,7 +352,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             );
         }
         None => {
-            let left: usize = pending.iter().map(Vec::len).sum();
+            let left: usize = after.pending.iter().map(Vec::len).sum();
             let _ = writeln!(
                 out,
                 "   NOT converged within {} s of the heal: {left} (region, key) pairs still old; bytes so far {moved_total}",
@@ -248,6 +360,22 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             );
         }
     }
+}
+
+/// The report's table of bytes over the links from the heal to convergence (over `window`), against
+/// the changed data and above the idle background, and the bytes per direction.
+fn write_traffic(
+    out: &mut String,
+    moved: &LinkBytes,
+    changed_bytes: u64,
+    idle_rate: f64,
+    window: Duration,
+    converged: bool,
+) {
+    let moved_total = total(moved);
+    let background = idle_rate * window.as_secs_f64();
+    let ratio = moved_total as f64 / changed_bytes as f64;
+    let net_ratio = (moved_total as f64 - background).max(0.0) / changed_bytes as f64;
     let _ = writeln!(out, "   {:<34}{:>14}{:>10}   GOAL ratio ≤ {GOAL_RATIO}", "FIGURE", "BYTES", "RATIO");
     let _ = writeln!(out, "   {:<34}{:>14}{:>10.2}", "changed data (baseline)", changed_bytes, 1.0);
     let _ = writeln!(
@@ -256,7 +384,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         "links, heal → converged",
         moved_total,
         ratio,
-        if converged_at.is_none() {
+        if !converged {
             "not converged"
         } else if ratio <= GOAL_RATIO {
             "met"
@@ -273,20 +401,30 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
         idle_rate,
         window.as_secs_f64()
     );
-    out += "   bytes per direction, heal → converged:\n";
-    for ((from, to), bytes) in &moved {
+    *out += "   bytes per direction, heal → converged:\n";
+    for ((from, to), bytes) in moved {
         let _ = writeln!(out, "     {from:>10} → {to:<10}{bytes:>14}");
     }
-    out += "   what the nodes did meanwhile (/metrics counter deltas, heal → converged; hints = writes kept during \
-            the partition and replayed on heal, sync passes = anti-entropy pulls):\n";
+}
+
+/// The report's table of what every node did from the heal to convergence ([`COUNTERS`], deltas
+/// between `before` and `after` but the lifetime hints written at the heal).
+fn write_node_activity(
+    out: &mut String,
+    cluster: &GeoCluster,
+    before: &[BTreeMap<String, f64>],
+    after: &[BTreeMap<String, f64>],
+) {
+    *out += "   what the nodes did meanwhile (/metrics counter deltas, heal → converged; hints = writes kept during \
+             the partition and replayed on heal, sync passes = anti-entropy pulls):\n";
     let _ = writeln!(
         out,
         "     {:<16}{:>14}{:>15}{:>13}{:>12}{:>14}",
         "NODE", "hints written*", "hints replayed", "sync passes", "sync errors", "read repairs"
     );
     for (i, (_, node)) in cluster.plan.nodes().enumerate() {
-        let before = &counters_before[i];
-        let after = &counters_after[i];
+        let before = &before[i];
+        let after = &after[i];
         let delta = |name: &str| after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
         let _ = writeln!(
             out,
@@ -299,9 +437,9 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
             delta(COUNTERS[4])
         );
     }
-    out += "     (* hints written: lifetime total at the heal, load included)\n";
+    let queued_at_heal: f64 = before.iter().map(|c| c.get("meridian_hints_queued").copied().unwrap_or(0.0)).sum();
+    *out += "     (* hints written: lifetime total at the heal, load included)\n";
     let _ = writeln!(out, "     hints queued at the heal, every node: {queued_at_heal:.0}");
-    Ok(out)
 }
 
 /// Waits (at most `timeout`) until no node has hints queued; returns how many are left.
@@ -328,7 +466,7 @@ async fn hints_written(cluster: &GeoCluster) -> u64 {
     written as u64
 }
 
-fn total(bytes: &BTreeMap<(String, String), u64>) -> u64 {
+fn total(bytes: &LinkBytes) -> u64 {
     bytes.values().sum()
 }
 

@@ -235,94 +235,18 @@ fn check_options(options: &DemoOptions) -> anyhow::Result<()> {
 pub fn init(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoPlan> {
     check_options(options)?;
     let rtts = round_trips(options)?;
-    let one_way = |a: &str, b: &str| {
-        let key = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
-        rtts[&key] / 2
-    };
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
-    let plan_path = dir.join(GEO_PLAN_FILE);
-    if plan_path.exists() && !options.force {
-        bail!(
-            "{} already exists: {} already holds a cluster. Start it with `meridian demo --dir {}`, \
-             or re-create it with --force (replaces its certificates and configs, keeps the nodes' data)",
-            plan_path.display(),
-            dir.display(),
-            local_region::quote(&dir)
-        );
-    }
-
-    let addr = |port: usize| SocketAddr::from((Ipv4Addr::LOCALHOST, u16::try_from(port).expect("checked")));
-    let base = usize::from(options.base_port);
+    let (dir, plan_path) = prepare_dir(dir, options)?;
 
     // Addresses first: every configuration names nodes of every region.
-    struct Planned {
-        region: usize,
-        name: String,
-        zone: String,
-        client: SocketAddr,
-        http: SocketAddr,
-        peer: SocketAddr,
-    }
-    let mut planned = Vec::with_capacity(options.total_nodes());
-    for (r, region) in options.regions.iter().enumerate() {
-        for i in 1..=options.nodes_per_region {
-            let k = planned.len() + 1;
-            let zone_letter = char::from(b'a' + u8::try_from((i - 1) % options.zones).expect("at most 26"));
-            planned.push(Planned {
-                region: r,
-                name: format!("{region}-n{i}"),
-                zone: format!("{region}-{zone_letter}"),
-                client: addr(base + 10 * k),
-                http: addr(base + 10 * k + 1),
-                peer: addr(base + 10 * k + 2),
-            });
-        }
-    }
-    let mut links = Vec::with_capacity(options.total_links());
-    for (r, from) in options.regions.iter().enumerate() {
-        for to in planned.iter().filter(|p| p.region != r) {
-            let to_region = &options.regions[to.region];
-            links.push(LinkPlan {
-                from_region: from.clone(),
-                to_region: to_region.clone(),
-                to_node: to.name.clone(),
-                listen: addr(base + LINK_PORT_OFFSET + links.len()),
-                upstream: to.peer,
-                one_way_ms: one_way(from, to_region),
-            });
-        }
-    }
-    let link_to = |from: &str, node: &str| {
-        links.iter().find(|l| l.from_region == from && l.to_node == node).map(|l| l.listen).expect("planned")
-    };
+    let planned = plan_nodes(options);
+    let links = plan_links(options, &planned, &rtts);
 
     let (ca, ca_cert) = local_region::write_ca(&dir, &options.cluster_id, options.force)?;
     let mut regions: Vec<RegionInPlan> =
         options.regions.iter().map(|name| RegionInPlan { name: name.clone(), nodes: Vec::new() }).collect();
     for node in &planned {
         let region = &options.regions[node.region];
-        let mut seeds: Vec<SocketAddr> =
-            planned.iter().filter(|p| p.region == node.region && p.name != node.name).map(|p| p.peer).collect();
-        let mut dial_via = BTreeMap::new();
-        for r in (0..options.regions.len()).filter(|r| *r != node.region) {
-            let mut others = planned.iter().filter(|p| p.region == r);
-            if let Some(first) = others.next() {
-                seeds.push(link_to(region, &first.name));
-                dial_via.insert(first.name.clone(), link_to(region, &first.name));
-            }
-            for p in others {
-                dial_via.insert(p.name.clone(), link_to(region, &p.name));
-            }
-        }
-        let header = format!(
-            "# Node {} (region {region}) of the local multi-region cluster in {}, written by `meridian demo init`.\n\
-             # Peers of other regions are dialled through the WAN links of {} (peer.dial_via), which\n\
-             # `meridian demo` runs: started alone, this node reaches its own region only.",
-            node.name,
-            dir.display(),
-            GEO_PLAN_FILE
-        );
+        let (seeds, dial_via) = peers_of(node, region, options.regions.len(), &planned, &links);
         let written = local_region::write_node(NodeSetup {
             dir: &dir,
             ca: &ca,
@@ -341,7 +265,7 @@ pub fn init(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoPlan> {
             rf: options.rf,
             durability: &options.durability,
             force: options.force,
-            header: &header,
+            header: &config_header(node, region, &dir),
         })?;
         regions[node.region].nodes.push(written);
     }
@@ -350,6 +274,126 @@ pub fn init(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoPlan> {
     let json = serde_json::to_string_pretty(&plan)? + "\n";
     local_region::write_atomically(&plan_path, json.as_bytes())?;
     Ok(plan)
+}
+
+/// Creates `dir` and resolves it; refuses one that holds a cluster already unless `--force`.
+/// Returns the resolved directory and its `cluster.json` path.
+fn prepare_dir(dir: &Path, options: &DemoOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let plan_path = dir.join(GEO_PLAN_FILE);
+    if plan_path.exists() && !options.force {
+        bail!(
+            "{} already exists: {} already holds a cluster. Start it with `meridian demo --dir {}`, \
+             or re-create it with --force (replaces its certificates and configs, keeps the nodes' data)",
+            plan_path.display(),
+            dir.display(),
+            local_region::quote(&dir)
+        );
+    }
+    Ok((dir, plan_path))
+}
+
+/// A node as planned before anything is written: its region (index), name, zone and addresses.
+struct Planned {
+    region: usize,
+    name: String,
+    zone: String,
+    client: SocketAddr,
+    http: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// `127.0.0.1:port` (the port was checked by `check_options`).
+fn localhost(port: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, u16::try_from(port).expect("checked")))
+}
+
+/// Every node, region by region: names, zones dealt round-robin, node k (from 1) on `base + 10k` …
+fn plan_nodes(options: &DemoOptions) -> Vec<Planned> {
+    let base = usize::from(options.base_port);
+    let mut planned = Vec::with_capacity(options.total_nodes());
+    for (r, region) in options.regions.iter().enumerate() {
+        for i in 1..=options.nodes_per_region {
+            let k = planned.len() + 1;
+            let zone_letter = char::from(b'a' + u8::try_from((i - 1) % options.zones).expect("at most 26"));
+            planned.push(Planned {
+                region: r,
+                name: format!("{region}-n{i}"),
+                zone: format!("{region}-{zone_letter}"),
+                client: localhost(base + 10 * k),
+                http: localhost(base + 10 * k + 1),
+                peer: localhost(base + 10 * k + 2),
+            });
+        }
+    }
+    planned
+}
+
+/// One link per (region, node of another region), on `base + 1000`, …, delaying each direction by
+/// half the pair's round-trip time.
+fn plan_links(options: &DemoOptions, planned: &[Planned], rtts: &BTreeMap<(String, String), u64>) -> Vec<LinkPlan> {
+    let one_way = |a: &str, b: &str| {
+        let key = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        rtts[&key] / 2
+    };
+    let base = usize::from(options.base_port);
+    let mut links = Vec::with_capacity(options.total_links());
+    for (r, from) in options.regions.iter().enumerate() {
+        for to in planned.iter().filter(|p| p.region != r) {
+            let to_region = &options.regions[to.region];
+            links.push(LinkPlan {
+                from_region: from.clone(),
+                to_region: to_region.clone(),
+                to_node: to.name.clone(),
+                listen: localhost(base + LINK_PORT_OFFSET + links.len()),
+                upstream: to.peer,
+                one_way_ms: one_way(from, to_region),
+            });
+        }
+    }
+    links
+}
+
+/// `node`'s `peer.seeds` and `peer.dial_via`: the other nodes of its region directly; for each of
+/// the `regions` other regions, the link from `region` to its first node as a seed, and every one
+/// of its nodes dialled through the link to it.
+fn peers_of(
+    node: &Planned,
+    region: &str,
+    regions: usize,
+    planned: &[Planned],
+    links: &[LinkPlan],
+) -> (Vec<SocketAddr>, BTreeMap<String, SocketAddr>) {
+    let link_to = |node: &str| {
+        links.iter().find(|l| l.from_region == region && l.to_node == node).map(|l| l.listen).expect("planned")
+    };
+    let mut seeds: Vec<SocketAddr> =
+        planned.iter().filter(|p| p.region == node.region && p.name != node.name).map(|p| p.peer).collect();
+    let mut dial_via = BTreeMap::new();
+    for r in (0..regions).filter(|r| *r != node.region) {
+        let mut others = planned.iter().filter(|p| p.region == r);
+        if let Some(first) = others.next() {
+            seeds.push(link_to(&first.name));
+            dial_via.insert(first.name.clone(), link_to(&first.name));
+        }
+        for p in others {
+            dial_via.insert(p.name.clone(), link_to(&p.name));
+        }
+    }
+    (seeds, dial_via)
+}
+
+/// The comment at the top of `node`'s configuration file.
+fn config_header(node: &Planned, region: &str, dir: &Path) -> String {
+    format!(
+        "# Node {} (region {region}) of the local multi-region cluster in {}, written by `meridian demo init`.\n\
+         # Peers of other regions are dialled through the WAN links of {} (peer.dial_via), which\n\
+         # `meridian demo` runs: started alone, this node reaches its own region only.",
+        node.name,
+        dir.display(),
+        GEO_PLAN_FILE
+    )
 }
 
 /// A summary of a plan: regions, nodes, latency.

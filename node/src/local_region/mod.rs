@@ -9,8 +9,8 @@
 //!     client needs for every node (the SDK's default server name, `localhost`, is in every
 //!     certificate);
 //!   - `DIR/n{i}/meridian.toml`: a complete node configuration (serialised from
-//!     [`Config`], so it always matches the schema) with absolute paths,
-//!     `data_dir = DIR/n{i}/data`, client port `base + 10 i`, HTTP `base + 10 i + 1`, peer port
+//!     [`Config`](meridian_server::config::Config), so it always matches the schema) with absolute
+//!     paths, `data_dir = DIR/n{i}/data`, client port `base + 10 i`, HTTP `base + 10 i + 1`, peer port
 //!     `base + 10 i + 2`, every other node as a seed, and zones `z1 … z{zones}` dealt round-robin;
 //!   - `DIR/region.json`: the [`RegionPlan`], a machine-readable description for scripts and test
 //!     harnesses (written last: its presence means the region is complete).
@@ -30,6 +30,11 @@
 //! Children get none of the supervisor's `MERIDIAN_*` environment variables except `MERIDIAN_LOG`:
 //! the node configuration reads `MERIDIAN_*` overrides, and one exported `MERIDIAN_LISTEN__CLIENT`
 //! would otherwise give every node the same port.
+//!
+//! The parts: this module holds the plan, the command line, `init` and the shell helpers;
+//! `write.rs` writes the CA, each node's certificate and configuration (also for `meridian demo`);
+//! `supervisor.rs` runs the node processes (`Supervisor`, `StopSignals`, also for `meridian demo`
+//! and `meridian bench-geo`); `start.rs` is `meridian region start`.
 
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
@@ -37,13 +42,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use meridian_server::certs::{self, NodeIdentity};
-use meridian_server::config::{Config, ListenConfig, PeerConfig, TlsConfig};
-use meridian_wan::probe::probe_ready;
 
 /// One node of a [`RegionPlan`] (shared with the multi-region plan of `meridian demo`).
 pub use meridian_wan::plan::NodePlan;
@@ -70,6 +71,14 @@ macro_rules! say_err {
 }
 pub(crate) use say;
 
+mod start;
+mod supervisor;
+mod write;
+
+pub use start::start;
+pub(crate) use supervisor::{check_ports_free, StopSignals, Supervisor};
+pub(crate) use write::{write_atomically, write_ca, write_node, NodeSetup};
+
 /// The plan's file name inside the region directory.
 pub const PLAN_FILE: &str = "region.json";
 /// Where `meridian region start` keeps the region when given no `--dir`.
@@ -78,8 +87,6 @@ pub const DEFAULT_DIR: &str = "./meridian-region";
 pub const CONFIG_FILE: &str = "meridian.toml";
 /// Each node's output, inside `DIR/n{i}/`.
 pub const LOG_FILE: &str = "node.log";
-/// Starts the line `meridian region start` appends to a node's log before each start.
-const LOG_SEPARATOR: &str = "--- meridian region start:";
 /// How long a node is given to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -258,105 +265,6 @@ pub fn init(dir: &Path, options: &RegionOptions) -> anyhow::Result<RegionPlan> {
     Ok(plan)
 }
 
-/// Creates `DIR/certs/` with a fresh CA for `cluster_id` (`ca.crt`, `ca.key`; replaced only with
-/// `force`). Returns the CA and its certificate's path.
-pub(crate) fn write_ca(dir: &Path, cluster_id: &str, force: bool) -> anyhow::Result<(certs::CaBundle, PathBuf)> {
-    let ca = certs::generate_ca(cluster_id)?;
-    let (ca_cert, _) = ca.write(&dir.join("certs"), force)?;
-    Ok((ca, ca_cert))
-}
-
-/// Everything [`write_node`] needs to know about one node of a local cluster.
-pub(crate) struct NodeSetup<'a> {
-    /// The cluster's directory (absolute): certificates go to `dir/certs/`, the node's files to
-    /// `dir/<name>/`.
-    pub dir: &'a Path,
-    /// The CA that issues the node's certificate, and its certificate's path.
-    pub ca: &'a certs::CaBundle,
-    pub ca_cert: &'a Path,
-    /// cluster / region / zone / name, in the certificate and the configuration.
-    pub identity: NodeIdentity,
-    pub client_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub peer_addr: SocketAddr,
-    /// `peer.seeds`.
-    pub seeds: Vec<SocketAddr>,
-    /// `peer.dial_via`.
-    pub dial_via: BTreeMap<String, SocketAddr>,
-    /// `peer.rf`.
-    pub rf: usize,
-    /// `storage.durability`.
-    pub durability: &'a str,
-    /// Replace an existing certificate.
-    pub force: bool,
-    /// Comment line(s) at the top of the configuration file.
-    pub header: &'a str,
-}
-
-/// Issues the node's certificate (`dir/certs/<name>.crt` + `.key`: the identity, `localhost` and
-/// `127.0.0.1`, serverAuth + clientAuth, used for both the peer transport and the client port) and
-/// writes its complete configuration (`dir/<name>/meridian.toml`, serialised from [`Config`] and
-/// validated). Returns the node's plan.
-pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
-    let NodeIdentity { cluster_id, region, zone, name } = setup.identity.clone();
-    let certs_dir = setup.dir.join("certs");
-    let (cert_pem, key_pem) = certs::issue_node_cert(setup.ca, &setup.identity, &certs::DEFAULT_HOSTS)?;
-    let (cert, key) = certs::write_pair(
-        &certs_dir,
-        &format!("{name}.crt"),
-        &cert_pem,
-        &format!("{name}.key"),
-        &key_pem,
-        setup.force,
-    )?;
-    let node_dir = setup.dir.join(&name);
-    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
-    let node = NodePlan {
-        name: name.clone(),
-        zone: zone.clone(),
-        config: node_dir.join(CONFIG_FILE),
-        data_dir: node_dir.join("data"),
-        log: node_dir.join(LOG_FILE),
-        client_addr: setup.client_addr,
-        http_addr: setup.http_addr,
-        peer_addr: setup.peer_addr,
-    };
-    let defaults = Config::default();
-    let config = Config {
-        node_name: name.clone(),
-        cluster_id,
-        region,
-        zone,
-        data_dir: node.data_dir.clone(),
-        listen: ListenConfig { client: node.client_addr, http: node.http_addr },
-        tls: TlsConfig { cert: Some(cert.clone()), key: Some(key.clone()) },
-        storage: meridian_server::config::StorageConfig {
-            durability: setup.durability.to_string(),
-            ..defaults.storage.clone()
-        },
-        peer: PeerConfig {
-            listen: Some(node.peer_addr),
-            seeds: setup.seeds,
-            ca: Some(setup.ca_cert.to_path_buf()),
-            cert: Some(cert),
-            key: Some(key),
-            rf: setup.rf,
-            dial_via: setup.dial_via,
-            ..PeerConfig::default()
-        },
-        ..defaults
-    };
-    config.validate().with_context(|| format!("the configuration of {name}"))?;
-    let toml = toml::to_string_pretty(&config).with_context(|| format!("serialising {name}'s configuration"))?;
-    let text = format!(
-        "{}\n# Run it alone with: meridian serve --config {}\n\n{toml}",
-        setup.header.trim_end(),
-        quote(&node.config)
-    );
-    write_atomically(&node.config, text.as_bytes())?;
-    Ok(node)
-}
-
 fn check_options(options: &RegionOptions) -> anyhow::Result<()> {
     anyhow::ensure!(options.nodes >= 1, "--nodes must be at least 1");
     anyhow::ensure!(options.zones >= 1, "--zones must be at least 1");
@@ -376,17 +284,6 @@ fn check_options(options: &RegionOptions) -> anyhow::Result<()> {
         options.durability
     );
     Ok(())
-}
-
-/// Writes `path` through a temporary file and a rename, so a reader never sees half of it.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{:08x}", rand::random::<u32>()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 /// The directory a plan lives in (the parent of its nodes' directories), else `fallback`.
@@ -449,397 +346,11 @@ fn table(plan: &RegionPlan, pids: Option<&[Option<u32>]>) -> String {
     out
 }
 
-/// Commands to paste against a running region.
-fn try_commands(plan: &RegionPlan) -> String {
-    let program = program_name();
-    let ca = quote(&plan.ca_cert);
-    let first = &plan.nodes[0];
-    let other = plan.nodes.get(1).unwrap_or(first);
-    let mut out = String::from("Try:\n");
-    let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} put demo/greeting hello", first.client_addr);
-    let _ = writeln!(
-        out,
-        "  {program} --endpoint {} --ca-cert {ca} get demo/greeting{}",
-        other.client_addr,
-        if plan.nodes.len() > 1 { "    # through another node, a moment later" } else { "" }
-    );
-    let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} status", other.client_addr);
-    let _ = writeln!(out, "  curl http://{}/v1/kv/demo/greeting", first.http_addr);
-    let _ = writeln!(out, "  (or export MERIDIAN_CA_CERT={ca} MERIDIAN_ENDPOINT={})", first.client_addr);
-    out
-}
-
-/// The signals that stop a running local cluster.
-pub(crate) struct StopSignals {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Signal,
-}
-
-impl StopSignals {
-    /// Installs the handlers; from now on these signals no longer kill the process.
-    pub(crate) fn install() -> anyhow::Result<StopSignals> {
-        Ok(StopSignals {
-            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
-        })
-    }
-
-    /// Waits for the next stop signal and names it.
-    pub(crate) async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.hangup.recv() => "SIGHUP",
-        }
-    }
-}
-
-/// A node process started by a [`Supervisor`].
-struct Running {
-    node: NodePlan,
-    child: tokio::process::Child,
-    pid: Option<u32>,
-    /// Set once the process has been reaped.
-    exited: Option<ExitStatus>,
-    /// Set once its unexpected exit has been reported.
-    reported: bool,
-}
-
-impl Running {
-    /// Reaps the process if it has exited.
-    fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exited = Some(status);
-            }
-        }
-        self.exited
-    }
-}
-
-/// The `meridian serve` child processes of a local cluster (`meridian region start`, `meridian
-/// demo`): each in its own process group (a terminal's Ctrl-C reaches only the supervisor), output
-/// appended to the node's log, no `MERIDIAN_*` environment but `MERIDIAN_LOG`, killed if the
-/// supervisor is dropped without stopping them.
-pub(crate) struct Supervisor {
-    running: Vec<Running>,
-}
-
-impl Supervisor {
-    /// Starts `meridian serve --config …` for every node (this executable); if one cannot be
-    /// started, stops those that were.
-    pub(crate) async fn spawn(nodes: &[NodePlan]) -> anyhow::Result<Supervisor> {
-        let exe = std::env::current_exe().context("locating the meridian executable")?;
-        let mut supervisor = Supervisor { running: Vec::with_capacity(nodes.len()) };
-        for node in nodes {
-            match spawn_node(&exe, node).await {
-                Ok(child) => {
-                    let pid = child.id();
-                    supervisor.running.push(Running { node: node.clone(), child, pid, exited: None, reported: false });
-                }
-                Err(e) => {
-                    supervisor.stop_all().await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(supervisor)
-    }
-
-    /// Each node's pid, in the order they were given.
-    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
-        self.running.iter().map(|r| r.pid).collect()
-    }
-
-    /// Waits until every node answers `GET /readyz` with 200, failing if one exits first or
-    /// `timeout` passes (the error names the node and quotes its log).
-    pub(crate) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut ready = vec![false; self.running.len()];
-        loop {
-            for (i, r) in self.running.iter_mut().enumerate() {
-                if ready[i] {
-                    continue;
-                }
-                if let Some(status) = r.poll_exit() {
-                    r.reported = true;
-                    bail!(
-                        "{} exited ({status}) before it was ready; see {}{}",
-                        r.node.name,
-                        r.node.log.display(),
-                        log_tail(&r.node.log)
-                    );
-                }
-                ready[i] = probe_ready(r.node.http_addr).await;
-            }
-            if ready.iter().all(|&r| r) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let r = &self.running[ready.iter().position(|&r| !r).expect("one is not ready")];
-                bail!(
-                    "{} was not ready within {} s (GET http://{}/readyz); see {}{}",
-                    r.node.name,
-                    timeout.as_secs(),
-                    r.node.http_addr,
-                    r.node.log.display(),
-                    log_tail(&r.node.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Reaps the nodes that exited since the last call, reports each on stderr (the others keep
-    /// running), and returns one failure line per node.
-    pub(crate) fn reap_unexpected(&mut self) -> Vec<String> {
-        let mut failures = Vec::new();
-        for r in &mut self.running {
-            if r.reported {
-                continue;
-            }
-            if let Some(status) = r.poll_exit() {
-                r.reported = true;
-                say_err!(
-                    "{} (pid {}) exited unexpectedly: {status}; the other nodes keep running. See {}",
-                    r.node.name,
-                    r.pid.map_or("?".into(), |p| p.to_string()),
-                    r.node.log.display()
-                );
-                failures.push(format!("{} exited unexpectedly ({status})", r.node.name));
-            }
-        }
-        failures
-    }
-
-    /// Whether every node has exited.
-    pub(crate) fn all_exited(&mut self) -> bool {
-        self.running.iter_mut().all(|r| r.poll_exit().is_some())
-    }
-
-    /// Watches the nodes until a stop signal arrives (or every node has exited), reporting the
-    /// ones that die. Returns their failure lines. Does not stop the nodes: see [`Self::stop_all`].
-    pub(crate) async fn supervise(&mut self, signals: &mut StopSignals) -> Vec<String> {
-        let mut failures = Vec::new();
-        let mut ticker = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                signal = signals.recv() => {
-                    say!("received {signal}: stopping every node");
-                    break;
-                }
-                _ = ticker.tick() => {}
-            }
-            failures.extend(self.reap_unexpected());
-            if self.all_exited() {
-                say_err!("every node has exited");
-                break;
-            }
-        }
-        failures
-    }
-
-    /// Sends SIGTERM to every node still running, waits up to [`STOP_GRACE`], kills the rest, and
-    /// reports each exit. Returns what went wrong (nodes that had to be killed).
-    pub(crate) async fn stop_all(&mut self) -> Vec<String> {
-        for r in self.running.iter_mut() {
-            if r.poll_exit().is_some() {
-                continue;
-            }
-            // Not yet reaped, so the pid is still this child's: no risk of signalling a stranger.
-            if let Some(pid) = r.pid {
-                if !send_sigterm(pid).await {
-                    say_err!("could not send SIGTERM to {} (pid {pid}); killing it", r.node.name);
-                    let _ = r.child.start_kill();
-                }
-            }
-        }
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        let mut failures = Vec::new();
-        for r in self.running.iter_mut() {
-            if r.exited.is_some() {
-                continue;
-            }
-            match tokio::time::timeout_at(deadline, r.child.wait()).await {
-                Ok(Ok(status)) => {
-                    r.exited = Some(status);
-                    say!("{} stopped ({status})", r.node.name);
-                }
-                Ok(Err(e)) => {
-                    say_err!("{}: waiting for it failed: {e}", r.node.name);
-                    failures.push(format!("{}: {e}", r.node.name));
-                }
-                Err(_) => {
-                    let _ = r.child.start_kill();
-                    let status = r.child.wait().await;
-                    say_err!(
-                        "{} did not stop within {} s of SIGTERM: killed ({})",
-                        r.node.name,
-                        STOP_GRACE.as_secs(),
-                        status.map_or_else(|e| e.to_string(), |s| s.to_string())
-                    );
-                    failures.push(format!("{} had to be killed", r.node.name));
-                }
-            }
-        }
-        failures
-    }
-}
-
-/// `meridian region start`: see the module docs.
-pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration) -> anyhow::Result<()> {
-    // First, so that a SIGTERM at any point stops the children rather than orphaning them.
-    let mut signals = StopSignals::install()?;
-    let plan = if options.force || !dir.join(PLAN_FILE).exists() {
-        let plan = init(dir, options)?;
-        say!("{}", describe_init(&plan).trim_end());
-        plan
-    } else {
-        let plan = RegionPlan::load(dir)?;
-        if *options != RegionOptions::default() {
-            say!(
-                "note: {} exists, starting the region it describes ({} nodes, base port {}); the init flags \
-                 given are ignored (add --force to re-create the region with them)",
-                dir.join(PLAN_FILE).display(),
-                plan.nodes.len(),
-                plan.nodes[0].client_addr.port().saturating_sub(10)
-            );
-        }
-        plan
-    };
-    anyhow::ensure!(!plan.nodes.is_empty(), "{} lists no nodes", dir.join(PLAN_FILE).display());
-    check_ports_free(
-        &plan.nodes,
-        "Is this region already running? (Another base port: `meridian region start --force --base-port P` \
-         re-creates the region.)",
-    )?;
-
-    let mut supervisor = Supervisor::spawn(&plan.nodes).await?;
-    let ready = tokio::select! {
-        ready = supervisor.wait_ready(ready_timeout) => ready,
-        signal = signals.recv() => Err(anyhow::anyhow!("received {signal} while the nodes were starting")),
-    };
-    if let Err(e) = ready {
-        say!("stopping the region");
-        supervisor.stop_all().await;
-        return Err(e);
-    }
-
-    say!(
-        "\nregion {:?} of cluster {:?}: {} nodes ready; trust {}",
-        plan.region,
-        plan.cluster_id,
-        plan.nodes.len(),
-        plan.ca_cert.display()
-    );
-    say!("{}", table(&plan, Some(&supervisor.pids())).trim_end());
-    say!();
-    say!("{}", try_commands(&plan).trim_end());
-    say!("\nregion ready; press Ctrl-C (or send SIGTERM to pid {}) to stop every node", std::process::id());
-
-    let mut failures = supervisor.supervise(&mut signals).await;
-    failures.extend(supervisor.stop_all().await);
-    if failures.is_empty() {
-        say!("region stopped");
-        Ok(())
-    } else {
-        bail!("region stopped, but: {}", failures.join("; "))
-    }
-}
-
-/// Refuses to start when any port of the nodes is taken (a cluster already running, say): the
-/// readiness probe must not mistake another process for one of ours. `hint` ends the error.
-pub(crate) fn check_ports_free(nodes: &[NodePlan], hint: &str) -> anyhow::Result<()> {
-    for node in nodes {
-        for (what, addr, tcp) in
-            [("client", node.client_addr, false), ("HTTP", node.http_addr, true), ("peer", node.peer_addr, false)]
-        {
-            let bound = if tcp {
-                std::net::TcpListener::bind(addr).map(drop)
-            } else {
-                std::net::UdpSocket::bind(addr).map(drop)
-            };
-            if let Err(e) = bound {
-                bail!("{addr} ({} {what} port) is not free: {e}. {hint}", node.name);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `meridian serve --config …` for `node`, output appended to its log.
-async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::process::Child> {
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&node.log)
-        .with_context(|| format!("opening {}", node.log.display()))?;
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    {
-        use std::io::Write as _;
-        let _ = writeln!(log, "{LOG_SEPARATOR} {} (unix time {}) ---", node.name, since_epoch.as_secs());
-    }
-    let mut command = tokio::process::Command::new(exe);
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&node.config)
-        .current_dir(node.config.parent().unwrap_or(Path::new("/")))
-        // The output goes to a file: no terminal colour codes in it.
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().with_context(|| format!("opening {}", node.log.display()))?)
-        .stderr(log)
-        // Ctrl-C in a terminal signals the whole foreground process group: keep the nodes out of it,
-        // so that they are stopped by the supervisor, in order, and reported.
-        .process_group(0)
-        // If the supervisor fails before it can stop them, do not leave nodes behind.
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("MERIDIAN_") && k != "MERIDIAN_LOG") {
-            command.env_remove(key);
-        }
-    }
-    command.spawn().with_context(|| format!("starting {} ({} serve --config …)", node.name, exe.display()))
-}
-
-/// The last lines of a log, indented, for an error message.
-fn log_tail(log: &Path) -> String {
-    let Ok(text) = std::fs::read_to_string(log) else { return String::new() };
-    // Only this run's output: what follows the last separator `spawn_node` wrote.
-    let this_run = text.rfind(LOG_SEPARATOR).map_or(text.as_str(), |at| &text[at..]);
-    let lines: Vec<&str> = this_run.lines().skip(1).collect();
-    let tail = &lines[lines.len().saturating_sub(15)..];
-    if tail.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("; its last lines:");
-    for line in tail {
-        out += "\n    ";
-        out += line;
-    }
-    out
-}
-
-/// `kill -TERM pid` (no libc binding in this crate).
-async fn send_sigterm(pid: u32) -> bool {
-    let status = tokio::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    matches!(status, Ok(s) if s.success())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use meridian_server::certs::{CertIdentity, CA_CERT_FILE};
+    use meridian_server::config::Config;
     use rustls::client::danger::ServerCertVerifier as _;
     use std::collections::BTreeSet;
     use std::net::IpAddr;

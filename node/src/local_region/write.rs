@@ -1,0 +1,121 @@
+//! Writing a local cluster's files: its CA, and each node's certificate and configuration (shared
+//! by `meridian region init` and `meridian demo init`), each file written atomically.
+
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_server::certs::{self, NodeIdentity};
+use meridian_server::config::{Config, ListenConfig, PeerConfig, TlsConfig};
+
+use super::{quote, NodePlan, CONFIG_FILE, LOG_FILE};
+
+/// Creates `DIR/certs/` with a fresh CA for `cluster_id` (`ca.crt`, `ca.key`; replaced only with
+/// `force`). Returns the CA and its certificate's path.
+pub(crate) fn write_ca(dir: &Path, cluster_id: &str, force: bool) -> anyhow::Result<(certs::CaBundle, PathBuf)> {
+    let ca = certs::generate_ca(cluster_id)?;
+    let (ca_cert, _) = ca.write(&dir.join("certs"), force)?;
+    Ok((ca, ca_cert))
+}
+
+/// Everything [`write_node`] needs to know about one node of a local cluster.
+pub(crate) struct NodeSetup<'a> {
+    /// The cluster's directory (absolute): certificates go to `dir/certs/`, the node's files to
+    /// `dir/<name>/`.
+    pub dir: &'a Path,
+    /// The CA that issues the node's certificate, and its certificate's path.
+    pub ca: &'a certs::CaBundle,
+    pub ca_cert: &'a Path,
+    /// cluster / region / zone / name, in the certificate and the configuration.
+    pub identity: NodeIdentity,
+    pub client_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// `peer.seeds`.
+    pub seeds: Vec<SocketAddr>,
+    /// `peer.dial_via`.
+    pub dial_via: BTreeMap<String, SocketAddr>,
+    /// `peer.rf`.
+    pub rf: usize,
+    /// `storage.durability`.
+    pub durability: &'a str,
+    /// Replace an existing certificate.
+    pub force: bool,
+    /// Comment line(s) at the top of the configuration file.
+    pub header: &'a str,
+}
+
+/// Issues the node's certificate (`dir/certs/<name>.crt` + `.key`: the identity, `localhost` and
+/// `127.0.0.1`, serverAuth + clientAuth, used for both the peer transport and the client port) and
+/// writes its complete configuration (`dir/<name>/meridian.toml`, serialised from [`Config`] and
+/// validated). Returns the node's plan.
+pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
+    let NodeIdentity { cluster_id, region, zone, name } = setup.identity.clone();
+    let certs_dir = setup.dir.join("certs");
+    let (cert_pem, key_pem) = certs::issue_node_cert(setup.ca, &setup.identity, &certs::DEFAULT_HOSTS)?;
+    let (cert, key) = certs::write_pair(
+        &certs_dir,
+        &format!("{name}.crt"),
+        &cert_pem,
+        &format!("{name}.key"),
+        &key_pem,
+        setup.force,
+    )?;
+    let node_dir = setup.dir.join(&name);
+    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+    let node = NodePlan {
+        name: name.clone(),
+        zone: zone.clone(),
+        config: node_dir.join(CONFIG_FILE),
+        data_dir: node_dir.join("data"),
+        log: node_dir.join(LOG_FILE),
+        client_addr: setup.client_addr,
+        http_addr: setup.http_addr,
+        peer_addr: setup.peer_addr,
+    };
+    let defaults = Config::default();
+    let config = Config {
+        node_name: name.clone(),
+        cluster_id,
+        region,
+        zone,
+        data_dir: node.data_dir.clone(),
+        listen: ListenConfig { client: node.client_addr, http: node.http_addr },
+        tls: TlsConfig { cert: Some(cert.clone()), key: Some(key.clone()) },
+        storage: meridian_server::config::StorageConfig {
+            durability: setup.durability.to_string(),
+            ..defaults.storage.clone()
+        },
+        peer: PeerConfig {
+            listen: Some(node.peer_addr),
+            seeds: setup.seeds,
+            ca: Some(setup.ca_cert.to_path_buf()),
+            cert: Some(cert),
+            key: Some(key),
+            rf: setup.rf,
+            dial_via: setup.dial_via,
+            ..PeerConfig::default()
+        },
+        ..defaults
+    };
+    config.validate().with_context(|| format!("the configuration of {name}"))?;
+    let toml = toml::to_string_pretty(&config).with_context(|| format!("serialising {name}'s configuration"))?;
+    let text = format!(
+        "{}\n# Run it alone with: meridian serve --config {}\n\n{toml}",
+        setup.header.trim_end(),
+        quote(&node.config)
+    );
+    write_atomically(&node.config, text.as_bytes())?;
+    Ok(node)
+}
+/// Writes `path` through a temporary file and a rename, so a reader never sees half of it.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{:08x}", rand::random::<u32>()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
