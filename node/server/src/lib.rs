@@ -12,6 +12,7 @@
 //! 3. [`layout`]: every key the node stores and its versioned record formats;
 //! 4. [`residency`]: the residency policy (rules, decisions, screens, audit);
 //! 5. [`store`]: group commit, key locks, the anti-entropy store, safe times;
+//!    [`error`]: what a request can fail with (the api turns it into the wire's `ErrorReply`);
 //! 6. [`replica`]: the local replica — write path, reads, causal waits, listing, status;
 //! 7. [`peer`]: the mutual-TLS peer transport and the peer protocol's messages;
 //! 8. [`region`]: membership, placement, coordination, hints, gossip, anti-entropy, residency jobs;
@@ -21,6 +22,7 @@
 pub mod api;
 pub mod certs;
 pub mod config;
+pub mod error;
 pub mod layout;
 pub mod metrics_export;
 pub mod peer;

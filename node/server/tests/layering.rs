@@ -12,11 +12,12 @@ use std::path::Path;
 
 /// Bottom-up: a module may name modules of its own layer or of the layers before it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("foundation", &["error", "config", "certs", "metrics_export", "tls"]),
+    ("foundation", &["config", "certs", "metrics_export", "tls"]),
     ("storage", &["storage"]),
     ("layout", &["layout"]),
     ("residency policy", &["residency"]),
     ("store", &["store"]),
+    ("request errors", &["error"]),
     ("replica", &["replica"]),
     ("peer transport and protocol", &["peer"]),
     ("region", &["region"]),

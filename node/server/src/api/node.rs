@@ -78,7 +78,7 @@ impl Node {
 
     /// A key's state, decoded.
     pub fn load_entry(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
-        self.replica.load_entry(data_key)
+        Ok(self.replica.load_entry(data_key)?)
     }
 
     /// The version vector of every write visible here.
@@ -103,7 +103,7 @@ impl Node {
 
     /// The node's status.
     pub fn status(&self) -> Result<NodeStatus, ErrorReply> {
-        self.replica.status()
+        Ok(self.replica.status()?)
     }
 
     /// Whether the node accepts requests: not shutting down, and joined to its region if it runs in one.
@@ -207,17 +207,17 @@ impl Node {
                     let Some(coordinator) = &self.coordinator else {
                         return refuse(&rule, "this node runs in no cluster to proxy to");
                     };
-                    return coordinator.proxy(request, &rule, &data_key, timeout).await;
+                    return Ok(coordinator.proxy(request, &rule, &data_key, timeout).await?);
                 }
             }
         }
         if let (false, Some(coordinator)) = (forwarded, &self.coordinator) {
             if let Operation::ListKeys { limit, .. } = &request.op {
                 let limit = (*limit).clamp(1, self.config().limits.max_list_keys) as usize;
-                return coordinator.list_keys(request.clone(), limit).await;
+                return Ok(coordinator.list_keys(request.clone(), limit).await?);
             }
             if let Some(replicas) = coordinator.route(&request) {
-                return coordinator.forward(request, &replicas, timeout).await;
+                return Ok(coordinator.forward(request, &replicas, timeout).await?);
             }
         }
         self.run(request, permit).await
@@ -259,7 +259,7 @@ impl Node {
             }
             op @ Operation::ListKeys { .. } => {
                 let request = RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op };
-                self.replica.list_local(&request).await
+                Ok(self.replica.list_local(&request).await?)
             }
             Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
             Operation::Cluster(op) => {
@@ -290,10 +290,10 @@ impl Node {
         level: Consistency,
         permit: OwnedSemaphorePermit,
     ) -> Result<Reply, ErrorReply> {
-        match &self.coordinator {
-            Some(coordinator) => coordinator.write(key, change, idempotency_id, token, level, permit).await,
-            None => self.replica.write(key, change, idempotency_id, token, level, permit).await,
-        }
+        Ok(match &self.coordinator {
+            Some(coordinator) => coordinator.write(key, change, idempotency_id, token, level, permit).await?,
+            None => self.replica.write(key, change, idempotency_id, token, level, permit).await?,
+        })
     }
 
     /// A read: from a quorum of the region's replicas at the quorum levels, else from this replica.
@@ -303,10 +303,10 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
-        match &self.coordinator {
-            Some(coordinator) => coordinator.read_entry(key, token, level).await,
-            None => self.replica.read_entry(key, token, level).await,
-        }
+        Ok(match &self.coordinator {
+            Some(coordinator) => coordinator.read_entry(key, token, level).await?,
+            None => self.replica.read_entry(key, token, level).await?,
+        })
     }
 }
 

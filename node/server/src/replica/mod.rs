@@ -41,12 +41,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use meridian_client::proto::{ErrorCode, ErrorReply, KeyInfo, NodeStatus, Operation, Reply, ReplyBody, RequestV1};
+use meridian_client::proto::{KeyInfo, NodeStatus, Operation, Reply, ReplyBody, RequestV1};
 use meridian_crdt::{Entry, Hlc, HlcClock, NodeId, VersionVector};
 use meridian_replication::SafeReport;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
 use crate::residency::Residency;
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
@@ -94,8 +95,8 @@ pub struct Replica {
     origin_names: OnceLock<OriginNames>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorReply {
-    ErrorReply::new(ErrorCode::Internal, e.to_string())
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e)
 }
 
 impl Replica {
@@ -225,17 +226,17 @@ impl Replica {
     }
 
     /// The stored bytes of a key's state (what a quorum read's replica answers with).
-    pub fn stored_state(&self, data_key: &[u8]) -> Result<Option<Vec<u8>>, ErrorReply> {
+    pub fn stored_state(&self, data_key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.engine.get(Space::Data, data_key).map_err(internal)
     }
 
     /// A key's state, decoded.
-    pub fn load_entry(&self, data_key: &[u8]) -> Result<Option<Entry>, ErrorReply> {
+    pub fn load_entry(&self, data_key: &[u8]) -> Result<Option<Entry>, Error> {
         Ok(self.load_stored(data_key)?.map(|stored| stored.entry))
     }
 
     /// A key's state with its dependency vector.
-    pub fn load_stored(&self, data_key: &[u8]) -> Result<Option<Stored>, ErrorReply> {
+    pub fn load_stored(&self, data_key: &[u8]) -> Result<Option<Stored>, Error> {
         match self.engine.get(Space::Data, data_key).map_err(internal)? {
             None => Ok(None),
             Some(bytes) => {
@@ -302,12 +303,11 @@ impl Replica {
     }
 
     /// Runs a `ListKeys` request over this node's own keys only.
-    pub async fn list_local(self: &Arc<Self>, request: &RequestV1) -> Result<Reply, ErrorReply> {
+    pub async fn list_local(self: &Arc<Self>, request: &RequestV1) -> Result<Reply, Error> {
         let Operation::ListKeys { namespace, prefix, start_after, limit } = request.op.clone() else {
-            return Err(ErrorReply::new(ErrorCode::BadRequest, "not a key listing"));
+            return Err(Error::BadRequest("not a key listing".into()));
         };
-        meridian_client::proto::validate_namespace(&namespace)
-            .map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+        meridian_client::proto::validate_namespace(&namespace).map_err(|e| Error::BadRequest(e.to_string()))?;
         let limit = limit.clamp(1, self.config.limits.max_list_keys) as usize;
         let replica = self.clone();
         let (keys, next) =
@@ -324,7 +324,7 @@ impl Replica {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<KeyInfo>, Option<String>), ErrorReply> {
+    ) -> Result<(Vec<KeyInfo>, Option<String>), Error> {
         let ns_prefix = layout::namespace_prefix(namespace);
         let mut range_prefix = ns_prefix.clone();
         range_prefix.extend_from_slice(prefix.as_bytes());
@@ -356,7 +356,7 @@ impl Replica {
     }
 
     /// The node's status.
-    pub fn status(&self) -> Result<NodeStatus, ErrorReply> {
+    pub fn status(&self) -> Result<NodeStatus, Error> {
         Ok(NodeStatus {
             node_id: self.id,
             name: self.config.node_name.clone(),

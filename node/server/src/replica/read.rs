@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_client::proto::{CausalToken, Consistency, ErrorCode, ErrorReply, Key, ReplyBody};
+use meridian_client::proto::{CausalToken, Consistency, Key, ReplyBody};
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, NodeId, Value};
 
 use super::write::crdt_error;
 use super::{internal, Replica};
+use crate::error::Error;
 use crate::layout;
 
 /// How soon a causal read waiting on other origins first looks again (then twice as late each time,
@@ -26,7 +27,7 @@ impl Replica {
         key: &Key,
         token: CausalToken,
         level: Consistency,
-    ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+    ) -> Result<(Option<Entry>, CausalToken), Error> {
         let data_key = layout::data_key(key);
         let partition = layout::partition_of(&data_key);
         // Every level but `eventual` keeps the session's guarantees (on one node the only replica
@@ -66,7 +67,7 @@ impl Replica {
     /// every other origin, its writes *to that partition* up to its entry (safe times, see
     /// `meridian_replication::safe_time`). Without a partition (listings) only this node's own
     /// entry is checked.
-    pub async fn wait_for(&self, token: &CausalToken, partition: Option<u16>) -> Result<(), ErrorReply> {
+    pub async fn wait_for(&self, token: &CausalToken, partition: Option<u16>) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.limits.causal_wait_ms);
         self.wait_until(token, partition, deadline).await
     }
@@ -77,15 +78,13 @@ impl Replica {
         token: &CausalToken,
         partition: Option<u16>,
         deadline: tokio::time::Instant,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), Error> {
         let wait_ms = self.config.limits.causal_wait_ms;
         // Our own entry can only be ahead of our clock if the token was never issued by this node's
         // history (another cluster, a wiped data directory): waiting cannot help, so say so.
         let own = token.0.get(self.id);
         if own > self.newest_issued() && !self.resume_clock_to(own) {
-            return Err(ErrorReply::new(
-                ErrorCode::BadRequest,
-                "the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session",
+            return Err(Error::BadRequest("the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session".into(),
             ));
         }
         let mut visible = self.visible.subscribe();
@@ -101,9 +100,7 @@ impl Replica {
             if tokio::time::Instant::now() >= deadline {
                 metrics::counter!("meridian_causal_waits_total", "result" => "timeout").increment(1);
                 let name = self.origin_name(origin);
-                return Err(ErrorReply::new(
-                    ErrorCode::CausalTimeout,
-                    format!(
+                return Err(Error::CausalTimeout(format!(
                         "this node has not yet seen the session's dependencies after {wait_ms} ms: the writes of {name} up to HLC {needed} (wall {} ms); it holds them up to {held}, need {needed}; retry, or read at another consistency level",
                         Hlc::unpack(needed).wall_ms,
                     ),
@@ -138,7 +135,7 @@ impl Replica {
 
 /// The value a read shows of `entry`, checked against the type the client `expected`.
 /// Materialising an automerge document replays its history: that runs off the reactor.
-pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Result<Option<Value>, ErrorReply> {
+pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Result<Option<Value>, Error> {
     if let (Some(entry), Some(expected)) = (&entry, expected) {
         if entry.crdt_type() != expected {
             return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested: expected }));
@@ -155,7 +152,7 @@ pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Resul
 
 /// A document's changes since `since_heads` (empty for a missing or deleted key); off the reactor,
 /// since materialising replays the document's history.
-pub async fn doc_changes_of(entry: Option<Entry>, since_heads: Vec<String>) -> Result<ReplyBody, ErrorReply> {
+pub async fn doc_changes_of(entry: Option<Entry>, since_heads: Vec<String>) -> Result<ReplyBody, Error> {
     match entry.filter(Entry::exists) {
         None => Ok(ReplyBody::DocChanges { changes: Vec::new(), heads: Vec::new() }),
         Some(entry) => {
@@ -164,7 +161,7 @@ pub async fn doc_changes_of(entry: Option<Entry>, since_heads: Vec<String>) -> R
     }
 }
 
-fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, ErrorReply> {
+fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, Error> {
     match entry.body() {
         meridian_crdt::Body::Doc(doc) => {
             let doc = doc.materialize().map_err(crdt_error)?;

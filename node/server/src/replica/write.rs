@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use meridian_client::proto::{CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Reply, ReplyBody};
+use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply, ReplyBody};
 use meridian_crdt::{CrdtError, CrdtType, Entry, Mutation, Value, VersionVector, WriteContext};
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::{Outcome, QuorumTracker, ReplicaCounts};
@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::clock::{now_ms, InFlightTs};
 use super::{internal, Replica};
+use crate::error::Error;
 use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
 use crate::storage::{Batch, Space};
 use crate::store::commit::LogAppend;
@@ -68,20 +69,15 @@ pub struct Durable {
 }
 
 /// A CRDT refusal as the client sees it.
-pub(crate) fn crdt_error(e: CrdtError) -> ErrorReply {
-    let code = match e {
-        CrdtError::WrongType { .. } => ErrorCode::WrongType,
-        CrdtError::TypeConflict { .. } => ErrorCode::Internal,
-        _ => ErrorCode::BadRequest,
-    };
-    ErrorReply::new(code, e.to_string())
+pub(crate) fn crdt_error(e: CrdtError) -> Error {
+    Error::Crdt(e)
 }
 
 impl Replica {
     /// The level a request for `key` runs at (`requested`, else the namespace's default), once the
     /// key is known to be valid.
-    pub fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, ErrorReply> {
-        key.validate().map_err(|e| ErrorReply::new(ErrorCode::BadRequest, e.to_string()))?;
+    pub fn level(&self, key: &Key, requested: Option<Consistency>) -> Result<Consistency, Error> {
+        key.validate().map_err(|e| Error::BadRequest(e.to_string()))?;
         Ok(requested.unwrap_or_else(|| self.config.consistency_for(&key.namespace)))
     }
 
@@ -95,7 +91,7 @@ impl Replica {
         token: CausalToken,
         level: Consistency,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Reply, ErrorReply> {
+    ) -> Result<Reply, Error> {
         let partition = layout::partition_of(&layout::data_key(&key));
         self.before_write(&token, level, partition).await?;
         let durable = self.write_durably(key, change, idempotency_id, token, permit).await?;
@@ -104,10 +100,9 @@ impl Replica {
         tracker.record(true, true);
         match tracker.outcome() {
             Outcome::Satisfied => Ok(durable.reply),
-            Outcome::Pending | Outcome::Unavailable { .. } => Err(ErrorReply::new(
-                ErrorCode::QuorumUnavailable,
-                format!("{level} needs more replicas than this node has answering: 1 of {replicas:?}"),
-            )),
+            Outcome::Pending | Outcome::Unavailable { .. } => Err(Error::QuorumUnavailable(format!(
+                "{level} needs more replicas than this node has answering: 1 of {replicas:?}"
+            ))),
         }
     }
 
@@ -115,12 +110,7 @@ impl Replica {
     /// writes and writes-follow-reads for the key itself (its state here must include what the
     /// session saw of it, so a register's later write wins); at every level, the write's timestamp
     /// follows the session's.
-    pub async fn before_write(
-        &self,
-        token: &CausalToken,
-        level: Consistency,
-        partition: u16,
-    ) -> Result<(), ErrorReply> {
+    pub async fn before_write(&self, token: &CausalToken, level: Consistency, partition: u16) -> Result<(), Error> {
         if level == Consistency::Causal {
             self.wait_for(token, Some(partition)).await?;
         }
@@ -138,7 +128,7 @@ impl Replica {
         idempotency_id: Option<IdempotencyId>,
         token: CausalToken,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Durable, ErrorReply> {
+    ) -> Result<Durable, Error> {
         let replica = self.clone();
         let (written, permit) = self
             .writes
@@ -155,7 +145,7 @@ impl Replica {
         change: Change,
         idempotency_id: Option<IdempotencyId>,
         token: CausalToken,
-    ) -> Result<(Reply, Option<(u16, SyncRecord)>), ErrorReply> {
+    ) -> Result<(Reply, Option<(u16, SyncRecord)>), Error> {
         let data_key = layout::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
         let _guard = self.writer.lock(&data_key).await;
@@ -185,19 +175,16 @@ impl Replica {
 
     /// The recorded reply of an idempotency id already used, if any; refuses an id reused for
     /// another operation.
-    fn replay(&self, id: IdempotencyId, key: &Key, request_digest: u64) -> Result<Option<Reply>, ErrorReply> {
+    fn replay(&self, id: IdempotencyId, key: &Key, request_digest: u64) -> Result<Option<Reply>, Error> {
         let Some(bytes) = self.engine.get(Space::Idempotency, &id.0.to_be_bytes()).map_err(internal)? else {
             return Ok(None);
         };
         let IdempotencyRecord::V1 { key: first_key, request_digest: first_digest, reply, .. } =
             layout::decode(&bytes).map_err(internal)?;
         if first_key != *key || first_digest != request_digest {
-            return Err(ErrorReply::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "idempotency id already used for another operation (on key {first_key}); use a fresh id per write"
-                ),
-            ));
+            return Err(Error::BadRequest(format!(
+                "idempotency id already used for another operation (on key {first_key}); use a fresh id per write"
+            )));
         }
         metrics::counter!("meridian_idempotent_replays_total").increment(1);
         Ok(Some(reply))
@@ -212,7 +199,7 @@ impl Replica {
         change: Change,
         idempotency_id: Option<IdempotencyId>,
         mut token: CausalToken,
-    ) -> Result<Prepared, ErrorReply> {
+    ) -> Result<Prepared, Error> {
         let request_digest = change.digest();
         if let Some(id) = idempotency_id {
             if let Some(reply) = self.replay(id, &key, request_digest)? {
@@ -253,10 +240,10 @@ impl Replica {
         let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
         // A delete may grow a key (a tombstone records what it removed) but must always be possible.
         if stored.len() > max_entry && !is_delete {
-            return Err(ErrorReply::new(
-                ErrorCode::TooLarge,
-                format!("the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)", stored.len()),
-            ));
+            return Err(Error::TooLarge(format!(
+                "the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)",
+                stored.len()
+            )));
         }
 
         let partition = layout::partition_of(&data_key);
@@ -279,7 +266,7 @@ impl Replica {
 
 /// The reply of a change that changes nothing (a delete or a remove on a key that does not exist:
 /// it must not create it), if it is one.
-fn nothing_to_change(change: &Change, state: Option<&Entry>, token: &CausalToken) -> Result<Option<Reply>, ErrorReply> {
+fn nothing_to_change(change: &Change, state: Option<&Entry>, token: &CausalToken) -> Result<Option<Reply>, Error> {
     let exists = state.is_some_and(Entry::exists);
     match change {
         Change::Delete if !exists => {

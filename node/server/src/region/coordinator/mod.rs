@@ -22,11 +22,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_client::proto::{Consistency, ErrorCode, ErrorReply, RequestV1};
+use meridian_client::proto::{Consistency, RequestV1};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use tokio::sync::mpsc;
 
+use crate::error::Error;
 use crate::layout;
 use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerReplyV1, Pushed};
 use crate::peer::PeerPool;
@@ -83,8 +84,8 @@ pub struct Coordinator {
     residency: Arc<Residency>,
 }
 
-pub(crate) fn unavailable(message: String) -> ErrorReply {
-    ErrorReply::new(ErrorCode::QuorumUnavailable, message)
+pub(crate) fn unavailable(message: String) -> Error {
+    Error::QuorumUnavailable(message)
 }
 
 impl Coordinator {

@@ -2,13 +2,14 @@
 //! majority of the key's replicas, joined and written back to a majority before returning.
 use std::sync::Arc;
 
-use meridian_client::proto::{CausalToken, Consistency, ErrorCode, ErrorReply, Key};
+use meridian_client::proto::{CausalToken, Consistency, Key};
 use meridian_crdt::{Entry, NodeId};
 use meridian_replication::antientropy::{KeyState, PartitionId, SyncStore as _};
 use meridian_replication::{Outcome, ReadRound};
 use tokio::sync::mpsc;
 
 use super::{unavailable, Coordinator};
+use crate::error::Error;
 use crate::layout::{self, Stored};
 use crate::peer::protocol::{PeerCallError, PeerMessageV1, PeerReplyV1};
 
@@ -21,7 +22,7 @@ impl Coordinator {
         key: &Key,
         token: CausalToken,
         level: Consistency,
-    ) -> Result<(Option<Entry>, CausalToken), ErrorReply> {
+    ) -> Result<(Option<Entry>, CausalToken), Error> {
         if !matches!(level, Consistency::LocalQuorum | Consistency::Quorum) {
             return self.replica.read_entry(key, token, level).await;
         }
@@ -41,7 +42,7 @@ impl Coordinator {
         data_key: &[u8],
         level: Consistency,
         replicas: &[NodeId],
-    ) -> Result<Option<Stored>, ErrorReply> {
+    ) -> Result<Option<Stored>, Error> {
         let partition = layout::partition_of(data_key);
         let mut round: ReadRound<Stored> = ReadRound::new(level, replicas);
         if replicas.contains(&self.local) {
@@ -90,7 +91,7 @@ impl Coordinator {
         }
         let merged = round
             .merged(|acc: &mut Stored, other: &Stored| acc.try_join(other))
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("replicas disagree on the key's type: {e}")))?;
+            .map_err(|e| Error::Internal(format!("replicas disagree on the key's type: {e}")))?;
         let stale = round.stale(&merged);
         let mut repair = round.repair(&merged);
         if let (Some(state), false) = (&merged, stale.is_empty()) {

@@ -2,11 +2,12 @@
 //! proxied to a region a residency rule allows, or (listings) merged from every node of the region.
 use std::time::Duration;
 
-use meridian_client::proto::{ErrorCode, ErrorReply, Reply, RequestV1};
+use meridian_client::proto::{ErrorCode, Reply, RequestV1};
 use meridian_crdt::NodeId;
 use meridian_replication::Liveness;
 
 use super::{unavailable, Coordinator};
+use crate::error::Error;
 use crate::layout;
 use crate::peer::protocol::{PeerMessageV1, PeerReplyV1};
 
@@ -22,7 +23,7 @@ impl Coordinator {
         rule: &meridian_client::proto::Rule,
         data_key: &[u8],
         timeout: Duration,
-    ) -> Result<Reply, ErrorReply> {
+    ) -> Result<Reply, Error> {
         let residency = &self.residency;
         let partition = layout::partition_of(data_key);
         let mut regions: Vec<(bool, Duration, String, Vec<NodeId>)> = Vec::new();
@@ -52,8 +53,8 @@ impl Coordinator {
                 break;
             }
             match self.forward(request.clone(), replicas, left).await {
-                Err(e) if e.code == ErrorCode::QuorumUnavailable && !request.op.is_write() => {
-                    failures.push(format!("{region}: {}", e.message));
+                Err(e) if e.code() == ErrorCode::QuorumUnavailable && !request.op.is_write() => {
+                    failures.push(format!("{region}: {e}"));
                 }
                 result => {
                     residency.note_proxied(rule, region);
@@ -69,10 +70,11 @@ impl Coordinator {
             format!("no allowed region answered ({})", failures.join("; "))
         };
         residency.audit().record("proxy", rule.id, &format!("failed: {why}"));
-        Err(ErrorReply::new(
-            ErrorCode::QuorumUnavailable,
-            crate::residency::residency_refusal(rule, residency.region(), &format!("{why}; retry later")),
-        ))
+        Err(Error::QuorumUnavailable(crate::residency::residency_refusal(
+            rule,
+            residency.region(),
+            &format!("{why}; retry later"),
+        )))
     }
 
     /// Relays a client request to a replica of its key: replicas heard from recently first.
@@ -86,7 +88,7 @@ impl Coordinator {
         mut request: RequestV1,
         replicas: &[NodeId],
         timeout: Duration,
-    ) -> Result<Reply, ErrorReply> {
+    ) -> Result<Reply, Error> {
         let mut failures = Vec::new();
         let mut targets: Vec<NodeId> =
             replicas.iter().copied().filter(|r| *r != self.local && self.cluster.reachable(*r)).collect();
@@ -106,7 +108,7 @@ impl Coordinator {
             let remote_ms = budget.saturating_sub(budget / 10).as_millis();
             request.timeout_ms = u32::try_from(remote_ms).unwrap_or(u32::MAX).max(1);
             match self.call(target, PeerMessageV1::Forward(request.clone()), budget).await {
-                Ok(PeerReplyV1::Forwarded(result)) => return result,
+                Ok(PeerReplyV1::Forwarded(result)) => return result.map_err(Error::Remote),
                 Ok(other) => failures.push(format!("{}: unexpected reply {other:?}", self.name(target))),
                 Err(e) => failures.push(format!("{}: {e}", self.name(target))),
             }
@@ -126,7 +128,7 @@ impl Coordinator {
     ///
     /// Each node's page is complete only up to its own cursor (a node may stop early, after many
     /// deleted keys), so the merged page is cut at the smallest cursor any node returned.
-    pub async fn list_keys(&self, request: RequestV1, limit: usize) -> Result<Reply, ErrorReply> {
+    pub async fn list_keys(&self, request: RequestV1, limit: usize) -> Result<Reply, Error> {
         let targets: Vec<NodeId> = self
             .cluster
             .members()
@@ -140,10 +142,8 @@ impl Coordinator {
             let request = request.clone();
             async move {
                 match self.call(target, PeerMessageV1::Forward(request), self.peer_timeout).await {
-                    Ok(PeerReplyV1::Forwarded(result)) => (target, result),
-                    Ok(other) => {
-                        (target, Err(ErrorReply::new(ErrorCode::Internal, format!("unexpected reply {other:?}"))))
-                    }
+                    Ok(PeerReplyV1::Forwarded(result)) => (target, result.map_err(Error::Remote)),
+                    Ok(other) => (target, Err(Error::Internal(format!("unexpected reply {other:?}")))),
                     Err(e) => (target, Err(unavailable(e.to_string()))),
                 }
             }

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use meridian_client::proto::{CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Reply};
+use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
 use meridian_replication::{AckRound, Outcome, SafeReport};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::{unavailable, Coordinator, SHIP_BATCH_BYTES, SHIP_IN_FLIGHT, SHIP_QUEUE};
+use crate::error::Error;
 use crate::layout::{self, Stored};
 use crate::peer::protocol::{PeerMessageV1, PeerReplyV1, Pushed};
 use crate::replica::Change;
@@ -28,7 +29,7 @@ impl Coordinator {
         token: CausalToken,
         level: Consistency,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Reply, ErrorReply> {
+    ) -> Result<Reply, Error> {
         let data_key = layout::data_key(&key);
         let partition = layout::partition_of(&data_key);
         self.replica.before_write(&token, level, partition).await?;
@@ -78,14 +79,14 @@ impl Coordinator {
 
     /// Joins a key's state into this node's copy (a quorum read's merge, before a delete or remove
     /// that must see everything a majority has).
-    pub async fn join_locally(&self, data_key: &[u8], state: &Stored) -> Result<(), ErrorReply> {
+    pub async fn join_locally(&self, data_key: &[u8], state: &Stored) -> Result<(), Error> {
         let partition = layout::partition_of(data_key);
         let key_state = KeyState { key: data_key.to_vec(), state: layout::encode_stored(state) };
         let mut store = self.store.clone();
         tokio::task::spawn_blocking(move || store.apply_states(PartitionId(partition), &[key_state], None))
             .await
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))?
-            .map_err(|e| ErrorReply::new(ErrorCode::Internal, e.to_string()))
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Pushes a record this node just made durable to the partition's other replicas and waits until
@@ -101,7 +102,7 @@ impl Coordinator {
         level: Consistency,
         replicas: &[NodeId],
         report: SafeReport,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), Error> {
         let mut round = AckRound::for_write(level, replicas);
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -278,7 +279,7 @@ impl Coordinator {
         data_key: &[u8],
         level: Consistency,
         replicas: &[NodeId],
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<(), Error> {
         let Some(state) = self.replica.stored_state(data_key)? else { return Ok(()) };
         let partition = layout::partition_of(data_key);
         let mut round = AckRound::for_write(level, replicas);
