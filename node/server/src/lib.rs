@@ -4,7 +4,7 @@
 //! peers reach it by. The `meridian` binary (`meridian-node`) runs it with `meridian serve`; tests
 //! start it in-process with [`serve::start`]. Only this crate links RocksDB.
 //!
-//! Layers, bottom-up; each calls only its own layer and those below (`tests/layering.rs` checks it,
+//! Layers, bottom-up; each calls only its own layer and those below (`src/tests.rs` checks it,
 //! `ARCHITECTURE.md` explains it):
 //!
 //! 1. foundation: [`config`], [`certs`], [`metrics_export`], [`tls`];
@@ -33,3 +33,6 @@ pub mod serve;
 pub mod storage;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,9 @@
 //! The server's layers only call downward, and its files import each other in no cycle.
 //!
+//! (A unit test rather than an integration test: it reads the sources and needs none of the
+//! library, so it should not cost a binary that links RocksDB. The checker skips files named
+//! `tests.rs`, this one included: its negative control's sample sources would read as imports.)
+//!
 //! `ARCHITECTURE.md` declares the order below; this test reads every source file of the crate,
 //! collects the `crate::…` paths it names outside its `#[cfg(test)]` part, and fails when a module
 //! names one of a higher layer, or when files name each other in a circle (a cycle inside one
