@@ -7,7 +7,6 @@ use std::time::Duration;
 use meridian_client::proto::{CausalToken, Consistency, Key, ReplyBody};
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, NodeId, Value};
 
-use super::write::crdt_error;
 use super::{internal, Replica};
 use crate::error::Error;
 use crate::layout;
@@ -138,14 +137,14 @@ impl Replica {
 pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Result<Option<Value>, Error> {
     if let (Some(entry), Some(expected)) = (&entry, expected) {
         if entry.crdt_type() != expected {
-            return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested: expected }));
+            return Err(Error::Crdt(CrdtError::WrongType { actual: entry.crdt_type(), requested: expected }));
         }
     }
     match entry {
         Some(entry) if entry.crdt_type() == CrdtType::Doc => {
-            tokio::task::spawn_blocking(move || entry.read()).await.map_err(internal)?.map_err(crdt_error)
+            tokio::task::spawn_blocking(move || entry.read()).await.map_err(internal)?.map_err(Error::Crdt)
         }
-        Some(entry) => entry.read().map_err(crdt_error),
+        Some(entry) => entry.read().map_err(Error::Crdt),
         None => Ok(None),
     }
 }
@@ -164,10 +163,10 @@ pub async fn doc_changes_of(entry: Option<Entry>, since_heads: Vec<String>) -> R
 fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, Error> {
     match entry.body() {
         meridian_crdt::Body::Doc(doc) => {
-            let doc = doc.materialize().map_err(crdt_error)?;
-            let changes = doc.changes_since(since_heads).map_err(crdt_error)?;
+            let doc = doc.materialize().map_err(Error::Crdt)?;
+            let changes = doc.changes_since(since_heads).map_err(Error::Crdt)?;
             Ok(ReplyBody::DocChanges { changes, heads: doc.heads() })
         }
-        other => Err(crdt_error(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Doc })),
+        other => Err(Error::Crdt(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Doc })),
     }
 }

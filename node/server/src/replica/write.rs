@@ -68,11 +68,6 @@ pub struct Durable {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// A CRDT refusal as the client sees it.
-pub(crate) fn crdt_error(e: CrdtError) -> Error {
-    Error::Crdt(e)
-}
-
 impl Replica {
     /// The level a request for `key` runs at (`requested`, else the namespace's default), once the
     /// key is known to be valid.
@@ -217,13 +212,13 @@ impl Replica {
         let write = WriteContext { node: self.id, ts: ts.ts };
         let delta = match (&change, &state) {
             (Change::Mutate(mutation), _) => {
-                Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(crdt_error)?
+                Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(Error::Crdt)?
             }
-            (Change::Delete, Some(entry)) => entry.reset_delta(&write).map_err(crdt_error)?,
+            (Change::Delete, Some(entry)) => entry.reset_delta(&write).map_err(Error::Crdt)?,
             (Change::Delete, None) => unreachable!("nothing_to_change answers a delete of nothing"),
         };
         let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
-        next.try_join(&delta).map_err(crdt_error)?;
+        next.try_join(&delta).map_err(Error::Crdt)?;
         let is_delete = matches!(change, Change::Delete);
         let body = match change {
             Change::Delete => ReplyBody::Deleted { existed: true },
@@ -276,7 +271,7 @@ fn nothing_to_change(change: &Change, state: Option<&Entry>, token: &CausalToken
             if let Some(entry) = state {
                 let requested = mutation.crdt_type();
                 if entry.crdt_type() != requested {
-                    return Err(crdt_error(CrdtError::WrongType { actual: entry.crdt_type(), requested }));
+                    return Err(Error::Crdt(CrdtError::WrongType { actual: entry.crdt_type(), requested }));
                 }
             }
             Ok(Some(Reply { causal_token: token.clone(), body: ReplyBody::Written { counter: None } }))
