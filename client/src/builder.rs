@@ -89,6 +89,7 @@ pub struct ClientBuilder {
     max_retries: u32,
     default_consistency: Option<Consistency>,
     max_frame_bytes: usize,
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -100,6 +101,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("failback_interval", &self.failback_interval)
             .field("trusted_certificates", &self.roots.len())
             .field("client_certificate", &self.identity.is_some())
+            .field("token", &self.token.is_some())
             .field("server_name", &self.server_name)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
@@ -136,6 +138,7 @@ impl ClientBuilder {
             max_retries: DEFAULT_MAX_RETRIES,
             default_consistency: None,
             max_frame_bytes: proto::DEFAULT_MAX_FRAME_BYTES,
+            token: None,
         }
     }
 
@@ -288,6 +291,19 @@ impl ClientBuilder {
         self
     }
 
+    /// A bearer token (`mrd_…`, from `meridian auth token create`) to authenticate with, for a
+    /// client that holds no certificate: the client logs in with it on every connection it opens.
+    /// Wrong, expired or revoked, it fails `connect` (and later requests) with a non-retryable
+    /// `unauthenticated` error.
+    ///
+    /// ```no_run
+    /// let builder = meridian_client::Client::builder().token(std::env::var("MERIDIAN_TOKEN").unwrap());
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// The name the node's certificate must carry (default [`DEFAULT_SERVER_NAME`]).
     ///
     /// ```no_run
@@ -402,6 +418,11 @@ impl ClientBuilder {
                 "no trusted certificate: call .ca_cert_pem() or .ca_cert_file() with the node's certificate or CA",
             ));
         }
+        if let Some(token) = &self.token {
+            if !token.starts_with(proto::auth::TOKEN_PREFIX) || token.len() > proto::auth::MAX_TOKEN_STRING_BYTES {
+                return Err(Error::invalid("the token is not a Meridian token (mrd_<id>_<secret>)"));
+            }
+        }
         if self.timeout.is_zero() {
             return Err(Error::invalid("the timeout must be at least 1 ms"));
         }
@@ -428,6 +449,7 @@ impl ClientBuilder {
             max_retries: self.max_retries,
             default_consistency: self.default_consistency,
             max_frame_bytes: self.max_frame_bytes,
+            token: self.token.clone(),
         })
     }
 }

@@ -253,6 +253,28 @@ impl Client {
         }
     }
 
+    /// Authentication administration: who am I, users, grants and tokens (`meridian auth …`).
+    /// Everything but `WhoAmI` needs the `admin` role on `*`. (`Login` is sent by the client itself
+    /// on each connection when built with [`ClientBuilder::token`](crate::ClientBuilder::token).)
+    ///
+    /// ```no_run
+    /// use meridian_client::proto::{AuthOp, Role};
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// client.auth(AuthOp::AddUser { name: "orders-app".into() }).await?;
+    /// client.auth(AuthOp::Grant { user: "orders-app".into(), namespace: "orders".into(), role: Role::Write }).await?;
+    /// let made = client
+    ///     .auth(AuthOp::CreateToken { user: "orders-app".into(), ttl_s: Some(90 * 86_400), description: "orders service".into() })
+    ///     .await?;
+    /// println!("token (shown once): {}", made.created_token.unwrap_or_default());
+    /// # Ok(()) }
+    /// ```
+    pub async fn auth(&self, op: crate::proto::AuthOp) -> Result<crate::proto::AuthReport, Error> {
+        match self.ctx().call(Operation::Auth(op)).await? {
+            ReplyBody::Auth(report) => Ok(*report),
+            other => Err(unexpected("auth", &other)),
+        }
+    }
+
     /// Sends a request as given (for the CLI and benchmarks), with the client's retries and
     /// failover. The only change made to it: a write or delete without an idempotency id gets a
     /// random one, used on every attempt. Nothing is checked or interpreted beyond the frame limit;

@@ -93,6 +93,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Status(_) => "Status",
         ReplyBody::Cluster(_) => "Cluster",
         ReplyBody::Residency(_) => "Residency",
+        ReplyBody::Auth(_) => "Auth",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

@@ -79,11 +79,28 @@ pub(crate) struct Config {
     pub(crate) max_retries: u32,
     pub(crate) default_consistency: Option<Consistency>,
     pub(crate) max_frame_bytes: usize,
+    /// The bearer token each new connection logs in with, if any.
+    pub(crate) token: Option<String>,
 }
 
 impl Config {
     pub(crate) fn timeout_ms(&self) -> u32 {
         u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Why one connection attempt failed.
+struct Failed {
+    reason: String,
+    /// TLS refused the handshake (a certificate problem).
+    tls: bool,
+    /// The node refused the credentials (a non-retryable server error, returned as is).
+    refused: Option<Error>,
+}
+
+impl Failed {
+    fn network(reason: String) -> Failed {
+        Failed { reason, tls: false, refused: None }
     }
 }
 
@@ -210,6 +227,7 @@ impl Transport {
         let mut best: Vec<Option<(usize, quinn::Connection)>> = vec![None; regions.len()];
         let mut failures = Vec::new();
         let mut all_tls = true;
+        let mut refused = None;
         let mut tasks = tokio::task::JoinSet::new();
         for (region, config) in regions.iter().enumerate() {
             for index in 0..config.endpoints.len() {
@@ -232,9 +250,10 @@ impl Transport {
                     answered += 1;
                 }
                 Ok((conn, _)) => conn.close(0u32.into(), b"region probe"),
-                Err((reason, is_tls)) => {
-                    all_tls &= is_tls;
-                    failures.push(format!("{}: {reason}", regions[region].endpoints[index]));
+                Err(failed) => {
+                    all_tls &= failed.tls;
+                    refused = refused.or(failed.refused);
+                    failures.push(format!("{}: {}", regions[region].endpoints[index], failed.reason));
                 }
             }
         }
@@ -245,7 +264,9 @@ impl Transport {
             failures.push(format!("no handshake within {} ms", self.config.timeout.as_millis()));
         }
         let reason = failures.join("; ");
-        let failure = if all_tls {
+        let failure = if let Some(refused) = refused {
+            refused
+        } else if all_tls {
             Error::Tls(format!("handshake refused: {reason}"))
         } else {
             Error::Connect { endpoint: self.config.endpoints.join(", "), reason }
@@ -404,9 +425,11 @@ impl Transport {
                 let endpoint = self.endpoint_at(pos, index);
                 match self.connect_one(endpoint).await {
                     Ok((conn, _)) => return Ok(Current { pos, index, conn }),
-                    Err((reason, is_tls)) => {
-                        all_tls &= is_tls;
-                        failures.push(format!("{endpoint}: {reason}"));
+                    // Credentials refused: another node would refuse them too.
+                    Err(Failed { refused: Some(error), .. }) => return Err(error),
+                    Err(failed) => {
+                        all_tls &= failed.tls;
+                        failures.push(format!("{endpoint}: {}", failed.reason));
                     }
                 }
             }
@@ -463,29 +486,60 @@ impl Transport {
 
     /// Connects to one `host:port`; returns the connection and how long the QUIC handshake took, or
     /// why it failed and whether TLS refused the handshake.
-    async fn connect_one(&self, endpoint: &str) -> Result<(quinn::Connection, Duration), (String, bool)> {
+    /// Connects to one endpoint (its addresses in turn) and, with a token configured, logs in; the
+    /// duration is the handshake's.
+    async fn connect_one(&self, endpoint: &str) -> Result<(quinn::Connection, Duration), Failed> {
         let timeout = self.config.timeout;
         let mut addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, tokio::net::lookup_host(endpoint)).await {
-            Err(_) => return Err((format!("name resolution timed out after {} ms", timeout.as_millis()), false)),
-            Ok(Err(e)) => return Err((format!("cannot resolve: {e}"), false)),
+            Err(_) => {
+                return Err(Failed::network(format!("name resolution timed out after {} ms", timeout.as_millis())))
+            }
+            Ok(Err(e)) => return Err(Failed::network(format!("cannot resolve: {e}"))),
             Ok(Ok(addrs)) => addrs.collect(),
         };
         // Nodes usually listen on IPv4; trying `localhost`'s ::1 first would cost a whole timeout.
         addrs.sort_by_key(|a| a.is_ipv6());
-        let mut last = (format!("{endpoint} resolved to no address"), false);
+        let mut last = Failed::network(format!("{endpoint} resolved to no address"));
         for addr in addrs {
-            let socket = self.socket_for(addr).map_err(|e| (format!("cannot bind a UDP socket: {e}"), false))?;
+            let socket =
+                self.socket_for(addr).map_err(|e| Failed::network(format!("cannot bind a UDP socket: {e}")))?;
             let started = Instant::now();
             let connecting = socket
                 .connect_with(self.config.quic.clone(), addr, &self.config.server_name)
-                .map_err(|e| (format!("{addr}: {e}"), false))?;
+                .map_err(|e| Failed::network(format!("{addr}: {e}")))?;
             last = match tokio::time::timeout(timeout, connecting).await {
-                Ok(Ok(conn)) => return Ok((conn, started.elapsed())),
-                Ok(Err(e)) => (format!("{addr}: {e}"), tls::is_tls_failure(&e)),
-                Err(_) => (format!("{addr}: no handshake within {} ms", timeout.as_millis()), false),
+                Ok(Ok(conn)) => {
+                    let handshake = started.elapsed();
+                    self.login(&conn).await?;
+                    return Ok((conn, handshake));
+                }
+                Ok(Err(e)) => Failed { reason: format!("{addr}: {e}"), tls: tls::is_tls_failure(&e), refused: None },
+                Err(_) => Failed::network(format!("{addr}: no handshake within {} ms", timeout.as_millis())),
             };
         }
         Err(last)
+    }
+
+    /// Authenticates a new connection with the configured bearer token (nothing to do without one:
+    /// a client certificate was checked in the handshake).
+    async fn login(&self, conn: &quinn::Connection) -> Result<(), Failed> {
+        let Some(token) = &self.config.token else { return Ok(()) };
+        let request = RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: self.config.timeout_ms(),
+            op: proto::Operation::Auth(proto::AuthOp::Login { token: token.clone() }),
+        };
+        let frame = proto::encode_frame(&proto::Request::V1(request));
+        match tokio::time::timeout(self.config.timeout, exchange(conn, &frame, self.config.max_frame_bytes)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error @ Error::Server { .. })) if !error.is_retryable() => {
+                conn.close(0u32.into(), b"login refused");
+                Err(Failed { reason: error.to_string(), tls: false, refused: Some(error) })
+            }
+            Ok(Err(e)) => Err(Failed::network(format!("logging in: {e}"))),
+            Err(_) => Err(Failed::network(format!("no login answer within {} ms", self.config.timeout.as_millis()))),
+        }
     }
 
     fn socket_for(&self, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {

@@ -33,6 +33,15 @@ struct Connection {
     /// A causal token from an earlier command (`--show-token`), to continue that session.
     #[arg(long, global = true, env = "MERIDIAN_TOKEN")]
     token: Option<String>,
+    /// A client certificate from the cluster CA (`meridian certs client`), to authenticate with.
+    #[arg(long, global = true, env = "MERIDIAN_CLIENT_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[arg(long, global = true, env = "MERIDIAN_CLIENT_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// A bearer token (`meridian auth token create`), to authenticate with when holding no certificate.
+    #[arg(long, global = true, env = "MERIDIAN_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
     /// Print the session's causal token after the command (on stderr).
     #[arg(long, global = true)]
     show_token: bool,
@@ -210,6 +219,11 @@ enum Command {
     /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
     /// rate, latency per consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
     BenchGeo(Box<meridian_node::bench_geo::GeoBenchArgs>),
+    /// Users, roles per namespace and bearer tokens (needs the admin role, except `whoami`).
+    Auth {
+        #[command(subcommand)]
+        command: meridian_node::auth_cli::AuthCommand,
+    },
     /// Cluster certificates for node-to-node mutual TLS: a CA, node and client certificates.
     Certs {
         #[command(subcommand)]
@@ -291,11 +305,12 @@ async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_file.as_deref())?;
     let running = meridian_server::serve::start(config).await?;
     println!(
-        "meridian node {} serving: client protocol on {} (QUIC), HTTP on http://{}; trust {}",
+        "meridian node {} serving: client protocol on {} (QUIC), HTTP on {}; trust {}{}",
         running.node.id(),
         running.client_addr,
-        running.http_addr,
-        running.cert_path.display()
+        running.http_url(),
+        running.cert_path.display(),
+        if running.node.auth().enabled() { "; authentication on" } else { "" }
     );
     let shutdown = running.shutdown_token();
     tokio::spawn(async move {
@@ -340,6 +355,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
             0
         }
         Command::Residency { command } => meridian_node::residency_cli::run(&client, command).await?,
+        Command::Auth { command } => meridian_node::auth_cli::run(&client, command).await?,
         command @ (Command::Get { .. }
         | Command::Smembers { .. }
         | Command::Sismember { .. }
@@ -361,13 +377,25 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client of `endpoint` with the connection flags: trust, credentials, timeout.
+fn client_builder(conn: &Connection, endpoint: String) -> meridian_client::ClientBuilder {
+    let mut builder = Client::builder()
+        .endpoint(endpoint)
+        .ca_cert_file(&conn.ca_cert)
+        .timeout(Duration::from_millis(conn.timeout_ms));
+    if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+        builder = builder.client_cert_files(cert, key);
+    }
+    if let Some(token) = &conn.auth_token {
+        builder = builder.token(token.clone());
+    }
+    builder
+}
+
 /// Connects to the node and opens the session every CLI command runs in, so `--show-token` /
 /// `--token` carry causality between invocations; its level is `--consistency`, else causal.
 async fn connect(conn: &Connection) -> anyhow::Result<(Client, Session)> {
-    let mut builder = Client::builder()
-        .endpoint(conn.endpoint.clone())
-        .ca_cert_file(&conn.ca_cert)
-        .timeout(Duration::from_millis(conn.timeout_ms));
+    let mut builder = client_builder(conn, conn.endpoint.clone());
     if let Some(level) = conn.consistency {
         builder = builder.default_consistency(level);
     }
@@ -612,10 +640,7 @@ async fn wait_for_handoff(
         .iter()
         .find(|m| m.name == node || m.id.to_string() == node || m.id.0.to_string() == node)
         .ok_or_else(|| anyhow::anyhow!("no member named {node}"))?;
-    let drainer = Client::builder()
-        .endpoint(member.client_addr.clone())
-        .ca_cert_file(&conn.ca_cert)
-        .timeout(Duration::from_millis(conn.timeout_ms))
+    let drainer = client_builder(conn, member.client_addr.clone())
         .connect()
         .await
         .with_context(|| format!("connecting to the draining node at {}", member.client_addr))?;

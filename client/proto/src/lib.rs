@@ -22,6 +22,7 @@
 //! | [`ErrorReply`], [`ErrorCode`] | failures, shared with the HTTP API, and whether a retry is safe |
 //! | [`Key`], [`Consistency`], [`CausalToken`], [`IdempotencyId`] | request parameters |
 //! | [`Rule`], [`RuleSpec`] | data-residency rules |
+//! | [`auth`]: [`AuthOp`], [`AuthReport`], [`Role`] | authentication, users, roles, tokens |
 //! | [`encode_frame`], [`decode_frame_body`], [`FrameError`] | framing |
 //!
 //! # Transport
@@ -46,10 +47,13 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
+
 use base64::Engine as _;
 use meridian_crdt::{codec, CrdtType, Mutation, NodeId, Value, VersionVector};
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthOp, AuthReport, Role};
 pub use meridian_crdt::codec::CodecError;
 
 /// ALPN protocol id of the native client protocol.
@@ -332,6 +336,8 @@ pub enum Operation {
     Cluster(ClusterOp),
     /// Data-residency rules: list, add, change, remove, explain a key, audit this node's storage.
     Residency(ResidencyOp),
+    /// Authentication: log in with a token, who am I, users, grants and tokens.
+    Auth(AuthOp),
 }
 
 /// Data-residency administration (`meridian residency …`).
@@ -704,6 +710,8 @@ pub enum ReplyBody {
     Cluster(ClusterReport),
     /// Data-residency rules and this node's view of them.
     Residency(Box<ResidencyReport>),
+    /// Authentication metadata, or who the caller is.
+    Auth(Box<AuthReport>),
 }
 
 /// One listed key.
@@ -777,6 +785,12 @@ pub enum ErrorCode {
     /// A data-residency rule forbids serving this key here (a `strict` rule, or no allowed region
     /// reachable to proxy to); the message names the rule.
     ResidencyRefused,
+    /// The request carries no credentials, or credentials the node does not accept (unknown,
+    /// expired or revoked token; certificate of another cluster). HTTP 401.
+    Unauthenticated,
+    /// The caller is known but its roles do not allow this operation here; the message names the
+    /// role and namespace it lacks. HTTP 403.
+    PermissionDenied,
 }
 
 impl ErrorCode {
@@ -807,6 +821,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::ResidencyRefused => "residency_refused",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
         }
     }
 }

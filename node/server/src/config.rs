@@ -46,6 +46,36 @@ pub struct Config {
     pub clock_offset_ms: i64,
     /// Node-to-node anti-entropy over mutual TLS (off unless `peer.listen` is set).
     pub peer: PeerConfig,
+    /// Client authentication and roles (`docs/security.md`).
+    pub auth: AuthConfig,
+}
+
+/// Client authentication: who may connect, and who administers the cluster from the start.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Requests must authenticate (client certificate on QUIC, bearer token on QUIC or HTTP), and
+    /// HTTP is served over TLS. Clusters made by `meridian demo`, `region init` and Terraform turn
+    /// it on; a single node started with no config runs open, on loopback only.
+    pub enabled: bool,
+    /// Principals that are cluster admins (`admin` on `*`) whatever the replicated metadata says:
+    /// how the first admin gets in (`meridian certs client --name NAME` for one of these names).
+    pub admins: Vec<String>,
+    /// The CA whose client certificates the QUIC port accepts (default: `peer.ca`, the cluster CA).
+    pub client_ca: Option<PathBuf>,
+    /// Run with authentication off on a non-loopback address: anyone who reaches the node owns its
+    /// data. The node refuses to start that way unless this is set.
+    pub allow_unauthenticated_network: bool,
+    /// `/metrics` needs a bearer token (any user) too; by default it answers without one, as
+    /// Prometheus scrapers expect.
+    pub metrics_require_token: bool,
+}
+
+impl AuthConfig {
+    /// The CA that signs client certificates, if any.
+    pub fn client_ca<'a>(&'a self, peer: &'a PeerConfig) -> Option<&'a Path> {
+        self.client_ca.as_deref().or(peer.ca.as_deref())
+    }
 }
 
 /// Node-to-node settings: the region's membership, placement and replication over mutual TLS.
@@ -197,6 +227,11 @@ pub struct LimitsConfig {
     pub max_list_keys: u32,
     /// How long an idempotency record is kept (a retry later than this may apply twice).
     pub idempotency_ttl_s: u64,
+    /// Open HTTP connections; further ones are closed at once.
+    pub max_http_connections: usize,
+    /// How long an HTTP client gets for its TLS handshake and for each request's header (also the
+    /// longest an idle keep-alive connection is held); the body then gets `request_timeout_ms`.
+    pub http_header_timeout_ms: u64,
 }
 
 /// Settings of one namespace.
@@ -231,12 +266,15 @@ impl Default for Config {
                 causal_wait_ms: 2_000,
                 max_list_keys: 1_000,
                 idempotency_ttl_s: 24 * 3600,
+                max_http_connections: 4096,
+                http_header_timeout_ms: 10_000,
             },
             default_consistency: ConsistencyName("eventual".into()),
             namespaces: BTreeMap::new(),
             max_clock_drift_ms: 60_000,
             clock_offset_ms: 0,
             peer: PeerConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -274,6 +312,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "max_clock_drift_ms",
     "clock_offset_ms",
     "peer",
+    "auth",
 ];
 
 impl Config {
@@ -334,6 +373,8 @@ impl Config {
             ("limits.max_inflight_requests", limits.max_inflight_requests, 1),
             ("limits.request_timeout_ms", limits.request_timeout_ms as usize, 1),
             ("limits.max_list_keys", limits.max_list_keys as usize, 1),
+            ("limits.max_http_connections", limits.max_http_connections, 1),
+            ("limits.http_header_timeout_ms", limits.http_header_timeout_ms as usize, 1),
         ] {
             if value < min {
                 return invalid(field, format!("{value} is below the minimum {min}"));
@@ -385,7 +426,52 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both tls.cert and tls.key, or neither".into());
         }
+        self.validate_auth()
+    }
+
+    /// Authentication: a CA when it is on, and never off beyond loopback unless said explicitly.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
+        for admin in &self.auth.admins {
+            if admin.is_empty()
+                || admin.len() > 64
+                || !admin.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return invalid("auth.admins", format!("{admin:?} must be 1-64 characters of [A-Za-z0-9-_.]"));
+            }
+        }
+        if self.auth.enabled && self.auth.client_ca(&self.peer).is_none() {
+            return invalid(
+                "auth.client_ca",
+                "authentication needs the cluster CA that signs client certificates (auth.client_ca, or peer.ca)"
+                    .into(),
+            );
+        }
+        if !self.auth.enabled && !self.auth.allow_unauthenticated_network {
+            let exposed: Vec<String> = [("listen.client", self.listen.client), ("listen.http", self.listen.http)]
+                .into_iter()
+                .filter(|(_, addr)| !addr.ip().is_loopback())
+                .map(|(field, addr)| format!("{field} = {addr}"))
+                .collect();
+            if !exposed.is_empty() {
+                return invalid(
+                    "auth.enabled",
+                    format!(
+                        "authentication is off and the node listens beyond loopback ({}): anyone who reaches it could \
+                         read, write and delete every key. Turn authentication on (auth.enabled = true, see \
+                         docs/security.md), or set auth.allow_unauthenticated_network = true to run open on purpose",
+                        exposed.join(", ")
+                    ),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Whether HTTP is served in plaintext: only with authentication off and every client port on
+    /// loopback (the single node of the five-minute tour). Everything else serves HTTPS.
+    pub fn plain_http(&self) -> bool {
+        !self.auth.enabled && self.listen.client.ip().is_loopback() && self.listen.http.ip().is_loopback()
     }
 
     /// The default consistency of `namespace`.
@@ -432,6 +518,26 @@ mod tests {
         writeln!(durability, "[storage]\ndurability = \"sometimes\"").unwrap();
         let err = Config::figment(Some(durability.path()), no_env()).unwrap_err().to_string();
         assert!(err.contains("storage.durability"), "{err}");
+    }
+
+    #[test]
+    fn open_node_beyond_loopback_is_refused_unless_said_explicitly() {
+        let mut config = Config::default();
+        config.listen.http = "0.0.0.0:7480".parse().unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.enabled") && err.contains("listen.http = 0.0.0.0:7480"), "{err}");
+        config.auth.allow_unauthenticated_network = true;
+        config.validate().unwrap();
+        assert!(!config.plain_http(), "an exposed node serves HTTPS even when open");
+
+        let mut config = Config::default();
+        config.auth.enabled = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.client_ca"), "{err}");
+        config.auth.client_ca = Some("ca.crt".into());
+        config.listen.client = "0.0.0.0:7400".parse().unwrap();
+        config.validate().unwrap();
+        assert!(Config::default().plain_http());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `Meta` | `residency/rules` | the residency rule set |
 //! | `Meta` | `residency/covered/[rule: u32 BE][partition: u16 BE]` | the version vector a residency backfill covered |
 //! | `Meta` | `residency/applied` | newest rules version whose purges and backfills completed here |
+//! | `Meta` | `auth/state` | the cluster's users, grants and tokens (`crate::auth::state::AuthRecord`, a CRDT) |
 //! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got |
 //! | `Hints` | `[target: u64 BE][partition: u16 BE][origin: u64 BE][seq: u64 BE]` | a log record (`SyncRecord`) kept for a replica that missed it |
 //!
@@ -113,6 +114,8 @@ pub const RESIDENCY_RULES_KEY: &[u8] = b"residency/rules";
 pub const RESIDENCY_COVERED_PREFIX: &[u8] = b"residency/covered/";
 /// Meta key of the newest residency rules version fully acted on here (max-merged u64).
 pub const RESIDENCY_APPLIED_KEY: &[u8] = b"residency/applied";
+/// Meta key of the cluster's authentication metadata (users, grants, hashed tokens).
+pub const AUTH_STATE_KEY: &[u8] = b"auth/state";
 
 /// Length of a hint's key.
 pub const HINT_KEY_LEN: usize = 8 + 2 + 8 + 8;

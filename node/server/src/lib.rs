@@ -10,7 +10,8 @@
 //! 1. foundation: [`config`], [`certs`], [`metrics_export`], [`tls`];
 //! 2. [`storage`]: the engine trait, RocksDB and its in-memory twin;
 //! 3. [`layout`]: every key the node stores and its versioned record formats;
-//! 4. [`residency`]: the residency policy (rules, decisions, screens, audit);
+//! 4. [`residency`], [`auth`]: the policies — residency (rules, decisions, screens, audit) and
+//!    client authentication (users, roles, tokens);
 //! 5. [`store`]: group commit, key locks, the anti-entropy store, safe times;
 //!    [`error`]: what a request can fail with (the api turns it into the wire's `ErrorReply`);
 //! 6. [`replica`]: the local replica — write path, reads, causal waits, listing, status;
@@ -20,6 +21,7 @@
 //! 10. [`serve`]: assembly and shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod error;

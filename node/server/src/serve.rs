@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use meridian_replication::antientropy::SyncConfig;
 
+use crate::api::http_serve::{serve_http, HttpBounds};
 use crate::api::node::Node;
 use crate::api::peer_service::PeerService;
 use crate::config::Config;
@@ -39,6 +40,8 @@ pub struct RunningNode {
     pub client_addr: SocketAddr,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Whether the HTTP API is served over TLS (`https://`).
+    pub http_https: bool,
     /// The certificate clients should trust.
     pub cert_path: PathBuf,
     /// Where the peer transport listens, when enabled.
@@ -49,6 +52,11 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
+    /// The HTTP API's base URL (`https://…` unless the node serves plain HTTP on loopback).
+    pub fn http_url(&self) -> String {
+        format!("{}://{}", if self.http_https { "https" } else { "http" }, self.http_addr)
+    }
+
     /// A token that, when cancelled, shuts the node down.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -116,14 +124,13 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     }
     tasks.spawn(crate::api::server::serve_clients(endpoint, node.clone(), shutdown.clone()));
     let app = crate::api::http::router(node.clone());
-    let http_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        let served =
-            axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let http_tls = if config.plain_http() { None } else { Some(crate::tls::http_server_config(&tls)?) };
+    let http_https = http_tls.is_some();
+    let bounds = HttpBounds {
+        max_connections: config.limits.max_http_connections,
+        header_timeout: Duration::from_millis(config.limits.http_header_timeout_ms),
+    };
+    tasks.spawn(serve_http(listener, app, http_tls, bounds, shutdown.clone()));
     if durability_is_relaxed(&config) {
         tasks.spawn(sync_wal_periodically(
             replica.clone(),
@@ -136,8 +143,21 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         Some(region) => (Some(region.peer_addr), Some(region.threads)),
         None => (None, None),
     };
-    tracing::info!(%client_addr, %http_addr, node = %config.node_name, region = %config.region, "meridian node serving");
-    Ok(RunningNode { node, client_addr, http_addr, cert_path: tls.cert, peer_addr, sync_threads, shutdown, tasks })
+    tracing::info!(
+        %client_addr, %http_addr, https = http_https, auth = config.auth.enabled,
+        node = %config.node_name, region = %config.region, "meridian node serving"
+    );
+    Ok(RunningNode {
+        node,
+        client_addr,
+        http_addr,
+        http_https,
+        cert_path: tls.cert,
+        peer_addr,
+        sync_threads,
+        shutdown,
+        tasks,
+    })
 }
 
 /// The region side of a running node, once it has joined.

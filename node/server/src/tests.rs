@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("foundation", &["config", "certs", "metrics_export", "tls"]),
     ("storage", &["storage"]),
     ("layout", &["layout"]),
-    ("residency policy", &["residency"]),
+    ("policy", &["residency", "auth"]),
     ("store", &["store"]),
     ("request errors", &["error"]),
     ("replica", &["replica"]),

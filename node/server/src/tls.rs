@@ -79,13 +79,29 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("no private key in {}", path.display()))
 }
 
-/// The quinn server config for the client protocol.
+/// The quinn server config for the client protocol. With authentication on, clients may present a
+/// certificate from the cluster CA (`auth.client_ca`, default `peer.ca`) — verified here, its
+/// identity read by the server after the handshake — or none and log in with a token.
 pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?
-        .with_no_client_auth()
+        .context("TLS 1.3 with ring")?;
+    let builder = match config.auth.client_ca(&config.peer).filter(|_| config.auth.enabled) {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(ca)? {
+                roots.add(cert).with_context(|| format!("trusting the client CA {}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .context("the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
         .context("the certificate does not match its key")?;
     tls.alpn_protocols = vec![meridian_client::proto::ALPN.to_vec()];
@@ -100,4 +116,18 @@ pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result
         .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// The rustls config of the HTTPS API: the node's certificate, TLS 1.2 and 1.3, HTTP/1.1 (clients
+/// authenticate with bearer tokens, not certificates).
+pub fn http_server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS with ring")?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .context("the certificate does not match its key")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
 }

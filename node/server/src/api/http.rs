@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use meridian_client::proto::{
-    CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody, RequestV1,
+    AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody, RequestV1,
 };
 use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::api::node::Node;
+use crate::auth::Caller;
 
 /// Header carrying the session's causal token (`mt1....`); the response carries the new one.
 pub const TOKEN_HEADER: &str = "x-meridian-token";
@@ -38,6 +39,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/auth", get(auth_list))
+        .route("/v1/auth/whoami", get(whoami))
         .route("/v1/cluster", get(cluster))
         .route("/v1/residency", get(residency))
         .route("/v1/residency/explain/{namespace}/{*key}", get(residency_explain))
@@ -46,10 +49,36 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A whole request, body included, is bounded: a client trickling its body cannot hold a
+        // task and an in-flight slot for longer.
+        .layer(axum::middleware::from_fn_with_state(request_deadline(&node), within_deadline))
         // Bounds HTTP requests in progress, bodies included, before they are read (the node's
         // in-flight limit admits them again once parsed).
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max_inflight))
         .with_state(node)
+}
+
+/// How long one HTTP request may take from its header to its answer.
+fn request_deadline(node: &Node) -> std::time::Duration {
+    let limits = &node.config().limits;
+    std::time::Duration::from_millis(limits.request_timeout_ms + limits.http_header_timeout_ms)
+}
+
+async fn within_deadline(
+    State(deadline): State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("meridian_http_request_timeouts_total").increment(1);
+            let message = format!("the request did not complete within {} ms", deadline.as_millis());
+            let mut response = ApiError(ErrorReply::new(ErrorCode::Timeout, message)).into_response();
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            response
+        }
+    }
 }
 
 /// An error as an HTTP response.
@@ -66,14 +95,22 @@ fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        ErrorCode::ResidencyRefused => StatusCode::FORBIDDEN,
+        ErrorCode::ResidencyRefused | ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.0.code.name(), "message": self.0.message, "retryable": self.0.code.is_retryable()}});
-        (status_of(self.0.code), Json(body)).into_response()
+        let mut response = (status_of(self.0.code), Json(body)).into_response();
+        if self.0.code == ErrorCode::Unauthenticated {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"meridian\""),
+            );
+        }
+        response
     }
 }
 
@@ -106,12 +143,36 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> String {
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<String, ApiError> {
+    if node.config().auth.metrics_require_token && caller_of(&node, &headers)?.principal().is_none() {
+        let error =
+            ErrorReply::new(ErrorCode::Unauthenticated, "/metrics needs a bearer token (auth.metrics_require_token)");
+        return Err(ApiError(error));
+    }
     if let Ok(status) = node.status() {
         metrics::gauge!("meridian_keys_estimate").set(status.keys_estimate as f64);
         metrics::gauge!("meridian_log_position").set(node.version_vector().get(node.id()) as f64);
     }
-    crate::metrics_export::prometheus().render()
+    Ok(crate::metrics_export::prometheus().render())
+}
+
+/// `GET /v1/auth/whoami`: who the request acts as and its roles.
+async fn whoami(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    auth_reply(&node, headers, AuthOp::WhoAmI).await
+}
+
+/// `GET /v1/auth`: users, grants and tokens without secrets (admin on `*`).
+async fn auth_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    auth_reply(&node, headers, AuthOp::List).await
+}
+
+async fn auth_reply(node: &Arc<Node>, headers: HeaderMap, op: AuthOp) -> Result<Json<Json_>, ApiError> {
+    let common = common(node.as_ref(), &CommonQuery::default(), &headers)?;
+    let reply = execute(node, common, Operation::Auth(op)).await?;
+    let ReplyBody::Auth(report) = &reply.body else { unreachable!("auth reply") };
+    let json =
+        serde_json::to_value(report).map_err(|e| ApiError(ErrorReply::new(ErrorCode::Internal, e.to_string())))?;
+    Ok(Json(json))
 }
 
 #[derive(Deserialize, Default)]
@@ -127,9 +188,22 @@ struct Common {
     consistency: Option<Consistency>,
     token: Option<CausalToken>,
     timeout_ms: u32,
+    caller: Caller,
 }
 
-fn common(query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> {
+/// Who a request acts as: the user of its bearer token, else anonymous (refused where it matters
+/// when authentication is on).
+fn caller_of(node: &Node, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(node.auth().anonymous()) };
+    let unauthenticated = |message: &str| ApiError(ErrorReply::new(ErrorCode::Unauthenticated, message));
+    let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`"))?;
+    node.auth().login(token.trim()).map_err(ApiError)
+}
+
+fn common(node: &Node, query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> {
     let consistency = query.consistency.as_deref().map(str::parse).transpose().map_err(|e| bad(format!("{e}")))?;
     let token = match headers.get(TOKEN_HEADER) {
         None => None,
@@ -141,7 +215,7 @@ fn common(query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> 
                 .map_err(|e| bad(e.to_string()))?,
         ),
     };
-    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0) })
+    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller: caller_of(node, headers)? })
 }
 
 fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError> {
@@ -158,7 +232,7 @@ fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError
 async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {
     let request =
         RequestV1 { consistency: common.consistency, causal_token: common.token, timeout_ms: common.timeout_ms, op };
-    node.execute_v1(request).await.map_err(ApiError)
+    node.execute_as(request, &common.caller).await.map_err(ApiError)
 }
 
 fn key_of(namespace: String, key: String) -> Result<Key, ApiError> {
@@ -318,7 +392,7 @@ async fn write(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&query, &headers)?;
+    let common = common(&node, &query, &headers)?;
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
     let op = Operation::Write { key, mutation, idempotency_id: idempotency_id(&headers)? };
     let reply = execute(&node, common, op).await?;
@@ -338,7 +412,7 @@ async fn delete(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&query, &headers)?;
+    let common = common(&node, &query, &headers)?;
     let reply = execute(&node, common, Operation::Delete { key, idempotency_id: idempotency_id(&headers)? }).await?;
     let existed = matches!(reply.body, ReplyBody::Deleted { existed: true });
     Ok(Json(with_token(&reply, json!({"ok": true, "existed": existed}))))
@@ -353,7 +427,7 @@ async fn read(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&query, &headers)?;
+    let common = common(&node, &query, &headers)?;
     if let Some(since) = &query.changes_since {
         let since_heads = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
         let reply = execute(&node, common, Operation::DocChanges { key, since_heads }).await?;
@@ -394,7 +468,7 @@ async fn list_keys(
     let timeout_ms = timeout_ms.map_err(|_| bad("timeout_ms must be a non-negative integer"))?;
     let common_query =
         CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
-    let common = common(&common_query, &headers)?;
+    let common = common(&node, &common_query, &headers)?;
     let op = Operation::ListKeys {
         namespace,
         prefix: query.get("prefix").cloned().unwrap_or_default(),
@@ -410,7 +484,7 @@ async fn list_keys(
 /// The region as this node sees it (`meridian cluster status` as JSON); node ids as strings, since
 /// they are 64-bit and JSON numbers are not.
 async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    let common = common(&CommonQuery::default(), &headers)?;
+    let common = common(&node, &CommonQuery::default(), &headers)?;
     let reply = execute(&node, common, Operation::Cluster(meridian_client::proto::ClusterOp::Status)).await?;
     let ReplyBody::Cluster(report) = &reply.body else { unreachable!("cluster reply") };
     let mut json =
@@ -444,7 +518,7 @@ async fn residency_reply(
     headers: HeaderMap,
     op: meridian_client::proto::ResidencyOp,
 ) -> Result<Json<Json_>, ApiError> {
-    let common = common(&CommonQuery::default(), &headers)?;
+    let common = common(node, &CommonQuery::default(), &headers)?;
     let reply = execute(node, common, Operation::Residency(op)).await?;
     let ReplyBody::Residency(report) = &reply.body else { unreachable!("residency reply") };
     let json =
@@ -452,8 +526,10 @@ async fn residency_reply(
     Ok(Json(json))
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Result<Json<Json_>, ApiError> {
-    let status = node.status().map_err(ApiError)?;
+async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
+    let common = common(&node, &CommonQuery::default(), &headers)?;
+    let reply = execute(&node, common, Operation::Status).await?;
+    let ReplyBody::Status(status) = reply.body else { unreachable!("status reply") };
     Ok(Json(json!({
         "node_id": status.node_id.to_string(),
         "name": status.name,

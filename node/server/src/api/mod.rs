@@ -1,12 +1,15 @@
 //! The api layer: where requests enter the node.
 //!
-//! - [`node`]: the node façade — admission, residency gating, then the region or the replica.
-//! - [`server`]: the QUIC client protocol; [`http`]: the HTTP/JSON API and `/metrics`.
+//! - [`node`]: the node façade — authorization, admission, residency gating, then the region or the
+//!   replica.
+//! - [`server`]: the QUIC client protocol; [`http`]: the HTTP/JSON API and `/metrics`;
+//!   [`http_serve`]: HTTPS, connection cap and timeouts around it.
 //! - [`peer_service`]: answers other nodes' peer requests.
 //! - [`cluster_admin`] and [`residency_admin`]: `meridian cluster …` and `meridian residency …`.
 
 pub mod cluster_admin;
 pub mod http;
+pub mod http_serve;
 pub mod node;
 pub mod peer_service;
 pub mod residency_admin;

@@ -1,18 +1,20 @@
 //! The node façade: admits a client request (shutdown, in-flight limit, timeout, readiness,
 //! residency), then runs it on the region when the node runs in one (routing, replication, quorum
 //! reads) and on the local replica when it runs alone. Whatever surface a request came in by (QUIC,
-//! HTTP, a peer's forward), it goes through [`Node::execute_v1`] or [`Node::execute_forwarded`].
+//! HTTP, a peer's forward), it goes through [`Node::execute_as`] (a client: authorized first) or
+//! [`Node::execute_forwarded`] (a peer's forward, authorized where the client came in).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::proto::{
-    CausalToken, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody, Request, RequestV1,
-    Response,
+    CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody, Request,
+    RequestV1, ResidencyOp, Response,
 };
 use meridian_crdt::{Entry, NodeId, VersionVector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{Auth, Caller};
 use crate::config::Config;
 use crate::layout;
 use crate::region::coordinator::Coordinator;
@@ -111,28 +113,47 @@ impl Node {
         !self.replica.is_shutting_down() && self.coordinator.as_ref().is_none_or(|c| c.cluster().has_joined())
     }
 
-    /// Executes a request frame of any supported version.
-    pub async fn execute(self: &Arc<Self>, request: Request) -> Response {
+    /// Client authentication on this node.
+    pub fn auth(&self) -> &Arc<Auth> {
+        self.replica.auth()
+    }
+
+    /// Executes a client's request frame of any supported version, as `caller`.
+    pub async fn execute(self: &Arc<Self>, request: Request, caller: &Caller) -> Response {
         match request {
-            Request::V1(request) => Response::V1(self.execute_v1(request).await),
+            Request::V1(request) => Response::V1(self.execute_as(request, caller).await),
         }
     }
 
-    /// Executes a version-1 request: admission, timeout, metrics, then the operation.
+    /// Executes a version-1 request of a client: authorization, admission, timeout, metrics, then
+    /// the operation.
+    pub async fn execute_as(self: &Arc<Self>, request: RequestV1, caller: &Caller) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, caller, false).await
+    }
+
+    /// Executes a request in-process with every permission (tests, tools linked into the node).
     pub async fn execute_v1(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
-        self.execute_routed(request, false).await
+        self.execute_routed(request, &Caller::Open, false).await
     }
 
     /// Executes a request another node forwarded here: coordinated here even if this node's view of
     /// placement disagrees (a forward is never forwarded again, so views in flux cannot loop).
     pub async fn execute_forwarded(self: Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
-        self.execute_routed(request, true).await
+        self.execute_routed(request, &Caller::Forwarded, true).await
     }
 
-    async fn execute_routed(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
+    async fn execute_routed(
+        self: &Arc<Self>,
+        request: RequestV1,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<Reply, ErrorReply> {
         let op_name = op_name(&request.op);
         let started = Instant::now();
-        let result = self.admit_and_run(request, forwarded).await;
+        let result = match self.authorize(caller, &request.op) {
+            Ok(()) => self.admit_and_run(request, caller, forwarded).await,
+            Err(refused) => Err(refused),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.name(),
@@ -143,7 +164,18 @@ impl Node {
         result
     }
 
-    async fn admit_and_run(self: &Arc<Self>, request: RequestV1, forwarded: bool) -> Result<Reply, ErrorReply> {
+    /// Whether `caller` may run `op` (a residency rule's namespace decides who administers it).
+    fn authorize(&self, caller: &Caller, op: &Operation) -> Result<(), ErrorReply> {
+        let rules = self.residency().rules();
+        self.auth().authorize(caller, op, |id| rules.rule(id).map(|r| r.spec.namespace.clone()))
+    }
+
+    async fn admit_and_run(
+        self: &Arc<Self>,
+        request: RequestV1,
+        caller: &Caller,
+        forwarded: bool,
+    ) -> Result<Reply, ErrorReply> {
         if self.replica.is_shutting_down() {
             return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
         }
@@ -161,7 +193,7 @@ impl Node {
             0 => limits.request_timeout_ms,
             ms => u64::from(ms).min(limits.request_timeout_ms),
         };
-        let run = self.route_and_run(request, forwarded, permit, Duration::from_millis(timeout_ms));
+        let run = self.route_and_run(request, caller, forwarded, permit, Duration::from_millis(timeout_ms));
         match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
             Ok(result) => result,
             Err(_) => Err(ErrorReply::new(
@@ -176,13 +208,17 @@ impl Node {
     async fn route_and_run(
         self: &Arc<Self>,
         request: RequestV1,
+        caller: &Caller,
         forwarded: bool,
         permit: OwnedSemaphorePermit,
         timeout: Duration,
     ) -> Result<Reply, ErrorReply> {
         if let Some(coordinator) = &self.coordinator {
             if !coordinator.cluster().has_joined()
-                && !matches!(request.op, Operation::Status | Operation::Cluster(_) | Operation::Residency(_))
+                && !matches!(
+                    request.op,
+                    Operation::Status | Operation::Cluster(_) | Operation::Residency(_) | Operation::Auth(_)
+                )
             {
                 return Err(ErrorReply::new(
                     ErrorCode::QuorumUnavailable,
@@ -220,12 +256,17 @@ impl Node {
                 return Ok(coordinator.forward(request, &replicas, timeout).await?);
             }
         }
-        self.run(request, permit).await
+        self.run(request, caller, permit).await
     }
 
     /// Runs one admitted request here. `permit` is its in-flight slot: a write hands it to its own
     /// task, so a write that outlives its request's timeout still counts against the limit.
-    async fn run(self: &Arc<Self>, request: RequestV1, permit: OwnedSemaphorePermit) -> Result<Reply, ErrorReply> {
+    async fn run(
+        self: &Arc<Self>,
+        request: RequestV1,
+        caller: &Caller,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Reply, ErrorReply> {
         let token = request.causal_token.unwrap_or_default();
         match request.op {
             Operation::Write { key, mutation, idempotency_id } => {
@@ -269,13 +310,28 @@ impl Node {
                         "this node runs alone (no [peer] section): it has no region",
                     )
                 })?;
+                if !matches!(op, ClusterOp::Status | ClusterOp::Placement { .. }) {
+                    self.auth().audit_action(caller, &format!("cluster {op:?}"));
+                }
                 let report = crate::api::cluster_admin::cluster_op(coordinator, self.config(), op)?;
                 Ok(Reply { causal_token: token, body: ReplyBody::Cluster(report) })
             }
             Operation::Residency(op) => {
+                if matches!(op, ResidencyOp::Add { .. } | ResidencyOp::Change { .. } | ResidencyOp::Remove { .. }) {
+                    self.auth().audit_action(caller, &format!("residency {op:?}"));
+                }
                 let report =
                     crate::api::residency_admin::residency_op(&self.replica, self.coordinator.as_ref(), op).await?;
                 Ok(Reply { causal_token: token, body: ReplyBody::Residency(Box::new(report)) })
+            }
+            Operation::Auth(op) => {
+                let change = op.is_change();
+                let report = self.auth().run(caller, op)?;
+                if let (true, Some(coordinator)) = (change, &self.coordinator) {
+                    // Spread the change now rather than at the next gossip round (as rule changes).
+                    coordinator.spread_auth();
+                }
+                Ok(Reply { causal_token: token, body: ReplyBody::Auth(Box::new(report)) })
             }
         }
     }
@@ -320,5 +376,6 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Status => "status",
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
+        Operation::Auth(_) => "auth",
     }
 }

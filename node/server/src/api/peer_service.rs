@@ -116,6 +116,16 @@ impl PeerService {
                     .map_err(|source| PeerRefusal::Storage { what: "storing the residency rules", source })?;
                 Ok(PeerReplyV1::Residency { rules: (*self.node.residency().rules()).clone() })
             }
+            PeerMessageV1::Auth { state: crate::auth::state::AuthRecord::V1(theirs) } => {
+                theirs.check_shape().map_err(PeerRefusal::MalformedAuth)?;
+                let auth = self.node.auth().clone();
+                tokio::task::spawn_blocking(move || auth.adopt(&theirs))
+                    .await
+                    .map_err(|e| PeerRefusal::Failed(e.to_string()))?
+                    .map_err(|source| PeerRefusal::Storage { what: "storing the authentication metadata", source })?;
+                let ours = (*self.node.auth().state()).clone();
+                Ok(PeerReplyV1::Auth { state: crate::auth::state::AuthRecord::V1(ours) })
+            }
             PeerMessageV1::Repair { partition, key, state } => {
                 check_partition(partition)?;
                 let mut store = self.store.clone();

@@ -1,17 +1,22 @@
-//! The QUIC server shell of the native client protocol: accept connections (bounded), accept streams
-//! (bounded per connection by QUIC flow control), read one capped frame per stream, execute, answer.
+//! The QUIC server shell of the native client protocol: accept connections (bounded), learn who each
+//! acts as (a client certificate, or a token login on one of its streams), accept streams (bounded
+//! per connection by QUIC flow control), read one capped frame per stream, execute, answer.
 //!
 //! Bad input closes at most the offending stream: an oversized length prefix is answered with
 //! `too_large` without reading the body, an undecodable frame with `bad_request`, and the connection
 //! and every other stream on it carry on.
 
-use meridian_client::proto::{self, ErrorCode, ErrorReply, FrameError, Request, Response};
-use std::sync::Arc;
+use meridian_client::proto::{
+    self, AuthOp, ErrorCode, ErrorReply, FrameError, Operation, Reply, ReplyBody, Request, RequestV1, Response,
+};
+use std::sync::{Arc, RwLock};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::node::Node;
+use crate::auth::Caller;
+use crate::certs::CertIdentity;
 
 /// QUIC application error code sent when the node closes connections at shutdown.
 const CLOSE_SHUTDOWN: u32 = 1;
@@ -59,6 +64,8 @@ pub async fn serve_clients(endpoint: quinn::Endpoint, node: Arc<Node>, shutdown:
 }
 
 async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdown: CancellationToken) {
+    // Who the connection acts as: its certificate's client name, else anonymous until a token login.
+    let caller = Arc::new(RwLock::new(caller_of(&connection, &node)));
     node.track_connection(true);
     metrics::gauge!("meridian_client_connections").increment(1.0);
     let streams = TaskTracker::new();
@@ -69,8 +76,8 @@ async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdo
         };
         match stream {
             Ok((send, recv)) => {
-                let node = node.clone();
-                streams.spawn(serve_stream(send, recv, node));
+                let (node, caller) = (node.clone(), caller.clone());
+                streams.spawn(serve_stream(send, recv, node, caller));
             }
             Err(_) => break,
         }
@@ -81,7 +88,40 @@ async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdo
     metrics::gauge!("meridian_client_connections").decrement(1.0);
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: Arc<Node>) {
+/// Who a new connection acts as: the client named in a certificate the TLS layer verified against
+/// the cluster CA, or anonymous (it may still log in with a token).
+fn caller_of(connection: &quinn::Connection, node: &Node) -> Caller {
+    let auth = node.auth();
+    let Some(chain) = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+    else {
+        return auth.anonymous();
+    };
+    let Some(leaf) = chain.first() else { return auth.anonymous() };
+    match crate::certs::parse_cert_identity(leaf) {
+        Ok(CertIdentity::Client(client)) if client.cluster_id == node.config().cluster_id => {
+            auth.certificate(&client.name)
+        }
+        Ok(other) => {
+            metrics::counter!("meridian_auth_refused_total", "reason" => "certificate_identity").increment(1);
+            tracing::info!(identity = %other.uri(), "a client certificate that names no client of this cluster; treated as anonymous");
+            auth.anonymous()
+        }
+        Err(e) => {
+            metrics::counter!("meridian_auth_refused_total", "reason" => "certificate_identity").increment(1);
+            tracing::info!(error = %e, "a client certificate without a Meridian identity; treated as anonymous");
+            auth.anonymous()
+        }
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    node: Arc<Node>,
+    caller: Arc<RwLock<Caller>>,
+) {
     let max = node.config().limits.max_frame_bytes;
     // A client gets `request_timeout_ms` to deliver its frame: a stalled stream cannot hold its
     // slot (and its partial buffer) for the life of the connection.
@@ -91,7 +131,19 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
         Err(_) => Err(FrameError::Stream("the request frame did not arrive within limits.request_timeout_ms".into())),
     };
     let response = match frame {
-        Ok(request) => node.execute(request).await,
+        // A token login changes who the whole connection acts as.
+        Ok(Request::V1(RequestV1 { op: Operation::Auth(AuthOp::Login { token }), causal_token, .. })) => {
+            let result = node.auth().login(&token).and_then(|who| {
+                let report = node.auth().run(&who, AuthOp::WhoAmI)?;
+                *caller.write().unwrap_or_else(|p| p.into_inner()) = who;
+                Ok(Reply { causal_token: causal_token.unwrap_or_default(), body: ReplyBody::Auth(Box::new(report)) })
+            });
+            Response::V1(result)
+        }
+        Ok(request) => {
+            let who = caller.read().unwrap_or_else(|p| p.into_inner()).clone();
+            node.execute(request, &who).await
+        }
         Err(FrameError::Stream(reason)) => {
             tracing::debug!(%reason, "client stream ended before a full frame");
             let _ = recv.stop(STOP_BAD_FRAME.into());

@@ -18,6 +18,7 @@
 //! | `PushBatch { pushes, relay }` | `Applied` once all are durable | a shipper to another region's entry point |
 //! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
 //! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
+//! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
 //!
 //! Any successful request counts as a heartbeat from its sender.
 
@@ -162,6 +163,12 @@ pub enum PeerMessageV1 {
         /// The rules.
         rules: meridian_replication::residency::RuleSet,
     },
+    /// The sender's authentication metadata (users, grants, hashed tokens): the receiver joins it and
+    /// answers with the join.
+    Auth {
+        /// The metadata.
+        state: crate::auth::state::AuthRecord,
+    },
 }
 
 /// A reply between nodes.
@@ -225,6 +232,11 @@ pub enum PeerReplyV1 {
     Residency {
         /// The rules.
         rules: meridian_replication::residency::RuleSet,
+    },
+    /// The receiver's authentication metadata after the join.
+    Auth {
+        /// The metadata.
+        state: crate::auth::state::AuthRecord,
     },
 }
 
@@ -299,6 +311,9 @@ pub enum PeerRefusal {
     /// The residency rules sent are malformed.
     #[error("refusing malformed residency rules: {0}")]
     MalformedRules(String),
+    /// The authentication metadata sent is malformed.
+    #[error("refusing malformed authentication metadata: {0}")]
+    MalformedAuth(String),
     /// The replicated store refused or failed (a gap, a malformed record, storage).
     #[error(transparent)]
     Store(#[from] SyncStoreError),

@@ -1,4 +1,5 @@
-//! Membership gossip and heartbeats, safe-time reports, and residency rule exchange.
+//! Membership gossip and heartbeats, safe-time reports, and the exchange of residency rules and
+//! authentication metadata.
 //!
 //! Every `gossip_interval_ms` the node sends its membership to every other member it knows (a
 //! region is tens of nodes at most, so all-to-all stays cheap) and to its seeds; each answer is the
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::state::AuthRecord;
 use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerReplyV1};
 use crate::peer::PeerPool;
 use crate::region::cluster::Cluster;
@@ -77,6 +79,10 @@ pub async fn gossip(
         if round % 4 == 1 {
             exchange_rules(&replica, &cluster, &pool, interval * 4).await;
         }
+        // Authentication metadata likewise, two rounds later (a join: order does not matter).
+        if round % 4 == 3 {
+            exchange_auth(&replica, &cluster, &pool, interval * 4).await;
+        }
         let members = cluster.members();
         for liveness in ["alive", "suspect", "dead", "unknown"] {
             let count = members.iter().filter(|m| m.liveness == liveness).count();
@@ -105,6 +111,28 @@ pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<Pee
             let residency = replica.residency().clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || residency.adopt(&rules)).await {
                 tracing::warn!(error = %e, "could not store newer residency rules");
+            }
+        }
+    }
+}
+
+/// Sends this node's authentication metadata to every known peer and joins what they answer with.
+pub async fn exchange_auth(replica: &Replica, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    let state = AuthRecord::V1((*replica.auth().state()).clone());
+    let request = encode_request(cluster.local(), PeerMessageV1::Auth { state });
+    let exchanges = cluster.peers().into_iter().map(|(_, addr)| {
+        let (pool, request) = (pool.clone(), request.clone());
+        async move { pool.request(addr, None, request, timeout).await }
+    });
+    for answer in futures::future::join_all(exchanges).await {
+        if let Ok(Ok(PeerReplyV1::Auth { state: AuthRecord::V1(theirs) })) = answer.map(|bytes| decode_reply(&bytes)) {
+            if let Err(e) = theirs.check_shape() {
+                tracing::warn!(error = %e, "a peer answered with malformed authentication metadata; ignored");
+                continue;
+            }
+            let auth = replica.auth().clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || auth.adopt(&theirs)).await {
+                tracing::warn!(error = %e, "could not store newer authentication metadata");
             }
         }
     }

@@ -46,6 +46,7 @@ use meridian_crdt::{Entry, Hlc, HlcClock, NodeId, VersionVector};
 use meridian_replication::SafeReport;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::error::Error;
 use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
@@ -92,6 +93,8 @@ pub struct Replica {
     writes: tokio_util::task::TaskTracker,
     /// Data-residency rules and decisions.
     residency: Arc<Residency>,
+    /// Client authentication: settings, and the cluster's users, grants and tokens.
+    auth: Arc<Auth>,
     origin_names: OnceLock<OriginNames>,
 }
 
@@ -127,6 +130,13 @@ impl Replica {
         // logs its decisions to tracing only.
         let audit = config.data_dir.is_dir().then(|| config.data_dir.join("audit.log"));
         let residency = Arc::new(Residency::open(engine.clone(), &config.region, &config.node_name, audit)?);
+        let auth = Arc::new(Auth::open(
+            engine.clone(),
+            config.auth.enabled,
+            config.auth.admins.clone(),
+            id.0,
+            residency.shared_audit(),
+        )?);
         let committer = GroupCommitter::start(engine.clone(), id, last_seqs, COMMIT_QUEUE_DEPTH, COMMIT_MAX_GROUP);
         let writer = Arc::new(Writer::new(committer));
         let visible = watch::channel(frontier).0;
@@ -139,6 +149,7 @@ impl Replica {
         Ok(Arc::new(Replica {
             sync_store: EngineSyncStore::live(engine.clone(), id, live),
             residency,
+            auth,
             clock: Mutex::new(clock),
             visible,
             safe_times,
@@ -157,6 +168,11 @@ impl Replica {
     /// The node's data-residency rules and decisions.
     pub fn residency(&self) -> &Arc<Residency> {
         &self.residency
+    }
+
+    /// Client authentication on this node.
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
     }
 
     /// This node's replica id.

@@ -139,7 +139,7 @@ pub struct Residency {
     node: String,
     engine: Arc<dyn Engine>,
     rules: RwLock<Arc<RuleSet>>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     counters: Counters,
     changes: Mutex<Vec<Job>>,
     /// Per (rule, partition): the version vector of a source whose states of the rule's keys this
@@ -194,7 +194,7 @@ impl Residency {
             node: node.to_string(),
             engine,
             rules: RwLock::new(Arc::new(rules)),
-            audit: AuditLog::open(audit),
+            audit: Arc::new(AuditLog::open(audit)),
             counters: Counters::default(),
             changes: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
@@ -257,6 +257,11 @@ impl Residency {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The audit log, shared (the authentication policy writes to the same file).
+    pub fn shared_audit(&self) -> Arc<AuditLog> {
+        self.audit.clone()
     }
 
     /// The rule governing `data_key`, if any.

@@ -145,6 +145,15 @@ impl Coordinator {
         &self.pool
     }
 
+    /// Sends this node's authentication metadata to every peer now (after an admin changed it), in
+    /// the background; gossip repeats it anyway.
+    pub fn spread_auth(&self) {
+        let (replica, cluster, pool) = (self.replica.clone(), self.cluster.clone(), self.pool.clone());
+        tokio::spawn(async move {
+            crate::region::gossip::exchange_auth(&replica, &cluster, &pool, std::time::Duration::from_secs(2)).await;
+        });
+    }
+
     /// The anti-entropy threads.
     pub fn sync_threads(&self) -> &Arc<SyncThreads> {
         &self.sync_threads
