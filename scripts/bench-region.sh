@@ -150,7 +150,8 @@ for level in eventual local_quorum; do
   echo
   echo "== meridian bench --external, $level, clients over $endpoints"
   run_bench "$tmp/meridian-$level.txt" "$meridian" bench --external --endpoints "$endpoints" \
-    --ca-cert "$tmp/region/certs/ca.crt" --consistency "$level" --skip-baseline \
+    --ca-cert "$tmp/region/certs/ca.crt" --cert "$tmp/region/certs/admin.crt" --key "$tmp/region/certs/admin.key" \
+    --consistency "$level" --skip-baseline \
     --clients "$clients" --ops "$ops" --value-bytes "$value_bytes"
 done
 echo

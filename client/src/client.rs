@@ -379,6 +379,7 @@ impl Client {
             max_retries: 0,
             default_consistency: None,
             max_frame_bytes: crate::proto::DEFAULT_MAX_FRAME_BYTES,
+            token: None,
         };
         Client::from_transport(Arc::new(Transport::new(config)))
     }

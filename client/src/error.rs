@@ -156,6 +156,8 @@ mod tests {
             ErrorCode::Unsupported,
             ErrorCode::Internal,
             ErrorCode::ResidencyRefused,
+            ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied,
         ] {
             assert!(!server(code).is_retryable(), "{code:?}");
         }

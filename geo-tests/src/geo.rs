@@ -43,7 +43,6 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use meridian_client::{Client, ClusterOp, ClusterReport, Consistency};
 use meridian_wan::plan::{GeoPlan, LinkPlan};
-use meridian_wan::probe::probe_ready;
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -389,8 +388,9 @@ impl Geo {
         let name = &self.procs.node(i).name;
         let http = self.plan.nodes().nth(i).map(|(_, n)| n.http_addr).expect("a planned node");
         let deadline = Instant::now() + READY_TIMEOUT;
+        let probe = meridian_wan::plan::admin_http(&self.plan.ca_cert)?;
         loop {
-            if probe_ready(http).await {
+            if probe.ready(http).await {
                 return Ok(());
             }
             if !self.procs.is_running(i) {
@@ -398,7 +398,7 @@ impl Geo {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{name} was not ready within {} s (GET http://{http}/readyz); its log ends with:\n{}",
+                    "{name} was not ready within {} s (GET https://{http}/readyz); its log ends with:\n{}",
                     READY_TIMEOUT.as_secs(),
                     self.log_tail(name, 20)
                 );

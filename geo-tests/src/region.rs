@@ -561,12 +561,14 @@ pub(crate) fn holds_no_hints(report: &ClusterReport) -> Result<(), String> {
     }
 }
 
-/// A connected client of one node only (no failover), trusting `ca_cert`, with `timeout` per
-/// attempt and no retries.
+/// A connected client of one node only (no failover), trusting `ca_cert` and authenticating as the
+/// cluster's admin (the client certificate beside it), with `timeout` per attempt and no retries.
 pub(crate) async fn connect(name: &str, addr: SocketAddr, ca_cert: &Path, timeout: Duration) -> anyhow::Result<Client> {
+    let (cert, key) = meridian_wan::plan::admin_credentials(ca_cert);
     Client::builder()
         .endpoint(addr.to_string())
         .ca_cert_file(ca_cert)
+        .client_cert_files(cert, key)
         .max_retries(0)
         .timeout(timeout)
         .connect()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use meridian_client::{Error, ResidencyOp, ResidencyReport, RuleSpec};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use meridian_wan::plan::admin_credentials;
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -85,7 +85,7 @@ fn with_newline(s: &str) -> String {
     }
 }
 
-/// Runs `meridian --endpoint <node's client address> --ca-cert <cluster CA> ARGS…` (bounded by
+/// Runs `meridian --endpoint <node's client address> --ca-cert <cluster CA> --cert/--key <the admin's> ARGS…` (bounded by
 /// [`CLI_TIMEOUT`]; the test's `MERIDIAN_*` variables removed).
 pub async fn cli(geo: &Geo, node: &str, args: &[&str]) -> anyhow::Result<CliOutput> {
     let plan = node_plan(geo, node)?;
@@ -96,6 +96,12 @@ pub async fn cli(geo: &Geo, node: &str, args: &[&str]) -> anyhow::Result<CliOutp
         .arg(plan.client_addr.to_string())
         .arg("--ca-cert")
         .arg(&geo.plan().ca_cert)
+        .args(
+            ["--cert", "--key"]
+                .into_iter()
+                .zip(<[PathBuf; 2]>::from(admin_credentials(&geo.plan().ca_cert)))
+                .flat_map(|(flag, path)| [flag.into(), path.into_os_string()]),
+        )
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -394,26 +400,10 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `GET path` over plain HTTP/1.1 to `addr`: the status code and the body (bounded by 10 s).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no HTTP status line in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        anyhow::Ok((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("GET http://{addr}{path}: no answer within 10 s"))?
+/// `GET path` to node `addr` of `geo` over HTTPS as the cluster's admin: the status code and the
+/// body (bounded by 10 s).
+pub async fn http_get(geo: &Geo, addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    meridian_wan::plan::admin_http(&geo.plan().ca_cert)?.get(addr, path).await
 }
 
 #[cfg(test)]

@@ -569,10 +569,10 @@ async fn check_strict(geo: &Geo, id: u32, rng: &mut StdRng, problems: &mut Vec<S
                 problems,
             );
             let http = res::node_plan(geo, &node)?.http_addr;
-            match res::http_get(http, &format!("/v1/kv/{key}")).await {
+            match res::http_get(geo, http, &format!("/v1/kv/{key}")).await {
                 Ok((403, body)) if body.contains(&format!("rule {id}")) => {}
                 Ok((status, body)) => problems.push(format!(
-                    "strict rule {id}: GET http://{http}/v1/kv/{key} at {node} ({region}) answered {status} {body:?}, \
+                    "strict rule {id}: GET https://{http}/v1/kv/{key} at {node} ({region}) answered {status} {body:?}, \
                      expected 403 naming `rule {id}`"
                 )),
                 Err(e) => problems.push(format!("strict rule {id}: GET at {node}: {e:#}")),
@@ -1010,7 +1010,7 @@ async fn strict_rule_refuses_outside_its_regions() {
             }
             other.close().await;
             let http = res::node_plan(geo, &eu)?.http_addr;
-            let (status, body) = res::http_get(http, &format!("/v1/kv/{key}")).await?;
+            let (status, body) = res::http_get(geo, http, &format!("/v1/kv/{key}")).await?;
             if status != 403 || !body.contains(&format!("rule {id}")) {
                 problems.push(format!("GET /v1/kv/{key} at {eu}: {status} {body:?}, expected 403 naming `rule {id}`"));
             }

@@ -35,6 +35,9 @@ pub struct BenchOptions {
     pub consistency: Consistency,
     /// Their certificate or CA (with `endpoints`).
     pub ca_cert: Option<PathBuf>,
+    /// A client certificate and key to authenticate with (with `endpoints`, for nodes with
+    /// authentication on).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Durability of the in-process node and of the raw baseline.
     pub durability: Durability,
     /// Skip the raw RocksDB baseline.
@@ -158,13 +161,14 @@ where
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..options.clients {
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .endpoint(endpoints[worker % endpoints.len()].to_string())
             .ca_cert_file(ca_cert)
-            .max_retries(0)
-            .connect()
-            .await
-            .context("connecting a benchmark client")?;
+            .max_retries(0);
+        if let Some((cert, key)) = &options.client_cert {
+            builder = builder.client_cert_files(cert, key);
+        }
+        let client = builder.connect().await.context("connecting a benchmark client")?;
         let op = op.clone();
         let bar = bar.clone();
         let ops = options.ops_per_client;

@@ -281,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 consistency: cli.conn.consistency.unwrap_or(meridian_client::Consistency::Eventual),
                 ca_cert: external.then(|| cli.conn.ca_cert.clone()),
+                client_cert: cli.conn.cert.clone().zip(cli.conn.key.clone()).filter(|_| external),
                 durability: if relaxed {
                     meridian_server::storage::Durability::Relaxed
                 } else {

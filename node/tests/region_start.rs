@@ -68,7 +68,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// The CLI as the region's admin (the client certificate `region init` wrote beside the CA).
 async fn cli(plan: &RegionPlan, node: usize, args: &[&str]) -> (bool, String, String) {
+    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
+    let credentials = ["--cert".into(), cert.into_os_string(), "--key".into(), key.into_os_string()];
+    cli_as(plan, node, &credentials, args).await
+}
+
+/// The CLI with the given credential flags (none: anonymous).
+async fn cli_as(
+    plan: &RegionPlan,
+    node: usize,
+    credentials: &[std::ffi::OsString],
+    args: &[&str],
+) -> (bool, String, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         Command::new(env!("CARGO_BIN_EXE_meridian"))
@@ -76,8 +89,12 @@ async fn cli(plan: &RegionPlan, node: usize, args: &[&str]) -> (bool, String, St
             .arg(plan.nodes[node].client_addr.to_string())
             .arg("--ca-cert")
             .arg(&plan.ca_cert)
+            .args(credentials)
             .args(args)
             .env_remove("MERIDIAN_ENDPOINT")
+            .env_remove("MERIDIAN_CLIENT_CERT")
+            .env_remove("MERIDIAN_CLIENT_KEY")
+            .env_remove("MERIDIAN_AUTH_TOKEN")
             .env_remove("MERIDIAN_CA_CERT")
             .env("MERIDIAN_LOG", "warn")
             .kill_on_drop(true)
@@ -149,6 +166,10 @@ async fn region_start_runs_three_nodes_and_sigterm_stops_them_all() {
         cleanup.nodes.push(pid);
     }
     assert!(output.contains(&format!("--endpoint {} --ca-cert", plan.nodes[0].client_addr)), "{output}");
+
+    // Authentication is on: without credentials the node refuses, naming what is missing.
+    let (ok, _, stderr) = cli_as(&plan, 1, &[], &["get", "demo/greeting"]).await;
+    assert!(!ok && stderr.contains("unauthenticated"), "an anonymous CLI was not refused: {stderr}");
 
     // The real CLI, through node 2, trusting only the region's CA.
     let (ok, stdout, stderr) = cli(&plan, 1, &["put", "demo/greeting", "hello"]).await;

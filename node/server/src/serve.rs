@@ -102,6 +102,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
 /// replica, then the region over it (when `peer.listen` is set), then the node façade over both,
 /// then the surfaces that call the façade.
 pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyhow::Result<RunningNode> {
+    // `Config::load` validates too; a config built in code (tests, tools) gets the same checks.
+    config.validate()?;
     crate::metrics_export::prometheus();
     let tls = crate::tls::ensure_certificate(&config)?;
     let server_config = crate::tls::client_server_config(&tls, &config)?;
@@ -123,14 +125,13 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         serve_peers(region, &node, &tasks, &shutdown);
     }
     tasks.spawn(crate::api::server::serve_clients(endpoint, node.clone(), shutdown.clone()));
-    let app = crate::api::http::router(node.clone());
-    let http_tls = if config.plain_http() { None } else { Some(crate::tls::http_server_config(&tls)?) };
+    let http_tls = if config.plain_http() { None } else { Some(crate::tls::http_server_config(&tls, &config)?) };
     let http_https = http_tls.is_some();
     let bounds = HttpBounds {
         max_connections: config.limits.max_http_connections,
         header_timeout: Duration::from_millis(config.limits.http_header_timeout_ms),
     };
-    tasks.spawn(serve_http(listener, app, http_tls, bounds, shutdown.clone()));
+    tasks.spawn(serve_http(listener, node.clone(), http_tls, bounds, shutdown.clone()));
     if durability_is_relaxed(&config) {
         tasks.spawn(sync_wal_periodically(
             replica.clone(),

@@ -87,18 +87,8 @@ pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?;
-    let builder = match config.auth.client_ca(&config.peer).filter(|_| config.auth.enabled) {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs(ca)? {
-                roots.add(cert).with_context(|| format!("trusting the client CA {}", ca.display()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .context("the client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
+    let builder = match client_verifier(config, provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut tls = builder
@@ -118,14 +108,36 @@ pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result
     Ok(server)
 }
 
-/// The rustls config of the HTTPS API: the node's certificate, TLS 1.2 and 1.3, HTTP/1.1 (clients
-/// authenticate with bearer tokens, not certificates).
-pub fn http_server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// With authentication on: a verifier that accepts client certificates from the cluster CA
+/// (`auth.client_ca`, default `peer.ca`) and clients without one (they may present a token).
+fn client_verifier(
+    config: &Config,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+    let Some(ca) = config.auth.client_ca(&config.peer).filter(|_| config.auth.enabled) else { return Ok(None) };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca)? {
+        roots.add(cert).with_context(|| format!("trusting the client CA {}", ca.display()))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .context("the client certificate verifier")?;
+    Ok(Some(verifier))
+}
+
+/// The rustls config of the HTTPS API: the node's certificate, TLS 1.2 and 1.3, HTTP/1.1; clients
+/// authenticate with a bearer token or, as on QUIC, a client certificate from the cluster CA.
+pub fn http_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS with ring")?
-        .with_no_client_auth()
+        .context("TLS with ring")?;
+    let builder = match client_verifier(config, provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
         .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
         .context("the certificate does not match its key")?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -268,7 +268,8 @@ impl GeoCluster {
         local_region::check_ports_free(&nodes, "Is another bench-geo or demo running? (Use --base-port P.)")?;
         let links = demo::start_links(&plan)?;
         let mut supervisor = Supervisor::spawn(&nodes).await?;
-        if let Err(e) = supervisor.wait_ready(Duration::from_secs(60)).await {
+        let http = meridian_wan::plan::admin_http(&plan.ca_cert)?;
+        if let Err(e) = supervisor.wait_ready(Duration::from_secs(60), &http).await {
             supervisor.stop_all().await;
             return Err(e);
         }
@@ -321,8 +322,7 @@ impl GeoCluster {
     /// One client preferring node `first` of `region`.
     pub async fn client_to(&self, region: usize, first: usize) -> anyhow::Result<Client> {
         let nodes = &self.plan.regions[region].nodes;
-        let mut builder = Client::builder()
-            .ca_cert_file(&self.plan.ca_cert)
+        let mut builder = crate::demo::admin_client(&self.plan.ca_cert)
             .timeout(Duration::from_secs(5))
             .max_retries(1)
             .default_consistency(Consistency::Eventual);
@@ -337,8 +337,7 @@ impl GeoCluster {
 
     /// One client to exactly `node` (no failover), for per-node status.
     pub async fn node_client(&self, node: &NodePlan) -> anyhow::Result<Client> {
-        let builder = Client::builder()
-            .ca_cert_file(&self.plan.ca_cert)
+        let builder = crate::demo::admin_client(&self.plan.ca_cert)
             .timeout(Duration::from_secs(5))
             .max_retries(1)
             .endpoint(node.client_addr.to_string());

@@ -231,6 +231,13 @@ fn check_options(options: &DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client builder trusting the cluster CA and authenticating as the cluster's admin (the client
+/// certificate `init` writes beside the CA): how the demo, its workload and `bench-geo` connect.
+pub fn admin_client(ca_cert: &Path) -> meridian_client::ClientBuilder {
+    let (cert, key) = meridian_wan::plan::admin_credentials(ca_cert);
+    meridian_client::Client::builder().ca_cert_file(ca_cert).client_cert_files(cert, key)
+}
+
 /// Writes the cluster described by `options` under `dir` (see the module docs) and returns its plan.
 pub fn init(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoPlan> {
     check_options(options)?;

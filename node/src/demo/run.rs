@@ -140,7 +140,9 @@ async fn exercise(
     signals: &mut StopSignals,
     started: Instant,
 ) -> anyhow::Result<Phase<()>> {
-    let ready = unless_stopped(signals, supervisor.wait_ready(Duration::from_secs(args.ready_timeout_secs))).await;
+    let http = meridian_wan::plan::admin_http(&plan.ca_cert)?;
+    let ready =
+        unless_stopped(signals, supervisor.wait_ready(Duration::from_secs(args.ready_timeout_secs), &http)).await;
     match ready {
         Phase::Done(ready) => ready?,
         Phase::Stopped(signal) => return Ok(Phase::Stopped(signal)),
@@ -223,9 +225,8 @@ pub(crate) async fn wait_for_members(plan: &GeoPlan, timeout: Duration) -> Resul
         let mut missing = String::new();
         for (i, (_, node)) in plan.nodes().enumerate() {
             if clients[i].is_none() {
-                let connecting = Client::builder()
+                let connecting = crate::demo::admin_client(&plan.ca_cert)
                     .endpoint(node.client_addr.to_string())
-                    .ca_cert_file(&plan.ca_cert)
                     .timeout(Duration::from_secs(1))
                     .max_retries(0)
                     .connect();
@@ -294,7 +295,11 @@ fn stays_up(plan: &GeoPlan) -> String {
     let second = plan.regions.get(1).unwrap_or(first);
     let third = plan.regions.get(2).unwrap_or(second);
     let (a, b, c) = (&first.nodes[0], &second.nodes[0], &third.nodes[0]);
-    let mut out = String::from("the cluster stays up. Try, from another terminal:\n");
+    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
+    let (cert, key) = (local_region::quote(&cert), local_region::quote(&key));
+    let mut out = String::from("the cluster stays up. Authentication is on; act as its admin from another terminal:\n");
+    let _ = writeln!(out, "  export MERIDIAN_CLIENT_CERT={cert} MERIDIAN_CLIENT_KEY={key}");
+    let _ = writeln!(out, "then try:");
     let _ = writeln!(
         out,
         "  {program} --endpoint {} --ca-cert {ca} --consistency causal --show-token put demo/greeting hello\n\
@@ -311,7 +316,12 @@ fn stays_up(plan: &GeoPlan) -> String {
         writeln!(out, "  {program} --endpoint {} --ca-cert {ca} --consistency quorum get demo/greeting", b.client_addr);
     let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} status", c.client_addr);
     let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} cluster status", c.client_addr);
-    let _ = writeln!(out, "  curl http://{}/v1/cluster", b.http_addr);
+    let _ = writeln!(out, "  curl --cacert {ca} --cert {cert} --key {key} https://{}/v1/cluster", b.http_addr);
+    let _ = writeln!(
+        out,
+        "  {program} --ca-cert {ca} --endpoint {} auth user add app    # users, roles, tokens: docs/security.md",
+        a.client_addr
+    );
     let _ = writeln!(out, "  (or export MERIDIAN_CA_CERT={ca} MERIDIAN_ENDPOINT={})", a.client_addr);
     let _ = writeln!(out, "press Ctrl-C (or send SIGTERM to pid {}) to stop every node and link", std::process::id());
     out

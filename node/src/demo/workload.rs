@@ -119,8 +119,7 @@ pub async fn connect(plan: &GeoPlan, timeout: Duration) -> anyhow::Result<Vec<Ve
     for region in &plan.regions {
         let mut clients = Vec::new();
         for first in 0..region.nodes.len() {
-            let mut builder =
-                Client::builder().ca_cert_file(&plan.ca_cert).timeout(Duration::from_secs(2)).max_retries(1);
+            let mut builder = crate::demo::admin_client(&plan.ca_cert).timeout(Duration::from_secs(2)).max_retries(1);
             for i in 0..region.nodes.len() {
                 builder = builder.endpoint(region.nodes[(first + i) % region.nodes.len()].client_addr.to_string());
             }

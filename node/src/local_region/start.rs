@@ -41,8 +41,9 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
     )?;
 
     let mut supervisor = Supervisor::spawn(&plan.nodes).await?;
+    let http = meridian_wan::plan::admin_http(&plan.ca_cert)?;
     let ready = tokio::select! {
-        ready = supervisor.wait_ready(ready_timeout) => ready,
+        ready = supervisor.wait_ready(ready_timeout, &http) => ready,
         signal = signals.recv() => Err(anyhow::anyhow!("received {signal} while the nodes were starting")),
     };
     if let Err(e) = ready {
@@ -79,7 +80,11 @@ fn try_commands(plan: &RegionPlan) -> String {
     let ca = quote(&plan.ca_cert);
     let first = &plan.nodes[0];
     let other = plan.nodes.get(1).unwrap_or(first);
-    let mut out = String::from("Try:\n");
+    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
+    let (cert, key) = (quote(&cert), quote(&key));
+    let mut out = String::from("Authentication is on; act as the region's admin:\n");
+    let _ = writeln!(out, "  export MERIDIAN_CLIENT_CERT={cert} MERIDIAN_CLIENT_KEY={key}");
+    let _ = writeln!(out, "Try:");
     let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} put demo/greeting hello", first.client_addr);
     let _ = writeln!(
         out,
@@ -88,7 +93,8 @@ fn try_commands(plan: &RegionPlan) -> String {
         if plan.nodes.len() > 1 { "    # through another node, a moment later" } else { "" }
     );
     let _ = writeln!(out, "  {program} --endpoint {} --ca-cert {ca} status", other.client_addr);
-    let _ = writeln!(out, "  curl http://{}/v1/kv/demo/greeting", first.http_addr);
+    let _ =
+        writeln!(out, "  curl --cacert {ca} --cert {cert} --key {key} https://{}/v1/kv/demo/greeting", first.http_addr);
     let _ = writeln!(out, "  (or export MERIDIAN_CA_CERT={ca} MERIDIAN_ENDPOINT={})", first.client_addr);
     out
 }

@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use meridian_wan::probe::probe_ready;
+use meridian_wan::probe::NodeHttp;
 
 use super::{NodePlan, STOP_GRACE};
 
@@ -100,7 +100,7 @@ impl Supervisor {
 
     /// Waits until every node answers `GET /readyz` with 200, failing if one exits first or
     /// `timeout` passes (the error names the node and quotes its log).
-    pub(crate) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self, timeout: Duration, http: &NodeHttp) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut ready = vec![false; self.running.len()];
         loop {
@@ -117,7 +117,7 @@ impl Supervisor {
                         log_tail(&r.node.log)
                     );
                 }
-                ready[i] = probe_ready(r.node.http_addr).await;
+                ready[i] = http.ready(r.node.http_addr).await;
             }
             if ready.iter().all(|&r| r) {
                 return Ok(());
@@ -125,9 +125,10 @@ impl Supervisor {
             if tokio::time::Instant::now() >= deadline {
                 let r = &self.running[ready.iter().position(|&r| !r).expect("one is not ready")];
                 bail!(
-                    "{} was not ready within {} s (GET http://{}/readyz); see {}{}",
+                    "{} was not ready within {} s (GET {}://{}/readyz); see {}{}",
                     r.node.name,
                     timeout.as_secs(),
+                    http.scheme(),
                     r.node.http_addr,
                     r.node.log.display(),
                     log_tail(&r.node.log)

@@ -7,15 +7,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use meridian_server::certs::{self, NodeIdentity};
-use meridian_server::config::{Config, ListenConfig, PeerConfig, TlsConfig};
+use meridian_server::config::{AuthConfig, Config, ListenConfig, PeerConfig, TlsConfig};
+use meridian_wan::plan::{ADMIN_CERT_FILE, ADMIN_KEY_FILE, ADMIN_NAME};
 
 use super::{quote, NodePlan, CONFIG_FILE, LOG_FILE};
 
 /// Creates `DIR/certs/` with a fresh CA for `cluster_id` (`ca.crt`, `ca.key`; replaced only with
-/// `force`). Returns the CA and its certificate's path.
+/// `force`) and the cluster's admin client certificate (`admin.crt`, `admin.key`: the principal
+/// every node's `auth.admins` names). Returns the CA and its certificate's path.
 pub(crate) fn write_ca(dir: &Path, cluster_id: &str, force: bool) -> anyhow::Result<(certs::CaBundle, PathBuf)> {
     let ca = certs::generate_ca(cluster_id)?;
-    let (ca_cert, _) = ca.write(&dir.join("certs"), force)?;
+    let certs_dir = dir.join("certs");
+    let (ca_cert, _) = ca.write(&certs_dir, force)?;
+    let admin = certs::ClientIdentity { cluster_id: cluster_id.to_string(), name: ADMIN_NAME.to_string() };
+    let (cert_pem, key_pem) = certs::issue_client_cert(&ca, &admin)?;
+    certs::write_pair(&certs_dir, ADMIN_CERT_FILE, &cert_pem, ADMIN_KEY_FILE, &key_pem, force)?;
     Ok((ca, ca_cert))
 }
 
@@ -97,6 +103,9 @@ pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
             dial_via: setup.dial_via,
             ..PeerConfig::default()
         },
+        // On, as for every cluster Meridian makes: clients present the cluster's client
+        // certificates (the admin's is beside the CA) or bearer tokens; HTTP is served over TLS.
+        auth: AuthConfig { enabled: true, admins: vec![ADMIN_NAME.to_string()], ..AuthConfig::default() },
         ..defaults
     };
     config.validate().with_context(|| format!("the configuration of {name}"))?;

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`relay`] | a user-space UDP relay emulating a WAN link (delay, jitter, loss, one- and two-way partitions) |
 //! | [`plan`] | the cluster plan `meridian demo init` writes (`DIR/cluster.json`: regions, nodes, links) and [`NodePlan`](plan::NodePlan), also used by `region.json` |
-//! | [`probe`] | [`probe_ready`](probe::probe_ready): does a node's `GET /readyz` answer 200 |
+//! | [`probe`] | [`NodeHttp`](probe::NodeHttp): HTTP(S) GETs to a node — is it ready, what does the API answer |
 
 pub mod plan;
 pub mod probe;

@@ -17,6 +17,26 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// The cluster's admin client certificate, beside the CA certificate (`DIR/certs/`): a client
+/// certificate named `admin`, which every node's `auth.admins` lists. Tools and tests that run the
+/// cluster use it; operators use it to make their own users and tokens (`meridian auth`).
+pub const ADMIN_CERT_FILE: &str = "admin.crt";
+/// The admin client certificate's key (see [`ADMIN_CERT_FILE`]).
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// The admin principal's name.
+pub const ADMIN_NAME: &str = "admin";
+
+/// The admin client certificate and key of the cluster whose CA certificate is `ca_cert`.
+pub fn admin_credentials(ca_cert: &Path) -> (PathBuf, PathBuf) {
+    (ca_cert.with_file_name(ADMIN_CERT_FILE), ca_cert.with_file_name(ADMIN_KEY_FILE))
+}
+
+/// HTTPS to the nodes of the cluster whose CA certificate is `ca_cert`, as its admin.
+pub fn admin_http(ca_cert: &Path) -> anyhow::Result<crate::probe::NodeHttp> {
+    let (cert, key) = admin_credentials(ca_cert);
+    crate::probe::NodeHttp::tls(ca_cert, Some((&cert, &key)))
+}
+
 /// The plan's file name inside the cluster directory.
 pub const GEO_PLAN_FILE: &str = "cluster.json";
 

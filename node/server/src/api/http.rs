@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use meridian_client::proto::{
     AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody, RequestV1,
@@ -34,9 +34,8 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().limits.max_frame_bytes;
     let max_inflight = node.config().limits.max_inflight_requests;
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+    // Everything but the probes learns who it acts as first (a bad bearer token is refused here).
+    let authenticated = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/auth", get(auth_list))
@@ -46,6 +45,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/residency/explain/{namespace}/{*key}", get(residency_explain))
         .route("/v1/keys/{namespace}", get(list_keys))
         .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
+        .route_layer(axum::middleware::from_fn_with_state(node.clone(), authenticate));
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(authenticated)
         .fallback(|| async { ApiError(ErrorReply::new(ErrorCode::BadRequest, "no such endpoint; see docs/api.md")) })
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -143,8 +147,8 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<String, ApiError> {
-    if node.config().auth.metrics_require_token && caller_of(&node, &headers)?.principal().is_none() {
+async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Caller>) -> Result<String, ApiError> {
+    if node.config().auth.metrics_require_token && caller.principal().is_none() {
         let error =
             ErrorReply::new(ErrorCode::Unauthenticated, "/metrics needs a bearer token (auth.metrics_require_token)");
         return Err(ApiError(error));
@@ -157,17 +161,25 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<St
 }
 
 /// `GET /v1/auth/whoami`: who the request acts as and its roles.
-async fn whoami(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    auth_reply(&node, headers, AuthOp::WhoAmI).await
+async fn whoami(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    auth_reply(&node, caller, headers, AuthOp::WhoAmI).await
 }
 
 /// `GET /v1/auth`: users, grants and tokens without secrets (admin on `*`).
-async fn auth_list(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    auth_reply(&node, headers, AuthOp::List).await
+async fn auth_list(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    auth_reply(&node, caller, headers, AuthOp::List).await
 }
 
-async fn auth_reply(node: &Arc<Node>, headers: HeaderMap, op: AuthOp) -> Result<Json<Json_>, ApiError> {
-    let common = common(node.as_ref(), &CommonQuery::default(), &headers)?;
+async fn auth_reply(node: &Arc<Node>, caller: Caller, headers: HeaderMap, op: AuthOp) -> Result<Json<Json_>, ApiError> {
+    let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(node, common, Operation::Auth(op)).await?;
     let ReplyBody::Auth(report) = &reply.body else { unreachable!("auth reply") };
     let json =
@@ -191,10 +203,33 @@ struct Common {
     caller: Caller,
 }
 
-/// Who a request acts as: the user of its bearer token, else anonymous (refused where it matters
-/// when authentication is on).
-fn caller_of(node: &Node, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(node.auth().anonymous()) };
+/// Who an HTTPS connection acts as: the client named in its certificate, if it presented one from
+/// the cluster CA (set by `crate::api::http_serve` on every request of the connection).
+#[derive(Clone, Debug)]
+pub struct ConnectionCaller(pub Caller);
+
+/// Learns who a request acts as — the user of its bearer token, else its connection's certificate,
+/// else anonymous — and hands it to the handler; a bad token is refused here, `401`.
+async fn authenticate(
+    State(node): State<Arc<Node>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = match request.headers().get(axum::http::header::AUTHORIZATION) {
+        Some(value) => match bearer(&node, value) {
+            Ok(caller) => caller,
+            Err(refused) => return refused.into_response(),
+        },
+        None => match request.extensions().get::<ConnectionCaller>() {
+            Some(ConnectionCaller(caller)) => caller.clone(),
+            None => node.auth().anonymous(),
+        },
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+fn bearer(node: &Node, value: &axum::http::HeaderValue) -> Result<Caller, ApiError> {
     let unauthenticated = |message: &str| ApiError(ErrorReply::new(ErrorCode::Unauthenticated, message));
     let value = value.to_str().map_err(|_| unauthenticated("the Authorization header is not ASCII"))?;
     let token = value
@@ -203,7 +238,7 @@ fn caller_of(node: &Node, headers: &HeaderMap) -> Result<Caller, ApiError> {
     node.auth().login(token.trim()).map_err(ApiError)
 }
 
-fn common(node: &Node, query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> {
+fn common(caller: Caller, query: &CommonQuery, headers: &HeaderMap) -> Result<Common, ApiError> {
     let consistency = query.consistency.as_deref().map(str::parse).transpose().map_err(|e| bad(format!("{e}")))?;
     let token = match headers.get(TOKEN_HEADER) {
         None => None,
@@ -215,7 +250,7 @@ fn common(node: &Node, query: &CommonQuery, headers: &HeaderMap) -> Result<Commo
                 .map_err(|e| bad(e.to_string()))?,
         ),
     };
-    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller: caller_of(node, headers)? })
+    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller })
 }
 
 fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError> {
@@ -384,6 +419,7 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Json_, ApiError> {
 
 async fn write(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -392,7 +428,7 @@ async fn write(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&node, &query, &headers)?;
+    let common = common(caller, &query, &headers)?;
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
     let op = Operation::Write { key, mutation, idempotency_id: idempotency_id(&headers)? };
     let reply = execute(&node, common, op).await?;
@@ -405,6 +441,7 @@ async fn write(
 
 async fn delete(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -412,7 +449,7 @@ async fn delete(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&node, &query, &headers)?;
+    let common = common(caller, &query, &headers)?;
     let reply = execute(&node, common, Operation::Delete { key, idempotency_id: idempotency_id(&headers)? }).await?;
     let existed = matches!(reply.body, ReplyBody::Deleted { existed: true });
     Ok(Json(with_token(&reply, json!({"ok": true, "existed": existed}))))
@@ -420,6 +457,7 @@ async fn delete(
 
 async fn read(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<CommonQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -427,7 +465,7 @@ async fn read(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
-    let common = common(&node, &query, &headers)?;
+    let common = common(caller, &query, &headers)?;
     if let Some(since) = &query.changes_since {
         let since_heads = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();
         let reply = execute(&node, common, Operation::DocChanges { key, since_heads }).await?;
@@ -454,6 +492,7 @@ async fn read(
 
 async fn list_keys(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
@@ -468,7 +507,7 @@ async fn list_keys(
     let timeout_ms = timeout_ms.map_err(|_| bad("timeout_ms must be a non-negative integer"))?;
     let common_query =
         CommonQuery { consistency: query.get("consistency").cloned(), timeout_ms, ..CommonQuery::default() };
-    let common = common(&node, &common_query, &headers)?;
+    let common = common(caller, &common_query, &headers)?;
     let op = Operation::ListKeys {
         namespace,
         prefix: query.get("prefix").cloned().unwrap_or_default(),
@@ -483,8 +522,12 @@ async fn list_keys(
 
 /// The region as this node sees it (`meridian cluster status` as JSON); node ids as strings, since
 /// they are 64-bit and JSON numbers are not.
-async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    let common = common(&node, &CommonQuery::default(), &headers)?;
+async fn cluster(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(&node, common, Operation::Cluster(meridian_client::proto::ClusterOp::Status)).await?;
     let ReplyBody::Cluster(report) = &reply.body else { unreachable!("cluster reply") };
     let mut json =
@@ -498,27 +541,33 @@ async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Js
 }
 
 /// `GET /v1/residency`: the rules, their version, this node's purges/backfills and counters.
-async fn residency(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::List).await
+async fn residency(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    residency_reply(&node, caller, headers, meridian_client::proto::ResidencyOp::List).await
 }
 
 /// `GET /v1/residency/explain/{namespace}/{key}`: which rule a key matches and where it may live.
 async fn residency_explain(
     State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
     let (namespace, key) = path_of(path)?;
     let key = key_of(namespace, key)?;
-    residency_reply(&node, headers, meridian_client::proto::ResidencyOp::Explain { key }).await
+    residency_reply(&node, caller, headers, meridian_client::proto::ResidencyOp::Explain { key }).await
 }
 
 async fn residency_reply(
     node: &Arc<Node>,
+    caller: Caller,
     headers: HeaderMap,
     op: meridian_client::proto::ResidencyOp,
 ) -> Result<Json<Json_>, ApiError> {
-    let common = common(node, &CommonQuery::default(), &headers)?;
+    let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(node, common, Operation::Residency(op)).await?;
     let ReplyBody::Residency(report) = &reply.body else { unreachable!("residency reply") };
     let json =
@@ -526,8 +575,12 @@ async fn residency_reply(
     Ok(Json(json))
 }
 
-async fn status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Result<Json<Json_>, ApiError> {
-    let common = common(&node, &CommonQuery::default(), &headers)?;
+async fn status(
+    State(node): State<Arc<Node>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Result<Json<Json_>, ApiError> {
+    let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(&node, common, Operation::Status).await?;
     let ReplyBody::Status(status) = reply.body else { unreachable!("status reply") };
     Ok(Json(json!({

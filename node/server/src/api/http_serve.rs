@@ -9,13 +9,16 @@
 //! * a whole request, body included, gets `limits.request_timeout_ms` plus that header allowance
 //!   (`408` after it).
 //!
+//! Over TLS a client may present a certificate from the cluster CA (as on the QUIC port): the client
+//! it names is who the connection's requests act as, unless one carries a bearer token.
+//!
 //! One tokio task per connection, hyper's HTTP/1 connection driving the axum router. At shutdown
 //! every connection is asked to finish its request in flight and close (bounded).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,6 +26,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::api::http::ConnectionCaller;
+use crate::api::node::Node;
+use crate::api::server::caller_for_chain;
 
 /// How long a connection gets to finish its request in flight at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -36,14 +43,15 @@ pub struct HttpBounds {
     pub header_timeout: Duration,
 }
 
-/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` fires.
+/// Serves the node's HTTP API on `listener` (over TLS when `tls` is given) until `shutdown` fires.
 pub async fn serve_http(
     listener: TcpListener,
-    router: Router,
+    node: Arc<Node>,
     tls: Option<Arc<rustls::ServerConfig>>,
     bounds: HttpBounds,
     shutdown: CancellationToken,
 ) {
+    let router = crate::api::http::router(node.clone());
     let connections = Arc::new(Semaphore::new(bounds.max_connections));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let tasks = TaskTracker::new();
@@ -66,13 +74,18 @@ pub async fn serve_http(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (router, acceptor, shutdown) = (router.clone(), acceptor.clone(), shutdown.clone());
+        let (node, router, acceptor, shutdown) = (node.clone(), router.clone(), acceptor.clone(), shutdown.clone());
         tasks.spawn(async move {
             let _permit = permit;
             match acceptor {
                 None => serve_connection(stream, router, bounds, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(bounds.header_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_connection(tls, router, bounds, shutdown).await,
+                    Ok(Ok(tls)) => {
+                        // A client certificate from the cluster CA names who the connection acts as.
+                        let caller = caller_for_chain(&node, tls.get_ref().1.peer_certificates());
+                        let router = router.layer(Extension(ConnectionCaller(caller)));
+                        serve_connection(tls, router, bounds, shutdown).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
                     Err(_) => metrics::counter!("meridian_http_handshake_timeouts_total").increment(1),
                 },

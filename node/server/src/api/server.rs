@@ -88,17 +88,20 @@ async fn serve_connection(connection: quinn::Connection, node: Arc<Node>, shutdo
     metrics::gauge!("meridian_client_connections").decrement(1.0);
 }
 
-/// Who a new connection acts as: the client named in a certificate the TLS layer verified against
-/// the cluster CA, or anonymous (it may still log in with a token).
+/// Who a new connection acts as (see [`caller_for_chain`]).
 fn caller_of(connection: &quinn::Connection, node: &Node) -> Caller {
-    let auth = node.auth();
-    let Some(chain) = connection
+    let chain = connection
         .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-    else {
-        return auth.anonymous();
-    };
-    let Some(leaf) = chain.first() else { return auth.anonymous() };
+        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+    caller_for_chain(node, chain.as_deref().map(Vec::as_slice))
+}
+
+/// Who a connection whose client presented `chain` (verified by the TLS layer against the cluster
+/// CA) acts as: the client it names, or anonymous (it may still use a token) when it presented none
+/// or one that names no client of this cluster. Shared by the QUIC and HTTPS surfaces.
+pub(crate) fn caller_for_chain(node: &Node, chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Caller {
+    let auth = node.auth();
+    let Some(leaf) = chain.and_then(|chain| chain.first()) else { return auth.anonymous() };
     match crate::certs::parse_cert_identity(leaf) {
         Ok(CertIdentity::Client(client)) if client.cluster_id == node.config().cluster_id => {
             auth.certificate(&client.name)
