@@ -42,6 +42,9 @@ pub struct BenchOptions {
     pub durability: Durability,
     /// Skip the raw RocksDB baseline.
     pub skip_baseline: bool,
+    /// Run the in-process node with authentication on (its clients present a client certificate),
+    /// as clusters Meridian makes run; off measures the open single node.
+    pub auth: bool,
 }
 
 /// One phase's figures.
@@ -84,7 +87,7 @@ pub(crate) fn progress(total: u64, label: &str) -> ProgressBar {
 }
 
 /// Runs the benchmark.
-pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
+pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
     let scratch = tempfile_dir()?;
     let (endpoints, ca_cert, running) = if !options.endpoints.is_empty() {
         let ca = options.ca_cert.clone().context("--ca-cert is needed with --endpoint")?;
@@ -102,6 +105,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
             Durability::Fsync => "fsync".into(),
             Durability::Relaxed => "relaxed".into(),
         };
+        if options.auth {
+            options.client_cert = Some(with_authentication(&mut config, &scratch.join("certs"))?);
+        }
         let running = meridian_server::serve::start(config).await?;
         (vec![running.client_addr], running.cert_path.clone(), Some(running))
     };
@@ -137,6 +143,21 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport { writes, reads, raw })
+}
+
+/// Turns authentication on in `config` with a fresh CA under `dir`; returns the client certificate
+/// and key the benchmark clients present (a configured admin).
+fn with_authentication(config: &mut Config, dir: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use meridian_server::certs;
+    let ca = certs::generate_ca(&config.cluster_id)?;
+    let (ca_cert, _) = ca.write(dir, false)?;
+    let identity = certs::ClientIdentity { cluster_id: config.cluster_id.clone(), name: "bench".into() };
+    let (cert, key) = certs::issue_client_cert(&ca, &identity)?;
+    let paths = certs::write_pair(dir, "bench.crt", &cert, "bench.key", &key, false)?;
+    config.auth.enabled = true;
+    config.auth.admins = vec!["bench".into()];
+    config.auth.client_ca = Some(ca_cert);
+    Ok(paths)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -218,12 +239,13 @@ pub fn render_line(name: &str, p: &PhaseReport) -> String {
 pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
     let line = render_line;
     let mut out = format!(
-        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}, {} endpoint(s)\n",
+        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}, {} endpoint(s){}\n",
         options.clients,
         options.ops_per_client,
         options.value_bytes,
         options.durability,
-        options.endpoints.len().max(1)
+        options.endpoints.len().max(1),
+        if options.auth { ", authentication on (client certificates)" } else { "" }
     );
     out += &line(&format!("meridian write ({})", options.consistency), &report.writes);
     out += &line(&format!("meridian read ({})", options.consistency), &report.reads);

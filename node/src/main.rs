@@ -34,11 +34,11 @@ struct Connection {
     #[arg(long, global = true, env = "MERIDIAN_TOKEN")]
     token: Option<String>,
     /// A client certificate from the cluster CA (`meridian certs client`), to authenticate with.
-    #[arg(long, global = true, env = "MERIDIAN_CLIENT_CERT", requires = "key")]
-    cert: Option<PathBuf>,
+    #[arg(long = "cert", global = true, env = "MERIDIAN_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
     /// The client certificate's private key.
-    #[arg(long, global = true, env = "MERIDIAN_CLIENT_KEY", requires = "cert")]
-    key: Option<PathBuf>,
+    #[arg(long = "key", global = true, env = "MERIDIAN_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// A bearer token (`meridian auth token create`), to authenticate with when holding no certificate.
     #[arg(long, global = true, env = "MERIDIAN_AUTH_TOKEN", hide_env_values = true)]
     auth_token: Option<String>,
@@ -213,6 +213,9 @@ enum Command {
         relaxed: bool,
         #[arg(long)]
         skip_baseline: bool,
+        /// Run the in-process node with authentication on (clients present a client certificate).
+        #[arg(long)]
+        auth: bool,
     },
     /// Benchmark an etcd cluster (v3 JSON gateway) at the same shape as `bench`: PUTs, then linearizable GETs.
     BenchEtcd(meridian_node::bench_etcd::EtcdBenchArgs),
@@ -268,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     match command {
         Command::Serve { config } => serve(config).await,
-        Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline } => {
+        Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline, auth } => {
             let endpoints = if endpoints.is_empty() { vec![cli.conn.endpoint.clone()] } else { endpoints };
             let options = meridian_node::bench::BenchOptions {
                 clients,
@@ -281,13 +284,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 consistency: cli.conn.consistency.unwrap_or(meridian_client::Consistency::Eventual),
                 ca_cert: external.then(|| cli.conn.ca_cert.clone()),
-                client_cert: cli.conn.cert.clone().zip(cli.conn.key.clone()).filter(|_| external),
+                client_cert: cli.conn.client_cert.clone().zip(cli.conn.client_key.clone()).filter(|_| external),
                 durability: if relaxed {
                     meridian_server::storage::Durability::Relaxed
                 } else {
                     meridian_server::storage::Durability::Fsync
                 },
                 skip_baseline,
+                auth,
             };
             let report = meridian_node::bench::run(options.clone()).await?;
             print!("{}", meridian_node::bench::render(&report, &options));
@@ -384,7 +388,7 @@ fn client_builder(conn: &Connection, endpoint: String) -> meridian_client::Clien
         .endpoint(endpoint)
         .ca_cert_file(&conn.ca_cert)
         .timeout(Duration::from_millis(conn.timeout_ms));
-    if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+    if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
         builder = builder.client_cert_files(cert, key);
     }
     if let Some(token) = &conn.auth_token {
@@ -716,5 +720,25 @@ fn print_cluster(report: &meridian_client::ClusterReport) {
                 ago(r.last_sync_ms)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_credentials_do_not_clash_with_subcommand_arguments() {
+        let cli =
+            Cli::try_parse_from(["meridian", "--cert", "a.crt", "--key", "a.key", "residency", "explain", "app/k"])
+                .expect("parses");
+        assert_eq!(cli.conn.client_cert.as_deref(), Some(std::path::Path::new("a.crt")));
+        assert!(Cli::try_parse_from(["meridian", "--cert", "a.crt", "status"]).is_err(), "--cert needs --key");
     }
 }
