@@ -168,7 +168,14 @@ fn join_region(
     };
     let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
-    let endpoint = PeerEndpoint::bind(listen, tls, PeerTransportConfig::default())
+    let revoked = match &config.peer.revoked {
+        Some(path) => Some(Arc::new(
+            crate::certs::revocation::RevocationFile::open(path)
+                .context("loading the certificate revocation list (peer.revoked)")?,
+        )),
+        None => None,
+    };
+    let endpoint = PeerEndpoint::bind_with(listen, tls, PeerTransportConfig::default(), revoked)
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     // A node's region is the one its certificate was issued for: residency decisions (what this
     // node may hold, what peers send it) rest on it, so a config that claims another is refused.
