@@ -219,6 +219,12 @@ fn join_region(
             coordinator.note_applied(records);
         }
     }));
+    // Records of an origin that is not a member (tombstones included) are refused: no node of the
+    // cluster wrote them.
+    let members = Arc::downgrade(&cluster);
+    store.check_origins_with(Box::new(move |origin| {
+        members.upgrade().is_some_and(|cluster| cluster.member(origin).is_some())
+    }));
     let names = cluster.clone();
     replica
         .name_origins_with(Box::new(move |origin| names.member(origin).map(|m| format!("{} ({})", m.name, m.region))));

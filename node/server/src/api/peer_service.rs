@@ -44,7 +44,8 @@ impl PeerService {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
             PeerMessageV1::Sync(message) => {
                 check_partition(message.partition().0)?;
-                let (replica, store, sync) = (self.node.replica().clone(), self.store.clone(), self.sync.clone());
+                let (replica, store, sync) =
+                    (self.node.replica().clone(), self.store.clone().with_sender(from), self.sync.clone());
                 let region = peer.region.clone();
                 blocking(move || {
                     let residency = Some((replica.residency().as_ref(), region.as_str()));
@@ -81,12 +82,12 @@ impl PeerService {
             }
             // An earlier version's fan-out: records without reports, never relayed.
             PeerMessageV1::Replicate { partition, records } => {
-                self.accept_pushes(vec![Pushed { partition, records, reports: Vec::new() }], false).await
+                self.accept_pushes(from, vec![Pushed { partition, records, reports: Vec::new() }], false).await
             }
             PeerMessageV1::Push { partition, records, reports, relay } => {
-                self.accept_pushes(vec![Pushed { partition, records, reports }], relay).await
+                self.accept_pushes(from, vec![Pushed { partition, records, reports }], relay).await
             }
-            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(pushes, relay).await,
+            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(from, pushes, relay).await,
             PeerMessageV1::ReadKey { key } => {
                 // Neither region may hold a key its rules keep away from the asker's region.
                 if !self.node.residency().allowed_in(&peer.region, &key) {
@@ -184,11 +185,14 @@ impl PeerService {
     /// Makes pushed records durable here (answered `Applied` once all are), takes in the safe-time
     /// reports that came with them, and — when `relay` is set (this node is its region's entry point
     /// for another region's writes) — spreads them to this region's other replicas afterwards.
-    async fn accept_pushes(&self, pushes: Vec<Pushed>, relay: bool) -> Result<PeerReplyV1, PeerRefusal> {
+    ///
+    /// Every record's origin must be a member of the cluster or the sender itself, and no timestamp
+    /// beyond the drift bound (checked by the store).
+    async fn accept_pushes(&self, from: NodeId, pushes: Vec<Pushed>, relay: bool) -> Result<PeerReplyV1, PeerRefusal> {
         if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
             return Err(PeerRefusal::NoPartition(bad.partition));
         }
-        let (store, replica) = (self.store.clone(), self.node.replica().clone());
+        let (store, replica) = (self.store.clone().with_sender(from), self.node.replica().clone());
         let applied = pushes.clone();
         let reply = blocking(move || {
             for push in &applied {
