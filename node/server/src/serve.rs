@@ -189,6 +189,26 @@ fn join_region(
         certified,
         config.region
     );
+    // Peers hold a node's own membership record to its certificate's name (and region, above): a
+    // node announcing another would have all its gossip refused, so it does not start. The zone
+    // only spreads placement; a mismatch is allowed (deployments predating the check have them).
+    let identity = endpoint.identity();
+    anyhow::ensure!(
+        config.node_name == identity.name,
+        "the config says node_name {:?} but the node certificate {} was issued for {:?}: peers refuse a node \
+         whose membership record contradicts its certificate (fix `node_name`, or issue a certificate with \
+         `meridian certs node`)",
+        config.node_name,
+        cert.display(),
+        identity.name,
+    );
+    if config.zone != identity.zone {
+        tracing::warn!(
+            configured = %config.zone,
+            certified = %identity.zone,
+            "the zone in the config differs from the node certificate's; placement uses the configured one"
+        );
+    }
     let peer_addr = endpoint.local_addr()?;
     let advertised = config.peer.advertise.unwrap_or(peer_addr);
     let cluster = Cluster::open(replica.engine().clone(), replica.id(), config, advertised, client_addr, http_addr)

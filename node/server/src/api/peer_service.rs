@@ -13,7 +13,7 @@ use crate::peer::protocol::{
     PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest, PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
 };
 use crate::peer::{PeerHandler, PeerIdentity};
-use crate::region::cluster::Cluster;
+use crate::region::cluster::{Cluster, MergeRefused};
 use crate::storage::Space;
 use crate::store::sync_store::EngineSyncStore;
 
@@ -37,6 +37,11 @@ impl PeerService {
         let PeerRequest::V1 { from, message } =
             codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if let Some(cluster) = &self.cluster {
+            // The id a request names as its sender must be the certified peer's (or a first contact):
+            // everything below trusts `from`.
+            cluster
+                .check_sender(from, &peer.name)
+                .map_err(|source| PeerRefusal::NotTheSender { name: peer.name.clone(), source })?;
             self.check_certified_region(cluster, peer, from, &message)?;
             cluster.heartbeat(from);
         }
@@ -54,7 +59,7 @@ impl PeerService {
                 .await
             }
             PeerMessageV1::Gossip { membership, handoff } => {
-                let cluster = self.gossip_with(from, &membership, handoff)?;
+                let cluster = self.gossip_with(peer, from, &membership, handoff)?;
                 Ok(PeerReplyV1::Gossip {
                     node_id: self.node.id(),
                     membership: cluster.snapshot(),
@@ -62,7 +67,7 @@ impl PeerService {
                 })
             }
             PeerMessageV1::GossipReports { membership, handoff, reports } => {
-                let cluster = self.gossip_with(from, &membership, handoff)?;
+                let cluster = self.gossip_with(peer, from, &membership, handoff)?;
                 let replica = self.node.replica().clone();
                 tokio::task::spawn_blocking(move || replica.take_reports_of(from, &reports))
                     .await
@@ -82,12 +87,12 @@ impl PeerService {
             }
             // An earlier version's fan-out: records without reports, never relayed.
             PeerMessageV1::Replicate { partition, records } => {
-                self.accept_pushes(from, vec![Pushed { partition, records, reports: Vec::new() }], false).await
+                self.accept_pushes(peer, from, vec![Pushed { partition, records, reports: Vec::new() }], false).await
             }
             PeerMessageV1::Push { partition, records, reports, relay } => {
-                self.accept_pushes(from, vec![Pushed { partition, records, reports }], relay).await
+                self.accept_pushes(peer, from, vec![Pushed { partition, records, reports }], relay).await
             }
-            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(from, pushes, relay).await,
+            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(peer, from, pushes, relay).await,
             PeerMessageV1::ReadKey { key } => {
                 // Neither region may hold a key its rules keep away from the asker's region.
                 if !self.node.residency().allowed_in(&peer.region, &key) {
@@ -109,6 +114,9 @@ impl PeerService {
             }
             PeerMessageV1::Residency { rules } => {
                 rules.check_shape().map_err(|e| PeerRefusal::MalformedRules(e.to_string()))?;
+                if let Some(cluster) = &self.cluster {
+                    check_rule_regions(cluster, &rules)?;
+                }
                 let residency = self.node.residency().clone();
                 let theirs = rules.clone();
                 tokio::task::spawn_blocking(move || residency.adopt(&theirs))
@@ -172,12 +180,16 @@ impl PeerService {
     /// Merges a gossiped membership and the sender's handoff announcement.
     fn gossip_with(
         &self,
+        peer: &PeerIdentity,
         from: NodeId,
         membership: &meridian_replication::Membership,
         handoff: Vec<u16>,
     ) -> Result<&Arc<Cluster>, PeerRefusal> {
         let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
-        cluster.merge(membership).map_err(|source| PeerRefusal::Storage { what: "storing the membership", source })?;
+        cluster.merge_claimed(from, peer, membership).map_err(|refused| match refused {
+            MergeRefused::Claim(source) => PeerRefusal::ForgedMembership { name: peer.name.clone(), source },
+            MergeRefused::Storage(source) => PeerRefusal::Storage { what: "storing the membership", source },
+        })?;
         cluster.set_peer_handoff(from, handoff);
         Ok(cluster)
     }
@@ -186,11 +198,22 @@ impl PeerService {
     /// reports that came with them, and — when `relay` is set (this node is its region's entry point
     /// for another region's writes) — spreads them to this region's other replicas afterwards.
     ///
-    /// Every record's origin must be a member of the cluster or the sender itself, and no timestamp
-    /// beyond the drift bound (checked by the store).
-    async fn accept_pushes(&self, from: NodeId, pushes: Vec<Pushed>, relay: bool) -> Result<PeerReplyV1, PeerRefusal> {
+    /// Every record's origin must be a member of the cluster or the sender itself (checked by the
+    /// store, which also refuses timestamps beyond the drift bound); a relay (`relay`) must come from
+    /// another region than this node's, and carry only records of origins of the sender's certified
+    /// region (a region's entry point relays what was written in the sender's region).
+    async fn accept_pushes(
+        &self,
+        peer: &PeerIdentity,
+        from: NodeId,
+        pushes: Vec<Pushed>,
+        relay: bool,
+    ) -> Result<PeerReplyV1, PeerRefusal> {
         if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
             return Err(PeerRefusal::NoPartition(bad.partition));
+        }
+        if let (true, Some(cluster)) = (relay, &self.cluster) {
+            check_relay(cluster, peer, from, &pushes)?;
         }
         let (store, replica) = (self.store.clone().with_sender(from), self.node.replica().clone());
         let applied = pushes.clone();
@@ -213,6 +236,40 @@ impl PeerService {
     }
 }
 
+/// A relay comes from another region, with records written there: the sender's certified region is
+/// not ours, and every record's origin is the sender or a member of the sender's certified region.
+fn check_relay(cluster: &Cluster, peer: &PeerIdentity, from: NodeId, pushes: &[Pushed]) -> Result<(), PeerRefusal> {
+    let refuse = |reason: String| Err(PeerRefusal::ForgedRelay { name: peer.name.clone(), reason });
+    if peer.region == cluster.region() {
+        return refuse(format!("a relay from region {}, this node's own", peer.region));
+    }
+    for record in pushes.iter().flat_map(|p| &p.records) {
+        if record.origin == from {
+            continue;
+        }
+        match cluster.region_of(record.origin) {
+            Some(region) if region == peer.region => {}
+            Some(region) => {
+                return refuse(format!(
+                    "record {} of origin {} (region {region}) relayed from region {}",
+                    record.seq, record.origin, peer.region
+                ))
+            }
+            None => return refuse(format!("record {} of origin {}, which is not a member", record.seq, record.origin)),
+        }
+    }
+    Ok(())
+}
+
+/// Residency rules may name only regions the cluster has (a member's region, this node's
+/// included): a rule naming a region no node is in would keep data from everywhere it may go.
+fn check_rule_regions(cluster: &Cluster, rules: &meridian_replication::residency::RuleSet) -> Result<(), PeerRefusal> {
+    match cluster.unknown_regions(rules) {
+        (unknown, _) if unknown.is_empty() => Ok(()),
+        (unknown, known) => Err(PeerRefusal::UnknownRegions { unknown, known }),
+    }
+}
+
 fn check_partition(partition: u16) -> Result<(), PeerRefusal> {
     if partition < PARTITIONS {
         Ok(())
@@ -232,6 +289,9 @@ impl PeerHandler for PeerService {
     async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
         let answer = self.answer(peer, &request).await;
         if let Err(reason) = &answer {
+            if let Some(label) = reason.claim_reason() {
+                metrics::counter!("meridian_peer_refused_total", "reason" => label).increment(1);
+            }
             tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
         }
         codec::encode(&PeerResponse::V1(answer.map_err(|refusal| refusal.to_string())))

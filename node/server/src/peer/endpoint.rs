@@ -394,6 +394,11 @@ impl PeerConnection {
         &self.peer
     }
 
+    /// The peer's identity, shared.
+    pub fn peer_arc(&self) -> Arc<PeerIdentity> {
+        self.peer.clone()
+    }
+
     /// The connection's current round-trip estimate.
     pub fn rtt(&self) -> Duration {
         self.connection.rtt()
