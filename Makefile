@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test gate deps bench bench-redis bench-region bench-geo fuzz doc
+.PHONY: run region test gate deps bench bench-redis bench-region bench-geo fuzz fuzz-ci doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -14,10 +14,12 @@ run: deps
 region: deps
 	$(MERIDIAN) region start
 
-## The whole gate: formatting, lints (warnings are errors), docs, every test.
+## The whole gate: formatting, lints (warnings are errors), docs, every test, then every fuzz target
+## for 15 s (FUZZ_SECONDS) from its corpus (the fuzz-ci step below).
 test: deps gate
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	scripts/fuzz-ci.sh
 
 gate:
 	$(CARGO) fmt --all --check
@@ -36,9 +38,16 @@ bench-redis:
 	@scripts/install-deps.sh --bench
 	scripts/bench-redis.sh
 
-## Fuzz the wire decoder for a while (stable toolchain, no sanitizer).
+## The bounded fuzz step of `make test`: builds the fuzz targets (client frames, peer messages, stored
+## records, anti-entropy messages, automerge changes; stable toolchain, no sanitizer) and runs each for
+## FUZZ_SECONDS (15) from its corpus in the repo; fails on a crash, naming the input (docs/fuzzing.md).
+fuzz-ci:
+	scripts/fuzz-ci.sh
+
+## Fuzz for longer: each target (or those in FUZZ_TARGETS) for FUZZ_SECONDS (300), keeping what the
+## runs find in a temporary folder it names, to minimise into the corpus (docs/fuzzing.md).
 fuzz:
-	cd client/fuzz && $(CARGO) fuzz run decode_frame -s none -- -max_total_time=60
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_KEEP=1 scripts/fuzz-ci.sh $(FUZZ_TARGETS)
 
 ## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
 bench-region:

@@ -3,7 +3,12 @@
 # clang + libclang-dev (RocksDB's bindgen bindings). Idempotent; does nothing when already present.
 # With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs) and
 # etcd-server/etcd-client (the quorum anchor scripts/bench-region.sh runs).
+# With --fuzz it also installs cargo-fuzz (pinned; scripts/fuzz-ci.sh, docs/fuzzing.md), built from
+# crates.io with the project's toolchain; it drives libFuzzer on stable (`-s none`: no sanitizer,
+# so no nightly), and libfuzzer-sys compiles libFuzzer's C++ with the same compiler as RocksDB.
 set -euo pipefail
+
+CARGO_FUZZ_VERSION=0.13.2
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -23,4 +28,9 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--fuzz" ]] && [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+  echo "installing: cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+  cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi

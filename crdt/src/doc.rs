@@ -26,9 +26,13 @@ pub struct DocCrdt {
 pub struct MaterializedDoc(Automerge);
 
 impl MaterializedDoc {
-    /// The document as JSON (text and lists included).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(automerge::AutoSerde::from(&self.0)).expect("automerge documents serialise to JSON")
+    /// The document as JSON (text and lists included). An error for a document automerge cannot
+    /// serialise (0.12 panics on some malformed changes here too; see `guarded`).
+    pub fn to_json(&self) -> Result<serde_json::Value, CrdtError> {
+        guarded("to JSON", || {
+            serde_json::to_value(automerge::AutoSerde::from(&self.0))
+                .map_err(|e| CrdtError::InvalidDocChange(format!("document does not serialise: {e}")))
+        })
     }
 
     /// The document's heads, hex-encoded.
@@ -39,8 +43,26 @@ impl MaterializedDoc {
     /// The changes a peer that has `heads` lacks, in automerge's binary encoding.
     pub fn changes_since(&self, heads: &[String]) -> Result<Vec<Vec<u8>>, CrdtError> {
         let heads = parse_heads(heads)?;
-        Ok(self.0.get_changes(&heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect())
+        guarded("changes since", || {
+            Ok(self.0.get_changes(&heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect())
+        })
     }
+}
+
+/// Runs automerge over changes that came from outside (a client's, a peer's, the disk's). automerge
+/// 0.12 panics on some malformed changes instead of answering an error (parsing them, applying them,
+/// serialising or listing a document holding them; found by fuzzing, `docs/fuzzing.md`): such a panic
+/// becomes [`CrdtError::InvalidDocChange`]. The panic hook still reports it. Unwind safety: `f` only
+/// builds or reads a document that is dropped (or that the caller stops using) once this fails.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, CrdtError>) -> Result<T, CrdtError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(CrdtError::InvalidDocChange(format!("{what}: automerge failed on these changes: {reason}")))
+    })
 }
 
 /// Parses hex change hashes.
@@ -60,29 +82,35 @@ impl DocCrdt {
     /// Replays every change into an automerge document. Changes whose dependencies have not arrived
     /// yet stay pending inside automerge and do not show.
     pub fn materialize(&self) -> Result<MaterializedDoc, CrdtError> {
-        let mut doc = Automerge::new();
-        let changes = self
-            .changes
-            .values()
-            .map(|bytes| Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidDocChange(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        doc.apply_changes(changes).map_err(|e| CrdtError::InvalidDocChange(e.to_string()))?;
-        Ok(MaterializedDoc(doc))
+        guarded("materialize", || {
+            let mut doc = Automerge::new();
+            let changes = self
+                .changes
+                .values()
+                .map(|bytes| Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidDocChange(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            doc.apply_changes(changes).map_err(|e| CrdtError::InvalidDocChange(e.to_string()))?;
+            Ok(MaterializedDoc(doc))
+        })
     }
 
     /// The delta holding changes sent by an automerge peer, validated.
     pub fn apply_delta(changes: &[Vec<u8>]) -> Result<DocCrdt, CrdtError> {
-        let mut delta = DocCrdt::default();
-        for bytes in changes {
-            let change = Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidDocChange(e.to_string()))?;
-            delta.changes.insert(change.hash().0, change.raw_bytes().to_vec());
-        }
-        Ok(delta)
+        guarded("parse", || {
+            let mut delta = DocCrdt::default();
+            for bytes in changes {
+                let change =
+                    Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidDocChange(e.to_string()))?;
+                delta.changes.insert(change.hash().0, change.raw_bytes().to_vec());
+            }
+            Ok(delta)
+        })
     }
 
     /// Like [`DocCrdt::apply_delta`], for changes a *client* sends: refuses changes that would leave
     /// this document unreadable (automerge refuses two different changes with the same actor and
-    /// sequence number — accepting them would make the key fail every later read).
+    /// sequence number, and fails to serialise some malformed ones — accepting them would make the
+    /// key fail every later read).
     ///
     /// Not yet refused: a client authoring changes under a replica's actor id. Harmless on one node
     /// (the replica's next change takes the next free sequence number); across replicas it could clash
@@ -91,7 +119,7 @@ impl DocCrdt {
         let delta = DocCrdt::apply_delta(changes)?;
         let mut joined = self.clone();
         joined.join(&delta);
-        joined.materialize()?;
+        joined.materialize()?.to_json()?;
         Ok(delta)
     }
 
@@ -110,7 +138,8 @@ impl DocCrdt {
 
     /// The delta that deletes every root field observed here (the document's part of a key delete).
     pub fn reset_delta(&self, node: NodeId) -> Result<DocCrdt, CrdtError> {
-        let keys: Vec<String> = self.materialize()?.0.keys(ROOT).collect();
+        let doc = self.materialize()?;
+        let keys: Vec<String> = guarded("list fields", || Ok(doc.0.keys(ROOT).collect()))?;
         self.local_change(node, |tx| {
             for key in &keys {
                 tx.delete(ROOT, key.as_str())?;
@@ -125,7 +154,9 @@ impl DocCrdt {
     {
         let MaterializedDoc(doc) = self.materialize()?;
         let mut doc = doc.with_actor(ActorId::from(node.0.to_be_bytes().to_vec()));
-        let success = doc.transact(f).map_err(|failure| CrdtError::InvalidDocChange(failure.error.to_string()))?;
+        let success = guarded("local change", || {
+            doc.transact(f).map_err(|failure| CrdtError::InvalidDocChange(failure.error.to_string()))
+        })?;
         // Only the change this transaction made: an empty transaction makes none, and then the delta is
         // empty (`get_last_local_change` would hand back an older change of the same actor instead).
         let mut delta = DocCrdt::default();
@@ -225,7 +256,7 @@ mod tests {
         let heads = doc.materialize().unwrap().heads();
         doc.join(&doc.put_root_delta(node, &json!({"n": 3})).unwrap());
         let view = doc.materialize().unwrap();
-        assert_eq!(view.to_json(), json!({"title": "hi", "tags": ["a", "b"], "n": 3}));
+        assert_eq!(view.to_json().unwrap(), json!({"title": "hi", "tags": ["a", "b"], "n": 3}));
         let since = view.changes_since(&heads).unwrap();
         assert_eq!(since.len(), 1);
         // A peer holding the first change receives only the second, in automerge's own format.
@@ -253,5 +284,107 @@ mod tests {
     #[test]
     fn garbage_changes_are_refused() {
         assert!(matches!(DocCrdt::apply_delta(&[vec![1, 2, 3]]), Err(CrdtError::InvalidDocChange(_))));
+    }
+
+    /// Found by fuzzing (`node/fuzz`, target `stored_record`; the input is in its corpus as
+    /// `crash-automerge-apply-panics`): a stored doc state whose changes make automerge 0.12's
+    /// `apply_changes` panic ("Missing from Index"). A read of such a state must fail, not panic.
+    #[test]
+    fn changes_automerge_panics_on_while_applying_are_an_error() {
+        // The stored entry (presence, doc body) and its dependency vector, after the format byte.
+        const STORED: &[u8] = &[
+            1, 1, 2, 1, 2, 1, 1, 2, 1, 0, 5, 2, 115, 8, 236, 39, 59, 17, 146, 232, 251, 155, 98, 1, 169, 229, 88, 73,
+            91, 187, 167, 29, 24, 115, 241, 251, 38, 45, 250, 235, 248, 159, 95, 29, 107, 133, 111, 74, 131, 115, 8,
+            236, 39, 1, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 1, 3, 0, 0, 0, 10, 1, 6, 2, 6, 17, 6, 19, 7, 21, 17, 52, 3,
+            66, 5, 86, 5, 87, 4, 112, 2, 0, 2, 2, 0, 0, 1, 0, 2, 2, 2, 0, 1, 0, 3, 127, 0, 0, 1, 0, 2, 126, 0, 3, 0, 1,
+            126, 1, 110, 4, 116, 97, 103, 115, 0, 2, 127, 5, 116, 105, 116, 108, 101, 2, 2, 1, 126, 1, 2, 3, 1, 126,
+            20, 0, 3, 22, 1, 97, 98, 116, 5, 0, 120, 206, 173, 9, 15, 227, 192, 215, 135, 62, 218, 7, 61, 163, 130, 40,
+            252, 227, 221, 106, 198, 168, 37, 19, 79, 144, 244, 3, 41, 188, 91, 142, 133, 133, 111, 74, 131, 120, 206,
+            173, 9, 1, 123, 1, 115, 8, 236, 39, 59, 17, 146, 232, 251, 155, 98, 101, 117, 229, 88, 73, 91, 187, 167,
+            29, 24, 115, 241, 251, 38, 45, 250, 235, 248, 159, 95, 29, 8, 0, 0, 0, 0, 0, 0, 0, 2, 1, 6, 0, 0, 1, 8, 0,
+            0, 0, 0, 0, 0, 0, 1, 10, 1, 6, 2, 6, 21, 16, 52, 1, 66, 4, 86, 4, 87, 1, 112, 4, 113, 2, 115, 2, 0, 1, 127,
+            0, 0, 1, 0, 1, 127, 6, 0, 1, 125, 6, 110, 101, 115, 116, 101, 100, 1, 120, 5, 116, 105, 116, 108, 101, 3,
+            127, 0, 2, 1, 125, 0, 2, 22, 117, 2, 0, 127, 1, 127, 1, 127, 5, 2, 1, 252, 0, 0, 232, 3, 2, 252, 0, 0, 132,
+            3,
+        ];
+        let bytes = [&[crate::codec::FORMAT_V1][..], STORED].concat();
+        let (entry, _deps) = crate::codec::decode::<(crate::Entry, crate::VersionVector)>(&bytes, 1 << 20).unwrap();
+        let crate::Body::Doc(doc) = entry.body() else { panic!("a doc") };
+        assert!(matches!(doc.materialize(), Err(CrdtError::InvalidDocChange(e)) if e.contains("automerge failed")));
+        assert!(matches!(entry.read(), Err(CrdtError::InvalidDocChange(_))));
+    }
+
+    /// Found by fuzzing (`node/fuzz`, target `doc_changes`; the input is in its corpus as
+    /// `crash-automerge-get-changes-panics`): two changes a client may send (each validated), after
+    /// which automerge 0.12's `get_changes` panics (an unwrapped `MissingDep`) when asked for every
+    /// change (no heads). The changes-since query must answer, or fail, not panic.
+    #[test]
+    fn changes_since_over_changes_automerge_panics_on_is_an_error() {
+        const CHANGES: &[u8] = &[
+            133, 111, 74, 131, 115, 8, 236, 39, 1, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 10, 1, 6, 2, 6, 17,
+            6, 19, 7, 21, 17, 52, 3, 66, 5, 86, 5, 87, 4, 112, 2, 0, 2, 2, 0, 0, 1, 0, 2, 2, 2, 0, 1, 0, 3, 127, 0, 0,
+            1, 0, 2, 126, 0, 3, 0, 1, 126, 1, 110, 4, 116, 97, 103, 115, 0, 2, 35, 5, 116, 105, 116, 108, 101, 2, 2, 1,
+            126, 1, 2, 3, 1, 126, 20, 0, 3, 22, 1, 97, 98, 116, 5, 0, 133, 111, 74, 131, 120, 206, 173, 9, 1, 123, 1,
+            115, 8, 236, 39, 59, 17, 146, 232, 251, 155, 98, 1, 169, 229, 88, 73, 91, 187, 167, 29, 24, 115, 241, 251,
+            38, 45, 250, 235, 248, 159, 95, 29, 8, 0, 0, 0, 0, 0, 0, 0, 2, 1, 6, 0, 0, 1, 8, 0, 0, 0, 0, 0, 0, 0, 1,
+            10, 1, 6, 2, 6, 21, 16, 52, 1, 66, 4, 86, 4, 87, 1, 112, 4, 113, 2, 115, 2, 0, 1, 127, 0, 0, 1, 0, 1, 127,
+            6, 0, 1, 125, 6, 110, 101, 115, 116, 101, 100, 1, 120, 5, 116, 105, 116, 108, 101, 3, 127, 0, 2, 1, 125, 0,
+            2, 22, 117, 2, 0, 127, 1, 127, 1, 127, 5,
+        ];
+        let second = CHANGES.windows(4).skip(1).position(|w| w == [0x85, 0x6f, 0x4a, 0x83]).unwrap() + 1;
+        let (first, second) = CHANGES.split_at(second);
+        let state = DocCrdt::default().client_delta(&[first.to_vec()]).unwrap();
+        let delta = state.client_delta(&[second.to_vec()]).unwrap();
+        let mut joined = state.clone();
+        joined.join(&delta);
+        let doc = joined.materialize().unwrap();
+        for heads in [doc.heads(), Vec::new()] {
+            let since = doc.changes_since(&heads);
+            assert!(matches!(since, Ok(_) | Err(CrdtError::InvalidDocChange(_))), "{since:?}");
+        }
+    }
+
+    /// Found by fuzzing (`node/fuzz`, target `doc_changes`; the input is in its corpus as
+    /// `crash-automerge-to-json-panics`): changes that apply, after which automerge 0.12's JSON
+    /// serialisation panics (an unwrapped `None` in `AutoSerde`). A client sending them is refused,
+    /// so the key stays readable; a state already holding them reads as an error, not a panic.
+    #[test]
+    fn changes_automerge_cannot_serialise_are_refused() {
+        const CHANGES: &[&[u8]] = &[&[
+            133, 111, 74, 131, 115, 8, 236, 39, 1, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 10, 1, 6, 2, 6, 17,
+            6, 19, 7, 21, 17, 52, 3, 66, 5, 86, 5, 87, 4, 112, 2, 0, 2, 2, 0, 0, 1, 0, 2, 2, 2, 0, 1, 0, 3, 127, 0, 0,
+            1, 0, 2, 126, 0, 3, 0, 1, 126, 1, 110, 4, 116, 97, 103, 115, 0, 2, 127, 5, 116, 105, 116, 108, 101, 2, 2,
+            1, 126, 1, 0, 3, 1, 126, 20, 0, 3, 22, 1, 97, 98, 116, 5, 0,
+        ]];
+        // The input's control byte is 0: the key holds nothing, the client sends every change.
+        let sent: Vec<Vec<u8>> = CHANGES.iter().map(|c| c.to_vec()).collect();
+        let state = DocCrdt::default();
+        assert!(matches!(state.client_delta(&sent), Err(CrdtError::InvalidDocChange(_))));
+        let mut joined = state.clone();
+        joined.join(&DocCrdt::apply_delta(&sent).unwrap());
+        if let Ok(doc) = joined.materialize() {
+            assert!(matches!(doc.to_json(), Err(CrdtError::InvalidDocChange(_))));
+        }
+    }
+
+    /// Found by fuzzing (`node/fuzz`, target `doc_changes`; the input is in its corpus as
+    /// `crash-automerge-parse-panics`): bytes automerge 0.12 panics on while parsing them as a change
+    /// (an unwrapped integer conversion). A client or a peer sending them is refused.
+    #[test]
+    fn changes_automerge_panics_on_while_parsing_are_refused() {
+        const INPUT: &[u8] = &[
+            133, 111, 74, 131, 115, 8, 236, 39, 1, 97, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 10, 1, 6, 2, 6, 17,
+            6, 19, 7, 21, 17, 52, 3, 66, 5, 86, 5, 87, 4, 112, 2, 120, 0, 206, 2, 173, 9, 15, 227, 192, 215, 135, 62,
+            218, 7, 61, 163, 130, 40, 252, 227, 221, 106, 198, 168, 37, 19, 79, 144, 244, 3, 41, 188, 91, 142, 2, 35,
+            5, 116, 105, 116, 108, 101, 2, 2, 1, 126, 113, 2, 3, 1, 126, 20, 0, 3, 22, 1, 97, 98, 116, 5, 0, 133, 111,
+            74, 131, 116, 206, 173, 9, 0, 2, 2, 0, 0, 1, 0, 2, 2, 0,
+        ];
+        // Two changes back to back; automerge panics on one of them.
+        let (first, second) = INPUT.split_at(107);
+        let parsed = [DocCrdt::apply_delta(&[first.to_vec()]), DocCrdt::apply_delta(&[second.to_vec()])];
+        assert!(parsed.iter().all(|p| matches!(p, Ok(_) | Err(CrdtError::InvalidDocChange(_)))));
+        assert!(parsed
+            .iter()
+            .any(|p| matches!(p, Err(CrdtError::InvalidDocChange(e)) if e.contains("automerge failed"))));
     }
 }

@@ -464,7 +464,7 @@ impl Entry {
             }
             Body::Doc(d) => {
                 let doc = d.materialize()?;
-                Value::Doc { json: doc.to_json().to_string(), heads: doc.heads() }
+                Value::Doc { json: doc.to_json()?.to_string(), heads: doc.heads() }
             }
         }))
     }

@@ -503,7 +503,7 @@ impl Model for DocM {
     }
     fn read(&self, state: &DocCrdt) -> (serde_json::Value, Vec<String>) {
         let doc = state.materialize().expect("materialize");
-        (doc.to_json(), doc.heads())
+        (doc.to_json().expect("to JSON"), doc.heads())
     }
 }
 

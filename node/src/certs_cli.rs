@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_server::certs::revocation::fingerprint;
 use meridian_server::certs::{
-    certs_from_pem, generate_ca_valid_for, issue_client_cert_valid_for, issue_node_cert_valid_for, summarize,
-    write_pair, CaBundle, CertError, ClientIdentity, NodeIdentity, CA_CERT_FILE, DEFAULT_HOSTS,
+    certs_from_pem, generate_ca_valid_for, issue_client_cert_valid_for, issue_node_cert_valid_for, parse_cert_identity,
+    summarize, write_pair, CaBundle, CertError, ClientIdentity, NodeIdentity, CA_CERT_FILE, DEFAULT_HOSTS,
 };
 
 /// `meridian certs …`: create the cluster CA and issue node and client certificates.
@@ -79,6 +80,12 @@ pub enum CertsCommand {
         /// A PEM file.
         file: PathBuf,
     },
+    /// Print the SHA-256 fingerprint of every certificate in a PEM file, one line each
+    /// (`FINGERPRINT  IDENTITY`): the line to put in a revocation list (`peer.revoked`).
+    Fingerprint {
+        /// A PEM file.
+        file: PathBuf,
+    },
 }
 
 /// Refuses to write `<name>.crt`/`<name>.key` over the CA's own files.
@@ -145,6 +152,13 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 force,
             )?;
             println!("{}: {} and {}", client.uri(), cert.display(), key.display());
+        }
+        CertsCommand::Fingerprint { file } => {
+            let pem = std::fs::read(&file).map_err(|source| CertError::Io { path: file.clone(), source })?;
+            for cert in certs_from_pem(&pem, &file.display().to_string())? {
+                let identity = parse_cert_identity(&cert).map_or_else(|_| "-".to_string(), |id| id.uri());
+                println!("{}  # {identity}", fingerprint(&cert));
+            }
         }
         CertsCommand::Show { file } => {
             let pem = std::fs::read(&file).map_err(|source| CertError::Io { path: file.clone(), source })?;

@@ -42,7 +42,7 @@ pub use coordination::{AckRound, ReadRound};
 pub use error::ReplicationError;
 pub use failure::{DetectorConfig, FailureDetector, Health, Liveness};
 pub use hash::{stable_hash, StableHasher};
-pub use membership::{Member, MemberState, MemberVersion, Membership};
+pub use membership::{Certified, ClaimError, Member, MemberState, MemberVersion, Membership};
 pub use placement::{place, score, NodeSlot, Placement, PlacementReason, Ranked};
 pub use quorum::{Outcome, QuorumTracker, ReplicaCounts, Requirement};
 pub use safe_time::{SafeReport, SafeTimes};

@@ -52,9 +52,39 @@
 //!
 //! Records may be delayed, duplicated, reordered or lost and re-sent; none of that changes the converged
 //! result. Clocks may be skewed: the HLC only orders records of the same incarnation and state, and a
-//! transition never moves a record's HLC backwards. Not defended against: a peer that forges records
-//! (peers are authenticated by mutual TLS before they gossip), and two writers minting different records
-//! with the same version (the tie-break keeps the join convergent, but one write is lost).
+//! transition never moves a record's HLC backwards. Not defended against here: two writers minting
+//! different records with the same version (the tie-break keeps the join convergent, but one write is
+//! lost). Forged records are the next section's.
+//!
+//! ## Who may say what
+//!
+//! Gossip relays records, so a node could put words in another's mouth. Records carry no signature,
+//! but every sender is authenticated (mutual TLS: its certificate binds its name, region and zone),
+//! and [`Membership::check_claims`] refuses — before anything is merged — a gossiped membership that
+//! says what its sender may not say:
+//!
+//! * **A node speaks for itself.** The sender's own record (under the id it sends as) must carry the
+//!   name and region of its certificate ([`ClaimError::OwnEntry`]; not its zone, which only spreads
+//!   placement — nodes configured with another zone than their certificate's predate this check),
+//!   and the id must be the one
+//!   its name is known under ([`Membership::check_sender`]: [`ClaimError::NotTheSender`],
+//!   [`ClaimError::SomeoneElse`]), or a first contact.
+//! * **Relays only repeat.** A record of *another* known node that would win the join may change its
+//!   lifecycle state and timestamp — an operator's `meridian cluster activate|drain|remove` runs on any
+//!   node and spreads by relay — but not what only the node itself knows or its certificate fixes:
+//!   name, region, zone, addresses ([`ClaimError::Rewritten`]), nor raise its incarnation
+//!   ([`ClaimError::Reincarnated`]). Those changes reach each node from the node itself: every node
+//!   gossips to every member it knows each round.
+//! * **A name is one node's.** No record may give a name held by another live (not removed) node
+//!   to a different id ([`ClaimError::NameTaken`]).
+//! * Records of nodes not known yet are taken as relayed (that is how a new node learns its region);
+//!   their identity is checked when they are dialled or when they first speak.
+//!
+//! What cannot be verified without signed records: that a relayed state change (a drain, a removal)
+//! was really an operator's command — a compromised node with a valid certificate can still drain or
+//! remove others, as an operator on it could; and that a relayed record of a node not known yet is
+//! the node's own (a fabricated member with a fabricated address is refused when dialled — the
+//! address answers with another certificate — or never answers).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -66,6 +96,87 @@ use serde::{Deserialize, Serialize};
 use crate::hash::StableHasher;
 use crate::placement::NodeSlot;
 use crate::ReplicationError;
+
+/// Why a gossiped membership (or a request's sender id) was refused: it says something its sender,
+/// as certified, may not say (see the module docs, "Who may say what").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// The sender's own record contradicts its certificate.
+    #[error("node {node}'s own record says {field} {claimed:?}, its certificate says {certified:?}")]
+    OwnEntry {
+        /// The sender.
+        node: NodeId,
+        /// Which field.
+        field: &'static str,
+        /// What the record says.
+        claimed: String,
+        /// What the certificate says.
+        certified: String,
+    },
+    /// The sender names an id as its own that belongs to another node.
+    #[error("the request claims to be from node {claimed}, which is {owner:?}, not the certified {name:?}")]
+    SomeoneElse {
+        /// The id claimed.
+        claimed: NodeId,
+        /// The name that id is known under.
+        owner: String,
+        /// The sender's certified name.
+        name: String,
+    },
+    /// The sender's certified name is known under another id (still a member).
+    #[error("the request claims to be from node {claimed}, but {name:?} is node {known}")]
+    NotTheSender {
+        /// The id claimed.
+        claimed: NodeId,
+        /// The sender's certified name.
+        name: String,
+        /// The id that name is known under.
+        known: NodeId,
+    },
+    /// A relayed record of another node changes what only that node may change.
+    #[error("the record of node {node} changes its {field} from {held:?} to {claimed:?}: only the node itself may")]
+    Rewritten {
+        /// The node the record is about.
+        node: NodeId,
+        /// Which field.
+        field: &'static str,
+        /// What this node holds.
+        held: String,
+        /// What the record says.
+        claimed: String,
+    },
+    /// A relayed record of another node raises its incarnation.
+    #[error("the record of node {node} raises its incarnation from {held} to {claimed}: only the node itself may")]
+    Reincarnated {
+        /// The node the record is about.
+        node: NodeId,
+        /// The incarnation held.
+        held: u64,
+        /// The incarnation claimed.
+        claimed: u64,
+    },
+    /// A record gives another live node's name to a different id.
+    #[error("the record of node {node} names it {name:?}, which is node {holder}'s")]
+    NameTaken {
+        /// The node the record is about.
+        node: NodeId,
+        /// The name.
+        name: String,
+        /// The id holding it.
+        holder: NodeId,
+    },
+}
+
+/// What the sender's certificate says about it.
+#[derive(Clone, Copy, Debug)]
+pub struct Certified<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its region.
+    pub region: &'a str,
+    /// Its zone.
+    pub zone: &'a str,
+}
 
 /// Where a member is in its lifecycle. Ordered along the lifecycle: `Joining < Active < Draining < Removed`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -301,6 +412,84 @@ impl Membership {
         changed
     }
 
+    /// Whether a node certified as `name` may send as `from`: `from` is known under that name, or
+    /// `from` is not known and no live member holds the name (a first contact).
+    pub fn check_sender(&self, from: NodeId, name: &str) -> Result<(), ClaimError> {
+        match self.members.get(&from) {
+            Some(m) if m.name == name => Ok(()),
+            Some(m) => Err(ClaimError::SomeoneElse { claimed: from, owner: m.name.clone(), name: name.to_string() }),
+            None => match self.live_holder_of(name, from) {
+                Some(known) => Err(ClaimError::NotTheSender { claimed: from, name: name.to_string(), known }),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// The live member other than `except` named `name`.
+    fn live_holder_of(&self, name: &str, except: NodeId) -> Option<NodeId> {
+        self.members
+            .iter()
+            .find(|(id, m)| **id != except && m.name == name && m.state != MemberState::Removed)
+            .map(|(id, _)| *id)
+    }
+
+    /// Checks a membership `from` (certified as `certified`) gossiped before it is merged here (see
+    /// the module docs, "Who may say what"). The first claim that fails is the error; nothing of a
+    /// refused membership should be merged.
+    pub fn check_claims(&self, from: NodeId, certified: Certified<'_>, theirs: &Membership) -> Result<(), ClaimError> {
+        self.check_sender(from, certified.name)?;
+        for (node, entry) in theirs.iter() {
+            if node == from {
+                // The zone is not held to the certificate: it only spreads placement, and nodes
+                // configured with another zone than their certificate's predate this check.
+                for (field, claimed, certified) in
+                    [("name", &entry.name, certified.name), ("region", &entry.region, certified.region)]
+                {
+                    if claimed != certified {
+                        return Err(ClaimError::OwnEntry {
+                            node,
+                            field,
+                            claimed: claimed.clone(),
+                            certified: certified.to_string(),
+                        });
+                    }
+                }
+                continue;
+            }
+            if entry.state != MemberState::Removed {
+                let holder =
+                    if entry.name == certified.name { Some(from) } else { self.live_holder_of(&entry.name, node) };
+                if let Some(holder) = holder {
+                    return Err(ClaimError::NameTaken { node, name: entry.name.clone(), holder });
+                }
+            }
+            let Some(held) = self.members.get(&node) else { continue };
+            if entry.precedence(held) != Ordering::Greater {
+                continue; // loses the join: changes nothing here
+            }
+            if entry.version.incarnation > held.version.incarnation {
+                return Err(ClaimError::Reincarnated {
+                    node,
+                    held: held.version.incarnation,
+                    claimed: entry.version.incarnation,
+                });
+            }
+            for (field, held, claimed) in [
+                ("name", &held.name, &entry.name),
+                ("region", &held.region, &entry.region),
+                ("zone", &held.zone, &entry.zone),
+                ("peer address", &held.peer_addr, &entry.peer_addr),
+                ("client address", &held.client_addr, &entry.client_addr),
+                ("http address", &held.http_addr, &entry.http_addr),
+            ] {
+                if held != claimed {
+                    return Err(ClaimError::Rewritten { node, field, held: held.clone(), claimed: claimed.clone() });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The nodes of `region` that placement may put replicas on: `Active` members only, in node order.
     /// Pass these to [`crate::place`].
     pub fn placement_nodes(&self, region: &str) -> Vec<NodeSlot> {
@@ -523,6 +712,86 @@ mod tests {
 
     /// Memberships travel in peer messages through the crdt codec: they must round-trip, and their
     /// layout is pinned like every wire format.
+    #[test]
+    fn a_node_speaks_only_for_itself() {
+        const B: NodeId = NodeId(2);
+        const C: NodeId = NodeId(3);
+        let named = |name: &str, region: &str, zone: &str, state, at| Member {
+            name: name.into(),
+            region: region.into(),
+            zone: zone.into(),
+            ..member(region, zone, state, 1, at)
+        };
+        let b = named("b", "eu", "eu-a", Active, 10);
+        let c = named("c", "eu", "eu-b", Active, 10);
+        let mut ours = Membership::new();
+        ours.upsert(B, b.clone()).unwrap();
+        ours.upsert(C, c.clone()).unwrap();
+        let cert = Certified { name: "b", region: "eu", zone: "eu-a" };
+        let from_b = |records: &[(NodeId, Member)]| {
+            let mut theirs = Membership::new();
+            for (id, m) in records {
+                theirs.merge(&Membership::single(*id, m.clone()));
+            }
+            ours.check_claims(B, cert, &theirs)
+        };
+        // Normal gossip: B's own newer record (a new address), C's record as held, C drained by an
+        // operator on B, a node not known yet, and stale records.
+        let moved_b = Member {
+            peer_addr: "10.0.0.9:1".into(),
+            version: MemberVersion { incarnation: 1, hlc: hlc(20) },
+            ..b.clone()
+        };
+        let drained_c =
+            Member { state: Draining, version: MemberVersion { incarnation: 1, hlc: hlc(30) }, ..c.clone() };
+        let new_d = named("d", "us", "us-a", Active, 5);
+        assert_eq!(from_b(&[(B, moved_b), (C, drained_c.clone()), (NodeId(4), new_d)]), Ok(()));
+        assert_eq!(from_b(&[(C, named("c", "ap", "ap-a", Active, 1))]), Ok(()), "a stale record loses the join");
+        let removed_c = Member { state: Removed, ..drained_c.clone() };
+        assert_eq!(from_b(&[(C, removed_c)]), Ok(()));
+
+        // B lying about itself.
+        assert!(matches!(
+            from_b(&[(B, named("b", "us", "eu-a", Active, 20))]),
+            Err(ClaimError::OwnEntry { field: "region", .. })
+        ));
+        assert!(matches!(
+            from_b(&[(B, named("x", "eu", "eu-a", Active, 20))]),
+            Err(ClaimError::OwnEntry { field: "name", .. })
+        ));
+        assert_eq!(from_b(&[(B, named("b", "eu", "eu-z", Active, 20))]), Ok(()), "its zone is its own to set");
+        // B rewriting C: its region, its address, its incarnation.
+        let c_moved =
+            Member { region: "us".into(), version: MemberVersion { incarnation: 1, hlc: hlc(20) }, ..c.clone() };
+        assert!(matches!(from_b(&[(C, c_moved)]), Err(ClaimError::Rewritten { field: "region", .. })));
+        let c_redirected = Member {
+            peer_addr: "6.6.6.6:1".into(),
+            version: MemberVersion { incarnation: 1, hlc: hlc(20) },
+            ..c.clone()
+        };
+        assert!(matches!(from_b(&[(C, c_redirected)]), Err(ClaimError::Rewritten { field: "peer address", .. })));
+        let c_reborn = Member { version: MemberVersion { incarnation: 2, hlc: hlc(1) }, ..c.clone() };
+        assert!(matches!(from_b(&[(C, c_reborn)]), Err(ClaimError::Reincarnated { .. })));
+        // C's name under another id, or B's.
+        assert!(matches!(
+            from_b(&[(NodeId(9), named("c", "eu", "eu-b", Active, 1))]),
+            Err(ClaimError::NameTaken { holder: C, .. })
+        ));
+        assert!(matches!(
+            from_b(&[(NodeId(9), named("b", "eu", "eu-a", Active, 1))]),
+            Err(ClaimError::NameTaken { holder: B, .. })
+        ));
+
+        // The sender's id.
+        assert_eq!(ours.check_sender(B, "b"), Ok(()));
+        assert_eq!(ours.check_sender(NodeId(7), "e"), Ok(()), "a first contact");
+        assert!(matches!(ours.check_sender(C, "b"), Err(ClaimError::SomeoneElse { .. })));
+        assert!(matches!(ours.check_sender(NodeId(7), "c"), Err(ClaimError::NotTheSender { known: C, .. })));
+        // A removed node's name may come back under a new id (a node re-joining with a new data dir).
+        ours.transition(C, Removed, hlc(40)).unwrap();
+        assert_eq!(ours.check_sender(NodeId(7), "c"), Ok(()));
+    }
+
     #[test]
     fn survives_the_wire_codec() {
         use meridian_crdt::codec::{decode, encode};

@@ -95,6 +95,11 @@ pub struct PeerConfig {
     pub cert: Option<PathBuf>,
     /// This node's private key (PEM).
     pub key: Option<PathBuf>,
+    /// A certificate revocation list: a file of SHA-256 certificate fingerprints (hex, one per line,
+    /// `#` comments; `meridian certs fingerprint FILE` prints one). A peer presenting a listed
+    /// certificate is refused at the handshake and on connections already open; the file is re-read
+    /// when it changes. Unset: nothing is revoked.
+    pub revoked: Option<PathBuf>,
     /// Replicas of each partition in the region (capped by the number of active nodes).
     pub rf: usize,
     /// Time between anti-entropy rounds of a partition with a peer (0: 1000 ms).
@@ -125,6 +130,7 @@ impl Default for PeerConfig {
             ca: None,
             cert: None,
             key: None,
+            revoked: None,
             rf: 3,
             sync_interval_ms: 1_000,
             gossip_interval_ms: 250,

@@ -189,7 +189,14 @@ fn join_region(
     };
     let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
-    let endpoint = PeerEndpoint::bind(listen, tls, PeerTransportConfig::default())
+    let revoked = match &config.peer.revoked {
+        Some(path) => Some(Arc::new(
+            crate::certs::revocation::RevocationFile::open(path)
+                .context("loading the certificate revocation list (peer.revoked)")?,
+        )),
+        None => None,
+    };
+    let endpoint = PeerEndpoint::bind_with(listen, tls, PeerTransportConfig::default(), revoked)
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     // A node's region is the one its certificate was issued for: residency decisions (what this
     // node may hold, what peers send it) rest on it, so a config that claims another is refused.
@@ -203,6 +210,26 @@ fn join_region(
         certified,
         config.region
     );
+    // Peers hold a node's own membership record to its certificate's name (and region, above): a
+    // node announcing another would have all its gossip refused, so it does not start. The zone
+    // only spreads placement; a mismatch is allowed (deployments predating the check have them).
+    let identity = endpoint.identity();
+    anyhow::ensure!(
+        config.node_name == identity.name,
+        "the config says node_name {:?} but the node certificate {} was issued for {:?}: peers refuse a node \
+         whose membership record contradicts its certificate (fix `node_name`, or issue a certificate with \
+         `meridian certs node`)",
+        config.node_name,
+        cert.display(),
+        identity.name,
+    );
+    if config.zone != identity.zone {
+        tracing::warn!(
+            configured = %config.zone,
+            certified = %identity.zone,
+            "the zone in the config differs from the node certificate's; placement uses the configured one"
+        );
+    }
     let peer_addr = endpoint.local_addr()?;
     let advertised = config.peer.advertise.unwrap_or(peer_addr);
     let cluster = Cluster::open(replica.engine().clone(), replica.id(), config, advertised, client_addr, http_addr)
@@ -232,6 +259,12 @@ fn join_region(
         if let Some(coordinator) = lag_source.upgrade() {
             coordinator.note_applied(records);
         }
+    }));
+    // Records of an origin that is not a member (tombstones included) are refused: no node of the
+    // cluster wrote them.
+    let members = Arc::downgrade(&cluster);
+    store.check_origins_with(Box::new(move |origin| {
+        members.upgrade().is_some_and(|cluster| cluster.member(origin).is_some())
     }));
     let names = cluster.clone();
     replica

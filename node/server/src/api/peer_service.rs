@@ -13,7 +13,7 @@ use crate::peer::protocol::{
     PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest, PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
 };
 use crate::peer::{PeerHandler, PeerIdentity};
-use crate::region::cluster::Cluster;
+use crate::region::cluster::{Cluster, MergeRefused};
 use crate::storage::Space;
 use crate::store::sync_store::EngineSyncStore;
 
@@ -37,6 +37,11 @@ impl PeerService {
         let PeerRequest::V1 { from, message } =
             codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if let Some(cluster) = &self.cluster {
+            // The id a request names as its sender must be the certified peer's (or a first contact):
+            // everything below trusts `from`.
+            cluster
+                .check_sender(from, &peer.name)
+                .map_err(|source| PeerRefusal::NotTheSender { name: peer.name.clone(), source })?;
             self.check_certified_region(cluster, peer, from, &message)?;
             cluster.heartbeat(from);
         }
@@ -44,7 +49,8 @@ impl PeerService {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
             PeerMessageV1::Sync(message) => {
                 check_partition(message.partition().0)?;
-                let (replica, store, sync) = (self.node.replica().clone(), self.store.clone(), self.sync.clone());
+                let (replica, store, sync) =
+                    (self.node.replica().clone(), self.store.clone().with_sender(from), self.sync.clone());
                 let region = peer.region.clone();
                 blocking(move || {
                     let residency = Some((replica.residency().as_ref(), region.as_str()));
@@ -53,7 +59,7 @@ impl PeerService {
                 .await
             }
             PeerMessageV1::Gossip { membership, handoff } => {
-                let cluster = self.gossip_with(from, &membership, handoff)?;
+                let cluster = self.gossip_with(peer, from, &membership, handoff)?;
                 Ok(PeerReplyV1::Gossip {
                     node_id: self.node.id(),
                     membership: cluster.snapshot(),
@@ -61,7 +67,7 @@ impl PeerService {
                 })
             }
             PeerMessageV1::GossipReports { membership, handoff, reports } => {
-                let cluster = self.gossip_with(from, &membership, handoff)?;
+                let cluster = self.gossip_with(peer, from, &membership, handoff)?;
                 let replica = self.node.replica().clone();
                 tokio::task::spawn_blocking(move || replica.take_reports_of(from, &reports))
                     .await
@@ -81,12 +87,12 @@ impl PeerService {
             }
             // An earlier version's fan-out: records without reports, never relayed.
             PeerMessageV1::Replicate { partition, records } => {
-                self.accept_pushes(vec![Pushed { partition, records, reports: Vec::new() }], false).await
+                self.accept_pushes(peer, from, vec![Pushed { partition, records, reports: Vec::new() }], false).await
             }
             PeerMessageV1::Push { partition, records, reports, relay } => {
-                self.accept_pushes(vec![Pushed { partition, records, reports }], relay).await
+                self.accept_pushes(peer, from, vec![Pushed { partition, records, reports }], relay).await
             }
-            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(pushes, relay).await,
+            PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(peer, from, pushes, relay).await,
             PeerMessageV1::ReadKey { key } => {
                 // Neither region may hold a key its rules keep away from the asker's region.
                 if !self.node.residency().allowed_in(&peer.region, &key) {
@@ -108,6 +114,9 @@ impl PeerService {
             }
             PeerMessageV1::Residency { rules } => {
                 rules.check_shape().map_err(|e| PeerRefusal::MalformedRules(e.to_string()))?;
+                if let Some(cluster) = &self.cluster {
+                    check_rule_regions(cluster, &rules)?;
+                }
                 let residency = self.node.residency().clone();
                 let theirs = rules.clone();
                 tokio::task::spawn_blocking(move || residency.adopt(&theirs))
@@ -181,12 +190,16 @@ impl PeerService {
     /// Merges a gossiped membership and the sender's handoff announcement.
     fn gossip_with(
         &self,
+        peer: &PeerIdentity,
         from: NodeId,
         membership: &meridian_replication::Membership,
         handoff: Vec<u16>,
     ) -> Result<&Arc<Cluster>, PeerRefusal> {
         let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
-        cluster.merge(membership).map_err(|source| PeerRefusal::Storage { what: "storing the membership", source })?;
+        cluster.merge_claimed(from, peer, membership).map_err(|refused| match refused {
+            MergeRefused::Claim(source) => PeerRefusal::ForgedMembership { name: peer.name.clone(), source },
+            MergeRefused::Storage(source) => PeerRefusal::Storage { what: "storing the membership", source },
+        })?;
         cluster.set_peer_handoff(from, handoff);
         Ok(cluster)
     }
@@ -194,11 +207,25 @@ impl PeerService {
     /// Makes pushed records durable here (answered `Applied` once all are), takes in the safe-time
     /// reports that came with them, and — when `relay` is set (this node is its region's entry point
     /// for another region's writes) — spreads them to this region's other replicas afterwards.
-    async fn accept_pushes(&self, pushes: Vec<Pushed>, relay: bool) -> Result<PeerReplyV1, PeerRefusal> {
+    ///
+    /// Every record's origin must be a member of the cluster or the sender itself (checked by the
+    /// store, which also refuses timestamps beyond the drift bound); a relay (`relay`) must come from
+    /// another region than this node's, and carry only records of origins of the sender's certified
+    /// region (a region's entry point relays what was written in the sender's region).
+    async fn accept_pushes(
+        &self,
+        peer: &PeerIdentity,
+        from: NodeId,
+        pushes: Vec<Pushed>,
+        relay: bool,
+    ) -> Result<PeerReplyV1, PeerRefusal> {
         if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
             return Err(PeerRefusal::NoPartition(bad.partition));
         }
-        let (store, replica) = (self.store.clone(), self.node.replica().clone());
+        if let (true, Some(cluster)) = (relay, &self.cluster) {
+            check_relay(cluster, peer, from, &pushes)?;
+        }
+        let (store, replica) = (self.store.clone().with_sender(from), self.node.replica().clone());
         let applied = pushes.clone();
         let reply = blocking(move || {
             for push in &applied {
@@ -216,6 +243,40 @@ impl PeerService {
             tokio::spawn(async move { coordinator.fan_out_batch_in_region(pushes).await });
         }
         Ok(reply)
+    }
+}
+
+/// A relay comes from another region, with records written there: the sender's certified region is
+/// not ours, and every record's origin is the sender or a member of the sender's certified region.
+fn check_relay(cluster: &Cluster, peer: &PeerIdentity, from: NodeId, pushes: &[Pushed]) -> Result<(), PeerRefusal> {
+    let refuse = |reason: String| Err(PeerRefusal::ForgedRelay { name: peer.name.clone(), reason });
+    if peer.region == cluster.region() {
+        return refuse(format!("a relay from region {}, this node's own", peer.region));
+    }
+    for record in pushes.iter().flat_map(|p| &p.records) {
+        if record.origin == from {
+            continue;
+        }
+        match cluster.region_of(record.origin) {
+            Some(region) if region == peer.region => {}
+            Some(region) => {
+                return refuse(format!(
+                    "record {} of origin {} (region {region}) relayed from region {}",
+                    record.seq, record.origin, peer.region
+                ))
+            }
+            None => return refuse(format!("record {} of origin {}, which is not a member", record.seq, record.origin)),
+        }
+    }
+    Ok(())
+}
+
+/// Residency rules may name only regions the cluster has (a member's region, this node's
+/// included): a rule naming a region no node is in would keep data from everywhere it may go.
+fn check_rule_regions(cluster: &Cluster, rules: &meridian_replication::residency::RuleSet) -> Result<(), PeerRefusal> {
+    match cluster.unknown_regions(rules) {
+        (unknown, _) if unknown.is_empty() => Ok(()),
+        (unknown, known) => Err(PeerRefusal::UnknownRegions { unknown, known }),
     }
 }
 
@@ -238,6 +299,9 @@ impl PeerHandler for PeerService {
     async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
         let answer = self.answer(peer, &request).await;
         if let Err(reason) = &answer {
+            if let Some(label) = reason.claim_reason() {
+                metrics::counter!("meridian_peer_refused_total", "reason" => label).increment(1);
+            }
             tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
         }
         codec::encode(&PeerResponse::V1(answer.map_err(|refusal| refusal.to_string())))

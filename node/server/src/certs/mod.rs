@@ -28,7 +28,13 @@
 //!   key usages (nodes dial each other); client certificates only `clientAuth`, so they cannot serve
 //!   as a node's server certificate, and the peer transport refuses them as a dialling node.
 //!
-//! Not done here (yet): revocation lists. Rotation works by trust overlap — a node's trusted CA PEM
+//! * **Revocation is a deny list.** [`revocation`] reads a file of SHA-256 certificate fingerprints
+//!   (`peer.revoked`; `meridian certs fingerprint FILE` prints one); the peer transport refuses a
+//!   listed certificate at every handshake, both ways, and on the next request of a connection
+//!   opened before it was listed. The file is re-read when it changes. There is no CRL or OCSP:
+//!   every node needs the list (distribute it like the CA certificate).
+//!
+//! Rotation works by trust overlap — a node's trusted CA PEM
 //! may hold several CA certificates, so a new CA can be trusted everywhere before certificates
 //! issued by it are rolled out, and the old one dropped afterwards.
 //!
@@ -164,6 +170,12 @@ pub enum IdentityError {
     NotANode {
         /// The identity URI found.
         found: String,
+    },
+    /// The certificate is on the revocation list ([`revocation`]).
+    #[error("the certificate {fingerprint} is revoked")]
+    Revoked {
+        /// Its SHA-256 fingerprint.
+        fingerprint: String,
     },
     /// The peer is a node of this cluster, but not the one that was dialled.
     #[error("expected node {expected:?}, the certificate identifies node {found:?}")]
@@ -650,6 +662,7 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(), C
 }
 
 mod der;
+pub mod revocation;
 
 #[cfg(test)]
 mod tests {

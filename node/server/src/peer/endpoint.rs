@@ -16,6 +16,8 @@ use super::{
     close_code, codes, connection_error, PeerError, PeerHandler, PeerIdentity, PeerTlsConfig, PeerTransportConfig,
     StreamRefusal,
 };
+use crate::certs::revocation::RevocationFile;
+use crate::certs::IdentityError;
 
 /// Longest close reason sent to a peer (it must fit in one packet).
 const MAX_REASON_BYTES: usize = 256;
@@ -33,6 +35,8 @@ struct Inner {
     client: quinn::ClientConfig,
     identity: PeerIdentity,
     config: PeerTransportConfig,
+    /// The deny list every peer certificate is checked against, if any.
+    revoked: Option<Arc<RevocationFile>>,
 }
 
 impl std::fmt::Debug for PeerEndpoint {
@@ -49,11 +53,36 @@ impl PeerEndpoint {
     /// `tls.cluster_id`, signed by `tls.ca_pem`, and match our key — and the transport settings.
     /// Must be called within a Tokio runtime. Bind `[::]:port` to reach IPv4 and IPv6 peers alike.
     pub fn bind(addr: SocketAddr, tls: PeerTlsConfig, config: PeerTransportConfig) -> Result<PeerEndpoint, PeerError> {
+        PeerEndpoint::bind_with(addr, tls, config, None)
+    }
+
+    /// [`bind`](Self::bind), refusing every peer whose certificate chain holds a certificate on
+    /// `revoked` — at each handshake (dialling and accepting) and before each request on a
+    /// connection opened earlier ([`codes::CLOSE_REVOKED`]). Our own certificate must not be on it.
+    pub fn bind_with(
+        addr: SocketAddr,
+        tls: PeerTlsConfig,
+        config: PeerTransportConfig,
+        revoked: Option<Arc<RevocationFile>>,
+    ) -> Result<PeerEndpoint, PeerError> {
         let setup = tls::setup(&tls, &config)?;
+        if let Some(list) = &revoked {
+            let own = crate::certs::certs_from_pem(tls.cert_pem.as_bytes(), "node certificate")
+                .map_err(|e| PeerError::Config(e.to_string()))?;
+            if list.is_revoked(&own[0]) {
+                return Err(PeerError::Config(format!(
+                    "this node's own certificate ({}) is on the revocation list {}",
+                    crate::certs::revocation::fingerprint(&own[0]),
+                    list.path().display()
+                )));
+            }
+        }
         let endpoint =
             quinn::Endpoint::server(setup.server, addr).map_err(|e| PeerError::Bind { addr, reason: e.to_string() })?;
         tracing::debug!(%addr, identity = %setup.identity, "peer transport bound");
-        Ok(PeerEndpoint { inner: Arc::new(Inner { endpoint, client: setup.client, identity: setup.identity, config }) })
+        Ok(PeerEndpoint {
+            inner: Arc::new(Inner { endpoint, client: setup.client, identity: setup.identity, config, revoked }),
+        })
     }
 
     /// The bound address (with the actual port when bound to port 0).
@@ -105,15 +134,22 @@ impl PeerEndpoint {
             Ok(Err(e)) => return Err(connection_error(addr, &e)),
             Ok(Ok(connection)) => connection,
         };
-        let peer = match verify_connection(&connection, &inner.identity.cluster_id, expected_name) {
-            Ok(peer) => peer,
-            Err(source) => {
-                refuse(&connection, &source);
-                return Err(PeerError::Identity { addr, source });
-            }
-        };
+        let peer =
+            match verify_connection(&connection, &inner.identity.cluster_id, expected_name, inner.revoked.as_deref()) {
+                Ok(peer) => peer,
+                Err(source) => {
+                    count_identity_refusal(&source);
+                    refuse(&connection, &source);
+                    return Err(PeerError::Identity { addr, source });
+                }
+            };
         tracing::debug!(%addr, %peer, "peer connection established");
-        Ok(PeerConnection { connection, peer: Arc::new(peer), max_frame_bytes: inner.config.max_frame_bytes })
+        Ok(PeerConnection {
+            connection,
+            peer: Arc::new(peer),
+            max_frame_bytes: inner.config.max_frame_bytes,
+            revoked: inner.revoked.clone(),
+        })
     }
 
     /// Serves peers until `shutdown` fires: accepts connections (at most `max_connections`; source
@@ -127,6 +163,7 @@ impl PeerEndpoint {
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let inflight = Arc::new(Semaphore::new(config.max_inflight_requests));
         let cluster_id: Arc<str> = inner.identity.cluster_id.as_str().into();
+        let revoked = inner.revoked.clone();
         let tasks = TaskTracker::new();
         loop {
             let incoming = tokio::select! {
@@ -149,8 +186,14 @@ impl PeerEndpoint {
                 incoming.refuse();
                 continue;
             };
-            let (handler, inflight, config, cluster_id, shutdown) =
-                (handler.clone(), inflight.clone(), config.clone(), cluster_id.clone(), shutdown.clone());
+            let (handler, inflight, config, cluster_id, shutdown, revoked) = (
+                handler.clone(),
+                inflight.clone(),
+                config.clone(),
+                cluster_id.clone(),
+                shutdown.clone(),
+                revoked.clone(),
+            );
             tasks.spawn(async move {
                 let _permit = permit;
                 let remote = incoming.remote_address();
@@ -167,18 +210,17 @@ impl PeerEndpoint {
                         return;
                     }
                 };
-                let peer = match verify_connection(&connection, &cluster_id, None) {
+                let peer = match verify_connection(&connection, &cluster_id, None, revoked.as_deref()) {
                     Ok(peer) => peer,
                     Err(e) => {
-                        metrics::counter!("meridian_peer_connections_refused_total", "reason" => "identity")
-                            .increment(1);
+                        count_identity_refusal(&e);
                         tracing::warn!(%remote, error = %e, "peer refused");
                         refuse(&connection, &e);
                         return;
                     }
                 };
                 tracing::debug!(%remote, %peer, "peer connected");
-                serve_connection(connection, Arc::new(peer), handler, inflight, config, shutdown).await;
+                serve_connection(connection, Arc::new(peer), handler, inflight, config, shutdown, revoked).await;
             });
         }
         tasks.close();
@@ -196,8 +238,15 @@ impl PeerEndpoint {
     }
 }
 
+/// Counts a refused peer identity: `meridian_peer_connections_refused_total{reason="revoked"}` for
+/// a revoked certificate, `{reason="identity"}` for the rest.
+fn count_identity_refusal(error: &IdentityError) {
+    let reason = if matches!(error, IdentityError::Revoked { .. }) { "revoked" } else { "identity" };
+    metrics::counter!("meridian_peer_connections_refused_total", "reason" => reason).increment(1);
+}
+
 /// Closes `connection` for an identity failure, with its code and reason.
-fn refuse(connection: &quinn::Connection, error: &crate::certs::IdentityError) {
+fn refuse(connection: &quinn::Connection, error: &IdentityError) {
     let mut reason = error.to_string();
     if reason.len() > MAX_REASON_BYTES {
         let mut end = MAX_REASON_BYTES;
@@ -216,6 +265,7 @@ async fn serve_connection<H: PeerHandler>(
     inflight: Arc<Semaphore>,
     config: Arc<PeerTransportConfig>,
     shutdown: CancellationToken,
+    revoked: Option<Arc<RevocationFile>>,
 ) {
     metrics::gauge!("meridian_peer_connections").increment(1.0);
     let streams = TaskTracker::new();
@@ -225,6 +275,13 @@ async fn serve_connection<H: PeerHandler>(
             stream = connection.accept_bi() => stream,
         };
         let Ok((send, recv)) = stream else { break };
+        // A certificate revoked since the handshake: the connection ends here.
+        if let Err(e) = tls::recheck_revocation(&connection, revoked.as_deref()) {
+            count_identity_refusal(&e);
+            tracing::warn!(peer = %peer, error = %e, "peer refused");
+            refuse(&connection, &e);
+            break;
+        }
         streams.spawn(serve_stream(
             send,
             recv,
@@ -318,6 +375,7 @@ pub struct PeerConnection {
     connection: quinn::Connection,
     peer: Arc<PeerIdentity>,
     max_frame_bytes: usize,
+    revoked: Option<Arc<RevocationFile>>,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -334,6 +392,11 @@ impl PeerConnection {
     /// The peer's identity, verified from its certificate.
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
+    }
+
+    /// The peer's identity, shared.
+    pub fn peer_arc(&self) -> Arc<PeerIdentity> {
+        self.peer.clone()
     }
 
     /// The connection's current round-trip estimate.
@@ -371,6 +434,12 @@ impl PeerConnection {
         }
         let deadline = Instant::now() + timeout;
         let addr = self.remote_addr();
+        // A certificate revoked since the handshake: nothing more is sent to (or taken from) it.
+        if let Err(source) = tls::recheck_revocation(&self.connection, self.revoked.as_deref()) {
+            count_identity_refusal(&source);
+            refuse(&self.connection, &source);
+            return Err(PeerError::Identity { addr, source });
+        }
         let (mut send, mut recv) = match tokio::time::timeout_at(deadline, self.connection.open_bi()).await {
             Err(_) => return Err(PeerError::Timeout { after: timeout }),
             Ok(Err(e)) => return Err(connection_error(addr, &e)),

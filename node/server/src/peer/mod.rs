@@ -13,7 +13,10 @@
 //! After the handshake **both** sides read the other's identity from its certificate's URI SAN and
 //! close the connection with an application error code ([`codes`]) and a reason when there is no
 //! certificate, the identity URI is missing or malformed, it names another cluster, or it is not a
-//! node (a client or CA certificate). The resulting [`PeerIdentity`] — cluster, region, zone, name —
+//! node (a client or CA certificate), or — with a revocation list ([`PeerEndpoint::bind_with`]) —
+//! any certificate of its chain is revoked ([`crate::certs::revocation`]; also checked again before
+//! each request served on an accepted connection and each request sent on a dialled one, so
+//! revoking cuts off connections already open). The resulting [`PeerIdentity`] — cluster, region, zone, name —
 //! is what the transport hands to the [`PeerHandler`] with every request and what
 //! [`PeerConnection::peer`] returns. A peer's region therefore comes from what the CA signed, never
 //! from anything the peer says in a message.
@@ -253,6 +256,8 @@ pub mod codes {
     pub const CLOSE_NOT_A_NODE: u32 = 0x13;
     /// Refused: the certificate names another node than the one dialled.
     pub const CLOSE_UNEXPECTED_NAME: u32 = 0x14;
+    /// Refused: the certificate is on the revocation list (`peer.revoked`).
+    pub const CLOSE_REVOKED: u32 = 0x15;
 
     /// Stream reset: the requester gave up (timeout, error) or the stream was otherwise cancelled.
     pub const STREAM_CANCELLED: u32 = 0x00;
@@ -271,7 +276,7 @@ pub mod codes {
 
     /// Whether a connection close code means "your identity was refused".
     pub fn is_identity_refusal(code: u64) -> bool {
-        (u64::from(CLOSE_NO_CERTIFICATE)..=u64::from(CLOSE_UNEXPECTED_NAME)).contains(&code)
+        (u64::from(CLOSE_NO_CERTIFICATE)..=u64::from(CLOSE_REVOKED)).contains(&code)
     }
 }
 
@@ -286,6 +291,7 @@ pub fn close_code(error: &IdentityError) -> u32 {
         IdentityError::WrongCluster { .. } => codes::CLOSE_WRONG_CLUSTER,
         IdentityError::NotANode { .. } => codes::CLOSE_NOT_A_NODE,
         IdentityError::UnexpectedName { .. } => codes::CLOSE_UNEXPECTED_NAME,
+        IdentityError::Revoked { .. } => codes::CLOSE_REVOKED,
     }
 }
 
@@ -413,7 +419,7 @@ pub enum PeerError {
         source: IdentityError,
     },
     /// The peer refused *our* identity: it closed the connection with an identity code
-    /// ([`codes::CLOSE_NO_CERTIFICATE`]..=[`codes::CLOSE_UNEXPECTED_NAME`]). Not retryable.
+    /// ([`codes::CLOSE_NO_CERTIFICATE`]..=[`codes::CLOSE_REVOKED`]). Not retryable.
     #[error("peer {addr} refused this node (code {code:#x}): {reason}")]
     RefusedByPeer {
         /// The peer's address.
@@ -587,6 +593,7 @@ mod tests {
             IdentityError::WrongCluster { expected: "a".into(), found: "b".into() },
             IdentityError::NotANode { found: "urn:meridian:cluster:a:client:x".into() },
             IdentityError::UnexpectedName { expected: "a".into(), found: "b".into() },
+            IdentityError::Revoked { fingerprint: "00".into() },
         ];
         let codes: std::collections::BTreeSet<u32> = errors.iter().map(close_code).collect();
         assert_eq!(codes.len(), errors.len());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{PeerConnection, PeerEndpoint, PeerError};
+use super::{PeerConnection, PeerEndpoint, PeerError, PeerIdentity};
 use crate::certs::IdentityError;
 
 /// Caches one [`PeerConnection`] per peer address and reconnects lazily: a request that finds no
@@ -85,6 +85,18 @@ impl PeerPool {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, PeerError> {
+        self.request_identified(addr, expected_name, request, timeout).await.map(|(_, reply)| reply)
+    }
+
+    /// [`request`](Self::request), also returning the verified identity of the peer that answered
+    /// (for replies whose claims are checked against it, such as a gossiped membership).
+    pub async fn request_identified(
+        &self,
+        addr: SocketAddr,
+        expected_name: Option<&str>,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Arc<PeerIdentity>, Vec<u8>), PeerError> {
         let deadline = Instant::now() + timeout;
         let connection = tokio::time::timeout_at(deadline, self.get(addr, expected_name))
             .await
@@ -99,7 +111,7 @@ impl PeerPool {
                 self.forget(addr, &connection).await;
             }
         }
-        result
+        result.map(|reply| (connection.peer_arc(), reply))
     }
 
     /// Drops `failed` if it is still the cached connection to `addr`.

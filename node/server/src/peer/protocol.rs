@@ -308,6 +308,38 @@ pub enum PeerRefusal {
         /// The region of its certificate.
         certified: String,
     },
+    /// The request's sender id is not the one the certified peer is known under.
+    #[error("refusing node {name}'s request: {source}")]
+    NotTheSender {
+        /// The sender's certified name.
+        name: String,
+        /// Why.
+        source: meridian_replication::ClaimError,
+    },
+    /// The gossiped membership says what its sender may not say (about itself or about others).
+    #[error("refusing node {name}'s membership: {source}")]
+    ForgedMembership {
+        /// The sender's certified name.
+        name: String,
+        /// The first claim refused.
+        source: meridian_replication::ClaimError,
+    },
+    /// Pushed records claim a relay the sender may not make.
+    #[error("refusing node {name}'s push: {reason}")]
+    ForgedRelay {
+        /// The sender's certified name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Residency rules naming regions no member of the cluster is in.
+    #[error("refusing residency rules naming unknown regions {unknown:?} (the cluster's regions: {known:?})")]
+    UnknownRegions {
+        /// The regions named that no member is in.
+        unknown: Vec<String>,
+        /// The regions known here.
+        known: Vec<String>,
+    },
     /// The residency rules sent are malformed.
     #[error("refusing malformed residency rules: {0}")]
     MalformedRules(String),
@@ -337,6 +369,22 @@ pub enum PeerRefusal {
     /// The handler itself failed (a panicked task).
     #[error("the peer handler failed: {0}")]
     Failed(String),
+}
+
+impl PeerRefusal {
+    /// The `reason` label a refusal of a peer's claim is counted under in
+    /// `meridian_peer_refused_total` (`None`: not a claim refused, or counted where it was found).
+    pub fn claim_reason(&self) -> Option<&'static str> {
+        match self {
+            PeerRefusal::NotTheSender { .. } => Some("from_mismatch"),
+            PeerRefusal::WrongRegion { .. } => Some("wrong_region"),
+            PeerRefusal::ForgedRelay { .. } => Some("forged_relay"),
+            PeerRefusal::UnknownRegions { .. } => Some("unknown_region_rules"),
+            // Counted by `Cluster::merge_claimed` and the store, which also see gossip replies and
+            // anti-entropy records.
+            _ => None,
+        }
+    }
 }
 
 impl PeerCallError {

@@ -6,6 +6,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 
 use super::{PeerError, PeerTlsConfig, PeerTransportConfig, ALPN};
+use crate::certs::revocation::{fingerprint, RevocationFile};
 use crate::certs::{self, CertIdentity, IdentityError, PeerIdentity};
 
 /// Everything [`super::PeerEndpoint::bind`] needs, checked.
@@ -129,13 +130,44 @@ pub(super) fn verify_connection(
     connection: &quinn::Connection,
     cluster_id: &str,
     expected_name: Option<&str>,
+    revoked: Option<&RevocationFile>,
 ) -> Result<PeerIdentity, IdentityError> {
-    let chain = connection
+    let chain = peer_chain(connection)?;
+    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
+    let identity = check_peer_identity(leaf, cluster_id, expected_name)?;
+    check_not_revoked(&chain, revoked)?;
+    Ok(identity)
+}
+
+/// The certificate chain the peer of `connection` presented (leaf first).
+fn peer_chain(connection: &quinn::Connection) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    connection
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or(IdentityError::NoCertificate)?;
-    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
-    check_peer_identity(leaf, cluster_id, expected_name)
+        .map(|chain| *chain)
+        .ok_or(IdentityError::NoCertificate)
+}
+
+/// Refuses a chain any certificate of which is on the revocation list in force.
+fn check_not_revoked(chain: &[CertificateDer<'static>], revoked: Option<&RevocationFile>) -> Result<(), IdentityError> {
+    let Some(revoked) = revoked else { return Ok(()) };
+    let list = revoked.current();
+    match chain.iter().find(|cert| list.is_revoked(cert)) {
+        Some(cert) => Err(IdentityError::Revoked { fingerprint: fingerprint(cert) }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the peer of an established connection is still admitted by the revocation list in force
+/// (a certificate listed after the handshake); the refusal to close it with otherwise.
+pub(super) fn recheck_revocation(
+    connection: &quinn::Connection,
+    revoked: Option<&RevocationFile>,
+) -> Result<(), IdentityError> {
+    if revoked.is_none() {
+        return Ok(());
+    }
+    check_not_revoked(&peer_chain(connection)?, revoked)
 }
 
 /// The identity check both sides apply to the peer's (already chain-verified) leaf certificate:

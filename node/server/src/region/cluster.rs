@@ -16,7 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_crdt::{codec, Hlc, NodeId};
 use meridian_replication::{
-    place, DetectorConfig, FailureDetector, Liveness, Member, MemberState, MemberVersion, Membership, Placement,
+    place, Certified, ClaimError, DetectorConfig, FailureDetector, Liveness, Member, MemberState, MemberVersion,
+    Membership, Placement,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,17 @@ pub const MAX_MEMBERSHIP_BYTES: usize = 1 << 20;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why a peer's membership was not merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeRefused {
+    /// It claims what its sender may not say.
+    #[error("refusing the membership: {0}")]
+    Claim(#[from] ClaimError),
+    /// Storing the merged membership failed.
+    #[error("storing the membership: {0}")]
+    Storage(StorageError),
 }
 
 /// One member as `meridian status` shows it.
@@ -303,6 +315,49 @@ impl Cluster {
         drop(view);
         self.persist_latest()?;
         Ok(true)
+    }
+
+    /// Whether a peer certified as `name` may send as `from` ([`Membership::check_sender`]).
+    pub fn check_sender(&self, from: NodeId, name: &str) -> Result<(), ClaimError> {
+        self.lock().membership.check_sender(from, name)
+    }
+
+    /// Joins the membership a peer sent (or answered with) into ours, if it claims nothing its
+    /// sender `from`, certified as `certified`, may not say ([`Membership::check_claims`]; checked
+    /// and merged under one lock). A refused membership is counted in
+    /// `meridian_peer_refused_total{reason="forged_member"}` and nothing of it is merged.
+    pub fn merge_claimed(
+        &self,
+        from: NodeId,
+        certified: &crate::certs::NodeIdentity,
+        theirs: &Membership,
+    ) -> Result<bool, MergeRefused> {
+        let mut view = self.lock();
+        let certified = Certified { name: &certified.name, region: &certified.region, zone: &certified.zone };
+        if let Err(e) = view.membership.check_claims(from, certified, theirs) {
+            metrics::counter!("meridian_peer_refused_total", "reason" => "forged_member").increment(1);
+            return Err(MergeRefused::Claim(e));
+        }
+        if !view.membership.merge(theirs) {
+            return Ok(false);
+        }
+        self.replace(&mut view);
+        self.note_local_state(&mut view);
+        drop(view);
+        self.persist_latest().map_err(MergeRefused::Storage)?;
+        Ok(true)
+    }
+
+    /// The regions of `rules` that no member of the cluster (this node included) is in, and the
+    /// regions known. Rules naming unknown regions are refused from peers, counted in
+    /// `meridian_peer_refused_total{reason="unknown_region_rules"}` by the caller.
+    pub fn unknown_regions(&self, rules: &meridian_replication::residency::RuleSet) -> (Vec<String>, Vec<String>) {
+        let mut known: std::collections::BTreeSet<String> =
+            self.lock().membership.iter().map(|(_, m)| m.region.clone()).collect();
+        known.insert(self.region.clone());
+        let unknown: std::collections::BTreeSet<String> =
+            rules.rules.iter().flat_map(|r| &r.spec.regions).filter(|r| !known.contains(*r)).cloned().collect();
+        (unknown.into_iter().collect(), known.into_iter().collect())
     }
 
     /// Records that `node` answered or called us just now.

@@ -49,28 +49,33 @@ pub async fn gossip(
         );
         let exchanges = targets.into_iter().map(|addr| {
             let (pool, request) = (pool.clone(), request.clone());
-            async move { (addr, pool.request(addr, None, request, interval * 4).await) }
+            async move { (addr, pool.request_identified(addr, None, request, interval * 4).await) }
         });
         for (addr, answer) in futures::future::join_all(exchanges).await {
-            match answer.map_err(|e| PeerCallError::Transport(e.to_string())).and_then(|bytes| decode_reply(&bytes)) {
-                Ok(PeerReplyV1::GossipReports { node_id, membership, handoff, reports }) => {
+            let answer = answer
+                .map_err(|e| PeerCallError::Transport(e.to_string()))
+                .and_then(|(peer, bytes)| Ok((peer, decode_reply(&bytes)?)));
+            match answer {
+                Ok((peer, PeerReplyV1::GossipReports { node_id, membership, handoff, reports })) => {
+                    // The answer speaks for the certified peer that sent it: the same checks as a
+                    // request's (its id, then what its membership claims), before anything is used.
+                    if !merge_answer(&cluster, &peer, node_id, &membership) {
+                        continue;
+                    }
                     cluster.heartbeat(node_id);
                     let replica = replica.clone();
                     let _ = tokio::task::spawn_blocking(move || replica.take_reports_of(node_id, &reports)).await;
                     cluster.set_peer_handoff(node_id, handoff);
-                    if let Err(e) = cluster.merge(&membership) {
-                        tracing::warn!(error = %e, "could not store the merged membership");
-                    }
                 }
                 // A node of the previous version: membership and heartbeat, no reports.
-                Ok(PeerReplyV1::Gossip { node_id, membership, handoff }) => {
+                Ok((peer, PeerReplyV1::Gossip { node_id, membership, handoff })) => {
+                    if !merge_answer(&cluster, &peer, node_id, &membership) {
+                        continue;
+                    }
                     cluster.heartbeat(node_id);
                     cluster.set_peer_handoff(node_id, handoff);
-                    if let Err(e) = cluster.merge(&membership) {
-                        tracing::warn!(error = %e, "could not store the merged membership");
-                    }
                 }
-                Ok(other) => tracing::warn!(%addr, "unexpected gossip reply {other:?}"),
+                Ok((_, other)) => tracing::warn!(%addr, "unexpected gossip reply {other:?}"),
                 Err(e) => tracing::debug!(%addr, error = %e, "gossip exchange failed"),
             }
         }
@@ -94,6 +99,33 @@ pub async fn gossip(
     }
 }
 
+/// Merges a gossip answer from `peer` (certified) naming itself `node_id`, unless it claims what
+/// that peer may not say (refused and counted by [`Cluster::merge_claimed`], the sender id counted
+/// here); whether it was taken.
+fn merge_answer(
+    cluster: &Cluster,
+    peer: &crate::peer::PeerIdentity,
+    node_id: meridian_crdt::NodeId,
+    membership: &meridian_replication::Membership,
+) -> bool {
+    if let Err(e) = cluster.check_sender(node_id, &peer.name) {
+        metrics::counter!("meridian_peer_refused_total", "reason" => "from_mismatch").increment(1);
+        tracing::warn!(peer = %peer.name, error = %e, "refused a gossip answer");
+        return false;
+    }
+    match cluster.merge_claimed(node_id, peer, membership) {
+        Ok(_) => true,
+        Err(crate::region::cluster::MergeRefused::Storage(e)) => {
+            tracing::warn!(error = %e, "could not store the merged membership");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer.name, error = %e, "refused a gossip answer");
+            false
+        }
+    }
+}
+
 /// Sends this node's residency rules to every known peer and adopts any newer set they answer with.
 pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
     let rules = (*replica.residency().rules()).clone();
@@ -106,6 +138,12 @@ pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<Pee
         if let Ok(Ok(PeerReplyV1::Residency { rules })) = answer.map(|bytes| decode_reply(&bytes)) {
             if let Err(e) = rules.check_shape() {
                 tracing::warn!(error = %e, "a peer answered with malformed residency rules; ignored");
+                continue;
+            }
+            let (unknown, _) = cluster.unknown_regions(&rules);
+            if !unknown.is_empty() {
+                metrics::counter!("meridian_peer_refused_total", "reason" => "unknown_region_rules").increment(1);
+                tracing::warn!(?unknown, "a peer answered with residency rules naming unknown regions; ignored");
                 continue;
             }
             let residency = replica.residency().clone();

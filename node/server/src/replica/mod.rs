@@ -145,6 +145,8 @@ impl Replica {
             frontier: visible.subscribe(),
             safe_times: safe_times.clone(),
             residency: residency.clone(),
+            max_clock_drift_ms: config.max_clock_drift_ms,
+            clock_offset_ms: config.clock_offset_ms,
         };
         Ok(Arc::new(Replica {
             sync_store: EngineSyncStore::live(engine.clone(), id, live),

@@ -40,7 +40,10 @@
 //! remote join never races a local write of the same key (`sync_next_to_live_writes_loses_no_update`
 //! fails without it). Those calls block: drive the store from a blocking thread.
 //!
-//! Refused (nothing of the call applied): a record that does not extend the vector gap-free
+//! Refused (nothing of the call applied): a record whose origin is not a member of the cluster
+//! ([`SyncStoreError::UnknownOrigin`], once the region set [`EngineSyncStore::check_origins_with`]) or
+//! whose timestamp is beyond `max_clock_drift_ms` ahead of this node's clock
+//! ([`SyncStoreError::ClockDrift`], next to a live node), a record that does not extend the vector gap-free
 //! ([`SyncStoreError::Gap`]), an undecodable key or delta ([`SyncStoreError::Malformed`]), a key of
 //! another partition ([`SyncStoreError::WrongPartition`]), a delta or state whose type conflicts
 //! with the key's ([`SyncStoreError::TypeConflict`]), and any record of **this node's own origin**
@@ -168,6 +171,34 @@ pub enum SyncStoreError {
         /// The join's refusal.
         source: CrdtError,
     },
+    /// A record claims an origin that is not a member of the cluster: no node of the cluster wrote
+    /// it (see [`EngineSyncStore::check_origins_with`]).
+    #[error("{partition}: record {seq} claims origin {origin}, which is not a member of the cluster")]
+    UnknownOrigin {
+        /// The partition.
+        partition: PartitionId,
+        /// The origin claimed.
+        origin: NodeId,
+        /// The record's seq.
+        seq: u64,
+    },
+    /// A record's timestamp is further ahead of this node's clock than `max_clock_drift_ms`.
+    #[error(
+        "{partition}: record {seq} of origin {origin} is timestamped {ahead_ms} ms ahead of this node's clock \
+         (max_clock_drift_ms is {max_drift_ms})"
+    )]
+    ClockDrift {
+        /// The partition.
+        partition: PartitionId,
+        /// The record's origin.
+        origin: NodeId,
+        /// The record's seq.
+        seq: u64,
+        /// How far ahead of this node's clock its HLC is.
+        ahead_ms: u64,
+        /// The bound.
+        max_drift_ms: u64,
+    },
     /// The peer holds records of this node's own log beyond what this node holds.
     #[error(
         "{partition}: the peer has seq {got} of this node's own log, which ends at {have} here \
@@ -195,7 +226,19 @@ impl SyncStoreError {
                 | SyncStoreError::WrongPartition { .. }
                 | SyncStoreError::Gap { .. }
                 | SyncStoreError::TypeConflict { .. }
+                | SyncStoreError::UnknownOrigin { .. }
+                | SyncStoreError::ClockDrift { .. }
         )
+    }
+
+    /// The `reason` label this refusal is counted under in `meridian_peer_refused_total`, for the
+    /// refusals that are a peer's claim found false.
+    pub fn refusal_reason(&self) -> Option<&'static str> {
+        match self {
+            SyncStoreError::UnknownOrigin { .. } => Some("unknown_origin"),
+            SyncStoreError::ClockDrift { .. } => Some("clock_drift"),
+            _ => None,
+        }
     }
 }
 
@@ -217,8 +260,16 @@ pub struct EngineSyncStore {
     live: Option<Live>,
     /// Told about records made durable here (the region's lag figures), once set.
     on_applied: Arc<OnceLock<ApplyObserver>>,
+    /// Whether a node id is a member of the cluster (records of others are refused), once set.
+    known_origin: Arc<OnceLock<OriginCheck>>,
+    /// The peer this clone takes records from, whose own records pass the origin check even before
+    /// its membership record arrives ([`EngineSyncStore::with_sender`]).
+    sender: Option<NodeId>,
     locks: Arc<[Mutex<()>]>,
 }
+
+/// Says whether a node id is a member of the cluster (see [`EngineSyncStore::check_origins_with`]).
+pub type OriginCheck = Box<dyn Fn(NodeId) -> bool + Send + Sync>;
 
 /// Called with records made durable here (see [`EngineSyncStore::observe_applied`]).
 pub type ApplyObserver = Box<dyn Fn(&[SyncRecord]) + Send + Sync>;
@@ -236,6 +287,11 @@ pub struct Live {
     pub safe_times: Arc<SafeTimeBook>,
     /// The node's residency rules: every record is screened before it is stored.
     pub residency: Arc<Residency>,
+    /// Records timestamped further ahead of this node's clock than this are refused
+    /// (`max_clock_drift_ms`).
+    pub max_clock_drift_ms: u64,
+    /// This node's clock skew (`clock_offset_ms`, a test knob): "now" is the node's skewed clock.
+    pub clock_offset_ms: i64,
 }
 
 impl std::fmt::Debug for EngineSyncStore {
@@ -252,7 +308,15 @@ impl EngineSyncStore {
     /// running node.
     pub fn new(engine: Arc<dyn Engine>, local: NodeId) -> EngineSyncStore {
         let locks = (0..PARTITIONS).map(|_| Mutex::new(())).collect();
-        EngineSyncStore { engine, local, live: None, on_applied: Arc::new(OnceLock::new()), locks }
+        EngineSyncStore {
+            engine,
+            local,
+            live: None,
+            on_applied: Arc::new(OnceLock::new()),
+            known_origin: Arc::new(OnceLock::new()),
+            sender: None,
+            locks,
+        }
     }
 
     /// The store of a live node's engine: writes under its key locks and through its group
@@ -266,6 +330,59 @@ impl EngineSyncStore {
     /// ahead of a gap (pushes). Set once; later calls are ignored.
     pub fn observe_applied(&self, observer: ApplyObserver) {
         let _ = self.on_applied.set(observer);
+    }
+
+    /// From now on, every clone of this store refuses records whose origin `known` does not know
+    /// ([`SyncStoreError::UnknownOrigin`]; this node's own origin always passes). The region sets it
+    /// to "a member of the cluster, tombstones included" — records of a removed node stay legitimate.
+    /// Set once; later calls are ignored.
+    pub fn check_origins_with(&self, known: OriginCheck) {
+        let _ = self.known_origin.set(known);
+    }
+
+    /// This store, taking records from the authenticated peer `sender`: records of `sender`'s own
+    /// origin pass the origin check (a node's first push may arrive before its membership record).
+    pub fn with_sender(mut self, sender: NodeId) -> EngineSyncStore {
+        self.sender = Some(sender);
+        self
+    }
+
+    /// What a peer claims about the records it sends, checked before anything is stored: every
+    /// origin is a member of the cluster, and no timestamp is further ahead of this node's clock
+    /// than `max_clock_drift_ms` (a node with a broken or lying clock must not drag registers —
+    /// last writer wins — and every causal frontier into the future). Each refusal is counted in
+    /// `meridian_peer_refused_total{reason}`.
+    fn check_claims(&self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        let refused = |error: SyncStoreError| {
+            if let Some(reason) = error.refusal_reason() {
+                metrics::counter!("meridian_peer_refused_total", "reason" => reason).increment(1);
+            }
+            Err(error)
+        };
+        if let Some(known) = self.known_origin.get() {
+            if let Some(r) =
+                records.iter().find(|r| r.origin != self.local && Some(r.origin) != self.sender && !known(r.origin))
+            {
+                return refused(SyncStoreError::UnknownOrigin { partition, origin: r.origin, seq: r.seq });
+            }
+        }
+        if let Some(live) = &self.live {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                .saturating_add_signed(live.clock_offset_ms);
+            let limit = now.saturating_add(live.max_clock_drift_ms);
+            if let Some(r) = records.iter().find(|r| Hlc::unpack(r.hlc).wall_ms > limit) {
+                return refused(SyncStoreError::ClockDrift {
+                    partition,
+                    origin: r.origin,
+                    seq: r.seq,
+                    ahead_ms: Hlc::unpack(r.hlc).wall_ms - now,
+                    max_drift_ms: live.max_clock_drift_ms,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Makes records another replica pushed durable here (a write's fan-out or a replayed hint).
@@ -300,6 +417,7 @@ impl EngineSyncStore {
     /// the gap ([`SyncStore::read_log`] stops at the first missing position).
     fn store_ahead(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
+        self.check_claims(partition, records)?;
         let screened = self.screen(p, records);
         let records = screened.as_ref();
         let _serial = self.lock(p);
@@ -606,6 +724,7 @@ impl SyncStore for EngineSyncStore {
     /// node's own `LogRecord::V2`), and `max_u64(vv/[partition][origin], last seq)` per origin.
     fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
+        self.check_claims(partition, records)?;
         let screened = self.screen(p, records);
         let records = screened.as_ref();
         if records.is_empty() {

@@ -1,0 +1,91 @@
+//! Fuzzes every decoder of bytes the node reads back from storage (`node/server/src/layout.rs` and
+//! the modules that keep their records through it). The first byte picks the record kind, the rest
+//! is the stored value (or key). A corrupt value must give an error, never a panic or an allocation
+//! beyond the record cap; what decodes must encode back to a value that decodes to itself.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use meridian_crdt::{codec, VersionVector};
+use meridian_replication::antientropy::LogRecord as SyncRecord;
+use meridian_replication::residency::RuleSet;
+use meridian_replication::Membership;
+use meridian_server::layout::{self, IdempotencyRecord, LogContent, LogRecord, Stored};
+use meridian_server::region::cluster::MAX_MEMBERSHIP_BYTES;
+use meridian_server::storage::decode_u64_be;
+
+#[global_allocator]
+static ALLOC: meridian_node_fuzz::CappedAlloc = meridian_node_fuzz::CappedAlloc;
+
+fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
+    let Some((&kind, bytes)) = data.split_first() else { return };
+    match kind % 8 {
+        // `Data`: a key's state (`StoredEntry`), then what a read and a join do with it.
+        0 => {
+            if let Ok(stored) = layout::decode_stored(bytes) {
+                round_trip_stored(&stored);
+                let _ = meridian_node_fuzz::automerge_allowance(|| stored.entry.read());
+                let mut joined = Stored::empty_like(&stored);
+                let _ = joined.try_join(&stored);
+            }
+        }
+        // `Log`: a delta-log record.
+        1 => {
+            if let Ok(record) = layout::decode::<LogRecord>(bytes) {
+                let again: LogRecord = layout::decode(&layout::encode(&record)).expect("re-encoded log record decodes");
+                assert_eq!(again, record);
+                if let (LogContent::Write(_, delta), _) = record.into_parts() {
+                    let mut joined = Stored::empty_like(&delta);
+                    let _ = joined.try_join(&delta);
+                }
+            }
+        }
+        // `Idempotency`: the first attempt's reply.
+        2 => {
+            if let Ok(record) = layout::decode::<IdempotencyRecord>(bytes) {
+                let again: IdempotencyRecord = layout::decode(&layout::encode(&record)).expect("re-encoded record decodes");
+                assert_eq!(again, record);
+            }
+        }
+        // `Hints`: a log record kept for a replica that missed it, and the delta inside it.
+        3 => {
+            if let Ok(record) = codec::decode::<SyncRecord>(bytes, layout::MAX_HINT_BYTES) {
+                let _ = layout::decode_stored(&record.delta);
+                let _ = layout::parse_data_key(&record.key);
+            }
+        }
+        // `Meta` membership.
+        4 => {
+            if let Ok(membership) = codec::decode::<Membership>(bytes, MAX_MEMBERSHIP_BYTES) {
+                let mut merged = Membership::new();
+                merged.merge(&membership);
+                let _ = merged.digest();
+            }
+        }
+        // `Meta` residency rules.
+        5 => {
+            if let Ok(rules) = codec::decode::<RuleSet>(bytes, layout::MAX_RECORD_BYTES) {
+                let _ = rules.check_shape();
+            }
+        }
+        // `Meta` residency coverage: a version vector.
+        6 => {
+            if let Ok(vv) = codec::decode::<VersionVector>(bytes, layout::MAX_RECORD_BYTES) {
+                let again: VersionVector = codec::decode(&codec::encode(&vv), layout::MAX_RECORD_BYTES).expect("re-encoded vector decodes");
+                assert_eq!(again, vv);
+            }
+        }
+        // Max-merged u64 values (`vv/`, `logfloor/`, `safe/`, `residency/applied`) and stored keys
+        // parsed back (log, safe-time and data keys).
+        _ => {
+            let _ = decode_u64_be(bytes);
+            let _ = layout::parse_log_key(bytes);
+            let _ = layout::parse_safe_key(bytes);
+            let _ = layout::parse_data_key(bytes);
+        }
+    }
+});
+
+fn round_trip_stored(stored: &Stored) {
+    let again = layout::decode_stored(&layout::encode_stored(stored)).expect("re-encoded state decodes");
+    assert_eq!(&again, stored);
+}
