@@ -260,6 +260,44 @@ async fn tokens_work_on_quic_and_https_until_revoked_or_expired() {
     shutdown(s.running).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    let ca = certs::generate_ca(CLUSTER).unwrap();
+    let (ca_cert, _) = ca.write(&certs_dir, false).unwrap();
+    for name in ["admin", "bob"] {
+        issue(&ca, CLUSTER, name, &certs_dir);
+    }
+    let list = dir.path().join("revoked.txt");
+    std::fs::write(&list, "# revoked certificates\n").unwrap();
+    let mut settings = config(&dir.path().join("data"));
+    settings.cluster_id = CLUSTER.into();
+    settings.auth.enabled = true;
+    settings.auth.admins = vec!["admin".into(), "bob".into()];
+    settings.auth.client_ca = Some(ca_cert);
+    settings.peer.revoked = Some(list.clone());
+    let running = start_memory(settings).await;
+    let s = Setup { _dir: dir, certs: certs_dir, running };
+    let bob = s.as_cert("bob").await;
+    bob.register("app/k").set("v").await.expect("bob may write before revocation");
+
+    let der = meridian_server::tls::load_certs(&s.certs.join("bob.crt")).unwrap().remove(0);
+    let fingerprint = meridian_server::certs::revocation::fingerprint(&der);
+    std::fs::write(&list, format!("# revoked certificates\n{fingerprint}\n")).unwrap();
+    let refused = bob.register("app/k").get().await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::Unauthenticated), "{refused}");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+    let again = s.as_cert("bob").await;
+    assert_eq!(code(again.register("app/k").get().await), Some(ErrorCode::Unauthenticated));
+    let (status, _) = s.https_as("bob").get(s.running.http_addr, "/v1/kv/app/k").await.unwrap();
+    assert_eq!(status, 401, "HTTPS refuses the revoked certificate too");
+    s.as_cert("admin").await.register("app/k").get().await.expect("other certificates still work");
+    bob.close().await;
+    again.close().await;
+    shutdown(s.running).await;
+}
+
 #[tokio::test]
 async fn a_node_beyond_loopback_with_authentication_off_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();

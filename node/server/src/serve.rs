@@ -108,6 +108,17 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     let tls = crate::tls::ensure_certificate(&config)?;
     let server_config = crate::tls::client_server_config(&tls, &config)?;
     let replica = Replica::open(config.clone(), engine).context("opening the node state")?;
+    // One revocation list for peers and client certificates alike.
+    let revoked = match &config.peer.revoked {
+        Some(path) => Some(Arc::new(
+            crate::certs::revocation::RevocationFile::open(path)
+                .context("loading the certificate revocation list (peer.revoked)")?,
+        )),
+        None => None,
+    };
+    if let Some(list) = &revoked {
+        replica.auth().use_revocations(list.clone());
+    }
 
     let endpoint = quinn::Endpoint::server(server_config, config.listen.client)
         .with_context(|| format!("binding the client port {} (listen.client)", config.listen.client))?;
@@ -119,7 +130,7 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let region = join_region(&config, &replica, client_addr, http_addr, &tasks, &shutdown)?;
+    let region = join_region(&config, &replica, revoked, (client_addr, http_addr), &tasks, &shutdown)?;
     let node = Node::new(replica.clone(), region.as_ref().map(|r| r.coordinator.clone()));
     if let Some(region) = &region {
         serve_peers(region, &node, &tasks, &shutdown);
@@ -177,8 +188,8 @@ struct JoinedRegion {
 fn join_region(
     config: &Config,
     replica: &Arc<Replica>,
-    client_addr: SocketAddr,
-    http_addr: SocketAddr,
+    revoked: Option<Arc<crate::certs::revocation::RevocationFile>>,
+    (client_addr, http_addr): (SocketAddr, SocketAddr),
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<JoinedRegion>> {
@@ -189,13 +200,6 @@ fn join_region(
     };
     let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
-    let revoked = match &config.peer.revoked {
-        Some(path) => Some(Arc::new(
-            crate::certs::revocation::RevocationFile::open(path)
-                .context("loading the certificate revocation list (peer.revoked)")?,
-        )),
-        None => None,
-    };
     let endpoint = PeerEndpoint::bind_with(listen, tls, PeerTransportConfig::default(), revoked)
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     // A node's region is the one its certificate was issued for: residency decisions (what this

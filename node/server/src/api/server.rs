@@ -97,25 +97,25 @@ fn caller_of(connection: &quinn::Connection, node: &Node) -> Caller {
 }
 
 /// Who a connection whose client presented `chain` (verified by the TLS layer against the cluster
-/// CA) acts as: the client it names, or anonymous (it may still use a token) when it presented none
-/// or one that names no client of this cluster. Shared by the QUIC and HTTPS surfaces.
+/// CA) acts as: the client it names (unless revoked), anonymous when it presented none (it may still
+/// use a token), rejected when it names no client of this cluster. Shared by the QUIC and HTTPS
+/// surfaces.
 pub(crate) fn caller_for_chain(node: &Node, chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Caller {
     let auth = node.auth();
     let Some(leaf) = chain.and_then(|chain| chain.first()) else { return auth.anonymous() };
     match crate::certs::parse_cert_identity(leaf) {
         Ok(CertIdentity::Client(client)) if client.cluster_id == node.config().cluster_id => {
-            auth.certificate(&client.name)
+            auth.certificate(&client.name, leaf)
         }
-        Ok(other) => {
+        Ok(other) if auth.enabled() => {
             metrics::counter!("meridian_auth_refused_total", "reason" => "certificate_identity").increment(1);
-            tracing::info!(identity = %other.uri(), "a client certificate that names no client of this cluster; treated as anonymous");
-            auth.anonymous()
+            Caller::Rejected { why: format!("the certificate names {}, not a client of this cluster", other.uri()) }
         }
-        Err(e) => {
+        Err(e) if auth.enabled() => {
             metrics::counter!("meridian_auth_refused_total", "reason" => "certificate_identity").increment(1);
-            tracing::info!(error = %e, "a client certificate without a Meridian identity; treated as anonymous");
-            auth.anonymous()
+            Caller::Rejected { why: format!("the client certificate carries no Meridian client identity ({e})") }
         }
+        _ => auth.anonymous(),
     }
 }
 

@@ -25,6 +25,7 @@ use meridian_client::proto::auth::{AuthReport, GrantInfo, ALL_NAMESPACES};
 use meridian_client::proto::{AuthOp, ClusterOp, ErrorCode, ErrorReply, Operation, ResidencyOp, Role};
 use meridian_crdt::codec;
 
+use crate::certs::revocation::RevocationFile;
 use crate::layout;
 use crate::residency::AuditLog;
 use crate::storage::{Batch, Engine, Space, StorageError};
@@ -47,6 +48,14 @@ pub enum Caller {
     Certificate {
         /// The certificate's client name.
         name: String,
+        /// Its SHA-256 fingerprint (re-checked against the revocation list on every request).
+        fingerprint: String,
+    },
+    /// Credentials were presented and refused at connection time (a revoked certificate, one that
+    /// names no client of this cluster): every request is refused with `why`.
+    Rejected {
+        /// What was wrong, for the refusal message.
+        why: String,
     },
     /// A client that presented a bearer token.
     Token {
@@ -61,9 +70,9 @@ impl Caller {
     /// The principal's name, if the caller has one.
     pub fn principal(&self) -> Option<&str> {
         match self {
-            Caller::Certificate { name } => Some(name),
+            Caller::Certificate { name, .. } => Some(name),
             Caller::Token { user, .. } => Some(user),
-            Caller::Open | Caller::Forwarded | Caller::Anonymous => None,
+            Caller::Open | Caller::Forwarded | Caller::Anonymous | Caller::Rejected { .. } => None,
         }
     }
 
@@ -73,7 +82,7 @@ impl Caller {
             Caller::Certificate { .. } => "certificate",
             Caller::Token { .. } => "token",
             Caller::Forwarded => "peer",
-            Caller::Open | Caller::Anonymous => "none",
+            Caller::Open | Caller::Anonymous | Caller::Rejected { .. } => "none",
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Auth {
     engine: Arc<dyn Engine>,
     state: RwLock<Arc<AuthState>>,
     audit: Arc<AuditLog>,
+    /// The certificate revocation list (`peer.revoked`), when the node has one.
+    revoked: std::sync::OnceLock<Arc<RevocationFile>>,
     /// Per refusal reason: when its audit window opened and how many refusals it left out.
     refusal_windows: Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>,
 }
@@ -160,6 +171,7 @@ impl Auth {
             engine,
             state: RwLock::new(Arc::new(state)),
             audit,
+            revoked: std::sync::OnceLock::new(),
             refusal_windows: Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -183,13 +195,27 @@ impl Auth {
         }
     }
 
-    /// Who a client certificate's holder acts as.
-    pub fn certificate(&self, name: &str) -> Caller {
-        if self.enabled {
-            Caller::Certificate { name: name.to_string() }
-        } else {
-            Caller::Open
+    /// Who the holder of a client certificate (DER, verified against the cluster CA) naming client
+    /// `name` acts as: refused if the revocation list holds it.
+    pub fn certificate(&self, name: &str, cert_der: &[u8]) -> Caller {
+        if !self.enabled {
+            return Caller::Open;
         }
+        let fingerprint = crate::certs::revocation::fingerprint(cert_der);
+        if self.is_revoked(&fingerprint) {
+            let why = format!("the client certificate of {name:?} (fingerprint {fingerprint}) is revoked");
+            return Caller::Rejected { why };
+        }
+        Caller::Certificate { name: name.to_string(), fingerprint }
+    }
+
+    /// Uses `list` (the node's `peer.revoked` file) for client certificates too.
+    pub fn use_revocations(&self, list: Arc<RevocationFile>) {
+        let _ = self.revoked.set(list);
+    }
+
+    fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked.get().is_some_and(|list| list.current().contains(fingerprint))
     }
 
     /// Who a bearer token's holder acts as; a bad token is `unauthenticated` naming what is wrong
@@ -231,7 +257,15 @@ impl Auth {
                     "authentication is required: present a client certificate from the cluster CA or a bearer token"
                         .into(),
                 )),
-                Caller::Certificate { name } => name.as_str(),
+                Caller::Rejected { why } => return Err(self.refuse(ErrorCode::Unauthenticated, why.clone())),
+                Caller::Certificate { name, fingerprint } => {
+                    // A certificate revoked after the connection opened stops at its next request.
+                    if self.is_revoked(fingerprint) {
+                        let why = format!("the client certificate of {name:?} (fingerprint {fingerprint}) is revoked");
+                        return Err(self.refuse(ErrorCode::Unauthenticated, why));
+                    }
+                    name.as_str()
+                }
                 Caller::Token { user, id } => {
                     // Revocation and expiry take effect on connections that logged in before them.
                     if let Err(why) = self.state().usable_token(id, now_ms()) {
