@@ -1,0 +1,113 @@
+//! Hostile input against a real in-process node: each gets a clear error and loses nothing — causal
+//! tokens naming origins that do not exist, floods of refused requests (the audit log stays
+//! bounded), handshakes that never complete on the client port.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{bounded, config, connect, shutdown, start_memory};
+use meridian_client::proto::{CausalToken, Consistency, ErrorCode, Key, Operation, ReplyBody, RequestV1, RuleSpec};
+use meridian_client::{Error, Mutation};
+use meridian_crdt::{NodeId, Value};
+use meridian_replication::residency::RuleSet;
+
+fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorCode {
+    match result {
+        Err(Error::Server { code, .. }) => code,
+        other => panic!("expected a node error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_an_origin_that_does_not_exist_poisons_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.limits.causal_wait_ms = 300;
+    let running = start_memory(cfg).await;
+    let client = connect(&running).await;
+    let key: Key = "app/poison".parse().unwrap();
+    let request = |consistency, token: Option<CausalToken>, op| RequestV1 {
+        consistency: Some(consistency),
+        causal_token: token,
+        timeout_ms: 0,
+        op,
+    };
+    let stranger = CausalToken([(NodeId(0xdead_beef), 5)].into_iter().collect());
+    bounded("a stranger's token", async {
+        client.set("app/poison").add(["a"]).await.unwrap();
+        // A write carrying a token from no node of this cluster (this node runs alone): refused,
+        // at every level, and nothing is written.
+        for level in [Consistency::Eventual, Consistency::Causal, Consistency::Quorum] {
+            let write = Operation::Write {
+                key: key.clone(),
+                mutation: Mutation::SetAdd { members: vec![b"b".to_vec()] },
+                idempotency_id: None,
+            };
+            assert_eq!(code(client.raw(request(level, Some(stranger.clone()), write)).await), ErrorCode::BadRequest);
+        }
+        // Causal reads of the key keep working, for fresh sessions and the session that wrote it.
+        let session = client.session();
+        for _ in 0..3 {
+            let read = Operation::Read { key: key.clone(), expected: None };
+            let reply = client.raw(request(Consistency::Causal, None, read)).await.unwrap();
+            let ReplyBody::Value(Some(Value::Set(members))) = reply.body else { panic!("{:?}", reply.body) };
+            assert_eq!(members, vec![b"a".to_vec()]);
+            assert!(session.set("app/poison").members().await.unwrap().contains(&b"a".to_vec()));
+        }
+        // A causal read whose own token names the stranger is told why, at once.
+        let read = Operation::Read { key: key.clone(), expected: None };
+        assert_eq!(
+            code(client.raw(request(Consistency::Causal, Some(stranger.clone()), read)).await),
+            ErrorCode::BadRequest
+        );
+    })
+    .await;
+    client.close().await;
+    shutdown(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_strict_refusals_leave_a_bounded_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_memory(config(dir.path())).await;
+    let known: BTreeSet<String> = ["local", "elsewhere"].map(String::from).into();
+    let spec = RuleSpec {
+        namespace: "app".into(),
+        prefix: "eu/".into(),
+        regions: vec!["elsewhere".into()],
+        replicas_per_region: None,
+        home: None,
+        strict: true,
+    };
+    let (rules, _) = RuleSet::default().with_added(spec, None, 1, &known).unwrap();
+    assert!(running.node.residency().adopt(&rules).unwrap());
+    let client = connect(&running).await;
+    const REQUESTS: usize = 4_000;
+    bounded("strict refusals", async {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..REQUESTS / 8 {
+                    let result = client.counter(format!("app/eu/{t}-{i}").as_str()).incr(1).await;
+                    assert_eq!(code(result), ErrorCode::ResidencyRefused);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    // The node still serves what it may.
+    client.counter("app/us/ok").incr(1).await.unwrap();
+    let counters = running.node.residency().counters();
+    assert_eq!(counters.snapshot().refused, REQUESTS as u64);
+    let log = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let refusals = log.lines().filter(|l| l.contains("\"refuse\"")).count();
+    assert!((1..=3).contains(&refusals), "{refusals} refusal entries for {REQUESTS} refusals:\n{log}");
+    assert!(!log.contains("app/eu/"), "no key names in the audit log:\n{log}");
+    client.close().await;
+    shutdown(running).await;
+}
