@@ -111,3 +111,82 @@ async fn thousands_of_strict_refusals_leave_a_bounded_audit_log() {
     client.close().await;
     shutdown(running).await;
 }
+
+/// `meridian ARGS` run under `umask 0`.
+fn meridian_under_umask_0(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .args(["-c", "umask 0 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_meridian")])
+        .args(args)
+        .env("MERIDIAN_LOG", "warn")
+        .kill_on_drop(true);
+    command
+}
+
+/// Every path under `root` (itself included) with its permission bits.
+fn modes_under(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        out.push((path, meta.permissions().mode() & 0o777));
+    }
+    out
+}
+
+/// Directories are 0700, key files 0600, and nothing under `root` is writable or (but for
+/// certificates and configurations) readable by anyone but the owner.
+fn assert_private(root: &std::path::Path) {
+    for (path, mode) in modes_under(root) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(mode & 0o022, 0, "{} is writable by others: {mode:o}", path.display());
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "directory {}: {mode:o}", path.display());
+        } else if name.ends_with(".key") || name.starts_with("audit.log") {
+            assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dirs_keys_and_certificates_are_private_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |p: &str| tmp.path().join(p).to_string_lossy().into_owned();
+    // `meridian certs`.
+    let ca = path("certs/ca");
+    let out = meridian_under_umask_0(&["certs", "ca", "--cluster-id", "t", "--out", &ca]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let nodes = path("certs/nodes");
+    let args = ["certs", "node", "--ca", &ca, "--name", "n1", "--region", "eu", "--zone", "z", "--out", &nodes];
+    let out = meridian_under_umask_0(&args).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_private(&tmp.path().join("certs"));
+    // `meridian region init`.
+    let region = path("region");
+    let out =
+        meridian_under_umask_0(&["region", "init", "--dir", &region, "--nodes", "2", "--rf", "2", "--zones", "2"])
+            .output()
+            .await
+            .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_private(&tmp.path().join("region"));
+    // `meridian serve`: the data directory, RocksDB's, the generated TLS key and the audit log.
+    let data = tmp.path().join("data/node");
+    let mut child = meridian_under_umask_0(&["serve"])
+        .env("MERIDIAN_DATA_DIR", &data)
+        .env("MERIDIAN_LISTEN__CLIENT", "127.0.0.1:0")
+        .env("MERIDIAN_LISTEN__HTTP", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = bounded("the node announces itself", lines.next_line()).await.unwrap().unwrap_or_default();
+    assert!(line.contains("client protocol on"), "{line}");
+    assert!(data.join("tls/node.key").exists() && data.join("db").is_dir() && data.join("audit.log").exists());
+    assert_private(&tmp.path().join("data"));
+    child.kill().await.unwrap();
+}
