@@ -6,11 +6,12 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{bounded, config, connect, shutdown, start_memory};
+use common::{bounded, config, connect, connect_with_retries, shutdown, start_memory};
 use meridian_client::proto::{CausalToken, Consistency, ErrorCode, Key, Operation, ReplyBody, RequestV1, RuleSpec};
 use meridian_client::{Error, Mutation};
 use meridian_crdt::{NodeId, Value};
 use meridian_replication::residency::RuleSet;
+use meridian_server::serve::RunningNode;
 
 fn code<T: std::fmt::Debug>(result: Result<T, Error>) -> ErrorCode {
     match result {
@@ -189,4 +190,79 @@ async fn data_dirs_keys_and_certificates_are_private_whatever_the_umask() {
     assert!(data.join("tls/node.key").exists() && data.join("db").is_dir() && data.join("audit.log").exists());
     assert_private(&tmp.path().join("data"));
     child.kill().await.unwrap();
+}
+
+/// Sends `count` QUIC Initial packets to `server`, each opening a handshake of its own, from one UDP
+/// socket that never answers what comes back: to the server, handshakes that never complete (as from
+/// spoofed source addresses). Paced, so the server's socket buffer takes them all.
+async fn send_initials(server: std::net::SocketAddr, count: usize) -> tokio::net::UdpSocket {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![meridian_client::proto::ALPN.to_vec()];
+    let crypto = std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut endpoint =
+        quinn_proto::Endpoint::new(std::sync::Arc::new(quinn_proto::EndpointConfig::default()), None, false, None);
+    let mut held = Vec::new();
+    for i in 0..count {
+        let now = std::time::Instant::now();
+        let config = quinn_proto::ClientConfig::new(crypto.clone());
+        let (_, mut connection) = endpoint.connect(now, config, server, "localhost").unwrap();
+        let mut buf = Vec::new();
+        let transmit = connection.poll_transmit(now, 1, &mut buf).expect("an Initial to send");
+        socket.send_to(&buf[..transmit.size], transmit.destination).await.unwrap();
+        held.push(connection);
+        if i % 16 == 15 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    socket
+}
+
+/// A node whose client port takes at most 128 connections.
+async fn handshake_node(dir: &std::path::Path, handshake_timeout_ms: u64, max_unvalidated: usize) -> RunningNode {
+    let mut cfg = config(dir);
+    cfg.limits.max_connections = 128;
+    cfg.limits.handshake_timeout_ms = handshake_timeout_ms;
+    cfg.limits.max_unvalidated_handshakes = max_unvalidated;
+    start_memory(cfg).await
+}
+
+/// A real client connects and is served within `deadline`.
+async fn served_within(running: &RunningNode, deadline: std::time::Duration) {
+    let served = tokio::time::timeout(deadline, async {
+        let client = connect_with_retries(running, 0).await;
+        client.counter("app/served").incr(1).await.unwrap();
+        client.close().await;
+    })
+    .await;
+    assert!(served.is_ok(), "a real client was not served within {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_complete_cannot_hold_the_client_port() {
+    // 1. 1,024 handshakes that never complete, 128 connection slots: past
+    //    `max_unvalidated_handshakes` handshakes in progress, the rest are sent a Retry and hold
+    //    nothing; a real client (which answers the Retry) is served at once.
+    let dir = tempfile::tempdir().unwrap();
+    let running = handshake_node(dir.path(), 60_000, 64).await;
+    let _spoofer = send_initials(running.client_addr, 1024).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    served_within(&running, std::time::Duration::from_secs(5)).await;
+    let _more = send_initials(running.client_addr, 256).await;
+    served_within(&running, std::time::Duration::from_secs(5)).await;
+    shutdown(running).await;
+
+    // 2. Without Retry (a high `max_unvalidated_handshakes`) the handshakes take every slot, but
+    //    only for `handshake_timeout_ms`.
+    let dir = tempfile::tempdir().unwrap();
+    let running = handshake_node(dir.path(), 1_000, 100_000).await;
+    let _spoofer = send_initials(running.client_addr, 1024).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    served_within(&running, std::time::Duration::from_secs(5)).await;
+    shutdown(running).await;
 }
