@@ -423,7 +423,11 @@ impl Entry {
                 }
                 Body::Map(OrMap { fields })
             }
-            (Body::Doc(d), Mutation::DocApply { changes }) => Body::Doc(d.client_delta(changes)?),
+            (Body::Doc(d), Mutation::DocApply { changes }) => {
+                // The configured value cap is checked (inflated) before the write gets here; this
+                // is the codec's ceiling, for any other caller.
+                Body::Doc(d.client_delta(changes, crate::codec::ABSOLUTE_MAX_BYTES, w.node)?)
+            }
             (Body::Doc(d), Mutation::DocPut { json }) => {
                 let value: serde_json::Value = serde_json::from_str(json)
                     .map_err(|e| CrdtError::InvalidDocChange(format!("doc_put JSON: {e}")))?;

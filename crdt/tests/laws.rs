@@ -548,7 +548,16 @@ impl Model for EntryM {
         if let EntryOp::Delete = op {
             return me.reset_delta(&w).expect("delete");
         }
-        Entry::mutation_delta(Some(me), &client_mutation(states, op), &w).expect("mutation")
+        match Entry::mutation_delta(Some(me), &client_mutation(states, op), &w) {
+            // A relay of another replica's doc changes this one does not hold is refused (they
+            // could collide with that replica's own next change): it arrives by replication instead.
+            Err(CrdtError::InvalidDocChange(why))
+                if matches!(op, EntryOp::DocApplyFrom { .. }) && why.contains("reserved") =>
+            {
+                Entry::empty(me.crdt_type())
+            }
+            delta => delta.expect("mutation"),
+        }
     }
     fn read(&self, state: &Entry) -> Option<Value> {
         state.read().expect("read")
@@ -797,6 +806,12 @@ impl Model for MixedM {
             Ok(delta) => delta,
             // A write to a map field that holds another type: refused, nothing to ship.
             Err(CrdtError::WrongType { .. }) if crdt_type == CrdtType::Map => no_state(),
+            // A relay of another replica's doc changes this one lacks: refused (see `EntryM`).
+            Err(CrdtError::InvalidDocChange(why))
+                if matches!(entry_op, EntryOp::DocApplyFrom { .. }) && why.contains("reserved") =>
+            {
+                no_state()
+            }
             Err(e) => panic!("mutation refused: {e}"),
         }
     }
