@@ -405,6 +405,14 @@ impl Entry {
                 // Only dots this replica has seen count: a client cannot claim to have read writes
                 // that do not exist here.
                 let seen = context.as_ref().map_or_else(|| r.read_context(), |c| c.intersect(r.context()));
+                let siblings = r.siblings_after(&seen);
+                if siblings > crate::mvregister::MAX_SIBLINGS {
+                    return Err(CrdtError::InvalidMutation(format!(
+                        "the write would leave {siblings} siblings; a multi-value register keeps at most {}: pass \
+                         the context of a read (or none) to replace them",
+                        crate::mvregister::MAX_SIBLINGS
+                    )));
+                }
                 Body::MvRegister(r.set_delta(w.node, Some(value.clone()), &seen))
             }
             (Body::Set(s), Mutation::SetAdd { members }) => Body::Set(s.add_delta(w.node, members)),
