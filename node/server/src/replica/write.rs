@@ -178,9 +178,10 @@ impl Replica {
         let IdempotencyRecord::V1 { key: first_key, request_digest: first_digest, reply, .. } =
             layout::decode(&bytes).map_err(internal)?;
         if first_key != *key || first_digest != request_digest {
-            return Err(Error::BadRequest(format!(
-                "idempotency id already used for another operation (on key {first_key}); use a fresh id per write"
-            )));
+            // (Not naming the first request's key: it may be another client's.)
+            return Err(Error::BadRequest(
+                "idempotency id already used for another operation; use a fresh id per write".into(),
+            ));
         }
         metrics::counter!("meridian_idempotent_replays_total").increment(1);
         Ok(Some(reply))
