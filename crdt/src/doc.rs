@@ -8,6 +8,21 @@
 //!
 //! Cost: materialising replays the whole history (~20 µs and ~20 KB per small document); prefer the
 //! native types for anything that is not really a document.
+//!
+//! Changes from clients are hostile until checked ([`DocCrdt::client_delta`]), before automerge
+//! parses them: only change chunks are taken (a document or bundle chunk would be parsed, and its
+//! columns inflated, before automerge said it is not a change), a deflate-compressed change is
+//! inflated with a bound ([`inflated_len`]: a few kilobytes can inflate to gigabytes), and once
+//! applied, objects may nest at most [`MAX_DOC_DEPTH`] levels (reading a document walks it
+//! recursively). Actor ids of exactly 8 bytes are the replicas' own (`doc_put` and deletes are
+//! authored as the coordinating node, its id big-endian). A client change under *another* replica's
+//! actor that this document does not hold already is refused: that replica may be authoring its own
+//! change with the same sequence number right now, and two changes with one actor and sequence
+//! number make the document unreadable on every replica. Under the coordinating replica's own actor
+//! a change is taken (the replica authors its next change after everything it holds of its own
+//! actor, so nothing can collide: a document copied to another key on the same node stays
+//! writable), and so is a replica's change the document holds (a client sending back everything it
+//! has). Clients author under other actor ids (automerge's default is 16 random bytes).
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, ROOT};
@@ -15,6 +30,70 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::{CrdtError, Lattice, NodeId};
+
+/// Deepest nesting of objects (maps, lists, text) in a document; the same bound `doc_put` has
+/// through its JSON parser's recursion limit.
+pub const MAX_DOC_DEPTH: usize = 128;
+
+/// Length of the actor ids replicas author their changes under (a node id, big-endian).
+const REPLICA_ACTOR_LEN: usize = 8;
+
+/// The automerge chunk header: magic bytes, then a 4-byte checksum, then the chunk type.
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Chunk types automerge gives its binary formats.
+const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
+
+/// The size of the automerge change `bytes` once inflated (its own size unless it is a compressed
+/// change), reading at most `limit + 1` inflated bytes: more is [`CrdtError::TooLarge`]. Anything
+/// but a change chunk is refused without being parsed further.
+pub fn inflated_len(bytes: &[u8], limit: usize) -> Result<usize, CrdtError> {
+    let invalid = |why: &str| CrdtError::InvalidDocChange(why.to_string());
+    if bytes.len() < 9 || bytes[..4] != MAGIC {
+        return Err(invalid("not an automerge change (bad magic bytes)"));
+    }
+    match bytes[8] {
+        CHUNK_CHANGE if bytes.len() > limit => {
+            Err(CrdtError::TooLarge(format!("a change of {} bytes; at most {limit} are accepted", bytes.len())))
+        }
+        CHUNK_CHANGE => Ok(bytes.len()),
+        CHUNK_COMPRESSED_CHANGE => {
+            let (data_len, leb_len) = uleb128(&bytes[9..]).ok_or_else(|| invalid("truncated chunk header"))?;
+            let start = 9 + leb_len;
+            let data = usize::try_from(data_len)
+                .ok()
+                .and_then(|len| bytes.get(start..start.checked_add(len)?))
+                .ok_or_else(|| invalid("truncated compressed change"))?;
+            let bound = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            let mut inflated = std::io::Read::take(flate2::read::DeflateDecoder::new(data), bound);
+            let len = std::io::copy(&mut inflated, &mut std::io::sink())
+                .map_err(|e| CrdtError::InvalidDocChange(format!("compressed change: {e}")))?;
+            let len = start as u64 + len;
+            if len > limit as u64 {
+                return Err(CrdtError::TooLarge(format!(
+                    "a compressed change of {} bytes inflates past {limit} bytes",
+                    bytes.len()
+                )));
+            }
+            Ok(len as usize)
+        }
+        other => Err(CrdtError::InvalidDocChange(format!(
+            "chunk type {other}: only automerge changes (chunk types 1 and 2) are accepted"
+        ))),
+    }
+}
+
+/// An unsigned LEB128 number at the start of `bytes`, and how many bytes it took.
+fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f).checked_shl(7 * i as u32)?;
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
 
 /// The state of a `doc` key: every automerge change it has seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +117,34 @@ impl MaterializedDoc {
     /// The document's heads, hex-encoded.
     pub fn heads(&self) -> Vec<String> {
         self.0.get_heads().iter().map(ToString::to_string).collect()
+    }
+
+    /// Whether objects nest deeper than `max` levels below the root: the first depth past it found,
+    /// walking without recursion (and stopping there: a 100 000-level document costs `max` steps).
+    pub fn depth_beyond(&self, max: usize) -> Option<usize> {
+        let mut todo = vec![(ROOT, 0usize)];
+        while let Some((obj, depth)) = todo.pop() {
+            if depth > max {
+                return Some(depth);
+            }
+            let children = match self.0.object_type(&obj) {
+                Ok(ObjType::Map | ObjType::Table) => self
+                    .0
+                    .map_range(&obj, ..)
+                    .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                    .map(|item| item.id())
+                    .collect::<Vec<_>>(),
+                Ok(ObjType::List | ObjType::Text) => self
+                    .0
+                    .list_range(&obj, ..)
+                    .filter(|item| matches!(item.value, automerge::ValueRef::Object(_)))
+                    .map(|item| item.id())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            todo.extend(children.into_iter().map(|child| (child, depth + 1)));
+        }
+        None
     }
 
     /// The changes a peer that has `heads` lacks, in automerge's binary encoding.
@@ -107,19 +214,49 @@ impl DocCrdt {
         })
     }
 
-    /// Like [`DocCrdt::apply_delta`], for changes a *client* sends: refuses changes that would leave
-    /// this document unreadable (automerge refuses two different changes with the same actor and
-    /// sequence number, and fails to serialise some malformed ones — accepting them would make the
-    /// key fail every later read).
-    ///
-    /// Not yet refused: a client authoring changes under a replica's actor id. Harmless on one node
-    /// (the replica's next change takes the next free sequence number); across replicas it could clash
-    /// with a concurrent change of that replica, so per-key replica actors come with replication.
-    pub fn client_delta(&self, changes: &[Vec<u8>]) -> Result<DocCrdt, CrdtError> {
+    /// Like [`DocCrdt::apply_delta`], for changes a *client* sends (module docs): each must be a
+    /// change chunk inflating to at most `max_inflated` bytes (checked before automerge parses it),
+    /// not authored under another replica's actor id than the `coordinator`'s unless the document
+    /// holds it already; and the document must stay readable —
+    /// automerge refuses two different changes with the same actor and sequence number, which would
+    /// make the key fail every later read, and fails to serialise some malformed ones — and nest at
+    /// most [`MAX_DOC_DEPTH`] levels.
+    pub fn client_delta(
+        &self,
+        changes: &[Vec<u8>],
+        max_inflated: usize,
+        coordinator: NodeId,
+    ) -> Result<DocCrdt, CrdtError> {
+        for bytes in changes {
+            inflated_len(bytes, max_inflated)?;
+        }
         let delta = DocCrdt::apply_delta(changes)?;
+        for (hash, bytes) in &delta.changes {
+            // A replica's change sent back (a client syncing all it has) is harmless: it is the
+            // very change, held here already. Any other is refused.
+            if self.changes.contains_key(hash) {
+                continue;
+            }
+            let change = Change::try_from(bytes.as_slice()).map_err(|e| CrdtError::InvalidDocChange(e.to_string()))?;
+            let actor = change.actor_id().to_bytes();
+            if actor.len() == REPLICA_ACTOR_LEN && actor != coordinator.0.to_be_bytes() {
+                return Err(CrdtError::InvalidDocChange(format!(
+                    "actor ids of {REPLICA_ACTOR_LEN} bytes are reserved for Meridian's replicas, and this node does \
+                     not hold this change of another replica; author changes under another actor id (automerge's \
+                     default is 16 random bytes), or send it to the node that made it"
+                )));
+            }
+        }
         let mut joined = self.clone();
         joined.join(&delta);
-        joined.materialize()?.to_json()?;
+        let materialized = joined.materialize()?;
+        materialized.to_json()?;
+        let depth = materialized.depth_beyond(MAX_DOC_DEPTH);
+        if let Some(depth) = depth {
+            return Err(CrdtError::InvalidDocChange(format!(
+                "objects would nest {depth} levels deep; a document may nest at most {MAX_DOC_DEPTH}"
+            )));
+        }
         Ok(delta)
     }
 
@@ -266,19 +403,116 @@ mod tests {
         assert_eq!(peer.get_heads().len(), 1);
     }
 
+    const LIMIT: usize = 1 << 20;
+
+    /// A change a client makes under its own 16-byte actor id.
+    fn client_change(actor: u8, f: impl FnOnce(&mut automerge::transaction::Transaction<'_>)) -> Vec<u8> {
+        let mut doc = Automerge::new().with_actor(ActorId::from(vec![actor; 16]));
+        doc.transact::<_, _, AutomergeError>(|tx| {
+            f(tx);
+            Ok(())
+        })
+        .unwrap();
+        doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+    }
+
     #[test]
     fn client_changes_that_would_break_the_document_are_refused() {
         let node = NodeId(42);
         let mut doc = DocCrdt::default();
         doc.join(&doc.put_root_delta(node, &json!({"a": 1})).unwrap());
         // Two different changes with the same actor and seq would make the document unreadable.
-        let other = NodeId(7);
-        let first = DocCrdt::default().put_root_delta(other, &json!({"c": 1})).unwrap();
-        let clash = DocCrdt::default().put_root_delta(other, &json!({"c": 2})).unwrap();
-        doc.join(&doc.client_delta(&first.changes.values().cloned().collect::<Vec<_>>()).unwrap());
-        let clash: Vec<Vec<u8>> = clash.changes.values().cloned().collect();
-        assert!(doc.client_delta(&clash).is_err());
+        let first = client_change(7, |tx| tx.put(ROOT, "c", 1).unwrap());
+        let clash = client_change(7, |tx| tx.put(ROOT, "c", 2).unwrap());
+        doc.join(&doc.client_delta(&[first], LIMIT, NodeId(42)).unwrap());
+        assert!(doc.client_delta(&[clash], LIMIT, NodeId(42)).is_err());
         assert!(doc.materialize().is_ok());
+    }
+
+    #[test]
+    fn client_changes_under_another_replicas_actor_id_are_refused() {
+        let (here, other) = (NodeId(42), NodeId(7));
+        let mut doc = DocCrdt::default();
+        doc.join(&doc.put_root_delta(here, &json!({"a": 1})).unwrap());
+        // A change under replica 7's actor this node does not hold: replica 7 may be making its
+        // own change with that sequence number right now.
+        let theirs = DocCrdt::default().put_root_delta(other, &json!({"b": 1})).unwrap();
+        let theirs: Vec<Vec<u8>> = theirs.changes.values().cloned().collect();
+        let err = doc.client_delta(&theirs, LIMIT, here).unwrap_err();
+        assert!(matches!(&err, CrdtError::InvalidDocChange(m) if m.contains("reserved")), "{err:?}");
+        // On replica 7 itself it is taken (it authors after what it holds of its own actor).
+        DocCrdt::default().client_delta(&theirs, LIMIT, other).unwrap();
+        // Once held (replicated), sending it again is harmless.
+        let mut holding = doc.clone();
+        holding.join(&DocCrdt::apply_delta(&theirs).unwrap());
+        holding.client_delta(&theirs, LIMIT, here).unwrap();
+        // A client's own actor is fine, and so is sending back everything it has.
+        let ours = client_change(9, |tx| tx.put(ROOT, "c", 1).unwrap());
+        doc.join(&doc.client_delta(&[ours], LIMIT, here).unwrap());
+        let everything = doc.materialize().unwrap().changes_since(&[]).unwrap();
+        assert_eq!(everything.len(), 2);
+        doc.client_delta(&everything, LIMIT, here).unwrap();
+        assert_eq!(doc.materialize().unwrap().to_json().unwrap(), json!({"a": 1, "c": 1}));
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_too_large_before_automerge_inflates_it() {
+        use std::io::Write as _;
+        // 256 MiB of zeros deflate to a few hundred kilobytes.
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let data = encoder.finish().unwrap();
+        let mut bomb = MAGIC.to_vec();
+        bomb.extend([0, 0, 0, 0, CHUNK_COMPRESSED_CHANGE]);
+        let mut len = data.len();
+        while len >= 0x80 {
+            bomb.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        bomb.push(len as u8);
+        bomb.extend(&data);
+        assert!(bomb.len() < LIMIT, "{} bytes on the wire", bomb.len());
+        assert!(matches!(inflated_len(&bomb, LIMIT), Err(CrdtError::TooLarge(_))));
+        let err = DocCrdt::default().client_delta(&[bomb], LIMIT, NodeId(1)).unwrap_err();
+        assert!(matches!(err, CrdtError::TooLarge(_)), "{err:?}");
+        // Other chunks (a whole document, a bundle) are not parsed at all.
+        let mut document = MAGIC.to_vec();
+        document.extend([0, 0, 0, 0, 0, 1, 0]);
+        assert!(matches!(inflated_len(&document, LIMIT), Err(CrdtError::InvalidDocChange(_))));
+        // A real change, compressed or not, passes with its inflated size.
+        let big = client_change(3, |tx| tx.put(ROOT, "text", "abc".repeat(20_000)).unwrap());
+        let compressed = Change::try_from(big.as_slice()).unwrap().bytes().to_vec();
+        assert_eq!(compressed[8], CHUNK_COMPRESSED_CHANGE, "automerge compresses a big change");
+        assert!(compressed.len() < big.len());
+        let inflated = inflated_len(&compressed, LIMIT).unwrap();
+        assert!(inflated >= 60_000, "{inflated}");
+        assert!(matches!(inflated_len(&compressed, 10_000), Err(CrdtError::TooLarge(_))));
+        DocCrdt::default().client_delta(&[compressed], LIMIT, NodeId(1)).unwrap();
+    }
+
+    #[test]
+    fn a_change_nesting_a_hundred_thousand_levels_is_refused() {
+        let deep = client_change(5, |tx| {
+            let mut obj = ROOT;
+            for _ in 0..100_000 {
+                obj = tx.put_object(&obj, "n", ObjType::Map).unwrap();
+            }
+        });
+        let err = DocCrdt::default().client_delta(&[deep], 64 << 20, NodeId(1)).unwrap_err();
+        assert!(matches!(&err, CrdtError::InvalidDocChange(m) if m.contains("nest")), "{err:?}");
+        // As deep as allowed is fine (and reads).
+        let ok = client_change(6, |tx| {
+            let mut obj = ROOT;
+            for _ in 0..MAX_DOC_DEPTH {
+                obj = tx.put_object(&obj, "n", ObjType::Map).unwrap();
+            }
+        });
+        let mut doc = DocCrdt::default();
+        doc.join(&doc.client_delta(&[ok], LIMIT, NodeId(1)).unwrap());
+        assert!(doc.materialize().unwrap().to_json().unwrap().is_object());
     }
 
     #[test]
@@ -333,8 +567,8 @@ mod tests {
         ];
         let second = CHANGES.windows(4).skip(1).position(|w| w == [0x85, 0x6f, 0x4a, 0x83]).unwrap() + 1;
         let (first, second) = CHANGES.split_at(second);
-        let state = DocCrdt::default().client_delta(&[first.to_vec()]).unwrap();
-        let delta = state.client_delta(&[second.to_vec()]).unwrap();
+        let state = DocCrdt::default().client_delta(&[first.to_vec()], LIMIT, NodeId(1)).unwrap();
+        let delta = state.client_delta(&[second.to_vec()], LIMIT, NodeId(1)).unwrap();
         let mut joined = state.clone();
         joined.join(&delta);
         let doc = joined.materialize().unwrap();
@@ -359,7 +593,7 @@ mod tests {
         // The input's control byte is 0: the key holds nothing, the client sends every change.
         let sent: Vec<Vec<u8>> = CHANGES.iter().map(|c| c.to_vec()).collect();
         let state = DocCrdt::default();
-        assert!(matches!(state.client_delta(&sent), Err(CrdtError::InvalidDocChange(_))));
+        assert!(matches!(state.client_delta(&sent, LIMIT, NodeId(1)), Err(CrdtError::InvalidDocChange(_))));
         let mut joined = state.clone();
         joined.join(&DocCrdt::apply_delta(&sent).unwrap());
         if let Ok(doc) = joined.materialize() {

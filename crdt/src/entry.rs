@@ -405,6 +405,14 @@ impl Entry {
                 // Only dots this replica has seen count: a client cannot claim to have read writes
                 // that do not exist here.
                 let seen = context.as_ref().map_or_else(|| r.read_context(), |c| c.intersect(r.context()));
+                let siblings = r.siblings_after(&seen);
+                if siblings > crate::mvregister::MAX_SIBLINGS {
+                    return Err(CrdtError::InvalidMutation(format!(
+                        "the write would leave {siblings} siblings; a multi-value register keeps at most {}: pass \
+                         the context of a read (or none) to replace them",
+                        crate::mvregister::MAX_SIBLINGS
+                    )));
+                }
                 Body::MvRegister(r.set_delta(w.node, Some(value.clone()), &seen))
             }
             (Body::Set(s), Mutation::SetAdd { members }) => Body::Set(s.add_delta(w.node, members)),
@@ -423,7 +431,11 @@ impl Entry {
                 }
                 Body::Map(OrMap { fields })
             }
-            (Body::Doc(d), Mutation::DocApply { changes }) => Body::Doc(d.client_delta(changes)?),
+            (Body::Doc(d), Mutation::DocApply { changes }) => {
+                // The configured value cap is checked (inflated) before the write gets here; this
+                // is the codec's ceiling, for any other caller.
+                Body::Doc(d.client_delta(changes, crate::codec::ABSOLUTE_MAX_BYTES, w.node)?)
+            }
             (Body::Doc(d), Mutation::DocPut { json }) => {
                 let value: serde_json::Value = serde_json::from_str(json)
                     .map_err(|e| CrdtError::InvalidDocChange(format!("doc_put JSON: {e}")))?;

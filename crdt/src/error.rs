@@ -27,6 +27,9 @@ pub enum CrdtError {
     /// A mutation that is well-formed but not allowed.
     #[error("invalid mutation: {0}")]
     InvalidMutation(String),
+    /// Input larger than a bound once decoded (an automerge change that inflates past its cap).
+    #[error("too large: {0}")]
+    TooLarge(String),
     /// A remote HLC timestamp too far ahead of local physical time.
     #[error(
         "clock drift: remote timestamp {remote_ms} ms is more than {max_drift_ms} ms ahead of local {local_ms} ms"

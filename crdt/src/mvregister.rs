@@ -12,11 +12,21 @@
 //! the deltas that did the overwriting (deltas are shipped per origin, not in causal order) does not
 //! resurrect them as siblings of the write that causally follows them.
 
+//!
+//! A client may pass a context that resolves nothing (empty, or from a read long ago): each such
+//! write adds a sibling. So a write is refused when it would leave more than [`MAX_SIBLINGS`]
+//! siblings at its coordinator ([`MvRegister::siblings_after`]); merges are untouched (still a
+//! lattice join), so concurrent writers on `n` replicas can leave at most `n × MAX_SIBLINGS`, and
+//! any write passing a read's context (or none) brings them back to one.
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::dot_store::join_dot_map;
 use crate::{Dot, DotContext, Lattice, NodeId};
+
+/// Most siblings a write may leave at its coordinator.
+pub const MAX_SIBLINGS: usize = 64;
 
 /// A multi-value register.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +66,11 @@ impl MvRegister {
             values.insert(dot, value);
         }
         MvRegister { values, ctx }
+    }
+
+    /// How many siblings a write replacing those in `seen` leaves here (itself included).
+    pub fn siblings_after(&self, seen: &DotContext) -> usize {
+        self.values.keys().filter(|held| !seen.contains(**held)).count() + 1
     }
 
     /// The delta that clears every sibling held here (and retires every overwritten one seen here).

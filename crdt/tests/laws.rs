@@ -548,7 +548,16 @@ impl Model for EntryM {
         if let EntryOp::Delete = op {
             return me.reset_delta(&w).expect("delete");
         }
-        Entry::mutation_delta(Some(me), &client_mutation(states, op), &w).expect("mutation")
+        match Entry::mutation_delta(Some(me), &client_mutation(states, op), &w) {
+            // A relay of another replica's doc changes this one does not hold is refused (they
+            // could collide with that replica's own next change): it arrives by replication instead.
+            Err(CrdtError::InvalidDocChange(why))
+                if matches!(op, EntryOp::DocApplyFrom { .. }) && why.contains("reserved") =>
+            {
+                Entry::empty(me.crdt_type())
+            }
+            delta => delta.expect("mutation"),
+        }
     }
     fn read(&self, state: &Entry) -> Option<Value> {
         state.read().expect("read")
@@ -797,6 +806,12 @@ impl Model for MixedM {
             Ok(delta) => delta,
             // A write to a map field that holds another type: refused, nothing to ship.
             Err(CrdtError::WrongType { .. }) if crdt_type == CrdtType::Map => no_state(),
+            // A relay of another replica's doc changes this one lacks: refused (see `EntryM`).
+            Err(CrdtError::InvalidDocChange(why))
+                if matches!(entry_op, EntryOp::DocApplyFrom { .. }) && why.contains("reserved") =>
+            {
+                no_state()
+            }
             Err(e) => panic!("mutation refused: {e}"),
         }
     }
@@ -1532,4 +1547,81 @@ fn counter_overflow_is_refused() {
     c.join(&c.add_delta(n, i64::MAX).unwrap());
     assert!(c.add_delta(n, 2).is_err());
     assert!(c.add_delta(n, 1).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Multi-value register: the sibling bound
+// ---------------------------------------------------------------------------------------------------
+
+proptest! {
+    /// Writes with any contexts (none, empty, a read's, a stale read's) from three replicas that
+    /// merge now and then: a write that would leave more than `MAX_SIBLINGS` siblings at its
+    /// coordinator is refused (and changes nothing), every other is taken; a replica never holds
+    /// more than `replicas × MAX_SIBLINGS`; a write with no context always succeeds and leaves one
+    /// sibling at its coordinator.
+    #[test]
+    fn mvregister_siblings_stay_bounded(
+        ops in proptest::collection::vec((0..3usize, 0..4u8, any::<bool>()), 1..400),
+    ) {
+        use meridian_crdt::mvregister::MAX_SIBLINGS;
+        let mut states = vec![Entry::empty(CrdtType::MvRegister); 3];
+        let mut stale: Vec<Option<DotContext>> = vec![None; 3];
+        for (i, (at, context_kind, merge)) in ops.into_iter().enumerate() {
+            let read = match states[at].read().expect("read") {
+                Some(Value::MvRegister { context, .. }) => context,
+                _ => DotContext::new(),
+            };
+            let context = match context_kind {
+                0 => None,
+                1 => Some(DotContext::new()),
+                2 => Some(read.clone()),
+                _ => stale[at].clone().or(Some(DotContext::new())),
+            };
+            stale[at].get_or_insert(read);
+            let before = states[at].clone();
+            let w = WriteContext { node: node(at), ts: Hlc { wall_ms: 1 + i as u64, logical: 0 } };
+            let write = Mutation::MvRegisterSet { value: vec![i as u8], context: context.clone() };
+            match Entry::mutation_delta(Some(&states[at]), &write, &w) {
+                Ok(delta) => states[at].try_join(&delta).expect("join"),
+                Err(CrdtError::InvalidMutation(why)) => {
+                    prop_assert!(context.is_some(), "a write without context is never refused: {why}");
+                    prop_assert!(why.contains("siblings"), "{why}");
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("unexpected refusal: {e}"))),
+            }
+            let siblings = |e: &Entry| match e.read().expect("read") {
+                Some(Value::MvRegister { values, .. }) => values.len(),
+                _ => 0,
+            };
+            if context.is_none() {
+                prop_assert_eq!(siblings(&states[at]), 1);
+            }
+            prop_assert!(siblings(&states[at]) <= siblings(&before).max(MAX_SIBLINGS));
+            if merge {
+                let from = states[(at + 1) % 3].clone();
+                states[at].try_join(&from).expect("join");
+            }
+            prop_assert!(siblings(&states[at]) <= 3 * MAX_SIBLINGS);
+        }
+    }
+}
+
+#[test]
+fn mvregister_writes_that_resolve_nothing_stop_at_max_siblings() {
+    use meridian_crdt::mvregister::MAX_SIBLINGS;
+    let mut state = Entry::empty(CrdtType::MvRegister);
+    let write = |state: &Entry, i: usize, context: Option<DotContext>| {
+        let w = WriteContext { node: node(0), ts: Hlc { wall_ms: 1 + i as u64, logical: 0 } };
+        Entry::mutation_delta(Some(state), &Mutation::MvRegisterSet { value: vec![i as u8], context }, &w)
+    };
+    for i in 0..MAX_SIBLINGS {
+        let delta = write(&state, i, Some(DotContext::new())).expect("under the bound");
+        state.try_join(&delta).unwrap();
+    }
+    let err = write(&state, MAX_SIBLINGS, Some(DotContext::new())).unwrap_err();
+    assert!(matches!(&err, CrdtError::InvalidMutation(m) if m.contains("siblings")), "{err:?}");
+    // A write that passes what it read (or no context) replaces them all.
+    let delta = write(&state, MAX_SIBLINGS + 1, None).unwrap();
+    state.try_join(&delta).unwrap();
+    assert!(matches!(state.read().unwrap(), Some(Value::MvRegister { values, .. }) if values.len() == 1));
 }

@@ -493,7 +493,7 @@ async fn sessions_read_their_writes_and_resume_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_from_unseen_writes_times_out_causal_reads_only() {
+async fn a_token_from_another_cluster_fails_causal_reads_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.limits.causal_wait_ms = 200;
@@ -508,13 +508,15 @@ async fn a_token_from_unseen_writes_times_out_causal_reads_only() {
         let token = CausalToken([(unknown, 5)].into_iter().collect::<VersionVector>());
         let session = client.resume_session(&token.to_string()).unwrap();
 
+        // This node runs alone: no other origin can ever become known, so waiting cannot help.
+        // (In a region, an origin not known yet is waited for, bounded: `causal_timeout`.)
         let err = session.counter("ct/n").get().await.unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::CausalTimeout), "{err:?}");
-        assert!(err.is_retryable());
-        assert!(err.to_string().contains("need 5"), "{err}");
-        // Other causal reads wait the same way ...
-        assert_eq!(server_code(session.get("ct/n").await), ErrorCode::CausalTimeout);
-        assert_eq!(server_code(session.doc("ct/doc").changes_since(&[]).await), ErrorCode::CausalTimeout);
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err:?}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("runs alone"), "{err}");
+        // Other causal reads are refused the same way ...
+        assert_eq!(server_code(session.get("ct/n").await), ErrorCode::BadRequest);
+        assert_eq!(server_code(session.doc("ct/doc").changes_since(&[]).await), ErrorCode::BadRequest);
 
         // ... while an eventual read with the same session succeeds at once, keeping the token.
         let eventual = session.clone().with_consistency(Consistency::Eventual);
@@ -555,7 +557,8 @@ async fn idempotent_writes_apply_once() {
         // The same id on another key is a client bug, refused; that key is not written.
         let err = client.raw(counter_write("idem/other", 1, id)).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err:?}");
-        assert!(err.to_string().contains("idem/n"), "{err}");
+        // (Without naming the key the id was first used for: it may be another client's.)
+        assert!(!err.to_string().contains("idem/n"), "{err}");
         assert_eq!(client.get("idem/other").await.unwrap(), None);
         // A fresh id applies again.
         let third = client.raw(counter_write("idem/n", 1, IdempotencyId::random())).await.unwrap();

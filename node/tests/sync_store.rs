@@ -479,7 +479,9 @@ async fn gaps_and_bad_records_are_refused_whole() {
     // A key of another partition; an undecodable key.
     let elsewhere = (0..).map(|i| format!("t/x{i}")).find(|name| partition(name) != p).unwrap();
     let moved = SyncRecord { key: layout::data_key(&key(&elsewhere)), ..r1.clone() };
-    assert!(matches!(refused(&mut b, &[moved]), SyncStoreError::WrongPartition { .. }));
+    let error = refused(&mut b, &[moved]);
+    assert!(matches!(error, SyncStoreError::WrongPartition { .. }));
+    assert!(!error.to_string().contains(&elsewhere), "errors (logged, sent to peers) never name keys: {error}");
     let bad_key = SyncRecord { key: vec![200, b'x'], ..r1.clone() };
     assert!(matches!(refused(&mut b, &[bad_key]), SyncStoreError::Malformed { what: "key", .. }));
 

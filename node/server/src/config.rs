@@ -221,6 +221,11 @@ pub struct LimitsConfig {
     pub max_value_bytes: usize,
     /// Open client connections (QUIC); further ones are refused.
     pub max_connections: usize,
+    /// How long a client has to complete its QUIC handshake; its connection slot is freed after it.
+    pub handshake_timeout_ms: u64,
+    /// Client handshakes in progress before a client whose address is not validated yet is sent a
+    /// QUIC Retry first (it must prove it receives packets at its address; 0: always).
+    pub max_unvalidated_handshakes: usize,
     /// Concurrent requests (streams) per QUIC connection.
     pub max_streams_per_connection: u32,
     /// Requests being executed at once across all connections and HTTP; further ones get `overloaded`.
@@ -266,6 +271,8 @@ impl Default for Config {
                 max_frame_bytes: 4 << 20,
                 max_value_bytes: 1 << 20,
                 max_connections: 1024,
+                handshake_timeout_ms: 10_000,
+                max_unvalidated_handshakes: 64,
                 max_streams_per_connection: 256,
                 max_inflight_requests: 4096,
                 request_timeout_ms: 5_000,
@@ -375,6 +382,7 @@ impl Config {
             ("limits.max_frame_bytes", limits.max_frame_bytes, 1024),
             ("limits.max_value_bytes", limits.max_value_bytes, 1),
             ("limits.max_connections", limits.max_connections, 1),
+            ("limits.handshake_timeout_ms", limits.handshake_timeout_ms as usize, 1),
             ("limits.max_streams_per_connection", limits.max_streams_per_connection as usize, 1),
             ("limits.max_inflight_requests", limits.max_inflight_requests, 1),
             ("limits.request_timeout_ms", limits.request_timeout_ms as usize, 1),

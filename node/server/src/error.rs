@@ -65,6 +65,7 @@ impl Error {
             Error::ResidencyRefused(_) => ErrorCode::ResidencyRefused,
             Error::Crdt(CrdtError::WrongType { .. }) => ErrorCode::WrongType,
             Error::Crdt(CrdtError::TypeConflict { .. }) => ErrorCode::Internal,
+            Error::Crdt(CrdtError::TooLarge(_)) => ErrorCode::TooLarge,
             Error::Crdt(_) => ErrorCode::BadRequest,
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
             Error::Remote(reply) => reply.code,

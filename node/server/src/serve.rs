@@ -87,7 +87,10 @@ impl RunningNode {
 
 /// Opens storage and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
-    std::fs::create_dir_all(&config.data_dir)
+    // The data directory holds every key and value, the TLS key and the audit log: only this user
+    // may enter it, whatever the umask (an existing directory keeps the mode its owner gave it).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let durability = if config.storage.durability == "relaxed" { Durability::Relaxed } else { Durability::Fsync };
     let options = RocksOptions { durability, cache_bytes: config.storage.cache_mb << 20, ..RocksOptions::default() };

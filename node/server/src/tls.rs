@@ -39,23 +39,28 @@ pub fn ensure_certificate(config: &Config) -> anyhow::Result<TlsFiles> {
     let names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into(), config.node_name.clone()];
     let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
     let dir = files.cert.parent().expect("generated paths have a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_private(&files.key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&files.cert, generated.cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    write_with_mode(&files.key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_with_mode(&files.cert, generated.cert.pem().as_bytes(), 0o644)?;
     tracing::info!(cert = %files.cert.display(), "generated a self-signed certificate");
     Ok(files)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `path` with exactly `mode` (whatever the umask, and also when the file already existed:
+/// a key left half-written by an earlier start is rewritten private).
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     Ok(())

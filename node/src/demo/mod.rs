@@ -286,7 +286,7 @@ pub fn init(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoPlan> {
 /// Creates `dir` and resolves it; refuses one that holds a cluster already unless `--force`.
 /// Returns the resolved directory and its `cluster.json` path.
 fn prepare_dir(dir: &Path, options: &DemoOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    local_region::create_private_dir(dir)?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let plan_path = dir.join(GEO_PLAN_FILE);
     if plan_path.exists() && !options.force {

@@ -77,7 +77,7 @@ mod write;
 
 pub use start::start;
 pub(crate) use supervisor::{check_ports_free, StopSignals, Supervisor};
-pub(crate) use write::{write_atomically, write_ca, write_node, NodeSetup};
+pub(crate) use write::{create_private_dir, write_atomically, write_ca, write_node, NodeSetup};
 
 /// The plan's file name inside the region directory.
 pub const PLAN_FILE: &str = "region.json";
@@ -207,7 +207,7 @@ pub async fn run(command: RegionCommand) -> anyhow::Result<()> {
 /// Writes the region described by `options` under `dir` (see the module docs) and returns its plan.
 pub fn init(dir: &Path, options: &RegionOptions) -> anyhow::Result<RegionPlan> {
     check_options(options)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    create_private_dir(dir)?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let plan_path = dir.join(PLAN_FILE);
     if plan_path.exists() && !options.force {

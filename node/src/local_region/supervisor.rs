@@ -256,9 +256,11 @@ pub(crate) fn check_ports_free(nodes: &[NodePlan], hint: &str) -> anyhow::Result
 
 /// `meridian serve --config …` for `node`, output appended to its log.
 async fn spawn_node(exe: &Path, node: &NodePlan) -> anyhow::Result<tokio::process::Child> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&node.log)
         .with_context(|| format!("opening {}", node.log.display()))?;
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -69,7 +69,7 @@ pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
         setup.force,
     )?;
     let node_dir = setup.dir.join(&name);
-    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+    create_private_dir(&node_dir)?;
     let node = NodePlan {
         name: name.clone(),
         zone: zone.clone(),
@@ -118,11 +118,31 @@ pub(crate) fn write_node(setup: NodeSetup<'_>) -> anyhow::Result<NodePlan> {
     write_atomically(&node.config, text.as_bytes())?;
     Ok(node)
 }
-/// Writes `path` through a temporary file and a rename, so a reader never sees half of it.
+/// Creates `dir` (and its missing parents) `0700` whatever the umask: a region's and a node's
+/// directories hold keys, certificates, configurations, data and logs.
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader never sees half of it. The file
+/// is `0644` whatever the umask (a configuration others may read, but only its owner change).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{:08x}", rand::random::<u32>()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

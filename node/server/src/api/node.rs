@@ -281,6 +281,23 @@ impl Node {
                         ),
                     ));
                 }
+                // Automerge changes may be deflate-compressed: the cap holds for what they inflate
+                // to, checked before automerge parses them (a few KB can inflate to gigabytes).
+                if let meridian_crdt::Mutation::DocApply { changes } = &mutation {
+                    let mut left = max_value_bytes;
+                    for change in changes {
+                        let len = meridian_crdt::doc::inflated_len(change, left).map_err(|e| match e {
+                            meridian_crdt::CrdtError::TooLarge(_) => ErrorReply::new(
+                                ErrorCode::TooLarge,
+                                format!(
+                                    "the write's automerge changes inflate to more than limits.max_value_bytes ({max_value_bytes} bytes)"
+                                ),
+                            ),
+                            other => ErrorReply::from(crate::error::Error::Crdt(other)),
+                        })?;
+                        left -= len;
+                    }
+                }
                 self.write(key, Change::Mutate(mutation), idempotency_id, token, level, permit).await
             }
             Operation::Delete { key, idempotency_id } => {
@@ -377,5 +394,56 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    /// An automerge compressed-change chunk whose body deflates `inflated` zero bytes.
+    fn deflate_bomb(inflated: usize) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![0u8; inflated]).unwrap();
+        let data = encoder.finish().unwrap();
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+        let mut len = data.len();
+        while len >= 0x80 {
+            chunk.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        chunk.push(len as u8);
+        chunk.extend(data);
+        chunk
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn automerge_changes_are_capped_at_their_inflated_size() {
+        let node = Node::open(Config::default(), Arc::new(MemoryEngine::new())).unwrap();
+        let max = node.config().limits.max_value_bytes;
+        let bomb = deflate_bomb(4 * max);
+        assert!(bomb.len() < max / 16, "{} bytes on the wire", bomb.len());
+        let write = |changes| RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: 0,
+            op: Operation::Write {
+                key: "docs/d".parse().unwrap(),
+                mutation: meridian_crdt::Mutation::DocApply { changes },
+                idempotency_id: None,
+            },
+        };
+        let err = node.execute_v1(write(vec![bomb])).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge, "{err:?}");
+        assert!(err.message.contains("inflate"), "{err:?}");
+        // Several changes under the cap each, over it together.
+        let err = node.execute_v1(write(vec![deflate_bomb(max / 2 + 1), deflate_bomb(max / 2 + 1)])).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::TooLarge, "{err:?}");
+        // Under the cap, a chunk that is not a valid change is a bad request as before.
+        let err = node.execute_v1(write(vec![deflate_bomb(1024)])).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest, "{err:?}");
+        assert!(node.load_entry(&layout::data_key(&"docs/d".parse().unwrap())).unwrap().is_none());
     }
 }

@@ -66,11 +66,8 @@ pub async fn residency_op(
         let stored = residency.clone();
         let version = next.version;
         tokio::task::spawn_blocking(move || stored.adopt(&next)).await.map_err(internal)?.map_err(internal)?;
-        residency.audit().record(
-            "rules",
-            report.rule_id.unwrap_or(0),
-            &format!("edited by an operator: version {version}"),
-        );
+        let rule = report.rule_id.map_or_else(String::new, |id| format!("rule {id}: "));
+        residency.audit().record_always("rules", &format!("{rule}edited by an operator: version {version}"));
         if let Some(coordinator) = coordinator {
             crate::region::gossip::exchange_rules(
                 node,

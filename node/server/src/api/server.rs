@@ -24,8 +24,33 @@ const CLOSE_SHUTDOWN: u32 = 1;
 const STOP_BAD_FRAME: u32 = 2;
 
 /// Serves the client protocol on `endpoint` until `shutdown` fires, then drains in-flight requests.
+///
+/// A connection slot (`limits.max_connections`) is taken when a handshake starts, so handshakes
+/// that never complete must not hold them: each gets `limits.handshake_timeout_ms`, and once
+/// `limits.max_unvalidated_handshakes` are in progress, a client whose address QUIC has not
+/// validated yet gets a stateless Retry first (it costs this node nothing; a sender with a spoofed
+/// source address never sees it, so it can start handshakes but not hold slots with them).
 pub async fn serve_clients(endpoint: quinn::Endpoint, node: Arc<Node>, shutdown: CancellationToken) {
-    let connections = Arc::new(Semaphore::new(node.config().limits.max_connections));
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    /// One client handshake in progress, counted until dropped.
+    struct Handshaking(Arc<AtomicUsize>);
+    impl Handshaking {
+        fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+            count.fetch_add(1, Ordering::Relaxed);
+            Handshaking(count.clone())
+        }
+    }
+    impl Drop for Handshaking {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    let limits = &node.config().limits;
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake_timeout = std::time::Duration::from_millis(limits.handshake_timeout_ms);
+    let max_unvalidated = limits.max_unvalidated_handshakes;
+    let handshaking = Arc::new(AtomicUsize::new(0));
     let tasks = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -35,6 +60,15 @@ pub async fn serve_clients(endpoint: quinn::Endpoint, node: Arc<Node>, shutdown:
                 None => break,
             },
         };
+        if !incoming.remote_address_validated() && handshaking.load(Ordering::Relaxed) >= max_unvalidated {
+            metrics::counter!("meridian_client_handshake_retries_total").increment(1);
+            // An unvalidated address may always be sent a Retry; should quinn say otherwise, drop
+            // the attempt without an answer.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             metrics::counter!("meridian_connections_refused_total").increment(1);
             incoming.refuse();
@@ -42,11 +76,18 @@ pub async fn serve_clients(endpoint: quinn::Endpoint, node: Arc<Node>, shutdown:
         };
         let node = node.clone();
         let shutdown = shutdown.clone();
+        let in_progress = Handshaking::start(&handshaking);
         tasks.spawn(async move {
             let _permit = permit;
-            match incoming.await {
-                Ok(connection) => serve_connection(connection, node, shutdown).await,
-                Err(e) => tracing::debug!(error = %e, "client handshake failed"),
+            let handshake = tokio::time::timeout(handshake_timeout, incoming).await;
+            drop(in_progress);
+            match handshake {
+                Ok(Ok(connection)) => serve_connection(connection, node, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "client handshake failed"),
+                Err(_) => {
+                    metrics::counter!("meridian_client_handshake_timeouts_total").increment(1);
+                    tracing::debug!("client handshake did not complete within limits.handshake_timeout_ms");
+                }
             }
         });
     }

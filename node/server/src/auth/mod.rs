@@ -18,8 +18,8 @@
 pub mod state;
 pub mod token;
 
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meridian_client::proto::auth::{AuthReport, GrantInfo, ALL_NAMESPACES};
 use meridian_client::proto::{AuthOp, ClusterOp, ErrorCode, ErrorReply, Operation, ResidencyOp, Role};
@@ -30,9 +30,6 @@ use crate::layout;
 use crate::residency::AuditLog;
 use crate::storage::{Batch, Engine, Space, StorageError};
 use state::{AuthEditError, AuthRecord, AuthState, TokenRecord};
-
-/// One audit line per refusal reason per this long (every refusal is counted).
-const REFUSAL_AUDIT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Who a request acts as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,8 +135,6 @@ pub struct Auth {
     audit: Arc<AuditLog>,
     /// The certificate revocation list (`peer.revoked`), when the node has one.
     revoked: std::sync::OnceLock<Arc<RevocationFile>>,
-    /// Per refusal reason: when its audit window opened and how many refusals it left out.
-    refusal_windows: Mutex<std::collections::HashMap<&'static str, (Instant, u64)>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -172,7 +167,6 @@ impl Auth {
             state: RwLock::new(Arc::new(state)),
             audit,
             revoked: std::sync::OnceLock::new(),
-            refusal_windows: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -297,33 +291,19 @@ impl Auth {
         self.state().role(user, namespace)
     }
 
-    /// Counts and audits a refusal; returns the error to send.
+    /// Counts and audits a refusal (the audit log keeps one line per reason per window, with the
+    /// count of those it left out); returns the error to send.
     fn refuse(&self, code: ErrorCode, message: String) -> ErrorReply {
         let reason = code.name();
         metrics::counter!("meridian_auth_refused_total", "reason" => reason).increment(1);
-        let mut windows = self.refusal_windows.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match windows.get_mut(reason) {
-            Some((opened, skipped)) if now.duration_since(*opened) < REFUSAL_AUDIT_WINDOW => *skipped += 1,
-            window => {
-                let skipped = window.map_or(0, |(_, s)| *s);
-                windows.insert(reason, (now, 0));
-                drop(windows);
-                let detail = if skipped > 0 {
-                    format!("{message} (and {skipped} more refusals of this kind in the previous window)")
-                } else {
-                    message.clone()
-                };
-                self.audit.record(reason, 0, &detail);
-            }
-        }
+        self.audit.record(reason, reason, &message);
         ErrorReply::new(code, message)
     }
 
     /// Records an admin action in the audit log.
     pub fn audit_action(&self, caller: &Caller, what: &str) {
         let who = caller.principal().unwrap_or("(authentication off)");
-        self.audit.record("admin", 0, &format!("{who} via {}: {what}", caller.method()));
+        self.audit.record_always("admin", &format!("{who} via {}: {what}", caller.method()));
     }
 
     /// Joins metadata a peer sent; stores it first if it changed anything.

@@ -146,10 +146,12 @@ pub(crate) fn purge(node: &Replica, cluster: Option<&Cluster>, job: &Job) -> Res
         let owed = hints_owed_to_allowed(node, cluster, &forbidden)?;
         if owed == 0 || std::time::Instant::now() >= deadline {
             if owed > 0 {
-                residency.audit().record(
+                residency.audit().record_always(
                     "purge",
-                    job.rule.id,
-                    &format!("{owed} hints for allowed regions not delivered within {HINT_DRAIN:?}: redacted"),
+                    &format!(
+                        "rule {}: {owed} hints for allowed regions not delivered within {HINT_DRAIN:?}: redacted",
+                        job.rule.id
+                    ),
                 );
             }
             break;
@@ -179,12 +181,12 @@ pub(crate) fn purge(node: &Replica, cluster: Option<&Cluster>, job: &Job) -> Res
     // 5. Out of the files: flush (the WAL holding the old writes is dropped) and compact.
     engine.compact_all()?;
     residency.note_purged(keys_purged);
-    residency.audit().record(
+    residency.audit().record_always(
         "purge",
-        job.rule.id,
         &format!(
-            "rules version {}: {keys_purged} keys deleted, {log_redacted} log records and {hints_redacted} hints \
+            "rule {}: rules version {}: {keys_purged} keys deleted, {log_redacted} log records and {hints_redacted} hints \
              redacted, {idempotency_deleted} idempotency records deleted; storage flushed and compacted",
+            job.rule.id,
             job.progress.version
         ),
     );
@@ -308,12 +310,11 @@ async fn backfill(
     }
     let uncovered =
         if pending.is_empty() { String::new() } else { format!("; partitions {pending:?} not covered by any source") };
-    residency.audit().record(
+    residency.audit().record_always(
         "backfill",
-        job.rule.id,
         &format!(
-            "rules version {}: {total} partitions backfilled ({keys} key states){uncovered}",
-            job.progress.version
+            "rule {}: rules version {}: {total} partitions backfilled ({keys} key states){uncovered}",
+            job.rule.id, job.progress.version
         ),
     );
     residency.set_progress(job, total - pending.len() as u64, total, true);

@@ -29,6 +29,11 @@
 //! holds everything the session's token names *and* everything the key's state depends on, in the
 //! key's partition, bounded by `limits.causal_wait_ms`, and then fails with `causal_timeout` instead
 //! of showing the session an older state or an effect without its cause (`read.rs`).
+//!
+//! A token comes from a client, so it is screened (`read.rs`, `Replica::screen_token`): entries no
+//! node of the cluster can have issued are refused, and a write records into the key's dependencies
+//! only the entries of origins this node knows (itself, members of its cluster) — a made-up origin
+//! cannot make every later causal read of the key wait for writes that will never come.
 
 mod clock;
 mod read;
@@ -67,7 +72,8 @@ const COMMIT_MAX_GROUP: usize = 256;
 /// Raw entries a key listing may skip (deleted keys) before returning a short page with a cursor.
 const LIST_SCAN_FACTOR: usize = 8;
 
-/// How a causal timeout names an origin (`"n2 (eu-west)"`); the region knows, the replica does not.
+/// How a causal timeout names an origin (`"n2 (eu-west)"`), `None` for a node that is not a member
+/// of the cluster as this node knows it; the region knows, the replica does not.
 pub type OriginNames = Box<dyn Fn(NodeId) -> Option<String> + Send + Sync>;
 
 /// This node's replica of the data.
@@ -210,6 +216,19 @@ impl Replica {
 
     fn origin_name(&self, origin: NodeId) -> String {
         self.origin_names.get().and_then(|names| names(origin)).unwrap_or_else(|| origin.to_string())
+    }
+
+    /// Whether this node knows `origin` as a node whose writes it can ever hold: itself, or a member
+    /// of the cluster (any region, removed members included: their writes stay real). A node that
+    /// runs alone knows only itself.
+    fn knows_origin(&self, origin: NodeId) -> bool {
+        origin == self.id || self.origin_names.get().is_some_and(|names| names(origin).is_some())
+    }
+
+    /// Whether this node runs alone (no region named its origins): then no origin but itself can
+    /// ever become known, and waiting for one cannot help.
+    fn runs_alone(&self) -> bool {
+        self.origin_names.get().is_none()
     }
 
     /// The version vector of every write visible here.
@@ -460,5 +479,82 @@ mod tests {
         assert!(frontier < first.ts.pack(), "a write still in flight bounds the frontier");
         drop(first);
         assert!(node.version_vector().get(node.id()) >= node.clock.lock().unwrap().clock.last().pack());
+    }
+
+    use meridian_client::proto::{CausalToken, Consistency, Key};
+    use meridian_crdt::Mutation;
+
+    const MEMBER: NodeId = NodeId(77);
+    const STRANGER: NodeId = NodeId(0xdead_beef);
+
+    /// A replica with a 200 ms causal wait; `in_region`: it knows `MEMBER` as a member (as a region
+    /// tells it), else it runs alone.
+    fn causal_replica(in_region: bool) -> Arc<Replica> {
+        let mut config = Config::default();
+        config.limits.causal_wait_ms = 200;
+        let node = Replica::open(config, Arc::new(MemoryEngine::new())).unwrap();
+        if in_region {
+            node.name_origins_with(Box::new(|origin| (origin == MEMBER).then(|| "m (elsewhere)".to_string())));
+        }
+        node
+    }
+
+    async fn add(node: &Arc<Replica>, key: &Key, token: CausalToken, level: Consistency) -> Result<Reply, Error> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).acquire_owned().await.unwrap();
+        let change = Change::Mutate(Mutation::SetAdd { members: vec![b"m".to_vec()] });
+        node.write(key.clone(), change, None, token, level, permit).await
+    }
+
+    fn token(entries: &[(NodeId, u64)]) -> CausalToken {
+        CausalToken(entries.iter().copied().collect())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_naming_an_unknown_origin_does_not_poison_the_key() {
+        let node = causal_replica(true);
+        let key: Key = "ns/poisoned".parse().unwrap();
+        // A session token naming an origin no member is (at HLC 5): the write is taken (a region
+        // may not have heard of a member yet) but the entry is not recorded as a dependency.
+        let reply = add(&node, &key, token(&[(STRANGER, 5)]), Consistency::Eventual).await.unwrap();
+        assert_eq!(reply.causal_token.0.get(STRANGER), 5, "the session keeps what it sent");
+        let stored = node.load_stored(&layout::data_key(&key)).unwrap().unwrap();
+        assert_eq!(stored.deps.get(STRANGER), 0, "not recorded: {:?}", stored.deps);
+        // Every later causal read of the key keeps working.
+        for _ in 0..3 {
+            let (entry, _) = node.read_entry(&key, CausalToken::default(), Consistency::Causal).await.unwrap();
+            assert!(entry.is_some_and(|e| e.exists()));
+        }
+        // The session that sent the stranger waits for it (bounded) and is told why.
+        let err = node.read_entry(&key, reply.causal_token, Consistency::Causal).await.unwrap_err();
+        assert!(matches!(&err, Error::CausalTimeout(m) if m.contains("not a member")), "{err:?}");
+        // A member's entry is recorded.
+        let other: Key = "ns/member".parse().unwrap();
+        add(&node, &other, token(&[(MEMBER, 5)]), Consistency::Eventual).await.unwrap();
+        assert_eq!(node.load_stored(&layout::data_key(&other)).unwrap().unwrap().deps.get(MEMBER), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_no_node_could_have_issued_are_bad_requests() {
+        let key: Key = "ns/k".parse().unwrap();
+        let far = Hlc { wall_ms: clock::now_ms() + 10 * 60_000, logical: 0 }.pack();
+        let region = causal_replica(true);
+        for bad in [token(&[(MEMBER, far)]), token(&[(region.id(), far)])] {
+            for level in [Consistency::Eventual, Consistency::Causal] {
+                let err = add(&region, &key, bad.clone(), level).await.unwrap_err();
+                assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+            }
+            let err = region.read_entry(&key, bad, Consistency::Causal).await.unwrap_err();
+            assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+        }
+        assert!(region.load_stored(&layout::data_key(&key)).unwrap().is_none(), "nothing was written");
+        // A node alone knows no origin but itself: a token naming another is from another cluster.
+        let alone = causal_replica(false);
+        let err = add(&alone, &key, token(&[(STRANGER, 5)]), Consistency::Eventual).await.unwrap_err();
+        assert!(matches!(&err, Error::BadRequest(m) if m.contains("runs alone")), "{err:?}");
+        let err = alone.read_entry(&key, token(&[(STRANGER, 5)]), Consistency::Causal).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+        add(&alone, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+        let (entry, _) = alone.read_entry(&key, CausalToken::default(), Consistency::Causal).await.unwrap();
+        assert!(entry.is_some());
     }
 }

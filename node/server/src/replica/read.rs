@@ -33,6 +33,7 @@ impl Replica {
         // is the quorum); `eventual` answers with whatever this replica has.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.limits.causal_wait_ms);
         if level != Consistency::Eventual {
+            self.screen_token(&token)?;
             self.wait_until(&token, Some(partition), deadline).await?;
         }
         let mut after = token;
@@ -45,7 +46,12 @@ impl Replica {
             // has not arrived: a push that overtook an earlier one, a quorum write pushed straight
             // from another region. Never show it before its causes: wait until the state's own
             // dependencies are held here too, and read again (bounded by the same deadline).
-            while let Some(deps) = stored.as_ref().map(|s| CausalToken(s.deps.clone())) {
+            // (On a node alone, an origin it does not know can only be in a state written before
+            // tokens were screened: no wait can cover it, so it is not waited for.)
+            let waited_deps = |s: &layout::Stored| {
+                CausalToken(if self.runs_alone() { self.recordable_deps(&s.deps) } else { s.deps.clone() })
+            };
+            while let Some(deps) = stored.as_ref().map(waited_deps) {
                 if self.causal_gap(&deps, Some(partition)).is_none() {
                     break;
                 }
@@ -69,6 +75,56 @@ impl Replica {
     pub async fn wait_for(&self, token: &CausalToken, partition: Option<u16>) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.limits.causal_wait_ms);
         self.wait_until(token, partition, deadline).await
+    }
+
+    /// Checks a session's causal token before a request relies on it (a write records it into the
+    /// key's dependencies; a read at any level but `eventual` waits for it). Refused with
+    /// `bad_request`, since no wait can ever cover them: an entry for this node beyond anything it
+    /// issued (past the drift bound), an entry of another origin more than `max_clock_drift_ms`
+    /// ahead of this node's clock (no node of the cluster can have issued it), and on a node that
+    /// runs alone, any origin but itself (a token from another cluster).
+    ///
+    /// An origin a node in a region does not know passes: a session may carry a write of a member
+    /// whose announcement has not reached this node yet. Reads wait for it (bounded, as for any
+    /// origin); writes do not record it ([`Replica::recordable_deps`]).
+    pub(super) fn screen_token(&self, token: &CausalToken) -> Result<(), Error> {
+        let now = super::clock::skewed_now_ms(self.config.clock_offset_ms);
+        let horizon = now.saturating_add(self.config.max_clock_drift_ms);
+        for (origin, packed) in token.0.iter() {
+            if origin == self.id {
+                if packed > self.newest_issued() && !self.resume_clock_to(packed) {
+                    return Err(Error::BadRequest(
+                        "the causal token names writes this node never made (a token from another cluster or a wiped data directory?); start a new session".into(),
+                    ));
+                }
+            } else if Hlc::unpack(packed).wall_ms > horizon {
+                metrics::counter!("meridian_causal_tokens_refused_total", "reason" => "future").increment(1);
+                return Err(Error::BadRequest(format!(
+                    "the causal token names a write of origin {origin} timestamped {} ms ahead of this node's clock (max_clock_drift_ms is {}); no node of this cluster issued it; start a new session",
+                    Hlc::unpack(packed).wall_ms - now,
+                    self.config.max_clock_drift_ms
+                )));
+            } else if self.runs_alone() {
+                metrics::counter!("meridian_causal_tokens_refused_total", "reason" => "unknown_origin").increment(1);
+                return Err(Error::BadRequest(format!(
+                    "the causal token names origin {origin}, which is not this node, and this node runs alone (a token from another cluster?); start a new session"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of `deps` a key's state may depend on here: those of origins this node knows.
+    /// A write records only these into the key's dependency vector (and the record it ships), so a
+    /// token naming an origin that does not exist cannot make every later causal read of the key
+    /// wait for it; the session's own token keeps every entry it sent.
+    pub(super) fn recordable_deps(&self, deps: &meridian_crdt::VersionVector) -> meridian_crdt::VersionVector {
+        let kept: meridian_crdt::VersionVector = deps.iter().filter(|(origin, _)| self.knows_origin(*origin)).collect();
+        if kept.len() < deps.len() {
+            metrics::counter!("meridian_causal_token_entries_dropped_total")
+                .increment((deps.len() - kept.len()) as u64);
+        }
+        kept
     }
 
     /// [`Replica::wait_for`] with an explicit deadline.
@@ -98,7 +154,11 @@ impl Replica {
             };
             if tokio::time::Instant::now() >= deadline {
                 metrics::counter!("meridian_causal_waits_total", "result" => "timeout").increment(1);
-                let name = self.origin_name(origin);
+                let name = if self.knows_origin(origin) {
+                    self.origin_name(origin)
+                } else {
+                    format!("{origin} (not a member this node knows of)")
+                };
                 return Err(Error::CausalTimeout(format!(
                         "this node has not yet seen the session's dependencies after {wait_ms} ms: the writes of {name} up to HLC {needed} (wall {} ms); it holds them up to {held}, need {needed}; retry, or read at another consistency level",
                         Hlc::unpack(needed).wall_ms,

@@ -103,9 +103,10 @@ impl Replica {
 
     /// What must hold before a write at `level` to `partition` joins in: at `causal`, monotonic
     /// writes and writes-follow-reads for the key itself (its state here must include what the
-    /// session saw of it, so a register's later write wins); at every level, the write's timestamp
-    /// follows the session's.
+    /// session saw of it, so a register's later write wins); at every level, the token is screened
+    /// ([`Replica::screen_token`]) and the write's timestamp follows the session's.
     pub async fn before_write(&self, token: &CausalToken, level: Consistency, partition: u16) -> Result<(), Error> {
+        self.screen_token(token)?;
         if level == Consistency::Causal {
             self.wait_for(token, Some(partition)).await?;
         }
@@ -177,9 +178,10 @@ impl Replica {
         let IdempotencyRecord::V1 { key: first_key, request_digest: first_digest, reply, .. } =
             layout::decode(&bytes).map_err(internal)?;
         if first_key != *key || first_digest != request_digest {
-            return Err(Error::BadRequest(format!(
-                "idempotency id already used for another operation (on key {first_key}); use a fresh id per write"
-            )));
+            // (Not naming the first request's key: it may be another client's.)
+            return Err(Error::BadRequest(
+                "idempotency id already used for another operation; use a fresh id per write".into(),
+            ));
         }
         metrics::counter!("meridian_idempotent_replays_total").increment(1);
         Ok(Some(reply))
@@ -228,9 +230,11 @@ impl Replica {
             },
             Change::Mutate(_) => ReplyBody::Written { counter: None },
         };
-        // The write depends on everything its session has seen, and on itself.
+        // The write depends on everything its session has seen, and on itself — as far as this node
+        // knows the origins: an entry naming no member is not recorded (see `recordable_deps`).
         token.0.observe(self.id, ts.ts.pack());
-        deps.merge(&token.0);
+        let write_deps = self.recordable_deps(&token.0);
+        deps.merge(&write_deps);
         let stored = layout::encode_stored(&Stored { entry: next, deps });
         let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
         // A delete may grow a key (a tombstone records what it removed) but must always be possible.
@@ -244,10 +248,10 @@ impl Replica {
         let partition = layout::partition_of(&data_key);
         let push = Push {
             data_key: data_key.clone(),
-            delta: layout::encode_stored(&Stored { entry: delta.clone(), deps: token.0.clone() }),
+            delta: layout::encode_stored(&Stored { entry: delta.clone(), deps: write_deps.clone() }),
             hlc: ts.ts.pack(),
         };
-        let record = layout::encode(&LogRecord::V2 { key: key.clone(), delta, ts: ts.ts, deps: token.0.clone() });
+        let record = layout::encode(&LogRecord::V2 { key: key.clone(), delta, ts: ts.ts, deps: write_deps });
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
         let reply = Reply { causal_token: token, body };

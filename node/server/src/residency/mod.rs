@@ -41,9 +41,6 @@ use crate::storage::{Batch, Engine, Space, StorageError};
 
 pub use audit::AuditLog;
 
-/// One audit entry per rule per this long for rejected transfers (all are counted).
-const REJECT_AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The delta of a redacted record: which rule kept the key's bytes away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Redaction {
@@ -148,8 +145,6 @@ pub struct Residency {
     covered: Mutex<std::collections::HashMap<(u32, u16), meridian_crdt::VersionVector>>,
     /// (rule, partition) pairs whose redactions were refused for want of coverage: backfilled next.
     wanted: Mutex<std::collections::BTreeSet<(u32, u16)>>,
-    /// Per rule: when its current audit window for rejections opened, and how many it left out.
-    reject_windows: Mutex<std::collections::HashMap<u32, (std::time::Instant, u64)>>,
     /// Woken when a rule change queued work, or a refused redaction asked for a backfill.
     pub wake: tokio::sync::Notify,
 }
@@ -189,7 +184,6 @@ impl Residency {
         let residency = Residency {
             covered: Mutex::new(covered),
             wanted: Mutex::new(std::collections::BTreeSet::new()),
-            reject_windows: Mutex::new(std::collections::HashMap::new()),
             region: region.to_string(),
             node: node.to_string(),
             engine,
@@ -298,36 +292,30 @@ impl Residency {
     pub fn note_proxied(&self, rule: &Rule, to_region: &str) {
         self.counters.proxied.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meridian_residency_proxied_total").increment(1);
-        self.audit.record("proxy", rule.id, &format!("proxied to {to_region}"));
+        let rule = rule.id;
+        self.audit.record(
+            "proxy",
+            &format!("rule {rule} to {to_region}"),
+            &format!("rule {rule}: proxied to {to_region}"),
+        );
     }
 
     /// Counts and audits a refused request.
     pub fn note_refused(&self, rule: &Rule, why: &str) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meridian_residency_refused_total").increment(1);
-        self.audit.record("refuse", rule.id, why);
+        let rule = rule.id;
+        self.audit.record("refuse", &format!("rule {rule}: {why}"), &format!("rule {rule}: refused: {why}"));
     }
 
     /// Counts and audits something a peer sent that this region may not hold.
     ///
-    /// Every rejection is counted; the audit log gets the first of each rule per
-    /// `REJECT_AUDIT_WINDOW` and, with the next entry, how many it left out (a stale sender can
-    /// push thousands in a second, which would drown the log).
+    /// Every rejection is counted; the audit log rate-limits its entries per rule ([`AuditLog`]: a
+    /// stale sender can push thousands in a second, which would drown the log).
     pub fn note_rejected(&self, rule: u32, what: &str) {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("meridian_residency_rejected_total").increment(1);
-        let mut windows = self.reject_windows.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        match windows.get_mut(&rule) {
-            Some((opened, left_out)) if now.duration_since(*opened) < REJECT_AUDIT_WINDOW => *left_out += 1,
-            _ => {
-                let left_out = windows.insert(rule, (now, 0)).map_or(0, |(_, n)| n);
-                drop(windows);
-                let more =
-                    if left_out > 0 { format!(" ({left_out} more since the previous entry)") } else { String::new() };
-                self.audit.record("reject", rule, &format!("{what}{more}"));
-            }
-        }
+        self.audit.record("reject", &format!("rule {rule}"), &format!("rule {rule}: {what}"));
     }
 
     /// Counts keys purged.
@@ -475,9 +463,8 @@ impl Residency {
             self.queue_changes(&before, &after);
             (before, after)
         };
-        self.audit.record(
+        self.audit.record_always(
             "rules",
-            0,
             &format!("rules version {} → {} ({} rules)", before.version, after.version, after.rules.len()),
         );
         metrics::gauge!("meridian_residency_rules_version").set(after.version as f64);

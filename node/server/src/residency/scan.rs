@@ -67,9 +67,8 @@ pub fn audit(engine: &Arc<dyn Engine>, residency: &Residency, compact: bool) -> 
     })?;
     report.violations = violations;
     report.violations_total = total;
-    residency.audit().record(
+    residency.audit().record_always(
         "audit",
-        0,
         &format!(
             "storage scan: {} keys, {} log records ({} redacted), {} hints, {} idempotency records: {} violations",
             report.data_keys,

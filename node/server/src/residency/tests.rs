@@ -121,3 +121,34 @@ fn an_empty_key_that_is_not_a_redaction_is_refused_as_malformed() {
     let served = store.read_log(PartitionId(0), NodeId(1), 0, 10, 1 << 20).unwrap();
     assert_eq!(served, vec![redacted(NodeId(1), 1, 1 << 16, 3)], "served back as the same redaction");
 }
+
+#[test]
+fn a_hundred_thousand_strict_refusals_leave_a_bounded_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let residency = Residency::open(Arc::new(MemoryEngine::new()), "us-east", "n1", Some(path.clone())).unwrap();
+    let known: BTreeSet<String> = ["us-east", "eu-west"].map(String::from).into();
+    let spec = RuleSpec {
+        namespace: "app".into(),
+        prefix: "eu/".into(),
+        regions: vec!["eu-west".into()],
+        replicas_per_region: None,
+        home: None,
+        strict: true,
+    };
+    let (rules, _) = RuleSet::default().with_added(spec, None, 1, &known).unwrap();
+    assert!(residency.adopt(&rules).unwrap());
+    let started = std::time::Instant::now();
+    for i in 0..100_000 {
+        let Decision::Refuse(rule) = residency.decide(&key(&format!("eu/{i}"))) else { panic!("strict rule") };
+        residency.note_refused(&rule, "the rule is strict");
+    }
+    assert_eq!(residency.counters().snapshot().refused, 100_000, "every refusal is counted");
+    let log = std::fs::read_to_string(&path).unwrap();
+    // The rules change, then one refusal entry per 10 s window.
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    let refusals = log.lines().filter(|l| l.contains("\"refuse\"")).count() as u64;
+    assert!((1..=windows).contains(&refusals), "{refusals} refusal entries:\n{log}");
+    assert!(log.len() < 4096, "{} bytes", log.len());
+    assert!(!log.contains("eu/1"), "no key names in the audit log");
+}

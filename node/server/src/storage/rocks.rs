@@ -136,7 +136,8 @@ impl RocksEngine {
 
     /// [`open`](Self::open) with an explicit pipelined-write setting (for the write-path benchmark).
     pub(super) fn open_with(path: &Path, options: RocksOptions, pipelined_write: bool) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(path)?;
+        // Created 0700 whatever the umask: it holds every key and value.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(path)?;
 
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);

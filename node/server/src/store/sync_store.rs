@@ -108,8 +108,11 @@ const DATA_PAGE: usize = 1024;
 const LOG_PAGE: usize = 64;
 
 /// A data key for messages: `ns/name` when it parses, else its bytes, escaped.
+/// How errors (which end up in logs and in refusals sent to peers) name a key: by a stable hash,
+/// never its bytes — a key's name is data, and may belong to a region whose data must not show
+/// up in this node's logs.
 fn show(data_key: &[u8]) -> String {
-    parse_data_key(data_key).map_or_else(|_| data_key.escape_ascii().to_string(), |key| key.to_string())
+    format!("#{:016x}", meridian_replication::hash::stable_hash(data_key))
 }
 
 /// What [`EngineSyncStore`] fails with.
@@ -554,7 +557,7 @@ impl EngineSyncStore {
             parse_data_key(data_key).map_err(|detail| SyncStoreError::Malformed { partition, what: "key", detail })?;
         let actual = layout::partition_of(data_key);
         if actual != partition.0 {
-            return Err(SyncStoreError::WrongPartition { partition, key: key.to_string(), actual });
+            return Err(SyncStoreError::WrongPartition { partition, key: show(data_key), actual });
         }
         Ok(key)
     }

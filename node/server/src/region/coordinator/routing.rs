@@ -69,7 +69,8 @@ impl Coordinator {
         } else {
             format!("no allowed region answered ({})", failures.join("; "))
         };
-        residency.audit().record("proxy", rule.id, &format!("failed: {why}"));
+        let id = rule.id;
+        residency.audit().record("proxy", &format!("rule {id}: failed"), &format!("rule {id}: proxy failed: {why}"));
         Err(Error::QuorumUnavailable(crate::residency::residency_refusal(
             rule,
             residency.region(),
