@@ -47,7 +47,7 @@ fuzz-ci:
 ## Fuzz for longer: each target (or those in FUZZ_TARGETS) for FUZZ_SECONDS (300), keeping what the
 ## runs find in a temporary folder it names, to minimise into the corpus (docs/fuzzing.md).
 fuzz:
-	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_KEEP=1 scripts/fuzz-ci.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_SEED=$${FUZZ_SEED:-0} FUZZ_KEEP=1 scripts/fuzz-ci.sh $(FUZZ_TARGETS)
 
 ## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
 bench-region:

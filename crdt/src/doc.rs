@@ -250,13 +250,13 @@ impl DocCrdt {
         let mut joined = self.clone();
         joined.join(&delta);
         let materialized = joined.materialize()?;
-        materialized.to_json()?;
-        let depth = materialized.depth_beyond(MAX_DOC_DEPTH);
-        if let Some(depth) = depth {
+        // Depth first: serialising to JSON recurses, so a very deep document must be refused before.
+        if let Some(depth) = materialized.depth_beyond(MAX_DOC_DEPTH) {
             return Err(CrdtError::InvalidDocChange(format!(
                 "objects would nest {depth} levels deep; a document may nest at most {MAX_DOC_DEPTH}"
             )));
         }
+        materialized.to_json()?;
         Ok(delta)
     }
 
@@ -567,8 +567,10 @@ mod tests {
         ];
         let second = CHANGES.windows(4).skip(1).position(|w| w == [0x85, 0x6f, 0x4a, 0x83]).unwrap() + 1;
         let (first, second) = CHANGES.split_at(second);
-        let state = DocCrdt::default().client_delta(&[first.to_vec()], LIMIT, NodeId(1)).unwrap();
-        let delta = state.client_delta(&[second.to_vec()], LIMIT, NodeId(1)).unwrap();
+        // As a peer would send them (these changes are authored under an 8-byte, replica-style actor,
+        // which a client may not use).
+        let state = DocCrdt::apply_delta(&[first.to_vec()]).unwrap();
+        let delta = DocCrdt::apply_delta(&[second.to_vec()]).unwrap();
         let mut joined = state.clone();
         joined.join(&delta);
         let doc = joined.materialize().unwrap();

@@ -9,6 +9,7 @@ use meridian_crdt::{codec, VersionVector};
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::residency::RuleSet;
 use meridian_replication::Membership;
+use meridian_server::auth::state::{AuthRecord, AuthState};
 use meridian_server::layout::{self, IdempotencyRecord, LogContent, LogRecord, Stored};
 use meridian_server::region::cluster::MAX_MEMBERSHIP_BYTES;
 use meridian_server::storage::decode_u64_be;
@@ -61,10 +62,18 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
                 let _ = merged.digest();
             }
         }
-        // `Meta` residency rules.
+        // `Meta` cluster metadata: the residency rules, and the same bytes as the authentication
+        // metadata (users, grants, hashed tokens), checked and joined as a peer's would be.
         5 => {
             if let Ok(rules) = codec::decode::<RuleSet>(bytes, layout::MAX_RECORD_BYTES) {
                 let _ = rules.check_shape();
+            }
+            if let Ok(AuthRecord::V1(state)) = codec::decode::<AuthRecord>(bytes, layout::MAX_RECORD_BYTES) {
+                if state.check_shape().is_ok() {
+                    let mut joined = AuthState::default();
+                    joined.join(&state);
+                    assert!(!joined.clone().join(&state), "joining the same metadata twice changes nothing");
+                }
             }
         }
         // `Meta` residency coverage: a version vector.
