@@ -104,7 +104,7 @@ impl Replica {
     /// What must hold before a write at `level` to `partition` joins in: at `causal`, monotonic
     /// writes and writes-follow-reads for the key itself (its state here must include what the
     /// session saw of it, so a register's later write wins); at every level, the token is screened
-    /// ([`Replica::screen_token`]) and the write's timestamp follows the session's.
+    /// (`Replica::screen_token`) and the write's timestamp follows the session's.
     pub async fn before_write(&self, token: &CausalToken, level: Consistency, partition: u16) -> Result<(), Error> {
         self.screen_token(token)?;
         if level == Consistency::Causal {
