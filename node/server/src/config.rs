@@ -55,7 +55,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Requests must authenticate (client certificate on QUIC, bearer token on QUIC or HTTP), and
-    /// HTTP is served over TLS. Clusters made by `meridian demo`, `region init` and Terraform turn
+    /// HTTP is served over TLS. Clusters made by `meridian demo` and `region init` turn
     /// it on; a single node started with no config runs open, on loopback only.
     pub enabled: bool,
     /// Principals that are cluster admins (`admin` on `*`) whatever the replicated metadata says:
