@@ -186,8 +186,11 @@ async fn tokens_work_on_quic_and_https_until_revoked_or_expired() {
         .await
         .unwrap();
     let token = made.created_token.expect("the token, once");
-    let id = token.split('_').nth(1).unwrap().to_string();
-    let secret = token.rsplit('_').next().unwrap().to_string();
+    // `mrd_<id>_<secret>`; the secret is URL-safe base64, which may itself hold `_`.
+    let mut parts = token.splitn(3, '_');
+    let id = parts.nth(1).unwrap().to_string();
+    let secret = parts.next().unwrap().to_string();
+    assert_eq!(secret.len(), 43, "32 bytes of unpadded base64");
 
     // Listings name the token, never its secret.
     let listed = admin.auth(AuthOp::List).await.unwrap();
