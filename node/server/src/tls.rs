@@ -88,17 +88,7 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 /// certificate from the cluster CA (`auth.client_ca`, default `peer.ca`) — verified here, its
 /// identity read by the server after the handshake — or none and log in with a token.
 pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result<quinn::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with ring")?;
-    let builder = match client_verifier(config, provider)? {
-        Some(verifier) => builder.with_client_cert_verifier(verifier),
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = builder
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .context("the certificate does not match its key")?;
+    let mut tls = server_tls(files, config, &[&rustls::version::TLS13])?;
     tls.alpn_protocols = vec![meridian_client::proto::ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
@@ -111,6 +101,26 @@ pub fn client_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result
         .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// The node's certificate over `versions`, ring, and the client verifier when authentication is on:
+/// what the QUIC and HTTPS surfaces share.
+fn server_tls(
+    files: &TlsFiles,
+    config: &Config,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .context("TLS with ring")?;
+    let builder = match client_verifier(config, provider)? {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .context("the certificate does not match its key")
 }
 
 /// With authentication on: a verifier that accepts client certificates from the cluster CA
@@ -134,17 +144,7 @@ fn client_verifier(
 /// The rustls config of the HTTPS API: the node's certificate, TLS 1.2 and 1.3, HTTP/1.1; clients
 /// authenticate with a bearer token or, as on QUIC, a client certificate from the cluster CA.
 pub fn http_server_config(files: &TlsFiles, config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("TLS with ring")?;
-    let builder = match client_verifier(config, provider)? {
-        Some(verifier) => builder.with_client_cert_verifier(verifier),
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = builder
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .context("the certificate does not match its key")?;
+    let mut tls = server_tls(files, config, rustls::DEFAULT_VERSIONS)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
 }
