@@ -19,12 +19,14 @@ use rand::{Rng, SeedableRng};
 
 const MAX_FRAME: usize = 64 << 10;
 const MAX_VALUE: usize = 16 << 10;
+const MAX_KEY: usize = 56 << 10;
 
-/// A node with a 64 KiB frame limit and a 16 KiB value limit.
+/// A node with a 64 KiB frame limit, a 16 KiB value limit and a 56 KiB key limit.
 async fn small_node(dir: &std::path::Path) -> RunningNode {
     let mut cfg = config(dir);
     cfg.limits.max_frame_bytes = MAX_FRAME;
     cfg.limits.max_value_bytes = MAX_VALUE;
+    cfg.limits.max_key_bytes = MAX_KEY;
     cfg.validate().expect("the test config is valid");
     start_memory(cfg).await
 }
@@ -216,7 +218,7 @@ async fn values_and_keys_over_the_limits_are_too_large_and_write_nothing() {
         client.register("lim/reg").set(vec![b'v'; MAX_VALUE]).await.unwrap();
         assert_eq!(client.register("lim/reg").get().await.unwrap().map(|v| v.len()), Some(MAX_VALUE));
 
-        // (g) A set grown member by member until the key would outgrow max_frame_bytes - 4096.
+        // (g) A set grown member by member until the key would outgrow max_key_bytes.
         let set = client.set("lim/grow");
         let mut added = Vec::new();
         let refused = loop {
@@ -229,7 +231,7 @@ async fn values_and_keys_over_the_limits_are_too_large_and_write_nothing() {
             assert!(added.len() < 16, "the set grew past the frame limit");
         };
         assert_eq!(refused.code(), Some(ErrorCode::TooLarge), "{refused:?}");
-        assert!(refused.to_string().contains("max_frame_bytes"), "{refused}");
+        assert!(refused.to_string().contains("max_key_bytes"), "{refused}");
         assert!(added.len() >= 5, "only {} members fit", added.len());
         assert_eq!(set.members().await.unwrap(), added);
         // Removing still works and frees room.
@@ -527,6 +529,15 @@ fn config_validation_names_the_field() {
     assert_eq!(invalid_field(&c), "limits.max_value_bytes");
     c.limits.max_value_bytes = c.limits.max_frame_bytes - 100; // not enough headroom either
     assert_eq!(invalid_field(&c), "limits.max_value_bytes");
+    // A key must hold a write at the payload cap; merged state must have room for concurrent growth.
+    let mut c = base.clone();
+    c.limits.max_key_bytes = c.limits.max_value_bytes;
+    assert_eq!(invalid_field(&c), "limits.max_key_bytes");
+    let mut c = base.clone();
+    c.limits.max_merged_key_bytes = 4 * c.limits.max_key_bytes - 1;
+    assert_eq!(invalid_field(&c), "limits.max_merged_key_bytes");
+    c.limits.max_merged_key_bytes = meridian_crdt::codec::ABSOLUTE_MAX_BYTES;
+    assert_eq!(invalid_field(&c), "limits.max_merged_key_bytes");
 
     let long = "r".repeat(65);
     for region in ["eu west", "", "eu/west", "région", long.as_str()] {

@@ -343,6 +343,7 @@ async fn oversized_bodies_and_values_are_413_too_large() {
     let api = Api::new(|c| {
         c.limits.max_frame_bytes = 8 << 10;
         c.limits.max_value_bytes = 2 << 10;
+        c.limits.max_key_bytes = 6 << 10;
     });
     // A body over max_frame_bytes is refused before parsing.
     let huge = json!({"op": "set", "value": "x".repeat(9 << 10)});
@@ -356,7 +357,7 @@ async fn oversized_bodies_and_values_are_413_too_large() {
     api.post("/v1/kv/big/s", members).await.error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", false);
     api.get("/v1/kv/big/k").await.error(StatusCode::NOT_FOUND, "not_found", false);
     api.get("/v1/kv/big/s").await.error(StatusCode::NOT_FOUND, "not_found", false);
-    // A key that would outgrow max_frame_bytes - 4096.
+    // A key that would outgrow max_key_bytes.
     let mut refused = None;
     for i in 0..10 {
         let answer =

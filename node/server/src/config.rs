@@ -219,6 +219,20 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Largest payload (value, members, changes) of one write.
     pub max_value_bytes: usize,
+    /// Largest state (encoded, as stored) a client write may leave a key with; a write that would
+    /// grow a key beyond it is refused `too_large` at the coordinator. A delete, and a write that
+    /// does not grow the key, are always accepted.
+    ///
+    /// Replicas that accept writes while cut off from each other can each grow a key to this cap,
+    /// and their merge is larger: up to one cap per such replica. Nothing refuses a merge (that
+    /// would break convergence); `max_merged_key_bytes` is what reads and replication carry.
+    pub max_key_bytes: usize,
+    /// Largest key state that reads, quorum reads, read repair and anti-entropy carry whole: at
+    /// least four times `max_key_bytes`, so the concurrent growth of one key by that many replicas
+    /// stays readable and replicable. A key merged beyond it (more replicas than that, each growing
+    /// it to the cap while cut off) is still stored and its deltas still replicate, but a read of it
+    /// answers `too_large` until it is shrunk or deleted; `meridian_keys_over_cap_total` counts it.
+    pub max_merged_key_bytes: usize,
     /// Open client connections (QUIC); further ones are refused.
     pub max_connections: usize,
     /// How long a client has to complete its QUIC handshake; its connection slot is freed after it.
@@ -253,6 +267,24 @@ pub struct NamespaceConfig {
     pub consistency: ConsistencyName,
 }
 
+/// Room a frame leaves around the largest key state it carries whole (the reply or message around
+/// it, a page's other small keys).
+const FRAME_OVERHEAD_BYTES: usize = 1 << 20;
+
+impl LimitsConfig {
+    /// Largest response frame to a client: a whole key state up to `max_merged_key_bytes` must fit,
+    /// even when requests are capped lower.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_frame_bytes.max(self.max_merged_key_bytes + FRAME_OVERHEAD_BYTES)
+    }
+
+    /// Largest frame between peers, each direction: at least the transport's default, and a whole
+    /// key state up to `max_merged_key_bytes` with its message around it.
+    pub fn peer_frame_bytes(&self, transport_default: usize) -> usize {
+        transport_default.max(self.max_merged_key_bytes + FRAME_OVERHEAD_BYTES)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -270,6 +302,8 @@ impl Default for Config {
             limits: LimitsConfig {
                 max_frame_bytes: 4 << 20,
                 max_value_bytes: 1 << 20,
+                max_key_bytes: 2 << 20,
+                max_merged_key_bytes: 16 << 20,
                 max_connections: 1024,
                 handshake_timeout_ms: 10_000,
                 max_unvalidated_handshakes: 64,
@@ -408,6 +442,35 @@ impl Config {
             return invalid(
                 "limits.max_value_bytes",
                 format!("{} must leave 4096 bytes of headroom below limits.max_frame_bytes", limits.max_value_bytes),
+            );
+        }
+        if limits.max_key_bytes < limits.max_value_bytes + 4096 {
+            return invalid(
+                "limits.max_key_bytes",
+                format!(
+                    "{} must be at least limits.max_value_bytes + 4096 (a write at the payload cap must fit a new key)",
+                    limits.max_key_bytes
+                ),
+            );
+        }
+        if limits.max_merged_key_bytes < 4 * limits.max_key_bytes {
+            return invalid(
+                "limits.max_merged_key_bytes",
+                format!(
+                    "{} must be at least 4 × limits.max_key_bytes ({}): the merge of concurrent growth must stay readable",
+                    limits.max_merged_key_bytes,
+                    4 * limits.max_key_bytes
+                ),
+            );
+        }
+        if limits.max_merged_key_bytes + FRAME_OVERHEAD_BYTES > meridian_crdt::codec::ABSOLUTE_MAX_BYTES {
+            return invalid(
+                "limits.max_merged_key_bytes",
+                format!(
+                    "{} must leave {FRAME_OVERHEAD_BYTES} bytes below the codec's ceiling {}",
+                    limits.max_merged_key_bytes,
+                    meridian_crdt::codec::ABSOLUTE_MAX_BYTES
+                ),
             );
         }
         if let Err(e) = self.default_consistency.0.parse::<Consistency>() {

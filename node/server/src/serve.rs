@@ -203,7 +203,10 @@ fn join_region(
     };
     let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
-    let endpoint = PeerEndpoint::bind_with(listen, tls, PeerTransportConfig::default(), revoked)
+    let defaults = PeerTransportConfig::default();
+    let transport =
+        PeerTransportConfig { max_frame_bytes: config.limits.peer_frame_bytes(defaults.max_frame_bytes), ..defaults };
+    let endpoint = PeerEndpoint::bind_with(listen, tls, transport, revoked)
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     // A node's region is the one its certificate was issued for: residency decisions (what this
     // node may hold, what peers send it) rest on it, so a config that claims another is refused.

@@ -96,6 +96,9 @@ impl Node {
     /// From now on, new requests are refused with `shutting_down`.
     pub fn begin_shutdown(&self) {
         self.replica.begin_shutdown();
+        if let Some(coordinator) = &self.coordinator {
+            coordinator.stop_shipping();
+        }
     }
 
     /// Waits until every write already started is durable (or failed).

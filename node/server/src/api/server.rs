@@ -205,9 +205,16 @@ async fn serve_stream(
         }
     };
     let mut frame = proto::encode_frame(&response);
-    if frame.len() > max + 4 {
-        let error =
-            ErrorReply::new(ErrorCode::TooLarge, format!("the response exceeds limits.max_frame_bytes ({max})"));
+    let max_response = node.config().limits.max_response_bytes();
+    if frame.len() > max_response + 4 {
+        let error = ErrorReply::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the response is {} bytes, more than a response may carry ({max_response}: the larger of limits.max_frame_bytes and limits.max_merged_key_bytes + 1 MiB); \
+                 a key merged this large from concurrent growth can be shrunk (remove members) or deleted",
+                frame.len() - 4
+            ),
+        );
         frame = proto::encode_frame(&Response::V1(Err(error)));
     }
     if send.write_all(&frame).await.is_ok() {

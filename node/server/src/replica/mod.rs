@@ -153,6 +153,7 @@ impl Replica {
             residency: residency.clone(),
             max_clock_drift_ms: config.max_clock_drift_ms,
             clock_offset_ms: config.clock_offset_ms,
+            key_caps: (config.limits.max_key_bytes, config.limits.max_merged_key_bytes),
         };
         Ok(Arc::new(Replica {
             sync_store: EngineSyncStore::live(engine.clone(), id, live),
@@ -274,12 +275,17 @@ impl Replica {
 
     /// A key's state with its dependency vector.
     pub fn load_stored(&self, data_key: &[u8]) -> Result<Option<Stored>, Error> {
+        Ok(self.load_stored_sized(data_key)?.map(|(stored, _)| stored))
+    }
+
+    /// Like [`Replica::load_stored`], with the size of the stored record (what the key caps count).
+    pub fn load_stored_sized(&self, data_key: &[u8]) -> Result<Option<(Stored, usize)>, Error> {
         match self.engine.get(Space::Data, data_key).map_err(internal)? {
             None => Ok(None),
             Some(bytes) => {
                 let stored =
                     layout::decode_stored(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
-                Ok(Some(stored))
+                Ok(Some((stored, bytes.len())))
             }
         }
     }

@@ -203,9 +203,9 @@ impl Replica {
                 return Ok(Prepared::Done(reply));
             }
         }
-        let (state, mut deps) = match self.load_stored(&data_key)? {
-            Some(stored) => (Some(stored.entry), stored.deps),
-            None => (None, VersionVector::new()),
+        let (state, mut deps, size_before) = match self.load_stored_sized(&data_key)? {
+            Some((stored, size)) => (Some(stored.entry), stored.deps, size),
+            None => (None, VersionVector::new(), 0),
         };
         if let Some(reply) = nothing_to_change(&change, state.as_ref(), &token)? {
             return Ok(Prepared::Done(reply));
@@ -236,11 +236,13 @@ impl Replica {
         let write_deps = self.recordable_deps(&token.0);
         deps.merge(&write_deps);
         let stored = layout::encode_stored(&Stored { entry: next, deps });
-        let max_entry = self.config.limits.max_frame_bytes.saturating_sub(4096);
-        // A delete may grow a key (a tombstone records what it removed) but must always be possible.
-        if stored.len() > max_entry && !is_delete {
+        let max_key = self.config.limits.max_key_bytes;
+        // A delete may grow a key (a tombstone records what it removed) but must always be possible,
+        // and so must a write that does not grow it: a key merged beyond the cap from concurrent
+        // growth elsewhere (see `LimitsConfig::max_key_bytes`) can still be shrunk.
+        if stored.len() > max_key && stored.len() > size_before && !is_delete {
             return Err(Error::TooLarge(format!(
-                "the key would grow to {} bytes; a key may hold at most {max_entry} (limits.max_frame_bytes - 4096)",
+                "the key would grow to {} bytes; a write may leave a key with at most {max_key} (limits.max_key_bytes)",
                 stored.len()
             )));
         }

@@ -295,6 +295,9 @@ pub struct Live {
     pub max_clock_drift_ms: u64,
     /// This node's clock skew (`clock_offset_ms`, a test knob): "now" is the node's skewed clock.
     pub clock_offset_ms: i64,
+    /// `limits.max_key_bytes` and `limits.max_merged_key_bytes`: a join that takes a key past
+    /// either is stored all the same (refusing it would break convergence) and counted.
+    pub key_caps: (usize, usize),
 }
 
 impl std::fmt::Debug for EngineSyncStore {
@@ -445,7 +448,7 @@ impl EngineSyncStore {
                 let log = self.log_entry(partition, record, &mut joined)?;
                 batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
             }
-            Self::put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined);
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)
@@ -583,10 +586,30 @@ impl EngineSyncStore {
     }
 
     /// Adds the changed states of `joined` to `batch`.
-    fn put_states(batch: &mut Batch, joined: Joined) {
+    fn put_states(&self, batch: &mut Batch, joined: Joined) {
         for (data_key, (before, after)) in joined {
             if before.as_ref() != Some(&after) {
-                batch.put(Space::Data, data_key, layout::encode_stored(&after));
+                let encoded = layout::encode_stored(&after);
+                self.count_over_cap(before.as_ref(), encoded.len());
+                batch.put(Space::Data, data_key, encoded);
+            }
+        }
+    }
+
+    /// Counts a join that took a key past a cap it was under (concurrent growth elsewhere): the
+    /// operator's signal that a key needs shrinking, or that the caps are too tight for the number
+    /// of replicas that accept writes while cut off from each other.
+    fn count_over_cap(&self, before: Option<&Stored>, after_len: usize) {
+        let Some(live) = &self.live else { return };
+        let (key_cap, merged_cap) = live.key_caps;
+        if after_len <= key_cap {
+            return;
+        }
+        let before_len = before.map_or(0, |b| layout::encode_stored(b).len());
+        for (cap, name) in [(key_cap, "max_key_bytes"), (merged_cap, "max_merged_key_bytes")] {
+            if after_len > cap && before_len <= cap {
+                metrics::counter!("meridian_keys_over_cap_total", "cap" => name).increment(1);
+                tracing::warn!(cap = name, bytes = after_len, "a merge took a key past limits.{name}");
             }
         }
     }
@@ -781,7 +804,7 @@ impl SyncStore for EngineSyncStore {
             for (origin, seq) in &raised {
                 batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
             }
-            Self::put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined);
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)?;
@@ -907,7 +930,7 @@ impl SyncStore for EngineSyncStore {
                     batch.max_u64(Space::Meta, log_floor_key(p, origin), seq.saturating_add(1));
                 }
             }
-            Self::put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined);
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)

@@ -154,6 +154,14 @@ impl Coordinator {
         });
     }
 
+    /// Ends the cross-region shippers once what they hold is sent: each is a task that owns a clone
+    /// of this coordinator and waits on its queue, whose sender this coordinator holds — without
+    /// dropping the senders at shutdown, the coordinator (and the storage under it) would never
+    /// be freed, and a node restarted in the same process could not open its data directory.
+    pub fn stop_shipping(&self) {
+        self.shippers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The anti-entropy threads.
     pub fn sync_threads(&self) -> &Arc<SyncThreads> {
         &self.sync_threads
