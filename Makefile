@@ -52,7 +52,7 @@ fuzz:
 ## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
 bench-region:
 	@scripts/install-deps.sh --bench
-	scripts/bench-region.sh --clients 32 --ops 300
+	scripts/bench-region.sh --clients 32 --ops 300 --compare-auth
 
 ## Three local regions behind emulated 80 ms WAN links: convergence lag at a write rate, latency per
 ## consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).

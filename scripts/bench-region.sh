@@ -10,7 +10,10 @@
 # before etcd starts, so the two never compete for the CPU. Both systems fsync before acknowledging
 # a write (Meridian's group commit under `fsync` durability; etcd's WAL, always).
 #
-# Usage: scripts/bench-region.sh [--clients 32] [--ops 300] [--value-bytes 100]
+# With --compare-auth the region then runs again with authentication off (the same configs with
+# `[auth] enabled = false`, fresh data), so the cost of authentication is measured in the same run.
+#
+# Usage: scripts/bench-region.sh [--clients 32] [--ops 300] [--value-bytes 100] [--compare-auth]
 # Environment: MERIDIAN_BIN (default: build target/debug/meridian with cargo), REGION_BASE_PORT
 # (default 17500: nodes on base+10i, +1, +2), ETCD_CLIENT_BASE (default 23790: members on base+i),
 # ETCD_PEER_BASE (default 23800), BENCH_TIMEOUT_S (per benchmark run, default 300), KEEP=1 (keep the
@@ -21,11 +24,13 @@ set -euo pipefail
 clients=32
 ops=300
 value_bytes=100
+compare_auth=0
 while (($#)); do
   case "$1" in
     --clients) clients=${2:?}; shift 2 ;;
     --ops) ops=${2:?}; shift 2 ;;
     --value-bytes) value_bytes=${2:?}; shift 2 ;;
+    --compare-auth) compare_auth=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -132,31 +137,57 @@ endpoints=""
 for i in 1 2 3; do
   endpoints+="${endpoints:+,}127.0.0.1:$((base_port + 10 * i))"
 done
-echo "starting a 3-node Meridian region in $tmp/region (base port $base_port)"
-"$meridian" region start --dir "$tmp/region" --nodes 3 --rf 3 --base-port "$base_port" --durability fsync \
-  --ready-timeout-secs 60 >"$tmp/region.log" 2>&1 &
-region_pid=$!
-for _ in $(seq 900); do
-  grep -q "region ready" "$tmp/region.log" && break
-  kill -0 "$region_pid" 2>/dev/null || { echo "the region failed to start:" >&2; tail -n 30 "$tmp/region.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q "region ready" "$tmp/region.log" || { echo "the region was not ready in 90 s" >&2; tail -n 30 "$tmp/region.log" >&2; exit 1; }
-# The node pids from the supervisor's table (NODE ZONE CLIENT HTTP PEER PID LOG), for the fallback.
-mapfile -t node_pids < <(awk '$1 ~ /^n[0-9]+$/ && $6 ~ /^[0-9]+$/ { print $6 }' "$tmp/region.log")
-echo "region ready: nodes on $endpoints (pids ${node_pids[*]:-?})"
+# Starts the region in $tmp/region and waits until it is ready: `region start` creates it the first
+# time (certificates, configs with authentication on) and reuses its configs afterwards.
+start_region() {
+  "$meridian" region start --dir "$tmp/region" --nodes 3 --rf 3 --base-port "$base_port" --durability fsync \
+    --ready-timeout-secs 60 >"$tmp/region.log" 2>&1 &
+  region_pid=$!
+  for _ in $(seq 900); do
+    grep -q "region ready" "$tmp/region.log" && break
+    kill -0 "$region_pid" 2>/dev/null || { echo "the region failed to start:" >&2; tail -n 30 "$tmp/region.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  grep -q "region ready" "$tmp/region.log" || { echo "the region was not ready in 90 s" >&2; tail -n 30 "$tmp/region.log" >&2; exit 1; }
+  # The node pids from the supervisor's table (NODE ZONE CLIENT HTTP PEER PID LOG), for the fallback.
+  mapfile -t node_pids < <(awk '$1 ~ /^n[0-9]+$/ && $6 ~ /^[0-9]+$/ { print $6 }' "$tmp/region.log")
+  echo "region ready: nodes on $endpoints (pids ${node_pids[*]:-?})"
+}
 
-for level in eventual local_quorum; do
-  echo
-  echo "== meridian bench --external, $level, clients over $endpoints"
-  run_bench "$tmp/meridian-$level.txt" "$meridian" bench --external --endpoints "$endpoints" \
-    --ca-cert "$tmp/region/certs/ca.crt" --cert "$tmp/region/certs/admin.crt" --key "$tmp/region/certs/admin.key" \
-    --consistency "$level" --skip-baseline \
-    --clients "$clients" --ops "$ops" --value-bytes "$value_bytes"
-done
+# Runs both levels against the region; $1 names the arm ("" or "-noauth") in the result files.
+bench_region() {
+  local level
+  for level in eventual local_quorum; do
+    echo
+    echo "== meridian bench --external, $level${1:+ (authentication off)}, clients over $endpoints"
+    run_bench "$tmp/meridian-$level$1.txt" "$meridian" bench --external --endpoints "$endpoints" \
+      --ca-cert "$tmp/region/certs/ca.crt" --cert "$tmp/region/certs/admin.crt" --key "$tmp/region/certs/admin.key" \
+      --consistency "$level" --skip-baseline \
+      --clients "$clients" --ops "$ops" --value-bytes "$value_bytes"
+  done
+}
+
+echo "starting a 3-node Meridian region in $tmp/region (base port $base_port)"
+start_region
+bench_region ""
 echo
 echo "stopping the region"
 stop_region
+if ((compare_auth)); then
+  # Loopback only, so the nodes accept authentication off; fresh data so both arms start empty.
+  echo
+  echo "restarting the region with authentication off (fresh data)"
+  for node_dir in "$tmp"/region/n*/; do
+    rm -rf "$node_dir/data"
+    sed -i '/^\[auth\]/,/^\[/ s/^enabled = true$/enabled = false/' "$node_dir/meridian.toml"
+    grep -q '^enabled = false$' "$node_dir/meridian.toml" || { echo "could not turn authentication off in $node_dir" >&2; exit 1; }
+  done
+  start_region
+  bench_region "-noauth"
+  echo
+  echo "stopping the region"
+  stop_region
+fi
 
 # --- 2. etcd: a 3-member cluster ---------------------------------------------------------------
 etcd_version=$(etcd --version | awk '/etcd Version/ { print $3 }')
@@ -212,14 +243,20 @@ echo "Region benchmark: Meridian 3-node region (rf 3) vs etcd $etcd_version 3-me
 echo "$clients clients x $ops ops, ${value_bytes}-byte values; latencies in ms; ratio = Meridian ops/s / etcd ops/s."
 echo "Durability: both fsync before acknowledging a write (Meridian storage.durability = fsync, group commit;"
 echo "etcd fsyncs its WAL on every commit). Reads: etcd linearizable (ReadIndex through the leader)."
-printf '%-22s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' \
+printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' \
   LEVEL "WRITE OPS/S" P50 P99 "READ OPS/S" P50 P99 "W RATIO" "R RATIO" ERRORS
-for level in eventual local_quorum; do
-  read -r w w50 w99 werr < <(figures "$tmp/meridian-$level.txt" "meridian write")
-  read -r r r50 r99 rerr < <(figures "$tmp/meridian-$level.txt" "meridian read")
-  printf '%-22s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "meridian $level" "$w" "$w50" "$w99" "$r" "$r50" "$r99" \
-    "$(ratio "$w" "$ew")" "$(ratio "$r" "$er")" "$((werr + rerr))"
+arms=("")
+((compare_auth)) && arms+=("-noauth")
+for arm in "${arms[@]}"; do
+  for level in eventual local_quorum; do
+    read -r w w50 w99 werr < <(figures "$tmp/meridian-$level$arm.txt" "meridian write")
+    read -r r r50 r99 rerr < <(figures "$tmp/meridian-$level$arm.txt" "meridian read")
+    label="meridian $level"
+    ((compare_auth)) && label+=$([[ -z "$arm" ]] && echo " auth" || echo " noauth")
+    printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "$label" "$w" "$w50" "$w99" "$r" "$r50" "$r99" \
+      "$(ratio "$w" "$ew")" "$(ratio "$r" "$er")" "$((werr + rerr))"
+  done
 done
-printf '%-22s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "etcd (linearizable)" "$ew" "$ew50" "$ew99" "$er" "$er50" "$er99" \
+printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "etcd (linearizable)" "$ew" "$ew50" "$ew99" "$er" "$er50" "$er99" \
   "1.00" "1.00" "$((ewerr + ererr))"
 echo "(figures from one run on a shared machine: compare ratios within a run, not absolute numbers across runs)"

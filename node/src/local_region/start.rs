@@ -41,7 +41,14 @@ pub async fn start(dir: &Path, options: &RegionOptions, ready_timeout: Duration)
     )?;
 
     let mut supervisor = Supervisor::spawn(&plan.nodes).await?;
-    let http = meridian_wan::plan::admin_http(&plan.ca_cert)?;
+    // The nodes serve HTTPS unless their configs turned authentication off on loopback (an operator
+    // may edit them, as `scripts/bench-region.sh --compare-auth` does): probe the way they serve.
+    let config = meridian_server::config::Config::load(Some(&plan.nodes[0].config))?;
+    let http = if config.plain_http() {
+        meridian_wan::probe::NodeHttp::plain()
+    } else {
+        meridian_wan::plan::admin_http(&plan.ca_cert)?
+    };
     let ready = tokio::select! {
         ready = supervisor.wait_ready(ready_timeout, &http) => ready,
         signal = signals.recv() => Err(anyhow::anyhow!("received {signal} while the nodes were starting")),
