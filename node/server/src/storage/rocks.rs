@@ -51,11 +51,14 @@ pub struct RocksOptions {
     pub cache_bytes: usize,
     /// RocksDB `max_background_jobs`: flush and compaction threads (default 2).
     pub max_background_jobs: i32,
+    /// RocksDB `max_total_wal_size`: past it, the memtables that pin the oldest WAL file are
+    /// flushed so the file can go (default 64 MiB).
+    pub max_wal_bytes: u64,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { durability: Durability::Fsync, cache_bytes: 64 << 20, max_background_jobs: 2 }
+        Self { durability: Durability::Fsync, cache_bytes: 64 << 20, max_background_jobs: 2, max_wal_bytes: 64 << 20 }
     }
 }
 
@@ -143,6 +146,15 @@ impl RocksEngine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(options.max_background_jobs);
+        // The WAL is shared by every column family and a file is deleted only once all of them have
+        // flushed what it holds: column families written rarely (Meta, Idempotency, Hints) would
+        // otherwise keep every WAL file alive until their own memtable filled, and the WAL grew to
+        // the sum of all memtables (hundreds of MB) and stayed there. Past this total, RocksDB
+        // flushes the column families that pin the oldest file, so the WAL stays near this size.
+        db_opts.set_max_total_wal_size(options.max_wal_bytes);
+        // RocksDB's own info log (LOG): rotated, a few files kept.
+        db_opts.set_max_log_file_size(8 << 20);
+        db_opts.set_keep_log_file_num(4);
         apply_write_path_options(&mut db_opts, pipelined_write);
 
         let cache = Cache::new_lru_cache(options.cache_bytes);

@@ -408,6 +408,40 @@ fn open_rocks_relaxed(dir: &TempDir) -> RocksEngine {
 mod rocks_only {
     use super::*;
 
+    /// Bytes of write-ahead log files in `dir`.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Writes 48 MiB to `Data` after one small write to `Meta` (a column family written rarely,
+    /// which pins the WAL file it went to); returns the WAL's size afterwards.
+    fn wal_after_bulk_writes(max_wal_bytes: u64) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RocksOptions { durability: Durability::Relaxed, max_wal_bytes, ..RocksOptions::default() };
+        let e = RocksEngine::open(dir.path(), options).unwrap();
+        put(&e, Space::Meta, b"rare", b"pin");
+        let value = vec![7u8; 64 << 10];
+        for i in 0u32..768 {
+            put(&e, Space::Data, &i.to_be_bytes(), &value);
+        }
+        wal_bytes(dir.path())
+    }
+
+    #[test]
+    fn the_wal_stays_near_its_cap_while_a_column_family_is_written_rarely() {
+        let capped = wal_after_bulk_writes(4 << 20);
+        assert!(capped < 12 << 20, "WAL of {capped} bytes with a 4 MiB cap");
+        // Negative control: without the cap (RocksDB's default, 0: four times the memtables), the
+        // same writes leave every byte of them in the WAL.
+        let uncapped = wal_after_bulk_writes(0);
+        assert!(uncapped > 40 << 20, "WAL of {uncapped} bytes without a cap");
+    }
+
     #[test]
     fn data_survives_close_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
