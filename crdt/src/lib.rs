@@ -29,6 +29,7 @@ pub mod codec;
 pub mod counter;
 pub mod depth;
 pub mod doc;
+mod doc_cache;
 pub mod dot;
 mod dot_store;
 pub mod entry;
