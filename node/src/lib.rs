@@ -10,6 +10,8 @@ pub mod bench;
 pub mod bench_etcd;
 pub mod bench_geo;
 pub mod certs_cli;
+pub mod config_cli;
 pub mod demo;
 pub mod local_region;
+pub mod residency_apply;
 pub mod residency_cli;
