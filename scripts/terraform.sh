@@ -11,8 +11,8 @@ set -euo pipefail
 venv="${MERIDIAN_TF_VENV:-$HOME/.cache/meridian/terraform-venv}"
 mode="${MERIDIAN_TERRAFORM:-auto}"
 
-# Terraform warns on every run when ~/.terraformrc is missing; nothing here needs one.
-if [[ -z "${TF_CLI_CONFIG_FILE:-}" && ! -e "$HOME/.terraformrc" ]]; then
+# Terraform warns on every run when its CLI configuration file is missing; nothing here needs one.
+if [[ ! -e "${TF_CLI_CONFIG_FILE:-$HOME/.terraformrc}" ]]; then
   export TF_CLI_CONFIG_FILE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/terraformrc"
 fi
 # No checkpoint calls home (there is no network to answer them).
