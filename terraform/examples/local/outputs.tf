@@ -44,3 +44,8 @@ output "residency_rules_json" {
   description = "The rules document applied when apply_rules is true."
   value       = module.cluster.residency_rules_json
 }
+
+output "certificate_identities" {
+  description = "Each node's certificate identity (cluster/region/zone/name, its URI and hosts), as issued into certs/<node>.crt."
+  value       = module.cluster.certificate_identities
+}
