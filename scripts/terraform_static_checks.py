@@ -33,7 +33,7 @@ def fail(message):
 
 def items(block):
     """A parsed block's entries, without python-hcl2's own `__is_block__`/`__comments__` keys."""
-    return [(k, v) for k, v in block.items() if not k.startswith("__")]
+    return [(k.strip('"'), v) for k, v in block.items() if not k.startswith("__")]
 
 
 def module_dirs():
