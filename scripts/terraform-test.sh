@@ -32,3 +32,4 @@ echo "== static checks of the AWS modules"
 cargo build --quiet -p meridian-node --bin meridian
 meridian="${CARGO_TARGET_DIR:-target}/debug/meridian"
 "$venv/bin/python" scripts/terraform_static_checks.py "$meridian" "$tf"
+"$venv/bin/python" scripts/terraform_docs.py --check
