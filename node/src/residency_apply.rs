@@ -237,7 +237,11 @@ pub async fn run(client: &Client, file: &Path, dry_run: bool) -> anyhow::Result<
             Step::Add { spec, position } => ResidencyOp::Add { rule: spec, position: Some(position) },
         };
         let report = client.residency(op).await.with_context(|| {
-            format!("applying `{}` ({done} of {} steps applied before it)", step.to_string().lines().next().unwrap_or(""), steps.len())
+            format!(
+                "applying `{}` ({done} of {} steps applied before it)",
+                step.to_string().lines().next().unwrap_or(""),
+                steps.len()
+            )
         })?;
         version = report.version;
     }

@@ -115,11 +115,14 @@ async fn terraform_available() -> bool {
 /// A base port whose node ports (base + 10k + 0/1/2) and relay ports (base + 500 + i) are free.
 fn free_base_port(nodes: usize, relays: usize) -> u16 {
     let free = |port: u16| {
-        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     };
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 20;
-    (0..200u16)
-        .map(|i| 20_000 + (start - 20_000 + i * 613) % 40_000)
+    // Candidates spread over 20000-59999, starting from one that depends on the process id (two
+    // test processes rarely probe the same ranges).
+    let start = (std::process::id() % 2_000) * 20;
+    (0..200u32)
+        .map(|i| (20_000 + (start + i * 613) % 40_000) as u16)
         .find(|&base| {
             (0..nodes as u16).all(|k| (0..3).all(|p| free(base + 10 * k + p)))
                 && (0..relays as u16).all(|i| free(base + 500 + i))
@@ -278,9 +281,10 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     }
     for client in &clients {
         eventually("every node sees the three regions", || async {
-            client.cluster(ClusterOp::Status).await.is_ok_and(|r| {
-                r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3
-            })
+            client
+                .cluster(ClusterOp::Status)
+                .await
+                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
         })
         .await;
     }
@@ -310,7 +314,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
 
     // 5. Change a rule and remove the other in the variables: the cluster follows.
-    let rules_v2 = json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]);
+    let rules_v2 =
+        json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]);
     let applied = tf.apply(&vars(base, rules_v2.clone(), true, &dir)).await;
     assert!(applied.contains("plan: 0 to add, 1 to change, 1 to remove"), "{applied}");
     assert!(applied.contains("0 added, 0 changed") || applied.contains("1 added, 0 changed, 1 destroyed"), "{applied}");
