@@ -301,9 +301,13 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert!(rules(us).await.rules.is_empty());
     let applied = tf.apply(&vars(base, rules_v1.clone(), true, &dir)).await;
     assert!(applied.contains("plan: 2 to add, 0 to change, 0 to remove"), "{applied}");
-    let report = rules(eu).await;
+    let report = rules(us).await;
     assert_eq!(report.rules.len(), 2, "{report:?}");
     assert_eq!((report.rules[0].spec.prefix.as_str(), report.rules[1].spec.namespace.as_str()), ("eu/", "audit"));
+    // Rules are replicated metadata: every region gets them.
+    for client in &clients {
+        eventually("every region holds the rules", || async { rules(client).await.version == report.version }).await;
+    }
 
     // In force: a restricted key written in us-east is proxied to eu-west; `audit` is strict.
     us.register("users/eu/alice").set("alice").await.expect("proxied to eu-west");
@@ -318,9 +322,13 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]);
     let applied = tf.apply(&vars(base, rules_v2.clone(), true, &dir)).await;
     assert!(applied.contains("plan: 0 to add, 1 to change, 1 to remove"), "{applied}");
-    assert!(applied.contains("0 added, 0 changed") || applied.contains("1 added, 0 changed, 1 destroyed"), "{applied}");
-    let report = rules(ap).await;
+    assert!(applied.contains("1 added, 0 changed, 1 destroyed"), "only the rules were re-applied: {applied}");
+    let report = rules(us).await;
     assert_eq!(report.rules.len(), 1, "{report:?}");
+    for client in &clients {
+        eventually("every region holds the new rules", || async { rules(client).await.version == report.version })
+            .await;
+    }
     let mut regions = report.rules[0].spec.regions.clone();
     regions.sort();
     assert_eq!(regions, ["ap-south", "eu-west"]);
