@@ -191,10 +191,10 @@ where
 /// An admin client of one region's endpoint, with the credentials Terraform issued.
 async fn admin_client(outputs: &Value, region: &str) -> Client {
     let creds = &outputs["admin_credentials"];
-    let endpoint = outputs["client_endpoints"][region]["quic"].as_str().unwrap().to_string();
-    let connect = || async {
+    let endpoint = outputs["client_endpoints"][region]["quic"].as_str().unwrap();
+    let connect = || async move {
         Client::builder()
-            .endpoint(endpoint.clone())
+            .endpoint(endpoint.to_string())
             .ca_cert_file(outputs["ca_cert"].as_str().unwrap())
             .client_cert_files(creds["cert"].as_str().unwrap(), creds["key"].as_str().unwrap())
             .timeout(Duration::from_secs(5))
@@ -280,7 +280,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         clients.push(admin_client(&outputs, region).await);
     }
     for client in &clients {
-        eventually("every node sees the three regions", || async {
+        eventually("every node sees the three regions", || async move {
             client
                 .cluster(ClusterOp::Status)
                 .await
@@ -292,7 +292,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
 
     // 3. A write in one region is read in another (through the relays).
     us.register("app/greeting").set("hello from us-east").await.unwrap();
-    eventually("ap-south reads us-east's write", || async {
+    eventually("ap-south reads us-east's write", || async move {
         ap.register("app/greeting").get().await.ok().flatten().as_deref() == Some(b"hello from us-east".as_slice())
     })
     .await;
@@ -305,8 +305,9 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert_eq!(report.rules.len(), 2, "{report:?}");
     assert_eq!((report.rules[0].spec.prefix.as_str(), report.rules[1].spec.namespace.as_str()), ("eu/", "audit"));
     // Rules are replicated metadata: every region gets them.
+    let version = report.version;
     for client in &clients {
-        eventually("every region holds the rules", || async { rules(client).await.version == report.version }).await;
+        eventually("every region holds the rules", || async move { rules(client).await.version == version }).await;
     }
 
     // In force: a restricted key written in us-east is proxied to eu-west; `audit` is strict.
@@ -325,9 +326,9 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert!(applied.contains("1 added, 0 changed, 1 destroyed"), "only the rules were re-applied: {applied}");
     let report = rules(us).await;
     assert_eq!(report.rules.len(), 1, "{report:?}");
+    let version = report.version;
     for client in &clients {
-        eventually("every region holds the new rules", || async { rules(client).await.version == report.version })
-            .await;
+        eventually("every region holds the new rules", || async move { rules(client).await.version == version }).await;
     }
     let mut regions = report.rules[0].spec.regions.clone();
     regions.sort();
