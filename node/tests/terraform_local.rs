@@ -233,6 +233,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         eprintln!("\n*** SKIPPED terraform_local: {message} ***\n");
         return;
     }
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("terraform_local: {what} ({:.1} s)", started.elapsed().as_secs_f64());
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let tf = Terraform { tmp: tmp.path().to_path_buf() };
@@ -258,6 +260,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         let shown = meridian(&["certs", "show", &format!("{}/certs/{name}.crt", dir.display())]);
         assert!(shown.contains(identity["uri"].as_str().unwrap()), "{name}: {shown}");
     }
+
+    step("rendered and checked 3 configs and certificates");
 
     // 2. Run it: the WAN relays Terraform planned (10 ms each way), then one process per node.
     let mut relays = Vec::new();
@@ -289,6 +293,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         .await;
     }
     let (us, eu, ap) = (&clients[0], &clients[1], &clients[2]);
+    step("3 regions of `meridian serve` formed through the WAN relays");
 
     // 3. A write in one region is read in another (through the relays).
     us.register("app/greeting").set("hello from us-east").await.unwrap();
@@ -296,6 +301,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         ap.register("app/greeting").get().await.ok().flatten().as_deref() == Some(b"hello from us-east".as_slice())
     })
     .await;
+
+    step("a write in us-east read in ap-south");
 
     // 4. The rules from the Terraform variables, applied by `apply` once the cluster runs.
     assert!(rules(us).await.rules.is_empty());
@@ -318,6 +325,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     let refused = eu.register("audit/x").set("no").await.expect_err("strict rule refuses outside us-east");
     assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
 
+    step("rules applied by terraform: proxied and refused as they say");
+
     // 5. Change a rule and remove the other in the variables: the cluster follows.
     let rules_v2 =
         json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]);
@@ -335,12 +344,15 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert_eq!(regions, ["ap-south", "eu-west"]);
     eu.register("audit/x").set("now allowed").await.expect("the audit rule was removed");
 
+    step("rule changed and rule removed by the next apply, in force everywhere");
+
     // 6. Nothing left to do: the plan is empty and another apply changes nothing.
     let final_vars = vars(base, rules_v2, true, &dir);
     assert!(!tf.has_changes(&final_vars).await, "a second apply would change something");
     let again = tf.apply(&final_vars).await;
     assert!(again.contains("0 added, 0 changed, 0 destroyed"), "{again}");
 
+    step("a further apply changes nothing");
     for client in clients {
         client.close().await;
     }
