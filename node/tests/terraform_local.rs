@@ -118,11 +118,10 @@ fn free_base_port(nodes: usize, relays: usize) -> u16 {
         std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
             && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
     };
-    // Candidates spread over 20000-59999, starting from one that depends on the process id (two
-    // test processes rarely probe the same ranges).
-    let start = (std::process::id() % 2_000) * 20;
-    (0..200u32)
-        .map(|i| (20_000 + (start + i * 613) % 40_000) as u16)
+    // Below the kernel's ephemeral range (32768-60999 here), so that no client socket of another
+    // test takes one of them between this check and the nodes binding them.
+    (0..200)
+        .map(|_| rand::random_range(10_000u16..31_000))
         .find(|&base| {
             (0..nodes as u16).all(|k| (0..3).all(|p| free(base + 10 * k + p)))
                 && (0..relays as u16).all(|i| free(base + 500 + i))
@@ -176,20 +175,34 @@ fn spawn_node(config: &str, log: &Path) -> Child {
         .expect("spawn meridian serve")
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, dir: &Path, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + CLUSTER_TIMEOUT;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {CLUSTER_TIMEOUT:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {CLUSTER_TIMEOUT:?}{}", node_logs(dir));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// The end of every node's log in `dir`, for a failure message.
+fn node_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!("\n--- {} (last lines)\n", entry.path().display());
+            out += &tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        }
+    }
+    out
+}
+
 /// An admin client of one region's endpoint, with the credentials Terraform issued.
-async fn admin_client(outputs: &Value, region: &str) -> Client {
+async fn admin_client(outputs: &Value, region: &str, dir: &Path) -> Client {
     let creds = &outputs["admin_credentials"];
     let endpoint = outputs["client_endpoints"][region]["quic"].as_str().unwrap();
     let connect = || async move {
@@ -210,7 +223,7 @@ async fn admin_client(outputs: &Value, region: &str) -> Client {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("connecting to {region} at {endpoint}: {e}"),
+            Err(e) => panic!("connecting to {region} at {endpoint}: {e}{}", node_logs(dir)),
         }
     }
 }
@@ -281,10 +294,10 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     );
     let mut clients = Vec::new();
     for region in REGIONS {
-        clients.push(admin_client(&outputs, region).await);
+        clients.push(admin_client(&outputs, region, &dir).await);
     }
     for client in &clients {
-        eventually("every node sees the three regions", || async move {
+        eventually("every node sees the three regions", &dir, || async move {
             client
                 .cluster(ClusterOp::Status)
                 .await
@@ -297,7 +310,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
 
     // 3. A write in one region is read in another (through the relays).
     us.register("app/greeting").set("hello from us-east").await.unwrap();
-    eventually("ap-south reads us-east's write", || async move {
+    eventually("ap-south reads us-east's write", &dir, || async move {
         ap.register("app/greeting").get().await.ok().flatten().as_deref() == Some(b"hello from us-east".as_slice())
     })
     .await;
@@ -314,12 +327,15 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     // Rules are replicated metadata: every region gets them.
     let version = report.version;
     for client in &clients {
-        eventually("every region holds the rules", || async move { rules(client).await.version == version }).await;
+        eventually("every region holds the rules", &dir, || async move { rules(client).await.version == version })
+            .await;
     }
 
     // In force: a restricted key written in us-east is proxied to eu-west; `audit` is strict.
     us.register("users/eu/alice").set("alice").await.expect("proxied to eu-west");
     assert_eq!(eu.register("users/eu/alice").get().await.unwrap().as_deref(), Some(b"alice".as_slice()));
+    let audit = us.residency(ResidencyOp::Audit { compact: false }).await.unwrap().audit.unwrap();
+    assert_eq!(audit.violations_total, 0, "us-east holds nothing the rule keeps out: {audit:?}");
     let explain = us.residency(ResidencyOp::Explain { key: "users/eu/alice".parse().unwrap() }).await.unwrap();
     assert_eq!(explain.explain.unwrap().allowed_regions, ["eu-west"]);
     let refused = eu.register("audit/x").set("no").await.expect_err("strict rule refuses outside us-east");
@@ -337,7 +353,8 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert_eq!(report.rules.len(), 1, "{report:?}");
     let version = report.version;
     for client in &clients {
-        eventually("every region holds the new rules", || async move { rules(client).await.version == version }).await;
+        eventually("every region holds the new rules", &dir, || async move { rules(client).await.version == version })
+            .await;
     }
     let mut regions = report.rules[0].spec.regions.clone();
     regions.sort();
