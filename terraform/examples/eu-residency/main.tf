@@ -16,9 +16,10 @@ module "meridian" {
   residency_rules = [
     { namespace = "users", prefix = "eu/", regions = ["eu-west", "eu-central"], home = "eu-west" },
   ]
-  namespaces      = { users = { consistency = "causal" } }
-  client_cidrs    = var.client_cidrs
-  launch_nodes    = var.launch_nodes
-  meridian_url    = var.meridian_url
-  meridian_sha256 = var.meridian_sha256
+  namespaces          = { users = { consistency = "causal" } }
+  client_cidrs        = var.client_cidrs
+  launch_nodes        = var.launch_nodes
+  deletion_protection = var.deletion_protection
+  meridian_url        = var.meridian_url
+  meridian_sha256     = var.meridian_sha256
 }

@@ -24,3 +24,9 @@ variable "meridian_sha256" {
   description = "SHA-256 of that binary."
   type        = string
 }
+
+variable "deletion_protection" {
+  description = "Protect the load balancers from deletion: set false and apply before `terraform destroy`."
+  type        = bool
+  default     = true
+}

@@ -13,10 +13,11 @@ module "meridian" {
     "eu-west"  = { aws_region = "eu-west-1", zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"] }
     "ap-south" = { aws_region = "ap-south-1", zones = ["ap-south-1a", "ap-south-1b", "ap-south-1c"] }
   }
-  rf              = 3
-  namespaces      = { orders = { consistency = "local_quorum" } }
-  client_cidrs    = var.client_cidrs
-  launch_nodes    = var.launch_nodes
-  meridian_url    = var.meridian_url
-  meridian_sha256 = var.meridian_sha256
+  rf                  = 3
+  namespaces          = { orders = { consistency = "local_quorum" } }
+  client_cidrs        = var.client_cidrs
+  launch_nodes        = var.launch_nodes
+  deletion_protection = var.deletion_protection
+  meridian_url        = var.meridian_url
+  meridian_sha256     = var.meridian_sha256
 }

@@ -85,3 +85,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "deletion_protection" {
+  description = "Protect the region's load balancer from deletion (set false, apply, then destroy)."
+  type        = bool
+  default     = true
+}

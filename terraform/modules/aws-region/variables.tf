@@ -143,3 +143,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "kms_key_id" {
+  description = "ARN of a customer managed KMS key for the data volumes; null: the account's default EBS encryption key."
+  type        = string
+  default     = null
+}
