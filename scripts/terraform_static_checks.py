@@ -9,6 +9,8 @@
    provider-free root terraform/tests/render-cloud-init), is valid YAML starting with #cloud-config,
    writes a meridian.toml that `meridian config check` accepts, and runs the node under systemd with
    a restart policy.
+6. The certificate bootstrap step (terraform/scripts/issue-certs.sh) issues, with `meridian certs`,
+   a certificate per node whose identity and hosts are the ones Terraform computed.
 
 usage: terraform_static_checks.py MERIDIAN_BINARY TERRAFORM_WRAPPER
 """
@@ -134,6 +136,28 @@ def check_cloud_init(meridian, terraform):
             bootstrap = files.get("/usr/local/sbin/meridian-bootstrap", {}).get("content", "")
             if "sha256sum -c" not in bootstrap:
                 fail(f"cloud-init of {node}: the binary download is not verified")
+        check_issue_certs(meridian, tf("output", "-json", "-no-color", state, "certificate_identities"), tmp)
+
+
+def check_issue_certs(meridian, identities_json, tmp):
+    certs = os.path.join(tmp, "certs")
+    script = ROOT / "scripts" / "issue-certs.sh"
+    env = dict(os.environ, MERIDIAN=meridian, IDENTITIES_JSON=identities_json, MERIDIAN_LOG="warn")
+    out = subprocess.run([str(script), certs], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        fail(f"issue-certs.sh failed: {out.stderr.strip()}")
+        return
+    for node, identity in sorted(json.loads(identities_json).items()):
+        shown = subprocess.run([meridian, "certs", "show", os.path.join(certs, f"{node}.crt")], capture_output=True, text=True, timeout=60)
+        if identity["uri"] not in shown.stdout:
+            fail(f"issue-certs.sh: {node}'s certificate does not carry {identity['uri']}: {shown.stdout}{shown.stderr}")
+        for host in identity["hosts"]:
+            if host not in shown.stdout:
+                fail(f"issue-certs.sh: {node}'s certificate lacks host {host}")
+    for name in ("ca.crt", "admin.crt", "admin.key"):
+        if not os.path.exists(os.path.join(certs, name)):
+            fail(f"issue-certs.sh: no {name}")
+    print(f"ok   issue-certs.sh issued {len(json.loads(identities_json))} node certificates for Terraform's identities")
 
 
 def main():

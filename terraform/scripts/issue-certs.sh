@@ -6,14 +6,15 @@
 # bootstrap apply (-var launch_nodes=false) and again whenever nodes or addresses change; it replaces
 # node certificates, never the CA.
 #
-#   usage: issue-certs.sh [CERTS_DIR]   (default ./certs; MERIDIAN=path/to/meridian, TERRAFORM=terraform)
+#   usage: issue-certs.sh [CERTS_DIR]   (default ./certs; MERIDIAN=path/to/meridian, TERRAFORM=terraform;
+#          IDENTITIES_JSON=<the output's JSON> instead of asking Terraform, as the offline test does)
 set -euo pipefail
 
 dir="${1:-./certs}"
 meridian="${MERIDIAN:-meridian}"
 terraform="${TERRAFORM:-terraform}"
 
-identities="$("$terraform" output -json certificate_identities)"
+identities="${IDENTITIES_JSON:-$("$terraform" output -json certificate_identities)}"
 cluster_id="$(printf '%s' "$identities" | python3 -c 'import json,sys; ids=json.load(sys.stdin); print({i["cluster_id"] for i in ids.values()}.pop())')"
 
 if [[ ! -f "$dir/ca.crt" ]]; then

@@ -41,3 +41,8 @@ output "user_data" {
     data_device     = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
   }) }
 }
+
+output "certificate_identities" {
+  description = "The identities scripts/issue-certs.sh issues certificates for (checked offline by scripts/terraform_static_checks.py)."
+  value       = module.cluster.certificate_identities
+}
