@@ -32,3 +32,12 @@ output "instance_ids" {
   description = "EC2 instance ids by region and node name."
   value       = { for region, m in module.region : region => m.instance_ids }
 }
+
+output "sdk" {
+  description = "Per region, the Rust SDK call that connects to it with the admin's credentials (swap in an application's certificate or token)."
+  value = { for region, e in module.cluster.client_endpoints : region => join("", [
+    "Client::builder().endpoint(\"${e.quic}\").server_name(\"${e.server_name}\")",
+    ".ca_cert_file(\"${local.certs_dir}/ca.crt\")",
+    ".client_cert_files(\"${local.certs_dir}/admin.crt\", \"${local.certs_dir}/admin.key\").connect().await?",
+  ]) }
+}

@@ -12,3 +12,8 @@ output "credentials" {
   description = "Where the CA certificate and the admin's client certificate are."
   value       = module.meridian.credentials
 }
+
+output "sdk" {
+  description = "Per region, the Rust SDK call that connects to it."
+  value       = module.meridian.sdk
+}
