@@ -22,6 +22,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+/// Two nodes per region (rf 2): in-region seeds and replication are exercised too.
+const NODES_PER_REGION: usize = 2;
 /// Each `terraform` command gets this long.
 const TERRAFORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Waits for the cluster (forming, replicating) give up after this long.
@@ -135,8 +137,8 @@ fn vars(base_port: u16, rules: Value, apply_rules: bool, dir: &Path) -> Value {
         "dir": dir,
         "cluster_id": "tf-e2e",
         "regions": REGIONS,
-        "nodes_per_region": 1,
-        "rf": 1,
+        "nodes_per_region": NODES_PER_REGION,
+        "rf": NODES_PER_REGION,
         "base_port": base_port,
         "wan_relays": true,
         "residency_rules": rules,
@@ -251,8 +253,10 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let tf = Terraform { tmp: tmp.path().to_path_buf() };
-    let relays_count = REGIONS.len() * (REGIONS.len() - 1);
-    let base = free_base_port(REGIONS.len(), relays_count);
+    let nodes_count = REGIONS.len() * NODES_PER_REGION;
+    // One relay per (region, node of another region).
+    let relays_count = REGIONS.len() * (nodes_count - NODES_PER_REGION);
+    let base = free_base_port(nodes_count, relays_count);
     let rules_v1 = json!([
         {"namespace": "users", "prefix": "eu/", "regions": ["eu-west"], "home": "eu-west"},
         {"namespace": "audit", "regions": ["us-east"], "strict": true},
@@ -263,7 +267,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     tf.apply(&vars(base, rules_v1.clone(), false, &dir)).await;
     let outputs = tf.outputs().await;
     let nodes = outputs["nodes"].as_object().unwrap().clone();
-    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.len(), nodes_count);
     for (name, node) in &nodes {
         let config = node["config"].as_str().unwrap();
         let summary = meridian(&["config", "check", "--files", config]);
@@ -274,7 +278,7 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         assert!(shown.contains(identity["uri"].as_str().unwrap()), "{name}: {shown}");
     }
 
-    step("rendered and checked 3 configs and certificates");
+    step("rendered and checked every config and certificate");
 
     // 2. Run it: the WAN relays Terraform planned (10 ms each way), then one process per node.
     let mut relays = Vec::new();
@@ -297,11 +301,10 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
         clients.push(admin_client(&outputs, region, &dir).await);
     }
     for client in &clients {
-        eventually("every node sees the three regions", &dir, || async move {
-            client
-                .cluster(ClusterOp::Status)
-                .await
-                .is_ok_and(|r| r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == 3)
+        eventually("every node sees every node of the three regions", &dir, || async move {
+            client.cluster(ClusterOp::Status).await.is_ok_and(|r| {
+                r.members.iter().filter(|m| m.liveness == "alive" || m.liveness == "self").count() == nodes_count
+            })
         })
         .await;
     }
