@@ -5,6 +5,7 @@
 //! the server library; the WAN relay and cluster plans they share with the geo tests are
 //! `meridian_wan`'s.
 
+pub mod auth_apply;
 pub mod auth_cli;
 pub mod bench;
 pub mod bench_etcd;
