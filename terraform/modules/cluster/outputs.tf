@@ -52,6 +52,11 @@ output "residency_rules_json" {
   value       = local.residency_rules_json
 }
 
+output "users_json" {
+  description = "The users and their roles as the JSON document `meridian auth apply FILE` makes the cluster's users."
+  value       = local.users_json
+}
+
 output "client_endpoints" {
   description = "Per region, what an SDK client needs: `quic` (host:port of the client protocol), `http` (the HTTPS API), `server_name` (the name to verify the node certificate for) and `nodes` (every node's client address, for failover)."
   value       = local.client_endpoints

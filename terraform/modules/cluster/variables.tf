@@ -291,3 +291,22 @@ variable "extra_cert_hosts" {
   type        = list(string)
   default     = []
 }
+
+variable "users" {
+  description = "Users and their role per namespace (`*`: every namespace): read, write or admin. Rendered as the document `meridian auth apply` takes (output `users_json`). Tokens are made with `meridian auth token create`, not here (a token's secret is shown once)."
+  type        = map(map(string))
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name, roles in var.users : can(regex("^[A-Za-z0-9._-]{1,64}$", name))])
+    error_message = "users: every user name must be 1-64 characters of [A-Za-z0-9-_.] (as client certificate names)."
+  }
+  validation {
+    condition     = alltrue(flatten([for name, roles in var.users : [for ns, role in roles : contains(["read", "write", "admin"], role)]]))
+    error_message = "users[*][*]: a role must be read, write or admin."
+  }
+  validation {
+    condition     = alltrue(flatten([for name, roles in var.users : [for ns, role in roles : ns == "*" || (length(ns) > 0 && length(ns) <= 128 && !strcontains(ns, "/"))]]))
+    error_message = "users[*]: a namespace must be `*` or 1-128 bytes without '/'."
+  }
+}

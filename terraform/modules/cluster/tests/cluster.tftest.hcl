@@ -11,6 +11,7 @@ variables {
   ports       = { client = 7400, http = 7401, peer = 7402 }
   port_stride = 10
   namespaces  = { orders = { consistency = "local_quorum" } }
+  users       = { shop = { orders = "write", "*" = "read" } }
   residency_rules = [
     { namespace = "users", prefix = "eu/", regions = ["eu-west"], home = "eu-west" },
     { namespace = "audit", regions = ["us-east", "eu-west"], strict = true },
@@ -67,6 +68,31 @@ run "renders_a_three_region_cluster" {
     condition     = output.client_endpoints["us-east"].quic == "127.0.0.1:7460" && output.client_endpoints["us-east"].http == "https://127.0.0.1:7461" && length(output.client_endpoints["us-east"].nodes) == 3
     error_message = "client endpoints per region"
   }
+}
+
+run "renders_the_users_document" {
+  command = plan
+
+  assert {
+    condition     = jsondecode(output.users_json) == { format = 1, users = { shop = { orders = "write", "*" = "read" } } }
+    error_message = "the users document `meridian auth apply` takes"
+  }
+}
+
+run "refuses_an_unknown_role" {
+  command = plan
+  variables {
+    users = { shop = { orders = "owner" } }
+  }
+  expect_failures = [var.users]
+}
+
+run "refuses_a_bad_user_name" {
+  command = plan
+  variables {
+    users = { "the shop" = { orders = "read" } }
+  }
+  expect_failures = [var.users]
 }
 
 run "explicit_nodes_behind_nat_with_links" {

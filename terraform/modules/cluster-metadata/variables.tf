@@ -8,6 +8,17 @@ variable "rules_json" {
   }
 }
 
+variable "users_json" {
+  description = "The users document (output `users_json` of modules/cluster): the cluster's users and their roles are made exactly these (tokens are not managed). Null: users are not managed here."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.users_json == null ? true : can(jsondecode(var.users_json).users)
+    error_message = "users_json must be a JSON object with a `users` map (modules/cluster's users_json), or null."
+  }
+}
+
 variable "meridian" {
   description = "How to run the `meridian` CLI on the machine running Terraform (a path or a command on PATH)."
   type        = string
@@ -45,7 +56,7 @@ variable "client_key" {
 }
 
 variable "wait_seconds" {
-  description = "How long to keep retrying while the cluster is not reachable yet or does not know every region of a rule yet (nodes still booting); a refusal that persists fails the apply with the node's error."
+  description = "How long each apply keeps retrying while the cluster is not reachable yet or does not know every region of a rule yet (nodes still booting); a refusal that persists fails the apply with the node's error."
   type        = number
   default     = 300
 
