@@ -69,13 +69,13 @@ variable "regions" {
       ]))) == length(flatten([for name, r in var.regions :
       length(r.nodes) > 0 ? [for n in r.nodes : n.name] : [for i in range(r.node_count) : "${name}-n${i + 1}"]
     ]))
-    error_message = "regions[*].nodes[*].name: node names must be unique across the cluster (a name appears twice)."
+    error_message = "regions[*].nodes[*].name: node names must be unique across the cluster; given more than once: ${join(", ", [for name, count in { for n in flatten([for region, r in var.regions : length(r.nodes) > 0 ? [for n in r.nodes : n.name] : [for i in range(r.node_count) : "${region}-n${i + 1}"]]) : n => n... } : name if length(count) > 1])}."
   }
   validation {
     condition = alltrue([for name, r in var.regions :
       r.rf == null ? true : (r.rf >= 1 && r.rf <= max(length(r.nodes), r.node_count))
     ])
-    error_message = "regions[*].rf: a region's rf must be at least 1 and at most its number of nodes."
+    error_message = "regions[*].rf: a region's rf must be at least 1 and at most its number of nodes (${join(", ", [for name, r in var.regions : "${name}: rf ${r.rf}, ${max(length(r.nodes), r.node_count)} nodes" if r.rf != null])})."
   }
   validation {
     condition = alltrue(flatten([for name, r in var.regions : [
@@ -98,7 +98,7 @@ variable "rf" {
     condition = alltrue([for name, r in var.regions :
       r.rf != null || var.rf <= max(length(r.nodes), r.node_count)
     ])
-    error_message = "rf is above the node count of a region that has no rf of its own: set regions[<name>].rf, or lower rf, or add nodes."
+    error_message = "rf = ${var.rf} is above the node count of region ${join(", ", [for name, r in var.regions : "${name} (${max(length(r.nodes), r.node_count)} nodes)" if r.rf == null && var.rf > max(length(r.nodes), r.node_count)])}: set that region's rf, lower rf, or add nodes."
   }
 }
 
@@ -169,11 +169,11 @@ variable "residency_rules" {
   }
   validation {
     condition     = alltrue(flatten([for r in var.residency_rules : [for region in r.regions : contains(keys(var.regions), region)]]))
-    error_message = "residency_rules[*].regions names a region that is not in var.regions (the cluster refuses rules naming unknown regions)."
+    error_message = "residency_rules[*].regions: ${join(", ", distinct(flatten([for r in var.residency_rules : [for region in r.regions : region if !contains(keys(var.regions), region)]])))} is not a region of var.regions (${join(", ", sort(keys(var.regions)))}); the cluster refuses rules naming unknown regions."
   }
   validation {
     condition     = alltrue([for r in var.residency_rules : r.home == null ? true : contains(r.regions, r.home)])
-    error_message = "residency_rules[*].home must be one of the rule's regions."
+    error_message = "residency_rules[*].home must be one of the rule's regions (${join(", ", [for r in var.residency_rules : "${r.namespace}/${r.prefix}: home ${r.home}" if r.home != null && !contains(r.regions, coalesce(r.home, "-"))])})."
   }
   validation {
     condition     = length(distinct([for r in var.residency_rules : "${r.namespace}/${r.prefix}"])) == length(var.residency_rules)
