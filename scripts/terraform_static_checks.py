@@ -1,7 +1,8 @@
 """Static checks of terraform/ that need no provider (the AWS modules cannot be planned offline).
 
 1. Every .tf file parses as HCL (python-hcl2).
-2. Every variable has a type and a description; every output a description.
+2. Every variable has a type, a description and (unless a bool) a validation; every output a
+   description.
 3. Every module pins `required_version`; every required provider has a source and a version
    constraint, and the AWS provider is required at >= 6 (the per-resource `region` argument).
 4. Every AWS resource and data source sets `region` (one provider configuration serves all regions).
@@ -60,6 +61,9 @@ def check_module(directory):
             for field in ("type", "description"):
                 if field not in body:
                     fail(f"{rel}: variable {name} has no {field}")
+            # A bool has nothing to validate; every other input says what it accepts.
+            if "validation" not in body and str(body.get("type", "")).strip('"${}') != "bool":
+                fail(f"{rel}: variable {name} has no validation")
     for block in blocks["output"]:
         for name, body in items(block):
             if "description" not in body:

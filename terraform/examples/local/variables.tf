@@ -2,18 +2,33 @@ variable "meridian" {
   description = "How to run the `meridian` binary (a path, or a command on PATH): it issues the certificates, checks the configs and applies the rules."
   type        = string
   default     = "meridian"
+
+  validation {
+    condition     = length(var.meridian) > 0
+    error_message = "meridian must name the binary."
+  }
 }
 
 variable "dir" {
   description = "Where the cluster's files go: certs/ (CA, node and admin certificates) and <node>/meridian.toml; each node's data goes to <node>/data. Default: run/ beside this example."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.dir == null ? true : length(var.dir) > 0
+    error_message = "dir must be a non-empty path (or null for run/ beside the example)."
+  }
 }
 
 variable "cluster_id" {
   description = "The cluster's id."
   type        = string
   default     = "local"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._-]{1,64}$", var.cluster_id))
+    error_message = "cluster_id must be 1-64 characters of [A-Za-z0-9-_.]."
+  }
 }
 
 variable "regions" {
@@ -42,6 +57,11 @@ variable "rf" {
   description = "Replicas of each partition per region (at most nodes_per_region)."
   type        = number
   default     = 3
+
+  validation {
+    condition     = var.rf >= 1 && var.rf <= var.nodes_per_region
+    error_message = "rf must be within 1 and nodes_per_region."
+  }
 }
 
 variable "base_port" {
@@ -65,6 +85,11 @@ variable "namespaces" {
   description = "Per-namespace default consistency (see modules/cluster)."
   type        = map(object({ consistency = string }))
   default     = {}
+
+  validation {
+    condition     = alltrue([for name, ns in var.namespaces : contains(["eventual", "causal", "local_quorum", "quorum"], ns.consistency)])
+    error_message = "namespaces[*].consistency must be one of eventual, causal, local_quorum, quorum."
+  }
 }
 
 variable "residency_rules" {
@@ -77,12 +102,22 @@ variable "residency_rules" {
     strict    = optional(bool, false)
   }))
   default = []
+
+  validation {
+    condition     = alltrue([for r in var.residency_rules : length(r.regions) > 0])
+    error_message = "residency_rules[*].regions: a rule must name at least one region (modules/cluster checks the rest)."
+  }
 }
 
 variable "users" {
   description = "Users and their role per namespace (see modules/cluster)."
   type        = map(map(string))
   default     = {}
+
+  validation {
+    condition     = alltrue(flatten([for u, roles in var.users : [for ns, role in roles : contains(["read", "write", "admin"], role)]]))
+    error_message = "users[*][*]: a role must be read, write or admin."
+  }
 }
 
 variable "apply_rules" {
@@ -95,4 +130,9 @@ variable "rules_wait_seconds" {
   description = "How long applying the rules waits for the cluster to be reachable and know every region."
   type        = number
   default     = 120
+
+  validation {
+    condition     = var.rules_wait_seconds >= 0 && var.rules_wait_seconds <= 3600
+    error_message = "rules_wait_seconds must be within 0-3600."
+  }
 }

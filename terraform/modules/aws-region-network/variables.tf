@@ -84,6 +84,11 @@ variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
   default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.tags : length(k) > 0 && length(k) <= 128 && length(v) <= 256])
+    error_message = "tags: keys must be 1-128 characters and values at most 256 (AWS limits)."
+  }
 }
 
 variable "deletion_protection" {

@@ -40,6 +40,11 @@ variable "network" {
     security_group_id = string
     target_group_arns = object({ quic = string, https = string })
   })
+
+  validation {
+    condition     = length(var.network.nodes) > 0
+    error_message = "network.nodes: the region needs at least one node."
+  }
 }
 
 variable "node_configs" {
@@ -55,6 +60,11 @@ variable "node_configs" {
 variable "peer_addresses" {
   description = "Every node of the cluster (all regions) by name → its public IP: the only sources allowed to reach the peer port."
   type        = map(string)
+
+  validation {
+    condition     = length(var.peer_addresses) > 0
+    error_message = "peer_addresses must list the cluster's nodes (at least this region's)."
+  }
 }
 
 variable "launch" {
@@ -82,6 +92,11 @@ variable "certificates" {
   }))
   default   = {}
   sensitive = true
+
+  validation {
+    condition     = alltrue([for name, c in var.certificates : strcontains(c.cert_pem, "BEGIN CERTIFICATE") && strcontains(c.key_pem, "PRIVATE KEY")])
+    error_message = "certificates[*]: cert_pem must be a PEM certificate and key_pem a PEM private key (meridian certs node writes both)."
+  }
 }
 
 variable "meridian_url" {
@@ -108,12 +123,22 @@ variable "ami_id" {
   description = "AMI of the nodes (a systemd Linux with cloud-init, e.g. Debian 12). Null: the latest Debian 12 amd64 AMI, from its public SSM parameter."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.ami_id == null ? true : can(regex("^ami-[0-9a-f]+$", var.ami_id))
+    error_message = "ami_id must be an AMI id (ami-…) or null."
+  }
 }
 
 variable "instance_type" {
   description = "EC2 instance type of the nodes."
   type        = string
   default     = "m7i.large"
+
+  validation {
+    condition     = can(regex("^[a-z0-9-]+\\.[a-z0-9]+$", var.instance_type))
+    error_message = "instance_type must be an EC2 instance type such as m7i.large."
+  }
 }
 
 variable "data_volume_gb" {
@@ -142,10 +167,20 @@ variable "tags" {
   description = "Tags added to every resource."
   type        = map(string)
   default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.tags : length(k) > 0 && length(k) <= 128 && length(v) <= 256])
+    error_message = "tags: keys must be 1-128 characters and values at most 256 (AWS limits)."
+  }
 }
 
 variable "kms_key_id" {
   description = "ARN of a customer managed KMS key for the data volumes; null: the account's default EBS encryption key."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.kms_key_id == null ? true : startswith(var.kms_key_id, "arn:")
+    error_message = "kms_key_id must be a KMS key ARN (or null)."
+  }
 }

@@ -43,16 +43,31 @@ variable "endpoint" {
 variable "ca_cert" {
   description = "Path of the cluster CA certificate (to trust the node), on the machine running Terraform."
   type        = string
+
+  validation {
+    condition     = length(var.ca_cert) > 0
+    error_message = "ca_cert must be a path."
+  }
 }
 
 variable "client_cert" {
   description = "Path of an admin client certificate (`meridian certs client --name admin`), on the machine running Terraform."
   type        = string
+
+  validation {
+    condition     = length(var.client_cert) > 0
+    error_message = "client_cert must be a path."
+  }
 }
 
 variable "client_key" {
   description = "Path of that certificate's private key."
   type        = string
+
+  validation {
+    condition     = length(var.client_key) > 0
+    error_message = "client_key must be a path."
+  }
 }
 
 variable "wait_seconds" {

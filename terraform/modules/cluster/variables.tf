@@ -290,6 +290,11 @@ variable "extra_cert_hosts" {
   description = "DNS names or IPs added to every node certificate's hosts (e.g. `localhost`, the SDK's default server name)."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for h in var.extra_cert_hosts : can(regex("^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", h)) || can(cidrhost("${h}/32", 0))])
+    error_message = "extra_cert_hosts: every host must be a DNS name (no wildcard) or an IPv4 address, as meridian certs node accepts."
+  }
 }
 
 variable "users" {
