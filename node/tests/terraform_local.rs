@@ -404,6 +404,28 @@ async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     let again = tf.apply(&final_vars).await;
     assert!(again.contains("0 added, 0 changed, 0 destroyed"), "{again}");
 
+    // The commands themselves are idempotent: run again on the same documents, they do nothing.
+    let outputs = tf.outputs().await;
+    for (command, document) in [("residency", "residency_rules_json"), ("auth", "users_json")] {
+        let path = tmp.path().join(format!("{document}.json"));
+        std::fs::write(&path, outputs[document].as_str().unwrap()).unwrap();
+        let creds = &outputs["admin_credentials"];
+        let endpoint = outputs["client_endpoints"]["eu-west"]["quic"].as_str().unwrap();
+        let printed = meridian(&[
+            "--endpoint",
+            endpoint,
+            "--ca-cert",
+            outputs["ca_cert"].as_str().unwrap(),
+            "--cert",
+            creds["cert"].as_str().unwrap(),
+            "--key",
+            creds["key"].as_str().unwrap(),
+            command,
+            "apply",
+            path.to_str().unwrap(),
+        ]);
+        assert!(printed.starts_with("no changes"), "meridian {command} apply again: {printed}");
+    }
     step("a further apply changes nothing");
     for client in clients {
         client.close().await;

@@ -49,3 +49,8 @@ output "certificate_identities" {
   description = "Each node's certificate identity (cluster/region/zone/name, its URI and hosts), as issued into certs/<node>.crt."
   value       = module.cluster.certificate_identities
 }
+
+output "users_json" {
+  description = "The users document applied when apply_rules is true."
+  value       = module.cluster.users_json
+}
