@@ -37,6 +37,19 @@ def unquote_expr(value):
     return cell(text)
 
 
+def hcl_value(value):
+    """A default as it reads in HCL: true/false, strings quoted, lists and maps in brackets."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(hcl_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{unquote(k)} = {hcl_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and not (value.startswith("${") and value.endswith("}")):
+        return '"' + unquote(value) + '"' if value.startswith('"') else value
+    return unquote_expr(value)
+
+
 def tables(directory):
     variables, outputs = [], []
     for path in sorted(directory.glob("*.tf")):
@@ -47,7 +60,7 @@ def tables(directory):
                 if name.startswith("__"):
                     continue
                 required = "default" not in body
-                default = "" if required else f"`{unquote_expr(body['default'])}`"
+                default = "" if required else f"`{cell(hcl_value(body['default']))}`"
                 variables.append((name.strip('"'), cell(body.get("description", "")), f"`{unquote_expr(body.get('type', 'any'))}`", default, "yes" if required else "no"))
         for block in parsed.get("output", []):
             for name, body in block.items():
