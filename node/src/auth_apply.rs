@@ -31,7 +31,6 @@ use meridian_client::Client;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read as _;
 use std::path::Path;
 
 /// The users document (see the module docs).
@@ -55,13 +54,7 @@ pub type Desired = BTreeMap<String, BTreeMap<String, Role>>;
 impl UsersDocument {
     /// Reads a document from `path` (`-`: standard input) and parses its roles.
     pub fn read(path: &Path) -> anyhow::Result<Desired> {
-        let text = if path == Path::new("-") {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading the users document from standard input")?;
-            text
-        } else {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        };
+        let text = crate::document::read_document(path, "users document")?;
         let document: UsersDocument =
             serde_json::from_str(&text).with_context(|| format!("parsing the users document {}", path.display()))?;
         document.desired()

@@ -13,6 +13,7 @@ pub mod bench_geo;
 pub mod certs_cli;
 pub mod config_cli;
 pub mod demo;
+pub mod document;
 pub mod local_region;
 pub mod residency_apply;
 pub mod residency_cli;

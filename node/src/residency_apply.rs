@@ -37,7 +37,6 @@ use meridian_client::Client;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Read as _;
 use std::path::Path;
 
 /// The rules document (see the module docs).
@@ -90,13 +89,7 @@ impl From<DocumentRule> for RuleSpec {
 impl RulesDocument {
     /// Reads a document from `path` (`-`: standard input).
     pub fn read(path: &Path) -> anyhow::Result<RulesDocument> {
-        let text = if path == Path::new("-") {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading the rules document from standard input")?;
-            text
-        } else {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        };
+        let text = crate::document::read_document(path, "rules document")?;
         let document: RulesDocument =
             serde_json::from_str(&text).with_context(|| format!("parsing the rules document {}", path.display()))?;
         if document.format != 1 {
