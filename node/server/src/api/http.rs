@@ -253,14 +253,21 @@ fn common(caller: Caller, query: &CommonQuery, headers: &HeaderMap) -> Result<Co
     Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller })
 }
 
-fn idempotency_id(headers: &HeaderMap) -> Result<Option<IdempotencyId>, ApiError> {
+/// The idempotency id of a request's `idempotency-key` header, scoped to the caller's principal (as
+/// payment APIs scope keys to the API key): two users who pick the same key for the same write are
+/// two writes, not a retry of one — otherwise the second user's acknowledged write would be the
+/// first one's reply replayed. Callers without a principal (authentication off) share one space.
+fn idempotency_id(headers: &HeaderMap, caller: &Caller) -> Result<Option<IdempotencyId>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
     let value = value.as_bytes();
     if value.is_empty() || value.len() > 128 {
         return Err(bad("idempotency-key must be 1 to 128 bytes"));
     }
-    // Two stable hashes of the key (with different prefixes) make a 128-bit id, the same in every process.
-    let hash = |prefix: u8| crate::layout::stable_hash(&[&[prefix][..], value].concat());
+    // The principal's length first, so that (principal, key) pairs cannot run into each other.
+    let principal = caller.principal().unwrap_or_default().as_bytes();
+    let scoped = [&(principal.len() as u32).to_be_bytes()[..], principal, value].concat();
+    // Two stable hashes (with different prefixes) make a 128-bit id, the same in every process.
+    let hash = |prefix: u8| crate::layout::stable_hash(&[&[prefix][..], &scoped].concat());
     Ok(Some(IdempotencyId((u128::from(hash(1)) << 64) | u128::from(hash(2)))))
 }
 
@@ -428,9 +435,10 @@ async fn write(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
+    let idempotency_id = idempotency_id(&headers, &caller)?;
     let common = common(caller, &query, &headers)?;
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
-    let op = Operation::Write { key, mutation, idempotency_id: idempotency_id(&headers)? };
+    let op = Operation::Write { key, mutation, idempotency_id };
     let reply = execute(&node, common, op).await?;
     let body = match &reply.body {
         ReplyBody::Written { counter: Some(value) } => json!({"ok": true, "value": value}),
@@ -449,8 +457,9 @@ async fn delete(
     let (namespace, key) = path_of(path)?;
     let query = query_of(query)?;
     let key = key_of(namespace, key)?;
+    let idempotency_id = idempotency_id(&headers, &caller)?;
     let common = common(caller, &query, &headers)?;
-    let reply = execute(&node, common, Operation::Delete { key, idempotency_id: idempotency_id(&headers)? }).await?;
+    let reply = execute(&node, common, Operation::Delete { key, idempotency_id }).await?;
     let existed = matches!(reply.body, ReplyBody::Deleted { existed: true });
     Ok(Json(with_token(&reply, json!({"ok": true, "existed": existed}))))
 }
@@ -596,4 +605,34 @@ async fn status(
         "durability": status.durability,
         "client_connections": status.client_connections,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(key: &str, caller: &Caller) -> IdempotencyId {
+        let mut headers = HeaderMap::new();
+        headers.insert(IDEMPOTENCY_HEADER, key.parse().unwrap());
+        idempotency_id(&headers, caller).ok().flatten().expect("a valid idempotency key")
+    }
+
+    #[test]
+    fn idempotency_keys_are_scoped_to_the_principal() {
+        let token = |user: &str| Caller::Token { user: user.into(), id: "0".into() };
+        let cert = |name: &str| Caller::Certificate { name: name.into(), fingerprint: "f".into() };
+        // The same principal retrying: one id, however it authenticates.
+        assert_eq!(id("order-1", &token("alice")), id("order-1", &token("alice")));
+        assert_eq!(id("order-1", &token("alice")), id("order-1", &cert("alice")));
+        // Two principals picking the same key: two writes.
+        assert_ne!(id("order-1", &token("alice")), id("order-1", &token("bob")));
+        assert_ne!(id("order-1", &token("alice")), id("order-1", &Caller::Open));
+        // The principal and the key cannot run into each other.
+        assert_ne!(id("b-order", &token("alice")), id("order", &token("aliceb-")));
+        assert_ne!(id("x", &token("ab")), id("bx", &token("a")));
+        // Without a principal (authentication off), one shared space, stable across processes.
+        assert_eq!(id("order-1", &Caller::Open), id("order-1", &Caller::Open));
+        let empty = HeaderMap::new();
+        assert!(idempotency_id(&empty, &Caller::Open).ok().flatten().is_none());
+    }
 }
