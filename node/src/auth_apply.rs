@@ -170,19 +170,15 @@ pub async fn run(client: &Client, file: &Path, dry_run: bool) -> anyhow::Result<
         println!("no changes: the cluster's users (version {}) match {}", current.version, file.display());
         return Ok(0);
     }
-    for step in &steps {
-        println!("{step}");
-    }
     let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
-    println!(
-        "plan: {} users to add, {} grants, {} revokes, {} users to remove",
+    let summary = format!(
+        "{} users to add, {} grants, {} revokes, {} users to remove",
         count(|s| matches!(s, Step::AddUser(_))),
         count(|s| matches!(s, Step::Grant { .. })),
         count(|s| matches!(s, Step::Revoke { .. })),
         count(|s| matches!(s, Step::RemoveUser(_)))
     );
-    if dry_run {
-        println!("(dry run: nothing applied)");
+    if crate::document::show_plan(&steps, &summary, dry_run) {
         return Ok(0);
     }
     let mut version = current.version;

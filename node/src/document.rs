@@ -1,6 +1,6 @@
-//! Reading the documents the declarative commands apply (`residency apply`, `auth apply`): from a
-//! file or standard input, with a size cap, so a wrong path (a log, a device) gives a clear error
-//! instead of filling memory.
+//! What the declarative commands (`residency apply`, `auth apply`) share: reading their document from
+//! a file or standard input, with a size cap, so a wrong path (a log, a device) gives a clear error
+//! instead of filling memory; and printing their plan.
 
 use anyhow::{bail, Context as _};
 use std::io::Read as _;
@@ -25,6 +25,19 @@ pub fn read_document(path: &Path, what: &str) -> anyhow::Result<String> {
         bail!("the {what} {} is larger than {} MiB", path.display(), MAX_DOCUMENT_BYTES >> 20);
     }
     Ok(text)
+}
+
+/// Prints a declarative command's plan — each step, then `summary` — and says whether to stop here
+/// (`dry_run`: nothing is applied).
+pub fn show_plan<S: std::fmt::Display>(steps: &[S], summary: &str, dry_run: bool) -> bool {
+    for step in steps {
+        println!("{step}");
+    }
+    println!("plan: {summary}");
+    if dry_run {
+        println!("(dry run: nothing applied)");
+    }
+    dry_run
 }
 
 #[cfg(test)]

@@ -208,18 +208,14 @@ pub async fn run(client: &Client, file: &Path, dry_run: bool) -> anyhow::Result<
         );
         return Ok(0);
     }
-    for step in &steps {
-        println!("{step}");
-    }
     let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
-    println!(
-        "plan: {} to add, {} to change, {} to remove",
+    let summary = format!(
+        "{} to add, {} to change, {} to remove",
         count(|s| matches!(s, Step::Add { .. })),
         count(|s| matches!(s, Step::Change { .. })),
         count(|s| matches!(s, Step::Remove(_)))
     );
-    if dry_run {
-        println!("(dry run: nothing applied)");
+    if crate::document::show_plan(&steps, &summary, dry_run) {
         return Ok(0);
     }
     let mut version = current.version;

@@ -11,6 +11,7 @@ use meridian_client::{Client, Consistency, ErrorCode};
 use meridian_server::certs::generate_ca;
 use meridian_server::config::Config;
 use meridian_server::serve::{start, RunningNode};
+use meridian_wan::probe::NodeHttp;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,16 +68,6 @@ async fn restart(config: &Config) -> RunningNode {
             Err(e) => panic!("restarting {}: {e:#}", config.node_name),
         }
     }
-}
-
-/// `GET /metrics` over plain HTTP (authentication is off in this loopback-only test).
-async fn scrape_metrics(http: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await.unwrap().unwrap();
-    answer
 }
 
 async fn members(client: &Client, consistency: Consistency) -> Result<BTreeSet<Vec<u8>>, meridian_client::Error> {
@@ -144,7 +135,8 @@ async fn concurrent_growth_of_one_set_in_two_regions_stays_readable() {
     }
 
     // The node that merged the other region's growth counts the key it took past the cap.
-    let metrics = scrape_metrics(us_node.http_addr).await;
+    // Plain HTTP: authentication is off in this loopback-only test.
+    let (_, metrics) = NodeHttp::plain().get(us_node.http_addr, "/metrics").await.unwrap();
     assert!(metrics.contains(r#"meridian_keys_over_cap_total{cap="max_key_bytes"}"#), "{metrics}");
 
     // Further growth is refused everywhere; shrinking is not, and replicates.
