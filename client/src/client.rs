@@ -275,6 +275,16 @@ impl Client {
         }
     }
 
+    /// Online backup of the node this client talks to (`meridian backup` drives it): take a
+    /// checkpoint, read its files in chunks, release it. Needs the `admin` role on `*`. Build the
+    /// client with that one node's endpoint: a checkpoint lives on the node that took it.
+    pub async fn backup(&self, op: crate::proto::BackupOp) -> Result<crate::proto::BackupReport, Error> {
+        match self.ctx().call(Operation::Backup(op)).await? {
+            ReplyBody::Backup(report) => Ok(*report),
+            other => Err(unexpected("backup", &other)),
+        }
+    }
+
     /// Sends a request as given (for the CLI and benchmarks), with the client's retries and
     /// failover. The only change made to it: a write or delete without an idempotency id gets a
     /// random one, used on every attempt. Nothing is checked or interpreted beyond the frame limit;

@@ -94,6 +94,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Cluster(_) => "Cluster",
         ReplyBody::Residency(_) => "Residency",
         ReplyBody::Auth(_) => "Auth",
+        ReplyBody::Backup(_) => "Backup",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

@@ -7,6 +7,7 @@
 
 pub mod auth_apply;
 pub mod auth_cli;
+pub mod backup_cli;
 pub mod bench;
 pub mod bench_etcd;
 pub mod bench_geo;

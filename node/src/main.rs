@@ -6,7 +6,7 @@ use meridian_client::proto::{Operation, ReplyBody, RequestV1};
 use meridian_client::{Client, Consistency, CrdtType, Mutation, Session, Value};
 use meridian_server::api::http::value_json;
 use meridian_server::config::Config;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -227,6 +227,38 @@ enum Command {
     /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
     /// rate, latency per consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
     BenchGeo(Box<meridian_node::bench_geo::GeoBenchArgs>),
+    /// Online backup of the node at --endpoint (or, with --cluster, of every member) into DIR:
+    /// a consistent checkpoint, copied file by file; files DIR already holds are not copied again.
+    /// Needs the admin role on `*`. Restore with `meridian restore` (docs/operations.md).
+    Backup {
+        /// The backup folder (created if missing; shared by every backup into it).
+        dir: PathBuf,
+        /// Back up every member of the cluster the endpoint knows, one after another.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Rebuild a data directory from a backup in DIR, for `meridian serve` to open. The restored
+    /// node runs under a fresh node id (it never reuses the backed-up node's log positions).
+    Restore {
+        /// The backup folder.
+        dir: PathBuf,
+        /// The data directory to write (must not exist or be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Which backup (an id from `--list`); default: the newest of --node.
+        #[arg(long)]
+        backup: Option<String>,
+        /// The node whose newest backup to restore (needed when DIR holds several nodes').
+        #[arg(long)]
+        node: Option<String>,
+        /// Mark the backed-up node removed in the restored membership, so the restored node may
+        /// take its name (replacing a lost node, rebuilding a cluster). Only when that node is gone.
+        #[arg(long)]
+        replace: bool,
+        /// List the backups in DIR and restore nothing.
+        #[arg(long, conflicts_with_all = ["backup", "node", "replace"])]
+        list: bool,
+    },
     /// Users, roles per namespace and bearer tokens (needs the admin role, except `whoami`).
     Auth {
         #[command(subcommand)]
@@ -308,8 +340,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config { command } => exit_with(meridian_node::config_cli::run(command)?),
         Command::Region { command } => meridian_node::local_region::run(command).await,
         Command::Demo(args) => meridian_node::demo::run(*args).await,
+        Command::Backup { dir, cluster } => backup(&cli.conn, &dir, cluster).await,
+        Command::Restore { dir, data_dir, backup, node, replace, list } => {
+            restore(&dir, &data_dir, meridian_node::backup_cli::Selector { backup, node }, replace, list)
+        }
         command => data_command(&cli.conn, command).await,
     }
+}
+
+/// `meridian backup`: one node, or every member with `--cluster` (each into the same folder).
+async fn backup(conn: &Connection, dir: &Path, cluster: bool) -> anyhow::Result<()> {
+    use meridian_node::backup_cli::{backup_node, bytes, cluster_members};
+    let targets = if cluster {
+        let client = client_builder(conn, conn.endpoint.clone()).connect().await?;
+        let members = cluster_members(&client).await?;
+        client.close().await;
+        members
+    } else {
+        vec![(String::new(), conn.endpoint.clone())]
+    };
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut failed = Vec::new();
+    for (name, endpoint) in targets {
+        let client = match client_builder(conn, endpoint.clone()).connect().await {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("{name} ({endpoint}): cannot connect: {e}");
+                failed.push(name);
+                continue;
+            }
+        };
+        match backup_node(&client, dir, progress).await {
+            Ok(done) => println!(
+                "backup {}: node {} ({}), {} in {} files, {} copied ({} files), {:.1} s",
+                done.manifest.id,
+                done.manifest.node_name,
+                done.manifest.region,
+                bytes(done.manifest.bytes()),
+                done.manifest.files.len(),
+                bytes(done.bytes_copied),
+                done.files_copied,
+                done.elapsed.as_secs_f64()
+            ),
+            Err(e) => {
+                eprintln!("{name} ({endpoint}): {e:#}");
+                failed.push(if name.is_empty() { endpoint } else { name });
+            }
+        }
+        client.close().await;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("backup failed for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `meridian restore`.
+fn restore(
+    dir: &Path,
+    data_dir: &Path,
+    selector: meridian_node::backup_cli::Selector,
+    replace: bool,
+    list: bool,
+) -> anyhow::Result<()> {
+    use meridian_node::backup_cli::{bytes, manifests, restore};
+    if list {
+        for m in manifests(dir)? {
+            println!("{}  node {} ({}), {}, {} files", m.id, m.node_name, m.region, bytes(m.bytes()), m.files.len());
+        }
+        return Ok(());
+    }
+    let done = restore(dir, &selector, data_dir, replace)?;
+    println!(
+        "restored backup {} of node {} ({}) into {} in {:.1} s: the node will run as {} (was {}){}",
+        done.manifest.id,
+        done.manifest.node_name,
+        done.manifest.region,
+        done.data_dir.display(),
+        done.elapsed.as_secs_f64(),
+        done.new_id,
+        done.manifest.node_id,
+        if done.removed_old { "; the backed-up node is marked removed" } else { "" }
+    );
+    println!(
+        "next: point a node of region {} at it (data_dir = {:?}) and run `meridian serve`; anti-entropy brings what was written after the backup",
+        done.manifest.region,
+        done.data_dir.display().to_string()
+    );
+    Ok(())
 }
 
 /// Ends the process with `code` when it is not 0 (a check that failed, already reported).
@@ -363,6 +481,8 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         | Command::Certs { .. }
         | Command::Config { .. }
         | Command::Region { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Demo(_) => {
             unreachable!("handled by run")
         }

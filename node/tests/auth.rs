@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{bounded, config, shutdown, start_memory};
-use meridian_client::proto::{AuthOp, ErrorCode, ResidencyOp, Role, RuleSpec};
+use meridian_client::proto::{AuthOp, BackupOp, ErrorCode, ResidencyOp, Role, RuleSpec};
 use meridian_client::{Client, ClusterOp, Error};
 use meridian_server::certs::{self, ClientIdentity};
 use meridian_server::serve::RunningNode;
@@ -110,6 +110,7 @@ async fn unauthenticated_and_wrong_role_are_refused_on_quic() {
     let drain = anonymous.cluster(ClusterOp::Drain { node: "n1".into() }).await;
     assert_eq!(code(drain), Some(ErrorCode::Unauthenticated));
     assert_eq!(code(anonymous.auth(AuthOp::AddUser { name: "eve".into() }).await), Some(ErrorCode::Unauthenticated));
+    assert_eq!(code(anonymous.backup(BackupOp::Begin).await), Some(ErrorCode::Unauthenticated));
     let refusal = anonymous.register("app/k").get().await.unwrap_err();
     assert!(!refusal.is_retryable() && refusal.to_string().contains("certificate"), "{refusal}");
 
@@ -137,6 +138,8 @@ async fn unauthenticated_and_wrong_role_are_refused_on_quic() {
     admin.auth(AuthOp::Grant { user: "alice".into(), namespace: "app".into(), role: Role::Admin }).await.unwrap();
     alice.residency(rule("app")).await.expect("admin of app may add app's rules");
     assert_eq!(code(alice.residency(rule("billing")).await), Some(ErrorCode::PermissionDenied));
+    // A backup copies every namespace and the users: admin of one namespace is not enough.
+    assert_eq!(code(alice.backup(BackupOp::Begin).await), Some(ErrorCode::PermissionDenied));
     assert_eq!(code(alice.auth(AuthOp::AddUser { name: "x".into() }).await), Some(ErrorCode::PermissionDenied));
 
     // Revoking the grant takes effect at once.

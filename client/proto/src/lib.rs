@@ -338,6 +338,78 @@ pub enum Operation {
     Residency(ResidencyOp),
     /// Authentication: log in with a token, who am I, users, grants and tokens.
     Auth(AuthOp),
+    /// Online backup of the answering node: take a checkpoint, read its files, release it.
+    Backup(BackupOp),
+}
+
+/// Online backup of one node (`meridian backup`). A backup is a RocksDB checkpoint the node keeps
+/// until [`BackupOp::Finish`] or until it has not been read for a while; the client copies its
+/// files and keeps their SHA-256, so a later backup into the same folder transfers only the files
+/// that changed (RocksDB's table files never change once written).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupOp {
+    /// Take a consistent checkpoint of the node's storage and list its files.
+    Begin,
+    /// Up to `len` bytes of one of the checkpoint's files, from `offset`.
+    Read {
+        /// The checkpoint, as [`BackupOp::Begin`] named it.
+        id: u64,
+        /// A file name from the checkpoint's listing.
+        file: String,
+        /// Where to start.
+        offset: u64,
+        /// At most this many bytes (the node may send fewer; an empty chunk means end of file).
+        len: u32,
+    },
+    /// Release the checkpoint (its files are deleted on the node).
+    Finish {
+        /// The checkpoint.
+        id: u64,
+    },
+}
+
+/// The answer to a [`BackupOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupReport {
+    /// A checkpoint was taken.
+    Begun(BackupSnapshot),
+    /// Bytes of a checkpoint file.
+    Chunk(Vec<u8>),
+    /// The checkpoint was released.
+    Finished,
+}
+
+/// A checkpoint the node took, and what it covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSnapshot {
+    /// The checkpoint's id on the node, for [`BackupOp::Read`] and [`BackupOp::Finish`].
+    pub id: u64,
+    /// The node's id (its write log's origin).
+    pub node_id: NodeId,
+    /// The node's name.
+    pub node_name: String,
+    /// The node's region: a backup is restored only into this region (data residency).
+    pub region: String,
+    /// When the checkpoint was taken (Unix milliseconds, the node's clock).
+    pub taken_at_ms: u64,
+    /// The storage format version of the files.
+    pub storage_format: u8,
+    /// The node's version vector read just before the checkpoint: the checkpoint holds at least
+    /// every write this cut names.
+    pub version_vector: VersionVector,
+    /// The checkpoint's files.
+    pub files: Vec<BackupFile>,
+}
+
+/// One file of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFile {
+    /// Its name in the checkpoint directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 /// Data-residency administration (`meridian residency …`).
@@ -712,6 +784,8 @@ pub enum ReplyBody {
     Residency(Box<ResidencyReport>),
     /// Authentication metadata, or who the caller is.
     Auth(Box<AuthReport>),
+    /// An online backup's checkpoint, or bytes of it.
+    Backup(Box<BackupReport>),
 }
 
 /// One listed key.

@@ -6,7 +6,9 @@
 //!   [`http_serve`]: HTTPS, connection cap and timeouts around it.
 //! - [`peer_service`]: answers other nodes' peer requests.
 //! - [`cluster_admin`] and [`residency_admin`]: `meridian cluster …` and `meridian residency …`.
+//! - [`backup_admin`]: checkpoints for `meridian backup`.
 
+pub mod backup_admin;
 pub mod cluster_admin;
 pub mod http;
 pub mod http_serve;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::proto::{
-    CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody, Request,
-    RequestV1, ResidencyOp, Response,
+    BackupOp, CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody,
+    Request, RequestV1, ResidencyOp, Response,
 };
 use meridian_crdt::{Entry, NodeId, VersionVector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::api::backup_admin::Backups;
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
 use crate::layout;
@@ -29,6 +30,8 @@ pub struct Node {
     /// The region side (placement, fan-out, quorum reads, routing); `None`: the node runs alone.
     coordinator: Option<Arc<Coordinator>>,
     inflight: Arc<Semaphore>,
+    /// Checkpoints held for online backups in progress.
+    backups: Arc<Backups>,
 }
 
 impl Node {
@@ -40,7 +43,8 @@ impl Node {
     /// The node over `replica`, coordinating in a region when `coordinator` is given.
     pub fn new(replica: Arc<Replica>, coordinator: Option<Arc<Coordinator>>) -> Arc<Node> {
         let inflight = Arc::new(Semaphore::new(replica.config().limits.max_inflight_requests));
-        Arc::new(Node { replica, coordinator, inflight })
+        let backups = Arc::new(Backups::open(&replica.config().data_dir));
+        Arc::new(Node { replica, coordinator, inflight, backups })
     }
 
     /// The local replica.
@@ -221,7 +225,11 @@ impl Node {
             if !coordinator.cluster().has_joined()
                 && !matches!(
                     request.op,
-                    Operation::Status | Operation::Cluster(_) | Operation::Residency(_) | Operation::Auth(_)
+                    Operation::Status
+                        | Operation::Cluster(_)
+                        | Operation::Residency(_)
+                        | Operation::Auth(_)
+                        | Operation::Backup(_)
                 )
             {
                 return Err(ErrorReply::new(
@@ -354,6 +362,13 @@ impl Node {
                 }
                 Ok(Reply { causal_token: token, body: ReplyBody::Auth(Box::new(report)) })
             }
+            Operation::Backup(op) => {
+                if op == BackupOp::Begin {
+                    self.auth().audit_action(caller, "backup begin");
+                }
+                let report = self.backups.run(&self.replica, op).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::Backup(Box::new(report)) })
+            }
         }
     }
 
@@ -398,6 +413,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",
+        Operation::Backup(_) => "backup",
     }
 }
 

@@ -121,6 +121,8 @@ pub fn needed(op: &Operation, rule_namespace: impl Fn(u32) -> Option<String>) ->
         Operation::Residency(ResidencyOp::Audit { .. }) => cluster(),
         Operation::Auth(AuthOp::Login { .. } | AuthOp::WhoAmI) => Need::Nothing,
         Operation::Auth(_) => cluster(),
+        // A backup copies every namespace and the users' metadata.
+        Operation::Backup(_) => cluster(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`sync_threads`] and [`peer_sync`]: anti-entropy, one thread per peer.
 //! - [`lag`]: replication lag from every other region.
 //! - [`residency_jobs`]: purges and backfills after a residency rule change.
+//! - [`restored`]: a copied backup made a node's store (fresh node id, the old one removed).
 //!
 //! It calls the replica, the store, the peer transport and the layers below; it never calls the
 //! api layer (the peer service calls it).
@@ -21,4 +22,5 @@ pub mod hints;
 pub mod lag;
 pub mod peer_sync;
 pub mod residency_jobs;
+pub mod restored;
 pub mod sync_threads;

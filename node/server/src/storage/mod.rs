@@ -72,6 +72,7 @@ mod rocks;
 mod tests;
 
 use std::fmt;
+use std::path::Path;
 
 pub use baseline::{raw_rocksdb_put_loop, RawPutReport};
 pub use memory::MemoryEngine;
@@ -266,6 +267,17 @@ pub trait Engine: Send + Sync + 'static {
     fn compact_all(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Writes a consistent copy of the whole store into `dir` (which must not exist yet, on the
+    /// same filesystem for RocksDB to hard-link its table files): every space as of one instant,
+    /// openable as a store of its own. Online backups are made of these. The in-memory engine has
+    /// no files and refuses.
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(format!(
+            "this node keeps its data in memory: there is nothing to copy into {}",
+            dir.display()
+        )))
+    }
 }
 
 /// Decodes a value written by [`Batch::max_u64`] (8 bytes, big-endian).
@@ -306,4 +318,7 @@ pub enum StorageError {
     /// [`MemoryEngine`] (a thread panicked mid-write) or a panicked benchmark writer thread.
     #[error("storage internal error: {0}")]
     Internal(String),
+    /// The engine cannot do this (a checkpoint of the in-memory engine).
+    #[error("not supported by this storage engine: {0}")]
+    Unsupported(String),
 }
