@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{bounded, config, connect, shutdown, start_rocks};
 use meridian_client::proto::{BackupOp, ErrorCode};
@@ -147,4 +148,114 @@ async fn a_node_without_files_refuses_a_backup() {
     assert_eq!(err.code(), Some(ErrorCode::Unsupported), "{err}");
     client.close().await;
     shutdown(running).await;
+}
+
+/// Disaster on one node of a region: its disk is lost after a backup. The operator removes it,
+/// restores the backup with `--replace`, and starts a node of the same name on it. The restored
+/// node runs under a fresh id, holds the backup, gets what was written after the backup from its
+/// peers by anti-entropy, and its own new writes reach them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_is_replaced_from_its_backup_and_catches_up() {
+    use common::{free_udp_addr, region_config, wait_for_region};
+    use meridian_client::{Client, ClusterOp, Consistency, Value};
+    use meridian_server::serve::{start, RunningNode};
+    async fn client(node: &RunningNode) -> Client {
+        bounded(
+            "connect",
+            Client::builder()
+                .endpoint(node.client_addr.to_string())
+                .ca_cert_file(&node.cert_path)
+                .max_retries(0)
+                .default_consistency(Consistency::Eventual)
+                .connect(),
+        )
+        .await
+        .unwrap()
+    }
+    async fn holds(client: &Client, key: &str, value: &str) -> bool {
+        matches!(client.get(key).await, Ok(Some(Value::Register(Some(v)))) if v == value.as_bytes())
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    meridian_server::certs::generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
+    let addrs: Vec<_> = (0..3).map(|_| free_udp_addr()).collect();
+    let configs: Vec<_> = (0..3)
+        .map(|i| region_config(dir.path(), &format!("n{}", i + 1), &format!("z{}", i + 1), addrs[i], &addrs, &ca_dir))
+        .collect();
+    let mut nodes = Vec::new();
+    for config in &configs {
+        nodes.push(bounded("start", start(config.clone())).await.unwrap());
+    }
+    let n1 = client(&nodes[0]).await;
+    let n3 = client(&nodes[2]).await;
+    wait_for_region(&n1, 2).await;
+    wait_for_region(&n3, 2).await;
+    for i in 0..100 {
+        n1.register(format!("d/k{i:03}")).set(format!("before {i}")).await.unwrap();
+    }
+    // Backed up once n3 holds every write (rf 3: every node holds every key).
+    let caught_up = async {
+        while !holds(&n3, "d/k099", "before 99").await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), caught_up).await.expect("n3 holds the writes");
+    let backups = dir.path().join("backups");
+    let backed_up = bounded("backup n3", backup_node(&n3, &backups, false)).await.unwrap();
+    let old_id = backed_up.manifest.node_id;
+
+    // After the backup: more writes and overwrites; then n3's disk is lost.
+    for i in 50..150 {
+        n1.register(format!("d/k{i:03}")).set(format!("after {i}")).await.unwrap();
+    }
+    n3.close().await;
+    let n3_node = nodes.pop().unwrap();
+    shutdown(n3_node).await;
+    std::fs::remove_dir_all(&configs[2].data_dir).unwrap();
+
+    // The runbook: remove the lost node, restore with --replace, start a node of its name on it.
+    n1.cluster(ClusterOp::Remove { node: old_id.to_string() }).await.unwrap();
+    let done =
+        restore(&backups, &Selector { backup: None, node: Some("n3".into()) }, &configs[2].data_dir, true).unwrap();
+    assert!(done.removed_old);
+    let restarted = bounded("start the restored n3", start(configs[2].clone())).await.unwrap();
+    assert_eq!(restarted.node.id(), done.new_id);
+    assert_ne!(done.new_id, old_id);
+    let n3 = client(&restarted).await;
+    let converged = async {
+        loop {
+            let mut all = true;
+            for i in 0..150 {
+                let expected = if i < 50 { format!("before {i}") } else { format!("after {i}") };
+                if !holds(&n3, &format!("d/k{i:03}"), &expected).await {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), converged).await.expect("the restored n3 catches up by anti-entropy");
+    // Its own writes reach the others.
+    n3.register("d/from-restored").set("hello").await.unwrap();
+    let spread = async {
+        while !holds(&n1, "d/from-restored", "hello").await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), spread).await.expect("the restored node's writes reach n1");
+    let members = n1.cluster(ClusterOp::Status).await.unwrap().members;
+    let states: Vec<(String, String)> = members.iter().map(|m| (m.id.to_string(), m.state.clone())).collect();
+    assert!(states.contains(&(old_id.to_string(), "removed".into())), "{states:?}");
+    assert!(states.contains(&(done.new_id.to_string(), "active".into())), "{states:?}");
+    n1.close().await;
+    n3.close().await;
+    shutdown(restarted).await;
+    for node in nodes {
+        shutdown(node).await;
+    }
 }
