@@ -67,6 +67,8 @@ impl Error {
             Error::Crdt(CrdtError::TypeConflict { .. }) => ErrorCode::Internal,
             Error::Crdt(CrdtError::TooLarge(_)) => ErrorCode::TooLarge,
             Error::Crdt(_) => ErrorCode::BadRequest,
+            // Retryable: the SDK retries with the same idempotency id, on another node.
+            Error::Storage(StorageError::Fenced(_)) => ErrorCode::ShuttingDown,
             Error::Storage(_) | Error::Internal(_) => ErrorCode::Internal,
             Error::Remote(reply) => reply.code,
         }

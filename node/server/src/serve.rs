@@ -327,8 +327,11 @@ async fn sync_wal_periodically(node: Arc<Replica>, every: Duration, shutdown: Ca
     let mut ticks = tokio::time::interval(every);
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
         let node = node.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await {
-            tracing::error!(error = %e, "relaxed-mode WAL sync failed");
+        let syncing = node.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || syncing.engine().sync_wal()).await {
+            // Writes acknowledged since the last sync may not be on disk: stop taking more (the
+            // same fence as a failed commit; store/commit.rs).
+            node.fence_storage(&format!("relaxed-mode WAL sync failed: {e}"));
         }
     }
 }

@@ -115,9 +115,24 @@ impl Node {
         Ok(self.replica.status()?)
     }
 
-    /// Whether the node accepts requests: not shutting down, and joined to its region if it runs in one.
+    /// Whether the node accepts requests: not shutting down, its storage writable, and joined to
+    /// its region if it runs in one.
     pub fn is_ready(&self) -> bool {
-        !self.replica.is_shutting_down() && self.coordinator.as_ref().is_none_or(|c| c.cluster().has_joined())
+        self.unready_reason().is_none()
+    }
+
+    /// Why the node is not ready (`/readyz` answers it with 503), or `None` when it is.
+    pub fn unready_reason(&self) -> Option<String> {
+        if self.replica.is_shutting_down() {
+            return Some("shutting down".into());
+        }
+        if let Some(failure) = self.replica.storage_failure() {
+            return Some(format!("storage failed, no writes until restarted: {failure}"));
+        }
+        if self.coordinator.as_ref().is_some_and(|c| !c.cluster().has_joined()) {
+            return Some("has not heard from its region yet".into());
+        }
+        None
     }
 
     /// Client authentication on this node.

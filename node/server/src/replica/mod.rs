@@ -256,6 +256,17 @@ impl Replica {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Why this node takes no more writes, if a commit failed (`store::commit`, "A failed commit
+    /// fences the node").
+    pub fn storage_failure(&self) -> Option<&str> {
+        self.writer.committer().fenced()
+    }
+
+    /// Stops taking writes because storage failed outside a commit (a periodic WAL sync).
+    pub fn fence_storage(&self, reason: &str) {
+        self.writer.committer().fence(reason);
+    }
+
     /// Waits until every write already started is durable (or failed). Call after
     /// [`Replica::begin_shutdown`].
     pub async fn wait_for_writes(&self) {

@@ -162,7 +162,8 @@ impl Replica {
                 let committed = self.writer.committer().commit(batch, Some(log)).await;
                 // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
                 drop(ts);
-                let seq = committed.map_err(internal)?.ok_or_else(|| internal("the committer gave no log position"))?;
+                let seq =
+                    committed.map_err(Error::Storage)?.ok_or_else(|| internal("the committer gave no log position"))?;
                 let record = SyncRecord { origin: self.id, seq, key: push.data_key, delta: push.delta, hlc: push.hlc };
                 Ok((reply, Some((partition, record))))
             }

@@ -66,6 +66,7 @@
 //! entry so that both engines present identical contents.
 
 mod baseline;
+pub mod faulty;
 mod memory;
 mod rocks;
 #[cfg(test)]
@@ -318,6 +319,11 @@ pub enum StorageError {
     /// [`MemoryEngine`] (a thread panicked mid-write) or a panicked benchmark writer thread.
     #[error("storage internal error: {0}")]
     Internal(String),
+    /// A write failed in a way that leaves unknown what is on disk (or failed earlier, and the node
+    /// stopped writing): the node takes no more writes until it is restarted. The message says
+    /// whether this write may have been applied.
+    #[error("{0}")]
+    Fenced(String),
     /// The engine cannot do this (a checkpoint of the in-memory engine).
     #[error("not supported by this storage engine: {0}")]
     Unsupported(String),

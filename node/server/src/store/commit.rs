@@ -21,10 +21,22 @@
 //! Atomicity: each write's batch lands in full or not at all, because the joined batch does. Two
 //! batches in one group never touch the same data key (the node holds the key's lock until its write
 //! is committed).
+//!
+//! # A failed commit fences the node
+//!
+//! When the engine refuses a group (an fsync or a write failed), nothing says whether the group is
+//! on disk: the WAL append may have landed before the fsync failed, and the kernel may have dropped
+//! the dirty pages it could not write. Going on would be unsafe either way — the next group would
+//! reuse the failed group's log positions, which may already be on disk (or pushed) with other
+//! contents. So the first failure **fences** the committer: every waiter of that group hears that
+//! its write may have been applied ([`StorageError::Fenced`], retryable with the same idempotency
+//! id), every later commit is refused without touching the engine, and the node reports itself
+//! unready with the reason until it is restarted (RocksDB's recovery then decides what is durable,
+//! and the log positions resume from what is really there).
 
 use meridian_crdt::NodeId;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::layout::{self, PARTITIONS};
@@ -41,7 +53,7 @@ pub struct LogAppend {
 struct Pending {
     batch: Batch,
     log: Option<LogAppend>,
-    done: oneshot::Sender<Result<Option<u64>, String>>,
+    done: oneshot::Sender<Result<Option<u64>, StorageError>>,
 }
 
 /// The handle writers use; the thread stops when every handle is dropped.
@@ -52,6 +64,8 @@ pub struct GroupCommitter {
     /// Per partition, the last position of this node's log known durable (raised before the writes
     /// of a batch hear back, so a write that was answered is always at or below it).
     last_durable: Arc<Vec<AtomicU64>>,
+    /// Why the committer stopped taking writes, once a commit failed (see the module docs).
+    fenced: Arc<OnceLock<String>>,
 }
 
 impl GroupCommitter {
@@ -71,6 +85,9 @@ impl GroupCommitter {
         let last_durable: Arc<Vec<AtomicU64>> = Arc::new(last_seqs.iter().map(|s| AtomicU64::new(*s)).collect());
         let durable = last_durable.clone();
         let counter = committed_records.clone();
+        let fenced = Arc::new(OnceLock::new());
+        let fence = fenced.clone();
+        metrics::gauge!("meridian_storage_failed").set(0.0);
         // Only a weak reference: the node owns the engine, so dropping the node closes it at once
         // (a restart on the same data_dir must not race this thread for RocksDB's lock).
         let engine = Arc::downgrade(&engine);
@@ -102,11 +119,19 @@ impl GroupCommitter {
                         waiters.push((pending.done, seq));
                     }
                     metrics::histogram!("meridian_commit_group_size").record(waiters.len() as f64);
-                    // StorageError is not Clone; every waiter gets the same failure as text.
                     // The strong reference ends before any waiter hears back.
-                    let result = match engine.upgrade() {
-                        Some(engine) => engine.write(joined).map_err(|e| e.to_string()),
-                        None => Err("the storage engine is closed".to_string()),
+                    let result = match (fence.get(), engine.upgrade()) {
+                        (Some(reason), _) => Err(StorageError::Fenced(format!(
+                            "this node stopped taking writes after its storage failed ({reason}); nothing was written: retry on another node, or here once it is restarted"
+                        ))),
+                        (None, Some(engine)) => engine.write(joined).map_err(|e| {
+                            let reason = e.to_string();
+                            set_fence(&fence, &reason);
+                            StorageError::Fenced(format!(
+                                "the storage engine failed during this write ({reason}): it may have been applied; retry with the same idempotency id (on another node: this one takes no more writes until it is restarted)"
+                            ))
+                        }),
+                        (None, None) => Err(StorageError::Internal("the storage engine is closed".to_string())),
                     };
                     if result.is_ok() {
                         let appended: u64 = next_seqs.iter().zip(&last_seqs).map(|(next, last)| next - last).sum();
@@ -118,12 +143,25 @@ impl GroupCommitter {
                     }
                     for (waiter, seq) in waiters {
                         // A writer that gave up (timed out) no longer listens; its write still counts.
-                        let _ = waiter.send(result.clone().map(|()| seq));
+                        let _ = waiter.send(match &result {
+                            Ok(()) => Ok(seq),
+                            Err(e) => Err(same_failure(e)),
+                        });
                     }
                 }
             })
             .expect("spawning the commit thread");
-        GroupCommitter { queue, committed_records, last_durable }
+        GroupCommitter { queue, committed_records, last_durable, fenced }
+    }
+
+    /// Why this committer takes no more writes, if a commit failed.
+    pub fn fenced(&self) -> Option<&str> {
+        self.fenced.get().map(String::as_str)
+    }
+
+    /// Stops taking writes for `reason` (storage failed outside a commit: a periodic WAL sync).
+    pub fn fence(&self, reason: &str) {
+        set_fence(&self.fenced, reason);
     }
 
     /// Makes `batch` durable (per the engine's durability) together with whatever else is waiting,
@@ -134,10 +172,7 @@ impl GroupCommitter {
             .send(Pending { batch, log, done })
             .await
             .map_err(|_| StorageError::Internal("the commit thread has stopped".into()))?;
-        verdict
-            .await
-            .map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
-            .map_err(|e| StorageError::Internal(format!("group commit failed: {e}")))
+        verdict.await.map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
     }
 
     /// [`GroupCommitter::commit`] for a thread that may block (never a runtime's reactor thread).
@@ -146,10 +181,7 @@ impl GroupCommitter {
         self.queue
             .blocking_send(Pending { batch, log, done })
             .map_err(|_| StorageError::Internal("the commit thread has stopped".into()))?;
-        verdict
-            .blocking_recv()
-            .map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
-            .map_err(|e| StorageError::Internal(format!("group commit failed: {e}")))
+        verdict.blocking_recv().map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
     }
 
     /// The last position of this node's log of `partition` known durable.
@@ -160,6 +192,23 @@ impl GroupCommitter {
     /// Delta-log records this node has committed as origin (all partitions).
     pub fn committed_records(&self) -> u64 {
         self.committed_records.load(Ordering::Relaxed)
+    }
+}
+
+/// Fences the committer (the first reason stays), loudly.
+fn set_fence(fence: &OnceLock<String>, reason: &str) {
+    if fence.set(reason.to_string()).is_ok() {
+        tracing::error!(error = %reason, "storage failed: this node takes no more writes until it is restarted");
+        metrics::gauge!("meridian_storage_failed").set(1.0);
+    }
+}
+
+/// Every waiter of a group gets the group's failure (`StorageError` is not `Clone`: it can hold
+/// an `io::Error`; the committer only produces the text-carrying variants).
+fn same_failure(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Fenced(why) => StorageError::Fenced(why.clone()),
+        other => StorageError::Internal(other.to_string()),
     }
 }
 
@@ -201,5 +250,40 @@ mod tests {
         let vv = engine.get(Space::Meta, &layout::vv_key(3, origin)).unwrap().unwrap();
         assert_eq!(crate::storage::decode_u64_be(&vv).unwrap(), 60);
         assert_eq!(committer.committed_records(), 110);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fences_the_committer_and_no_position_is_reused() {
+        let faulty = Arc::new(crate::storage::faulty::FaultyEngine::new(Arc::new(MemoryEngine::new())));
+        let engine: Arc<dyn Engine> = faulty.clone();
+        let committer = GroupCommitter::start(engine.clone(), NodeId(7), vec![0; usize::from(PARTITIONS)], 16, 8);
+        let commit = |i: u8| {
+            let committer = committer.clone();
+            async move {
+                let mut batch = Batch::new();
+                batch.put(Space::Data, vec![i], b"v".to_vec());
+                committer.commit(batch, Some(LogAppend { partition: 1, record: vec![i] })).await
+            }
+        };
+        assert_eq!(commit(1).await.unwrap(), Some(1));
+        assert!(committer.fenced().is_none());
+
+        faulty.fail_writes(true);
+        let failed = commit(2).await.unwrap_err();
+        assert!(
+            matches!(&failed, StorageError::Fenced(m) if m.contains("may have been applied")),
+            "the failing write is told it may have been applied: {failed}"
+        );
+        assert!(committer.fenced().is_some_and(|why| why.contains("fsync failed")));
+
+        // The disk "recovers": the committer still refuses, without touching the engine, so seq 2
+        // (which the failed group may have put on disk) is never handed out again.
+        faulty.fail_writes(false);
+        let refused = commit(3).await.unwrap_err();
+        assert!(matches!(&refused, StorageError::Fenced(m) if m.contains("nothing was written")), "{refused}");
+        assert_eq!(faulty.writes(), 1, "only the first commit reached the engine");
+        assert_eq!(faulty.refused(), 1);
+        assert!(engine.get(Space::Data, &[3]).unwrap().is_none());
+        assert_eq!(committer.last_durable_seq(1), 1);
     }
 }
