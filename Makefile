@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test terraform-test gate deps bench bench-redis bench-region bench-geo fuzz fuzz-ci doc
+.PHONY: run region test terraform-test gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -55,6 +55,10 @@ fuzz-ci:
 ## runs find in a temporary folder it names, to minimise into the corpus (docs/fuzzing.md).
 fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_SEED=$${FUZZ_SEED:-0} FUZZ_KEEP=1 scripts/fuzz-ci.sh $(FUZZ_TARGETS)
+
+## Backup and restore of one node holding 1M keys: full and incremental online backups, restore, start.
+bench-backup: deps
+	scripts/bench-backup.sh --keys $${KEYS:-1000000}
 
 ## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
 bench-region:

@@ -3,7 +3,8 @@
 #   1. one node (`meridian serve`, durability fsync) loaded with KEYS 100-byte registers by
 #      `meridian bench --external`;
 #   2. `meridian backup DIR` of the live node (a full backup), then KEYS/100 more writes and a second
-#      backup into the same folder (incremental: only new table files are copied);
+#      backup into the same folder (incremental: only table files not already there are copied),
+#      and a third with no write in between;
 #   3. `meridian restore DIR --data-dir NEW`, then a node started on NEW and the backed-up keys counted
 #      through `meridian status` (RocksDB's estimate) and one read back;
 # with wall times and sizes (data dir, backup folder, bytes copied) in a summary.
@@ -84,6 +85,14 @@ t0=$(now)
 t1=$(now)
 incr_s=$(secs "$t0" "$t1")
 incr_bytes=$(($(size "$tmp/backups") - full_bytes))
+# A third one with no write since: what a backup costs when nothing changed (the flush of an empty
+# memtable writes no table file; a compaction may still have rewritten some).
+before=$(size "$tmp/backups")
+t0=$(now)
+"$meridian" backup "$tmp/backups" "${conn[@]}" >&2
+t1=$(now)
+idle_s=$(secs "$t0" "$t1")
+idle_bytes=$(($(size "$tmp/backups") - before))
 stop_node
 
 full_id=$(awk '{ sub(":", "", $2); print $2; exit }' "$tmp/full.txt")
@@ -106,6 +115,7 @@ cat <<EOF
 | load $((per_client * clients)) keys (bench --external, $clients clients, fsync) | ${load_s} s | data dir db/ $(mib "$data_bytes") |
 | full backup (online) | ${full_s} s | $(mib "$full_bytes") |
 | incremental backup after $((more * clients)) more writes | ${incr_s} s | +$(mib "$incr_bytes") |
+| incremental backup with no write since | ${idle_s} s | +$(mib "$idle_bytes") |
 | restore into a new data dir (verify + copy + new id) | ${restore_s} s | |
 | start a node on it until it answers | ${open_s} s | keys (estimate): ${restored_keys:-?} |
 EOF

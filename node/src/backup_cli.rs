@@ -227,10 +227,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every member of the cluster that serves data (not removed), as (name, client address).
-pub async fn cluster_members(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
-    let report = client.cluster(ClusterOp::Status).await.context("listing the cluster's members")?;
-    Ok(report.members.into_iter().filter(|m| m.state != "removed").map(|m| (m.name, m.client_addr)).collect())
+/// Every member of the answering node's region that is not removed, as (name, client address).
+/// Only that region's: its backups belong in its storage (data residency), so each region is
+/// backed up into a folder of its own.
+pub async fn region_members(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
+    let report = client.cluster(ClusterOp::Status).await.context("listing the region's members")?;
+    let region = report
+        .members
+        .iter()
+        .find(|m| m.name == report.local)
+        .map(|m| m.region.clone())
+        .context("the node does not list itself among the members")?;
+    Ok(report
+        .members
+        .into_iter()
+        .filter(|m| m.state != "removed" && m.region == region)
+        .map(|m| (m.name, m.client_addr))
+        .collect())
 }
 
 /// The manifests in `dir`, oldest first.

@@ -227,13 +227,13 @@ enum Command {
     /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
     /// rate, latency per consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
     BenchGeo(Box<meridian_node::bench_geo::GeoBenchArgs>),
-    /// Online backup of the node at --endpoint (or, with --cluster, of every member) into DIR:
+    /// Online backup of the node at --endpoint (or, with --cluster, of every member of its region) into DIR:
     /// a consistent checkpoint, copied file by file; files DIR already holds are not copied again.
     /// Needs the admin role on `*`. Restore with `meridian restore` (docs/operations.md).
     Backup {
         /// The backup folder (created if missing; shared by every backup into it).
         dir: PathBuf,
-        /// Back up every member of the cluster the endpoint knows, one after another.
+        /// Back up every member of the endpoint's region, one after another.
         #[arg(long)]
         cluster: bool,
     },
@@ -243,8 +243,8 @@ enum Command {
         /// The backup folder.
         dir: PathBuf,
         /// The data directory to write (must not exist or be empty).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "list")]
+        data_dir: Option<PathBuf>,
         /// Which backup (an id from `--list`); default: the newest of --node.
         #[arg(long)]
         backup: Option<String>,
@@ -342,7 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => meridian_node::demo::run(*args).await,
         Command::Backup { dir, cluster } => backup(&cli.conn, &dir, cluster).await,
         Command::Restore { dir, data_dir, backup, node, replace, list } => {
-            restore(&dir, &data_dir, meridian_node::backup_cli::Selector { backup, node }, replace, list)
+            restore(&dir, data_dir.as_deref(), meridian_node::backup_cli::Selector { backup, node }, replace, list)
         }
         command => data_command(&cli.conn, command).await,
     }
@@ -350,10 +350,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `meridian backup`: one node, or every member with `--cluster` (each into the same folder).
 async fn backup(conn: &Connection, dir: &Path, cluster: bool) -> anyhow::Result<()> {
-    use meridian_node::backup_cli::{backup_node, bytes, cluster_members};
+    use meridian_node::backup_cli::{backup_node, bytes, region_members};
     let targets = if cluster {
         let client = client_builder(conn, conn.endpoint.clone()).connect().await?;
-        let members = cluster_members(&client).await?;
+        let members = region_members(&client).await?;
         client.close().await;
         members
     } else {
@@ -398,7 +398,7 @@ async fn backup(conn: &Connection, dir: &Path, cluster: bool) -> anyhow::Result<
 /// `meridian restore`.
 fn restore(
     dir: &Path,
-    data_dir: &Path,
+    data_dir: Option<&Path>,
     selector: meridian_node::backup_cli::Selector,
     replace: bool,
     list: bool,
@@ -410,6 +410,7 @@ fn restore(
         }
         return Ok(());
     }
+    let data_dir = data_dir.context("--data-dir is needed to restore")?;
     let done = restore(dir, &selector, data_dir, replace)?;
     println!(
         "restored backup {} of node {} ({}) into {} in {:.1} s: the node will run as {} (was {}){}",

@@ -108,9 +108,17 @@ async fn restore_refuses_damage_a_used_data_dir_and_unknown_backups() {
     let client = connect(&running).await;
     client.register("app/k").set("v").await.unwrap();
     let done = bounded("backup", backup_node(&client, &backups, false)).await.unwrap();
+    // The same through the real CLI, then listed.
+    let (endpoint, ca) = (running.client_addr.to_string(), running.cert_path.to_string_lossy().into_owned());
+    let dir = backups.to_string_lossy().into_owned();
+    let printed = common::succeed(&["backup", &dir, "--endpoint", &endpoint, "--ca-cert", &ca]);
+    assert!(printed.starts_with("backup ") && printed.contains("copied"), "{printed}");
+    let listed = common::succeed(&["restore", &dir, "--list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.contains(&done.manifest.id), "{listed}");
     client.close().await;
     shutdown(running).await;
-    let selector = Selector::default();
+    let selector = Selector { backup: Some(done.manifest.id.clone()), node: None };
 
     // Not empty.
     let used = tmp.path().join("used");
@@ -191,6 +199,9 @@ async fn a_lost_node_is_replaced_from_its_backup_and_catches_up() {
     let n3 = client(&nodes[2]).await;
     wait_for_region(&n1, 2).await;
     wait_for_region(&n3, 2).await;
+    let members = meridian_node::backup_cli::region_members(&n1).await.unwrap();
+    let names: Vec<&str> = members.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names.len(), 3, "`backup --cluster` covers the region: {members:?}");
     for i in 0..100 {
         n1.register(format!("d/k{i:03}")).set(format!("before {i}")).await.unwrap();
     }

@@ -988,6 +988,25 @@ mod tests {
     }
 
     #[test]
+    fn golden_backup_frames() {
+        let request = |op| Request::V1(RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op });
+        // length 7 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | Backup=9 | Begin=0
+        assert_eq!(encode_frame(&request(Operation::Backup(BackupOp::Begin))), vec![0, 0, 0, 7, 1, 0, 0, 0, 0, 9, 0]);
+        // … | Read=1 | id 5 | file "C" (len 1, 'C') | offset 2 | len 3
+        let read = BackupOp::Read { id: 5, file: "C".into(), offset: 2, len: 3 };
+        assert_eq!(
+            encode_frame(&request(Operation::Backup(read))),
+            vec![0, 0, 0, 12, 1, 0, 0, 0, 0, 9, 1, 5, 1, b'C', 2, 3]
+        );
+        let reply = Response::V1(Ok(Reply {
+            causal_token: CausalToken::default(),
+            body: ReplyBody::Backup(Box::new(BackupReport::Chunk(vec![9, 9]))),
+        }));
+        let frame = encode_frame(&reply);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
     fn frames_round_trip() {
         let request = Request::V1(RequestV1 {
             consistency: Some(Consistency::Quorum),
