@@ -15,6 +15,7 @@ pub mod certs_cli;
 pub mod config_cli;
 pub mod demo;
 pub mod document;
+pub mod health;
 pub mod local_region;
 pub mod residency_apply;
 pub mod residency_cli;

@@ -52,8 +52,16 @@ struct Connection {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Members, zones, liveness, partitions owned, hints queued, anti-entropy freshness.
-    Status,
+    /// Members, zones, liveness, partitions owned, hints queued, anti-entropy freshness; a health
+    /// line first.
+    Status {
+        /// Print one JSON object (`health`, `node`, `cluster`) instead.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 1 when the health is degraded (for scripts and probes).
+        #[arg(long)]
+        check: bool,
+    },
     /// Which nodes hold a key, and why (rendezvous score, rank, zone rule).
     Placement {
         /// `namespace/key`.
@@ -93,8 +101,16 @@ enum Command {
         #[command(subcommand)]
         command: meridian_node::config_cli::ConfigCommand,
     },
-    /// Show the node's status (and its region's, when it runs in one).
-    Status,
+    /// Show the node's status (and its region's, when it runs in one): a health line first
+    /// (`OK: …` or `DEGRADED: …`), then the detail.
+    Status {
+        /// Print one JSON object (`health`, `node`, `cluster`) instead.
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 1 when the health is degraded (for scripts and probes).
+        #[arg(long)]
+        check: bool,
+    },
     /// Region administration: members, placement of a key, activate, drain, remove.
     Cluster {
         #[command(subcommand)]
@@ -487,9 +503,9 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         | Command::Demo(_) => {
             unreachable!("handled by run")
         }
-        Command::Status => {
-            print_status(&client).await?;
-            0
+        Command::Status { json, check } => print_status(&client, json, check).await?,
+        Command::Cluster { command: ClusterCommand::Status { json, check } } => {
+            print_status(&client, json, check).await?
         }
         Command::Cluster { command } => {
             cluster_command(&client, conn, command).await?;
@@ -554,8 +570,25 @@ async fn connect(conn: &Connection) -> anyhow::Result<(Client, Session)> {
 }
 
 /// `meridian status`: the node, then its region when it runs in one.
-async fn print_status(client: &Client) -> anyhow::Result<()> {
+/// `meridian status` and `meridian cluster status`: the health line, then the node and its region;
+/// returns the exit status (1 when degraded and `check` asks for it).
+async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Result<i32> {
     let status = client.status().await?;
+    let cluster = match client.cluster(meridian_client::ClusterOp::Status).await {
+        Ok(report) => Some(report),
+        Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let health = meridian_node::health::judge(&status, cluster.as_ref(), now);
+    let exit_code = i32::from(check && health.state != "ok");
+    if json {
+        let out = serde_json::json!({ "health": health, "node": status, "cluster": cluster });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(exit_code);
+    }
+    println!("{}", health.line());
+    println!();
     println!("node        {} ({})", status.name, status.node_id);
     println!("region/zone {}/{}", status.region, status.zone);
     println!("version     {}", status.version);
@@ -566,15 +599,11 @@ async fn print_status(client: &Client) -> anyhow::Result<()> {
     println!("connections {}", status.client_connections);
     let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
     println!("vector      [{}]", vv.join(", "));
-    match client.cluster(meridian_client::ClusterOp::Status).await {
-        Ok(report) => {
-            println!();
-            print_cluster(&report);
-        }
-        Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => {}
-        Err(e) => return Err(e.into()),
+    if let Some(report) = &cluster {
+        println!();
+        print_cluster(report);
     }
-    Ok(())
+    Ok(exit_code)
 }
 
 /// The commands that read: their exit code is 1 when there is nothing to show (`get` of a missing
@@ -740,7 +769,7 @@ async fn typed_get(
 async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCommand) -> anyhow::Result<()> {
     use meridian_client::ClusterOp;
     let op = match command {
-        ClusterCommand::Status => ClusterOp::Status,
+        ClusterCommand::Status { .. } => ClusterOp::Status,
         ClusterCommand::Placement { key } => {
             ClusterOp::Placement { key: meridian_client::IntoKey::into_key(key.as_str())? }
         }

@@ -34,6 +34,11 @@ async fn readme_tour_works_as_written() {
     let (ep, data) = (node.client_addr.as_str(), data.as_path());
     let status = ok(ep, data, &["status"]);
     assert!(status.contains("durability  fsync"), "{status}");
+    assert!(status.starts_with("OK: ") && status.contains("runs alone"), "the health line comes first: {status}");
+    let status = json(&ok(ep, data, &["status", "--json", "--check"]));
+    assert_eq!(status["health"]["state"], "ok", "{status}");
+    assert_eq!(status["node"]["durability"], "fsync", "{status}");
+    assert!(status["cluster"].is_null(), "{status}");
 
     assert_eq!(ok(ep, data, &["incr", "shop/visits"]).trim(), "1");
     assert_eq!(ok(ep, data, &["incr", "shop/visits", "41"]).trim(), "42");

@@ -171,6 +171,8 @@ impl Node {
         forwarded: bool,
     ) -> Result<Reply, ErrorReply> {
         let op_name = op_name(&request.op);
+        let level = self.level_name(&request);
+        let hop = if forwarded { "forwarded" } else { "client" };
         let started = Instant::now();
         let result = match self.authorize(caller, &request.op) {
             Ok(()) => self.admit_and_run(request, caller, forwarded).await,
@@ -180,10 +182,27 @@ impl Node {
             Ok(_) => "ok",
             Err(e) => e.code.name(),
         };
-        metrics::counter!("meridian_requests_total", "op" => op_name, "result" => outcome).increment(1);
-        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name)
+        // Labelled by the level the request ran at (its namespace's default when it named none)
+        // and by whether it came from a client or was forwarded by another node (which counted
+        // it too): SLOs count `hop="client"`.
+        metrics::counter!("meridian_requests_total", "op" => op_name, "result" => outcome, "consistency" => level, "hop" => hop)
+            .increment(1);
+        metrics::histogram!("meridian_request_duration_seconds", "op" => op_name, "consistency" => level, "hop" => hop)
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The consistency level a keyed request runs at, for metrics; `none` for the others.
+    fn level_name(&self, request: &RequestV1) -> &'static str {
+        match &request.op {
+            Operation::Write { key, .. }
+            | Operation::Delete { key, .. }
+            | Operation::Read { key, .. }
+            | Operation::DocChanges { key, .. } => {
+                self.replica.level(key, request.consistency).map_or("invalid", Consistency::name)
+            }
+            _ => "none",
+        }
     }
 
     /// Whether `caller` may run `op` (a residency rule's namespace decides who administers it).
