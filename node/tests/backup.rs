@@ -70,6 +70,20 @@ async fn a_restored_backup_holds_what_was_acknowledged_before_it_and_runs_under_
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
     let final_hits = client.counter("app/hits").get().await.unwrap();
+    // Disk use per space is on /metrics (the backups' flushes left table files in `data`).
+    let request = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+    let response =
+        tower::ServiceExt::oneshot(meridian_server::api::http::router(running.node.clone()), request).await.unwrap();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    let metrics = String::from_utf8_lossy(&body);
+    let data_sst = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_storage_bytes{") && l.contains("space=\"data\"") && l.contains("kind=\"sst\"")
+        })
+        .unwrap_or_else(|| panic!("no data sst gauge in {metrics}"));
+    assert!(data_sst.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 0.0, "{data_sst}");
+    assert!(metrics.contains("meridian_storage_wal_bytes "), "{metrics}");
     client.close().await;
     shutdown(running).await;
 

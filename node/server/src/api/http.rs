@@ -156,7 +156,28 @@ async fn metrics(State(node): State<Arc<Node>>, Extension(caller): Extension<Cal
         metrics::gauge!("meridian_keys_estimate").set(status.keys_estimate as f64);
         metrics::gauge!("meridian_log_position").set(node.version_vector().get(node.id()) as f64);
     }
+    // Disk and memory per space, read at scrape time (RocksDB properties and a directory listing:
+    // cheap, and never stale).
+    let engine = node.replica().engine().clone();
+    let _ = tokio::task::spawn_blocking(move || export_storage_usage(engine.as_ref())).await;
     Ok(crate::metrics_export::prometheus().render())
+}
+
+/// Sets the storage gauges: `meridian_storage_bytes{space,kind}` (`sst`, `live_estimate`,
+/// `memtable`), `meridian_storage_keys_estimate{space}` and `meridian_storage_wal_bytes`.
+fn export_storage_usage(engine: &dyn crate::storage::Engine) {
+    for space in crate::storage::Space::ALL {
+        let Ok(usage) = engine.space_usage(space) else { continue };
+        for (kind, bytes) in
+            [("sst", usage.sst_bytes), ("live_estimate", usage.live_bytes_estimate), ("memtable", usage.memtable_bytes)]
+        {
+            metrics::gauge!("meridian_storage_bytes", "space" => space.name(), "kind" => kind).set(bytes as f64);
+        }
+        metrics::gauge!("meridian_storage_keys_estimate", "space" => space.name()).set(usage.keys_estimate as f64);
+    }
+    if let Ok(bytes) = engine.wal_bytes() {
+        metrics::gauge!("meridian_storage_wal_bytes").set(bytes as f64);
+    }
 }
 
 /// `GET /v1/auth/whoami`: who the request acts as and its roles.

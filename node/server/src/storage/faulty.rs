@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Batch, Durability, Engine, KeyValue, Space, StorageError};
+use super::{Batch, Durability, Engine, KeyValue, Space, SpaceUsage, StorageError};
 
 /// Wraps `inner`; [`FaultyEngine::fail_writes`] arms it.
 pub struct FaultyEngine {
@@ -92,5 +92,13 @@ impl Engine for FaultyEngine {
 
     fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
         self.inner.checkpoint(dir)
+    }
+
+    fn space_usage(&self, space: Space) -> Result<SpaceUsage, StorageError> {
+        self.inner.space_usage(space)
+    }
+
+    fn wal_bytes(&self) -> Result<u64, StorageError> {
+        self.inner.wal_bytes()
     }
 }

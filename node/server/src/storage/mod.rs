@@ -269,6 +269,16 @@ pub trait Engine: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What `space` takes on disk and in memory (all zeros in memory), for `/metrics`.
+    fn space_usage(&self, _space: Space) -> Result<SpaceUsage, StorageError> {
+        Ok(SpaceUsage::default())
+    }
+
+    /// Bytes of write-ahead log files (0 in memory), for `/metrics`.
+    fn wal_bytes(&self) -> Result<u64, StorageError> {
+        Ok(0)
+    }
+
     /// Writes a consistent copy of the whole store into `dir` (which must not exist yet, on the
     /// same filesystem for RocksDB to hard-link its table files): every space as of one instant,
     /// openable as a store of its own. Online backups are made of these. The in-memory engine has
@@ -279,6 +289,19 @@ pub trait Engine: Send + Sync + 'static {
             dir.display()
         )))
     }
+}
+
+/// What one space takes (RocksDB's own accounting for its column family).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceUsage {
+    /// Bytes of its table files, obsolete versions awaiting compaction included.
+    pub sst_bytes: u64,
+    /// RocksDB's estimate of the live data in them.
+    pub live_bytes_estimate: u64,
+    /// Bytes in its memtables (not yet flushed).
+    pub memtable_bytes: u64,
+    /// RocksDB's estimate of its keys.
+    pub keys_estimate: u64,
 }
 
 /// Decodes a value written by [`Batch::max_u64`] (8 bytes, big-endian).

@@ -16,7 +16,8 @@ use rocksdb::{
 };
 
 use super::{
-    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, StorageError, FORMAT_KEY, FORMAT_VERSION,
+    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, SpaceUsage, StorageError, FORMAT_KEY,
+    FORMAT_VERSION,
 };
 
 /// The concrete RocksDB handle type. Spelled out (rather than `rocksdb::DB`) so that a workspace
@@ -330,6 +331,33 @@ impl Engine for RocksEngine {
 
     fn sync_wal(&self) -> Result<(), StorageError> {
         self.inner.db.flush_wal(true).map_err(|e| rocks_err(e, format_args!("syncing the WAL")))
+    }
+
+    fn space_usage(&self, space: Space) -> Result<SpaceUsage, StorageError> {
+        let cf = self.cf(space)?;
+        let property = |name: &std::ffi::CStr| -> Result<u64, StorageError> {
+            let value = self.inner.db.property_int_value_cf(cf, name);
+            Ok(value.map_err(|e| rocks_err(e, format_args!("reading {name:?} of {space}")))?.unwrap_or(0))
+        };
+        use rocksdb::properties;
+        Ok(SpaceUsage {
+            sst_bytes: property(properties::TOTAL_SST_FILES_SIZE)?,
+            live_bytes_estimate: property(properties::ESTIMATE_LIVE_DATA_SIZE)?,
+            memtable_bytes: property(properties::CUR_SIZE_ALL_MEM_TABLES)?,
+            keys_estimate: property(properties::ESTIMATE_NUM_KEYS)?,
+        })
+    }
+
+    fn wal_bytes(&self) -> Result<u64, StorageError> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(&self.inner.path)? {
+            let entry = entry?;
+            if entry.path().extension().is_some_and(|x| x == "log") {
+                // A WAL file may be deleted between listing and stat: count what is there.
+                total += entry.metadata().map_or(0, |m| m.len());
+            }
+        }
+        Ok(total)
     }
 
     fn durability(&self) -> Durability {

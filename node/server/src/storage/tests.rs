@@ -456,6 +456,24 @@ mod rocks_only {
     }
 
     #[test]
+    fn usage_reports_table_memtable_and_wal_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(dir.path(), RocksOptions::default()).unwrap();
+        let value = vec![3u8; 1024];
+        for i in 0u32..200 {
+            put(&e, Space::Data, &i.to_be_bytes(), &value);
+        }
+        let before = e.space_usage(Space::Data).unwrap();
+        assert!(before.memtable_bytes >= 200 * 1024, "{before:?}");
+        assert!(e.wal_bytes().unwrap() >= 200 * 1024);
+        e.compact_all().unwrap();
+        let after = e.space_usage(Space::Data).unwrap();
+        assert!(after.sst_bytes > 0 && after.live_bytes_estimate > 0, "{after:?}");
+        assert_eq!(after.keys_estimate, 200);
+        assert_eq!(e.space_usage(Space::Hints).unwrap().sst_bytes, 0, "spaces are counted apart");
+    }
+
+    #[test]
     fn data_survives_close_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
