@@ -61,6 +61,8 @@ use std::time::Duration;
 pub use crate::certs::{IdentityError, PeerIdentity};
 
 mod endpoint;
+#[cfg(test)]
+mod golden;
 mod pool;
 pub mod protocol;
 mod tls;
