@@ -2,8 +2,8 @@
 //! metrics that nodes export: a dashboard panel or an alert on a renamed or never-exported metric
 //! shows nothing and never fires, silently.
 //!
-//! Three regions' worth of nodes run in this process (us-east: a and b; eu-west: c; a lone node
-//! with authentication on and tight connection limits) and share its one metrics recorder, so one
+//! Four nodes run in this process (region us-east: a and b; region eu-west: c; and a lone node with
+//! authentication on and tight connection limits) and share its one metrics recorder, so one
 //! scrape of `/metrics` holds everything they counted. The test drives requests at every
 //! consistency level and some refused ones, cross-region replication, hints for a stopped replica
 //! (written, dropped past the cap, replayed after its restart), bad frames, a refused peer
@@ -11,9 +11,10 @@
 //! template variables) and every rule expression must be among the scraped series, or on
 //! [`NOT_DRIVEN`] with the reason it is not.
 //!
-//! Negative control (run by hand when this was written): a panel query on `meridian_bogus_total`
-//! added to the dashboard makes the test fail naming it; `checker_flags_a_made_up_metric` keeps a
-//! small version of that control in the suite.
+//! Negative controls (run by hand when this was written): a dashboard query on
+//! `meridian_bogus_total` (in place of `meridian_partitions_owned`) fails the test naming it; so does
+//! an alert on `meridian_hint_drops_total`, and a misspelt name in [`NOT_DRIVEN`].
+//! `checker_flags_a_made_up_metric` keeps a small version of the first in the suite.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -82,10 +83,6 @@ const NOT_DRIVEN: &[(&str, &str)] = &[
     (
         "meridian_client_handshake_timeouts_total",
         "needs a QUIC client that stalls its handshake (node/tests/hostile_input.rs)",
-    ),
-    (
-        "meridian_client_handshake_retries_total",
-        "needs more unvalidated handshakes at once than limits.max_unvalidated_handshakes",
     ),
     ("meridian_http_request_timeouts_total", "needs an HTTP request slower than the request deadline"),
     ("meridian_keys_over_cap_total", "needs two regions growing one key while cut off (node/tests/merged_growth.rs)"),
@@ -416,9 +413,10 @@ async fn traffic(client: &Client, tag: &str) {
     }
 }
 
-/// A lone node with authentication on and room for one client and one HTTP connection: anonymous
-/// requests are refused (and audited), a second client connection is refused, an HTTPS connection that
-/// never says hello times out its handshake, and one more TCP connection meanwhile is refused.
+/// A lone node with authentication on, room for one client and one HTTP connection, and a QUIC
+/// Retry for every client: anonymous requests are refused (and audited), a second client connection
+/// is refused, an HTTPS connection that never says hello times out its handshake, and one more TCP
+/// connection meanwhile is refused.
 async fn refusals_on_a_guarded_node(dir: &Path) {
     let ca = generate_ca("guarded").unwrap();
     let (ca_cert, _) = ca.write(&dir.join("guarded-ca"), false).unwrap();
@@ -428,6 +426,8 @@ async fn refusals_on_a_guarded_node(dir: &Path) {
     config.auth.client_ca = Some(ca_cert);
     config.limits.max_connections = 1;
     config.limits.max_http_connections = 1;
+    // Every client first proves its address with a QUIC Retry (counted).
+    config.limits.max_unvalidated_handshakes = 0;
     config.limits.http_header_timeout_ms = 300;
     let running = start_memory(config).await;
 
@@ -445,6 +445,7 @@ async fn refusals_on_a_guarded_node(dir: &Path) {
         .connect()
         .await;
     assert!(second.is_err(), "a second client connection past limits.max_connections");
+    wait_for_metric("meridian_client_handshake_retries_total").await;
 
     let silent = tokio::net::TcpStream::connect(running.http_addr).await.unwrap();
     let mut one_more = tokio::net::TcpStream::connect(running.http_addr).await.unwrap();
