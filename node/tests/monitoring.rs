@@ -165,6 +165,11 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         let c = chars[i];
         if c == '"' || c == '\'' || c == '`' {
             i = skip_string(&chars, i);
+        } else if c == '#' {
+            // A comment, to the end of the line.
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
         } else if c == '{' {
             i = skip_balanced(&chars, i, '{', '}');
         } else if c == '[' {
@@ -325,7 +330,8 @@ fn sources(dir: &Path, out: &mut String) {
 fn checker_flags_a_made_up_metric() {
     let names = promql_metric_names(
         r#"sum by (region, le) (rate(meridian_made_up_seconds_bucket{op=~"read|write", x="a}b"}[$__rate_interval]))
-           / on(region) group_left sum without (node) (meridian_requests_total offset 5m) > 0.5 * up"#,
+           / on(region) group_left sum without (node) (meridian_requests_total offset 5m) > 0.5 * up
+           # a comment naming meridian_commented_out_total"#,
     );
     let expected: BTreeSet<String> =
         ["meridian_made_up_seconds_bucket", "meridian_requests_total", "up"].map(String::from).into();
