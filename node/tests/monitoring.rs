@@ -7,9 +7,9 @@
 //! scrape of `/metrics` holds everything they counted. The test drives requests at every
 //! consistency level and some refused ones, cross-region replication, hints for a stopped replica
 //! (written, dropped past the cap, replayed after its restart), bad frames, a refused peer
-//! handshake, refused connections; then every metric name in every dashboard query (panels and
-//! template variables) and every rule expression must be among the scraped series, or on
-//! [`NOT_DRIVEN`] with the reason it is not.
+//! handshake, a revocation list that fails to reload, refused connections; then every metric name
+//! in every dashboard query (panels and template variables) and every rule expression must be
+//! among the scraped series, or on [`NOT_DRIVEN`] with the reason it is not.
 //!
 //! Negative controls (run by hand when this was written): a dashboard query on
 //! `meridian_bogus_total` (in place of `meridian_partitions_owned`) fails the test naming it; so does
@@ -75,10 +75,6 @@ const NOT_DRIVEN: &[(&str, &str)] = &[
     (
         "meridian_peer_stream_refusals_total",
         "needs a peer opening streams the endpoint refuses (node/tests/peer_tls.rs)",
-    ),
-    (
-        "meridian_revocation_reload_failures_total",
-        "needs a revocation list replaced by an unreadable one while a node runs",
     ),
     (
         "meridian_client_handshake_timeouts_total",
@@ -471,7 +467,11 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     let dir = tempfile::tempdir().unwrap();
     generate_ca("test").unwrap().write(&dir.path().join("ca"), false).unwrap();
     let peers: Vec<SocketAddr> = (0..3).map(|_| free_udp_addr()).collect();
-    let config_a = node_config(dir.path(), "us-east", "a", peers[0], &peers);
+    let mut config_a = node_config(dir.path(), "us-east", "a", peers[0], &peers);
+    // An empty revocation list, later replaced by one that does not parse (a failed reload).
+    let revoked = dir.path().join("revoked.txt");
+    std::fs::write(&revoked, "").unwrap();
+    config_a.peer.revoked = Some(revoked.clone());
     let config_b = node_config(dir.path(), "us-east", "b", peers[1], &peers);
     let config_c = node_config(dir.path(), "eu-west", "c", peers[2], &peers);
     let a = start(config_a.clone()).await.unwrap();
@@ -501,6 +501,10 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     raw.send_raw(&[0, 0, 0, 3, 0xff, 0xff, 0xff], true).await;
     assert!(raw_connect(peers[0], &dir.path().join("ca/ca.crt")).await.is_err(), "a peer handshake without a cert");
     wait_for_metric("meridian_peer_connections_refused_total").await;
+
+    // Every peer request re-checks the list: the unparsable edit is counted, the empty list stays.
+    std::fs::write(&revoked, "not a fingerprint\n").unwrap();
+    wait_for_metric("meridian_revocation_reload_failures_total").await;
 
     // b stops: a keeps its writes for b as hints (the second past the cap of one is dropped) and
     // replays them when b is back.
