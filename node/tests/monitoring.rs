@@ -5,11 +5,12 @@
 //! Four nodes run in this process (region us-east: a and b; region eu-west: c; and a lone node with
 //! authentication on and tight connection limits) and share its one metrics recorder, so one
 //! scrape of `/metrics` holds everything they counted. The test drives requests at every
-//! consistency level and some refused ones, cross-region replication, hints for a stopped replica
-//! (written, dropped past the cap, replayed after its restart), bad frames, a refused peer
-//! handshake, a revocation list that fails to reload, refused connections; then every metric name
-//! in every dashboard query (panels and template variables) and every rule expression must be
-//! among the scraped series, or on [`NOT_DRIVEN`] with the reason it is not.
+//! consistency level and some refused ones, cross-region replication, residency rules (proxied,
+//! refused, redacted, purged), hints for a stopped replica (written, dropped past the cap, replayed
+//! after its restart), bad frames, a refused peer handshake, a revocation list that fails to
+//! reload, refused connections; then every metric name in every dashboard query (panels and
+//! template variables) and every rule expression must be among the scraped series, or on
+//! [`NOT_DRIVEN`] with the reason it is not.
 //!
 //! Negative controls (run by hand when this was written): a dashboard query on
 //! `meridian_bogus_total` (in place of `meridian_partitions_owned`) fails the test naming it; so does
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_client::proto::{ResidencyOp, RuleSpec};
 use meridian_client::{Client, Consistency, ErrorCode};
 use meridian_server::certs::generate_ca;
 use meridian_server::config::Config;
@@ -56,21 +58,10 @@ const NOT_DRIVEN: &[(&str, &str)] = &[
         "meridian_handoff_partitions_pending",
         "set while a drained node hands its partitions off (node/tests/region_admin.rs drains)",
     ),
-    ("meridian_residency_proxied_total", "needs residency rules across regions (geo-tests/tests/residency.rs)"),
-    (
-        "meridian_residency_refused_total",
-        "needs a strict residency rule and a write from a forbidden region (geo-tests/tests/residency.rs)",
-    ),
     (
         "meridian_residency_rejected_total",
-        "needs a peer pushing a record a rule forbids here (geo-tests/tests/residency.rs)",
+        "needs a stale peer pushing a record a rule forbids here (node/tests/residency.rs)",
     ),
-    ("meridian_residency_redacted_total", "needs residency rules across regions (geo-tests/tests/residency.rs)"),
-    (
-        "meridian_residency_purged_keys_total",
-        "needs a rule change that moves stored keys out of a region (node/tests/residency.rs)",
-    ),
-    ("meridian_residency_rules_version", "set when a node adopts a residency rule set (node/tests/residency.rs)"),
     ("meridian_peer_refused_total", "needs forged peer messages from a hand-built peer (node/tests/peer_claims.rs)"),
     (
         "meridian_peer_stream_refusals_total",
@@ -495,6 +486,40 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     let replay = || post_idempotent(a.http_addr, "/v1/kv/mon/replayed", "mon-1", r#"{"op":"incr"}"#);
     assert!(replay().await.starts_with("HTTP/1.1 200"));
     assert!(replay().await.starts_with("HTTP/1.1 200"));
+
+    // Residency: keys of namespace "eu" live in eu-west only (us-east proxies them, and what it is
+    // sent of them is redacted), "vault" strictly (us-east refuses), and "moved" moves there after
+    // us-east stored a key of it (purged).
+    client_a.counter("moved/k").incr(1).await.unwrap();
+    let mut version = 0;
+    for (namespace, strict) in [("eu", false), ("vault", true), ("moved", false)] {
+        let spec = RuleSpec {
+            namespace: namespace.into(),
+            prefix: String::new(),
+            regions: vec!["eu-west".into()],
+            replicas_per_region: None,
+            home: None,
+            strict,
+        };
+        version = client_a.residency(ResidencyOp::Add { rule: spec, position: None }).await.unwrap().version;
+    }
+    let adopted = async {
+        while client_c.residency(ResidencyOp::List).await.map_or(true, |r| r.version < version) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), adopted).await.expect("eu-west adopts the rules within 60 s");
+    client_a.counter("eu/k").incr(1).await.unwrap();
+    client_c.counter("eu/k2").incr(1).await.unwrap();
+    let refused = client_a.counter("vault/k").incr(1).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
+    for name in [
+        "meridian_residency_proxied_total",
+        "meridian_residency_redacted_total",
+        "meridian_residency_purged_keys_total",
+    ] {
+        wait_for_metric(name).await;
+    }
 
     // Hostile input: a frame that is not one, and a peer handshake without a node certificate.
     let raw = raw_connect(a.client_addr, &a.cert_path).await.unwrap();
