@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test terraform-test gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
+.PHONY: run region test terraform-test monitoring-test gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -14,9 +14,9 @@ run: deps
 region: deps
 	$(MERIDIAN) region start
 
-## The whole gate: formatting, lints (warnings are errors), docs, every test, then every fuzz target
-## for 15 s (FUZZ_SECONDS) from its corpus (the fuzz-ci step below).
-test: deps gate terraform-test
+## The whole gate: formatting, lints (warnings are errors), docs, the Terraform and monitoring checks,
+## every test, then every fuzz target for 15 s (FUZZ_SECONDS) from its corpus (the fuzz-ci step below).
+test: deps gate terraform-test monitoring-test
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	scripts/fuzz-ci.sh
@@ -27,6 +27,12 @@ test: deps gate terraform-test
 terraform-test: deps
 	@scripts/install-deps.sh --checkov
 	scripts/terraform-test.sh
+
+## The monitoring checks: promtool check/test of the Prometheus rules, the Grafana dashboard's JSON, the
+## runbook anchors (docs/monitoring.md). That their metrics exist is node/tests/monitoring.rs.
+monitoring-test: deps
+	@scripts/install-deps.sh --monitoring
+	scripts/monitoring-test.sh
 
 gate:
 	$(CARGO) fmt --all --check

@@ -12,6 +12,9 @@
 # With --fuzz it also installs cargo-fuzz (pinned; scripts/fuzz-ci.sh, docs/fuzzing.md), built from
 # crates.io with the project's toolchain; it drives libFuzzer on stable (`-s none`: no sanitizer,
 # so no nightly), and libfuzzer-sys compiles libFuzzer's C++ with the same compiler as RocksDB.
+# With --monitoring it also installs Debian's prometheus package when no `promtool` is on PATH (it
+# ships promtool, which scripts/monitoring-test.sh runs on terraform/monitoring/prometheus/) and
+# python3 (the dashboard's JSON check).
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
@@ -30,6 +33,10 @@ if [[ "${1:-}" == "--bench" ]]; then
   command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+fi
+if [[ "${1:-}" == "--monitoring" ]]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
 fi
 terraform_tests=0
 [[ "${1:-}" == "--terraform" || "${1:-}" == "--checkov" ]] && terraform_tests=1

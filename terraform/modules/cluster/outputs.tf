@@ -66,3 +66,11 @@ output "admins" {
   description = "The principals that are cluster admins from the start (issue their client certificates with `meridian certs client --name NAME`)."
   value       = var.auth.admins
 }
+
+output "prometheus_targets" {
+  description = "Prometheus file_sd target groups, one per node in name order: the node's HTTP address (it serves /metrics) with the labels `region`, `node` and `zone` that the dashboard and rules of terraform/monitoring expect (docs/monitoring.md). `jsonencode` it into a file_sd file."
+  value = [for name in sort(keys(local.nodes)) : {
+    targets = [local.sock[name].public_http]
+    labels  = { region = local.nodes[name].region, node = name, zone = local.nodes[name].zone }
+  }]
+}

@@ -68,6 +68,11 @@ run "renders_a_three_region_cluster" {
     condition     = output.client_endpoints["us-east"].quic == "127.0.0.1:7460" && output.client_endpoints["us-east"].http == "https://127.0.0.1:7461" && length(output.client_endpoints["us-east"].nodes) == 3
     error_message = "client endpoints per region"
   }
+  assert {
+    # Node names sort ap-south-n1..3, eu-west-n1..3, us-east-n1..3; us-east-n1 has index 6 (http 7401 + 60).
+    condition     = length(output.prometheus_targets) == 9 && jsonencode(output.prometheus_targets[6]) == jsonencode({ labels = { node = "us-east-n1", region = "us-east", zone = "us-east-a" }, targets = ["127.0.0.1:7461"] })
+    error_message = "a Prometheus file_sd target per node: its HTTP address, labelled with region, node and zone"
+  }
 }
 
 run "renders_the_users_document" {
@@ -141,6 +146,10 @@ run "explicit_nodes_behind_nat_with_links" {
   assert {
     condition     = output.certificate_identities["eu1"].hosts == tolist(["203.0.113.1", "eu.example.net", "localhost"]) && output.client_endpoints["eu-west"].quic == "eu.example.net:7400" && output.client_endpoints["eu-west"].server_name == "eu.example.net"
     error_message = "the region endpoint is a certificate host and the client endpoint"
+  }
+  assert {
+    condition     = jsonencode(output.prometheus_targets[0]) == jsonencode({ labels = { node = "eu1", region = "eu-west", zone = "eu-west-1a" }, targets = ["203.0.113.1:7401"] })
+    error_message = "Prometheus scrapes a node at its own address, not at listen_address"
   }
   assert {
     condition     = jsondecode(output.residency_rules_json) == { format = 1, rules = [] }
