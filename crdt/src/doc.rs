@@ -354,6 +354,12 @@ fn put_json(
                 insert_json(tx, &child, index, item)?;
             }
         }
+        // Strings become automerge text, as automerge 2+/3 JavaScript apps write and expect them
+        // (a scalar string there is an immutable `RawString`, not editable text).
+        J::String(text) => {
+            let child = tx.put_object(obj, prop, ObjType::Text)?;
+            tx.splice_text(&child, 0, 0, text)?;
+        }
         scalar => tx.put(obj, prop, json_scalar(scalar))?,
     }
     Ok(())
@@ -379,6 +385,10 @@ fn insert_json(
                 insert_json(tx, &child, i, item)?;
             }
         }
+        J::String(text) => {
+            let child = tx.insert_object(list, index, ObjType::Text)?;
+            tx.splice_text(&child, 0, 0, text)?;
+        }
         scalar => tx.insert(list, index, json_scalar(scalar))?,
     }
     Ok(())
@@ -394,8 +404,7 @@ fn json_scalar(value: &serde_json::Value) -> ScalarValue {
             (None, Some(u)) => ScalarValue::Uint(u),
             _ => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
         },
-        J::String(s) => ScalarValue::Str(s.as_str().into()),
-        J::Array(_) | J::Object(_) => unreachable!("containers are handled by the caller"),
+        J::Array(_) | J::Object(_) | J::String(_) => unreachable!("containers and text are handled by the caller"),
     }
 }
 
@@ -447,6 +456,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn doc_put_writes_strings_as_automerge_text() {
+        use automerge::ReadDoc as _;
+        let node = NodeId(42);
+        let mut doc = DocCrdt::default();
+        doc.join(&doc.put_root_delta(node, &json!({"title": "hello", "tags": ["a"], "n": 1})).unwrap());
+        let view = doc.materialize().unwrap();
+        let (title, title_id) = view.0.get(ROOT, "title").unwrap().unwrap();
+        assert!(matches!(title, automerge::Value::Object(ObjType::Text)), "{title:?}");
+        assert_eq!(view.0.text(&title_id).unwrap(), "hello");
+        let (tags, tags_id) = view.0.get(ROOT, "tags").unwrap().unwrap();
+        assert!(matches!(tags, automerge::Value::Object(ObjType::List)), "{tags:?}");
+        let (tag, _) = view.0.get(&tags_id, 0).unwrap().unwrap();
+        assert!(matches!(tag, automerge::Value::Object(ObjType::Text)), "list items too: {tag:?}");
+        assert!(matches!(view.0.get(ROOT, "n").unwrap().unwrap().0, automerge::Value::Scalar(_)));
+        // Read back as JSON, text is a string again.
+        assert_eq!(view.to_json().unwrap(), json!({"title": "hello", "tags": ["a"], "n": 1}));
     }
 
     #[test]
