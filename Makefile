@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test terraform-test monitoring-test gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
+.PHONY: run region test terraform-test monitoring-test interop-deps gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -16,7 +16,7 @@ region: deps
 
 ## The whole gate: formatting, lints (warnings are errors), docs, the Terraform and monitoring checks,
 ## every test, then every fuzz target for 15 s (FUZZ_SECONDS) from its corpus (the fuzz-ci step below).
-test: deps gate terraform-test monitoring-test
+test: deps interop-deps gate terraform-test monitoring-test
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 	scripts/fuzz-ci.sh
@@ -41,6 +41,10 @@ gate:
 
 deps:
 	@scripts/install-deps.sh
+
+## Node.js, npm and the pinned @automerge/automerge for node/tests/automerge_interop.rs.
+interop-deps:
+	@scripts/install-deps.sh --interop
 
 ## Benchmark: 32 clients writing then reading 100-byte registers, against a raw RocksDB loop.
 bench: deps

@@ -15,6 +15,8 @@
 # With --monitoring it also installs Debian's prometheus package when no `promtool` is on PATH (it
 # ships promtool, which scripts/monitoring-test.sh runs on terraform/monitoring/prometheus/) and
 # python3 (the dashboard's JSON check).
+# With --interop it also installs Node.js and npm (Debian's) and the pinned @automerge/automerge of
+# node/tests/interop (npm ci, from its package-lock.json) for node/tests/automerge_interop.rs.
 set -euo pipefail
 
 CARGO_FUZZ_VERSION=0.13.2
@@ -37,6 +39,10 @@ fi
 if [[ "${1:-}" == "--monitoring" ]]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
+fi
+if [[ "${1:-}" == "--interop" ]]; then
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 terraform_tests=0
 [[ "${1:-}" == "--terraform" || "${1:-}" == "--checkov" ]] && terraform_tests=1
@@ -85,4 +91,13 @@ fi
 if [[ "${1:-}" == "--fuzz" ]] && [[ $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
   echo "installing: cargo-fuzz $CARGO_FUZZ_VERSION" >&2
   cargo install --locked --quiet cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+# The automerge JavaScript side of the interop test (--interop): installed once, from the lock file.
+if [[ "${1:-}" == "--interop" ]]; then
+  interop="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node/tests/interop"
+  if [[ ! -d "$interop/node_modules/@automerge/automerge" ]]; then
+    echo "installing @automerge/automerge for the interop test (npm ci in $interop)" >&2
+    (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
 fi
