@@ -9,6 +9,12 @@ use meridian_server::config::Config;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// mimalloc rather than glibc's malloc: measured 10 % more requests per second for 16 % less CPU,
+/// at about 125 MiB more resident memory under load (docs/benchmarks.md, "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian: a geo-replicated CRDT database", propagate_version = true)]
 struct Cli {
