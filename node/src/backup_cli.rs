@@ -395,7 +395,8 @@ fn restore_into(dir: &Path, manifest: &Manifest, data_dir: &Path, replace: bool)
     bar.finish_and_clear();
     let engine = RocksEngine::open(&db, RocksOptions::default()).context("opening the restored store")?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let adopted = adopt_restored_store(&engine, replace, now_ms).context("adopting the restored store")?;
+    let adopted =
+        adopt_restored_store(&engine, replace, now_ms, &manifest.region).context("adopting the restored store")?;
     if adopted.old_id != manifest.node_id {
         bail!("the restored store is node {}'s, the manifest names {}", adopted.old_id, manifest.node_id);
     }

@@ -92,6 +92,12 @@ async fn a_restored_backup_holds_what_was_acknowledged_before_it_and_runs_under_
     let selector = Selector { backup: Some(first.manifest.id.clone()), node: None };
     let done = restore(&backups, &selector, &restored_dir, false).unwrap();
     assert_ne!(done.new_id, old_id, "a restored node must never reuse the backed-up node's log");
+    // Only a node of the backup's region may open it (data residency).
+    let mut elsewhere = config(&restored_dir);
+    elsewhere.region = "eu-west".into();
+    let refused =
+        meridian_server::serve::start(elsewhere).await.err().expect("a node of another region refuses the store");
+    assert!(format!("{refused:#}").contains("restored from a backup taken in region"), "{refused:#}");
     let running = start_rocks(config(&restored_dir)).await;
     assert_eq!(running.node.id(), done.new_id);
     let client = connect(&running).await;

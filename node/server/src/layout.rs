@@ -107,6 +107,10 @@ pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
 /// Meta key of this node's view of the cluster membership (`meridian_replication::Membership`).
 pub const META_MEMBERSHIP: &[u8] = b"membership";
 
+/// Meta key written by `meridian restore`: the region the backup was taken in (UTF-8). A node of
+/// another region refuses to open the store (its keys may not live there).
+pub const META_RESTORED_REGION: &[u8] = b"restored/region";
+
 /// Meta key of the residency rule set (`meridian_replication::residency::RuleSet`).
 pub const RESIDENCY_RULES_KEY: &[u8] = b"residency/rules";
 /// Meta prefix of the backfill coverage per (rule, partition): `[rule: u32 BE][partition: u16 BE]`

@@ -22,7 +22,7 @@ use crate::region::coordinator::Coordinator;
 use crate::region::hints::Hints;
 use crate::region::sync_threads::SyncThreads;
 use crate::replica::Replica;
-use crate::storage::{Durability, Engine, RocksEngine, RocksOptions};
+use crate::storage::{Durability, Engine, RocksEngine, RocksOptions, Space};
 use crate::store::sync_store::EngineSyncStore;
 
 /// Idempotency records examined per upkeep tick.
@@ -110,6 +110,14 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     crate::metrics_export::prometheus();
     let tls = crate::tls::ensure_certificate(&config)?;
     let server_config = crate::tls::client_server_config(&tls, &config)?;
+    if let Some(region) = engine.get(Space::Meta, crate::layout::META_RESTORED_REGION)? {
+        let region = String::from_utf8_lossy(&region);
+        anyhow::ensure!(
+            region == config.region,
+            "this data directory was restored from a backup taken in region {region:?}, and this node is in region {:?}: its keys may not live here (data residency); restore it into a node of region {region:?}",
+            config.region
+        );
+    }
     let replica = Replica::open(config.clone(), engine).context("opening the node state")?;
     // One revocation list for peers and client certificates alike.
     let revoked = match &config.peer.revoked {

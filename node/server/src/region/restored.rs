@@ -41,8 +41,14 @@ pub enum RestoreError {
 }
 
 /// Gives the store a fresh node id and, with `replace`, marks the old one removed; `now_ms` stamps
-/// the removal.
-pub fn adopt_restored_store(engine: &dyn Engine, replace: bool, now_ms: u64) -> Result<Adopted, RestoreError> {
+/// the removal. Records `region`, the backup's, so that only a node of that region opens the store
+/// (`serve` checks: data residency).
+pub fn adopt_restored_store(
+    engine: &dyn Engine,
+    replace: bool,
+    now_ms: u64,
+    region: &str,
+) -> Result<Adopted, RestoreError> {
     let Some(bytes) = engine.get(Space::Meta, layout::META_NODE_ID)? else {
         return Err(RestoreError::NotANodeStore(
             "the backup holds no node id: it is not a Meridian node's store".into(),
@@ -57,6 +63,7 @@ pub fn adopt_restored_store(engine: &dyn Engine, replace: bool, now_ms: u64) -> 
     };
     let mut batch = Batch::default();
     batch.put(Space::Meta, layout::META_NODE_ID, new_id.0.to_be_bytes().to_vec());
+    batch.put(Space::Meta, layout::META_RESTORED_REGION, region.as_bytes().to_vec());
     let mut removed_old = false;
     if replace {
         if let Some(bytes) = engine.get(Space::Meta, layout::META_MEMBERSHIP)? {
@@ -124,7 +131,7 @@ mod tests {
     #[test]
     fn a_restored_store_never_runs_under_the_backed_up_id() {
         let engine = store_of(7, Some(MemberState::Active));
-        let adopted = adopt_restored_store(&engine, false, 1_000).unwrap();
+        let adopted = adopt_restored_store(&engine, false, 1_000, "eu").unwrap();
         assert_eq!(adopted.old_id, NodeId(7));
         assert_ne!(adopted.new_id, NodeId(7));
         let stored = decode_u64_be(&engine.get(Space::Meta, layout::META_NODE_ID).unwrap().unwrap()).unwrap();
@@ -138,7 +145,7 @@ mod tests {
     fn replace_marks_only_the_backed_up_node_removed() {
         for state in [MemberState::Joining, MemberState::Active, MemberState::Draining] {
             let engine = store_of(7, Some(state));
-            let adopted = adopt_restored_store(&engine, true, 1_000).unwrap();
+            let adopted = adopt_restored_store(&engine, true, 1_000, "eu").unwrap();
             assert!(adopted.removed_old, "from {state:?}");
             let membership = membership_of(&engine);
             assert_eq!(membership.get(NodeId(7)).unwrap().state, MemberState::Removed, "from {state:?}");
@@ -149,6 +156,6 @@ mod tests {
     #[test]
     fn a_store_without_a_node_id_is_refused() {
         let engine = MemoryEngine::new();
-        assert!(matches!(adopt_restored_store(&engine, true, 1), Err(RestoreError::NotANodeStore(_))));
+        assert!(matches!(adopt_restored_store(&engine, true, 1, "eu"), Err(RestoreError::NotANodeStore(_))));
     }
 }
