@@ -184,22 +184,9 @@ async fn a_node_without_files_refuses_a_backup() {
 /// peers by anti-entropy, and its own new writes reach them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_node_is_replaced_from_its_backup_and_catches_up() {
-    use common::{free_udp_addr, region_config, wait_for_region};
-    use meridian_client::{Client, ClusterOp, Consistency, Value};
-    use meridian_server::serve::{start, RunningNode};
-    async fn client(node: &RunningNode) -> Client {
-        bounded(
-            "connect",
-            Client::builder()
-                .endpoint(node.client_addr.to_string())
-                .ca_cert_file(&node.cert_path)
-                .max_retries(0)
-                .default_consistency(Consistency::Eventual)
-                .connect(),
-        )
-        .await
-        .unwrap()
-    }
+    use common::{eventual_client as client, free_udp_addr, region_config, wait_for_region};
+    use meridian_client::{Client, ClusterOp, Value};
+    use meridian_server::serve::start;
     async fn holds(client: &Client, key: &str, value: &str) -> bool {
         matches!(client.get(key).await, Ok(Some(Value::Register(Some(v)))) if v == value.as_bytes())
     }

@@ -7,24 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, free_udp_addr, region_config, wait_for_region};
-use meridian_client::{Client, ClusterOp, Consistency, ErrorCode, Value};
+use common::{bounded, eventual_client as client, free_udp_addr, region_config, wait_for_region};
+use meridian_client::{ClusterOp, ErrorCode, Value};
 use meridian_server::certs::generate_ca;
-use meridian_server::serve::{start, RunningNode};
-
-async fn client(node: &RunningNode) -> Client {
-    bounded(
-        "connect",
-        Client::builder()
-            .endpoint(node.client_addr.to_string())
-            .ca_cert_file(&node.cert_path)
-            .max_retries(0)
-            .default_consistency(Consistency::Eventual)
-            .connect(),
-    )
-    .await
-    .unwrap()
-}
+use meridian_server::serve::start;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_region() {

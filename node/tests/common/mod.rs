@@ -74,6 +74,22 @@ pub async fn connect(running: &RunningNode) -> Client {
     connect_with_retries(running, 0).await
 }
 
+/// An SDK client of `node` whose requests default to `eventual` and are never retried (the region
+/// tests read one replica's state and see each node's first answer).
+pub async fn eventual_client(node: &RunningNode) -> Client {
+    bounded(
+        "connect",
+        Client::builder()
+            .endpoint(node.client_addr.to_string())
+            .ca_cert_file(&node.cert_path)
+            .max_retries(0)
+            .default_consistency(proto::Consistency::Eventual)
+            .connect(),
+    )
+    .await
+    .expect("connect the SDK")
+}
+
 /// Shuts a node down, bounded.
 pub async fn shutdown(running: RunningNode) {
     bounded("shut the node down", running.shutdown()).await;
