@@ -6,24 +6,9 @@
 
 mod process;
 
+use process::cli_ok as ok;
+
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-fn meridian(endpoint: &str, data_dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(args)
-        .env("MERIDIAN_ENDPOINT", endpoint)
-        .env("MERIDIAN_CA_CERT", data_dir.join("tls/node.crt"))
-        .env("MERIDIAN_LOG", "warn")
-        .output()
-        .expect("run meridian")
-}
-
-fn ok(endpoint: &str, data_dir: &Path, args: &[&str]) -> String {
-    let out = meridian(endpoint, data_dir, args);
-    assert!(out.status.success(), "meridian {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The JavaScript side, with its automerge installed; a clear failure (never a skip) without it.
 fn interop_dir() -> PathBuf {

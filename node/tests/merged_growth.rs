@@ -10,14 +10,14 @@
 use meridian_client::{Client, Consistency, ErrorCode};
 use meridian_server::certs::generate_ca;
 use meridian_server::config::Config;
-use meridian_server::serve::{start, RunningNode};
+use meridian_server::serve::start;
 use meridian_wan::probe::NodeHttp;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 mod common;
-use common::{connect, free_udp_addr, region_config_in, shutdown, wait_for_region};
+use common::{connect, free_udp_addr, region_config_in, restart, shutdown, wait_for_region};
 
 const REGIONS: [&str; 2] = ["us-east", "eu-west"];
 /// Requests are capped at 64 KiB; a write may leave a key with at most 40 KiB, so the merge of two
@@ -52,21 +52,6 @@ async fn grow_until_refused(client: &Client, prefix: &str) -> (BTreeSet<Vec<u8>>
             Err(e) => return (added, e),
         }
         assert!(added.len() < 100, "the set grew past the key cap");
-    }
-}
-
-/// Starts a node again on its data directory, once the previous run's last tasks have let go of it.
-async fn restart(config: &Config) -> RunningNode {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match start(config.clone()).await {
-            Ok(node) => return node,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!("restart: {e:#}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("restarting {}: {e:#}", config.node_name),
-        }
     }
 }
 

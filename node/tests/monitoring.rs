@@ -26,12 +26,14 @@ use meridian_client::proto::{ResidencyOp, RuleSpec};
 use meridian_client::{Client, Consistency, ErrorCode};
 use meridian_server::certs::generate_ca;
 use meridian_server::config::Config;
-use meridian_server::serve::{start, RunningNode};
+use meridian_server::serve::start;
 use meridian_wan::probe::NodeHttp;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 mod common;
-use common::{bounded, connect, free_udp_addr, raw_connect, region_config_in, shutdown, start_memory, wait_for_region};
+use common::{
+    bounded, connect, free_udp_addr, raw_connect, region_config_in, restart, shutdown, start_memory, wait_for_region,
+};
 
 /// Metrics the dashboard or the rules use that this test does not make a node export, and why.
 /// Each must still be the name of a metric in the server's source (checked), so that a typo in
@@ -349,21 +351,6 @@ fn node_config(dir: &Path, region: &str, name: &str, listen: SocketAddr, seeds: 
     config.peer.max_hints_per_node = 1;
     config.validate().expect("the test config is valid");
     config
-}
-
-/// Starts a node again on its data directory, once the previous run's last tasks let go of it.
-async fn restart(config: &Config) -> RunningNode {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match start(config.clone()).await {
-            Ok(node) => return node,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!("restart: {e:#}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("restarting {}: {e:#}", config.node_name),
-        }
-    }
 }
 
 /// The process' exposition text (every node here shares the recorder).

@@ -90,6 +90,22 @@ pub async fn eventual_client(node: &RunningNode) -> Client {
     .expect("connect the SDK")
 }
 
+/// Starts a node again on its data directory, once the previous run's last tasks have let go of it
+/// (RocksDB's lock), retrying for up to 20 s.
+pub async fn restart(config: &Config) -> RunningNode {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match meridian_server::serve::start(config.clone()).await {
+            Ok(node) => return node,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("restart: {e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("restarting {}: {e:#}", config.node_name),
+        }
+    }
+}
+
 /// Shuts a node down, bounded.
 pub async fn shutdown(running: RunningNode) {
     bounded("shut the node down", running.shutdown()).await;

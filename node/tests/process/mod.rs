@@ -67,3 +67,22 @@ pub async fn connect(addr: &str, data_dir: &Path) -> Client {
         .await
         .expect("connect")
 }
+
+/// Runs this build's `meridian` against the node at `endpoint`, trusting the certificate a
+/// self-signed node keeps in `data_dir` (quiet logs).
+pub fn cli(endpoint: &str, data_dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .env("MERIDIAN_ENDPOINT", endpoint)
+        .env("MERIDIAN_CA_CERT", data_dir.join("tls/node.crt"))
+        .env("MERIDIAN_LOG", "warn")
+        .output()
+        .expect("run meridian")
+}
+
+/// [`cli`] that must succeed; returns what it printed.
+pub fn cli_ok(endpoint: &str, data_dir: &Path, args: &[&str]) -> String {
+    let out = cli(endpoint, data_dir, args);
+    assert!(out.status.success(), "meridian {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
