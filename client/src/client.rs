@@ -37,6 +37,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Client {
     pub(crate) inner: Arc<Transport>,
+    /// The trace context every request of this handle carries (see [`Client::traced`]).
+    pub(crate) trace: Option<crate::proto::TraceContext>,
 }
 
 impl std::fmt::Debug for Client {
@@ -72,7 +74,23 @@ impl Client {
     }
 
     pub(crate) fn from_transport(inner: Arc<Transport>) -> Client {
-        Client { inner }
+        Client { inner, trace: None }
+    }
+
+    /// A handle on the same connections whose requests carry `trace` (a W3C trace context), so the
+    /// nodes' spans for them join the caller's trace. Cheap: clone one per traced operation.
+    /// Requests with a context are sent as `Request::V2`, which nodes before that version refuse
+    /// with `unsupported`; untraced handles send `V1`.
+    ///
+    /// ```no_run
+    /// use meridian_client::proto::TraceContext;
+    /// # async fn example(client: meridian_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let trace: TraceContext = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?;
+    /// client.traced(trace).counter("app/visits").incr(1).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn traced(&self, trace: crate::proto::TraceContext) -> Client {
+        Client { inner: self.inner.clone(), trace: Some(trace) }
     }
 
     fn ctx(&self) -> Ctx {
@@ -298,7 +316,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn raw(&self, request: RequestV1) -> Result<Reply, Error> {
-        self.inner.execute(request).await
+        self.inner.execute(request, self.trace).await
     }
 
     /// The endpoints as given to the builder: every region's, in declaration order (plain endpoints:

@@ -32,7 +32,7 @@ impl Ctx {
         let causal_token = self.session.as_ref().map(|token| lock(token).clone());
         let timeout_ms = self.client.inner.config.timeout_ms();
         let request = RequestV1 { consistency: self.consistency, causal_token, timeout_ms, op };
-        let reply = self.client.inner.execute(request).await?;
+        let reply = self.client.inner.execute(request, self.client.trace).await?;
         if let Some(token) = &self.session {
             lock(token).merge(&reply.causal_token);
         }

@@ -275,7 +275,11 @@ impl Transport {
     }
 
     /// Sends `request`, retrying per the configuration, and returns the node's reply.
-    pub(crate) async fn execute(self: &Arc<Self>, mut request: RequestV1) -> Result<Reply, Error> {
+    pub(crate) async fn execute(
+        self: &Arc<Self>,
+        mut request: RequestV1,
+        trace: Option<proto::TraceContext>,
+    ) -> Result<Reply, Error> {
         // One id for every attempt of this write, fixed before the first one.
         match &mut request.op {
             Operation::Write { idempotency_id, .. } | Operation::Delete { idempotency_id, .. } => {
@@ -284,7 +288,7 @@ impl Transport {
             _ => {}
         }
         let consistency = request.consistency;
-        let frame = proto::encode_frame(&Request::V1(request));
+        let frame = proto::encode_frame(&Request::new(request, trace));
         let body_len = frame.len() - 4;
         if body_len > self.config.max_frame_bytes {
             return Err(Error::invalid(format!(
@@ -504,8 +508,11 @@ impl Transport {
             let socket =
                 self.socket_for(addr).map_err(|e| Failed::network(format!("cannot bind a UDP socket: {e}")))?;
             let started = Instant::now();
-            let connecting = socket
-                .connect_with(self.config.quic.clone(), addr, &self.config.server_name)
+            // quinn runs a connection's driver task inside the span current when it is dialled:
+            // dial outside the application's span, which would otherwise stay open (and its trace
+            // unexported) for as long as the connection lives.
+            let dial = || socket.connect_with(self.config.quic.clone(), addr, &self.config.server_name);
+            let connecting = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), dial)
                 .map_err(|e| Failed::network(format!("{addr}: {e}")))?;
             last = match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(conn)) => {
@@ -552,7 +559,10 @@ impl Transport {
         if let Some(endpoint) = slot {
             return Ok(endpoint.clone());
         }
-        let endpoint = quinn::Endpoint::client(bind)?;
+        // Outside the caller's span, as for connections (see `dial`): the endpoint's driver lives on.
+        let endpoint = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            quinn::Endpoint::client(bind)
+        })?;
         *slot = Some(endpoint.clone());
         Ok(endpoint)
     }

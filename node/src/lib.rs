@@ -19,3 +19,4 @@ pub mod health;
 pub mod local_region;
 pub mod residency_apply;
 pub mod residency_cli;
+pub mod telemetry;

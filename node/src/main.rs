@@ -54,6 +54,10 @@ struct Connection {
     /// Per-attempt timeout.
     #[arg(long, global = true, default_value_t = 5000)]
     timeout_ms: u64,
+    /// A W3C trace context (`00-<trace id>-<span id>-<flags>`): the command's requests join that
+    /// trace, so its spans on every node it reaches can be found (docs/monitoring.md, "Traces").
+    #[arg(long, global = true, env = "TRACEPARENT")]
+    traceparent: Option<meridian_client::proto::TraceContext>,
 }
 
 #[derive(Subcommand)]
@@ -310,18 +314,24 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A node's configuration says where its traces go; it is read before the runtime starts (the
+    // trace exporter's HTTP client runs outside it).
+    let (telemetry, config) = match &cli.command {
+        Some(Command::Serve { config }) => {
+            let config = Config::load(config.as_deref())?;
+            (meridian_node::telemetry::init_node(&config)?, Some(config))
+        }
+        _ => (meridian_node::telemetry::init_logs(), None),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli, config));
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or_else(|| {
         Command::Demo(Box::new(meridian_node::demo::DemoArgs {
             command: None,
@@ -329,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }))
     });
     match command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { .. } => serve(node_config.expect("loaded before the runtime started")).await,
         Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline, auth } => {
             let endpoints = if endpoints.is_empty() { vec![cli.conn.endpoint.clone()] } else { endpoints };
             let options = meridian_node::bench::BenchOptions {
@@ -461,8 +471,7 @@ fn exit_with(code: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config_file.as_deref())?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     let running = meridian_server::serve::start(config).await?;
     println!(
         "meridian node {} serving: client protocol on {} (QUIC), HTTP on {}; trust {}{}",
@@ -565,6 +574,10 @@ async fn connect(conn: &Connection) -> anyhow::Result<(Client, Session)> {
     let client = builder.connect().await.with_context(|| {
         format!("connecting to {} (trusting {}); is `meridian serve` running?", conn.endpoint, conn.ca_cert.display())
     })?;
+    let client = match conn.traceparent {
+        Some(trace) => client.traced(trace),
+        None => client,
+    };
     let mut session: Session = match &conn.token {
         Some(token) => client.resume_session(token)?,
         None => client.session(),

@@ -14,7 +14,7 @@ use meridian_server::certs::{
 };
 use meridian_server::peer::{
     codes, PeerConnection, PeerEndpoint, PeerError, PeerHandler, PeerIdentity, PeerPool, PeerTlsConfig,
-    PeerTransportConfig, StreamRefusal, ALPN,
+    PeerTransportConfig, StreamRefusal, TraceContext, ALPN, ALPN_V2,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
@@ -42,11 +42,13 @@ fn tls_for(ca: &CaBundle, node: &NodeIdentity) -> PeerTlsConfig {
 struct Echo {
     me: String,
     seen: Mutex<Vec<PeerIdentity>>,
+    traces: Mutex<Vec<Option<TraceContext>>>,
 }
 
 impl PeerHandler for Echo {
-    async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
+    async fn handle(&self, peer: &PeerIdentity, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
         self.seen.lock().unwrap().push(peer.clone());
+        self.traces.lock().unwrap().push(trace);
         match request.as_slice() {
             b"big" => vec![7; 100 << 10],
             b"panic" => panic!("handler panic requested by the test"),
@@ -77,7 +79,11 @@ impl Node {
     async fn start(tls: PeerTlsConfig, config: PeerTransportConfig) -> Node {
         let endpoint = PeerEndpoint::bind("127.0.0.1:0".parse().unwrap(), tls, config).expect("bind");
         let addr = endpoint.local_addr().unwrap();
-        let handler = Arc::new(Echo { me: endpoint.identity().name.clone(), seen: Mutex::new(Vec::new()) });
+        let handler = Arc::new(Echo {
+            me: endpoint.identity().name.clone(),
+            seen: Mutex::new(Vec::new()),
+            traces: Mutex::new(Vec::new()),
+        });
         let shutdown = CancellationToken::new();
         let served = tokio::spawn({
             let (endpoint, handler, shutdown) = (endpoint.clone(), handler.clone(), shutdown.clone());
@@ -110,6 +116,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A bare quinn client speaking the peer ALPN, trusting `ca_pem`, presenting `identity` (or nothing).
 fn raw_client(ca_pem: &str, identity: Option<(&str, &str)>) -> quinn::Endpoint {
+    raw_client_speaking(ca_pem, identity, ALPN)
+}
+
+/// [`raw_client`] offering only the protocol version `alpn`.
+fn raw_client_speaking(ca_pem: &str, identity: Option<(&str, &str)>, alpn: &[u8]) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     for cert in pem_certs(ca_pem) {
         roots.add(cert).unwrap();
@@ -122,7 +133,7 @@ fn raw_client(ca_pem: &str, identity: Option<(&str, &str)>) -> quinn::Endpoint {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => builder.with_client_auth_cert(pem_certs(cert), pem_key(key)).unwrap(),
     };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -649,6 +660,55 @@ async fn certs_cli_round_trip() {
         assert_eq!(conn.request(b"x".to_vec(), TIMEOUT).await.unwrap(), b"n2 saw n1/eu-west/eu-west-1a: x");
         n1.stop().await;
         n2.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peers_negotiate_the_newest_version_and_still_serve_the_previous_one() {
+    bounded(async {
+        let ca = generate_ca("alpha").unwrap();
+        let b = Node::start(tls_for(&ca, &identity("alpha", "us", "us-1", "node-b")), Default::default()).await;
+        let a = Node::start(tls_for(&ca, &identity("alpha", "eu", "eu-1", "node-a")), Default::default()).await;
+
+        // Two nodes of this release speak version 2; outside any span, no context is sent.
+        let conn = a.endpoint.connect(b.addr, Some("node-b")).await.unwrap();
+        assert_eq!(conn.version(), 2);
+        assert_eq!(conn.request(b"v2".to_vec(), TIMEOUT).await.unwrap(), b"node-b saw node-a/eu/eu-1: v2");
+        assert_eq!(b.handler.traces.lock().unwrap().pop(), Some(None));
+
+        // A node of the previous release offers only version 1: served, with frames as they were.
+        let c_tls = tls_for(&ca, &identity("alpha", "eu", "eu-2", "node-c"));
+        let v1 = raw_client_speaking(&ca.cert_pem, Some((&c_tls.cert_pem, &c_tls.key_pem)), ALPN);
+        let connection = v1.connect(b.addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&frame(b"v1")).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(&recv.read_to_end(1 << 20).await.unwrap()[4..], b"node-b saw node-c/eu/eu-2: v1");
+        assert_eq!(b.handler.traces.lock().unwrap().pop(), Some(None));
+
+        // Version 2 by hand: the stream header's trace context reaches the handler.
+        let v2 = raw_client_speaking(&ca.cert_pem, Some((&c_tls.cert_pem, &c_tls.key_pem)), ALPN_V2);
+        let connection = v2.connect(b.addr, "localhost").unwrap().await.unwrap();
+        let trace = TraceContext { trace_id: [3; 16], parent_span_id: [4; 8], flags: 1 };
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&meridian_server::peer::endpoint::stream_header(Some(&trace))).await.unwrap();
+        send.write_all(&frame(b"traced")).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(&recv.read_to_end(1 << 20).await.unwrap()[4..], b"node-b saw node-c/eu/eu-2: traced");
+        assert_eq!(b.handler.traces.lock().unwrap().pop(), Some(Some(trace)));
+        // A header of another length, or with an all-zero trace id, is refused on its stream only.
+        for header in [vec![7u8, 1, 2, 3, 4, 5, 6, 7], [&[25u8][..], &[0; 25]].concat()] {
+            let (mut send, mut recv) = connection.open_bi().await.unwrap();
+            send.write_all(&header).await.unwrap();
+            send.write_all(&frame(b"bad")).await.unwrap();
+            let _ = send.finish();
+            assert_eq!(reset_code(&mut recv).await, u64::from(codes::STREAM_BAD_HEADER));
+        }
+        assert!(connection.close_reason().is_none(), "a bad header closes only its stream");
+
+        a.stop().await;
+        b.stop().await;
     })
     .await;
 }

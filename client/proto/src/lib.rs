@@ -17,10 +17,10 @@
 //!
 //! | items | what |
 //! |---|---|
-//! | [`Request`], [`RequestV1`], [`Operation`], [`ClusterOp`], [`ResidencyOp`] | what a client asks |
+//! | [`Request`], [`RequestV1`], [`RequestV2`], [`Operation`], [`ClusterOp`], [`ResidencyOp`] | what a client asks |
 //! | [`Response`], [`Reply`], [`ReplyBody`] and its reports | what a node answers |
 //! | [`ErrorReply`], [`ErrorCode`] | failures, shared with the HTTP API, and whether a retry is safe |
-//! | [`Key`], [`Consistency`], [`CausalToken`], [`IdempotencyId`] | request parameters |
+//! | [`Key`], [`Consistency`], [`CausalToken`], [`IdempotencyId`], [`TraceContext`] | request parameters |
 //! | [`Rule`], [`RuleSpec`] | data-residency rules |
 //! | [`auth`]: [`AuthOp`], [`AuthReport`], [`Role`] | authentication, users, roles, tokens |
 //! | [`encode_frame`], [`decode_frame_body`], [`FrameError`] | framing |
@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod trace;
 
 use base64::Engine as _;
 use meridian_crdt::{codec, CrdtType, Mutation, NodeId, Value, VersionVector};
@@ -55,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthOp, AuthReport, Role};
 pub use meridian_crdt::codec::CodecError;
+pub use trace::{TraceContext, TraceparentError};
 
 /// ALPN protocol id of the native client protocol.
 pub const ALPN: &[u8] = b"meridian-client/1";
@@ -270,6 +272,36 @@ impl IdempotencyId {
 pub enum Request {
     /// Version 1.
     V1(RequestV1),
+    /// Version 2: a version-1 request with the caller's trace context. Clients send it only when
+    /// they have a context, so untraced requests still reach nodes that know only `V1`.
+    V2(RequestV2),
+}
+
+impl Request {
+    /// A request, as `V2` when it carries a trace context.
+    pub fn new(request: RequestV1, trace: Option<TraceContext>) -> Request {
+        match trace {
+            Some(trace) => Request::V2(RequestV2 { trace, request }),
+            None => Request::V1(request),
+        }
+    }
+
+    /// The request and its trace context, whatever the version.
+    pub fn into_parts(self) -> (RequestV1, Option<TraceContext>) {
+        match self {
+            Request::V1(request) => (request, None),
+            Request::V2(RequestV2 { trace, request }) => (request, Some(trace)),
+        }
+    }
+}
+
+/// A version-2 request: a [`RequestV1`] and where it sits in a distributed trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestV2 {
+    /// The caller's trace context (W3C `traceparent`).
+    pub trace: TraceContext,
+    /// The request.
+    pub request: RequestV1,
 }
 
 /// A version-1 request.
@@ -985,6 +1017,24 @@ mod tests {
         });
         // length 7 | format 1 | V1=0 | Some=1, Eventual=0 | None=0 | timeout 0 | Status=5
         assert_eq!(encode_frame(&request), vec![0, 0, 0, 7, 1, 0, 1, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn golden_traced_request_frame() {
+        let status = RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op: Operation::Status };
+        // Without a context the request stays V1, which every node version reads.
+        assert_eq!(Request::new(status.clone(), None), Request::V1(status.clone()));
+        let trace = TraceContext { trace_id: [0xab; 16], parent_span_id: [0xcd; 8], flags: 1 };
+        let request = Request::new(status.clone(), Some(trace));
+        // length 31 | format 1 | V2=1 | trace id (16) | span id (8) | flags 1 | V1 body: None, None, 0, Status=5
+        let mut expected = vec![0, 0, 0, 31, 1, 1];
+        expected.extend([0xab; 16]);
+        expected.extend([0xcd; 8]);
+        expected.extend([1, 0, 0, 0, 5]);
+        let frame = encode_frame(&request);
+        assert_eq!(frame, expected);
+        let decoded = decode_frame_body::<Request>(&frame[4..], 1 << 20).unwrap();
+        assert_eq!(decoded.into_parts(), (status, Some(trace)));
     }
 
     #[test]

@@ -48,6 +48,30 @@ pub struct Config {
     pub peer: PeerConfig,
     /// Client authentication and roles (`docs/security.md`).
     pub auth: AuthConfig,
+    /// Traces: where to export spans, how many to keep (`docs/monitoring.md`, "Traces").
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// Traces exported over OTLP. Without an endpoint, spans are not recorded, but every request still
+/// gets a trace id (its caller's, or a new one) that its log lines carry and that peers receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP collector's base URL (spans go to `<it>/v1/traces`, protobuf), e.g.
+    /// `http://127.0.0.1:4318`. `OTEL_EXPORTER_OTLP_ENDPOINT` sets it too when this is unset.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of requests that start a trace here (no `traceparent`, or one whose caller does not
+    /// sample) that are recorded and exported; a caller's sampling decision is always followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig { otlp_endpoint: None, sample_ratio: 0.01, service_name: "meridian".into() }
+    }
 }
 
 /// Client authentication: who may connect, and who administers the cluster from the start.
@@ -322,6 +346,7 @@ impl Default for Config {
             clock_offset_ms: 0,
             peer: PeerConfig::default(),
             auth: AuthConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -503,10 +528,30 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "set both tls.cert and tls.key, or neither".into());
         }
+        self.validate_tracing()?;
         self.validate_auth()
     }
 
     /// Authentication: a CA when it is on, and never off beyond loopback unless said explicitly.
+    fn validate_tracing(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
+        let tracing = &self.tracing;
+        if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+            return invalid("tracing.sample_ratio", format!("{} is not between 0 and 1", tracing.sample_ratio));
+        }
+        if let Some(endpoint) = &tracing.otlp_endpoint {
+            // Plain HTTP: spans go to a collector beside the node (an agent on the host or pod), which
+            // forwards them on; the exporter carries no TLS stack of its own.
+            if !endpoint.starts_with("http://") {
+                return invalid("tracing.otlp_endpoint", format!("{endpoint:?} is not an http:// URL"));
+            }
+        }
+        if tracing.service_name.is_empty() {
+            return invalid("tracing.service_name", "must not be empty".into());
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
         for admin in &self.auth.admins {

@@ -34,6 +34,7 @@ pub mod residency;
 pub mod serve;
 pub mod storage;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 #[cfg(test)]

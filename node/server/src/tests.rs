@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// Bottom-up: a module may name modules of its own layer or of the layers before it.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("foundation", &["config", "certs", "metrics_export", "tls"]),
+    ("foundation", &["config", "certs", "metrics_export", "telemetry", "tls"]),
     ("storage", &["storage"]),
     ("layout", &["layout"]),
     ("policy", &["residency", "auth"]),

@@ -82,9 +82,24 @@ impl NodeHttp {
         bearer: Option<&str>,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String)> {
+        let authorization = bearer.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = authorization.iter().map(|value| ("Authorization", value.as_str())).collect();
+        self.request_with_headers(addr, method, path, &headers, body).await
+    }
+
+    /// `METHOD path` with extra `headers` (name, value) and an optional JSON body: the status code
+    /// and the body (bounded by 10 s).
+    pub async fn request_with_headers(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(token) = bearer {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         let body = body.unwrap_or_default();
         if !body.is_empty() {

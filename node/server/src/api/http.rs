@@ -14,7 +14,8 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use meridian_client::proto::{
-    AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody, RequestV1,
+    AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody,
+    RequestV1, TraceContext,
 };
 use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 use serde::Deserialize;
@@ -221,6 +222,8 @@ struct Common {
     token: Option<CausalToken>,
     timeout_ms: u32,
     caller: Caller,
+    /// The caller's W3C trace context (`traceparent`).
+    trace: Option<TraceContext>,
 }
 
 /// Who an HTTPS connection acts as: the client named in its certificate, if it presented one from
@@ -270,7 +273,20 @@ fn common(caller: Caller, query: &CommonQuery, headers: &HeaderMap) -> Result<Co
                 .map_err(|e| bad(e.to_string()))?,
         ),
     };
-    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller })
+    Ok(Common { consistency, token, timeout_ms: query.timeout_ms.unwrap_or(0), caller, trace: traceparent(headers) })
+}
+
+/// The request's `traceparent` header. One that does not parse is ignored and the request starts a
+/// new trace, as the W3C recommendation asks of a receiver (a tracing mistake never fails a write).
+fn traceparent(headers: &HeaderMap) -> Option<TraceContext> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    match value.parse() {
+        Ok(trace) => Some(trace),
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring a malformed traceparent header");
+            None
+        }
+    }
 }
 
 /// The idempotency id of a request's `idempotency-key` header, scoped to the caller's principal (as
@@ -294,7 +310,7 @@ fn idempotency_id(headers: &HeaderMap, caller: &Caller) -> Result<Option<Idempot
 async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {
     let request =
         RequestV1 { consistency: common.consistency, causal_token: common.token, timeout_ms: common.timeout_ms, op };
-    node.execute_as(request, &common.caller).await.map_err(ApiError)
+    node.execute_traced(request, common.trace.as_ref(), &common.caller).await.map_err(ApiError)
 }
 
 fn key_of(namespace: String, key: String) -> Result<Key, ApiError> {

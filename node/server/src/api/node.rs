@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use meridian_client::proto::{
     BackupOp, CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody,
-    Request, RequestV1, ResidencyOp, Response,
+    Request, RequestV1, ResidencyOp, Response, TraceContext,
 };
 use meridian_crdt::{Entry, NodeId, VersionVector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
 use crate::api::backup_admin::Backups;
 use crate::auth::{Auth, Caller};
@@ -142,31 +143,42 @@ impl Node {
 
     /// Executes a client's request frame of any supported version, as `caller`.
     pub async fn execute(self: &Arc<Self>, request: Request, caller: &Caller) -> Response {
-        match request {
-            Request::V1(request) => Response::V1(self.execute_as(request, caller).await),
-        }
+        let (request, trace) = request.into_parts();
+        Response::V1(self.execute_traced(request, trace.as_ref(), caller).await)
     }
 
     /// Executes a version-1 request of a client: authorization, admission, timeout, metrics, then
     /// the operation.
     pub async fn execute_as(self: &Arc<Self>, request: RequestV1, caller: &Caller) -> Result<Reply, ErrorReply> {
-        self.execute_routed(request, caller, false).await
+        self.execute_routed(request, None, caller, false).await
+    }
+
+    /// [`execute_as`](Self::execute_as) for a request that is part of the caller's trace `trace`
+    /// (HTTP `traceparent`, native `Request::V2`).
+    pub async fn execute_traced(
+        self: &Arc<Self>,
+        request: RequestV1,
+        trace: Option<&TraceContext>,
+        caller: &Caller,
+    ) -> Result<Reply, ErrorReply> {
+        self.execute_routed(request, trace, caller, false).await
     }
 
     /// Executes a request in-process with every permission (tests, tools linked into the node).
     pub async fn execute_v1(self: &Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
-        self.execute_routed(request, &Caller::Open, false).await
+        self.execute_routed(request, None, &Caller::Open, false).await
     }
 
     /// Executes a request another node forwarded here: coordinated here even if this node's view of
     /// placement disagrees (a forward is never forwarded again, so views in flux cannot loop).
     pub async fn execute_forwarded(self: Arc<Self>, request: RequestV1) -> Result<Reply, ErrorReply> {
-        self.execute_routed(request, &Caller::Forwarded, true).await
+        self.execute_routed(request, None, &Caller::Forwarded, true).await
     }
 
     async fn execute_routed(
         self: &Arc<Self>,
         request: RequestV1,
+        trace: Option<&TraceContext>,
         caller: &Caller,
         forwarded: bool,
     ) -> Result<Reply, ErrorReply> {
@@ -174,10 +186,14 @@ impl Node {
         let level = self.level_name(&request);
         let hop = if forwarded { "forwarded" } else { "client" };
         let started = Instant::now();
+        let span = crate::telemetry::request_span(op_name, level, hop, trace);
         let result = match self.authorize(caller, &request.op) {
-            Ok(()) => self.admit_and_run(request, caller, forwarded).await,
+            Ok(()) => self.admit_and_run(request, caller, forwarded).instrument(span.clone()).await,
             Err(refused) => Err(refused),
         };
+        if let Err(e) = &result {
+            crate::telemetry::record_failure(&span, e.code.name());
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.name(),

@@ -12,10 +12,11 @@ use crate::layout::PARTITIONS;
 use crate::peer::protocol::{
     PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest, PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
 };
-use crate::peer::{PeerHandler, PeerIdentity};
+use crate::peer::{PeerHandler, PeerIdentity, TraceContext};
 use crate::region::cluster::{Cluster, MergeRefused};
 use crate::storage::Space;
 use crate::store::sync_store::EngineSyncStore;
+use tracing::Instrument as _;
 
 /// Serves every peer request of one node.
 #[derive(Clone)]
@@ -33,7 +34,12 @@ impl PeerService {
         PeerService { node, cluster, store, sync }
     }
 
-    async fn answer(&self, peer: &PeerIdentity, request: &[u8]) -> Result<PeerReplyV1, PeerRefusal> {
+    async fn answer(
+        &self,
+        peer: &PeerIdentity,
+        trace: Option<TraceContext>,
+        request: &[u8],
+    ) -> Result<PeerReplyV1, PeerRefusal> {
         let PeerRequest::V1 { from, message } =
             codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if let Some(cluster) = &self.cluster {
@@ -45,6 +51,17 @@ impl PeerService {
             self.check_certified_region(cluster, peer, from, &message)?;
             cluster.heartbeat(from);
         }
+        let span = crate::telemetry::peer_span(message.kind(), &from, trace.as_ref());
+        self.serve_message(peer, from, message).instrument(span).await
+    }
+
+    /// Answers one decoded request of `from` (whose claims were checked).
+    async fn serve_message(
+        &self,
+        peer: &PeerIdentity,
+        from: NodeId,
+        message: PeerMessageV1,
+    ) -> Result<PeerReplyV1, PeerRefusal> {
         match message {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
             PeerMessageV1::Sync(message) => {
@@ -296,8 +313,8 @@ async fn blocking(
 }
 
 impl PeerHandler for PeerService {
-    async fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> Vec<u8> {
-        let answer = self.answer(peer, &request).await;
+    async fn handle(&self, peer: &PeerIdentity, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
+        let answer = self.answer(peer, trace, &request).await;
         if let Err(reason) = &answer {
             if let Some(label) = reason.claim_reason() {
                 metrics::counter!("meridian_peer_refused_total", "reason" => label).increment(1);

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::tls::{self, verify_connection};
 use super::{
     close_code, codes, connection_error, PeerError, PeerHandler, PeerIdentity, PeerTlsConfig, PeerTransportConfig,
-    StreamRefusal,
+    StreamRefusal, TraceContext, ALPN_V2,
 };
 use crate::certs::revocation::RevocationFile;
 use crate::certs::IdentityError;
@@ -117,7 +117,12 @@ impl PeerEndpoint {
         expected_name: Option<&str>,
     ) -> Result<PeerConnection, PeerError> {
         let inner = &self.inner;
-        let connecting = inner.endpoint.connect_with(inner.client.clone(), addr, server_name).map_err(|e| match e {
+        // quinn runs a connection's driver task inside the span current when it is dialled: dial
+        // outside any span, or the request that happened to dial (and its whole trace) would stay
+        // open for as long as the connection lives, and never be exported.
+        let dial = || inner.endpoint.connect_with(inner.client.clone(), addr, server_name);
+        let connecting = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), dial);
+        let connecting = connecting.map_err(|e| match e {
             quinn::ConnectError::EndpointStopping => PeerError::Closed,
             quinn::ConnectError::InvalidServerName(name) => {
                 PeerError::Config(format!("{name:?} is not a valid server name"))
@@ -145,6 +150,7 @@ impl PeerEndpoint {
             };
         tracing::debug!(%addr, %peer, "peer connection established");
         Ok(PeerConnection {
+            version: negotiated_version(&connection),
             connection,
             peer: Arc::new(peer),
             max_frame_bytes: inner.config.max_frame_bytes,
@@ -268,6 +274,7 @@ async fn serve_connection<H: PeerHandler>(
     revoked: Option<Arc<RevocationFile>>,
 ) {
     metrics::gauge!("meridian_peer_connections").increment(1.0);
+    let version = negotiated_version(&connection);
     let streams = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -285,6 +292,7 @@ async fn serve_connection<H: PeerHandler>(
         streams.spawn(serve_stream(
             send,
             recv,
+            version,
             peer.clone(),
             handler.clone(),
             inflight.clone(),
@@ -308,9 +316,11 @@ fn refuse_stream(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, ref
     let _ = send.reset(code);
 }
 
+#[allow(clippy::too_many_arguments)] // one stream's parts, as its connection hands them over
 async fn serve_stream<H: PeerHandler>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    version: u8,
     peer: Arc<PeerIdentity>,
     handler: Arc<H>,
     inflight: Arc<Semaphore>,
@@ -319,6 +329,15 @@ async fn serve_stream<H: PeerHandler>(
 ) {
     let max = config.max_frame_bytes;
     let deadline = Instant::now() + config.request_read_timeout;
+    let trace = if version >= 2 {
+        match tokio::time::timeout_at(deadline, read_stream_header(&mut recv)).await {
+            Ok(Ok(trace)) => trace,
+            Ok(Err(refusal)) => return refuse_stream(&mut send, &mut recv, refusal),
+            Err(_) => return refuse_stream(&mut send, &mut recv, StreamRefusal::ReadTimeout),
+        }
+    } else {
+        None
+    };
     let mut header = [0u8; 4];
     match tokio::time::timeout_at(deadline, recv.read_exact(&mut header)).await {
         Ok(Ok(())) => {}
@@ -351,7 +370,7 @@ async fn serve_stream<H: PeerHandler>(
         Ok(Err(_)) => return,
         Err(_) => return refuse_stream(&mut send, &mut recv, StreamRefusal::ReadTimeout),
     }
-    let response = match AssertUnwindSafe(handler.handle(&peer, request)).catch_unwind().await {
+    let response = match AssertUnwindSafe(handler.handle(&peer, trace, request)).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!(peer = %peer, "peer request handler panicked");
@@ -373,6 +392,8 @@ async fn serve_stream<H: PeerHandler>(
 #[derive(Clone)]
 pub struct PeerConnection {
     connection: quinn::Connection,
+    /// The protocol version the handshake settled on (see [`super::ALPNS`]).
+    version: u8,
     peer: Arc<PeerIdentity>,
     max_frame_bytes: usize,
     revoked: Option<Arc<RevocationFile>>,
@@ -384,11 +405,17 @@ impl std::fmt::Debug for PeerConnection {
             .field("remote", &self.connection.remote_address())
             .field("peer", &self.peer)
             .field("open", &self.is_open())
+            .field("version", &self.version)
             .finish()
     }
 }
 
 impl PeerConnection {
+    /// The protocol version the handshake settled on (1 or 2, see [`super::ALPNS`]).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// The peer's identity, verified from its certificate.
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
@@ -445,8 +472,10 @@ impl PeerConnection {
             Ok(Err(e)) => return Err(connection_error(addr, &e)),
             Ok(Ok(streams)) => streams,
         };
-        let result = match tokio::time::timeout_at(deadline, exchange(addr, &mut send, &mut recv, &request, max)).await
-        {
+        // The caller's span, so that the peer's spans for this request join its trace.
+        let header = (self.version >= 2).then(|| stream_header(crate::telemetry::current().as_ref()));
+        let exchange = exchange(addr, &mut send, &mut recv, header.as_deref(), &request, max);
+        let result = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
             Err(_) => Err(PeerError::Timeout { after: timeout }),
         };
@@ -463,6 +492,7 @@ async fn exchange(
     addr: SocketAddr,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
+    header: Option<&[u8]>,
     request: &[u8],
     max: usize,
 ) -> Result<Vec<u8>, PeerError> {
@@ -481,6 +511,9 @@ async fn exchange(
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => connection_error(addr, &e),
         quinn::ReadExactError::ReadError(other) => PeerError::ConnectionLost(other.to_string()),
     };
+    if let Some(header) = header {
+        send.write_all(header).await.map_err(write_error)?;
+    }
     let len = u32::try_from(request.len()).expect("max_frame_bytes fits in u32");
     send.write_all(&len.to_be_bytes()).await.map_err(write_error)?;
     send.write_all(request).await.map_err(write_error)?;
@@ -494,4 +527,88 @@ async fn exchange(
     let mut response = vec![0u8; len];
     recv.read_exact(&mut response).await.map_err(read_error)?;
     Ok(response)
+}
+
+/// The protocol version a connection's handshake settled on: 2 for [`ALPN_V2`], else 1.
+fn negotiated_version(connection: &quinn::Connection) -> u8 {
+    let protocol = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol);
+    if protocol.as_deref() == Some(ALPN_V2) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Length of a stream header's trace context: trace id, parent span id, flags.
+const TRACE_HEADER_BYTES: u8 = 16 + 8 + 1;
+
+/// The header a version-2 request stream starts with: one length byte, then the caller's trace
+/// context (W3C binary layout: trace id, span id, flags) or nothing. Fixed-size fields, so there is
+/// nothing to decode beyond a length that is one of two values.
+pub fn stream_header(trace: Option<&TraceContext>) -> Vec<u8> {
+    match trace {
+        None => vec![0],
+        Some(trace) => {
+            let mut header = Vec::with_capacity(1 + usize::from(TRACE_HEADER_BYTES));
+            header.push(TRACE_HEADER_BYTES);
+            header.extend_from_slice(&trace.trace_id);
+            header.extend_from_slice(&trace.parent_span_id);
+            header.push(trace.flags);
+            header
+        }
+    }
+}
+
+/// Decodes a [`stream_header`] body of `len` bytes; `None` when it is neither of the two lengths
+/// or carries all-zero ids.
+pub fn decode_stream_header(body: &[u8]) -> Option<Option<TraceContext>> {
+    match body.len() {
+        0 => Some(None),
+        len if len == usize::from(TRACE_HEADER_BYTES) => {
+            let trace = TraceContext {
+                trace_id: body[..16].try_into().ok()?,
+                parent_span_id: body[16..24].try_into().ok()?,
+                flags: body[24],
+            };
+            trace.is_valid().then_some(Some(trace))
+        }
+        _ => None,
+    }
+}
+
+/// Reads a version-2 stream header (see [`stream_header`]).
+async fn read_stream_header(recv: &mut quinn::RecvStream) -> Result<Option<TraceContext>, StreamRefusal> {
+    let read = |e: quinn::ReadExactError| match e {
+        quinn::ReadExactError::FinishedEarly(_) => StreamRefusal::Truncated,
+        _ => StreamRefusal::Other(u64::from(codes::STREAM_CANCELLED)),
+    };
+    let mut len = [0u8; 1];
+    recv.read_exact(&mut len).await.map_err(read)?;
+    if len[0] != 0 && len[0] != TRACE_HEADER_BYTES {
+        return Err(StreamRefusal::BadHeader);
+    }
+    let mut body = vec![0u8; usize::from(len[0])];
+    recv.read_exact(&mut body).await.map_err(read)?;
+    decode_stream_header(&body).ok_or(StreamRefusal::BadHeader)
+}
+
+#[cfg(test)]
+mod stream_header_tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_bad_ones_are_refused() {
+        let trace = TraceContext { trace_id: [7; 16], parent_span_id: [9; 8], flags: 1 };
+        let header = stream_header(Some(&trace));
+        assert_eq!(header.len(), 26);
+        assert_eq!(decode_stream_header(&header[1..]), Some(Some(trace)));
+        assert_eq!(stream_header(None), vec![0]);
+        assert_eq!(decode_stream_header(&[]), Some(None));
+        assert_eq!(decode_stream_header(&[1; 24]), None, "a length that is neither 0 nor 25");
+        let zero = TraceContext { trace_id: [0; 16], parent_span_id: [9; 8], flags: 1 };
+        assert_eq!(decode_stream_header(&stream_header(Some(&zero))[1..]), None, "an all-zero trace id");
+    }
 }

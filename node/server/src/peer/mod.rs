@@ -59,8 +59,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use crate::certs::{IdentityError, PeerIdentity};
+pub use meridian_client::proto::TraceContext;
 
-mod endpoint;
+pub mod endpoint;
 #[cfg(test)]
 mod golden;
 mod pool;
@@ -71,8 +72,15 @@ pub use endpoint::{PeerConnection, PeerEndpoint};
 pub use pool::PeerPool;
 pub use tls::check_peer_identity;
 
-/// ALPN protocol id of the peer transport.
+/// ALPN protocol id of the first version of the peer transport: `[u32 length][request]` per stream.
 pub const ALPN: &[u8] = b"meridian-peer/1";
+/// ALPN protocol id of version 2: each request stream starts with a header (the caller's trace
+/// context, [`endpoint::stream_header`]) before the version-1 frame.
+pub const ALPN_V2: &[u8] = b"meridian-peer/2";
+/// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
+/// the connection speaks the newest they share, so a node never sends a version its peer does not
+/// know (rolling upgrades run nodes of two releases side by side).
+pub const ALPNS: [&[u8]; 2] = [ALPN_V2, ALPN];
 
 /// Handles the requests a peer sends. Implementations decode the payload (the peer protocol),
 /// act, and return the encoded response; errors are part of the response payload.
@@ -80,8 +88,13 @@ pub const ALPN: &[u8] = b"meridian-peer/1";
 /// `peer` is the identity verified from the peer's certificate; it is the only trustworthy source
 /// of the peer's cluster, region, zone and name. Implement with `async fn handle(...)`.
 pub trait PeerHandler: Send + Sync + 'static {
-    /// Answers one request from `peer`.
-    fn handle(&self, peer: &PeerIdentity, request: Vec<u8>) -> impl std::future::Future<Output = Vec<u8>> + Send;
+    /// Answers one request from `peer`, sent as part of the trace `trace` when the sender traces it.
+    fn handle(
+        &self,
+        peer: &PeerIdentity,
+        trace: Option<TraceContext>,
+        request: Vec<u8>,
+    ) -> impl std::future::Future<Output = Vec<u8>> + Send;
 }
 
 /// TLS material of a node on the peer transport, PEM-encoded.
@@ -273,6 +286,8 @@ pub mod codes {
     pub const STREAM_TRUNCATED: u32 = 0x23;
     /// Stream reset: the node is shutting down and did not handle the request.
     pub const STREAM_SHUTTING_DOWN: u32 = 0x24;
+    /// Stream reset: the stream header (protocol version 2) is malformed.
+    pub const STREAM_BAD_HEADER: u32 = 0x26;
     /// Stream reset: the handler panicked.
     pub const STREAM_HANDLER_FAILED: u32 = 0x25;
 
@@ -312,6 +327,8 @@ pub enum StreamRefusal {
     ShuttingDown,
     /// The receiver's handler panicked.
     HandlerFailed,
+    /// The stream header (protocol version 2) was malformed.
+    BadHeader,
     /// Cancelled, or a code this version does not know.
     Other(u64),
 }
@@ -326,6 +343,7 @@ impl StreamRefusal {
             Ok(codes::STREAM_TRUNCATED) => StreamRefusal::Truncated,
             Ok(codes::STREAM_SHUTTING_DOWN) => StreamRefusal::ShuttingDown,
             Ok(codes::STREAM_HANDLER_FAILED) => StreamRefusal::HandlerFailed,
+            Ok(codes::STREAM_BAD_HEADER) => StreamRefusal::BadHeader,
             _ => StreamRefusal::Other(code),
         }
     }
@@ -339,6 +357,7 @@ impl StreamRefusal {
             StreamRefusal::Truncated => codes::STREAM_TRUNCATED,
             StreamRefusal::ShuttingDown => codes::STREAM_SHUTTING_DOWN,
             StreamRefusal::HandlerFailed => codes::STREAM_HANDLER_FAILED,
+            StreamRefusal::BadHeader => codes::STREAM_BAD_HEADER,
             StreamRefusal::Other(code) => return code,
         })
     }
@@ -351,6 +370,7 @@ impl StreamRefusal {
             StreamRefusal::Truncated => "truncated",
             StreamRefusal::ShuttingDown => "shutting_down",
             StreamRefusal::HandlerFailed => "handler_failed",
+            StreamRefusal::BadHeader => "bad_header",
             StreamRefusal::Other(_) => "other",
         }
     }
@@ -365,6 +385,7 @@ impl std::fmt::Display for StreamRefusal {
             StreamRefusal::Truncated => f.write_str("the peer received a truncated request"),
             StreamRefusal::ShuttingDown => f.write_str("the peer is shutting down"),
             StreamRefusal::HandlerFailed => f.write_str("the peer's handler failed"),
+            StreamRefusal::BadHeader => f.write_str("the peer received a malformed stream header"),
             StreamRefusal::Other(code) => write!(f, "stream reset with code {code}"),
         }
     }
@@ -580,6 +601,7 @@ mod tests {
             StreamRefusal::Truncated,
             StreamRefusal::ShuttingDown,
             StreamRefusal::HandlerFailed,
+            StreamRefusal::BadHeader,
             StreamRefusal::Other(0),
             StreamRefusal::Other(0x99),
         ] {

@@ -171,6 +171,29 @@ pub enum PeerMessageV1 {
     },
 }
 
+impl PeerMessageV1 {
+    /// The message's name, as spans and logs show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMessageV1::Hello => "peer.hello",
+            PeerMessageV1::Sync(_) => "peer.sync",
+            PeerMessageV1::Gossip { .. } => "peer.gossip",
+            PeerMessageV1::PartitionVv { .. } => "peer.partition_vv",
+            PeerMessageV1::Replicate { .. } => "peer.replicate",
+            PeerMessageV1::ReadKey { .. } => "peer.read_key",
+            PeerMessageV1::Repair { .. } => "peer.repair",
+            PeerMessageV1::Forward(_) => "peer.forward",
+            PeerMessageV1::VvDigests { .. } => "peer.vv_digests",
+            PeerMessageV1::Push { .. } => "peer.push",
+            PeerMessageV1::PushBatch { .. } => "peer.push_batch",
+            PeerMessageV1::GossipReports { .. } => "peer.gossip_reports",
+            PeerMessageV1::PrefixStates { .. } => "peer.prefix_states",
+            PeerMessageV1::Residency { .. } => "peer.residency",
+            PeerMessageV1::Auth { .. } => "peer.auth",
+        }
+    }
+}
+
 /// A reply between nodes.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResponse {

@@ -26,6 +26,7 @@ use meridian_client::proto::{Consistency, RequestV1};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::layout;
@@ -236,9 +237,13 @@ impl Coordinator {
             }
             self.screen_for(&certified, message)?
         };
+        // A client span of the call (child of the request being served, if any): the peer's span
+        // for it is its child, through the stream header.
+        let span = tracing::info_span!("peer_call", otel.name = message.kind(), otel.kind = "client", target = %target);
         let reply = self
             .pool
             .request(addr, None, encode_request(self.local, message), timeout)
+            .instrument(span)
             .await
             .map_err(|e| PeerCallError::Transport(e.to_string()))?;
         self.cluster.heartbeat(target);

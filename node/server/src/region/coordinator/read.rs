@@ -7,6 +7,7 @@ use meridian_crdt::{Entry, NodeId};
 use meridian_replication::antientropy::{KeyState, PartitionId, SyncStore as _};
 use meridian_replication::{Outcome, ReadRound};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::{unavailable, Coordinator};
 use crate::error::Error;
@@ -37,6 +38,7 @@ impl Coordinator {
     }
 
     /// A quorum read of `data_key` with write-back (see the module docs).
+    #[tracing::instrument(name = "quorum_read", skip_all, fields(replicas = replicas.len()))]
     pub async fn quorum_read(
         self: &Arc<Self>,
         data_key: &[u8],
@@ -55,17 +57,20 @@ impl Coordinator {
                 continue;
             }
             let (me, tx, key) = (self.clone(), tx.clone(), data_key.to_vec());
-            tokio::spawn(async move {
-                let state = match me.call(target, PeerMessageV1::ReadKey { key }, me.peer_timeout).await {
-                    Ok(PeerReplyV1::State(None)) => Ok(None),
-                    Ok(PeerReplyV1::State(Some(bytes))) => layout::decode_stored(&bytes)
-                        .map(Some)
-                        .map_err(|e| PeerCallError::Undecodable(format!("state: {e}"))),
-                    Ok(other) => Err(PeerCallError::unexpected(&other)),
-                    Err(e) => Err(e),
-                };
-                let _ = tx.send((target, state));
-            });
+            tokio::spawn(
+                async move {
+                    let state = match me.call(target, PeerMessageV1::ReadKey { key }, me.peer_timeout).await {
+                        Ok(PeerReplyV1::State(None)) => Ok(None),
+                        Ok(PeerReplyV1::State(Some(bytes))) => layout::decode_stored(&bytes)
+                            .map(Some)
+                            .map_err(|e| PeerCallError::Undecodable(format!("state: {e}"))),
+                        Ok(other) => Err(PeerCallError::unexpected(&other)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = tx.send((target, state));
+                }
+                .in_current_span(),
+            );
         }
         drop(tx);
         let deadline = tokio::time::sleep(self.peer_timeout);
@@ -100,20 +105,23 @@ impl Coordinator {
             let (tx, mut rx) = mpsc::unbounded_channel();
             for target in stale {
                 let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), encoded.clone());
-                tokio::spawn(async move {
-                    let ok = if target == me.local {
-                        let mut store = me.store.clone();
-                        tokio::task::spawn_blocking(move || {
-                            store.apply_states(PartitionId(partition), &[KeyState { key, state }], None)
-                        })
-                        .await
-                        .is_ok_and(|applied| applied.is_ok())
-                    } else {
-                        let message = PeerMessageV1::Repair { partition, key, state };
-                        matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied))
-                    };
-                    let _ = tx.send((target, ok));
-                });
+                tokio::spawn(
+                    async move {
+                        let ok = if target == me.local {
+                            let mut store = me.store.clone();
+                            tokio::task::spawn_blocking(move || {
+                                store.apply_states(PartitionId(partition), &[KeyState { key, state }], None)
+                            })
+                            .await
+                            .is_ok_and(|applied| applied.is_ok())
+                        } else {
+                            let message = PeerMessageV1::Repair { partition, key, state };
+                            matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied))
+                        };
+                        let _ = tx.send((target, ok));
+                    }
+                    .in_current_span(),
+                );
             }
             drop(tx);
             self.settle(&mut repair, &mut rx).await;

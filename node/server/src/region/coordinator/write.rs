@@ -9,6 +9,7 @@ use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
 use meridian_replication::{AckRound, Outcome, SafeReport};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument as _;
 
 use super::{unavailable, Coordinator, SHIP_BATCH_BYTES, SHIP_IN_FLIGHT, SHIP_QUEUE};
 use crate::error::Error;
@@ -43,7 +44,11 @@ impl Coordinator {
                 self.join_locally(&data_key, &merged).await?;
             }
         }
-        let durable = self.replica.write_durably(key, change, idempotency_id, token, permit).await?;
+        let durable = self
+            .replica
+            .write_durably(key, change, idempotency_id, token, permit)
+            .instrument(tracing::info_span!("local_write"))
+            .await?;
         // The in-flight slot is held through the fan-out too: a write waiting on replicas is in flight.
         let _permit = durable.permit;
         let replicas = self.counted_replicas(level, &data_key);
@@ -95,6 +100,7 @@ impl Coordinator {
     /// region, which spreads it in its own region (a write crosses each WAN link once); the client
     /// does not wait for those. `report` tells the receivers which of this node's timestamps the
     /// record's position covers (for causal reads there).
+    #[tracing::instrument(name = "replicate", skip_all, fields(level = %level, replicas = replicas.len()))]
     pub async fn replicate(
         self: &Arc<Self>,
         partition: u16,
@@ -227,17 +233,20 @@ impl Coordinator {
             return false;
         };
         let (me, push) = (self.clone(), push.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let message = PeerMessageV1::Push {
-                partition: push.partition,
-                records: push.records.clone(),
-                reports: push.reports.clone(),
-                relay: false,
-            };
-            let ok = me.deliver_or_hint(target, message, std::slice::from_ref(&push)).await;
-            let _ = done.send((target, ok));
-        });
+        tokio::spawn(
+            async move {
+                let _slot = slot;
+                let message = PeerMessageV1::Push {
+                    partition: push.partition,
+                    records: push.records.clone(),
+                    reports: push.reports.clone(),
+                    relay: false,
+                };
+                let ok = me.deliver_or_hint(target, message, std::slice::from_ref(&push)).await;
+                let _ = done.send((target, ok));
+            }
+            .in_current_span(),
+        );
         true
     }
 
@@ -274,6 +283,7 @@ impl Coordinator {
     /// to the others. For a write answered without a new record — a retry replayed from its
     /// idempotency record — whose first attempt may have reached fewer replicas than its level
     /// needs: the state here contains that write, so once a quorum holds the state, it holds the write.
+    #[tracing::instrument(name = "ensure_on_quorum", skip_all)]
     pub async fn ensure_on_quorum(
         self: &Arc<Self>,
         data_key: &[u8],
@@ -287,11 +297,14 @@ impl Coordinator {
         let (tx, mut rx) = mpsc::unbounded_channel();
         for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
             let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), state.clone());
-            tokio::spawn(async move {
-                let message = PeerMessageV1::Repair { partition, key, state };
-                let ok = matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied));
-                let _ = tx.send((target, ok));
-            });
+            tokio::spawn(
+                async move {
+                    let message = PeerMessageV1::Repair { partition, key, state };
+                    let ok = matches!(me.call(target, message, me.peer_timeout).await, Ok(PeerReplyV1::Applied));
+                    let _ = tx.send((target, ok));
+                }
+                .in_current_span(),
+            );
         }
         drop(tx);
         self.settle(&mut round, &mut rx).await;
