@@ -2,9 +2,11 @@
 //! `meridian serve`, the server's spans as OpenTelemetry spans, exported over OTLP/HTTP when
 //! `[tracing] otlp_endpoint` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) names a collector.
 //!
-//! Without a collector the spans are not recorded (sampler off), but they still carry trace ids:
-//! a request keeps its caller's trace id (or gets a new one), its log lines show it, and the nodes it
-//! reaches receive it — so one request can be followed through every node's log by its trace id.
+//! Without a collector the spans are not recorded (sampler off), but a request sent with a trace
+//! context still carries it: its log lines show the caller's trace id, and the nodes it reaches
+//! receive it — so one request can be followed through every node's log by its trace id. Requests
+//! without a context get no span at all unless they are drawn to start a trace
+//! (`meridian_server::telemetry`, "Only traced requests pay").
 
 use std::time::Duration;
 
@@ -81,9 +83,11 @@ pub fn init_node(config: &Config) -> anyhow::Result<Telemetry> {
                 .with_context(|| format!("the OTLP exporter to {url}"))?;
             let batches = BatchConfigBuilder::default().with_scheduled_delay(EXPORT_DELAY).build();
             let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batches).build();
-            // Follow a caller's decision; sample the traces that start here at `sample_ratio`.
-            let ratio = Sampler::TraceIdRatioBased(settings.sample_ratio);
-            provider.with_span_processor(processor).with_sampler(Sampler::ParentBased(Box::new(ratio)))
+            // The server draws the traces that start here (a request it does not draw gets no span
+            // at all); every span it does create is recorded unless its caller's context says
+            // "not sampled".
+            meridian_server::telemetry::sample_new_traces(settings.sample_ratio);
+            provider.with_span_processor(processor).with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         }
         None => provider.with_sampler(Sampler::AlwaysOff),
     };

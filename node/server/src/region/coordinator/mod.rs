@@ -239,7 +239,7 @@ impl Coordinator {
         };
         // A client span of the call (child of the request being served, if any): the peer's span
         // for it is its child, through the stream header.
-        let span = tracing::info_span!("peer_call", otel.name = message.kind(), otel.kind = "client", target = %target);
+        let span = crate::telemetry::peer_call_span(message.kind(), &target);
         let reply = self
             .pool
             .request(addr, None, encode_request(self.local, message), timeout)

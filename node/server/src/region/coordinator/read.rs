@@ -2,6 +2,7 @@
 //! majority of the key's replicas, joined and written back to a majority before returning.
 use std::sync::Arc;
 
+use crate::telemetry::stage;
 use meridian_client::proto::{CausalToken, Consistency, Key};
 use meridian_crdt::{Entry, NodeId};
 use meridian_replication::antientropy::{KeyState, PartitionId, SyncStore as _};
@@ -30,7 +31,7 @@ impl Coordinator {
         let data_key = layout::data_key(key);
         let mut after = token;
         let replicas = self.counted_replicas(level, &data_key);
-        let stored = self.quorum_read(&data_key, level, &replicas).await?;
+        let stored = self.quorum_read(&data_key, level, &replicas).instrument(stage("quorum_read")).await?;
         if let Some(stored) = &stored {
             after.0.merge(&stored.deps);
         }
@@ -38,7 +39,6 @@ impl Coordinator {
     }
 
     /// A quorum read of `data_key` with write-back (see the module docs).
-    #[tracing::instrument(name = "quorum_read", skip_all, fields(replicas = replicas.len()))]
     pub async fn quorum_read(
         self: &Arc<Self>,
         data_key: &[u8],

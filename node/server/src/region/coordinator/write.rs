@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::telemetry::stage;
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
@@ -40,14 +41,15 @@ impl Coordinator {
         // before it), so the coordinator first joins a quorum read of the key into its copy.
         if at_quorum && change.removes_observed() {
             let replicas = self.counted_replicas(level, &data_key);
-            if let Some(merged) = self.quorum_read(&data_key, level, &replicas).await? {
+            if let Some(merged) = self.quorum_read(&data_key, level, &replicas).instrument(stage("quorum_read")).await?
+            {
                 self.join_locally(&data_key, &merged).await?;
             }
         }
         let durable = self
             .replica
             .write_durably(key, change, idempotency_id, token, permit)
-            .instrument(tracing::info_span!("local_write"))
+            .instrument(stage("local_write"))
             .await?;
         // The in-flight slot is held through the fan-out too: a write waiting on replicas is in flight.
         let _permit = durable.permit;
@@ -55,9 +57,11 @@ impl Coordinator {
         match durable.record {
             Some((partition, record)) => {
                 let report = self.replica.own_report(partition);
-                self.replicate(partition, record, level, &replicas, report).await?
+                self.replicate(partition, record, level, &replicas, report).instrument(stage("replicate")).await?
             }
-            None if at_quorum => self.ensure_on_quorum(&data_key, level, &replicas).await?,
+            None if at_quorum => {
+                self.ensure_on_quorum(&data_key, level, &replicas).instrument(stage("ensure_on_quorum")).await?
+            }
             None => {}
         }
         Ok(durable.reply)
@@ -100,7 +104,6 @@ impl Coordinator {
     /// region, which spreads it in its own region (a write crosses each WAN link once); the client
     /// does not wait for those. `report` tells the receivers which of this node's timestamps the
     /// record's position covers (for causal reads there).
-    #[tracing::instrument(name = "replicate", skip_all, fields(level = %level, replicas = replicas.len()))]
     pub async fn replicate(
         self: &Arc<Self>,
         partition: u16,
@@ -283,7 +286,6 @@ impl Coordinator {
     /// to the others. For a write answered without a new record — a retry replayed from its
     /// idempotency record — whose first attempt may have reached fewer replicas than its level
     /// needs: the state here contains that write, so once a quorum holds the state, it holds the write.
-    #[tracing::instrument(name = "ensure_on_quorum", skip_all)]
     pub async fn ensure_on_quorum(
         self: &Arc<Self>,
         data_key: &[u8],
