@@ -173,8 +173,55 @@ pub fn run(command: CertsCommand) -> anyhow::Result<()> {
                 if !hosts.is_empty() {
                     println!("hosts    {}", hosts.join(", "));
                 }
+                if let Some(not_after) = summary.not_after {
+                    println!("expires  {}", describe_expiry(not_after, unix_now()));
+                }
             }
         }
     }
     Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `2027-12-06 03:00:00 UTC (in 364 days)`, or `… (EXPIRED 3 days ago)`.
+fn describe_expiry(not_after: i64, now: i64) -> String {
+    let (days, seconds) = (not_after.div_euclid(86_400), not_after.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let left = (not_after - now) / 86_400;
+    let when = if not_after >= now { format!("in {left} days") } else { format!("EXPIRED {} days ago", -left) };
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC ({when})",
+        seconds / 3600,
+        seconds % 3600 / 60,
+        seconds % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn expiry_dates_read_as_calendar_dates() {
+        assert_eq!(super::describe_expiry(0, 0), "1970-01-01 00:00:00 UTC (in 0 days)");
+        // 2000-02-29 12:34:56 UTC, a leap day.
+        assert_eq!(
+            super::describe_expiry(951_827_696, 951_827_696 - 10 * 86_400),
+            "2000-02-29 12:34:56 UTC (in 10 days)"
+        );
+        assert_eq!(
+            super::describe_expiry(1_796_526_000, 1_796_526_000 + 3 * 86_400),
+            "2026-12-06 03:00:00 UTC (EXPIRED 3 days ago)"
+        );
+    }
 }

@@ -315,6 +315,15 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // A command whose output goes to a pipe that closes early (`meridian keys ns | head`) ends
+    // quietly, as Unix tools do, instead of panicking on the failed write. Not for the commands that
+    // supervise processes (`serve`, `region`, `demo`): those must always stop what they started.
+    if !matches!(cli.command, None | Some(Command::Serve { .. } | Command::Region { .. } | Command::Demo(_))) {
+        // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // A node's configuration says where its traces go; it is read before the runtime starts (the
     // trace exporter's HTTP client runs outside it).
     let (telemetry, config) = match &cli.command {

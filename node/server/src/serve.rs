@@ -109,6 +109,9 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     config.validate()?;
     crate::metrics_export::prometheus();
     let tls = crate::tls::ensure_certificate(&config)?;
+    if let Ok(pem) = std::fs::read_to_string(&tls.cert) {
+        crate::certs::export_expiry("client_tls", &pem);
+    }
     let server_config = crate::tls::client_server_config(&tls, &config)?;
     if let Some(region) = engine.get(Space::Meta, crate::layout::META_RESTORED_REGION)? {
         let region = String::from_utf8_lossy(&region);
@@ -211,6 +214,8 @@ fn join_region(
     };
     let tls = PeerTlsConfig::from_files(ca, cert, key, &config.cluster_id)
         .context("loading the peer certificates (peer.ca, peer.cert, peer.key)")?;
+    crate::certs::export_expiry("node", &tls.cert_pem);
+    crate::certs::export_expiry("ca", &tls.ca_pem);
     let defaults = PeerTransportConfig::default();
     let transport =
         PeerTransportConfig { max_frame_bytes: config.limits.peer_frame_bytes(defaults.max_frame_bytes), ..defaults };

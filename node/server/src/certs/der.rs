@@ -39,6 +39,9 @@ pub(super) struct CertInfo {
     pub(super) uris: Vec<String>,
     pub(super) dns_names: Vec<String>,
     pub(super) ips: Vec<IpAddr>,
+    /// The end of the validity period (`notAfter`), in seconds since the Unix epoch; `None` when
+    /// its time does not parse (the TLS layer, not this, decides whether the certificate is valid).
+    pub(super) not_after: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -94,6 +97,48 @@ fn expect<'a>(input: &mut &'a [u8], tag: u8, what: &'static str) -> Result<Tlv<'
     Ok(tlv)
 }
 
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+/// `notAfter` of a Validity (`SEQUENCE { notBefore Time, notAfter Time }`), as Unix seconds.
+/// Times are `YYMMDDHHMMSSZ` (UTCTime; years 50–99 are 19xx) or `YYYYMMDDHHMMSSZ` (GeneralizedTime),
+/// as RFC 5280 §4.1.2.5 requires them in certificates.
+fn not_after(validity: &[u8]) -> Option<i64> {
+    let mut input = validity;
+    next(&mut input).ok()?;
+    let time = next(&mut input).ok()?;
+    let text = std::str::from_utf8(time.content).ok()?;
+    let digits = text.strip_suffix('Z')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| digits.get(range)?.parse::<i64>().ok();
+    let (year, rest) = match (time.tag, digits.len()) {
+        (UTC_TIME, 12) => {
+            let yy = number(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        (GENERALIZED_TIME, 14) => (number(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |i: usize| number(rest + 2 * i..rest + 2 * i + 2);
+    let (month, day, hour, minute, second) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// Walks an X.509 certificate (RFC 5280 §4.1) down to the fields [`CertInfo`] holds.
 pub(super) fn parse_certificate(der: &[u8]) -> Result<CertInfo, DerError> {
     let mut input = der;
@@ -110,7 +155,7 @@ pub(super) fn parse_certificate(der: &[u8]) -> Result<CertInfo, DerError> {
     expect(&mut tbs, INTEGER, "expected serialNumber")?;
     expect(&mut tbs, SEQUENCE, "expected signature algorithm")?;
     let issuer = expect(&mut tbs, SEQUENCE, "expected issuer")?;
-    expect(&mut tbs, SEQUENCE, "expected validity")?;
+    let validity = expect(&mut tbs, SEQUENCE, "expected validity")?;
     let subject = expect(&mut tbs, SEQUENCE, "expected subject")?;
     let spki = expect(&mut tbs, SEQUENCE, "expected subjectPublicKeyInfo")?;
     let mut info = CertInfo {
@@ -119,6 +164,7 @@ pub(super) fn parse_certificate(der: &[u8]) -> Result<CertInfo, DerError> {
         spki: spki.raw.to_vec(),
         // Only used to rebuild our own CA; a subject it cannot read just has no common name.
         common_name: common_name(subject.content).unwrap_or(None),
+        not_after: not_after(validity.content),
         ..CertInfo::default()
     };
     let mut seen_san = false;

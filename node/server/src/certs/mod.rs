@@ -366,12 +366,36 @@ pub struct CertSummary {
     pub dns_names: Vec<String>,
     /// IP address SANs.
     pub ips: Vec<IpAddr>,
+    /// End of the validity period (`notAfter`), Unix seconds.
+    pub not_after: Option<i64>,
 }
 
 /// Summarises a certificate (DER).
 pub fn summarize(cert_der: &[u8]) -> Result<CertSummary, IdentityError> {
     let info = der::parse_certificate(cert_der).map_err(|e| IdentityError::Malformed(e.to_string()))?;
-    Ok(CertSummary { identity: parse_cert_identity(cert_der), dns_names: info.dns_names, ips: info.ips })
+    Ok(CertSummary {
+        identity: parse_cert_identity(cert_der),
+        dns_names: info.dns_names,
+        ips: info.ips,
+        not_after: info.not_after,
+    })
+}
+
+/// Exports when the first certificate of `pem` expires, as
+/// `meridian_certificate_expiry_timestamp_seconds{certificate=<which>}` (Unix seconds), for the
+/// `MeridianCertificateExpiringSoon` alert. Certificates are read at start-up; a renewed one is
+/// picked up (and exported) by the restart that loads it.
+pub fn export_expiry(which: &'static str, pem: &str) {
+    let expiry = certs_from_pem(pem.as_bytes(), which)
+        .ok()
+        .and_then(|certs| der::parse_certificate(&certs[0]).ok())
+        .and_then(|info| info.not_after);
+    match expiry {
+        Some(at) => {
+            metrics::gauge!("meridian_certificate_expiry_timestamp_seconds", "certificate" => which).set(at as f64)
+        }
+        None => tracing::warn!(certificate = which, "cannot read the certificate's expiry; it is not exported"),
+    }
 }
 
 /// Every certificate in a PEM blob, in order (at least one).
@@ -696,6 +720,13 @@ mod tests {
         let summary = summarize(&der(&cert)).unwrap();
         assert_eq!(summary.dns_names, ["localhost", "n1.example.com"]);
         assert_eq!(summary.ips, ["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        // Node certificates are valid for a year (notAfter read back from the DER, for the expiry
+        // gauge and `meridian certs show`); the CA for ten.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let in_days = |at: Option<i64>| (at.unwrap() - now) as f64 / 86_400.0;
+        assert!((364.9..=365.1).contains(&in_days(summary.not_after)), "{:?}", summary.not_after);
+        let ca_summary = summarize(&der(&ca.cert_pem)).unwrap();
+        assert!((3640.0..=3660.0).contains(&in_days(ca_summary.not_after)), "{:?}", ca_summary.not_after);
 
         let client = ClientIdentity { cluster_id: "prod-1".into(), name: "app".into() };
         let (cert, _) = issue_client_cert(&ca, &client).unwrap();

@@ -88,7 +88,10 @@ pub async fn gossip(
         if round % 4 == 3 {
             exchange_auth(&replica, &cluster, &pool, interval * 4).await;
         }
-        let members = cluster.members();
+        // A removed member stays in the membership as a tombstone; it is no peer to be reached (it
+        // would read as `dead` forever and page as unreachable).
+        let mut members = cluster.members();
+        members.retain(|m| m.member.state != meridian_replication::membership::MemberState::Removed);
         for liveness in ["alive", "suspect", "dead", "unknown"] {
             let count = members.iter().filter(|m| m.liveness == liveness).count();
             metrics::gauge!("meridian_cluster_peers", "liveness" => liveness).set(count as f64);
