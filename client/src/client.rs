@@ -244,6 +244,15 @@ impl Client {
         }
     }
 
+    /// Whether the node is ready to serve: `None`, or why not (for example a storage failure, after
+    /// which it takes no writes until restarted) — what `GET /readyz` answers over HTTP.
+    pub async fn readiness(&self) -> Result<Option<String>, Error> {
+        match self.ctx().call(Operation::Readiness).await? {
+            ReplyBody::Readiness(reason) => Ok(reason),
+            other => Err(unexpected("readiness", &other)),
+        }
+    }
+
     /// Region administration and introspection: members, placement of a key, drain and removal.
     ///
     /// ```no_run

@@ -95,6 +95,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Residency(_) => "Residency",
         ReplyBody::Auth(_) => "Auth",
         ReplyBody::Backup(_) => "Backup",
+        ReplyBody::Readiness(_) => "Readiness",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

@@ -19,9 +19,14 @@ pub struct Health {
     pub summary: String,
 }
 
-/// Judges a node's status and (when it runs in a region) its view of the cluster at `now_ms`.
-pub fn judge(status: &NodeStatus, cluster: Option<&ClusterReport>, now_ms: u64) -> Health {
+/// Judges a node's status, its readiness (`unready`: why it is not ready, as `/readyz` says) and
+/// (when it runs in a region) its view of the cluster at `now_ms`.
+pub fn judge(status: &NodeStatus, unready: Option<&str>, cluster: Option<&ClusterReport>, now_ms: u64) -> Health {
     let mut problems = Vec::new();
+    // First: a node that takes no writes (its storage failed) is the most urgent thing to say.
+    if let Some(reason) = unready {
+        problems.push(format!("{} is not ready: {reason}", status.name));
+    }
     let summary = match cluster {
         None => format!("{} runs alone (no region)", status.name),
         Some(report) => {
@@ -139,10 +144,15 @@ mod tests {
             ..Default::default()
         };
         let r = report(vec![member("n1", "self", "active"), member("n22", "alive", "active")], vec![region]);
-        let health = judge(&status(), Some(&r), 100_000);
+        let health = judge(&status(), None, Some(&r), 100_000);
         assert_eq!(health.state, "ok");
         assert_eq!(health.line(), "OK: 2/2 members alive, 2 regions, worst p99 lag 120 ms");
-        assert_eq!(judge(&status(), None, 0).line(), "OK: n1 runs alone (no region)");
+        assert_eq!(judge(&status(), None, None, 0).line(), "OK: n1 runs alone (no region)");
+        let failed = judge(&status(), Some("storage failed, no writes until restarted: disk full"), None, 0);
+        assert_eq!(
+            failed.line(),
+            "DEGRADED: n1 is not ready: storage failed, no writes until restarted: disk full (n1 runs alone (no region))"
+        );
     }
 
     #[test]
@@ -157,7 +167,7 @@ mod tests {
             vec![stale, never],
         );
         r.handoff = Some(meridian_client::proto::HandoffReport { partitions_synced: 3, partitions_total: 10 });
-        let health = judge(&status(), Some(&r), 100_000);
+        let health = judge(&status(), None, Some(&r), 100_000);
         assert_eq!(health.state, "degraded");
         let line = health.line();
         for expected in [

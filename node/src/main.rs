@@ -607,8 +607,14 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => None,
         Err(e) => return Err(e.into()),
     };
+    // A node of an earlier version cannot say; it is judged by its status alone.
+    let unready = match client.readiness().await {
+        Ok(reason) => reason,
+        Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => None,
+        Err(e) => return Err(e.into()),
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let health = meridian_node::health::judge(&status, cluster.as_ref(), now);
+    let health = meridian_node::health::judge(&status, unready.as_deref(), cluster.as_ref(), now);
     let exit_code = i32::from(check && health.state != "ok");
     if json {
         let out = serde_json::json!({ "health": health, "node": status, "cluster": cluster });

@@ -29,6 +29,7 @@ async fn a_failed_fsync_fences_writes_and_turns_the_node_unready() {
     let client = connect(&running).await;
     client.register("app/before").set("kept").await.unwrap();
     assert_eq!(get(&running.node, "/readyz").await.0, 200);
+    assert_eq!(client.readiness().await.unwrap(), None);
 
     faulty.fail_writes(true);
     let failed = client.register("app/during").set("maybe").await.unwrap_err();
@@ -47,6 +48,9 @@ async fn a_failed_fsync_fences_writes_and_turns_the_node_unready() {
     let (status, body) = get(&running.node, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("storage failed") && body.contains("fsync failed"), "{body}");
+    // The native protocol says the same (what `meridian status` shows in its health line).
+    let reason = client.readiness().await.unwrap().expect("the node says it is not ready");
+    assert!(reason.contains("storage failed"), "{reason}");
     let (_, metrics) = get(&running.node, "/metrics").await;
     assert!(metrics.lines().any(|l| l == "meridian_storage_failed 1"), "{metrics}");
     // Reads still answer.

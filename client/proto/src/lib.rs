@@ -372,6 +372,10 @@ pub enum Operation {
     Auth(AuthOp),
     /// Online backup of the answering node: take a checkpoint, read its files, release it.
     Backup(BackupOp),
+    /// Whether the node is ready to serve, and why not (what `/readyz` answers over HTTP): a node
+    /// whose storage failed still answers `Status` but takes no writes. Nodes before this variant
+    /// answer [`ErrorCode::Unsupported`].
+    Readiness,
 }
 
 /// Online backup of one node (`meridian backup`). A backup is a RocksDB checkpoint the node keeps
@@ -818,6 +822,8 @@ pub enum ReplyBody {
     Auth(Box<AuthReport>),
     /// An online backup's checkpoint, or bytes of it.
     Backup(Box<BackupReport>),
+    /// The answer to [`Operation::Readiness`]: `None` when the node is ready, else why it is not.
+    Readiness(Option<String>),
 }
 
 /// One listed key.

@@ -276,6 +276,7 @@ impl Node {
                 && !matches!(
                     request.op,
                     Operation::Status
+                        | Operation::Readiness
                         | Operation::Cluster(_)
                         | Operation::Residency(_)
                         | Operation::Auth(_)
@@ -382,6 +383,9 @@ impl Node {
                 Ok(self.replica.list_local(&request).await?)
             }
             Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
+            Operation::Readiness => {
+                Ok(Reply { causal_token: token, body: ReplyBody::Readiness(self.unready_reason()) })
+            }
             Operation::Cluster(op) => {
                 let coordinator = self.coordinator.as_ref().ok_or_else(|| {
                     ErrorReply::new(
@@ -460,6 +464,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::DocChanges { .. } => "doc_changes",
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
+        Operation::Readiness => "readiness",
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",

@@ -104,7 +104,7 @@ pub fn needed(op: &Operation, rule_namespace: impl Fn(u32) -> Option<String>) ->
             Need::Role(Role::Read, key.namespace.clone())
         }
         Operation::ListKeys { namespace, .. } => Need::Role(Role::Read, namespace.clone()),
-        Operation::Status => Need::Principal,
+        Operation::Status | Operation::Readiness => Need::Principal,
         Operation::Cluster(ClusterOp::Status | ClusterOp::Placement { .. }) => Need::Principal,
         Operation::Cluster(_) => cluster(),
         Operation::Residency(ResidencyOp::List | ResidencyOp::Explain { .. }) => Need::Principal,
