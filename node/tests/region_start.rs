@@ -3,35 +3,15 @@
 //! node with it.
 
 use meridian_node::local_region::RegionPlan;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+mod process;
+
 const NODES: u16 = 3;
-
-/// Every port node i of a region at `base` uses: base+10i, +1 (TCP), +2.
-fn region_ports(base: u16) -> Vec<u16> {
-    (1..=NODES).flat_map(|i| [base + 10 * i, base + 10 * i + 1, base + 10 * i + 2]).collect()
-}
-
-fn port_free(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok()
-}
-
-/// A base port whose whole range is free on 127.0.0.1 (TCP and UDP).
-fn free_base_port() -> u16 {
-    for _ in 0..200 {
-        let base = rand::random_range(20_000u16..50_000);
-        if region_ports(base).into_iter().all(port_free) {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
 
 fn alive(pid: u32) -> bool {
     std::process::Command::new("kill")
@@ -70,9 +50,7 @@ impl Drop for Cleanup {
 
 /// The CLI as the region's admin (the client certificate `region init` wrote beside the CA).
 async fn cli(plan: &RegionPlan, node: usize, args: &[&str]) -> (bool, String, String) {
-    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
-    let credentials = ["--cert".into(), cert.into_os_string(), "--key".into(), key.into_os_string()];
-    cli_as(plan, node, &credentials, args).await
+    cli_as(plan, node, &process::admin_flags(plan), args).await
 }
 
 /// The CLI with the given credential flags (none: anonymous).
@@ -82,27 +60,7 @@ async fn cli_as(
     credentials: &[std::ffi::OsString],
     args: &[&str],
 ) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("--endpoint")
-            .arg(plan.nodes[node].client_addr.to_string())
-            .arg("--ca-cert")
-            .arg(&plan.ca_cert)
-            .args(credentials)
-            .args(args)
-            .env_remove("MERIDIAN_ENDPOINT")
-            .env_remove("MERIDIAN_CLIENT_CERT")
-            .env_remove("MERIDIAN_CLIENT_KEY")
-            .env_remove("MERIDIAN_AUTH_TOKEN")
-            .env_remove("MERIDIAN_CA_CERT")
-            .env("MERIDIAN_LOG", "warn")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the CLI finishes within 30 s")
-    .expect("run meridian");
+    let out = process::region_cli(plan, node, credentials, args).await;
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -114,7 +72,7 @@ async fn cli_as(
 async fn region_start_runs_three_nodes_and_sigterm_stops_them_all() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("region");
-    let base = free_base_port();
+    let base = process::free_base_port(NODES);
     let mut supervisor = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["region", "start", "--dir"])
         .arg(&dir)
@@ -201,8 +159,8 @@ async fn region_start_runs_three_nodes_and_sigterm_stops_them_all() {
     for (node, &pid) in plan.nodes.iter().zip(&cleanup.nodes) {
         assert!(!alive(pid), "{} (pid {pid}) is still running", node.name);
     }
-    for port in region_ports(base) {
-        assert!(port_free(port), "port {port} is still bound");
+    for port in process::region_ports(base, NODES) {
+        assert!(process::port_free(port), "port {port} is still bound");
     }
     cleanup.armed = false;
     assert!(Path::new(&plan.nodes[1].log).exists());

@@ -9,7 +9,7 @@
 //! traces of their own and the test fails with "spans from 1 node(s)".
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+
+mod process;
 
 const NODES: u16 = 3;
 
@@ -80,24 +82,6 @@ async fn start_collector() -> (SocketAddr, Arc<Mutex<Vec<Span>>>) {
     (addr, spans)
 }
 
-fn region_ports(base: u16) -> Vec<u16> {
-    (1..=NODES).flat_map(|i| [base + 10 * i, base + 10 * i + 1, base + 10 * i + 2]).collect()
-}
-
-fn free_base_port() -> u16 {
-    let free = |port: u16| {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok()
-    };
-    for _ in 0..200 {
-        let base = rand::random_range(20_000u16..50_000);
-        if region_ports(base).into_iter().all(free) {
-            return base;
-        }
-    }
-    panic!("no free port range found");
-}
-
 /// Points every node's configuration at the collector, recording every trace.
 fn export_traces_to(plan: &RegionPlan, collector: SocketAddr) {
     for node in &plan.nodes {
@@ -124,27 +108,7 @@ async fn cli_succeeds(plan: &RegionPlan, node: usize, args: &[&str]) -> bool {
 }
 
 async fn cli_output(plan: &RegionPlan, node: usize, args: &[&str]) -> std::process::Output {
-    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .arg("--endpoint")
-            .arg(plan.nodes[node].client_addr.to_string())
-            .arg("--ca-cert")
-            .arg(&plan.ca_cert)
-            .arg("--cert")
-            .arg(cert)
-            .arg("--key")
-            .arg(key)
-            .args(args)
-            .env_remove("TRACEPARENT")
-            .env("MERIDIAN_LOG", "warn")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the CLI finishes within 30 s")
-    .expect("run meridian")
+    process::region_cli(plan, node, &process::admin_flags(plan), args).await
 }
 
 /// Waits (at most 20 s) until the spans of `trace_id` come from `nodes` distinct nodes and every
@@ -211,7 +175,7 @@ async fn a_quorum_write_is_one_trace_across_the_region() {
     let dir = tmp.path().join("region");
     let options = RegionOptions {
         nodes: usize::from(NODES),
-        base_port: free_base_port(),
+        base_port: process::free_base_port(NODES),
         durability: "relaxed".into(),
         ..RegionOptions::default()
     };

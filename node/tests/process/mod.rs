@@ -86,3 +86,66 @@ pub fn cli_ok(endpoint: &str, data_dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "meridian {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Every port node i (1-based) of a local region of `nodes` nodes at `base` uses: base+10i (client,
+/// UDP), +1 (HTTP, TCP), +2 (peer, UDP) — the layout `meridian region init` writes.
+pub fn region_ports(base: u16, nodes: u16) -> Vec<u16> {
+    (1..=nodes).flat_map(|i| [base + 10 * i, base + 10 * i + 1, base + 10 * i + 2]).collect()
+}
+
+/// Whether `port` is free on 127.0.0.1 for both TCP and UDP.
+pub fn port_free(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+}
+
+/// A base port whose whole range for a region of `nodes` nodes is free on 127.0.0.1.
+pub fn free_base_port(nodes: u16) -> u16 {
+    for _ in 0..200 {
+        let base = rand::random_range(20_000u16..50_000);
+        if region_ports(base, nodes).into_iter().all(port_free) {
+            return base;
+        }
+    }
+    panic!("no free port range found");
+}
+
+/// The real CLI against node `node` of a local region, trusting only its CA, with the given
+/// credential flags (none: anonymous); no `MERIDIAN_*` or `TRACEPARENT` from the environment.
+/// Bounded by 30 s.
+pub async fn region_cli(
+    plan: &meridian_node::local_region::RegionPlan,
+    node: usize,
+    credentials: &[std::ffi::OsString],
+    args: &[&str],
+) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .arg("--endpoint")
+            .arg(plan.nodes[node].client_addr.to_string())
+            .arg("--ca-cert")
+            .arg(&plan.ca_cert)
+            .args(credentials)
+            .args(args)
+            .env_remove("MERIDIAN_ENDPOINT")
+            .env_remove("MERIDIAN_CLIENT_CERT")
+            .env_remove("MERIDIAN_CLIENT_KEY")
+            .env_remove("MERIDIAN_AUTH_TOKEN")
+            .env_remove("MERIDIAN_CA_CERT")
+            .env_remove("TRACEPARENT")
+            .env("MERIDIAN_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the CLI finishes within 30 s")
+    .expect("run meridian")
+}
+
+/// The credential flags of the region's admin (the client certificate `region init` wrote beside
+/// the CA).
+pub fn admin_flags(plan: &meridian_node::local_region::RegionPlan) -> Vec<std::ffi::OsString> {
+    let (cert, key) = meridian_wan::plan::admin_credentials(&plan.ca_cert);
+    vec!["--cert".into(), cert.into_os_string(), "--key".into(), key.into_os_string()]
+}
