@@ -233,6 +233,14 @@ pub struct StorageConfig {
     pub relaxed_sync_interval_ms: u64,
     /// RocksDB block cache size.
     pub cache_mb: usize,
+    /// How long the delta log keeps a record. A peer away longer than this catches up through the
+    /// digest fallback (states of the keys that differ) instead of the log (`store/log_truncation.rs`).
+    pub log_retention_s: u64,
+    /// The delta log's byte budget: while its column family takes more, the retention is halved
+    /// pass after pass (down to 1 s), and restored once it takes less than half.
+    pub log_retention_mb: u64,
+    /// How often the log is truncated.
+    pub log_truncation_interval_ms: u64,
 }
 
 /// Limits.
@@ -322,7 +330,14 @@ impl Default for Config {
                 http: "127.0.0.1:7480".parse().expect("valid literal"),
             },
             tls: TlsConfig::default(),
-            storage: StorageConfig { durability: "fsync".into(), relaxed_sync_interval_ms: 100, cache_mb: 64 },
+            storage: StorageConfig {
+                durability: "fsync".into(),
+                relaxed_sync_interval_ms: 100,
+                cache_mb: 64,
+                log_retention_s: 86_400,
+                log_retention_mb: 4_096,
+                log_truncation_interval_ms: 10_000,
+            },
             limits: LimitsConfig {
                 max_frame_bytes: 4 << 20,
                 max_value_bytes: 1 << 20,
@@ -435,6 +450,15 @@ impl Config {
         }
         if self.storage.relaxed_sync_interval_ms == 0 {
             return invalid("storage.relaxed_sync_interval_ms", "must be at least 1".into());
+        }
+        for (field, value, min) in [
+            ("storage.log_retention_s", self.storage.log_retention_s, 1),
+            ("storage.log_retention_mb", self.storage.log_retention_mb, 1),
+            ("storage.log_truncation_interval_ms", self.storage.log_truncation_interval_ms, 100),
+        ] {
+            if value < min {
+                return invalid(field, format!("must be at least {min}"));
+            }
         }
         let limits = &self.limits;
         for (field, value, min) in [

@@ -6,7 +6,7 @@
 //! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
-//! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states; see `store/sync_store.rs`) |
+//! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states, or were truncated; see `store/sync_store.rs`, `store/log_truncation.rs`) |
 //! | `Meta` | `safe/[partition: u16 BE][origin: u64 BE]` | packed HLC up to which this node holds `origin`'s writes to `partition` (safe times, max-merged) |
 //! | `Meta` | `membership` | this node's view of the cluster membership (a CRDT) |
 //! | `Meta` | `residency/rules` | the residency rule set |

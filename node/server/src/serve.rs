@@ -165,6 +165,7 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(replica.clone(), shutdown.clone()));
+    tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
     let (peer_addr, sync_threads) = match region {
         Some(region) => (Some(region.peer_addr), Some(region.threads)),
         None => (None, None),
@@ -345,6 +346,56 @@ async fn sync_wal_periodically(node: Arc<Replica>, every: Duration, shutdown: Ca
             // Writes acknowledged since the last sync may not be on disk: stop taking more (the
             // same fence as a failed commit; store/commit.rs).
             node.fence_storage(&format!("relaxed-mode WAL sync failed: {e}"));
+        }
+    }
+}
+
+/// Log records read or deleted per truncation step; a step cut short goes on after a short pause.
+const LOG_TRUNCATION_BUDGET: usize = 20_000;
+
+/// Cuts the delta log to its retention (`store/log_truncation.rs`), every
+/// `storage.log_truncation_interval_ms`, in budget-sized steps.
+async fn truncate_logs_periodically(
+    node: Arc<Replica>,
+    storage: crate::config::StorageConfig,
+    shutdown: CancellationToken,
+) {
+    use crate::store::log_truncation::RetentionController;
+    let mut retention =
+        RetentionController::new(storage.log_retention_s.saturating_mul(1000), storage.log_retention_mb << 20);
+    let interval = Duration::from_millis(storage.log_truncation_interval_ms);
+    while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
+        let log_bytes = node.engine().space_usage(Space::Log).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
+        let keep_ms = retention.next(log_bytes);
+        metrics::gauge!("meridian_log_retention_seconds").set(keep_ms as f64 / 1000.0);
+        loop {
+            let store = node.sync_store();
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let cutoff_ms = now_ms.saturating_sub(keep_ms);
+            let step = tokio::task::spawn_blocking(move || store.truncate_older_than(cutoff_ms, LOG_TRUNCATION_BUDGET));
+            match step.await {
+                Ok(Ok(summary)) => {
+                    metrics::counter!("meridian_log_truncated_records_total").increment(summary.deleted);
+                    if summary.deleted > 0 {
+                        tracing::debug!(deleted = summary.deleted, keep_ms, "delta log truncated");
+                    }
+                    if !summary.cut_short {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "log truncation failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "log truncation panicked");
+                    break;
+                }
+            }
+            if shutdown.run_until_cancelled(tokio::time::sleep(IDEMPOTENCY_SWEEP_PAUSE)).await.is_none() {
+                return;
+            }
         }
     }
 }

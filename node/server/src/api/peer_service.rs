@@ -66,9 +66,12 @@ impl PeerService {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
             PeerMessageV1::Sync(message) => {
                 check_partition(message.partition().0)?;
-                let (replica, store, sync) =
-                    (self.node.replica().clone(), self.store.clone().with_sender(from), self.sync.clone());
                 let region = peer.region.clone();
+                let (replica, store, sync) = (
+                    self.node.replica().clone(),
+                    self.store.clone().with_sender(from).for_peer_region(&region),
+                    self.sync.clone(),
+                );
                 blocking(move || {
                     let residency = Some((replica.residency().as_ref(), region.as_str()));
                     crate::region::peer_sync::answer_sync(store, sync, replica.id(), from, message, residency)

@@ -134,7 +134,10 @@ pub fn spawn_peer_sync(
                 let pass_started = Instant::now();
                 let pass_started_ms = unix_ms();
                 if cluster.reachable(peer) {
-                    let mut store = store.clone();
+                    let mut store = match cluster.region_of(peer) {
+                        Some(region) => store.clone().for_peer_region(&region),
+                        None => store.clone(),
+                    };
                     let mut shared = 0;
                     let mut complete = true;
                     let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.syncs_with(*p, peer)).collect();
@@ -156,8 +159,11 @@ pub fn spawn_peer_sync(
                         // What the peer's offers proved about its own log: causal reads here may
                         // now serve writes of its up to that time.
                         while let Some(event) = session.poll_event() {
-                            if let SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } = event {
-                                store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+                            match event {
+                                SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } => {
+                                    store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+                                }
+                                SyncEvent::RoundDone(report) => count_round(&report),
                             }
                         }
                         if let Err(e) = passed {
@@ -181,6 +187,14 @@ pub fn spawn_peer_sync(
             }
         })
         .expect("spawning a sync thread")
+}
+
+/// What a finished round pulled in: log records, or, after the peer's log was truncated below this
+/// node's vector, key states by the digest fallback (`/metrics`).
+fn count_round(report: &meridian_replication::antientropy::RoundReport) {
+    metrics::counter!("meridian_sync_records_applied_total").increment(report.records_applied);
+    metrics::counter!("meridian_sync_states_applied_total").increment(report.states_applied);
+    metrics::counter!("meridian_sync_fallbacks_total").increment(u64::from(report.fallbacks));
 }
 
 fn unix_ms() -> u64 {

@@ -526,6 +526,33 @@ mod tests {
         CausalToken(entries.iter().copied().collect())
     }
 
+    /// Truncation keeps the newest record of the node's own log: a reopened node resumes its
+    /// positions after it instead of handing one out twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_truncated_own_log_resumes_after_its_newest_record() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let key: Key = "ns/truncated".parse().unwrap();
+        let p = layout::partition_of(&layout::data_key(&key));
+        let node = Replica::open(Config::default(), engine.clone()).unwrap();
+        for _ in 0..5 {
+            add(&node, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+        }
+        let id = node.id();
+        let deleted = node.sync_store().truncate_older_than(u64::MAX, usize::MAX).unwrap().deleted;
+        assert_eq!(deleted, 4);
+        drop(node);
+        let node = Replica::open(Config::default(), engine.clone()).unwrap();
+        assert_eq!(node.id(), id);
+        add(&node, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+        let own: Vec<u64> = engine
+            .scan(Space::Log, &layout::log_key(p, id, 0), Some(&layout::log_key(p, id, u64::MAX)), 100)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| layout::parse_log_key(k).unwrap().2)
+            .collect();
+        assert_eq!(own, [5, 6], "position 6 is new, not a reused 1");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_token_naming_an_unknown_origin_does_not_poison_the_key() {
         let node = causal_replica(true);

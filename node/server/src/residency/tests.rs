@@ -152,3 +152,41 @@ fn a_hundred_thousand_strict_refusals_leave_a_bounded_audit_log() {
     assert!(log.len() < 4096, "{} bytes", log.len());
     assert!(!log.contains("eu/1"), "no key names in the audit log");
 }
+
+/// The digest fallback between regions compares only keys both may hold: a restricted key's digest
+/// and state never leave its regions, and a key only one side may hold does not make ranges differ.
+#[test]
+fn fallback_scans_for_another_region_leave_out_the_keys_it_may_not_hold() {
+    use crate::layout::{encode_stored, partition_of, Stored};
+    use meridian_crdt::{Entry, Hlc, Mutation, WriteContext};
+    use meridian_replication::antientropy::{HashRange, KeyState, PartitionId, SyncStore as _};
+
+    let config = crate::config::Config { region: "eu-west".into(), ..crate::config::Config::default() };
+    let node = crate::replica::Replica::open(config, Arc::new(MemoryEngine::new())).unwrap();
+    let rules = residency_in("eu-west", &["eu-west"]).rules();
+    assert!(node.residency().adopt(&rules).unwrap());
+    let write = WriteContext { node: NodeId(3), ts: Hlc { wall_ms: 1, logical: 0 } };
+    let state =
+        encode_stored(&Stored::bare(Entry::mutation_delta(None, &Mutation::CounterAdd { amount: 1 }, &write).unwrap()));
+    let keys = [key("eu/a"), key("eu/b"), key("us/c")];
+    for data_key in &keys {
+        let p = PartitionId(partition_of(data_key));
+        node.sync_store().apply_states(p, &[KeyState { key: data_key.clone(), state: state.clone() }], None).unwrap();
+    }
+    let seen = |store: &crate::store::sync_store::EngineSyncStore| -> (u64, Vec<Vec<u8>>) {
+        let mut count = 0;
+        let mut listed = Vec::new();
+        for p in 0..crate::layout::PARTITIONS {
+            count += store.range_digests(PartitionId(p), &[HashRange::ROOT]).unwrap()[0].count;
+            let page = store.keys_in_range(PartitionId(p), HashRange::ROOT, None, 100, 1 << 20).unwrap();
+            listed.extend(page.states.into_iter().map(|s| s.key));
+        }
+        listed.sort();
+        (count, listed)
+    };
+    let mut all = keys.to_vec();
+    all.sort();
+    assert_eq!(seen(&node.sync_store()), (3, all.clone()), "no peer region: everything");
+    assert_eq!(seen(&node.sync_store().for_peer_region("eu-west")), (3, all), "the same region: everything");
+    assert_eq!(seen(&node.sync_store().for_peer_region("us-east")), (1, vec![key("us/c")]));
+}

@@ -6,11 +6,14 @@
 //!   storage, local or replicated.
 //! - [`sync_store`]: the anti-entropy `SyncStore` over the engine (replicated records, states,
 //!   digests), screened by residency before anything is stored.
+//! - [`log_truncation`]: cuts each origin's delta log to its retention (never the newest record),
+//!   so a peer away longer catches up by the digest fallback.
 //! - [`safe_times`]: what this node knows of other origins' logs, for causal reads.
 //!
 //! Nothing here knows of requests, regions or peers.
 
 pub mod commit;
+pub mod log_truncation;
 pub mod safe_times;
 pub mod sync_store;
 pub mod writer;

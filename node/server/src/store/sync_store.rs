@@ -268,6 +268,9 @@ pub struct EngineSyncStore {
     /// The peer this clone takes records from, whose own records pass the origin check even before
     /// its membership record arrives ([`EngineSyncStore::with_sender`]).
     sender: Option<NodeId>,
+    /// The region of the peer this clone syncs with, when it is another region: scans for the
+    /// digest fallback then see only keys that region may hold ([`EngineSyncStore::for_peer_region`]).
+    peer_region: Option<Arc<str>>,
     locks: Arc<[Mutex<()>]>,
 }
 
@@ -321,6 +324,7 @@ impl EngineSyncStore {
             on_applied: Arc::new(OnceLock::new()),
             known_origin: Arc::new(OnceLock::new()),
             sender: None,
+            peer_region: None,
             locks,
         }
     }
@@ -350,6 +354,17 @@ impl EngineSyncStore {
     /// origin pass the origin check (a node's first push may arrive before its membership record).
     pub fn with_sender(mut self, sender: NodeId) -> EngineSyncStore {
         self.sender = Some(sender);
+        self
+    }
+
+    /// This store, syncing with a peer of `region`: when that is another region than this node's,
+    /// the digest fallback's scans ([`SyncStore::range_digests`], [`SyncStore::keys_in_range`]) leave
+    /// out the keys its residency rules keep from that region. Both sides leave out what the other
+    /// may not hold, so their digests compare the keys both may hold: no digest of a restricted key
+    /// leaves its regions, and a key only one side may hold does not make ranges differ forever.
+    pub fn for_peer_region(mut self, region: &str) -> EngineSyncStore {
+        let elsewhere = self.residency().is_some_and(|residency| residency.region() != region);
+        self.peer_region = elsewhere.then(|| Arc::from(region));
         self
     }
 
@@ -520,13 +535,13 @@ impl EngineSyncStore {
         }
     }
 
-    fn lock(&self, partition: u16) -> MutexGuard<'_, ()> {
+    pub(super) fn lock(&self, partition: u16) -> MutexGuard<'_, ()> {
         // The lock guards no data (a panic mid-call leaves nothing torn: the batch is atomic).
         self.locks[usize::from(partition)].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A max-merged `Meta` counter (absent: 0).
-    fn meta_u64(&self, key: &[u8]) -> Result<u64> {
+    pub(super) fn meta_u64(&self, key: &[u8]) -> Result<u64> {
         match self.engine.get(Space::Meta, key)? {
             Some(bytes) => Ok(decode_u64_be(&bytes)?),
             None => Ok(0),
@@ -540,7 +555,7 @@ impl EngineSyncStore {
         }
     }
 
-    fn vv_entry(&self, partition: u16, origin: NodeId) -> Result<u64> {
+    pub(super) fn vv_entry(&self, partition: u16, origin: NodeId) -> Result<u64> {
         self.meta_u64(&layout::vv_key(partition, origin))
     }
 
@@ -614,8 +629,13 @@ impl EngineSyncStore {
         }
     }
 
-    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans).
+    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans); with
+    /// a peer region set, only the keys that region may hold.
     fn scan_partition(&self, partition: u16, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+        let outside = |data_key: &[u8]| match (&self.peer_region, self.residency()) {
+            (Some(region), Some(residency)) => !residency.allowed_in(region, data_key),
+            _ => false,
+        };
         let mut start = Vec::new();
         loop {
             let page = self.engine.scan(Space::Data, &start, None, DATA_PAGE)?;
@@ -624,7 +644,7 @@ impl EngineSyncStore {
                 start = [last.as_slice(), &[0]].concat();
             }
             for (data_key, value) in page {
-                if layout::partition_of(&data_key) == partition {
+                if layout::partition_of(&data_key) == partition && !outside(&data_key) {
                     visit(data_key, value);
                 }
             }

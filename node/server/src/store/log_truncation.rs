@@ -1,0 +1,348 @@
+//! Delta-log truncation: the log keeps a bounded past.
+//!
+//! Anti-entropy ships a peer the log records its version vector lacks. Kept forever, the log grows
+//! with every write the node ever saw; truncated, a peer that asks for records below the log's floor
+//! is answered `Truncated` and catches up through the digest fallback (states of the keys that
+//! differ, then a vector raise; `meridian_replication::antientropy`). So truncation trades log bytes
+//! for a costlier catch-up of a replica that was away longer than the retention — never correctness.
+//!
+//! What is cut, per `(partition, origin)`:
+//! - records timestamped before `now − retention`, where retention is `storage.log_retention_s`,
+//!   shortened by [`RetentionController`] while the log takes more than `storage.log_retention_mb`;
+//! - **never the newest record held** (the one at the vector's entry): the group committer resumes
+//!   this node's positions, and its clock, from the newest record of its own log after a restart
+//!   (`Replica::open`), so deleting it would hand out a position twice;
+//! - never a record above the vector's entry (records pushed ahead of a gap wait there for it).
+//!
+//! Each cut deletes the records and raises the floor marker (`layout::log_floor_key`) in one batch,
+//! so [`SyncStore::log_floor`] answers the first record kept without scanning over the deleted ones,
+//! and a session that read the floor before the cut sees the hole and reports `Truncated` as well
+//! (`antientropy::serve`).
+
+use meridian_crdt::NodeId;
+use meridian_replication::antientropy::{PartitionId, SyncStore};
+
+use crate::layout::{self, log_floor_key, LogRecord, PARTITIONS};
+use crate::storage::{Batch, Space};
+use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
+
+/// Records looked at per scan of one origin's log.
+const PAGE: usize = 512;
+
+/// What one pass over every partition's log did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassSummary {
+    /// Log records deleted.
+    pub deleted: u64,
+    /// Log records read to find the cuts (the pass's cost).
+    pub examined: u64,
+    /// Whether the pass stopped at its budget (the rest waits for the next pass).
+    pub cut_short: bool,
+}
+
+impl EngineSyncStore {
+    /// The first position of `origin`'s log of `partition` to keep so that nothing older than
+    /// `cutoff_ms` (wall-clock ms of the record's timestamp) stays: the first record at or after the
+    /// cutoff, or the newest record held. Reads at most `budget` records; returns the cut found so
+    /// far and how many it read.
+    pub fn age_cut(
+        &self,
+        partition: u16,
+        origin: NodeId,
+        cutoff_ms: u64,
+        budget: usize,
+    ) -> Result<(u64, usize), SyncStoreError> {
+        let newest = self.vv_entry(partition, origin)?;
+        let mut next = self.log_floor(PartitionId(partition), origin)?;
+        let end = layout::log_key(partition, origin, newest);
+        let mut examined = 0;
+        while next < newest && examined < budget {
+            let want = PAGE.min(budget - examined);
+            let page = self.engine().scan(Space::Log, &layout::log_key(partition, origin, next), Some(&end), want)?;
+            if page.is_empty() {
+                return Ok((newest, examined));
+            }
+            for (key, value) in &page {
+                examined += 1;
+                let Some((_, _, seq)) = layout::parse_log_key(key) else { continue };
+                let (_, ts) = layout::decode::<LogRecord>(value)
+                    .map_err(|e| SyncStoreError::Corrupt {
+                        what: format!("log record {partition}/{origin}/{seq}"),
+                        detail: e.to_string(),
+                    })?
+                    .into_parts();
+                if ts.wall_ms >= cutoff_ms {
+                    return Ok((seq, examined));
+                }
+                next = seq.saturating_add(1);
+            }
+            if page.len() < want {
+                return Ok((newest, examined));
+            }
+        }
+        Ok((next.min(newest), examined))
+    }
+
+    /// Deletes the records of `origin` in `partition` below `below`, never the newest held nor any
+    /// above the vector, and raises the floor marker to the first record kept: one batch, under the
+    /// partition's lock. Deletes at most `budget` records; returns how many it deleted.
+    pub fn truncate_log(
+        &self,
+        partition: u16,
+        origin: NodeId,
+        below: u64,
+        budget: usize,
+    ) -> Result<usize, SyncStoreError> {
+        let _serial = self.lock(partition);
+        let newest = self.vv_entry(partition, origin)?;
+        let cut = below.min(newest);
+        let marker = self.meta_u64(&log_floor_key(partition, origin))?.max(1);
+        if cut <= marker {
+            return Ok(0);
+        }
+        let start = layout::log_key(partition, origin, marker);
+        let end = layout::log_key(partition, origin, cut);
+        let doomed = self.engine().scan(Space::Log, &start, Some(&end), budget)?;
+        // Stopped at the budget: the marker rises only past what this batch deletes.
+        let reached = match doomed.last() {
+            Some((key, _)) if doomed.len() == budget => {
+                layout::parse_log_key(key).map_or(marker, |(_, _, seq)| seq.saturating_add(1))
+            }
+            _ => cut,
+        };
+        let mut batch = Batch::new();
+        for (key, _) in &doomed {
+            batch.delete(Space::Log, key.clone());
+        }
+        batch.max_u64(Space::Meta, log_floor_key(partition, origin), reached);
+        self.engine().write(batch)?;
+        Ok(doomed.len())
+    }
+
+    /// One pass over every partition's log: each origin's records older than `cutoff_ms` are cut
+    /// (see the module docs). Reads and deletes at most about `budget` records.
+    pub fn truncate_older_than(&self, cutoff_ms: u64, budget: usize) -> Result<PassSummary, SyncStoreError> {
+        let mut summary = PassSummary::default();
+        for partition in 0..PARTITIONS {
+            let vv = self.partition_vv(PartitionId(partition))?;
+            for (origin, _) in vv.iter() {
+                let left = budget.saturating_sub(summary.examined as usize);
+                if left == 0 {
+                    summary.cut_short = true;
+                    return Ok(summary);
+                }
+                let (cut, examined) = self.age_cut(partition, origin, cutoff_ms, left)?;
+                summary.examined += examined as u64;
+                summary.deleted += self.truncate_log(partition, origin, cut, left.max(1))? as u64;
+            }
+        }
+        Ok(summary)
+    }
+}
+
+/// How long the log keeps records: the configured retention, halved pass after pass while the log
+/// takes more than its byte budget, and doubled back (up to the configured retention) once it takes
+/// less than half of it. A byte budget alone cannot say which records to cut; an age can, and the
+/// oldest records are the ones a peer is least likely to still need.
+#[derive(Clone, Debug)]
+pub struct RetentionController {
+    configured_ms: u64,
+    max_bytes: u64,
+    current_ms: u64,
+}
+
+/// The shortest retention the byte budget can force: a peer restarted within it still catches up
+/// from the log.
+pub const MIN_RETENTION_MS: u64 = 1_000;
+
+impl RetentionController {
+    /// Keeps records for `configured_ms` while the log stays under `max_bytes`.
+    pub fn new(configured_ms: u64, max_bytes: u64) -> RetentionController {
+        RetentionController { configured_ms, max_bytes, current_ms: configured_ms }
+    }
+
+    /// The retention to apply in the next pass, given what the log takes now.
+    pub fn next(&mut self, log_bytes: u64) -> u64 {
+        if log_bytes > self.max_bytes {
+            self.current_ms = (self.current_ms / 2).max(MIN_RETENTION_MS.min(self.configured_ms));
+        } else if log_bytes < self.max_bytes / 2 {
+            self.current_ms = self.current_ms.saturating_mul(2).min(self.configured_ms);
+        }
+        self.current_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::Arc;
+
+    use meridian_client::proto::Key;
+    use meridian_crdt::{Entry, Hlc, Mutation, WriteContext};
+    use meridian_replication::antientropy::{
+        HashRange, LogRecord as SyncRecord, SyncConfig, SyncEvent, SyncMessageV1, SyncSession,
+    };
+
+    use crate::storage::MemoryEngine;
+
+    const P: u16 = 3;
+
+    fn counter(amount: i64) -> Entry {
+        let write = WriteContext { node: NodeId(9), ts: Hlc { wall_ms: 1, logical: 0 } };
+        Entry::mutation_delta(None, &Mutation::CounterAdd { amount }, &write).unwrap()
+    }
+
+    /// A key of partition `P` per index.
+    fn keys(count: usize) -> Vec<Key> {
+        (0..)
+            .map(|i| Key::new("t", format!("k{i}")).unwrap())
+            .filter(|k| layout::partition_of(&layout::data_key(k)) == P)
+            .take(count)
+            .collect()
+    }
+
+    /// Records `1..=count` of `origin` in partition `P`, record `seq` timestamped at `seq` × 1000 ms,
+    /// each adding `seq` to the counter of one of `keys`, applied as a peer's would be.
+    fn written(store: &mut EngineSyncStore, origin: NodeId, count: u64, keys: &[Key]) {
+        let records: Vec<SyncRecord> = (1..=count)
+            .map(|seq| SyncRecord {
+                origin,
+                seq,
+                key: layout::data_key(&keys[seq as usize % keys.len()]),
+                delta: layout::encode_stored(&layout::Stored::bare(counter(seq as i64))),
+                hlc: Hlc { wall_ms: seq * 1000, logical: 0 }.pack(),
+            })
+            .collect();
+        store.apply_remote(PartitionId(P), &records).unwrap();
+    }
+
+    fn log_seqs(store: &EngineSyncStore, origin: NodeId) -> Vec<u64> {
+        let start = layout::log_key(P, origin, 0);
+        let end = layout::log_key(P, origin, u64::MAX);
+        store
+            .engine()
+            .scan(Space::Log, &start, Some(&end), usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| layout::parse_log_key(k).unwrap().2)
+            .collect()
+    }
+
+    #[test]
+    fn cuts_by_age_keep_the_newest_record_and_raise_the_floor() {
+        let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let origin = NodeId(2);
+        written(&mut store, origin, 10, &keys(4));
+        assert_eq!(store.age_cut(P, origin, 4_500, usize::MAX).unwrap(), (5, 5), "records 1..=4 are older");
+        let summary = store.truncate_older_than(4_500, usize::MAX).unwrap();
+        assert_eq!((summary.deleted, summary.cut_short), (4, false));
+        assert_eq!(log_seqs(&store, origin), (5..=10).collect::<Vec<_>>());
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 5);
+        // Everything is older than the cutoff: only the newest record stays.
+        store.truncate_older_than(u64::MAX, usize::MAX).unwrap();
+        assert_eq!(log_seqs(&store, origin), [10]);
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 10);
+        assert_eq!(store.partition_vv(PartitionId(P)).unwrap().get(origin), 10, "the vector is untouched");
+        // Nothing to do twice.
+        assert_eq!(store.truncate_older_than(u64::MAX, usize::MAX).unwrap().deleted, 0);
+    }
+
+    #[test]
+    fn a_budget_cuts_part_of_the_log_and_the_next_pass_goes_on() {
+        let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let origin = NodeId(2);
+        written(&mut store, origin, 20, &keys(3));
+        assert_eq!(store.truncate_log(P, origin, 15, 4).unwrap(), 4);
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 5);
+        let first = store.truncate_older_than(u64::MAX, 6).unwrap();
+        assert!(first.cut_short || first.deleted < 15, "{first:?}");
+        let mut passes = 0;
+        while log_seqs(&store, origin) != [20] {
+            store.truncate_older_than(u64::MAX, 6).unwrap();
+            passes += 1;
+            assert!(passes < 20, "truncation made no progress: {:?}", log_seqs(&store, origin));
+        }
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 20);
+    }
+
+    #[test]
+    fn records_pushed_ahead_of_a_gap_are_never_cut() {
+        let store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let origin = NodeId(2);
+        let key = keys(1).remove(0);
+        let mut batch = Batch::new();
+        for seq in [1, 2, 3, 7] {
+            let record = LogRecord::V1 { key: key.clone(), delta: counter(1), ts: Hlc { wall_ms: 1, logical: 0 } };
+            batch.put(Space::Log, layout::log_key(P, origin, seq).to_vec(), layout::encode(&record));
+        }
+        batch.max_u64(Space::Meta, layout::vv_key(P, origin), 3);
+        store.engine().write(batch).unwrap();
+        store.truncate_older_than(u64::MAX, usize::MAX).unwrap();
+        assert_eq!(log_seqs(&store, origin), [3, 7]);
+    }
+
+    /// A replica that missed records now truncated catches up through the digest fallback, and
+    /// ends with the same states and vector.
+    #[test]
+    fn a_replica_behind_the_floor_catches_up_by_states() {
+        let keys = keys(6);
+        let mut ahead = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let mut behind = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(5));
+        let origin = NodeId(2);
+        written(&mut ahead, origin, 30, &keys);
+        ahead.truncate_older_than(u64::MAX, usize::MAX).unwrap();
+        assert_eq!(log_seqs(&ahead, origin), [30]);
+
+        let config = SyncConfig::default();
+        let mut session = SyncSession::new(config.clone(), PartitionId(P), NodeId(5), NodeId(1), 1).unwrap();
+        let mut truncated = false;
+        let mut now = 0;
+        for _ in 0..100 {
+            now += 1_000;
+            session.tick(&mut behind, now).unwrap();
+            let mut progressed = false;
+            while let Some(message) = session.poll_outbound() {
+                progressed = true;
+                let mut server = SyncSession::new(config.clone(), PartitionId(P), NodeId(1), NodeId(5), 2).unwrap();
+                server.step(&mut ahead, now, message).unwrap();
+                while let Some(reply) = server.poll_outbound() {
+                    let meridian_replication::antientropy::SyncMessage::V1(inner) = &reply;
+                    truncated |= matches!(inner, SyncMessageV1::Truncated { .. });
+                    session.step(&mut behind, now, reply).unwrap();
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                let _: SyncEvent = event;
+            }
+            if !progressed
+                && behind.partition_vv(PartitionId(P)).unwrap() == ahead.partition_vv(PartitionId(P)).unwrap()
+            {
+                break;
+            }
+        }
+        assert!(truncated, "the peer's log was cut: the fallback must have run");
+        assert_eq!(behind.partition_vv(PartitionId(P)).unwrap(), ahead.partition_vv(PartitionId(P)).unwrap());
+        assert_eq!(
+            behind.range_digests(PartitionId(P), &[HashRange::ROOT]).unwrap(),
+            ahead.range_digests(PartitionId(P), &[HashRange::ROOT]).unwrap(),
+            "same states"
+        );
+    }
+
+    #[test]
+    fn the_retention_halves_while_over_budget_and_recovers_under_half() {
+        let mut retention = RetentionController::new(64_000, 1_000);
+        assert_eq!(retention.next(900), 64_000, "under budget: as configured");
+        assert_eq!(retention.next(1_001), 32_000);
+        assert_eq!(retention.next(1_001), 16_000);
+        assert_eq!(retention.next(800), 16_000, "between half and the budget: held");
+        assert_eq!(retention.next(400), 32_000);
+        assert_eq!(retention.next(400), 64_000);
+        assert_eq!(retention.next(0), 64_000, "never beyond the configured retention");
+        for _ in 0..64 {
+            retention.next(u64::MAX);
+        }
+        assert_eq!(retention.next(u64::MAX), MIN_RETENTION_MS);
+    }
+}
