@@ -78,6 +78,9 @@ pub struct GeoSpec {
     pub durability: String,
     /// Seed of the links' jitter (and loss) RNGs; link i draws from `seed ^ i`.
     pub seed: u64,
+    /// `MERIDIAN_*` settings added to every node's environment at every start (a restart's own
+    /// settings come after them).
+    pub node_env: Vec<(String, String)>,
 }
 
 impl Default for GeoSpec {
@@ -92,6 +95,7 @@ impl Default for GeoSpec {
             jitter_ms: 2,
             durability: "fsync".into(),
             seed: 0x6765_6f5f_7465_7374,
+            node_env: Vec::new(),
         }
     }
 }
@@ -179,6 +183,8 @@ pub struct Geo {
     links: Vec<Link>,
     /// What every link does when not partitioned.
     normal: Impairment,
+    /// [`GeoSpec::node_env`].
+    node_env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for Geo {
@@ -274,7 +280,7 @@ impl Geo {
                 region_of.push(region.name.clone());
             }
             let procs = Processes::new(bin, runs);
-            return Ok(Geo { dir, plan, procs, region_of, links: started, normal });
+            return Ok(Geo { dir, plan, procs, region_of, links: started, normal, node_env: spec.node_env.clone() });
         }
         Err(last_error.expect("five tries failed").context("no free ports for the links after 5 layouts"))
     }
@@ -335,8 +341,10 @@ impl Geo {
     /// every member of every region active and alive (at most `timeout` for the latter).
     pub async fn start_all(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let stopped: Vec<usize> = (0..self.region_of.len()).filter(|&i| !self.procs.is_running(i)).collect();
+        let env = self.env_with(&[]);
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         for &i in &stopped {
-            self.procs.start(i, None, &[]).await?;
+            self.procs.start(i, None, &env).await?;
         }
         for &i in &stopped {
             self.wait_ready(i).await?;
@@ -379,8 +387,31 @@ impl Geo {
         if self.procs.is_running(i) {
             self.procs.kill9(i).await?;
         }
-        self.procs.start(i, config, env).await?;
+        let env = self.env_with(env);
+        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.procs.start(i, config, &env).await?;
         self.wait_ready(i).await
+    }
+
+    /// [`GeoSpec::node_env`], then `extra`.
+    fn env_with(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let extra = extra.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        self.node_env.iter().cloned().chain(extra).collect()
+    }
+
+    /// The sum over every running node of the metric `name` (a counter or gauge without labels,
+    /// as its `GET /metrics` renders it; 0 where a node does not export it yet).
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let probe = meridian_wan::plan::admin_http(&self.plan.ca_cert)?;
+        let mut sum = 0.0;
+        for i in self.procs.running().collect::<Vec<_>>() {
+            let http = self.plan.nodes().nth(i).map(|(_, n)| n.http_addr).expect("a planned node");
+            let (status, body) = probe.get(http, "/metrics").await?;
+            anyhow::ensure!(status == 200, "GET /metrics on {} answered {status}", self.procs.node(i).name);
+            let prefix = format!("{name} ");
+            sum += body.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(Ok(0.0), |v| v.trim().parse::<f64>())?;
+        }
+        Ok(sum)
     }
 
     /// Waits until node i answers `GET /readyz` with 200.

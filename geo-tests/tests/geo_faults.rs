@@ -117,6 +117,7 @@ impl Scenario {
                 jitter_ms: 2,
                 durability: "fsync".into(),
                 seed: 0,
+                node_env: Vec::new(),
             },
             workers_per_region: 2,
             travel_every: 4,

@@ -8,7 +8,8 @@
 //!   {ap-south, eu-west}; `free/` matches no rule (every region). One writer per region adds unique
 //!   markers to keys under every prefix (set adds at `local_quorum`; requests for keys the region
 //!   may not hold are proxied by the node), while a region is isolated for a few seconds and a node
-//!   is `kill -9`ed and restarted. Then C is narrowed and D widened, the writers go on a little, and
+//!   is `kill -9`ed and restarted. (In [`residency_holds_with_truncated_logs`], ignored while it
+//!   fails, logs are kept for 1 s, so replicas that missed records catch up by the digest fallback.) Then C is narrowed and D widened, the writers go on a little, and
 //!   the test waits for every node to hold the new rules with every purge/backfill complete. A
 //!   strict rule E `strict/` → {us-east} is added and must refuse requests elsewhere. Then:
 //!   1. every node of every (finally) allowed region holds the same state of every restricted key,
@@ -180,9 +181,29 @@ async fn residency_rules_keep_bytes_in_their_regions() {
     let spec = GeoSpec { seed, ..GeoSpec::default() };
     assert_eq!(spec.regions, ALL.map(String::from).to_vec(), "the scenario names GeoSpec::default()'s regions");
     with_cluster("residency_rules_keep_bytes_in_their_regions", spec, DEADLINE, move |geo| {
-        Box::pin(scenario(geo, seed))
+        Box::pin(scenario(geo, seed, false))
     })
     .await;
+}
+
+/// The same with logs kept for 1 s only: the isolated region, and any replica a push missed for
+/// longer, comes back through the digest fallback, which must run and keep restricted keys in
+/// their regions too. **Ignored: it fails today** (an allowed replica ends without some acknowledged
+/// writes of a restricted key; `docs/design/replication.md`, "Log truncation"), which is why log
+/// truncation is off by default. Run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds a lost write with log truncation on: open, see docs/design/replication.md"]
+async fn residency_holds_with_truncated_logs() {
+    let _serial = serial().await;
+    let seed = seed();
+    println!("residency with truncated logs: seed {seed}");
+    let node_env =
+        [("MERIDIAN_STORAGE__LOG_RETENTION_S", "1"), ("MERIDIAN_STORAGE__LOG_TRUNCATION_INTERVAL_MS", "500")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec();
+    let spec = GeoSpec { seed, node_env, ..GeoSpec::default() };
+    with_cluster("residency_holds_with_truncated_logs", spec, DEADLINE, move |geo| Box::pin(scenario(geo, seed, true)))
+        .await;
 }
 
 /// One attempted write: a unique marker added to a set key through one node.
@@ -276,7 +297,7 @@ impl Writer {
     }
 }
 
-async fn scenario(geo: &mut Geo, seed: u64) -> anyhow::Result<()> {
+async fn scenario(geo: &mut Geo, seed: u64, truncated_logs: bool) -> anyhow::Result<()> {
     let began = Instant::now();
     let at = || format!("[{:>5.1}s]", began.elapsed().as_secs_f64());
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7265_7369);
@@ -462,6 +483,17 @@ async fn scenario(geo: &mut Geo, seed: u64) -> anyhow::Result<()> {
     // same through their proxy; explain agrees.
     check_converged(geo, &keys, &all_writes, &mut problems).await?;
     println!("{} replicas of the allowed regions read", at());
+    // The fallback really ran (else this run says nothing about it); a restarted node's counters
+    // start again from 0, so this counts at least what the running processes did.
+    let (fallbacks, states) = (
+        geo.metric_sum("meridian_sync_fallbacks_total").await?,
+        geo.metric_sum("meridian_sync_states_applied_total").await?,
+    );
+    let truncated = geo.metric_sum("meridian_log_truncated_records_total").await?;
+    println!("{} logs truncated: {truncated} records; digest fallbacks: {fallbacks}, {states} key states", at());
+    if truncated_logs && (fallbacks == 0.0 || truncated == 0.0) {
+        problems.push(format!("no digest fallback ran ({fallbacks}) or no log was truncated ({truncated})"));
+    }
     check_explain(geo, &ids, &mut problems).await?;
 
     // d2. The audit of every node, compacting first.

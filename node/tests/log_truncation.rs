@@ -1,7 +1,7 @@
 //! A replica that was away longer than the log retention catches up through the digest fallback:
 //! two nodes of a region (real RocksDB, real QUIC), one stopped while the other writes and deletes
 //! and truncates its log, then restarted. Nothing acknowledged is lost and nothing deleted comes
-//! back. Negative control in the same test: with the default retention the same absence is healed
+//! back. Negative control in the same test: with a day's retention the same absence is healed
 //! from the log and no fallback runs, so the first half proves the truncation was really in the way.
 
 use meridian_client::{Client, Consistency, Value};
@@ -144,8 +144,8 @@ async fn a_replica_away_past_the_retention_catches_up_by_states_and_loses_nothin
     let dir = tempfile::tempdir().unwrap();
     generate_ca("test").unwrap().write(&dir.path().join("ca"), false).unwrap();
 
-    // Control: the default retention keeps the log, b heals from it, no fallback is needed.
-    let kept = absence(&dir.path().join("kept"), Config::default().storage.log_retention_s).await;
+    // Control: a day's retention keeps the log, b heals from it, no fallback is needed.
+    let kept = absence(&dir.path().join("kept"), 86_400).await;
     assert_eq!(kept, 0, "with the log kept, b catches up from it");
 
     // A 1 s retention: a's log is cut below what b holds; b catches up by the fallback.

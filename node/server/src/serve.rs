@@ -165,7 +165,9 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(replica.clone(), shutdown.clone()));
-    tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
+    if config.storage.log_retention_s > 0 {
+        tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
+    }
     let (peer_addr, sync_threads) = match region {
         Some(region) => (Some(region.peer_addr), Some(region.threads)),
         None => (None, None),

@@ -190,3 +190,32 @@ fn fallback_scans_for_another_region_leave_out_the_keys_it_may_not_hold() {
     assert_eq!(seen(&node.sync_store().for_peer_region("eu-west")), (3, all), "the same region: everything");
     assert_eq!(seen(&node.sync_store().for_peer_region("us-east")), (1, vec![key("us/c")]));
 }
+
+/// A fallback from a region that may not hold some keys this region may hold joins its states but
+/// leaves the vector: the peer holds those keys' writes only as redactions, so its vector covers
+/// writes its states cannot carry. From a peer that may hold everything this region may, it rises.
+#[test]
+fn a_fallback_from_a_narrower_region_does_not_raise_the_vector() {
+    use meridian_crdt::VersionVector;
+    use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+
+    let node_in = |region: &str| {
+        let config = crate::config::Config { region: region.into(), ..crate::config::Config::default() };
+        let node = crate::replica::Replica::open(config, Arc::new(MemoryEngine::new())).unwrap();
+        assert!(node.residency().adopt(&residency_in("eu-west", &["eu-west"]).rules()).unwrap());
+        node
+    };
+    let p = PartitionId(5);
+    let peer_vv: VersionVector = [(NodeId(7), 40)].into_iter().collect();
+    // eu-west may hold `eu/` keys, us-east may not: withheld.
+    let eu = node_in("eu-west");
+    eu.sync_store().for_peer_region("us-east").apply_states(p, &[], Some(&peer_vv)).unwrap();
+    assert_eq!(eu.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 0);
+    // From its own region: raised.
+    eu.sync_store().for_peer_region("eu-west").apply_states(p, &[], Some(&peer_vv)).unwrap();
+    assert_eq!(eu.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 40);
+    // us-east holds nothing eu-west may not: a fallback from eu-west raises it.
+    let us = node_in("us-east");
+    us.sync_store().for_peer_region("eu-west").apply_states(p, &[], Some(&peer_vv)).unwrap();
+    assert_eq!(us.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 40);
+}

@@ -368,6 +368,21 @@ impl EngineSyncStore {
         self
     }
 
+    /// Whether a rule lets this node's region hold keys the peer's region may not. The peer then
+    /// holds writes of such keys only as redactions, so its vector covers positions whose writes
+    /// its states cannot carry: raising this node's vector to it after a digest fallback would skip
+    /// them for good. Such a fallback joins the states and leaves the vector as it was; the vector
+    /// rises through a peer that may hold everything this region may (or its own region's).
+    fn holds_what_the_peer_may_not(&self) -> bool {
+        use meridian_replication::residency::allows;
+        match (&self.peer_region, self.residency()) {
+            (Some(peer), Some(residency)) => {
+                residency.rules().rules.iter().any(|rule| allows(rule, residency.region()) && !allows(rule, peer))
+            }
+            _ => false,
+        }
+    }
+
     /// What a peer claims about the records it sends, checked before anything is stored: every
     /// origin is a member of the cluster, and no timestamp is further ahead of this node's clock
     /// than `max_clock_drift_ms` (a node with a broken or lying clock must not drag registers —
@@ -926,6 +941,13 @@ impl SyncStore for EngineSyncStore {
                 allowed.as_slice()
             }
             None => states,
+        };
+        let raise_vv_to = match raise_vv_to {
+            Some(_) if self.holds_what_the_peer_may_not() => {
+                metrics::counter!("meridian_sync_raises_withheld_total").increment(1);
+                None
+            }
+            other => other,
         };
         let _serial = self.lock(p);
         let keys: Vec<&[u8]> = states.iter().map(|s| s.key.as_slice()).collect();
