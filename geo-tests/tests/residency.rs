@@ -8,8 +8,8 @@
 //!   {ap-south, eu-west}; `free/` matches no rule (every region). One writer per region adds unique
 //!   markers to keys under every prefix (set adds at `local_quorum`; requests for keys the region
 //!   may not hold are proxied by the node), while a region is isolated for a few seconds and a node
-//!   is `kill -9`ed and restarted. (In [`residency_holds_with_truncated_logs`], ignored while it
-//!   fails, logs are kept for 1 s, so replicas that missed records catch up by the digest fallback.) Then C is narrowed and D widened, the writers go on a little, and
+//!   is `kill -9`ed and restarted. (In [`residency_holds_with_truncated_logs`] logs are kept for
+//!   1 s, so replicas that missed records catch up by the digest fallback.) Then C is narrowed and D widened, the writers go on a little, and
 //!   the test waits for every node to hold the new rules with every purge/backfill complete. A
 //!   strict rule E `strict/` → {us-east} is added and must refuse requests elsewhere. Then:
 //!   1. every node of every (finally) allowed region holds the same state of every restricted key,
@@ -187,12 +187,10 @@ async fn residency_rules_keep_bytes_in_their_regions() {
 }
 
 /// The same with logs kept for 1 s only: the isolated region, and any replica a push missed for
-/// longer, comes back through the digest fallback, which must run and keep restricted keys in
-/// their regions too. **Ignored: it fails today** (an allowed replica ends without some acknowledged
-/// writes of a restricted key; `docs/design/replication.md`, "Log truncation"), which is why log
-/// truncation is off by default. Run it with `--ignored`.
+/// longer, comes back through the digest fallback, which must run, keep restricted keys in their
+/// regions, and leave every allowed replica with every acknowledged write
+/// (`docs/design/replication.md`, "Log truncation").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a lost write with log truncation on: open, see docs/design/replication.md"]
 async fn residency_holds_with_truncated_logs() {
     let _serial = serial().await;
     let seed = seed();

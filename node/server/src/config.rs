@@ -233,10 +233,9 @@ pub struct StorageConfig {
     pub relaxed_sync_interval_ms: u64,
     /// RocksDB block cache size.
     pub cache_mb: usize,
-    /// How long the delta log keeps a record (0, the default: forever). A peer away longer than
-    /// this catches up through the digest fallback (states of the keys that differ) instead of the
-    /// log (`store/log_truncation.rs`). Off by default while a lost write that the residency
-    /// geo-test finds with a 1 s retention is open (`docs/design/replication.md`, "Log truncation").
+    /// How long the delta log keeps a record (0: forever). A peer away longer than this catches up
+    /// through the digest fallback (states of the keys that differ) instead of the log
+    /// (`store/log_truncation.rs`).
     pub log_retention_s: u64,
     /// The delta log's byte budget: while its column family takes more, the retention is halved
     /// pass after pass (down to 1 s), and restored once it takes less than half.
@@ -336,7 +335,7 @@ impl Default for Config {
                 durability: "fsync".into(),
                 relaxed_sync_interval_ms: 100,
                 cache_mb: 64,
-                log_retention_s: 0,
+                log_retention_s: 86_400,
                 log_retention_mb: 4_096,
                 log_truncation_interval_ms: 10_000,
             },

@@ -306,6 +306,7 @@ fn join_region(
     tasks.spawn(coordinator.clone().replay_hints(shutdown.clone()));
     tasks.spawn(replica.clone().persist_safe_times_every(Duration::from_secs(1), shutdown.clone()));
     tasks.spawn(coordinator.clone().track_handoff(shutdown.clone()));
+    tasks.spawn(coordinator.clone().write_back_fetched(shutdown.clone()));
     tasks.spawn(crate::region::residency_jobs::run(coordinator.clone(), store.clone(), shutdown.clone()));
     // Anti-entropy gets connections of its own: bulk sync streams then never share a connection's
     // flow-control window with the requests clients are waiting for.

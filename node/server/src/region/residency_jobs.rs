@@ -327,7 +327,9 @@ async fn backfill_wanted(node: &Arc<Replica>, coordinator: &Arc<Coordinator>, st
     for (rule_id, partition) in residency.take_wanted() {
         let Some(rule) = residency.rules().rule(rule_id).cloned() else { continue };
         let sources = rule.spec.regions.clone();
-        match backfill_partition(node, coordinator, store, &rule, &sources, partition).await {
+        // Every allowed region: a replica of this region may be as far behind as this node (a
+        // capped fallback raise waits for coverage beyond it; `Residency::raise_from`).
+        match backfill_partition_from_each_region(node, coordinator, store, &rule, &sources, partition).await {
             Ok((keys, _)) => tracing::debug!(rule = rule_id, partition, keys, "residency: backfilled for redactions"),
             Err(e) => {
                 tracing::debug!(rule = rule_id, partition, error = %e, "residency: backfill for redactions failed")
@@ -381,6 +383,38 @@ async fn backfill_partition(
         }
     }
     Err(BackfillError::NoSourceAnswered(errors.join("; ")))
+}
+
+/// [`backfill_partition`] from one replica of each allowed region in turn (this region first):
+/// the coverage merges, so it reaches the furthest of them. The first error is returned only if no
+/// region answered.
+async fn backfill_partition_from_each_region(
+    node: &Arc<Replica>,
+    coordinator: &Arc<Coordinator>,
+    store: &EngineSyncStore,
+    rule: &Rule,
+    sources: &[String],
+    partition: u16,
+) -> Result<(u64, bool), BackfillError> {
+    let own = node.residency().region().to_string();
+    let mut regions: Vec<&String> = sources.iter().filter(|r| **r == own).collect();
+    regions.extend(sources.iter().filter(|r| **r != own));
+    let (mut keys, mut covered, mut first_error) = (0, false, None);
+    for region in regions {
+        match backfill_partition(node, coordinator, store, rule, std::slice::from_ref(region), partition).await {
+            Ok((k, c)) => {
+                keys += k;
+                covered |= c;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if keys == 0 && !covered => Err(e),
+        _ => Ok((keys, covered)),
+    }
 }
 
 /// Why a partition's backfill did not complete this time (it is asked again).

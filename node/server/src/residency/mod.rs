@@ -427,6 +427,59 @@ impl Residency {
         self.engine.write(batch)
     }
 
+    /// How far a digest fallback from a node of `peer_region` may raise this node's vector of
+    /// `partition`: `theirs`, capped per origin, for every rule this region may hold and
+    /// `peer_region` may not, at what a backfill of that rule's keys covered here.
+    ///
+    /// The peer holds writes of such keys only as redactions, so its states cannot carry them and
+    /// its vector covers them all the same; a backfill's coverage is where this node is known to
+    /// have them anyway (as for a redaction, `screen_incoming`). Where the cap bites, that backfill
+    /// is asked for, so the next fallback can raise further.
+    pub fn raise_from(
+        &self,
+        peer_region: &str,
+        partition: u16,
+        theirs: &meridian_crdt::VersionVector,
+    ) -> meridian_crdt::VersionVector {
+        let rules = self.rules();
+        let restricted: Vec<u32> = rules
+            .rules
+            .iter()
+            .filter(|rule| allows(rule, &self.region) && !allows(rule, peer_region))
+            .map(|rule| rule.id)
+            .collect();
+        if restricted.is_empty() {
+            return theirs.clone();
+        }
+        let covered = self.covered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut capped = meridian_crdt::VersionVector::new();
+        let mut short: Vec<u32> = Vec::new();
+        for (origin, seq) in theirs.iter() {
+            let mut allowed = seq;
+            for rule in &restricted {
+                let cover = covered.get(&(*rule, partition)).map_or(0, |vv| vv.get(origin));
+                if cover < allowed {
+                    allowed = cover;
+                    if !short.contains(rule) {
+                        short.push(*rule);
+                    }
+                }
+            }
+            capped.observe(origin, allowed);
+        }
+        drop(covered);
+        let mut wanted = self.wanted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut asked = false;
+        for rule in short {
+            asked |= wanted.insert((rule, partition));
+        }
+        drop(wanted);
+        if asked {
+            self.wake.notify_one();
+        }
+        capped
+    }
+
     /// Whether refused redactions asked for backfills.
     pub(crate) fn has_wanted(&self) -> bool {
         !self.wanted.lock().unwrap_or_else(|p| p.into_inner()).is_empty()

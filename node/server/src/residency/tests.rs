@@ -191,11 +191,12 @@ fn fallback_scans_for_another_region_leave_out_the_keys_it_may_not_hold() {
     assert_eq!(seen(&node.sync_store().for_peer_region("us-east")), (1, vec![key("us/c")]));
 }
 
-/// A fallback from a region that may not hold some keys this region may hold joins its states but
-/// leaves the vector: the peer holds those keys' writes only as redactions, so its vector covers
-/// writes its states cannot carry. From a peer that may hold everything this region may, it rises.
+/// A fallback from a region that may not hold some keys this region may hold raises the vector
+/// only as far as backfills of those keys cover (the peer holds their writes only as redactions, so
+/// its vector covers writes its states cannot carry), and asks for the backfill. From its own
+/// region, or from a region that may hold everything this one may, it rises all the way.
 #[test]
-fn a_fallback_from_a_narrower_region_does_not_raise_the_vector() {
+fn a_fallback_from_a_narrower_region_raises_the_vector_only_as_far_as_backfills_cover() {
     use meridian_crdt::VersionVector;
     use meridian_replication::antientropy::{PartitionId, SyncStore as _};
 
@@ -207,15 +208,23 @@ fn a_fallback_from_a_narrower_region_does_not_raise_the_vector() {
     };
     let p = PartitionId(5);
     let peer_vv: VersionVector = [(NodeId(7), 40)].into_iter().collect();
-    // eu-west may hold `eu/` keys, us-east may not: withheld.
+    let held = |node: &crate::replica::Replica| node.sync_store().partition_vv(p).unwrap().get(NodeId(7));
+    // eu-west may hold `eu/` keys (rule 1), us-east may not: nothing covered yet, nothing raised,
+    // and a backfill of rule 1 in the partition is asked for.
     let eu = node_in("eu-west");
+    eu.residency().take_wanted();
     eu.sync_store().for_peer_region("us-east").apply_states(p, &[], Some(&peer_vv)).unwrap();
-    assert_eq!(eu.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 0);
-    // From its own region: raised.
+    assert_eq!(held(&eu), 0);
+    assert_eq!(eu.residency().take_wanted(), vec![(1, 5)]);
+    // A backfill covered position 25: the raise goes that far.
+    eu.residency().note_covered(1, 5, &[(NodeId(7), 25)].into_iter().collect()).unwrap();
+    eu.sync_store().for_peer_region("us-east").apply_states(p, &[], Some(&peer_vv)).unwrap();
+    assert_eq!(held(&eu), 25);
+    // From its own region: all the way.
     eu.sync_store().for_peer_region("eu-west").apply_states(p, &[], Some(&peer_vv)).unwrap();
-    assert_eq!(eu.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 40);
-    // us-east holds nothing eu-west may not: a fallback from eu-west raises it.
+    assert_eq!(held(&eu), 40);
+    // us-east holds nothing eu-west may not: a fallback from eu-west raises it all the way.
     let us = node_in("us-east");
     us.sync_store().for_peer_region("eu-west").apply_states(p, &[], Some(&peer_vv)).unwrap();
-    assert_eq!(us.sync_store().partition_vv(p).unwrap().get(NodeId(7)), 40);
+    assert_eq!(held(&us), 40);
 }

@@ -271,8 +271,18 @@ pub struct EngineSyncStore {
     /// The region of the peer this clone syncs with, when it is another region: scans for the
     /// digest fallback then see only keys that region may hold ([`EngineSyncStore::for_peer_region`]).
     peer_region: Option<Arc<str>>,
+    /// Keys whose states a digest fallback from another region joined here, for the region to
+    /// write back to this region's other replicas ([`EngineSyncStore::take_fetched_elsewhere`]).
+    fetched_elsewhere: Arc<Mutex<FetchedKeys>>,
     locks: Arc<[Mutex<()>]>,
 }
+
+/// `(partition, data key)` pairs ([`EngineSyncStore::take_fetched_elsewhere`]).
+type FetchedKeys = std::collections::BTreeSet<(u16, Vec<u8>)>;
+
+/// Most keys [`EngineSyncStore::take_fetched_elsewhere`] keeps between two takes; more are dropped
+/// (the region's own anti-entropy still carries them once vectors move).
+const MAX_FETCHED_ELSEWHERE: usize = 100_000;
 
 /// Says whether a node id is a member of the cluster (see [`EngineSyncStore::check_origins_with`]).
 pub type OriginCheck = Box<dyn Fn(NodeId) -> bool + Send + Sync>;
@@ -325,6 +335,7 @@ impl EngineSyncStore {
             known_origin: Arc::new(OnceLock::new()),
             sender: None,
             peer_region: None,
+            fetched_elsewhere: Arc::new(Mutex::new(Default::default())),
             locks,
         }
     }
@@ -368,19 +379,13 @@ impl EngineSyncStore {
         self
     }
 
-    /// Whether a rule lets this node's region hold keys the peer's region may not. The peer then
-    /// holds writes of such keys only as redactions, so its vector covers positions whose writes
-    /// its states cannot carry: raising this node's vector to it after a digest fallback would skip
-    /// them for good. Such a fallback joins the states and leaves the vector as it was; the vector
-    /// rises through a peer that may hold everything this region may (or its own region's).
-    fn holds_what_the_peer_may_not(&self) -> bool {
-        use meridian_replication::residency::allows;
-        match (&self.peer_region, self.residency()) {
-            (Some(peer), Some(residency)) => {
-                residency.rules().rules.iter().any(|rule| allows(rule, residency.region()) && !allows(rule, peer))
-            }
-            _ => false,
-        }
+    /// The keys whose states digest fallbacks from other regions joined here since the last call,
+    /// by partition. A fallback between regions may join states without raising this node's
+    /// vector (`Residency::raise_from`); this region's other replicas, whose vectors then match
+    /// this one's, would never pull them, so the region writes them back to those replicas.
+    pub fn take_fetched_elsewhere(&self) -> Vec<(u16, Vec<u8>)> {
+        let mut fetched = self.fetched_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *fetched).into_iter().collect()
     }
 
     /// What a peer claims about the records it sends, checked before anything is stored: every
@@ -942,12 +947,26 @@ impl SyncStore for EngineSyncStore {
             }
             None => states,
         };
-        let raise_vv_to = match raise_vv_to {
-            Some(_) if self.holds_what_the_peer_may_not() => {
-                metrics::counter!("meridian_sync_raises_withheld_total").increment(1);
-                None
+        if self.peer_region.is_some() && !states.is_empty() {
+            let mut fetched = self.fetched_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+            for state in states {
+                if fetched.len() >= MAX_FETCHED_ELSEWHERE {
+                    metrics::counter!("meridian_sync_write_backs_dropped_total").increment(1);
+                    break;
+                }
+                fetched.insert((p, state.key.clone()));
             }
-            other => other,
+        }
+        let capped;
+        let raise_vv_to = match (raise_vv_to, &self.peer_region, self.residency()) {
+            (Some(theirs), Some(peer), Some(residency)) => {
+                capped = residency.raise_from(peer, p, theirs);
+                if capped != *theirs {
+                    metrics::counter!("meridian_sync_raises_capped_total").increment(1);
+                }
+                Some(&capped)
+            }
+            (other, _, _) => other,
         };
         let _serial = self.lock(p);
         let keys: Vec<&[u8]> = states.iter().map(|s| s.key.as_slice()).collect();

@@ -1,5 +1,6 @@
 //! The coordinator's background work: measuring the handoff of partitions this node no longer
-//! owns, and replaying hints to replicas that answer again.
+//! owns, replaying hints to replicas that answer again, and writing back in the region the states
+//! that digest fallbacks from other regions brought in.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, HINT_BATCH, HINT_BATCH_BYTES, HINT_REPLAY_INTERVAL};
 use crate::peer::protocol::{PeerCallError, PeerMessageV1, PeerReplyV1, Pushed};
-use crate::storage::StorageError;
+use crate::storage::{Space, StorageError};
 
 /// Why a hint replay stopped for now (it resumes at the next tick).
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,39 @@ enum ReplayPaused {
 }
 
 impl Coordinator {
+    /// Until `shutdown`, once a second: writes the states that digest fallbacks from other regions
+    /// joined here back to this region's other replicas of their partitions, as a quorum read
+    /// writes back what it merged
+    /// ([`crate::store::sync_store::EngineSyncStore::take_fetched_elsewhere`]).
+    pub async fn write_back_fetched(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            let store = self.store.clone();
+            let engine = store.engine().clone();
+            let states = tokio::task::spawn_blocking(move || {
+                store
+                    .take_fetched_elsewhere()
+                    .into_iter()
+                    .filter_map(|(p, key)| engine.get(Space::Data, &key).ok().flatten().map(|state| (p, key, state)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (partition, key, state) in states {
+                for target in self.cluster.replicas(partition) {
+                    if target == self.local || !self.cluster.reachable(target) {
+                        continue;
+                    }
+                    let message = PeerMessageV1::Repair { partition, key: key.clone(), state: state.clone() };
+                    let ok = matches!(self.call(target, message, self.peer_timeout).await, Ok(PeerReplyV1::Applied));
+                    metrics::counter!("meridian_sync_write_backs_total", "result" => if ok { "ok" } else { "failed" })
+                        .increment(1);
+                }
+            }
+        }
+    }
+
     /// Until `shutdown`, once a second: finds the partitions this node holds data of without owning
     /// them (announced in gossip, so their owners pull them), and, while draining, measures the
     /// handoff — a partition is handed off once the version vector of each of its new owners
