@@ -488,7 +488,11 @@ async fn scenario(geo: &mut Geo, seed: u64, truncated_logs: bool) -> anyhow::Res
         geo.metric_sum("meridian_sync_states_applied_total").await?,
     );
     let truncated = geo.metric_sum("meridian_log_truncated_records_total").await?;
-    println!("{} logs truncated: {truncated} records; digest fallbacks: {fallbacks}, {states} key states", at());
+    let capped = geo.metric_sum("meridian_sync_raises_capped_total").await?;
+    println!(
+        "{} logs truncated: {truncated} records; digest fallbacks: {fallbacks}, {states} key states, {capped} capped raises",
+        at()
+    );
     if truncated_logs && (fallbacks == 0.0 || truncated == 0.0) {
         problems.push(format!("no digest fallback ran ({fallbacks}) or no log was truncated ({truncated})"));
     }

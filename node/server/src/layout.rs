@@ -7,6 +7,7 @@
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
 //! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states, or were truncated; see `store/sync_store.rs`, `store/log_truncation.rs`) |
+//! | `Meta` | `logcut/[partition: u16 BE][origin: u64 BE]` | no record of `origin` below this seq is left in the log (log truncation; max-merged) |
 //! | `Meta` | `safe/[partition: u16 BE][origin: u64 BE]` | packed HLC up to which this node holds `origin`'s writes to `partition` (safe times, max-merged) |
 //! | `Meta` | `membership` | this node's view of the cluster membership (a CRDT) |
 //! | `Meta` | `residency/rules` | the residency rule set |
@@ -299,6 +300,16 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, codec::
 /// offered to peers (set by a digest fallback's vector raise; max-merged, 8 bytes big-endian).
 pub fn log_floor_key(partition: u16, origin: NodeId) -> Vec<u8> {
     let mut out = b"logfloor/".to_vec();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&origin.0.to_be_bytes());
+    out
+}
+
+/// Meta key of where log truncation of `origin` in `partition` has reached: no record of `origin`
+/// below this seq is left (`store/log_truncation.rs`; max-merged, 8 bytes big-endian). Unlike the
+/// floor it is only raised by deleting, so truncation also collects records a fallback's floor hid.
+pub fn log_cut_key(partition: u16, origin: NodeId) -> Vec<u8> {
+    let mut out = b"logcut/".to_vec();
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&origin.0.to_be_bytes());
     out

@@ -369,22 +369,26 @@ async fn truncate_logs_periodically(
     let interval = Duration::from_millis(storage.log_truncation_interval_ms);
     while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
         let log_bytes = node.engine().space_usage(Space::Log).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
-        let keep_ms = retention.next(log_bytes);
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let keep_ms = retention.next(log_bytes, now_ms);
         metrics::gauge!("meridian_log_retention_seconds").set(keep_ms as f64 / 1000.0);
+        let mut from = 0;
         loop {
             let store = node.sync_store();
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             let cutoff_ms = now_ms.saturating_sub(keep_ms);
-            let step = tokio::task::spawn_blocking(move || store.truncate_older_than(cutoff_ms, LOG_TRUNCATION_BUDGET));
+            let step = tokio::task::spawn_blocking(move || {
+                store.truncate_older_than_from(cutoff_ms, LOG_TRUNCATION_BUDGET, from)
+            });
             match step.await {
                 Ok(Ok(summary)) => {
                     metrics::counter!("meridian_log_truncated_records_total").increment(summary.deleted);
                     if summary.deleted > 0 {
                         tracing::debug!(deleted = summary.deleted, keep_ms, "delta log truncated");
                     }
-                    if !summary.cut_short {
-                        break;
+                    match summary.resume_at {
+                        Some(partition) => from = partition,
+                        None => break,
                     }
                 }
                 Ok(Err(e)) => {

@@ -50,6 +50,17 @@ pub fn answer_sync(
     session.step(&mut store, now, message).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
     let mut replies = Vec::new();
     while let Some(reply) = session.poll_outbound() {
+        let SyncMessage::V1(inner) = &reply;
+        if let (meridian_replication::antientropy::SyncMessageV1::Truncated { .. }, Some((residency, region))) =
+            (inner, residency)
+        {
+            // A backfill here means this node's vector may cover writes of a newly allowed rule
+            // it holds only as redactions: a fallback raising another region's vector to it would
+            // skip them. The requester tries again at its next pass.
+            if region != residency.region() && residency.backfilling_any() {
+                return Err(PeerRefusal::Sync("a residency backfill is running here; try again later".into()));
+            }
+        }
         replies.push(match residency {
             Some((residency, region)) => for_region(residency, region, reply),
             None => reply,

@@ -497,6 +497,14 @@ impl Residency {
         changes.iter().any(|job| job.progress.kind == "backfill" && job.rule.id == rule && !job.progress.complete)
     }
 
+    /// Whether any backfill is queued or running here: this node's vectors may then cover writes of
+    /// a newly allowed rule it holds only as redactions, so it answers no digest fallback of
+    /// another region meanwhile (`peer_sync::answer_sync`), as it serves no backfill.
+    pub fn backfilling_any(&self) -> bool {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        changes.iter().any(|job| job.progress.kind == "backfill" && !job.progress.complete)
+    }
+
     /// Adopts `theirs` if newer: stores it, then queues the purges and backfills it implies here.
     /// Returns whether it was newer.
     pub fn adopt(&self, theirs: &RuleSet) -> Result<bool, StorageError> {

@@ -22,7 +22,7 @@
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{PartitionId, SyncStore};
 
-use crate::layout::{self, log_floor_key, LogRecord, PARTITIONS};
+use crate::layout::{self, log_cut_key, log_floor_key, LogRecord, PARTITIONS};
 use crate::storage::{Batch, Space};
 use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 
@@ -36,8 +36,9 @@ pub struct PassSummary {
     pub deleted: u64,
     /// Log records read to find the cuts (the pass's cost).
     pub examined: u64,
-    /// Whether the pass stopped at its budget (the rest waits for the next pass).
-    pub cut_short: bool,
+    /// Where the pass stopped at its budget: the partition the next step starts from (`None`: the
+    /// pass reached the last partition).
+    pub resume_at: Option<u16>,
 }
 
 impl EngineSyncStore {
@@ -85,7 +86,9 @@ impl EngineSyncStore {
 
     /// Deletes the records of `origin` in `partition` below `below`, never the newest held nor any
     /// above the vector, and raises the floor marker to the first record kept: one batch, under the
-    /// partition's lock. Deletes at most `budget` records; returns how many it deleted.
+    /// partition's lock. Starts where the last cut ended ([`layout::log_cut_key`]), so records a
+    /// fallback's floor hid are collected too. Deletes at most `budget` records; returns how many it
+    /// deleted.
     pub fn truncate_log(
         &self,
         partition: u16,
@@ -96,17 +99,17 @@ impl EngineSyncStore {
         let _serial = self.lock(partition);
         let newest = self.vv_entry(partition, origin)?;
         let cut = below.min(newest);
-        let marker = self.meta_u64(&log_floor_key(partition, origin))?.max(1);
-        if cut <= marker {
+        let from = self.meta_u64(&log_cut_key(partition, origin))?.max(1);
+        if cut <= from {
             return Ok(0);
         }
-        let start = layout::log_key(partition, origin, marker);
+        let start = layout::log_key(partition, origin, from);
         let end = layout::log_key(partition, origin, cut);
         let doomed = self.engine().scan(Space::Log, &start, Some(&end), budget)?;
-        // Stopped at the budget: the marker rises only past what this batch deletes.
+        // Stopped at the budget: the cut and the marker rise only past what this batch deletes.
         let reached = match doomed.last() {
             Some((key, _)) if doomed.len() == budget => {
-                layout::parse_log_key(key).map_or(marker, |(_, _, seq)| seq.saturating_add(1))
+                layout::parse_log_key(key).map_or(from, |(_, _, seq)| seq.saturating_add(1))
             }
             _ => cut,
         };
@@ -114,59 +117,94 @@ impl EngineSyncStore {
         for (key, _) in &doomed {
             batch.delete(Space::Log, key.clone());
         }
+        batch.max_u64(Space::Meta, log_cut_key(partition, origin), reached);
         batch.max_u64(Space::Meta, log_floor_key(partition, origin), reached);
         self.engine().write(batch)?;
         Ok(doomed.len())
     }
 
     /// One pass over every partition's log: each origin's records older than `cutoff_ms` are cut
-    /// (see the module docs). Reads and deletes at most about `budget` records.
+    /// (see the module docs). Reads and deletes at most about `budget` records; see
+    /// [`EngineSyncStore::truncate_older_than_from`] to go on where a step stopped.
     pub fn truncate_older_than(&self, cutoff_ms: u64, budget: usize) -> Result<PassSummary, SyncStoreError> {
+        self.truncate_older_than_from(cutoff_ms, budget, 0)
+    }
+
+    /// [`EngineSyncStore::truncate_older_than`] from partition `from` on: a step cut short by its
+    /// budget says where the next one starts ([`PassSummary::resume_at`]), so every partition is
+    /// reached whatever the budget.
+    pub fn truncate_older_than_from(
+        &self,
+        cutoff_ms: u64,
+        budget: usize,
+        from: u16,
+    ) -> Result<PassSummary, SyncStoreError> {
         let mut summary = PassSummary::default();
-        for partition in 0..PARTITIONS {
+        let mut work = 0usize;
+        for partition in from..PARTITIONS {
+            // A partition is started only within the budget and then visited whole (each origin's
+            // deletes budgeted): every step moves on, and the remainder waits for the next pass.
+            if work >= budget {
+                summary.resume_at = Some(partition);
+                return Ok(summary);
+            }
             let vv = self.partition_vv(PartitionId(partition))?;
             for (origin, _) in vv.iter() {
-                let left = budget.saturating_sub(summary.examined as usize);
-                if left == 0 {
-                    summary.cut_short = true;
-                    return Ok(summary);
-                }
+                let left = budget.saturating_sub(work).max(1);
                 let (cut, examined) = self.age_cut(partition, origin, cutoff_ms, left)?;
+                let deleted = self.truncate_log(partition, origin, cut, left)?;
+                work = work.saturating_add(examined.max(1)).saturating_add(deleted);
                 summary.examined += examined as u64;
-                summary.deleted += self.truncate_log(partition, origin, cut, left.max(1))? as u64;
+                summary.deleted += deleted as u64;
             }
         }
         Ok(summary)
     }
 }
 
-/// How long the log keeps records: the configured retention, halved pass after pass while the log
-/// takes more than its byte budget, and doubled back (up to the configured retention) once it takes
-/// less than half of it. A byte budget alone cannot say which records to cut; an age can, and the
-/// oldest records are the ones a peer is least likely to still need.
+/// How long the log keeps records: the configured retention, halved while the log takes more than
+/// its byte budget, and doubled back (up to the configured retention) once it takes less than half
+/// of it. A byte budget alone cannot say which records to cut; an age can, and the oldest records
+/// are the ones a peer is least likely to still need.
+///
+/// Deleted records free their bytes only when RocksDB flushes and compacts, so the measure lags the
+/// cut: the retention changes at most once per [`RETENTION_STEP_MS`], and never below
+/// [`MIN_RETENTION_MS`] (unless configured lower), so a lagging measure cannot drive it to nothing.
 #[derive(Clone, Debug)]
 pub struct RetentionController {
     configured_ms: u64,
     max_bytes: u64,
     current_ms: u64,
+    /// When the retention last changed (0: never).
+    changed_at_ms: u64,
 }
 
 /// The shortest retention the byte budget can force: a peer restarted within it still catches up
 /// from the log.
-pub const MIN_RETENTION_MS: u64 = 1_000;
+pub const MIN_RETENTION_MS: u64 = 60_000;
+
+/// The retention changes at most this often.
+pub const RETENTION_STEP_MS: u64 = 60_000;
 
 impl RetentionController {
     /// Keeps records for `configured_ms` while the log stays under `max_bytes`.
     pub fn new(configured_ms: u64, max_bytes: u64) -> RetentionController {
-        RetentionController { configured_ms, max_bytes, current_ms: configured_ms }
+        RetentionController { configured_ms, max_bytes, current_ms: configured_ms, changed_at_ms: 0 }
     }
 
-    /// The retention to apply in the next pass, given what the log takes now.
-    pub fn next(&mut self, log_bytes: u64) -> u64 {
+    /// The retention to apply in the pass starting at `now_ms`, given what the log takes now.
+    pub fn next(&mut self, log_bytes: u64, now_ms: u64) -> u64 {
+        if self.changed_at_ms != 0 && now_ms < self.changed_at_ms.saturating_add(RETENTION_STEP_MS) {
+            return self.current_ms;
+        }
+        let before = self.current_ms;
         if log_bytes > self.max_bytes {
             self.current_ms = (self.current_ms / 2).max(MIN_RETENTION_MS.min(self.configured_ms));
         } else if log_bytes < self.max_bytes / 2 {
             self.current_ms = self.current_ms.saturating_mul(2).min(self.configured_ms);
+        }
+        if self.current_ms != before {
+            self.changed_at_ms = now_ms.max(1);
         }
         self.current_ms
     }
@@ -236,7 +274,7 @@ mod tests {
         written(&mut store, origin, 10, &keys(4));
         assert_eq!(store.age_cut(P, origin, 4_500, usize::MAX).unwrap(), (5, 5), "records 1..=4 are older");
         let summary = store.truncate_older_than(4_500, usize::MAX).unwrap();
-        assert_eq!((summary.deleted, summary.cut_short), (4, false));
+        assert_eq!((summary.deleted, summary.resume_at), (4, None));
         assert_eq!(log_seqs(&store, origin), (5..=10).collect::<Vec<_>>());
         assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 5);
         // Everything is older than the cutoff: only the newest record stays.
@@ -255,8 +293,6 @@ mod tests {
         written(&mut store, origin, 20, &keys(3));
         assert_eq!(store.truncate_log(P, origin, 15, 4).unwrap(), 4);
         assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 5);
-        let first = store.truncate_older_than(u64::MAX, 6).unwrap();
-        assert!(first.cut_short || first.deleted < 15, "{first:?}");
         let mut passes = 0;
         while log_seqs(&store, origin) != [20] {
             store.truncate_older_than(u64::MAX, 6).unwrap();
@@ -264,6 +300,22 @@ mod tests {
             assert!(passes < 20, "truncation made no progress: {:?}", log_seqs(&store, origin));
         }
         assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 20);
+    }
+
+    #[test]
+    fn records_a_fallback_hid_below_its_floor_are_collected() {
+        let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let origin = NodeId(2);
+        written(&mut store, origin, 10, &keys(2));
+        // A fallback raised the vector to 20 (records 11..=20 came as states): 1..=10 are hidden.
+        let raised: meridian_crdt::VersionVector = [(origin, 20)].into_iter().collect();
+        store.apply_states(PartitionId(P), &[], Some(&raised)).unwrap();
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 21);
+        assert_eq!(log_seqs(&store, origin).len(), 10);
+        assert_eq!(store.truncate_older_than(u64::MAX, usize::MAX).unwrap().deleted, 10);
+        assert!(log_seqs(&store, origin).is_empty());
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 21, "the floor never falls");
+        assert!(!log_cut_key(P, origin).starts_with(b"vv/"), "cut keys stay out of vector scans");
     }
 
     #[test]
@@ -332,17 +384,27 @@ mod tests {
 
     #[test]
     fn the_retention_halves_while_over_budget_and_recovers_under_half() {
-        let mut retention = RetentionController::new(64_000, 1_000);
-        assert_eq!(retention.next(900), 64_000, "under budget: as configured");
-        assert_eq!(retention.next(1_001), 32_000);
-        assert_eq!(retention.next(1_001), 16_000);
-        assert_eq!(retention.next(800), 16_000, "between half and the budget: held");
-        assert_eq!(retention.next(400), 32_000);
-        assert_eq!(retention.next(400), 64_000);
-        assert_eq!(retention.next(0), 64_000, "never beyond the configured retention");
+        let day = 86_400_000;
+        let mut retention = RetentionController::new(day, 1_000);
+        let now = std::cell::Cell::new(1_000_000);
+        let step = |retention: &mut RetentionController, bytes: u64| {
+            now.set(now.get() + RETENTION_STEP_MS);
+            retention.next(bytes, now.get())
+        };
+        assert_eq!(step(&mut retention, 900), day, "under budget: as configured");
+        assert_eq!(step(&mut retention, 1_001), day / 2);
+        assert_eq!(retention.next(1_001, now.get() + 1), day / 2, "at most one change per step");
+        assert_eq!(step(&mut retention, 1_001), day / 4);
+        assert_eq!(step(&mut retention, 800), day / 4, "between half and the budget: held");
+        assert_eq!(step(&mut retention, 400), day / 2);
+        assert_eq!(step(&mut retention, 400), day);
+        assert_eq!(step(&mut retention, 0), day, "never beyond the configured retention");
         for _ in 0..64 {
-            retention.next(u64::MAX);
+            step(&mut retention, u64::MAX);
         }
-        assert_eq!(retention.next(u64::MAX), MIN_RETENTION_MS);
+        assert_eq!(step(&mut retention, u64::MAX), MIN_RETENTION_MS, "never below the minimum");
+        // A retention configured below the minimum is kept as configured.
+        let mut short = RetentionController::new(1_000, 10);
+        assert_eq!(short.next(u64::MAX, 5), 1_000);
     }
 }

@@ -63,7 +63,8 @@
 //! those positions must not be offered to others. Instead of deleting anything, the raise writes a
 //! max-merged floor marker (`Meta` key [`log_floor_key`] = `logfloor/[partition][origin]`, 8 bytes BE)
 //! in the same batch; [`SyncStore::log_floor`] never answers below it. Records below the marker that
-//! were applied before the raise stay in the log until log truncation collects them.
+//! were applied before the raise stay in the log until log truncation collects them
+//! (`store/log_truncation.rs` starts each cut where the previous one ended, not at the floor).
 //!
 //! # Scans (first version)
 //!
@@ -386,6 +387,19 @@ impl EngineSyncStore {
     pub fn take_fetched_elsewhere(&self) -> Vec<(u16, Vec<u8>)> {
         let mut fetched = self.fetched_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *fetched).into_iter().collect()
+    }
+
+    /// Queues keys for [`EngineSyncStore::take_fetched_elsewhere`] (again, after a failed
+    /// write-back); beyond 100,000 queued keys they are dropped and counted.
+    pub fn note_fetched_elsewhere(&self, keys: impl IntoIterator<Item = (u16, Vec<u8>)>) {
+        let mut fetched = self.fetched_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if fetched.len() >= MAX_FETCHED_ELSEWHERE {
+                metrics::counter!("meridian_sync_write_backs_dropped_total").increment(1);
+                return;
+            }
+            fetched.insert(key);
+        }
     }
 
     /// What a peer claims about the records it sends, checked before anything is stored: every
@@ -947,16 +961,6 @@ impl SyncStore for EngineSyncStore {
             }
             None => states,
         };
-        if self.peer_region.is_some() && !states.is_empty() {
-            let mut fetched = self.fetched_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
-            for state in states {
-                if fetched.len() >= MAX_FETCHED_ELSEWHERE {
-                    metrics::counter!("meridian_sync_write_backs_dropped_total").increment(1);
-                    break;
-                }
-                fetched.insert((p, state.key.clone()));
-            }
-        }
         let capped;
         let raise_vv_to = match (raise_vv_to, &self.peer_region, self.residency()) {
             (Some(theirs), Some(peer), Some(residency)) => {
@@ -994,7 +998,12 @@ impl SyncStore for EngineSyncStore {
             self.put_states(&mut batch, joined);
             Ok(batch)
         };
-        self.commit_under_locks(&keys, build)
+        self.commit_under_locks(&keys, build)?;
+        // Noted once joined, so the write-back reads the joined state.
+        if self.peer_region.is_some() {
+            self.note_fetched_elsewhere(states.iter().map(|state| (p, state.key.clone())));
+        }
+        Ok(())
     }
 }
 

@@ -47,17 +47,30 @@ impl Coordinator {
             })
             .await
             .unwrap_or_default();
+            // A key whose write-back did not reach every other replica is tried again next tick
+            // (its state is read afresh then).
+            let mut again = Vec::new();
             for (partition, key, state) in states {
+                let mut delivered = true;
                 for target in self.cluster.replicas(partition) {
-                    if target == self.local || !self.cluster.reachable(target) {
+                    if target == self.local {
+                        continue;
+                    }
+                    if !self.cluster.reachable(target) {
+                        delivered = false;
                         continue;
                     }
                     let message = PeerMessageV1::Repair { partition, key: key.clone(), state: state.clone() };
                     let ok = matches!(self.call(target, message, self.peer_timeout).await, Ok(PeerReplyV1::Applied));
                     metrics::counter!("meridian_sync_write_backs_total", "result" => if ok { "ok" } else { "failed" })
                         .increment(1);
+                    delivered &= ok;
+                }
+                if !delivered {
+                    again.push((partition, key));
                 }
             }
+            self.store.note_fetched_elsewhere(again);
         }
     }
 
