@@ -24,6 +24,7 @@ const AP: usize = 2;
 
 struct Regions {
     _dir: tempfile::TempDir,
+    configs: Vec<meridian_server::config::Config>,
     data_dirs: Vec<PathBuf>,
     nodes: Vec<Option<RunningNode>>,
     clients: Vec<Client>,
@@ -57,7 +58,7 @@ async fn regions() -> Regions {
     let ca_dir = dir.path().join("ca");
     generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
     let addrs: Vec<SocketAddr> = REGIONS.iter().map(|_| free_udp_addr()).collect();
-    let (mut nodes, mut clients, mut data_dirs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut nodes, mut clients, mut data_dirs, mut configs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (region, addr) in REGIONS.iter().zip(&addrs) {
         let mut config = region_config_in(
             dir.path(),
@@ -70,6 +71,7 @@ async fn regions() -> Regions {
         );
         config.peer.rf = 1;
         data_dirs.push(config.data_dir.clone());
+        configs.push(config.clone());
         let node = start(config).await.unwrap();
         clients.push(client_of(&node).await);
         nodes.push(Some(node));
@@ -77,7 +79,7 @@ async fn regions() -> Regions {
     for client in &clients {
         wait_formed(client, 3).await;
     }
-    Regions { _dir: dir, data_dirs, nodes, clients }
+    Regions { _dir: dir, configs, data_dirs, nodes, clients }
 }
 
 impl Regions {
@@ -349,6 +351,96 @@ async fn narrowing_purges_and_widening_backfills() {
     let log = std::fs::read_to_string(r.data_dirs[US].join("audit.log")).unwrap();
     assert!(log.contains("\"purge\""), "{log}");
     assert_eq!(markers_in_files(&r.data_dirs[AP], &markers).len(), markers.len(), "ap-south holds every marker");
+    r.stop().await;
+}
+
+/// Narrows rule `id` to `regions` through `via`, retrying while it is refused because a region
+/// keeping the keys is still catching up; the refusals seen.
+async fn narrow_when_allowed(r: &Regions, via: usize, id: u32, regions: &[&str]) -> Vec<String> {
+    let mut refusals = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match r.clients[via].residency(ResidencyOp::Change { id, rule: rule("hop/", regions) }).await {
+            Ok(report) => {
+                r.wait_version(report.version).await;
+                return refusals;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::ResidencyRefused), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "narrowing still refused after 60 s: {e}");
+                refusals.push(e.to_string());
+            }
+        }
+    }
+}
+
+/// Widening a rule and narrowing it at once must not purge the last complete copy: the narrowing
+/// waits for the region that keeps the keys to finish its backfill, and is refused while a node
+/// there cannot confirm it (here: it is down). Every key stays readable. Negative control (run by
+/// hand): without `keepers_ready` the narrowing is accepted while eu-west is down, us-east purges,
+/// and eu-west's backfill finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widening_then_narrowing_at_once_never_purges_the_last_copy() {
+    let mut r = regions().await;
+    let id = r.add_rule(US, rule("hop/", &["us-east"])).await;
+    let mut values = Vec::new();
+    for i in 0..30 {
+        let (value, _) = marker();
+        r.clients[US]
+            .set(format!("app/hop/{i}").as_str())
+            .consistency(Consistency::Eventual)
+            .add([value.clone()])
+            .await
+            .unwrap();
+        values.push(value);
+    }
+    // eu-west goes down; the rule is widened to it and narrowed to it at once.
+    r.nodes[EU].take().unwrap().shutdown().await;
+    let widened =
+        r.clients[US].residency(ResidencyOp::Change { id, rule: rule("hop/", &["us-east", "eu-west"]) }).await.unwrap();
+    let refused =
+        r.clients[US].residency(ResidencyOp::Change { id, rule: rule("hop/", &["eu-west"]) }).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::ResidencyRefused), "{refused}");
+    assert!(refused.to_string().contains("eu-west-n1 (eu-west) could not be asked"), "{refused}");
+    let listed = r.clients[US].residency(ResidencyOp::List).await.unwrap();
+    assert_eq!(listed.version, widened.version, "the refused narrowing changed nothing");
+    // eu-west comes back: the narrowing is refused until its backfill is done, then accepted.
+    let restarted = start(r.configs[EU].clone()).await.unwrap();
+    r.clients[EU] = client_of(&restarted).await;
+    let eu_node = restarted.node.clone();
+    r.nodes[EU] = Some(restarted);
+    let refusals = narrow_when_allowed(&r, US, id, &["eu-west"]).await;
+    eprintln!("narrowing refused {} times after eu-west restarted; last: {:?}", refusals.len(), refusals.last());
+    let us = r.wait_changes_done(US).await;
+    assert!(us.changes.iter().any(|c| c.kind == "purge" && c.rule == id && c.complete), "{:?}", us.changes);
+    for (i, value) in values.iter().enumerate() {
+        let key = meridian_client::IntoKey::into_key(format!("app/hop/{i}").as_str()).unwrap();
+        let held = eu_node.load_entry(&meridian_server::layout::data_key(&key)).unwrap();
+        assert!(held.is_some(), "eu-west holds app/hop/{i} after the narrowing");
+        let members = r.clients[US]
+            .set(format!("app/hop/{i}").as_str())
+            .consistency(Consistency::Eventual)
+            .members()
+            .await
+            .unwrap();
+        assert_eq!(members, vec![value.clone()], "app/hop/{i} read through us-east (proxied to eu-west)");
+    }
+    // With every node up, widening to ap-south and narrowing to it at once loses nothing either.
+    let widened = r.clients[EU]
+        .residency(ResidencyOp::Change { id, rule: rule("hop/", &["eu-west", "ap-south"]) })
+        .await
+        .unwrap();
+    r.wait_version(widened.version).await;
+    narrow_when_allowed(&r, EU, id, &["ap-south"]).await;
+    r.wait_changes_done(EU).await;
+    let ap_node = r.nodes[AP].as_ref().unwrap().node.clone();
+    for i in 0..30 {
+        let key = meridian_client::IntoKey::into_key(format!("app/hop/{i}").as_str()).unwrap();
+        assert!(
+            ap_node.load_entry(&meridian_server::layout::data_key(&key)).unwrap().is_some(),
+            "ap-south holds app/hop/{i}"
+        );
+    }
     r.stop().await;
 }
 

@@ -238,6 +238,23 @@ impl RuleSet {
             .collect()
     }
 
+    /// The rules of [`purges_for`](Self::purges_for) that take from `region` keys it may hold under
+    /// `self`: a new rule, or one whose namespace or prefix changed (the keys were governed by
+    /// something else, perhaps nothing: every region), or one taking keys of a rule of `self`
+    /// that allows `region`. The other purges only repeat one already made, so an edit making
+    /// none of these deletes no copy anywhere.
+    pub fn purges_held(&self, next: &RuleSet, region: &str) -> Vec<Rule> {
+        self.purges_for(next, region)
+            .into_iter()
+            .filter(|rule| {
+                let same_keys = self.rule(rule.id).is_some_and(|old| {
+                    old.spec.namespace == rule.spec.namespace && old.spec.prefix == rule.spec.prefix
+                });
+                !same_keys || self.rules.iter().any(|old| allows(old, region) && takes_keys_of(next, rule, old))
+            })
+            .collect()
+    }
+
     /// The rules of `next` whose keys `region` must backfill when moving from `self` to `next`, each
     /// with the regions that held those keys: every rule allowing `region` that takes keys from a
     /// rule of `self` excluding it (the same rule widened, a rule placed before it, or one replacing
@@ -397,6 +414,24 @@ mod tests {
         assert_eq!(RuleSet::default().purges_for(&v1, "eu-central").len(), 1);
         // An unchanged rule purges nothing again.
         assert!(v1.purges_for(&v1, "eu-central").is_empty());
+    }
+
+    #[test]
+    fn only_purges_of_keys_a_region_may_hold_delete_copies() {
+        let (v1, id) = RuleSet::default().with_added(spec("app", "x/", &["us-east"]), None, 1, &regions()).unwrap();
+        // A new rule takes keys that were everywhere.
+        assert_eq!(RuleSet::default().purges_held(&v1, "eu-west").len(), 1);
+        // Widening repeats the purge where the rule still excludes, deleting nothing held.
+        let v2 = v1.with_changed(id, spec("app", "x/", &["us-east", "eu-west"]), 1, &regions()).unwrap();
+        assert_eq!(v1.purges_for(&v2, "eu-central").len(), 1);
+        assert!(v1.purges_held(&v2, "eu-central").is_empty());
+        // Narrowing takes keys the region held.
+        let v3 = v2.with_changed(id, spec("app", "x/", &["eu-west"]), 1, &regions()).unwrap();
+        assert_eq!(v2.purges_held(&v3, "us-east").len(), 1);
+        assert!(v2.purges_held(&v3, "eu-central").is_empty());
+        // A changed prefix governs keys that were governed by something else.
+        let v4 = v3.with_changed(id, spec("app", "y/", &["eu-west"]), 1, &regions()).unwrap();
+        assert_eq!(v3.purges_held(&v4, "eu-central").len(), 1);
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //! stored as the next version — then pushed to every peer at once (gossip would carry it within a
 //! second anyway); each node then purges or backfills for itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use meridian_client::proto::{ErrorCode, ErrorReply, ResidencyExplain, ResidencyOp, ResidencyReport};
+use meridian_client::proto::{
+    ErrorCode, ErrorReply, Operation, Reply, ReplyBody, RequestV1, ResidencyExplain, ResidencyOp, ResidencyProgress,
+    ResidencyReport,
+};
+use meridian_replication::membership::MemberState;
 use meridian_replication::residency::{allows, RuleSet};
 
 use crate::layout;
+use crate::peer::protocol::{PeerMessageV1, PeerReplyV1};
 use crate::region::coordinator::Coordinator;
 use crate::replica::Replica;
 
@@ -63,6 +69,7 @@ pub async fn residency_op(
         }
     };
     if let Some(next) = edited {
+        keepers_ready(node, coordinator, &current, &next, &known).await?;
         let stored = residency.clone();
         let version = next.version;
         tokio::task::spawn_blocking(move || stored.adopt(&next)).await.map_err(internal)?.map_err(internal)?;
@@ -86,6 +93,134 @@ pub async fn residency_op(
     report.changes = residency.changes();
     report.counters = residency.counters().snapshot();
     Ok(report)
+}
+
+/// How long an edit that purges waits for the regions keeping the keys to confirm their copies
+/// before it is refused: the request's budget (5 s by default) also covers the edit's push (2 s).
+const KEEPERS_PATIENCE: Duration = Duration::from_secs(2);
+/// How long one keeper may take to answer whether its backfills are complete.
+const KEEPER_ANSWER: Duration = Duration::from_secs(1);
+
+/// Refuses an edit that makes some region purge keys while a node of a region that keeps them
+/// may not hold them all: one that has not received the current rules (it may not have started
+/// the backfill they imply) or is still backfilling. Widening and then narrowing before the
+/// backfill ends would otherwise purge the only complete copies. Waits up to
+/// [`KEEPERS_PATIENCE`] for them, then answers which node is behind and what to do.
+async fn keepers_ready(
+    node: &Arc<Replica>,
+    coordinator: Option<&Arc<Coordinator>>,
+    current: &RuleSet,
+    next: &RuleSet,
+    known: &BTreeSet<String>,
+) -> Result<(), ErrorReply> {
+    let keepers = keeping_regions(current, next, known);
+    if keepers.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + KEEPERS_PATIENCE;
+    loop {
+        let behind = keepers_behind(node, coordinator, current.version, &keepers).await;
+        let Some(first) = behind.first() else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            let purged: Vec<String> =
+                keepers.iter().map(|(region, rules)| format!("{region} (rules {rules:?})")).collect();
+            let more = if behind.len() > 1 { format!(" (and {} more)", behind.len() - 1) } else { String::new() };
+            return Err(ErrorReply::new(
+                ErrorCode::ResidencyRefused,
+                format!(
+                    "this change makes regions purge keys that must then live in {} only, but {first}{more}: \
+                     its copy may be incomplete, and the purge could delete the last complete one. Wait until \
+                     `meridian residency list` on it shows every backfill complete (or bring it back, or remove it \
+                     from the cluster), then retry; nothing changed",
+                    purged.join(", "),
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The regions that keep keys some region purges when the rules go from `current` to `next` (keys
+/// it may hold: a purge repeated where a rule already excluded the region deletes no copy), each
+/// with the rules whose keys it keeps.
+fn keeping_regions(current: &RuleSet, next: &RuleSet, known: &BTreeSet<String>) -> BTreeMap<String, Vec<u32>> {
+    let mut keepers: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for region in known {
+        for rule in current.purges_held(next, region) {
+            for keeper in &rule.spec.regions {
+                let rules = keepers.entry(keeper.clone()).or_default();
+                if !rules.contains(&rule.id) {
+                    rules.push(rule.id);
+                }
+            }
+        }
+    }
+    keepers
+}
+
+/// Why nodes of the `keepers` regions that hold data (active or draining) may not hold every key
+/// of rules `version`: one line per such node, empty when all confirm.
+async fn keepers_behind(
+    node: &Arc<Replica>,
+    coordinator: Option<&Arc<Coordinator>>,
+    version: u64,
+    keepers: &BTreeMap<String, Vec<u32>>,
+) -> Vec<String> {
+    let residency = node.residency();
+    let mut behind = Vec::new();
+    if keepers.contains_key(residency.region()) {
+        let held = residency.rules().version;
+        behind.extend(lagging(residency.node_name(), residency.region(), version, held, &residency.changes()));
+    }
+    let Some(coordinator) = coordinator else {
+        return behind;
+    };
+    let cluster = coordinator.cluster();
+    let asked = cluster.members().into_iter().filter(|m| {
+        m.id != cluster.local()
+            && matches!(m.member.state, MemberState::Active | MemberState::Draining)
+            && keepers.contains_key(&m.member.region)
+    });
+    let answers = asked.map(|m| async move {
+        let list = RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: KEEPER_ANSWER.as_millis() as u32,
+            op: Operation::Residency(ResidencyOp::List),
+        };
+        let answer = coordinator.call(m.id, PeerMessageV1::Forward(list), KEEPER_ANSWER).await;
+        (m, answer)
+    });
+    for (m, answer) in futures::future::join_all(answers).await {
+        let (name, region) = (&m.member.name, &m.member.region);
+        match answer {
+            Ok(PeerReplyV1::Forwarded(Ok(Reply { body: ReplyBody::Residency(report), .. }))) => {
+                behind.extend(lagging(name, region, version, report.version, &report.changes));
+            }
+            Ok(PeerReplyV1::Forwarded(Err(e))) => {
+                behind.push(format!("{name} ({region}) answered {}: {}", e.code.name(), e.message))
+            }
+            Ok(_) => behind.push(format!("{name} ({region}) gave an unexpected answer")),
+            Err(e) => behind.push(format!("{name} ({region}) could not be asked ({e})")),
+        }
+    }
+    behind
+}
+
+/// Why a node holding rules version `held` with purges and backfills `changes` may not hold every
+/// key of rules `version`.
+fn lagging(name: &str, region: &str, version: u64, held: u64, changes: &[ResidencyProgress]) -> Option<String> {
+    if held < version {
+        return Some(format!("{name} ({region}) has not received rules version {version} yet (it holds {held})"));
+    }
+    changes.iter().find(|c| c.kind == "backfill" && !c.complete).map(|c| {
+        format!(
+            "{name} ({region}) is still backfilling rule {} (rules version {}: {}/{} partitions)",
+            c.rule, c.version, c.done, c.total
+        )
+    })
 }
 
 /// The regions the cluster has: this node's and every member's.
