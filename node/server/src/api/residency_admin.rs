@@ -70,6 +70,13 @@ pub async fn residency_op(
     };
     if let Some(next) = edited {
         keepers_ready(node, coordinator, &current, &next, &known).await?;
+        // Checked against `current`: an edit stored meanwhile (its keepers unchecked) wins.
+        if residency.rules().version != current.version {
+            return Err(ErrorReply::new(
+                ErrorCode::ResidencyRefused,
+                "the rules changed while this edit waited; nothing changed: list them and retry".to_string(),
+            ));
+        }
         let stored = residency.clone();
         let version = next.version;
         tokio::task::spawn_blocking(move || stored.adopt(&next)).await.map_err(internal)?.map_err(internal)?;
@@ -96,10 +103,11 @@ pub async fn residency_op(
 }
 
 /// How long an edit that purges waits for the regions keeping the keys to confirm their copies
-/// before it is refused: the request's budget (5 s by default) also covers the edit's push (2 s).
-const KEEPERS_PATIENCE: Duration = Duration::from_secs(2);
+/// before it is refused: the request's budget (5 s by default) also covers the last answer
+/// ([`KEEPER_ANSWER`]) and the edit's push (2 s).
+const KEEPERS_PATIENCE: Duration = Duration::from_millis(1_500);
 /// How long one keeper may take to answer whether its backfills are complete.
-const KEEPER_ANSWER: Duration = Duration::from_secs(1);
+const KEEPER_ANSWER: Duration = Duration::from_millis(800);
 
 /// Refuses an edit that makes some region purge keys while a node of a region that keeps them
 /// may not hold them all: one that has not received the current rules (it may not have started
@@ -178,11 +186,22 @@ async fn keepers_behind(
         return behind;
     };
     let cluster = coordinator.cluster();
-    let asked = cluster.members().into_iter().filter(|m| {
-        m.id != cluster.local()
-            && matches!(m.member.state, MemberState::Active | MemberState::Draining)
-            && keepers.contains_key(&m.member.region)
-    });
+    let asked: Vec<_> = cluster
+        .members()
+        .into_iter()
+        .filter(|m| {
+            m.id != cluster.local()
+                && matches!(m.member.state, MemberState::Active | MemberState::Draining)
+                && keepers.contains_key(&m.member.region)
+        })
+        .collect();
+    // A keeping region with no node holding data (all removed, or joining) keeps nothing.
+    for region in keepers.keys().filter(|r| *r != residency.region()) {
+        if !asked.iter().any(|m| &m.member.region == region) {
+            behind.push(format!("region {region} has no active or draining node to keep the keys"));
+        }
+    }
+    let asked = asked.into_iter();
     let answers = asked.map(|m| async move {
         let list = RequestV1 {
             consistency: None,
