@@ -41,14 +41,21 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_speaking([meridian_server::peer::NEWEST_VERSION; 3]).await
+}
+
+/// [`cluster`] with each region's node offering peer protocol versions up to `versions[i]` (a
+/// node of an older release speaks only the older ones).
+async fn cluster_speaking(versions: [u8; 3]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
     generate_ca("test").unwrap().write(&ca_dir, false).unwrap();
     let addrs: Vec<SocketAddr> = REGIONS.iter().map(|_| free_udp_addr()).collect();
     let mut nodes = Vec::new();
     let mut configs = Vec::new();
-    for (region, addr) in REGIONS.iter().zip(&addrs) {
-        let config = node_config(dir.path(), region, *addr, &addrs, &ca_dir);
+    for ((region, addr), version) in REGIONS.iter().zip(&addrs).zip(versions) {
+        let mut config = node_config(dir.path(), region, *addr, &addrs, &ca_dir);
+        config.peer.max_protocol_version = version;
         configs.push(config.clone());
         nodes.push(start(config).await.unwrap());
     }
@@ -148,6 +155,58 @@ async fn anytime_a_causal_session_keeps_its_guarantees_across_regions() {
             let causes = observer.set("app/causes").members().await.unwrap();
             assert!(causes.contains(&cause.clone().into_bytes()), "an effect without its cause in round {round}");
         }
+    }
+    cluster.stop().await;
+}
+
+/// A rolling upgrade's mixed cluster: us-east and eu-west speak the newest peer protocol (compact
+/// gossip, combined vector digests), ap-south only version 2 (full gossip and digests). Writes
+/// converge everywhere, causal sessions keep their guarantees through ap-south (its safe-time
+/// reports travel the old way, the others' the new way), and a residency rule made on ap-south
+/// reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_speaking_the_previous_protocol_still_gossips_syncs_and_serves_causal_sessions() {
+    use meridian_client::proto::{ResidencyOp, RuleSpec};
+    let newest = meridian_server::peer::NEWEST_VERSION;
+    let cluster = cluster_speaking([newest, newest, newest - 1]).await;
+    let (us, eu, ap) = (cluster.clients[0].clone(), cluster.clients[1].clone(), cluster.clients[2].clone());
+    let (us, eu, ap) = (&us, &eu, &ap);
+    for round in 0..10 {
+        let value = format!("v{round}");
+        let writer = us.session().with_consistency(Consistency::Causal);
+        writer.register("app/profile").set(value.clone()).await.unwrap();
+        for reader in [ap, eu] {
+            let moved = reader.session().with_consistency(Consistency::Causal);
+            moved.merge_token(&writer.token());
+            let read = moved.register("app/profile").get_string().await.unwrap();
+            assert_eq!(read, Some(value.clone()), "read-your-writes in round {round}");
+        }
+        let from_ap = ap.session().with_consistency(Consistency::Causal);
+        from_ap.counter("app/ap-writes").incr(1).await.unwrap();
+        let moved = us.session().with_consistency(Consistency::Causal);
+        moved.merge_token(&from_ap.token());
+        assert!(moved.counter("app/ap-writes").get().await.unwrap() > round, "ap-south's write in round {round}");
+    }
+    for c in [us, eu, ap] {
+        eventually("every region holds every write", || async {
+            c.counter("app/ap-writes").consistency(Consistency::Eventual).get().await.unwrap() == 10
+        })
+        .await;
+    }
+    let rule = RuleSpec {
+        namespace: "app".into(),
+        prefix: "mixed/".into(),
+        regions: vec!["us-east".into(), "ap-south".into()],
+        replicas_per_region: None,
+        home: None,
+        strict: false,
+    };
+    let version = ap.residency(ResidencyOp::Add { rule, position: None }).await.unwrap().version;
+    for c in [us, eu] {
+        eventually("the rule made on ap-south reaches every node", || async {
+            c.residency(ResidencyOp::List).await.is_ok_and(|r| r.version >= version)
+        })
+        .await;
     }
     cluster.stop().await;
 }

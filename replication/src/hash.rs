@@ -35,6 +35,16 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
+/// The stable hash of a list of numbers, in order (each fed as 8 big-endian bytes): a digest of
+/// per-partition values that two nodes compare without sending them.
+pub fn stable_hash_u64s(values: &[u64]) -> u64 {
+    let mut hasher = StableHasher::new();
+    for value in values {
+        hasher.write_u64(*value);
+    }
+    hasher.finish()
+}
+
 /// The splitmix64 finaliser: a bijection on `u64` with full avalanche.
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -143,6 +143,10 @@ pub struct PeerConfig {
     /// emulator (`meridian demo` and the geo-tests put a delaying relay between regions) or a
     /// NAT/proxy in front of a remote region; the certificate checks are unchanged.
     pub dial_via: BTreeMap<String, SocketAddr>,
+    /// The newest peer protocol version this node offers and accepts (default: the newest it
+    /// speaks). Nodes negotiate the newest version both speak on their own; lower this to keep an
+    /// upgraded region speaking what the previous release speaks until the upgrade is final.
+    pub max_protocol_version: u8,
 }
 
 impl Default for PeerConfig {
@@ -163,6 +167,8 @@ impl Default for PeerConfig {
             max_hints_per_node: 100_000,
             auto_activate: true,
             dial_via: BTreeMap::new(),
+            // The newest version this release speaks (`peer::NEWEST_VERSION`; a test keeps them equal).
+            max_protocol_version: 3,
         }
     }
 }

@@ -220,8 +220,11 @@ fn join_region(
     crate::certs::export_expiry("node", &tls.cert_pem);
     crate::certs::export_expiry("ca", &tls.ca_pem);
     let defaults = PeerTransportConfig::default();
-    let transport =
-        PeerTransportConfig { max_frame_bytes: config.limits.peer_frame_bytes(defaults.max_frame_bytes), ..defaults };
+    let transport = PeerTransportConfig {
+        max_frame_bytes: config.limits.peer_frame_bytes(defaults.max_frame_bytes),
+        max_protocol_version: config.peer.max_protocol_version,
+        ..defaults
+    };
     let endpoint = PeerEndpoint::bind_with(listen, tls, transport, revoked)
         .with_context(|| format!("binding the peer port {listen} (peer.listen)"))?;
     // A node's region is the one its certificate was issued for: residency decisions (what this

@@ -10,7 +10,8 @@ use meridian_replication::antientropy::{KeyState, PartitionId, SyncConfig};
 use crate::api::node::Node;
 use crate::layout::PARTITIONS;
 use crate::peer::protocol::{
-    PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest, PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
+    combined_digest, partitions_of_bitmap, shared_digest, PeerMessageV1, PeerRefusal, PeerReplyV1, PeerRequest,
+    PeerResponse, Pushed, MAX_PEER_MESSAGE_BYTES,
 };
 use crate::peer::{PeerHandler, PeerIdentity, TraceContext};
 use crate::region::cluster::{Cluster, MergeRefused};
@@ -34,14 +35,28 @@ impl PeerService {
         PeerService { node, cluster, store, sync }
     }
 
+    /// Answers one request; also names its kind (`peer.undecodable` if it could not be read).
     async fn answer(
         &self,
         peer: &PeerIdentity,
         trace: Option<TraceContext>,
         request: &[u8],
+    ) -> (&'static str, Result<PeerReplyV1, PeerRefusal>) {
+        let (from, message) = match codec::decode(request, MAX_PEER_MESSAGE_BYTES) {
+            Ok(PeerRequest::V1 { from, message }) => (from, message),
+            Err(e) => return ("peer.undecodable", Err(PeerRefusal::Undecodable(e.to_string()))),
+        };
+        let kind = message.kind();
+        (kind, self.answer_decoded(peer, trace, from, message).await)
+    }
+
+    async fn answer_decoded(
+        &self,
+        peer: &PeerIdentity,
+        trace: Option<TraceContext>,
+        from: NodeId,
+        message: PeerMessageV1,
     ) -> Result<PeerReplyV1, PeerRefusal> {
-        let PeerRequest::V1 { from, message } =
-            codec::decode(request, MAX_PEER_MESSAGE_BYTES).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if let Some(cluster) = &self.cluster {
             // The id a request names as its sender must be the certified peer's (or a first contact):
             // everything below trusts `from`.
@@ -97,6 +112,29 @@ impl PeerService {
                     membership: cluster.snapshot(),
                     handoff: cluster.local_handoff(),
                     reports: self.node.replica().own_reports(),
+                })
+            }
+            PeerMessageV1::GossipCompact { digest, membership, handoff, reports, .. } => {
+                let cluster = match &membership {
+                    Some(membership) => self.gossip_with(peer, from, membership, handoff)?,
+                    None => self.handoff_of(peer, from, handoff)?,
+                };
+                let replica = self.node.replica().clone();
+                let had_earlier = tokio::task::spawn_blocking(move || {
+                    replica.take_compact_reports_of(from, reports.safe, reports.full, reports.base, &reports.changed)
+                })
+                .await
+                .map_err(|e| PeerRefusal::Failed(e.to_string()))?;
+                let ours = cluster.snapshot();
+                let our_digest = shared_digest(&ours);
+                Ok(PeerReplyV1::GossipCompact {
+                    node_id: self.node.id(),
+                    digest: our_digest,
+                    membership: (our_digest != digest).then_some(ours),
+                    handoff: cluster.local_handoff(),
+                    needs_full_reports: !had_earlier,
+                    rules_digest: shared_digest(&*self.node.residency().rules()),
+                    auth_digest: shared_digest(&*self.node.auth().state()),
                 })
             }
             PeerMessageV1::PartitionVv { partition } => {
@@ -176,6 +214,17 @@ impl PeerService {
                 blocking(move || Ok(PeerReplyV1::VvDigests(crate::region::peer_sync::vv_digests(&store, &partitions)?)))
                     .await
             }
+            PeerMessageV1::VvCombined { partitions, digest } => {
+                let partitions = partitions_of_bitmap(&partitions)
+                    .ok_or_else(|| PeerRefusal::Undecodable("a partition bitmap longer than 32 bytes".into()))?;
+                let store = self.store.clone();
+                blocking(move || {
+                    let ours = crate::region::peer_sync::vv_digests(&store, &partitions)?;
+                    let same = combined_digest(&ours) == digest;
+                    Ok(PeerReplyV1::VvDigests(if same { Vec::new() } else { ours }))
+                })
+                .await
+            }
         }
     }
 
@@ -190,6 +239,9 @@ impl PeerService {
     ) -> Result<(), PeerRefusal> {
         let gossiped = match message {
             PeerMessageV1::Gossip { membership, .. } | PeerMessageV1::GossipReports { membership, .. } => {
+                membership.get(from).map(|m| m.region.clone())
+            }
+            PeerMessageV1::GossipCompact { membership: Some(membership), .. } => {
                 membership.get(from).map(|m| m.region.clone())
             }
             _ => None,
@@ -220,6 +272,17 @@ impl PeerService {
             MergeRefused::Claim(source) => PeerRefusal::ForgedMembership { name: peer.name.clone(), source },
             MergeRefused::Storage(source) => PeerRefusal::Storage { what: "storing the membership", source },
         })?;
+        cluster.set_peer_handoff(from, handoff);
+        Ok(cluster)
+    }
+
+    /// Takes the handoff announcement of a gossip that carried no membership (the sender's is the
+    /// same as ours): the sender must be a member under the name its certificate gives.
+    fn handoff_of(&self, peer: &PeerIdentity, from: NodeId, handoff: Vec<u16>) -> Result<&Arc<Cluster>, PeerRefusal> {
+        let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
+        cluster
+            .check_sender(from, &peer.name)
+            .map_err(|source| PeerRefusal::NotTheSender { name: peer.name.clone(), source })?;
         cluster.set_peer_handoff(from, handoff);
         Ok(cluster)
     }
@@ -317,13 +380,19 @@ async fn blocking(
 
 impl PeerHandler for PeerService {
     async fn handle(&self, peer: &PeerIdentity, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
-        let answer = self.answer(peer, trace, &request).await;
+        let (kind, answer) = self.answer(peer, trace, &request).await;
         if let Err(reason) = &answer {
             if let Some(label) = reason.claim_reason() {
                 metrics::counter!("meridian_peer_refused_total", "reason" => label).increment(1);
             }
             tracing::warn!(peer = %peer.name, %reason, "refused a peer request");
         }
-        codec::encode(&PeerResponse::V1(answer.map_err(|refusal| refusal.to_string())))
+        let reply = codec::encode(&PeerResponse::V1(answer.map_err(|refusal| refusal.to_string())));
+        // Payload bytes per message kind, both ways (QUIC and UDP headers not included): what the
+        // peer traffic is made of.
+        metrics::counter!("meridian_peer_requests_received_total", "kind" => kind).increment(1);
+        metrics::counter!("meridian_peer_request_bytes_received_total", "kind" => kind).increment(request.len() as u64);
+        metrics::counter!("meridian_peer_reply_bytes_sent_total", "kind" => kind).increment(reply.len() as u64);
+        reply
     }
 }

@@ -11,7 +11,7 @@ use meridian_replication::antientropy::{KeyState, LogRecord, PartitionId, SyncMe
 use meridian_replication::residency::RuleSet;
 use meridian_replication::{Membership, SafeReport};
 
-use super::protocol::{PeerMessageV1, PeerReplyV1, PeerRequest, PeerResponse, Pushed};
+use super::protocol::{CompactReports, PeerMessageV1, PeerReplyV1, PeerRequest, PeerResponse, Pushed};
 use crate::auth::state::{AuthRecord, AuthState};
 
 fn vv() -> VersionVector {
@@ -63,6 +63,15 @@ fn requests() -> Vec<(&'static str, PeerMessageV1)> {
         },
         PeerMessageV1::Residency { rules: RuleSet::default() },
         PeerMessageV1::Auth { state: AuthRecord::V1(AuthState::default()) },
+        PeerMessageV1::GossipCompact {
+            digest: 5,
+            membership: None,
+            handoff: vec![1],
+            reports: CompactReports { safe: 7, full: false, base: 6, changed: vec![(2, 3)] },
+            rules_digest: 8,
+            auth_digest: 9,
+        },
+        PeerMessageV1::VvCombined { partitions: vec![0b101], digest: 4 },
     ];
     samples.into_iter().map(|m| (request_name(&m), m)).collect()
 }
@@ -84,6 +93,8 @@ fn request_name(message: &PeerMessageV1) -> &'static str {
         PeerMessageV1::PrefixStates { .. } => "PrefixStates",
         PeerMessageV1::Residency { .. } => "Residency",
         PeerMessageV1::Auth { .. } => "Auth",
+        PeerMessageV1::GossipCompact { .. } => "GossipCompact",
+        PeerMessageV1::VvCombined { .. } => "VvCombined",
     }
 }
 
@@ -107,6 +118,15 @@ fn replies() -> Vec<(&'static str, PeerReplyV1)> {
         PeerReplyV1::PrefixStates { states: vec![KeyState { key: vec![1], state: vec![2] }], next: None, vv: vv() },
         PeerReplyV1::Residency { rules: RuleSet::default() },
         PeerReplyV1::Auth { state: AuthRecord::V1(AuthState::default()) },
+        PeerReplyV1::GossipCompact {
+            node_id: NodeId(1),
+            digest: 5,
+            membership: Some(Membership::new()),
+            handoff: vec![],
+            needs_full_reports: true,
+            rules_digest: 8,
+            auth_digest: 9,
+        },
     ];
     samples.into_iter().map(|m| (reply_name(&m), m)).collect()
 }
@@ -125,6 +145,7 @@ fn reply_name(reply: &PeerReplyV1) -> &'static str {
         PeerReplyV1::PrefixStates { .. } => "PrefixStates",
         PeerReplyV1::Residency { .. } => "Residency",
         PeerReplyV1::Auth { .. } => "Auth",
+        PeerReplyV1::GossipCompact { .. } => "GossipCompact",
     }
 }
 
@@ -181,6 +202,8 @@ const GOLDEN_REQUESTS: &[(&str, &str)] = &[
     ("PrefixStates", "01002a0c0201026e7302702f0101090a"),
     ("Residency", "01002a0d00000000"),
     ("Auth", "01002a0e0000000000"),
+    ("GossipCompact", "01002a0f050001010700060102030809"),
+    ("VvCombined", "01002a10010504"),
 ];
 const GOLDEN_REPLIES: &[(&str, &str)] = &[
     ("Hello", "0100000001"),
@@ -195,5 +218,6 @@ const GOLDEN_REPLIES: &[(&str, &str)] = &[
     ("PrefixStates", "01000009010101010200010102"),
     ("Residency", "0100000a00000000"),
     ("Auth", "0100000b0000000000"),
+    ("GossipCompact", "0100000c0105010000010809"),
     ("Refused", "010001026e6f"),
 ];

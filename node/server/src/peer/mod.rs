@@ -77,10 +77,21 @@ pub const ALPN: &[u8] = b"meridian-peer/1";
 /// ALPN protocol id of version 2: each request stream starts with a header (the caller's trace
 /// context, [`endpoint::stream_header`]) before the version-1 frame.
 pub const ALPN_V2: &[u8] = b"meridian-peer/2";
+/// ALPN protocol id of version 3: version 2's framing, plus the `GossipCompact` request (gossip
+/// that sends only what changed). A node sends it only on connections that negotiated version 3.
+pub const ALPN_V3: &[u8] = b"meridian-peer/3";
 /// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
 /// the connection speaks the newest they share, so a node never sends a version its peer does not
 /// know (rolling upgrades run nodes of two releases side by side).
-pub const ALPNS: [&[u8]; 2] = [ALPN_V2, ALPN];
+pub const ALPNS: [&[u8]; 3] = [ALPN_V3, ALPN_V2, ALPN];
+/// The newest protocol version this release speaks.
+pub const NEWEST_VERSION: u8 = ALPNS.len() as u8;
+
+/// The ALPN ids of the versions up to `max`, newest first (what a node offers and accepts).
+pub fn alpns_up_to(max: u8) -> Vec<Vec<u8>> {
+    let skip = usize::from(NEWEST_VERSION.saturating_sub(max));
+    ALPNS.iter().skip(skip).map(|alpn| alpn.to_vec()).collect()
+}
 
 /// Handles the requests a peer sends. Implementations decode the payload (the peer protocol),
 /// act, and return the encoded response; errors are part of the response payload.
@@ -186,6 +197,9 @@ pub struct PeerTransportConfig {
     /// At shutdown, how long requests in flight may take to finish before connections are closed
     /// (default 10 s).
     pub drain_timeout: Duration,
+    /// The newest protocol version offered and accepted (default [`NEWEST_VERSION`]): lower it to
+    /// keep speaking what nodes of an older release speak, e.g. to be able to roll an upgrade back.
+    pub max_protocol_version: u8,
 }
 
 impl Default for PeerTransportConfig {
@@ -203,6 +217,7 @@ impl Default for PeerTransportConfig {
             connect_timeout: Duration::from_secs(10),
             request_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            max_protocol_version: NEWEST_VERSION,
         }
     }
 }
@@ -225,6 +240,12 @@ impl PeerTransportConfig {
             if value == 0 {
                 return invalid(format!("{field} must be at least 1"));
             }
+        }
+        if !(1..=NEWEST_VERSION).contains(&self.max_protocol_version) {
+            return invalid(format!(
+                "max_protocol_version {} must be in 1..={NEWEST_VERSION}",
+                self.max_protocol_version
+            ));
         }
         if self.stream_receive_window > self.receive_window {
             return invalid(format!(
@@ -583,13 +604,29 @@ mod tests {
             PeerTransportConfig { stream_receive_window: 64 << 20, ..Default::default() },
             PeerTransportConfig { keep_alive_interval: Duration::from_secs(30), ..Default::default() },
             PeerTransportConfig { connect_timeout: Duration::ZERO, ..Default::default() },
+            PeerTransportConfig { max_protocol_version: NEWEST_VERSION + 1, ..Default::default() },
         ];
-        let fields =
-            ["max_frame_bytes", "max_connections", "stream_receive_window", "keep_alive_interval", "connect_timeout"];
+        let fields = [
+            "max_frame_bytes",
+            "max_connections",
+            "stream_receive_window",
+            "keep_alive_interval",
+            "connect_timeout",
+            "max_protocol_version",
+        ];
         for (config, field) in bad.iter().zip(fields) {
             let err = config.validate().unwrap_err();
             assert!(err.to_string().contains(field), "{err} should name {field}");
         }
+    }
+
+    #[test]
+    fn a_node_offers_the_versions_up_to_its_maximum_newest_first() {
+        assert_eq!(alpns_up_to(NEWEST_VERSION), ALPNS.map(<[u8]>::to_vec).to_vec());
+        assert_eq!(alpns_up_to(2), vec![ALPN_V2.to_vec(), ALPN.to_vec()]);
+        assert_eq!(alpns_up_to(1), vec![ALPN.to_vec()]);
+        // The configuration's default is the newest version (config.rs cannot name this layer).
+        assert_eq!(crate::config::Config::default().peer.max_protocol_version, NEWEST_VERSION);
     }
 
     #[test]

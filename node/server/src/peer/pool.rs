@@ -97,10 +97,27 @@ impl PeerPool {
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<(Arc<PeerIdentity>, Vec<u8>), PeerError> {
+        let answer = self.request_versioned(addr, expected_name, |_| request, timeout).await?;
+        Ok((answer.0, answer.2))
+    }
+
+    /// [`request_identified`](Self::request_identified) for a request that depends on the
+    /// protocol version: `build` gets the version of the very connection the request is then sent
+    /// on (a connection dialled again may have negotiated another), so a message of a newer
+    /// version never reaches a node that did not agree to it. Also returns that version.
+    pub async fn request_versioned(
+        &self,
+        addr: SocketAddr,
+        expected_name: Option<&str>,
+        build: impl FnOnce(u8) -> Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Arc<PeerIdentity>, u8, Vec<u8>), PeerError> {
         let deadline = Instant::now() + timeout;
         let connection = tokio::time::timeout_at(deadline, self.get(addr, expected_name))
             .await
             .map_err(|_| PeerError::Timeout { after: timeout })??;
+        let version = connection.version();
+        let request = build(version);
         let result = connection.request(request, deadline.saturating_duration_since(Instant::now())).await;
         if let Err(error) = &result {
             // A timeout drops the cached connection too: a peer that restarted on the same address
@@ -111,7 +128,7 @@ impl PeerPool {
                 self.forget(addr, &connection).await;
             }
         }
-        result.map(|reply| (connection.peer_arc(), reply))
+        result.map(|reply| (connection.peer_arc(), version, reply))
     }
 
     /// Drops `failed` if it is still the cached connection to `addr`.

@@ -19,6 +19,8 @@
 //! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
 //! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
+//! | `VvCombined { partitions, digest }` (version 3) | `VvDigests`: empty when all match | anti-entropy, before `VvDigests` |
+//! | `GossipCompact { digest, membership, handoff, reports }` (version 3) | our membership digest, ours only if the digests differ | [`crate::region::gossip`] over `meridian-peer/3` connections; doubles as a heartbeat |
 //!
 //! Any successful request counts as a heartbeat from its sender.
 
@@ -169,6 +171,35 @@ pub enum PeerMessageV1 {
         /// The metadata.
         state: crate::auth::state::AuthRecord,
     },
+    /// `GossipReports` sending only what changed (protocol version 3, `meridian-peer/3`: never sent
+    /// on a connection that negotiated less). The membership travels only while the two digests
+    /// differ; the reports name only the partitions whose position changed since the last
+    /// exchange the sender saw answered. Answered with `GossipCompact`.
+    GossipCompact {
+        /// [`shared_digest`] of the sender's membership.
+        digest: u64,
+        /// The sender's membership, unless the receiver's last answer named the same digest.
+        membership: Option<Membership>,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// The sender's frontier and changed positions.
+        reports: CompactReports,
+        /// [`shared_digest`] of the sender's residency rules: the rules themselves are exchanged
+        /// (`Residency`) only while the two nodes' digests differ.
+        rules_digest: u64,
+        /// [`shared_digest`] of the sender's authentication metadata (`Auth` likewise).
+        auth_digest: u64,
+    },
+    /// `VvDigests` in one number (protocol version 3): the partitions as a bitmap (bit `p % 8` of
+    /// byte `p / 8`) and [`combined_digest`] of the sender's digests of them, in ascending order.
+    /// Answered with `VvDigests`: empty if the receiver's combined digest is the same (every
+    /// partition in sync), else one digest per partition, ascending.
+    VvCombined {
+        /// The partitions, as a bitmap of at most 32 bytes.
+        partitions: Vec<u8>,
+        /// The combined digest of the sender's vectors of them.
+        digest: u64,
+    },
 }
 
 impl PeerMessageV1 {
@@ -190,6 +221,8 @@ impl PeerMessageV1 {
             PeerMessageV1::PrefixStates { .. } => "peer.prefix_states",
             PeerMessageV1::Residency { .. } => "peer.residency",
             PeerMessageV1::Auth { .. } => "peer.auth",
+            PeerMessageV1::GossipCompact { .. } => "peer.gossip_compact",
+            PeerMessageV1::VvCombined { .. } => "peer.vv_combined",
         }
     }
 }
@@ -261,11 +294,76 @@ pub enum PeerReplyV1 {
         /// The metadata.
         state: crate::auth::state::AuthRecord,
     },
+    /// The answer to `GossipCompact`.
+    GossipCompact {
+        /// Its id.
+        node_id: NodeId,
+        /// [`shared_digest`] of its membership (after merging the sender's).
+        digest: u64,
+        /// Its membership, when the digests differed.
+        membership: Option<Membership>,
+        /// Partitions to hand off.
+        handoff: Vec<u16>,
+        /// Whether it holds no earlier report of the sender to apply changes to (it restarted, or
+        /// never had one): the sender's next request carries every partition.
+        needs_full_reports: bool,
+        /// [`shared_digest`] of its residency rules.
+        rules_digest: u64,
+        /// [`shared_digest`] of its authentication metadata.
+        auth_digest: u64,
+    },
 }
 
 /// A node's safe-time report about its own log, for every partition: its causal frontier (a
 /// packed HLC) and, per partition, the last durable position of its log there.
 pub type OwnReports = (u64, Vec<u64>);
+
+/// A node's safe-time reports in `GossipCompact`: its frontier, and the positions that changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactReports {
+    /// The sender's causal frontier (a packed HLC), for every partition.
+    pub safe: u64,
+    /// Whether `changed` names every partition (the receiver may hold no earlier report).
+    pub full: bool,
+    /// Unless `full`: `stable_hash_u64s` of the positions the changes are relative to, as the
+    /// sender believes the receiver holds them. A receiver holding others (it answered a request
+    /// whose answer was lost, or it is another node behind the same address) applies only the
+    /// named partitions and asks for every partition.
+    pub base: u64,
+    /// `(partition, last durable position)` for each partition whose position changed.
+    pub changed: Vec<(u16, u64)>,
+}
+
+/// A digest of state every node holds a copy of (membership, residency rules, authentication
+/// metadata), to tell whether two nodes hold the same without sending it: the stable hash of its
+/// encoding (each is made of ordered maps, so equal states encode the same on every node).
+pub fn shared_digest<T: Serialize>(state: &T) -> u64 {
+    meridian_replication::hash::stable_hash(&codec::encode(state))
+}
+
+/// The partitions as the bitmap `VvCombined` carries.
+pub fn partition_bitmap(partitions: &[u16]) -> Vec<u8> {
+    let mut bitmap = vec![0u8; usize::from(crate::layout::PARTITIONS).div_ceil(8)];
+    for &p in partitions.iter().filter(|p| **p < crate::layout::PARTITIONS) {
+        bitmap[usize::from(p / 8)] |= 1 << (p % 8);
+    }
+    bitmap
+}
+
+/// The partitions a `VvCombined` bitmap names, ascending; `None` if it is longer than the
+/// partitions there are.
+pub fn partitions_of_bitmap(bitmap: &[u8]) -> Option<Vec<u16>> {
+    if bitmap.len() > usize::from(crate::layout::PARTITIONS).div_ceil(8) {
+        return None;
+    }
+    let set = |p: u16| bitmap.get(usize::from(p / 8)).is_some_and(|byte| byte & (1 << (p % 8)) != 0);
+    Some((0..crate::layout::PARTITIONS).filter(|p| set(*p)).collect())
+}
+
+/// One digest for a list of per-partition vector digests (in the order given).
+pub fn combined_digest(digests: &[u64]) -> u64 {
+    meridian_replication::hash::stable_hash_u64s(digests)
+}
 
 /// Encodes a request from `from`.
 pub fn encode_request(from: NodeId, message: PeerMessageV1) -> Vec<u8> {
@@ -414,5 +512,28 @@ impl PeerCallError {
     /// The reply `reply`, which is not the kind the request called for.
     pub fn unexpected(reply: &PeerReplyV1) -> PeerCallError {
         PeerCallError::Unexpected(format!("{reply:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_bitmaps_round_trip_and_refuse_what_is_too_long() {
+        for partitions in [vec![], vec![0], vec![0, 7, 8, 200, 255], (0..crate::layout::PARTITIONS).collect()] {
+            let bitmap = partition_bitmap(&partitions);
+            assert_eq!(bitmap.len(), 32);
+            assert_eq!(partitions_of_bitmap(&bitmap), Some(partitions));
+        }
+        assert_eq!(partitions_of_bitmap(&[0b11]), Some(vec![0, 1]), "a shorter bitmap names fewer");
+        assert_eq!(partitions_of_bitmap(&[0; 33]), None);
+    }
+
+    #[test]
+    fn combined_digests_tell_lists_apart() {
+        assert_eq!(combined_digest(&[1, 2]), combined_digest(&[1, 2]));
+        assert_ne!(combined_digest(&[1, 2]), combined_digest(&[2, 1]));
+        assert_ne!(combined_digest(&[1]), combined_digest(&[1, 0]));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 
-use super::{PeerError, PeerTlsConfig, PeerTransportConfig, ALPNS};
+use super::{alpns_up_to, PeerError, PeerTlsConfig, PeerTransportConfig};
 use crate::certs::revocation::{fingerprint, RevocationFile};
 use crate::certs::{self, CertIdentity, IdentityError, PeerIdentity};
 
@@ -70,7 +70,7 @@ pub(super) fn setup(tls: &PeerTlsConfig, transport: &PeerTransportConfig) -> Res
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| config_error("node certificate and key")(e.to_string()))?;
-    server.alpn_protocols = ALPNS.iter().map(|alpn| alpn.to_vec()).collect();
+    server.alpn_protocols = alpns_up_to(transport.max_protocol_version);
     // No 0-RTT (replayable) and no resumption: every connection verifies the full chain.
     server.max_early_data_size = 0;
     server.send_tls13_tickets = 0;
@@ -85,7 +85,7 @@ pub(super) fn setup(tls: &PeerTlsConfig, transport: &PeerTransportConfig) -> Res
         .with_webpki_verifier(server_verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|e| config_error("node certificate and key")(e.to_string()))?;
-    client.alpn_protocols = ALPNS.iter().map(|alpn| alpn.to_vec()).collect();
+    client.alpn_protocols = alpns_up_to(transport.max_protocol_version);
     client.resumption = rustls::client::Resumption::disabled();
     client.enable_early_data = false;
 

@@ -7,6 +7,7 @@
 //! listens to, so a node that stops answering turns suspect and then dead within
 //! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::state::AuthRecord;
-use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerReplyV1};
+use crate::peer::protocol::{
+    decode_reply, encode_request, shared_digest, CompactReports, PeerCallError, PeerMessageV1, PeerReplyV1,
+};
 use crate::peer::PeerPool;
 use crate::region::cluster::Cluster;
 use crate::replica::Replica;
+use meridian_replication::hash::stable_hash_u64s;
+use meridian_replication::Membership;
 
 /// Exchanges memberships with every known member and seed each `interval`, until `shutdown`.
 pub async fn gossip(
@@ -30,6 +35,7 @@ pub async fn gossip(
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
+    let mut targets_seen: HashMap<SocketAddr, Seen> = HashMap::new();
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
         round += 1;
         let known = cluster.peers();
@@ -39,23 +45,57 @@ pub async fn gossip(
                 targets.push(*seed);
             }
         }
-        let request = encode_request(
-            cluster.local(),
-            PeerMessageV1::GossipReports {
-                membership: cluster.snapshot(),
-                handoff: cluster.local_handoff(),
-                reports: replica.own_reports(),
-            },
-        );
+        targets_seen.retain(|addr, _| targets.contains(addr));
+        let ours = Ours::now(&replica, &cluster, round % FULL_REPORTS_EVERY == 0);
         let exchanges = targets.into_iter().map(|addr| {
-            let (pool, request) = (pool.clone(), request.clone());
-            async move { (addr, pool.request_identified(addr, None, request, interval * 4).await) }
+            let (pool, seen) = (pool.clone(), targets_seen.get(&addr).cloned().unwrap_or_default());
+            let ours = &ours;
+            async move {
+                // Built for the connection it is sent on: version 3 only where both agreed to it.
+                let build = |version: u8| if version >= 3 { ours.compact_for(&seen) } else { ours.full.clone() };
+                (addr, pool.request_versioned(addr, None, build, interval * 4).await)
+            }
         });
         for (addr, answer) in futures::future::join_all(exchanges).await {
             let answer = answer
                 .map_err(|e| PeerCallError::Transport(e.to_string()))
-                .and_then(|(peer, bytes)| Ok((peer, decode_reply(&bytes)?)));
+                .and_then(|(peer, version, bytes)| Ok((peer, version, decode_reply(&bytes)?)));
+            let (compact, answer) = match answer {
+                Ok((peer, version, reply)) => (version >= 3, Ok((peer, reply))),
+                Err(e) => (false, Err(e)),
+            };
+            if !compact {
+                // What this node knew of the target's state holds only for version-3 exchanges.
+                targets_seen.remove(&addr);
+            }
             match answer {
+                Ok((
+                    peer,
+                    PeerReplyV1::GossipCompact {
+                        node_id,
+                        digest,
+                        membership,
+                        handoff,
+                        needs_full_reports,
+                        rules_digest,
+                        auth_digest,
+                    },
+                )) => {
+                    let merged = match &membership {
+                        Some(membership) => merge_answer(&cluster, &peer, node_id, membership),
+                        None => check_answer(&cluster, &peer, node_id),
+                    };
+                    if !merged {
+                        continue;
+                    }
+                    cluster.heartbeat(node_id);
+                    cluster.set_peer_handoff(node_id, handoff);
+                    let seen = targets_seen.entry(addr).or_default();
+                    seen.digest = Some(digest);
+                    seen.reported = (compact && !needs_full_reports).then(|| ours.seqs.clone());
+                    seen.rules_digest = Some(rules_digest);
+                    seen.auth_digest = Some(auth_digest);
+                }
                 Ok((peer, PeerReplyV1::GossipReports { node_id, membership, handoff, reports })) => {
                     // The answer speaks for the certified peer that sent it: the same checks as a
                     // request's (its id, then what its membership claims), before anything is used.
@@ -81,12 +121,17 @@ pub async fn gossip(
         }
         // Residency rules every fourth round: they change rarely, and a newer set wins wherever
         // it meets an older one, so every node has a change within a few rounds.
+        // A peer whose last version-3 answer named the same digest as ours is skipped.
         if round % 4 == 1 {
-            exchange_rules(&replica, &cluster, &pool, interval * 4).await;
+            let differ = |seen: &Seen| seen.rules_digest != Some(ours.rules_digest);
+            let targets = peers_where(&cluster, &targets_seen, differ);
+            exchange_rules_with(&replica, &cluster, &pool, &targets, interval * 4).await;
         }
         // Authentication metadata likewise, two rounds later (a join: order does not matter).
         if round % 4 == 3 {
-            exchange_auth(&replica, &cluster, &pool, interval * 4).await;
+            let differ = |seen: &Seen| seen.auth_digest != Some(ours.auth_digest);
+            let targets = peers_where(&cluster, &targets_seen, differ);
+            exchange_auth_with(&replica, &cluster, &pool, &targets, interval * 4).await;
         }
         // A removed member stays in the membership as a tombstone; it is no peer to be reached (it
         // would read as `dead` forever and page as unreachable).
@@ -99,6 +144,107 @@ pub async fn gossip(
         metrics::gauge!("meridian_cluster_members").set(members.len() as f64);
         let owned = members.iter().find(|m| m.id == cluster.local()).map_or(0, |m| m.partitions);
         metrics::gauge!("meridian_partitions_owned").set(owned as f64);
+    }
+}
+
+/// Every this many rounds a version-3 gossip carries every partition's report anyway (10 s at the
+/// default 250 ms interval): a bound on how long a report the receiver somehow lost stays lost.
+const FULL_REPORTS_EVERY: u64 = 40;
+
+/// What this node last learned from one gossip target, so that a version-3 exchange sends only
+/// what changed since.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    /// The membership digest the target's last answer named.
+    digest: Option<u64>,
+    /// The positions, per partition, that the target took in with its last answered exchange
+    /// (`None`: send every partition).
+    reported: Option<Vec<u64>>,
+    /// The digests of its residency rules and authentication metadata its last version-3
+    /// answer named (`None`: unknown, exchange them).
+    rules_digest: Option<u64>,
+    auth_digest: Option<u64>,
+}
+
+/// This node's side of one gossip round.
+struct Ours {
+    membership: Membership,
+    digest: u64,
+    handoff: Vec<u16>,
+    safe: u64,
+    seqs: Vec<u64>,
+    /// Send every partition's report to every target this round.
+    all_reports: bool,
+    /// The request for a target that speaks no version 3 (every report and the membership).
+    full: Vec<u8>,
+    from: meridian_crdt::NodeId,
+    rules_digest: u64,
+    auth_digest: u64,
+}
+
+impl Ours {
+    fn now(replica: &Replica, cluster: &Cluster, all_reports: bool) -> Ours {
+        let membership = cluster.snapshot();
+        let handoff = cluster.local_handoff();
+        let (safe, seqs) = replica.own_reports();
+        let full = encode_request(
+            cluster.local(),
+            PeerMessageV1::GossipReports {
+                membership: membership.clone(),
+                handoff: handoff.clone(),
+                reports: (safe, seqs.clone()),
+            },
+        );
+        let digest = shared_digest(&membership);
+        let rules_digest = shared_digest(&*replica.residency().rules());
+        let auth_digest = shared_digest(&*replica.auth().state());
+        Ours {
+            membership,
+            digest,
+            handoff,
+            safe,
+            seqs,
+            all_reports,
+            full,
+            from: cluster.local(),
+            rules_digest,
+            auth_digest,
+        }
+    }
+
+    /// The version-3 request for a target of which this node has `seen` what it has: the
+    /// membership only if the digests differ, the reports of partitions whose position changed.
+    fn compact_for(&self, seen: &Seen) -> Vec<u8> {
+        let (full, base, changed) = match seen.reported.as_ref().filter(|_| !self.all_reports) {
+            Some(reported) => {
+                let changed = self.seqs.iter().enumerate().filter(|(p, seq)| reported.get(*p) != Some(seq));
+                (false, stable_hash_u64s(reported), changed.map(|(p, seq)| (p as u16, *seq)).collect())
+            }
+            None => (true, 0, self.seqs.iter().enumerate().map(|(p, seq)| (p as u16, *seq)).collect()),
+        };
+        encode_request(
+            self.from,
+            PeerMessageV1::GossipCompact {
+                digest: self.digest,
+                membership: (seen.digest != Some(self.digest)).then(|| self.membership.clone()),
+                handoff: self.handoff.clone(),
+                reports: CompactReports { safe: self.safe, full, base, changed },
+                rules_digest: self.rules_digest,
+                auth_digest: self.auth_digest,
+            },
+        )
+    }
+}
+
+/// Checks a gossip answer that carried no membership: `node_id` must be the certified `peer`.
+fn check_answer(cluster: &Cluster, peer: &crate::peer::PeerIdentity, node_id: meridian_crdt::NodeId) -> bool {
+    match cluster.check_sender(node_id, &peer.name) {
+        Ok(()) => true,
+        Err(e) => {
+            metrics::counter!("meridian_peer_refused_total", "reason" => "from_mismatch").increment(1);
+            tracing::warn!(peer = %peer.name, error = %e, "refused a gossip answer");
+            false
+        }
     }
 }
 
@@ -131,9 +277,31 @@ fn merge_answer(
 
 /// Sends this node's residency rules to every known peer and adopts any newer set they answer with.
 pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    let peers: Vec<SocketAddr> = cluster.peers().into_iter().map(|(_, addr)| addr).collect();
+    exchange_rules_with(replica, cluster, pool, &peers, timeout).await;
+}
+
+/// The known peers for which `pick` holds of what this node last saw of them (a peer not seen
+/// yet is picked).
+fn peers_where(cluster: &Cluster, seen: &HashMap<SocketAddr, Seen>, pick: impl Fn(&Seen) -> bool) -> Vec<SocketAddr> {
+    let peers = cluster.peers().into_iter().map(|(_, addr)| addr);
+    peers.filter(|addr| seen.get(addr).is_none_or(&pick)).collect()
+}
+
+/// [`exchange_rules`] with the peers at `targets` only.
+async fn exchange_rules_with(
+    replica: &Replica,
+    cluster: &Cluster,
+    pool: &Arc<PeerPool>,
+    targets: &[SocketAddr],
+    timeout: Duration,
+) {
+    if targets.is_empty() {
+        return;
+    }
     let rules = (*replica.residency().rules()).clone();
     let request = encode_request(cluster.local(), PeerMessageV1::Residency { rules });
-    let exchanges = cluster.peers().into_iter().map(|(_, addr)| {
+    let exchanges = targets.iter().map(|&addr| {
         let (pool, request) = (pool.clone(), request.clone());
         async move { pool.request(addr, None, request, timeout).await }
     });
@@ -159,9 +327,24 @@ pub async fn exchange_rules(replica: &Replica, cluster: &Cluster, pool: &Arc<Pee
 
 /// Sends this node's authentication metadata to every known peer and joins what they answer with.
 pub async fn exchange_auth(replica: &Replica, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    let peers: Vec<SocketAddr> = cluster.peers().into_iter().map(|(_, addr)| addr).collect();
+    exchange_auth_with(replica, cluster, pool, &peers, timeout).await;
+}
+
+/// [`exchange_auth`] with the peers at `targets` only.
+async fn exchange_auth_with(
+    replica: &Replica,
+    cluster: &Cluster,
+    pool: &Arc<PeerPool>,
+    targets: &[SocketAddr],
+    timeout: Duration,
+) {
+    if targets.is_empty() {
+        return;
+    }
     let state = AuthRecord::V1((*replica.auth().state()).clone());
     let request = encode_request(cluster.local(), PeerMessageV1::Auth { state });
-    let exchanges = cluster.peers().into_iter().map(|(_, addr)| {
+    let exchanges = targets.iter().map(|&addr| {
         let (pool, request) = (pool.clone(), request.clone());
         async move { pool.request(addr, None, request, timeout).await }
     });
@@ -176,5 +359,61 @@ pub async fn exchange_auth(replica: &Replica, cluster: &Cluster, pool: &Arc<Peer
                 tracing::warn!(error = %e, "could not store newer authentication metadata");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::protocol::{PeerRequest, MAX_PEER_MESSAGE_BYTES};
+
+    fn ours(seqs: Vec<u64>, all_reports: bool) -> Ours {
+        let membership = Membership::new();
+        Ours {
+            digest: shared_digest(&membership),
+            membership,
+            handoff: vec![],
+            safe: 9,
+            seqs,
+            all_reports,
+            full: vec![],
+            from: meridian_crdt::NodeId(1),
+            rules_digest: 4,
+            auth_digest: 5,
+        }
+    }
+
+    fn decoded(bytes: &[u8]) -> (Option<Membership>, CompactReports) {
+        let PeerRequest::V1 { message, .. } = meridian_crdt::codec::decode(bytes, MAX_PEER_MESSAGE_BYTES).unwrap();
+        match message {
+            PeerMessageV1::GossipCompact { membership, reports, .. } => (membership, reports),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_compact_gossip_sends_what_the_target_has_not_seen() {
+        let now = ours(vec![3, 0, 7, 1], false);
+        // A target never answered: the membership and every partition.
+        let (membership, reports) = decoded(&now.compact_for(&Seen::default()));
+        assert!(membership.is_some());
+        assert!(reports.full);
+        assert_eq!(reports.changed, vec![(0, 3), (1, 0), (2, 7), (3, 1)]);
+        // A target with the same membership that took in older positions: only what moved.
+        let seen =
+            Seen { digest: Some(now.digest), reported: Some(vec![3, 0, 5, 1]), rules_digest: None, auth_digest: None };
+        let (membership, reports) = decoded(&now.compact_for(&seen));
+        assert!(membership.is_none());
+        assert_eq!((reports.full, reports.safe, reports.changed), (false, 9, vec![(2, 7)]));
+        assert_eq!(reports.base, stable_hash_u64s(&[3, 0, 5, 1]), "names the baseline it changes");
+        // Idle: nothing at all but the frontier.
+        let idle = Seen { reported: Some(vec![3, 0, 7, 1]), ..seen.clone() };
+        assert!(decoded(&now.compact_for(&idle)).1.changed.is_empty());
+        // Every FULL_REPORTS_EVERY rounds, everything anyway.
+        let (_, reports) = decoded(&ours(vec![3, 0, 7, 1], true).compact_for(&idle));
+        assert!(reports.full && reports.changed.len() == 4);
+        // A membership changed since: sent again.
+        let other = Seen { digest: Some(now.digest ^ 1), ..idle };
+        assert!(decoded(&now.compact_for(&other)).0.is_some());
     }
 }

@@ -15,6 +15,7 @@
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
 use meridian_replication::SafeReport;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::PARTITIONS;
-use crate::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerRefusal, PeerReplyV1};
+use crate::peer::protocol::{
+    combined_digest, decode_reply, encode_request, partition_bitmap, PeerCallError, PeerMessageV1, PeerRefusal,
+    PeerReplyV1,
+};
 use crate::peer::PeerPool;
 use crate::region::cluster::Cluster;
 use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
@@ -245,19 +249,34 @@ impl Link<'_> {
     }
 
     /// Which of `partitions` have the same version vector here and at the peer (one exchange).
-    fn partitions_in_sync(
-        &self,
-        store: &EngineSyncStore,
-        partitions: &[u16],
-    ) -> Result<std::collections::BTreeSet<u16>, PassFailed> {
+    fn partitions_in_sync(&self, store: &EngineSyncStore, partitions: &[u16]) -> Result<BTreeSet<u16>, PassFailed> {
         if partitions.is_empty() {
             return Ok(Default::default());
         }
-        let theirs = match self.call(PeerMessageV1::VvDigests { partitions: partitions.to_vec() })? {
+        // Ascending and without duplicates: the order a version-3 answer comes back in.
+        let partitions: Vec<u16> = partitions.iter().copied().collect::<BTreeSet<u16>>().into_iter().collect();
+        let ours = vv_digests(store, &partitions)?;
+        // Version 3 compares them all in one number first: an idle pair sends 50 bytes, not a
+        // digest per partition. The message is built for the connection it goes out on.
+        let build = |version: u8| {
+            let message = if version >= 3 {
+                PeerMessageV1::VvCombined { partitions: partition_bitmap(&partitions), digest: combined_digest(&ours) }
+            } else {
+                PeerMessageV1::VvDigests { partitions: partitions.clone() }
+            };
+            encode_request(self.local, message)
+        };
+        let (_, version, reply) = self
+            .runtime
+            .block_on(self.pool.request_versioned(self.peer, None, build, self.timeout))
+            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        let theirs = match decode_reply(&reply)? {
+            PeerReplyV1::VvDigests(digests) if version >= 3 && digests.is_empty() => {
+                return Ok(partitions.into_iter().collect())
+            }
             PeerReplyV1::VvDigests(digests) if digests.len() == partitions.len() => digests,
             other => return Err(PeerCallError::unexpected(&other).into()),
         };
-        let ours = vv_digests(store, partitions)?;
         Ok(partitions.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a == b).map(|(p, _)| *p).collect())
     }
 

@@ -314,9 +314,40 @@ impl Replica {
     /// Takes in `from`'s reports about its own log: its frontier, and per partition the last
     /// durable position of its log there (what [`Replica::own_reports`] says on `from`).
     pub fn take_reports_of(&self, from: NodeId, (safe, seqs): &(u64, Vec<u64>)) {
-        for (partition, seq) in seqs.iter().enumerate().take(usize::from(layout::PARTITIONS)) {
-            self.take_report(partition as u16, SafeReport { origin: from, seq: *seq, safe: *safe });
+        self.safe_times.take_all_reports_of(from, *safe, seqs);
+    }
+
+    /// Takes in `from`'s compact reports: its frontier `safe` and `(partition, position)` for the
+    /// partitions whose position changed since its last reports (`full`: for every partition).
+    /// Returns whether this node held the earlier reports the changes apply to; if not, only the
+    /// named partitions were reported and `from` should send all of them next time.
+    pub fn take_compact_reports_of(
+        &self,
+        from: NodeId,
+        safe: u64,
+        full: bool,
+        base: u64,
+        changed: &[(u16, u64)],
+    ) -> bool {
+        // "Full" must name every partition once: a partition left out would read as no writes.
+        let names_all = changed.len() == usize::from(layout::PARTITIONS)
+            && changed.iter().enumerate().all(|(i, (p, _))| usize::from(*p) == i);
+        if full && names_all {
+            let mut seqs = vec![0; usize::from(layout::PARTITIONS)];
+            for &(partition, seq) in changed {
+                if let Some(held) = seqs.get_mut(usize::from(partition)) {
+                    *held = seq;
+                }
+            }
+            self.safe_times.take_all_reports_of(from, safe, &seqs);
+            return true;
         }
+        if full {
+            // Malformed: take only what it names, and ask for all again.
+            self.safe_times.take_changed_reports_of(from, safe, u64::MAX, changed);
+            return false;
+        }
+        self.safe_times.take_changed_reports_of(from, safe, base, changed)
     }
 
     /// Persists the safe-time knowledge gained since the last call (one small batch; blocks).

@@ -1,9 +1,11 @@
 //! What this node knows of other origins' logs, per partition: the safe times causal reads wait on
 //! (`meridian_replication::safe_time`), persisted so a restart does not forget what it holds.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use meridian_crdt::NodeId;
+use meridian_replication::hash::stable_hash_u64s;
 use meridian_replication::{SafeReport, SafeTimes};
 
 use crate::layout;
@@ -14,6 +16,9 @@ pub struct SafeTimeBook {
     engine: Arc<dyn Engine>,
     local: NodeId,
     times: Mutex<SafeTimes>,
+    /// Per origin, the positions its last reports named for every partition: the baseline its
+    /// compact gossip names changes to (in memory: after a restart the origin is asked for all).
+    reported: Mutex<HashMap<NodeId, Vec<u64>>>,
 }
 
 impl SafeTimeBook {
@@ -27,7 +32,7 @@ impl SafeTimeBook {
                 times.restore(partition, origin, decode_u64_be(&value)?);
             }
         }
-        Ok(SafeTimeBook { engine, local, times: Mutex::new(times) })
+        Ok(SafeTimeBook { engine, local, times: Mutex::new(times), reported: Mutex::new(HashMap::new()) })
     }
 
     /// This node's gap-free position of `origin` in `partition` (its version-vector entry).
@@ -53,6 +58,59 @@ impl SafeTimeBook {
         self.times.lock().expect("safe times lock").report(partition, report, held);
     }
 
+    /// Takes in `origin`'s reports about its own log, for every partition: its frontier `safe` and
+    /// the last durable position of its log in each (`seqs`, indexed by partition). They become
+    /// the baseline its compact reports change.
+    pub fn take_all_reports_of(&self, origin: NodeId, safe: u64, seqs: &[u64]) {
+        for (partition, seq) in seqs.iter().enumerate().take(usize::from(layout::PARTITIONS)) {
+            self.take_report(partition as u16, SafeReport { origin, seq: *seq, safe });
+        }
+        // Positions only grow: an older report taken late must not lower the baseline.
+        let mut reported = self.reported.lock().expect("reported lock");
+        let baseline = reported.entry(origin).or_insert_with(|| vec![0; usize::from(layout::PARTITIONS)]);
+        for (held, seq) in baseline.iter_mut().zip(seqs) {
+            *held = (*held).max(*seq);
+        }
+    }
+
+    /// Takes in `origin`'s compact reports: its frontier `safe`, and the positions that changed
+    /// since the baseline whose digest is `base`. Every partition gets the frontier with its
+    /// baseline position (a position unchanged since then still bounds every write up to the new
+    /// frontier). Without that baseline only the changed partitions can be reported: returns
+    /// false, and the origin is asked for all.
+    pub fn take_changed_reports_of(&self, origin: NodeId, safe: u64, base: u64, changed: &[(u16, u64)]) -> bool {
+        let seqs = {
+            let mut reported = self.reported.lock().expect("reported lock");
+            // Only over the very baseline the origin computed the changes from: over another, a
+            // partition that moved in between would get the new frontier at its old position.
+            match reported.get_mut(&origin).filter(|baseline| stable_hash_u64s(baseline) == base) {
+                Some(baseline) => {
+                    for &(partition, seq) in changed {
+                        if let Some(held) = baseline.get_mut(usize::from(partition)) {
+                            *held = (*held).max(seq);
+                        }
+                    }
+                    Some(baseline.clone())
+                }
+                None => None,
+            }
+        };
+        match seqs {
+            Some(seqs) => {
+                for (partition, seq) in seqs.into_iter().enumerate() {
+                    self.take_report(partition as u16, SafeReport { origin, seq, safe });
+                }
+                true
+            }
+            None => {
+                for &(partition, seq) in changed.iter().filter(|(p, _)| *p < layout::PARTITIONS) {
+                    self.take_report(partition, SafeReport { origin, seq, safe });
+                }
+                false
+            }
+        }
+    }
+
     /// Persists the knowledge gained since the last call (one small batch; blocks). Written after
     /// the data it is about, so a restart never restores a claim about data it lost.
     pub fn persist(&self) -> Result<(), StorageError> {
@@ -65,5 +123,47 @@ impl SafeTimeBook {
             batch.max_u64(Space::Meta, layout::safe_key(partition, origin), known);
         }
         self.engine.write(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryEngine;
+
+    #[test]
+    fn compact_reports_apply_the_frontier_to_every_partition_only_over_a_baseline() {
+        let book = SafeTimeBook::open(Arc::new(MemoryEngine::new()), NodeId(1)).unwrap();
+        let (origin, stranger) = (NodeId(2), NodeId(3));
+        // A full report: partition 3 has a write this node does not hold yet (position 5).
+        let mut seqs = vec![0; usize::from(layout::PARTITIONS)];
+        seqs[3] = 5;
+        book.take_all_reports_of(origin, 100, &seqs);
+        assert_eq!(book.known_safe(0, origin), 100);
+        assert_eq!(book.known_safe(3, origin), 0, "position 5 is not held here");
+        // Nothing changed since: the new frontier reaches every partition at its old position.
+        assert!(book.take_changed_reports_of(origin, 200, stable_hash_u64s(&seqs), &[]));
+        assert_eq!(book.known_safe(0, origin), 200);
+        assert_eq!(book.known_safe(255, origin), 200);
+        assert_eq!(book.known_safe(3, origin), 0, "still behind position 5");
+        // A change moves only its partition's position.
+        assert!(book.take_changed_reports_of(origin, 300, stable_hash_u64s(&seqs), &[(7, 2)]));
+        assert_eq!(book.known_safe(7, origin), 200, "position 2 is not held: the newer frontier waits");
+        assert_eq!(book.known_safe(8, origin), 300);
+        // Changes computed from another baseline (the origin believes partition 9 is at 4 here):
+        // only what they name is taken, and the origin is asked for all.
+        seqs[7] = 2;
+        let mut believed = seqs.clone();
+        believed[9] = 4;
+        assert!(!book.take_changed_reports_of(origin, 350, stable_hash_u64s(&believed), &[(8, 0)]));
+        assert_eq!(book.known_safe(9, origin), 300, "no claim over a baseline the origin did not mean");
+        assert_eq!(book.known_safe(8, origin), 350);
+        // An older full report taken late does not lower the baseline.
+        book.take_all_reports_of(origin, 50, &vec![0; usize::from(layout::PARTITIONS)]);
+        assert!(book.take_changed_reports_of(origin, 360, stable_hash_u64s(&seqs), &[]));
+        // Without a baseline, only the partitions named can be reported, and the caller learns it.
+        assert!(!book.take_changed_reports_of(stranger, 400, 0, &[(1, 0)]));
+        assert_eq!(book.known_safe(1, stranger), 400);
+        assert_eq!(book.known_safe(0, stranger), 0, "no claim about a partition not named");
     }
 }
