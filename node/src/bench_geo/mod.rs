@@ -33,7 +33,6 @@ use hdrhistogram::Histogram;
 use meridian_client::{Client, ClusterOp, Consistency};
 use meridian_wan::plan::{GeoPlan, NodePlan};
 use meridian_wan::relay::Relay;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::demo::{self, DemoOptions};
@@ -367,7 +366,24 @@ impl GeoCluster {
     pub async fn node_metrics(&self) -> Vec<std::collections::BTreeMap<String, f64>> {
         let mut out = Vec::new();
         for (_, node) in self.plan.nodes() {
-            out.push(metrics(node).await.unwrap_or_default());
+            out.push(metrics(node, &self.plan.ca_cert).await.unwrap_or_else(|e| {
+                eprintln!("warning: {e:#}");
+                Default::default()
+            }));
+        }
+        out
+    }
+
+    /// Every node's peer traffic by message kind (see [`peer_traffic`]), summed over the nodes.
+    pub async fn peer_traffic(&self) -> std::collections::BTreeMap<String, [f64; 3]> {
+        let mut out: std::collections::BTreeMap<String, [f64; 3]> = std::collections::BTreeMap::new();
+        for (_, node) in self.plan.nodes() {
+            for (kind, values) in peer_traffic(node, &self.plan.ca_cert).await.unwrap_or_default() {
+                let sum = out.entry(kind).or_default();
+                for (s, v) in sum.iter_mut().zip(values) {
+                    *s += v;
+                }
+            }
         }
         out
     }
@@ -395,20 +411,13 @@ pub(crate) fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
 
-/// Prometheus counters of a node's `/metrics` (plain HTTP, straight to the node: not over a link),
+/// Prometheus counters of a node's `/metrics` (HTTPS with the plan's admin certificate, straight to the node: not over a link),
 /// summed over labels, by metric name.
-pub(crate) async fn metrics(node: &NodePlan) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(node.http_addr).await?;
-        let request = format!("GET /metrics HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", node.http_addr);
-        stream.write_all(request.as_bytes()).await?;
-        let mut body = Vec::new();
-        stream.read_to_end(&mut body).await?;
-        anyhow::Ok(String::from_utf8_lossy(&body).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("{}: GET /metrics timed out", node.name))??;
+pub(crate) async fn metrics(
+    node: &NodePlan,
+    ca_cert: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = metrics_text(node, ca_cert).await?;
     let mut out = std::collections::BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("meridian_")) {
         let Some((name_labels, value)) = line.rsplit_once(' ') else { continue };
@@ -418,6 +427,42 @@ pub(crate) async fn metrics(node: &NodePlan) -> anyhow::Result<std::collections:
         }
     }
     Ok(out)
+}
+
+/// A node's peer traffic so far by message kind (`meridian_peer_*{kind}` counters): per kind, the
+/// requests it answered and the payload bytes in and out.
+pub(crate) async fn peer_traffic(
+    node: &NodePlan,
+    ca_cert: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, [f64; 3]>> {
+    let text = metrics_text(node, ca_cert).await?;
+    let mut out: std::collections::BTreeMap<String, [f64; 3]> = std::collections::BTreeMap::new();
+    let columns = [
+        "meridian_peer_requests_received_total",
+        "meridian_peer_request_bytes_received_total",
+        "meridian_peer_reply_bytes_sent_total",
+    ];
+    for line in text.lines() {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else { continue };
+        let Some((name, labels)) = name_labels.split_once('{') else { continue };
+        let Some(column) = columns.iter().position(|c| *c == name) else { continue };
+        let Some(kind) = labels.split("kind=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+        if let Ok(value) = value.parse::<f64>() {
+            out.entry(kind.to_string()).or_default()[column] += value;
+        }
+    }
+    Ok(out)
+}
+
+/// The text of a node's `/metrics`.
+async fn metrics_text(node: &NodePlan, ca_cert: &std::path::Path) -> anyhow::Result<String> {
+    // Nodes serve HTTPS (authentication on): the admin certificate the plan wrote next to the CA.
+    let probe = meridian_wan::plan::admin_http(ca_cert)?;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), probe.get(node.http_addr, "/metrics"))
+        .await
+        .map_err(|_| anyhow::anyhow!("{}: GET /metrics timed out", node.name))??;
+    anyhow::ensure!(status == 200, "{}: GET /metrics answered {status}", node.name);
+    Ok(body)
 }
 
 /// A deterministic value of `len` bytes for key index `i`, generation `generation`.

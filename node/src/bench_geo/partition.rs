@@ -3,8 +3,9 @@
 //! 1. Load `--keys` registers (`--value-bytes` each) in the first region with parallel `eventual`
 //!    writers; wait until the nodes of every other region have recorded that many of its records
 //!    (their lag histograms count them), then read every key there until all are readable.
-//! 2. Measure the links' idle traffic for a few seconds (gossip, anti-entropy digests): the
-//!    background any later figure includes.
+//! 2. Once every node has completed two anti-entropy passes since the load, measure the links'
+//!    idle traffic for a few seconds (gossip, anti-entropy digests), and the peer requests of that
+//!    window by kind: the background any later figure includes.
 //! 3. Block every link into and out of the first region (both directions), rewrite `--changed` of
 //!    the keys there, spread over `--partition-secs` (they become hints for the other regions),
 //!    then heal.
@@ -89,7 +90,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     drain_load_hints(cluster, timeout, &mut out).await;
 
     // 2. Idle traffic.
-    let idle_rate = idle_link_rate(cluster).await;
+    let idle_rate = idle_link_rate(cluster, &mut out).await;
 
     // 3. Partition and change.
     let changed: Vec<u64> = (0..args.changed).map(|j| j * (args.keys / args.changed)).collect();
@@ -211,10 +212,46 @@ async fn drain_load_hints(cluster: &GeoCluster, timeout: Duration, out: &mut Str
 
 /// Step 2: the links' idle traffic (gossip, anti-entropy digests) in bytes/s, measured over [`IDLE`]:
 /// the background any later figure includes.
-async fn idle_link_rate(cluster: &GeoCluster) -> f64 {
-    let before = total(&cluster.link_bytes());
+/// Also writes what the nodes' peer requests were in that window, by kind (payload only: the rest
+/// of the link bytes is QUIC's framing, encryption and acknowledgements).
+async fn idle_link_rate(cluster: &GeoCluster, out: &mut String) -> f64 {
+    // Anti-entropy passes that began during the load still run rounds for the partitions it
+    // changed (one WAN round trip each): idle starts once every node has completed two passes
+    // since (at most a minute).
+    let passes =
+        |m: &std::collections::BTreeMap<String, f64>| m.get("meridian_sync_passes_total").copied().unwrap_or(0.0);
+    let started: Vec<f64> = cluster.node_metrics().await.iter().map(passes).collect();
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(60) {
+        let now: Vec<f64> = cluster.node_metrics().await.iter().map(passes).collect();
+        if now.iter().zip(&started).all(|(n, s)| n - s >= 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = writeln!(
+        out,
+        "   anti-entropy settled {:.1} s after the load (two passes on every node)",
+        settle.elapsed().as_secs_f64()
+    );
+    let (before, kinds_before) = (total(&cluster.link_bytes()), cluster.peer_traffic().await);
     tokio::time::sleep(IDLE).await;
-    (total(&cluster.link_bytes()) - before) as f64 / IDLE.as_secs_f64()
+    let rate = (total(&cluster.link_bytes()) - before) as f64 / IDLE.as_secs_f64();
+    let kinds_after = cluster.peer_traffic().await;
+    let secs = IDLE.as_secs_f64();
+    let _ = writeln!(
+        out,
+        "   idle traffic: {rate:.0} B/s over every link; peer requests meanwhile (every node, in and out of its region):"
+    );
+    let _ = writeln!(out, "     {:<26}{:>12}{:>16}{:>16}", "KIND", "requests/s", "request B/s", "answer B/s");
+    for (kind, after) in &kinds_after {
+        let was = kinds_before.get(kind).copied().unwrap_or_default();
+        let delta: Vec<f64> = after.iter().zip(was).map(|(a, b)| (a - b) / secs).collect();
+        if delta[0] > 0.0 {
+            let _ = writeln!(out, "     {:<26}{:>12.1}{:>16.0}{:>16.0}", kind, delta[0], delta[1], delta[2]);
+        }
+    }
+    rate
 }
 
 /// Step 3: blocks every link into and out of the first region, rewrites `changed` there over
@@ -448,7 +485,11 @@ async fn wait_hints_drained(cluster: &GeoCluster, timeout: Duration) -> u64 {
     loop {
         let mut queued = 0.0;
         for (_, node) in cluster.plan.nodes() {
-            queued += metrics(node).await.ok().and_then(|m| m.get("meridian_hints_queued").copied()).unwrap_or(0.0);
+            queued += metrics(node, &cluster.plan.ca_cert)
+                .await
+                .ok()
+                .and_then(|m| m.get("meridian_hints_queued").copied())
+                .unwrap_or(0.0);
         }
         if queued <= 0.0 || Instant::now() >= deadline {
             return queued.max(0.0) as u64;
@@ -461,7 +502,11 @@ async fn wait_hints_drained(cluster: &GeoCluster, timeout: Duration) -> u64 {
 async fn hints_written(cluster: &GeoCluster) -> u64 {
     let mut written = 0.0;
     for (_, node) in cluster.plan.nodes() {
-        written += metrics(node).await.ok().and_then(|m| m.get("meridian_hints_written_total").copied()).unwrap_or(0.0);
+        written += metrics(node, &cluster.plan.ca_cert)
+            .await
+            .ok()
+            .and_then(|m| m.get("meridian_hints_written_total").copied())
+            .unwrap_or(0.0);
     }
     written as u64
 }
