@@ -277,7 +277,8 @@ impl PeerService {
     }
 
     /// Takes the handoff announcement of a gossip that carried no membership (the sender's is the
-    /// same as ours): the sender must be a member under the name its certificate gives.
+    /// same as ours): the sender may not use another member's id (`Cluster::check_sender`; an id
+    /// not yet known is a first contact, as for every request).
     fn handoff_of(&self, peer: &PeerIdentity, from: NodeId, handoff: Vec<u16>) -> Result<&Arc<Cluster>, PeerRefusal> {
         let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
         cluster

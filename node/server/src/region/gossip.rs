@@ -52,7 +52,7 @@ pub async fn gossip(
             let ours = &ours;
             async move {
                 // Built for the connection it is sent on: version 3 only where both agreed to it.
-                let build = |version: u8| if version >= 3 { ours.compact_for(&seen) } else { ours.full.clone() };
+                let build = |version: u8| if version >= 3 { ours.compact_for(&seen) } else { ours.full() };
                 (addr, pool.request_versioned(addr, None, build, interval * 4).await)
             }
         });
@@ -175,8 +175,6 @@ struct Ours {
     seqs: Vec<u64>,
     /// Send every partition's report to every target this round.
     all_reports: bool,
-    /// The request for a target that speaks no version 3 (every report and the membership).
-    full: Vec<u8>,
     from: meridian_crdt::NodeId,
     rules_digest: u64,
     auth_digest: u64,
@@ -187,29 +185,21 @@ impl Ours {
         let membership = cluster.snapshot();
         let handoff = cluster.local_handoff();
         let (safe, seqs) = replica.own_reports();
-        let full = encode_request(
-            cluster.local(),
-            PeerMessageV1::GossipReports {
-                membership: membership.clone(),
-                handoff: handoff.clone(),
-                reports: (safe, seqs.clone()),
-            },
-        );
         let digest = shared_digest(&membership);
         let rules_digest = shared_digest(&*replica.residency().rules());
         let auth_digest = shared_digest(&*replica.auth().state());
-        Ours {
-            membership,
-            digest,
-            handoff,
-            safe,
-            seqs,
-            all_reports,
-            full,
-            from: cluster.local(),
-            rules_digest,
-            auth_digest,
-        }
+        Ours { membership, digest, handoff, safe, seqs, all_reports, from: cluster.local(), rules_digest, auth_digest }
+    }
+
+    /// The request for a target that speaks no version 3: the membership and every report.
+    fn full(&self) -> Vec<u8> {
+        let reports = (self.safe, self.seqs.clone());
+        let message = PeerMessageV1::GossipReports {
+            membership: self.membership.clone(),
+            handoff: self.handoff.clone(),
+            reports,
+        };
+        encode_request(self.from, message)
     }
 
     /// The version-3 request for a target of which this node has `seen` what it has: the
@@ -376,7 +366,6 @@ mod tests {
             safe: 9,
             seqs,
             all_reports,
-            full: vec![],
             from: meridian_crdt::NodeId(1),
             rules_digest: 4,
             auth_digest: 5,
