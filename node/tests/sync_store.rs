@@ -593,3 +593,20 @@ async fn pushes_ahead_of_a_gap_are_durable_at_once_and_logged_when_the_gap_fills
     blocking(|| b.accept_pushed(p, &[r1, r2, r3])).unwrap();
     assert_eq!(dump(node_b.engine()), applied);
 }
+
+/// A push that fills a gap and skips a position stored ahead by an earlier push (a hint replay of
+/// [1, 3] after 2 arrived alone) leaves every record logged: the vector must cover them all, or it
+/// stays behind records this replica holds until anti-entropy ships them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_that_fills_one_gap_and_skips_a_stored_position_raises_the_vector_over_all() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (node_b, mut b) = open(dir_b.path(), B);
+    let (p, records) = three_increments_logged_on_a(dir_a.path()).await;
+    let [r1, r2, r3] = [records[0].clone(), records[1].clone(), records[2].clone()];
+    blocking(|| b.accept_pushed(p, std::slice::from_ref(&r2))).unwrap();
+    assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 0);
+    blocking(|| b.accept_pushed(p, &[r1, r3])).unwrap();
+    assert_eq!(b.partition_vv(p).unwrap().get(NodeId(A)), 3, "1, 2 and 3 are all logged here");
+    assert_eq!(b.read_log(p, NodeId(A), 0, 10, 1 << 20).unwrap(), records);
+    assert_eq!(read(&node_b, "t/n").await, Some(Value::Counter(3)));
+}

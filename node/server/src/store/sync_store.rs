@@ -452,10 +452,46 @@ impl EngineSyncStore {
             Err(SyncStoreError::Gap { .. }) => {
                 self.store_ahead(partition, records)?;
                 self.note_applied(records);
-                Ok(())
+                // A push can fill a gap and leave another: a hint replay of [k+1, k+3] where k+2
+                // was stored ahead by an earlier push. Its records are all logged now; raise the
+                // vector over what the log holds gap-free, as `apply_remote` does once a gap fills
+                // (else it stays at k until anti-entropy ships k+1 again).
+                self.raise_over_logged(partition, records)
             }
             other => other,
         }
+    }
+
+    /// Raises the vector entry of each origin of `records` over the records of its log stored
+    /// gap-free above it.
+    fn raise_over_logged(&self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
+        let p = Self::check(partition)?;
+        let _serial = self.lock(p);
+        let origins: std::collections::BTreeSet<NodeId> = records.iter().map(|r| r.origin).collect();
+        let mut raised = Vec::new();
+        for origin in origins.into_iter().filter(|o| *o != self.local) {
+            let held = self.vv_entry(p, origin)?;
+            let mut seq = held;
+            while let Some(next) = seq.checked_add(1) {
+                if self.engine.get(Space::Log, &layout::log_key(p, origin, next))?.is_none() {
+                    break;
+                }
+                seq = next;
+            }
+            if seq > held {
+                raised.push((origin, seq));
+            }
+        }
+        if raised.is_empty() {
+            return Ok(());
+        }
+        self.commit_under_locks(&[], || {
+            let mut batch = Batch::new();
+            for (origin, seq) in &raised {
+                batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
+            }
+            Ok(batch)
+        })
     }
 
     /// Tells the observer (the region's lag figures) that `records` are durable here.
