@@ -68,7 +68,9 @@
 //!   placement — nodes configured with another zone than their certificate's predate this check),
 //!   and the id must be the one
 //!   its name is known under ([`Membership::check_sender`]: [`ClaimError::NotTheSender`],
-//!   [`ClaimError::SomeoneElse`]), or a first contact.
+//!   [`ClaimError::SomeoneElse`]), or a first contact — or a *successor*: a node that started a new
+//!   log epoch runs under a fresh id and hands its name over in the same gossip, by a removal of
+//!   the id it held the name under that wins the join ([`Membership::succeeds`]).
 //! * **Relays only repeat.** A record of *another* known node that would win the join may change its
 //!   lifecycle state and timestamp — an operator's `meridian cluster activate|drain|remove` runs on any
 //!   node and spreads by relay — but not what only the node itself knows or its certificate fixes:
@@ -425,6 +427,42 @@ impl Membership {
         }
     }
 
+    /// [`Membership::check_sender`] for a request that carries the sender's membership (`theirs`,
+    /// gossip): a sender the name is known under another id passes when `theirs` hands the name
+    /// over ([`Membership::succeeds`]).
+    pub fn check_sender_gossiping(
+        &self,
+        from: NodeId,
+        name: &str,
+        theirs: Option<&Membership>,
+    ) -> Result<(), ClaimError> {
+        match self.check_sender(from, name) {
+            Err(ClaimError::NotTheSender { .. }) if theirs.is_some_and(|theirs| self.succeeds(from, name, theirs)) => {
+                Ok(())
+            }
+            checked => checked,
+        }
+    }
+
+    /// Whether `theirs`, gossiped by `from` certified as `name`, hands `name` over from the live
+    /// member holding it here to `from`: `theirs` has `from` under `name` in the holder's region,
+    /// and the holder removed by a record that wins the join. A node that started a new log epoch
+    /// (its previous run may have lost writes its peers hold) runs under a fresh id and says so.
+    /// The removal is what any relay may say; the certificate proves the sender holds the name.
+    pub fn succeeds(&self, from: NodeId, name: &str, theirs: &Membership) -> bool {
+        let Some(holder) = self.live_holder_of(name, from) else { return false };
+        let (Some(held), Some(retired), Some(claimed)) =
+            (self.members.get(&holder), theirs.get(holder), theirs.get(from))
+        else {
+            return false;
+        };
+        claimed.name == name
+            && claimed.region == held.region
+            && claimed.state != MemberState::Removed
+            && retired.state == MemberState::Removed
+            && retired.precedence(held) == Ordering::Greater
+    }
+
     /// The live member other than `except` named `name`.
     fn live_holder_of(&self, name: &str, except: NodeId) -> Option<NodeId> {
         self.members
@@ -437,7 +475,7 @@ impl Membership {
     /// the module docs, "Who may say what"). The first claim that fails is the error; nothing of a
     /// refused membership should be merged.
     pub fn check_claims(&self, from: NodeId, certified: Certified<'_>, theirs: &Membership) -> Result<(), ClaimError> {
-        self.check_sender(from, certified.name)?;
+        self.check_sender_gossiping(from, certified.name, Some(theirs))?;
         for (node, entry) in theirs.iter() {
             if node == from {
                 // The zone is not held to the certificate: it only spreads placement, and nodes
@@ -790,6 +828,61 @@ mod tests {
         // A removed node's name may come back under a new id (a node re-joining with a new data dir).
         ours.transition(C, Removed, hlc(40)).unwrap();
         assert_eq!(ours.check_sender(NodeId(7), "c"), Ok(()));
+    }
+
+    /// A node that started a new log epoch gossips under a fresh id, with its old id removed: that
+    /// hands its name over. Nothing less does.
+    #[test]
+    fn a_successor_takes_its_name_over_only_by_retiring_the_id_it_held_it_under() {
+        const B: NodeId = NodeId(2);
+        const C: NodeId = NodeId(3);
+        const B2: NodeId = NodeId(20);
+        let named = |name: &str, region: &str, state, at| Member {
+            name: name.into(),
+            region: region.into(),
+            zone: format!("{region}-a"),
+            ..member(region, "a", state, 1, at)
+        };
+        let mut ours = Membership::new();
+        ours.upsert(B, named("b", "eu", Active, 10)).unwrap();
+        ours.upsert(C, named("c", "eu", Active, 10)).unwrap();
+        let cert = Certified { name: "b", region: "eu", zone: "eu-a" };
+        let gossip = |records: &[(NodeId, Member)]| {
+            let mut theirs = Membership::new();
+            for (id, m) in records {
+                theirs.merge(&Membership::single(*id, m.clone()));
+            }
+            theirs
+        };
+        let successor = named("b", "eu", Active, 50);
+        let retired = Member {
+            state: Removed,
+            version: MemberVersion { incarnation: 1, hlc: hlc(50) },
+            ..ours.get(B).unwrap().clone()
+        };
+
+        let handover = gossip(&[(B, retired.clone()), (B2, successor.clone())]);
+        assert_eq!(ours.check_sender_gossiping(B2, "b", Some(&handover)), Ok(()));
+        assert_eq!(ours.check_claims(B2, cert, &handover), Ok(()));
+        ours.merge(&handover);
+        assert_eq!(ours.get(B).unwrap().state, Removed);
+        assert_eq!(ours.check_sender(B2, "b"), Ok(()), "the name is the successor's now");
+
+        let mut ours = Membership::new();
+        ours.upsert(B, named("b", "eu", Active, 10)).unwrap();
+        ours.upsert(C, named("c", "eu", Active, 10)).unwrap();
+        let refused = |theirs: &Membership| {
+            matches!(ours.check_claims(B2, cert, theirs), Err(ClaimError::NotTheSender { known: B, .. }))
+        };
+        assert!(refused(&gossip(&[(B2, successor.clone())])), "without the removal");
+        let stale_removal = Member { version: MemberVersion { incarnation: 0, hlc: hlc(60) }, ..retired.clone() };
+        assert!(refused(&gossip(&[(B, stale_removal), (B2, successor.clone())])), "a removal that loses the join");
+        assert!(refused(&gossip(&[(B, retired.clone()), (B2, named("b", "us", Active, 50))])), "in another region");
+        assert!(refused(&gossip(&[(C, named("c", "eu", Removed, 50)), (B2, successor.clone())])), "retiring another");
+        assert!(ours.check_sender_gossiping(B2, "b", None).is_err(), "a request without a membership");
+        // A certificate of another name cannot retire B.
+        let cert_c = Certified { name: "c", region: "eu", zone: "eu-a" };
+        assert!(ours.check_claims(NodeId(30), cert_c, &gossip(&[(B, retired), (NodeId(30), successor)])).is_err());
     }
 
     #[test]

@@ -248,6 +248,10 @@ pub struct StorageConfig {
     pub log_retention_mb: u64,
     /// How often the log is truncated.
     pub log_truncation_interval_ms: u64,
+    /// Test knob: the kernel boot this run is in, instead of `/proc/sys/kernel/random/boot_id`
+    /// (empty: read it). A node whose last `relaxed` run did not stop cleanly starts a new log
+    /// epoch when the boot changed (`store/epoch.rs`); tests simulate a reboot with it.
+    pub boot_id: String,
 }
 
 /// Limits.
@@ -344,6 +348,7 @@ impl Default for Config {
                 log_retention_s: 86_400,
                 log_retention_mb: 4_096,
                 log_truncation_interval_ms: 10_000,
+                boot_id: String::new(),
             },
             limits: LimitsConfig {
                 max_frame_bytes: 4 << 20,

@@ -10,6 +10,8 @@
 //! | `Meta` | `logcut/[partition: u16 BE][origin: u64 BE]` | no record of `origin` below this seq is left in the log (log truncation; max-merged) |
 //! | `Meta` | `safe/[partition: u16 BE][origin: u64 BE]` | packed HLC up to which this node holds `origin`'s writes to `partition` (safe times, max-merged) |
 //! | `Meta` | `membership` | this node's view of the cluster membership (a CRDT) |
+//! | `Meta` | `run` | [`RunMarker`]: how the node's last run started and whether it stopped cleanly |
+//! | `Meta` | `predecessors` | [`Predecessors`]: the ids this node ran under before a new log epoch |
 //! | `Meta` | `residency/rules` | the residency rule set |
 //! | `Meta` | `residency/covered/[rule: u32 BE][partition: u16 BE]` | the version vector a residency backfill covered |
 //! | `Meta` | `residency/applied` | newest rules version whose purges and backfills completed here |
@@ -103,6 +105,46 @@ pub fn vv_key(partition: u16, origin: NodeId) -> Vec<u8> {
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(&origin.0.to_be_bytes());
     out
+}
+
+/// Meta key of the [`RunMarker`] (`store/epoch.rs`).
+pub const META_RUN: &[u8] = b"run";
+
+/// Meta key of the [`Predecessors`] (`store/epoch.rs`).
+pub const META_PREDECESSORS: &[u8] = b"predecessors";
+
+/// How the node's current (or last) run started, and whether it stopped cleanly: what decides, at
+/// the next start, whether a power loss may have taken back log positions peers already hold
+/// (`store/epoch.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunMarker {
+    /// Version 1.
+    V1 {
+        /// The run ended with every write durable (a clean stop wrote this after the last sync).
+        clean: bool,
+        /// The run's durability was `relaxed` (acknowledged writes could sit unsynced).
+        relaxed: bool,
+        /// The kernel boot the run started in (`None`: unknown); a different one at the next start
+        /// means the machine rebooted, and the page cache with it.
+        boot_id: Option<String>,
+    },
+}
+
+/// The ids this node ran under before it started a new log epoch, oldest first (bounded; the
+/// region layer marks each removed and gives its name to the current id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Predecessors {
+    /// Version 1.
+    V1(Vec<NodeId>),
+}
+
+impl Predecessors {
+    /// The ids, oldest first.
+    pub fn ids(&self) -> &[NodeId] {
+        match self {
+            Predecessors::V1(ids) => ids,
+        }
+    }
 }
 
 /// Meta key of this node's view of the cluster membership (`meridian_replication::Membership`).

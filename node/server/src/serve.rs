@@ -80,8 +80,11 @@ impl RunningNode {
         }
         self.node.wait_for_writes().await;
         let node = self.node.clone();
-        let _ = tokio::task::spawn_blocking(move || node.engine().sync_wal()).await;
-        tracing::info!("node stopped");
+        match tokio::task::spawn_blocking(move || node.replica().end_run()).await {
+            Ok(Ok(())) => tracing::info!("node stopped"),
+            Ok(Err(e)) => tracing::error!(error = %e, "node stopped, but its last WAL sync failed"),
+            Err(e) => tracing::error!(error = %e, "node stopped, but ending its run panicked"),
+        }
     }
 }
 

@@ -61,7 +61,7 @@ impl PeerService {
             // The id a request names as its sender must be the certified peer's (or a first contact):
             // everything below trusts `from`.
             cluster
-                .check_sender(from, &peer.name)
+                .check_sender(from, &peer.name, message.gossiped_membership())
                 .map_err(|source| PeerRefusal::NotTheSender { name: peer.name.clone(), source })?;
             self.check_certified_region(cluster, peer, from, &message)?;
             cluster.heartbeat(from);
@@ -282,7 +282,7 @@ impl PeerService {
     fn handoff_of(&self, peer: &PeerIdentity, from: NodeId, handoff: Vec<u16>) -> Result<&Arc<Cluster>, PeerRefusal> {
         let cluster = self.cluster.as_ref().ok_or(PeerRefusal::NoCluster)?;
         cluster
-            .check_sender(from, &peer.name)
+            .check_sender(from, &peer.name, None)
             .map_err(|source| PeerRefusal::NotTheSender { name: peer.name.clone(), source })?;
         cluster.set_peer_handoff(from, handoff);
         Ok(cluster)

@@ -203,6 +203,17 @@ pub enum PeerMessageV1 {
 }
 
 impl PeerMessageV1 {
+    /// The sender's membership, for the gossip variants that carry it.
+    pub fn gossiped_membership(&self) -> Option<&Membership> {
+        match self {
+            PeerMessageV1::Gossip { membership, .. } | PeerMessageV1::GossipReports { membership, .. } => {
+                Some(membership)
+            }
+            PeerMessageV1::GossipCompact { membership, .. } => membership.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The message's name, as spans and logs show it.
     pub fn kind(&self) -> &'static str {
         match self {

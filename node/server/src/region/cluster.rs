@@ -33,6 +33,32 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A node that started a new log epoch (`store/epoch.rs`) runs under a fresh id: each id it ran
+/// under before and still holds its name in `membership` is marked removed, and the state of the
+/// newest (active, draining, …) is the new id's to take (returned). The removal spreads with the
+/// node's gossip, which hands the name over ([`Membership::succeeds`]). Idempotent: once the new
+/// id is in the persisted membership this is not called again.
+fn retire_predecessors(
+    engine: &dyn Engine,
+    membership: &mut Membership,
+    name: &str,
+) -> anyhow::Result<Option<MemberState>> {
+    let mut taken_over = None;
+    for old in crate::store::epoch::predecessors(engine)? {
+        let Some(member) = membership.get(old) else { continue };
+        if member.state == MemberState::Removed || member.name != name {
+            continue;
+        }
+        taken_over = Some(member.state);
+        let at = Hlc { wall_ms: now_ms().max(member.version.hlc.wall_ms + 1), logical: 0 };
+        membership
+            .transition(old, MemberState::Removed, at)
+            .map_err(|e| anyhow::anyhow!("retiring this node's previous id {old}: {e}"))?;
+        tracing::warn!(previous_id = %old, "this node's previous id is marked removed; its name passes to the new one");
+    }
+    Ok(taken_over)
+}
+
 /// Why a peer's membership was not merged.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeRefused {
@@ -106,12 +132,17 @@ impl Cluster {
             None => Membership::new(),
         };
         let held = membership.get(local).cloned();
-        let (state, incarnation) = match &held {
+        let succeeded = match held {
+            None => retire_predecessors(engine.as_ref(), &mut membership, &config.node_name)?,
+            Some(_) => None,
+        };
+        let (state, incarnation) = match (&held, succeeded) {
             // A node that was removed stays out: re-joining is an operator's decision (a new data dir).
-            Some(m) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
-            Some(m) => (m.state, m.version.incarnation),
-            None if config.peer.auto_activate => (MemberState::Active, 1),
-            None => (MemberState::Joining, 1),
+            (Some(m), _) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
+            (Some(m), _) => (m.state, m.version.incarnation),
+            (None, Some(state)) => (state, 1),
+            (None, None) if config.peer.auto_activate => (MemberState::Active, 1),
+            (None, None) => (MemberState::Joining, 1),
         };
         if state == MemberState::Removed {
             tracing::warn!(node = %local, "this node was removed from the cluster; it holds no placements");
@@ -317,9 +348,11 @@ impl Cluster {
         Ok(true)
     }
 
-    /// Whether a peer certified as `name` may send as `from` ([`Membership::check_sender`]).
-    pub fn check_sender(&self, from: NodeId, name: &str) -> Result<(), ClaimError> {
-        self.lock().membership.check_sender(from, name)
+    /// Whether a peer certified as `name` may send as `from` ([`Membership::check_sender`]); a request
+    /// carrying the sender's membership (`gossiped`) may also hand the name over to a successor
+    /// ([`Membership::succeeds`]: a node that started a new log epoch).
+    pub fn check_sender(&self, from: NodeId, name: &str, gossiped: Option<&Membership>) -> Result<(), ClaimError> {
+        self.lock().membership.check_sender_gossiping(from, name, gossiped)
     }
 
     /// Joins the membership a peer sent (or answered with) into ours, if it claims nothing its

@@ -228,7 +228,7 @@ impl Ours {
 
 /// Checks a gossip answer that carried no membership: `node_id` must be the certified `peer`.
 fn check_answer(cluster: &Cluster, peer: &crate::peer::PeerIdentity, node_id: meridian_crdt::NodeId) -> bool {
-    match cluster.check_sender(node_id, &peer.name) {
+    match cluster.check_sender(node_id, &peer.name, None) {
         Ok(()) => true,
         Err(e) => {
             metrics::counter!("meridian_peer_refused_total", "reason" => "from_mismatch").increment(1);
@@ -247,7 +247,7 @@ fn merge_answer(
     node_id: meridian_crdt::NodeId,
     membership: &meridian_replication::Membership,
 ) -> bool {
-    if let Err(e) = cluster.check_sender(node_id, &peer.name) {
+    if let Err(e) = cluster.check_sender(node_id, &peer.name, Some(membership)) {
         metrics::counter!("meridian_peer_refused_total", "reason" => "from_mismatch").increment(1);
         tracing::warn!(peer = %peer.name, error = %e, "refused a gossip answer");
         return false;

@@ -112,17 +112,17 @@ impl Replica {
     /// Opens the replica over `engine`: loads or mints its id and resumes its log position.
     pub fn open(config: Config, engine: Arc<dyn Engine>) -> Result<Arc<Replica>, StorageError> {
         crate::metrics_export::prometheus();
-        let id = match engine.get(Space::Meta, layout::META_NODE_ID)? {
-            Some(bytes) => NodeId(crate::storage::decode_u64_be(&bytes)?),
-            None => {
-                let id = NodeId(rand::random::<u64>().max(1));
-                let mut batch = Batch::default();
-                batch.put(Space::Meta, layout::META_NODE_ID, id.0.to_be_bytes().to_vec());
-                engine.write(batch)?;
-                id
-            }
-        };
-        let (last_seqs, newest) = resume_own_log(engine.as_ref(), id)?;
+        let run = begin_run_of(&config, engine.as_ref())?;
+        let id = run.id;
+        let (last_seqs, mut newest) = resume_own_log(engine.as_ref(), id)?;
+        if let Some(old) = run.replaced {
+            tracing::warn!(
+                node_id = %id, previous_id = %old, reason = run.reason.as_deref().unwrap_or_default(),
+                "starting a new log epoch under a fresh node id: the previous run may have lost writes it had already sent to peers"
+            );
+            // Timestamps issued under the old id are ours too: never go below them.
+            newest = newest.max(resume_own_log(engine.as_ref(), old)?.1);
+        }
         let mut clock = HlcClock::new(config.max_clock_drift_ms);
         // The newest timestamp is our own: no drift bound applies.
         let _ = clock.observe(newest, newest.wall_ms);
@@ -265,6 +265,33 @@ impl Replica {
     /// Stops taking writes because storage failed outside a commit (a periodic WAL sync).
     pub fn fence_storage(&self, reason: &str) {
         self.writer.committer().fence(reason);
+        self.require_new_epoch();
+    }
+
+    /// Ends the run: records, after a last WAL sync, that every write of this node is durable, so
+    /// the next start keeps the node's id (`store/epoch.rs`). A run whose storage failed is not
+    /// clean: under `relaxed` durability it leaves the next start a new epoch to begin instead.
+    /// Call once no write can start ([`Replica::wait_for_writes`]).
+    pub fn end_run(&self) -> Result<(), StorageError> {
+        if self.storage_failure().is_some() {
+            self.require_new_epoch();
+            return Ok(());
+        }
+        self.engine.sync_wal()?;
+        crate::store::epoch::mark_clean_stop(self.engine.as_ref())
+    }
+
+    /// Under `relaxed` durability, a failed storage may have dropped writes already sent to peers:
+    /// leave the next start a file asking for a new log epoch (best effort: the marker of this
+    /// unclean run asks for one after a reboot anyway).
+    fn require_new_epoch(&self) {
+        if self.engine.durability() != Durability::Relaxed || !self.config.data_dir.is_dir() {
+            return;
+        }
+        let path = self.config.data_dir.join(crate::store::epoch::EPOCH_REQUIRED_FILE);
+        if let Err(e) = std::fs::write(&path, b"the storage failed under relaxed durability\n") {
+            tracing::error!(path = %path.display(), error = %e, "could not ask the next start for a new log epoch");
+        }
     }
 
     /// Waits until every write already started is durable (or failed). Call after
@@ -491,6 +518,25 @@ impl Replica {
 /// reopened node resumes each partition's log after its last record, and its clock after the
 /// newest timestamp, so a wall clock that went back across a restart cannot make it issue
 /// timestamps below ones it issued before.
+/// Starts this run's log epoch (`store/epoch.rs`): the boot it runs in, its durability, and
+/// whether the previous run's storage failed (a file in the data directory, removed once acted on).
+fn begin_run_of(config: &Config, engine: &dyn Engine) -> Result<crate::store::epoch::Run, StorageError> {
+    use crate::store::epoch::{self, RunStart, EPOCH_REQUIRED_FILE};
+    let boot_id =
+        if config.storage.boot_id.is_empty() { epoch::current_boot_id() } else { Some(config.storage.boot_id.clone()) };
+    let required = config.data_dir.join(EPOCH_REQUIRED_FILE);
+    let start = RunStart {
+        relaxed: engine.durability() == Durability::Relaxed,
+        boot_id: boot_id.as_deref(),
+        epoch_required: required.exists(),
+    };
+    let run = epoch::begin_run(engine, &start)?;
+    if start.epoch_required {
+        std::fs::remove_file(&required)?;
+    }
+    Ok(run)
+}
+
 fn resume_own_log(engine: &dyn Engine, id: NodeId) -> Result<(Vec<u64>, Hlc), StorageError> {
     let mut last_seqs = vec![0u64; usize::from(layout::PARTITIONS)];
     let mut newest = Hlc::default();
@@ -582,6 +628,68 @@ mod tests {
             .map(|(k, _)| layout::parse_log_key(k).unwrap().2)
             .collect();
         assert_eq!(own, [5, 6], "position 6 is new, not a reused 1");
+    }
+
+    /// The positions of `origin`'s records of partition `p` in `engine`.
+    fn log_of(engine: &dyn Engine, p: u16, origin: NodeId) -> Vec<u64> {
+        engine
+            .scan(Space::Log, &layout::log_key(p, origin, 0), Some(&layout::log_key(p, origin, u64::MAX)), 100)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| layout::parse_log_key(k).unwrap().2)
+            .collect()
+    }
+
+    /// Under `relaxed`, positions 3..5 were handed out (and, in a region, pushed) but not synced
+    /// when the power went. Restarted in the same boot (the harness pretending nothing was lost)
+    /// the node hands position 3 out again — the divergence this guards against; in another boot
+    /// it starts a new log epoch under a fresh id. A clean stop keeps the id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relaxed_node_that_lost_power_never_hands_out_a_position_twice() {
+        use crate::storage::faulty::PowerLossEngine;
+        let config_in = |boot: &str| {
+            let mut config = Config::default();
+            config.storage.boot_id = boot.into();
+            config
+        };
+        let key: Key = "ns/power".parse().unwrap();
+        let p = layout::partition_of(&layout::data_key(&key));
+        let engine = Arc::new(PowerLossEngine::new());
+        let node = Replica::open(config_in("b1"), engine.clone()).unwrap();
+        let old = node.id();
+        for written in 1..=5 {
+            add(&node, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+            if written == 2 {
+                engine.sync_wal().unwrap();
+            }
+        }
+        assert_eq!(log_of(engine.as_ref(), p, old), [1, 2, 3, 4, 5]);
+        drop(node); // no clean stop: the power went
+
+        let same_boot = Arc::new(engine.power_loss(0).unwrap());
+        let node = Replica::open(config_in("b1"), same_boot.clone()).unwrap();
+        add(&node, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+        assert_eq!(node.id(), old, "a process crash keeps the id");
+        assert_eq!(log_of(same_boot.as_ref(), p, old), [1, 2, 3], "position 3 handed out a second time");
+        drop(node);
+
+        let rebooted = Arc::new(engine.power_loss(0).unwrap());
+        let node = Replica::open(config_in("b2"), rebooted.clone()).unwrap();
+        add(&node, &key, CausalToken::default(), Consistency::Eventual).await.unwrap();
+        let new = node.id();
+        assert_ne!(new, old, "a new log epoch");
+        assert_eq!(log_of(rebooted.as_ref(), p, old), [1, 2], "the old log is frozen");
+        assert_eq!(log_of(rebooted.as_ref(), p, new), [1]);
+        assert_eq!(crate::store::epoch::predecessors(rebooted.as_ref()).unwrap(), [old]);
+        let (_, newest_of_old) = resume_own_log(rebooted.as_ref(), old).unwrap();
+        let (_, newest_of_new) = resume_own_log(rebooted.as_ref(), new).unwrap();
+        assert!(newest_of_new > newest_of_old, "timestamps go on after the old id's");
+
+        // A clean stop keeps the new id, even across a reboot.
+        node.end_run().unwrap();
+        drop(node);
+        let node = Replica::open(config_in("b3"), Arc::new(rebooted.power_loss(0).unwrap())).unwrap();
+        assert_eq!(node.id(), new);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

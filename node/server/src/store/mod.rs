@@ -8,11 +8,14 @@
 //!   digests), screened by residency before anything is stored.
 //! - [`log_truncation`]: cuts each origin's delta log to its retention (never the newest record),
 //!   so a peer away longer catches up by the digest fallback.
+//! - [`epoch`]: the node's id and log epoch — a new one after a run that may have lost writes it
+//!   had already pushed (an unclean stop under `relaxed` durability).
 //! - [`safe_times`]: what this node knows of other origins' logs, for causal reads.
 //!
 //! Nothing here knows of requests, regions or peers.
 
 pub mod commit;
+pub mod epoch;
 pub mod log_truncation;
 pub mod safe_times;
 pub mod sync_store;
