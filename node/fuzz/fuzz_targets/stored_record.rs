@@ -10,7 +10,7 @@ use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::residency::RuleSet;
 use meridian_replication::Membership;
 use meridian_server::auth::state::{AuthRecord, AuthState};
-use meridian_server::layout::{self, IdempotencyRecord, LogContent, LogRecord, Stored};
+use meridian_server::layout::{self, IdempotencyRecord, LogContent, LogRecord, Predecessors, RunMarker, Stored};
 use meridian_server::region::cluster::MAX_MEMBERSHIP_BYTES;
 use meridian_server::storage::decode_u64_be;
 
@@ -76,11 +76,19 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
                 }
             }
         }
-        // `Meta` residency coverage: a version vector.
+        // `Meta` residency coverage (a version vector), and the same bytes as the run marker and
+        // the predecessors of a new log epoch.
         6 => {
             if let Ok(vv) = codec::decode::<VersionVector>(bytes, layout::MAX_RECORD_BYTES) {
                 let again: VersionVector = codec::decode(&codec::encode(&vv), layout::MAX_RECORD_BYTES).expect("re-encoded vector decodes");
                 assert_eq!(again, vv);
+            }
+            if let Ok(marker) = layout::decode::<RunMarker>(bytes) {
+                assert_eq!(layout::decode::<RunMarker>(&layout::encode(&marker)).expect("re-encoded marker decodes"), marker);
+            }
+            if let Ok(predecessors) = layout::decode::<Predecessors>(bytes) {
+                let again: Predecessors = layout::decode(&layout::encode(&predecessors)).expect("re-encoded predecessors decode");
+                assert_eq!(again.ids(), predecessors.ids());
             }
         }
         // Max-merged u64 values (`vv/`, `logfloor/`, `safe/`, `residency/applied`) and stored keys

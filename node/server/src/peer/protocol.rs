@@ -15,7 +15,7 @@
 //! | `ReadKey { key }` | the key's stored state | quorum reads |
 //! | `Repair { partition, key, state }` | `Applied` once durable | quorum read write-back, read repair |
 //! | `Forward(request)` | the client reply | a node that is not a replica of the key |
-//! | `PushBatch { pushes, relay }` | `Applied` once all are durable | a shipper to another region's entry point |
+//! | `PushBatch { pushes, relay }` | `Applied` once all are durable | a shipper to another region's entry point; hint replay; without records, reports only: vouches for the successor of a removed id (`region/gossip.rs`) |
 //! | `VvDigests { partitions }` | a digest of our vector of each | anti-entropy, to skip partitions already in sync |
 //! | `Push { partition, records, reports, relay }` | `Applied` once durable | write fan-out (in a region, and to one entry point per other region, which relays it in its region) |
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |

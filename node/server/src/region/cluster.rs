@@ -439,6 +439,29 @@ impl Cluster {
             .collect()
     }
 
+    /// Successions this node should vouch for (`region::gossip::vouch_for_successors`): a removed
+    /// member whose removal is at most `within_ms` old and whose name a live member other than this
+    /// node now holds, with that member's id and address.
+    pub fn successions(&self, within_ms: u64) -> Vec<(NodeId, NodeId, SocketAddr)> {
+        let view = self.lock();
+        let since = now_ms().saturating_sub(within_ms);
+        let mut out = Vec::new();
+        for (retired, old) in view.membership.iter() {
+            if old.state != MemberState::Removed || old.version.hlc.wall_ms < since {
+                continue;
+            }
+            for (successor, new) in view.membership.iter() {
+                let live = new.state != MemberState::Removed && successor != self.local && successor != retired;
+                if live && new.name == old.name && new.region == old.region {
+                    if let Some(addr) = self.dial_addr(new) {
+                        out.push((retired, successor, addr));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// This node's lifecycle state.
     pub fn local_state(&self) -> MemberState {
         self.member(self.local).map_or(MemberState::Removed, |m| m.state)

@@ -1,5 +1,6 @@
-//! Membership gossip and heartbeats, safe-time reports, and the exchange of residency rules and
-//! authentication metadata.
+//! Membership gossip and heartbeats, safe-time reports, the exchange of residency rules and
+//! authentication metadata, and vouches for a node that took over a removed id's name (a new log
+//! epoch: what this node knows of the old id's log, which the successor cannot learn otherwise).
 //!
 //! Every `gossip_interval_ms` the node sends its membership to every other member it knows (a
 //! region is tens of nodes at most, so all-to-all stays cheap) and to its seeds; each answer is the
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::state::AuthRecord;
 use crate::peer::protocol::{
-    decode_reply, encode_request, shared_digest, CompactReports, PeerCallError, PeerMessageV1, PeerReplyV1,
+    decode_reply, encode_request, shared_digest, CompactReports, PeerCallError, PeerMessageV1, PeerReplyV1, Pushed,
 };
 use crate::peer::PeerPool;
 use crate::region::cluster::Cluster;
@@ -133,6 +134,9 @@ pub async fn gossip(
             let targets = peers_where(&cluster, &targets_seen, differ);
             exchange_auth_with(&replica, &cluster, &pool, &targets, interval * 4).await;
         }
+        if round % FULL_REPORTS_EVERY == 1 {
+            vouch_for_successors(&replica, &cluster, &pool, interval * 4).await;
+        }
         // A removed member stays in the membership as a tombstone; it is no peer to be reached (it
         // would read as `dead` forever and page as unreachable).
         let mut members = cluster.members();
@@ -144,6 +148,34 @@ pub async fn gossip(
         metrics::gauge!("meridian_cluster_members").set(members.len() as f64);
         let owned = members.iter().find(|m| m.id == cluster.local()).map_or(0, |m| m.partitions);
         metrics::gauge!("meridian_partitions_owned").set(owned as f64);
+    }
+}
+
+/// How long after a member's removal its successor is vouched for.
+const VOUCH_FOR_MS: u64 = 15 * 60_000;
+
+/// Tells each node that took a removed member's name over — a node that started a new log epoch
+/// (`store/epoch.rs`) — what this node knows of the removed id's log: its safe times, per
+/// partition (sent as a `PushBatch` without records, reports only). The successor ran under that
+/// id, so it never took reports about it, and the id reports no more: without these, a causal
+/// read there would wait for every write the old id made until it timed out. Sent every
+/// `FULL_REPORTS_EVERY` rounds for [`VOUCH_FOR_MS`] after the removal; a report is only taken
+/// once the successor holds the position it names, so it is true whenever it arrives.
+async fn vouch_for_successors(replica: &Arc<Replica>, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
+    for (retired, successor, addr) in cluster.successions(VOUCH_FOR_MS) {
+        let vouching = replica.clone();
+        let Ok(vouches) = tokio::task::spawn_blocking(move || vouching.vouch_for(retired)).await else { continue };
+        if vouches.is_empty() {
+            continue;
+        }
+        let pushes = vouches
+            .into_iter()
+            .map(|(partition, report)| Pushed { partition, records: Vec::new(), reports: vec![report] })
+            .collect();
+        let request = encode_request(cluster.local(), PeerMessageV1::PushBatch { pushes, relay: false });
+        if let Err(e) = pool.request(addr, None, request, timeout).await {
+            tracing::debug!(%successor, %retired, error = %e, "could not vouch for a successor");
+        }
     }
 }
 

@@ -64,6 +64,10 @@ pub fn adopt_restored_store(
     let mut batch = Batch::default();
     batch.put(Space::Meta, layout::META_NODE_ID, new_id.0.to_be_bytes().to_vec());
     batch.put(Space::Meta, layout::META_RESTORED_REGION, region.as_bytes().to_vec());
+    // The backup's run marker is the backed-up node's live run: the new id has no log to protect,
+    // so its first run must not start yet another epoch (`store/epoch.rs`).
+    let clean = layout::RunMarker::V1 { clean: true, relaxed: false, boot_id: None };
+    batch.put(Space::Meta, layout::META_RUN, layout::encode(&clean));
     let mut removed_old = false;
     if replace {
         if let Some(bytes) = engine.get(Space::Meta, layout::META_MEMBERSHIP)? {

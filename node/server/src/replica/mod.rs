@@ -333,6 +333,11 @@ impl Replica {
         self.safe_times.known_safe(partition, origin)
     }
 
+    /// What this node can vouch for about `origin`'s log, per partition it knows something of.
+    pub fn vouch_for(&self, origin: NodeId) -> Vec<(u16, SafeReport)> {
+        (0..layout::PARTITIONS).filter_map(|p| self.safe_times.vouch(p, origin).map(|report| (p, report))).collect()
+    }
+
     /// Takes in what another node says about an origin's log of `partition`.
     pub fn take_report(&self, partition: u16, report: SafeReport) {
         self.safe_times.take_report(partition, report);

@@ -49,6 +49,15 @@ impl SafeTimeBook {
         self.times.lock().expect("safe times lock").known(partition, origin, held)
     }
 
+    /// What this node can vouch for about `origin`'s log of `partition`: the position it holds and
+    /// the HLC that position is known to cover (`None`: it knows nothing). A node that took over
+    /// from `origin` under a new log epoch hears it from the nodes that do
+    /// (`region::gossip::vouch_for_successors`).
+    pub fn vouch(&self, partition: u16, origin: NodeId) -> Option<SafeReport> {
+        let held = self.held_position(partition, origin);
+        self.times.lock().expect("safe times lock").vouch(partition, origin, held)
+    }
+
     /// Takes in what another node says about an origin's log of `partition`.
     pub fn take_report(&self, partition: u16, report: SafeReport) {
         if report.origin == self.local {
