@@ -151,6 +151,22 @@ impl PeerService {
                 self.accept_pushes(peer, from, vec![Pushed { partition, records, reports }], relay).await
             }
             PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(peer, from, pushes, relay).await,
+            PeerMessageV1::PushIdempotent { push, id, record } => {
+                check_idempotency_of(&push, from, &record)?;
+                let applied = self.accept_pushes(peer, from, vec![push], false).await?;
+                let replica = self.node.replica().clone();
+                blocking(move || {
+                    // A key this region may not hold was screened out of the push: its record stays out too.
+                    let crate::layout::IdempotencyRecord::V1 { key, .. } = &record;
+                    if replica.residency().allowed_in(&replica.config().region, &crate::layout::data_key(key)) {
+                        replica
+                            .keep_idempotency(meridian_client::proto::IdempotencyId(id), &record)
+                            .map_err(|e| PeerRefusal::Failed(format!("keeping the write's idempotency record: {e}")))?;
+                    }
+                    Ok(applied)
+                })
+                .await
+            }
             PeerMessageV1::ReadKey { key } => {
                 // Neither region may hold a key its rules keep away from the asker's region.
                 if !self.node.residency().allowed_in(&peer.region, &key) {
@@ -327,6 +343,23 @@ impl PeerService {
             tokio::spawn(async move { coordinator.fan_out_batch_in_region(pushes).await });
         }
         Ok(reply)
+    }
+}
+
+/// An idempotency record travels with the one write it is about: the push carries one record, of
+/// a write the sender coordinated, to the key the idempotency record names.
+fn check_idempotency_of(
+    push: &Pushed,
+    from: NodeId,
+    record: &crate::layout::IdempotencyRecord,
+) -> Result<(), PeerRefusal> {
+    let crate::layout::IdempotencyRecord::V1 { key, .. } = record;
+    match push.records.as_slice() {
+        [written] if written.origin == from && written.key == crate::layout::data_key(key) => Ok(()),
+        [_] => Err(PeerRefusal::MalformedIdempotency(format!(
+            "it names key {key}, but the push carries another key's write, or one another node coordinated"
+        ))),
+        records => Err(PeerRefusal::MalformedIdempotency(format!("a push of {} records, not one", records.len()))),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::tls::{self, verify_connection};
 use super::{
     close_code, codes, connection_error, PeerError, PeerHandler, PeerIdentity, PeerTlsConfig, PeerTransportConfig,
-    StreamRefusal, TraceContext, ALPN_V2, ALPN_V3,
+    StreamRefusal, TraceContext, ALPN_V2, ALPN_V3, ALPN_V4,
 };
 use crate::certs::revocation::RevocationFile;
 use crate::certs::IdentityError;
@@ -529,14 +529,15 @@ async fn exchange(
     Ok(response)
 }
 
-/// The protocol version a connection's handshake settled on: 3 for [`ALPN_V3`], 2 for
-/// [`ALPN_V2`], else 1.
+/// The protocol version a connection's handshake settled on: 4 for [`ALPN_V4`], 3 for
+/// [`ALPN_V3`], 2 for [`ALPN_V2`], else 1.
 fn negotiated_version(connection: &quinn::Connection) -> u8 {
     let protocol = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match protocol.as_deref() {
+        Some(ALPN_V4) => 4,
         Some(ALPN_V3) => 3,
         Some(ALPN_V2) => 2,
         _ => 1,

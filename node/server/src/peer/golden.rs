@@ -72,6 +72,16 @@ fn requests() -> Vec<(&'static str, PeerMessageV1)> {
             auth_digest: 9,
         },
         PeerMessageV1::VvCombined { partitions: vec![0b101], digest: 4 },
+        PeerMessageV1::PushIdempotent {
+            push: Pushed { partition: 2, records: vec![record()], reports: vec![report()] },
+            id: 6,
+            record: crate::layout::IdempotencyRecord::V1 {
+                created_ms: 7,
+                key: "ns/k".parse().expect("a valid key"),
+                request_digest: 8,
+                reply: Reply { causal_token: Default::default(), body: ReplyBody::Written { counter: Some(9) } },
+            },
+        },
     ];
     samples.into_iter().map(|m| (request_name(&m), m)).collect()
 }
@@ -95,6 +105,7 @@ fn request_name(message: &PeerMessageV1) -> &'static str {
         PeerMessageV1::Auth { .. } => "Auth",
         PeerMessageV1::GossipCompact { .. } => "GossipCompact",
         PeerMessageV1::VvCombined { .. } => "VvCombined",
+        PeerMessageV1::PushIdempotent { .. } => "PushIdempotent",
     }
 }
 
@@ -204,6 +215,7 @@ const GOLDEN_REQUESTS: &[(&str, &str)] = &[
     ("Auth", "01002a0e0000000000"),
     ("GossipCompact", "01002a0f050001010700060102030809"),
     ("VvCombined", "01002a10010504"),
+    ("PushIdempotent", "01002a1102010102010301040501010203060007026e73016b0800000112"),
 ];
 const GOLDEN_REPLIES: &[(&str, &str)] = &[
     ("Hello", "0100000001"),

@@ -80,10 +80,13 @@ pub const ALPN_V2: &[u8] = b"meridian-peer/2";
 /// ALPN protocol id of version 3: version 2's framing, plus the `GossipCompact` request (gossip
 /// that sends only what changed). A node sends it only on connections that negotiated version 3.
 pub const ALPN_V3: &[u8] = b"meridian-peer/3";
+/// ALPN protocol id of version 4: version 3 plus `PushIdempotent` (a write's push carrying its
+/// idempotency record, so a retry on another replica is recognised).
+pub const ALPN_V4: &[u8] = b"meridian-peer/4";
 /// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
 /// the connection speaks the newest they share, so a node never sends a version its peer does not
 /// know (rolling upgrades run nodes of two releases side by side).
-pub const ALPNS: [&[u8]; 3] = [ALPN_V3, ALPN_V2, ALPN];
+pub const ALPNS: [&[u8]; 4] = [ALPN_V4, ALPN_V3, ALPN_V2, ALPN];
 /// The newest protocol version this release speaks.
 pub const NEWEST_VERSION: u8 = ALPNS.len() as u8;
 

@@ -21,6 +21,7 @@
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
 //! | `VvCombined { partitions, digest }` (version 3) | `VvDigests`: empty when all match | anti-entropy, before `VvDigests` |
 //! | `GossipCompact { digest, membership, handoff, reports }` (version 3) | our membership digest, ours only if the digests differ | [`crate::region::gossip`] over `meridian-peer/3` connections; doubles as a heartbeat |
+//! | `PushIdempotent { push, id, record }` (version 4) | `Applied` once durable | write fan-out of a write with an idempotency id: the replicas keep its record, so a retry on any of them is applied once |
 //!
 //! Any successful request counts as a heartbeat from its sender.
 
@@ -200,6 +201,18 @@ pub enum PeerMessageV1 {
         /// The combined digest of the sender's vectors of them.
         digest: u64,
     },
+    /// A write's `Push` to another replica with the write's idempotency record (protocol version
+    /// 4): the receiver keeps the record, so a retry of the write that lands on it (its
+    /// coordinator died before answering) is recognised and answered as the first attempt was.
+    /// Answered `Applied` once durable.
+    PushIdempotent {
+        /// The push (one record of `partition`, with its report).
+        push: Pushed,
+        /// The write's idempotency id.
+        id: u128,
+        /// What the coordinator recorded for it.
+        record: crate::layout::IdempotencyRecord,
+    },
 }
 
 impl PeerMessageV1 {
@@ -234,6 +247,7 @@ impl PeerMessageV1 {
             PeerMessageV1::Auth { .. } => "peer.auth",
             PeerMessageV1::GossipCompact { .. } => "peer.gossip_compact",
             PeerMessageV1::VvCombined { .. } => "peer.vv_combined",
+            PeerMessageV1::PushIdempotent { .. } => "peer.push_idempotent",
         }
     }
 }
@@ -478,6 +492,9 @@ pub enum PeerRefusal {
     /// The authentication metadata sent is malformed.
     #[error("refusing malformed authentication metadata: {0}")]
     MalformedAuth(String),
+    /// An idempotency record pushed with a write that does not belong to it.
+    #[error("refusing an idempotency record: {0}")]
+    MalformedIdempotency(String),
     /// The replicated store refused or failed (a gap, a malformed record, storage).
     #[error(transparent)]
     Store(#[from] SyncStoreError),

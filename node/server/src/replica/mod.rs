@@ -40,7 +40,7 @@ mod read;
 mod write;
 
 pub use read::{doc_changes_of, value_of};
-pub use write::{Change, Durable};
+pub use write::{Change, Durable, Kept};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

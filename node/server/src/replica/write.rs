@@ -43,10 +43,14 @@ impl Change {
 }
 
 /// A write ready to commit, or already answered (an idempotent replay, a delete of nothing).
+#[allow(clippy::large_enum_variant)] // One per write, moved once: boxing would cost an allocation per write.
 enum Prepared {
     Done(Reply),
-    Commit { batch: Batch, log: LogAppend, push: Push, reply: Reply, ts: InFlightTs },
+    Commit { batch: Batch, log: LogAppend, push: Push, reply: Reply, ts: InFlightTs, kept: Option<Kept> },
 }
+
+/// A write's idempotency record, as stored under its id (the replicas it is pushed to keep it too).
+pub type Kept = (IdempotencyId, IdempotencyRecord);
 
 /// What a write's fan-out ships to the other replicas (its log record minus the position, which the
 /// committer assigns).
@@ -64,9 +68,15 @@ pub struct Durable {
     pub reply: Reply,
     /// The record to push, with its partition.
     pub record: Option<(u16, SyncRecord)>,
+    /// The write's idempotency record, to push with it (none for a write without an id, and for a
+    /// replay: the replicas the first attempt reached keep it already).
+    pub kept: Option<Kept>,
     /// The request's in-flight slot.
     pub permit: OwnedSemaphorePermit,
 }
+
+/// A write as [`Replica::write_to_completion`] leaves it.
+type Completed = (Reply, Option<(u16, SyncRecord)>, Option<Kept>);
 
 impl Replica {
     /// The level a request for `key` runs at (`requested`, else the namespace's default), once the
@@ -131,8 +141,8 @@ impl Replica {
             .spawn(async move { (replica.write_to_completion(key, change, idempotency_id, token).await, permit) })
             .await
             .map_err(internal)?;
-        let (reply, record) = written?;
-        Ok(Durable { reply, record, permit })
+        let (reply, record, kept) = written?;
+        Ok(Durable { reply, record, kept, permit })
     }
 
     async fn write_to_completion(
@@ -141,7 +151,7 @@ impl Replica {
         change: Change,
         idempotency_id: Option<IdempotencyId>,
         token: CausalToken,
-    ) -> Result<(Reply, Option<(u16, SyncRecord)>), Error> {
+    ) -> Result<Completed, Error> {
         let data_key = layout::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
         let _guard = self.writer.lock(&data_key).await;
@@ -156,8 +166,8 @@ impl Replica {
             self.prepare_write(key, data_key, change, idempotency_id, token)?
         };
         match prepared {
-            Prepared::Done(reply) => Ok((reply, None)),
-            Prepared::Commit { batch, log, push, reply, ts } => {
+            Prepared::Done(reply) => Ok((reply, None, None)),
+            Prepared::Commit { batch, log, push, reply, ts, kept } => {
                 let partition = log.partition;
                 let committed = self.writer.committer().commit(batch, Some(log)).await;
                 // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
@@ -165,9 +175,26 @@ impl Replica {
                 let seq =
                     committed.map_err(Error::Storage)?.ok_or_else(|| internal("the committer gave no log position"))?;
                 let record = SyncRecord { origin: self.id, seq, key: push.data_key, delta: push.delta, hlc: push.hlc };
-                Ok((reply, Some((partition, record))))
+                Ok((reply, Some((partition, record)), kept))
             }
         }
+    }
+
+    /// Keeps the idempotency record of a write another replica coordinated and pushed here, so a
+    /// retry of that write landing here is answered as the first attempt was ([`Replica::replay`]).
+    /// A record already kept under `id` stays (the first one wins, as on the coordinator). Under the
+    /// key's lock, like a local write's check. Blocks: call it from a blocking thread.
+    pub fn keep_idempotency(&self, id: IdempotencyId, record: &IdempotencyRecord) -> Result<(), Error> {
+        let IdempotencyRecord::V1 { key, .. } = record;
+        let data_key = layout::data_key(key);
+        let stored = id.0.to_be_bytes();
+        self.writer.apply_under_key_locks(&[&data_key], || -> Result<Batch, Error> {
+            let mut batch = Batch::default();
+            if self.engine.get(Space::Idempotency, &stored).map_err(internal)?.is_none() {
+                batch.put(Space::Idempotency, stored.to_vec(), layout::encode(record));
+            }
+            Ok(batch)
+        })
     }
 
     /// The recorded reply of an idempotency id already used, if any; refuses an id reused for
@@ -258,11 +285,12 @@ impl Replica {
         let mut batch = Batch::default();
         batch.put(Space::Data, data_key, stored);
         let reply = Reply { causal_token: token, body };
-        if let Some(id) = idempotency_id {
+        let kept = idempotency_id.map(|id| {
             let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(&record));
-        }
-        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts })
+            (id, record)
+        });
+        Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts, kept })
     }
 }
 

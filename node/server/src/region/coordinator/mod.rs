@@ -217,14 +217,26 @@ impl Coordinator {
         message: PeerMessageV1,
         timeout: Duration,
     ) -> Result<PeerReplyV1, PeerCallError> {
+        self.call_versioned(target, |_| message, timeout).await
+    }
+
+    /// [`Coordinator::call`] with the message built for the protocol version the connection to
+    /// `target` negotiated (`build` gets it): a variant newer than the peer speaks is never sent.
+    pub async fn call_versioned(
+        &self,
+        target: NodeId,
+        build: impl FnOnce(u8) -> PeerMessageV1,
+        timeout: Duration,
+    ) -> Result<PeerReplyV1, PeerCallError> {
         let addr = self.cluster.peer_addr(target).ok_or(PeerCallError::NoAddress(target))?;
+        let connection = tokio::time::timeout(timeout, self.pool.get(addr, None))
+            .await
+            .map_err(|_| PeerCallError::Transport(format!("connecting to node {target}: timed out")))?
+            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        let message = build(connection.version());
         let message = if self.residency.rules().rules.is_empty() {
             message
         } else {
-            let connection = tokio::time::timeout(timeout, self.pool.get(addr, None))
-                .await
-                .map_err(|_| PeerCallError::Transport(format!("connecting to node {target}: timed out")))?
-                .map_err(|e| PeerCallError::Transport(e.to_string()))?;
             let certified = connection.peer().region.clone();
             if let Some(claimed) = self.cluster.region_of(target).filter(|claimed| *claimed != certified) {
                 self.residency.note_rejected(
@@ -277,6 +289,21 @@ impl Coordinator {
                     .collect(),
                 relay,
             },
+            PeerMessageV1::PushIdempotent { push, id, record } => {
+                // The idempotency record names the key and the reply: it goes only where the key may.
+                let allowed = push.records.iter().all(|r| refuse(&r.key).is_ok());
+                let push = Pushed { records: residency.for_region(region, push.records), ..push };
+                if allowed {
+                    PeerMessageV1::PushIdempotent { push, id, record }
+                } else {
+                    PeerMessageV1::Push {
+                        partition: push.partition,
+                        records: push.records,
+                        reports: push.reports,
+                        relay: false,
+                    }
+                }
+            }
             PeerMessageV1::Repair { partition, key, state } => {
                 refuse(&key)?;
                 PeerMessageV1::Repair { partition, key, state }

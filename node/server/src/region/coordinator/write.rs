@@ -8,7 +8,7 @@ use crate::telemetry::stage;
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
-use meridian_replication::{AckRound, Outcome, SafeReport};
+use meridian_replication::{AckRound, Outcome};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument as _;
 
@@ -16,7 +16,7 @@ use super::{unavailable, Coordinator, SHIP_BATCH_BYTES, SHIP_IN_FLIGHT, SHIP_QUE
 use crate::error::Error;
 use crate::layout::{self, Stored};
 use crate::peer::protocol::{PeerMessageV1, PeerReplyV1, Pushed};
-use crate::replica::Change;
+use crate::replica::{Change, Kept};
 
 impl Coordinator {
     /// A client write in the region: causal precondition on the local replica; at a quorum level a
@@ -57,7 +57,8 @@ impl Coordinator {
         match durable.record {
             Some((partition, record)) => {
                 let report = self.replica.own_report(partition);
-                self.replicate(partition, record, level, &replicas, report).instrument(stage("replicate")).await?
+                let push = Pushed { partition, records: vec![record], reports: vec![report] };
+                self.replicate(push, durable.kept, level, &replicas).instrument(stage("replicate")).await?
             }
             None if at_quorum => {
                 self.ensure_on_quorum(&data_key, level, &replicas).instrument(stage("ensure_on_quorum")).await?
@@ -102,22 +103,23 @@ impl Coordinator {
     /// `level` is met (or cannot be). `replicas` are the ones `level` counts: this region's, or every
     /// region's for a global `quorum`. Below `quorum` the record also goes to one replica in each other
     /// region, which spreads it in its own region (a write crosses each WAN link once); the client
-    /// does not wait for those. `report` tells the receivers which of this node's timestamps the
-    /// record's position covers (for causal reads there).
+    /// does not wait for those. The push's report tells the receivers which of this node's
+    /// timestamps the record's position covers (for causal reads there); `kept`, the write's
+    /// idempotency record, goes with it to the replicas `level` counts (version-4 peers), so a
+    /// retry on any of them is applied once.
     pub async fn replicate(
         self: &Arc<Self>,
-        partition: u16,
-        record: SyncRecord,
+        push: Pushed,
+        kept: Option<Kept>,
         level: Consistency,
         replicas: &[NodeId],
-        report: SafeReport,
     ) -> Result<(), Error> {
         let mut round = AckRound::for_write(level, replicas);
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let push = Pushed { partition, records: vec![record], reports: vec![report] };
+        let partition = push.partition;
         for &target in replicas.iter().filter(|r| **r != self.local) {
-            if !self.spawn_push(target, &push, tx.clone()).await {
+            if !self.spawn_push(target, &push, kept.clone(), tx.clone()).await {
                 round.fail(target);
             }
         }
@@ -188,7 +190,7 @@ impl Coordinator {
                 let _permit = permit;
                 metrics::counter!("meridian_region_batches_total").increment(1);
                 let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: true };
-                me.deliver_or_hint(target, message, &batch).await;
+                me.deliver_or_hint(target, |_| message, &batch).await;
             });
         }
     }
@@ -209,7 +211,7 @@ impl Coordinator {
             async move {
                 if me.cluster.reachable(target) {
                     let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: false };
-                    me.deliver_or_hint(target, message, &batch).await;
+                    me.deliver_or_hint(target, |_| message, &batch).await;
                 } else {
                     me.hint_all(target, &batch).await;
                 }
@@ -226,6 +228,7 @@ impl Coordinator {
         self: &Arc<Self>,
         target: NodeId,
         push: &Pushed,
+        kept: Option<Kept>,
         done: mpsc::UnboundedSender<(NodeId, bool)>,
     ) -> bool {
         let remote = self.cluster.region_of(target).is_some_and(|r| r != self.cluster.region());
@@ -239,11 +242,16 @@ impl Coordinator {
         tokio::spawn(
             async move {
                 let _slot = slot;
-                let message = PeerMessageV1::Push {
-                    partition: push.partition,
-                    records: push.records.clone(),
-                    reports: push.reports.clone(),
-                    relay: false,
+                let message = |version: u8| match kept {
+                    Some((id, record)) if version >= 4 => {
+                        PeerMessageV1::PushIdempotent { push: push.clone(), id: id.0, record }
+                    }
+                    _ => PeerMessageV1::Push {
+                        partition: push.partition,
+                        records: push.records.clone(),
+                        reports: push.reports.clone(),
+                        relay: false,
+                    },
                 };
                 let ok = me.deliver_or_hint(target, message, std::slice::from_ref(&push)).await;
                 let _ = done.send((target, ok));
@@ -253,10 +261,16 @@ impl Coordinator {
         true
     }
 
-    /// Sends `message`, which carries `pushes`, to `target`; when it is not applied there, keeps a
-    /// hint of every record for it. Returns whether it was applied.
-    async fn deliver_or_hint(&self, target: NodeId, message: PeerMessageV1, pushes: &[Pushed]) -> bool {
-        let applied = match self.call(target, message, self.peer_timeout).await {
+    /// Sends the message `build` makes for the connection's protocol version, which carries
+    /// `pushes`, to `target`; when it is not applied there, keeps a hint of every record for it.
+    /// Returns whether it was applied.
+    async fn deliver_or_hint(
+        &self,
+        target: NodeId,
+        build: impl FnOnce(u8) -> PeerMessageV1,
+        pushes: &[Pushed],
+    ) -> bool {
+        let applied = match self.call_versioned(target, build, self.peer_timeout).await {
             Ok(PeerReplyV1::Applied) => true,
             Ok(other) => {
                 tracing::warn!(target = %target, "replica refused a write: {other:?}");
