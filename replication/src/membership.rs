@@ -451,16 +451,22 @@ impl Membership {
     /// The removal is what any relay may say; the certificate proves the sender holds the name.
     pub fn succeeds(&self, from: NodeId, name: &str, theirs: &Membership) -> bool {
         let Some(holder) = self.live_holder_of(name, from) else { return false };
-        let (Some(held), Some(retired), Some(claimed)) =
-            (self.members.get(&holder), theirs.get(holder), theirs.get(from))
-        else {
-            return false;
-        };
+        let (Some(held), Some(claimed)) = (self.members.get(&holder), theirs.get(from)) else { return false };
         claimed.name == name
             && claimed.region == held.region
             && claimed.state != MemberState::Removed
-            && retired.state == MemberState::Removed
-            && retired.precedence(held) == Ordering::Greater
+            && theirs.removes(self, holder)
+    }
+
+    /// Whether this membership removes `node` by a record that wins the join with `ours`.
+    fn removes(&self, ours: &Membership, node: NodeId) -> bool {
+        match (self.members.get(&node), ours.members.get(&node)) {
+            (Some(theirs), Some(held)) => {
+                theirs.state == MemberState::Removed && theirs.precedence(held) == Ordering::Greater
+            }
+            (Some(theirs), None) => theirs.state == MemberState::Removed,
+            _ => false,
+        }
     }
 
     /// The live member other than `except` named `name`.
@@ -494,17 +500,23 @@ impl Membership {
                 }
                 continue;
             }
+            let held = self.members.get(&node);
+            if held.is_some_and(|held| entry.precedence(held) != Ordering::Greater) {
+                continue; // loses the join: changes nothing here
+            }
             if entry.state != MemberState::Removed {
-                let holder =
-                    if entry.name == certified.name { Some(from) } else { self.live_holder_of(&entry.name, node) };
+                let holder = if entry.name == certified.name {
+                    Some(from)
+                } else {
+                    // A holder `theirs` removes, by a record that wins the join, frees the name: what
+                    // a handover (a new log epoch, `succeeds`) looks like to the nodes it reaches by relay.
+                    self.live_holder_of(&entry.name, node).filter(|holder| !theirs.removes(self, *holder))
+                };
                 if let Some(holder) = holder {
                     return Err(ClaimError::NameTaken { node, name: entry.name.clone(), holder });
                 }
             }
-            let Some(held) = self.members.get(&node) else { continue };
-            if entry.precedence(held) != Ordering::Greater {
-                continue; // loses the join: changes nothing here
-            }
+            let Some(held) = held else { continue };
             if entry.version.incarnation > held.version.incarnation {
                 return Err(ClaimError::Reincarnated {
                     node,
@@ -867,6 +879,21 @@ mod tests {
         ours.merge(&handover);
         assert_eq!(ours.get(B).unwrap().state, Removed);
         assert_eq!(ours.check_sender(B2, "b"), Ok(()), "the name is the successor's now");
+        // A third node that has not heard of the handover yet still gossips B live: that record
+        // loses the join here, so it is no claim on the name.
+        let cert_c = Certified { name: "c", region: "eu", zone: "eu-a" };
+        let stale = gossip(&[(B, named("b", "eu", Active, 10))]);
+        assert_eq!(ours.check_claims(C, cert_c, &stale), Ok(()), "a stale record of the retired id");
+
+        // And a node that has not heard of it takes the handover relayed by a third node.
+        let mut unaware = Membership::new();
+        unaware.upsert(B, named("b", "eu", Active, 10)).unwrap();
+        unaware.upsert(C, named("c", "eu", Active, 10)).unwrap();
+        let relayed = gossip(&[(B, retired.clone()), (B2, successor.clone()), (C, named("c", "eu", Active, 10))]);
+        assert_eq!(unaware.check_claims(C, cert_c, &relayed), Ok(()), "the relayed handover");
+        // Without the removal, the relay gives a live member's name away: refused.
+        let forged = gossip(&[(B2, successor.clone())]);
+        assert!(matches!(unaware.check_claims(C, cert_c, &forged), Err(ClaimError::NameTaken { holder: B, .. })));
 
         let mut ours = Membership::new();
         ours.upsert(B, named("b", "eu", Active, 10)).unwrap();

@@ -34,29 +34,25 @@ fn now_ms() -> u64 {
 }
 
 /// A node that started a new log epoch (`store/epoch.rs`) runs under a fresh id: each id it ran
-/// under before and still holds its name in `membership` is marked removed, and the state of the
-/// newest (active, draining, …) is the new id's to take (returned). The removal spreads with the
-/// node's gossip, which hands the name over ([`Membership::succeeds`]). Idempotent: once the new
-/// id is in the persisted membership this is not called again.
-fn retire_predecessors(
-    engine: &dyn Engine,
-    membership: &mut Membership,
-    name: &str,
-) -> anyhow::Result<Option<MemberState>> {
-    let mut taken_over = None;
-    for old in crate::store::epoch::predecessors(engine)? {
+/// under before (`predecessors`, oldest first) that still holds its name in `membership` is marked
+/// removed. Returns the state of the newest one `membership` knows, which the new id takes over
+/// (active, draining…; removed if an operator had removed it: a removed node stays out). The
+/// removal spreads with the node's gossip, which hands the name over ([`Membership::succeeds`]).
+fn retire_predecessors(predecessors: &[NodeId], membership: &mut Membership, name: &str) -> Option<MemberState> {
+    let mut newest = None;
+    for &old in predecessors {
         let Some(member) = membership.get(old) else { continue };
-        if member.state == MemberState::Removed || member.name != name {
-            continue;
+        newest = Some(member.state);
+        if member.state != MemberState::Removed && member.name == name {
+            let at = Hlc { wall_ms: now_ms().max(member.version.hlc.wall_ms + 1), logical: 0 };
+            if let Err(e) = membership.transition(old, MemberState::Removed, at) {
+                tracing::warn!(previous_id = %old, error = %e, "could not retire this node's previous id");
+                continue;
+            }
+            tracing::warn!(previous_id = %old, "this node's previous id is marked removed; its name passes to the new one");
         }
-        taken_over = Some(member.state);
-        let at = Hlc { wall_ms: now_ms().max(member.version.hlc.wall_ms + 1), logical: 0 };
-        membership
-            .transition(old, MemberState::Removed, at)
-            .map_err(|e| anyhow::anyhow!("retiring this node's previous id {old}: {e}"))?;
-        tracing::warn!(previous_id = %old, "this node's previous id is marked removed; its name passes to the new one");
     }
-    Ok(taken_over)
+    newest
 }
 
 /// Why a peer's membership was not merged.
@@ -106,6 +102,9 @@ struct View {
 /// This node's view of the region.
 pub struct Cluster {
     local: NodeId,
+    /// This node's name, and the ids it ran under before a new log epoch (`store/epoch.rs`).
+    name: String,
+    predecessors: Vec<NodeId>,
     region: String,
     rf: usize,
     seeds: Vec<SocketAddr>,
@@ -132,10 +131,9 @@ impl Cluster {
             None => Membership::new(),
         };
         let held = membership.get(local).cloned();
-        let succeeded = match held {
-            None => retire_predecessors(engine.as_ref(), &mut membership, &config.node_name)?,
-            Some(_) => None,
-        };
+        let predecessors = crate::store::epoch::predecessors(engine.as_ref())?;
+        let succeeded = retire_predecessors(&predecessors, &mut membership, &config.node_name);
+        let succeeded = if held.is_none() { succeeded } else { None };
         let (state, incarnation) = match (&held, succeeded) {
             // A node that was removed stays out: re-joining is an operator's decision (a new data dir).
             (Some(m), _) if m.state == MemberState::Removed => (MemberState::Removed, m.version.incarnation),
@@ -169,6 +167,8 @@ impl Cluster {
         let remote_placements = Arc::new(compute_remote_placements(&membership, &config.region, config.peer.rf));
         let cluster = Cluster {
             local,
+            name: config.node_name.clone(),
+            predecessors,
             region: config.region.clone(),
             rf: config.peer.rf,
             seeds: config.peer.seeds.clone(),
@@ -367,18 +367,45 @@ impl Cluster {
     ) -> Result<bool, MergeRefused> {
         let mut view = self.lock();
         let certified = Certified { name: &certified.name, region: &certified.region, zone: &certified.zone };
-        if let Err(e) = view.membership.check_claims(from, certified, theirs) {
+        let retired = self.retire_predecessors_seen(&mut view.membership, theirs);
+        let checked = view.membership.check_claims(from, certified, theirs);
+        let merged = checked.is_ok() && view.membership.merge(theirs);
+        if retired || merged {
+            self.replace(&mut view);
+            self.note_local_state(&mut view);
+            drop(view);
+            self.persist_latest().map_err(MergeRefused::Storage)?;
+        }
+        if let Err(e) = checked {
             metrics::counter!("meridian_peer_refused_total", "reason" => "forged_member").increment(1);
             return Err(MergeRefused::Claim(e));
         }
-        if !view.membership.merge(theirs) {
-            return Ok(false);
+        Ok(retired || merged)
+    }
+
+    /// This node's earlier ids (a new log epoch) that `theirs` still has live under this node's
+    /// name — a peer that has not heard of the handover, or an id this node's own membership lost
+    /// with a power loss — taken in and marked removed here first: the merge then keeps them
+    /// removed, and this node's gossip hands the name over ([`Membership::succeeds`]).
+    fn retire_predecessors_seen(&self, ours: &mut Membership, theirs: &Membership) -> bool {
+        let mut retired = false;
+        for &old in &self.predecessors {
+            let Some(seen) = theirs.get(old) else { continue };
+            if seen.state == MemberState::Removed || seen.name != self.name {
+                continue;
+            }
+            if ours.get(old).is_some_and(|held| held.state == MemberState::Removed) {
+                continue;
+            }
+            // Their record, unless ours is newer (then `upsert` refuses and ours is retired).
+            let _ = ours.upsert(old, seen.clone());
+            let at = Hlc { wall_ms: now_ms().max(seen.version.hlc.wall_ms + 1), logical: 0 };
+            if ours.transition(old, MemberState::Removed, at).is_ok() {
+                tracing::warn!(previous_id = %old, "a peer still had this node's previous id live; marked removed");
+                retired = true;
+            }
         }
-        self.replace(&mut view);
-        self.note_local_state(&mut view);
-        drop(view);
-        self.persist_latest().map_err(MergeRefused::Storage)?;
-        Ok(true)
+        retired
     }
 
     /// The regions of `rules` that no member of the cluster (this node included) is in, and the
@@ -529,11 +556,13 @@ impl Cluster {
     /// Finds a member by node name or id (decimal or as displayed).
     pub fn find(&self, name_or_id: &str) -> Option<NodeId> {
         let view = self.lock();
-        let found = view
-            .membership
-            .iter()
-            .find(|(id, m)| m.name == name_or_id || id.to_string() == name_or_id || id.0.to_string() == name_or_id)
-            .map(|(id, _)| id);
+        let named = |id: &NodeId, m: &Member| {
+            m.name == name_or_id || id.to_string() == name_or_id || id.0.to_string() == name_or_id
+        };
+        // A name may be held by a live member and by removed ones (ids it ran under before, or a
+        // node replaced under its name): the live one is meant.
+        let live = view.membership.iter().find(|(id, m)| m.state != MemberState::Removed && named(id, m));
+        let found = live.or_else(|| view.membership.iter().find(|(id, m)| named(id, m))).map(|(id, _)| id);
         found
     }
 

@@ -162,21 +162,25 @@ const VOUCH_FOR_MS: u64 = 15 * 60_000;
 /// `FULL_REPORTS_EVERY` rounds for [`VOUCH_FOR_MS`] after the removal; a report is only taken
 /// once the successor holds the position it names, so it is true whenever it arrives.
 async fn vouch_for_successors(replica: &Arc<Replica>, cluster: &Cluster, pool: &Arc<PeerPool>, timeout: Duration) {
-    for (retired, successor, addr) in cluster.successions(VOUCH_FOR_MS) {
-        let vouching = replica.clone();
-        let Ok(vouches) = tokio::task::spawn_blocking(move || vouching.vouch_for(retired)).await else { continue };
-        if vouches.is_empty() {
-            continue;
+    // All at once: a successor that does not answer must not hold up this node's gossip round.
+    let vouching = cluster.successions(VOUCH_FOR_MS).into_iter().map(|(retired, successor, addr)| {
+        let (replica, pool, local) = (replica.clone(), pool.clone(), cluster.local());
+        async move {
+            let Ok(vouches) = tokio::task::spawn_blocking(move || replica.vouch_for(retired)).await else { return };
+            if vouches.is_empty() {
+                return;
+            }
+            let pushes = vouches
+                .into_iter()
+                .map(|(partition, report)| Pushed { partition, records: Vec::new(), reports: vec![report] })
+                .collect();
+            let request = encode_request(local, PeerMessageV1::PushBatch { pushes, relay: false });
+            if let Err(e) = pool.request(addr, None, request, timeout).await {
+                tracing::debug!(%successor, %retired, error = %e, "could not vouch for a successor");
+            }
         }
-        let pushes = vouches
-            .into_iter()
-            .map(|(partition, report)| Pushed { partition, records: Vec::new(), reports: vec![report] })
-            .collect();
-        let request = encode_request(cluster.local(), PeerMessageV1::PushBatch { pushes, relay: false });
-        if let Err(e) = pool.request(addr, None, request, timeout).await {
-            tracing::debug!(%successor, %retired, error = %e, "could not vouch for a successor");
-        }
-    }
+    });
+    futures::future::join_all(vouching).await;
 }
 
 /// Every this many rounds a version-3 gossip carries every partition's report anyway (10 s at the

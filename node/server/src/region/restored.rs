@@ -68,6 +68,7 @@ pub fn adopt_restored_store(
     // so its first run must not start yet another epoch (`store/epoch.rs`).
     let clean = layout::RunMarker::V1 { clean: true, relaxed: false, boot_id: None };
     batch.put(Space::Meta, layout::META_RUN, layout::encode(&clean));
+    batch.delete(Space::Meta, layout::META_PREDECESSORS);
     let mut removed_old = false;
     if replace {
         if let Some(bytes) = engine.get(Space::Meta, layout::META_MEMBERSHIP)? {

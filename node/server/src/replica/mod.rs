@@ -277,14 +277,17 @@ impl Replica {
             self.require_new_epoch();
             return Ok(());
         }
-        self.engine.sync_wal()?;
+        if let Err(e) = self.engine.sync_wal() {
+            self.require_new_epoch();
+            return Err(e);
+        }
         crate::store::epoch::mark_clean_stop(self.engine.as_ref())
     }
 
     /// Under `relaxed` durability, a failed storage may have dropped writes already sent to peers:
     /// leave the next start a file asking for a new log epoch (best effort: the marker of this
     /// unclean run asks for one after a reboot anyway).
-    fn require_new_epoch(&self) {
+    pub(crate) fn require_new_epoch(&self) {
         if self.engine.durability() != Durability::Relaxed || !self.config.data_dir.is_dir() {
             return;
         }
@@ -527,10 +530,17 @@ impl Replica {
 /// whether the previous run's storage failed (a file in the data directory, removed once acted on).
 fn begin_run_of(config: &Config, engine: &dyn Engine) -> Result<crate::store::epoch::Run, StorageError> {
     use crate::store::epoch::{self, RunStart, EPOCH_REQUIRED_FILE};
-    let boot_id =
-        if config.storage.boot_id.is_empty() { epoch::current_boot_id() } else { Some(config.storage.boot_id.clone()) };
+    let boot_id = if config.storage.boot_id.is_empty() {
+        epoch::current_boot_id()
+    } else {
+        tracing::warn!(boot_id = %config.storage.boot_id, "storage.boot_id is set: a test knob; a fixed value hides reboots from the log-epoch check");
+        Some(config.storage.boot_id.clone())
+    };
     let required = config.data_dir.join(EPOCH_REQUIRED_FILE);
     let start = RunStart {
+        // A node alone has no peer holding its log: a reused position harms nobody, and a new id
+        // would make every session token naming the old one unknown here.
+        replicated: config.peer.listen.is_some(),
         relaxed: engine.durability() == Durability::Relaxed,
         boot_id: boot_id.as_deref(),
         epoch_required: required.exists(),
@@ -655,6 +665,7 @@ mod tests {
         let config_in = |boot: &str| {
             let mut config = Config::default();
             config.storage.boot_id = boot.into();
+            config.peer.listen = Some("127.0.0.1:1".parse().unwrap()); // a node of a region (not started)
             config
         };
         let key: Key = "ns/power".parse().unwrap();

@@ -170,6 +170,10 @@ impl Replica {
             Prepared::Commit { batch, log, push, reply, ts, kept } => {
                 let partition = log.partition;
                 let committed = self.writer.committer().commit(batch, Some(log)).await;
+                if committed.is_err() {
+                    // Under `relaxed`, writes acknowledged before this one may be gone with it.
+                    self.require_new_epoch();
+                }
                 // Durable (or failed): the timestamp leaves the in-flight set, the frontier moves.
                 drop(ts);
                 let seq =

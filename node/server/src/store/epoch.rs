@@ -51,6 +51,8 @@ pub struct Run {
 /// Where a run is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunStart<'a> {
+    /// The node runs in a region (peers may hold its log); a node alone never starts a new epoch.
+    pub replicated: bool,
     /// This run's durability is `relaxed`.
     pub relaxed: bool,
     /// The kernel boot this run is in (`None`: unknown).
@@ -80,8 +82,8 @@ pub fn begin_run(engine: &dyn Engine, start: &RunStart<'_>) -> Result<Run, Stora
     };
     let reason = match stored {
         // A fresh store has no log to reuse.
-        None => None,
-        Some(_) => why_new_epoch(marker.as_ref(), start),
+        Some(_) if start.replicated => why_new_epoch(marker.as_ref(), start),
+        _ => None,
     };
     let mut batch = Batch::default();
     let (id, replaced) = match (stored, &reason) {
@@ -168,7 +170,7 @@ mod tests {
     use crate::storage::MemoryEngine;
 
     fn start(relaxed: bool, boot: Option<&str>) -> RunStart<'_> {
-        RunStart { relaxed, boot_id: boot, epoch_required: false }
+        RunStart { replicated: true, relaxed, boot_id: boot, epoch_required: false }
     }
 
     #[test]
@@ -214,10 +216,20 @@ mod tests {
         batch.put(Space::Meta, layout::META_NODE_ID, 7u64.to_be_bytes().to_vec());
         engine.write(batch).unwrap();
         assert_eq!(begin_run(&engine, &start(true, Some("b2"))).unwrap().id, NodeId(7));
-        let failed = RunStart { relaxed: true, boot_id: Some("b2"), epoch_required: true };
+        let failed = RunStart { replicated: true, relaxed: true, boot_id: Some("b2"), epoch_required: true };
         let run = begin_run(&engine, &failed).unwrap();
         assert_eq!(run.replaced, Some(NodeId(7)));
         assert!(run.reason.unwrap().contains("storage failed"));
+    }
+
+    #[test]
+    fn a_node_alone_keeps_its_id() {
+        let engine = MemoryEngine::new();
+        let alone = |boot| RunStart { replicated: false, relaxed: true, boot_id: Some(boot), epoch_required: false };
+        let first = begin_run(&engine, &alone("b1")).unwrap();
+        assert_eq!(begin_run(&engine, &alone("b2")).unwrap().id, first.id, "no peer holds its log");
+        let failed = RunStart { epoch_required: true, ..alone("b3") };
+        assert_eq!(begin_run(&engine, &failed).unwrap().id, first.id);
     }
 
     #[test]

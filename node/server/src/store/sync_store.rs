@@ -51,8 +51,10 @@
 //! committer: it hands out this node's positions from an in-memory counter resumed at open from the
 //! node's own log, so a remote copy of "our" seq `n + 1` stored here would be overwritten by the next
 //! local write with different content at the same position. A peer can only hold more of our log
-//! than we do if we lost acknowledged writes (relaxed durability and a power loss); refusing keeps the
-//! fork visible instead of silently shipping two different records under one position.
+//! than we do if we lost acknowledged writes (relaxed durability and a power loss); such a node
+//! starts a new log epoch under a fresh id (`store/epoch.rs`), so its old id's records are then
+//! foreign and come back like any other origin's. Refusing here keeps a fork visible should it
+//! happen anyway (a node alone, which keeps its id, or a marker that says a clean stop wrongly).
 //!
 //! Remote records of other origins never touch the committer's state: it only counts positions of
 //! `origin == node id`, and `Replica::open` resumes only from the node's own log range.
