@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test terraform-test monitoring-test interop-deps gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc
+.PHONY: run region test terraform-test monitoring-test interop-deps gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc upgrade-test
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -79,3 +79,10 @@ bench-region:
 ## consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
 bench-geo: deps
 	scripts/bench-geo.sh
+
+## A rolling upgrade under load: the five-node kill -9 region starts on the previous release's binary
+## (scripts/previous-release.sh builds it; PREVIOUS=<rev> picks another) and two nodes come back on
+## this build, judged by the same checkers. Not part of `make test` (it builds a second binary).
+upgrade-test: deps
+	$(CARGO) build -p meridian-node --bin meridian
+	MERIDIAN_PREVIOUS_BIN=$$(scripts/previous-release.sh $(PREVIOUS)) $(CARGO) test -p meridian-geo-tests --test region_kill9 -- --nocapture

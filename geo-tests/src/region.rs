@@ -284,7 +284,8 @@ struct Proc {
 /// The `meridian serve` processes of a set of nodes (indexed from 0), started, `kill -9`ed and
 /// stopped one by one. Children are spawned with `kill_on_drop`, so dropping this kills them.
 pub(crate) struct Processes {
-    bin: PathBuf,
+    /// Index i: the executable node i runs (one binary, unless a test upgrades nodes one by one).
+    bins: Vec<PathBuf>,
     nodes: Vec<NodeRun>,
     /// Index i: node i's process while it runs.
     procs: Vec<Option<Proc>>,
@@ -294,7 +295,13 @@ impl Processes {
     /// Nothing running yet.
     pub(crate) fn new(bin: PathBuf, nodes: Vec<NodeRun>) -> Processes {
         let procs = nodes.iter().map(|_| None).collect();
-        Processes { bin, nodes, procs }
+        let bins = nodes.iter().map(|_| bin.clone()).collect();
+        Processes { bins, nodes, procs }
+    }
+
+    /// Runs node `i` from `bin` from its next start on.
+    pub(crate) fn set_bin(&mut self, i: usize, bin: PathBuf) {
+        self.bins[i] = bin;
     }
 
     /// Node `i`.
@@ -352,7 +359,8 @@ impl Processes {
             unix.as_secs_f64()
         )?;
 
-        let mut command = Command::new(&self.bin);
+        let bin = &self.bins[i];
+        let mut command = Command::new(bin);
         command
             .arg("serve")
             .arg("--config")
@@ -366,8 +374,7 @@ impl Processes {
         for (key, value) in env {
             command.env(key, value);
         }
-        let mut child =
-            command.spawn().with_context(|| format!("starting {} ({} serve)", node.name, self.bin.display()))?;
+        let mut child = command.spawn().with_context(|| format!("starting {} ({} serve)", node.name, bin.display()))?;
         let pid = child.id().context("the new child has no pid")?;
         let stdout = child.stdout.take().context("the child's stdout is not piped")?;
         let mut reader = BufReader::new(stdout);
@@ -643,7 +650,12 @@ impl Region {
     /// Writes a region into `dir` with `meridian region init` (on a free base port unless the spec
     /// names one) and loads its plan. Starts nothing.
     pub async fn init(dir: &Path, spec: &RegionSpec) -> anyhow::Result<Region> {
-        let bin = meridian_bin();
+        Region::init_with(dir, spec, meridian_bin()).await
+    }
+
+    /// [`Region::init`] with another `meridian` executable — for every node, and for `region init`
+    /// itself (a previous release writes configuration it understands; this one reads it too).
+    pub async fn init_with(dir: &Path, spec: &RegionSpec, bin: PathBuf) -> anyhow::Result<Region> {
         let base_port = match spec.base_port {
             Some(port) => port,
             None => free_base_port(spec.nodes)?,
@@ -775,6 +787,12 @@ impl Region {
     pub async fn kill9(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
         self.node(i);
         self.procs.kill9(i - 1).await
+    }
+
+    /// Runs node `i` from `bin` from its next (re)start on: a rolling upgrade, one node at a time.
+    pub fn use_binary(&mut self, i: usize, bin: PathBuf) {
+        self.node(i);
+        self.procs.set_bin(i - 1, bin);
     }
 
     /// Starts node `i` again on the same data directory, `kill -9`ing it first if it runs.

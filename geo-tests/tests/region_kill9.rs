@@ -9,6 +9,11 @@
 //!
 //! `MERIDIAN_GEO_SEED=N` repeats the workload's choices (keys, levels, nodes, pauses); the timing of
 //! the faults against the operations is the machine's.
+//!
+//! **A rolling upgrade under load.** With `MERIDIAN_PREVIOUS_BIN` naming a previous release's
+//! `meridian` (`scripts/previous-release.sh REV` builds one), the region is written and started by
+//! that binary, and each victim comes back on this build instead: the run ends with two nodes of
+//! this release beside three of the previous one, judged by the same checkers (`make upgrade-test`).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
@@ -65,7 +70,14 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let tmp = KeepOnFailure::new("region-kill9-");
     let dir = tmp.path().join("region");
     let spec = RegionSpec { nodes: NODES, rf: 3, zones: 3, durability: "fsync".into(), base_port: None };
-    let mut region = Region::init(&dir, &spec).await.expect("meridian region init");
+    let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
+    let mut region = match &previous {
+        Some(bin) => {
+            println!("rolling upgrade: the region starts on {}; each victim restarts on this build", bin.display());
+            Region::init_with(&dir, &spec, bin.clone()).await.expect("meridian region init (previous release)")
+        }
+        None => Region::init(&dir, &spec).await.expect("meridian region init"),
+    };
     println!("region in {} (client ports from {})", region.dir().display(), region.node(1).client_addr);
     region.start_all().await.expect("every node starts");
     region.wait_all_alive(FORM_TIMEOUT).await.expect("the region forms");
@@ -105,6 +117,9 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
         assert_eq!(status.signal(), Some(9), "{name} (pid {pid}) should have died of SIGKILL, got {status}");
         println!("[{:>5.1}s] kill -9 {name} (pid {pid}): {status}", began.elapsed().as_secs_f64());
         tokio::time::sleep(down).await;
+        if previous.is_some() {
+            region.use_binary(victim, region::meridian_bin());
+        }
         region.restart(victim).await.expect("restart on the same data directory");
         let back_us = history.now_us();
         println!("[{:>5.1}s] {name} restarted (pid {})", began.elapsed().as_secs_f64(), region.pid(victim).unwrap());

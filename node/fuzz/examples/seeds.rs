@@ -24,7 +24,7 @@ use meridian_replication::antientropy::{
 use meridian_replication::residency::RuleSet;
 use meridian_replication::{Member, MemberState, MemberVersion, Membership, SafeReport};
 use meridian_server::layout::{self, IdempotencyRecord, LogRecord, Stored, StoredEntry};
-use meridian_server::peer::protocol::{encode_request, PeerMessageV1, PeerReplyV1, PeerResponse, Pushed};
+use meridian_server::peer::protocol::{encode_request, CompactReports, PeerMessageV1, PeerReplyV1, PeerResponse, Pushed};
 
 fn main() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -256,6 +256,31 @@ fn peer_message(dir: &Path) {
             },
         ),
         ("residency", PeerMessageV1::Residency { rules: rules() }),
+        (
+            "gossip-compact",
+            PeerMessageV1::GossipCompact {
+                digest: 7,
+                membership: Some(membership()),
+                handoff: vec![3],
+                reports: CompactReports { safe: 77, full: false, base: 5, changed: vec![(1, 2), (200, 9)] },
+                rules_digest: 8,
+                auth_digest: 9,
+            },
+        ),
+        ("vv-combined", PeerMessageV1::VvCombined { partitions: vec![0b1011, 0, 1], digest: 42 }),
+        (
+            "push-idempotent",
+            PeerMessageV1::PushIdempotent {
+                push: Pushed { partition: 4, records: records[..1].to_vec(), reports: reports.clone() },
+                id: 0x1d3e,
+                record: IdempotencyRecord::V1 {
+                    created_ms: 1_700_000_000_000,
+                    key: key(),
+                    request_digest: 5,
+                    reply: reply(),
+                },
+            },
+        ),
     ];
     for (name, message) in requests {
         write(dir, &format!("request-{name}"), &encode_request(NodeId(2), message));

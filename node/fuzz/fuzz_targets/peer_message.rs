@@ -35,6 +35,19 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
                     let _ = layout::decode_stored(&record.delta);
                 }
             }
+            PeerMessageV1::PushBatch { pushes, .. } => {
+                for record in pushes.iter().flat_map(|push| &push.records) {
+                    let _ = layout::decode_stored(&record.delta);
+                }
+            }
+            PeerMessageV1::PushIdempotent { push, record, .. } => {
+                for record in &push.records {
+                    let _ = layout::decode_stored(&record.delta);
+                }
+                let layout::IdempotencyRecord::V1 { key, .. } = &record;
+                let _ = layout::data_key(key);
+            }
+            PeerMessageV1::GossipCompact { membership: Some(membership), .. } => merge_membership(&membership),
             _ => {}
         }
     }

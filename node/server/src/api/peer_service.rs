@@ -153,19 +153,16 @@ impl PeerService {
             PeerMessageV1::PushBatch { pushes, relay } => self.accept_pushes(peer, from, pushes, relay).await,
             PeerMessageV1::PushIdempotent { push, id, record } => {
                 check_idempotency_of(&push, from, &record)?;
-                let applied = self.accept_pushes(peer, from, vec![push], false).await?;
-                let replica = self.node.replica().clone();
-                blocking(move || {
-                    // A key this region may not hold was screened out of the push: its record stays out too.
-                    let crate::layout::IdempotencyRecord::V1 { key, .. } = &record;
-                    if replica.residency().allowed_in(&replica.config().region, &crate::layout::data_key(key)) {
-                        replica
-                            .keep_idempotency(meridian_client::proto::IdempotencyId(id), &record)
-                            .map_err(|e| PeerRefusal::Failed(format!("keeping the write's idempotency record: {e}")))?;
-                    }
-                    Ok(applied)
-                })
-                .await
+                let crate::layout::IdempotencyRecord::V1 { created_ms, key, request_digest, reply } = record;
+                // Its age is this node's to judge (the sweep expires records by it): never in the future.
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                let created_ms = created_ms.min(now as u64);
+                let data_key = crate::layout::data_key(&key);
+                let record = crate::layout::IdempotencyRecord::V1 { created_ms, key, request_digest, reply };
+                let encoded = crate::layout::encode(&record);
+                let store = self.store.clone().keeping_idempotency(data_key, id.to_be_bytes().to_vec(), encoded);
+                self.accept_pushes_into(store, peer, from, vec![push], false).await
             }
             PeerMessageV1::ReadKey { key } => {
                 // Neither region may hold a key its rules keep away from the asker's region.
@@ -319,13 +316,26 @@ impl PeerService {
         pushes: Vec<Pushed>,
         relay: bool,
     ) -> Result<PeerReplyV1, PeerRefusal> {
+        self.accept_pushes_into(self.store.clone(), peer, from, pushes, relay).await
+    }
+
+    /// [`PeerService::accept_pushes`] through `store` (a clone of the node's that may carry an
+    /// idempotency record to keep with the write, `EngineSyncStore::keeping_idempotency`).
+    async fn accept_pushes_into(
+        &self,
+        store: EngineSyncStore,
+        peer: &PeerIdentity,
+        from: NodeId,
+        pushes: Vec<Pushed>,
+        relay: bool,
+    ) -> Result<PeerReplyV1, PeerRefusal> {
         if let Some(bad) = pushes.iter().find(|p| p.partition >= PARTITIONS) {
             return Err(PeerRefusal::NoPartition(bad.partition));
         }
         if let (true, Some(cluster)) = (relay, &self.cluster) {
             check_relay(cluster, peer, from, &pushes)?;
         }
-        let (store, replica) = (self.store.clone().with_sender(from), self.node.replica().clone());
+        let (store, replica) = (store.with_sender(from), self.node.replica().clone());
         let applied = pushes.clone();
         let reply = blocking(move || {
             for push in &applied {
@@ -356,9 +366,9 @@ fn check_idempotency_of(
     let crate::layout::IdempotencyRecord::V1 { key, .. } = record;
     match push.records.as_slice() {
         [written] if written.origin == from && written.key == crate::layout::data_key(key) => Ok(()),
-        [_] => Err(PeerRefusal::MalformedIdempotency(format!(
-            "it names key {key}, but the push carries another key's write, or one another node coordinated"
-        ))),
+        [_] => Err(PeerRefusal::MalformedIdempotency(
+            "the push carries another key's write than the record names, or one another node coordinated".into(),
+        )),
         records => Err(PeerRefusal::MalformedIdempotency(format!("a push of {} records, not one", records.len()))),
     }
 }

@@ -112,12 +112,31 @@ impl PeerPool {
         build: impl FnOnce(u8) -> Vec<u8>,
         timeout: Duration,
     ) -> Result<(Arc<PeerIdentity>, u8, Vec<u8>), PeerError> {
+        let built = |version: u8, _: &PeerIdentity| Ok::<_, std::convert::Infallible>(build(version));
+        match self.request_built(addr, expected_name, built, timeout).await? {
+            Ok(answer) => Ok(answer),
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`request_versioned`](Self::request_versioned) whose `build` also sees the certified peer
+    /// the connection reached, and may decline to send (its error is returned inside `Ok`).
+    pub async fn request_built<E>(
+        &self,
+        addr: SocketAddr,
+        expected_name: Option<&str>,
+        build: impl FnOnce(u8, &PeerIdentity) -> Result<Vec<u8>, E>,
+        timeout: Duration,
+    ) -> Result<Result<(Arc<PeerIdentity>, u8, Vec<u8>), E>, PeerError> {
         let deadline = Instant::now() + timeout;
         let connection = tokio::time::timeout_at(deadline, self.get(addr, expected_name))
             .await
             .map_err(|_| PeerError::Timeout { after: timeout })??;
         let version = connection.version();
-        let request = build(version);
+        let request = match build(version, &connection.peer_arc()) {
+            Ok(request) => request,
+            Err(declined) => return Ok(Err(declined)),
+        };
         let result = connection.request(request, deadline.saturating_duration_since(Instant::now())).await;
         if let Err(error) = &result {
             // A timeout drops the cached connection too: a peer that restarted on the same address
@@ -128,7 +147,7 @@ impl PeerPool {
                 self.forget(addr, &connection).await;
             }
         }
-        result.map(|reply| (connection.peer_arc(), version, reply))
+        result.map(|reply| Ok((connection.peer_arc(), version, reply)))
     }
 
     /// Drops `failed` if it is still the cached connection to `addr`.

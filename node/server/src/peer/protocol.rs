@@ -247,7 +247,8 @@ impl PeerMessageV1 {
             PeerMessageV1::Auth { .. } => "peer.auth",
             PeerMessageV1::GossipCompact { .. } => "peer.gossip_compact",
             PeerMessageV1::VvCombined { .. } => "peer.vv_combined",
-            PeerMessageV1::PushIdempotent { .. } => "peer.push_idempotent",
+            // A push like any other (one name in traces and request counts), with one more record.
+            PeerMessageV1::PushIdempotent { .. } => "peer.push",
         }
     }
 }
@@ -529,6 +530,7 @@ impl PeerRefusal {
             PeerRefusal::WrongRegion { .. } => Some("wrong_region"),
             PeerRefusal::ForgedRelay { .. } => Some("forged_relay"),
             PeerRefusal::UnknownRegions { .. } => Some("unknown_region_rules"),
+            PeerRefusal::MalformedIdempotency(_) => Some("forged_idempotency"),
             // Counted by `Cluster::merge_claimed` and the store, which also see gossip replies and
             // anti-entropy records.
             _ => None,

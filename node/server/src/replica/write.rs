@@ -184,23 +184,6 @@ impl Replica {
         }
     }
 
-    /// Keeps the idempotency record of a write another replica coordinated and pushed here, so a
-    /// retry of that write landing here is answered as the first attempt was ([`Replica::replay`]).
-    /// A record already kept under `id` stays (the first one wins, as on the coordinator). Under the
-    /// key's lock, like a local write's check. Blocks: call it from a blocking thread.
-    pub fn keep_idempotency(&self, id: IdempotencyId, record: &IdempotencyRecord) -> Result<(), Error> {
-        let IdempotencyRecord::V1 { key, .. } = record;
-        let data_key = layout::data_key(key);
-        let stored = id.0.to_be_bytes();
-        self.writer.apply_under_key_locks(&[&data_key], || -> Result<Batch, Error> {
-            let mut batch = Batch::default();
-            if self.engine.get(Space::Idempotency, &stored).map_err(internal)?.is_none() {
-                batch.put(Space::Idempotency, stored.to_vec(), layout::encode(record));
-            }
-            Ok(batch)
-        })
-    }
-
     /// The recorded reply of an idempotency id already used, if any; refuses an id reused for
     /// another operation.
     fn replay(&self, id: IdempotencyId, key: &Key, request_digest: u64) -> Result<Option<Reply>, Error> {

@@ -278,6 +278,18 @@ pub struct EngineSyncStore {
     /// write back to this region's other replicas ([`EngineSyncStore::take_fetched_elsewhere`]).
     fetched_elsewhere: Arc<Mutex<FetchedKeys>>,
     locks: Arc<[Mutex<()>]>,
+    /// An idempotency record to keep with the pushed write it is about, in the same batch
+    /// ([`EngineSyncStore::keeping_idempotency`]).
+    keeping: Option<Arc<KeptRecord>>,
+}
+
+/// An idempotency record that travels with a pushed write.
+struct KeptRecord {
+    /// The data key of the write.
+    data_key: Vec<u8>,
+    /// Its `Idempotency` key and encoded record.
+    id: Vec<u8>,
+    record: Vec<u8>,
 }
 
 /// `(partition, data key)` pairs ([`EngineSyncStore::take_fetched_elsewhere`]).
@@ -340,6 +352,7 @@ impl EngineSyncStore {
             peer_region: None,
             fetched_elsewhere: Arc::new(Mutex::new(Default::default())),
             locks,
+            keeping: None,
         }
     }
 
@@ -369,6 +382,30 @@ impl EngineSyncStore {
     pub fn with_sender(mut self, sender: NodeId) -> EngineSyncStore {
         self.sender = Some(sender);
         self
+    }
+
+    /// This store, keeping `record` (an encoded idempotency record, under `id`) with the pushed
+    /// write of `data_key` it is about: in the batch that applies the write (or that finds it
+    /// applied already), under the key's lock, unless a record is kept under `id` already (the first
+    /// one wins, as on the coordinator); not at all if the write is screened out (residency).
+    pub fn keeping_idempotency(mut self, data_key: Vec<u8>, id: Vec<u8>, record: Vec<u8>) -> EngineSyncStore {
+        self.keeping = Some(Arc::new(KeptRecord { data_key, id, record }));
+        self
+    }
+
+    /// The idempotency record to keep with `records` (screened), if one of them is its write.
+    fn kept_with(&self, records: &[SyncRecord]) -> Option<&KeptRecord> {
+        self.keeping.as_deref().filter(|kept| records.iter().any(|r| r.key == kept.data_key))
+    }
+
+    /// Adds `kept` to `batch` unless a record is kept under its id already (read under the key's lock).
+    fn put_kept(&self, batch: &mut Batch, kept: Option<&KeptRecord>) -> Result<()> {
+        if let Some(kept) = kept {
+            if self.engine.get(Space::Idempotency, &kept.id)?.is_none() {
+                batch.put(Space::Idempotency, kept.id.clone(), kept.record.clone());
+            }
+        }
+        Ok(())
     }
 
     /// This store, syncing with a peer of `region`: when that is another region than this node's,
@@ -527,7 +564,9 @@ impl EngineSyncStore {
                 ahead.push(record);
             }
         }
-        let keys: Vec<&[u8]> = ahead.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        let kept = self.kept_with(records);
+        let mut keys: Vec<&[u8]> = ahead.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        keys.extend(kept.map(|kept| kept.data_key.as_slice()));
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
@@ -536,6 +575,7 @@ impl EngineSyncStore {
                 batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
             }
             self.put_states(&mut batch, joined);
+            self.put_kept(&mut batch, kept)?;
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)
@@ -885,7 +925,9 @@ impl SyncStore for EngineSyncStore {
         // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
         // a running node this happens under the touched keys' locks and commits through the node's
         // group committer, so it cannot race the node's own writes to the same keys.
-        let keys: Vec<&[u8]> = fresh.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        let kept = self.kept_with(records);
+        let mut keys: Vec<&[u8]> = fresh.iter().filter(|r| !r.key.is_empty()).map(|r| r.key.as_slice()).collect();
+        keys.extend(kept.map(|kept| kept.data_key.as_slice()));
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
@@ -897,6 +939,7 @@ impl SyncStore for EngineSyncStore {
                 batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
             }
             self.put_states(&mut batch, joined);
+            self.put_kept(&mut batch, kept)?;
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)?;

@@ -217,47 +217,50 @@ impl Coordinator {
         message: PeerMessageV1,
         timeout: Duration,
     ) -> Result<PeerReplyV1, PeerCallError> {
-        self.call_versioned(target, |_| message, timeout).await
+        let kind = message.kind();
+        self.call_versioned(target, kind, |_| message, timeout).await
     }
 
-    /// [`Coordinator::call`] with the message built for the protocol version the connection to
-    /// `target` negotiated (`build` gets it): a variant newer than the peer speaks is never sent.
+    /// [`Coordinator::call`] with the message built for the protocol version of the very
+    /// connection it is sent on (`build` gets it): a variant newer than the peer agreed to is never
+    /// sent. `kind` names the call's span (the message's kind, whatever the version).
     pub async fn call_versioned(
         &self,
         target: NodeId,
+        kind: &'static str,
         build: impl FnOnce(u8) -> PeerMessageV1,
         timeout: Duration,
     ) -> Result<PeerReplyV1, PeerCallError> {
         let addr = self.cluster.peer_addr(target).ok_or(PeerCallError::NoAddress(target))?;
-        let connection = tokio::time::timeout(timeout, self.pool.get(addr, None))
-            .await
-            .map_err(|_| PeerCallError::Transport(format!("connecting to node {target}: timed out")))?
-            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
-        let message = build(connection.version());
-        let message = if self.residency.rules().rules.is_empty() {
-            message
-        } else {
-            let certified = connection.peer().region.clone();
-            if let Some(claimed) = self.cluster.region_of(target).filter(|claimed| *claimed != certified) {
-                self.residency.note_rejected(
-                    0,
-                    &format!("node {target} claims region {claimed} but its certificate says {certified}"),
-                );
-                return Err(PeerCallError::NotSent(format!(
-                    "node {target} claims region {claimed} but its certificate was issued for region {certified}"
-                )));
-            }
-            self.screen_for(&certified, message)?
+        let screened = !self.residency.rules().rules.is_empty();
+        let build = |version: u8, peer: &crate::peer::PeerIdentity| -> Result<Vec<u8>, PeerCallError> {
+            let message = build(version);
+            let message = if screened {
+                let certified = peer.region.as_str();
+                if let Some(claimed) = self.cluster.region_of(target).filter(|claimed| claimed != certified) {
+                    self.residency.note_rejected(
+                        0,
+                        &format!("node {target} claims region {claimed} but its certificate says {certified}"),
+                    );
+                    return Err(PeerCallError::NotSent(format!(
+                        "node {target} claims region {claimed} but its certificate was issued for region {certified}"
+                    )));
+                }
+                self.screen_for(certified, message)?
+            } else {
+                message
+            };
+            Ok(encode_request(self.local, message))
         };
         // A client span of the call (child of the request being served, if any): the peer's span
         // for it is its child, through the stream header.
-        let span = crate::telemetry::peer_call_span(message.kind(), &target);
-        let reply = self
+        let span = crate::telemetry::peer_call_span(kind, &target);
+        let (_, _, reply) = self
             .pool
-            .request(addr, None, encode_request(self.local, message), timeout)
+            .request_built(addr, None, build, timeout)
             .instrument(span)
             .await
-            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+            .map_err(|e| PeerCallError::Transport(e.to_string()))??;
         self.cluster.heartbeat(target);
         decode_reply(&reply)
     }

@@ -190,7 +190,7 @@ impl Coordinator {
                 let _permit = permit;
                 metrics::counter!("meridian_region_batches_total").increment(1);
                 let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: true };
-                me.deliver_or_hint(target, |_| message, &batch).await;
+                me.deliver_or_hint(target, "peer.push_batch", |_| message, &batch).await;
             });
         }
     }
@@ -211,7 +211,7 @@ impl Coordinator {
             async move {
                 if me.cluster.reachable(target) {
                     let message = PeerMessageV1::PushBatch { pushes: batch.clone(), relay: false };
-                    me.deliver_or_hint(target, |_| message, &batch).await;
+                    me.deliver_or_hint(target, "peer.push_batch", |_| message, &batch).await;
                 } else {
                     me.hint_all(target, &batch).await;
                 }
@@ -253,7 +253,7 @@ impl Coordinator {
                         relay: false,
                     },
                 };
-                let ok = me.deliver_or_hint(target, message, std::slice::from_ref(&push)).await;
+                let ok = me.deliver_or_hint(target, "peer.push", message, std::slice::from_ref(&push)).await;
                 let _ = done.send((target, ok));
             }
             .in_current_span(),
@@ -261,16 +261,17 @@ impl Coordinator {
         true
     }
 
-    /// Sends the message `build` makes for the connection's protocol version, which carries
-    /// `pushes`, to `target`; when it is not applied there, keeps a hint of every record for it.
+    /// Sends the message `build` makes for the connection's protocol version (of kind `kind`), which
+    /// carries `pushes`, to `target`; when it is not applied there, keeps a hint of every record for it.
     /// Returns whether it was applied.
     async fn deliver_or_hint(
         &self,
         target: NodeId,
+        kind: &'static str,
         build: impl FnOnce(u8) -> PeerMessageV1,
         pushes: &[Pushed],
     ) -> bool {
-        let applied = match self.call_versioned(target, build, self.peer_timeout).await {
+        let applied = match self.call_versioned(target, kind, build, self.peer_timeout).await {
             Ok(PeerReplyV1::Applied) => true,
             Ok(other) => {
                 tracing::warn!(target = %target, "replica refused a write: {other:?}");
