@@ -24,11 +24,16 @@ if [[ ! -x $bin ]]; then
   mkdir -p "$out/src"
   git archive "$commit" | tar -x -C "$out/src"
   lock_version() { grep -A1 '^name = "librocksdb-sys"$' "$1" | sed -n 's/^version = "\(.*\)"$/\1/p'; }
+  link=()
   if [[ -z ${ROCKSDB_LIB_DIR:-} ]] && [[ $(lock_version Cargo.lock) == "$(lock_version "$out/src/Cargo.lock")" ]]; then
     archive=$(ls -t target/debug/build/librocksdb-sys-*/out/librocksdb.a target/release/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -n1 || true)
-    [[ -n $archive ]] && export ROCKSDB_LIB_DIR=$root/${archive%/librocksdb.a} ROCKSDB_STATIC=1
+    if [[ -n $archive ]]; then
+      export ROCKSDB_LIB_DIR=$root/${archive%/librocksdb.a} ROCKSDB_STATIC=1
+      # A prebuilt static RocksDB brings no C++ runtime with it: link it into the binary only.
+      link=(-- -l dylib=stdc++)
+    fi
   fi
   echo "previous-release: building meridian at ${commit:0:10} in $out (a few minutes)" >&2
-  (cd "$out/src" && CARGO_TARGET_DIR=$out/target cargo build --locked -p meridian-node --bin meridian >&2)
+  (cd "$out/src" && CARGO_TARGET_DIR=$out/target cargo rustc --locked -p meridian-node --bin meridian "${link[@]}" >&2)
 fi
 echo "$bin"

@@ -351,15 +351,16 @@ impl Processes {
         let settings: Vec<String> = env.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         let other_config =
             if config == node.config { String::new() } else { format!(" --config {}", config.display()) };
+        let bin = &self.bins[i];
         writeln!(
             log,
-            "--- geo-tests: starting {}{other_config}{} (unix time {:.3}) ---",
+            "--- geo-tests: starting {} ({}){other_config}{} (unix time {:.3}) ---",
             node.name,
+            bin.display(),
             settings.concat(),
             unix.as_secs_f64()
         )?;
 
-        let bin = &self.bins[i];
         let mut command = Command::new(bin);
         command
             .arg("serve")

@@ -118,6 +118,7 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
         println!("[{:>5.1}s] kill -9 {name} (pid {pid}): {status}", began.elapsed().as_secs_f64());
         tokio::time::sleep(down).await;
         if previous.is_some() {
+            println!("[{:>5.1}s] {name} comes back on this build", began.elapsed().as_secs_f64());
             region.use_binary(victim, region::meridian_bin());
         }
         region.restart(victim).await.expect("restart on the same data directory");
