@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the `meridian` binary of another revision (by default the previous release, named in
-# scripts/previous-release.rev) and prints its path: what `make upgrade-test` runs beside this
+# Builds the `meridian` binary of another revision (by default the previous landed baseline — the
+# commit the last release note was about, untagged — named in scripts/previous-release.rev) and
+# prints its path: what `make upgrade-test` runs beside this
 # build (geo-tests/tests/region_kill9.rs with MERIDIAN_PREVIOUS_BIN).
 #
 #   scripts/previous-release.sh            # the previous release
@@ -34,6 +35,6 @@ if [[ ! -x $bin ]]; then
     fi
   fi
   echo "previous-release: building meridian at ${commit:0:10} in $out (a few minutes)" >&2
-  (cd "$out/src" && CARGO_TARGET_DIR=$out/target cargo rustc --locked -p meridian-node --bin meridian "${link[@]}" >&2)
+  (cd "$out/src" && CARGO_TARGET_DIR=$out/target cargo rustc --locked -p meridian-node --bin meridian ${link[@]+"${link[@]}"} >&2)
 fi
 echo "$bin"

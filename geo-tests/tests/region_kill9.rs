@@ -71,6 +71,10 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let dir = tmp.path().join("region");
     let spec = RegionSpec { nodes: NODES, rf: 3, zones: 3, durability: "fsync".into(), base_port: None };
     let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
+    assert!(
+        previous.as_ref().is_none_or(|bin| bin.is_file()),
+        "MERIDIAN_PREVIOUS_BIN={previous:?} is not a file (did scripts/previous-release.sh fail?)"
+    );
     let mut region = match &previous {
         Some(bin) => {
             println!("rolling upgrade: the region starts on {}; each victim restarts on this build", bin.display());
