@@ -135,7 +135,7 @@ impl PowerLossEngine {
     /// unsynced ones.
     pub fn power_loss(&self, keep: usize) -> Result<PowerLossEngine, StorageError> {
         let kept: Vec<Batch> = {
-            let wal = self.wal.lock().map_err(|_| StorageError::Internal("power-loss WAL lock poisoned".into()))?;
+            let wal = self.wal()?;
             wal.synced.iter().chain(wal.unsynced.iter().take(keep)).cloned().collect()
         };
         let mut after = PowerLossEngine::new();
@@ -144,6 +144,10 @@ impl PowerLossEngine {
         }
         after.wal = std::sync::Mutex::new(Wal { synced: kept, unsynced: Vec::new() });
         Ok(after)
+    }
+
+    fn wal(&self) -> Result<std::sync::MutexGuard<'_, Wal>, StorageError> {
+        self.wal.lock().map_err(|_| StorageError::Internal("power-loss WAL lock poisoned".into()))
     }
 
     /// Batches written since the last WAL sync.
@@ -159,7 +163,7 @@ impl Engine for PowerLossEngine {
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {
         // One lock around both: the WAL's order is the order batches applied in.
-        let mut wal = self.wal.lock().map_err(|_| StorageError::Internal("power-loss WAL lock poisoned".into()))?;
+        let mut wal = self.wal()?;
         self.live.write(batch.clone())?;
         wal.unsynced.push(batch);
         Ok(())
@@ -184,7 +188,7 @@ impl Engine for PowerLossEngine {
     }
 
     fn sync_wal(&self) -> Result<(), StorageError> {
-        let mut wal = self.wal.lock().map_err(|_| StorageError::Internal("power-loss WAL lock poisoned".into()))?;
+        let mut wal = self.wal()?;
         let Wal { synced, unsynced } = &mut *wal;
         synced.append(unsynced);
         Ok(())

@@ -501,6 +501,19 @@ impl EngineSyncStore {
         }
     }
 
+    /// The highest position of `origin`'s log in partition `p` stored gap-free from `from` on
+    /// (`from` itself when the next one is missing).
+    fn logged_through(&self, p: u16, origin: NodeId, from: u64) -> Result<u64> {
+        let mut seq = from;
+        while let Some(next) = seq.checked_add(1) {
+            if self.engine.get(Space::Log, &layout::log_key(p, origin, next))?.is_none() {
+                break;
+            }
+            seq = next;
+        }
+        Ok(seq)
+    }
+
     /// Raises the vector entry of each origin of `records` over the records of its log stored
     /// gap-free above it.
     fn raise_over_logged(&self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
@@ -510,13 +523,7 @@ impl EngineSyncStore {
         let mut raised = Vec::new();
         for origin in origins.into_iter().filter(|o| *o != self.local) {
             let held = self.vv_entry(p, origin)?;
-            let mut seq = held;
-            while let Some(next) = seq.checked_add(1) {
-                if self.engine.get(Space::Log, &layout::log_key(p, origin, next))?.is_none() {
-                    break;
-                }
-                seq = next;
-            }
+            let seq = self.logged_through(p, origin, held)?;
             if seq > held {
                 raised.push((origin, seq));
             }
@@ -915,12 +922,7 @@ impl SyncStore for EngineSyncStore {
         // Records pushed ahead of a gap were stored (and joined) already ([`accept_pushed`]): once
         // the gap is filled, the vector covers them too.
         for (origin, seq) in raised.iter_mut() {
-            while let Some(next) = seq.checked_add(1) {
-                if self.engine.get(Space::Log, &layout::log_key(p, *origin, next))?.is_none() {
-                    break;
-                }
-                *seq = next;
-            }
+            *seq = self.logged_through(p, *origin, *seq)?;
         }
         // Decode, check and join everything in memory: a refusal leaves the store untouched. Next to
         // a running node this happens under the touched keys' locks and commits through the node's
