@@ -77,10 +77,14 @@ enum ClusterCommand {
         /// `namespace/key`.
         key: String,
     },
-    /// Let a joining node take placements.
+    /// Let a joining node take placements. Refused (retryable) until it has caught up the
+    /// partitions it joins; until then quorums count it beside their old replicas.
     Activate {
         /// Node name or id.
         node: String,
+        /// Retry until the node has caught up (up to 10 minutes), printing how far it is.
+        #[arg(long)]
+        wait: bool,
     },
     /// Move a node's partitions to other nodes; it hands off what it holds, then can be removed.
     Drain {
@@ -91,10 +95,15 @@ enum ClusterCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Remove a node for good (drain it first so nothing it alone held is lost).
+    /// Remove a node for good (drain it first so nothing it alone held is lost). A draining node
+    /// is refused (retryable) until every partition it leaves is held by all its new replicas,
+    /// unless it is down.
     Remove {
         /// Node name or id.
         node: String,
+        /// Retry until its partitions are held by their new replicas (up to 10 minutes).
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -807,8 +816,16 @@ async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCom
         ClusterCommand::Placement { key } => {
             ClusterOp::Placement { key: meridian_client::IntoKey::into_key(key.as_str())? }
         }
-        ClusterCommand::Activate { node } => ClusterOp::Activate { node },
-        ClusterCommand::Remove { node } => ClusterOp::Remove { node },
+        ClusterCommand::Activate { node, wait } => {
+            let report = end_move(client, ClusterOp::Activate { node }, wait).await?;
+            print_cluster(&report);
+            return Ok(());
+        }
+        ClusterCommand::Remove { node, wait } => {
+            let report = end_move(client, ClusterOp::Remove { node }, wait).await?;
+            print_cluster(&report);
+            return Ok(());
+        }
         ClusterCommand::Drain { node, wait } => {
             let report = client.cluster(ClusterOp::Drain { node: node.clone() }).await?;
             print_cluster(&report);
@@ -831,6 +848,31 @@ async fn cluster_command(client: &Client, conn: &Connection, command: ClusterCom
         print_cluster(&report);
     }
     Ok(())
+}
+
+/// Runs `op` (an activation or a removal, which end a move); with `wait`, retries while the node
+/// answers that the move is not confirmed yet, printing each new answer.
+async fn end_move(
+    client: &Client,
+    op: meridian_client::ClusterOp,
+    wait: bool,
+) -> anyhow::Result<meridian_client::ClusterReport> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut last = String::new();
+    loop {
+        match client.cluster(op.clone()).await {
+            Ok(report) => return Ok(report),
+            Err(e) if wait && e.code().is_some_and(|c| c.is_retryable()) && std::time::Instant::now() < deadline => {
+                let said = e.to_string();
+                if said != last {
+                    eprintln!("waiting: {said}");
+                    last = said;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Polls the draining node itself (only it knows how far its handoff is) until it is complete.

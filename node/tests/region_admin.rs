@@ -84,7 +84,21 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
     let joined = clients[0].cluster(ClusterOp::Status).await.unwrap();
     let member = joined.members.iter().find(|m| m.name == "n4").expect("n4 is known by gossip");
     assert_eq!((member.state.as_str(), member.partitions), ("joining", 0));
-    clients[0].cluster(ClusterOp::Activate { node: "n4".into() }).await.unwrap();
+    // Activation waits until n4 has caught up what it joins (pulled from the old replicas while
+    // quorums counted it beside them): a refusal until then is retryable and says how far it is.
+    let activated = async {
+        loop {
+            match clients[0].cluster(ClusterOp::Activate { node: "n4".into() }).await {
+                Ok(_) => return,
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::QuorumUnavailable), "{e}");
+                    assert!(e.to_string().contains("partitions it joins"), "{e}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), activated).await.expect("n4 catches up within 60 s");
     let rebalanced = async {
         loop {
             let report = n4_client.cluster(ClusterOp::Status).await.unwrap();

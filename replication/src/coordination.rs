@@ -10,6 +10,13 @@
 //! And because the read's own majority intersects the majority of every write acknowledged before
 //! the read began, every such write is in what it returns.
 //!
+//! **Moves.** While placement changes (a node joining or draining), a partition has an *old* replica
+//! set, which acknowledged what was written before, and a *new* one, which will serve it once the
+//! move is confirmed ([`QuorumSets::joint`]). A quorum then means a majority of *each* set — the
+//! joint consensus of Raft's membership changes, Cassandra's pending ranges. A read's majority of the
+//! old set intersects every write acknowledged before the move; a write's majority of the new set is
+//! what lets reads count the new set alone once the move is confirmed.
+//!
 //! The rounds only count; the node sends the messages, applies the joins and runs the deadlines.
 //! Nothing here is sticky: a late ack still counts, so the caller acts on the first verdict that is
 //! not [`Outcome::Pending`] and treats a later change of mind as information only.
@@ -19,13 +26,115 @@ use std::collections::{BTreeMap, BTreeSet};
 use meridian_crdt::NodeId;
 use meridian_proto::Consistency;
 
-use crate::quorum::{majority, Outcome, ReplicaCounts, Requirement};
+use crate::quorum::{majority, Outcome};
 
-/// Counts acknowledgements from a set of target replicas until `needed` have acked.
+/// The replica sets a quorum is counted in: one set, or two during a move (old and new replicas of
+/// the partition), each of which must reach its own majority. Sets are never empty unless there is
+/// exactly one (a partition with no replica at all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuorumSets {
+    sets: Vec<Vec<NodeId>>,
+}
+
+impl QuorumSets {
+    /// One replica set: the usual case.
+    pub fn single(replicas: Vec<NodeId>) -> QuorumSets {
+        QuorumSets { sets: vec![replicas] }
+    }
+
+    /// The old and new replica sets of a partition that is moving; one set when they hold the same
+    /// nodes (no move). An empty set stays: no majority of it can be reached, so a region whose
+    /// members are all joining (or all draining) is unavailable at the quorum levels, as a region
+    /// with no replica is.
+    pub fn joint(old: Vec<NodeId>, new: Vec<NodeId>) -> QuorumSets {
+        let same = old.iter().collect::<BTreeSet<_>>() == new.iter().collect::<BTreeSet<_>>();
+        if same {
+            return QuorumSets::single(new);
+        }
+        QuorumSets { sets: vec![old, new] }
+    }
+
+    /// Each set, old first.
+    pub fn sets(&self) -> &[Vec<NodeId>] {
+        &self.sets
+    }
+
+    /// Whether the partition is moving (two sets).
+    pub fn is_moving(&self) -> bool {
+        self.sets.len() > 1
+    }
+
+    /// Every node of every set once, in order of first appearance: the targets of a request.
+    pub fn all(&self) -> Vec<NodeId> {
+        let mut seen = BTreeSet::new();
+        self.sets.iter().flatten().copied().filter(|n| seen.insert(*n)).collect()
+    }
+
+    /// Adds `extra` to every set (a global quorum's other regions, which are not moving here).
+    pub fn extend_each(&mut self, extra: &[NodeId]) {
+        for set in &mut self.sets {
+            set.extend(extra.iter().copied().filter(|n| !set.contains(n)).collect::<Vec<_>>());
+        }
+    }
+
+    /// Whether `node` is in any set.
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.sets.iter().any(|set| set.contains(&node))
+    }
+}
+
+/// One condition of a round: `needed` answers from `members`.
+#[derive(Clone, Debug)]
+struct Need {
+    members: BTreeSet<NodeId>,
+    needed: usize,
+}
+
+impl Need {
+    /// This condition's verdict given who answered and who failed.
+    fn outcome(&self, answered: &BTreeSet<NodeId>, failed: &BTreeSet<NodeId>, expired: bool) -> Outcome {
+        let yes = self.members.intersection(answered).count();
+        let no = self.members.intersection(failed).count();
+        verdict(yes, self.members.len() - yes - no, self.needed, expired)
+    }
+}
+
+/// The verdict of a round of several conditions: satisfied when all are, unavailable as soon as one
+/// is (reported with that condition's counts), pending otherwise.
+fn joint_verdict(needs: &[Need], answered: &BTreeSet<NodeId>, failed: &BTreeSet<NodeId>, expired: bool) -> Outcome {
+    let mut all = Outcome::Satisfied;
+    for need in needs {
+        match need.outcome(answered, failed, expired) {
+            Outcome::Satisfied => {}
+            unavailable @ Outcome::Unavailable { .. } => return unavailable,
+            Outcome::Pending => all = Outcome::Pending,
+        }
+    }
+    all
+}
+
+fn needs_for(level: Consistency, sets: &QuorumSets) -> Vec<Need> {
+    match level {
+        // One answer from anywhere.
+        Consistency::Eventual | Consistency::Causal => {
+            vec![Need { members: sets.all().into_iter().collect(), needed: 1 }]
+        }
+        Consistency::LocalQuorum | Consistency::Quorum => sets
+            .sets
+            .iter()
+            .map(|set| {
+                let members: BTreeSet<NodeId> = set.iter().copied().collect();
+                Need { needed: majority(members.len()), members }
+            })
+            .collect(),
+    }
+}
+
+/// Counts acknowledgements from a set of target replicas until enough have acked.
 #[derive(Clone, Debug)]
 pub struct AckRound {
     targets: BTreeSet<NodeId>,
-    needed: usize,
+    needs: Vec<Need>,
     acked: BTreeSet<NodeId>,
     failed: BTreeSet<NodeId>,
     expired: bool,
@@ -34,13 +143,12 @@ pub struct AckRound {
 impl AckRound {
     /// A round over `targets` that is satisfied once `needed` of them have acked.
     pub fn new(targets: impl IntoIterator<Item = NodeId>, needed: usize) -> AckRound {
-        AckRound {
-            targets: targets.into_iter().collect(),
-            needed,
-            acked: BTreeSet::new(),
-            failed: BTreeSet::new(),
-            expired: false,
-        }
+        let targets: BTreeSet<NodeId> = targets.into_iter().collect();
+        AckRound::with_needs(targets.clone(), vec![Need { members: targets, needed }])
+    }
+
+    fn with_needs(targets: BTreeSet<NodeId>, needs: Vec<Need>) -> AckRound {
+        AckRound { targets, needs, acked: BTreeSet::new(), failed: BTreeSet::new(), expired: false }
     }
 
     /// The round for a write at `level` sent to all of `replicas`.
@@ -48,8 +156,13 @@ impl AckRound {
     /// Every replica is treated as local: with one region, `quorum` and `local_quorum` are both a
     /// majority of the key's replicas.
     pub fn for_write(level: Consistency, replicas: &[NodeId]) -> AckRound {
-        let counts = ReplicaCounts { local: replicas.len(), remote: 0 };
-        AckRound::new(replicas.iter().copied(), Requirement::for_level(level, counts).total)
+        AckRound::for_write_in(level, &QuorumSets::single(replicas.to_vec()))
+    }
+
+    /// The round for a write at `level` sent to every node of `sets`: at a quorum level, a majority
+    /// of each set must ack (see the module docs on moves).
+    pub fn for_write_in(level: Consistency, sets: &QuorumSets) -> AckRound {
+        AckRound::with_needs(sets.all().into_iter().collect(), needs_for(level, sets))
     }
 
     /// `from` applied the request. Counted once, however often the network delivers its ack.
@@ -77,7 +190,7 @@ impl AckRound {
 
     /// The verdict so far.
     pub fn outcome(&self) -> Outcome {
-        verdict(self.acked.len(), self.pending_count(), self.needed, self.expired)
+        joint_verdict(&self.needs, &self.acked, &self.failed, self.expired)
     }
 
     /// Targets that acked.
@@ -85,9 +198,10 @@ impl AckRound {
         self.acked.len()
     }
 
-    /// Acks needed.
+    /// Acks needed (during a move, the sum of each set's majority: an upper bound, as a node in both
+    /// sets counts in both).
     pub fn needed(&self) -> usize {
-        self.needed
+        self.needs.iter().map(|n| n.needed).sum()
     }
 
     /// The targets that acked, in id order.
@@ -99,15 +213,11 @@ impl AckRound {
     pub fn pending_nodes(&self) -> Vec<NodeId> {
         self.targets.iter().filter(|n| !self.acked.contains(n) && !self.failed.contains(n)).copied().collect()
     }
-
-    fn pending_count(&self) -> usize {
-        self.targets.len() - self.acked.len() - self.failed.len()
-    }
 }
 
-/// The rule shared by both rounds: enough answers wins over everything, including a passed deadline
-/// (the answers are true whenever they came); otherwise give up as soon as the answers still possible
-/// cannot reach `needed`.
+/// The rule every condition follows: enough answers wins over everything, including a passed
+/// deadline (the answers are true whenever they came); otherwise give up as soon as the answers still
+/// possible cannot reach `needed`.
 fn verdict(answered: usize, pending: usize, needed: usize, expired: bool) -> Outcome {
     if answered >= needed {
         Outcome::Satisfied
@@ -123,7 +233,7 @@ fn verdict(answered: usize, pending: usize, needed: usize, expired: bool) -> Out
 #[derive(Clone, Debug)]
 pub struct ReadRound<S> {
     replicas: BTreeSet<NodeId>,
-    needed: usize,
+    needs: Vec<Need>,
     replies: BTreeMap<NodeId, Option<S>>,
     failed: BTreeSet<NodeId>,
     expired: bool,
@@ -135,12 +245,19 @@ impl<S: Clone + PartialEq> ReadRound<S> {
     /// `eventual` and `causal` reads take one replica's state (the causal gate is checked elsewhere);
     /// the quorum levels need a majority of the key's replicas.
     pub fn new(level: Consistency, replicas: &[NodeId]) -> ReadRound<S> {
-        let replicas: BTreeSet<NodeId> = replicas.iter().copied().collect();
-        let needed = match level {
-            Consistency::Eventual | Consistency::Causal => 1,
-            Consistency::LocalQuorum | Consistency::Quorum => majority(replicas.len()),
-        };
-        ReadRound { replicas, needed, replies: BTreeMap::new(), failed: BTreeSet::new(), expired: false }
+        ReadRound::over(level, &QuorumSets::single(replicas.to_vec()))
+    }
+
+    /// A read at `level` asking every node of `sets`: at a quorum level, a majority of each set must
+    /// reply (see the module docs on moves).
+    pub fn over(level: Consistency, sets: &QuorumSets) -> ReadRound<S> {
+        ReadRound {
+            replicas: sets.all().into_iter().collect(),
+            needs: needs_for(level, sets),
+            replies: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            expired: false,
+        }
     }
 
     /// `from`'s state for the key, `None` if it holds none.
@@ -169,8 +286,8 @@ impl<S: Clone + PartialEq> ReadRound<S> {
 
     /// The verdict so far, counting replies as acks.
     pub fn outcome(&self) -> Outcome {
-        let pending = self.replicas.len() - self.replies.len() - self.failed.len();
-        verdict(self.replies.len(), pending, self.needed, self.expired)
+        let replied: BTreeSet<NodeId> = self.replies.keys().copied().collect();
+        joint_verdict(&self.needs, &replied, &self.failed, self.expired)
     }
 
     /// The join of every reply so far, `None` if no replica had state. `join(acc, other)` merges
@@ -187,15 +304,26 @@ impl<S: Clone + PartialEq> ReadRound<S> {
     }
 
     /// The write-back that must be satisfied before the read returns `merged`: sent to every replier
-    /// whose state differs from it, needing as many acks as the read's quorum still lacks once the
-    /// repliers that already hold `merged` are counted.
+    /// whose state differs from it, needing, in each of the read's sets, as many acks as its quorum
+    /// there still lacks once the repliers that already hold `merged` are counted.
     pub fn repair(&self, merged: &Option<S>) -> AckRound {
         if merged.is_none() {
             // Nothing was read, so nothing can be lost by a later read.
             return AckRound::new([], 0);
         }
-        let current = self.replies.values().filter(|state| *state == merged).count();
-        AckRound::new(self.stale(merged), self.needed.saturating_sub(current))
+        let stale: BTreeSet<NodeId> = self.stale(merged).into_iter().collect();
+        let needs = self
+            .needs
+            .iter()
+            .map(|need| {
+                let current = need.members.iter().filter(|n| self.replies.get(n) == Some(merged)).count();
+                Need {
+                    members: need.members.intersection(&stale).copied().collect(),
+                    needed: need.needed.saturating_sub(current),
+                }
+            })
+            .collect();
+        AckRound::with_needs(stale, needs)
     }
 
     /// Repliers whose state differs from `merged` — read-repair targets, including any that replied
@@ -204,9 +332,9 @@ impl<S: Clone + PartialEq> ReadRound<S> {
         self.replies.iter().filter(|(_, state)| *state != merged).map(|(node, _)| *node).collect()
     }
 
-    /// Replies needed.
+    /// Replies needed (during a move, the sum of each set's majority).
     pub fn needed(&self) -> usize {
-        self.needed
+        self.needs.iter().map(|n| n.needed).sum()
     }
 
     /// Replicas that replied.
@@ -478,5 +606,93 @@ mod tests {
         assert_eq!(read.outcome(), Outcome::Satisfied);
         let m = merged(&read);
         assert_eq!(read.repair(&m).outcome(), Outcome::Satisfied);
+    }
+
+    fn moving() -> QuorumSets {
+        QuorumSets::joint(nodes(&[1, 2, 3]), nodes(&[1, 2, 4]))
+    }
+
+    #[test]
+    fn joint_sets_collapse_when_nothing_moves() {
+        assert!(!QuorumSets::joint(nodes(&[1, 2, 3]), nodes(&[3, 2, 1])).is_moving());
+        // Only joining members: nothing held the data before, so no quorum can be met.
+        let mut round = AckRound::for_write_in(Consistency::LocalQuorum, &QuorumSets::joint(vec![], nodes(&[1, 2])));
+        round.ack(NodeId(1));
+        round.ack(NodeId(2));
+        assert!(matches!(round.outcome(), Outcome::Unavailable { .. }));
+        let sets = moving();
+        assert!(sets.is_moving());
+        assert_eq!(sets.all(), nodes(&[1, 2, 3, 4]));
+        assert!(sets.contains(NodeId(4)) && !sets.contains(NodeId(5)));
+    }
+
+    #[test]
+    fn a_write_during_a_move_needs_a_majority_of_each_set() {
+        // Old {1,2,3}, new {1,2,4}: acks from 3 and 4 are a majority of neither.
+        let mut round = AckRound::for_write_in(Consistency::LocalQuorum, &moving());
+        round.ack(NodeId(3));
+        round.ack(NodeId(4));
+        assert_eq!(round.outcome(), Outcome::Pending);
+        round.ack(NodeId(1));
+        assert_eq!(round.outcome(), Outcome::Satisfied);
+        // Losing both shared nodes leaves neither set a majority.
+        let mut round = AckRound::for_write_in(Consistency::LocalQuorum, &moving());
+        round.ack(NodeId(4));
+        round.fail(NodeId(1));
+        round.fail(NodeId(2));
+        assert!(matches!(round.outcome(), Outcome::Unavailable { .. }));
+        // One answer anywhere satisfies an eventual write, the new-only replica included.
+        let mut round = AckRound::for_write_in(Consistency::Eventual, &moving());
+        round.ack(NodeId(4));
+        assert_eq!(round.outcome(), Outcome::Satisfied);
+    }
+
+    #[test]
+    fn a_read_during_a_move_sees_what_the_old_majority_acknowledged() {
+        // A write acknowledged before the move by {2,3}; the new replica 4 is empty and 1 missed it.
+        // A majority of the new set alone ({1,4}) would miss it; the joint read must wait for 2 or 3.
+        let mut read = ReadRound::over(Consistency::LocalQuorum, &moving());
+        read.reply(NodeId(1), None);
+        read.reply(NodeId(4), None);
+        assert_eq!(read.outcome(), Outcome::Pending, "a majority of the new set only");
+        read.reply(NodeId(3), set(&[7]));
+        assert_eq!(read.outcome(), Outcome::Satisfied);
+        assert_eq!(merged(&read), set(&[7]));
+        // The write-back must make the value a majority of each set: 3 holds it (old set: one more
+        // needed from {1}; new set: two more, from {1,4}).
+        let mut repair = read.repair(&merged(&read));
+        repair.ack(NodeId(4));
+        assert_eq!(repair.outcome(), Outcome::Pending);
+        repair.ack(NodeId(1));
+        assert_eq!(repair.outcome(), Outcome::Satisfied);
+    }
+
+    /// Every joint write quorum intersects every majority of the old set and of the new set, so a
+    /// joint read sees what an old-set majority acknowledged before the move, and a new-set read
+    /// sees what a joint write acknowledged once the move ends. Checked over every subset.
+    #[test]
+    fn joint_quorums_intersect_both_sets_majorities() {
+        let sets = QuorumSets::joint(nodes(&[1, 2, 3]), nodes(&[3, 4, 5]));
+        let all = sets.all();
+        let subsets = |pick: &dyn Fn(&BTreeSet<NodeId>) -> bool| -> Vec<BTreeSet<NodeId>> {
+            (0u32..1 << all.len())
+                .map(|mask| all.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, n)| *n).collect())
+                .filter(|s| pick(s))
+                .collect()
+        };
+        let joint = subsets(&|s| {
+            let mut round = AckRound::for_write_in(Consistency::LocalQuorum, &sets);
+            s.iter().for_each(|n| round.ack(*n));
+            round.outcome() == Outcome::Satisfied
+        });
+        for set in sets.sets() {
+            let members: BTreeSet<NodeId> = set.iter().copied().collect();
+            let majorities = subsets(&|s| s.is_subset(&members) && s.len() >= majority(members.len()));
+            for q in &joint {
+                for m in &majorities {
+                    assert!(!q.is_disjoint(m), "{q:?} misses {m:?}");
+                }
+            }
+        }
     }
 }

@@ -38,7 +38,7 @@ pub use antientropy::{
     SyncStore,
 };
 pub use causal::{causal_gap, CausalGap};
-pub use coordination::{AckRound, ReadRound};
+pub use coordination::{AckRound, QuorumSets, ReadRound};
 pub use error::ReplicationError;
 pub use failure::{DetectorConfig, FailureDetector, Health, Liveness};
 pub use hash::{stable_hash, StableHasher};

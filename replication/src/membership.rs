@@ -211,6 +211,12 @@ impl MemberState {
         self == MemberState::Active
     }
 
+    /// Whether this member holds placements once the moves in progress end (`Active` and
+    /// `Joining`: a joining member catches up the partitions it will hold).
+    pub fn placed_after_moves(self) -> bool {
+        matches!(self, MemberState::Active | MemberState::Joining)
+    }
+
     /// Whether this member serves the data it holds (`Active` and `Draining`).
     pub fn serves(self) -> bool {
         matches!(self, MemberState::Active | MemberState::Draining)
@@ -551,6 +557,13 @@ impl Membership {
     /// handoff completes; it is just not given new ones.
     pub fn serving_nodes(&self, region: &str) -> Vec<NodeSlot> {
         self.slots(region, MemberState::serves)
+    }
+
+    /// The nodes of `region` that hold placements once the moves in progress end: `Active` and
+    /// `Joining` members, in node order. Placement over these is a moving partition's *new*
+    /// replica set; over [`Membership::serving_nodes`], its *old* one.
+    pub fn future_placement_nodes(&self, region: &str) -> Vec<NodeSlot> {
+        self.slots(region, MemberState::placed_after_moves)
     }
 
     fn slots(&self, region: &str, keep: fn(MemberState) -> bool) -> Vec<NodeSlot> {

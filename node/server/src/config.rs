@@ -147,6 +147,11 @@ pub struct PeerConfig {
     /// speaks). Nodes negotiate the newest version both speak on their own; lower this to keep an
     /// upgraded region speaking what the previous release speaks until the upgrade is final.
     pub max_protocol_version: u8,
+    /// Whether quorums count a moving partition's old and new replicas together while placement
+    /// changes (`true`, the default: see `docs/operations.md`, "Adding, draining and removing
+    /// nodes"). `false` is a test knob that brings back the unsafe instant moves (a quorum read
+    /// right after a change may miss an acknowledged write); it logs a warning.
+    pub pending_replicas: bool,
 }
 
 impl Default for PeerConfig {
@@ -169,6 +174,7 @@ impl Default for PeerConfig {
             dial_via: BTreeMap::new(),
             // The newest version this release speaks (`peer::NEWEST_VERSION`; a test keeps them equal).
             max_protocol_version: 4,
+            pending_replicas: true,
         }
     }
 }

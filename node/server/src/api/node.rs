@@ -396,6 +396,14 @@ impl Node {
                 if !matches!(op, ClusterOp::Status | ClusterOp::Placement { .. }) {
                     self.auth().audit_action(caller, &format!("cluster {op:?}"));
                 }
+                if let ClusterOp::Activate { node } | ClusterOp::Remove { node } = &op {
+                    if let Some(id) = coordinator.cluster().find(node) {
+                        coordinator
+                            .check_move_confirmed(id)
+                            .await
+                            .map_err(|e| ErrorReply::new(ErrorCode::QuorumUnavailable, e))?;
+                    }
+                }
                 let report = crate::api::cluster_admin::cluster_op(coordinator, self.config(), op)?;
                 Ok(Reply { causal_token: token, body: ReplyBody::Cluster(report) })
             }

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use meridian_crdt::{codec, Hlc, NodeId};
 use meridian_replication::{
     place, Certified, ClaimError, DetectorConfig, FailureDetector, Liveness, Member, MemberState, MemberVersion,
-    Membership, Placement,
+    Membership, Placement, QuorumSets,
 };
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +91,10 @@ struct View {
     placements: Arc<Vec<Vec<NodeId>>>,
     /// The same for every other region, by region name.
     remote_placements: Arc<BTreeMap<String, Vec<Vec<NodeId>>>>,
+    /// Each partition's old and new replicas in this region while placement changes.
+    moves: Arc<MoveSets>,
+    /// The same for every other region, by region name.
+    remote_moves: Arc<BTreeMap<String, MoveSets>>,
     /// Partitions each peer holds data of without being a replica (from gossip).
     peer_handoff: BTreeMap<NodeId, std::collections::BTreeSet<u16>>,
     /// Partitions this node holds data of without being a replica.
@@ -107,6 +111,8 @@ pub struct Cluster {
     predecessors: Vec<NodeId>,
     region: String,
     rf: usize,
+    /// Whether quorums count moving partitions' old and new replicas (`peer.pending_replicas`).
+    pending: bool,
     seeds: Vec<SocketAddr>,
     dial_via: BTreeMap<String, SocketAddr>,
     engine: Arc<dyn Engine>,
@@ -165,12 +171,21 @@ impl Cluster {
                 .map_err(|e| anyhow::anyhow!("failure detector: {e}"))?;
         let placements = Arc::new(compute_placements(&membership, &config.region, config.peer.rf));
         let remote_placements = Arc::new(compute_remote_placements(&membership, &config.region, config.peer.rf));
+        let pending = config.peer.pending_replicas;
+        if !pending {
+            tracing::warn!(
+                "peer.pending_replicas = false: a test knob; quorum reads right after a placement change may miss \
+                 acknowledged writes"
+            );
+        }
+        let (moves, remote_moves) = compute_moves(&membership, &config.region, config.peer.rf, pending);
         let cluster = Cluster {
             local,
             name: config.node_name.clone(),
             predecessors,
             region: config.region.clone(),
             rf: config.peer.rf,
+            pending,
             seeds: config.peer.seeds.clone(),
             dial_via: config.peer.dial_via.clone(),
             engine,
@@ -182,6 +197,8 @@ impl Cluster {
                 detector,
                 placements,
                 remote_placements,
+                moves: Arc::new(moves),
+                remote_moves: Arc::new(remote_moves),
                 peer_handoff: BTreeMap::new(),
                 local_handoff: Vec::new(),
                 handoff_progress: None,
@@ -213,6 +230,10 @@ impl Cluster {
     fn replace(&self, view: &mut View) {
         view.placements = Arc::new(compute_placements(&view.membership, &self.region, self.rf));
         view.remote_placements = Arc::new(compute_remote_placements(&view.membership, &self.region, self.rf));
+        let (moves, remote_moves) = compute_moves(&view.membership, &self.region, self.rf, self.pending);
+        metrics::gauge!("meridian_partitions_moving").set(moves.moving().count() as f64);
+        view.moves = Arc::new(moves);
+        view.remote_moves = Arc::new(remote_moves);
     }
 
     fn note_local_state(&self, view: &mut View) {
@@ -261,33 +282,53 @@ impl Cluster {
             .collect()
     }
 
-    /// The replicas a request at `level` counts: a global `quorum` counts the key's replicas in
-    /// every region (this region's first); every other level counts this region's.
-    pub fn replicas_for(&self, level: meridian_client::proto::Consistency, partition: u16) -> Vec<NodeId> {
-        self.replicas_for_regions(level, partition, None)
-    }
-
-    /// [`Cluster::replicas_for`] counting only the regions in `allowed` (`None`: every region), for
-    /// keys a residency rule keeps in some regions. The local region is counted as long as it is
-    /// allowed (requests for keys it may not hold are proxied before they get here).
-    pub fn replicas_for_regions(
+    /// The replicas a request at `level` for a key of `partition` counts, as quorum sets: a global
+    /// `quorum` counts the key's replicas in every region in `allowed` (`None`: every region), every
+    /// other level this region's. While the partition moves (a node joining or draining), its old
+    /// and new replicas are two sets, each of which must reach its own majority
+    /// ([`QuorumSets::joint`]). The local region is counted as long as it is allowed (requests for
+    /// keys it may not hold are proxied before they get here).
+    pub fn quorum_sets(
         &self,
         level: meridian_client::proto::Consistency,
         partition: u16,
         allowed: Option<&[String]>,
-    ) -> Vec<NodeId> {
+    ) -> QuorumSets {
         let permits = |region: &str| allowed.is_none_or(|allowed| allowed.iter().any(|r| r == region));
+        let p = usize::from(partition);
         let view = self.lock();
-        let mut replicas =
-            if permits(&self.region) { view.placements[usize::from(partition)].clone() } else { Vec::new() };
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        if permits(&self.region) {
+            old.extend_from_slice(&view.moves.old[p]);
+            new.extend_from_slice(&view.moves.new[p]);
+        }
         if level == meridian_client::proto::Consistency::Quorum {
-            for (region, all) in view.remote_placements.iter() {
+            for (region, moves) in view.remote_moves.iter() {
                 if permits(region) {
-                    replicas.extend(all[usize::from(partition)].iter().copied());
+                    old.extend_from_slice(&moves.old[p]);
+                    new.extend_from_slice(&moves.new[p]);
                 }
             }
         }
-        replicas
+        QuorumSets::joint(old, new)
+    }
+
+    /// The partitions of this region a move of `node` concerns, each with the replica set the move
+    /// must be confirmed against: for a joining `node`, the partitions it is joining with their old
+    /// replicas (it must have caught up with a majority of them); for a draining one, the partitions
+    /// it is leaving with their new replicas (each must hold what it holds). Empty when nothing
+    /// moves, or when `peer.pending_replicas` is off.
+    pub fn moving_partitions_of(&self, node: NodeId) -> Vec<(u16, Vec<NodeId>)> {
+        let view = self.lock();
+        let state = view.membership.get(node).map(|m| m.state);
+        view.moves
+            .moving()
+            .filter_map(|(p, old, new)| match state {
+                Some(MemberState::Joining) if new.contains(&node) && !old.contains(&node) => Some((p, old.clone())),
+                Some(MemberState::Draining) if old.contains(&node) && !new.contains(&node) => Some((p, new.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// For each other region, the replica of `partition` this node sends a write to for that region
@@ -506,8 +547,12 @@ impl Cluster {
     pub fn syncs_with(&self, partition: u16, peer: NodeId) -> bool {
         let view = self.lock();
         let replicas = &view.placements[usize::from(partition)];
+        let moving = (&view.moves.old[usize::from(partition)], &view.moves.new[usize::from(partition)]);
         if !replicas.contains(&self.local) {
-            return false;
+            // A joining node catches up the partitions it will hold from their old replicas.
+            return moving.1.contains(&self.local)
+                && view.membership.get(peer).is_some_and(|m| m.region == self.region)
+                && (moving.0.contains(&peer) || replicas.contains(&peer));
         }
         let peer_region = view.membership.get(peer).map(|m| m.region.as_str());
         match peer_region {
@@ -517,7 +562,12 @@ impl Cluster {
                 designated(&view, replicas, now) == Some(self.local)
                     && designated(&view, &theirs[usize::from(partition)], now) == Some(peer)
             }
-            _ => replicas.contains(&peer) || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition)),
+            _ => {
+                replicas.contains(&peer)
+                    || moving.0.contains(&peer)
+                    || moving.1.contains(&peer)
+                    || view.peer_handoff.get(&peer).is_some_and(|held| held.contains(&partition))
+            }
         }
     }
 
@@ -637,6 +687,57 @@ fn compute_remote_placements(
         .collect()
 }
 
+/// Each partition's replica sets in one region while placement changes: `old` over the members
+/// that held placements before the changes in progress (active and draining), `new` over those that
+/// will after them (active and joining). Equal when nothing moves.
+#[derive(Clone, Debug, Default)]
+struct MoveSets {
+    old: Vec<Vec<NodeId>>,
+    new: Vec<Vec<NodeId>>,
+}
+
+impl MoveSets {
+    /// The partitions whose old and new replicas differ, with both sets.
+    fn moving(&self) -> impl Iterator<Item = (u16, &Vec<NodeId>, &Vec<NodeId>)> {
+        self.old.iter().zip(&self.new).enumerate().filter(|(_, (old, new))| old != new).map(|(p, (old, new))| {
+            let p = p as u16;
+            (p, old, new)
+        })
+    }
+}
+
+/// The move sets of the local region and of every other region. With `pending` off (a test knob),
+/// both sets are the current placement: moves are instant.
+fn compute_moves(
+    membership: &Membership,
+    local_region: &str,
+    rf: usize,
+    pending: bool,
+) -> (MoveSets, BTreeMap<String, MoveSets>) {
+    let of_region = |region: &str| {
+        if !pending {
+            let owners = compute_placements(membership, region, rf);
+            return MoveSets { old: owners.clone(), new: owners };
+        }
+        let (before, after) = (membership.serving_nodes(region), membership.future_placement_nodes(region));
+        let sorted = |nodes: &[meridian_replication::NodeSlot], p: u16| {
+            let mut ids = place(&p.to_be_bytes(), nodes, rf).ids();
+            ids.sort_unstable();
+            ids
+        };
+        MoveSets {
+            old: (0..PARTITIONS).map(|p| sorted(&before, p)).collect(),
+            new: (0..PARTITIONS).map(|p| sorted(&after, p)).collect(),
+        }
+    };
+    let remote: std::collections::BTreeSet<String> = membership
+        .iter()
+        .filter(|(_, m)| m.region != local_region && m.state != MemberState::Removed)
+        .map(|(_, m)| m.region.clone())
+        .collect();
+    (of_region(local_region), remote.iter().map(|region| (region.clone(), of_region(region))).collect())
+}
+
 /// The replicas of every partition over the region's active members.
 fn compute_placements(membership: &Membership, region: &str, rf: usize) -> Vec<Vec<NodeId>> {
     let nodes = membership.placement_nodes(region);
@@ -704,10 +805,82 @@ mod tests {
         assert!(new_replicas.iter().all(|id| !nodes[0].syncs_with(p, *id)), "a drainer pulls nothing");
         let owner = nodes.iter().find(|n| n.local() == new_replicas[0]).unwrap();
         owner.merge(&nodes[1].snapshot()).unwrap();
-        assert!(!owner.syncs_with(p, NodeId(1)) || owner.replicas(p).contains(&NodeId(1)));
+        assert!(owner.syncs_with(p, NodeId(1)), "while the partition moves, its new owners pull from the drainer");
+        assert_eq!(nodes[0].local_state(), MemberState::Draining);
+        // With the moves instant (the test knob), only what the drainer announces is pulled.
+        let mut instant = config("n9", "z", 9109);
+        instant.peer.pending_replicas = false;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let owner = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(9), &instant, addr, addr, addr).unwrap();
+        for n in &nodes {
+            owner.merge(&n.snapshot()).unwrap();
+        }
+        let p = (0..PARTITIONS).find(|p| owner.is_replica(*p) && held.contains(p)).unwrap();
+        assert!(!owner.syncs_with(p, NodeId(1)));
         owner.set_peer_handoff(NodeId(1), vec![p]);
         assert!(owner.syncs_with(p, NodeId(1)), "new owners pull what the drainer announces");
-        assert_eq!(nodes[0].local_state(), MemberState::Draining);
+    }
+
+    /// A joining node and a draining one make their partitions *move*: quorums count the old and
+    /// the new replicas as two sets until the operator ends the move (activate, remove); the joiner
+    /// pulls what it will hold; with `peer.pending_replicas` off nothing ever moves.
+    #[test]
+    fn a_move_counts_old_and_new_replicas_until_it_ends() {
+        use meridian_client::proto::Consistency;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut nodes: Vec<_> = (1..=3).map(|i| open(&format!("n{i}"), "z", 9300 + i as u16, i)).collect();
+        let mut joiner = config("n4", "z", 9304);
+        joiner.peer.auto_activate = false;
+        nodes.push(Cluster::open(Arc::new(MemoryEngine::new()), NodeId(4), &joiner, addr, addr, addr).unwrap());
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+            }
+        }
+        let (n1, n4) = (&nodes[0], &nodes[3]);
+        assert_eq!(n4.local_state(), MemberState::Joining);
+        let moving: Vec<u16> =
+            (0..PARTITIONS).filter(|p| n1.quorum_sets(Consistency::LocalQuorum, *p, None).is_moving()).collect();
+        assert!(!moving.is_empty() && moving.len() < usize::from(PARTITIONS), "{} moving", moving.len());
+        for &p in &moving {
+            let sets = n1.quorum_sets(Consistency::LocalQuorum, p, None);
+            let (old, new) = (&sets.sets()[0], &sets.sets()[1]);
+            assert!(!old.contains(&NodeId(4)) && new.contains(&NodeId(4)), "partition {p}: {sets:?}");
+            assert_eq!(sets.all().len(), 4);
+            assert!(n4.syncs_with(p, old[0]), "the joiner pulls partition {p} from its old replicas");
+            assert!(!n4.is_replica(p), "a joiner owns nothing yet");
+        }
+        let joining = n1.moving_partitions_of(NodeId(4));
+        assert_eq!(joining.iter().map(|(p, _)| *p).collect::<Vec<_>>(), moving);
+        assert!(joining.iter().all(|(_, old)| old.len() == 3 && !old.contains(&NodeId(4))));
+        // The pending sets stay out of routing: only active members coordinate.
+        assert!((0..PARTITIONS).all(|p| !n1.replicas(p).contains(&NodeId(4))));
+
+        n1.transition(NodeId(4), MemberState::Active).unwrap();
+        assert!((0..PARTITIONS).all(|p| !n1.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
+        assert!(n1.moving_partitions_of(NodeId(4)).is_empty());
+
+        n1.transition(NodeId(1), MemberState::Draining).unwrap();
+        let leaving = n1.moving_partitions_of(NodeId(1));
+        assert!(!leaving.is_empty());
+        for (p, new) in &leaving {
+            assert!(!new.contains(&NodeId(1)) && new.len() == 3);
+            let sets = n1.quorum_sets(Consistency::Quorum, *p, None);
+            assert!(sets.is_moving() && sets.sets()[0].contains(&NodeId(1)), "partition {p}: {sets:?}");
+        }
+        n1.transition(NodeId(1), MemberState::Removed).unwrap();
+        assert!((0..PARTITIONS).all(|p| !n1.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
+
+        let mut instant = config("n5", "z", 9305);
+        instant.peer.pending_replicas = false;
+        let n5 = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(5), &instant, addr, addr, addr).unwrap();
+        let mut joiner = config("n6", "z", 9306);
+        joiner.peer.auto_activate = false;
+        let n6 = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(6), &joiner, addr, addr, addr).unwrap();
+        n5.merge(&nodes[1].snapshot()).unwrap();
+        n5.merge(&n6.snapshot()).unwrap();
+        assert!((0..PARTITIONS).all(|p| !n5.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
+        assert!(n5.moving_partitions_of(NodeId(6)).is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 use meridian_client::proto::{Consistency, RequestV1};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::LogRecord as SyncRecord;
+use meridian_replication::QuorumSets;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
@@ -39,6 +40,7 @@ use crate::replica::Replica;
 use crate::residency::Residency;
 use crate::store::sync_store::EngineSyncStore;
 
+mod moves;
 mod read;
 mod routing;
 mod upkeep;
@@ -89,6 +91,16 @@ pub(crate) fn unavailable(message: String) -> Error {
     Error::QuorumUnavailable(message)
 }
 
+/// Says, in a refusal, that the key's partition is moving (a majority of its old and of its new
+/// replicas is needed).
+pub(crate) fn moving_note(replicas: &QuorumSets) -> &'static str {
+    if replicas.is_moving() {
+        " (its partition is moving: a majority of both its old and its new replicas)"
+    } else {
+        ""
+    }
+}
+
 impl Coordinator {
     /// The coordinator of `replica` in `cluster`.
     pub fn new(
@@ -122,11 +134,12 @@ impl Coordinator {
     }
 
     /// The replicas a request for `data_key` at `level` counts: those of regions its residency rule
-    /// allows (quorums count only allowed replicas).
-    fn counted_replicas(&self, level: Consistency, data_key: &[u8]) -> Vec<NodeId> {
+    /// allows (quorums count only allowed replicas), as old and new sets while the key's partition
+    /// moves ([`Cluster::quorum_sets`]).
+    fn counted_replicas(&self, level: Consistency, data_key: &[u8]) -> QuorumSets {
         let rule = self.residency.rule_for(data_key);
         let partition = layout::partition_of(data_key);
-        self.cluster.replicas_for_regions(level, partition, rule.as_ref().map(|r| r.spec.regions.as_slice()))
+        self.cluster.quorum_sets(level, partition, rule.as_ref().map(|r| r.spec.regions.as_slice()))
     }
 
     /// Where a keyed request goes when this node holds no replica of its key: the key's replicas.

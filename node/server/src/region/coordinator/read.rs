@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use crate::telemetry::stage;
 use meridian_client::proto::{CausalToken, Consistency, Key};
-use meridian_crdt::{Entry, NodeId};
+use meridian_crdt::Entry;
 use meridian_replication::antientropy::{KeyState, PartitionId, SyncStore as _};
-use meridian_replication::{Outcome, ReadRound};
+use meridian_replication::{Outcome, QuorumSets, ReadRound};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use super::{unavailable, Coordinator};
+use super::{moving_note, unavailable, Coordinator};
 use crate::error::Error;
 use crate::layout::{self, Stored};
 use crate::peer::protocol::{PeerCallError, PeerMessageV1, PeerReplyV1};
@@ -43,15 +43,15 @@ impl Coordinator {
         self: &Arc<Self>,
         data_key: &[u8],
         level: Consistency,
-        replicas: &[NodeId],
+        replicas: &QuorumSets,
     ) -> Result<Option<Stored>, Error> {
         let partition = layout::partition_of(data_key);
-        let mut round: ReadRound<Stored> = ReadRound::new(level, replicas);
-        if replicas.contains(&self.local) {
+        let mut round: ReadRound<Stored> = ReadRound::over(level, replicas);
+        if replicas.contains(self.local) {
             round.reply(self.local, self.replica.load_stored(data_key)?);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for &target in replicas.iter().filter(|r| **r != self.local) {
+        for target in replicas.all().into_iter().filter(|r| *r != self.local) {
             if !self.cluster.reachable(target) {
                 round.fail(target);
                 continue;
@@ -90,8 +90,9 @@ impl Coordinator {
         }
         if let Outcome::Unavailable { acked, needed } = round.outcome() {
             return Err(unavailable(format!(
-                "{level} read needs {needed} of the key's {} replicas; {acked} answered in time",
-                replicas.len()
+                "{level} read needs {needed} of the key's {} replicas{}; {acked} answered in time",
+                replicas.all().len(),
+                moving_note(replicas)
             )));
         }
         let merged = round
@@ -129,9 +130,10 @@ impl Coordinator {
         match repair.outcome() {
             Outcome::Satisfied => Ok(merged),
             _ => Err(unavailable(format!(
-                "{level} read could not write the merged state back to a majority of the key's {} replicas \
+                "{level} read could not write the merged state back to a majority of the key's {} replicas{} \
                  ({} of {} needed write-backs succeeded)",
-                replicas.len(),
+                replicas.all().len(),
+                moving_note(replicas),
                 repair.acked(),
                 repair.needed()
             ))),

@@ -8,11 +8,11 @@ use crate::telemetry::stage;
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply};
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncStore as _};
-use meridian_replication::{AckRound, Outcome};
+use meridian_replication::{AckRound, Outcome, QuorumSets};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument as _;
 
-use super::{unavailable, Coordinator, SHIP_BATCH_BYTES, SHIP_IN_FLIGHT, SHIP_QUEUE};
+use super::{moving_note, unavailable, Coordinator, SHIP_BATCH_BYTES, SHIP_IN_FLIGHT, SHIP_QUEUE};
 use crate::error::Error;
 use crate::layout::{self, Stored};
 use crate::peer::protocol::{PeerMessageV1, PeerReplyV1, Pushed};
@@ -112,13 +112,13 @@ impl Coordinator {
         push: Pushed,
         kept: Option<Kept>,
         level: Consistency,
-        replicas: &[NodeId],
+        replicas: &QuorumSets,
     ) -> Result<(), Error> {
-        let mut round = AckRound::for_write(level, replicas);
+        let mut round = AckRound::for_write_in(level, replicas);
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let partition = push.partition;
-        for &target in replicas.iter().filter(|r| **r != self.local) {
+        for target in replicas.all().into_iter().filter(|r| *r != self.local) {
             if !self.spawn_push(target, &push, kept.clone(), tx.clone()).await {
                 round.fail(target);
             }
@@ -135,10 +135,11 @@ impl Coordinator {
         match round.outcome() {
             Outcome::Satisfied => Ok(()),
             _ => Err(unavailable(format!(
-                "{level} needs {} of the key's {} replicas; {} acknowledged in time (the write is durable on those and \
-                 will reach the rest by hinted handoff and anti-entropy; retry with the same idempotency id)",
+                "{level} needs {} of the key's {} replicas{}; {} acknowledged in time (the write is durable on those \
+                 and will reach the rest by hinted handoff and anti-entropy; retry with the same idempotency id)",
                 round.needed(),
-                replicas.len(),
+                replicas.all().len(),
+                moving_note(replicas),
                 round.acked()
             ))),
         }
@@ -305,14 +306,14 @@ impl Coordinator {
         self: &Arc<Self>,
         data_key: &[u8],
         level: Consistency,
-        replicas: &[NodeId],
+        replicas: &QuorumSets,
     ) -> Result<(), Error> {
         let Some(state) = self.replica.stored_state(data_key)? else { return Ok(()) };
         let partition = layout::partition_of(data_key);
-        let mut round = AckRound::for_write(level, replicas);
+        let mut round = AckRound::for_write_in(level, replicas);
         round.ack(self.local);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for &target in replicas.iter().filter(|r| **r != self.local && self.cluster.reachable(**r)) {
+        for target in replicas.all().into_iter().filter(|r| *r != self.local && self.cluster.reachable(*r)) {
             let (me, tx, key, state) = (self.clone(), tx.clone(), data_key.to_vec(), state.clone());
             tokio::spawn(
                 async move {
@@ -328,9 +329,10 @@ impl Coordinator {
         match round.outcome() {
             Outcome::Satisfied => Ok(()),
             _ => Err(unavailable(format!(
-                "{level} needs {} of the key's {} replicas; {} hold the retried write",
+                "{level} needs {} of the key's {} replicas{}; {} hold the retried write",
                 round.needed(),
-                replicas.len(),
+                replicas.all().len(),
+                moving_note(replicas),
                 round.acked()
             ))),
         }
