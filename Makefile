@@ -85,4 +85,6 @@ bench-geo: deps
 ## this build, judged by the same checkers. Not part of `make test` (it builds a second binary).
 upgrade-test: deps
 	$(CARGO) build -p meridian-node --bin meridian
-	bin=$$(scripts/previous-release.sh $(PREVIOUS)) && MERIDIAN_PREVIOUS_BIN=$$bin $(CARGO) test -p meridian-geo-tests --test region_kill9 -- --nocapture
+	bin=$$(scripts/previous-release.sh $(PREVIOUS)) && \
+	  MERIDIAN_PREVIOUS_BIN=$$bin $(CARGO) test -p meridian-geo-tests --test region_kill9 -- --nocapture && \
+	  MERIDIAN_PREVIOUS_BIN=$$bin $(CARGO) test -p meridian-geo-tests --test geo_faults -- --exact geo_faults_anytime_eventually_finally --nocapture

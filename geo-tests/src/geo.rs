@@ -203,8 +203,13 @@ impl Geo {
     /// starts every WAN link (in this process; must be called within a tokio runtime). Starts no
     /// node.
     pub async fn init(dir: &Path, spec: &GeoSpec) -> anyhow::Result<Geo> {
+        Geo::init_with(dir, spec, meridian_bin()).await
+    }
+
+    /// [`Geo::init`] with another `meridian` executable — for every node, and for `demo init`
+    /// itself (a previous release, for a rolling upgrade across regions).
+    pub async fn init_with(dir: &Path, spec: &GeoSpec, bin: PathBuf) -> anyhow::Result<Geo> {
         anyhow::ensure!(!spec.regions.is_empty(), "a cluster needs a region");
-        let bin = meridian_bin();
         let nodes = spec.regions.len() * spec.nodes_per_region;
         let links = nodes * (spec.regions.len() - 1);
         // The ports may be taken between the probe and the nodes' (or links') bind; retry the
@@ -350,6 +355,13 @@ impl Geo {
             self.wait_ready(i).await?;
         }
         self.wait_all_alive(timeout).await
+    }
+
+    /// Runs node `name` from `bin` from its next (re)start on: a rolling upgrade, one node at a time.
+    pub fn use_binary(&mut self, name: &str, bin: PathBuf) -> anyhow::Result<()> {
+        let i = self.index(name)?;
+        self.procs.set_bin(i, bin);
+        Ok(())
     }
 
     /// `kill -9` node `name` and reap it; returns its exit status.

@@ -44,6 +44,12 @@
 //! partition, some request to the killed node must have failed while it was down, and the skewed
 //! node must stamp its writes ahead of the wall clock.
 //!
+//! **A rolling upgrade across regions.** With `MERIDIAN_PREVIOUS_BIN` naming a previous release's
+//! `meridian` (`scripts/previous-release.sh` builds one; `make upgrade-test`), the cluster is
+//! written and started by that binary, and the killed and the skewed node — drawn from different
+//! regions — come back on this build: the run ends with one node of this release in each of two
+//! regions beside four of the previous one, judged by the same checkers.
+//!
 //! `MERIDIAN_GEO_SEED=N` repeats the workload's and the schedule's choices (which region, which
 //! nodes, keys, levels, pauses, link jitter); the timing of the faults against the operations is
 //! the machine's. `MERIDIAN_GEO_KEEP=1` keeps the cluster directory (configs, node logs, data),
@@ -215,7 +221,21 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
     let at = || format!("[{:>6.1}s]", began.elapsed().as_secs_f64());
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
 
-    let mut geo = Geo::init(dir, &scenario.spec).await.expect("meridian demo init");
+    let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
+    assert!(
+        previous.as_ref().is_none_or(|bin| bin.is_file()),
+        "MERIDIAN_PREVIOUS_BIN={previous:?} is not a file (did scripts/previous-release.sh fail?)"
+    );
+    let mut geo = match &previous {
+        Some(bin) => {
+            println!(
+                "rolling upgrade: the cluster starts on {}; the killed and the skewed node come back on this build",
+                bin.display()
+            );
+            Geo::init_with(dir, &scenario.spec, bin.clone()).await.expect("meridian demo init (previous release)")
+        }
+        None => Geo::init(dir, &scenario.spec).await.expect("meridian demo init"),
+    };
     let regions = geo.regions();
     println!(
         "{} cluster in {}: {} regions × {} nodes, rf {}, {} ms ± {} ms one way, {} links",
@@ -243,7 +263,12 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
     for _ in 0..scenario.rounds {
         let isolated = regions.choose(&mut rng).unwrap().clone();
         let killed = all_nodes.choose(&mut rng).unwrap().clone();
-        let others: Vec<&String> = all_nodes.iter().filter(|n| **n != killed).collect();
+        // In an upgrade run the two restarted nodes are in different regions, so the release mix
+        // spans regions.
+        let others: Vec<&String> = all_nodes
+            .iter()
+            .filter(|n| **n != killed && (previous.is_none() || geo.region_of(n) != geo.region_of(&killed)))
+            .collect();
         let skewed = (*others.choose(&mut rng).unwrap()).clone();
         let from = regions.choose(&mut rng).unwrap().clone();
         let to_choices: Vec<&String> = regions.iter().filter(|r| **r != from).collect();
@@ -334,6 +359,10 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
         let status = geo.kill9(killed).await.expect("kill -9");
         println!("{} round {round}: kill -9 {killed} (pid {old_pid}): {status}", at());
         tokio::time::sleep(scenario.kill_down).await;
+        if previous.is_some() {
+            println!("{} round {round}: {killed} comes back on this build", at());
+            geo.use_binary(killed, region::meridian_bin()).expect("a node of the cluster");
+        }
         geo.restart(killed).await.expect("restart on the same data directory");
         let to_us = history.now_us();
         let new_pid = geo.pid(killed).expect("restarted");
@@ -349,6 +378,10 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
 
         // 3. A node restarted with its HLC wall clock ahead.
         let old_pid = geo.pid(skewed).expect("the skewed node runs");
+        if previous.is_some() {
+            println!("{} round {round}: {skewed} comes back on this build", at());
+            geo.use_binary(skewed, region::meridian_bin()).expect("a node of the cluster");
+        }
         let from_us = history.now_us();
         geo.restart_with_clock_offset(skewed, scenario.skew_ms).await.expect("restart with a clock offset");
         let new_pid = geo.pid(skewed).expect("restarted");

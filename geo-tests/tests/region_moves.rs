@@ -8,7 +8,8 @@
 //! **The fault that makes a move dangerous.** Before each change one old replica is frozen
 //! (`SIGSTOP`) while writes continue, so they are acknowledged by the other two old replicas only;
 //! hints are off (`max_hints_per_node = 0`) and anti-entropy slow (`sync_interval_ms = 4000`), so
-//! the frozen replica stays behind for a while after it resumes. Right after the change, a majority
+//! the frozen replica stays behind for a while after it resumes; `n4` joins only after that, so
+//! it must catch those writes up from the old replicas. Right after the change, a majority
 //! of the *new* replicas can be exactly the empty newcomer and the stale replica. With the pending
 //! sets (the default) quorums count old and new replicas together until the move is confirmed, and
 //! activation and removal wait for the copies; no read is stale.
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_client::{Client, ClusterOp, Consistency};
+use meridian_client::{Client, ClusterOp, Consistency, ErrorCode};
 use meridian_geo_tests::check::anytime_quorum_visibility;
 use meridian_geo_tests::history::{OP_ADD, OP_READ, RESULT_OK};
 use meridian_geo_tests::region::{self, KeepOnFailure, Region, RegionSpec};
@@ -74,6 +75,20 @@ struct Run {
 /// Which nodes the workers may send requests to (a frozen node would hold them until the timeout).
 type Serving = Arc<Mutex<[bool; NODES]>>;
 
+/// A client of each node, once it runs.
+type Clients = Arc<Mutex<Vec<Option<(String, Client)>>>>;
+
+fn client_of(clients: &Clients, i: usize) -> Client {
+    clients.lock().unwrap()[i - 1].as_ref().expect("a client of a running node").1.clone()
+}
+
+/// The nodes requests may go to now, with their clients.
+fn serving_clients(clients: &Clients, serving: &Serving) -> Vec<(String, Client)> {
+    let serving = *serving.lock().unwrap();
+    let clients = clients.lock().unwrap();
+    (0..NODES).filter(|i| serving[*i]).filter_map(|i| clients[i].clone()).collect()
+}
+
 async fn run_moves(pending: bool, history_name: &str) -> Run {
     let began = Instant::now();
     let at = || format!("[{:>5.1}s]", began.elapsed().as_secs_f64());
@@ -100,18 +115,16 @@ async fn run_moves(pending: bool, history_name: &str) -> Run {
         region.start_node(i).await.expect("a node starts");
     }
     wait_states(&region, 1, &[("n1", "active"), ("n2", "active"), ("n3", "active")]).await;
-    region.start_node(NODES).await.expect("n4 starts");
-    wait_states(&region, 1, &[("n4", "joining")]).await;
-    println!("{} region formed; n4 joining", at());
+    println!("{} region formed", at());
 
     let path = region::target_dir().join("geo-tests");
     std::fs::create_dir_all(&path).expect("creating target/geo-tests");
     let path = path.join(format!("{history_name}.jsonl"));
     let history = HistoryWriter::create(&path).expect("history file");
     let keys: Vec<String> = (0..KEYS).map(|k| format!("m/k{k}")).collect();
-    let mut clients = Vec::new();
-    for i in 1..=NODES {
-        clients.push((region.name(i).to_string(), region.client(i).await.expect("client")));
+    let clients: Clients = Arc::new(Mutex::new(vec![None; NODES]));
+    for i in 1..NODES {
+        clients.lock().unwrap()[i - 1] = Some((region.name(i).to_string(), region.client(i).await.expect("client")));
     }
     let serving: Serving = Arc::new(Mutex::new([true, true, true, false]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,10 +139,15 @@ async fn run_moves(pending: bool, history_name: &str) -> Run {
     let mut frozen_windows = Vec::new();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // Phase 1: n2 misses writes; then n4 is activated.
+    // Phase 1: n2 misses writes, acknowledged by n1 and n3 only; then n4 joins (it must catch up
+    // those writes from the old replicas) and is activated.
     frozen_windows.push(freeze(&region, 2, &serving, &history).await);
     println!("{} n2 frozen for {} s while the load ran, resumed", at(), FROZEN.as_secs());
-    let waited = end_move(&clients[0].1, ClusterOp::Activate { node: "n4".into() }).await;
+    region.start_node(NODES).await.expect("n4 starts");
+    wait_states(&region, 1, &[("n4", "joining")]).await;
+    clients.lock().unwrap()[NODES - 1] = Some(("n4".into(), region.client(NODES).await.expect("client")));
+    println!("{} n4 joining", at());
+    let waited = end_move(&client_of(&clients, 1), ClusterOp::Activate { node: "n4".into() }).await;
     println!("{} n4 activated ({} refusals while it caught up)", at(), waited);
     serving.lock().unwrap()[3] = true;
     reader.read_all("after-activate", &serving).await;
@@ -138,10 +156,10 @@ async fn run_moves(pending: bool, history_name: &str) -> Run {
     // Phase 2: n3 misses writes; then n1 is drained and removed.
     frozen_windows.push(freeze(&region, 3, &serving, &history).await);
     println!("{} n3 frozen for {} s while the load ran, resumed", at(), FROZEN.as_secs());
-    clients[1].1.cluster(ClusterOp::Drain { node: "n1".into() }).await.expect("drain n1");
+    client_of(&clients, 2).cluster(ClusterOp::Drain { node: "n1".into() }).await.expect("drain n1");
     println!("{} n1 draining", at());
     reader.read_all("after-drain", &serving).await;
-    let waited = end_move(&clients[1].1, ClusterOp::Remove { node: "n1".into() }).await;
+    let waited = end_move(&client_of(&clients, 2), ClusterOp::Remove { node: "n1".into() }).await;
     println!("{} n1 removed ({} refusals while its partitions were copied)", at(), waited);
     serving.lock().unwrap()[0] = false;
     reader.read_all("after-remove", &serving).await;
@@ -253,14 +271,15 @@ fn signal(pid: &str, signal: &str) {
 }
 
 /// Runs a cluster operation that ends a move, retrying while the node refuses it because the move
-/// is not confirmed yet (a retryable error). Returns how many times it was refused.
+/// is not confirmed yet (`quorum_unavailable`; any other error fails the test). Returns how many
+/// times it was refused.
 async fn end_move(client: &Client, op: ClusterOp) -> usize {
     let deadline = Instant::now() + MOVE_TIMEOUT;
     let mut refused = 0;
     loop {
         match client.cluster(op.clone()).await {
             Ok(_) => return refused,
-            Err(e) if Instant::now() < deadline => {
+            Err(e) if e.code() == Some(ErrorCode::QuorumUnavailable) && Instant::now() < deadline => {
                 if refused == 0 {
                     println!("  {op:?} refused for now: {e}");
                 }
@@ -274,19 +293,17 @@ async fn end_move(client: &Client, op: ClusterOp) -> usize {
 
 /// Reads every key at `local_quorum` through every serving node, into the history.
 struct Reader {
-    clients: Vec<(String, Client)>,
+    clients: Clients,
     keys: Vec<String>,
     history: HistoryWriter,
 }
 
 impl Reader {
     async fn read_all(&self, process: &str, serving: &Serving) {
-        let up = *serving.lock().unwrap();
+        let up = serving_clients(&self.clients, serving);
         for key in &self.keys {
-            for (i, (name, client)) in self.clients.iter().enumerate() {
-                if up[i] {
-                    read(process, name, client, key, &self.history).await;
-                }
+            for (name, client) in &up {
+                read(process, name, client, key, &self.history).await;
             }
         }
     }
@@ -322,7 +339,7 @@ async fn read(process: &str, node: &str, client: &Client, key: &str, history: &H
 /// nodes until told to stop.
 async fn worker(
     process: String,
-    clients: Vec<(String, Client)>,
+    clients: Clients,
     keys: Vec<String>,
     history: HistoryWriter,
     stop: Arc<AtomicBool>,
@@ -333,11 +350,8 @@ async fn worker(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let up: Vec<usize> = {
-            let serving = serving.lock().unwrap();
-            (0..NODES).filter(|i| serving[*i]).collect()
-        };
-        let (name, client) = &clients[up[rng.random_range(0..up.len())]];
+        let up = serving_clients(&clients, &serving);
+        let (name, client) = &up[rng.random_range(0..up.len())];
         let key = &keys[rng.random_range(0..keys.len())];
         if rng.random_range(0..100) < 60 {
             let element = format!("{process}-{n}");

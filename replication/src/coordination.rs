@@ -70,13 +70,6 @@ impl QuorumSets {
         self.sets.iter().flatten().copied().filter(|n| seen.insert(*n)).collect()
     }
 
-    /// Adds `extra` to every set (a global quorum's other regions, which are not moving here).
-    pub fn extend_each(&mut self, extra: &[NodeId]) {
-        for set in &mut self.sets {
-            set.extend(extra.iter().copied().filter(|n| !set.contains(n)).collect::<Vec<_>>());
-        }
-    }
-
     /// Whether `node` is in any set.
     pub fn contains(&self, node: NodeId) -> bool {
         self.sets.iter().any(|set| set.contains(&node))

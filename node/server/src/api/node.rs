@@ -398,8 +398,9 @@ impl Node {
                 }
                 if let ClusterOp::Activate { node } | ClusterOp::Remove { node } = &op {
                     if let Some(id) = coordinator.cluster().find(node) {
+                        let removing = matches!(op, ClusterOp::Remove { .. });
                         coordinator
-                            .check_move_confirmed(id)
+                            .check_move_confirmed(id, removing)
                             .await
                             .map_err(|e| ErrorReply::new(ErrorCode::QuorumUnavailable, e))?;
                     }

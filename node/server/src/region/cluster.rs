@@ -313,21 +313,29 @@ impl Cluster {
         QuorumSets::joint(old, new)
     }
 
-    /// The partitions of this region a move of `node` concerns, each with the replica set the move
-    /// must be confirmed against: for a joining `node`, the partitions it is joining with their old
-    /// replicas (it must have caught up with a majority of them); for a draining one, the partitions
-    /// it is leaving with their new replicas (each must hold what it holds). Empty when nothing
-    /// moves, or when `peer.pending_replicas` is off.
-    pub fn moving_partitions_of(&self, node: NodeId) -> Vec<(u16, Vec<NodeId>)> {
+    /// The partitions a move of `node` concerns, in `node`'s region (whichever region this node is
+    /// in), each with its old and new replicas there: for a joining `node`, the partitions it
+    /// joins; for a draining one, those it leaves. Empty for other states, when nothing moves, or
+    /// when `peer.pending_replicas` is off.
+    pub fn moving_partitions_of(&self, node: NodeId) -> Vec<PartitionMove> {
         let view = self.lock();
-        let state = view.membership.get(node).map(|m| m.state);
-        view.moves
+        let Some(member) = view.membership.get(node) else { return Vec::new() };
+        let moves = if member.region == self.region {
+            &view.moves
+        } else {
+            match view.remote_moves.get(&member.region) {
+                Some(moves) => moves,
+                None => return Vec::new(),
+            }
+        };
+        moves
             .moving()
-            .filter_map(|(p, old, new)| match state {
-                Some(MemberState::Joining) if new.contains(&node) && !old.contains(&node) => Some((p, old.clone())),
-                Some(MemberState::Draining) if old.contains(&node) && !new.contains(&node) => Some((p, new.clone())),
-                _ => None,
+            .filter(|(_, old, new)| match member.state {
+                MemberState::Joining => new.contains(&node) && !old.contains(&node),
+                MemberState::Draining => old.contains(&node) && !new.contains(&node),
+                _ => false,
             })
+            .map(|(partition, old, new)| PartitionMove { partition, old: old.clone(), new: new.clone() })
             .collect()
     }
 
@@ -687,6 +695,34 @@ fn compute_remote_placements(
         .collect()
 }
 
+/// One partition's move in one region: its replicas before and after the changes in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMove {
+    /// The partition.
+    pub partition: u16,
+    /// Its replicas over active and draining members.
+    pub old: Vec<NodeId>,
+    /// Its replicas over active and joining members.
+    pub new: Vec<NodeId>,
+}
+
+impl PartitionMove {
+    /// Replicas that leave it (old, not new).
+    pub fn outgoing(&self) -> Vec<NodeId> {
+        self.old.iter().filter(|n| !self.new.contains(n)).copied().collect()
+    }
+
+    /// Replicas that take it over (new, not old).
+    pub fn incoming(&self) -> Vec<NodeId> {
+        self.new.iter().filter(|n| !self.old.contains(n)).copied().collect()
+    }
+
+    /// Replicas in both sets.
+    pub fn staying(&self) -> Vec<NodeId> {
+        self.old.iter().filter(|n| self.new.contains(n)).copied().collect()
+    }
+}
+
 /// Each partition's replica sets in one region while placement changes: `old` over the members
 /// that held placements before the changes in progress (active and draining), `new` over those that
 /// will after them (active and joining). Equal when nothing moves.
@@ -851,8 +887,15 @@ mod tests {
             assert!(!n4.is_replica(p), "a joiner owns nothing yet");
         }
         let joining = n1.moving_partitions_of(NodeId(4));
-        assert_eq!(joining.iter().map(|(p, _)| *p).collect::<Vec<_>>(), moving);
-        assert!(joining.iter().all(|(_, old)| old.len() == 3 && !old.contains(&NodeId(4))));
+        assert_eq!(joining.iter().map(|m| m.partition).collect::<Vec<_>>(), moving);
+        assert!(joining.iter().all(|m| m.old.len() == 3 && m.incoming() == vec![NodeId(4)]));
+        assert!(joining.iter().all(|m| m.outgoing().len() == 1 && m.staying().len() == 2));
+        // A node of another region sees the same move (an operator may ask any node to end it).
+        let mut elsewhere = config("n7", "z", 9307);
+        elsewhere.region = "eu".into();
+        let n7 = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(7), &elsewhere, addr, addr, addr).unwrap();
+        n7.merge(&n1.snapshot()).unwrap();
+        assert_eq!(n7.moving_partitions_of(NodeId(4)), joining);
         // The pending sets stay out of routing: only active members coordinate.
         assert!((0..PARTITIONS).all(|p| !n1.replicas(p).contains(&NodeId(4))));
 
@@ -863,10 +906,11 @@ mod tests {
         n1.transition(NodeId(1), MemberState::Draining).unwrap();
         let leaving = n1.moving_partitions_of(NodeId(1));
         assert!(!leaving.is_empty());
-        for (p, new) in &leaving {
-            assert!(!new.contains(&NodeId(1)) && new.len() == 3);
-            let sets = n1.quorum_sets(Consistency::Quorum, *p, None);
-            assert!(sets.is_moving() && sets.sets()[0].contains(&NodeId(1)), "partition {p}: {sets:?}");
+        for m in &leaving {
+            assert_eq!(m.outgoing(), vec![NodeId(1)]);
+            assert_eq!(m.new.len(), 3);
+            let sets = n1.quorum_sets(Consistency::Quorum, m.partition, None);
+            assert!(sets.is_moving() && sets.sets()[0].contains(&NodeId(1)), "partition {}: {sets:?}", m.partition);
         }
         n1.transition(NodeId(1), MemberState::Removed).unwrap();
         assert!((0..PARTITIONS).all(|p| !n1.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));

@@ -201,7 +201,8 @@ impl Coordinator {
     pub async fn fan_out_batch_in_region(self: &Arc<Self>, pushes: Vec<Pushed>) {
         let mut by_target: std::collections::BTreeMap<NodeId, Vec<Pushed>> = Default::default();
         for push in pushes {
-            for target in self.cluster.replicas(push.partition) {
+            // Moving partitions' old and new replicas alike (a joining node takes writes too).
+            for target in self.cluster.quorum_sets(Consistency::LocalQuorum, push.partition, None).all() {
                 if target != self.local {
                     by_target.entry(target).or_default().push(push.clone());
                 }
