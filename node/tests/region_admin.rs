@@ -1,7 +1,8 @@
 //! Region administration with in-process nodes over real RocksDB and real mutual-TLS QUIC:
 //! requests forwarded to a key's replicas, key listings merged across nodes, placement explained,
-//! a node added as `joining` and activated (its partitions' data follows it), and a drain that hands
-//! a node's partitions to their new owners before it is removed.
+//! a node added as `joining` and activated once it has caught up (its partitions' data follows
+//! it), a join given up, and a drain that hands a node's partitions to their new owners before it
+//! is removed.
 
 mod common;
 
@@ -119,6 +120,18 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
     };
     tokio::time::timeout(Duration::from_secs(60), rebalanced).await.expect("n4 takes partitions and their data");
     nodes.push(n4);
+
+    // A join given up: removing a joining node is never held back, caught up or not, and ends
+    // its move (nothing moves any more once it is gone).
+    let n5_addr = free_udp_addr();
+    let mut config = region_config(dir.path(), "n5", "z2", n5_addr, &addrs, &ca_dir);
+    config.peer.rf = 1;
+    config.peer.auto_activate = false;
+    let n5 = bounded("start n5", start(config)).await.unwrap();
+    wait_for_region(&clients[0], 4).await;
+    let report = clients[0].cluster(ClusterOp::Remove { node: "n5".into() }).await.unwrap();
+    assert!(report.members.iter().any(|m| m.name == "n5" && m.state == "removed"), "{report:?}");
+    bounded("stop n5", n5.shutdown()).await;
 
     let unknown = clients[0].cluster(ClusterOp::Drain { node: "n9".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), Some(ErrorCode::BadRequest), "{unknown}");
