@@ -47,8 +47,8 @@
 //! **A rolling upgrade across regions.** With `MERIDIAN_PREVIOUS_BIN` naming a previous release's
 //! `meridian` (`scripts/previous-release.sh` builds one; `make upgrade-test`), the cluster is
 //! written and started by that binary, and the killed and the skewed node — drawn from different
-//! regions — come back on this build: the run ends with one node of this release in each of two
-//! regions beside four of the previous one, judged by the same checkers.
+//! regions — come back on this build: the CI scenario ends with one node of this release in each of
+//! two regions beside four of the previous one, judged by the same checkers.
 //!
 //! `MERIDIAN_GEO_SEED=N` repeats the workload's and the schedule's choices (which region, which
 //! nodes, keys, levels, pauses, link jitter); the timing of the faults against the operations is
@@ -269,7 +269,7 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
             .iter()
             .filter(|n| **n != killed && (previous.is_none() || geo.region_of(n) != geo.region_of(&killed)))
             .collect();
-        let skewed = (*others.choose(&mut rng).unwrap()).clone();
+        let skewed = (*others.choose(&mut rng).expect("an upgrade run needs at least two regions")).clone();
         let from = regions.choose(&mut rng).unwrap().clone();
         let to_choices: Vec<&String> = regions.iter().filter(|r| **r != from).collect();
         let to = (*to_choices.choose(&mut rng).unwrap()).clone();

@@ -93,7 +93,7 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
                 Ok(_) => return,
                 Err(e) => {
                     assert_eq!(e.code(), Some(ErrorCode::QuorumUnavailable), "{e}");
-                    assert!(e.to_string().contains("partitions it joins"), "{e}");
+                    assert!(e.to_string().contains("changes the replicas of"), "{e}");
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -313,29 +313,32 @@ impl Cluster {
         QuorumSets::joint(old, new)
     }
 
-    /// The partitions a move of `node` concerns, in `node`'s region (whichever region this node is
-    /// in), each with its old and new replicas there: for a joining `node`, the partitions it
-    /// joins; for a draining one, those it leaves. Empty for other states, when nothing moves, or
-    /// when `peer.pending_replicas` is off.
-    pub fn moving_partitions_of(&self, node: NodeId) -> Vec<PartitionMove> {
+    /// What moving `node` to `to` would do to the *old* replica sets of `node`'s region (whichever
+    /// region this node is in): each partition whose old set changes, with the set now and after.
+    /// Old sets are what every quorum counts whether or not a move is in progress, so a change
+    /// that alters them (activating a joining node, removing a draining or an active one) is the
+    /// one that must wait for the copies (`region/coordinator/moves.rs`); one that leaves them
+    /// alone (a drain, giving up a join) cannot hide a write. Empty when `peer.pending_replicas`
+    /// is off, or for a transition the membership would refuse.
+    pub fn old_set_changes(&self, node: NodeId, to: MemberState) -> Vec<SetChange> {
+        if !self.pending {
+            return Vec::new();
+        }
         let view = self.lock();
         let Some(member) = view.membership.get(node) else { return Vec::new() };
-        let moves = if member.region == self.region {
-            &view.moves
-        } else {
-            match view.remote_moves.get(&member.region) {
-                Some(moves) => moves,
-                None => return Vec::new(),
-            }
-        };
-        moves
-            .moving()
-            .filter(|(_, old, new)| match member.state {
-                MemberState::Joining => new.contains(&node) && !old.contains(&node),
-                MemberState::Draining => old.contains(&node) && !new.contains(&node),
-                _ => false,
+        let mut after = view.membership.clone();
+        let at = Hlc { wall_ms: now_ms().max(member.version.hlc.wall_ms + 1), logical: 0 };
+        if after.transition(node, to, at).is_err() {
+            return Vec::new();
+        }
+        let (now, then) = (view.membership.serving_nodes(&member.region), after.serving_nodes(&member.region));
+        drop(view);
+        (0..PARTITIONS)
+            .filter_map(|partition| {
+                let before = sorted_replicas(&now, partition, self.rf);
+                let after = sorted_replicas(&then, partition, self.rf);
+                (before != after).then_some(SetChange { partition, before, after })
             })
-            .map(|(partition, old, new)| PartitionMove { partition, old: old.clone(), new: new.clone() })
             .collect()
     }
 
@@ -695,32 +698,34 @@ fn compute_remote_placements(
         .collect()
 }
 
-/// One partition's move in one region: its replicas before and after the changes in progress.
+/// How one partition's old replica set in one region changes with a membership transition.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionMove {
+pub struct SetChange {
     /// The partition.
     pub partition: u16,
-    /// Its replicas over active and draining members.
-    pub old: Vec<NodeId>,
-    /// Its replicas over active and joining members.
-    pub new: Vec<NodeId>,
+    /// Its old set now (placement over active and draining members), sorted.
+    pub before: Vec<NodeId>,
+    /// Its old set after the transition, sorted.
+    pub after: Vec<NodeId>,
 }
 
-impl PartitionMove {
-    /// Replicas that leave it (old, not new).
-    pub fn outgoing(&self) -> Vec<NodeId> {
-        self.old.iter().filter(|n| !self.new.contains(n)).copied().collect()
+impl SetChange {
+    /// Replicas that enter the set.
+    pub fn entering(&self) -> Vec<NodeId> {
+        self.after.iter().filter(|n| !self.before.contains(n)).copied().collect()
     }
 
-    /// Replicas that take it over (new, not old).
-    pub fn incoming(&self) -> Vec<NodeId> {
-        self.new.iter().filter(|n| !self.old.contains(n)).copied().collect()
+    /// Replicas that leave the set.
+    pub fn leaving(&self) -> Vec<NodeId> {
+        self.before.iter().filter(|n| !self.after.contains(n)).copied().collect()
     }
+}
 
-    /// Replicas in both sets.
-    pub fn staying(&self) -> Vec<NodeId> {
-        self.old.iter().filter(|n| self.new.contains(n)).copied().collect()
-    }
+/// The replicas of `partition` among `nodes`, sorted by id.
+fn sorted_replicas(nodes: &[meridian_replication::NodeSlot], partition: u16, rf: usize) -> Vec<NodeId> {
+    let mut ids = place(&partition.to_be_bytes(), nodes, rf).ids();
+    ids.sort_unstable();
+    ids
 }
 
 /// Each partition's replica sets in one region while placement changes: `old` over the members
@@ -756,14 +761,9 @@ fn compute_moves(
             return MoveSets { old: owners.clone(), new: owners };
         }
         let (before, after) = (membership.serving_nodes(region), membership.future_placement_nodes(region));
-        let sorted = |nodes: &[meridian_replication::NodeSlot], p: u16| {
-            let mut ids = place(&p.to_be_bytes(), nodes, rf).ids();
-            ids.sort_unstable();
-            ids
-        };
         MoveSets {
-            old: (0..PARTITIONS).map(|p| sorted(&before, p)).collect(),
-            new: (0..PARTITIONS).map(|p| sorted(&after, p)).collect(),
+            old: (0..PARTITIONS).map(|p| sorted_replicas(&before, p, rf)).collect(),
+            new: (0..PARTITIONS).map(|p| sorted_replicas(&after, p, rf)).collect(),
         }
     };
     let remote: std::collections::BTreeSet<String> = membership
@@ -886,31 +886,34 @@ mod tests {
             assert!(n4.syncs_with(p, old[0]), "the joiner pulls partition {p} from its old replicas");
             assert!(!n4.is_replica(p), "a joiner owns nothing yet");
         }
-        let joining = n1.moving_partitions_of(NodeId(4));
-        assert_eq!(joining.iter().map(|m| m.partition).collect::<Vec<_>>(), moving);
-        assert!(joining.iter().all(|m| m.old.len() == 3 && m.incoming() == vec![NodeId(4)]));
-        assert!(joining.iter().all(|m| m.outgoing().len() == 1 && m.staying().len() == 2));
-        // A node of another region sees the same move (an operator may ask any node to end it).
+        // Activating n4 changes the old sets exactly where it joins: n4 enters, the node it outranks leaves.
+        let activating = n1.old_set_changes(NodeId(4), MemberState::Active);
+        assert_eq!(activating.iter().map(|c| c.partition).collect::<Vec<_>>(), moving);
+        assert!(activating.iter().all(|c| c.entering() == vec![NodeId(4)] && c.leaving().len() == 1));
+        // Giving up the join, or draining, leaves the old sets alone.
+        assert!(n1.old_set_changes(NodeId(4), MemberState::Removed).is_empty());
+        assert!(n1.old_set_changes(NodeId(2), MemberState::Draining).is_empty());
+        // A node of another region sees the same change (an operator may ask any node).
         let mut elsewhere = config("n7", "z", 9307);
         elsewhere.region = "eu".into();
         let n7 = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(7), &elsewhere, addr, addr, addr).unwrap();
         n7.merge(&n1.snapshot()).unwrap();
-        assert_eq!(n7.moving_partitions_of(NodeId(4)), joining);
+        assert_eq!(n7.old_set_changes(NodeId(4), MemberState::Active), activating);
         // The pending sets stay out of routing: only active members coordinate.
         assert!((0..PARTITIONS).all(|p| !n1.replicas(p).contains(&NodeId(4))));
 
         n1.transition(NodeId(4), MemberState::Active).unwrap();
         assert!((0..PARTITIONS).all(|p| !n1.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
-        assert!(n1.moving_partitions_of(NodeId(4)).is_empty());
 
         n1.transition(NodeId(1), MemberState::Draining).unwrap();
-        let leaving = n1.moving_partitions_of(NodeId(1));
-        assert!(!leaving.is_empty());
-        for m in &leaving {
-            assert_eq!(m.outgoing(), vec![NodeId(1)]);
-            assert_eq!(m.new.len(), 3);
-            let sets = n1.quorum_sets(Consistency::Quorum, m.partition, None);
-            assert!(sets.is_moving() && sets.sets()[0].contains(&NodeId(1)), "partition {}: {sets:?}", m.partition);
+        let removing = n1.old_set_changes(NodeId(1), MemberState::Removed);
+        assert!(!removing.is_empty());
+        for c in &removing {
+            assert_eq!(c.leaving(), vec![NodeId(1)]);
+            assert_eq!(c.entering().len(), 1);
+            let sets = n1.quorum_sets(Consistency::Quorum, c.partition, None);
+            assert!(sets.is_moving() && sets.sets()[0].contains(&NodeId(1)), "partition {}: {sets:?}", c.partition);
+            assert_eq!(sets.sets()[1], c.after, "removing the drainer makes the old set the new one");
         }
         n1.transition(NodeId(1), MemberState::Removed).unwrap();
         assert!((0..PARTITIONS).all(|p| !n1.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
@@ -924,7 +927,7 @@ mod tests {
         n5.merge(&nodes[1].snapshot()).unwrap();
         n5.merge(&n6.snapshot()).unwrap();
         assert!((0..PARTITIONS).all(|p| !n5.quorum_sets(Consistency::LocalQuorum, p, None).is_moving()));
-        assert!(n5.moving_partitions_of(NodeId(6)).is_empty());
+        assert!(n5.old_set_changes(NodeId(6), MemberState::Active).is_empty());
     }
 
     #[test]
