@@ -129,6 +129,10 @@ async fn nodes_are_added_and_drained_with_their_data_and_listing_spans_the_regio
     config.peer.auto_activate = false;
     let n5 = bounded("start n5", start(config)).await.unwrap();
     wait_for_region(&clients[0], 4).await;
+    // One move at a time: no drain starts while n5 joins.
+    let busy = clients[0].cluster(ClusterOp::Drain { node: "n3".into() }).await.unwrap_err();
+    assert_eq!(busy.code(), Some(ErrorCode::BadRequest), "{busy}");
+    assert!(busy.to_string().contains("n5 is joining"), "{busy}");
     let report = clients[0].cluster(ClusterOp::Remove { node: "n5".into() }).await.unwrap();
     assert!(report.members.iter().any(|m| m.name == "n5" && m.state == "removed"), "{report:?}");
     bounded("stop n5", n5.shutdown()).await;

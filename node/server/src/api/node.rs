@@ -19,7 +19,7 @@ use crate::api::backup_admin::Backups;
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
 use crate::layout;
-use crate::region::coordinator::Coordinator;
+use crate::region::coordinator::{Coordinator, MoveRefused};
 use crate::replica::{doc_changes_of, value_of, Change, Replica};
 use crate::residency::{residency_refusal, Decision, Residency};
 use crate::storage::{Engine, StorageError};
@@ -396,13 +396,18 @@ impl Node {
                 if !matches!(op, ClusterOp::Status | ClusterOp::Placement { .. }) {
                     self.auth().audit_action(caller, &format!("cluster {op:?}"));
                 }
-                if let ClusterOp::Activate { node } | ClusterOp::Remove { node } = &op {
+                let change = match &op {
+                    ClusterOp::Activate { node } => Some((node, meridian_replication::MemberState::Active)),
+                    ClusterOp::Drain { node } => Some((node, meridian_replication::MemberState::Draining)),
+                    ClusterOp::Remove { node } => Some((node, meridian_replication::MemberState::Removed)),
+                    _ => None,
+                };
+                if let Some((node, to)) = change {
                     if let Some(id) = coordinator.cluster().find(node) {
-                        let removing = matches!(op, ClusterOp::Remove { .. });
-                        coordinator
-                            .check_move_confirmed(id, removing)
-                            .await
-                            .map_err(|e| ErrorReply::new(ErrorCode::QuorumUnavailable, e))?;
+                        coordinator.check_membership_change(id, to).await.map_err(|e| match e {
+                            MoveRefused::Conflict(e) => ErrorReply::new(ErrorCode::BadRequest, e),
+                            MoveRefused::NotYet(e) => ErrorReply::new(ErrorCode::QuorumUnavailable, e),
+                        })?;
                     }
                 }
                 let report = crate::api::cluster_admin::cluster_op(coordinator, self.config(), op)?;

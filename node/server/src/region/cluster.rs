@@ -313,6 +313,22 @@ impl Cluster {
         QuorumSets::joint(old, new)
     }
 
+    /// Whether quorums count moving partitions' old and new replicas (`peer.pending_replicas`).
+    pub fn pending_replicas(&self) -> bool {
+        self.pending
+    }
+
+    /// The members of `region` other than `except` that are joining or draining, by name.
+    pub fn moving_members(&self, region: &str, except: NodeId) -> Vec<(String, MemberState)> {
+        let view = self.lock();
+        view.membership
+            .iter()
+            .filter(|(id, m)| *id != except && m.region == region)
+            .filter(|(_, m)| matches!(m.state, MemberState::Joining | MemberState::Draining))
+            .map(|(_, m)| (m.name.clone(), m.state))
+            .collect()
+    }
+
     /// What moving `node` to `to` would do to the *old* replica sets of `node`'s region (whichever
     /// region this node is in): each partition whose old set changes, with the set now and after.
     /// Old sets are what every quorum counts whether or not a move is in progress, so a change

@@ -41,6 +41,7 @@ use crate::residency::Residency;
 use crate::store::sync_store::EngineSyncStore;
 
 mod moves;
+pub use moves::MoveRefused;
 mod read;
 mod routing;
 mod upkeep;

@@ -14,6 +14,11 @@
 //! the one exception (it cannot answer, and waiting would block the region for good): what only it
 //! held is lost, as with the forced removal of an active node, which is not checked at all.
 //!
+//! **One move at a time.** Ending a move is only safe this way while it is the region's only
+//! move: writes made during it rely on a majority of the new sets, which another move's end could
+//! change. So a drain starts only when nothing else in the region joins or drains, and a joiner is
+//! activated only while no node drains (several joiners may be activated one after another).
+//!
 //! Version vectors are read from the current members before the entering ones, so writes that land
 //! in between (they reach both) never make a caught-up replica look behind.
 //!
@@ -27,6 +32,17 @@ use meridian_replication::{Liveness, MemberState};
 use super::Coordinator;
 use crate::peer::protocol::{PeerMessageV1, PeerReplyV1};
 use crate::region::cluster::SetChange;
+
+/// Why an operator's membership change is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveRefused {
+    /// Another move in the region must end first.
+    #[error("{0}")]
+    Conflict(String),
+    /// The copies the move relies on are not complete yet: retry.
+    #[error("{0}")]
+    NotYet(String),
+}
 
 /// Partitions measured at once while confirming a move.
 const CONCURRENT_PARTITIONS: usize = 16;
@@ -51,21 +67,41 @@ impl Coordinator {
         }
     }
 
-    /// Whether an operator's `activate` (`removing` false) or `remove` (`removing` true) of `node`
-    /// may happen now (see the module docs). The forced removal of an active node is not checked.
-    /// `Err` says how far the copies are.
-    pub async fn check_move_confirmed(&self, node: NodeId, removing: bool) -> Result<(), String> {
+    /// Whether an operator may move `node` to `to` now (see the module docs): one move at a time
+    /// in a region, and a move ends only once the replicas taking over hold what the current ones
+    /// hold. The forced removal of an active node is not checked.
+    pub async fn check_membership_change(&self, node: NodeId, to: MemberState) -> Result<(), MoveRefused> {
         let Some(member) = self.cluster.member(node) else { return Ok(()) };
-        if removing && member.state == MemberState::Active {
+        if !self.cluster.pending_replicas() {
             return Ok(());
         }
-        let to = if removing { MemberState::Removed } else { MemberState::Active };
+        // One move at a time: a drain starts only in a region where nothing moves, and a joiner is
+        // activated only once no node drains (several joiners may be activated one by one).
+        let busy = self.cluster.moving_members(&member.region, node);
+        let blocking: Vec<&(String, MemberState)> = match to {
+            MemberState::Draining => busy.iter().collect(),
+            MemberState::Active => busy.iter().filter(|(_, state)| *state == MemberState::Draining).collect(),
+            _ => Vec::new(),
+        };
+        if let Some((other, state)) = blocking.first() {
+            return Err(MoveRefused::Conflict(format!(
+                "{other} is {state} in region {}: end that move first (activate or remove it), one move at a time",
+                member.region
+            )));
+        }
+        let ends_a_move = matches!(
+            (member.state, to),
+            (MemberState::Joining, MemberState::Active) | (MemberState::Draining, MemberState::Removed)
+        );
+        if !ends_a_move {
+            return Ok(());
+        }
         let changes = self.cluster.old_set_changes(node, to);
         if changes.is_empty() {
             return Ok(());
         }
-        let dead = (removing && member.state == MemberState::Draining && self.cluster.liveness(node) == Liveness::Dead)
-            .then_some(node);
+        let removing = to == MemberState::Removed;
+        let dead = (removing && self.cluster.liveness(node) == Liveness::Dead).then_some(node);
         if dead.is_some() {
             tracing::warn!(%node, "removing a draining node that is down: what only it held is lost");
         }
@@ -81,16 +117,18 @@ impl Coordinator {
         }
         let name = member.name;
         let what = if removing { "removing" } else { "activating" };
-        Err(format!(
+        Err(MoveRefused::NotYet(format!(
             "{what} {name} changes the replicas of {total} partitions; in {confirmed} of them the replicas taking over \
              already hold what the current ones hold (their version vectors must cover those of every current \
              replica, each of which must answer; anti-entropy is copying them). Until then quorums keep counting the \
              current replicas. Retry shortly"
-        ))
+        )))
     }
 
     /// Whether every replica entering the partition's old set covers every member of it now (all
-    /// must answer, but for `dead`).
+    /// must answer, but for `dead`). When the set shrinks (a region at or below rf loses a node),
+    /// nothing replaces the leaving replica: every staying one must cover it instead, or a write
+    /// it shared with a bare majority would be left on less than a majority of the smaller set.
     async fn set_change_covered(&self, change: &SetChange, dead: Option<NodeId>) -> bool {
         let p = change.partition;
         let mut current = Vec::with_capacity(change.before.len());
@@ -100,7 +138,11 @@ impl Coordinator {
                 None => return false,
             }
         }
-        for entering in change.entering() {
+        let mut coverers = change.entering();
+        if change.after.len() < change.before.len() {
+            coverers.extend(change.after.iter().filter(|n| change.before.contains(n)));
+        }
+        for entering in coverers {
             let Some(theirs) = self.partition_vv_on(entering, p).await else { return false };
             if !current.iter().all(|vv| theirs.dominates(vv)) {
                 return false;
