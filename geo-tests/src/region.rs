@@ -129,6 +129,27 @@ pub struct Stopped {
     pub forced: bool,
 }
 
+/// The previous release's `meridian` named by `MERIDIAN_PREVIOUS_BIN` (`scripts/previous-release.sh`
+/// builds one), for a rolling-upgrade run; `None` when unset. Panics when it names no file.
+pub fn previous_bin() -> Option<PathBuf> {
+    let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
+    assert!(
+        previous.as_ref().is_none_or(|bin| bin.is_file()),
+        "MERIDIAN_PREVIOUS_BIN={previous:?} is not a file (did scripts/previous-release.sh fail?)"
+    );
+    previous
+}
+
+/// Waits for load workers told to stop: each must end within 30 s, without panicking.
+pub async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>) {
+    for worker in workers {
+        tokio::time::timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("workers stop within 30 s of being told")
+            .expect("worker panicked");
+    }
+}
+
 /// The `meridian` executable: `$MERIDIAN_BIN` if set, else `meridian` in the directory the test
 /// executable's `deps/` directory sits in (`target/<profile>/`).
 ///

@@ -221,11 +221,7 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
     let at = || format!("[{:>6.1}s]", began.elapsed().as_secs_f64());
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
 
-    let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
-    assert!(
-        previous.as_ref().is_none_or(|bin| bin.is_file()),
-        "MERIDIAN_PREVIOUS_BIN={previous:?} is not a file (did scripts/previous-release.sh fail?)"
-    );
+    let previous = region::previous_bin();
     let mut geo = match &previous {
         Some(bin) => {
             println!(
@@ -424,12 +420,7 @@ async fn scenario_run(scenario: &Scenario, dir: &Path, seed: u64) {
     }
     tokio::time::sleep(scenario.cool_down).await;
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        tokio::time::timeout(Duration::from_secs(30), worker)
-            .await
-            .expect("workers stop within 30 s of being told")
-            .expect("worker panicked");
-    }
+    region::join_workers(workers).await;
     for (_, clients) in &all_clients {
         for (_, client) in clients {
             client.close().await;

@@ -70,11 +70,7 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     let tmp = KeepOnFailure::new("region-kill9-");
     let dir = tmp.path().join("region");
     let spec = RegionSpec { nodes: NODES, rf: 3, zones: 3, durability: "fsync".into(), base_port: None };
-    let previous = std::env::var_os("MERIDIAN_PREVIOUS_BIN").map(PathBuf::from);
-    assert!(
-        previous.as_ref().is_none_or(|bin| bin.is_file()),
-        "MERIDIAN_PREVIOUS_BIN={previous:?} is not a file (did scripts/previous-release.sh fail?)"
-    );
+    let previous = region::previous_bin();
     let mut region = match &previous {
         Some(bin) => {
             println!("rolling upgrade: the region starts on {}; each victim restarts on this build", bin.display());
@@ -134,12 +130,7 @@ async fn eventually_region_survives_kill9_without_losing_acknowledged_writes() {
     }
     tokio::time::sleep(COOL_DOWN).await;
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        tokio::time::timeout(Duration::from_secs(30), worker)
-            .await
-            .expect("workers stop within 30 s of being told")
-            .expect("worker panicked");
-    }
+    region::join_workers(workers).await;
     println!("[{:>5.1}s] load stopped", began.elapsed().as_secs_f64());
 
     // Quiet: hints replayed, replicas converged (read per replica, never through a coordinator).

@@ -166,12 +166,7 @@ async fn run_moves(pending: bool, history_name: &str) -> Run {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        tokio::time::timeout(Duration::from_secs(30), worker)
-            .await
-            .expect("workers stop within 30 s of being told")
-            .expect("worker panicked");
-    }
+    region::join_workers(workers).await;
     // Final reads: every acknowledged add must be there, through every remaining node.
     reader.read_all("final", &serving).await;
     println!("{} load stopped", at());
