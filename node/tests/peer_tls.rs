@@ -46,7 +46,13 @@ struct Echo {
 }
 
 impl PeerHandler for Echo {
-    async fn handle(&self, peer: &PeerIdentity, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
+    async fn handle(
+        &self,
+        peer: &PeerIdentity,
+        _version: u8,
+        trace: Option<TraceContext>,
+        request: Vec<u8>,
+    ) -> Vec<u8> {
         self.seen.lock().unwrap().push(peer.clone());
         self.traces.lock().unwrap().push(trace);
         match request.as_slice() {

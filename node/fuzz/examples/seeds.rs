@@ -23,7 +23,7 @@ use meridian_replication::antientropy::{
 };
 use meridian_replication::residency::RuleSet;
 use meridian_replication::{Member, MemberState, MemberVersion, Membership, SafeReport};
-use meridian_server::layout::{self, IdempotencyRecord, LogRecord, Stored, StoredEntry};
+use meridian_server::layout::{self, IdempotencyRecord, KeptIdempotency, LogRecord, Stored, StoredEntry};
 use meridian_server::peer::protocol::{encode_request, CompactReports, PeerMessageV1, PeerReplyV1, PeerResponse, Pushed};
 
 fn main() {
@@ -191,6 +191,11 @@ fn stored_record(dir: &Path) {
     let idempotency =
         IdempotencyRecord::V1 { created_ms: 1_700_000_000_000, key: key(), request_digest: 0xfeed, reply: reply() };
     write(dir, "idempotency", &tagged(2, layout::encode(&idempotency)));
+    // A write made with an idempotency id: its log record and its shipped delta carry the record.
+    let kept = KeptIdempotency { id: 0x1d3e, record: idempotency };
+    let v3 = LogRecord::V3 { key: key(), delta: counter.clone(), ts, deps: vv(&[(1, 4)]), kept: Box::new(kept.clone()) };
+    write(dir, "log-v3", &tagged(1, layout::encode(&v3)));
+    write(dir, "delta-v3", &tagged(0, layout::encode_delta(&stored(&counter), Some(&kept))));
     write(dir, "membership", &tagged(4, codec::encode(&membership())));
     write(dir, "rules", &tagged(5, codec::encode(&rules())));
     write(dir, "covered-vv", &tagged(6, codec::encode(&vv(&[(1, 3), (300, 1), (u64::MAX, u64::MAX)]))));

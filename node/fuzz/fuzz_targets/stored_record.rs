@@ -34,7 +34,7 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
             if let Ok(record) = layout::decode::<LogRecord>(bytes) {
                 let again: LogRecord = layout::decode(&layout::encode(&record)).expect("re-encoded log record decodes");
                 assert_eq!(again, record);
-                if let (LogContent::Write(_, delta), _) = record.into_parts() {
+                if let (LogContent::Write(_, delta, _), _) = record.into_parts() {
                     let mut joined = Stored::empty_like(&delta);
                     let _ = joined.try_join(&delta);
                 }

@@ -3,7 +3,7 @@
 //! | space | key | value |
 //! |---|---|---|
 //! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state |
-//! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced |
+//! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced (`V3`: with the write's idempotency record) |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
 //! | `Meta` | `logfloor/[partition: u16 BE][origin: u64 BE]` | lowest seq anti-entropy may still ship (records below came in as full states, or were truncated; see `store/sync_store.rs`, `store/log_truncation.rs`) |
@@ -16,7 +16,7 @@
 //! | `Meta` | `residency/covered/[rule: u32 BE][partition: u16 BE]` | the version vector a residency backfill covered |
 //! | `Meta` | `residency/applied` | newest rules version whose purges and backfills completed here |
 //! | `Meta` | `auth/state` | the cluster's users, grants and tokens (`crate::auth::state::AuthRecord`, a CRDT) |
-//! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got |
+//! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got (kept by the coordinator and by every replica that applies the write's `V3` log record) |
 //! | `Hints` | `[target: u64 BE][partition: u16 BE][origin: u64 BE][seq: u64 BE]` | a log record (`SyncRecord`) kept for a replica that missed it |
 //!
 //! Every key the node stores is built in this file; the modules that own the records (the store,
@@ -205,6 +205,37 @@ pub enum StoredEntry {
     V1(Entry),
     /// Version 2: the state and its causal dependencies.
     V2(Stored),
+    /// A write's delta with the write's idempotency record (peer protocol version 5): how a record
+    /// of a write made with an idempotency id travels, so every replica that applies it — by push,
+    /// hint, anti-entropy or another region's relay — keeps the record and recognises a retry. Never
+    /// a key's stored state; stripped to `V2` for peers of earlier versions
+    /// ([`strip_idempotency`]).
+    V3(Stored, Box<KeptIdempotency>),
+}
+
+/// A write's idempotency id and the record its coordinator kept under it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptIdempotency {
+    /// The client's idempotency id.
+    pub id: u128,
+    /// What the coordinator recorded (the key, the request's fingerprint, the reply).
+    pub record: IdempotencyRecord,
+}
+
+impl KeptIdempotency {
+    /// Whether the record is about the write of `data_key` (a record naming another key is not
+    /// kept: it could answer a retry of a write it is not about).
+    pub fn is_about(&self, written: &[u8]) -> bool {
+        let IdempotencyRecord::V1 { key, .. } = &self.record;
+        data_key(key) == written
+    }
+
+    /// The record as this node keeps it: its age is this node's to judge (the sweep expires records
+    /// by it), so a creation time in this node's future is brought back to now.
+    pub fn encoded_record(&self, now_ms: u64) -> Vec<u8> {
+        let IdempotencyRecord::V1 { created_ms, key, request_digest, reply } = self.record.clone();
+        encode(&IdempotencyRecord::V1 { created_ms: created_ms.min(now_ms), key, request_digest, reply })
+    }
 }
 
 /// A key's CRDT state with its *dependency vector*: the join of the causal tokens of every write
@@ -243,7 +274,7 @@ impl StoredEntry {
     pub fn into_stored(self) -> Stored {
         match self {
             StoredEntry::V1(entry) => Stored::bare(entry),
-            StoredEntry::V2(stored) => stored,
+            StoredEntry::V2(stored) | StoredEntry::V3(stored, _) => stored,
         }
     }
 }
@@ -256,6 +287,33 @@ pub fn encode_stored(stored: &Stored) -> Vec<u8> {
 /// Decodes what [`encode_stored`] wrote (or a version-1 state).
 pub fn decode_stored(bytes: &[u8]) -> Result<Stored, codec::CodecError> {
     decode::<StoredEntry>(bytes).map(StoredEntry::into_stored)
+}
+
+/// Encodes a write's delta as shipped: with its idempotency record when it has one
+/// ([`StoredEntry::V3`]).
+pub fn encode_delta(delta: &Stored, kept: Option<&KeptIdempotency>) -> Vec<u8> {
+    match kept {
+        Some(kept) => encode(&StoredEntry::V3(delta.clone(), Box::new(kept.clone()))),
+        None => encode_stored(delta),
+    }
+}
+
+/// Decodes a shipped delta and the idempotency record it carries, if any.
+pub fn decode_delta(bytes: &[u8]) -> Result<(Stored, Option<KeptIdempotency>), codec::CodecError> {
+    Ok(match decode::<StoredEntry>(bytes)? {
+        StoredEntry::V1(entry) => (Stored::bare(entry), None),
+        StoredEntry::V2(stored) => (stored, None),
+        StoredEntry::V3(stored, kept) => (stored, Some(*kept)),
+    })
+}
+
+/// A shipped delta as a peer of protocol version 4 or earlier can decode it: without its
+/// idempotency record. `None` when it carries none (the bytes go unchanged).
+pub fn strip_idempotency(bytes: &[u8]) -> Option<Vec<u8>> {
+    match decode::<StoredEntry>(bytes) {
+        Ok(StoredEntry::V3(stored, _)) => Some(encode_stored(&stored)),
+        _ => None,
+    }
 }
 
 /// One write in the delta log: enough for a peer to apply it without the rest of the key's state.
@@ -289,14 +347,28 @@ pub enum LogRecord {
         /// The residency rule.
         rule: u32,
     },
+    /// Version 3: a write made with an idempotency id, with the record its coordinator kept, so the
+    /// record travels wherever the write does (anti-entropy, hints, other regions).
+    V3 {
+        /// The key written.
+        key: Key,
+        /// The delta (join it into the key's state).
+        delta: Entry,
+        /// The coordinator's HLC timestamp for the write.
+        ts: Hlc,
+        /// The write's session token plus the write itself.
+        deps: VersionVector,
+        /// The write's idempotency id and record.
+        kept: Box<KeptIdempotency>,
+    },
 }
 
 /// A log record's content, whatever the version.
 #[derive(Clone, Debug, PartialEq)]
 #[allow(clippy::large_enum_variant)] // Short-lived, one at a time: boxing would cost an allocation per record read.
 pub enum LogContent {
-    /// A write: the key, the delta with its dependencies.
-    Write(Key, Stored),
+    /// A write: the key, the delta with its dependencies, the write's idempotency record if any.
+    Write(Key, Stored, Option<KeptIdempotency>),
     /// A redacted position: the rule.
     Redacted(u32),
 }
@@ -305,8 +377,11 @@ impl LogRecord {
     /// The content and the timestamp, whatever the version.
     pub fn into_parts(self) -> (LogContent, Hlc) {
         match self {
-            LogRecord::V1 { key, delta, ts } => (LogContent::Write(key, Stored::bare(delta)), ts),
-            LogRecord::V2 { key, delta, ts, deps } => (LogContent::Write(key, Stored { entry: delta, deps }), ts),
+            LogRecord::V1 { key, delta, ts } => (LogContent::Write(key, Stored::bare(delta), None), ts),
+            LogRecord::V2 { key, delta, ts, deps } => (LogContent::Write(key, Stored { entry: delta, deps }, None), ts),
+            LogRecord::V3 { key, delta, ts, deps, kept } => {
+                (LogContent::Write(key, Stored { entry: delta, deps }, Some(*kept)), ts)
+            }
             LogRecord::Redacted { ts, rule } => (LogContent::Redacted(rule), ts),
         }
     }
@@ -395,6 +470,69 @@ pub fn keyed_data_key(op: &Operation) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn counter_delta() -> Stored {
+        let write = meridian_crdt::WriteContext { node: NodeId(1), ts: Hlc::unpack(7 << 16) };
+        let entry = Entry::mutation_delta(None, &meridian_crdt::Mutation::CounterAdd { amount: 5 }, &write).unwrap();
+        Stored { entry, deps: [(NodeId(1), 7 << 16)].into_iter().collect() }
+    }
+
+    fn kept(key: &Key) -> KeptIdempotency {
+        let reply = Reply {
+            causal_token: Default::default(),
+            body: meridian_client::proto::ReplyBody::Written { counter: Some(5) },
+        };
+        KeptIdempotency {
+            id: 0x1d3e,
+            record: IdempotencyRecord::V1 { created_ms: 1_000, key: key.clone(), request_digest: 42, reply },
+        }
+    }
+
+    #[test]
+    fn a_shipped_delta_carries_its_idempotency_record_and_strips_for_older_peers() {
+        let key = Key::new("app", "visits").unwrap();
+        let delta = counter_delta();
+        // Without a record the bytes are the state's own encoding (what every version decodes).
+        assert_eq!(encode_delta(&delta, None), encode_stored(&delta));
+        assert_eq!(strip_idempotency(&encode_stored(&delta)), None, "nothing to strip");
+
+        let carried = kept(&key);
+        let shipped = encode_delta(&delta, Some(&carried));
+        assert_eq!(decode_delta(&shipped).unwrap(), (delta.clone(), Some(carried.clone())));
+        // Read as a state (a replica that only joins it), the record is ignored.
+        assert_eq!(decode_stored(&shipped).unwrap(), delta);
+        // For a peer of version 4 or earlier: exactly the V2 bytes it always got.
+        assert_eq!(strip_idempotency(&shipped), Some(encode_stored(&delta)));
+
+        assert!(carried.is_about(&data_key(&key)));
+        assert!(!carried.is_about(&data_key(&Key::new("app", "other").unwrap())));
+        // A creation time in this node's future comes back to now; a past one stays.
+        let IdempotencyRecord::V1 { created_ms, .. } = decode(&carried.encoded_record(500)).unwrap();
+        assert_eq!(created_ms, 500);
+        let IdempotencyRecord::V1 { created_ms, .. } = decode(&carried.encoded_record(5_000)).unwrap();
+        assert_eq!(created_ms, 1_000);
+    }
+
+    #[test]
+    fn a_version_3_log_record_keeps_its_idempotency_record() {
+        let key = Key::new("app", "visits").unwrap();
+        let delta = counter_delta();
+        let record = LogRecord::V3 {
+            key: key.clone(),
+            delta: delta.entry.clone(),
+            ts: Hlc::unpack(7 << 16),
+            deps: delta.deps.clone(),
+            kept: Box::new(kept(&key)),
+        };
+        let decoded: LogRecord = decode(&encode(&record)).unwrap();
+        assert_eq!(
+            decoded.into_parts(),
+            (LogContent::Write(key.clone(), delta, Some(kept(&key))), Hlc::unpack(7 << 16))
+        );
+        // Variants keep their wire index: a redaction written before V3 existed still decodes.
+        let redacted = encode(&LogRecord::Redacted { ts: Hlc::unpack(1), rule: 3 });
+        assert_eq!(redacted[1], 2, "Redacted stays variant 2");
+    }
 
     #[test]
     fn namespace_scans_do_not_leak_into_longer_namespaces() {

@@ -158,6 +158,15 @@ impl SyncMessage {
         m.partition()
     }
 
+    /// The log records the message carries, if it is one that carries some (for a node that
+    /// re-encodes their deltas for a peer of an earlier version).
+    pub fn records_mut(&mut self) -> Option<&mut Vec<LogRecord>> {
+        match self {
+            SyncMessage::V1(SyncMessageV1::Records { records, .. }) => Some(records),
+            _ => None,
+        }
+    }
+
     /// The request id it carries or answers.
     pub fn request(&self) -> u64 {
         let SyncMessage::V1(m) = self;

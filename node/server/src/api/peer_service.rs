@@ -423,8 +423,9 @@ async fn blocking(
 }
 
 impl PeerHandler for PeerService {
-    async fn handle(&self, peer: &PeerIdentity, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
+    async fn handle(&self, peer: &PeerIdentity, version: u8, trace: Option<TraceContext>, request: Vec<u8>) -> Vec<u8> {
         let (kind, answer) = self.answer(peer, trace, &request).await;
+        let answer = answer.map(|reply| reply.for_version(version));
         if let Err(reason) = &answer {
             if let Some(label) = reason.claim_reason() {
                 metrics::counter!("meridian_peer_refused_total", "reason" => label).increment(1);

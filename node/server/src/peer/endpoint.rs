@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::tls::{self, verify_connection};
 use super::{
     close_code, codes, connection_error, PeerError, PeerHandler, PeerIdentity, PeerTlsConfig, PeerTransportConfig,
-    StreamRefusal, TraceContext, ALPN_V2, ALPN_V3, ALPN_V4,
+    StreamRefusal, TraceContext, ALPNS, NEWEST_VERSION,
 };
 use crate::certs::revocation::RevocationFile;
 use crate::certs::IdentityError;
@@ -370,7 +370,7 @@ async fn serve_stream<H: PeerHandler>(
         Ok(Err(_)) => return,
         Err(_) => return refuse_stream(&mut send, &mut recv, StreamRefusal::ReadTimeout),
     }
-    let response = match AssertUnwindSafe(handler.handle(&peer, trace, request)).catch_unwind().await {
+    let response = match AssertUnwindSafe(handler.handle(&peer, version, trace, request)).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
             tracing::error!(peer = %peer, "peer request handler panicked");
@@ -411,7 +411,7 @@ impl std::fmt::Debug for PeerConnection {
 }
 
 impl PeerConnection {
-    /// The protocol version the handshake settled on (1, 2 or 3, see [`super::ALPNS`]).
+    /// The protocol version the handshake settled on (see [`super::ALPNS`]).
     pub fn version(&self) -> u8 {
         self.version
     }
@@ -529,19 +529,17 @@ async fn exchange(
     Ok(response)
 }
 
-/// The protocol version a connection's handshake settled on: 4 for [`ALPN_V4`], 3 for
-/// [`ALPN_V3`], 2 for [`ALPN_V2`], else 1.
+/// The protocol version a connection's handshake settled on (see [`super::ALPNS`]); 1 when it
+/// named none.
 fn negotiated_version(connection: &quinn::Connection) -> u8 {
     let protocol = connection
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
-    match protocol.as_deref() {
-        Some(ALPN_V4) => 4,
-        Some(ALPN_V3) => 3,
-        Some(ALPN_V2) => 2,
-        _ => 1,
-    }
+    // `ALPNS` lists the versions newest first: version `NEWEST_VERSION - index`.
+    protocol
+        .and_then(|protocol| ALPNS.iter().position(|alpn| *alpn == protocol.as_slice()))
+        .map_or(1, |index| NEWEST_VERSION - index as u8)
 }
 
 /// Length of a stream header's trace context: trace id, parent span id, flags.

@@ -83,10 +83,16 @@ pub const ALPN_V3: &[u8] = b"meridian-peer/3";
 /// ALPN protocol id of version 4: version 3 plus `PushIdempotent` (a write's push carrying its
 /// idempotency record, so a retry on another replica is recognised).
 pub const ALPN_V4: &[u8] = b"meridian-peer/4";
+/// ALPN protocol id of version 5: version 4's messages; a shipped record of a write made with an
+/// idempotency id carries the write's idempotency record in its delta (`StoredEntry::V3`), so the
+/// record travels by anti-entropy, hints and other regions' relays too.
+pub const ALPN_V5: &[u8] = b"meridian-peer/5";
+/// The first version whose shipped deltas may carry idempotency records (see [`ALPN_V5`]).
+pub const IDEMPOTENT_RECORDS_VERSION: u8 = 5;
 /// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
 /// the connection speaks the newest they share, so a node never sends a version its peer does not
 /// know (rolling upgrades run nodes of two releases side by side).
-pub const ALPNS: [&[u8]; 4] = [ALPN_V4, ALPN_V3, ALPN_V2, ALPN];
+pub const ALPNS: [&[u8]; 5] = [ALPN_V5, ALPN_V4, ALPN_V3, ALPN_V2, ALPN];
 /// The newest protocol version this release speaks.
 pub const NEWEST_VERSION: u8 = ALPNS.len() as u8;
 
@@ -102,10 +108,12 @@ pub fn alpns_up_to(max: u8) -> Vec<Vec<u8>> {
 /// `peer` is the identity verified from the peer's certificate; it is the only trustworthy source
 /// of the peer's cluster, region, zone and name. Implement with `async fn handle(...)`.
 pub trait PeerHandler: Send + Sync + 'static {
-    /// Answers one request from `peer`, sent as part of the trace `trace` when the sender traces it.
+    /// Answers one request from `peer`, sent as part of the trace `trace` when the sender traces it,
+    /// on a connection speaking protocol `version` (the reply must be one that version decodes).
     fn handle(
         &self,
         peer: &PeerIdentity,
+        version: u8,
         trace: Option<TraceContext>,
         request: Vec<u8>,
     ) -> impl std::future::Future<Output = Vec<u8>> + Send;

@@ -21,7 +21,7 @@
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
 //! | `VvCombined { partitions, digest }` (version 3) | `VvDigests`: empty when all match | anti-entropy, before `VvDigests` |
 //! | `GossipCompact { digest, membership, handoff, reports }` (version 3) | our membership digest, ours only if the digests differ | [`crate::region::gossip`] over `meridian-peer/3` connections; doubles as a heartbeat |
-//! | `PushIdempotent { push, id, record }` (version 4) | `Applied` once durable | write fan-out of a write with an idempotency id: the replicas keep its record, so a retry on any of them is applied once |
+//! | `PushIdempotent { push, id, record }` (version 4) | `Applied` once durable | write fan-out of a write with an idempotency id: the replicas keep its record, so a retry on any of them is applied once (from version 5 the record travels inside the pushed record's delta, and a plain `Push` is sent) |
 //!
 //! Any successful request counts as a heartbeat from its sender.
 
@@ -249,6 +249,50 @@ impl PeerMessageV1 {
             PeerMessageV1::VvCombined { .. } => "peer.vv_combined",
             // A push like any other (one name in traces and request counts), with one more record.
             PeerMessageV1::PushIdempotent { .. } => "peer.push",
+        }
+    }
+
+    /// The message as a peer speaking protocol `version` decodes it: before version 5, the deltas
+    /// of the records it carries go without their writes' idempotency records
+    /// ([`crate::layout::strip_idempotency`]).
+    pub fn for_version(mut self, version: u8) -> PeerMessageV1 {
+        if version < super::IDEMPOTENT_RECORDS_VERSION {
+            match &mut self {
+                PeerMessageV1::Replicate { records, .. } | PeerMessageV1::Push { records, .. } => {
+                    strip_records(records)
+                }
+                PeerMessageV1::PushBatch { pushes, .. } => {
+                    pushes.iter_mut().for_each(|p| strip_records(&mut p.records))
+                }
+                PeerMessageV1::PushIdempotent { push, .. } => strip_records(&mut push.records),
+                PeerMessageV1::Sync(message) => message.records_mut().into_iter().for_each(|r| strip_records(r)),
+                _ => {}
+            }
+        }
+        self
+    }
+}
+
+impl PeerReplyV1 {
+    /// The reply as a peer speaking protocol `version` decodes it (see
+    /// [`PeerMessageV1::for_version`]).
+    pub fn for_version(mut self, version: u8) -> PeerReplyV1 {
+        if version < super::IDEMPOTENT_RECORDS_VERSION {
+            if let PeerReplyV1::Sync(messages) = &mut self {
+                for message in messages {
+                    message.records_mut().into_iter().for_each(|r| strip_records(r));
+                }
+            }
+        }
+        self
+    }
+}
+
+/// Re-encodes the deltas of `records` that carry an idempotency record without it.
+fn strip_records(records: &mut [SyncRecord]) {
+    for record in records {
+        if let Some(stripped) = crate::layout::strip_idempotency(&record.delta) {
+            record.delta = stripped;
         }
     }
 }
@@ -565,5 +609,57 @@ mod tests {
         assert_eq!(combined_digest(&[1, 2]), combined_digest(&[1, 2]));
         assert_ne!(combined_digest(&[1, 2]), combined_digest(&[2, 1]));
         assert_ne!(combined_digest(&[1]), combined_digest(&[1, 0]));
+    }
+
+    #[test]
+    fn records_lose_their_idempotency_records_only_for_peers_before_version_5() {
+        use crate::layout::{self, IdempotencyRecord, KeptIdempotency, Stored};
+        use meridian_client::proto::{Key, Reply, ReplyBody};
+        use meridian_replication::antientropy::SyncMessageV1;
+        let key = Key::new("app", "visits").unwrap();
+        let stored = Stored::bare(meridian_crdt::Entry::empty(meridian_crdt::CrdtType::Counter));
+        let reply = Reply { causal_token: Default::default(), body: ReplyBody::Written { counter: None } };
+        let kept = KeptIdempotency {
+            id: 7,
+            record: IdempotencyRecord::V1 { created_ms: 1, key: key.clone(), request_digest: 2, reply },
+        };
+        let carrying = SyncRecord {
+            origin: NodeId(1),
+            seq: 1,
+            key: layout::data_key(&key),
+            delta: layout::encode_delta(&stored, Some(&kept)),
+            hlc: 1,
+        };
+        let plain = SyncRecord { delta: layout::encode_stored(&stored), ..carrying.clone() };
+        let records_of_push = |m: &PeerMessageV1| match m {
+            PeerMessageV1::Push { records, .. } => records.clone(),
+            other => panic!("{other:?}"),
+        };
+        let push =
+            || PeerMessageV1::Push { partition: 0, records: vec![carrying.clone()], reports: vec![], relay: false };
+        assert_eq!(records_of_push(&push().for_version(5)), vec![carrying.clone()]);
+        assert_eq!(records_of_push(&push().for_version(4)), vec![plain.clone()]);
+
+        let batch = PeerMessageV1::PushBatch {
+            pushes: vec![Pushed { partition: 0, records: vec![carrying.clone()], reports: vec![] }],
+            relay: true,
+        };
+        let PeerMessageV1::PushBatch { pushes, .. } = batch.for_version(3) else { unreachable!() };
+        assert_eq!(pushes[0].records, vec![plain.clone()]);
+
+        let answer = || {
+            PeerReplyV1::Sync(vec![SyncMessage::V1(SyncMessageV1::Records {
+                partition: meridian_replication::antientropy::PartitionId(0),
+                request: 1,
+                records: vec![carrying.clone()],
+                more: false,
+            })])
+        };
+        let records_of_answer = |reply: PeerReplyV1| match reply {
+            PeerReplyV1::Sync(mut messages) => messages[0].records_mut().unwrap().clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(records_of_answer(answer().for_version(5)), vec![carrying.clone()]);
+        assert_eq!(records_of_answer(answer().for_version(4)), vec![plain]);
     }
 }

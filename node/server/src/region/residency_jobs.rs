@@ -130,7 +130,7 @@ pub(crate) fn purge(node: &Replica, cluster: Option<&Cluster>, job: &Job) -> Res
         let record = layout::decode::<LogRecord>(value).ok()?;
         let (content, ts) = record.into_parts();
         match content {
-            LogContent::Write(key, _) if forbidden(&layout::data_key(&key)) => {
+            LogContent::Write(key, ..) if forbidden(&layout::data_key(&key)) => {
                 log_redacted += 1;
                 Some(Some(layout::encode(&LogRecord::Redacted { ts, rule: job.rule.id })))
             }

@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::clock::{now_ms, InFlightTs};
 use super::{internal, Replica};
 use crate::error::Error;
-use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
+use crate::layout::{self, IdempotencyRecord, KeptIdempotency, LogRecord, Stored};
 use crate::storage::{Batch, Space};
 use crate::store::commit::LogAppend;
 
@@ -263,20 +263,31 @@ impl Replica {
         }
 
         let partition = layout::partition_of(&data_key);
-        let push = Push {
-            data_key: data_key.clone(),
-            delta: layout::encode_stored(&Stored { entry: delta.clone(), deps: write_deps.clone() }),
-            hlc: ts.ts.pack(),
-        };
-        let record = layout::encode(&LogRecord::V2 { key: key.clone(), delta, ts: ts.ts, deps: write_deps });
-        let mut batch = Batch::default();
-        batch.put(Space::Data, data_key, stored);
         let reply = Reply { causal_token: token, body };
+        // The idempotency record goes into the write's log record (and its delta as shipped), so
+        // every replica that applies the write keeps it, however the write reaches it.
         let kept = idempotency_id.map(|id| {
-            let record = IdempotencyRecord::V1 { created_ms: now_ms(), key, request_digest, reply: reply.clone() };
-            batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(&record));
+            let record =
+                IdempotencyRecord::V1 { created_ms: now_ms(), key: key.clone(), request_digest, reply: reply.clone() };
             (id, record)
         });
+        let carried = kept.as_ref().map(|(id, record)| KeptIdempotency { id: id.0, record: record.clone() });
+        let push = Push {
+            data_key: data_key.clone(),
+            delta: layout::encode_delta(&Stored { entry: delta.clone(), deps: write_deps.clone() }, carried.as_ref()),
+            hlc: ts.ts.pack(),
+        };
+        let record = match carried {
+            Some(kept) => {
+                layout::encode(&LogRecord::V3 { key, delta, ts: ts.ts, deps: write_deps, kept: Box::new(kept) })
+            }
+            None => layout::encode(&LogRecord::V2 { key, delta, ts: ts.ts, deps: write_deps }),
+        };
+        let mut batch = Batch::default();
+        batch.put(Space::Data, data_key, stored);
+        if let Some((id, record)) = &kept {
+            batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(record));
+        }
         Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts, kept })
     }
 }

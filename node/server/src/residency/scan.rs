@@ -46,7 +46,7 @@ pub fn audit(engine: &Arc<dyn Engine>, residency: &Residency, compact: bool) -> 
     for_each(engine.as_ref(), Space::Log, |_, value| {
         report.log_records += 1;
         match layout::decode::<LogRecord>(value).map(LogRecord::into_parts) {
-            Ok((LogContent::Write(key, _), _)) => check("log", &layout::data_key(&key), &mut violations),
+            Ok((LogContent::Write(key, ..), _)) => check("log", &layout::data_key(&key), &mut violations),
             Ok((LogContent::Redacted(_), _)) => report.redacted_records += 1,
             Err(_) => {}
         }

@@ -10,7 +10,7 @@
 //! | field | bytes |
 //! |---|---|
 //! | [`SyncRecord::key`], [`KeyState::key`] | the **data key** (`layout::data_key`): `[ns len: u8][ns][name]` |
-//! | [`SyncRecord::delta`] | `layout::encode_stored(delta)` (`StoredEntry::V2`: the delta and its write's dependencies), as a *versioned* entry |
+//! | [`SyncRecord::delta`] | `layout::encode_delta(delta, kept)`, a *versioned* entry: `StoredEntry::V2` (the delta and its write's dependencies), or `V3` (also the write's idempotency record, kept where the record is applied; protocol version 5, stripped for older peers) |
 //! | [`KeyState::state`] | the key's `Data` value as stored: `layout::encode_stored(state)` (`StoredEntry::V2`; `V1` still decodes) |
 //! | [`SyncRecord::hlc`] | the record's `ts`, [`Hlc::pack`]ed |
 //!
@@ -292,6 +292,11 @@ struct KeptRecord {
     record: Vec<u8>,
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// `(partition, data key)` pairs ([`EngineSyncStore::take_fetched_elsewhere`]).
 type FetchedKeys = std::collections::BTreeSet<(u16, Vec<u8>)>;
 
@@ -398,11 +403,14 @@ impl EngineSyncStore {
         self.keeping.as_deref().filter(|kept| records.iter().any(|r| r.key == kept.data_key))
     }
 
-    /// Adds `kept` to `batch` unless a record is kept under its id already (read under the key's lock).
-    fn put_kept(&self, batch: &mut Batch, kept: Option<&KeptRecord>) -> Result<()> {
-        if let Some(kept) = kept {
-            if self.engine.get(Space::Idempotency, &kept.id)?.is_none() {
+    /// Adds each of `kept` to `batch` unless a record is kept under its id already (read under
+    /// the keys' locks) or earlier in `kept`: the first one wins, as on the coordinator.
+    fn put_kept<'a>(&self, batch: &mut Batch, kept: impl IntoIterator<Item = &'a KeptRecord>) -> Result<()> {
+        let mut added = std::collections::HashSet::new();
+        for kept in kept {
+            if !added.contains(&kept.id) && self.engine.get(Space::Idempotency, &kept.id)?.is_none() {
                 batch.put(Space::Idempotency, kept.id.clone(), kept.record.clone());
+                added.insert(kept.id.clone());
             }
         }
         Ok(())
@@ -577,12 +585,13 @@ impl EngineSyncStore {
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
+            let mut carried = Vec::new();
             for record in &ahead {
-                let log = self.log_entry(partition, record, &mut joined)?;
+                let log = self.log_entry(partition, record, &mut joined, &mut carried)?;
                 batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
             }
             self.put_states(&mut batch, joined);
-            self.put_kept(&mut batch, kept)?;
+            self.put_kept(&mut batch, kept.into_iter().chain(&carried))?;
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)
@@ -615,9 +624,16 @@ impl EngineSyncStore {
         }
     }
 
-    /// The log entry of a checked record; a write's delta is joined into `joined`. A redaction (no
-    /// key, see `crate::residency`) is stored as such and joins nothing.
-    fn log_entry(&self, partition: PartitionId, record: &SyncRecord, joined: &mut Joined) -> Result<LogRecord> {
+    /// The log entry of a checked record; a write's delta is joined into `joined`, and the
+    /// idempotency record it carries (a write made with an idempotency id) is added to `kept`. A
+    /// redaction (no key, see `crate::residency`) is stored as such and joins nothing.
+    fn log_entry(
+        &self,
+        partition: PartitionId,
+        record: &SyncRecord,
+        joined: &mut Joined,
+        kept: &mut Vec<KeptRecord>,
+    ) -> Result<LogRecord> {
         if record.key.is_empty() {
             let rule = crate::residency::redaction_of(record).ok_or_else(|| SyncStoreError::Malformed {
                 partition,
@@ -627,9 +643,31 @@ impl EngineSyncStore {
             return Ok(LogRecord::Redacted { ts: Hlc::unpack(record.hlc), rule });
         }
         let key = Self::check_key(partition, &record.key)?;
-        let delta = Self::decode_entry(partition, "delta", &record.delta)?;
+        let (delta, carried) = layout::decode_delta(&record.delta).map_err(|e| SyncStoreError::Malformed {
+            partition,
+            what: "delta",
+            detail: e.to_string(),
+        })?;
         self.join_into(joined, partition, &record.key, &delta)?;
-        Ok(LogRecord::V2 { key, delta: delta.entry, ts: Hlc::unpack(record.hlc), deps: delta.deps })
+        let ts = Hlc::unpack(record.hlc);
+        Ok(match carried {
+            Some(carried) if carried.is_about(&record.key) => {
+                kept.push(KeptRecord {
+                    data_key: record.key.clone(),
+                    id: carried.id.to_be_bytes().to_vec(),
+                    record: carried.encoded_record(unix_ms()),
+                });
+                LogRecord::V3 { key, delta: delta.entry, ts, deps: delta.deps, kept: Box::new(carried) }
+            }
+            carried => {
+                if carried.is_some() {
+                    // Only a forged or corrupt record names another key: the write stands, its
+                    // record is not kept (it could answer a retry of a write it is not about).
+                    metrics::counter!("meridian_idempotency_records_refused_total").increment(1);
+                }
+                LogRecord::V2 { key, delta: delta.entry, ts, deps: delta.deps }
+            }
+        })
     }
 
     fn check(partition: PartitionId) -> Result<u16> {
@@ -859,11 +897,11 @@ impl SyncStore for EngineSyncStore {
                     })?
                     .into_parts();
                 let record = match content {
-                    LogContent::Write(key, delta) => SyncRecord {
+                    LogContent::Write(key, delta, kept) => SyncRecord {
                         origin,
                         seq: next,
                         key: layout::data_key(&key),
-                        delta: layout::encode_stored(&delta),
+                        delta: layout::encode_delta(&delta, kept.as_ref()),
                         hlc: ts.pack(),
                     },
                     LogContent::Redacted(rule) => crate::residency::redacted(origin, next, ts.pack(), rule),
@@ -933,15 +971,16 @@ impl SyncStore for EngineSyncStore {
         let build = || -> Result<Batch> {
             let mut batch = Batch::new();
             let mut joined = Joined::new();
+            let mut carried = Vec::new();
             for record in &fresh {
-                let log = self.log_entry(partition, record, &mut joined)?;
+                let log = self.log_entry(partition, record, &mut joined, &mut carried)?;
                 batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
             }
             for (origin, seq) in &raised {
                 batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
             }
             self.put_states(&mut batch, joined);
-            self.put_kept(&mut batch, kept)?;
+            self.put_kept(&mut batch, kept.into_iter().chain(&carried))?;
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)?;

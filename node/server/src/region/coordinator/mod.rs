@@ -248,7 +248,7 @@ impl Coordinator {
         let addr = self.cluster.peer_addr(target).ok_or(PeerCallError::NoAddress(target))?;
         let screened = !self.residency.rules().rules.is_empty();
         let build = |version: u8, peer: &crate::peer::PeerIdentity| -> Result<Vec<u8>, PeerCallError> {
-            let message = build(version);
+            let message = build(version).for_version(version);
             let message = if screened {
                 let certified = peer.region.as_str();
                 if let Some(claimed) = self.cluster.region_of(target).filter(|claimed| claimed != certified) {

@@ -244,8 +244,9 @@ impl Coordinator {
         tokio::spawn(
             async move {
                 let _slot = slot;
+                // From version 5 the record travels in the pushed delta itself.
                 let message = |version: u8| match kept {
-                    Some((id, record)) if version >= 4 => {
+                    Some((id, record)) if version == 4 => {
                         PeerMessageV1::PushIdempotent { push: push.clone(), id: id.0, record }
                     }
                     _ => PeerMessageV1::Push {
