@@ -677,10 +677,10 @@ async fn peers_negotiate_the_newest_version_and_still_serve_the_previous_one() {
         let b = Node::start(tls_for(&ca, &identity("alpha", "us", "us-1", "node-b")), Default::default()).await;
         let a = Node::start(tls_for(&ca, &identity("alpha", "eu", "eu-1", "node-a")), Default::default()).await;
 
-        // Two nodes of this release speak version 4 (version 2 framing plus new messages);
-        // outside any span, no context is sent.
+        // Two nodes of this release speak the newest version (version 2 framing plus new
+        // messages); outside any span, no context is sent.
         let conn = a.endpoint.connect(b.addr, Some("node-b")).await.unwrap();
-        assert_eq!(conn.version(), 4);
+        assert_eq!(conn.version(), meridian_server::peer::NEWEST_VERSION);
         assert_eq!(conn.request(b"v2".to_vec(), TIMEOUT).await.unwrap(), b"node-b saw node-a/eu/eu-1: v2");
         assert_eq!(b.handler.traces.lock().unwrap().pop(), Some(None));
 

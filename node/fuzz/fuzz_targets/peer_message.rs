@@ -27,22 +27,22 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
             PeerMessageV1::Residency { rules } => check_rules(&rules),
             PeerMessageV1::Replicate { records, .. } => {
                 for record in records {
-                    let _ = layout::decode_stored(&record.delta);
+                    let _ = (layout::decode_delta(&record.delta), layout::strip_idempotency(&record.delta));
                 }
             }
             PeerMessageV1::Push { records, .. } => {
                 for record in records {
-                    let _ = layout::decode_stored(&record.delta);
+                    let _ = (layout::decode_delta(&record.delta), layout::strip_idempotency(&record.delta));
                 }
             }
             PeerMessageV1::PushBatch { pushes, .. } => {
                 for record in pushes.iter().flat_map(|push| &push.records) {
-                    let _ = layout::decode_stored(&record.delta);
+                    let _ = (layout::decode_delta(&record.delta), layout::strip_idempotency(&record.delta));
                 }
             }
             PeerMessageV1::PushIdempotent { push, record, .. } => {
                 for record in &push.records {
-                    let _ = layout::decode_stored(&record.delta);
+                    let _ = (layout::decode_delta(&record.delta), layout::strip_idempotency(&record.delta));
                 }
                 let layout::IdempotencyRecord::V1 { key, .. } = &record;
                 let _ = layout::data_key(key);

@@ -173,7 +173,7 @@ impl Default for PeerConfig {
             auto_activate: true,
             dial_via: BTreeMap::new(),
             // The newest version this release speaks (`peer::NEWEST_VERSION`; a test keeps them equal).
-            max_protocol_version: 4,
+            max_protocol_version: 5,
             pending_replicas: true,
         }
     }

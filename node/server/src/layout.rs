@@ -213,6 +213,10 @@ pub enum StoredEntry {
     V3(Stored, Box<KeptIdempotency>),
 }
 
+/// The first peer protocol version whose shipped deltas may carry idempotency records
+/// ([`StoredEntry::V3`]; `meridian-peer/5`). A node pinned below it writes neither `V3` format.
+pub const IDEMPOTENT_RECORDS_VERSION: u8 = 5;
+
 /// A write's idempotency id and the record its coordinator kept under it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeptIdempotency {
@@ -228,6 +232,13 @@ impl KeptIdempotency {
     pub fn is_about(&self, written: &[u8]) -> bool {
         let IdempotencyRecord::V1 { key, .. } = &self.record;
         data_key(key) == written
+    }
+
+    /// Whether the record is older than `ttl_ms` at `now_ms` (the idempotency sweep would delete
+    /// it: a replica that applies the write later does not keep it).
+    pub fn expired(&self, now_ms: u64, ttl_ms: u64) -> bool {
+        let IdempotencyRecord::V1 { created_ms, .. } = &self.record;
+        now_ms.saturating_sub(*created_ms) > ttl_ms
     }
 
     /// The record as this node keeps it: its age is this node's to judge (the sweep expires records
@@ -310,6 +321,11 @@ pub fn decode_delta(bytes: &[u8]) -> Result<(Stored, Option<KeptIdempotency>), c
 /// A shipped delta as a peer of protocol version 4 or earlier can decode it: without its
 /// idempotency record. `None` when it carries none (the bytes go unchanged).
 pub fn strip_idempotency(bytes: &[u8]) -> Option<Vec<u8>> {
+    // The codec's format byte, then the variant index (one byte while below 251): only `V3`
+    // (index 2) is decoded, so a large document's delta is not decoded on every send.
+    if bytes.get(1) != Some(&2) {
+        return None;
+    }
     match decode::<StoredEntry>(bytes) {
         Ok(StoredEntry::V3(stored, _)) => Some(encode_stored(&stored)),
         _ => None,
@@ -511,6 +527,7 @@ mod tests {
         assert_eq!(created_ms, 500);
         let IdempotencyRecord::V1 { created_ms, .. } = decode(&carried.encoded_record(5_000)).unwrap();
         assert_eq!(created_ms, 1_000);
+        assert!(!carried.expired(5_000, 4_000) && carried.expired(5_001, 4_000), "older than the ttl");
     }
 
     #[test]

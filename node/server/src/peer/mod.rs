@@ -87,8 +87,7 @@ pub const ALPN_V4: &[u8] = b"meridian-peer/4";
 /// idempotency id carries the write's idempotency record in its delta (`StoredEntry::V3`), so the
 /// record travels by anti-entropy, hints and other regions' relays too.
 pub const ALPN_V5: &[u8] = b"meridian-peer/5";
-/// The first version whose shipped deltas may carry idempotency records (see [`ALPN_V5`]).
-pub const IDEMPOTENT_RECORDS_VERSION: u8 = 5;
+pub use crate::layout::IDEMPOTENT_RECORDS_VERSION;
 /// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
 /// the connection speaks the newest they share, so a node never sends a version its peer does not
 /// know (rolling upgrades run nodes of two releases side by side).
@@ -209,7 +208,8 @@ pub struct PeerTransportConfig {
     /// (default 10 s).
     pub drain_timeout: Duration,
     /// The newest protocol version offered and accepted (default [`NEWEST_VERSION`]): lower it to
-    /// keep speaking what nodes of an older release speak, e.g. to be able to roll an upgrade back.
+    /// keep speaking what nodes of an older release speak, e.g. to be able to roll an upgrade back
+    /// (below version 5 the node also writes only the log and hint formats version 4 reads).
     pub max_protocol_version: u8,
 }
 

@@ -154,6 +154,7 @@ impl Replica {
             max_clock_drift_ms: config.max_clock_drift_ms,
             clock_offset_ms: config.clock_offset_ms,
             key_caps: (config.limits.max_key_bytes, config.limits.max_merged_key_bytes),
+            idempotency_ttl_ms: config.limits.idempotency_ttl_s.saturating_mul(1000),
         };
         Ok(Arc::new(Replica {
             sync_store: EngineSyncStore::live(engine.clone(), id, live),

@@ -265,13 +265,18 @@ impl Replica {
         let partition = layout::partition_of(&data_key);
         let reply = Reply { causal_token: token, body };
         // The idempotency record goes into the write's log record (and its delta as shipped), so
-        // every replica that applies the write keeps it, however the write reaches it.
+        // every replica that applies the write keeps it, however the write reaches it. Not while
+        // the node is pinned below protocol version 5: a release of version 4 reads neither format
+        // (its log, hints and backups must stay readable to it for a rollback).
         let kept = idempotency_id.map(|id| {
             let record =
                 IdempotencyRecord::V1 { created_ms: now_ms(), key: key.clone(), request_digest, reply: reply.clone() };
             (id, record)
         });
-        let carried = kept.as_ref().map(|(id, record)| KeptIdempotency { id: id.0, record: record.clone() });
+        let carried = kept
+            .as_ref()
+            .filter(|_| self.config.peer.max_protocol_version >= layout::IDEMPOTENT_RECORDS_VERSION)
+            .map(|(id, record)| KeptIdempotency { id: id.0, record: record.clone() });
         let push = Push {
             data_key: data_key.clone(),
             delta: layout::encode_delta(&Stored { entry: delta.clone(), deps: write_deps.clone() }, carried.as_ref()),

@@ -331,6 +331,9 @@ pub struct Live {
     /// `limits.max_key_bytes` and `limits.max_merged_key_bytes`: a join that takes a key past
     /// either is stored all the same (refusing it would break convergence) and counted.
     pub key_caps: (usize, usize),
+    /// `limits.idempotency_ttl_s` in ms: an idempotency record a shipped record carries that is
+    /// older than this is not kept (the sweep would delete it; until then it would answer retries).
+    pub idempotency_ttl_ms: u64,
 }
 
 impl std::fmt::Debug for EngineSyncStore {
@@ -650,24 +653,28 @@ impl EngineSyncStore {
         })?;
         self.join_into(joined, partition, &record.key, &delta)?;
         let ts = Hlc::unpack(record.hlc);
-        Ok(match carried {
-            Some(carried) if carried.is_about(&record.key) => {
-                kept.push(KeptRecord {
-                    data_key: record.key.clone(),
-                    id: carried.id.to_be_bytes().to_vec(),
-                    record: carried.encoded_record(unix_ms()),
-                });
-                LogRecord::V3 { key, delta: delta.entry, ts, deps: delta.deps, kept: Box::new(carried) }
-            }
-            carried => {
-                if carried.is_some() {
-                    // Only a forged or corrupt record names another key: the write stands, its
-                    // record is not kept (it could answer a retry of a write it is not about).
-                    metrics::counter!("meridian_idempotency_records_refused_total").increment(1);
-                }
-                LogRecord::V2 { key, delta: delta.entry, ts, deps: delta.deps }
-            }
-        })
+        let Some(carried) = carried else {
+            return Ok(LogRecord::V2 { key, delta: delta.entry, ts, deps: delta.deps });
+        };
+        if !carried.is_about(&record.key) {
+            // It could answer a retry of a write it is not about; relayed or hinted on, it would
+            // carry a key residency scans do not see. Only a forged or corrupt record does this.
+            return Err(SyncStoreError::Malformed {
+                partition,
+                what: "delta",
+                detail: "an idempotency record of another key than the record's".into(),
+            });
+        }
+        let now = unix_ms();
+        let ttl = self.live.as_ref().map_or(u64::MAX, |live| live.idempotency_ttl_ms);
+        if !carried.expired(now, ttl) {
+            kept.push(KeptRecord {
+                data_key: record.key.clone(),
+                id: carried.id.to_be_bytes().to_vec(),
+                record: carried.encoded_record(now),
+            });
+        }
+        Ok(LogRecord::V3 { key, delta: delta.entry, ts, deps: delta.deps, kept: Box::new(carried) })
     }
 
     fn check(partition: PartitionId) -> Result<u16> {
@@ -924,7 +931,7 @@ impl SyncStore for EngineSyncStore {
     }
 
     /// One batch: the joined states, each record under `log_key(partition, origin, seq)` (as the
-    /// node's own `LogRecord::V2`), and `max_u64(vv/[partition][origin], last seq)` per origin.
+    /// node's own `LogRecord::V2`, or `V3` with the write's idempotency record), and `max_u64(vv/[partition][origin], last seq)` per origin.
     fn apply_remote(&mut self, partition: PartitionId, records: &[SyncRecord]) -> Result<()> {
         let p = Self::check(partition)?;
         self.check_claims(partition, records)?;
@@ -1260,6 +1267,45 @@ mod tests {
         batch.max_u64(Space::Meta, log_floor_key(p.0, origin), 4);
         store.engine.write(batch).unwrap();
         assert_eq!(store.log_floor(p, origin).unwrap(), 4, "vv + 1: nothing at or above the marker is covered");
+    }
+
+    #[test]
+    fn a_record_carrying_an_idempotency_record_keeps_it_and_ships_it_on() {
+        use crate::layout::{IdempotencyRecord, KeptIdempotency};
+        use meridian_client::proto::{Reply, ReplyBody};
+        let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let key = Key::new("s", "k").unwrap();
+        let data_key = layout::data_key(&key);
+        let p = PartitionId(layout::partition_of(&data_key));
+        let kept = |key: &Key, id: u128| KeptIdempotency {
+            id,
+            record: IdempotencyRecord::V1 {
+                created_ms: 1,
+                key: key.clone(),
+                request_digest: 3,
+                reply: Reply { causal_token: Default::default(), body: ReplyBody::Written { counter: Some(1) } },
+            },
+        };
+        let record = |seq: u64, kept: &KeptIdempotency| SyncRecord {
+            origin: NodeId(2),
+            seq,
+            key: data_key.clone(),
+            delta: layout::encode_delta(&Stored::bare(counter(1)), Some(kept)),
+            hlc: seq << 16,
+        };
+        store.apply_remote(p, &[record(1, &kept(&key, 7))]).unwrap();
+        assert!(store.engine.get(Space::Idempotency, &7u128.to_be_bytes()).unwrap().is_some(), "kept");
+        let shipped = &store.read_log(p, NodeId(2), 0, 10, 1 << 20).unwrap()[0];
+        assert_eq!(layout::decode_delta(&shipped.delta).unwrap().1, Some(kept(&key, 7)), "and shipped on");
+
+        // A record naming another key is refused whole: nothing of it is stored.
+        let other = Key::new("s", "other").unwrap();
+        assert!(matches!(
+            store.apply_remote(p, &[record(2, &kept(&other, 8))]),
+            Err(SyncStoreError::Malformed { what: "delta", .. })
+        ));
+        assert!(store.engine.get(Space::Idempotency, &8u128.to_be_bytes()).unwrap().is_none());
+        assert_eq!(store.partition_vv(p).unwrap().get(NodeId(2)), 1);
     }
 
     fn delta_of(record: &SyncRecord) -> Entry {
