@@ -8,9 +8,11 @@
 //! shares with it under the current placement ([`Cluster::syncs_with`]: both are replicas, or this
 //! node is draining and hands the partition to its new replicas). It calls the storage (which
 //! blocks, and joins replicated state under the node's key locks) and the network (through the
-//! runtime handle). A round per partition per `sync_interval_ms` keeps an idle region cheap: an
-//! offer whose vector matches costs one small request. A peer the failure detector holds dead is
-//! skipped until it answers gossip again.
+//! runtime handle). A pass starts with one exchange comparing the vectors of every shared partition,
+//! and runs rounds only for those that differ — compared again once per `sync_interval_ms` while the
+//! pass lasts, since each round costs a round trip and a comparison made during a burst of writes
+//! soon goes stale. An idle pair costs one small request per pass. A peer the failure detector
+//! holds dead is skipped until it answers gossip again.
 
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
@@ -158,16 +160,28 @@ pub fn spawn_peer_sync(
                     let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.syncs_with(*p, peer)).collect();
                     // Partitions whose version vectors are equal on both sides have nothing to
                     // pull: one message compares them all, and only the others run a round.
-                    let in_sync = link.partitions_in_sync(&store, &partitions).unwrap_or_default();
+                    let mut in_sync = link.compare(&store, &partitions, &progress);
+                    let mut compared = Instant::now();
                     for session in &mut sessions {
                         if shutdown.is_cancelled() {
                             break;
                         }
-                        if !cluster.syncs_with(session.partition().0, peer) {
+                        let partition = session.partition().0;
+                        if !cluster.syncs_with(partition, peer) {
                             continue;
                         }
                         shared += 1;
-                        if session.is_idle() && in_sync.contains(&session.partition().0) {
+                        if session.is_idle() && !in_sync.contains(&partition) && compared.elapsed() >= interval {
+                            // Rounds run one after the other, a round trip each: a comparison made
+                            // during a burst of writes goes stale while the pass walks the
+                            // partitions, and would have it pull, one round trip at a time,
+                            // partitions the pushes have brought in sync since. Compare what is
+                            // left of the pass again, once per interval.
+                            let rest: Vec<u16> = partitions.iter().copied().filter(|p| *p >= partition).collect();
+                            in_sync.extend(link.compare(&store, &rest, &progress));
+                            compared = Instant::now();
+                        }
+                        if session.is_idle() && in_sync.contains(&partition) {
                             continue;
                         }
                         let passed = link.pass(session, &mut store, now_ms(started));
@@ -246,6 +260,17 @@ impl Link<'_> {
             .block_on(self.pool.request(self.peer, None, request, self.timeout))
             .map_err(|e| PeerCallError::Transport(e.to_string()))?;
         decode_reply(&reply)
+    }
+
+    /// [`Link::partitions_in_sync`], or none when the comparison fails (every partition then runs
+    /// a round, as without it); a failure is counted like a failed exchange.
+    fn compare(&self, store: &EngineSyncStore, partitions: &[u16], progress: &SyncProgress) -> BTreeSet<u16> {
+        self.partitions_in_sync(store, partitions).unwrap_or_else(|e| {
+            tracing::debug!(peer = %self.peer, error = %e, "comparing version vectors failed");
+            progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
+            metrics::counter!("meridian_sync_pass_errors_total").increment(1);
+            BTreeSet::new()
+        })
     }
 
     /// Which of `partitions` have the same version vector here and at the peer (one exchange).
