@@ -57,9 +57,14 @@ struct AtHeal {
     counters: Vec<BTreeMap<String, f64>>,
     /// Bytes delivered over every link so far.
     link_bytes: LinkBytes,
+    /// Every node's peer requests so far, by kind.
+    kinds: PeerKinds,
     /// When the links were healed (right after the figures above were taken).
     healed_at: Instant,
 }
+
+/// Peer requests by kind, summed over the nodes: requests, request bytes, answer bytes.
+type PeerKinds = BTreeMap<String, [f64; 3]>;
 
 /// From the heal until every other region read every change, or until the timeout.
 struct AfterHeal {
@@ -100,6 +105,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     // 4. Convergence.
     let after = wait_converged(args, cluster, &readers, &changed, at_heal.healed_at, timeout).await;
     let counters_after = cluster.node_metrics().await;
+    let kinds_after = cluster.peer_traffic().await;
     for client in writers.iter().chain(readers.iter().flatten()) {
         client.close().await;
     }
@@ -114,6 +120,8 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     write_convergence(&mut out, args, cluster, changed_bytes, &after, total(&moved), timeout);
     write_traffic(&mut out, &moved, changed_bytes, idle_rate, window, after.converged.is_some());
     write_node_activity(&mut out, cluster, &at_heal.counters, &counters_after);
+    out += "   peer requests, heal → converged (every node; payload bytes, the rest is QUIC's):\n";
+    write_kinds(&mut out, &at_heal.kinds, &kinds_after, 1.0, ("requests", "request B", "answer B"));
     Ok(out)
 }
 
@@ -238,20 +246,24 @@ async fn idle_link_rate(cluster: &GeoCluster, out: &mut String) -> f64 {
     tokio::time::sleep(IDLE).await;
     let rate = (total(&cluster.link_bytes()) - before) as f64 / IDLE.as_secs_f64();
     let kinds_after = cluster.peer_traffic().await;
-    let secs = IDLE.as_secs_f64();
     let _ = writeln!(
         out,
         "   idle traffic: {rate:.0} B/s over every link; peer requests meanwhile (every node, in and out of its region):"
     );
-    let _ = writeln!(out, "     {:<26}{:>12}{:>16}{:>16}", "KIND", "requests/s", "request B/s", "answer B/s");
-    for (kind, after) in &kinds_after {
-        let was = kinds_before.get(kind).copied().unwrap_or_default();
-        let delta: Vec<f64> = after.iter().zip(was).map(|(a, b)| (a - b) / secs).collect();
+    write_kinds(out, &kinds_before, &kinds_after, IDLE.as_secs_f64(), ("requests/s", "request B/s", "answer B/s"));
+    rate
+}
+
+/// A table of the peer requests by kind between `before` and `after`, divided by `per` (1: totals).
+fn write_kinds(out: &mut String, before: &PeerKinds, after: &PeerKinds, per: f64, headers: (&str, &str, &str)) {
+    let _ = writeln!(out, "     {:<26}{:>12}{:>16}{:>16}", "KIND", headers.0, headers.1, headers.2);
+    for (kind, after) in after {
+        let was = before.get(kind).copied().unwrap_or_default();
+        let delta: Vec<f64> = after.iter().zip(was).map(|(a, b)| (a - b) / per).collect();
         if delta[0] > 0.0 {
             let _ = writeln!(out, "     {:<26}{:>12.1}{:>16.0}{:>16.0}", kind, delta[0], delta[1], delta[2]);
         }
     }
-    rate
 }
 
 /// Step 3: blocks every link into and out of the first region, rewrites `changed` there over
@@ -280,13 +292,14 @@ async fn partition_and_change(
     write_changes(args, writers, changed, cut_at, partition).await?;
     tokio::time::sleep_until(cut_at + partition).await;
     let counters = cluster.node_metrics().await;
+    let kinds = cluster.peer_traffic().await;
     let link_bytes = cluster.link_bytes();
     for &i in &cut_links {
         cluster.links[i].heal();
     }
     let healed_at = Instant::now();
     say!("[partition] healed; reading the {} changed keys in every other region until all are new", args.changed);
-    Ok(AtHeal { counters, link_bytes, healed_at })
+    Ok(AtHeal { counters, link_bytes, kinds, healed_at })
 }
 
 /// Writes generation 1 of `changed` in up to 10 batches spread over the partition that began at

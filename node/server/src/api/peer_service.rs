@@ -93,6 +93,29 @@ impl PeerService {
                 })
                 .await
             }
+            PeerMessageV1::SyncBatch(messages) => {
+                if messages.len() > crate::peer::protocol::MAX_SYNC_BATCH {
+                    return Err(PeerRefusal::Sync(format!(
+                        "a batch of {} anti-entropy messages (at most {})",
+                        messages.len(),
+                        crate::peer::protocol::MAX_SYNC_BATCH
+                    )));
+                }
+                for message in &messages {
+                    check_partition(message.partition().0)?;
+                }
+                let region = peer.region.clone();
+                let (replica, store, sync) = (
+                    self.node.replica().clone(),
+                    self.store.clone().with_sender(from).for_peer_region(&region),
+                    self.sync.clone(),
+                );
+                blocking(move || {
+                    let residency = Some((replica.residency().as_ref(), region.as_str()));
+                    crate::region::peer_sync::answer_sync_batch(store, sync, replica.id(), from, messages, residency)
+                })
+                .await
+            }
             PeerMessageV1::Gossip { membership, handoff } => {
                 let cluster = self.gossip_with(peer, from, &membership, handoff)?;
                 Ok(PeerReplyV1::Gossip {

@@ -82,6 +82,7 @@ fn requests() -> Vec<(&'static str, PeerMessageV1)> {
                 reply: Reply { causal_token: Default::default(), body: ReplyBody::Written { counter: Some(9) } },
             },
         },
+        PeerMessageV1::SyncBatch(vec![offer(), offer()]),
     ];
     samples.into_iter().map(|m| (request_name(&m), m)).collect()
 }
@@ -106,6 +107,7 @@ fn request_name(message: &PeerMessageV1) -> &'static str {
         PeerMessageV1::GossipCompact { .. } => "GossipCompact",
         PeerMessageV1::VvCombined { .. } => "VvCombined",
         PeerMessageV1::PushIdempotent { .. } => "PushIdempotent",
+        PeerMessageV1::SyncBatch(_) => "SyncBatch",
     }
 }
 
@@ -216,6 +218,7 @@ const GOLDEN_REQUESTS: &[(&str, &str)] = &[
     ("GossipCompact", "01002a0f050001010700060102030809"),
     ("VvCombined", "01002a10010504"),
     ("PushIdempotent", "01002a1102010102010301040501010203060007026e73016b0800000112"),
+    ("SyncBatch", "01002a120200000307010102090000030701010209"),
 ];
 const GOLDEN_REPLIES: &[(&str, &str)] = &[
     ("Hello", "0100000001"),

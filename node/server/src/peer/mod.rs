@@ -83,11 +83,13 @@ pub const ALPN_V3: &[u8] = b"meridian-peer/3";
 /// ALPN protocol id of version 4: version 3 plus `PushIdempotent` (a write's push carrying its
 /// idempotency record, so a retry on another replica is recognised).
 pub const ALPN_V4: &[u8] = b"meridian-peer/4";
-/// ALPN protocol id of version 5: version 4's messages; a shipped record of a write made with an
+/// ALPN protocol id of version 5: version 4 plus `SyncBatch`; a shipped record of a write made with an
 /// idempotency id carries the write's idempotency record in its delta (`StoredEntry::V3`), so the
 /// record travels by anti-entropy, hints and other regions' relays too.
 pub const ALPN_V5: &[u8] = b"meridian-peer/5";
 pub use crate::layout::IDEMPOTENT_RECORDS_VERSION;
+/// The first version with `SyncBatch` (anti-entropy messages of many partitions per request).
+pub const SYNC_BATCH_VERSION: u8 = 5;
 /// The versions this node speaks, newest first: both ends offer theirs in the TLS handshake and
 /// the connection speaks the newest they share, so a node never sends a version its peer does not
 /// know (rolling upgrades run nodes of two releases side by side).

@@ -21,6 +21,7 @@
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
 //! | `VvCombined { partitions, digest }` (version 3) | `VvDigests`: empty when all match | anti-entropy, before `VvDigests` |
 //! | `GossipCompact { digest, membership, handoff, reports }` (version 3) | our membership digest, ours only if the digests differ | [`crate::region::gossip`] over `meridian-peer/3` connections; doubles as a heartbeat |
+//! | `SyncBatch(messages)` (version 5) | `Sync`: the answers of every message that fit | anti-entropy passes: the messages of many partitions' sessions in one round trip |
 //! | `PushIdempotent { push, id, record }` (version 4) | `Applied` once durable | write fan-out of a write with an idempotency id: the replicas keep its record, so a retry on any of them is applied once (from version 5 the record travels inside the pushed record's delta, and a plain `Push` is sent) |
 //!
 //! Any successful request counts as a heartbeat from its sender.
@@ -45,6 +46,9 @@ pub struct Pushed {
     /// Safe-time reports about the records' origins.
     pub reports: Vec<SafeReport>,
 }
+
+/// Most anti-entropy messages in one `SyncBatch` (one per partition a pass runs a round of).
+pub const MAX_SYNC_BATCH: usize = 64;
 
 /// Largest peer message decoded (a hint, one record such a message carried, is bounded by the same
 /// figure: `crate::layout::MAX_HINT_BYTES`).
@@ -213,6 +217,12 @@ pub enum PeerMessageV1 {
         /// What the coordinator recorded for it.
         record: crate::layout::IdempotencyRecord,
     },
+    /// Anti-entropy messages of several partitions in one request (protocol version 5): each is
+    /// answered as a `Sync` of its own would be, all in one `Sync` reply (at most
+    /// [`MAX_SYNC_BATCH`] messages, one per partition). A pass over many partitions then costs a
+    /// few round trips instead of one per partition. An answer that would take the reply past its
+    /// byte budget is left out; the sender asks again.
+    SyncBatch(Vec<SyncMessage>),
 }
 
 impl PeerMessageV1 {
@@ -249,6 +259,7 @@ impl PeerMessageV1 {
             PeerMessageV1::VvCombined { .. } => "peer.vv_combined",
             // A push like any other (one name in traces and request counts), with one more record.
             PeerMessageV1::PushIdempotent { .. } => "peer.push",
+            PeerMessageV1::SyncBatch(_) => "peer.sync_batch",
         }
     }
 
@@ -266,6 +277,9 @@ impl PeerMessageV1 {
                 }
                 PeerMessageV1::PushIdempotent { push, .. } => strip_records(&mut push.records),
                 PeerMessageV1::Sync(message) => message.records_mut().into_iter().for_each(|r| strip_records(r)),
+                PeerMessageV1::SyncBatch(messages) => {
+                    messages.iter_mut().filter_map(SyncMessage::records_mut).for_each(|r| strip_records(r))
+                }
                 _ => {}
             }
         }

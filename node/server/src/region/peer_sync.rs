@@ -17,7 +17,7 @@
 use meridian_crdt::NodeId;
 use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
 use meridian_replication::SafeReport;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::layout::PARTITIONS;
+use crate::peer::protocol::MAX_SYNC_BATCH;
 use crate::peer::protocol::{
     combined_digest, decode_reply, encode_request, partition_bitmap, PeerCallError, PeerMessageV1, PeerRefusal,
     PeerReplyV1,
 };
-use crate::peer::PeerPool;
+use crate::peer::{PeerPool, SYNC_BATCH_VERSION};
 use crate::region::cluster::Cluster;
 use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 
@@ -49,11 +50,55 @@ pub fn answer_sync(
     message: SyncMessage,
     residency: Option<(&crate::residency::Residency, &str)>,
 ) -> Result<PeerReplyV1, PeerRefusal> {
+    answer_one(&mut store, config, local, from, message, residency).map(PeerReplyV1::Sync)
+}
+
+/// The reply budget of a `SyncBatch`: well inside the peer protocol's message cap.
+const BATCH_REPLY_BYTES: usize = 4 << 20;
+
+/// Answers a `SyncBatch` from `from`: each message as [`answer_sync`] would, with the reply
+/// budget shared between them (each answer's `max_bytes` is the budget's share, at least the
+/// protocol's minimum). An answer that fails, or that would take the reply past the budget (a
+/// single record larger than its share travels alone, as always), is left out: the sender's
+/// session treats it as a lost request. Blocks.
+pub fn answer_sync_batch(
+    mut store: EngineSyncStore,
+    config: SyncConfig,
+    local: NodeId,
+    from: NodeId,
+    messages: Vec<SyncMessage>,
+    residency: Option<(&crate::residency::Residency, &str)>,
+) -> Result<PeerReplyV1, PeerRefusal> {
+    let share = (BATCH_REPLY_BYTES / messages.len().max(1)).max(meridian_replication::antientropy::MIN_MAX_BYTES);
+    let config = SyncConfig { max_bytes: config.max_bytes.min(share), ..config };
+    let mut replies = Vec::new();
+    let mut bytes = 0usize;
+    for message in messages {
+        let Ok(answers) = answer_one(&mut store, config.clone(), local, from, message, residency) else { continue };
+        let size: usize = answers.iter().map(SyncMessage::wire_len).sum();
+        if bytes > 0 && bytes + size > BATCH_REPLY_BYTES {
+            continue;
+        }
+        bytes += size;
+        replies.extend(answers);
+    }
+    Ok(PeerReplyV1::Sync(replies))
+}
+
+/// The answers of a fresh session over `store` to one message from `from`.
+fn answer_one(
+    store: &mut EngineSyncStore,
+    config: SyncConfig,
+    local: NodeId,
+    from: NodeId,
+    message: SyncMessage,
+    residency: Option<(&crate::residency::Residency, &str)>,
+) -> Result<Vec<SyncMessage>, PeerRefusal> {
     let partition = message.partition();
     let mut session =
         SyncSession::new(config, partition, local, from, 1).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    session.step(&mut store, now, message).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
+    session.step(store, now, message).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
     let mut replies = Vec::new();
     while let Some(reply) = session.poll_outbound() {
         let SyncMessage::V1(inner) = &reply;
@@ -72,7 +117,7 @@ pub fn answer_sync(
             None => reply,
         });
     }
-    Ok(PeerReplyV1::Sync(replies))
+    Ok(replies)
 }
 
 /// An answer as a node of `region` (the requester's certified region) may receive it: records of
@@ -160,47 +205,60 @@ pub fn spawn_peer_sync(
                     let partitions: Vec<u16> = (0..PARTITIONS).filter(|p| cluster.syncs_with(*p, peer)).collect();
                     // Partitions whose version vectors are equal on both sides have nothing to
                     // pull: one message compares them all, and only the others run a round.
-                    let mut in_sync = link.compare(&store, &partitions, &progress);
-                    let mut compared = Instant::now();
-                    for session in &mut sessions {
-                        if shutdown.is_cancelled() {
-                            break;
-                        }
-                        let partition = session.partition().0;
-                        if !cluster.syncs_with(partition, peer) {
-                            continue;
-                        }
-                        shared += 1;
-                        if session.is_idle() && !in_sync.contains(&partition) && compared.elapsed() >= interval {
-                            // Rounds run one after the other, a round trip each: a comparison made
-                            // during a burst of writes goes stale while the pass walks the
-                            // partitions, and would have it pull, one round trip at a time,
-                            // partitions the pushes have brought in sync since. Compare what is
-                            // left of the pass again, once per interval.
-                            let rest: Vec<u16> = partitions.iter().copied().filter(|p| *p >= partition).collect();
-                            in_sync.extend(link.compare(&store, &rest, &progress));
-                            compared = Instant::now();
-                        }
-                        if session.is_idle() && in_sync.contains(&partition) {
-                            continue;
-                        }
-                        let passed = link.pass(session, &mut store, now_ms(started));
-                        // What the peer's offers proved about its own log: causal reads here may
-                        // now serve writes of its up to that time.
-                        while let Some(event) = session.poll_event() {
-                            match event {
-                                SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } => {
-                                    store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+                    let (mut in_sync, version) = link.compare(&store, &partitions, &progress);
+                    let note_failure = |e: PassFailed| {
+                        tracing::debug!(%addr, error = %e, "sync pass interrupted");
+                        progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
+                        metrics::counter!("meridian_sync_pass_errors_total").increment(1);
+                    };
+                    if version >= SYNC_BATCH_VERSION {
+                        // Every due partition's round at once, its messages batched: a few round
+                        // trips per pass instead of one per partition.
+                        let mut due = Vec::new();
+                        for session in &sessions {
+                            let partition = session.partition().0;
+                            if cluster.syncs_with(partition, peer) {
+                                shared += 1;
+                                if !(session.is_idle() && in_sync.contains(&partition)) {
+                                    due.push(partition);
                                 }
-                                SyncEvent::RoundDone(report) => count_round(&report),
                             }
                         }
-                        if let Err(e) = passed {
-                            tracing::debug!(%addr, error = %e, "sync pass interrupted");
-                            progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
-                            metrics::counter!("meridian_sync_pass_errors_total").increment(1);
+                        if let Err(e) = link.pass_batched(&mut sessions, &due, &mut store, now_ms(started), &shutdown) {
+                            note_failure(e);
                             complete = false;
-                            break;
+                        }
+                    } else {
+                        let mut compared = Instant::now();
+                        for session in &mut sessions {
+                            if shutdown.is_cancelled() {
+                                break;
+                            }
+                            let partition = session.partition().0;
+                            if !cluster.syncs_with(partition, peer) {
+                                continue;
+                            }
+                            shared += 1;
+                            if session.is_idle() && !in_sync.contains(&partition) && compared.elapsed() >= interval {
+                                // Rounds run one after the other, a round trip each: a comparison
+                                // made during a burst of writes goes stale while the pass walks
+                                // the partitions, and would have it pull, one round trip at a
+                                // time, partitions the pushes have brought in sync since. Compare
+                                // what is left of the pass again, once per interval.
+                                let rest: Vec<u16> = partitions.iter().copied().filter(|p| *p >= partition).collect();
+                                in_sync.extend(link.compare(&store, &rest, &progress).0);
+                                compared = Instant::now();
+                            }
+                            if session.is_idle() && in_sync.contains(&partition) {
+                                continue;
+                            }
+                            let passed = link.pass(session, &mut store, now_ms(started));
+                            take_events(session, &store);
+                            if let Err(e) = passed {
+                                note_failure(e);
+                                complete = false;
+                                break;
+                            }
                         }
                     }
                     progress.shared_partitions.store(shared, Ordering::Relaxed);
@@ -216,6 +274,19 @@ pub fn spawn_peer_sync(
             }
         })
         .expect("spawning a sync thread")
+}
+
+/// Takes what a session's exchanges produced: what the peer's offers proved about its own log
+/// (causal reads here may now serve writes of its up to that time), and finished rounds' figures.
+fn take_events(session: &mut SyncSession, store: &EngineSyncStore) {
+    while let Some(event) = session.poll_event() {
+        match event {
+            SyncEvent::PeerSafeTime { partition, origin, hlc, covers_seq } => {
+                store.take_report(partition.0, SafeReport { origin, seq: covers_seq, safe: hlc });
+            }
+            SyncEvent::RoundDone(report) => count_round(&report),
+        }
+    }
 }
 
 /// What a finished round pulled in: log records, or, after the peer's log was truncated below this
@@ -263,20 +334,27 @@ impl Link<'_> {
     }
 
     /// [`Link::partitions_in_sync`], or none when the comparison fails (every partition then runs
-    /// a round, as without it); a failure is counted like a failed exchange.
-    fn compare(&self, store: &EngineSyncStore, partitions: &[u16], progress: &SyncProgress) -> BTreeSet<u16> {
+    /// a round, as without it, over protocol version 1); a failure is counted like a failed
+    /// exchange.
+    fn compare(&self, store: &EngineSyncStore, partitions: &[u16], progress: &SyncProgress) -> (BTreeSet<u16>, u8) {
         self.partitions_in_sync(store, partitions).unwrap_or_else(|e| {
             tracing::debug!(peer = %self.peer, error = %e, "comparing version vectors failed");
             progress.last_error_ms.store(unix_ms(), Ordering::Relaxed);
             metrics::counter!("meridian_sync_pass_errors_total").increment(1);
-            BTreeSet::new()
+            (BTreeSet::new(), 1)
         })
     }
 
-    /// Which of `partitions` have the same version vector here and at the peer (one exchange).
-    fn partitions_in_sync(&self, store: &EngineSyncStore, partitions: &[u16]) -> Result<BTreeSet<u16>, PassFailed> {
+    /// Which of `partitions` have the same version vector here and at the peer (one exchange),
+    /// and the protocol version the connection speaks.
+    fn partitions_in_sync(
+        &self,
+        store: &EngineSyncStore,
+        partitions: &[u16],
+    ) -> Result<(BTreeSet<u16>, u8), PassFailed> {
         if partitions.is_empty() {
-            return Ok(Default::default());
+            // Nothing shared: no round to run, whichever version the connection speaks.
+            return Ok((Default::default(), 1));
         }
         // Ascending and without duplicates: the order a version-3 answer comes back in.
         let partitions: Vec<u16> = partitions.iter().copied().collect::<BTreeSet<u16>>().into_iter().collect();
@@ -297,12 +375,66 @@ impl Link<'_> {
             .map_err(|e| PeerCallError::Transport(e.to_string()))?;
         let theirs = match decode_reply(&reply)? {
             PeerReplyV1::VvDigests(digests) if version >= 3 && digests.is_empty() => {
-                return Ok(partitions.into_iter().collect())
+                return Ok((partitions.into_iter().collect(), version))
             }
             PeerReplyV1::VvDigests(digests) if digests.len() == partitions.len() => digests,
             other => return Err(PeerCallError::unexpected(&other).into()),
         };
-        Ok(partitions.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a == b).map(|(p, _)| *p).collect())
+        let same = partitions.iter().zip(ours.iter().zip(&theirs)).filter(|(_, (a, b))| a == b).map(|(p, _)| *p);
+        Ok((same.collect(), version))
+    }
+
+    /// Lets the sessions of `due` partitions (`sessions` is indexed by partition) run their rounds
+    /// together: their requests go in `SyncBatch`es of at most [`MAX_SYNC_BATCH`], and each answer
+    /// goes to its partition's session, whose next request joins the next batch. A request the
+    /// peer left unanswered is as if lost (the session sends it again once due). The first
+    /// failure is returned once the rest of the pass is done.
+    fn pass_batched(
+        &self,
+        sessions: &mut [SyncSession],
+        due: &[u16],
+        store: &mut EngineSyncStore,
+        now_ms: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PassFailed> {
+        let mut failed = None;
+        let mut outbound: VecDeque<SyncMessage> = VecDeque::new();
+        for &partition in due {
+            let session = &mut sessions[usize::from(partition)];
+            if let Err(e) = session.tick(store, now_ms) {
+                failed.get_or_insert(PassFailed::Session(e.to_string()));
+            }
+            outbound.extend(std::iter::from_fn(|| session.poll_outbound()));
+            take_events(session, store);
+        }
+        for _ in 0..MAX_EXCHANGES_PER_PASS {
+            if outbound.is_empty() || shutdown.is_cancelled() {
+                break;
+            }
+            let batch: Vec<SyncMessage> = outbound.drain(..outbound.len().min(MAX_SYNC_BATCH)).collect();
+            let asked: BTreeSet<u16> = batch.iter().map(|m| m.partition().0).collect();
+            let replies = match self.call(PeerMessageV1::SyncBatch(batch))? {
+                PeerReplyV1::Sync(replies) => replies,
+                other => return Err(PeerCallError::unexpected(&other).into()),
+            };
+            let mut answered = BTreeSet::new();
+            for reply in replies {
+                let partition = reply.partition().0;
+                if !asked.contains(&partition) {
+                    continue;
+                }
+                if let Err(e) = sessions[usize::from(partition)].step(store, now_ms, reply) {
+                    failed.get_or_insert(PassFailed::Session(e.to_string()));
+                }
+                answered.insert(partition);
+            }
+            for partition in answered {
+                let session = &mut sessions[usize::from(partition)];
+                outbound.extend(std::iter::from_fn(|| session.poll_outbound()));
+                take_events(session, store);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Lets one partition's session run a round if one is due, carrying its requests to the peer.
@@ -320,5 +452,76 @@ impl Link<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{self, LogRecord};
+    use crate::storage::{Batch, MemoryEngine, Space};
+    use meridian_client::proto::Key;
+    use meridian_crdt::{Entry, Hlc, Mutation, VersionVector, WriteContext};
+    use meridian_replication::antientropy::SyncMessageV1;
+
+    /// A store holding, in each of `partitions`, one record of origin 2 writing a register of
+    /// `value_bytes` bytes; and an offer for each partition from a replica that holds nothing.
+    fn store_and_offers(partitions: &[(&str, usize)]) -> (EngineSyncStore, Vec<SyncMessage>) {
+        let store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let mut offers = Vec::new();
+        let mut batch = Batch::new();
+        for (name, value_bytes) in partitions {
+            let key = Key::new("t", *name).unwrap();
+            let p = layout::partition_of(&layout::data_key(&key));
+            let write = WriteContext { node: NodeId(2), ts: Hlc { wall_ms: 1, logical: 0 } };
+            let delta =
+                Entry::mutation_delta(None, &Mutation::RegisterSet { value: vec![7; *value_bytes] }, &write).unwrap();
+            let record = LogRecord::V1 { key, delta, ts: Hlc::unpack(1 << 16) };
+            batch.put(Space::Log, layout::log_key(p, NodeId(2), 1).to_vec(), layout::encode(&record));
+            batch.max_u64(Space::Meta, layout::vv_key(p, NodeId(2)), 1);
+            offers.push(SyncMessage::V1(SyncMessageV1::Offer {
+                partition: PartitionId(p),
+                request: u64::from(p),
+                vv: VersionVector::new(),
+                safe_hlc: 0,
+            }));
+        }
+        store.engine().write(batch).unwrap();
+        (store, offers)
+    }
+
+    fn answered(reply: PeerReplyV1) -> Vec<(u16, usize)> {
+        let PeerReplyV1::Sync(replies) = reply else { panic!("{reply:?}") };
+        replies
+            .into_iter()
+            .map(|m| match m {
+                SyncMessage::V1(SyncMessageV1::Records { partition, records, .. }) => (partition.0, records.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_answers_each_partition_as_a_sync_of_its_own_would() {
+        let (store, offers) = store_and_offers(&[("a", 10), ("b", 10), ("c", 10)]);
+        let partitions: Vec<u16> = offers.iter().map(|m| m.partition().0).collect();
+        let reply = answer_sync_batch(store.clone(), SyncConfig::default(), NodeId(1), NodeId(3), offers.clone(), None)
+            .unwrap();
+        assert_eq!(answered(reply), partitions.iter().map(|p| (*p, 1)).collect::<Vec<_>>());
+        for offer in offers {
+            let alone = answer_sync(store.clone(), SyncConfig::default(), NodeId(1), NodeId(3), offer.clone(), None);
+            assert_eq!(answered(alone.unwrap()), vec![(offer.partition().0, 1)]);
+        }
+    }
+
+    #[test]
+    fn a_batch_reply_stays_within_its_budget() {
+        // Each record is larger than the budget's share: each travels alone, and the second would
+        // take the reply past the budget, so it is left out (the asker's session asks again).
+        let big = BATCH_REPLY_BYTES * 3 / 4;
+        let (store, offers) = store_and_offers(&[("a", big), ("b", big)]);
+        let first = offers[0].partition().0;
+        let reply = answer_sync_batch(store, SyncConfig::default(), NodeId(1), NodeId(3), offers, None).unwrap();
+        assert_eq!(answered(reply), vec![(first, 1)]);
     }
 }
