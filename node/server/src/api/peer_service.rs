@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use meridian_crdt::{codec, NodeId};
-use meridian_replication::antientropy::{KeyState, PartitionId, SyncConfig};
+use meridian_replication::antientropy::{KeyState, PartitionId, SyncConfig, SyncMessage};
 
 use crate::api::node::Node;
 use crate::layout::PARTITIONS;
@@ -29,6 +29,36 @@ pub struct PeerService {
 }
 
 impl PeerService {
+    /// Answers anti-entropy `messages` from `from` (one `Sync`, or a `SyncBatch` when `batched`),
+    /// each with a fresh session over this node's store as the peer's region may see it.
+    async fn answer_sync(
+        &self,
+        peer: &PeerIdentity,
+        from: NodeId,
+        messages: Vec<SyncMessage>,
+        batched: bool,
+    ) -> Result<PeerReplyV1, PeerRefusal> {
+        for message in &messages {
+            check_partition(message.partition().0)?;
+        }
+        let region = peer.region.clone();
+        let (replica, store, sync) = (
+            self.node.replica().clone(),
+            self.store.clone().with_sender(from).for_peer_region(&region),
+            self.sync.clone(),
+        );
+        blocking(move || {
+            use crate::region::peer_sync::{answer_sync, answer_sync_batch};
+            let residency = Some((replica.residency().as_ref(), region.as_str()));
+            if batched {
+                return answer_sync_batch(store, sync, replica.id(), from, messages, residency);
+            }
+            let message = messages.into_iter().next().ok_or_else(|| PeerRefusal::Sync("no message".into()))?;
+            answer_sync(store, sync, replica.id(), from, message, residency)
+        })
+        .await
+    }
+
     /// A service over `node`'s storage through `store` (share one store among everything that writes
     /// replicated state: its clones serialise writes per partition). Without `cluster`, gossip is refused.
     pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>, store: EngineSyncStore, sync: SyncConfig) -> Self {
@@ -79,20 +109,7 @@ impl PeerService {
     ) -> Result<PeerReplyV1, PeerRefusal> {
         match message {
             PeerMessageV1::Hello => Ok(PeerReplyV1::Hello { node_id: self.node.id() }),
-            PeerMessageV1::Sync(message) => {
-                check_partition(message.partition().0)?;
-                let region = peer.region.clone();
-                let (replica, store, sync) = (
-                    self.node.replica().clone(),
-                    self.store.clone().with_sender(from).for_peer_region(&region),
-                    self.sync.clone(),
-                );
-                blocking(move || {
-                    let residency = Some((replica.residency().as_ref(), region.as_str()));
-                    crate::region::peer_sync::answer_sync(store, sync, replica.id(), from, message, residency)
-                })
-                .await
-            }
+            PeerMessageV1::Sync(message) => self.answer_sync(peer, from, vec![message], false).await,
             PeerMessageV1::SyncBatch(messages) => {
                 if messages.len() > crate::peer::protocol::MAX_SYNC_BATCH {
                     return Err(PeerRefusal::Sync(format!(
@@ -101,20 +118,7 @@ impl PeerService {
                         crate::peer::protocol::MAX_SYNC_BATCH
                     )));
                 }
-                for message in &messages {
-                    check_partition(message.partition().0)?;
-                }
-                let region = peer.region.clone();
-                let (replica, store, sync) = (
-                    self.node.replica().clone(),
-                    self.store.clone().with_sender(from).for_peer_region(&region),
-                    self.sync.clone(),
-                );
-                blocking(move || {
-                    let residency = Some((replica.residency().as_ref(), region.as_str()));
-                    crate::region::peer_sync::answer_sync_batch(store, sync, replica.id(), from, messages, residency)
-                })
-                .await
+                self.answer_sync(peer, from, messages, true).await
             }
             PeerMessageV1::Gossip { membership, handoff } => {
                 let cluster = self.gossip_with(peer, from, &membership, handoff)?;
