@@ -118,6 +118,10 @@ impl PeerService {
                         crate::peer::protocol::MAX_SYNC_BATCH
                     )));
                 }
+                if !messages.iter().all(crate::region::peer_sync::is_offer) {
+                    // The digest fallback's requests scan a partition each: one per `Sync`.
+                    return Err(PeerRefusal::Sync("a batch of anti-entropy messages carries offers only".into()));
+                }
                 self.answer_sync(peer, from, messages, true).await
             }
             PeerMessageV1::Gossip { membership, handoff } => {

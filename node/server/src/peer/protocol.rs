@@ -21,7 +21,7 @@
 //! | `Auth { state }` | our authentication metadata, after joining theirs | [`crate::region::gossip`], and at once after an `auth` change |
 //! | `VvCombined { partitions, digest }` (version 3) | `VvDigests`: empty when all match | anti-entropy, before `VvDigests` |
 //! | `GossipCompact { digest, membership, handoff, reports }` (version 3) | our membership digest, ours only if the digests differ | [`crate::region::gossip`] over `meridian-peer/3` connections; doubles as a heartbeat |
-//! | `SyncBatch(messages)` (version 5) | `Sync`: the answers of every message that fit | anti-entropy passes: the messages of many partitions' sessions in one round trip |
+//! | `SyncBatch(offers)` (version 5) | `Sync`: the answers that fit its budget | anti-entropy passes: the offers of many partitions' sessions in one round trip (the digest fallback's requests still go one per `Sync`) |
 //! | `PushIdempotent { push, id, record }` (version 4) | `Applied` once durable | write fan-out of a write with an idempotency id: the replicas keep its record, so a retry on any of them is applied once (from version 5 the record travels inside the pushed record's delta, and a plain `Push` is sent) |
 //!
 //! Any successful request counts as a heartbeat from its sender.
@@ -217,11 +217,12 @@ pub enum PeerMessageV1 {
         /// What the coordinator recorded for it.
         record: crate::layout::IdempotencyRecord,
     },
-    /// Anti-entropy messages of several partitions in one request (protocol version 5): each is
+    /// Anti-entropy offers of several partitions in one request (protocol version 5): each is
     /// answered as a `Sync` of its own would be, all in one `Sync` reply (at most
-    /// [`MAX_SYNC_BATCH`] messages, one per partition). A pass over many partitions then costs a
-    /// few round trips instead of one per partition. An answer that would take the reply past its
-    /// byte budget is left out; the sender asks again.
+    /// [`MAX_SYNC_BATCH`] offers, one per partition; other requests are refused). A pass over many
+    /// partitions then costs a few round trips instead of one per partition. From the first answer
+    /// that would take the reply past its byte budget on, answers are left out; the sender asks
+    /// for them again.
     SyncBatch(Vec<SyncMessage>),
 }
 

@@ -9,13 +9,15 @@
 //! node is draining and hands the partition to its new replicas). It calls the storage (which
 //! blocks, and joins replicated state under the node's key locks) and the network (through the
 //! runtime handle). A pass starts with one exchange comparing the vectors of every shared partition,
-//! and runs rounds only for those that differ — compared again once per `sync_interval_ms` while the
-//! pass lasts, since each round costs a round trip and a comparison made during a burst of writes
-//! soon goes stale. An idle pair costs one small request per pass. A peer the failure detector
-//! holds dead is skipped until it answers gossip again.
+//! and runs rounds only for those that differ. With a peer of protocol version 5 the rounds run
+//! together: their offers travel in `SyncBatch`es, the digest fallback's requests one per `Sync`
+//! ([`Link::pass_batched`]). With an older peer they run one after the other, a round trip each,
+//! and the vectors of what is left are compared again once per `sync_interval_ms` (a comparison
+//! made during a burst of writes soon goes stale). An idle pair costs one small request per pass.
+//! A peer the failure detector holds dead is skipped until it answers gossip again.
 
 use meridian_crdt::NodeId;
-use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncSession};
+use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncMessageV1, SyncSession};
 use meridian_replication::SafeReport;
 use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -56,11 +58,12 @@ pub fn answer_sync(
 /// The reply budget of a `SyncBatch`: well inside the peer protocol's message cap.
 const BATCH_REPLY_BYTES: usize = 4 << 20;
 
-/// Answers a `SyncBatch` from `from`: each message as [`answer_sync`] would, with the reply
+/// Answers a `SyncBatch` of offers from `from`: each as [`answer_sync`] would, with the reply
 /// budget shared between them (each answer's `max_bytes` is the budget's share, at least the
-/// protocol's minimum). An answer that fails, or that would take the reply past the budget (a
-/// single record larger than its share travels alone, as always), is left out: the sender's
-/// session treats it as a lost request. Blocks.
+/// protocol's minimum: an offer's answer is a page of records, and its session asks for the next).
+/// A refused offer is left out (logged and counted, as a refused `Sync` is); at the first answer
+/// that would take the reply past the budget, it and the rest are left out, and the sender asks
+/// for them again first in its next batch. Blocks.
 pub fn answer_sync_batch(
     mut store: EngineSyncStore,
     config: SyncConfig,
@@ -74,10 +77,20 @@ pub fn answer_sync_batch(
     let mut replies = Vec::new();
     let mut bytes = 0usize;
     for message in messages {
-        let Ok(answers) = answer_one(&mut store, config.clone(), local, from, message, residency) else { continue };
+        let partition = message.partition().0;
+        let answers = match answer_one(&mut store, config.clone(), local, from, message, residency) {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::warn!(peer = %from, partition, error = %e, "refused an anti-entropy request of a batch");
+                metrics::counter!("meridian_peer_refused_total", "reason" => "sync").increment(1);
+                continue;
+            }
+        };
         let size: usize = answers.iter().map(SyncMessage::wire_len).sum();
         if bytes > 0 && bytes + size > BATCH_REPLY_BYTES {
-            continue;
+            // This one and the rest are asked again, this one first: it then travels alone if
+            // it must (a single record larger than its share), as on the single path.
+            break;
         }
         bytes += size;
         replies.extend(answers);
@@ -276,6 +289,11 @@ pub fn spawn_peer_sync(
         .expect("spawning a sync thread")
 }
 
+/// Whether `message` is an offer (the only request a `SyncBatch` carries).
+pub fn is_offer(message: &SyncMessage) -> bool {
+    matches!(message, SyncMessage::V1(SyncMessageV1::Offer { .. }))
+}
+
 /// Takes what a session's exchanges produced: what the peer's offers proved about its own log
 /// (causal reads here may now serve writes of its up to that time), and finished rounds' figures.
 fn take_events(session: &mut SyncSession, store: &EngineSyncStore) {
@@ -385,10 +403,13 @@ impl Link<'_> {
     }
 
     /// Lets the sessions of `due` partitions (`sessions` is indexed by partition) run their rounds
-    /// together: their requests go in `SyncBatch`es of at most [`MAX_SYNC_BATCH`], and each answer
-    /// goes to its partition's session, whose next request joins the next batch. A request the
-    /// peer left unanswered is as if lost (the session sends it again once due). The first
-    /// failure is returned once the rest of the pass is done.
+    /// together. Their offers — the first request of every round, and the next one while records
+    /// remain — go in `SyncBatch`es of at most [`MAX_SYNC_BATCH`]; the digest fallback's requests
+    /// (each a scan of the partition on the peer) go one per `Sync`, as in a sequential pass. Each
+    /// answer goes to its partition's session, whose next request joins the queue. An offer the
+    /// peer left out of a batch's answer is asked again once, first in the next batch; left out
+    /// twice, the pass is incomplete (the session sends it again once due). A refused request
+    /// fails the pass once the rest is done; a transport failure ends it at once.
     fn pass_batched(
         &self,
         sessions: &mut [SyncSession],
@@ -398,25 +419,47 @@ impl Link<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), PassFailed> {
         let mut failed = None;
-        let mut outbound: VecDeque<SyncMessage> = VecDeque::new();
+        let (mut offers, mut others) = (VecDeque::new(), VecDeque::new());
+        let queue = |message: SyncMessage, offers: &mut VecDeque<SyncMessage>, others: &mut VecDeque<SyncMessage>| {
+            if is_offer(&message) {
+                offers.push_back(message);
+            } else {
+                others.push_back(message);
+            }
+        };
         for &partition in due {
             let session = &mut sessions[usize::from(partition)];
             if let Err(e) = session.tick(store, now_ms) {
                 failed.get_or_insert(PassFailed::Session(e.to_string()));
             }
-            outbound.extend(std::iter::from_fn(|| session.poll_outbound()));
+            while let Some(message) = session.poll_outbound() {
+                queue(message, &mut offers, &mut others);
+            }
             take_events(session, store);
         }
+        let mut asked_again = BTreeSet::new();
         for _ in 0..MAX_EXCHANGES_PER_PASS {
-            if outbound.is_empty() || shutdown.is_cancelled() {
+            if shutdown.is_cancelled() {
                 break;
             }
-            let batch: Vec<SyncMessage> = outbound.drain(..outbound.len().min(MAX_SYNC_BATCH)).collect();
-            let asked: BTreeSet<u16> = batch.iter().map(|m| m.partition().0).collect();
-            let replies = match self.call(PeerMessageV1::SyncBatch(batch))? {
-                PeerReplyV1::Sync(replies) => replies,
-                other => return Err(PeerCallError::unexpected(&other).into()),
+            let (batch, request) = if let Some(message) = others.pop_front() {
+                (vec![message.clone()], PeerMessageV1::Sync(message))
+            } else if !offers.is_empty() {
+                let batch: Vec<SyncMessage> = offers.drain(..offers.len().min(MAX_SYNC_BATCH)).collect();
+                (batch.clone(), PeerMessageV1::SyncBatch(batch))
+            } else {
+                break;
             };
+            let replies = match self.call_for_batch(request) {
+                Ok(PeerReplyV1::Sync(replies)) => replies,
+                Ok(other) => return Err(PeerCallError::unexpected(&other).into()),
+                Err(e @ PeerCallError::Transport(_)) => return Err(e.into()),
+                Err(e) => {
+                    failed.get_or_insert(e.into());
+                    continue;
+                }
+            };
+            let asked: BTreeSet<u16> = batch.iter().map(|m| m.partition().0).collect();
             let mut answered = BTreeSet::new();
             for reply in replies {
                 let partition = reply.partition().0;
@@ -428,13 +471,49 @@ impl Link<'_> {
                 }
                 answered.insert(partition);
             }
+            // Left out (past the answer's budget, or refused): first in the next batch, once.
+            for message in batch.into_iter().rev().filter(|m| !answered.contains(&m.partition().0)) {
+                if asked_again.insert(message.partition().0) {
+                    offers.push_front(message);
+                } else {
+                    failed.get_or_insert(PassFailed::Session(format!(
+                        "partition {}: the peer left its request unanswered twice",
+                        message.partition().0
+                    )));
+                }
+            }
             for partition in answered {
                 let session = &mut sessions[usize::from(partition)];
-                outbound.extend(std::iter::from_fn(|| session.poll_outbound()));
+                while let Some(message) = session.poll_outbound() {
+                    queue(message, &mut offers, &mut others);
+                }
                 take_events(session, store);
             }
         }
+        if failed.is_none() && !(offers.is_empty() && others.is_empty()) {
+            failed = Some(PassFailed::Session("the pass ended with requests still to send".into()));
+        }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Sends `request` (a `Sync`, or a `SyncBatch` of offers) built for the connection it goes out
+    /// on: a connection dialled again to a node of version 4 or earlier gets the batch's first
+    /// offer alone as a `Sync` (the others go unanswered, and are asked again).
+    fn call_for_batch(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
+        let build = |version: u8| {
+            let request = match request {
+                PeerMessageV1::SyncBatch(mut batch) if version < SYNC_BATCH_VERSION && !batch.is_empty() => {
+                    PeerMessageV1::Sync(batch.swap_remove(0))
+                }
+                other => other,
+            };
+            encode_request(self.local, request)
+        };
+        let (_, _, reply) = self
+            .runtime
+            .block_on(self.pool.request_versioned(self.peer, None, build, self.timeout))
+            .map_err(|e| PeerCallError::Transport(e.to_string()))?;
+        decode_reply(&reply)
     }
 
     /// Lets one partition's session run a round if one is due, carrying its requests to the peer.
