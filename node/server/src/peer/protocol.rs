@@ -47,7 +47,7 @@ pub struct Pushed {
     pub reports: Vec<SafeReport>,
 }
 
-/// Most anti-entropy messages in one `SyncBatch` (one per partition a pass runs a round of).
+/// Most anti-entropy offers in one `SyncBatch` (one per partition a pass runs a round of).
 pub const MAX_SYNC_BATCH: usize = 64;
 
 /// Largest peer message decoded (a hint, one record such a message carried, is bounded by the same

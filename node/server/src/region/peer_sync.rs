@@ -1,7 +1,7 @@
 //! Anti-entropy between the replicas of each partition over the mutual-TLS peer transport.
 //!
 //! The sans-IO [`SyncSession`] decides what to send; this module carries its messages as
-//! `Sync` requests of the peer protocol ((`crate::api::peer_service`)). The answering side keeps no
+//! `Sync` (and, batched, `SyncBatch`) requests of the peer protocol ([`crate::api::peer_service`]). The answering side keeps no
 //! state between requests (a fresh session per request), so a restart of either side loses nothing.
 //!
 //! Each peer is served by one thread that runs, in turn, the sessions of the partitions this node
@@ -36,7 +36,8 @@ use crate::peer::{PeerPool, SYNC_BATCH_VERSION};
 use crate::region::cluster::Cluster;
 use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 
-/// Most request/reply exchanges one partition's session may make per pass (a bound on every loop).
+/// Most request/reply exchanges one partition's session may make per pass (a bound on every loop;
+/// in a batched pass, per session).
 const MAX_EXCHANGES_PER_PASS: usize = 1024;
 
 fn now_ms(started: Instant) -> u64 {
@@ -61,7 +62,7 @@ const BATCH_REPLY_BYTES: usize = 4 << 20;
 /// Answers a `SyncBatch` of offers from `from`: each as [`answer_sync`] would, with the reply
 /// budget shared between them (each answer's `max_bytes` is the budget's share, at least the
 /// protocol's minimum: an offer's answer is a page of records, and its session asks for the next).
-/// A refused offer is left out (logged and counted, as a refused `Sync` is); at the first answer
+/// A refused offer is left out (logged, as a refused `Sync` is); at the first answer
 /// that would take the reply past the budget, it and the rest are left out, and the sender asks
 /// for them again first in its next batch. Blocks.
 pub fn answer_sync_batch(
@@ -81,8 +82,8 @@ pub fn answer_sync_batch(
         let answers = match answer_one(&mut store, config.clone(), local, from, message, residency) {
             Ok(answers) => answers,
             Err(e) => {
+                // As a refused `Sync` is: logged (it reaches the asker as a missing answer).
                 tracing::warn!(peer = %from, partition, error = %e, "refused an anti-entropy request of a batch");
-                metrics::counter!("meridian_peer_refused_total", "reason" => "sync").increment(1);
                 continue;
             }
         };
@@ -289,6 +290,57 @@ pub fn spawn_peer_sync(
         .expect("spawning a sync thread")
 }
 
+/// The requests of a batched pass waiting to go out ([`Link::pass_batched`]).
+#[derive(Default)]
+struct Queues {
+    /// Offers, for `SyncBatch`es.
+    offers: VecDeque<SyncMessage>,
+    /// The digest fallback's requests, one per `Sync`.
+    others: VecDeque<SyncMessage>,
+    /// Whether a session reached its exchanges for the pass with requests left (they are sent
+    /// again once due).
+    capped: bool,
+}
+
+impl Queues {
+    /// Queues what `session` has to send, unless it made its exchanges for the pass.
+    fn take_from(&mut self, session: &mut SyncSession, exchanges: &mut [usize]) {
+        let made = &mut exchanges[usize::from(session.partition().0)];
+        while let Some(message) = session.poll_outbound() {
+            if *made >= MAX_EXCHANGES_PER_PASS {
+                self.capped = true;
+                continue;
+            }
+            *made += 1;
+            if is_offer(&message) {
+                self.offers.push_back(message);
+            } else {
+                self.others.push_back(message);
+            }
+        }
+    }
+
+    /// Offers a batch's answer left out past its budget: first in the next batch, in order.
+    fn offers_first(&mut self, cut: Vec<SyncMessage>) {
+        for message in cut.into_iter().rev() {
+            self.offers.push_front(message);
+        }
+    }
+
+    /// The next request — a batch of offers and a fallback request taking turns — with the
+    /// messages it carries.
+    fn next(&mut self, offers_turn: &mut bool) -> Option<(Vec<SyncMessage>, PeerMessageV1)> {
+        let take_offers = !self.offers.is_empty() && (*offers_turn || self.others.is_empty());
+        *offers_turn = !*offers_turn;
+        if take_offers {
+            let batch: Vec<SyncMessage> = self.offers.drain(..self.offers.len().min(MAX_SYNC_BATCH)).collect();
+            return Some((batch.clone(), PeerMessageV1::SyncBatch(batch)));
+        }
+        let message = self.others.pop_front()?;
+        Some((vec![message.clone()], PeerMessageV1::Sync(message)))
+    }
+}
+
 /// Whether `message` is an offer (the only request a `SyncBatch` carries).
 pub fn is_offer(message: &SyncMessage) -> bool {
     matches!(message, SyncMessage::V1(SyncMessageV1::Offer { .. }))
@@ -405,11 +457,17 @@ impl Link<'_> {
     /// Lets the sessions of `due` partitions (`sessions` is indexed by partition) run their rounds
     /// together. Their offers — the first request of every round, and the next one while records
     /// remain — go in `SyncBatch`es of at most [`MAX_SYNC_BATCH`]; the digest fallback's requests
-    /// (each a scan of the partition on the peer) go one per `Sync`, as in a sequential pass. Each
-    /// answer goes to its partition's session, whose next request joins the queue. An offer the
-    /// peer left out of a batch's answer is asked again once, first in the next batch; left out
-    /// twice, the pass is incomplete (the session sends it again once due). A refused request
-    /// fails the pass once the rest is done; a transport failure ends it at once.
+    /// (each a scan of the partition on the peer) go one per `Sync`, a batch of offers and a
+    /// fallback request taking turns so neither starves the other. Each answer goes to its
+    /// partition's session, whose next request joins the queue; each session makes at most
+    /// [`MAX_EXCHANGES_PER_PASS`] exchanges per pass.
+    ///
+    /// The answerer answers a batch's offers in order and stops at its byte budget, so the offers
+    /// after the last one answered were cut by the budget: they go first in the next batch (the
+    /// first offer of a batch always fits). An offer left out before one that was answered, or
+    /// first in its batch, was refused, as is a fallback request left unanswered: the pass fails
+    /// once the rest is done (the session sends it again once due). A transport failure ends the
+    /// pass at once.
     fn pass_batched(
         &self,
         sessions: &mut [SyncSession],
@@ -419,37 +477,19 @@ impl Link<'_> {
         shutdown: &CancellationToken,
     ) -> Result<(), PassFailed> {
         let mut failed = None;
-        let (mut offers, mut others) = (VecDeque::new(), VecDeque::new());
-        let queue = |message: SyncMessage, offers: &mut VecDeque<SyncMessage>, others: &mut VecDeque<SyncMessage>| {
-            if is_offer(&message) {
-                offers.push_back(message);
-            } else {
-                others.push_back(message);
-            }
-        };
+        let mut queues = Queues::default();
+        let mut exchanges = vec![0usize; sessions.len()];
         for &partition in due {
             let session = &mut sessions[usize::from(partition)];
             if let Err(e) = session.tick(store, now_ms) {
                 failed.get_or_insert(PassFailed::Session(e.to_string()));
             }
-            while let Some(message) = session.poll_outbound() {
-                queue(message, &mut offers, &mut others);
-            }
+            queues.take_from(session, &mut exchanges);
             take_events(session, store);
         }
-        let mut asked_again = BTreeSet::new();
-        for _ in 0..MAX_EXCHANGES_PER_PASS {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let (batch, request) = if let Some(message) = others.pop_front() {
-                (vec![message.clone()], PeerMessageV1::Sync(message))
-            } else if !offers.is_empty() {
-                let batch: Vec<SyncMessage> = offers.drain(..offers.len().min(MAX_SYNC_BATCH)).collect();
-                (batch.clone(), PeerMessageV1::SyncBatch(batch))
-            } else {
-                break;
-            };
+        let mut offers_turn = true;
+        while !shutdown.is_cancelled() {
+            let Some((batch, request)) = queues.next(&mut offers_turn) else { break };
             let replies = match self.call_for_batch(request) {
                 Ok(PeerReplyV1::Sync(replies)) => replies,
                 Ok(other) => return Err(PeerCallError::unexpected(&other).into()),
@@ -471,27 +511,29 @@ impl Link<'_> {
                 }
                 answered.insert(partition);
             }
-            // Left out (past the answer's budget, or refused): first in the next batch, once.
-            for message in batch.into_iter().rev().filter(|m| !answered.contains(&m.partition().0)) {
-                if asked_again.insert(message.partition().0) {
-                    offers.push_front(message);
+            let last_answered = batch.iter().rposition(|m| answered.contains(&m.partition().0));
+            let mut cut = Vec::new();
+            for (index, message) in batch.into_iter().enumerate() {
+                let partition = message.partition().0;
+                if answered.contains(&partition) {
+                    continue;
+                }
+                if is_offer(&message) && last_answered.is_some_and(|last| index > last) {
+                    cut.push(message);
                 } else {
-                    failed.get_or_insert(PassFailed::Session(format!(
-                        "partition {}: the peer left its request unanswered twice",
-                        message.partition().0
-                    )));
+                    failed.get_or_insert(PassFailed::Session(format!("partition {partition}: the peer refused it")));
                 }
             }
+            queues.offers_first(cut);
             for partition in answered {
                 let session = &mut sessions[usize::from(partition)];
-                while let Some(message) = session.poll_outbound() {
-                    queue(message, &mut offers, &mut others);
-                }
+                queues.take_from(session, &mut exchanges);
                 take_events(session, store);
             }
         }
-        if failed.is_none() && !(offers.is_empty() && others.is_empty()) {
-            failed = Some(PassFailed::Session("the pass ended with requests still to send".into()));
+        if failed.is_none() && !shutdown.is_cancelled() && queues.capped {
+            failed =
+                Some(PassFailed::Session(format!("a session made {MAX_EXCHANGES_PER_PASS} exchanges in this pass")));
         }
         failed.map_or(Ok(()), Err)
     }
@@ -602,5 +644,66 @@ mod tests {
         let first = offers[0].partition().0;
         let reply = answer_sync_batch(store, SyncConfig::default(), NodeId(1), NodeId(3), offers, None).unwrap();
         assert_eq!(answered(reply), vec![(first, 1)]);
+    }
+
+    fn offer(partition: u16) -> SyncMessage {
+        SyncMessage::V1(SyncMessageV1::Offer {
+            partition: PartitionId(partition),
+            request: 1,
+            vv: VersionVector::new(),
+            safe_hlc: 0,
+        })
+    }
+
+    fn digest_request(partition: u16) -> SyncMessage {
+        SyncMessage::V1(SyncMessageV1::DigestRequest {
+            partition: PartitionId(partition),
+            request: 2,
+            split_bits: 2,
+            full: true,
+            parents: vec![],
+        })
+    }
+
+    fn partitions(messages: &[SyncMessage]) -> Vec<u16> {
+        messages.iter().map(|m| m.partition().0).collect()
+    }
+
+    #[test]
+    fn a_batched_pass_alternates_offer_batches_and_fallback_requests_and_resends_cut_offers_first() {
+        let mut queues = Queues::default();
+        queues.offers.extend((0..(MAX_SYNC_BATCH as u16 + 2)).map(offer));
+        queues.others.extend([digest_request(500), digest_request(501)]);
+        let mut offers_turn = true;
+        let (batch, request) = queues.next(&mut offers_turn).unwrap();
+        assert!(matches!(request, PeerMessageV1::SyncBatch(_)));
+        assert_eq!(partitions(&batch), (0..MAX_SYNC_BATCH as u16).collect::<Vec<_>>(), "a full batch, in order");
+        // The budget cut the batch after its 10th answer: those go first next time, in order.
+        queues.offers_first(batch[10..].to_vec());
+        let (batch, request) = queues.next(&mut offers_turn).unwrap();
+        assert!(matches!(request, PeerMessageV1::Sync(_)), "a fallback request's turn");
+        assert_eq!(partitions(&batch), [500]);
+        let (batch, _) = queues.next(&mut offers_turn).unwrap();
+        let mut expected: Vec<u16> = (10..MAX_SYNC_BATCH as u16).collect();
+        expected.extend([MAX_SYNC_BATCH as u16, MAX_SYNC_BATCH as u16 + 1]);
+        assert_eq!(partitions(&batch), expected, "cut offers first, then the rest");
+        assert_eq!(partitions(&queues.next(&mut offers_turn).unwrap().0), [501]);
+        assert!(queues.next(&mut offers_turn).is_none());
+    }
+
+    #[test]
+    fn a_session_makes_a_bounded_number_of_exchanges_per_batched_pass() {
+        let (mut store, _) = store_and_offers(&[]);
+        let mut session = SyncSession::new(SyncConfig::default(), PartitionId(3), NodeId(1), NodeId(2), 1).unwrap();
+        let mut exchanges = vec![0; 256];
+        let mut queues = Queues::default();
+        session.tick(&mut store, 0).unwrap();
+        queues.take_from(&mut session, &mut exchanges);
+        assert_eq!((partitions(&Vec::from(queues.offers.clone())), exchanges[3], queues.capped), (vec![3], 1, false));
+        exchanges[3] = MAX_EXCHANGES_PER_PASS;
+        let mut again = SyncSession::new(SyncConfig::default(), PartitionId(3), NodeId(1), NodeId(2), 9).unwrap();
+        again.tick(&mut store, 0).unwrap();
+        queues.take_from(&mut again, &mut exchanges);
+        assert!(queues.capped && queues.offers.len() == 1, "not queued past the bound, and noted");
     }
 }
