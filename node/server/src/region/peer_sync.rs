@@ -11,7 +11,7 @@
 //! runtime handle). A pass starts with one exchange comparing the vectors of every shared partition,
 //! and runs rounds only for those that differ. With a peer of protocol version 5 the rounds run
 //! together: their offers travel in `SyncBatch`es, the digest fallback's requests one per `Sync`
-//! ([`Link::pass_batched`]). With an older peer they run one after the other, a round trip each,
+//! (`Link::pass_batched`). With an older peer they run one after the other, a round trip each,
 //! and the vectors of what is left are compared again once per `sync_interval_ms` (a comparison
 //! made during a burst of writes soon goes stale). An idle pair costs one small request per pass.
 //! A peer the failure detector holds dead is skipped until it answers gossip again.
