@@ -195,10 +195,15 @@ async fn residency_holds_with_truncated_logs() {
     let _serial = serial().await;
     let seed = seed();
     println!("residency with truncated logs: seed {seed}");
-    let node_env =
-        [("MERIDIAN_STORAGE__LOG_RETENTION_S", "1"), ("MERIDIAN_STORAGE__LOG_TRUNCATION_INTERVAL_MS", "500")]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .to_vec();
+    // No hints: a replica that missed records must pull them, past logs kept 1 s, so the digest
+    // fallback surely runs (with hints, a fast anti-entropy pass can leave it nothing to do).
+    let node_env = [
+        ("MERIDIAN_STORAGE__LOG_RETENTION_S", "1"),
+        ("MERIDIAN_STORAGE__LOG_TRUNCATION_INTERVAL_MS", "500"),
+        ("MERIDIAN_PEER__MAX_HINTS_PER_NODE", "0"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
     let spec = GeoSpec { seed, node_env, ..GeoSpec::default() };
     with_cluster("residency_holds_with_truncated_logs", spec, DEADLINE, move |geo| Box::pin(scenario(geo, seed, true)))
         .await;
