@@ -162,6 +162,16 @@ fn stored_visits(engine: &MemoryEngine) -> i64 {
     }
 }
 
+/// Waits (bounded) until `engine` holds the counter at `value`; `what` names the wait.
+async fn wait_for_visits(engine: &MemoryEngine, value: i64, what: &str) {
+    let held = async {
+        while stored_visits(engine) != value {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    bounded(what, held).await;
+}
+
 /// A three-node region speaking at most `version`: n3 is down while the first attempt is made
 /// through n1 (n2 acknowledges it, n1 keeps a hint for n3); n1 dies, its hint with it; n3 comes
 /// back and gets the write by anti-entropy from n2 alone; the client retries on n3. Returns the
@@ -174,12 +184,7 @@ async fn retry_on_a_replica_that_caught_up_by_anti_entropy(version: u8) -> (Repl
     shutdown(nodes.pop().unwrap()).await;
     wait_for_region(&clients[0], 1).await;
     let first = clients[0].raw(increment(5)).await.unwrap();
-    let on_n2 = async {
-        while stored_visits(&engines[1]) != 5 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    bounded("n2 holds the first attempt", on_n2).await;
+    wait_for_visits(&engines[1], 5, "n2 holds the first attempt").await;
 
     // n1 dies before the client hears back (its hint for n3 dies with it); n3 comes back and
     // catches up from n2.
@@ -187,12 +192,7 @@ async fn retry_on_a_replica_that_caught_up_by_anti_entropy(version: u8) -> (Repl
     shutdown(nodes.remove(0)).await;
     let n3 = bounded("restart n3", start_with_engine(configs[2].clone(), engines[2].clone())).await.unwrap();
     let n3_client = client(&n3).await;
-    let caught_up = async {
-        while stored_visits(&engines[2]) != 5 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    bounded("n3 catches up from n2 by anti-entropy", caught_up).await;
+    wait_for_visits(&engines[2], 5, "n3 catches up from n2 by anti-entropy").await;
 
     // The client retries the same write on n3.
     let retried = n3_client.raw(increment(5)).await.unwrap();
@@ -235,12 +235,7 @@ async fn a_retry_on_a_replica_that_got_the_write_by_anti_entropy_is_applied_once
 async fn retry_in_another_region(version: u8) -> (Reply, Reply, i64) {
     let mut started = start_nodes(&["us-east", "eu-west"], version).await;
     let first = started.clients[0].raw(increment(5)).await.unwrap();
-    let shipped = async {
-        while stored_visits(&started.engines[1]) != 5 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    bounded("eu-west holds the first attempt", shipped).await;
+    wait_for_visits(&started.engines[1], 5, "eu-west holds the first attempt").await;
 
     started.clients.remove(0).close().await;
     shutdown(started.nodes.remove(0)).await;
