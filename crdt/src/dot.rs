@@ -183,6 +183,22 @@ impl DotContext {
         self.compact();
     }
 
+    /// Every dot in the context, if there are at most `limit` of them (`None` otherwise): what a
+    /// storage engine enumerates to find the elements a small delta removes.
+    pub fn dots_within(&self, limit: usize) -> Option<Vec<Dot>> {
+        let mut total = self.cloud.len() as u64;
+        for (_, seq) in self.vv.iter() {
+            total = total.saturating_add(seq);
+        }
+        if total > limit as u64 {
+            return None;
+        }
+        let mut dots: Vec<Dot> =
+            self.vv.iter().flat_map(|(node, top)| (1..=top).map(move |seq| Dot::new(node, seq))).collect();
+        dots.extend(self.cloud.iter().copied());
+        Some(dots)
+    }
+
     /// Folds every cloud dot that extends a node's gap-free prefix into the vector, and drops cloud
     /// dots the vector already covers. Keeps the representation canonical, so equal contexts compare equal.
     pub fn compact(&mut self) {

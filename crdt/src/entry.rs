@@ -348,6 +348,15 @@ impl Entry {
         &self.body
     }
 
+    /// The set body, if the entry holds a set: for a storage engine that keeps a set's elements in
+    /// records of their own (see [`AwSet::put_tagged`]).
+    pub fn set_mut(&mut self) -> Option<&mut AwSet<Vec<u8>>> {
+        match &mut self.body {
+            Body::Set(set) => Some(set),
+            _ => None,
+        }
+    }
+
     /// Joins another replica's state (or a delta) into this one. Never fails: the `Result` is kept for
     /// API stability, and [`CrdtError::TypeConflict`] is no longer produced.
     ///

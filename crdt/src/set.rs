@@ -45,6 +45,42 @@ impl<E: Ord + Clone> AwSet<E> {
         self.entries.is_empty()
     }
 
+    /// The dots that tag `element`, if it is present.
+    pub fn dots_of(&self, element: &E) -> Option<&BTreeSet<Dot>> {
+        self.entries.get(element)
+    }
+
+    /// The elements with their dots, in order.
+    pub fn tagged(&self) -> impl Iterator<Item = (&E, &BTreeSet<Dot>)> {
+        self.entries.iter()
+    }
+
+    /// The causal context: every dot this state has seen (held or removed).
+    pub fn context(&self) -> &DotContext {
+        &self.ctx
+    }
+
+    /// Takes the elements out, leaving the context: a storage engine that keeps each element in its
+    /// own record stores what is left as the set's header.
+    pub fn take_tagged(&mut self) -> BTreeMap<E, BTreeSet<Dot>> {
+        std::mem::take(&mut self.entries)
+    }
+
+    /// Puts `element` back with its `dots` (an empty set of dots removes it): how a storage engine
+    /// rebuilds a state, or the part of it a delta touches, from its records.
+    ///
+    /// A part of a state joins like the whole for the elements it holds: [`Lattice::join`] decides
+    /// each element from its own dots and the two contexts alone. So joining a delta into the part
+    /// that holds every element the delta names *or whose dots its context covers* gives, for those
+    /// elements, what joining it into the whole would, and leaves every other element as it was.
+    pub fn put_tagged(&mut self, element: E, dots: BTreeSet<Dot>) {
+        if dots.is_empty() {
+            self.entries.remove(&element);
+        } else {
+            self.entries.insert(element, dots);
+        }
+    }
+
     /// The delta that adds every element of `elements` on behalf of `node` (one fresh dot each).
     pub fn add_delta<'a, I>(&self, node: NodeId, elements: I) -> AwSet<E>
     where

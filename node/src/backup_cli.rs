@@ -337,12 +337,15 @@ pub struct RestoreOutcome {
 pub fn restore(dir: &Path, selector: &Selector, data_dir: &Path, replace: bool) -> anyhow::Result<RestoreOutcome> {
     let started = Instant::now();
     let manifest = select(dir, selector)?;
-    if manifest.storage_format != meridian_server::storage::FORMAT_VERSION {
+    // An older format still readable is migrated when the restored node opens it.
+    let readable = meridian_server::storage::OLDEST_FORMAT_VERSION..=meridian_server::storage::FORMAT_VERSION;
+    if !readable.contains(&manifest.storage_format) {
         bail!(
-            "backup {} holds storage format {}, this build reads {}: restore it with meridian {} and upgrade that node",
+            "backup {} holds storage format {}, this build reads {} to {}: restore it with meridian {} and upgrade that node",
             manifest.id,
             manifest.storage_format,
-            meridian_server::storage::FORMAT_VERSION,
+            readable.start(),
+            readable.end(),
             manifest.meridian_version
         );
     }

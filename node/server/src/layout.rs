@@ -2,7 +2,7 @@
 //!
 //! | space | key | value |
 //! |---|---|---|
-//! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state |
+//! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state, or for a set the header of its per-element records ([`StoredEntry::Split`]) |
 //! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced (`V3`: with the write's idempotency record) |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
@@ -18,6 +18,8 @@
 //! | `Meta` | `auth/state` | the cluster's users, grants and tokens (`crate::auth::state::AuthRecord`, a CRDT) |
 //! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got (kept by the coordinator and by every replica that applies the write's `V3` log record) |
 //! | `Hints` | `[target: u64 BE][partition: u16 BE][origin: u64 BE][seq: u64 BE]` | a log record (`SyncRecord`) kept for a replica that missed it |
+//! | `Elements` | `[data key len: u16 BE][data key][0][element]` | [`ElementRecord`]: one element of a set and the dots that tag it |
+//! | `Elements` | `[data key len: u16 BE][data key][1][origin: u64 BE][seq: u64 BE]` | [`DotIndexRecord`]: the element a live dot tags (how a remove, which names only dots, finds its elements) |
 //!
 //! Every key the node stores is built in this file; the modules that own the records (the store,
 //! the region's membership and hints, residency) only call the builders.
@@ -64,6 +66,13 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// How errors (which end up in logs and in refusals sent to peers) name a key: by a stable hash,
+/// never its bytes — a key's name is data, and may belong to a region whose data must not show
+/// up in this node's logs.
+pub fn show_data_key(data_key: &[u8]) -> String {
+    format!("#{:016x}", stable_hash(data_key))
 }
 
 /// Number of partitions the keyspace is cut into (fixed; see `docs/design/replication.md`).
@@ -211,6 +220,116 @@ pub enum StoredEntry {
     /// a key's stored state; stripped to `V2` for peers of earlier versions
     /// ([`strip_idempotency`]).
     V3(Stored, Box<KeptIdempotency>),
+    /// The header of a set kept one record per element (storage format 2, `crate::states`): only
+    /// ever a `Data` value, never shipped — a peer's state or delta that is one is malformed.
+    Split(SplitHeader),
+}
+
+/// What a set kept one record per element stores under its data key: the state without its
+/// elements (presence, the set's causal context, the dependencies) and how many elements it has.
+/// Its elements are `Elements` records ([`element_key`]), each with its dots, and every dot they
+/// hold has an index record ([`dot_index_key`]) naming its element.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitHeader {
+    /// The state with a set body that holds no element.
+    pub stored: Stored,
+    /// Number of element records.
+    pub elements: u64,
+    /// What the elements add to the state's encoded size (see `crate::states`): with the header,
+    /// the size the key's caps count, known without reading the elements.
+    pub element_bytes: u64,
+    /// Raised by every write of the key here (a local count, not replicated): a reader that
+    /// assembles the state from several reads sees the same value before and after only if no
+    /// write came between.
+    pub writes: u64,
+}
+
+/// A key's `Data` value, decoded: the whole state, or the header of a state kept per element.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateRecord {
+    /// The whole state.
+    Whole(Stored),
+    /// The header of a set kept one record per element.
+    Split(SplitHeader),
+}
+
+/// Decodes a key's `Data` value.
+pub fn decode_state(bytes: &[u8]) -> Result<StateRecord, codec::CodecError> {
+    Ok(match decode::<StoredEntry>(bytes)? {
+        StoredEntry::Split(header) => StateRecord::Split(header),
+        other => StateRecord::Whole(other.into_stored()?),
+    })
+}
+
+/// Whether a `Data` value is a [`StoredEntry::Split`] header, from its variant byte alone (the
+/// codec's format byte, then the variant index, one byte while below 251).
+pub fn is_split_value(bytes: &[u8]) -> bool {
+    bytes.get(1) == Some(&3)
+}
+
+/// Encodes the header of a set kept per element.
+pub fn encode_split(header: &SplitHeader) -> Vec<u8> {
+    encode(&StoredEntry::Split(header.clone()))
+}
+
+/// An element's record (`Elements` space): the dots that tag it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ElementRecord {
+    /// Version 1.
+    V1(Vec<meridian_crdt::Dot>),
+}
+
+/// What a dot's index record (`Elements` space) names: the element the dot tags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DotIndexRecord {
+    /// Version 1.
+    V1(Vec<u8>),
+}
+
+/// The prefix of every `Elements` record of the collection at `data_key`:
+/// `[data key length: u16 BE][data key]`, so one collection's records never share a prefix with
+/// another's.
+pub fn collection_prefix(data_key: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(data_key.len()).expect("data keys are validated far below 64 KiB");
+    let mut out = Vec::with_capacity(2 + data_key.len() + 1);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data_key);
+    out
+}
+
+/// The prefix of the element records of the collection at `data_key` (tag `0`), in element order.
+pub fn elements_prefix(data_key: &[u8]) -> Vec<u8> {
+    let mut out = collection_prefix(data_key);
+    out.push(0);
+    out
+}
+
+/// The `Elements` key of `element` of the collection at `data_key`.
+pub fn element_key(data_key: &[u8], element: &[u8]) -> Vec<u8> {
+    let mut out = elements_prefix(data_key);
+    out.extend_from_slice(element);
+    out
+}
+
+/// The prefix of the dot index records of the collection at `data_key` (tag `1`).
+pub fn dot_index_prefix(data_key: &[u8]) -> Vec<u8> {
+    let mut out = collection_prefix(data_key);
+    out.push(1);
+    out
+}
+
+/// The `Elements` key of the index record of `dot` in the collection at `data_key`.
+pub fn dot_index_key(data_key: &[u8], dot: meridian_crdt::Dot) -> Vec<u8> {
+    let mut out = dot_index_prefix(data_key);
+    out.extend_from_slice(&dot.node.0.to_be_bytes());
+    out.extend_from_slice(&dot.seq.to_be_bytes());
+    out
+}
+
+/// The data key an `Elements` record belongs to (`None`: not an `Elements` key).
+pub fn collection_of(elements_key: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(u16::from_be_bytes(elements_key.get(..2)?.try_into().ok()?));
+    elements_key.get(2..2 + len)
 }
 
 /// The first peer protocol version whose shipped deltas may carry idempotency records
@@ -281,11 +400,15 @@ impl Stored {
 }
 
 impl StoredEntry {
-    /// The state and its dependencies, whatever the version.
-    pub fn into_stored(self) -> Stored {
+    /// The state and its dependencies, whatever the version; a [`StoredEntry::Split`] header is
+    /// not a state (only `crate::states` reads one, with its elements).
+    fn into_stored(self) -> Result<Stored, codec::CodecError> {
         match self {
-            StoredEntry::V1(entry) => Stored::bare(entry),
-            StoredEntry::V2(stored) | StoredEntry::V3(stored, _) => stored,
+            StoredEntry::V1(entry) => Ok(Stored::bare(entry)),
+            StoredEntry::V2(stored) | StoredEntry::V3(stored, _) => Ok(stored),
+            StoredEntry::Split(_) => {
+                Err(codec::CodecError::Malformed("the header of a set kept per element, not a state".into()))
+            }
         }
     }
 }
@@ -297,7 +420,7 @@ pub fn encode_stored(stored: &Stored) -> Vec<u8> {
 
 /// Decodes what [`encode_stored`] wrote (or a version-1 state).
 pub fn decode_stored(bytes: &[u8]) -> Result<Stored, codec::CodecError> {
-    decode::<StoredEntry>(bytes).map(StoredEntry::into_stored)
+    decode::<StoredEntry>(bytes)?.into_stored()
 }
 
 /// Encodes a write's delta as shipped: with its idempotency record when it has one
@@ -315,6 +438,7 @@ pub fn decode_delta(bytes: &[u8]) -> Result<(Stored, Option<KeptIdempotency>), c
         StoredEntry::V1(entry) => (Stored::bare(entry), None),
         StoredEntry::V2(stored) => (stored, None),
         StoredEntry::V3(stored, kept) => (stored, Some(*kept)),
+        split @ StoredEntry::Split(_) => (split.into_stored()?, None),
     })
 }
 

@@ -9,7 +9,8 @@
 //!
 //! 1. foundation: [`config`], [`certs`], [`metrics_export`], [`tls`];
 //! 2. [`storage`]: the engine trait, RocksDB and its in-memory twin;
-//! 3. [`layout`]: every key the node stores and its versioned record formats;
+//! 3. [`layout`]: every key the node stores and its versioned record formats; [`states`]: how a
+//!    key's state is kept (whole, or a set one record per element);
 //! 4. [`residency`], [`auth`]: the policies — residency (rules, decisions, screens, audit) and
 //!    client authentication (users, roles, tokens);
 //! 5. [`store`]: group commit, key locks, the anti-entropy store, safe times;
@@ -32,6 +33,7 @@ pub mod region;
 pub mod replica;
 pub mod residency;
 pub mod serve;
+pub mod states;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     ("foundation", &["config", "certs", "metrics_export", "telemetry", "tls"]),
     ("storage", &["storage"]),
-    ("layout", &["layout"]),
+    ("layout", &["layout", "states"]),
     ("policy", &["residency", "auth"]),
     ("store", &["store"]),
     ("request errors", &["error"]),

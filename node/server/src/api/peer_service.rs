@@ -15,8 +15,7 @@ use crate::peer::protocol::{
 };
 use crate::peer::{PeerHandler, PeerIdentity, TraceContext};
 use crate::region::cluster::{Cluster, MergeRefused};
-use crate::storage::Space;
-use crate::store::sync_store::EngineSyncStore;
+use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 use tracing::Instrument as _;
 
 /// Serves every peer request of one node.
@@ -200,8 +199,13 @@ impl PeerService {
                 if !self.node.residency().allowed_in(&peer.region, &key) {
                     return Ok(PeerReplyV1::State(None));
                 }
-                let state = self.node.replica().engine().get(Space::Data, &key).map_err(PeerRefusal::Read)?;
-                Ok(PeerReplyV1::State(state))
+                // A set kept per element is assembled: the asker joins whole states.
+                let engine = self.node.replica().engine().clone();
+                blocking(move || {
+                    let state = crate::states::load_whole(engine.as_ref(), &key).map_err(SyncStoreError::from)?;
+                    Ok(PeerReplyV1::State(state.map(|state| crate::layout::encode_stored(&state))))
+                })
+                .await
             }
             PeerMessageV1::PrefixStates { partition, rule, namespace, prefix, after, limit } => {
                 check_partition(partition)?;

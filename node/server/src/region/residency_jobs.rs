@@ -97,6 +97,14 @@ pub async fn run(coordinator: Arc<Coordinator>, store: EngineSyncStore, shutdown
     }
 }
 
+/// A state that could not be read, as the storage failure this module reports.
+fn state_storage_error(e: crate::states::StateError) -> StorageError {
+    match e {
+        crate::states::StateError::Storage(e) => e,
+        other => StorageError::Corrupt(other.to_string()),
+    }
+}
+
 /// Removes from this node every key `job.rule` covers that its region may not hold (see the module
 /// docs), then compacts storage.
 pub(crate) fn purge(node: &Replica, cluster: Option<&Cluster>, job: &Job) -> Result<(), StorageError> {
@@ -115,7 +123,8 @@ pub(crate) fn purge(node: &Replica, cluster: Option<&Cluster>, job: &Job) -> Res
             node.writer().apply_under_key_locks(&locks, || -> Result<Batch, StorageError> {
                 let mut batch = Batch::new();
                 for key in &doomed {
-                    batch.delete(Space::Data, key.clone());
+                    // With a set's element records.
+                    crate::states::delete(engine.as_ref(), &mut batch, key).map_err(state_storage_error)?;
                 }
                 Ok(batch)
             })?;
@@ -558,6 +567,10 @@ pub fn serve_prefix_states(node: &Replica, region: &str, ask: PrefixAsk) -> Resu
             if layout::partition_of(&key) != ask.partition || !residency.allowed_in(region, &key) {
                 continue;
             }
+            // A set kept per element goes out whole.
+            let whole = crate::states::whole_value(node.engine().as_ref(), &key, state)
+                .map_err(|e| PeerRefusal::Read(state_storage_error(e)))?;
+            let Some(state) = whole else { continue };
             states.push(KeyState { key, state });
             if states.len() == limit {
                 let next = states.last().map(|s: &KeyState| s.key.clone());

@@ -56,6 +56,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::layout::{self, IdempotencyRecord, LogRecord, Stored};
 use crate::residency::Residency;
+use crate::states;
 use crate::storage::{Batch, Durability, Engine, Space, StorageError};
 use crate::store::commit::GroupCommitter;
 use crate::store::safe_times::SafeTimeBook;
@@ -106,6 +107,14 @@ pub struct Replica {
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(e)
+}
+
+/// A state that could not be read: the engine's failure as such, anything else internal.
+pub(crate) fn state_error(e: states::StateError) -> Error {
+    match e {
+        states::StateError::Storage(e) => Error::Storage(e),
+        other => internal(other),
+    }
 }
 
 impl Replica {
@@ -305,9 +314,9 @@ impl Replica {
         self.writes.wait().await;
     }
 
-    /// The stored bytes of a key's state (what a quorum read's replica answers with).
+    /// A key's whole state, encoded as peers receive it (what a quorum read's replica answers with).
     pub fn stored_state(&self, data_key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.engine.get(Space::Data, data_key).map_err(internal)
+        Ok(self.load_stored(data_key)?.map(|stored| layout::encode_stored(&stored)))
     }
 
     /// A key's state, decoded.
@@ -315,21 +324,9 @@ impl Replica {
         Ok(self.load_stored(data_key)?.map(|stored| stored.entry))
     }
 
-    /// A key's state with its dependency vector.
+    /// A key's whole state with its dependency vector (a set kept per element is assembled).
     pub fn load_stored(&self, data_key: &[u8]) -> Result<Option<Stored>, Error> {
-        Ok(self.load_stored_sized(data_key)?.map(|(stored, _)| stored))
-    }
-
-    /// Like [`Replica::load_stored`], with the size of the stored record (what the key caps count).
-    pub fn load_stored_sized(&self, data_key: &[u8]) -> Result<Option<(Stored, usize)>, Error> {
-        match self.engine.get(Space::Data, data_key).map_err(internal)? {
-            None => Ok(None),
-            Some(bytes) => {
-                let stored =
-                    layout::decode_stored(&bytes).map_err(|e| internal(format!("corrupt stored entry: {e}")))?;
-                Ok(Some((stored, bytes.len())))
-            }
-        }
+        states::load_whole(self.engine.as_ref(), data_key).map_err(state_error)
     }
 
     /// The packed HLC up to which this node holds `origin`'s writes to `partition`.
@@ -462,10 +459,10 @@ impl Replica {
         let mut last_name = None;
         for (data_key, value) in &raw {
             let name = String::from_utf8_lossy(&data_key[ns_prefix.len()..]).into_owned();
-            let entry = layout::decode_stored(value).map_err(internal)?.entry;
+            let (exists, crdt_type) = states::presence_in_value(data_key, value).map_err(state_error)?;
             last_name = Some(name.clone());
-            if entry.exists() {
-                keys.push(KeyInfo { name, crdt_type: entry.crdt_type() });
+            if exists {
+                keys.push(KeyInfo { name, crdt_type });
                 if keys.len() == limit {
                     break;
                 }

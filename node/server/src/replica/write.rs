@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply, ReplyBody};
-use meridian_crdt::{CrdtError, CrdtType, Entry, Mutation, Value, VersionVector, WriteContext};
+use meridian_crdt::{CrdtError, CrdtType, Entry, Mutation, Value, WriteContext};
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::{Outcome, QuorumTracker, ReplicaCounts};
 use tokio::sync::OwnedSemaphorePermit;
@@ -13,6 +13,7 @@ use super::clock::{now_ms, InFlightTs};
 use super::{internal, Replica};
 use crate::error::Error;
 use crate::layout::{self, IdempotencyRecord, KeptIdempotency, LogRecord, Stored};
+use crate::states::StateView;
 use crate::storage::{Batch, Space};
 use crate::store::commit::LogAppend;
 
@@ -218,49 +219,58 @@ impl Replica {
                 return Ok(Prepared::Done(reply));
             }
         }
-        let (state, mut deps, size_before) = match self.load_stored_sized(&data_key)? {
-            Some((stored, size)) => (Some(stored.entry), stored.deps, size),
-            None => (None, VersionVector::new(), 0),
+        let engine = self.engine.as_ref();
+        // A set's member changes read only the members they name (see `crate::states`).
+        let members: &[Vec<u8>] = match &change {
+            Change::Mutate(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => members,
+            _ => &[],
         };
-        if let Some(reply) = nothing_to_change(&change, state.as_ref(), &token)? {
+        let mut view =
+            StateView::load(engine, &data_key, members.iter().map(Vec::as_slice)).map_err(super::state_error)?;
+        if let (Change::Delete, Some(view)) = (&change, &mut view) {
+            // A delete removes every element it observed.
+            view.load_all(engine).map_err(super::state_error)?;
+        }
+        let state = view.as_ref().map(|view| &view.stored().entry);
+        if let Some(reply) = nothing_to_change(&change, state, &token)? {
             return Ok(Prepared::Done(reply));
         }
+        let size_before = view.as_ref().map_or(0, StateView::read_len);
         let ts = self.issue_ts();
         let write = WriteContext { node: self.id, ts: ts.ts };
-        let delta = match (&change, &state) {
-            (Change::Mutate(mutation), _) => {
-                Entry::mutation_delta(state.as_ref(), mutation, &write).map_err(Error::Crdt)?
-            }
+        let delta = match (&change, state) {
+            (Change::Mutate(mutation), _) => Entry::mutation_delta(state, mutation, &write).map_err(Error::Crdt)?,
             (Change::Delete, Some(entry)) => entry.reset_delta(&write).map_err(Error::Crdt)?,
             (Change::Delete, None) => unreachable!("nothing_to_change answers a delete of nothing"),
-        };
-        let mut next = state.unwrap_or_else(|| Entry::empty(delta.crdt_type()));
-        next.try_join(&delta).map_err(Error::Crdt)?;
-        let is_delete = matches!(change, Change::Delete);
-        let body = match change {
-            Change::Delete => ReplyBody::Deleted { existed: true },
-            Change::Mutate(Mutation::CounterAdd { .. }) => match next.read() {
-                Ok(Some(Value::Counter(value))) => ReplyBody::Written { counter: Some(value) },
-                _ => ReplyBody::Written { counter: None },
-            },
-            Change::Mutate(_) => ReplyBody::Written { counter: None },
         };
         // The write depends on everything its session has seen, and on itself — as far as this node
         // knows the origins: an entry naming no member is not recorded (see `recordable_deps`).
         token.0.observe(self.id, ts.ts.pack());
         let write_deps = self.recordable_deps(&token.0);
-        deps.merge(&write_deps);
-        let stored = layout::encode_stored(&Stored { entry: next, deps });
+        let delta = Stored { entry: delta, deps: write_deps };
+        let mut view = view.unwrap_or_else(|| StateView::absent(&data_key, &delta));
+        view.join(engine, &delta).map_err(super::state_error)?;
+        let is_delete = matches!(change, Change::Delete);
+        let body = match change {
+            Change::Delete => ReplyBody::Deleted { existed: true },
+            Change::Mutate(Mutation::CounterAdd { .. }) => match view.stored().entry.read() {
+                Ok(Some(Value::Counter(value))) => ReplyBody::Written { counter: Some(value) },
+                _ => ReplyBody::Written { counter: None },
+            },
+            Change::Mutate(_) => ReplyBody::Written { counter: None },
+        };
+        let mut batch = Batch::default();
+        let size_after = view.write(engine, &mut batch).map_err(super::state_error)?;
         let max_key = self.config.limits.max_key_bytes;
         // A delete may grow a key (a tombstone records what it removed) but must always be possible,
         // and so must a write that does not grow it: a key merged beyond the cap from concurrent
         // growth elsewhere (see `LimitsConfig::max_key_bytes`) can still be shrunk.
-        if stored.len() > max_key && stored.len() > size_before && !is_delete {
+        if size_after > max_key && size_after > size_before && !is_delete {
             return Err(Error::TooLarge(format!(
-                "the key would grow to {} bytes; a write may leave a key with at most {max_key} (limits.max_key_bytes)",
-                stored.len()
+                "the key would grow to {size_after} bytes; a write may leave a key with at most {max_key} (limits.max_key_bytes)"
             )));
         }
+        let Stored { entry: delta, deps: write_deps } = delta;
 
         let partition = layout::partition_of(&data_key);
         let reply = Reply { causal_token: token, body };
@@ -288,8 +298,6 @@ impl Replica {
             }
             None => layout::encode(&LogRecord::V2 { key, delta, ts: ts.ts, deps: write_deps }),
         };
-        let mut batch = Batch::default();
-        batch.put(Space::Data, data_key, stored);
         if let Some((id, record)) = &kept {
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(record));
         }

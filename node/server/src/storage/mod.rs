@@ -61,7 +61,8 @@
 //! # On-disk format marker
 //!
 //! On first open [`RocksEngine`] writes [`FORMAT_KEY`] = `[FORMAT_VERSION]` into [`Space::Meta`];
-//! later opens refuse a database carrying another version with [`StorageError::Corrupt`]. The
+//! later opens migrate a database of an older version still readable ([`OLDEST_FORMAT_VERSION`])
+//! and refuse any other version with [`StorageError::Corrupt`]. The
 //! marker is reserved: batches that touch it are rejected, and [`MemoryEngine`] carries the same
 //! entry so that both engines present identical contents.
 
@@ -82,9 +83,15 @@ pub use rocks::{RocksEngine, RocksOptions};
 /// The [`Space::Meta`] key holding the on-disk format version (reserved: batches may not touch it).
 pub const FORMAT_KEY: &[u8] = b"storage_format";
 
-/// The storage format version this build writes and accepts (stored as the single byte value of
-/// [`FORMAT_KEY`]).
-pub const FORMAT_VERSION: u8 = 1;
+/// The storage format version this build writes (stored as the single byte value of
+/// [`FORMAT_KEY`]). Version 2 added [`Space::Elements`]: sets kept one record per element.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The oldest storage format this build opens: a directory of an older format than
+/// [`FORMAT_VERSION`] is migrated in place when opened (1 → 2 needs no rewrite: a set stored whole
+/// stays readable, and moves to one record per element at its next write), so the marker is raised.
+/// There is no way back: a release that reads only version 1 refuses the directory.
+pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
 /// A key and its value, as returned by [`Engine::scan`] and [`Engine::last_in_range`].
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -104,11 +111,15 @@ pub enum Space {
     Idempotency,
     /// Hinted handoff: writes kept for replicas that were down, keyed by (target node, position).
     Hints,
+    /// The elements of collections kept one record per element, and their dot index (see
+    /// `crate::states`).
+    Elements,
 }
 
 impl Space {
     /// Every space, in a fixed order (also the order [`MemoryEngine`] takes its locks in).
-    pub const ALL: [Space; 5] = [Space::Data, Space::Log, Space::Meta, Space::Idempotency, Space::Hints];
+    pub const ALL: [Space; 6] =
+        [Space::Data, Space::Log, Space::Meta, Space::Idempotency, Space::Hints, Space::Elements];
 
     /// The space's name, which is also its RocksDB column family name.
     pub const fn name(self) -> &'static str {
@@ -118,6 +129,7 @@ impl Space {
             Space::Meta => "meta",
             Space::Idempotency => "idempotency",
             Space::Hints => "hints",
+            Space::Elements => "elements",
         }
     }
 

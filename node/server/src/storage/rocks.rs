@@ -17,7 +17,7 @@ use rocksdb::{
 
 use super::{
     max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, SpaceUsage, StorageError, FORMAT_KEY,
-    FORMAT_VERSION,
+    FORMAT_VERSION, OLDEST_FORMAT_VERSION,
 };
 
 /// The concrete RocksDB handle type. Spelled out (rather than `rocksdb::DB`) so that a workspace
@@ -192,13 +192,24 @@ impl RocksEngine {
         let path = self.inner.path.display();
         match self.get(Space::Meta, FORMAT_KEY)? {
             Some(found) if found == [FORMAT_VERSION] => Ok(()),
+            Some(found) if matches!(found.as_slice(), [v] if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(v)) => {
+                // Every older format still readable migrates by raising the marker (see
+                // `OLDEST_FORMAT_VERSION`); the column families it lacked were created by the open.
+                tracing::info!(path = %path, from = found[0], to = FORMAT_VERSION, "storage: migrating the format");
+                let mut batch = WriteBatch::default();
+                batch.put_cf(self.cf(Space::Meta)?, FORMAT_KEY, [FORMAT_VERSION]);
+                self.inner
+                    .db
+                    .write_opt(batch, &write_options(Durability::Fsync))
+                    .map_err(|e| rocks_err(e, format_args!("{path}: raising the storage format marker")))
+            }
             Some(found) => {
                 let found = match found.as_slice() {
                     [version] => format!("version {version}"),
                     other => format!("a malformed marker {other:02x?}"),
                 };
                 Err(StorageError::Corrupt(format!(
-                    "{path}: storage format {found} found, this build reads version {FORMAT_VERSION}"
+                    "{path}: storage format {found} found, this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}: open it with the release that wrote it"
                 )))
             }
             None => {

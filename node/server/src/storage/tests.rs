@@ -380,7 +380,7 @@ fn decode_u64_be_checks_length() {
 
 #[test]
 fn space_names_and_order() {
-    assert_eq!(Space::ALL.map(Space::name), ["data", "log", "meta", "idempotency", "hints"]);
+    assert_eq!(Space::ALL.map(Space::name), ["data", "log", "meta", "idempotency", "hints", "elements"]);
     for (i, space) in Space::ALL.into_iter().enumerate() {
         assert_eq!(space.index(), i);
     }
@@ -533,19 +533,44 @@ mod rocks_only {
         let db =
             RawDb::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), Space::ALL.map(Space::name), false)
                 .unwrap();
-        assert_eq!(db.get_cf(db.cf_handle("meta").unwrap(), b"storage_format").unwrap(), Some(vec![1]));
+        assert_eq!(db.get_cf(db.cf_handle("meta").unwrap(), b"storage_format").unwrap(), Some(vec![FORMAT_VERSION]));
         drop(db);
 
-        overwrite_marker(dir.path(), &[2]);
+        overwrite_marker(dir.path(), &[FORMAT_VERSION + 1]);
         let err = RocksEngine::open(dir.path(), RocksOptions::default()).unwrap_err();
-        assert!(matches!(&err, StorageError::Corrupt(msg) if msg.contains("version 2")), "{err}");
+        let newer = format!("version {}", FORMAT_VERSION + 1);
+        assert!(matches!(&err, StorageError::Corrupt(msg) if msg.contains(&newer)), "{err}");
 
         overwrite_marker(dir.path(), b"xyz");
         let err = RocksEngine::open(dir.path(), RocksOptions::default()).unwrap_err();
         assert!(matches!(&err, StorageError::Corrupt(msg) if msg.contains("malformed")), "{err}");
 
-        overwrite_marker(dir.path(), &[1]);
-        RocksEngine::open(dir.path(), RocksOptions::default()).expect("version 1 opens again");
+        overwrite_marker(dir.path(), &[FORMAT_VERSION]);
+        RocksEngine::open(dir.path(), RocksOptions::default()).expect("this version opens again");
+    }
+
+    /// A directory of format 1, as the release before decomposed sets left it: five column
+    /// families, marker 1, a key. It opens, gains the elements column family, keeps its data, and
+    /// says format 2 from then on.
+    #[test]
+    fn a_format_1_directory_migrates_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = rocksdb::Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let v1_spaces = ["data", "log", "meta", "idempotency", "hints"];
+            let db = RawDb::open_cf(&opts, dir.path(), v1_spaces).unwrap();
+            db.put_cf(db.cf_handle("meta").unwrap(), FORMAT_KEY, [1]).unwrap();
+            db.put_cf(db.cf_handle("data").unwrap(), b"k", b"v").unwrap();
+        }
+        let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("format 1 migrates");
+        assert_eq!(get(&engine, Space::Meta, FORMAT_KEY), Some(vec![FORMAT_VERSION]));
+        assert_eq!(get(&engine, Space::Data, b"k"), Some(b"v".to_vec()));
+        put(&engine, Space::Elements, b"e", b"x");
+        drop(engine);
+        let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("reopens at format 2");
+        assert_eq!(get(&engine, Space::Elements, b"e"), Some(b"x".to_vec()));
     }
 
     #[test]

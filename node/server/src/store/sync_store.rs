@@ -99,6 +99,7 @@ use meridian_replication::antientropy::{
 
 use crate::layout::{self, log_floor_key, parse_data_key, vv_prefix, LogContent, LogRecord, Stored, PARTITIONS};
 use crate::residency::Residency;
+use crate::states::{self, StateError, StateView};
 use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
 use crate::store::safe_times::SafeTimeBook;
 use crate::store::writer::Writer;
@@ -110,12 +111,21 @@ const DATA_PAGE: usize = 1024;
 /// page early, and records may be large).
 const LOG_PAGE: usize = 64;
 
-/// A data key for messages: `ns/name` when it parses, else its bytes, escaped.
-/// How errors (which end up in logs and in refusals sent to peers) name a key: by a stable hash,
-/// never its bytes — a key's name is data, and may belong to a region whose data must not show
-/// up in this node's logs.
+/// How errors name a key (see [`layout::show_data_key`]).
 fn show(data_key: &[u8]) -> String {
-    format!("#{:016x}", meridian_replication::hash::stable_hash(data_key))
+    layout::show_data_key(data_key)
+}
+
+impl From<StateError> for SyncStoreError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Storage(e) => SyncStoreError::Storage(e),
+            StateError::Corrupt { what, detail } => SyncStoreError::Corrupt { what, detail },
+            busy @ StateError::Busy(_) => {
+                SyncStoreError::Corrupt { what: "a set read whole".into(), detail: busy.to_string() }
+            }
+        }
+    }
 }
 
 /// What [`EngineSyncStore`] fails with.
@@ -251,7 +261,7 @@ impl SyncStoreError {
 type Result<T> = std::result::Result<T, SyncStoreError>;
 
 /// The states a call joins into, by data key: (as stored before, after the joins so far).
-type Joined = HashMap<Vec<u8>, (Option<Stored>, Stored)>;
+type Joined = HashMap<Vec<u8>, StateView>;
 
 /// The [`SyncStore`] of a node's storage engine (see the [module docs](self)).
 ///
@@ -593,7 +603,7 @@ impl EngineSyncStore {
                 let log = self.log_entry(partition, record, &mut joined, &mut carried)?;
                 batch.put(Space::Log, layout::log_key(p, record.origin, record.seq).to_vec(), layout::encode(&log));
             }
-            self.put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined)?;
             self.put_kept(&mut batch, kept.into_iter().chain(&carried))?;
             Ok(batch)
         };
@@ -651,7 +661,7 @@ impl EngineSyncStore {
             what: "delta",
             detail: e.to_string(),
         })?;
-        self.join_into(joined, partition, &record.key, &delta)?;
+        self.join_into(joined, &record.key, &delta)?;
         let ts = Hlc::unpack(record.hlc);
         let Some(carried) = carried else {
             return Ok(LogRecord::V2 { key, delta: delta.entry, ts, deps: delta.deps });
@@ -723,16 +733,6 @@ impl EngineSyncStore {
         self.meta_u64(&layout::vv_key(partition, origin))
     }
 
-    /// The key's state here, if any.
-    fn load(&self, data_key: &[u8]) -> Result<Option<Stored>> {
-        let Some(bytes) = self.engine.get(Space::Data, data_key)? else { return Ok(None) };
-        let stored = layout::decode_stored(&bytes).map_err(|e| SyncStoreError::Corrupt {
-            what: format!("state of {}", show(data_key)),
-            detail: e.to_string(),
-        })?;
-        Ok(Some(stored))
-    }
-
     /// Checks a key the peer shipped for `partition`; returns it parsed.
     fn check_key(partition: PartitionId, data_key: &[u8]) -> Result<Key> {
         let key =
@@ -751,40 +751,39 @@ impl EngineSyncStore {
         layout::decode_stored(bytes).map_err(|e| SyncStoreError::Malformed { partition, what, detail: e.to_string() })
     }
 
-    /// Joins `delta` into the key's state in `joined` (loading it on first use).
-    fn join_into(&self, joined: &mut Joined, partition: PartitionId, data_key: &[u8], delta: &Stored) -> Result<()> {
-        let (_, state) = match joined.entry(data_key.to_vec()) {
+    /// Joins `delta` into the key's state in `joined` (loading on first use what it can change).
+    fn join_into(&self, joined: &mut Joined, data_key: &[u8], delta: &Stored) -> Result<()> {
+        let view = match joined.entry(data_key.to_vec()) {
             Slot::Occupied(slot) => slot.into_mut(),
             Slot::Vacant(slot) => {
-                let before = self.load(data_key)?;
-                let state = before.clone().unwrap_or_else(|| Stored::empty_like(delta));
-                slot.insert((before, state))
+                let loaded = StateView::load(self.engine.as_ref(), data_key, [])?;
+                slot.insert(loaded.unwrap_or_else(|| StateView::absent(data_key, delta)))
             }
         };
-        state.try_join(delta).map_err(|source| SyncStoreError::TypeConflict { partition, key: show(data_key), source })
+        Ok(view.join(self.engine.as_ref(), delta)?)
     }
 
     /// Adds the changed states of `joined` to `batch`.
-    fn put_states(&self, batch: &mut Batch, joined: Joined) {
-        for (data_key, (before, after)) in joined {
-            if before.as_ref() != Some(&after) {
-                let encoded = layout::encode_stored(&after);
-                self.count_over_cap(before.as_ref(), encoded.len());
-                batch.put(Space::Data, data_key, encoded);
+    fn put_states(&self, batch: &mut Batch, joined: Joined) -> Result<()> {
+        for view in joined.into_values() {
+            if view.changed() {
+                let before_len = view.read_len();
+                let after_len = view.write(self.engine.as_ref(), batch)?;
+                self.count_over_cap(before_len, after_len);
             }
         }
+        Ok(())
     }
 
     /// Counts a join that took a key past a cap it was under (concurrent growth elsewhere): the
     /// operator's signal that a key needs shrinking, or that the caps are too tight for the number
     /// of replicas that accept writes while cut off from each other.
-    fn count_over_cap(&self, before: Option<&Stored>, after_len: usize) {
+    fn count_over_cap(&self, before_len: usize, after_len: usize) {
         let Some(live) = &self.live else { return };
         let (key_cap, merged_cap) = live.key_caps;
         if after_len <= key_cap {
             return;
         }
-        let before_len = before.map_or(0, |b| layout::encode_stored(b).len());
         for (cap, name) in [(key_cap, "max_key_bytes"), (merged_cap, "max_merged_key_bytes")] {
             if after_len > cap && before_len <= cap {
                 metrics::counter!("meridian_keys_over_cap_total", "cap" => name).increment(1);
@@ -793,8 +792,8 @@ impl EngineSyncStore {
         }
     }
 
-    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans); with
-    /// a peer region set, only the keys that region may hold.
+    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans), each
+    /// as its whole state's encoding; with a peer region set, only the keys that region may hold.
     fn scan_partition(&self, partition: u16, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
         let outside = |data_key: &[u8]| match (&self.peer_region, self.residency()) {
             (Some(region), Some(residency)) => !residency.allowed_in(region, data_key),
@@ -809,7 +808,10 @@ impl EngineSyncStore {
             }
             for (data_key, value) in page {
                 if layout::partition_of(&data_key) == partition && !outside(&data_key) {
-                    visit(data_key, value);
+                    // A set kept per element goes out (and is hashed) as its whole state.
+                    if let Some(value) = states::whole_value(self.engine.as_ref(), &data_key, value)? {
+                        visit(data_key, value);
+                    }
                 }
             }
             if !full {
@@ -986,7 +988,7 @@ impl SyncStore for EngineSyncStore {
             for (origin, seq) in &raised {
                 batch.max_u64(Space::Meta, layout::vv_key(p, *origin), *seq);
             }
-            self.put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined)?;
             self.put_kept(&mut batch, kept.into_iter().chain(&carried))?;
             Ok(batch)
         };
@@ -1109,7 +1111,7 @@ impl SyncStore for EngineSyncStore {
             for state in states {
                 Self::check_key(partition, &state.key)?;
                 let entry = Self::decode_entry(partition, "state", &state.state)?;
-                self.join_into(&mut joined, partition, &state.key, &entry)?;
+                self.join_into(&mut joined, &state.key, &entry)?;
             }
             if let Some(target) = raise_vv_to {
                 for (origin, seq) in target.iter() {
@@ -1124,7 +1126,7 @@ impl SyncStore for EngineSyncStore {
                     batch.max_u64(Space::Meta, log_floor_key(p, origin), seq.saturating_add(1));
                 }
             }
-            self.put_states(&mut batch, joined);
+            self.put_states(&mut batch, joined)?;
             Ok(batch)
         };
         self.commit_under_locks(&keys, build)?;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, HINT_BATCH, HINT_BATCH_BYTES, HINT_REPLAY_INTERVAL};
 use crate::peer::protocol::{PeerCallError, PeerMessageV1, PeerReplyV1, Pushed};
-use crate::storage::{Space, StorageError};
+use crate::storage::StorageError;
 
 /// Why a hint replay stopped for now (it resumes at the next tick).
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,10 @@ impl Coordinator {
                 store
                     .take_fetched_elsewhere()
                     .into_iter()
-                    .filter_map(|(p, key)| engine.get(Space::Data, &key).ok().flatten().map(|state| (p, key, state)))
+                    .filter_map(|(p, key)| {
+                        let state = crate::states::load_whole(engine.as_ref(), &key).ok().flatten()?;
+                        Some((p, key, crate::layout::encode_stored(&state)))
+                    })
                     .collect::<Vec<_>>()
             })
             .await

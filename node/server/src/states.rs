@@ -1,0 +1,644 @@
+//! How a key's state is kept in storage: whole under its data key, or — for a set — one record per
+//! element, so that adding, removing or testing one member costs the same whatever the set's size.
+//!
+//! # Sets kept per element (storage format 2)
+//!
+//! A set's `Data` value is a [`SplitHeader`]: the state without its elements (presence, the set's
+//! causal context, the dependencies) and a count. Each element is an `Elements` record holding the
+//! dots that tag it, and each of those dots has an index record naming its element.
+//!
+//! A write or a replicated delta never loads the whole set. It loads the header and the *part*
+//! of the set the delta can change: the elements it names, and the elements tagged by a dot its
+//! context covers (found through the dot index: a remove names only dots). The set's join decides
+//! each element from its own dots and the two contexts alone ([`AwSet::put_tagged`]), so joining
+//! the delta into that part gives, for those elements, what joining it into the whole would, and
+//! leaves every other element as it is: the untouched elements are simply not rewritten. A delta
+//! whose context covers more than [`MAX_INDEXED_DOTS`] dots (a delete of the key, a whole state
+//! from a digest sync or a quorum read's write-back) loads the whole set instead.
+//!
+//! Whatever needs the whole state — a read of every member, a state shipped to a peer, a digest —
+//! assembles it ([`load_whole`]); it reads the header before and after the elements and retries if
+//! a write came between (the header's local write count), so it never returns a mix of two states.
+//!
+//! A set stored whole by format 1 stays readable and moves to per-element records at its next
+//! write. A delta of a higher-ranked type that wins over a set (see `Entry::try_join`) deletes its
+//! element records and stores the winner whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_crdt::{CrdtType, Dot};
+
+use crate::layout::{self, DotIndexRecord, ElementRecord, SplitHeader, StateRecord, Stored};
+use crate::storage::{Batch, Engine, Space, StorageError};
+
+/// A delta whose set context covers more dots than this loads the whole set instead of looking
+/// each dot up in the index.
+pub const MAX_INDEXED_DOTS: usize = 256;
+
+/// Elements read per scan while assembling a whole set.
+const ELEMENT_PAGE: usize = 4096;
+
+/// How often [`load_whole`] retries when writes keep coming between its reads.
+const ASSEMBLY_ATTEMPTS: usize = 16;
+
+/// Why a state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A record does not decode.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// Writes kept changing the set while it was being assembled.
+    #[error("the set {0} kept changing while it was read whole; retry")]
+    Busy(String),
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+fn corrupt(what: impl Into<String>, e: impl ToString) -> StateError {
+    StateError::Corrupt { what: what.into(), detail: e.to_string() }
+}
+
+/// A key's whole state, assembled from its element records if it is kept per element.
+pub fn load_whole(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stored>> {
+    for _ in 0..ASSEMBLY_ATTEMPTS {
+        let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
+        let header = match decode(data_key, &bytes)? {
+            StateRecord::Whole(stored) => return Ok(Some(stored)),
+            StateRecord::Split(header) => header,
+        };
+        let elements = read_elements(engine, data_key)?;
+        // The scan ran on one snapshot; the header read again tells whether it is the header's.
+        let again = engine.get(Space::Data, data_key)?;
+        match again.map(|bytes| decode(data_key, &bytes)).transpose()? {
+            Some(StateRecord::Split(now)) if now.writes == header.writes => {
+                return Ok(Some(assemble(header, elements)))
+            }
+            _ => continue,
+        }
+    }
+    Err(StateError::Busy(layout::show_data_key(data_key)))
+}
+
+/// A `Data` value read by a scan, as the whole state's encoding (what peers receive and digests
+/// hash): unchanged when stored whole, assembled for a set kept per element; `None` if the key was
+/// deleted since the scan.
+pub fn whole_value(engine: &dyn Engine, data_key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>> {
+    if !layout::is_split_value(&value) {
+        return Ok(Some(value));
+    }
+    Ok(load_whole(engine, data_key)?.map(|stored| layout::encode_stored(&stored)))
+}
+
+/// Whether a `Data` value says the key exists, and its type, without reading its elements.
+pub fn presence_in_value(data_key: &[u8], value: &[u8]) -> Result<(bool, CrdtType)> {
+    let entry = match decode(data_key, value)? {
+        StateRecord::Whole(stored) => stored.entry,
+        StateRecord::Split(header) => header.stored.entry,
+    };
+    Ok((entry.exists(), entry.crdt_type()))
+}
+
+/// Adds to `batch` the deletion of everything stored for `data_key` (its value and, for a set kept
+/// per element, its element and index records).
+pub fn delete(engine: &dyn Engine, batch: &mut Batch, data_key: &[u8]) -> Result<()> {
+    batch.delete(Space::Data, data_key.to_vec());
+    delete_collection_records(engine, batch, data_key)
+}
+
+fn delete_collection_records(engine: &dyn Engine, batch: &mut Batch, data_key: &[u8]) -> Result<()> {
+    let prefix = layout::collection_prefix(data_key);
+    let end = layout::prefix_end(&prefix);
+    let mut start = prefix.clone();
+    loop {
+        let page = engine.scan(Space::Elements, &start, end.as_deref(), ELEMENT_PAGE)?;
+        let full = page.len() == ELEMENT_PAGE;
+        if let Some((last, _)) = page.last() {
+            start = [last.as_slice(), &[0]].concat();
+        }
+        for (key, _) in page {
+            batch.delete(Space::Elements, key);
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+fn decode(data_key: &[u8], bytes: &[u8]) -> Result<StateRecord> {
+    layout::decode_state(bytes).map_err(|e| corrupt(format!("state of {}", layout::show_data_key(data_key)), e))
+}
+
+fn read_elements(engine: &dyn Engine, data_key: &[u8]) -> Result<BTreeMap<Vec<u8>, BTreeSet<Dot>>> {
+    let prefix = layout::elements_prefix(data_key);
+    let end = layout::prefix_end(&prefix);
+    let mut out = BTreeMap::new();
+    // One scan, one snapshot (see `load_whole`): a set read whole is held in memory anyway.
+    for (key, value) in engine.scan(Space::Elements, &prefix, end.as_deref(), usize::MAX)? {
+        let element = key[prefix.len()..].to_vec();
+        out.insert(element, decode_element(data_key, &value)?);
+    }
+    Ok(out)
+}
+
+fn decode_element(data_key: &[u8], bytes: &[u8]) -> Result<BTreeSet<Dot>> {
+    let ElementRecord::V1(dots) =
+        layout::decode(bytes).map_err(|e| corrupt(format!("element of {}", layout::show_data_key(data_key)), e))?;
+    Ok(dots.into_iter().collect())
+}
+
+fn assemble(header: SplitHeader, elements: BTreeMap<Vec<u8>, BTreeSet<Dot>>) -> Stored {
+    let mut stored = header.stored;
+    if let Some(set) = stored.entry.set_mut() {
+        for (element, dots) in elements {
+            set.put_tagged(element, dots);
+        }
+    }
+    stored
+}
+
+/// A key's state as a write or a replicated delta needs it, ready to take deltas and to be
+/// written back: the whole state, or the header of a set kept per element with the elements
+/// loaded so far (see the module docs).
+#[derive(Debug)]
+pub struct StateView {
+    data_key: Vec<u8>,
+    /// The state as joined so far (for a set kept per element: only the loaded elements).
+    stored: Stored,
+    form: Form,
+    /// The whole state's encoded size as read (0: nothing was stored).
+    read_len: usize,
+}
+
+#[derive(Debug)]
+enum Form {
+    /// Nothing was stored.
+    Absent,
+    /// Stored whole: `before` is the value as read.
+    Whole { before: Stored },
+    /// Kept per element.
+    Split {
+        /// The header as read (elements taken out).
+        before: SplitHeader,
+        /// Each loaded element's dots as stored (empty: no record).
+        loaded: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
+        /// Whether every element is loaded.
+        complete: bool,
+    },
+}
+
+impl StateView {
+    /// The key's state for a change to the set elements in `elements` (for any other type, or a
+    /// set stored whole, the whole state); `None` if nothing is stored. Call it under the key's
+    /// lock: the view is written back as a diff against what it read.
+    pub fn load<'a>(
+        engine: &dyn Engine,
+        data_key: &[u8],
+        elements: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Option<StateView>> {
+        let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
+        let mut view = match decode(data_key, &bytes)? {
+            StateRecord::Whole(stored) => StateView {
+                data_key: data_key.to_vec(),
+                stored: stored.clone(),
+                form: Form::Whole { before: stored },
+                read_len: bytes.len(),
+            },
+            StateRecord::Split(header) => StateView {
+                data_key: data_key.to_vec(),
+                stored: header.stored.clone(),
+                read_len: split_len(&header),
+                form: Form::Split { before: header, loaded: BTreeMap::new(), complete: false },
+            },
+        };
+        view.load_elements(engine, elements)?;
+        Ok(Some(view))
+    }
+
+    /// The view of a key that holds nothing yet, for joining `first` into.
+    pub fn absent(data_key: &[u8], first: &Stored) -> StateView {
+        StateView { data_key: data_key.to_vec(), stored: Stored::empty_like(first), form: Form::Absent, read_len: 0 }
+    }
+
+    /// The state (for a set kept per element: header and loaded elements only — enough to compute
+    /// a mutation's delta for the loaded elements, or to tell whether the key exists).
+    pub fn stored(&self) -> &Stored {
+        &self.stored
+    }
+
+    /// Whether the view holds the key's whole state.
+    pub fn is_whole(&self) -> bool {
+        !matches!(self.form, Form::Split { complete: false, .. })
+    }
+
+    /// Loads every element not loaded yet (a set kept per element).
+    pub fn load_all(&mut self, engine: &dyn Engine) -> Result<()> {
+        let Form::Split { loaded, complete, .. } = &mut self.form else { return Ok(()) };
+        if *complete {
+            return Ok(());
+        }
+        let set = self.stored.entry.set_mut().expect("a split view holds a set until written");
+        for (element, dots) in read_elements(engine, &self.data_key)? {
+            if let std::collections::btree_map::Entry::Vacant(slot) = loaded.entry(element) {
+                set.put_tagged(slot.key().clone(), dots.clone());
+                slot.insert(dots);
+            }
+        }
+        *complete = true;
+        Ok(())
+    }
+
+    fn load_elements<'a>(&mut self, engine: &dyn Engine, elements: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        let Form::Split { loaded, complete: false, .. } = &mut self.form else { return Ok(()) };
+        let set = self.stored.entry.set_mut().expect("a split view holds a set until written");
+        for element in elements {
+            if loaded.contains_key(element) {
+                continue;
+            }
+            let dots = match engine.get(Space::Elements, &layout::element_key(&self.data_key, element))? {
+                Some(bytes) => decode_element(&self.data_key, &bytes)?,
+                None => BTreeSet::new(),
+            };
+            set.put_tagged(element.to_vec(), dots.clone());
+            loaded.insert(element.to_vec(), dots);
+        }
+        Ok(())
+    }
+
+    /// Loads whatever part of the state `delta` can change (see the module docs).
+    fn load_for_delta(&mut self, engine: &dyn Engine, delta: &Stored) -> Result<()> {
+        if !matches!(self.form, Form::Split { complete: false, .. }) {
+            return Ok(());
+        }
+        let Some(delta_set) = as_set(delta) else {
+            // Another type: it may win over the set (its elements then all go), or lose.
+            return self.load_all(engine);
+        };
+        let Some(dots) = delta_set.context().dots_within(MAX_INDEXED_DOTS) else {
+            return self.load_all(engine);
+        };
+        let mut wanted: Vec<Vec<u8>> = delta_set.elements().cloned().collect();
+        let loaded_set = as_set(&self.stored).expect("a split view holds a set until written");
+        for dot in dots {
+            // Loaded elements are current (this view may have changed them); the index is for the rest.
+            if loaded_set.tagged().any(|(_, tags)| tags.contains(&dot)) {
+                continue;
+            }
+            if let Some(bytes) = engine.get(Space::Elements, &layout::dot_index_key(&self.data_key, dot))? {
+                let DotIndexRecord::V1(element) = layout::decode(&bytes)
+                    .map_err(|e| corrupt(format!("dot index of {}", layout::show_data_key(&self.data_key)), e))?;
+                wanted.push(element);
+            }
+        }
+        self.load_elements(engine, wanted.iter().map(Vec::as_slice))
+    }
+
+    /// Joins `delta` in, loading first what it can change.
+    pub fn join(&mut self, engine: &dyn Engine, delta: &Stored) -> Result<()> {
+        self.load_for_delta(engine, delta)?;
+        // `try_join` never fails (the `Result` is the CRDT crate's API stability).
+        self.stored.try_join(delta).map_err(|e| corrupt(layout::show_data_key(&self.data_key), e))
+    }
+
+    /// How many elements the set has after the joins so far (`None`: not a set).
+    pub fn set_len(&self) -> Option<u64> {
+        let set = as_set(&self.stored)?;
+        Some(match &self.form {
+            Form::Split { before, loaded, .. } => {
+                let gone = loaded.values().filter(|dots| !dots.is_empty()).count() as u64;
+                let present = loaded.keys().filter(|e| set.contains(e)).count() as u64;
+                before.elements + present - gone
+            }
+            _ => set.len() as u64,
+        })
+    }
+
+    /// What the set's elements add to its encoded size after the joins so far.
+    fn element_bytes(&self) -> u64 {
+        let Some(set) = as_set(&self.stored) else { return 0 };
+        match &self.form {
+            Form::Split { before, loaded, .. } => {
+                let old: u64 =
+                    loaded.iter().filter(|(_, dots)| !dots.is_empty()).map(|(e, dots)| tagged_len(e, dots)).sum();
+                let new: u64 = loaded.keys().filter_map(|e| set.dots_of(e).map(|dots| tagged_len(e, dots))).sum();
+                before.element_bytes + new - old
+            }
+            _ => set.tagged().map(|(e, dots)| tagged_len(e, dots)).sum(),
+        }
+    }
+
+    /// The encoded size of the whole state as read — what the key caps count (for a set kept per
+    /// element, known from its header); 0 if nothing was stored.
+    pub fn read_len(&self) -> usize {
+        self.read_len
+    }
+
+    /// Whether the joins so far changed anything.
+    pub fn changed(&self) -> bool {
+        match &self.form {
+            Form::Absent => true,
+            Form::Whole { before } => *before != self.stored,
+            Form::Split { before, loaded, .. } => {
+                let Some(set) = as_set(&self.stored) else { return true };
+                let empty = BTreeSet::new();
+                header_of(&self.stored) != before.stored
+                    || loaded.iter().any(|(element, dots)| set.dots_of(element).unwrap_or(&empty) != dots)
+            }
+        }
+    }
+
+    fn header(&self, writes: u64) -> SplitHeader {
+        SplitHeader {
+            stored: header_of(&self.stored),
+            elements: self.set_len().unwrap_or(0),
+            element_bytes: self.element_bytes(),
+            writes,
+        }
+    }
+
+    /// Adds to `batch` what must change in storage for the state to be what the joins made it, and
+    /// returns the whole state's encoded size (see [`StateView::read_len`]). A set is always
+    /// written per element; a set that lost to a higher-ranked type goes whole, its element records
+    /// deleted.
+    pub fn write(self, engine: &dyn Engine, batch: &mut Batch) -> Result<usize> {
+        let is_set = self.stored.entry.crdt_type() == CrdtType::Set;
+        match (&self.form, is_set) {
+            (Form::Split { before, loaded, .. }, true) => {
+                let set = as_set(&self.stored).expect("checked above");
+                let empty = BTreeSet::new();
+                for (element, old) in loaded {
+                    let new = set.dots_of(element).unwrap_or(&empty);
+                    if new == old {
+                        continue;
+                    }
+                    put_element(batch, &self.data_key, element, old, new);
+                }
+                let header = self.header(before.writes + 1);
+                batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
+                Ok(split_len(&header))
+            }
+            (Form::Split { .. }, false) => {
+                delete_collection_records(engine, batch, &self.data_key)?;
+                let value = layout::encode_stored(&self.stored);
+                let len = value.len();
+                batch.put(Space::Data, self.data_key.clone(), value);
+                Ok(len)
+            }
+            (Form::Absent | Form::Whole { .. }, true) => {
+                // A new set, or one format 1 stored whole: every element gets its records.
+                let set = as_set(&self.stored).expect("checked above");
+                let empty = BTreeSet::new();
+                for (element, dots) in set.tagged() {
+                    put_element(batch, &self.data_key, element, &empty, dots);
+                }
+                let header = self.header(1);
+                batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
+                Ok(split_len(&header))
+            }
+            (Form::Absent | Form::Whole { .. }, false) => {
+                let value = layout::encode_stored(&self.stored);
+                let len = value.len();
+                batch.put(Space::Data, self.data_key.clone(), value);
+                Ok(len)
+            }
+        }
+    }
+}
+
+/// The batch operations that take `element` from `old` dots to `new` ones: its record and the index
+/// records of the dots that came and went.
+fn put_element(batch: &mut Batch, data_key: &[u8], element: &[u8], old: &BTreeSet<Dot>, new: &BTreeSet<Dot>) {
+    let key = layout::element_key(data_key, element);
+    if new.is_empty() {
+        batch.delete(Space::Elements, key);
+    } else {
+        batch.put(Space::Elements, key, layout::encode(&ElementRecord::V1(new.iter().copied().collect())));
+    }
+    for gone in old.difference(new) {
+        batch.delete(Space::Elements, layout::dot_index_key(data_key, *gone));
+    }
+    for came in new.difference(old) {
+        batch.put(
+            Space::Elements,
+            layout::dot_index_key(data_key, *came),
+            layout::encode(&DotIndexRecord::V1(element.to_vec())),
+        );
+    }
+}
+
+/// The encoded size of the whole state a header stands for: the header's state (with an empty
+/// set) and what its elements add.
+fn split_len(header: &SplitHeader) -> usize {
+    layout::encode_stored(&header.stored).len() + header.element_bytes as usize
+}
+
+/// What an element with its dots adds to a set's encoded size (an `AwSet` encodes its elements as
+/// a map of element to dots; a map entry costs what the pair does).
+fn tagged_len(element: &[u8], dots: &BTreeSet<Dot>) -> u64 {
+    (meridian_crdt::codec::encode(&(element, dots)).len() - 1) as u64
+}
+
+fn as_set(stored: &Stored) -> Option<&meridian_crdt::AwSet<Vec<u8>>> {
+    match stored.entry.body() {
+        meridian_crdt::Body::Set(set) => Some(set),
+        _ => None,
+    }
+}
+
+/// `stored` without its set's elements.
+fn header_of(stored: &Stored) -> Stored {
+    let mut header = stored.clone();
+    if let Some(set) = header.entry.set_mut() {
+        set.take_tagged();
+    }
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    //! The per-element form against the whole state as its model: for any sequence of local set
+    //! writes, deletes, writes of other types, and deltas and whole states delivered between
+    //! replicas in any order (duplicates included), every replica's stored form assembles to the
+    //! model's state, the write path computes the same deltas from its partial view as from the
+    //! whole state, and the header's counts and the dot index agree with the elements.
+
+    use super::*;
+    use crate::storage::MemoryEngine;
+    use meridian_crdt::{Entry, Hlc, Mutation, NodeId, WriteContext};
+    use proptest::prelude::*;
+
+    const KEY: &[u8] = b"\x02nsset";
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Add(usize, Vec<u8>),
+        Remove(usize, Vec<u8>),
+        Delete(usize),
+        /// A write of a higher-ranked type (a map), which wins over the set.
+        Map(usize),
+        /// A write of a lower-ranked type (a counter), which the set absorbs.
+        Counter(usize),
+        /// Delta number `i` (modulo those made so far) to replica `to`.
+        Deliver(usize, usize),
+        /// Replica `from`'s whole state to replica `to` (a digest sync, a quorum write-back).
+        Whole(usize, usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let r = 0..3usize;
+        let member = prop::collection::vec(0u8..6, 1..3);
+        prop_oneof![
+            4 => (r.clone(), member.clone()).prop_map(|(r, m)| Step::Add(r, m)),
+            3 => (r.clone(), member).prop_map(|(r, m)| Step::Remove(r, m)),
+            1 => r.clone().prop_map(Step::Delete),
+            1 => r.clone().prop_map(Step::Map),
+            1 => r.clone().prop_map(Step::Counter),
+            6 => (any::<usize>(), r.clone()).prop_map(|(i, to)| Step::Deliver(i, to)),
+            1 => (r.clone(), r).prop_map(|(from, to)| Step::Whole(from, to)),
+        ]
+    }
+
+    struct Replica {
+        engine: MemoryEngine,
+        model: Option<Stored>,
+    }
+
+    impl Replica {
+        fn apply(&mut self, delta: &Stored) {
+            let mut view =
+                StateView::load(&self.engine, KEY, []).unwrap().unwrap_or_else(|| StateView::absent(KEY, delta));
+            view.join(&self.engine, delta).unwrap();
+            if view.changed() {
+                let mut batch = Batch::new();
+                view.write(&self.engine, &mut batch).unwrap();
+                self.engine.write(batch).unwrap();
+            }
+            let model = self.model.get_or_insert_with(|| Stored::empty_like(delta));
+            model.try_join(delta).unwrap();
+        }
+
+        /// A local write as the write path makes it: the delta from the partial view, checked
+        /// against the delta from the whole state.
+        fn write(&mut self, node: NodeId, tick: u64, mutation: Option<Mutation>) -> Option<Stored> {
+            let members: Vec<Vec<u8>> = match &mutation {
+                Some(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => members.clone(),
+                _ => Vec::new(),
+            };
+            let mut view = StateView::load(&self.engine, KEY, members.iter().map(Vec::as_slice)).unwrap();
+            if let (None, Some(view)) = (&mutation, &mut view) {
+                view.load_all(&self.engine).unwrap();
+            }
+            let w = WriteContext { node, ts: Hlc { wall_ms: tick, logical: 0 } };
+            let partial = view.as_ref().map(|v| &v.stored().entry);
+            let whole = self.model.as_ref().map(|m| &m.entry);
+            let (from_view, from_model) = match &mutation {
+                Some(m) => (Entry::mutation_delta(partial, m, &w), Entry::mutation_delta(whole, m, &w)),
+                None => match (partial, whole) {
+                    (Some(p), Some(m)) => (p.reset_delta(&w), m.reset_delta(&w)),
+                    _ => return None,
+                },
+            };
+            match (from_view, from_model) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "the partial view and the whole state give the same delta");
+                    let delta = Stored::bare(a);
+                    self.apply(&delta);
+                    Some(delta)
+                }
+                (Err(_), Err(_)) => None,
+                (a, b) => panic!("the view and the model disagree on the write: {a:?} vs {b:?}"),
+            }
+        }
+
+        fn check(&self) {
+            assert_eq!(load_whole(&self.engine, KEY).unwrap(), self.model, "the stored form assembles to the model");
+            let Some(bytes) = self.engine.get(Space::Data, KEY).unwrap() else { return };
+            let elements = self.engine.scan(Space::Elements, &[], None, usize::MAX).unwrap();
+            let model = self.model.as_ref().unwrap();
+            let StateRecord::Split(header) = layout::decode_state(&bytes).unwrap() else {
+                assert!(as_set(model).is_none(), "a set is always kept per element");
+                assert!(elements.is_empty(), "no element records outlive their set");
+                return;
+            };
+            let set = as_set(model).expect("a header stands for a set");
+            assert_eq!(header.elements, set.len() as u64);
+            let whole = layout::encode_stored(model).len() as i64;
+            assert!((split_len(&header) as i64 - whole).abs() <= 8, "the header knows the whole size");
+            let mut index = BTreeMap::new();
+            for (element, dots) in set.tagged() {
+                for dot in dots {
+                    index
+                        .insert(layout::dot_index_key(KEY, *dot), layout::encode(&DotIndexRecord::V1(element.clone())));
+                }
+            }
+            let stored_index: BTreeMap<Vec<u8>, Vec<u8>> =
+                elements.into_iter().filter(|(k, _)| k.starts_with(&layout::dot_index_prefix(KEY))).collect();
+            assert_eq!(stored_index, index, "one index record per live dot, naming its element");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_per_element_form_behaves_as_the_whole_state(steps in prop::collection::vec(step(), 1..60)) {
+            let mut replicas: Vec<Replica> =
+                (0..3).map(|_| Replica { engine: MemoryEngine::new(), model: None }).collect();
+            let mut deltas: Vec<Stored> = Vec::new();
+            for (tick, step) in steps.into_iter().enumerate() {
+                let tick = tick as u64 + 1;
+                let local = |r: usize| (r, NodeId(r as u64 + 1));
+                let made = match step {
+                    Step::Add(r, m) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::SetAdd { members: vec![m] })) }
+                    Step::Remove(r, m) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::SetRemove { members: vec![m] })) }
+                    Step::Delete(r) => { let (r, n) = local(r); replicas[r].write(n, tick, None) }
+                    Step::Map(r) => {
+                        let (r, n) = local(r);
+                        let field = Mutation::CounterAdd { amount: 1 };
+                        replicas[r].write(n, tick, Some(Mutation::MapUpdate { field: "f".into(), mutation: Box::new(field) }))
+                    }
+                    Step::Counter(r) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::CounterAdd { amount: 1 })) }
+                    Step::Deliver(i, to) => {
+                        if let Some(delta) = deltas.get(i % deltas.len().max(1)).cloned() {
+                            replicas[to].apply(&delta);
+                        }
+                        None
+                    }
+                    Step::Whole(from, to) => {
+                        if let Some(state) = load_whole(&replicas[from].engine, KEY).unwrap() {
+                            replicas[to].apply(&state);
+                        }
+                        None
+                    }
+                };
+                deltas.extend(made);
+                for replica in &replicas {
+                    replica.check();
+                }
+            }
+        }
+    }
+
+    /// Negative control: a view that skipped the dot index (loading only the elements a delta
+    /// names) would miss what a remove delta takes away — the model check above catches it.
+    #[test]
+    fn a_remove_found_only_through_the_index_is_applied() {
+        let engine = MemoryEngine::new();
+        let mut replica = Replica { engine, model: None };
+        let add = replica.write(NodeId(1), 1, Some(Mutation::SetAdd { members: vec![b"a".to_vec()] })).unwrap();
+        let mut other = Replica { engine: MemoryEngine::new(), model: None };
+        other.apply(&add);
+        let remove = replica.write(NodeId(1), 2, Some(Mutation::SetRemove { members: vec![b"a".to_vec()] })).unwrap();
+        assert!(as_set(&remove).unwrap().is_empty(), "a remove names no element, only dots");
+        other.apply(&remove);
+        other.check();
+        assert!(!as_set(&load_whole(&other.engine, KEY).unwrap().unwrap()).unwrap().contains(&b"a".to_vec()));
+    }
+}
