@@ -127,6 +127,9 @@ pub(super) fn rocks_err(e: rocksdb::Error, context: fmt::Arguments<'_>) -> Stora
     }
 }
 
+/// The MANIFEST size past which RocksDB starts a new one (see `open_with`): tiny on purpose.
+const MANIFEST_ROLL_BYTES: usize = 1;
+
 impl RocksEngine {
     /// Opens (creating if missing) the database at `path` with one column family per [`Space`].
     ///
@@ -153,6 +156,13 @@ impl RocksEngine {
         // the sum of all memtables (hundreds of MB) and stayed there. Past this total, RocksDB
         // flushes the column families that pin the oldest file, so the WAL stays near this size.
         db_opts.set_max_total_wal_size(options.max_wal_bytes);
+        // The MANIFEST logs every flush and compaction with its files' smallest and largest keys,
+        // and keeps that history until it is rewritten: a key purged for residency would survive
+        // there, in plain text, after the purge compacted its values away. A new MANIFEST (a
+        // snapshot of the live files only, the old one deleted) is started once the current one
+        // reaches this size — so with one this small, at every change of the file set. A snapshot
+        // is a few hundred bytes per file, against the megabytes a flush or compaction writes.
+        db_opts.set_max_manifest_file_size(MANIFEST_ROLL_BYTES);
         // RocksDB's own info log (LOG): rotated, a few files kept.
         db_opts.set_max_log_file_size(8 << 20);
         db_opts.set_keep_log_file_num(4);
