@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 
-use crate::proto::{CausalToken, Consistency, Key, Operation, ReplyBody, RequestV1};
+use crate::proto::{CausalToken, Consistency, ErrorCode, Key, Operation, ReplyBody, RequestV1, SetPart, SetPartReply};
 use crate::{Client, Error};
 
 /// Where a handle's requests go and how: the client, the session token to send and merge, the level.
@@ -96,6 +96,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Auth(_) => "Auth",
         ReplyBody::Backup(_) => "Backup",
         ReplyBody::Readiness(_) => "Readiness",
+        ReplyBody::SetPart(_) => "SetPart",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }
@@ -415,9 +416,7 @@ impl SetHandle {
         }
     }
 
-    /// Whether `member` is in the set. The protocol has no membership query, so this reads the whole
-    /// set ([`SetHandle::members`]) and checks client-side: for repeated checks on a large set, read
-    /// the members once instead.
+    /// Whether `member` is in the set, read without the rest of the set.
     ///
     /// ```no_run
     /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
@@ -427,7 +426,82 @@ impl SetHandle {
     /// # Ok(()) }
     /// ```
     pub async fn contains(&self, member: impl AsRef<[u8]>) -> Result<bool, Error> {
-        let member = member.as_ref();
-        Ok(self.members().await?.iter().any(|m| m.as_slice() == member))
+        Ok(self.contains_each([member]).await?.first().copied().unwrap_or(false))
+    }
+
+    /// Whether each of `members` is in the set, in the order given (one request).
+    pub async fn contains_each<M: AsRef<[u8]>>(
+        &self,
+        members: impl IntoIterator<Item = M>,
+    ) -> Result<Vec<bool>, Error> {
+        let members: Vec<Vec<u8>> = members.into_iter().map(|m| m.as_ref().to_vec()).collect();
+        match self.read_part(SetPart::Contains(members.clone())).await? {
+            Some(SetPartReply::Contains(found)) if found.len() == members.len() => Ok(found),
+            Some(other) => Err(Error::protocol(format!("a membership query answered with {other:?}"))),
+            None => {
+                let all = self.members().await?;
+                Ok(members.iter().map(|m| all.contains(m)).collect())
+            }
+        }
+    }
+
+    /// The number of members, read without the members.
+    pub async fn len(&self) -> Result<u64, Error> {
+        match self.read_part(SetPart::Count).await? {
+            Some(SetPartReply::Count(n)) => Ok(n),
+            Some(other) => Err(Error::protocol(format!("a count answered with {other:?}"))),
+            None => Ok(self.members().await?.len() as u64),
+        }
+    }
+
+    /// Whether the set has no member (a missing or deleted set has none).
+    pub async fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// A page of members in byte order, after `after` (exclusive; `None`: from the first), at most
+    /// `limit` (the node may return fewer), and the cursor of the next page (`None`: no more).
+    /// Each page is read on its own: members added or removed between pages may be missed or seen,
+    /// as with key listing.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let followers = client.set("users/7/followers");
+    /// let mut after = None;
+    /// loop {
+    ///     let (members, next) = followers.page(after, 1000).await?;
+    ///     println!("{} members", members.len());
+    ///     match next {
+    ///         Some(cursor) => after = Some(cursor),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn page(&self, after: Option<Vec<u8>>, limit: u32) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), Error> {
+        match self.read_part(SetPart::Page { after: after.clone(), limit }).await? {
+            Some(SetPartReply::Page { members, next }) => Ok((members, next)),
+            Some(other) => Err(Error::protocol(format!("a page read answered with {other:?}"))),
+            None => {
+                // A node that predates part reads: page the whole set here.
+                let all = self.members().await?;
+                let from: Vec<Vec<u8>> =
+                    all.into_iter().filter(|m| after.as_ref().is_none_or(|after| m > after)).collect();
+                let limit = (limit as usize).max(1);
+                let next = (from.len() > limit).then(|| from[limit - 1].clone());
+                Ok((from.into_iter().take(limit).collect(), next))
+            }
+        }
+    }
+
+    /// A part read; `None` when the node predates them (`unsupported`).
+    async fn read_part(&self, part: SetPart) -> Result<Option<SetPartReply>, Error> {
+        let key = self.key.clone()?;
+        match self.ctx.call(Operation::ReadSet { key, part }).await {
+            Ok(ReplyBody::SetPart(reply)) => Ok(Some(reply)),
+            Ok(other) => Err(unexpected("ReadSet", &other)),
+            Err(e) if e.code() == Some(ErrorCode::Unsupported) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

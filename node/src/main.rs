@@ -183,8 +183,10 @@ enum Command {
         #[arg(required = true)]
         members: Vec<String>,
     },
-    /// Set: list members.
+    /// Set: list members (read a page at a time, so a set of any size can be listed).
     Smembers { key: String },
+    /// Set: the number of members.
+    Scard { key: String },
     /// Set: test membership (exit status 1 when absent).
     Sismember { key: String, member: String },
     /// Map: set a register field.
@@ -257,6 +259,8 @@ enum Command {
         #[arg(long)]
         auth: bool,
     },
+    /// What one set member change costs as a set grows (one node in-process; docs/benchmarks.md).
+    BenchCollections(meridian_node::bench_collections::CollectionBenchArgs),
     /// Benchmark an etcd cluster (v3 JSON gateway) at the same shape as `bench`: PUTs, then linearizable GETs.
     BenchEtcd(meridian_node::bench_etcd::EtcdBenchArgs),
     /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
@@ -384,6 +388,7 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
             print!("{}", meridian_node::bench::render(&report, &options));
             Ok(())
         }
+        Command::BenchCollections(args) => meridian_node::bench_collections::run_cli(args).await,
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::BenchGeo(args) => meridian_node::bench_geo::run_cli(*args).await,
         Command::Certs { command } => meridian_node::certs_cli::run(command),
@@ -548,6 +553,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         Command::Auth { command } => meridian_node::auth_cli::run(&client, command).await?,
         command @ (Command::Get { .. }
         | Command::Smembers { .. }
+        | Command::Scard { .. }
         | Command::Sismember { .. }
         | Command::DocChanges { .. }
         | Command::Keys { .. }) => read_command(&session, conn, command).await?,
@@ -671,10 +677,20 @@ async fn read_command(session: &Session, conn: &Connection, command: Command) ->
             }
         }
         Command::Smembers { key } => {
-            for member in session.set(key.as_str()).members().await? {
-                println!("{}", text(&member));
+            let set = session.set(key.as_str());
+            let mut after = None;
+            loop {
+                let (members, next) = set.page(after, 1000).await?;
+                for member in &members {
+                    println!("{}", text(member));
+                }
+                match next {
+                    Some(cursor) => after = Some(cursor),
+                    None => break,
+                }
             }
         }
+        Command::Scard { key } => println!("{}", session.set(key.as_str()).len().await?),
         Command::Sismember { key, member } => {
             let present = session.set(key.as_str()).contains(member.into_bytes()).await?;
             println!("{present}");

@@ -34,6 +34,7 @@ async fn readme_tour_works_as_written() {
     ok(ep, data, &["srem", "shop/tags", "green"]);
     assert_eq!(ok(ep, data, &["smembers", "shop/tags"]), "blue\nred\n");
     assert_eq!(ok(ep, data, &["sismember", "shop/tags", "red"]).trim(), "true");
+    assert_eq!(ok(ep, data, &["scard", "shop/tags"]).trim(), "2");
     assert!(!meridian(ep, data, &["sismember", "shop/tags", "green"]).status.success());
 
     ok(ep, data, &["hset", "shop/user:1", "name", "Ada"]);

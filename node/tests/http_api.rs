@@ -174,6 +174,18 @@ async fn scalar_ops_have_the_documented_shapes() {
     assert_eq!(value_of(&api, "shop/tags", "set").await, json!(["blue", "red"]));
     // `type=` accepts the key's own type.
     assert_eq!(api.get("/v1/kv/shop/tags?type=set").await.ok()["value"], json!(["blue", "red"]));
+    // Parts of a set: count, membership, pages with their cursor (docs/api.md).
+    assert_eq!(api.get("/v1/kv/shop/tags?part=count").await.ok()["count"], json!(2));
+    let contains = api.get("/v1/kv/shop/tags?part=contains&member=red").await.ok();
+    assert_eq!((contains["member"].clone(), contains["contains"].clone()), (json!("red"), json!(true)));
+    assert_eq!(api.get("/v1/kv/shop/tags?part=contains&member=green").await.ok()["contains"], json!(false));
+    let first = api.get("/v1/kv/shop/tags?part=page&limit=1").await.ok();
+    assert_eq!((first["members"].clone(), first["next"].clone()), (json!(["blue"]), json!("blue")));
+    let last = api.get("/v1/kv/shop/tags?part=page&limit=1&after=blue").await.ok();
+    assert_eq!((last["members"].clone(), last["next"].clone()), (json!(["red"]), json!(null)));
+    api.get("/v1/kv/shop/tags?part=contains").await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get("/v1/kv/shop/tags?part=size").await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get("/v1/kv/shop/visits?part=count").await.error(StatusCode::CONFLICT, "wrong_type", false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

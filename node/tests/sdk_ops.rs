@@ -694,3 +694,65 @@ async fn concurrent_writes_all_land_and_sessions_read_them() {
     }
     shutdown(running).await;
 }
+
+/// A set read in parts — membership, count, pages — agrees with the whole read through adds,
+/// removes, a delete and a re-creation; a page walk returns every member once, in order; a part read
+/// of another type is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_part_reads_agree_with_the_whole_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_rocks(config(dir.path())).await;
+    let client = connect(&running).await;
+    bounded("set part reads", async {
+        let set = client.set("shop/big");
+        assert_eq!(set.len().await.unwrap(), 0, "a missing set counts 0");
+        assert!(set.is_empty().await.unwrap());
+        assert_eq!(set.page(None, 10).await.unwrap(), (Vec::new(), None));
+        let members: Vec<Vec<u8>> = (0..2_500u32).map(|i| format!("m{i:05}").into_bytes()).collect();
+        for chunk in members.chunks(700) {
+            set.add(chunk.to_vec()).await.unwrap();
+        }
+        set.remove([b"m00007".to_vec(), b"m02499".to_vec()]).await.unwrap();
+        let mut expected: Vec<Vec<u8>> = members.clone();
+        expected.retain(|m| m != b"m00007" && m != b"m02499");
+        assert_eq!(set.len().await.unwrap(), expected.len() as u64);
+        assert_eq!(set.members().await.unwrap(), expected, "the whole read");
+        assert_eq!(
+            set.contains_each([b"m00000".as_slice(), b"m00007", b"m02498", b"m02499", b"nope"]).await.unwrap(),
+            vec![true, false, true, false, false]
+        );
+        // Pages of 333: every member once, in byte order, the cursor ending the walk.
+        let (mut walked, mut after, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let (page, next) = set.page(after, 333).await.unwrap();
+            assert!(page.len() <= 333);
+            walked.extend(page);
+            pages += 1;
+            match next {
+                Some(cursor) => after = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(walked, expected, "the page walk");
+        assert_eq!(pages, expected.len().div_ceil(333));
+        let (tail, next) = set.page(Some(b"m02496".to_vec()), 10).await.unwrap();
+        assert_eq!((tail, next), (vec![b"m02497".to_vec(), b"m02498".to_vec()], None));
+        // A deleted set reads empty in every part; a re-created one starts empty.
+        client.delete("shop/big").await.unwrap();
+        assert_eq!(set.len().await.unwrap(), 0);
+        assert!(!set.contains("m00000").await.unwrap());
+        assert_eq!(set.page(None, 10).await.unwrap(), (Vec::new(), None));
+        set.add(["fresh"]).await.unwrap();
+        assert_eq!(set.len().await.unwrap(), 1);
+        assert_eq!(set.members().await.unwrap(), bytes(&["fresh"]));
+        // Another type is refused, as a whole read of the wrong type is.
+        client.counter("shop/n").incr(1).await.unwrap();
+        assert_eq!(server_code(client.set("shop/n").len().await), ErrorCode::WrongType);
+        // Every level answers (the quorum levels from the whole set, on a node alone the same).
+        for level in [Consistency::Eventual, Consistency::Causal, Consistency::LocalQuorum, Consistency::Quorum] {
+            assert_eq!(client.set("shop/big").consistency(level).len().await.unwrap(), 1, "{level:?}");
+        }
+    })
+    .await;
+    shutdown(running).await;
+}

@@ -376,6 +376,49 @@ pub enum Operation {
     /// whose storage failed still answers `Status` but takes no writes. Nodes before this variant
     /// answer [`ErrorCode::Unsupported`].
     Readiness,
+    /// Read part of a set — membership of some members, the member count, or a page of members —
+    /// without reading the rest (a node keeps a set one record per element). Nodes before this
+    /// variant answer [`ErrorCode::Unsupported`]; the SDK then reads the whole set.
+    ReadSet {
+        /// The set's key (a key of another type is [`ErrorCode::WrongType`]; a missing key reads
+        /// as an empty set).
+        key: Key,
+        /// Which part.
+        part: SetPart,
+    },
+}
+
+/// Which part of a set [`Operation::ReadSet`] reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetPart {
+    /// Whether each of these is a member (`sismember`, `smismember`).
+    Contains(Vec<Vec<u8>>),
+    /// How many members the set has (`scard`).
+    Count,
+    /// Members in byte order, after `after` (exclusive; `None`: from the first), at most `limit`
+    /// (the node may cap it lower, and stops early at its reply budget).
+    Page {
+        /// The previous page's cursor.
+        after: Option<Vec<u8>>,
+        /// At most this many members.
+        limit: u32,
+    },
+}
+
+/// The answer to [`Operation::ReadSet`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetPartReply {
+    /// Per member asked, in the order asked: whether it is in the set.
+    Contains(Vec<bool>),
+    /// The number of members.
+    Count(u64),
+    /// A page of members, and the cursor of the next page (`None`: the set is read to its end).
+    Page {
+        /// The members, in byte order.
+        members: Vec<Vec<u8>>,
+        /// The cursor (`after`) for the next page.
+        next: Option<Vec<u8>>,
+    },
 }
 
 /// Online backup of one node (`meridian backup`). A backup is a RocksDB checkpoint the node keeps
@@ -824,6 +867,8 @@ pub enum ReplyBody {
     Backup(Box<BackupReport>),
     /// The answer to [`Operation::Readiness`]: `None` when the node is ready, else why it is not.
     Readiness(Option<String>),
+    /// The answer to [`Operation::ReadSet`].
+    SetPart(SetPartReply),
 }
 
 /// One listed key.
@@ -1059,6 +1104,31 @@ mod tests {
             body: ReplyBody::Backup(Box::new(BackupReport::Chunk(vec![9, 9]))),
         }));
         let frame = encode_frame(&reply);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
+    fn golden_read_set_frames() {
+        let request = |op| Request::V1(RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op });
+        let key: Key = "a/b".parse().unwrap();
+        // length 11 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | ReadSet=11 | key "a" "b" | Count=1
+        assert_eq!(
+            encode_frame(&request(Operation::ReadSet { key: key.clone(), part: SetPart::Count })),
+            vec![0, 0, 0, 11, 1, 0, 0, 0, 0, 11, 1, b'a', 1, b'b', 1]
+        );
+        // … | Page=2 | Some=1 after "x" | limit 5
+        let page = SetPart::Page { after: Some(b"x".to_vec()), limit: 5 };
+        assert_eq!(
+            encode_frame(&request(Operation::ReadSet { key, part: page })),
+            vec![0, 0, 0, 15, 1, 0, 0, 0, 0, 11, 1, b'a', 1, b'b', 2, 1, 1, b'x', 5]
+        );
+        // Reply: V1=0 | Ok=0 | empty token | SetPart=11 | Contains=0 | [true, false]
+        let reply = Response::V1(Ok(Reply {
+            causal_token: CausalToken::default(),
+            body: ReplyBody::SetPart(SetPartReply::Contains(vec![true, false])),
+        }));
+        let frame = encode_frame(&reply);
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 11, 0, 2, 1, 0]);
         assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
     }
 

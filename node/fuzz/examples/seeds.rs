@@ -23,7 +23,9 @@ use meridian_replication::antientropy::{
 };
 use meridian_replication::residency::RuleSet;
 use meridian_replication::{Member, MemberState, MemberVersion, Membership, SafeReport};
-use meridian_server::layout::{self, IdempotencyRecord, KeptIdempotency, LogRecord, Stored, StoredEntry};
+use meridian_server::layout::{
+    self, DotIndexRecord, ElementRecord, IdempotencyRecord, KeptIdempotency, LogRecord, SplitHeader, Stored, StoredEntry,
+};
 use meridian_server::peer::protocol::{encode_request, CompactReports, PeerMessageV1, PeerReplyV1, PeerResponse, Pushed};
 
 fn main() {
@@ -196,6 +198,17 @@ fn stored_record(dir: &Path) {
     let v3 = LogRecord::V3 { key: key(), delta: counter.clone(), ts, deps: vv(&[(1, 4)]), kept: Box::new(kept.clone()) };
     write(dir, "log-v3", &tagged(1, layout::encode(&v3)));
     write(dir, "delta-v3", &tagged(0, layout::encode_delta(&stored(&counter), Some(&kept))));
+    // A set kept one record per element: its header, an element's dots, a dot's element.
+    let (_, set) = entries().into_iter().find(|(name, _)| *name == "set").expect("a set entry");
+    let mut header = stored(&set);
+    if let Some(set) = header.entry.set_mut() {
+        set.take_tagged();
+    }
+    let header = SplitHeader { stored: header, elements: 2, element_bytes: 24, writes: 3 };
+    write(dir, "state-split-header", &tagged(0, layout::encode_split(&header)));
+    let dots = vec![Dot::new(NodeId(1), 1), Dot::new(NodeId(2), 7)];
+    write(dir, "element", &tagged(0, layout::encode(&ElementRecord::V1(dots))));
+    write(dir, "dot-index", &tagged(0, layout::encode(&DotIndexRecord::V1(b"member".to_vec()))));
     write(dir, "membership", &tagged(4, codec::encode(&membership())));
     write(dir, "rules", &tagged(5, codec::encode(&rules())));
     write(dir, "covered-vv", &tagged(6, codec::encode(&vv(&[(1, 3), (300, 1), (u64::MAX, u64::MAX)]))));

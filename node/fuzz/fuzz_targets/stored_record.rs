@@ -10,7 +10,10 @@ use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::residency::RuleSet;
 use meridian_replication::Membership;
 use meridian_server::auth::state::{AuthRecord, AuthState};
-use meridian_server::layout::{self, IdempotencyRecord, LogContent, LogRecord, Predecessors, RunMarker, Stored};
+use meridian_server::layout::{
+    self, DotIndexRecord, ElementRecord, IdempotencyRecord, LogContent, LogRecord, Predecessors, RunMarker, StateRecord,
+    Stored,
+};
 use meridian_server::region::cluster::MAX_MEMBERSHIP_BYTES;
 use meridian_server::storage::decode_u64_be;
 
@@ -20,7 +23,9 @@ static ALLOC: meridian_node_fuzz::CappedAlloc = meridian_node_fuzz::CappedAlloc;
 fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
     let Some((&kind, bytes)) = data.split_first() else { return };
     match kind % 8 {
-        // `Data`: a key's state (`StoredEntry`), then what a read and a join do with it.
+        // `Data`: a key's state (`StoredEntry`), then what a read and a join do with it; the same
+        // bytes as a set's header, and as its `Elements` records (an element's dots, a dot's
+        // element) and keys.
         0 => {
             if let Ok(stored) = layout::decode_stored(bytes) {
                 round_trip_stored(&stored);
@@ -28,6 +33,18 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
                 let mut joined = Stored::empty_like(&stored);
                 let _ = joined.try_join(&stored);
             }
+            if let Ok(StateRecord::Split(header)) = layout::decode_state(bytes) {
+                assert!(layout::is_split_value(&layout::encode_split(&header)));
+                let again = layout::decode_state(&layout::encode_split(&header)).expect("re-encoded header decodes");
+                assert_eq!(again, StateRecord::Split(header));
+            }
+            if let Ok(element) = layout::decode::<ElementRecord>(bytes) {
+                assert_eq!(layout::decode::<ElementRecord>(&layout::encode(&element)).expect("re-encoded element decodes"), element);
+            }
+            if let Ok(index) = layout::decode::<DotIndexRecord>(bytes) {
+                assert_eq!(layout::decode::<DotIndexRecord>(&layout::encode(&index)).expect("re-encoded index decodes"), index);
+            }
+            let _ = layout::collection_of(bytes);
         }
         // `Log`: a delta-log record.
         1 => {

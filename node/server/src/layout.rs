@@ -602,7 +602,8 @@ pub fn keyed_data_key(op: &Operation) -> Option<Vec<u8>> {
         Operation::Write { key, .. }
         | Operation::Delete { key, .. }
         | Operation::Read { key, .. }
-        | Operation::DocChanges { key, .. } => key.validate().ok().map(|()| data_key(key)),
+        | Operation::DocChanges { key, .. }
+        | Operation::ReadSet { key, .. } => key.validate().ok().map(|()| data_key(key)),
         _ => None,
     }
 }

@@ -26,7 +26,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_crdt::{CrdtType, Dot};
+use meridian_client::proto::{SetPart, SetPartReply};
+use meridian_crdt::{AwSet, CrdtType, Dot};
 
 use crate::layout::{self, DotIndexRecord, ElementRecord, SplitHeader, StateRecord, Stored};
 use crate::storage::{Batch, Engine, Space, StorageError};
@@ -162,6 +163,114 @@ fn assemble(header: SplitHeader, elements: BTreeMap<Vec<u8>, BTreeSet<Dot>>) -> 
         }
     }
     stored
+}
+
+/// A part read of a set ([`read_set_part`]): the key's state without the set's elements (its
+/// presence, type and dependencies: what a causal read waits on) and the answer, `None` when the
+/// key holds another type.
+#[derive(Debug)]
+pub struct PartRead {
+    /// The state; a set's elements are left out.
+    pub header: Stored,
+    /// The answer, if the key holds a set.
+    pub reply: Option<SetPartReply>,
+}
+
+/// How much a page of members may carry.
+#[derive(Clone, Copy, Debug)]
+pub struct PageBudget {
+    /// At most this many members, whatever the request asks.
+    pub max_members: usize,
+    /// Stop once the members reach this many bytes (at least one member is always returned).
+    pub max_bytes: usize,
+}
+
+/// Reads part of the set at `data_key` — membership, count or a page — reading only the records
+/// that part needs (a set stored whole is read whole); `None` if nothing is stored. Like
+/// [`load_whole`] it re-reads the header around its element reads, so the answer is one state's.
+pub fn read_set_part(
+    engine: &dyn Engine,
+    data_key: &[u8],
+    part: &SetPart,
+    budget: PageBudget,
+) -> Result<Option<PartRead>> {
+    for _ in 0..ASSEMBLY_ATTEMPTS {
+        let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
+        let header = match decode(data_key, &bytes)? {
+            StateRecord::Whole(stored) => {
+                let reply = as_set(&stored).map(|set| part_of_set(set, stored.entry.exists(), part, budget));
+                return Ok(Some(PartRead { header: header_of(&stored), reply }));
+            }
+            StateRecord::Split(header) => header,
+        };
+        let exists = header.stored.entry.exists();
+        let reply = match part {
+            _ if !exists => part_of_set(&Default::default(), false, part, budget),
+            SetPart::Count => SetPartReply::Count(header.elements),
+            SetPart::Contains(members) => {
+                let mut found = Vec::with_capacity(members.len());
+                for member in members {
+                    found.push(engine.get(Space::Elements, &layout::element_key(data_key, member))?.is_some());
+                }
+                SetPartReply::Contains(found)
+            }
+            SetPart::Page { after, limit } => {
+                let prefix = layout::elements_prefix(data_key);
+                let start = match after {
+                    Some(after) => [prefix.as_slice(), after, &[0]].concat(),
+                    None => prefix.clone(),
+                };
+                let end = layout::prefix_end(&prefix);
+                let want = (*limit as usize).clamp(1, budget.max_members);
+                // One more than a page, to know whether members remain.
+                let page = engine.scan(Space::Elements, &start, end.as_deref(), want + 1)?;
+                take_page(page.into_iter().map(|(key, _)| key[prefix.len()..].to_vec()), want, budget.max_bytes)
+            }
+        };
+        if matches!(part, SetPart::Count) {
+            return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
+        }
+        let again = engine.get(Space::Data, data_key)?;
+        match again.map(|bytes| decode(data_key, &bytes)).transpose()? {
+            Some(StateRecord::Split(now)) if now.writes == header.writes => {
+                return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
+            }
+            _ => continue,
+        }
+    }
+    Err(StateError::Busy(layout::show_data_key(data_key)))
+}
+
+/// The part of a whole set a [`SetPart`] asks for (`exists`: whether the key exists; a deleted
+/// key reads as an empty set).
+pub fn part_of_set(set: &AwSet<Vec<u8>>, exists: bool, part: &SetPart, budget: PageBudget) -> SetPartReply {
+    let empty = AwSet::default();
+    let set = if exists { set } else { &empty };
+    match part {
+        SetPart::Count => SetPartReply::Count(set.len() as u64),
+        SetPart::Contains(members) => SetPartReply::Contains(members.iter().map(|m| set.contains(m)).collect()),
+        SetPart::Page { after, limit } => {
+            let want = (*limit as usize).clamp(1, budget.max_members);
+            let from = set.elements().filter(|m| after.as_ref().is_none_or(|after| *m > after)).cloned();
+            take_page(from, want, budget.max_bytes)
+        }
+    }
+}
+
+/// A page of at most `want` members (and `max_bytes`, but at least one) from `members`, in order;
+/// the cursor is the last one returned when any remain.
+fn take_page(members: impl Iterator<Item = Vec<u8>>, want: usize, max_bytes: usize) -> SetPartReply {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for member in members {
+        if page.len() == want || (bytes + member.len() > max_bytes && !page.is_empty()) {
+            let next = page.last().cloned();
+            return SetPartReply::Page { members: page, next };
+        }
+        bytes += member.len();
+        page.push(member);
+    }
+    SetPartReply::Page { members: page, next: None }
 }
 
 /// A key's state as a write or a replicated delta needs it, ready to take deltas and to be

@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use meridian_client::proto::{
     AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody,
-    RequestV1, TraceContext,
+    RequestV1, SetPart, SetPartReply, TraceContext,
 };
 use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 use serde::Deserialize;
@@ -215,6 +215,11 @@ struct CommonQuery {
     crdt_type: Option<String>,
     changes_since: Option<String>,
     timeout_ms: Option<u32>,
+    /// A set part read: `count`, `contains` (with `member`), `page` (with `after`, `limit`).
+    part: Option<String>,
+    member: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
 }
 
 struct Common {
@@ -518,6 +523,36 @@ async fn read(
         let changes: Vec<String> =
             changes.iter().map(|c| base64::engine::general_purpose::STANDARD.encode(c)).collect();
         return Ok(Json(with_token(&reply, json!({"changes": changes, "heads": heads}))).into_response());
+    }
+    if let Some(part) = &query.part {
+        let part = match part.as_str() {
+            "count" => SetPart::Count,
+            "contains" => {
+                let member = query.member.as_ref().ok_or_else(|| bad("part=contains needs member=<member>"))?;
+                SetPart::Contains(vec![member.as_bytes().to_vec()])
+            }
+            "page" => SetPart::Page {
+                after: query.after.as_ref().map(|a| a.as_bytes().to_vec()),
+                limit: query.limit.unwrap_or(100),
+            },
+            other => return Err(bad(format!("part must be count, contains or page, not {other:?}"))),
+        };
+        let reply = execute(&node, common, Operation::ReadSet { key, part }).await?;
+        let body = match &reply.body {
+            ReplyBody::SetPart(SetPartReply::Count(n)) => json!({"count": n}),
+            ReplyBody::SetPart(SetPartReply::Contains(found)) => {
+                json!({"member": query.member, "contains": found.first().copied().unwrap_or(false)})
+            }
+            ReplyBody::SetPart(SetPartReply::Page { members, next }) => json!({
+                "members": members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>(),
+                "next": next.as_deref().map(bytes_json),
+            }),
+            other => {
+                let message = format!("a set part read answered with {other:?}");
+                return Err(ApiError(ErrorReply::new(ErrorCode::Internal, message)));
+            }
+        };
+        return Ok(Json(with_token(&reply, body)).into_response());
     }
     let expected =
         query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;

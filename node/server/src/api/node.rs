@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use meridian_client::proto::{
     BackupOp, CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody,
-    Request, RequestV1, ResidencyOp, Response, TraceContext,
+    Request, RequestV1, ResidencyOp, Response, SetPart, SetPartReply, TraceContext,
 };
-use meridian_crdt::{Entry, NodeId, VersionVector};
+use meridian_crdt::{Body, CrdtError, CrdtType, Entry, NodeId, VersionVector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
@@ -22,6 +22,7 @@ use crate::layout;
 use crate::region::coordinator::{Coordinator, MoveRefused};
 use crate::replica::{doc_changes_of, value_of, Change, Replica};
 use crate::residency::{residency_refusal, Decision, Residency};
+use crate::states;
 use crate::storage::{Engine, StorageError};
 use crate::store::sync_store::EngineSyncStore;
 
@@ -214,7 +215,8 @@ impl Node {
             Operation::Write { key, .. }
             | Operation::Delete { key, .. }
             | Operation::Read { key, .. }
-            | Operation::DocChanges { key, .. } => {
+            | Operation::DocChanges { key, .. }
+            | Operation::ReadSet { key, .. } => {
                 self.replica.level(key, request.consistency).map_or("invalid", Consistency::name)
             }
             _ => "none",
@@ -378,6 +380,11 @@ impl Node {
                 let (entry, token) = self.read_entry(&key, token, level).await?;
                 Ok(Reply { causal_token: token, body: doc_changes_of(entry, since_heads).await? })
             }
+            Operation::ReadSet { key, part } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                let (reply, token) = self.read_set_part(&key, &part, token, level).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::SetPart(reply) })
+            }
             op @ Operation::ListKeys { .. } => {
                 let request = RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op };
                 Ok(self.replica.list_local(&request).await?)
@@ -456,6 +463,32 @@ impl Node {
         })
     }
 
+    /// A part read of a set: from this replica at `eventual` and `causal`; at the quorum levels, a
+    /// quorum read of the whole set (with its write-back), answered from the joined state.
+    async fn read_set_part(
+        &self,
+        key: &Key,
+        part: &SetPart,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(SetPartReply, CausalToken), ErrorReply> {
+        let quorum = matches!(level, Consistency::LocalQuorum | Consistency::Quorum);
+        let Some(coordinator) = self.coordinator.as_ref().filter(|_| quorum) else {
+            return Ok(self.replica.read_set_part(key, part, token, level).await?);
+        };
+        let (entry, token) = coordinator.read_entry(key, token, level).await?;
+        let budget = self.replica.page_budget();
+        let reply = match entry.as_ref().map(|e| (e.body(), e.exists())) {
+            None => states::part_of_set(&Default::default(), false, part, budget),
+            Some((Body::Set(set), exists)) => states::part_of_set(set, exists, part, budget),
+            Some((other, _)) => {
+                let wrong = CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Set };
+                return Err(crate::error::Error::Crdt(wrong).into());
+            }
+        };
+        Ok((reply, token))
+    }
+
     /// A read: from a quorum of the region's replicas at the quorum levels, else from this replica.
     async fn read_entry(
         &self,
@@ -476,6 +509,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Delete { .. } => "delete",
         Operation::Read { .. } => "read",
         Operation::DocChanges { .. } => "doc_changes",
+        Operation::ReadSet { .. } => "read_set",
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
         Operation::Readiness => "readiness",

@@ -100,7 +100,7 @@ pub fn needed(op: &Operation, rule_namespace: impl Fn(u32) -> Option<String>) ->
     let cluster = || Need::Role(Role::Admin, ALL_NAMESPACES.to_string());
     match op {
         Operation::Write { key, .. } | Operation::Delete { key, .. } => Need::Role(Role::Write, key.namespace.clone()),
-        Operation::Read { key, .. } | Operation::DocChanges { key, .. } => {
+        Operation::Read { key, .. } | Operation::DocChanges { key, .. } | Operation::ReadSet { key, .. } => {
             Need::Role(Role::Read, key.namespace.clone())
         }
         Operation::ListKeys { namespace, .. } => Need::Role(Role::Read, namespace.clone()),

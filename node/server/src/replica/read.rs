@@ -4,12 +4,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_client::proto::{CausalToken, Consistency, Key, ReplyBody};
+use meridian_client::proto::{CausalToken, Consistency, Key, ReplyBody, SetPart, SetPartReply};
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, NodeId, Value};
 
 use super::{internal, Replica};
 use crate::error::Error;
 use crate::layout;
+use crate::states;
+
+/// Most members one page of a set carries (`SetPart::Page`), whatever the request asks.
+pub const MAX_PAGE_MEMBERS: usize = 10_000;
+
+/// What a causal read waits on: the dependencies of the state it shows.
+trait HasDeps {
+    fn deps(&self) -> &meridian_crdt::VersionVector;
+}
+
+impl HasDeps for layout::Stored {
+    fn deps(&self) -> &meridian_crdt::VersionVector {
+        &self.deps
+    }
+}
+
+impl<T> HasDeps for (layout::Stored, T) {
+    fn deps(&self) -> &meridian_crdt::VersionVector {
+        &self.0.deps
+    }
+}
 
 /// How soon a causal read waiting on other origins first looks again (then twice as late each time,
 /// up to [`CAUSAL_POLL_MAX`]).
@@ -27,6 +48,56 @@ impl Replica {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), Error> {
+        let (stored, after) = self.read_causally(key, token, level, |data_key| self.load_stored(data_key)).await?;
+        Ok((stored.map(|s| s.entry), after))
+    }
+
+    /// Reads part of a set here (membership, count, a page: see [`states::read_set_part`]) with the
+    /// guarantees of [`Replica::read_entry`]; refuses a key of another type. A missing or deleted
+    /// key reads as an empty set.
+    pub async fn read_set_part(
+        self: &Arc<Self>,
+        key: &Key,
+        part: &SetPart,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(SetPartReply, CausalToken), Error> {
+        let budget = self.page_budget();
+        let engine = self.engine.as_ref();
+        let read = |data_key: &[u8]| {
+            let read = states::read_set_part(engine, data_key, part, budget).map_err(super::state_error)?;
+            Ok(read.map(|read| (read.header, read.reply)))
+        };
+        let (found, after) = self.read_causally(key, token, level, read).await?;
+        let reply = match found {
+            None => states::part_of_set(&Default::default(), false, part, budget),
+            Some((_, Some(reply))) => reply,
+            Some((header, None)) => {
+                return Err(Error::Crdt(CrdtError::WrongType {
+                    actual: header.entry.crdt_type(),
+                    requested: CrdtType::Set,
+                }))
+            }
+        };
+        Ok((reply, after))
+    }
+
+    /// How much one page of a set's members may carry: half a reply frame.
+    pub fn page_budget(&self) -> states::PageBudget {
+        states::PageBudget { max_members: MAX_PAGE_MEMBERS, max_bytes: self.config.limits.max_frame_bytes / 2 }
+    }
+
+    /// A read of `key` through `load` (the key's state, or a part of it with its state's
+    /// dependencies): at every level but `eventual`, waits (bounded) until the node has seen `token`
+    /// and everything the state depends on, reading again after each wait. Returns what `load` gave
+    /// and the token after the read.
+    async fn read_causally<T: HasDeps>(
+        self: &Arc<Self>,
+        key: &Key,
+        token: CausalToken,
+        level: Consistency,
+        load: impl Fn(&[u8]) -> Result<Option<T>, Error>,
+    ) -> Result<(Option<T>, CausalToken), Error> {
         let data_key = layout::data_key(key);
         let partition = layout::partition_of(&data_key);
         // Every level but `eventual` keeps the session's guarantees (on one node the only replica
@@ -40,7 +111,7 @@ impl Replica {
         // A point read is served from RocksDB's memtable, block cache or page cache in microseconds;
         // running it inline saves the two thread hand-offs a blocking-pool trip costs (writes, which
         // wait for fsync, do go to the blocking pool).
-        let mut stored = self.load_stored(&data_key)?;
+        let mut found = load(&data_key)?;
         if level != Consistency::Eventual {
             // The state may hold an effect whose cause (in this key, or anywhere in the partition)
             // has not arrived: a push that overtook an earlier one, a quorum write pushed straight
@@ -48,23 +119,23 @@ impl Replica {
             // dependencies are held here too, and read again (bounded by the same deadline).
             // (On a node alone, an origin it does not know can only be in a state written before
             // tokens were screened: no wait can cover it, so it is not waited for.)
-            let waited_deps = |s: &layout::Stored| {
-                CausalToken(if self.runs_alone() { self.recordable_deps(&s.deps) } else { s.deps.clone() })
+            let waited_deps = |deps: &meridian_crdt::VersionVector| {
+                CausalToken(if self.runs_alone() { self.recordable_deps(deps) } else { deps.clone() })
             };
-            while let Some(deps) = stored.as_ref().map(waited_deps) {
+            while let Some(deps) = found.as_ref().map(|f| waited_deps(f.deps())) {
                 if self.causal_gap(&deps, Some(partition)).is_none() {
                     break;
                 }
                 self.wait_until(&deps, Some(partition), deadline).await?;
-                stored = self.load_stored(&data_key)?;
+                found = load(&data_key)?;
             }
         }
         // The key's dependencies join the session's token: a session that saw an effect then waits
         // for its causes wherever it reads them.
-        if let Some(stored) = &stored {
-            after.0.merge(&stored.deps);
+        if let Some(found) = &found {
+            after.0.merge(found.deps());
         }
-        Ok((stored.map(|s| s.entry), after))
+        Ok((found, after))
     }
 
     /// Waits (bounded by `limits.causal_wait_ms`) until this node holds every write `token` names

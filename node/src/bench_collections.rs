@@ -1,0 +1,177 @@
+//! `meridian bench-collections`: what one member change costs as a set grows.
+//!
+//! One node in-process (as `meridian bench` starts it), one client. For each size it fills a fresh
+//! set to that many members (writes of many members each), then times single-member adds and
+//! removes of members it does not hold yet, one at a time, and a read of the whole set. It reports
+//! each figure beside the one at the smallest size of the same run: a set kept one record per
+//! element should add at about the same cost whatever its size (the goal is ≤ 2× at 1M), while a
+//! whole read stays linear (paged reads are not built yet). Benchmarks report; they never assert.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use meridian_client::Client;
+use meridian_server::config::Config;
+
+use crate::bench::new_histogram;
+
+/// `meridian bench-collections …`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CollectionBenchArgs {
+    /// Set sizes to probe, comma-separated (the first is the baseline of the ratios).
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
+    pub sizes: Vec<u64>,
+    /// Timed single-member adds (and as many removes) per size.
+    #[arg(long, default_value_t = 300)]
+    pub probes: u64,
+    /// Whole reads per size (skipped for sets whose whole state would not fit a reply).
+    #[arg(long, default_value_t = 5)]
+    pub reads: u64,
+    /// `relaxed` durability (fsync off) instead of `fsync`.
+    #[arg(long)]
+    pub relaxed: bool,
+}
+
+/// Members written per filling write.
+const FILL_CHUNK: u64 = 5_000;
+
+/// A set's whole size allowed on the benchmark's node: sets are kept per element, but their whole
+/// size still counts against `limits.max_key_bytes` (a whole read must fit one reply).
+const BENCH_KEY_BYTES: usize = 48 << 20;
+
+/// One size's figures.
+#[derive(Debug)]
+pub struct SizeReport {
+    /// Members in the set while probed.
+    pub size: u64,
+    /// Time to fill it.
+    pub fill: Duration,
+    /// Single-member adds, µs.
+    pub add_us: Histogram<u64>,
+    /// Single-member removes, µs.
+    pub remove_us: Histogram<u64>,
+    /// Whole reads, µs (empty: skipped).
+    pub read_us: Histogram<u64>,
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run_cli(args: CollectionBenchArgs) -> anyhow::Result<()> {
+    let reports = run(&args).await?;
+    print!("{}", render(&reports, &args));
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> {
+    let scratch = std::env::temp_dir().join(format!(
+        "meridian-bench-collections-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut config = Config {
+        data_dir: scratch.join("node"),
+        listen: meridian_server::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
+        ..Config::default()
+    };
+    config.storage.durability = if args.relaxed { "relaxed".into() } else { "fsync".into() };
+    config.limits.max_key_bytes = BENCH_KEY_BYTES;
+    config.limits.max_merged_key_bytes = BENCH_KEY_BYTES;
+    let running = meridian_server::serve::start(config).await?;
+    let client = Client::builder()
+        .endpoint(running.client_addr.to_string())
+        .ca_cert_file(&running.cert_path)
+        .max_retries(0)
+        .connect()
+        .await
+        .context("connecting the benchmark client")?;
+    let result = probe_sizes(&client, args).await;
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> {
+    let mut reports = Vec::new();
+    for &size in &args.sizes {
+        let set = client.set(format!("bench/set-{size}").as_str());
+        let started = Instant::now();
+        let mut filled = 0;
+        while filled < size {
+            let chunk = FILL_CHUNK.min(size - filled);
+            set.add((filled..filled + chunk).map(member)).await.context("filling the set")?;
+            filled += chunk;
+        }
+        let fill = started.elapsed();
+        let (mut add_us, mut remove_us, mut read_us) = (new_histogram(), new_histogram(), new_histogram());
+        for i in 0..args.probes {
+            let probe = member(size + i);
+            let t = Instant::now();
+            set.add([probe]).await.context("a probe add")?;
+            add_us.record(t.elapsed().as_micros() as u64)?;
+        }
+        for i in 0..args.probes {
+            let probe = member(size + i);
+            let t = Instant::now();
+            set.remove([probe]).await.context("a probe remove")?;
+            remove_us.record(t.elapsed().as_micros() as u64)?;
+        }
+        for _ in 0..args.reads {
+            let t = Instant::now();
+            match set.members().await {
+                Ok(members) => {
+                    anyhow::ensure!(members.len() as u64 == size, "read {} members, expected {size}", members.len());
+                    read_us.record(t.elapsed().as_micros() as u64)?;
+                }
+                // A whole read larger than a reply: reported as skipped.
+                Err(e) if e.code() == Some(meridian_client::proto::ErrorCode::TooLarge) => break,
+                Err(e) => return Err(e).context("a whole read"),
+            }
+        }
+        reports.push(SizeReport { size, fill, add_us, remove_us, read_us });
+    }
+    Ok(reports)
+}
+
+fn member(i: u64) -> Vec<u8> {
+    format!("m{i:09}").into_bytes()
+}
+
+/// The table: per size, p50 and mean of each operation and its ratio to the first size's.
+pub fn render(reports: &[SizeReport], args: &CollectionBenchArgs) -> String {
+    let mut out = format!(
+        "set member changes by set size ({} probes each, {} durability, one node in-process)\n\n",
+        args.probes,
+        if args.relaxed { "relaxed" } else { "fsync" }
+    );
+    out += "| members | fill | sadd p50 | sadd mean | ÷ first | srem p50 | srem mean | ÷ first | whole read p50 | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|\n";
+    let first = reports.first();
+    let ratio = |h: &Histogram<u64>, base: Option<&Histogram<u64>>| match base {
+        Some(base) if !h.is_empty() && !base.is_empty() => format!("{:.2}", h.mean() / base.mean().max(1.0)),
+        _ => "—".into(),
+    };
+    let ms = |h: &Histogram<u64>, q: Option<f64>| {
+        if h.is_empty() {
+            return "skipped".to_string();
+        }
+        let us = q.map_or_else(|| h.mean(), |q| h.value_at_quantile(q) as f64);
+        format!("{:.2} ms", us / 1000.0)
+    };
+    for r in reports {
+        out += &format!(
+            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.size,
+            r.fill.as_secs_f64(),
+            ms(&r.add_us, Some(0.5)),
+            ms(&r.add_us, None),
+            ratio(&r.add_us, first.map(|f| &f.add_us)),
+            ms(&r.remove_us, Some(0.5)),
+            ms(&r.remove_us, None),
+            ratio(&r.remove_us, first.map(|f| &f.remove_us)),
+            ms(&r.read_us, Some(0.5)),
+            ratio(&r.read_us, first.map(|f| &f.read_us)),
+        );
+    }
+    out
+}
