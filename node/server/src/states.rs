@@ -13,8 +13,9 @@
 //! each element from its own dots and the two contexts alone ([`AwSet::put_tagged`]), so joining
 //! the delta into that part gives, for those elements, what joining it into the whole would, and
 //! leaves every other element as it is: the untouched elements are simply not rewritten. A delta
-//! whose context covers more than [`MAX_INDEXED_DOTS`] dots (a delete of the key, a whole state
-//! from a digest sync or a quorum read's write-back) loads the whole set instead.
+//! whose context covers more dots than the set has elements (and than [`MAX_INDEXED_DOTS`]) — a
+//! delete of the key, a whole state from a digest sync or a quorum read's write-back — loads the
+//! whole set instead: one scan reads less than a lookup per dot then.
 //!
 //! Whatever needs the whole state — a read of every member, a state shipped to a peer, a digest —
 //! assembles it ([`load_whole`]); it reads the header before and after the elements and retries if
@@ -32,8 +33,8 @@ use meridian_crdt::{AwSet, CrdtType, Dot};
 use crate::layout::{self, DotIndexRecord, ElementRecord, SplitHeader, StateRecord, Stored};
 use crate::storage::{Batch, Engine, Space, StorageError};
 
-/// A delta whose set context covers more dots than this loads the whole set instead of looking
-/// each dot up in the index.
+/// A delta whose set context covers more dots than this, and than the set has elements, loads the
+/// whole set instead of looking each dot up in the index.
 pub const MAX_INDEXED_DOTS: usize = 256;
 
 /// Elements read per scan while assembling a whole set.
@@ -383,21 +384,24 @@ impl StateView {
 
     /// Loads whatever part of the state `delta` can change (see the module docs).
     fn load_for_delta(&mut self, engine: &dyn Engine, delta: &Stored) -> Result<()> {
-        if !matches!(self.form, Form::Split { complete: false, .. }) {
-            return Ok(());
-        }
+        let Form::Split { before, complete: false, .. } = &self.form else { return Ok(()) };
         let Some(delta_set) = as_set(delta) else {
             // Another type: it may win over the set (its elements then all go), or lose.
             return self.load_all(engine);
         };
-        let Some(dots) = delta_set.context().dots_within(MAX_INDEXED_DOTS) else {
+        // One index lookup per dot, or one scan of every element: whichever reads less.
+        let limit = MAX_INDEXED_DOTS.max(usize::try_from(before.elements).unwrap_or(usize::MAX));
+        let Some(dots) = delta_set.context().dots_within(limit) else {
             return self.load_all(engine);
         };
+        let state = as_set(&self.stored).expect("a split view holds a set until written");
+        // Loaded elements are current (this view may have changed them); the index is for the rest.
+        let loaded: std::collections::HashSet<Dot> =
+            state.tagged().flat_map(|(_, tags)| tags.iter().copied()).collect();
         let mut wanted: Vec<Vec<u8>> = delta_set.elements().cloned().collect();
-        let loaded_set = as_set(&self.stored).expect("a split view holds a set until written");
         for dot in dots {
-            // Loaded elements are current (this view may have changed them); the index is for the rest.
-            if loaded_set.tagged().any(|(_, tags)| tags.contains(&dot)) {
+            // A dot this state has not seen tags nothing here (a fresh add's own dots).
+            if !state.context().contains(dot) || loaded.contains(&dot) {
                 continue;
             }
             if let Some(bytes) = engine.get(Space::Elements, &layout::dot_index_key(&self.data_key, dot))? {
