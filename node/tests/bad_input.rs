@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{bounded, config, connect, raw_connect, shutdown, start_memory, RawAnswer, RawConn};
 use meridian_client::proto::{
-    self, CausalToken, ErrorCode, ErrorReply, Key, Operation, Reply, ReplyBody, Request, RequestV1, Response,
+    self, CausalToken, ErrorCode, ErrorReply, Key, Operation, Reply, ReplyBody, Request, RequestV1, Response, SetPart,
 };
 use meridian_client::{Client, Error, Mutation};
 use meridian_server::config::{Config, ConfigError, ConsistencyName, NamespaceConfig};
@@ -270,6 +270,7 @@ async fn invalid_keys_sent_raw_are_bad_requests() {
                 Operation::Delete { key: key.clone(), idempotency_id: None },
                 Operation::Read { key: key.clone(), expected: None },
                 Operation::DocChanges { key: key.clone(), since_heads: vec![] },
+                Operation::ReadSet { key: key.clone(), part: SetPart::Count },
             ];
             for op in ops {
                 let err = client.raw(request(op.clone())).await.unwrap_err();
