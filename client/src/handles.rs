@@ -494,14 +494,42 @@ impl SetHandle {
         }
     }
 
-    /// A part read; `None` when the node predates them (`unsupported`).
+    /// A part read; `None` when the node predates them. Such a node cannot decode the request: it
+    /// answers `bad_request` naming a malformed frame (or `unsupported`), which a well-formed
+    /// request never gets from a node that knows the operation.
     async fn read_part(&self, part: SetPart) -> Result<Option<SetPartReply>, Error> {
         let key = self.key.clone()?;
         match self.ctx.call(Operation::ReadSet { key, part }).await {
             Ok(ReplyBody::SetPart(reply)) => Ok(Some(reply)),
             Ok(other) => Err(unexpected("ReadSet", &other)),
-            Err(e) if e.code() == Some(ErrorCode::Unsupported) => Ok(None),
+            Err(e) if predates_the_operation(&e) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Whether a node's refusal says it does not know the operation sent (see `SetHandle::read_part`).
+fn predates_the_operation(e: &Error) -> bool {
+    match e {
+        Error::Server { code: ErrorCode::Unsupported, .. } => true,
+        Error::Server { code: ErrorCode::BadRequest, message, .. } => message.starts_with("malformed frame"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_cannot_decode_a_part_read_is_recognised() {
+        let server = |code, message: &str| Error::Server { code, message: message.into() };
+        assert!(predates_the_operation(&server(ErrorCode::Unsupported, "unsupported format version 2")));
+        assert!(predates_the_operation(&server(
+            ErrorCode::BadRequest,
+            "malformed frame: malformed: unexpected variant"
+        )));
+        assert!(!predates_the_operation(&server(ErrorCode::BadRequest, "invalid key: empty namespace")));
+        assert!(!predates_the_operation(&server(ErrorCode::WrongType, "malformed frame")));
     }
 }

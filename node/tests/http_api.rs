@@ -186,6 +186,20 @@ async fn scalar_ops_have_the_documented_shapes() {
     api.get("/v1/kv/shop/tags?part=contains").await.error(StatusCode::BAD_REQUEST, "bad_request", false);
     api.get("/v1/kv/shop/tags?part=size").await.error(StatusCode::BAD_REQUEST, "bad_request", false);
     api.get("/v1/kv/shop/visits?part=count").await.error(StatusCode::CONFLICT, "wrong_type", false);
+    // A member that is not UTF-8: its cursor comes as base64 and goes back as `after_base64`.
+    let binary = json!({"op": "sadd", "members": [{"base64": "/w=="}, "zz"]});
+    assert_write_ok(&api.post("/v1/kv/shop/bin", binary).await);
+    let first = api.get("/v1/kv/shop/bin?part=page&limit=1").await.ok();
+    assert_eq!((first["members"].clone(), first["next"].clone()), (json!(["zz"]), json!("zz")));
+    let second = api.get("/v1/kv/shop/bin?part=page&limit=1&after=zz").await.ok();
+    assert_eq!((second["members"].clone(), second["next"].clone()), (json!([{"base64": "/w=="}]), json!(null)));
+    let from_binary = api.get("/v1/kv/shop/bin?part=page&after_base64=AA==").await.ok();
+    assert_eq!(from_binary["members"], json!(["zz", {"base64": "/w=="}]));
+    api.get("/v1/kv/shop/bin?part=page&after=a&after_base64=AA==").await.error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        false,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

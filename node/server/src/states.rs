@@ -18,8 +18,10 @@
 //! whole set instead: one scan reads less than a lookup per dot then.
 //!
 //! Whatever needs the whole state — a read of every member, a state shipped to a peer, a digest —
-//! assembles it ([`load_whole`]); it reads the header before and after the elements and retries if
-//! a write came between (the header's local write count), so it never returns a mix of two states.
+//! assembles it ([`load_whole`]), reading the header and the elements from one snapshot
+//! ([`Engine::get_and_scan`]), so it never returns a mix of two states; so does a page read. A
+//! membership query reads the header before and after its element reads and retries if a write came
+//! between (the header's write count).
 //!
 //! A set stored whole by format 1 stays readable and moves to per-element records at its next
 //! write. A delta of a higher-ranked type that wins over a set (see `Entry::try_join`) deletes its
@@ -68,25 +70,34 @@ fn corrupt(what: impl Into<String>, e: impl ToString) -> StateError {
     StateError::Corrupt { what: what.into(), detail: e.to_string() }
 }
 
-/// A key's whole state, assembled from its element records if it is kept per element.
+/// A key's whole state, assembled from its element records if it is kept per element (the header
+/// and the elements read from one snapshot).
 pub fn load_whole(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stored>> {
-    for _ in 0..ASSEMBLY_ATTEMPTS {
-        let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
-        let header = match decode(data_key, &bytes)? {
-            StateRecord::Whole(stored) => return Ok(Some(stored)),
-            StateRecord::Split(header) => header,
+    // Most keys are stored whole: one plain read, no snapshot.
+    let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
+    if !layout::is_split_value(&bytes) {
+        return match decode(data_key, &bytes)? {
+            StateRecord::Whole(stored) => Ok(Some(stored)),
+            StateRecord::Split(_) => unreachable!("checked by its variant byte"),
         };
-        let elements = read_elements(engine, data_key)?;
-        // The scan ran on one snapshot; the header read again tells whether it is the header's.
-        let again = engine.get(Space::Data, data_key)?;
-        match again.map(|bytes| decode(data_key, &bytes)).transpose()? {
-            Some(StateRecord::Split(now)) if now.writes == header.writes => {
-                return Ok(Some(assemble(header, elements)))
+    }
+    let prefix = layout::elements_prefix(data_key);
+    let end = layout::prefix_end(&prefix);
+    // A set read whole is held in memory anyway: one scan, unbounded.
+    let (bytes, scanned) =
+        engine.get_and_scan((Space::Data, data_key), (Space::Elements, &prefix, end.as_deref(), usize::MAX))?;
+    let Some(bytes) = bytes else { return Ok(None) };
+    match decode(data_key, &bytes)? {
+        // It changed form between the two reads (a type that won over the set).
+        StateRecord::Whole(stored) => Ok(Some(stored)),
+        StateRecord::Split(header) => {
+            let mut elements = BTreeMap::new();
+            for (key, value) in scanned {
+                elements.insert(key[prefix.len()..].to_vec(), decode_element(data_key, &value)?);
             }
-            _ => continue,
+            Ok(Some(assemble(header, elements)))
         }
     }
-    Err(StateError::Busy(layout::show_data_key(data_key)))
 }
 
 /// A `Data` value read by a scan, as the whole state's encoding (what peers receive and digests
@@ -195,51 +206,80 @@ pub fn read_set_part(
     part: &SetPart,
     budget: PageBudget,
 ) -> Result<Option<PartRead>> {
+    if let SetPart::Page { after, limit } = part {
+        return read_page(engine, data_key, after.as_deref(), *limit, budget);
+    }
     for _ in 0..ASSEMBLY_ATTEMPTS {
         let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
         let header = match decode(data_key, &bytes)? {
-            StateRecord::Whole(stored) => {
-                let reply = as_set(&stored).map(|set| part_of_set(set, stored.entry.exists(), part, budget));
-                return Ok(Some(PartRead { header: header_of(&stored), reply }));
-            }
+            StateRecord::Whole(stored) => return Ok(Some(whole_part(&stored, part, budget))),
             StateRecord::Split(header) => header,
         };
         let exists = header.stored.entry.exists();
-        let reply = match part {
-            _ if !exists => part_of_set(&Default::default(), false, part, budget),
-            SetPart::Count => SetPartReply::Count(header.elements),
-            SetPart::Contains(members) => {
-                let mut found = Vec::with_capacity(members.len());
-                for member in members {
-                    found.push(engine.get(Space::Elements, &layout::element_key(data_key, member))?.is_some());
-                }
-                SetPartReply::Contains(found)
-            }
-            SetPart::Page { after, limit } => {
-                let prefix = layout::elements_prefix(data_key);
-                let start = match after {
-                    Some(after) => [prefix.as_slice(), after, &[0]].concat(),
-                    None => prefix.clone(),
+        let members = match part {
+            SetPart::Contains(members) if exists => members,
+            // The count, and anything of a deleted set, is the header's alone.
+            _ => {
+                let reply = match part {
+                    SetPart::Count if exists => SetPartReply::Count(header.elements),
+                    _ => part_of_set(&AwSet::default(), false, part, budget),
                 };
-                let end = layout::prefix_end(&prefix);
-                let want = (*limit as usize).clamp(1, budget.max_members);
-                // One more than a page, to know whether members remain.
-                let page = engine.scan(Space::Elements, &start, end.as_deref(), want + 1)?;
-                take_page(page.into_iter().map(|(key, _)| key[prefix.len()..].to_vec()), want, budget.max_bytes)
+                return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
             }
         };
-        if matches!(part, SetPart::Count) {
-            return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
+        let mut found = Vec::with_capacity(members.len());
+        for member in members {
+            found.push(engine.get(Space::Elements, &layout::element_key(data_key, member))?.is_some());
         }
+        // The gets were separate reads: the header read again says whether a write came between.
         let again = engine.get(Space::Data, data_key)?;
         match again.map(|bytes| decode(data_key, &bytes)).transpose()? {
             Some(StateRecord::Split(now)) if now.writes == header.writes => {
-                return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
+                return Ok(Some(PartRead { header: header.stored, reply: Some(SetPartReply::Contains(found)) }));
             }
             _ => continue,
         }
     }
     Err(StateError::Busy(layout::show_data_key(data_key)))
+}
+
+/// A page of a set's members, read with its header from one snapshot.
+fn read_page(
+    engine: &dyn Engine,
+    data_key: &[u8],
+    after: Option<&[u8]>,
+    limit: u32,
+    budget: PageBudget,
+) -> Result<Option<PartRead>> {
+    let part = SetPart::Page { after: after.map(<[u8]>::to_vec), limit };
+    let prefix = layout::elements_prefix(data_key);
+    let start = match after {
+        Some(after) => [prefix.as_slice(), after, &[0]].concat(),
+        None => prefix.clone(),
+    };
+    let end = layout::prefix_end(&prefix);
+    let want = (limit as usize).clamp(1, budget.max_members);
+    // One more than a page, to know whether members remain.
+    let (bytes, scanned) =
+        engine.get_and_scan((Space::Data, data_key), (Space::Elements, &start, end.as_deref(), want + 1))?;
+    let Some(bytes) = bytes else { return Ok(None) };
+    Ok(Some(match decode(data_key, &bytes)? {
+        StateRecord::Whole(stored) => whole_part(&stored, &part, budget),
+        StateRecord::Split(header) => {
+            let reply = if header.stored.entry.exists() {
+                take_page(scanned.into_iter().map(|(key, _)| key[prefix.len()..].to_vec()), want, budget.max_bytes)
+            } else {
+                part_of_set(&AwSet::default(), false, &part, budget)
+            };
+            PartRead { header: header.stored, reply: Some(reply) }
+        }
+    }))
+}
+
+/// A part read of a state stored whole (a set format 1 left whole, or another type).
+fn whole_part(stored: &Stored, part: &SetPart, budget: PageBudget) -> PartRead {
+    let reply = as_set(stored).map(|set| part_of_set(set, stored.entry.exists(), part, budget));
+    PartRead { header: header_of(stored), reply }
 }
 
 /// The part of a whole set a [`SetPart`] asks for (`exists`: whether the key exists; a deleted
@@ -386,8 +426,13 @@ impl StateView {
     fn load_for_delta(&mut self, engine: &dyn Engine, delta: &Stored) -> Result<()> {
         let Form::Split { before, complete: false, .. } = &self.form else { return Ok(()) };
         let Some(delta_set) = as_set(delta) else {
-            // Another type: it may win over the set (its elements then all go), or lose.
-            return self.load_all(engine);
+            // Another type. A higher-ranked one wins over the set (its elements then all go); a
+            // lower-ranked one is absorbed and changes no element.
+            let rank = delta.entry.crdt_type().conflict_rank();
+            if rank > CrdtType::Set.conflict_rank() {
+                return self.load_all(engine);
+            }
+            return Ok(());
         };
         // One index lookup per dot, or one scan of every element: whichever reads less.
         let limit = MAX_INDEXED_DOTS.max(usize::try_from(before.elements).unwrap_or(usize::MAX));
@@ -493,7 +538,7 @@ impl StateView {
                     }
                     put_element(batch, &self.data_key, element, old, new);
                 }
-                let header = self.header(before.writes + 1);
+                let header = self.header(before.writes.wrapping_add(1));
                 batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
                 Ok(split_len(&header))
             }
@@ -511,7 +556,9 @@ impl StateView {
                 for (element, dots) in set.tagged() {
                     put_element(batch, &self.data_key, element, &empty, dots);
                 }
-                let header = self.header(1);
+                // A set deleted and created again must not repeat a count a reader saw before
+                // (`read_set_part` compares it): a new header starts from a random one.
+                let header = self.header(rand::random::<u64>() >> 1);
                 batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
                 Ok(split_len(&header))
             }

@@ -219,6 +219,8 @@ struct CommonQuery {
     part: Option<String>,
     member: Option<String>,
     after: Option<String>,
+    /// The cursor of a page when it is not UTF-8 (`next` came as `{"base64": …}`).
+    after_base64: Option<String>,
     limit: Option<u32>,
 }
 
@@ -531,10 +533,19 @@ async fn read(
                 let member = query.member.as_ref().ok_or_else(|| bad("part=contains needs member=<member>"))?;
                 SetPart::Contains(vec![member.as_bytes().to_vec()])
             }
-            "page" => SetPart::Page {
-                after: query.after.as_ref().map(|a| a.as_bytes().to_vec()),
-                limit: query.limit.unwrap_or(100),
-            },
+            "page" => {
+                let after = match (&query.after, &query.after_base64) {
+                    (Some(_), Some(_)) => return Err(bad("give after or after_base64, not both")),
+                    (Some(text), None) => Some(text.as_bytes().to_vec()),
+                    (None, Some(b64)) => Some(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .map_err(|e| bad(format!("after_base64: {e}")))?,
+                    ),
+                    (None, None) => None,
+                };
+                SetPart::Page { after, limit: query.limit.unwrap_or(100) }
+            }
             other => return Err(bad(format!("part must be count, contains or page, not {other:?}"))),
         };
         let reply = execute(&node, common, Operation::ReadSet { key, part }).await?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Batch, Durability, Engine, KeyValue, Space, SpaceUsage, StorageError};
+use super::{Batch, Durability, Engine, GotAndScanned, KeyValue, ScanRange, Space, SpaceUsage, StorageError};
 
 /// Wraps `inner`; [`FaultyEngine::fail_writes`] arms it.
 pub struct FaultyEngine {
@@ -51,6 +51,10 @@ impl FaultyEngine {
 impl Engine for FaultyEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.get(space, key)
+    }
+
+    fn get_and_scan(&self, get: (Space, &[u8]), scan: ScanRange<'_>) -> Result<GotAndScanned, StorageError> {
+        self.inner.get_and_scan(get, scan)
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {
@@ -159,6 +163,10 @@ impl PowerLossEngine {
 impl Engine for PowerLossEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.live.get(space, key)
+    }
+
+    fn get_and_scan(&self, get: (Space, &[u8]), scan: ScanRange<'_>) -> Result<GotAndScanned, StorageError> {
+        self.live.get_and_scan(get, scan)
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {

@@ -12,7 +12,8 @@ use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use super::{
-    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, StorageError, FORMAT_KEY, FORMAT_VERSION,
+    max_u64_of, Batch, BatchOp, Durability, Engine, GotAndScanned, KeyValue, ScanRange, Space, StorageError,
+    FORMAT_KEY, FORMAT_VERSION,
 };
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -108,6 +109,29 @@ impl Engine for MemoryEngine {
             }
         }
         Ok(())
+    }
+
+    fn get_and_scan(&self, get: (Space, &[u8]), scan: ScanRange<'_>) -> Result<GotAndScanned, StorageError> {
+        let (get_space, key) = get;
+        let (scan_space, start, end, limit) = scan;
+        // Read locks in the order writers take their write locks (`Space::ALL`), held across both
+        // reads: no batch lands between them.
+        let mut order = [get_space, scan_space];
+        order.sort_by_key(|s| s.index());
+        let first = self.spaces[order[0].index()].read().map_err(|_| poisoned(order[0]))?;
+        let second = match order[1] == order[0] {
+            true => None,
+            false => Some(self.spaces[order[1].index()].read().map_err(|_| poisoned(order[1]))?),
+        };
+        let tree_of = |space: Space| if space == order[0] { &*first } else { second.as_deref().unwrap_or(&*first) };
+        let got = tree_of(get_space).get(key).cloned();
+        let scanned = match range_bounds(start, end) {
+            Some(bounds) => {
+                tree_of(scan_space).range::<[u8], _>(bounds).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok((got, scanned))
     }
 
     fn scan(

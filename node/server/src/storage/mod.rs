@@ -96,6 +96,13 @@ pub const OLDEST_FORMAT_VERSION: u8 = 1;
 /// A key and its value, as returned by [`Engine::scan`] and [`Engine::last_in_range`].
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// A scan's arguments for [`Engine::get_and_scan`]: space, start, end (exclusive, `None`:
+/// unbounded), limit.
+pub type ScanRange<'a> = (Space, &'a [u8], Option<&'a [u8]>, usize);
+
+/// What [`Engine::get_and_scan`] read: the value got, and the entries scanned.
+pub type GotAndScanned = (Option<Vec<u8>>, Vec<KeyValue>);
+
 /// A logical keyspace. Each is a RocksDB column family of the same [name](Space::name) in
 /// [`RocksEngine`] and a separate `BTreeMap` in [`MemoryEngine`]; keys in different spaces never
 /// collide, and scans never cross spaces.
@@ -255,6 +262,11 @@ pub trait Engine: Send + Sync + 'static {
     /// An empty batch succeeds without doing any I/O. A batch touching the reserved
     /// [`FORMAT_KEY`] is rejected with [`StorageError::Reserved`] and nothing is applied.
     fn write(&self, batch: Batch) -> Result<(), StorageError>;
+
+    /// [`Engine::get`] of `get` and [`Engine::scan`] of `scan`, both read at one point in time (a
+    /// snapshot): what a reader needs that must not see half of a write spanning both (a set's
+    /// header and its element records).
+    fn get_and_scan(&self, get: (Space, &[u8]), scan: ScanRange<'_>) -> Result<GotAndScanned, StorageError>;
 
     /// Up to `limit` entries with `start <= key < end` (`end` None = unbounded), in key order
     /// (bytewise). An empty or inverted range yields no entries.

@@ -16,8 +16,8 @@ use rocksdb::{
 };
 
 use super::{
-    max_u64_of, Batch, BatchOp, Durability, Engine, KeyValue, Space, SpaceUsage, StorageError, FORMAT_KEY,
-    FORMAT_VERSION, OLDEST_FORMAT_VERSION,
+    max_u64_of, Batch, BatchOp, Durability, Engine, GotAndScanned, KeyValue, ScanRange, Space, SpaceUsage,
+    StorageError, FORMAT_KEY, FORMAT_VERSION, OLDEST_FORMAT_VERSION,
 };
 
 /// The concrete RocksDB handle type. Spelled out (rather than `rocksdb::DB`) so that a workspace
@@ -273,6 +273,32 @@ impl Engine for RocksEngine {
             .get_pinned_cf(self.cf(space)?, key)
             .map_err(|e| rocks_err(e, format_args!("get in {space}")))?;
         Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn get_and_scan(&self, get: (Space, &[u8]), scan: ScanRange<'_>) -> Result<GotAndScanned, StorageError> {
+        let (get_space, key) = get;
+        let (scan_space, start, end, limit) = scan;
+        let snapshot = self.inner.db.snapshot();
+        let got = snapshot
+            .get_cf(self.cf(get_space)?, key)
+            .map_err(|e| rocks_err(e, format_args!("snapshot get in {get_space}")))?;
+        if limit == 0 || end.is_some_and(|end| end <= start) {
+            return Ok((got, Vec::new()));
+        }
+        let mut ro = ReadOptions::default();
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = snapshot.raw_iterator_cf_opt(self.cf(scan_space)?, ro);
+        let mut out = Vec::new();
+        it.seek(start);
+        while out.len() < limit {
+            let Some((key, value)) = it.item() else { break };
+            out.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status().map_err(|e| rocks_err(e, format_args!("snapshot scan of {scan_space}")))?;
+        Ok((got, out))
     }
 
     /// Builds a `WriteBatch` and hands it to RocksDB on the caller's thread; no lock of ours is

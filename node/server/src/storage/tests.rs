@@ -285,6 +285,25 @@ mod suite {
         assert_eq!(e.scan(Space::Data, b"t", Some(b"u"), usize::MAX).unwrap().len() as u64, THREADS * PER_THREAD);
     }
 
+    /// One get and one scan, as of one moment: here their plain results (that no batch lands
+    /// between them is what the snapshot or the held read locks give).
+    pub fn get_and_scan_reads_both(e: &dyn Engine) {
+        let mut b = Batch::new();
+        b.put(Space::Data, b"head", b"h1");
+        for k in [b"e1", b"e2", b"e3"] {
+            b.put(Space::Elements, k.as_slice(), b"x");
+        }
+        e.write(b).unwrap();
+        let (got, scanned) = e.get_and_scan((Space::Data, b"head"), (Space::Elements, b"e", Some(b"e3"), 10)).unwrap();
+        assert_eq!(got, Some(b"h1".to_vec()));
+        assert_eq!(scanned, vec![kv(b"e1", b"x"), kv(b"e2", b"x")]);
+        let (got, scanned) = e.get_and_scan((Space::Data, b"none"), (Space::Elements, b"e", None, 1)).unwrap();
+        assert_eq!((got, scanned), (None, vec![kv(b"e1", b"x")]));
+        // The same space for both, an empty range.
+        let (got, scanned) = e.get_and_scan((Space::Elements, b"e2"), (Space::Elements, b"f", Some(b"e"), 10)).unwrap();
+        assert_eq!((got, scanned), (Some(b"x".to_vec()), vec![]));
+    }
+
     pub fn reserved_format_key(e: &dyn Engine) {
         assert_eq!(get(e, Space::Meta, FORMAT_KEY), Some(vec![FORMAT_VERSION]), "marker present");
         let mut b = Batch::new();
@@ -359,6 +378,7 @@ macro_rules! all_engine_tests {
                 max_u64_semantics,
                 max_u64_concurrent_writers,
                 reserved_format_key,
+                get_and_scan_reads_both,
                 estimate_keys,
                 sync_wal_and_durability,
                 usable_as_shared_dyn_engine,
