@@ -792,9 +792,15 @@ impl EngineSyncStore {
         }
     }
 
-    /// Calls `visit` with every `Data` entry of `partition`, in data-key order (paged scans), each
-    /// as its whole state's encoding; with a peer region set, only the keys that region may hold.
-    fn scan_partition(&self, partition: u16, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> Result<()> {
+    /// Calls `visit` with every `Data` entry of `partition` that `wanted` accepts, in data-key
+    /// order (paged scans), each as its whole state's encoding (a set kept per element is assembled
+    /// only once wanted); with a peer region set, only the keys that region may hold.
+    fn scan_partition(
+        &self,
+        partition: u16,
+        wanted: impl Fn(&[u8]) -> bool,
+        mut visit: impl FnMut(Vec<u8>, Vec<u8>),
+    ) -> Result<()> {
         let outside = |data_key: &[u8]| match (&self.peer_region, self.residency()) {
             (Some(region), Some(residency)) => !residency.allowed_in(region, data_key),
             _ => false,
@@ -807,7 +813,7 @@ impl EngineSyncStore {
                 start = [last.as_slice(), &[0]].concat();
             }
             for (data_key, value) in page {
-                if layout::partition_of(&data_key) == partition && !outside(&data_key) {
+                if layout::partition_of(&data_key) == partition && !outside(&data_key) && wanted(&data_key) {
                     // A set kept per element goes out (and is hashed) as its whole state.
                     if let Some(value) = states::whole_value(self.engine.as_ref(), &data_key, value)? {
                         visit(data_key, value);
@@ -1007,16 +1013,20 @@ impl SyncStore for EngineSyncStore {
         for (i, range) in ranges.iter().enumerate().filter(|(_, r)| r.is_valid()) {
             by_depth.entry(range.bits()).or_default().entry(range.index()).or_default().push(i);
         }
-        self.scan_partition(p, |data_key, state| {
-            let hash = key_hash(&data_key);
-            let entry = entry_hash(&data_key, &state);
-            for (bits, prefixes) in &by_depth {
-                let prefix = hash.checked_shr(64 - u32::from(*bits)).unwrap_or(0);
-                for &i in prefixes.get(&prefix).into_iter().flatten() {
-                    digests[i].add_entry_hash(entry);
+        self.scan_partition(
+            p,
+            |_| true,
+            |data_key, state| {
+                let hash = key_hash(&data_key);
+                let entry = entry_hash(&data_key, &state);
+                for (bits, prefixes) in &by_depth {
+                    let prefix = hash.checked_shr(64 - u32::from(*bits)).unwrap_or(0);
+                    for &i in prefixes.get(&prefix).into_iter().flatten() {
+                        digests[i].add_entry_hash(entry);
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
         Ok(digests)
     }
 
@@ -1034,15 +1044,13 @@ impl SyncStore for EngineSyncStore {
         // One more than a page, to know whether keys remain.
         let keep = max_keys.saturating_add(1);
         let mut first: BTreeMap<(u64, Vec<u8>), Vec<u8>> = BTreeMap::new();
-        self.scan_partition(p, |data_key, state| {
-            let hash = key_hash(&data_key);
-            if !range.contains_hash(hash) {
-                return;
-            }
-            let position = (hash, data_key);
-            if after.as_ref().is_some_and(|after| position <= *after) {
-                return;
-            }
+        let in_range = |data_key: &[u8]| {
+            let position = (key_hash(data_key), data_key);
+            range.contains_hash(position.0)
+                && after.as_ref().is_none_or(|(hash, key)| position > (*hash, key.as_slice()))
+        };
+        self.scan_partition(p, in_range, |data_key, state| {
+            let position = (key_hash(&data_key), data_key);
             if first.len() == keep && first.last_key_value().is_some_and(|(last, _)| position > *last) {
                 return;
             }
