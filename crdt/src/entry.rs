@@ -113,6 +113,42 @@ pub struct OrMap {
 }
 
 impl OrMap {
+    /// The entry of field `name`, if the map holds one (a removed field's entry stays, disabled).
+    pub fn field(&self, name: &str) -> Option<&Entry> {
+        self.fields.get(name)
+    }
+
+    /// The fields with their entries, in name order.
+    pub fn fields(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.fields.iter()
+    }
+
+    /// Number of field entries held (removed fields included: their entries remember the removal).
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the map holds no field entry.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Takes the field entries out: a storage engine that keeps each field in its own record stores
+    /// what is left as the map's header.
+    pub fn take_fields(&mut self) -> BTreeMap<String, Entry> {
+        std::mem::take(&mut self.fields)
+    }
+
+    /// Puts field `name` back (`None` leaves it out): how a storage engine rebuilds a map, or the
+    /// fields a delta names, from its records. A map joins field by field, each field from its own
+    /// entries alone, so the fields a delta names are all of the map that joining it can change.
+    pub fn put_field(&mut self, name: String, entry: Option<Entry>) {
+        match entry {
+            Some(entry) => self.fields.insert(name, entry),
+            None => self.fields.remove(&name),
+        };
+    }
+
     /// Field-wise join; a field created with different types on two replicas resolves as a key does
     /// (see [`Entry::try_join`]).
     fn join(&mut self, other: &OrMap) {
@@ -346,6 +382,15 @@ impl Entry {
     /// The typed body.
     pub fn body(&self) -> &Body {
         &self.body
+    }
+
+    /// The map body, if the entry holds a map: for a storage engine that keeps a map's fields in
+    /// records of their own (see [`OrMap::put_field`]).
+    pub fn map_mut(&mut self) -> Option<&mut OrMap> {
+        match &mut self.body {
+            Body::Map(map) => Some(map),
+            _ => None,
+        }
     }
 
     /// The set body, if the entry holds a set: for a storage engine that keeps a set's elements in

@@ -1,4 +1,5 @@
-//! `meridian bench-collections`: what one member change costs as a set grows.
+//! `meridian bench-collections`: what one member change costs as a set grows, and one field update
+//! as a map grows.
 //!
 //! One node in-process (as `meridian bench` starts it), one client. For each size it fills a fresh
 //! set to that many members (writes of many members each), then times single-member adds and
@@ -22,7 +23,11 @@ pub struct CollectionBenchArgs {
     /// Set sizes to probe, comma-separated (the first is the baseline of the ratios).
     #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
     pub sizes: Vec<u64>,
-    /// Timed single-member adds (and as many removes) per size.
+    /// Map sizes (fields) to probe, comma-separated (empty: none). A map is filled one field per
+    /// write (a map update names one field), from 8 writers at once.
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    pub map_sizes: Vec<u64>,
+    /// Timed single-member adds (and as many removes) per size; as many field updates per map size.
     #[arg(long, default_value_t = 300)]
     pub probes: u64,
     /// Whole reads per size (skipped for sets whose whole state would not fit a reply).
@@ -57,15 +62,27 @@ pub struct SizeReport {
     pub read_us: Histogram<u64>,
 }
 
-/// Runs the benchmark and prints its table.
+/// One map size's figures.
+#[derive(Debug)]
+pub struct MapSizeReport {
+    /// Fields in the map while probed.
+    pub size: u64,
+    /// Time to fill it.
+    pub fill: Duration,
+    /// Single-field updates (a register field set), µs.
+    pub update_us: Histogram<u64>,
+}
+
+/// Runs the benchmark and prints its tables.
 pub async fn run_cli(args: CollectionBenchArgs) -> anyhow::Result<()> {
-    let reports = run(&args).await?;
-    print!("{}", render(&reports, &args));
+    let (sets, maps) = run(&args).await?;
+    print!("{}", render(&sets, &args));
+    print!("{}", render_maps(&maps, &args));
     Ok(())
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> {
+pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<(Vec<SizeReport>, Vec<MapSizeReport>)> {
     let scratch = std::env::temp_dir().join(format!(
         "meridian-bench-collections-{}-{}",
         std::process::id(),
@@ -88,10 +105,66 @@ pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> 
         .connect()
         .await
         .context("connecting the benchmark client")?;
-    let result = probe_sizes(&client, args).await;
+    let result = match probe_sizes(&client, args).await {
+        Ok(sets) => probe_map_sizes(&client, args).await.map(|maps| (sets, maps)),
+        Err(e) => Err(e),
+    };
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+async fn probe_map_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Result<Vec<MapSizeReport>> {
+    const WRITERS: u64 = 8;
+    let mut reports = Vec::new();
+    for &size in &args.map_sizes {
+        let key = format!("bench/map-{size}");
+        let started = Instant::now();
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let map = client.map(key.as_str());
+            writers.push(tokio::spawn(async move {
+                for i in (w..size).step_by(WRITERS as usize) {
+                    map.set_field(format!("f{i:09}"), "v").await?;
+                }
+                Ok::<_, meridian_client::Error>(())
+            }));
+        }
+        for writer in writers {
+            writer.await?.context("filling the map")?;
+        }
+        let fill = started.elapsed();
+        let map = client.map(key.as_str());
+        let mut update_us = new_histogram();
+        for i in 0..args.probes {
+            let t = Instant::now();
+            map.set_field(format!("p{i:09}"), "v").await.context("a probe update")?;
+            update_us.record(t.elapsed().as_micros() as u64)?;
+        }
+        reports.push(MapSizeReport { size, fill, update_us });
+    }
+    Ok(reports)
+}
+
+/// The maps' table: per size, p50 and mean of a field update and its ratio to the first size's.
+pub fn render_maps(reports: &[MapSizeReport], args: &CollectionBenchArgs) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\nmap field updates by map size ({} probes each)\n\n", args.probes);
+    out += "| fields | fill | update p50 | update mean | ÷ first |\n|---|---|---|---|---|\n";
+    let first = reports[0].update_us.mean().max(1.0);
+    for r in reports {
+        out += &format!(
+            "| {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} |\n",
+            r.size,
+            r.fill.as_secs_f64(),
+            r.update_us.value_at_quantile(0.5) as f64 / 1000.0,
+            r.update_us.mean() / 1000.0,
+            r.update_us.mean() / first
+        );
+    }
+    out
 }
 
 async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> {

@@ -24,7 +24,7 @@ use meridian_replication::antientropy::{
 use meridian_replication::residency::RuleSet;
 use meridian_replication::{Member, MemberState, MemberVersion, Membership, SafeReport};
 use meridian_server::layout::{
-    self, DotIndexRecord, ElementRecord, IdempotencyRecord, KeptIdempotency, LogRecord, SplitHeader, Stored, StoredEntry,
+    self, DotIndexRecord, ElementRecord, FieldRecord, IdempotencyRecord, KeptIdempotency, LogRecord, SplitHeader, Stored, StoredEntry,
 };
 use meridian_server::peer::protocol::{encode_request, CompactReports, PeerMessageV1, PeerReplyV1, PeerResponse, Pushed};
 
@@ -209,6 +209,7 @@ fn stored_record(dir: &Path) {
     let dots = vec![Dot::new(NodeId(1), 1), Dot::new(NodeId(2), 7)];
     write(dir, "element", &tagged(0, layout::encode(&ElementRecord::V1(dots))));
     write(dir, "dot-index", &tagged(0, layout::encode(&DotIndexRecord::V1(b"member".to_vec()))));
+    write(dir, "map-field", &tagged(0, layout::encode(&FieldRecord::V1(counter.clone()))));
     write(dir, "membership", &tagged(4, codec::encode(&membership())));
     write(dir, "rules", &tagged(5, codec::encode(&rules())));
     write(dir, "covered-vv", &tagged(6, codec::encode(&vv(&[(1, 3), (300, 1), (u64::MAX, u64::MAX)]))));

@@ -11,7 +11,7 @@ use meridian_replication::residency::RuleSet;
 use meridian_replication::Membership;
 use meridian_server::auth::state::{AuthRecord, AuthState};
 use meridian_server::layout::{
-    self, DotIndexRecord, ElementRecord, IdempotencyRecord, LogContent, LogRecord, Predecessors, RunMarker, StateRecord,
+    self, DotIndexRecord, ElementRecord, FieldRecord, IdempotencyRecord, LogContent, LogRecord, Predecessors, RunMarker, StateRecord,
     Stored,
 };
 use meridian_server::region::cluster::MAX_MEMBERSHIP_BYTES;
@@ -24,8 +24,8 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
     let Some((&kind, bytes)) = data.split_first() else { return };
     match kind % 8 {
         // `Data`: a key's state (`StoredEntry`), then what a read and a join do with it; the same
-        // bytes as a set's header, and as its `Elements` records (an element's dots, a dot's
-        // element) and keys.
+        // bytes as a collection's header, and as its `Elements` records (an element's dots, a map
+        // field's entry, a dot's element) and keys.
         0 => {
             if let Ok(stored) = layout::decode_stored(bytes) {
                 round_trip_stored(&stored);
@@ -40,6 +40,9 @@ fuzz_target!(init: meridian_node_fuzz::allow_caught_panics(), |data: &[u8]| {
             }
             if let Ok(element) = layout::decode::<ElementRecord>(bytes) {
                 assert_eq!(layout::decode::<ElementRecord>(&layout::encode(&element)).expect("re-encoded element decodes"), element);
+            }
+            if let Ok(field) = layout::decode::<FieldRecord>(bytes) {
+                assert_eq!(layout::decode::<FieldRecord>(&layout::encode(&field)).expect("re-encoded field decodes"), field);
             }
             if let Ok(index) = layout::decode::<DotIndexRecord>(bytes) {
                 assert_eq!(layout::decode::<DotIndexRecord>(&layout::encode(&index)).expect("re-encoded index decodes"), index);

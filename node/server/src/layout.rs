@@ -2,7 +2,7 @@
 //!
 //! | space | key | value |
 //! |---|---|---|
-//! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state, or for a set the header of its per-element records ([`StoredEntry::Split`]) |
+//! | `Data` | `[ns len: u8][ns][name]` | [`StoredEntry`]: the key's merged CRDT state, or for a set or a map the header of its per-part records ([`StoredEntry::Split`]) |
 //! | `Log` | `[partition: u16 BE][origin: u64 BE][seq: u64 BE]` | [`LogRecord`]: the delta one write produced (`V3`: with the write's idempotency record) |
 //! | `Meta` | `node_id` | this node's id, `u64 BE` |
 //! | `Meta` | `vv/[partition: u16 BE][origin: u64 BE]` | highest gap-free log seq of `origin` in `partition` here (max-merged) |
@@ -18,7 +18,7 @@
 //! | `Meta` | `auth/state` | the cluster's users, grants and tokens (`crate::auth::state::AuthRecord`, a CRDT) |
 //! | `Idempotency` | `[id: u128 BE]` | [`IdempotencyRecord`]: the reply the first attempt got (kept by the coordinator and by every replica that applies the write's `V3` log record) |
 //! | `Hints` | `[target: u64 BE][partition: u16 BE][origin: u64 BE][seq: u64 BE]` | a log record (`SyncRecord`) kept for a replica that missed it |
-//! | `Elements` | `[data key len: u16 BE][data key][0][element]` | [`ElementRecord`]: one element of a set and the dots that tag it |
+//! | `Elements` | `[data key len: u16 BE][data key][0][element]` | [`ElementRecord`]: one element of a set and the dots that tag it; for a map, [`FieldRecord`] under the field's name: the field's entry |
 //! | `Elements` | `[data key len: u16 BE][data key][1][origin: u64 BE][seq: u64 BE]` | [`DotIndexRecord`]: the element a live dot tags (how a remove, which names only dots, finds its elements) |
 //!
 //! Every key the node stores is built in this file; the modules that own the records (the store,
@@ -220,20 +220,21 @@ pub enum StoredEntry {
     /// a key's stored state; stripped to `V2` for peers of earlier versions
     /// ([`strip_idempotency`]).
     V3(Stored, Box<KeptIdempotency>),
-    /// The header of a set kept one record per element (storage format 2, `crate::states`): only
-    /// ever a `Data` value, never shipped — a peer's state or delta that is one is malformed.
+    /// The header of a set or a map kept one record per part (storage format 2, `crate::states`):
+    /// only ever a `Data` value, never shipped — a peer's state or delta that is one is malformed.
     Split(SplitHeader),
 }
 
-/// What a set kept one record per element stores under its data key: the state without its
-/// elements (presence, the set's causal context, the dependencies) and how many elements it has.
-/// Its elements are `Elements` records ([`element_key`]), each with its dots, and every dot they
-/// hold has an index record ([`dot_index_key`]) naming its element.
+/// What a set or a map kept one record per part stores under its data key: the state without its
+/// parts (presence, a set's causal context, the dependencies) and how many parts it has. Its parts
+/// are `Elements` records ([`element_key`]): a set's elements, each with its dots (and every dot
+/// has an index record, [`dot_index_key`], naming its element), or a map's fields with their
+/// entries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitHeader {
-    /// The state with a set body that holds no element.
+    /// The state with a set or map body that holds no part.
     pub stored: Stored,
-    /// Number of element records.
+    /// Number of part records.
     pub elements: u64,
     /// What the elements add to the state's encoded size (see `crate::states`): with the header,
     /// the size the key's caps count, known without reading the elements.
@@ -244,12 +245,12 @@ pub struct SplitHeader {
     pub writes: u64,
 }
 
-/// A key's `Data` value, decoded: the whole state, or the header of a state kept per element.
+/// A key's `Data` value, decoded: the whole state, or the header of a collection kept per part.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StateRecord {
     /// The whole state.
     Whole(Stored),
-    /// The header of a set kept one record per element.
+    /// The header of a set or map kept one record per part.
     Split(SplitHeader),
 }
 
@@ -267,7 +268,7 @@ pub fn is_split_value(bytes: &[u8]) -> bool {
     bytes.get(1) == Some(&3)
 }
 
-/// Encodes the header of a set kept per element.
+/// Encodes the header of a collection kept per part.
 pub fn encode_split(header: &SplitHeader) -> Vec<u8> {
     encode(&StoredEntry::Split(header.clone()))
 }
@@ -277,6 +278,13 @@ pub fn encode_split(header: &SplitHeader) -> Vec<u8> {
 pub enum ElementRecord {
     /// Version 1.
     V1(Vec<meridian_crdt::Dot>),
+}
+
+/// A map field's record (`Elements` space): the field's entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FieldRecord {
+    /// Version 1.
+    V1(Entry),
 }
 
 /// What a dot's index record (`Elements` space) names: the element the dot tags.
@@ -407,7 +415,7 @@ impl StoredEntry {
             StoredEntry::V1(entry) => Ok(Stored::bare(entry)),
             StoredEntry::V2(stored) | StoredEntry::V3(stored, _) => Ok(stored),
             StoredEntry::Split(_) => {
-                Err(codec::CodecError::Malformed("the header of a set kept per element, not a state".into()))
+                Err(codec::CodecError::Malformed("the header of a collection kept per part, not a state".into()))
             }
         }
     }

@@ -1,38 +1,46 @@
-//! How a key's state is kept in storage: whole under its data key, or — for a set — one record per
-//! element, so that adding, removing or testing one member costs the same whatever the set's size.
+//! How a key's state is kept in storage: whole under its data key, or — for a set or a map — one
+//! record per part (a set's element, a map's field), so that changing or testing one member or field
+//! costs the same whatever the collection's size.
 //!
-//! # Sets kept per element (storage format 2)
+//! # Collections kept per part (storage format 2)
 //!
-//! A set's `Data` value is a [`SplitHeader`]: the state without its elements (presence, the set's
-//! causal context, the dependencies) and a count. Each element is an `Elements` record holding the
-//! dots that tag it, and each of those dots has an index record naming its element.
+//! A set's or a map's `Data` value is a [`SplitHeader`]: the state without its parts (presence, a
+//! set's causal context, the dependencies), their count and size. Each part is an `Elements` record
+//! — a set element with the dots that tag it, a map field with its entry — and each dot of a set has
+//! an index record naming its element.
 //!
-//! A write or a replicated delta never loads the whole set. It loads the header and the *part*
-//! of the set the delta can change: the elements it names, and the elements tagged by a dot its
-//! context covers (found through the dot index: a remove names only dots). The set's join decides
-//! each element from its own dots and the two contexts alone ([`AwSet::put_tagged`]), so joining
-//! the delta into that part gives, for those elements, what joining it into the whole would, and
-//! leaves every other element as it is: the untouched elements are simply not rewritten. A delta
-//! whose context covers more dots than the set has elements (and than [`MAX_INDEXED_DOTS`]) — a
-//! delete of the key, a whole state from a digest sync or a quorum read's write-back — loads the
-//! whole set instead: one scan reads less than a lookup per dot then.
+//! A write or a replicated delta never loads the whole collection. It loads the header and the
+//! parts the delta can change, and joins the delta into them with the CRDT's own join:
+//! - **a map** joins field by field, each field from its own entries alone, and a map delta names
+//!   every field it changes (an update, a removal, a delete of the key: all name their fields). So
+//!   the fields it names are all it can change;
+//! - **a set**'s join decides each element from its own dots and the two contexts alone
+//!   ([`AwSet::put_tagged`]), so joining a delta into the elements it names *and* those tagged by a
+//!   dot its context covers (found through the dot index: a remove names only dots) gives, for
+//!   those elements, what joining it into the whole would. A delta whose context covers more dots
+//!   than the set has elements (and than [`MAX_INDEXED_DOTS`]) — a delete of the key, a whole state
+//!   from a digest sync or a quorum read's write-back — loads the whole set instead: one scan reads
+//!   less than a lookup per dot then.
+//!
+//! Every other part is left as it is: it is simply not rewritten. A delta of a higher-ranked type,
+//! which wins over the collection (see `Entry::try_join`), loads it whole, deletes its records and
+//! stores the winner (whole, or per part if it is a map); a lower-ranked one is absorbed.
 //!
 //! Whatever needs the whole state — a read of every member, a state shipped to a peer, a digest —
-//! assembles it ([`load_whole`]), reading the header and the elements from one snapshot
-//! ([`Engine::get_and_scan`]), so it never returns a mix of two states; so does a page read. A
-//! membership query reads the header before and after its element reads and retries if a write came
-//! between (the header's write count).
+//! assembles it ([`load_whole`]), reading the header and the parts from one snapshot
+//! ([`Engine::get_and_scan`]), so it never returns a mix of two states; so does a page read of a
+//! set. A membership query reads the header before and after its element reads and retries if a
+//! write came between (the header's write count).
 //!
-//! A set stored whole by format 1 stays readable and moves to per-element records at its next
-//! write. A delta of a higher-ranked type that wins over a set (see `Entry::try_join`) deletes its
-//! element records and stores the winner whole.
+//! A collection stored whole by format 1 stays readable and moves to per-part records at its next
+//! write.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_client::proto::{SetPart, SetPartReply};
-use meridian_crdt::{AwSet, CrdtType, Dot};
+use meridian_crdt::{AwSet, Body, CrdtType, Dot, Entry};
 
-use crate::layout::{self, DotIndexRecord, ElementRecord, SplitHeader, StateRecord, Stored};
+use crate::layout::{self, DotIndexRecord, ElementRecord, FieldRecord, SplitHeader, StateRecord, Stored};
 use crate::storage::{Batch, Engine, Space, StorageError};
 
 /// A delta whose set context covers more dots than this, and than the set has elements, loads the
@@ -91,11 +99,13 @@ pub fn load_whole(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stored>
         // It changed form between the two reads (a type that won over the set).
         StateRecord::Whole(stored) => Ok(Some(stored)),
         StateRecord::Split(header) => {
-            let mut elements = BTreeMap::new();
+            let kind = kind_of(&header.stored)
+                .ok_or_else(|| corrupt(layout::show_data_key(data_key), "a header of no collection"))?;
+            let mut parts = BTreeMap::new();
             for (key, value) in scanned {
-                elements.insert(key[prefix.len()..].to_vec(), decode_element(data_key, &value)?);
+                parts.insert(key[prefix.len()..].to_vec(), decode_part(kind, data_key, &value)?);
             }
-            Ok(Some(assemble(header, elements)))
+            Ok(Some(assemble(header, parts)))
         }
     }
 }
@@ -149,30 +159,38 @@ fn decode(data_key: &[u8], bytes: &[u8]) -> Result<StateRecord> {
     layout::decode_state(bytes).map_err(|e| corrupt(format!("state of {}", layout::show_data_key(data_key)), e))
 }
 
-fn read_elements(engine: &dyn Engine, data_key: &[u8]) -> Result<BTreeMap<Vec<u8>, BTreeSet<Dot>>> {
+/// Every part record of the collection at `data_key` (one scan).
+fn read_parts(engine: &dyn Engine, data_key: &[u8], kind: Kind) -> Result<BTreeMap<Vec<u8>, PartValue>> {
     let prefix = layout::elements_prefix(data_key);
     let end = layout::prefix_end(&prefix);
     let mut out = BTreeMap::new();
-    // One scan, one snapshot (see `load_whole`): a set read whole is held in memory anyway.
     for (key, value) in engine.scan(Space::Elements, &prefix, end.as_deref(), usize::MAX)? {
-        let element = key[prefix.len()..].to_vec();
-        out.insert(element, decode_element(data_key, &value)?);
+        out.insert(key[prefix.len()..].to_vec(), decode_part(kind, data_key, &value)?);
     }
     Ok(out)
 }
 
-fn decode_element(data_key: &[u8], bytes: &[u8]) -> Result<BTreeSet<Dot>> {
-    let ElementRecord::V1(dots) =
-        layout::decode(bytes).map_err(|e| corrupt(format!("element of {}", layout::show_data_key(data_key)), e))?;
-    Ok(dots.into_iter().collect())
+fn decode_part(kind: Kind, data_key: &[u8], bytes: &[u8]) -> Result<PartValue> {
+    let what = || match kind {
+        Kind::Set => format!("element of {}", layout::show_data_key(data_key)),
+        Kind::Map => format!("field of {}", layout::show_data_key(data_key)),
+    };
+    Ok(match kind {
+        Kind::Set => {
+            let ElementRecord::V1(dots) = layout::decode(bytes).map_err(|e| corrupt(what(), e))?;
+            PartValue::Dots(dots.into_iter().collect())
+        }
+        Kind::Map => {
+            let FieldRecord::V1(entry) = layout::decode(bytes).map_err(|e| corrupt(what(), e))?;
+            PartValue::Field(entry)
+        }
+    })
 }
 
-fn assemble(header: SplitHeader, elements: BTreeMap<Vec<u8>, BTreeSet<Dot>>) -> Stored {
+fn assemble(header: SplitHeader, parts: BTreeMap<Vec<u8>, PartValue>) -> Stored {
     let mut stored = header.stored;
-    if let Some(set) = stored.entry.set_mut() {
-        for (element, dots) in elements {
-            set.put_tagged(element, dots);
-        }
+    for (name, value) in parts {
+        put_part(&mut stored, name, Some(value));
     }
     stored
 }
@@ -212,8 +230,9 @@ pub fn read_set_part(
     for _ in 0..ASSEMBLY_ATTEMPTS {
         let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
         let header = match decode(data_key, &bytes)? {
+            StateRecord::Split(header) if kind_of(&header.stored) == Some(Kind::Set) => header,
+            StateRecord::Split(header) => return Ok(Some(PartRead { header: header.stored, reply: None })),
             StateRecord::Whole(stored) => return Ok(Some(whole_part(&stored, part, budget))),
-            StateRecord::Split(header) => header,
         };
         let exists = header.stored.entry.exists();
         let members = match part {
@@ -265,6 +284,9 @@ fn read_page(
     let Some(bytes) = bytes else { return Ok(None) };
     Ok(Some(match decode(data_key, &bytes)? {
         StateRecord::Whole(stored) => whole_part(&stored, &part, budget),
+        StateRecord::Split(header) if kind_of(&header.stored) != Some(Kind::Set) => {
+            PartRead { header: header.stored, reply: None }
+        }
         StateRecord::Split(header) => {
             let reply = if header.stored.entry.exists() {
                 take_page(scanned.into_iter().map(|(key, _)| key[prefix.len()..].to_vec()), want, budget.max_bytes)
@@ -315,12 +337,12 @@ fn take_page(members: impl Iterator<Item = Vec<u8>>, want: usize, max_bytes: usi
 }
 
 /// A key's state as a write or a replicated delta needs it, ready to take deltas and to be
-/// written back: the whole state, or the header of a set kept per element with the elements
+/// written back: the whole state, or the header of a collection kept per part with the parts
 /// loaded so far (see the module docs).
 #[derive(Debug)]
 pub struct StateView {
     data_key: Vec<u8>,
-    /// The state as joined so far (for a set kept per element: only the loaded elements).
+    /// The state as joined so far (for a collection kept per part: only the loaded parts).
     stored: Stored,
     form: Form,
     /// The whole state's encoded size as read (0: nothing was stored).
@@ -333,25 +355,45 @@ enum Form {
     Absent,
     /// Stored whole: `before` is the value as read.
     Whole { before: Stored },
-    /// Kept per element.
+    /// Kept per part.
     Split {
-        /// The header as read (elements taken out).
+        /// The header as read (parts taken out).
         before: SplitHeader,
-        /// Each loaded element's dots as stored (empty: no record).
-        loaded: BTreeMap<Vec<u8>, BTreeSet<Dot>>,
-        /// Whether every element is loaded.
+        /// What kind of collection the header is.
+        kind: Kind,
+        /// Each loaded part as stored (`None`: no record).
+        loaded: BTreeMap<Vec<u8>, Option<PartValue>>,
+        /// Whether every part is loaded.
         complete: bool,
     },
 }
 
+/// The collections kept one record per part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A set: a part is an element and its dots.
+    Set,
+    /// A map: a part is a field and its entry.
+    Map,
+}
+
+/// One part of a collection, as its record holds it.
+#[derive(Clone, Debug, PartialEq)]
+enum PartValue {
+    /// A set element's dots.
+    Dots(BTreeSet<Dot>),
+    /// A map field's entry.
+    Field(Entry),
+}
+
 impl StateView {
-    /// The key's state for a change to the set elements in `elements` (for any other type, or a
-    /// set stored whole, the whole state); `None` if nothing is stored. Call it under the key's
-    /// lock: the view is written back as a diff against what it read.
+    /// The key's state for a change to the parts named in `parts` (set members, map fields; for any
+    /// other type, or a collection stored whole, the whole state); `None` if nothing is stored.
+    /// Call it under the key's lock: the view is written back as a diff against what it read.
     pub fn load<'a>(
         engine: &dyn Engine,
         data_key: &[u8],
-        elements: impl IntoIterator<Item = &'a [u8]>,
+        parts: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Option<StateView>> {
         let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
         let mut view = match decode(data_key, &bytes)? {
@@ -361,14 +403,18 @@ impl StateView {
                 form: Form::Whole { before: stored },
                 read_len: bytes.len(),
             },
-            StateRecord::Split(header) => StateView {
-                data_key: data_key.to_vec(),
-                stored: header.stored.clone(),
-                read_len: split_len(&header),
-                form: Form::Split { before: header, loaded: BTreeMap::new(), complete: false },
-            },
+            StateRecord::Split(header) => {
+                let kind = kind_of(&header.stored)
+                    .ok_or_else(|| corrupt(layout::show_data_key(data_key), "a header of no collection"))?;
+                StateView {
+                    data_key: data_key.to_vec(),
+                    stored: header.stored.clone(),
+                    read_len: split_len(&header),
+                    form: Form::Split { before: header, kind, loaded: BTreeMap::new(), complete: false },
+                }
+            }
         };
-        view.load_elements(engine, elements)?;
+        view.load_parts(engine, parts)?;
         Ok(Some(view))
     }
 
@@ -377,8 +423,8 @@ impl StateView {
         StateView { data_key: data_key.to_vec(), stored: Stored::empty_like(first), form: Form::Absent, read_len: 0 }
     }
 
-    /// The state (for a set kept per element: header and loaded elements only — enough to compute
-    /// a mutation's delta for the loaded elements, or to tell whether the key exists).
+    /// The state (for a collection kept per part: header and loaded parts only — enough to compute
+    /// a mutation's delta for the loaded parts, or to tell whether the key exists).
     pub fn stored(&self) -> &Stored {
         &self.stored
     }
@@ -388,58 +434,76 @@ impl StateView {
         !matches!(self.form, Form::Split { complete: false, .. })
     }
 
-    /// Loads every element not loaded yet (a set kept per element).
+    /// Loads every part not loaded yet (a collection kept per part).
     pub fn load_all(&mut self, engine: &dyn Engine) -> Result<()> {
-        let Form::Split { loaded, complete, .. } = &mut self.form else { return Ok(()) };
+        let Form::Split { kind, loaded, complete, .. } = &mut self.form else { return Ok(()) };
         if *complete {
             return Ok(());
         }
-        let set = self.stored.entry.set_mut().expect("a split view holds a set until written");
-        for (element, dots) in read_elements(engine, &self.data_key)? {
-            if let std::collections::btree_map::Entry::Vacant(slot) = loaded.entry(element) {
-                set.put_tagged(slot.key().clone(), dots.clone());
-                slot.insert(dots);
+        for (name, value) in read_parts(engine, &self.data_key, *kind)? {
+            if let std::collections::btree_map::Entry::Vacant(slot) = loaded.entry(name) {
+                put_part(&mut self.stored, slot.key().clone(), Some(value.clone()));
+                slot.insert(Some(value));
             }
         }
         *complete = true;
         Ok(())
     }
 
-    fn load_elements<'a>(&mut self, engine: &dyn Engine, elements: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
-        let Form::Split { loaded, complete: false, .. } = &mut self.form else { return Ok(()) };
-        let set = self.stored.entry.set_mut().expect("a split view holds a set until written");
-        for element in elements {
-            if loaded.contains_key(element) {
+    fn load_parts<'a>(&mut self, engine: &dyn Engine, parts: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+        let Form::Split { kind, loaded, complete: false, .. } = &mut self.form else { return Ok(()) };
+        for name in parts {
+            if loaded.contains_key(name) {
                 continue;
             }
-            let dots = match engine.get(Space::Elements, &layout::element_key(&self.data_key, element))? {
-                Some(bytes) => decode_element(&self.data_key, &bytes)?,
-                None => BTreeSet::new(),
+            let value = match engine.get(Space::Elements, &layout::element_key(&self.data_key, name))? {
+                Some(bytes) => Some(decode_part(*kind, &self.data_key, &bytes)?),
+                None => None,
             };
-            set.put_tagged(element.to_vec(), dots.clone());
-            loaded.insert(element.to_vec(), dots);
+            put_part(&mut self.stored, name.to_vec(), value.clone());
+            loaded.insert(name.to_vec(), value);
         }
         Ok(())
     }
 
     /// Loads whatever part of the state `delta` can change (see the module docs).
     fn load_for_delta(&mut self, engine: &dyn Engine, delta: &Stored) -> Result<()> {
-        let Form::Split { before, complete: false, .. } = &self.form else { return Ok(()) };
-        let Some(delta_set) = as_set(delta) else {
-            // Another type. A higher-ranked one wins over the set (its elements then all go); a
-            // lower-ranked one is absorbed and changes no element.
-            let rank = delta.entry.crdt_type().conflict_rank();
-            if rank > CrdtType::Set.conflict_rank() {
-                return self.load_all(engine);
+        let Form::Split { before, kind, complete: false, .. } = &self.form else { return Ok(()) };
+        let (kind, elements) = (*kind, before.elements);
+        match (kind, delta.entry.body()) {
+            (Kind::Set, Body::Set(delta_set)) => {
+                let wanted = self.elements_for(engine, delta_set, elements)?;
+                match wanted {
+                    Some(wanted) => self.load_parts(engine, wanted.iter().map(Vec::as_slice)),
+                    None => self.load_all(engine),
+                }
             }
-            return Ok(());
-        };
-        // One index lookup per dot, or one scan of every element: whichever reads less.
-        let limit = MAX_INDEXED_DOTS.max(usize::try_from(before.elements).unwrap_or(usize::MAX));
-        let Some(dots) = delta_set.context().dots_within(limit) else {
-            return self.load_all(engine);
-        };
-        let state = as_set(&self.stored).expect("a split view holds a set until written");
+            // A map joins field by field: the fields the delta names are all it can change.
+            (Kind::Map, Body::Map(delta_map)) => {
+                let names: Vec<Vec<u8>> = delta_map.fields().map(|(name, _)| name.as_bytes().to_vec()).collect();
+                self.load_parts(engine, names.iter().map(Vec::as_slice))
+            }
+            // Another type. A higher-ranked one wins over the collection (its parts then all go);
+            // a lower-ranked one is absorbed and changes no part.
+            (_, body) if body.crdt_type().conflict_rank() > self.stored.entry.crdt_type().conflict_rank() => {
+                self.load_all(engine)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The elements a set delta can change here — those it names and those tagged by a dot its
+    /// context covers (through the dot index) — or `None` when one scan of every element reads less
+    /// than a lookup per dot.
+    fn elements_for(
+        &self,
+        engine: &dyn Engine,
+        delta_set: &AwSet<Vec<u8>>,
+        elements: u64,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
+        let limit = MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX));
+        let Some(dots) = delta_set.context().dots_within(limit) else { return Ok(None) };
+        let state = as_set(&self.stored).expect("a set view holds a set until written");
         // Loaded elements are current (this view may have changed them); the index is for the rest.
         let loaded: std::collections::HashSet<Dot> =
             state.tagged().flat_map(|(_, tags)| tags.iter().copied()).collect();
@@ -455,7 +519,7 @@ impl StateView {
                 wanted.push(element);
             }
         }
-        self.load_elements(engine, wanted.iter().map(Vec::as_slice))
+        Ok(Some(wanted))
     }
 
     /// Joins `delta` in, loading first what it can change.
@@ -465,35 +529,32 @@ impl StateView {
         self.stored.try_join(delta).map_err(|e| corrupt(layout::show_data_key(&self.data_key), e))
     }
 
-    /// How many elements the set has after the joins so far (`None`: not a set).
-    pub fn set_len(&self) -> Option<u64> {
-        let set = as_set(&self.stored)?;
-        Some(match &self.form {
-            Form::Split { before, loaded, .. } => {
-                let gone = loaded.values().filter(|dots| !dots.is_empty()).count() as u64;
-                let present = loaded.keys().filter(|e| set.contains(e)).count() as u64;
-                before.elements + present - gone
-            }
-            _ => set.len() as u64,
-        })
-    }
-
-    /// What the set's elements add to its encoded size after the joins so far.
-    fn element_bytes(&self) -> u64 {
-        let Some(set) = as_set(&self.stored) else { return 0 };
+    /// How many parts (set elements, map fields) the collection has after the joins so far, and
+    /// what they add to its encoded size (`(0, 0)`: not a collection).
+    fn parts_count_and_bytes(&self) -> (u64, u64) {
         match &self.form {
-            Form::Split { before, loaded, .. } => {
-                let old: u64 =
-                    loaded.iter().filter(|(_, dots)| !dots.is_empty()).map(|(e, dots)| tagged_len(e, dots)).sum();
-                let new: u64 = loaded.keys().filter_map(|e| set.dots_of(e).map(|dots| tagged_len(e, dots))).sum();
-                before.element_bytes + new - old
+            Form::Split { before, kind, loaded, .. } if kind_of(&self.stored) == Some(*kind) => {
+                let (mut count, mut bytes) = (before.elements, before.element_bytes);
+                for (name, old) in loaded {
+                    if let Some(old) = old {
+                        count -= 1;
+                        bytes -= part_len(name, old);
+                    }
+                    if let Some(new) = part_of(&self.stored, name) {
+                        count += 1;
+                        bytes += part_len(name, &new);
+                    }
+                }
+                (count, bytes)
             }
-            _ => set.tagged().map(|(e, dots)| tagged_len(e, dots)).sum(),
+            _ => all_parts(&self.stored)
+                .into_iter()
+                .fold((0, 0), |(count, bytes), (name, value)| (count + 1, bytes + part_len(&name, &value))),
         }
     }
 
-    /// The encoded size of the whole state as read — what the key caps count (for a set kept per
-    /// element, known from its header); 0 if nothing was stored.
+    /// The encoded size of the whole state as read — what the key caps count (for a collection kept
+    /// per part, known from its header); 0 if nothing was stored.
     pub fn read_len(&self) -> usize {
         self.read_len
     }
@@ -503,131 +564,184 @@ impl StateView {
         match &self.form {
             Form::Absent => true,
             Form::Whole { before } => *before != self.stored,
-            Form::Split { before, loaded, .. } => {
-                let Some(set) = as_set(&self.stored) else { return true };
-                let empty = BTreeSet::new();
-                header_of(&self.stored) != before.stored
-                    || loaded.iter().any(|(element, dots)| set.dots_of(element).unwrap_or(&empty) != dots)
+            Form::Split { before, kind, loaded, .. } => {
+                kind_of(&self.stored) != Some(*kind)
+                    || header_of(&self.stored) != before.stored
+                    || loaded.iter().any(|(name, old)| part_of(&self.stored, name) != *old)
             }
         }
     }
 
     fn header(&self, writes: u64) -> SplitHeader {
-        SplitHeader {
-            stored: header_of(&self.stored),
-            elements: self.set_len().unwrap_or(0),
-            element_bytes: self.element_bytes(),
-            writes,
-        }
+        let (elements, element_bytes) = self.parts_count_and_bytes();
+        SplitHeader { stored: header_of(&self.stored), elements, element_bytes, writes }
     }
 
     /// Adds to `batch` what must change in storage for the state to be what the joins made it, and
-    /// returns the whole state's encoded size (see [`StateView::read_len`]). A set is always
-    /// written per element; a set that lost to a higher-ranked type goes whole, its element records
-    /// deleted.
+    /// returns the whole state's encoded size (see [`StateView::read_len`]). A set or a map is
+    /// always written per part; a collection that lost to a higher-ranked type goes whole (or per
+    /// part of its new kind), its old records deleted.
     pub fn write(self, engine: &dyn Engine, batch: &mut Batch) -> Result<usize> {
-        let is_set = self.stored.entry.crdt_type() == CrdtType::Set;
-        match (&self.form, is_set) {
-            (Form::Split { before, loaded, .. }, true) => {
-                let set = as_set(&self.stored).expect("checked above");
-                let empty = BTreeSet::new();
-                for (element, old) in loaded {
-                    let new = set.dots_of(element).unwrap_or(&empty);
-                    if new == old {
-                        continue;
+        let now = kind_of(&self.stored);
+        if let Form::Split { before, kind, loaded, .. } = &self.form {
+            if now == Some(*kind) {
+                for (name, old) in loaded {
+                    let new = part_of(&self.stored, name);
+                    if new != *old {
+                        put_part_record(batch, &self.data_key, name, old.as_ref(), new.as_ref());
                     }
-                    put_element(batch, &self.data_key, element, old, new);
                 }
                 let header = self.header(before.writes.wrapping_add(1));
                 batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
-                Ok(split_len(&header))
+                return Ok(split_len(&header));
             }
-            (Form::Split { .. }, false) => {
-                delete_collection_records(engine, batch, &self.data_key)?;
-                let value = layout::encode_stored(&self.stored);
-                let len = value.len();
-                batch.put(Space::Data, self.data_key.clone(), value);
-                Ok(len)
-            }
-            (Form::Absent | Form::Whole { .. }, true) => {
-                // A new set, or one format 1 stored whole: every element gets its records.
-                let set = as_set(&self.stored).expect("checked above");
-                let empty = BTreeSet::new();
-                for (element, dots) in set.tagged() {
-                    put_element(batch, &self.data_key, element, &empty, dots);
-                }
-                // A set deleted and created again must not repeat a count a reader saw before
-                // (`read_set_part` compares it): a new header starts from a random one.
-                let header = self.header(rand::random::<u64>() >> 1);
-                batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
-                Ok(split_len(&header))
-            }
-            (Form::Absent | Form::Whole { .. }, false) => {
-                let value = layout::encode_stored(&self.stored);
-                let len = value.len();
-                batch.put(Space::Data, self.data_key.clone(), value);
-                Ok(len)
-            }
+            // Another type won: the old kind's records all go.
+            delete_collection_records(engine, batch, &self.data_key)?;
         }
+        if now.is_none() {
+            let value = layout::encode_stored(&self.stored);
+            let len = value.len();
+            batch.put(Space::Data, self.data_key.clone(), value);
+            return Ok(len);
+        }
+        // A new collection, one stored whole by format 1, or the winner of a type conflict: every
+        // part gets its records.
+        for (name, value) in all_parts(&self.stored) {
+            put_part_record(batch, &self.data_key, &name, None, Some(&value));
+        }
+        // A collection deleted and created again must not repeat a count a reader saw before
+        // (`read_set_part` compares it): a new header starts from a random one.
+        let header = self.header(rand::random::<u64>() >> 1);
+        batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
+        Ok(split_len(&header))
     }
 }
 
-/// The batch operations that take `element` from `old` dots to `new` ones: its record and the index
-/// records of the dots that came and went.
-fn put_element(batch: &mut Batch, data_key: &[u8], element: &[u8], old: &BTreeSet<Dot>, new: &BTreeSet<Dot>) {
-    let key = layout::element_key(data_key, element);
-    if new.is_empty() {
-        batch.delete(Space::Elements, key);
-    } else {
-        batch.put(Space::Elements, key, layout::encode(&ElementRecord::V1(new.iter().copied().collect())));
+/// The batch operations that take part `name` from `old` to `new` (`None`: no record): its record
+/// and, for a set element, the index records of the dots that came and went.
+fn put_part_record(batch: &mut Batch, data_key: &[u8], name: &[u8], old: Option<&PartValue>, new: Option<&PartValue>) {
+    let key = layout::element_key(data_key, name);
+    match new {
+        None => batch.delete(Space::Elements, key),
+        Some(value) => batch.put(Space::Elements, key, encode_part(value)),
     }
-    for gone in old.difference(new) {
+    let no_dots = BTreeSet::new();
+    let dots = |value: Option<&PartValue>| match value {
+        Some(PartValue::Dots(dots)) => dots.clone(),
+        _ => no_dots.clone(),
+    };
+    let (old, new) = (dots(old), dots(new));
+    for gone in old.difference(&new) {
         batch.delete(Space::Elements, layout::dot_index_key(data_key, *gone));
     }
-    for came in new.difference(old) {
+    for came in new.difference(&old) {
         batch.put(
             Space::Elements,
             layout::dot_index_key(data_key, *came),
-            layout::encode(&DotIndexRecord::V1(element.to_vec())),
+            layout::encode(&DotIndexRecord::V1(name.to_vec())),
         );
     }
 }
 
 /// The encoded size of the whole state a header stands for: the header's state (with an empty
-/// set) and what its elements add.
+/// collection) and what its parts add.
 fn split_len(header: &SplitHeader) -> usize {
     layout::encode_stored(&header.stored).len() + header.element_bytes as usize
 }
 
-/// What an element with its dots adds to a set's encoded size (an `AwSet` encodes its elements as
-/// a map of element to dots; a map entry costs what the pair does).
-fn tagged_len(element: &[u8], dots: &BTreeSet<Dot>) -> u64 {
-    (meridian_crdt::codec::encode(&(element, dots)).len() - 1) as u64
+/// What a part adds to its collection's encoded size (a set encodes its elements, a map its fields,
+/// as a map of name to value; an entry costs what the pair does).
+fn part_len(name: &[u8], value: &PartValue) -> u64 {
+    let len = match value {
+        PartValue::Dots(dots) => meridian_crdt::codec::encode(&(name, dots)).len(),
+        PartValue::Field(entry) => meridian_crdt::codec::encode(&(String::from_utf8_lossy(name), entry)).len(),
+    };
+    (len - 1) as u64
 }
 
-fn as_set(stored: &Stored) -> Option<&meridian_crdt::AwSet<Vec<u8>>> {
+fn encode_part(value: &PartValue) -> Vec<u8> {
+    match value {
+        PartValue::Dots(dots) => layout::encode(&ElementRecord::V1(dots.iter().copied().collect())),
+        PartValue::Field(entry) => layout::encode(&FieldRecord::V1(entry.clone())),
+    }
+}
+
+/// Which collection kept per part `stored` is, if any.
+fn kind_of(stored: &Stored) -> Option<Kind> {
     match stored.entry.body() {
-        meridian_crdt::Body::Set(set) => Some(set),
+        Body::Set(_) => Some(Kind::Set),
+        Body::Map(_) => Some(Kind::Map),
         _ => None,
     }
 }
 
-/// `stored` without its set's elements.
+/// Part `name` of `stored`, if it holds it.
+fn part_of(stored: &Stored, name: &[u8]) -> Option<PartValue> {
+    match stored.entry.body() {
+        Body::Set(set) => set.dots_of(&name.to_vec()).cloned().map(PartValue::Dots),
+        Body::Map(map) => {
+            std::str::from_utf8(name).ok().and_then(|name| map.field(name)).cloned().map(PartValue::Field)
+        }
+        _ => None,
+    }
+}
+
+/// Every part of `stored`, in name order.
+fn all_parts(stored: &Stored) -> Vec<(Vec<u8>, PartValue)> {
+    match stored.entry.body() {
+        Body::Set(set) => set.tagged().map(|(e, dots)| (e.clone(), PartValue::Dots(dots.clone()))).collect(),
+        Body::Map(map) => {
+            map.fields().map(|(name, entry)| (name.as_bytes().to_vec(), PartValue::Field(entry.clone()))).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Puts part `name` into `stored` (`None`: takes it out).
+fn put_part(stored: &mut Stored, name: Vec<u8>, value: Option<PartValue>) {
+    if let Some(set) = stored.entry.set_mut() {
+        let dots = match value {
+            Some(PartValue::Dots(dots)) => dots,
+            _ => BTreeSet::new(),
+        };
+        set.put_tagged(name, dots);
+    } else if let Some(map) = stored.entry.map_mut() {
+        let entry = match value {
+            Some(PartValue::Field(entry)) => Some(entry),
+            _ => None,
+        };
+        // Field names are strings: a record under another name is not one of this map's.
+        if let Ok(name) = String::from_utf8(name) {
+            map.put_field(name, entry);
+        }
+    }
+}
+
+fn as_set(stored: &Stored) -> Option<&AwSet<Vec<u8>>> {
+    match stored.entry.body() {
+        Body::Set(set) => Some(set),
+        _ => None,
+    }
+}
+
+/// `stored` without its collection's parts.
 fn header_of(stored: &Stored) -> Stored {
     let mut header = stored.clone();
     if let Some(set) = header.entry.set_mut() {
         set.take_tagged();
+    } else if let Some(map) = header.entry.map_mut() {
+        map.take_fields();
     }
     header
 }
 
 #[cfg(test)]
 mod tests {
-    //! The per-element form against the whole state as its model: for any sequence of local set
-    //! writes, deletes, writes of other types, and deltas and whole states delivered between
+    //! The per-part form against the whole state as its model: for any sequence of local set and
+    //! map writes, deletes, writes of other types, and deltas and whole states delivered between
     //! replicas in any order (duplicates included), every replica's stored form assembles to the
     //! model's state, the write path computes the same deltas from its partial view as from the
-    //! whole state, and the header's counts and the dot index agree with the elements.
+    //! whole state, and the header's counts and the dot index agree with the parts.
 
     use super::*;
     use crate::storage::MemoryEngine;
@@ -641,9 +755,13 @@ mod tests {
         Add(usize, Vec<u8>),
         Remove(usize, Vec<u8>),
         Delete(usize),
-        /// A write of a higher-ranked type (a map), which wins over the set.
-        Map(usize),
-        /// A write of a lower-ranked type (a counter), which the set absorbs.
+        /// A map field update (a counter added to, or a nested set added to), which wins over a set.
+        Field(usize, u8, bool),
+        /// A map field removed.
+        Unfield(usize, u8),
+        /// A write of the highest-ranked type (a doc), which wins over both.
+        Doc(usize),
+        /// A write of a lower-ranked type (a counter), which both absorb.
         Counter(usize),
         /// Delta number `i` (modulo those made so far) to replica `to`.
         Deliver(usize, usize),
@@ -658,8 +776,9 @@ mod tests {
             4 => (r.clone(), member.clone()).prop_map(|(r, m)| Step::Add(r, m)),
             3 => (r.clone(), member).prop_map(|(r, m)| Step::Remove(r, m)),
             1 => r.clone().prop_map(Step::Delete),
-            1 => r.clone().prop_map(Step::Map),
-            1 => r.clone().prop_map(Step::Counter),
+            2 => (r.clone(), 0u8..3, any::<bool>()).prop_map(|(r, f, nested)| Step::Field(r, f, nested)),
+            1 => (r.clone(), 0u8..3).prop_map(|(r, f)| Step::Unfield(r, f)),
+            1 => (r.clone(), 0..40u8).prop_map(|(r, roll)| if roll == 0 { Step::Doc(r) } else { Step::Counter(r) }),
             6 => (any::<usize>(), r.clone()).prop_map(|(i, to)| Step::Deliver(i, to)),
             1 => (r.clone(), r).prop_map(|(from, to)| Step::Whole(from, to)),
         ]
@@ -687,11 +806,14 @@ mod tests {
         /// A local write as the write path makes it: the delta from the partial view, checked
         /// against the delta from the whole state.
         fn write(&mut self, node: NodeId, tick: u64, mutation: Option<Mutation>) -> Option<Stored> {
-            let members: Vec<Vec<u8>> = match &mutation {
+            let parts: Vec<Vec<u8>> = match &mutation {
                 Some(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => members.clone(),
+                Some(Mutation::MapUpdate { field, .. } | Mutation::MapRemove { field }) => {
+                    vec![field.as_bytes().to_vec()]
+                }
                 _ => Vec::new(),
             };
-            let mut view = StateView::load(&self.engine, KEY, members.iter().map(Vec::as_slice)).unwrap();
+            let mut view = StateView::load(&self.engine, KEY, parts.iter().map(Vec::as_slice)).unwrap();
             if let (None, Some(view)) = (&mutation, &mut view) {
                 view.load_all(&self.engine).unwrap();
             }
@@ -723,24 +845,26 @@ mod tests {
             let elements = self.engine.scan(Space::Elements, &[], None, usize::MAX).unwrap();
             let model = self.model.as_ref().unwrap();
             let StateRecord::Split(header) = layout::decode_state(&bytes).unwrap() else {
-                assert!(as_set(model).is_none(), "a set is always kept per element");
-                assert!(elements.is_empty(), "no element records outlive their set");
+                assert!(kind_of(model).is_none(), "a set or a map is always kept per part");
+                assert!(elements.is_empty(), "no part records outlive their collection");
                 return;
             };
-            let set = as_set(model).expect("a header stands for a set");
-            assert_eq!(header.elements, set.len() as u64);
+            assert_eq!(kind_of(&header.stored), kind_of(model), "a header stands for the model's kind");
+            assert_eq!(header.elements, all_parts(model).len() as u64);
             let whole = layout::encode_stored(model).len() as i64;
             assert!((split_len(&header) as i64 - whole).abs() <= 8, "the header knows the whole size");
             let mut index = BTreeMap::new();
-            for (element, dots) in set.tagged() {
-                for dot in dots {
-                    index
-                        .insert(layout::dot_index_key(KEY, *dot), layout::encode(&DotIndexRecord::V1(element.clone())));
+            if let Some(set) = as_set(model) {
+                for (element, dots) in set.tagged() {
+                    for dot in dots {
+                        let record = layout::encode(&DotIndexRecord::V1(element.clone()));
+                        index.insert(layout::dot_index_key(KEY, *dot), record);
+                    }
                 }
             }
             let stored_index: BTreeMap<Vec<u8>, Vec<u8>> =
                 elements.into_iter().filter(|(k, _)| k.starts_with(&layout::dot_index_prefix(KEY))).collect();
-            assert_eq!(stored_index, index, "one index record per live dot, naming its element");
+            assert_eq!(stored_index, index, "one index record per live set dot, naming its element");
         }
     }
 
@@ -759,10 +883,23 @@ mod tests {
                     Step::Add(r, m) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::SetAdd { members: vec![m] })) }
                     Step::Remove(r, m) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::SetRemove { members: vec![m] })) }
                     Step::Delete(r) => { let (r, n) = local(r); replicas[r].write(n, tick, None) }
-                    Step::Map(r) => {
+                    Step::Field(r, f, nested_set) => {
                         let (r, n) = local(r);
-                        let field = Mutation::CounterAdd { amount: 1 };
-                        replicas[r].write(n, tick, Some(Mutation::MapUpdate { field: "f".into(), mutation: Box::new(field) }))
+                        let nested = if nested_set {
+                            Mutation::SetAdd { members: vec![vec![f, tick as u8]] }
+                        } else {
+                            Mutation::CounterAdd { amount: 1 }
+                        };
+                        let update = Mutation::MapUpdate { field: format!("f{f}"), mutation: Box::new(nested) };
+                        replicas[r].write(n, tick, Some(update))
+                    }
+                    Step::Unfield(r, f) => {
+                        let (r, n) = local(r);
+                        replicas[r].write(n, tick, Some(Mutation::MapRemove { field: format!("f{f}") }))
+                    }
+                    Step::Doc(r) => {
+                        let (r, n) = local(r);
+                        replicas[r].write(n, tick, Some(Mutation::DocPut { json: format!("{{\"t\":{tick}}}") }))
                     }
                     Step::Counter(r) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::CounterAdd { amount: 1 })) }
                     Step::Deliver(i, to) => {

@@ -220,13 +220,16 @@ impl Replica {
             }
         }
         let engine = self.engine.as_ref();
-        // A set's member changes read only the members they name (see `crate::states`).
-        let members: &[Vec<u8>] = match &change {
-            Change::Mutate(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => members,
-            _ => &[],
+        // A set's member changes read only the members they name, a map's only the field (see
+        // `crate::states`).
+        let parts: Vec<&[u8]> = match &change {
+            Change::Mutate(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => {
+                members.iter().map(Vec::as_slice).collect()
+            }
+            Change::Mutate(Mutation::MapUpdate { field, .. } | Mutation::MapRemove { field }) => vec![field.as_bytes()],
+            _ => Vec::new(),
         };
-        let mut view =
-            StateView::load(engine, &data_key, members.iter().map(Vec::as_slice)).map_err(super::state_error)?;
+        let mut view = StateView::load(engine, &data_key, parts).map_err(super::state_error)?;
         if let (Change::Delete, Some(view)) = (&change, &mut view) {
             // A delete removes every element it observed.
             view.load_all(engine).map_err(super::state_error)?;

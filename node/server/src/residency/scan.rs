@@ -1,8 +1,9 @@
 //! `meridian residency audit`: a scan of one node's storage for anything its region may not hold.
 //!
-//! It reads every space that can carry a key's bytes — states, a set's element records, delta-log
-//! records, hints and idempotency records — and checks each key against the node's current rules. Redacted log
-//! records and hints are counted but carry no key, so they are never violations. With `compact`,
+//! It reads every space that can carry a key's bytes — states, the part records of sets and maps,
+//! delta-log records, hints and idempotency records — and checks each key against the node's
+//! current rules. Redacted log records and hints are counted but carry no key, so they are never
+//! violations. With `compact`,
 //! storage is flushed and compacted first, so that what the scan vouches for is also all that a
 //! raw byte scan of the data directory can find.
 
@@ -65,8 +66,8 @@ pub fn audit(engine: &Arc<dyn Engine>, residency: &Residency, compact: bool) -> 
             check("idempotency", &layout::data_key(&key), &mut violations);
         }
     })?;
-    // A set's element and dot index records name their key too (they are not counted apart: the
-    // report's format predates them, and a set's key is counted among the states).
+    // The part records of sets and maps (and a set's dot index) name their key too. They are not
+    // counted apart: the report's format predates them, and their key is counted among the states.
     for_each(engine.as_ref(), Space::Elements, |key, _| {
         if let Some(data_key) = layout::collection_of(key) {
             check("elements", data_key, &mut violations);
