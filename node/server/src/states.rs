@@ -44,7 +44,7 @@ use crate::layout::{self, DotIndexRecord, ElementRecord, FieldRecord, SplitHeade
 use crate::storage::{Batch, Engine, Space, StorageError};
 
 /// A delta whose set context covers more dots than this, and than the set has elements, loads the
-/// whole set instead of looking each dot up in the index.
+/// whole set instead of looking each dot up in the index; so does a map delta naming more fields.
 pub const MAX_INDEXED_DOTS: usize = 256;
 
 /// Elements read per scan while assembling a whole set.
@@ -478,8 +478,13 @@ impl StateView {
                     None => self.load_all(engine),
                 }
             }
-            // A map joins field by field: the fields the delta names are all it can change.
+            // A map joins field by field: the fields the delta names are all it can change. One
+            // scan of every field, or a lookup per named field: whichever reads less.
             (Kind::Map, Body::Map(delta_map)) => {
+                let limit = MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX));
+                if delta_map.len() > limit {
+                    return self.load_all(engine);
+                }
                 let names: Vec<Vec<u8>> = delta_map.fields().map(|(name, _)| name.as_bytes().to_vec()).collect();
                 self.load_parts(engine, names.iter().map(Vec::as_slice))
             }
@@ -763,8 +768,12 @@ mod tests {
         Doc(usize),
         /// A write of a lower-ranked type (a counter), which both absorb.
         Counter(usize),
-        /// Delta number `i` (modulo those made so far) to replica `to`.
-        Deliver(usize, usize),
+        /// Delta number `i` (modulo those made so far) to replica `to`, with the next one through
+        /// the same view when `pair` (as anti-entropy joins several records of a key at once).
+        Deliver(usize, usize, bool),
+        /// A doc written by a fourth replica that held nothing, its delta delivered later: the
+        /// highest rank, which wins over sets and maps.
+        ForeignDoc,
         /// Replica `from`'s whole state to replica `to` (a digest sync, a quorum write-back).
         Whole(usize, usize),
     }
@@ -779,7 +788,8 @@ mod tests {
             2 => (r.clone(), 0u8..3, any::<bool>()).prop_map(|(r, f, nested)| Step::Field(r, f, nested)),
             1 => (r.clone(), 0u8..3).prop_map(|(r, f)| Step::Unfield(r, f)),
             1 => (r.clone(), 0..40u8).prop_map(|(r, roll)| if roll == 0 { Step::Doc(r) } else { Step::Counter(r) }),
-            6 => (any::<usize>(), r.clone()).prop_map(|(i, to)| Step::Deliver(i, to)),
+            6 => (any::<usize>(), r.clone(), any::<bool>()).prop_map(|(i, to, pair)| Step::Deliver(i, to, pair)),
+            1 => Just(Step::ForeignDoc),
             1 => (r.clone(), r).prop_map(|(from, to)| Step::Whole(from, to)),
         ]
     }
@@ -791,16 +801,23 @@ mod tests {
 
     impl Replica {
         fn apply(&mut self, delta: &Stored) {
+            self.apply_all(std::slice::from_ref(delta));
+        }
+
+        /// Joins `deltas` through one view, as anti-entropy joins several records of a key.
+        fn apply_all(&mut self, deltas: &[Stored]) {
             let mut view =
-                StateView::load(&self.engine, KEY, []).unwrap().unwrap_or_else(|| StateView::absent(KEY, delta));
-            view.join(&self.engine, delta).unwrap();
+                StateView::load(&self.engine, KEY, []).unwrap().unwrap_or_else(|| StateView::absent(KEY, &deltas[0]));
+            for delta in deltas {
+                view.join(&self.engine, delta).unwrap();
+                let model = self.model.get_or_insert_with(|| Stored::empty_like(delta));
+                model.try_join(delta).unwrap();
+            }
             if view.changed() {
                 let mut batch = Batch::new();
                 view.write(&self.engine, &mut batch).unwrap();
                 self.engine.write(batch).unwrap();
             }
-            let model = self.model.get_or_insert_with(|| Stored::empty_like(delta));
-            model.try_join(delta).unwrap();
         }
 
         /// A local write as the write path makes it: the delta from the partial view, checked
@@ -902,11 +919,19 @@ mod tests {
                         replicas[r].write(n, tick, Some(Mutation::DocPut { json: format!("{{\"t\":{tick}}}") }))
                     }
                     Step::Counter(r) => { let (r, n) = local(r); replicas[r].write(n, tick, Some(Mutation::CounterAdd { amount: 1 })) }
-                    Step::Deliver(i, to) => {
-                        if let Some(delta) = deltas.get(i % deltas.len().max(1)).cloned() {
-                            replicas[to].apply(&delta);
+                    Step::Deliver(i, to, pair) => {
+                        if !deltas.is_empty() {
+                            let first = i % deltas.len();
+                            let last = if pair { (first + 2).min(deltas.len()) } else { first + 1 };
+                            replicas[to].apply_all(&deltas[first..last]);
                         }
                         None
+                    }
+                    Step::ForeignDoc => {
+                        let w = WriteContext { node: NodeId(9), ts: Hlc { wall_ms: tick, logical: 0 } };
+                        let json = format!("{{\"d\":{tick}}}");
+                        let doc = Entry::mutation_delta(None, &Mutation::DocPut { json }, &w).unwrap();
+                        Some(Stored::bare(doc))
                     }
                     Step::Whole(from, to) => {
                         if let Some(state) = load_whole(&replicas[from].engine, KEY).unwrap() {
@@ -920,6 +945,35 @@ mod tests {
                     replica.check();
                 }
             }
+        }
+    }
+
+    /// A map (and a set) that format 1 stored whole: readable as is, and kept per part from its
+    /// next write on, with nothing lost.
+    #[test]
+    fn collections_stored_whole_by_format_1_move_per_part_at_their_next_write() {
+        for first in [
+            Mutation::MapUpdate { field: "a".into(), mutation: Box::new(Mutation::CounterAdd { amount: 2 }) },
+            Mutation::SetAdd { members: vec![b"a".to_vec(), b"b".to_vec()] },
+        ] {
+            let engine = MemoryEngine::new();
+            let w = WriteContext { node: NodeId(1), ts: Hlc { wall_ms: 1, logical: 0 } };
+            let whole = Stored::bare(Entry::mutation_delta(None, &first, &w).unwrap());
+            let mut batch = Batch::new();
+            batch.put(Space::Data, KEY.to_vec(), layout::encode_stored(&whole));
+            engine.write(batch).unwrap();
+            assert_eq!(load_whole(&engine, KEY).unwrap(), Some(whole.clone()), "format 1 reads as it was");
+            let mut replica = Replica { engine, model: Some(whole) };
+            let next = match first {
+                Mutation::MapUpdate { .. } => {
+                    Mutation::MapUpdate { field: "b".into(), mutation: Box::new(Mutation::CounterAdd { amount: 1 }) }
+                }
+                _ => Mutation::SetRemove { members: vec![b"a".to_vec()] },
+            };
+            replica.write(NodeId(1), 2, Some(next)).unwrap();
+            replica.check();
+            let bytes = replica.engine.get(Space::Data, KEY).unwrap().unwrap();
+            assert!(layout::is_split_value(&bytes), "kept per part after the write");
         }
     }
 

@@ -84,12 +84,14 @@ pub use rocks::{RocksEngine, RocksOptions};
 pub const FORMAT_KEY: &[u8] = b"storage_format";
 
 /// The storage format version this build writes (stored as the single byte value of
-/// [`FORMAT_KEY`]). Version 2 added [`Space::Elements`]: sets kept one record per element.
+/// [`FORMAT_KEY`]). Version 2 added [`Space::Elements`]: sets and maps kept one record per
+/// element or field.
 pub const FORMAT_VERSION: u8 = 2;
 
 /// The oldest storage format this build opens: a directory of an older format than
-/// [`FORMAT_VERSION`] is migrated in place when opened (1 → 2 needs no rewrite: a set stored whole
-/// stays readable, and moves to one record per element at its next write), so the marker is raised.
+/// [`FORMAT_VERSION`] is migrated in place when opened (1 → 2 needs no rewrite: a set or map stored
+/// whole stays readable, and moves to one record per part at its next write), so the marker is
+/// raised.
 /// There is no way back: a release that reads only version 1 refuses the directory.
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
