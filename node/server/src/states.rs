@@ -67,8 +67,9 @@ pub enum StateError {
         /// The decoder's complaint.
         detail: String,
     },
-    /// Writes kept changing the set while it was being assembled.
-    #[error("the set {0} kept changing while it was read whole; retry")]
+    /// Writes kept changing the set while a membership query read it (whole and page reads use a
+    /// snapshot and never fail so).
+    #[error("the set {0} kept changing while its members were looked up; retry")]
     Busy(String),
 }
 
