@@ -93,18 +93,7 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
         let ca = options.ca_cert.clone().context("--ca-cert is needed with --endpoint")?;
         (options.endpoints.clone(), ca, None)
     } else {
-        let mut config = Config {
-            data_dir: scratch.join("node"),
-            listen: meridian_server::config::ListenConfig {
-                client: "127.0.0.1:0".parse()?,
-                http: "127.0.0.1:0".parse()?,
-            },
-            ..Config::default()
-        };
-        config.storage.durability = match options.durability {
-            Durability::Fsync => "fsync".into(),
-            Durability::Relaxed => "relaxed".into(),
-        };
+        let mut config = in_process_config(&scratch, options.durability)?;
         if options.auth {
             options.client_cert = Some(with_authentication(&mut config, &scratch.join("certs"))?);
         }
@@ -160,7 +149,23 @@ fn with_authentication(config: &mut Config, dir: &std::path::Path) -> anyhow::Re
     Ok(paths)
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+/// The configuration of a benchmark's in-process node: data under `scratch/node`, ports picked by
+/// the system, the given durability.
+pub(crate) fn in_process_config(scratch: &std::path::Path, durability: Durability) -> anyhow::Result<Config> {
+    let mut config = Config {
+        data_dir: scratch.join("node"),
+        listen: meridian_server::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
+        ..Config::default()
+    };
+    config.storage.durability = match durability {
+        Durability::Fsync => "fsync".into(),
+        Durability::Relaxed => "relaxed".into(),
+    };
+    Ok(config)
+}
+
+/// A fresh scratch folder for one benchmark run.
+pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("meridian-bench-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use meridian_client::Client;
-use meridian_server::config::Config;
 
-use crate::bench::new_histogram;
+use crate::bench::{in_process_config, new_histogram, tempfile_dir};
+use meridian_server::storage::Durability;
 
 /// `meridian bench-collections …`.
 #[derive(Clone, Debug, clap::Args)]
@@ -83,17 +83,9 @@ pub async fn run_cli(args: CollectionBenchArgs) -> anyhow::Result<()> {
 
 /// Runs the benchmark.
 pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<(Vec<SizeReport>, Vec<MapSizeReport>)> {
-    let scratch = std::env::temp_dir().join(format!(
-        "meridian-bench-collections-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let mut config = Config {
-        data_dir: scratch.join("node"),
-        listen: meridian_server::config::ListenConfig { client: "127.0.0.1:0".parse()?, http: "127.0.0.1:0".parse()? },
-        ..Config::default()
-    };
-    config.storage.durability = if args.relaxed { "relaxed".into() } else { "fsync".into() };
+    let scratch = tempfile_dir()?;
+    let durability = if args.relaxed { Durability::Relaxed } else { Durability::Fsync };
+    let mut config = in_process_config(&scratch, durability)?;
     config.limits.max_key_bytes = BENCH_KEY_BYTES;
     config.limits.max_merged_key_bytes = 4 * BENCH_KEY_BYTES;
     let running = meridian_server::serve::start(config).await?;

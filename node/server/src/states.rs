@@ -430,11 +430,6 @@ impl StateView {
         &self.stored
     }
 
-    /// Whether the view holds the key's whole state.
-    pub fn is_whole(&self) -> bool {
-        !matches!(self.form, Form::Split { complete: false, .. })
-    }
-
     /// Loads every part not loaded yet (a collection kept per part).
     pub fn load_all(&mut self, engine: &dyn Engine) -> Result<()> {
         let Form::Split { kind, loaded, complete, .. } = &mut self.form else { return Ok(()) };
