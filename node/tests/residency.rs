@@ -597,6 +597,16 @@ async fn a_replica_down_while_its_region_was_allowed_catches_up() {
     let eu2_node = restarted.node.clone();
     nodes[2] = Some(restarted);
     eventually("eu-west-n2 caught up with us-east on every partition", || async { caught_up(&eu2_node) }).await;
+    // Its vector alone is not enough: until it learns of the widening it takes eu-west-n1's
+    // redactions as they are (the rule then still excluded it); its own backfill of the widened
+    // rule then brings the states.
+    let eu2 = client_of(nodes[2].as_ref().unwrap()).await;
+    eventually("eu-west-n2 backfilled", || async {
+        eu2.residency(ResidencyOp::List)
+            .await
+            .is_ok_and(|r| r.version >= widened.version && r.changes.iter().all(|c| c.complete))
+    })
+    .await;
     for i in 0..40 {
         let key = meridian_client::IntoKey::into_key(format!("app/late/{i}").as_str()).unwrap();
         assert!(
@@ -604,7 +614,7 @@ async fn a_replica_down_while_its_region_was_allowed_catches_up() {
             "eu-west-n2 holds app/late/{i}"
         );
     }
-    drop((us, eu1));
+    drop((us, eu1, eu2));
     for node in nodes.into_iter().flatten() {
         tokio::time::timeout(Duration::from_secs(30), node.shutdown()).await.expect("a node shut down in 30 s");
     }
