@@ -97,6 +97,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Backup(_) => "Backup",
         ReplyBody::Readiness(_) => "Readiness",
         ReplyBody::SetPart(_) => "SetPart",
+        ReplyBody::MapPart(_) => "MapPart",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }
@@ -509,7 +510,7 @@ impl SetHandle {
 }
 
 /// Whether a node's refusal says it does not know the operation sent (see `SetHandle::read_part`).
-fn predates_the_operation(e: &Error) -> bool {
+pub(crate) fn predates_the_operation(e: &Error) -> bool {
     match e {
         Error::Server { code: ErrorCode::Unsupported, .. } => true,
         Error::Server { code: ErrorCode::BadRequest, message, .. } => message.starts_with("malformed frame"),

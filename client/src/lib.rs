@@ -102,7 +102,7 @@ pub use error::Error;
 pub use handles::{CounterHandle, MvRegisterHandle, RegisterHandle, SetHandle, Siblings};
 pub use key::IntoKey;
 pub use keys::{KeysPage, KeysQuery, DEFAULT_PAGE_LIMIT};
-pub use map_doc::{DocHandle, MapHandle};
+pub use map_doc::{DocHandle, MapHandle, MapPage};
 pub use region::{RegionInfo, DEFAULT_FAILBACK_INTERVAL, DEFAULT_REGION};
 pub use session::Session;
 

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use meridian_crdt::{CrdtType, Mutation, Value};
 
-use crate::handles::{handle, unexpected};
-use crate::proto::{Operation, ReplyBody};
+use crate::handles::{handle, predates_the_operation, unexpected};
+use crate::proto::{MapPart, MapPartReply, Operation, ReplyBody};
 use crate::Error;
 
 handle!(
@@ -98,7 +98,104 @@ impl MapHandle {
             Some(_) => unreachable!("Ctx::read checks the type"),
         }
     }
+
+    /// The value of `field`, read without the rest of the map; `None` if the map has no such field
+    /// (or does not exist).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let email = client.map("users/alice").get_field("email").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_field(&self, field: impl Into<String>) -> Result<Option<Value>, Error> {
+        Ok(self.get_fields([field]).await?.pop().flatten())
+    }
+
+    /// The values of `fields`, in the order given (one request; `None` for a field the map does
+    /// not have).
+    pub async fn get_fields<F: Into<String>>(
+        &self,
+        fields: impl IntoIterator<Item = F>,
+    ) -> Result<Vec<Option<Value>>, Error> {
+        let fields: Vec<String> = fields.into_iter().map(Into::into).collect();
+        match self.read_part(MapPart::Fields(fields.clone())).await? {
+            Some(MapPartReply::Fields(values)) if values.len() == fields.len() => Ok(values),
+            Some(other) => Err(Error::protocol(format!("a field read answered with {other:?}"))),
+            None => {
+                let mut all = self.get().await?;
+                Ok(fields.iter().map(|f| all.remove(f)).collect())
+            }
+        }
+    }
+
+    /// The number of fields, read without the fields.
+    pub async fn len(&self) -> Result<u64, Error> {
+        match self.read_part(MapPart::Count).await? {
+            Some(MapPartReply::Count(n)) => Ok(n),
+            Some(other) => Err(Error::protocol(format!("a count answered with {other:?}"))),
+            None => Ok(self.get().await?.len() as u64),
+        }
+    }
+
+    /// Whether the map has no field (a missing or deleted map has none).
+    pub async fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// A page of fields in name order, after `after` (exclusive; `None`: from the first), at most
+    /// `limit`, and the cursor of the next page (`None`: no more). A page may hold fewer fields than
+    /// asked, even none, while the cursor is `Some`: keep going until it is `None`. Each page is
+    /// read on its own: fields changed between pages may be missed or seen, as with key listing.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let settings = client.map("users/alice/settings");
+    /// let mut after = None;
+    /// loop {
+    ///     let (fields, next) = settings.page(after, 500).await?;
+    ///     for (name, value) in fields {
+    ///         println!("{name}: {value:?}");
+    ///     }
+    ///     match next {
+    ///         Some(cursor) => after = Some(cursor),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn page(&self, after: Option<String>, limit: u32) -> Result<MapPage, Error> {
+        match self.read_part(MapPart::Page { after: after.clone(), limit }).await? {
+            Some(MapPartReply::Page { fields, next }) => Ok((fields, next)),
+            Some(other) => Err(Error::protocol(format!("a page read answered with {other:?}"))),
+            None => {
+                // A node that predates part reads: page the whole map here.
+                let from: Vec<(String, Value)> = self
+                    .get()
+                    .await?
+                    .into_iter()
+                    .filter(|(name, _)| after.as_ref().is_none_or(|after| name > after))
+                    .collect();
+                let limit = (limit as usize).max(1);
+                let next = (from.len() > limit).then(|| from[limit - 1].0.clone());
+                Ok((from.into_iter().take(limit).collect(), next))
+            }
+        }
+    }
+
+    /// A part read; `None` when the node predates them (see `SetHandle::read_part`).
+    async fn read_part(&self, part: MapPart) -> Result<Option<MapPartReply>, Error> {
+        let key = self.key.clone()?;
+        match self.ctx.call(Operation::ReadMap { key, part }).await {
+            Ok(ReplyBody::MapPart(reply)) => Ok(Some(reply)),
+            Ok(other) => Err(unexpected("ReadMap", &other)),
+            Err(e) if predates_the_operation(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
+
+/// A page of a map's fields with their values, and the cursor of the next page.
+pub type MapPage = (Vec<(String, Value)>, Option<String>);
 
 fn contains_doc(mutation: &Mutation) -> bool {
     match mutation {

@@ -3,10 +3,12 @@
 //!
 //! One node in-process (as `meridian bench` starts it), one client. For each size it fills a fresh
 //! set to that many members (writes of many members each), then times single-member adds and
-//! removes of members it does not hold yet, one at a time, and a read of the whole set. It reports
-//! each figure beside the one at the smallest size of the same run: a set kept one record per
-//! element should add at about the same cost whatever its size (the goal is ≤ 2× at 1M), while a
-//! whole read stays linear (paged reads are not built yet). Benchmarks report; they never assert.
+//! removes of members it does not hold yet, one at a time; membership queries and pages of 100
+//! members at places spread over the set; and a read of the whole set. Maps likewise: field updates,
+//! single-field reads and pages of 100 fields. It reports each figure beside the one at the
+//! smallest size of the same run: a collection kept one record per part should change and answer a
+//! part read at about the same cost whatever its size (the goal is ≤ 2× at 1M), while a whole read
+//! stays linear. Benchmarks report; they never assert.
 
 use std::time::{Duration, Instant};
 
@@ -58,8 +60,20 @@ pub struct SizeReport {
     pub add_us: Histogram<u64>,
     /// Single-member removes, µs.
     pub remove_us: Histogram<u64>,
+    /// Membership queries (`sismember`) of members spread over the set, µs.
+    pub contains_us: Histogram<u64>,
+    /// Pages of [`PAGE`] members from places spread over the set, µs.
+    pub page_us: Histogram<u64>,
     /// Whole reads, µs (empty: skipped).
     pub read_us: Histogram<u64>,
+}
+
+/// Members or fields per timed page read.
+pub const PAGE: u32 = 100;
+
+/// The `i`-th of `probes` places spread over `0..size` (0 for an empty collection).
+fn spread(i: u64, size: u64) -> u64 {
+    (i * 7_919) % size.max(1)
 }
 
 /// One map size's figures.
@@ -71,6 +85,10 @@ pub struct MapSizeReport {
     pub fill: Duration,
     /// Single-field updates (a register field set), µs.
     pub update_us: Histogram<u64>,
+    /// Single-field reads (`hget`) of fields spread over the map, µs.
+    pub get_us: Histogram<u64>,
+    /// Pages of [`PAGE`] fields from places spread over the map, µs.
+    pub page_us: Histogram<u64>,
 }
 
 /// Runs the benchmark and prints its tables.
@@ -133,30 +151,64 @@ async fn probe_map_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow:
             map.set_field(format!("p{i:09}"), "v").await.context("a probe update")?;
             update_us.record(t.elapsed().as_micros() as u64)?;
         }
-        reports.push(MapSizeReport { size, fill, update_us });
+        let (mut get_us, mut page_us) = (new_histogram(), new_histogram());
+        for i in 0..args.probes {
+            let field = format!("f{:09}", spread(i, size));
+            let t = Instant::now();
+            let value = map.get_field(field).await.context("a probe field read")?;
+            get_us.record(t.elapsed().as_micros() as u64)?;
+            anyhow::ensure!(value.is_some() || size == 0, "a field the map holds read as missing");
+            let t = Instant::now();
+            map.page(Some(format!("f{:09}", spread(i, size))), PAGE).await.context("a probe page")?;
+            page_us.record(t.elapsed().as_micros() as u64)?;
+        }
+        reports.push(MapSizeReport { size, fill, update_us, get_us, page_us });
     }
     Ok(reports)
 }
 
-/// The maps' table: per size, p50 and mean of a field update and its ratio to the first size's.
+/// The maps' table: per size, p50 and mean of a field update, p50 of a field read and of a page,
+/// each with its ratio (of means) to the first size's.
 pub fn render_maps(reports: &[MapSizeReport], args: &CollectionBenchArgs) -> String {
     if reports.is_empty() {
         return String::new();
     }
-    let mut out = format!("\nmap field updates by map size ({} probes each)\n\n", args.probes);
-    out += "| fields | fill | update p50 | update mean | ÷ first |\n|---|---|---|---|---|\n";
-    let first = reports[0].update_us.mean().max(1.0);
+    let mut out = format!("\nmap field updates and part reads by map size ({} probes each)\n\n", args.probes);
+    out += "| fields | fill | update p50 | update mean | ÷ first | hget p50 | ÷ first | page(100) p50 | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
+    let first = reports.first();
     for r in reports {
         out += &format!(
-            "| {} | {:.1} s | {:.2} ms | {:.2} ms | {:.2} |\n",
+            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} |\n",
             r.size,
             r.fill.as_secs_f64(),
-            r.update_us.value_at_quantile(0.5) as f64 / 1000.0,
-            r.update_us.mean() / 1000.0,
-            r.update_us.mean() / first
+            ms(&r.update_us, Some(0.5)),
+            ms(&r.update_us, None),
+            ratio(&r.update_us, first.map(|f| &f.update_us)),
+            ms(&r.get_us, Some(0.5)),
+            ratio(&r.get_us, first.map(|f| &f.get_us)),
+            ms(&r.page_us, Some(0.5)),
+            ratio(&r.page_us, first.map(|f| &f.page_us)),
         );
     }
     out
+}
+
+/// `h`'s mean over `base`'s, or a dash when either is empty.
+fn ratio(h: &Histogram<u64>, base: Option<&Histogram<u64>>) -> String {
+    match base {
+        Some(base) if !h.is_empty() && !base.is_empty() => format!("{:.2}", h.mean() / base.mean().max(1.0)),
+        _ => "—".into(),
+    }
+}
+
+/// `h`'s quantile `q` (its mean for `None`) in milliseconds, or `skipped` when it is empty.
+fn ms(h: &Histogram<u64>, q: Option<f64>) -> String {
+    if h.is_empty() {
+        return "skipped".to_string();
+    }
+    let us = q.map_or_else(|| h.mean(), |q| h.value_at_quantile(q) as f64);
+    format!("{:.2} ms", us / 1000.0)
 }
 
 async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Result<Vec<SizeReport>> {
@@ -172,6 +224,7 @@ async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Res
         }
         let fill = started.elapsed();
         let (mut add_us, mut remove_us, mut read_us) = (new_histogram(), new_histogram(), new_histogram());
+        let (mut contains_us, mut page_us) = (new_histogram(), new_histogram());
         for i in 0..args.probes {
             let probe = member(size + i);
             let t = Instant::now();
@@ -183,6 +236,15 @@ async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Res
             let t = Instant::now();
             set.remove([probe]).await.context("a probe remove")?;
             remove_us.record(t.elapsed().as_micros() as u64)?;
+        }
+        for i in 0..args.probes {
+            let t = Instant::now();
+            let found = set.contains(member(spread(i, size))).await.context("a probe membership query")?;
+            contains_us.record(t.elapsed().as_micros() as u64)?;
+            anyhow::ensure!(found || size == 0, "a member the set holds read as missing");
+            let t = Instant::now();
+            set.page(Some(member(spread(i, size))), PAGE).await.context("a probe page")?;
+            page_us.record(t.elapsed().as_micros() as u64)?;
         }
         for _ in 0..args.reads {
             let t = Instant::now();
@@ -196,7 +258,7 @@ async fn probe_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow::Res
                 Err(e) => return Err(e).context("a whole read"),
             }
         }
-        reports.push(SizeReport { size, fill, add_us, remove_us, read_us });
+        reports.push(SizeReport { size, fill, add_us, remove_us, contains_us, page_us, read_us });
     }
     Ok(reports)
 }
@@ -205,30 +267,20 @@ fn member(i: u64) -> Vec<u8> {
     format!("m{i:09}").into_bytes()
 }
 
-/// The table: per size, p50 and mean of each operation and its ratio to the first size's.
+/// The sets' tables: per size, p50 and mean of each change, p50 of each read, each with its ratio
+/// (of means) to the first size's.
 pub fn render(reports: &[SizeReport], args: &CollectionBenchArgs) -> String {
     let mut out = format!(
         "set member changes by set size ({} probes each, {} durability, one node in-process)\n\n",
         args.probes,
         if args.relaxed { "relaxed" } else { "fsync" }
     );
-    out += "| members | fill | sadd p50 | sadd mean | ÷ first | srem p50 | srem mean | ÷ first | whole read p50 | ÷ first |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| members | fill | sadd p50 | sadd mean | ÷ first | srem p50 | srem mean | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|---|\n";
     let first = reports.first();
-    let ratio = |h: &Histogram<u64>, base: Option<&Histogram<u64>>| match base {
-        Some(base) if !h.is_empty() && !base.is_empty() => format!("{:.2}", h.mean() / base.mean().max(1.0)),
-        _ => "—".into(),
-    };
-    let ms = |h: &Histogram<u64>, q: Option<f64>| {
-        if h.is_empty() {
-            return "skipped".to_string();
-        }
-        let us = q.map_or_else(|| h.mean(), |q| h.value_at_quantile(q) as f64);
-        format!("{:.2} ms", us / 1000.0)
-    };
     for r in reports {
         out += &format!(
-            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} |\n",
             r.size,
             r.fill.as_secs_f64(),
             ms(&r.add_us, Some(0.5)),
@@ -237,6 +289,19 @@ pub fn render(reports: &[SizeReport], args: &CollectionBenchArgs) -> String {
             ms(&r.remove_us, Some(0.5)),
             ms(&r.remove_us, None),
             ratio(&r.remove_us, first.map(|f| &f.remove_us)),
+        );
+    }
+    out += "\nset reads by set size\n\n";
+    out += "| members | sismember p50 | ÷ first | page(100) p50 | ÷ first | whole read p50 | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|\n";
+    for r in reports {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.size,
+            ms(&r.contains_us, Some(0.5)),
+            ratio(&r.contains_us, first.map(|f| &f.contains_us)),
+            ms(&r.page_us, Some(0.5)),
+            ratio(&r.page_us, first.map(|f| &f.page_us)),
             ms(&r.read_us, Some(0.5)),
             ratio(&r.read_us, first.map(|f| &f.read_us)),
         );

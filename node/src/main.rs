@@ -207,6 +207,13 @@ enum Command {
     },
     /// Map: remove a field.
     Hdel { key: String, field: String },
+    /// Map: read one field (prints JSON; exit status 1 when the map has no such field).
+    Hget { key: String, field: String },
+    /// Map: the number of fields.
+    Hlen { key: String },
+    /// Map: list fields and values, one `field<TAB>JSON value` per line (read a page at a time, so
+    /// a map of any size can be listed).
+    Hgetall { key: String },
     /// Doc: set root fields from a JSON object.
     DocPut { key: String, json: String },
     /// Doc: apply automerge changes from a file (concatenated change chunks as written by doc-changes).
@@ -555,6 +562,9 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         | Command::Smembers { .. }
         | Command::Scard { .. }
         | Command::Sismember { .. }
+        | Command::Hget { .. }
+        | Command::Hlen { .. }
+        | Command::Hgetall { .. }
         | Command::DocChanges { .. }
         | Command::Keys { .. }) => read_command(&session, conn, command).await?,
         command => {
@@ -695,6 +705,31 @@ async fn read_command(session: &Session, conn: &Connection, command: Command) ->
             let present = session.set(key.as_str()).contains(member.into_bytes()).await?;
             println!("{present}");
             exit_code = if present { 0 } else { 1 };
+        }
+        Command::Hget { key, field } => match session.map(key.as_str()).get_field(field).await? {
+            Some(value) => {
+                let json = serde_json::json!({"type": value.crdt_type().name(), "value": value_json(&value)});
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            }
+            None => {
+                eprintln!("(no such field)");
+                exit_code = 1;
+            }
+        },
+        Command::Hlen { key } => println!("{}", session.map(key.as_str()).len().await?),
+        Command::Hgetall { key } => {
+            let map = session.map(key.as_str());
+            let mut after = None;
+            loop {
+                let (fields, next) = map.page(after, 1000).await?;
+                for (name, value) in &fields {
+                    println!("{name}\t{}", serde_json::to_string(&value_json(value))?);
+                }
+                match next {
+                    Some(cursor) => after = Some(cursor),
+                    None => break,
+                }
+            }
         }
         Command::DocChanges { key, since, out } => {
             let since: Vec<String> = since.split(',').filter(|h| !h.is_empty()).map(str::to_string).collect();

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{bounded, config, connect, raw_connect, shutdown, start_memory, RawAnswer, RawConn};
 use meridian_client::proto::{
-    self, CausalToken, ErrorCode, ErrorReply, Key, Operation, Reply, ReplyBody, Request, RequestV1, Response, SetPart,
+    self, CausalToken, ErrorCode, ErrorReply, Key, MapPart, Operation, Reply, ReplyBody, Request, RequestV1, Response,
+    SetPart,
 };
 use meridian_client::{Client, Error, Mutation};
 use meridian_server::config::{Config, ConfigError, ConsistencyName, NamespaceConfig};
@@ -271,6 +272,7 @@ async fn invalid_keys_sent_raw_are_bad_requests() {
                 Operation::Read { key: key.clone(), expected: None },
                 Operation::DocChanges { key: key.clone(), since_heads: vec![] },
                 Operation::ReadSet { key: key.clone(), part: SetPart::Count },
+                Operation::ReadMap { key: key.clone(), part: MapPart::Count },
             ];
             for op in ops {
                 let err = client.raw(request(op.clone())).await.unwrap_err();

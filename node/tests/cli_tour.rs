@@ -42,8 +42,16 @@ async fn readme_tour_works_as_written() {
     let user = json(&ok(ep, data, &["get", "shop/user:1"]));
     assert_eq!(user["value"]["name"], serde_json::json!({"type": "register", "value": "Ada"}));
     assert_eq!(user["value"]["logins"], serde_json::json!({"type": "counter", "value": 3}));
+    assert_eq!(
+        json(&ok(ep, data, &["hget", "shop/user:1", "logins"])),
+        serde_json::json!({"type": "counter", "value": 3})
+    );
+    assert_eq!(ok(ep, data, &["hlen", "shop/user:1"]).trim(), "2");
+    assert_eq!(ok(ep, data, &["hgetall", "shop/user:1"]), "logins\t3\nname\t\"Ada\"\n");
     ok(ep, data, &["hdel", "shop/user:1", "logins"]);
     assert!(json(&ok(ep, data, &["get", "shop/user:1"]))["value"].get("logins").is_none());
+    assert!(!meridian(ep, data, &["hget", "shop/user:1", "logins"]).status.success());
+    assert_eq!(ok(ep, data, &["hlen", "shop/user:1"]).trim(), "1");
 
     ok(ep, data, &["mvput", "shop/draft", "v1"]);
     let draft = json(&ok(ep, data, &["get", "shop/draft"]));

@@ -227,6 +227,29 @@ async fn map_and_doc_ops_have_the_documented_shapes() {
     assert_eq!(value["nick"]["type"], "mvregister");
     assert_eq!(value["nick"]["value"]["values"], json!(["ada"]));
     assert!(value.get("gone").is_none(), "{value}");
+    // Parts of a map (`type=map`): count, one field, pages of fields with their cursor.
+    let part = |query: &str| format!("/v1/kv/shop/user:1?type=map&{query}");
+    assert_eq!(api.get(&part("part=count")).await.ok()["count"], json!(5), "a removed field is not counted");
+    let field = api.get(&part("part=field&field=logins")).await.ok();
+    assert_eq!(
+        (field["field"].clone(), field["type"].clone(), field["value"].clone()),
+        (json!("logins"), json!("counter"), json!(3))
+    );
+    let missing = api.get(&part("part=field&field=gone")).await.ok();
+    assert_eq!((missing["type"].clone(), missing["value"].clone()), (json!(null), json!(null)));
+    let first = api.get(&part("part=page&limit=2")).await.ok();
+    let address =
+        json!({"field": "address", "type": "map", "value": {"city": {"type": "register", "value": "London"}}});
+    assert_eq!(first["fields"], json!([address]), "two records read: address, and the removed gone");
+    assert_eq!(first["next"], json!("gone"), "the page read past the removed field");
+    let rest = api.get(&part("part=page&limit=10&after=gone")).await.ok();
+    let names: Vec<&str> = rest["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!((names, rest["next"].clone()), (vec!["logins", "name", "nick", "roles"], json!(null)));
+    api.get(&part("part=field")).await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get(&part("part=contains")).await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get(&part("part=page&after_base64=AA==")).await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get("/v1/kv/shop/user:1?type=counter&part=count").await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+    api.get("/v1/kv/shop/user:1?part=count").await.error(StatusCode::CONFLICT, "wrong_type", false);
     // Nested doc ops are refused.
     let doc = update("page", json!({"op": "doc_put", "json": {"a": 1}}));
     api.post("/v1/kv/shop/user:1", doc).await.error(StatusCode::BAD_REQUEST, "bad_request", false);

@@ -67,6 +67,27 @@ async fn eventually_two_nodes_converge_over_the_peer_transport() {
     ca_client.counter("s/visits").consistency(Consistency::LocalQuorum).incr(1).await.unwrap();
     assert_eq!(cb_client.counter("s/visits").consistency(Consistency::LocalQuorum).get().await.unwrap(), 13);
 
+    // Part reads at the quorum levels go through the coordinator's quorum read of the whole
+    // collection (rf 2: both replicas), answered from the joined state.
+    let profile = ca_client.map("s/profile").consistency(Consistency::LocalQuorum);
+    profile.set_field("name", "Ada").await.unwrap();
+    profile.incr_field("logins", 2).await.unwrap();
+    ca_client.set("s/tags").consistency(Consistency::LocalQuorum).add(["late"]).await.unwrap();
+    for level in [Consistency::LocalQuorum, Consistency::Quorum] {
+        let map = cb_client.map("s/profile").consistency(level);
+        assert_eq!(map.len().await.unwrap(), 2, "{level:?}");
+        let fields = map.get_fields(["logins", "nope"]).await.unwrap();
+        assert_eq!(fields, vec![Some(Value::Counter(2)), None], "{level:?}");
+        let (page, next) = map.page(Some("logins".into()), 10).await.unwrap();
+        assert_eq!((page, next), (vec![("name".into(), Value::Register(Some(b"Ada".to_vec())))], None));
+        let set = cb_client.set("s/tags").consistency(level);
+        assert_eq!(set.len().await.unwrap(), 3, "{level:?}");
+        assert_eq!(set.contains_each(["late", "nope"]).await.unwrap(), vec![true, false], "{level:?}");
+        assert_eq!(set.page(None, 2).await.unwrap().1, Some(b"from-b".to_vec()), "{level:?}");
+        let wrong = cb_client.map("s/tags").consistency(level).len().await.unwrap_err();
+        assert!(matches!(wrong, meridian_client::Error::Server { code: meridian_client::ErrorCode::WrongType, .. }));
+    }
+
     // A later eventual write still flows (the sync keeps running).
     cb_client.counter("s/visits").incr(1).await.unwrap();
     let caught_up = async {

@@ -695,6 +695,79 @@ async fn concurrent_writes_all_land_and_sessions_read_them() {
     shutdown(running).await;
 }
 
+/// Every field of `map`, read in pages of at most `limit` (each checked to keep to it).
+async fn walk_fields(map: &meridian_client::MapHandle, limit: u32) -> Vec<(String, Value)> {
+    let (mut walked, mut after) = (Vec::new(), None);
+    loop {
+        let (page, next) = map.page(after, limit).await.unwrap();
+        assert!(page.len() <= limit as usize, "a page keeps to its limit");
+        walked.extend(page);
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => return walked,
+        }
+    }
+}
+
+/// A map's part reads (fields, count, pages) answer what the whole map shows, through field
+/// updates of several types, removals (whose records stay until collected: pages skip them), a
+/// delete and a re-creation; a part read of another type is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_part_reads_agree_with_the_whole_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_rocks(config(dir.path())).await;
+    let client = connect(&running).await;
+    bounded("map part reads", async {
+        let map = client.map("shop/profile");
+        assert_eq!(map.len().await.unwrap(), 0, "a missing map counts 0");
+        assert!(map.is_empty().await.unwrap());
+        assert_eq!(map.page(None, 10).await.unwrap(), (Vec::new(), None));
+        assert_eq!(map.get_field("f00000").await.unwrap(), None);
+        for i in 0..600u32 {
+            map.set_field(format!("f{i:05}"), format!("v{i}")).await.unwrap();
+        }
+        map.incr_field("visits", 3).await.unwrap();
+        map.update("tags", Mutation::SetAdd { members: vec![b"a".to_vec()] }).await.unwrap();
+        for i in (0..600u32).step_by(7) {
+            map.remove(format!("f{i:05}")).await.unwrap();
+        }
+        let expected = map.get().await.unwrap();
+        assert_eq!(expected.len(), 600 - 600usize.div_ceil(7) + 2);
+        assert_eq!(map.len().await.unwrap(), expected.len() as u64, "removed fields are not counted");
+        assert_eq!(
+            map.get_fields(["f00001", "f00007", "visits", "tags", "nope"]).await.unwrap(),
+            vec![
+                Some(Value::Register(Some(b"v1".to_vec()))),
+                None,
+                Some(Value::Counter(3)),
+                Some(Value::Set(vec![b"a".to_vec()])),
+                None
+            ]
+        );
+        // Pages of 50: every present field once, in name order; a page may be short (removed
+        // fields are read and skipped) but never longer than asked.
+        let walked = walk_fields(&map, 50).await;
+        assert_eq!(walked, expected.clone().into_iter().collect::<Vec<_>>(), "the page walk");
+        // A deleted map reads empty in every part; a re-created one starts empty.
+        client.delete("shop/profile").await.unwrap();
+        assert_eq!(map.len().await.unwrap(), 0);
+        assert_eq!(map.get_field("f00001").await.unwrap(), None);
+        assert_eq!(map.page(None, 10).await.unwrap(), (Vec::new(), None));
+        map.set_field("fresh", "x").await.unwrap();
+        assert_eq!(map.len().await.unwrap(), 1);
+        // (The deleted fields' records stay, disabled, until collected: the walk reads past them.)
+        assert_eq!(walk_fields(&map, 100).await, vec![("fresh".to_string(), Value::Register(Some(b"x".to_vec())))]);
+        // Another type is refused, as a whole read of the wrong type is.
+        client.counter("shop/n").incr(1).await.unwrap();
+        assert_eq!(server_code(client.map("shop/n").len().await), ErrorCode::WrongType);
+        for level in [Consistency::Eventual, Consistency::Causal, Consistency::LocalQuorum, Consistency::Quorum] {
+            assert_eq!(client.map("shop/profile").consistency(level).len().await.unwrap(), 1, "{level:?}");
+        }
+    })
+    .await;
+    shutdown(running).await;
+}
+
 /// A set read in parts — membership, count, pages — agrees with the whole read through adds,
 /// removes, a delete and a re-creation; a page walk returns every member once, in order; a part read
 /// of another type is refused.

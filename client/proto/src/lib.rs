@@ -386,6 +386,54 @@ pub enum Operation {
         /// Which part.
         part: SetPart,
     },
+    /// Read part of a map — some fields' values, the field count, or a page of fields — without
+    /// reading the rest (a node keeps a map one record per field). Nodes before this variant
+    /// answer [`ErrorCode::Unsupported`] (or, older still, a malformed-frame `BadRequest`); the
+    /// SDK then reads the whole map.
+    ReadMap {
+        /// The map's key (a key of another type is [`ErrorCode::WrongType`]; a missing key reads
+        /// as an empty map).
+        key: Key,
+        /// Which part.
+        part: MapPart,
+    },
+}
+
+/// Which part of a map [`Operation::ReadMap`] reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapPart {
+    /// The values of these fields (`hget`, `hmget`).
+    Fields(Vec<String>),
+    /// How many fields the map has (`hlen`).
+    Count,
+    /// Fields in name order (byte order of their UTF-8), after `after` (exclusive; `None`: from
+    /// the first), at most `limit` (the node may cap it lower, and stops early at its reply
+    /// budget).
+    Page {
+        /// The previous page's cursor.
+        after: Option<String>,
+        /// At most this many fields.
+        limit: u32,
+    },
+}
+
+/// The answer to [`Operation::ReadMap`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MapPartReply {
+    /// Per field asked, in the order asked: its value, `None` if the map has no such field.
+    Fields(Vec<Option<Value>>),
+    /// The number of fields.
+    Count(u64),
+    /// A page of fields with their values, and the cursor of the next page (`None`: the map is
+    /// read to its end). A page may hold fewer fields than asked — even none — while `next` is
+    /// `Some`: the node reads a bounded number of records per page, and a removed field's record
+    /// stays until it is collected.
+    Page {
+        /// The fields and their values, in name order.
+        fields: Vec<(String, Value)>,
+        /// The cursor (`after`) for the next page.
+        next: Option<String>,
+    },
 }
 
 /// Which part of a set [`Operation::ReadSet`] reads.
@@ -869,6 +917,8 @@ pub enum ReplyBody {
     Readiness(Option<String>),
     /// The answer to [`Operation::ReadSet`].
     SetPart(SetPartReply),
+    /// The answer to [`Operation::ReadMap`].
+    MapPart(MapPartReply),
 }
 
 /// One listed key.
@@ -1129,6 +1179,38 @@ mod tests {
         }));
         let frame = encode_frame(&reply);
         assert_eq!(&frame[4..], &[1, 0, 0, 0, 11, 0, 2, 1, 0]);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
+    fn golden_read_map_frames() {
+        let request = |op| Request::V1(RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op });
+        let key: Key = "a/b".parse().unwrap();
+        // length 14 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | ReadMap=12 | key "a" "b" |
+        // Fields=0 | ["f"]
+        assert_eq!(
+            encode_frame(&request(Operation::ReadMap { key: key.clone(), part: MapPart::Fields(vec!["f".into()]) })),
+            vec![0, 0, 0, 14, 1, 0, 0, 0, 0, 12, 1, b'a', 1, b'b', 0, 1, 1, b'f']
+        );
+        // … | Page=2 | Some=1 after "x" | limit 5
+        let page = MapPart::Page { after: Some("x".into()), limit: 5 };
+        assert_eq!(
+            encode_frame(&request(Operation::ReadMap { key, part: page })),
+            vec![0, 0, 0, 15, 1, 0, 0, 0, 0, 12, 1, b'a', 1, b'b', 2, 1, 1, b'x', 5]
+        );
+        // Reply: V1=0 | Ok=0 | empty token | MapPart=12 | Fields=0 | [Some(Counter(3)), None]
+        let reply = Response::V1(Ok(Reply {
+            causal_token: CausalToken::default(),
+            body: ReplyBody::MapPart(MapPartReply::Fields(vec![Some(Value::Counter(3)), None])),
+        }));
+        let frame = encode_frame(&reply);
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 12, 0, 2, 1, 0, 6, 0]);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+        // … | MapPart=12 | Page=2 | [("n", Counter(3))] | Some=1 "n"
+        let page = MapPartReply::Page { fields: vec![("n".into(), Value::Counter(3))], next: Some("n".into()) };
+        let reply = Response::V1(Ok(Reply { causal_token: CausalToken::default(), body: ReplyBody::MapPart(page) }));
+        let frame = encode_frame(&reply);
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 12, 2, 1, 1, b'n', 0, 6, 1, 1, b'n']);
         assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
     }
 

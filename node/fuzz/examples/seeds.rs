@@ -204,7 +204,7 @@ fn stored_record(dir: &Path) {
     if let Some(set) = header.entry.set_mut() {
         set.take_tagged();
     }
-    let header = SplitHeader { stored: header, elements: 2, element_bytes: 24, writes: 3 };
+    let header = SplitHeader { stored: header, elements: 2, present: 2, element_bytes: 24, writes: 3 };
     write(dir, "state-split-header", &tagged(0, layout::encode_split(&header)));
     let dots = vec![Dot::new(NodeId(1), 1), Dot::new(NodeId(2), 7)];
     write(dir, "element", &tagged(0, layout::encode(&ElementRecord::V1(dots))));

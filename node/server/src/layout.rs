@@ -236,6 +236,9 @@ pub struct SplitHeader {
     pub stored: Stored,
     /// Number of part records.
     pub elements: u64,
+    /// Number of parts a read shows (`scard`, `hlen`): every element of a set, the fields of a map
+    /// that exist (a removed field keeps its record until it is collected).
+    pub present: u64,
     /// What the elements add to the state's encoded size (see `crate::states`): with the header,
     /// the size the key's caps count, known without reading the elements.
     pub element_bytes: u64,
@@ -611,7 +614,8 @@ pub fn keyed_data_key(op: &Operation) -> Option<Vec<u8>> {
         | Operation::Delete { key, .. }
         | Operation::Read { key, .. }
         | Operation::DocChanges { key, .. }
-        | Operation::ReadSet { key, .. } => key.validate().ok().map(|()| data_key(key)),
+        | Operation::ReadSet { key, .. }
+        | Operation::ReadMap { key, .. } => key.validate().ok().map(|()| data_key(key)),
         _ => None,
     }
 }

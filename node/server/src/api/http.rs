@@ -14,8 +14,8 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use meridian_client::proto::{
-    AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, Operation, Reply, ReplyBody,
-    RequestV1, SetPart, SetPartReply, TraceContext,
+    AuthOp, CausalToken, Consistency, ErrorCode, ErrorReply, IdempotencyId, Key, MapPart, MapPartReply, Operation,
+    Reply, ReplyBody, RequestV1, SetPart, SetPartReply, TraceContext,
 };
 use meridian_crdt::{CrdtType, DotContext, Mutation, Value};
 use serde::Deserialize;
@@ -215,9 +215,11 @@ struct CommonQuery {
     crdt_type: Option<String>,
     changes_since: Option<String>,
     timeout_ms: Option<u32>,
-    /// A set part read: `count`, `contains` (with `member`), `page` (with `after`, `limit`).
+    /// A part read of a set (`count`, `contains` with `member`, `page` with `after`, `limit`) or,
+    /// with `type=map`, of a map (`count`, `field` with `field`, `page`).
     part: Option<String>,
     member: Option<String>,
+    field: Option<String>,
     after: Option<String>,
     /// The cursor of a page when it is not UTF-8 (`next` came as `{"base64": …}`).
     after_base64: Option<String>,
@@ -527,43 +529,14 @@ async fn read(
         return Ok(Json(with_token(&reply, json!({"changes": changes, "heads": heads}))).into_response());
     }
     if let Some(part) = &query.part {
-        let part = match part.as_str() {
-            "count" => SetPart::Count,
-            "contains" => {
-                let member = query.member.as_ref().ok_or_else(|| bad("part=contains needs member=<member>"))?;
-                SetPart::Contains(vec![member.as_bytes().to_vec()])
-            }
-            "page" => {
-                let after = match (&query.after, &query.after_base64) {
-                    (Some(_), Some(_)) => return Err(bad("give after or after_base64, not both")),
-                    (Some(text), None) => Some(text.as_bytes().to_vec()),
-                    (None, Some(b64)) => Some(
-                        base64::engine::general_purpose::STANDARD
-                            .decode(b64)
-                            .map_err(|e| bad(format!("after_base64: {e}")))?,
-                    ),
-                    (None, None) => None,
-                };
-                SetPart::Page { after, limit: query.limit.unwrap_or(100) }
-            }
-            other => return Err(bad(format!("part must be count, contains or page, not {other:?}"))),
-        };
-        let reply = execute(&node, common, Operation::ReadSet { key, part }).await?;
-        let body = match &reply.body {
-            ReplyBody::SetPart(SetPartReply::Count(n)) => json!({"count": n}),
-            ReplyBody::SetPart(SetPartReply::Contains(found)) => {
-                json!({"member": query.member, "contains": found.first().copied().unwrap_or(false)})
-            }
-            ReplyBody::SetPart(SetPartReply::Page { members, next }) => json!({
-                "members": members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>(),
-                "next": next.as_deref().map(bytes_json),
-            }),
-            other => {
-                let message = format!("a set part read answered with {other:?}");
-                return Err(ApiError(ErrorReply::new(ErrorCode::Internal, message)));
+        let body = match query.crdt_type.as_deref() {
+            Some("map") => map_part(&node, common, key, part, &query).await?,
+            None | Some("set") => set_part(&node, common, key, part, &query).await?,
+            Some(other) => {
+                return Err(bad(format!("part reads are of sets and maps (type=set or map), not {other:?}")))
             }
         };
-        return Ok(Json(with_token(&reply, body)).into_response());
+        return Ok(Json(body).into_response());
     }
     let expected =
         query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
@@ -579,6 +552,100 @@ async fn read(
             Ok((StatusCode::NOT_FOUND, Json(with_token(&reply, body))).into_response())
         }
     }
+}
+
+/// `GET …?part=` of a set: the body (with the session token).
+async fn set_part(
+    node: &Arc<Node>,
+    common: Common,
+    key: Key,
+    part: &str,
+    query: &CommonQuery,
+) -> Result<Json_, ApiError> {
+    let part = match part {
+        "count" => SetPart::Count,
+        "contains" => {
+            let member = query.member.as_ref().ok_or_else(|| bad("part=contains needs member=<member>"))?;
+            SetPart::Contains(vec![member.as_bytes().to_vec()])
+        }
+        "page" => {
+            let after = match (&query.after, &query.after_base64) {
+                (Some(_), Some(_)) => return Err(bad("give after or after_base64, not both")),
+                (Some(text), None) => Some(text.as_bytes().to_vec()),
+                (None, Some(b64)) => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|e| bad(format!("after_base64: {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            SetPart::Page { after, limit: query.limit.unwrap_or(100) }
+        }
+        other => return Err(bad(format!("part must be count, contains or page, not {other:?}"))),
+    };
+    let reply = execute(node, common, Operation::ReadSet { key, part }).await?;
+    let body = match &reply.body {
+        ReplyBody::SetPart(SetPartReply::Count(n)) => json!({"count": n}),
+        ReplyBody::SetPart(SetPartReply::Contains(found)) => {
+            json!({"member": query.member, "contains": found.first().copied().unwrap_or(false)})
+        }
+        ReplyBody::SetPart(SetPartReply::Page { members, next }) => json!({
+            "members": members.iter().map(|m| bytes_json(m)).collect::<Vec<_>>(),
+            "next": next.as_deref().map(bytes_json),
+        }),
+        other => {
+            let message = format!("a set part read answered with {other:?}");
+            return Err(ApiError(ErrorReply::new(ErrorCode::Internal, message)));
+        }
+    };
+    Ok(with_token(&reply, body))
+}
+
+/// `GET …?type=map&part=` of a map: the body (with the session token).
+async fn map_part(
+    node: &Arc<Node>,
+    common: Common,
+    key: Key,
+    part: &str,
+    query: &CommonQuery,
+) -> Result<Json_, ApiError> {
+    let part = match part {
+        "count" => MapPart::Count,
+        "field" => {
+            let field = query.field.as_ref().ok_or_else(|| bad("part=field needs field=<name>"))?;
+            MapPart::Fields(vec![field.clone()])
+        }
+        "page" => {
+            if query.after_base64.is_some() {
+                return Err(bad("a map's page cursor is a field name: give after"));
+            }
+            MapPart::Page { after: query.after.clone(), limit: query.limit.unwrap_or(100) }
+        }
+        other => return Err(bad(format!("part must be count, field or page, not {other:?}"))),
+    };
+    let reply = execute(node, common, Operation::ReadMap { key, part }).await?;
+    let body = match &reply.body {
+        ReplyBody::MapPart(MapPartReply::Count(n)) => json!({"count": n}),
+        ReplyBody::MapPart(MapPartReply::Fields(values)) => {
+            let value = values.first().cloned().flatten();
+            json!({
+                "field": query.field,
+                "type": value.as_ref().map(|v| v.crdt_type().name()),
+                "value": value.as_ref().map(value_json),
+            })
+        }
+        ReplyBody::MapPart(MapPartReply::Page { fields, next }) => json!({
+            "fields": fields.iter().map(|(name, value)| json!({
+                "field": name, "type": value.crdt_type().name(), "value": value_json(value),
+            })).collect::<Vec<_>>(),
+            "next": next,
+        }),
+        other => {
+            let message = format!("a map part read answered with {other:?}");
+            return Err(ApiError(ErrorReply::new(ErrorCode::Internal, message)));
+        }
+    };
+    Ok(with_token(&reply, body))
 }
 
 async fn list_keys(

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::proto::{
-    BackupOp, CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, NodeStatus, Operation, Reply, ReplyBody,
-    Request, RequestV1, ResidencyOp, Response, SetPart, SetPartReply, TraceContext,
+    BackupOp, CausalToken, ClusterOp, Consistency, ErrorCode, ErrorReply, Key, MapPart, MapPartReply, NodeStatus,
+    Operation, Reply, ReplyBody, Request, RequestV1, ResidencyOp, Response, SetPart, SetPartReply, TraceContext,
 };
 use meridian_crdt::{Body, CrdtError, CrdtType, Entry, NodeId, VersionVector};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -216,7 +216,8 @@ impl Node {
             | Operation::Delete { key, .. }
             | Operation::Read { key, .. }
             | Operation::DocChanges { key, .. }
-            | Operation::ReadSet { key, .. } => {
+            | Operation::ReadSet { key, .. }
+            | Operation::ReadMap { key, .. } => {
                 self.replica.level(key, request.consistency).map_or("invalid", Consistency::name)
             }
             _ => "none",
@@ -385,6 +386,11 @@ impl Node {
                 let (reply, token) = self.read_set_part(&key, &part, token, level).await?;
                 Ok(Reply { causal_token: token, body: ReplyBody::SetPart(reply) })
             }
+            Operation::ReadMap { key, part } => {
+                let level = self.replica.level(&key, request.consistency)?;
+                let (reply, token) = self.read_map_part(&key, &part, token, level).await?;
+                Ok(Reply { causal_token: token, body: ReplyBody::MapPart(reply) })
+            }
             op @ Operation::ListKeys { .. } => {
                 let request = RequestV1 { consistency: None, causal_token: Some(token), timeout_ms: 0, op };
                 Ok(self.replica.list_local(&request).await?)
@@ -489,6 +495,28 @@ impl Node {
         Ok((reply, token))
     }
 
+    /// A part read of a map, as [`Node::read_set_part`] reads a set's.
+    async fn read_map_part(
+        &self,
+        key: &Key,
+        part: &MapPart,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(MapPartReply, CausalToken), ErrorReply> {
+        let quorum = matches!(level, Consistency::LocalQuorum | Consistency::Quorum);
+        let Some(coordinator) = self.coordinator.as_ref().filter(|_| quorum) else {
+            return Ok(self.replica.read_map_part(key, part, token, level).await?);
+        };
+        let (entry, token) = coordinator.read_entry(key, token, level).await?;
+        let budget = self.replica.page_budget();
+        let reply = match entry.as_ref().map(|e| (e.body(), e.exists())) {
+            None => states::part_of_map(&Default::default(), false, part, budget),
+            Some((Body::Map(map), exists)) => states::part_of_map(map, exists, part, budget),
+            Some((other, _)) => Err(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Map }),
+        };
+        Ok((reply.map_err(crate::error::Error::Crdt)?, token))
+    }
+
     /// A read: from a quorum of the region's replicas at the quorum levels, else from this replica.
     async fn read_entry(
         &self,
@@ -510,6 +538,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Read { .. } => "read",
         Operation::DocChanges { .. } => "doc_changes",
         Operation::ReadSet { .. } => "read_set",
+        Operation::ReadMap { .. } => "read_map",
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
         Operation::Readiness => "readiness",

@@ -100,9 +100,10 @@ pub fn needed(op: &Operation, rule_namespace: impl Fn(u32) -> Option<String>) ->
     let cluster = || Need::Role(Role::Admin, ALL_NAMESPACES.to_string());
     match op {
         Operation::Write { key, .. } | Operation::Delete { key, .. } => Need::Role(Role::Write, key.namespace.clone()),
-        Operation::Read { key, .. } | Operation::DocChanges { key, .. } | Operation::ReadSet { key, .. } => {
-            Need::Role(Role::Read, key.namespace.clone())
-        }
+        Operation::Read { key, .. }
+        | Operation::DocChanges { key, .. }
+        | Operation::ReadSet { key, .. }
+        | Operation::ReadMap { key, .. } => Need::Role(Role::Read, key.namespace.clone()),
         Operation::ListKeys { namespace, .. } => Need::Role(Role::Read, namespace.clone()),
         Operation::Status | Operation::Readiness => Need::Principal,
         Operation::Cluster(ClusterOp::Status | ClusterOp::Placement { .. }) => Need::Principal,

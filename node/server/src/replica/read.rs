@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_client::proto::{CausalToken, Consistency, Key, ReplyBody, SetPart, SetPartReply};
+use meridian_client::proto::{CausalToken, Consistency, Key, MapPart, MapPartReply, ReplyBody, SetPart, SetPartReply};
 use meridian_crdt::{CrdtError, CrdtType, Entry, Hlc, NodeId, Value};
 
 use super::{internal, Replica};
@@ -12,8 +12,9 @@ use crate::error::Error;
 use crate::layout;
 use crate::states;
 
-/// Most members one page of a set carries (`SetPart::Page`), whatever the request asks.
-pub const MAX_PAGE_MEMBERS: usize = 10_000;
+/// Most members or fields one page of a set or a map carries (`SetPart::Page`, `MapPart::Page`),
+/// whatever the request asks.
+pub const MAX_PAGE_ITEMS: usize = 10_000;
 
 /// What a causal read waits on: the dependencies of the state it shows.
 trait HasDeps {
@@ -26,9 +27,9 @@ impl HasDeps for layout::Stored {
     }
 }
 
-impl<T> HasDeps for (layout::Stored, T) {
+impl<R> HasDeps for states::PartRead<R> {
     fn deps(&self) -> &meridian_crdt::VersionVector {
-        &self.0.deps
+        &self.header.deps
     }
 }
 
@@ -63,28 +64,57 @@ impl Replica {
         level: Consistency,
     ) -> Result<(SetPartReply, CausalToken), Error> {
         let budget = self.page_budget();
-        let engine = self.engine.as_ref();
-        let read = |data_key: &[u8]| {
-            let read = states::read_set_part(engine, data_key, part, budget).map_err(super::state_error)?;
-            Ok(read.map(|read| (read.header, read.reply)))
+        let read = |engine: &dyn crate::storage::Engine, data_key: &[u8]| {
+            states::read_set_part(engine, data_key, part, budget)
         };
-        let (found, after) = self.read_causally(key, token, level, read).await?;
+        let empty = || Ok(states::part_of_set(&Default::default(), false, part, budget));
+        self.read_part(key, token, level, CrdtType::Set, read, empty).await
+    }
+
+    /// Reads part of a map here (some fields, the count, a page: see [`states::read_map_part`]) as
+    /// [`Replica::read_set_part`] reads a set's.
+    pub async fn read_map_part(
+        self: &Arc<Self>,
+        key: &Key,
+        part: &MapPart,
+        token: CausalToken,
+        level: Consistency,
+    ) -> Result<(MapPartReply, CausalToken), Error> {
+        let budget = self.page_budget();
+        let read = |engine: &dyn crate::storage::Engine, data_key: &[u8]| {
+            states::read_map_part(engine, data_key, part, budget)
+        };
+        let empty = || states::part_of_map(&Default::default(), false, part, budget).map_err(Error::Crdt);
+        self.read_part(key, token, level, CrdtType::Map, read, empty).await
+    }
+
+    /// A part read of a collection of type `requested` through `read`, with the causal waits of a
+    /// whole read; `empty` answers for a key that holds nothing.
+    async fn read_part<R>(
+        self: &Arc<Self>,
+        key: &Key,
+        token: CausalToken,
+        level: Consistency,
+        requested: CrdtType,
+        read: impl Fn(&dyn crate::storage::Engine, &[u8]) -> Result<Option<states::PartRead<R>>, states::StateError>,
+        empty: impl FnOnce() -> Result<R, Error>,
+    ) -> Result<(R, CausalToken), Error> {
+        let engine = self.engine.as_ref();
+        let load = |data_key: &[u8]| read(engine, data_key).map_err(super::state_error);
+        let (found, after) = self.read_causally(key, token, level, load).await?;
         let reply = match found {
-            None => states::part_of_set(&Default::default(), false, part, budget),
-            Some((_, Some(reply))) => reply,
-            Some((header, None)) => {
-                return Err(Error::Crdt(CrdtError::WrongType {
-                    actual: header.entry.crdt_type(),
-                    requested: CrdtType::Set,
-                }))
+            None => empty()?,
+            Some(states::PartRead { reply: Some(reply), .. }) => reply,
+            Some(states::PartRead { header, reply: None }) => {
+                return Err(Error::Crdt(CrdtError::WrongType { actual: header.entry.crdt_type(), requested }))
             }
         };
         Ok((reply, after))
     }
 
-    /// How much one page of a set's members may carry: half a reply frame.
+    /// How much one page of a set's members or a map's fields may carry: half a reply frame.
     pub fn page_budget(&self) -> states::PageBudget {
-        states::PageBudget { max_members: MAX_PAGE_MEMBERS, max_bytes: self.config.limits.max_frame_bytes / 2 }
+        states::PageBudget { max_items: MAX_PAGE_ITEMS, max_bytes: self.config.limits.max_frame_bytes / 2 }
     }
 
     /// A read of `key` through `load` (the key's state, or a part of it with its state's

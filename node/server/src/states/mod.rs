@@ -37,11 +37,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_client::proto::{SetPart, SetPartReply};
 use meridian_crdt::{AwSet, Body, CrdtType, Dot, Entry};
 
 use crate::layout::{self, DotIndexRecord, ElementRecord, FieldRecord, SplitHeader, StateRecord, Stored};
 use crate::storage::{Batch, Engine, Space, StorageError};
+
+mod part_read;
+pub use part_read::{part_of_map, part_of_set, read_map_part, read_set_part, PageBudget, PartRead};
 
 /// A delta whose set context covers more dots than this, and than the set has elements, loads the
 /// whole set instead of looking each dot up in the index; so does a map delta naming more fields.
@@ -194,147 +196,6 @@ fn assemble(header: SplitHeader, parts: BTreeMap<Vec<u8>, PartValue>) -> Stored 
         put_part(&mut stored, name, Some(value));
     }
     stored
-}
-
-/// A part read of a set ([`read_set_part`]): the key's state without the set's elements (its
-/// presence, type and dependencies: what a causal read waits on) and the answer, `None` when the
-/// key holds another type.
-#[derive(Debug)]
-pub struct PartRead {
-    /// The state; a set's elements are left out.
-    pub header: Stored,
-    /// The answer, if the key holds a set.
-    pub reply: Option<SetPartReply>,
-}
-
-/// How much a page of members may carry.
-#[derive(Clone, Copy, Debug)]
-pub struct PageBudget {
-    /// At most this many members, whatever the request asks.
-    pub max_members: usize,
-    /// Stop once the members reach this many bytes (at least one member is always returned).
-    pub max_bytes: usize,
-}
-
-/// Reads part of the set at `data_key` — membership, count or a page — reading only the records
-/// that part needs (a set stored whole is read whole); `None` if nothing is stored. Like
-/// [`load_whole`] it re-reads the header around its element reads, so the answer is one state's.
-pub fn read_set_part(
-    engine: &dyn Engine,
-    data_key: &[u8],
-    part: &SetPart,
-    budget: PageBudget,
-) -> Result<Option<PartRead>> {
-    if let SetPart::Page { after, limit } = part {
-        return read_page(engine, data_key, after.as_deref(), *limit, budget);
-    }
-    for _ in 0..ASSEMBLY_ATTEMPTS {
-        let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(None) };
-        let header = match decode(data_key, &bytes)? {
-            StateRecord::Split(header) if kind_of(&header.stored) == Some(Kind::Set) => header,
-            StateRecord::Split(header) => return Ok(Some(PartRead { header: header.stored, reply: None })),
-            StateRecord::Whole(stored) => return Ok(Some(whole_part(&stored, part, budget))),
-        };
-        let exists = header.stored.entry.exists();
-        let members = match part {
-            SetPart::Contains(members) if exists => members,
-            // The count, and anything of a deleted set, is the header's alone.
-            _ => {
-                let reply = match part {
-                    SetPart::Count if exists => SetPartReply::Count(header.elements),
-                    _ => part_of_set(&AwSet::default(), false, part, budget),
-                };
-                return Ok(Some(PartRead { header: header.stored, reply: Some(reply) }));
-            }
-        };
-        let mut found = Vec::with_capacity(members.len());
-        for member in members {
-            found.push(engine.get(Space::Elements, &layout::element_key(data_key, member))?.is_some());
-        }
-        // The gets were separate reads: the header read again says whether a write came between.
-        let again = engine.get(Space::Data, data_key)?;
-        match again.map(|bytes| decode(data_key, &bytes)).transpose()? {
-            Some(StateRecord::Split(now)) if now.writes == header.writes => {
-                return Ok(Some(PartRead { header: header.stored, reply: Some(SetPartReply::Contains(found)) }));
-            }
-            _ => continue,
-        }
-    }
-    Err(StateError::Busy(layout::show_data_key(data_key)))
-}
-
-/// A page of a set's members, read with its header from one snapshot.
-fn read_page(
-    engine: &dyn Engine,
-    data_key: &[u8],
-    after: Option<&[u8]>,
-    limit: u32,
-    budget: PageBudget,
-) -> Result<Option<PartRead>> {
-    let part = SetPart::Page { after: after.map(<[u8]>::to_vec), limit };
-    let prefix = layout::elements_prefix(data_key);
-    let start = match after {
-        Some(after) => [prefix.as_slice(), after, &[0]].concat(),
-        None => prefix.clone(),
-    };
-    let end = layout::prefix_end(&prefix);
-    let want = (limit as usize).clamp(1, budget.max_members);
-    // One more than a page, to know whether members remain.
-    let (bytes, scanned) =
-        engine.get_and_scan((Space::Data, data_key), (Space::Elements, &start, end.as_deref(), want + 1))?;
-    let Some(bytes) = bytes else { return Ok(None) };
-    Ok(Some(match decode(data_key, &bytes)? {
-        StateRecord::Whole(stored) => whole_part(&stored, &part, budget),
-        StateRecord::Split(header) if kind_of(&header.stored) != Some(Kind::Set) => {
-            PartRead { header: header.stored, reply: None }
-        }
-        StateRecord::Split(header) => {
-            let reply = if header.stored.entry.exists() {
-                take_page(scanned.into_iter().map(|(key, _)| key[prefix.len()..].to_vec()), want, budget.max_bytes)
-            } else {
-                part_of_set(&AwSet::default(), false, &part, budget)
-            };
-            PartRead { header: header.stored, reply: Some(reply) }
-        }
-    }))
-}
-
-/// A part read of a state stored whole (a set format 1 left whole, or another type).
-fn whole_part(stored: &Stored, part: &SetPart, budget: PageBudget) -> PartRead {
-    let reply = as_set(stored).map(|set| part_of_set(set, stored.entry.exists(), part, budget));
-    PartRead { header: header_of(stored), reply }
-}
-
-/// The part of a whole set a [`SetPart`] asks for (`exists`: whether the key exists; a deleted
-/// key reads as an empty set).
-pub fn part_of_set(set: &AwSet<Vec<u8>>, exists: bool, part: &SetPart, budget: PageBudget) -> SetPartReply {
-    let empty = AwSet::default();
-    let set = if exists { set } else { &empty };
-    match part {
-        SetPart::Count => SetPartReply::Count(set.len() as u64),
-        SetPart::Contains(members) => SetPartReply::Contains(members.iter().map(|m| set.contains(m)).collect()),
-        SetPart::Page { after, limit } => {
-            let want = (*limit as usize).clamp(1, budget.max_members);
-            let from = set.elements().filter(|m| after.as_ref().is_none_or(|after| *m > after)).cloned();
-            take_page(from, want, budget.max_bytes)
-        }
-    }
-}
-
-/// A page of at most `want` members (and `max_bytes`, but at least one) from `members`, in order;
-/// the cursor is the last one returned when any remain.
-fn take_page(members: impl Iterator<Item = Vec<u8>>, want: usize, max_bytes: usize) -> SetPartReply {
-    let mut page = Vec::new();
-    let mut bytes = 0usize;
-    for member in members {
-        if page.len() == want || (bytes + member.len() > max_bytes && !page.is_empty()) {
-            let next = page.last().cloned();
-            return SetPartReply::Page { members: page, next };
-        }
-        bytes += member.len();
-        page.push(member);
-    }
-    SetPartReply::Page { members: page, next: None }
 }
 
 /// A key's state as a write or a replicated delta needs it, ready to take deltas and to be
@@ -530,27 +391,28 @@ impl StateView {
         self.stored.try_join(delta).map_err(|e| corrupt(layout::show_data_key(&self.data_key), e))
     }
 
-    /// How many parts (set elements, map fields) the collection has after the joins so far, and
-    /// what they add to its encoded size (`(0, 0)`: not a collection).
-    fn parts_count_and_bytes(&self) -> (u64, u64) {
+    /// The counts and size a header keeps, after the joins so far (all 0: not a collection).
+    fn tally(&self) -> Tally {
         match &self.form {
             Form::Split { before, kind, loaded, .. } if kind_of(&self.stored) == Some(*kind) => {
-                let (mut count, mut bytes) = (before.elements, before.element_bytes);
+                let mut tally = Tally { parts: before.elements, present: before.present, bytes: before.element_bytes };
                 for (name, old) in loaded {
                     if let Some(old) = old {
-                        count -= 1;
-                        bytes -= part_len(name, old);
+                        tally.take(name, old);
                     }
                     if let Some(new) = part_of(&self.stored, name) {
-                        count += 1;
-                        bytes += part_len(name, &new);
+                        tally.add(name, &new);
                     }
                 }
-                (count, bytes)
+                tally
             }
-            _ => all_parts(&self.stored)
-                .into_iter()
-                .fold((0, 0), |(count, bytes), (name, value)| (count + 1, bytes + part_len(&name, &value))),
+            _ => {
+                let mut tally = Tally::default();
+                for (name, value) in all_parts(&self.stored) {
+                    tally.add(&name, &value);
+                }
+                tally
+            }
         }
     }
 
@@ -574,8 +436,8 @@ impl StateView {
     }
 
     fn header(&self, writes: u64) -> SplitHeader {
-        let (elements, element_bytes) = self.parts_count_and_bytes();
-        SplitHeader { stored: header_of(&self.stored), elements, element_bytes, writes }
+        let Tally { parts, present, bytes } = self.tally();
+        SplitHeader { stored: header_of(&self.stored), elements: parts, present, element_bytes: bytes, writes }
     }
 
     /// Adds to `batch` what must change in storage for the state to be what the joins made it, and
@@ -615,6 +477,40 @@ impl StateView {
         let header = self.header(rand::random::<u64>() >> 1);
         batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
         Ok(split_len(&header))
+    }
+}
+
+/// What a header counts of its collection's parts.
+#[derive(Default)]
+struct Tally {
+    /// Part records.
+    parts: u64,
+    /// Parts a read shows: every set element, a map's fields that exist.
+    present: u64,
+    /// What the parts add to the state's encoded size.
+    bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, name: &[u8], value: &PartValue) {
+        self.parts += 1;
+        self.present += u64::from(shows(value));
+        self.bytes += part_len(name, value);
+    }
+
+    fn take(&mut self, name: &[u8], value: &PartValue) {
+        self.parts -= 1;
+        self.present -= u64::from(shows(value));
+        self.bytes -= part_len(name, value);
+    }
+}
+
+/// Whether a read shows a part: a set element always, a map field only if it exists (a removed
+/// field's record stays, disabled, until it is collected).
+fn shows(value: &PartValue) -> bool {
+    match value {
+        PartValue::Dots(_) => true,
+        PartValue::Field(entry) => entry.exists(),
     }
 }
 
@@ -879,6 +775,80 @@ mod tests {
                 elements.into_iter().filter(|(k, _)| k.starts_with(&layout::dot_index_prefix(KEY))).collect();
             assert_eq!(stored_index, index, "one index record per live set dot, naming its element");
         }
+
+        /// Every part read (counts, point reads, page walks of two items) answers what a read of the
+        /// model shows, and refuses a key of another type.
+        fn check_part_reads(&self) {
+            use meridian_client::proto::{MapPart, MapPartReply, SetPart, SetPartReply};
+            use meridian_crdt::Value;
+            let budget = PageBudget { max_items: 2, max_bytes: 1 << 20 };
+            let kind = self.model.as_ref().map(|m| m.entry.crdt_type());
+            // (Docs are not read: the model's docs are made by actors that restart their sequence.)
+            let collection = |m: &&Stored| matches!(m.entry.crdt_type(), CrdtType::Set | CrdtType::Map);
+            let shown = self.model.as_ref().filter(collection).and_then(|m| m.entry.read().unwrap());
+            let set_read = |part: SetPart| read_set_part(&self.engine, KEY, &part, budget).unwrap();
+            let map_read = |part: MapPart| read_map_part(&self.engine, KEY, &part, budget).unwrap();
+            let Some(kind) = kind else {
+                assert!(set_read(SetPart::Count).is_none() && map_read(MapPart::Count).is_none());
+                return;
+            };
+            if kind != CrdtType::Set {
+                assert!(set_read(SetPart::Count).unwrap().reply.is_none(), "a set read of a {kind:?} is refused");
+            }
+            if kind != CrdtType::Map {
+                assert!(map_read(MapPart::Count).unwrap().reply.is_none(), "a map read of a {kind:?} is refused");
+            }
+            if kind == CrdtType::Set {
+                let members = match shown.clone() {
+                    Some(Value::Set(members)) => members,
+                    _ => Vec::new(),
+                };
+                assert_eq!(set_read(SetPart::Count).unwrap().reply, Some(SetPartReply::Count(members.len() as u64)));
+                let probes: Vec<Vec<u8>> = members.iter().cloned().chain([vec![9], vec![0, 9]]).collect();
+                let expected = probes.iter().map(|p| members.contains(p)).collect();
+                assert_eq!(set_read(SetPart::Contains(probes)).unwrap().reply, Some(SetPartReply::Contains(expected)));
+                let (mut walked, mut after) = (Vec::new(), None);
+                loop {
+                    let Some(SetPartReply::Page { members, next }) =
+                        set_read(SetPart::Page { after: after.take(), limit: 5 }).unwrap().reply
+                    else {
+                        panic!("a page answers a page")
+                    };
+                    assert!(members.len() <= 2, "a page keeps to the budget");
+                    walked.extend(members);
+                    match next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                assert_eq!(walked, members, "the pages walk the set");
+            }
+            if kind == CrdtType::Map {
+                let fields = match shown {
+                    Some(Value::Map(fields)) => fields,
+                    _ => BTreeMap::new(),
+                };
+                assert_eq!(map_read(MapPart::Count).unwrap().reply, Some(MapPartReply::Count(fields.len() as u64)));
+                let names: Vec<String> = (0..3).map(|f| format!("f{f}")).chain(["zz".to_string()]).collect();
+                let expected = names.iter().map(|n| fields.get(n).cloned()).collect();
+                assert_eq!(map_read(MapPart::Fields(names)).unwrap().reply, Some(MapPartReply::Fields(expected)));
+                let (mut walked, mut after) = (BTreeMap::new(), None);
+                loop {
+                    let Some(MapPartReply::Page { fields, next }) =
+                        map_read(MapPart::Page { after: after.take(), limit: 5 }).unwrap().reply
+                    else {
+                        panic!("a page answers a page")
+                    };
+                    assert!(fields.len() <= 2, "a page keeps to the budget");
+                    walked.extend(fields);
+                    match next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                assert_eq!(walked, fields, "the pages walk the map");
+            }
+        }
     }
 
     proptest! {
@@ -939,6 +909,7 @@ mod tests {
                 deltas.extend(made);
                 for replica in &replicas {
                     replica.check();
+                    replica.check_part_reads();
                 }
             }
         }
