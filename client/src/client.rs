@@ -244,6 +244,15 @@ impl Client {
         }
     }
 
+    /// What the node's storage holds on disk, per space (table files, live data, memtables, keys),
+    /// with its WAL and the whole data directory.
+    pub async fn storage(&self) -> Result<crate::proto::StorageReport, Error> {
+        match self.ctx().call(Operation::Storage).await? {
+            ReplyBody::Storage(report) => Ok(report),
+            other => Err(unexpected("storage", &other)),
+        }
+    }
+
     /// Whether the node is ready to serve: `None`, or why not (for example a storage failure, after
     /// which it takes no writes until restarted) — what `GET /readyz` answers over HTTP.
     pub async fn readiness(&self) -> Result<Option<String>, Error> {

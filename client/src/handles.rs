@@ -98,6 +98,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::Readiness(_) => "Readiness",
         ReplyBody::SetPart(_) => "SetPart",
         ReplyBody::MapPart(_) => "MapPart",
+        ReplyBody::Storage(_) => "Storage",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

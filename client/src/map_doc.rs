@@ -122,8 +122,8 @@ impl MapHandle {
             Some(MapPartReply::Fields(values)) if values.len() == fields.len() => Ok(values),
             Some(other) => Err(Error::protocol(format!("a field read answered with {other:?}"))),
             None => {
-                let mut all = self.get().await?;
-                Ok(fields.iter().map(|f| all.remove(f)).collect())
+                let all = self.get().await?;
+                Ok(fields.iter().map(|f| all.get(f).cloned()).collect())
             }
         }
     }

@@ -29,6 +29,10 @@ pub struct CollectionBenchArgs {
     /// write (a map update names one field), from 8 writers at once.
     #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
     pub map_sizes: Vec<u64>,
+    /// Document histories to probe, in changes (comma-separated; empty: none). A document is
+    /// filled with client changes sent 1,000 per write, then probed with `doc_put`s and reads.
+    #[arg(long, value_delimiter = ',', default_value = "0,10000")]
+    pub doc_changes: Vec<u64>,
     /// Timed single-member adds (and as many removes) per size; as many field updates per map size.
     #[arg(long, default_value_t = 300)]
     pub probes: u64,
@@ -91,16 +95,41 @@ pub struct MapSizeReport {
     pub page_us: Histogram<u64>,
 }
 
+/// One document history's figures.
+#[derive(Debug)]
+pub struct DocReport {
+    /// Changes in the document's history while probed.
+    pub changes: u64,
+    /// Bytes of the document as stored (its changes).
+    pub stored_bytes: u64,
+    /// `doc_put`s of one root field, µs.
+    pub put_us: Histogram<u64>,
+    /// Reads of the document as JSON, µs.
+    pub read_us: Histogram<u64>,
+}
+
+/// Everything one run measured.
+#[derive(Debug)]
+pub struct Reports {
+    /// Sets, by size.
+    pub sets: Vec<SizeReport>,
+    /// Maps, by size.
+    pub maps: Vec<MapSizeReport>,
+    /// Documents, by history length.
+    pub docs: Vec<DocReport>,
+}
+
 /// Runs the benchmark and prints its tables.
 pub async fn run_cli(args: CollectionBenchArgs) -> anyhow::Result<()> {
-    let (sets, maps) = run(&args).await?;
-    print!("{}", render(&sets, &args));
-    print!("{}", render_maps(&maps, &args));
+    let reports = run(&args).await?;
+    print!("{}", render(&reports.sets, &args));
+    print!("{}", render_maps(&reports.maps, &args));
+    print!("{}", render_docs(&reports.docs, &args));
     Ok(())
 }
 
 /// Runs the benchmark.
-pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<(Vec<SizeReport>, Vec<MapSizeReport>)> {
+pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Reports> {
     let scratch = tempfile_dir()?;
     let durability = if args.relaxed { Durability::Relaxed } else { Durability::Fsync };
     let mut config = in_process_config(&scratch, durability)?;
@@ -115,10 +144,13 @@ pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<(Vec<SizeReport>,
         .connect()
         .await
         .context("connecting the benchmark client")?;
-    let result = match probe_sizes(&client, args).await {
-        Ok(sets) => probe_map_sizes(&client, args).await.map(|maps| (sets, maps)),
-        Err(e) => Err(e),
-    };
+    let result = async {
+        let sets = probe_sizes(&client, args).await?;
+        let maps = probe_map_sizes(&client, args).await?;
+        let docs = probe_docs(&client, args).await?;
+        Ok(Reports { sets, maps, docs })
+    }
+    .await;
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
@@ -165,6 +197,66 @@ async fn probe_map_sizes(client: &Client, args: &CollectionBenchArgs) -> anyhow:
         reports.push(MapSizeReport { size, fill, update_us, get_us, page_us });
     }
     Ok(reports)
+}
+
+/// Client changes sent per filling write of a document.
+const DOC_FILL_CHUNK: usize = 1_000;
+
+async fn probe_docs(client: &Client, args: &CollectionBenchArgs) -> anyhow::Result<Vec<DocReport>> {
+    use automerge::transaction::Transactable as _;
+    let mut reports = Vec::new();
+    for &changes in &args.doc_changes {
+        let doc = client.doc(format!("bench/doc-{changes}").as_str());
+        // A client's history, made here as an automerge app would: one small change per edit.
+        let mut local = automerge::AutoCommit::new();
+        let mut history = Vec::new();
+        for i in 0..changes {
+            local.put(automerge::ROOT, format!("k{}", i % 100), i as i64)?;
+            local.commit();
+            history.push(local.get_last_local_change().context("a change just made")?.raw_bytes().to_vec());
+        }
+        let stored_bytes = history.iter().map(|c| c.len() as u64).sum();
+        for chunk in history.chunks(DOC_FILL_CHUNK) {
+            doc.apply_changes(chunk.to_vec()).await.context("filling the document")?;
+        }
+        let (mut put_us, mut read_us) = (new_histogram(), new_histogram());
+        for i in 0..args.probes {
+            let t = Instant::now();
+            doc.put_json(&serde_json::json!({ "probe": i })).await.context("a probe doc_put")?;
+            put_us.record(t.elapsed().as_micros() as u64)?;
+            let t = Instant::now();
+            let json = doc.get_json().await.context("a probe read")?;
+            read_us.record(t.elapsed().as_micros() as u64)?;
+            anyhow::ensure!(json["probe"] == serde_json::json!(i), "the read shows the put before it");
+        }
+        reports.push(DocReport { changes, stored_bytes, put_us, read_us });
+    }
+    Ok(reports)
+}
+
+/// The documents' table: per history length, p50 and mean of a `doc_put` and p50 of a read, each
+/// with its ratio (of means) to the first length's.
+pub fn render_docs(reports: &[DocReport], args: &CollectionBenchArgs) -> String {
+    if reports.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("\ndocument operations by history length ({} probes each)\n\n", args.probes);
+    out += "| changes | history bytes | doc_put p50 | doc_put mean | ÷ first | read p50 | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|\n";
+    let first = reports.first();
+    for r in reports {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.changes,
+            r.stored_bytes,
+            ms(&r.put_us, Some(0.5)),
+            ms(&r.put_us, None),
+            ratio(&r.put_us, first.map(|f| &f.put_us)),
+            ms(&r.read_us, Some(0.5)),
+            ratio(&r.read_us, first.map(|f| &f.read_us)),
+        );
+    }
+    out
 }
 
 /// The maps' table: per size, p50 and mean of a field update, p50 of a field read and of a page,

@@ -638,11 +638,24 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => None,
         Err(e) => return Err(e.into()),
     };
+    // A node of an earlier version cannot decode the request: its storage is not shown.
+    let storage = match client.storage().await {
+        Ok(report) => Some(report),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(meridian_client::ErrorCode::Unsupported | meridian_client::ErrorCode::BadRequest)
+            ) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let health = meridian_node::health::judge(&status, unready.as_deref(), cluster.as_ref(), now);
     let exit_code = i32::from(check && health.state != "ok");
     if json {
-        let out = serde_json::json!({ "health": health, "node": status, "cluster": cluster });
+        let out = serde_json::json!({ "health": health, "node": status, "storage": storage, "cluster": cluster });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(exit_code);
     }
@@ -658,11 +671,37 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
     println!("connections {}", status.client_connections);
     let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
     println!("vector      [{}]", vv.join(", "));
+    if let Some(storage) = &storage {
+        print_storage(storage);
+    }
     if let Some(report) = &cluster {
         println!();
         print_cluster(report);
     }
     Ok(exit_code)
+}
+
+/// The storage lines of `meridian status`: the data directory's size, then one row per space.
+fn print_storage(storage: &meridian_client::proto::StorageReport) {
+    use meridian_node::backup_cli::bytes;
+    println!(
+        "storage     {} on disk (WAL {}), format {}",
+        bytes(storage.dir_bytes),
+        bytes(storage.wal_bytes),
+        storage.format_version
+    );
+    println!();
+    println!("{:<12} {:>12} {:>12} {:>12} {:>12}", "space", "table files", "live (est.)", "memtable", "keys (est.)");
+    for space in &storage.spaces {
+        println!(
+            "{:<12} {:>12} {:>12} {:>12} {:>12}",
+            space.name,
+            bytes(space.sst_bytes),
+            bytes(space.live_bytes_estimate),
+            bytes(space.memtable_bytes),
+            space.keys_estimate
+        );
+    }
 }
 
 /// The commands that read: their exit code is 1 when there is nothing to show (`get` of a missing

@@ -17,11 +17,18 @@ async fn readme_tour_works_as_written() {
     let (ep, data) = (node.client_addr.as_str(), data.as_path());
     let status = ok(ep, data, &["status"]);
     assert!(status.contains("durability  fsync"), "{status}");
+    assert!(status.contains("storage     ") && status.contains("\nelements "), "{status}");
     assert!(status.starts_with("OK: ") && status.contains("runs alone"), "the health line comes first: {status}");
     let status = json(&ok(ep, data, &["status", "--json", "--check"]));
     assert_eq!(status["health"]["state"], "ok", "{status}");
     assert_eq!(status["node"]["durability"], "fsync", "{status}");
     assert!(status["cluster"].is_null(), "{status}");
+    // Storage per space, as on disk (the node runs on RocksDB): every space, the WAL, the directory.
+    let spaces: Vec<&str> =
+        status["storage"]["spaces"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(spaces, ["data", "log", "meta", "idempotency", "hints", "elements"], "{status}");
+    assert_eq!(status["storage"]["format_version"], 2, "{status}");
+    assert!(status["storage"]["dir_bytes"].as_u64().unwrap() > 0, "{status}");
 
     assert_eq!(ok(ep, data, &["incr", "shop/visits"]).trim(), "1");
     assert_eq!(ok(ep, data, &["incr", "shop/visits", "41"]).trim(), "42");

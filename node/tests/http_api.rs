@@ -619,6 +619,7 @@ async fn operations_endpoints() {
         "name",
         "node_id",
         "region",
+        "storage",
         "uptime_s",
         "version",
         "version_vector",

@@ -695,6 +695,35 @@ async fn concurrent_writes_all_land_and_sessions_read_them() {
     shutdown(running).await;
 }
 
+/// `Client::storage` (`meridian status`'s storage lines) reports what was written: the data space
+/// holds it (memtable or table files), the WAL grew, and the directory holds at least the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storage_report_shows_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_rocks(config(dir.path())).await;
+    let client = connect(&running).await;
+    bounded("storage report", async {
+        let before = client.storage().await.unwrap();
+        let names: Vec<&str> = before.spaces.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["data", "log", "meta", "idempotency", "hints", "elements"]);
+        for i in 0..200 {
+            client.register(format!("disk/k{i}").as_str()).set(vec![7u8; 1000]).await.unwrap();
+        }
+        client.set("disk/s").add(["a", "b"]).await.unwrap();
+        let after = client.storage().await.unwrap();
+        let space = |name: &str| after.spaces.iter().find(|s| s.name == name).unwrap().clone();
+        let held = |s: &meridian_client::proto::SpaceReport| s.memtable_bytes + s.sst_bytes;
+        assert!(held(&space("data")) >= 200 * 1000, "{after:?}");
+        assert!(held(&space("log")) > 0 && held(&space("elements")) > 0, "{after:?}");
+        assert!(space("data").keys_estimate >= 200, "{after:?}");
+        assert!(after.wal_bytes > before.wal_bytes + 200 * 1000, "{after:?}");
+        assert!(after.dir_bytes >= after.wal_bytes, "{after:?}");
+        assert_eq!(after.format_version, 2);
+    })
+    .await;
+    shutdown(running).await;
+}
+
 /// Every field of `map`, read in pages of at most `limit` (each checked to keep to it).
 async fn walk_fields(map: &meridian_client::MapHandle, limit: u32) -> Vec<(String, Value)> {
     let (mut walked, mut after) = (Vec::new(), None);

@@ -377,8 +377,10 @@ pub enum Operation {
     /// answer [`ErrorCode::Unsupported`].
     Readiness,
     /// Read part of a set — membership of some members, the member count, or a page of members —
-    /// without reading the rest (a node keeps a set one record per element). Nodes before this
-    /// variant answer [`ErrorCode::Unsupported`]; the SDK then reads the whole set.
+    /// without reading the rest (a node keeps a set one record per element). A node before this
+    /// variant cannot decode it and answers [`ErrorCode::BadRequest`] ("malformed frame"); a node
+    /// that forwards it to replicas that all predate it answers [`ErrorCode::Unsupported`]. The SDK
+    /// then reads the whole set.
     ReadSet {
         /// The set's key (a key of another type is [`ErrorCode::WrongType`]; a missing key reads
         /// as an empty set).
@@ -387,9 +389,8 @@ pub enum Operation {
         part: SetPart,
     },
     /// Read part of a map — some fields' values, the field count, or a page of fields — without
-    /// reading the rest (a node keeps a map one record per field). Nodes before this variant
-    /// answer [`ErrorCode::Unsupported`] (or, older still, a malformed-frame `BadRequest`); the
-    /// SDK then reads the whole map.
+    /// reading the rest (a node keeps a map one record per field). Older nodes answer as for
+    /// [`Operation::ReadSet`]; the SDK then reads the whole map.
     ReadMap {
         /// The map's key (a key of another type is [`ErrorCode::WrongType`]; a missing key reads
         /// as an empty map).
@@ -397,6 +398,9 @@ pub enum Operation {
         /// Which part.
         part: MapPart,
     },
+    /// What the node's storage holds on disk, per space (`meridian status` shows it). Nodes
+    /// before this variant cannot decode it (`BadRequest`, "malformed frame").
+    Storage,
 }
 
 /// Which part of a map [`Operation::ReadMap`] reads.
@@ -919,6 +923,39 @@ pub enum ReplyBody {
     SetPart(SetPartReply),
     /// The answer to [`Operation::ReadMap`].
     MapPart(MapPartReply),
+    /// The answer to [`Operation::Storage`].
+    Storage(StorageReport),
+}
+
+/// What a node's storage holds ([`Operation::Storage`]). The figures come from RocksDB's own
+/// properties and a listing of the data directory at the time of the request; a node running on
+/// the in-memory engine reports zeros for its spaces and WAL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageReport {
+    /// The on-disk format version of the data directory.
+    pub format_version: u32,
+    /// Per storage space (one RocksDB column family each), in a fixed order.
+    pub spaces: Vec<SpaceReport>,
+    /// Bytes of write-ahead log files.
+    pub wal_bytes: u64,
+    /// Bytes of every file under the data directory: what the node takes on disk (table files,
+    /// WAL, manifests, backups kept inside it).
+    pub dir_bytes: u64,
+}
+
+/// One storage space in a [`StorageReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceReport {
+    /// The space (`data`, `log`, `meta`, `idempotency`, `hints`, `elements`).
+    pub name: String,
+    /// Bytes of its table files on disk.
+    pub sst_bytes: u64,
+    /// RocksDB's estimate of the live data in those files (what compaction would leave).
+    pub live_bytes_estimate: u64,
+    /// Bytes in its memtables (in memory, also in the WAL).
+    pub memtable_bytes: u64,
+    /// RocksDB's estimate of its keys.
+    pub keys_estimate: u64,
 }
 
 /// One listed key.
@@ -1179,6 +1216,27 @@ mod tests {
         }));
         let frame = encode_frame(&reply);
         assert_eq!(&frame[4..], &[1, 0, 0, 0, 11, 0, 2, 1, 0]);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
+    fn golden_storage_frames() {
+        let request =
+            Request::V1(RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op: Operation::Storage });
+        // length 6 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | Storage=13
+        assert_eq!(encode_frame(&request), vec![0, 0, 0, 6, 1, 0, 0, 0, 0, 13]);
+        let space = SpaceReport {
+            name: "data".into(),
+            sst_bytes: 1,
+            live_bytes_estimate: 2,
+            memtable_bytes: 3,
+            keys_estimate: 4,
+        };
+        let report = StorageReport { format_version: 2, spaces: vec![space], wal_bytes: 5, dir_bytes: 6 };
+        let reply = Response::V1(Ok(Reply { causal_token: CausalToken::default(), body: ReplyBody::Storage(report) }));
+        let frame = encode_frame(&reply);
+        // … | Storage=13 | format 2 | [ "data" 1 2 3 4 ] | 5 | 6
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 13, 2, 1, 4, b'd', b'a', b't', b'a', 1, 2, 3, 4, 5, 6]);
         assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
     }
 

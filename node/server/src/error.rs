@@ -33,6 +33,9 @@ pub enum Error {
     /// A residency rule keeps the key out of this region and may not be proxied.
     #[error("{0}")]
     ResidencyRefused(String),
+    /// Writes kept getting in the way of a read of several records (`overloaded`). Retryable.
+    #[error("{0}")]
+    Busy(String),
     /// A CRDT refused the operation: the key holds another type (`wrong_type`), the operation is
     /// malformed (`bad_request`), or replicas hold conflicting types (`internal`).
     #[error(transparent)]
@@ -63,6 +66,7 @@ impl Error {
             Error::QuorumUnavailable(_) => ErrorCode::QuorumUnavailable,
             Error::CausalTimeout(_) => ErrorCode::CausalTimeout,
             Error::ResidencyRefused(_) => ErrorCode::ResidencyRefused,
+            Error::Busy(_) => ErrorCode::Overloaded,
             Error::Crdt(CrdtError::WrongType { .. }) => ErrorCode::WrongType,
             Error::Crdt(CrdtError::TypeConflict { .. }) => ErrorCode::Internal,
             Error::Crdt(CrdtError::TooLarge(_)) => ErrorCode::TooLarge,
@@ -98,6 +102,7 @@ mod tests {
             (Error::CausalTimeout("c".into()), ErrorCode::CausalTimeout),
             (Error::ResidencyRefused("r".into()), ErrorCode::ResidencyRefused),
             (Error::Internal("i".into()), ErrorCode::Internal),
+            (Error::Busy("b".into()), ErrorCode::Overloaded),
             (Error::Remote(ErrorReply::new(ErrorCode::Overloaded, "o")), ErrorCode::Overloaded),
         ];
         for (error, code) in cases {

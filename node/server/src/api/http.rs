@@ -738,9 +738,12 @@ async fn status(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
+    let storage_common = common(caller.clone(), &CommonQuery::default(), &headers)?;
     let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(&node, common, Operation::Status).await?;
     let ReplyBody::Status(status) = reply.body else { unreachable!("status reply") };
+    let storage = execute(&node, storage_common, Operation::Storage).await?;
+    let ReplyBody::Storage(storage) = storage.body else { unreachable!("storage reply") };
     Ok(Json(json!({
         "node_id": status.node_id.to_string(),
         "name": status.name,
@@ -753,6 +756,7 @@ async fn status(
         "version_vector": status.version_vector.iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "durability": status.durability,
         "client_connections": status.client_connections,
+        "storage": storage,
     })))
 }
 

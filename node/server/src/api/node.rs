@@ -280,6 +280,7 @@ impl Node {
                     request.op,
                     Operation::Status
                         | Operation::Readiness
+                        | Operation::Storage
                         | Operation::Cluster(_)
                         | Operation::Residency(_)
                         | Operation::Auth(_)
@@ -398,6 +399,13 @@ impl Node {
             Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
             Operation::Readiness => {
                 Ok(Reply { causal_token: token, body: ReplyBody::Readiness(self.unready_reason()) })
+            }
+            Operation::Storage => {
+                let replica = self.replica.clone();
+                let report = tokio::task::spawn_blocking(move || replica.storage_report())
+                    .await
+                    .map_err(crate::error::Error::internal)??;
+                Ok(Reply { causal_token: token, body: ReplyBody::Storage(report) })
             }
             Operation::Cluster(op) => {
                 let coordinator = self.coordinator.as_ref().ok_or_else(|| {
@@ -542,6 +550,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::ListKeys { .. } => "list_keys",
         Operation::Status => "status",
         Operation::Readiness => "readiness",
+        Operation::Storage => "storage",
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",

@@ -489,6 +489,10 @@ pub enum PeerCallError {
     Unexpected(String),
 }
 
+/// How the text of a [`PeerRefusal::Undecodable`] begins — in this release and the ones before it, so
+/// a caller can tell "the peer does not know this request" from other refusals.
+pub const UNDECODABLE_REFUSAL: &str = "undecodable request: ";
+
 /// Why this node refuses a peer's request. It travels as its text (`PeerResponse::V1(Err(..))`),
 /// which the caller gets back as [`PeerCallError::Refused`].
 #[derive(Debug, thiserror::Error)]
@@ -607,6 +611,13 @@ impl PeerCallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A coordinator tells a peer of an older release by this text (`Coordinator::forward`).
+    #[test]
+    fn an_undecodable_request_is_refused_with_the_known_prefix() {
+        let refusal = PeerRefusal::Undecodable("malformed: unexpected variant".into()).to_string();
+        assert!(refusal.starts_with(UNDECODABLE_REFUSAL), "{refusal}");
+    }
 
     #[test]
     fn partition_bitmaps_round_trip_and_refuse_what_is_too_long() {

@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use meridian_client::proto::{KeyInfo, NodeStatus, Operation, Reply, ReplyBody, RequestV1};
+use meridian_client::proto::{KeyInfo, NodeStatus, Operation, Reply, ReplyBody, RequestV1, SpaceReport, StorageReport};
 use meridian_crdt::{Entry, Hlc, HlcClock, NodeId, VersionVector};
 use meridian_replication::SafeReport;
 use tokio::sync::watch;
@@ -110,9 +110,26 @@ fn internal(e: impl std::fmt::Display) -> Error {
 }
 
 /// A state that could not be read: the engine's failure as such, anything else internal.
+/// Bytes of every file under `dir`, its subdirectories included (symbolic links are not followed;
+/// a file removed while listed counts as nothing).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => total += directory_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+            _ => {}
+        }
+    }
+    total
+}
+
 pub(crate) fn state_error(e: states::StateError) -> Error {
     match e {
         states::StateError::Storage(e) => Error::Storage(e),
+        // Retryable, as a node at its limits is: the writes that got in the way will pass.
+        busy @ states::StateError::Busy(_) => Error::Busy(busy.to_string()),
         other => internal(other),
     }
 }
@@ -490,6 +507,28 @@ impl Replica {
                 Durability::Relaxed => "relaxed".into(),
             },
             client_connections: self.client_connections.load(Ordering::Relaxed),
+        })
+    }
+
+    /// What the node's storage holds on disk (`Operation::Storage`). Blocking: it lists the data
+    /// directory.
+    pub fn storage_report(&self) -> Result<StorageReport, Error> {
+        let mut spaces = Vec::new();
+        for space in Space::ALL {
+            let usage = self.engine.space_usage(space)?;
+            spaces.push(SpaceReport {
+                name: space.name().to_string(),
+                sst_bytes: usage.sst_bytes,
+                live_bytes_estimate: usage.live_bytes_estimate,
+                memtable_bytes: usage.memtable_bytes,
+                keys_estimate: usage.keys_estimate,
+            });
+        }
+        Ok(StorageReport {
+            format_version: u32::from(crate::storage::FORMAT_VERSION),
+            spaces,
+            wal_bytes: self.engine.wal_bytes()?,
+            dir_bytes: directory_bytes(&self.config.data_dir),
         })
     }
 

@@ -69,9 +69,9 @@ pub enum StateError {
         /// The decoder's complaint.
         detail: String,
     },
-    /// Writes kept changing the set while a membership query read it (whole and page reads use a
-    /// snapshot and never fail so).
-    #[error("the set {0} kept changing while its members were looked up; retry")]
+    /// Writes kept changing the collection while a point read (set members, map fields) read it
+    /// (counts, whole and page reads use one read or a snapshot and never fail so).
+    #[error("{0} kept changing while its members or fields were looked up; retry")]
     Busy(String),
 }
 

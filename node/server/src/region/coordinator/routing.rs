@@ -9,7 +9,7 @@ use meridian_replication::Liveness;
 use super::{unavailable, Coordinator};
 use crate::error::Error;
 use crate::layout;
-use crate::peer::protocol::{PeerMessageV1, PeerReplyV1};
+use crate::peer::protocol::{PeerCallError, PeerMessageV1, PeerReplyV1, UNDECODABLE_REFUSAL};
 
 impl Coordinator {
     /// Runs a client request for a key this region may not hold in the nearest region that may:
@@ -99,6 +99,7 @@ impl Coordinator {
             targets.truncate(1);
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut undecodable = 0;
         for (i, &target) in targets.iter().enumerate() {
             metrics::counter!("meridian_forwarded_requests_total").increment(1);
             // Every replica but the last gets half of what is left, so one that died a moment ago
@@ -111,8 +112,20 @@ impl Coordinator {
             match self.call(target, PeerMessageV1::Forward(request.clone()), budget).await {
                 Ok(PeerReplyV1::Forwarded(result)) => return result.map_err(Error::Remote),
                 Ok(other) => failures.push(format!("{}: unexpected reply {other:?}", self.name(target))),
+                Err(PeerCallError::Refused(why)) if why.starts_with(UNDECODABLE_REFUSAL) => {
+                    undecodable += 1;
+                    failures.push(format!("{}: {why}", self.name(target)));
+                }
                 Err(e) => failures.push(format!("{}: {e}", self.name(target))),
             }
+        }
+        // Every replica runs a release that does not know the operation (a rolling upgrade): say
+        // so as the node itself would, so a client can fall back (the SDK's part reads do).
+        if undecodable > 0 && undecodable == targets.len() {
+            return Err(Error::Unsupported(format!(
+                "no replica of the key understands this request yet (an older release): {}",
+                failures.join("; ")
+            )));
         }
         Err(unavailable(format!(
             "this node holds no replica of the key and no replica answered ({} of {} tried: {}){}",
