@@ -16,6 +16,10 @@ use crate::states;
 /// whatever the request asks.
 pub const MAX_PAGE_ITEMS: usize = 10_000;
 
+/// A set or a map with more parts than this is assembled (`block_in_place`) and turned into a value
+/// (the blocking pool) without stalling the other tasks of the reactor thread that serves the read.
+pub const INLINE_PARTS: u64 = 1_000;
+
 /// What a causal read waits on: the dependencies of the state it shows.
 trait HasDeps {
     fn deps(&self) -> &meridian_crdt::VersionVector;
@@ -49,8 +53,22 @@ impl Replica {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(Option<Entry>, CausalToken), Error> {
-        let (stored, after) = self.read_causally(key, token, level, |data_key| self.load_stored(data_key)).await?;
+        let load = |data_key: &[u8]| self.load_stored_for_read(data_key);
+        let (stored, after) = self.read_causally(key, token, level, load).await?;
         Ok((stored.map(|s| s.entry), after))
+    }
+
+    /// The key's whole state, as [`Replica::load_stored`] reads it. A collection of more than
+    /// [`INLINE_PARTS`] parts is assembled under `block_in_place` (tens of milliseconds at 100,000
+    /// members): the reactor thread hands its other tasks to another worker first instead of
+    /// stalling them. Anything smaller is a point read of microseconds, served inline.
+    fn load_stored_for_read(&self, data_key: &[u8]) -> Result<Option<layout::Stored>, Error> {
+        match states::peek(self.engine.as_ref(), data_key).map_err(super::state_error)? {
+            states::Peek::Nothing => Ok(None),
+            states::Peek::Whole(stored) => Ok(Some(stored)),
+            states::Peek::Split { parts } if parts > INLINE_PARTS => off_the_reactor(|| self.load_stored(data_key)),
+            states::Peek::Split { .. } => self.load_stored(data_key),
+        }
     }
 
     /// Reads part of a set here (membership, count, a page: see [`states::read_set_part`]) with the
@@ -294,7 +312,7 @@ impl Replica {
 }
 
 /// The value a read shows of `entry`, checked against the type the client `expected`.
-/// Materialising an automerge document replays its history: that runs off the reactor.
+/// Materialising a document, or listing a large collection, runs off the reactor (`costly_to_read`).
 pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Result<Option<Value>, Error> {
     if let (Some(entry), Some(expected)) = (&entry, expected) {
         if entry.crdt_type() != expected {
@@ -302,11 +320,32 @@ pub async fn value_of(entry: Option<Entry>, expected: Option<CrdtType>) -> Resul
         }
     }
     match entry {
-        Some(entry) if entry.crdt_type() == CrdtType::Doc => {
+        Some(entry) if costly_to_read(&entry) => {
             tokio::task::spawn_blocking(move || entry.read()).await.map_err(internal)?.map_err(Error::Crdt)
         }
         Some(entry) => entry.read().map_err(Error::Crdt),
         None => Ok(None),
+    }
+}
+
+/// Runs `work` (blocking, long) where it does not stall other tasks: under `block_in_place` on a
+/// multi-threaded runtime (the node's); inline on a current-thread one (some tests), which has no
+/// other worker to hand its tasks to.
+fn off_the_reactor<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// Whether turning `entry` into a value is work for the blocking pool: a document (materialising
+/// it may replay its history) or a collection of more than [`INLINE_PARTS`] parts.
+fn costly_to_read(entry: &Entry) -> bool {
+    match entry.body() {
+        meridian_crdt::Body::Doc(_) => true,
+        meridian_crdt::Body::Set(set) => set.len() as u64 > INLINE_PARTS,
+        meridian_crdt::Body::Map(map) => map.len() as u64 > INLINE_PARTS,
+        _ => false,
     }
 }
 
@@ -329,5 +368,21 @@ fn doc_changes(entry: &Entry, since_heads: &[String]) -> Result<ReplyBody, Error
             Ok(ReplyBody::DocChanges { changes, heads: doc.heads() })
         }
         other => Err(Error::Crdt(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Doc })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::off_the_reactor;
+
+    /// Long work runs under `block_in_place` on the node's multi-threaded runtime, and inline where
+    /// that would panic: on a current-thread runtime and outside any runtime.
+    #[test]
+    fn long_work_runs_on_every_kind_of_runtime() {
+        let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        assert_eq!(multi.block_on(async { tokio::spawn(async { off_the_reactor(|| 7) }).await.unwrap() }), 7);
+        let current = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(current.block_on(async { off_the_reactor(|| 8) }), 8);
+        assert_eq!(off_the_reactor(|| 9), 9);
     }
 }

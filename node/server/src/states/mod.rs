@@ -81,6 +81,30 @@ fn corrupt(what: impl Into<String>, e: impl ToString) -> StateError {
     StateError::Corrupt { what: what.into(), detail: e.to_string() }
 }
 
+/// What one read of a key's `Data` value finds (see [`peek`]).
+#[derive(Debug)]
+pub enum Peek {
+    /// Nothing is stored.
+    Nothing,
+    /// The whole state, stored whole.
+    Whole(Stored),
+    /// A collection kept per part, of this many part records: [`load_whole`] assembles it.
+    Split {
+        /// Its part records.
+        parts: u64,
+    },
+}
+
+/// Reads a key's `Data` value once: the state if it is stored whole, else how big the collection
+/// kept per part is (so a reader can decide where to assemble it).
+pub fn peek(engine: &dyn Engine, data_key: &[u8]) -> Result<Peek> {
+    let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(Peek::Nothing) };
+    Ok(match decode(data_key, &bytes)? {
+        StateRecord::Whole(stored) => Peek::Whole(stored),
+        StateRecord::Split(header) => Peek::Split { parts: header.elements },
+    })
+}
+
 /// A key's whole state, assembled from its element records if it is kept per element (the header
 /// and the elements read from one snapshot).
 pub fn load_whole(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stored>> {
