@@ -477,8 +477,7 @@ impl Node {
         })
     }
 
-    /// A part read of a set: from this replica at `eventual` and `causal`; at the quorum levels, a
-    /// quorum read of the whole set (with its write-back), answered from the joined state.
+    /// A part read of a set (see [`Node::read_part`]).
     async fn read_set_part(
         &self,
         key: &Key,
@@ -486,24 +485,17 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(SetPartReply, CausalToken), ErrorReply> {
-        let quorum = matches!(level, Consistency::LocalQuorum | Consistency::Quorum);
-        let Some(coordinator) = self.coordinator.as_ref().filter(|_| quorum) else {
-            return Ok(self.replica.read_set_part(key, part, token, level).await?);
-        };
-        let (entry, token) = coordinator.read_entry(key, token, level).await?;
         let budget = self.replica.page_budget();
-        let reply = match entry.as_ref().map(|e| (e.body(), e.exists())) {
-            None => states::part_of_set(&Default::default(), false, part, budget),
-            Some((Body::Set(set), exists)) => states::part_of_set(set, exists, part, budget),
-            Some((other, _)) => {
-                let wrong = CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Set };
-                return Err(crate::error::Error::Crdt(wrong).into());
-            }
+        let here = |token| self.replica.read_set_part(key, part, token, level);
+        let from_whole = |entry: Option<&Entry>| match entry.map(|e| (e.body(), e.exists())) {
+            None => Ok(states::part_of_set(&Default::default(), false, part, budget)),
+            Some((Body::Set(set), exists)) => Ok(states::part_of_set(set, exists, part, budget)),
+            Some((other, _)) => Err(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Set }),
         };
-        Ok((reply, token))
+        self.read_part(key, token, level, here, from_whole).await
     }
 
-    /// A part read of a map, as [`Node::read_set_part`] reads a set's.
+    /// A part read of a map (see [`Node::read_part`]).
     async fn read_map_part(
         &self,
         key: &Key,
@@ -511,18 +503,37 @@ impl Node {
         token: CausalToken,
         level: Consistency,
     ) -> Result<(MapPartReply, CausalToken), ErrorReply> {
-        let quorum = matches!(level, Consistency::LocalQuorum | Consistency::Quorum);
-        let Some(coordinator) = self.coordinator.as_ref().filter(|_| quorum) else {
-            return Ok(self.replica.read_map_part(key, part, token, level).await?);
-        };
-        let (entry, token) = coordinator.read_entry(key, token, level).await?;
         let budget = self.replica.page_budget();
-        let reply = match entry.as_ref().map(|e| (e.body(), e.exists())) {
+        let here = |token| self.replica.read_map_part(key, part, token, level);
+        let from_whole = |entry: Option<&Entry>| match entry.map(|e| (e.body(), e.exists())) {
             None => states::part_of_map(&Default::default(), false, part, budget),
             Some((Body::Map(map), exists)) => states::part_of_map(map, exists, part, budget),
             Some((other, _)) => Err(CrdtError::WrongType { actual: other.crdt_type(), requested: CrdtType::Map }),
         };
-        Ok((reply.map_err(crate::error::Error::Crdt)?, token))
+        self.read_part(key, token, level, here, from_whole).await
+    }
+
+    /// A part read: from this replica (`here`) at `eventual` and `causal`; at the quorum levels, a
+    /// quorum read of the whole state (with its write-back), answered from the joined state by
+    /// `from_whole`.
+    async fn read_part<R, Here>(
+        &self,
+        key: &Key,
+        token: CausalToken,
+        level: Consistency,
+        here: impl FnOnce(CausalToken) -> Here,
+        from_whole: impl FnOnce(Option<&Entry>) -> Result<R, CrdtError>,
+    ) -> Result<(R, CausalToken), ErrorReply>
+    where
+        Here: std::future::Future<Output = Result<(R, CausalToken), crate::error::Error>>,
+    {
+        let quorum = matches!(level, Consistency::LocalQuorum | Consistency::Quorum);
+        let Some(coordinator) = self.coordinator.as_ref().filter(|_| quorum) else {
+            return Ok(here(token).await?);
+        };
+        let (entry, token) = coordinator.read_entry(key, token, level).await?;
+        let reply = from_whole(entry.as_ref()).map_err(crate::error::Error::Crdt)?;
+        Ok((reply, token))
     }
 
     /// A read: from a quorum of the region's replicas at the quorum levels, else from this replica.
