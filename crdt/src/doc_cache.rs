@@ -8,13 +8,17 @@
 //! between keys and nodes in one process (two keys holding the same changes hold the same
 //! document). A collision would need two change sets with one SHA-256.
 //!
+//! A caller that keeps a document's changes elsewhere (the node keeps one storage record per change)
+//! names its versions itself ([`version_tag`]): those tags hash a different first byte, so they
+//! never name a change set.
+//!
 //! Bounded by documents and by the changes they hold together; the least recently used goes first.
-//! Hits hand out clones (a copy of the document's operations, far cheaper than parsing and
-//! applying every change again).
+//! Hits hand out shared references; whoever changes one copies it first (a copy of the document's
+//! operations, far cheaper than parsing and applying every change again).
 
 use automerge::Automerge;
 use sha2::{Digest, Sha256};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Most documents held.
 const MAX_DOCS: usize = 64;
@@ -27,6 +31,7 @@ pub(crate) type Fingerprint = [u8; 32];
 /// The fingerprint of the change set whose hashes `sorted` yields in ascending order.
 pub(crate) fn fingerprint<'a>(sorted: impl Iterator<Item = &'a [u8; 32]>) -> Fingerprint {
     let mut hasher = Sha256::new();
+    hasher.update([0u8]);
     let mut count = 0u64;
     for hash in sorted {
         hasher.update(hash);
@@ -36,10 +41,29 @@ pub(crate) fn fingerprint<'a>(sorted: impl Iterator<Item = &'a [u8; 32]>) -> Fin
     hasher.finalize().into()
 }
 
+/// The name of version `version` of the document that `owner` names (a caller's own names: the
+/// node's is a data key and the random version its storage header gets at every write).
+pub(crate) fn version_tag(owner: &[u8], version: u64) -> Fingerprint {
+    let mut hasher = Sha256::new();
+    hasher.update([1u8]);
+    hasher.update((owner.len() as u64).to_be_bytes());
+    hasher.update(owner);
+    hasher.update(version.to_be_bytes());
+    hasher.finalize().into()
+}
+
+/// A cached document: materialised from some changes, and changes joined since that are not
+/// applied to it yet (see `DocCrdt`'s pending changes; none for a change set's entry).
+#[derive(Clone)]
+pub(crate) struct Loaded {
+    pub(crate) doc: Arc<Automerge>,
+    pub(crate) pending: Vec<Vec<u8>>,
+}
+
 struct Cached {
     fingerprint: Fingerprint,
     changes: usize,
-    doc: Automerge,
+    doc: Loaded,
     used: u64,
 }
 
@@ -57,8 +81,8 @@ fn cache() -> std::sync::MutexGuard<'static, Cache> {
     CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A copy of the document materialised from the change set `fingerprint`, if it is cached.
-pub(crate) fn get(fingerprint: &Fingerprint) -> Option<Automerge> {
+/// The document materialised from the change set `fingerprint`, if it is cached.
+pub(crate) fn get(fingerprint: &Fingerprint) -> Option<Loaded> {
     let mut cache = cache();
     cache.clock += 1;
     let now = cache.clock;
@@ -68,13 +92,15 @@ pub(crate) fn get(fingerprint: &Fingerprint) -> Option<Automerge> {
 }
 
 /// Keeps `doc`, materialised from the change set `fingerprint` of `changes` changes.
-pub(crate) fn put(fingerprint: Fingerprint, changes: usize, doc: Automerge) {
+/// Replaces what is kept under `fingerprint`, if anything is.
+pub(crate) fn put(fingerprint: Fingerprint, changes: usize, doc: Loaded) {
     if changes > MAX_CHANGES {
         return;
     }
     let mut cache = cache();
-    if cache.docs.iter().any(|c| c.fingerprint == fingerprint) {
-        return;
+    if let Some(at) = cache.docs.iter().position(|c| c.fingerprint == fingerprint) {
+        let old = cache.docs.swap_remove(at);
+        cache.changes -= old.changes;
     }
     while cache.docs.len() >= MAX_DOCS || cache.changes + changes > MAX_CHANGES {
         let Some(oldest) = cache.docs.iter().enumerate().min_by_key(|(_, c)| c.used).map(|(i, _)| i) else { break };
@@ -101,10 +127,17 @@ mod tests {
     }
 
     #[test]
+    fn version_tags_name_neither_change_sets_nor_each_other() {
+        assert_ne!(version_tag(b"k", 1), version_tag(b"k", 2));
+        assert_ne!(version_tag(b"k", 1), version_tag(b"j", 1));
+        assert_ne!(version_tag(b"", 0), fingerprint(std::iter::empty()));
+    }
+
+    #[test]
     fn bounded_by_documents_least_recently_used_first() {
         let key = |i: u32| fingerprint([&[i as u8; 32]].into_iter().chain(std::iter::once(&[0xee; 32])));
         for i in 0..(MAX_DOCS as u32 + 8) {
-            put(key(i), 1, Automerge::new());
+            put(key(i), 1, Loaded { doc: Arc::new(Automerge::new()), pending: Vec::new() });
             // Keep the first one in use: it must survive the evictions.
             assert!(get(&key(0)).is_some(), "after {i}");
         }
@@ -112,7 +145,7 @@ mod tests {
         assert!(held <= MAX_DOCS);
         assert!(get(&key(1)).is_none(), "the least recently used went first");
         assert!(get(&key(MAX_DOCS as u32 + 7)).is_some());
-        put(key(1000), MAX_CHANGES + 1, Automerge::new());
+        put(key(1000), MAX_CHANGES + 1, Loaded { doc: Arc::new(Automerge::new()), pending: Vec::new() });
         assert!(get(&key(1000)).is_none(), "a document larger than the whole cache is not kept");
     }
 }

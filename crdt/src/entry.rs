@@ -402,6 +402,15 @@ impl Entry {
         }
     }
 
+    /// The document body, if the entry holds a document: for a storage engine that keeps a
+    /// document's changes in records of their own (see [`DocCrdt::set_partial`]).
+    pub fn doc_mut(&mut self) -> Option<&mut DocCrdt> {
+        match &mut self.body {
+            Body::Doc(doc) => Some(doc),
+            _ => None,
+        }
+    }
+
     /// Joins another replica's state (or a delta) into this one. Never fails: the `Result` is kept for
     /// API stability, and [`CrdtError::TypeConflict`] is no longer produced.
     ///

@@ -234,25 +234,27 @@ async fn probe_docs(client: &Client, args: &CollectionBenchArgs) -> anyhow::Resu
     Ok(reports)
 }
 
-/// The documents' table: per history length, p50 and mean of a `doc_put` and p50 of a read, each
-/// with its ratio (of means) to the first length's.
+/// The documents' table: per history length, p50, p99 and mean of a `doc_put` and p50 and mean of
+/// a read, each with its ratio (of means) to the first length's.
 pub fn render_docs(reports: &[DocReport], args: &CollectionBenchArgs) -> String {
     if reports.is_empty() {
         return String::new();
     }
     let mut out = format!("\ndocument operations by history length ({} probes each)\n\n", args.probes);
-    out += "| changes | history bytes | doc_put p50 | doc_put mean | ÷ first | read p50 | ÷ first |\n";
-    out += "|---|---|---|---|---|---|---|\n";
+    out += "| changes | history bytes | doc_put p50 | doc_put p99 | doc_put mean | ÷ first | read p50 | read mean | ÷ first |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
     let first = reports.first();
     for r in reports {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.changes,
             r.stored_bytes,
             ms(&r.put_us, Some(0.5)),
+            ms(&r.put_us, Some(0.99)),
             ms(&r.put_us, None),
             ratio(&r.put_us, first.map(|f| &f.put_us)),
             ms(&r.read_us, Some(0.5)),
+            ms(&r.read_us, None),
             ratio(&r.read_us, first.map(|f| &f.read_us)),
         );
     }

@@ -225,11 +225,11 @@ pub enum StoredEntry {
     Split(SplitHeader),
 }
 
-/// What a set or a map kept one record per part stores under its data key: the state without its
-/// parts (presence, a set's causal context, the dependencies) and how many parts it has. Its parts
-/// are `Elements` records ([`element_key`]): a set's elements, each with its dots (and every dot
-/// has an index record, [`dot_index_key`], naming its element), or a map's fields with their
-/// entries.
+/// What a set, a map or a document kept one record per part stores under its data key: the state
+/// without its parts (presence, a set's causal context, the dependencies) and how many parts it
+/// has. Its parts are `Elements` records ([`element_key`]): a set's elements, each with its dots
+/// (and every dot has an index record, [`dot_index_key`], naming its element), a map's fields with
+/// their entries, or a document's automerge changes named by their hashes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SplitHeader {
     /// The state with a set or map body that holds no part.
@@ -242,9 +242,10 @@ pub struct SplitHeader {
     /// What the elements add to the state's encoded size (see `crate::states`): with the header,
     /// the size the key's caps count, known without reading the elements.
     pub element_bytes: u64,
-    /// Raised by every write of the key here (a local count, not replicated): a reader that
-    /// assembles the state from several reads sees the same value before and after only if no
-    /// write came between.
+    /// The version of the key here, drawn at random by every write (local, not replicated): a
+    /// reader that assembles the state from several reads sees the same value before and after
+    /// only if no write came between, and a document materialised at one version is cached under
+    /// it (a version is never drawn again for other content, even by a write that failed).
     pub writes: u64,
 }
 
@@ -288,6 +289,14 @@ pub enum ElementRecord {
 pub enum FieldRecord {
     /// Version 1.
     V1(Entry),
+}
+
+/// A document's change record (`Elements` space, named by the change's hash): the change in
+/// automerge's binary encoding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ChangeRecord {
+    /// Version 1.
+    V1(Vec<u8>),
 }
 
 /// What a dot's index record (`Elements` space) names: the element the dot tags.

@@ -58,17 +58,24 @@ impl Replica {
         Ok((stored.map(|s| s.entry), after))
     }
 
-    /// The key's whole state, as [`Replica::load_stored`] reads it. A collection of more than
-    /// [`INLINE_PARTS`] parts is assembled under `block_in_place` (tens of milliseconds at 100,000
-    /// members): the reactor thread hands its other tasks to another worker first instead of
-    /// stalling them. Anything smaller is a point read of microseconds, served inline.
+    /// The key's state for a read of its value ([`states::load_for_read`]: a set or map whole, a
+    /// document as its header and the document materialised, usually cached). A collection of
+    /// more than [`INLINE_PARTS`] parts is read under `block_in_place` (tens of milliseconds at
+    /// 100,000 members, or a document's history replayed): the reactor thread hands its other
+    /// tasks to another worker first instead of stalling them. Anything smaller is a point read of
+    /// microseconds, served inline.
     fn load_stored_for_read(&self, data_key: &[u8]) -> Result<Option<layout::Stored>, Error> {
         match states::peek(self.engine.as_ref(), data_key).map_err(super::state_error)? {
             states::Peek::Nothing => Ok(None),
             states::Peek::Whole(stored) => Ok(Some(stored)),
-            states::Peek::Split { parts } if parts > INLINE_PARTS => off_the_reactor(|| self.load_stored(data_key)),
-            states::Peek::Split { .. } => self.load_stored(data_key),
+            states::Peek::Split { parts } if parts > INLINE_PARTS => off_the_reactor(|| self.load_for_read(data_key)),
+            states::Peek::Split { .. } => self.load_for_read(data_key),
         }
+    }
+
+    /// A key's state for a read of its value ([`states::load_for_read`]: a document from the cache).
+    fn load_for_read(&self, data_key: &[u8]) -> Result<Option<layout::Stored>, Error> {
+        states::load_for_read(self.engine.as_ref(), data_key).map_err(super::state_error)
     }
 
     /// Reads part of a set here (membership, count, a page: see [`states::read_set_part`]) with the

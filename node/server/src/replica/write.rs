@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply, ReplyBody};
-use meridian_crdt::{CrdtError, CrdtType, Entry, Mutation, Value, WriteContext};
+use meridian_crdt::{CrdtError, CrdtType, DocCrdt, Entry, Mutation, Value, WriteContext};
 use meridian_replication::antientropy::LogRecord as SyncRecord;
 use meridian_replication::{Outcome, QuorumTracker, ReplicaCounts};
 use tokio::sync::OwnedSemaphorePermit;
@@ -222,17 +222,30 @@ impl Replica {
         let engine = self.engine.as_ref();
         // A set's member changes read only the members they name, a map's only the field (see
         // `crate::states`).
+        // A document's changes are named by their hashes: those a client sends are looked up
+        // (whether the document holds them decides what `client_delta` accepts).
+        let change_hashes = match &change {
+            Change::Mutate(Mutation::DocApply { changes }) => {
+                DocCrdt::hashes_of(changes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES).map_err(Error::Crdt)?
+            }
+            _ => Vec::new(),
+        };
         let parts: Vec<&[u8]> = match &change {
             Change::Mutate(Mutation::SetAdd { members } | Mutation::SetRemove { members }) => {
                 members.iter().map(Vec::as_slice).collect()
             }
             Change::Mutate(Mutation::MapUpdate { field, .. } | Mutation::MapRemove { field }) => vec![field.as_bytes()],
-            _ => Vec::new(),
+            _ => change_hashes.iter().map(|hash| hash.as_slice()).collect(),
         };
         let mut view = StateView::load(engine, &data_key, parts).map_err(super::state_error)?;
-        if let (Change::Delete, Some(view)) = (&change, &mut view) {
-            // A delete removes every element it observed.
-            view.load_all(engine).map_err(super::state_error)?;
+        if let Some(view) = &mut view {
+            // A delete removes every element it observed; a document's change is computed from the
+            // whole document (cached, usually).
+            let mutation = match &change {
+                Change::Mutate(mutation) => Some(mutation),
+                Change::Delete => None,
+            };
+            view.ready_for_local(engine, mutation).map_err(super::state_error)?;
         }
         let state = view.as_ref().map(|view| &view.stored().entry);
         if let Some(reply) = nothing_to_change(&change, state, &token)? {

@@ -3,8 +3,8 @@
 //!
 //! A count is the header's alone. A page reads the header and one bounded scan of part records
 //! from one snapshot ([`Engine::get_and_scan`]). Point reads (members, fields) are separate gets:
-//! they read the header before and after, and retry if a write came between (its write count), so
-//! every answer is one state's. A collection stored whole (format 1) is read whole.
+//! they read the header before and after, and retry if a write came between (its version, new at
+//! every write), so every answer is one state's. A collection stored whole (format 1) is read whole.
 
 use meridian_client::proto::{MapPart, MapPartReply, SetPart, SetPartReply};
 use meridian_crdt::{AwSet, OrMap, Value};
