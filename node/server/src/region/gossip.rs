@@ -7,6 +7,11 @@
 //! peer's membership, merged in. A successful exchange is also the heartbeat the failure detector
 //! listens to, so a node that stops answering turns suspect and then dead within
 //! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
+//!
+//! Across regions a node with nothing new for a peer — the same membership, no report moved, the
+//! same hand-off — skips every other round ([`Ours::nothing_new_for`]): the WAN heartbeat runs at
+//! half rate while idle (issue 17: idle WAN traffic), and anything new still goes at the next
+//! round. Only while that keeps two heartbeats inside `suspect_after_ms`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +42,7 @@ pub async fn gossip(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
     let mut targets_seen: HashMap<SocketAddr, Seen> = HashMap::new();
+    let may_quiet = interval * 4 <= Duration::from_millis(replica.config().peer.suspect_after_ms);
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
         round += 1;
         let known = cluster.peers();
@@ -48,6 +54,16 @@ pub async fn gossip(
         }
         targets_seen.retain(|addr, _| targets.contains(addr));
         let ours = Ours::now(&replica, &cluster, round % FULL_REPORTS_EVERY == 0);
+        if may_quiet && round % 2 == 0 {
+            let remote = |addr: &SocketAddr| {
+                known.iter().any(|(id, known_addr)| {
+                    known_addr == addr && cluster.region_of(*id).is_some_and(|region| region != cluster.region())
+                })
+            };
+            targets.retain(|addr| {
+                !(remote(addr) && targets_seen.get(addr).is_some_and(|seen| ours.nothing_new_for(seen)))
+            });
+        }
         let exchanges = targets.into_iter().map(|addr| {
             let (pool, seen) = (pool.clone(), targets_seen.get(&addr).cloned().unwrap_or_default());
             let ours = &ours;
@@ -94,6 +110,7 @@ pub async fn gossip(
                     let seen = targets_seen.entry(addr).or_default();
                     seen.digest = Some(digest);
                     seen.reported = (compact && !needs_full_reports).then(|| ours.seqs.clone());
+                    seen.handoff = Some(ours.handoff.clone());
                     seen.rules_digest = Some(rules_digest);
                     seen.auth_digest = Some(auth_digest);
                 }
@@ -200,6 +217,8 @@ struct Seen {
     /// answer named (`None`: unknown, exchange them).
     rules_digest: Option<u64>,
     auth_digest: Option<u64>,
+    /// The hand-off list sent with the last answered exchange.
+    handoff: Option<Vec<u16>>,
 }
 
 /// This node's side of one gossip round.
@@ -225,6 +244,15 @@ impl Ours {
         let rules_digest = shared_digest(&*replica.residency().rules());
         let auth_digest = shared_digest(&*replica.auth().state());
         Ours { membership, digest, handoff, safe, seqs, all_reports, from: cluster.local(), rules_digest, auth_digest }
+    }
+
+    /// Whether a compact gossip to a target of which this node has `seen` what it has would carry
+    /// nothing it lacks but the safe time: the same membership and hand-off, no report moved.
+    fn nothing_new_for(&self, seen: &Seen) -> bool {
+        !self.all_reports
+            && seen.digest == Some(self.digest)
+            && seen.reported.as_ref() == Some(&self.seqs)
+            && seen.handoff.as_ref() == Some(&self.handoff)
     }
 
     /// The request for a target that speaks no version 3: the membership and every report.
@@ -425,8 +453,13 @@ mod tests {
         assert!(reports.full);
         assert_eq!(reports.changed, vec![(0, 3), (1, 0), (2, 7), (3, 1)]);
         // A target with the same membership that took in older positions: only what moved.
-        let seen =
-            Seen { digest: Some(now.digest), reported: Some(vec![3, 0, 5, 1]), rules_digest: None, auth_digest: None };
+        let seen = Seen {
+            digest: Some(now.digest),
+            reported: Some(vec![3, 0, 5, 1]),
+            rules_digest: None,
+            auth_digest: None,
+            handoff: Some(vec![]),
+        };
         let (membership, reports) = decoded(&now.compact_for(&seen));
         assert!(membership.is_none());
         assert_eq!((reports.full, reports.safe, reports.changed), (false, 9, vec![(2, 7)]));
@@ -440,5 +473,22 @@ mod tests {
         // A membership changed since: sent again.
         let other = Seen { digest: Some(now.digest ^ 1), ..idle };
         assert!(decoded(&now.compact_for(&other)).0.is_some());
+    }
+
+    #[test]
+    fn only_a_gossip_with_nothing_new_may_be_skipped() {
+        let now = ours(vec![3, 0, 7, 1], false);
+        let idle = Seen {
+            digest: Some(now.digest),
+            reported: Some(vec![3, 0, 7, 1]),
+            handoff: Some(vec![]),
+            ..Seen::default()
+        };
+        assert!(now.nothing_new_for(&idle));
+        assert!(!now.nothing_new_for(&Seen::default()), "a target never answered");
+        assert!(!now.nothing_new_for(&Seen { reported: Some(vec![3, 0, 6, 1]), ..idle.clone() }), "a report moved");
+        assert!(!now.nothing_new_for(&Seen { digest: Some(now.digest ^ 1), ..idle.clone() }), "membership changed");
+        assert!(!now.nothing_new_for(&Seen { handoff: Some(vec![4]), ..idle.clone() }), "hand-off changed");
+        assert!(!ours(vec![3, 0, 7, 1], true).nothing_new_for(&idle), "a round of full reports");
     }
 }
