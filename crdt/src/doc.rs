@@ -126,7 +126,7 @@ pub struct DocCrdt {
     whole: Option<Arc<Automerge>>,
     /// For a partial value with a document: changes joined since, not applied to it yet.
     #[serde(skip)]
-    pending: Vec<Vec<u8>>,
+    pending: Arc<Vec<Vec<u8>>>,
     /// On a delta made from a partial value: the document it was made on and the one it made.
     #[serde(skip)]
     authored: Option<Authored>,
@@ -139,8 +139,8 @@ const MAX_PENDING: usize = 256;
 /// What a delta made from a partial value knows of the document it was made on.
 #[derive(Clone)]
 struct Authored {
-    /// The address of the document it was made on (alive while the value it came from holds it).
-    base: usize,
+    /// The document it was made on (held, so that no other document can take its address).
+    base: Arc<Automerge>,
     /// That document with the delta applied.
     after: Arc<Automerge>,
 }
@@ -281,8 +281,25 @@ impl DocCrdt {
             return Ok(MaterializedDoc(loaded.doc));
         }
         let doc = self.replay()?;
-        doc_cache::put(fingerprint, self.changes.len(), doc_cache::Loaded { doc: doc.0.clone(), pending: Vec::new() });
+        doc_cache::put(
+            fingerprint,
+            self.changes.len(),
+            doc_cache::Loaded { doc: doc.0.clone(), pending: Arc::default() },
+        );
         Ok(doc)
+    }
+
+    /// Like [`DocCrdt::materialize`], without keeping the result in the cache by change set: for a
+    /// caller that caches it under its own name ([`DocCrdt::cache_as`]), so that it is not held
+    /// (and counted against the cache's bound) twice.
+    pub fn materialize_uncached(&self) -> Result<MaterializedDoc, CrdtError> {
+        if self.partial {
+            return self.materialize();
+        }
+        match doc_cache::get(&self.fingerprint()) {
+            Some(loaded) => Ok(MaterializedDoc(loaded.doc)),
+            None => self.replay(),
+        }
     }
 
     /// Applies a partial value's pending changes to its document (see the type's docs); whether
@@ -291,7 +308,7 @@ impl DocCrdt {
     pub fn settle(&mut self) -> Result<bool, CrdtError> {
         let Some(whole) = self.whole.as_mut().filter(|_| !self.pending.is_empty()) else { return Ok(false) };
         let applied = apply(Arc::make_mut(whole), &self.pending);
-        self.pending.clear();
+        self.pending = Arc::default();
         if applied.is_err() {
             self.whole = None;
         }
@@ -317,13 +334,13 @@ impl DocCrdt {
         self.partial = true;
         (self.whole, self.pending) = match whole {
             Some(CachedDoc(loaded)) => (Some(loaded.doc), loaded.pending),
-            None => (None, Vec::new()),
+            None => (None, Arc::default()),
         };
     }
 
     /// Like [`DocCrdt::set_partial`], with a document materialised from all of the changes.
     pub fn set_partial_materialized(&mut self, whole: MaterializedDoc) {
-        self.set_partial(Some(CachedDoc(doc_cache::Loaded { doc: whole.0, pending: Vec::new() })));
+        self.set_partial(Some(CachedDoc(doc_cache::Loaded { doc: whole.0, pending: Arc::default() })));
     }
 
     /// Whether this value holds only some of its document's changes.
@@ -358,7 +375,7 @@ impl DocCrdt {
     /// header keeps.
     pub fn take_changes(&mut self) -> BTreeMap<[u8; 32], Vec<u8>> {
         self.whole = None;
-        self.pending.clear();
+        self.pending = Arc::default();
         self.authored = None;
         self.partial = false;
         std::mem::take(&mut self.changes)
@@ -466,7 +483,7 @@ impl DocCrdt {
     /// joining the delta back take `after` instead of applying it.
     fn authored_on(&self, after: &MaterializedDoc) -> Option<Authored> {
         let base = self.whole.as_ref().filter(|_| self.partial && self.pending.is_empty())?;
-        Some(Authored { base: Arc::as_ptr(base) as usize, after: after.0.clone() })
+        Some(Authored { base: base.clone(), after: after.0.clone() })
     }
 
     /// The delta that sets each field of the JSON object `fields` at the document root, authored by `node`.
@@ -526,7 +543,7 @@ impl DocCrdt {
             doc_cache::put(
                 doc_cache::fingerprint(after.into_iter()),
                 count,
-                doc_cache::Loaded { doc: Arc::new(doc), pending: Vec::new() },
+                doc_cache::Loaded { doc: Arc::new(doc), pending: Arc::default() },
             );
         }
         Ok(delta)
@@ -623,14 +640,14 @@ impl Lattice for DocCrdt {
         let Some(whole) = self.whole.as_mut().filter(|_| !added.is_empty()) else { return };
         match &other.authored {
             // Made from this very document, with nothing pending: `after` is it, joined with `other`.
-            Some(authored) if authored.base == Arc::as_ptr(whole) as usize && self.pending.is_empty() => {
+            Some(authored) if Arc::ptr_eq(&authored.base, whole) && self.pending.is_empty() => {
                 *whole = authored.after.clone();
             }
             _ if self.pending.len() + added.len() > MAX_PENDING => {
                 self.whole = None;
-                self.pending.clear();
+                self.pending = Arc::default();
             }
-            _ => self.pending.extend(added),
+            _ => Arc::make_mut(&mut self.pending).extend(added),
         }
     }
 }

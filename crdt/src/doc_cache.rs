@@ -57,7 +57,7 @@ pub(crate) fn version_tag(owner: &[u8], version: u64) -> Fingerprint {
 #[derive(Clone)]
 pub(crate) struct Loaded {
     pub(crate) doc: Arc<Automerge>,
-    pub(crate) pending: Vec<Vec<u8>>,
+    pub(crate) pending: Arc<Vec<Vec<u8>>>,
 }
 
 struct Cached {
@@ -137,7 +137,7 @@ mod tests {
     fn bounded_by_documents_least_recently_used_first() {
         let key = |i: u32| fingerprint([&[i as u8; 32]].into_iter().chain(std::iter::once(&[0xee; 32])));
         for i in 0..(MAX_DOCS as u32 + 8) {
-            put(key(i), 1, Loaded { doc: Arc::new(Automerge::new()), pending: Vec::new() });
+            put(key(i), 1, Loaded { doc: Arc::new(Automerge::new()), pending: Arc::default() });
             // Keep the first one in use: it must survive the evictions.
             assert!(get(&key(0)).is_some(), "after {i}");
         }
@@ -145,7 +145,7 @@ mod tests {
         assert!(held <= MAX_DOCS);
         assert!(get(&key(1)).is_none(), "the least recently used went first");
         assert!(get(&key(MAX_DOCS as u32 + 7)).is_some());
-        put(key(1000), MAX_CHANGES + 1, Loaded { doc: Arc::new(Automerge::new()), pending: Vec::new() });
+        put(key(1000), MAX_CHANGES + 1, Loaded { doc: Arc::new(Automerge::new()), pending: Arc::default() });
         assert!(get(&key(1000)).is_none(), "a document larger than the whole cache is not kept");
     }
 }

@@ -59,16 +59,19 @@ impl Replica {
     }
 
     /// The key's state for a read of its value ([`states::load_for_read`]: a set or map whole, a
-    /// document as its header and the document materialised, usually cached). A collection of
-    /// more than [`INLINE_PARTS`] parts is read under `block_in_place` (tens of milliseconds at
-    /// 100,000 members, or a document's history replayed): the reactor thread hands its other
+    /// document as its header and the document materialised, usually cached). A document, and a
+    /// collection of more than [`INLINE_PARTS`] parts, is read under `block_in_place` (tens of
+    /// milliseconds at 100,000 members, or a document's history replayed): the reactor thread hands its other
     /// tasks to another worker first instead of stalling them. Anything smaller is a point read of
     /// microseconds, served inline.
     fn load_stored_for_read(&self, data_key: &[u8]) -> Result<Option<layout::Stored>, Error> {
         match states::peek(self.engine.as_ref(), data_key).map_err(super::state_error)? {
             states::Peek::Nothing => Ok(None),
             states::Peek::Whole(stored) => Ok(Some(stored)),
-            states::Peek::Split { parts } if parts > INLINE_PARTS => off_the_reactor(|| self.load_for_read(data_key)),
+            // A document may be materialised (a cache miss replays its history).
+            states::Peek::Split { parts, doc } if doc || parts > INLINE_PARTS => {
+                off_the_reactor(|| self.load_for_read(data_key))
+            }
             states::Peek::Split { .. } => self.load_for_read(data_key),
         }
     }

@@ -156,9 +156,12 @@ impl Replica {
         let data_key = layout::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
         let _guard = self.writer.lock(&data_key).await;
-        let is_doc = matches!(&change, Change::Mutate(m) if m.crdt_type() == CrdtType::Doc);
-        let prepared = if is_doc {
-            // Automerge replays the document's history: keep that off the reactor threads.
+        // A document's change is made on the document (materialised from its history on a cache
+        // miss), and a delete may be one of a document or load a whole collection: keep those off
+        // the reactor threads.
+        let costly =
+            matches!(&change, Change::Delete) || matches!(&change, Change::Mutate(m) if m.crdt_type() == CrdtType::Doc);
+        let prepared = if costly {
             let replica = self.clone();
             tokio::task::spawn_blocking(move || replica.prepare_write(key, data_key, change, idempotency_id, token))
                 .await

@@ -104,6 +104,8 @@ pub enum Peek {
     Split {
         /// Its part records.
         parts: u64,
+        /// Whether it is a document (a read materialises it, or takes it from the cache).
+        doc: bool,
     },
 }
 
@@ -113,7 +115,9 @@ pub fn peek(engine: &dyn Engine, data_key: &[u8]) -> Result<Peek> {
     let Some(bytes) = engine.get(Space::Data, data_key)? else { return Ok(Peek::Nothing) };
     Ok(match decode(data_key, &bytes)? {
         StateRecord::Whole(stored) => Peek::Whole(stored),
-        StateRecord::Split(header) => Peek::Split { parts: header.elements },
+        StateRecord::Split(header) => {
+            Peek::Split { parts: header.elements, doc: kind_of(&header.stored) == Some(Kind::Doc) }
+        }
     })
 }
 
@@ -160,7 +164,7 @@ pub fn load_for_read(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stor
     let Some((stored, version)) = assemble_split(engine, data_key)? else { return Ok(None) };
     if let (Body::Doc(doc), Some(version)) = (stored.entry.body(), version) {
         // A document automerge cannot materialise is not cached: reading it fails the same way.
-        if let Ok(materialized) = doc.materialize() {
+        if let Ok(materialized) = doc.materialize_uncached() {
             let mut cached = DocCrdt::default();
             cached.set_partial_materialized(materialized);
             cached.cache_as(data_key, version, doc.change_count());
@@ -393,6 +397,8 @@ impl StateView {
     pub fn ready_for_local(&mut self, engine: &dyn Engine, mutation: Option<&Mutation>) -> Result<()> {
         let on_doc = matches!(self.stored.entry.body(), Body::Doc(_));
         match mutation {
+            // A delete of a key that does not exist changes nothing (the write path answers it).
+            None if !self.stored.entry.exists() => Ok(()),
             None | Some(Mutation::DocApply { .. } | Mutation::DocPut { .. }) if on_doc => self.materialize_doc(engine),
             None => self.load_all(engine),
             Some(_) => Ok(()),
@@ -420,7 +426,7 @@ impl StateView {
         all.join(doc);
         // A document automerge cannot materialise stays without one: the write then fails (its
         // change cannot be made on a document that is not there).
-        match all.materialize() {
+        match all.materialize_uncached() {
             Ok(materialized) => doc.set_partial_materialized(materialized),
             Err(_) => doc.set_partial(None),
         }
@@ -908,8 +914,9 @@ mod tests {
             let whole = self.model.as_ref().map(|m| &m.entry);
             let (from_view, from_model) = match &mutation {
                 Some(m) => (Entry::mutation_delta(partial, m, &w), Entry::mutation_delta(whole, m, &w)),
+                // A delete of a key that does not exist changes nothing (`nothing_to_change`).
                 None => match (partial, whole) {
-                    (Some(p), Some(m)) => (p.reset_delta(&w), m.reset_delta(&w)),
+                    (Some(p), Some(m)) if m.exists() => (p.reset_delta(&w), m.reset_delta(&w)),
                     _ => return None,
                 },
             };
