@@ -8,10 +8,12 @@
 //! listens to, so a node that stops answering turns suspect and then dead within
 //! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
 //!
-//! Across regions a node with nothing new for a peer — the same membership, no report moved, the
-//! same hand-off — skips every other round ([`Ours::nothing_new_for`]): the WAN heartbeat runs at
-//! half rate while idle (issue 17: idle WAN traffic), and anything new still goes at the next
-//! round. Only while that keeps two heartbeats inside `suspect_after_ms`.
+//! Across regions a node with nothing new for an alive peer — the same membership, safe time and
+//! hand-off, no report moved ([`Ours::nothing_new_for`]) — skips a round if the peer answered less
+//! than one and a half intervals ago: so while idle the WAN heartbeat runs at half rate (issue 17:
+//! idle WAN traffic), a round that ran late (a slow or dead target holds every round up) is never
+//! followed by a skip, and anything new still goes at the next round. Only while four intervals
+//! fit in `suspect_after_ms`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +45,7 @@ pub async fn gossip(
     let mut round: u64 = 0;
     let mut targets_seen: HashMap<SocketAddr, Seen> = HashMap::new();
     let may_quiet = interval * 4 <= Duration::from_millis(replica.config().peer.suspect_after_ms);
+    let answered_lately = |seen: &Seen| seen.answered.is_some_and(|at| at.elapsed() < interval * 3 / 2);
     while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
         round += 1;
         let known = cluster.peers();
@@ -54,14 +57,17 @@ pub async fn gossip(
         }
         targets_seen.retain(|addr, _| targets.contains(addr));
         let ours = Ours::now(&replica, &cluster, round % FULL_REPORTS_EVERY == 0);
-        if may_quiet && round % 2 == 0 {
-            let remote = |addr: &SocketAddr| {
+        if may_quiet {
+            let remote_and_alive = |addr: &SocketAddr| {
                 known.iter().any(|(id, known_addr)| {
-                    known_addr == addr && cluster.region_of(*id).is_some_and(|region| region != cluster.region())
+                    known_addr == addr
+                        && cluster.region_of(*id).is_some_and(|region| region != cluster.region())
+                        && cluster.liveness(*id) == meridian_replication::Liveness::Alive
                 })
             };
             targets.retain(|addr| {
-                !(remote(addr) && targets_seen.get(addr).is_some_and(|seen| ours.nothing_new_for(seen)))
+                let quiet = |seen: &Seen| answered_lately(seen) && ours.nothing_new_for(seen);
+                !(remote_and_alive(addr) && targets_seen.get(addr).is_some_and(quiet))
             });
         }
         let exchanges = targets.into_iter().map(|addr| {
@@ -70,10 +76,12 @@ pub async fn gossip(
             async move {
                 // Built for the connection it is sent on: version 3 only where both agreed to it.
                 let build = |version: u8| if version >= 3 { ours.compact_for(&seen) } else { ours.full() };
-                (addr, pool.request_versioned(addr, None, build, interval * 4).await)
+                let answer = pool.request_versioned(addr, None, build, interval * 4).await;
+                // When it came, not when the round (waiting for its slowest target) ends.
+                (addr, answer, tokio::time::Instant::now())
             }
         });
-        for (addr, answer) in futures::future::join_all(exchanges).await {
+        for (addr, answer, answered_at) in futures::future::join_all(exchanges).await {
             let answer = answer
                 .map_err(|e| PeerCallError::Transport(e.to_string()))
                 .and_then(|(peer, version, bytes)| Ok((peer, version, decode_reply(&bytes)?)));
@@ -111,6 +119,8 @@ pub async fn gossip(
                     seen.digest = Some(digest);
                     seen.reported = (compact && !needs_full_reports).then(|| ours.seqs.clone());
                     seen.handoff = Some(ours.handoff.clone());
+                    seen.safe = Some(ours.safe);
+                    seen.answered = Some(answered_at);
                     seen.rules_digest = Some(rules_digest);
                     seen.auth_digest = Some(auth_digest);
                 }
@@ -217,8 +227,11 @@ struct Seen {
     /// answer named (`None`: unknown, exchange them).
     rules_digest: Option<u64>,
     auth_digest: Option<u64>,
-    /// The hand-off list sent with the last answered exchange.
+    /// The hand-off list and the safe time sent with the last answered exchange, and when it was
+    /// answered.
     handoff: Option<Vec<u16>>,
+    safe: Option<u64>,
+    answered: Option<tokio::time::Instant>,
 }
 
 /// This node's side of one gossip round.
@@ -247,12 +260,13 @@ impl Ours {
     }
 
     /// Whether a compact gossip to a target of which this node has `seen` what it has would carry
-    /// nothing it lacks but the safe time: the same membership and hand-off, no report moved.
+    /// nothing it lacks: the same membership, safe time and hand-off, no report moved.
     fn nothing_new_for(&self, seen: &Seen) -> bool {
         !self.all_reports
             && seen.digest == Some(self.digest)
             && seen.reported.as_ref() == Some(&self.seqs)
             && seen.handoff.as_ref() == Some(&self.handoff)
+            && seen.safe == Some(self.safe)
     }
 
     /// The request for a target that speaks no version 3: the membership and every report.
@@ -459,6 +473,8 @@ mod tests {
             rules_digest: None,
             auth_digest: None,
             handoff: Some(vec![]),
+            safe: Some(9),
+            answered: None,
         };
         let (membership, reports) = decoded(&now.compact_for(&seen));
         assert!(membership.is_none());
@@ -482,6 +498,7 @@ mod tests {
             digest: Some(now.digest),
             reported: Some(vec![3, 0, 7, 1]),
             handoff: Some(vec![]),
+            safe: Some(9),
             ..Seen::default()
         };
         assert!(now.nothing_new_for(&idle));
@@ -489,6 +506,7 @@ mod tests {
         assert!(!now.nothing_new_for(&Seen { reported: Some(vec![3, 0, 6, 1]), ..idle.clone() }), "a report moved");
         assert!(!now.nothing_new_for(&Seen { digest: Some(now.digest ^ 1), ..idle.clone() }), "membership changed");
         assert!(!now.nothing_new_for(&Seen { handoff: Some(vec![4]), ..idle.clone() }), "hand-off changed");
+        assert!(!now.nothing_new_for(&Seen { safe: Some(8), ..idle.clone() }), "the safe time moved");
         assert!(!ours(vec![3, 0, 7, 1], true).nothing_new_for(&idle), "a round of full reports");
     }
 }
