@@ -9,7 +9,7 @@
 //! `suspect_after_ms` / `dead_after_ms`, and alive again at its next answer.
 //!
 //! Across regions a node with nothing new for an alive peer — the same membership, safe time and
-//! hand-off, no report moved ([`Ours::nothing_new_for`]) — skips a round if the peer answered less
+//! hand-off, no report moved (`Ours::nothing_new_for`) — skips a round if the peer answered less
 //! than one and a half intervals ago: so while idle the WAN heartbeat runs at half rate (issue 17:
 //! idle WAN traffic), a round that ran late (a slow or dead target holds every round up) is never
 //! followed by a skip, and anything new still goes at the next round. Only while four intervals
