@@ -181,6 +181,12 @@ impl std::fmt::Debug for DocCrdt {
 pub struct MaterializedDoc(Arc<Automerge>);
 
 impl MaterializedDoc {
+    /// Caches this document as version `version` of what `owner` names (see
+    /// [`DocCrdt::cache_as`]), with nothing pending.
+    pub fn cache_as(&self, owner: &[u8], version: u64, changes: usize) {
+        cache_version(owner, version, changes, doc_cache::Loaded { doc: self.0.clone(), pending: Arc::default() });
+    }
+
     /// The document as JSON (text and lists included). An error for a document automerge cannot
     /// serialise (0.12 panics on some malformed changes here too; see `guarded`).
     pub fn to_json(&self) -> Result<serde_json::Value, CrdtError> {
@@ -322,8 +328,7 @@ impl DocCrdt {
     /// come back for other changes.
     pub fn cache_as(&self, owner: &[u8], version: u64, changes: usize) {
         if let Some(doc) = self.whole.clone().filter(|_| self.partial) {
-            let loaded = doc_cache::Loaded { doc, pending: self.pending.clone() };
-            doc_cache::put(doc_cache::version_tag(owner, version), changes, loaded);
+            cache_version(owner, version, changes, doc_cache::Loaded { doc, pending: self.pending.clone() });
         }
     }
 
@@ -650,6 +655,11 @@ impl Lattice for DocCrdt {
             _ => Arc::make_mut(&mut self.pending).extend(added),
         }
     }
+}
+
+/// Keeps `loaded` in the cache as version `version` of what `owner` names.
+fn cache_version(owner: &[u8], version: u64, changes: usize, loaded: doc_cache::Loaded) {
+    doc_cache::put(doc_cache::version_tag(owner, version), changes, loaded);
 }
 
 /// Applies the automerge changes `changes` to `doc` in one batch.

@@ -165,9 +165,7 @@ pub fn load_for_read(engine: &dyn Engine, data_key: &[u8]) -> Result<Option<Stor
     if let (Body::Doc(doc), Some(version)) = (stored.entry.body(), version) {
         // A document automerge cannot materialise is not cached: reading it fails the same way.
         if let Ok(materialized) = doc.materialize_uncached() {
-            let mut cached = DocCrdt::default();
-            cached.set_partial_materialized(materialized);
-            cached.cache_as(data_key, version, doc.change_count());
+            materialized.cache_as(data_key, version, doc.change_count());
         }
     }
     Ok(Some(stored))
@@ -480,7 +478,7 @@ impl StateView {
             // A map joins field by field: the fields the delta names are all it can change. One
             // scan of every field, or a lookup per named field: whichever reads less.
             (Kind::Map, Body::Map(delta_map)) => {
-                let limit = MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX));
+                let limit = lookup_limit(elements);
                 if delta_map.len() > limit {
                     return self.load_all(engine);
                 }
@@ -489,7 +487,7 @@ impl StateView {
             }
             // A document's changes are its parts: a delta's are all it can add.
             (Kind::Doc, Body::Doc(delta_doc)) => {
-                let limit = MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX));
+                let limit = lookup_limit(elements);
                 if delta_doc.change_count() > limit {
                     return self.load_all(engine);
                 }
@@ -514,7 +512,7 @@ impl StateView {
         delta_set: &AwSet<Vec<u8>>,
         elements: u64,
     ) -> Result<Option<Vec<Vec<u8>>>> {
-        let limit = MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX));
+        let limit = lookup_limit(elements);
         let Some(dots) = delta_set.context().dots_within(limit) else { return Ok(None) };
         let state = as_set(&self.stored).expect("a set view holds a set until written");
         // Loaded elements are current (this view may have changed them); the index is for the rest.
@@ -632,6 +630,12 @@ impl StateView {
         batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
         Ok(split_len(&header))
     }
+}
+
+/// The most parts (or set dots) a delta may name for them to be looked up one by one in a
+/// collection of `elements` parts: beyond it, one scan of every part reads less.
+fn lookup_limit(elements: u64) -> usize {
+    MAX_INDEXED_DOTS.max(usize::try_from(elements).unwrap_or(usize::MAX))
 }
 
 /// A header's version for a write (see [`SplitHeader::writes`]): random, so that no version comes
