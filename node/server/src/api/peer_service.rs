@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use meridian_crdt::{codec, NodeId};
-use meridian_replication::antientropy::{KeyState, PartitionId, SyncConfig, SyncMessage};
+use meridian_replication::antientropy::{KeyState, LogRecord as SyncRecord, PartitionId, SyncConfig, SyncMessage};
+use meridian_replication::SafeReport;
 
 use crate::api::node::Node;
 use crate::layout::PARTITIONS;
@@ -371,24 +372,64 @@ impl PeerService {
             check_relay(cluster, peer, from, &pushes)?;
         }
         let (store, replica) = (store.with_sender(from), self.node.replica().clone());
-        let applied = pushes.clone();
-        let reply = blocking(move || {
-            for push in &applied {
-                let mut store = store.clone();
-                store.accept_pushed(PartitionId(push.partition), &push.records)?;
-                for report in &push.reports {
-                    replica.take_report(push.partition, *report);
+        // The partitions are applied in up to `APPLY_LANES` blocking tasks side by side: their
+        // commits then share the node's group commits, where applying the pushes one after
+        // another would wait for a commit each.
+        let mut lanes: Vec<Vec<PartitionPushes>> = vec![Vec::new(); APPLY_LANES];
+        for (i, group) in by_partition(&pushes).into_iter().enumerate() {
+            lanes[i % APPLY_LANES].push(group);
+        }
+        let applies = lanes.into_iter().filter(|lane| !lane.is_empty()).map(|lane| {
+            let (store, replica) = (store.clone(), replica.clone());
+            blocking(move || {
+                for (partition, records, reports) in lane {
+                    store.clone().accept_pushed(PartitionId(partition), &records)?;
+                    for report in reports {
+                        replica.take_report(partition, report);
+                    }
                 }
+                Ok(PeerReplyV1::Applied)
+            })
+        });
+        let mut reply = Ok(PeerReplyV1::Applied);
+        for applied in futures::future::join_all(applies).await {
+            if applied.is_err() && reply.is_ok() {
+                reply = applied;
             }
-            Ok(PeerReplyV1::Applied)
-        })
-        .await?;
+        }
+        let reply = reply?;
         if let (true, Some(coordinator)) = (relay, self.node.coordinator()) {
             let coordinator = coordinator.clone();
             tokio::spawn(async move { coordinator.fan_out_batch_in_region(pushes).await });
         }
         Ok(reply)
     }
+}
+
+/// Blocking tasks one request's pushes are applied in, at most.
+const APPLY_LANES: usize = 8;
+
+/// A partition's records and reports in a request.
+type PartitionPushes = (u16, Vec<SyncRecord>, Vec<SafeReport>);
+
+/// The records and reports of `pushes`, one group per partition (ascending), each group's records
+/// in log order (by origin, then position): a batch of one partition's pushes is applied as one
+/// run of its log.
+fn by_partition(pushes: &[Pushed]) -> Vec<PartitionPushes> {
+    let mut groups: std::collections::BTreeMap<u16, (Vec<SyncRecord>, Vec<SafeReport>)> = Default::default();
+    for push in pushes {
+        let (records, reports) = groups.entry(push.partition).or_default();
+        records.extend(push.records.iter().cloned());
+        reports.extend(push.reports.iter().copied());
+    }
+    groups
+        .into_iter()
+        .map(|(partition, (mut records, reports))| {
+            records.sort_by_key(|record| (record.origin, record.seq));
+            records.dedup_by_key(|record| (record.origin, record.seq));
+            (partition, records, reports)
+        })
+        .collect()
 }
 
 /// An idempotency record travels with the one write it is about: the push carries one record, of
@@ -474,5 +515,35 @@ impl PeerHandler for PeerService {
         metrics::counter!("meridian_peer_request_bytes_received_total", "kind" => kind).increment(request.len() as u64);
         metrics::counter!("meridian_peer_reply_bytes_sent_total", "kind" => kind).increment(reply.len() as u64);
         reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(origin: u64, seq: u64) -> SyncRecord {
+        SyncRecord { origin: NodeId(origin), seq, key: vec![seq as u8], delta: Vec::new(), hlc: seq }
+    }
+
+    fn report(origin: u64, seq: u64) -> SafeReport {
+        SafeReport { origin: NodeId(origin), seq, safe: seq }
+    }
+
+    #[test]
+    fn a_batch_is_applied_as_one_run_of_each_partitions_log() {
+        let pushes = vec![
+            Pushed { partition: 9, records: vec![record(2, 5)], reports: vec![report(2, 5)] },
+            Pushed { partition: 3, records: vec![record(1, 7)], reports: vec![] },
+            // Queued out of order behind each other, and one pushed twice.
+            Pushed { partition: 9, records: vec![record(1, 4), record(2, 4)], reports: vec![report(1, 4)] },
+            Pushed { partition: 9, records: vec![record(2, 5)], reports: vec![] },
+        ];
+        let groups = by_partition(&pushes);
+        let positions = |records: &[SyncRecord]| records.iter().map(|r| (r.origin.0, r.seq)).collect::<Vec<_>>();
+        assert_eq!(groups.iter().map(|g| g.0).collect::<Vec<_>>(), vec![3, 9], "one group per partition, ascending");
+        assert_eq!(positions(&groups[0].1), vec![(1, 7)]);
+        assert_eq!(positions(&groups[1].1), vec![(1, 4), (2, 4), (2, 5)], "in log order, each position once");
+        assert_eq!(groups[1].2, vec![report(2, 5), report(1, 4)], "every report of the partition, as sent");
     }
 }

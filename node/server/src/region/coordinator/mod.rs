@@ -42,6 +42,7 @@ use crate::store::sync_store::EngineSyncStore;
 
 mod moves;
 pub use moves::MoveRefused;
+mod push;
 mod read;
 mod routing;
 mod upkeep;
@@ -75,7 +76,7 @@ pub struct Coordinator {
     peer_timeout: Duration,
     /// The anti-entropy threads (for their progress).
     sync_threads: Arc<SyncThreads>,
-    /// Pushes in flight to this region's replicas (each a task waiting on a replica), bounded.
+    /// Pushes to this region's replicas queued or in flight (each a write waiting on a replica), bounded.
     push_slots: Arc<tokio::sync::Semaphore>,
     /// Pushes in flight to other regions, bounded separately: a slow region must not use up the
     /// slots this region's quorums need.
@@ -84,6 +85,10 @@ pub struct Coordinator {
     lag: crate::region::lag::LagStats,
     /// Per entry point in another region, the queue of its shipper ([`Coordinator::ship_to_region`]).
     shippers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::Sender<Pushed>>>,
+    /// Per replica this node pushes writes to, the queue of its pusher (`push.rs`).
+    pushers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::UnboundedSender<push::PushJob>>>,
+    /// Writes pushed in a request shared with other writes, since start.
+    batched_pushes: std::sync::atomic::AtomicU64,
     /// The node's residency rules: every request to a peer is screened by the peer's region.
     residency: Arc<Residency>,
 }
@@ -126,6 +131,8 @@ impl Coordinator {
             remote_push_slots: Arc::new(tokio::sync::Semaphore::new(MAX_PUSHES_IN_FLIGHT)),
             lag: crate::region::lag::LagStats::default(),
             shippers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            pushers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            batched_pushes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -222,52 +222,10 @@ impl Coordinator {
         futures::future::join_all(sends).await;
     }
 
-    /// Starts pushing `push` to `target` in its own task, which runs to completion (hinting on
-    /// failure) whether or not anyone still waits; its verdict goes to `done`. Returns false — after
-    /// leaving hints, durable before the caller hears — when the push was not started: the target is
-    /// down, or too many pushes are in flight.
-    async fn spawn_push(
-        self: &Arc<Self>,
-        target: NodeId,
-        push: &Pushed,
-        kept: Option<Kept>,
-        done: mpsc::UnboundedSender<(NodeId, bool)>,
-    ) -> bool {
-        let remote = self.cluster.region_of(target).is_some_and(|r| r != self.cluster.region());
-        let slots = if remote { &self.remote_push_slots } else { &self.push_slots };
-        let slot = slots.clone().try_acquire_owned().ok();
-        let Some(slot) = slot.filter(|_| self.cluster.reachable(target)) else {
-            self.hint_all(target, std::slice::from_ref(push)).await;
-            return false;
-        };
-        let (me, push) = (self.clone(), push.clone());
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                // From version 5 the record travels in the pushed delta itself.
-                let message = |version: u8| match kept {
-                    Some((id, record)) if version == 4 => {
-                        PeerMessageV1::PushIdempotent { push: push.clone(), id: id.0, record }
-                    }
-                    _ => PeerMessageV1::Push {
-                        partition: push.partition,
-                        records: push.records.clone(),
-                        reports: push.reports.clone(),
-                        relay: false,
-                    },
-                };
-                let ok = me.deliver_or_hint(target, "peer.push", message, std::slice::from_ref(&push)).await;
-                let _ = done.send((target, ok));
-            }
-            .in_current_span(),
-        );
-        true
-    }
-
     /// Sends the message `build` makes for the connection's protocol version (of kind `kind`), which
     /// carries `pushes`, to `target`; when it is not applied there, keeps a hint of every record for it.
     /// Returns whether it was applied.
-    async fn deliver_or_hint(
+    pub(super) async fn deliver_or_hint(
         &self,
         target: NodeId,
         kind: &'static str,
@@ -292,7 +250,7 @@ impl Coordinator {
     }
 
     /// Keeps a hint for `target` of every record in `pushes` (see [`Coordinator::hint`]).
-    async fn hint_all(&self, target: NodeId, pushes: &[Pushed]) {
+    pub(super) async fn hint_all(&self, target: NodeId, pushes: &[Pushed]) {
         for push in pushes {
             for record in &push.records {
                 self.hint(target, push.partition, record).await;
