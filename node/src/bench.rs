@@ -69,6 +69,62 @@ pub struct BenchReport {
     pub reads: PhaseReport,
     /// Raw RocksDB puts (same writers, same durability).
     pub raw: Option<PhaseReport>,
+    /// Where the writes' time went, per stage (the in-process node only).
+    pub stages: Option<WriteStages>,
+}
+
+/// The mean time of each stage of the writes phase, from the node's
+/// `meridian_write_stage_seconds` histograms (what they held before the phase subtracted).
+#[derive(Debug, Default)]
+pub struct WriteStages {
+    /// `(stage, writes timed, mean in µs)`, in the order a write goes through them.
+    pub means: Vec<(&'static str, u64, f64)>,
+}
+
+/// The stages of a client write, in order (see `meridian_server::telemetry::write_stage`), with
+/// what each covers.
+const STAGES: [(&str, &str); 9] = [
+    ("read", "the request frame read and decoded"),
+    ("execute", "the node runs it: everything below"),
+    ("lock", "  waiting for the key's lock stripe"),
+    ("prepare", "  state loaded, delta made, batch built"),
+    ("commit", "  made durable by the group committer:"),
+    ("commit_queue", "    waiting for its group to start"),
+    ("commit_write", "    its group's RocksDB write and fsync"),
+    ("replicate", "  pushed to the other replicas, acknowledged"),
+    ("reply", "the reply encoded and sent"),
+];
+
+/// Sum and count of every write stage's histogram in Prometheus text `text`.
+fn stage_totals(text: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    let name = meridian_server::telemetry::WRITE_STAGE_SECONDS;
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let Some(stage) = series.split("stage=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+        if series.starts_with(&format!("{name}_sum{{")) {
+            out.entry(stage.to_string()).or_default().0 = value;
+        } else if series.starts_with(&format!("{name}_count{{")) {
+            out.entry(stage.to_string()).or_default().1 = value;
+        }
+    }
+    out
+}
+
+/// The stage means between two renders of the node's metrics.
+fn stage_means(before: &str, after: &str) -> WriteStages {
+    let (before, after) = (stage_totals(before), stage_totals(after));
+    let mut means = Vec::new();
+    for (stage, _) in STAGES {
+        let (sum, count) = after.get(stage).copied().unwrap_or_default();
+        let (sum0, count0) = before.get(stage).copied().unwrap_or_default();
+        let writes = (count - count0).max(0.0);
+        if writes > 0.0 {
+            means.push((stage, writes as u64, (sum - sum0) / writes * 1e6));
+        }
+    }
+    WriteStages { means }
 }
 
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -104,11 +160,16 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
     let level = options.consistency;
     // Fresh keys each run, so a second run against the same nodes writes new keys too.
     let tag = format!("{:08x}", rand::random::<u32>());
+    // The in-process node records into this process's metrics: its stage histograms, read around
+    // the writes phase, say where the writes' time went.
+    let metrics_before = running.as_ref().map(|_| meridian_server::metrics_export::prometheus().render());
     let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, key| {
         let value = value.clone();
         async move { client.register(key.as_str()).consistency(level).set(value).await.map(|_| ()) }
     })
     .await?;
+    let stages =
+        metrics_before.map(|before| stage_means(&before, &meridian_server::metrics_export::prometheus().render()));
     let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, key| async move {
         client.register(key.as_str()).consistency(level).get().await.map(|_| ())
     })
@@ -131,7 +192,7 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
         Some(PhaseReport { ops: report.ops, errors: 0, ops_per_sec: report.ops_per_sec, latency_us: report.hist })
     };
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(BenchReport { writes, reads, raw })
+    Ok(BenchReport { writes, reads, raw, stages })
 }
 
 /// Turns authentication on in `config` with a fresh CA under `dir`; returns the client certificate
@@ -240,6 +301,17 @@ pub fn render_line(name: &str, p: &PhaseReport) -> String {
     )
 }
 
+/// The stage means as a table: where a write's time goes on the node (means over the writes phase;
+/// a write waits in several stages at once only where they nest, as the indentation shows).
+pub fn render_stages(stages: &WriteStages) -> String {
+    let mut out = String::from("  write stages on the node (mean per write over the writes phase):\n");
+    for (stage, writes, mean_us) in &stages.means {
+        let what = STAGES.iter().find(|(name, _)| name == stage).map_or("", |(_, what)| *what);
+        out += &format!("    {stage:<13} {mean_us:>9.1} µs  {what} ({writes} timed)\n");
+    }
+    out
+}
+
 /// Formats the report as the table `meridian bench` prints.
 pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
     let line = render_line;
@@ -254,6 +326,9 @@ pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
     );
     out += &line(&format!("meridian write ({})", options.consistency), &report.writes);
     out += &line(&format!("meridian read ({})", options.consistency), &report.reads);
+    if let Some(stages) = &report.stages {
+        out += &render_stages(stages);
+    }
     if let Some(raw) = &report.raw {
         out += &line("raw rocksdb put", raw);
         out += &format!(
@@ -262,4 +337,36 @@ pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_means_are_taken_over_the_phase_only() {
+        let before = "\
+# TYPE meridian_write_stage_seconds histogram
+meridian_write_stage_seconds_bucket{stage=\"lock\",le=\"0.0001\"} 10
+meridian_write_stage_seconds_sum{stage=\"lock\"} 0.001
+meridian_write_stage_seconds_count{stage=\"lock\"} 10
+meridian_commit_group_size_sum 99
+";
+        let after = "\
+meridian_write_stage_seconds_sum{stage=\"lock\"} 0.004
+meridian_write_stage_seconds_count{stage=\"lock\"} 40
+meridian_write_stage_seconds_sum{stage=\"commit\"} 0.5
+meridian_write_stage_seconds_count{stage=\"commit\"} 500
+meridian_write_stage_seconds_sum{stage=\"mystery\"} 1
+meridian_write_stage_seconds_count{stage=\"mystery\"} 1
+";
+        let means = stage_means(before, after).means;
+        // 30 lock waits took 3 ms over the phase: 100 µs each; commit appeared during it.
+        assert_eq!(means.len(), 2, "{means:?}");
+        assert_eq!((means[0].0, means[0].1), ("lock", 30));
+        assert!((means[0].2 - 100.0).abs() < 1e-6, "{means:?}");
+        assert_eq!((means[1].0, means[1].1), ("commit", 500));
+        assert!((means[1].2 - 1000.0).abs() < 1e-6, "{means:?}");
+        assert!(render_stages(&WriteStages { means }).contains("lock"));
+    }
 }

@@ -95,6 +95,20 @@ pub fn stage(name: &'static str) -> tracing::Span {
     tracing::info_span!("stage", otel.name = name)
 }
 
+/// The histogram of how long each stage of a client write takes (label `stage`), in seconds: the
+/// per-stage breakdown `meridian bench` prints (`docs/benchmarks.md`). Recorded for every write.
+pub const WRITE_STAGE_SECONDS: &str = "meridian_write_stage_seconds";
+
+/// Records that stage `stage` of a client write took from `since` until now.
+pub fn write_stage(stage: &'static str, since: std::time::Instant) {
+    write_stage_took(stage, since.elapsed());
+}
+
+/// Records that stage `stage` of a client write took `took`.
+pub fn write_stage_took(stage: &'static str, took: std::time::Duration) {
+    metrics::histogram!(WRITE_STAGE_SECONDS, "stage" => stage).record(took.as_secs_f64());
+}
+
 /// The client span of a request this node sends to `target` (`kind`: the peer message), inside the
 /// request being served; none outside one.
 pub fn peer_call_span(kind: &'static str, target: &dyn std::fmt::Display) -> tracing::Span {

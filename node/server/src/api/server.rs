@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::node::Node;
 use crate::auth::Caller;
 use crate::certs::CertIdentity;
+use crate::telemetry;
 
 /// QUIC application error code sent when the node closes connections at shutdown.
 const CLOSE_SHUTDOWN: u32 = 1;
@@ -170,10 +171,13 @@ async fn serve_stream(
     // A client gets `request_timeout_ms` to deliver its frame: a stalled stream cannot hold its
     // slot (and its partial buffer) for the life of the connection.
     let deadline = std::time::Duration::from_millis(node.config().limits.request_timeout_ms);
+    let reading = std::time::Instant::now();
     let frame = match tokio::time::timeout(deadline, proto::read_frame::<Request>(&mut recv, max)).await {
         Ok(frame) => frame,
         Err(_) => Err(FrameError::Stream("the request frame did not arrive within limits.request_timeout_ms".into())),
     };
+    // Set for a client write: when its reply started (stage `reply`: encoding and sending it).
+    let mut timed_write = None;
     let response = match frame {
         // A token login changes who the whole connection acts as.
         Ok(Request::V1(RequestV1 { op: Operation::Auth(AuthOp::Login { token }), causal_token, .. })) => {
@@ -186,7 +190,17 @@ async fn serve_stream(
         }
         Ok(request) => {
             let who = caller.read().unwrap_or_else(|p| p.into_inner()).clone();
-            node.execute(request, &who).await
+            let write = matches!(&request, Request::V1(RequestV1 { op: Operation::Write { .. }, .. }));
+            if write {
+                telemetry::write_stage("read", reading);
+            }
+            let executing = std::time::Instant::now();
+            let response = node.execute(request, &who).await;
+            if write {
+                telemetry::write_stage("execute", executing);
+                timed_write = Some(std::time::Instant::now());
+            }
+            response
         }
         Err(FrameError::Stream(reason)) => {
             tracing::debug!(%reason, "client stream ended before a full frame");
@@ -219,5 +233,8 @@ async fn serve_stream(
     }
     if send.write_all(&frame).await.is_ok() {
         let _ = send.finish();
+    }
+    if let Some(replying) = timed_write {
+        telemetry::write_stage("reply", replying);
     }
 }

@@ -2,6 +2,7 @@
 //! lock through the group committer (see the module docs of `crate::replica`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use meridian_client::proto::{CausalToken, Consistency, IdempotencyId, Key, Reply, ReplyBody};
 use meridian_crdt::{CrdtError, CrdtType, DocCrdt, Entry, Mutation, Value, WriteContext};
@@ -16,6 +17,7 @@ use crate::layout::{self, IdempotencyRecord, KeptIdempotency, LogRecord, Stored}
 use crate::states::StateView;
 use crate::storage::{Batch, Space};
 use crate::store::commit::LogAppend;
+use crate::telemetry;
 
 /// A write's target change.
 pub enum Change {
@@ -155,7 +157,10 @@ impl Replica {
     ) -> Result<Completed, Error> {
         let data_key = layout::data_key(&key);
         // Held until the write is durable, so the next write of this key reads the state this one made.
+        let waited = Instant::now();
         let _guard = self.writer.lock(&data_key).await;
+        telemetry::write_stage("lock", waited);
+        let preparing = Instant::now();
         // A document's change is made on the document (materialised from its history on a cache
         // miss), and a delete may be one of a document or load a whole collection: keep those off
         // the reactor threads.
@@ -169,11 +174,14 @@ impl Replica {
         } else {
             self.prepare_write(key, data_key, change, idempotency_id, token)?
         };
+        telemetry::write_stage("prepare", preparing);
         match prepared {
             Prepared::Done(reply) => Ok((reply, None, None)),
             Prepared::Commit { batch, log, push, reply, ts, kept } => {
                 let partition = log.partition;
+                let committing = Instant::now();
                 let committed = self.writer.committer().commit(batch, Some(log)).await;
+                telemetry::write_stage("commit", committing);
                 if committed.is_err() {
                     // Under `relaxed`, writes acknowledged before this one may be gone with it.
                     self.require_new_epoch();

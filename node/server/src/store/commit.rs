@@ -37,10 +37,12 @@
 use meridian_crdt::NodeId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::layout::{self, PARTITIONS};
 use crate::storage::{Batch, Engine, Space, StorageError};
+use crate::telemetry;
 
 /// A delta-log record to append to this node's log of `partition`.
 pub struct LogAppend {
@@ -54,6 +56,8 @@ struct Pending {
     batch: Batch,
     log: Option<LogAppend>,
     done: oneshot::Sender<Result<Option<u64>, StorageError>>,
+    /// When it was queued; `None` for replicated state (only client writes are timed per stage).
+    queued: Option<Instant>,
 }
 
 /// The handle writers use; the thread stops when every handle is dropped.
@@ -96,6 +100,7 @@ impl GroupCommitter {
             .spawn(move || {
                 let mut group = Vec::with_capacity(max_group);
                 while let Some(first) = receiver.blocking_recv() {
+                    let group_started = Instant::now();
                     group.push(first);
                     while group.len() < max_group {
                         match receiver.try_recv() {
@@ -106,7 +111,11 @@ impl GroupCommitter {
                     let mut joined = Batch::new();
                     let mut next_seqs = last_seqs.clone();
                     let mut waiters = Vec::with_capacity(group.len());
+                    let mut timed = Vec::new();
                     for pending in group.drain(..) {
+                        if let Some(queued) = pending.queued {
+                            timed.push(group_started.saturating_duration_since(queued));
+                        }
                         let seq = pending.log.map(|log| {
                             let p = usize::from(log.partition);
                             next_seqs[p] += 1;
@@ -124,7 +133,7 @@ impl GroupCommitter {
                         (Some(reason), _) => Err(StorageError::Fenced(format!(
                             "this node stopped taking writes after its storage failed ({reason}); nothing was written: retry on another node, or here once it is restarted"
                         ))),
-                        (None, Some(engine)) => engine.write(joined).map_err(|e| {
+                        (None, Some(engine)) => timed_write(&*engine, joined, &timed).map_err(|e| {
                             let reason = e.to_string();
                             set_fence(&fence, &reason);
                             StorageError::Fenced(format!(
@@ -169,7 +178,7 @@ impl GroupCommitter {
     pub async fn commit(&self, batch: Batch, log: Option<LogAppend>) -> Result<Option<u64>, StorageError> {
         let (done, verdict) = oneshot::channel();
         self.queue
-            .send(Pending { batch, log, done })
+            .send(Pending { batch, log, done, queued: Some(Instant::now()) })
             .await
             .map_err(|_| StorageError::Internal("the commit thread has stopped".into()))?;
         verdict.await.map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
@@ -179,7 +188,7 @@ impl GroupCommitter {
     pub fn commit_blocking(&self, batch: Batch, log: Option<LogAppend>) -> Result<Option<u64>, StorageError> {
         let (done, verdict) = oneshot::channel();
         self.queue
-            .blocking_send(Pending { batch, log, done })
+            .blocking_send(Pending { batch, log, done, queued: None })
             .map_err(|_| StorageError::Internal("the commit thread has stopped".into()))?;
         verdict.blocking_recv().map_err(|_| StorageError::Internal("the commit thread dropped a write".into()))?
     }
@@ -193,6 +202,19 @@ impl GroupCommitter {
     pub fn committed_records(&self) -> u64 {
         self.committed_records.load(Ordering::Relaxed)
     }
+}
+
+/// Writes a group's batch; for the client writes in it (their waits in the queue in `queued`),
+/// records the stages `commit_queue` and `commit_write` (the engine's write, the fsync included).
+fn timed_write(engine: &dyn Engine, joined: Batch, queued: &[Duration]) -> Result<(), StorageError> {
+    let started = Instant::now();
+    let written = engine.write(joined);
+    let took = started.elapsed();
+    for wait in queued {
+        telemetry::write_stage_took("commit_queue", *wait);
+        telemetry::write_stage_took("commit_write", took);
+    }
+    written
 }
 
 /// Fences the committer (the first reason stays), loudly.

@@ -58,7 +58,11 @@ impl Coordinator {
             Some((partition, record)) => {
                 let report = self.replica.own_report(partition);
                 let push = Pushed { partition, records: vec![record], reports: vec![report] };
-                self.replicate(push, durable.kept, level, &replicas).instrument(stage("replicate")).await?
+                let replicating = std::time::Instant::now();
+                let replicated =
+                    self.replicate(push, durable.kept, level, &replicas).instrument(stage("replicate")).await;
+                crate::telemetry::write_stage("replicate", replicating);
+                replicated?
             }
             None if at_quorum => {
                 self.ensure_on_quorum(&data_key, level, &replicas).instrument(stage("ensure_on_quorum")).await?
