@@ -327,6 +327,19 @@ async fn bad_doc_input_and_counter_overflow_are_bad_requests() {
         assert_eq!(server_code(client.raw(write(garbage)).await), ErrorCode::BadRequest);
         assert_eq!(server_code(client.raw(write(Mutation::DocPut { json: "[]".into() })).await), ErrorCode::BadRequest);
         assert_eq!(client.doc("docs/d").get_json().await.unwrap(), serde_json::json!({"a": 1}));
+        // A change with a valid chunk header and a broken body (it passes the size check, not the
+        // parse) sent to a key of another type: the type is refused first, as for any other
+        // mutation of the wrong type.
+        client.counter("docs/c").incr(1).await.unwrap();
+        let to_counter = request(Operation::Write {
+            key: "docs/c".parse().unwrap(),
+            mutation: Mutation::DocApply {
+                changes: vec![vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 5, 1, 2, 3, 4, 5]],
+            },
+            idempotency_id: None,
+        });
+        assert_eq!(server_code(client.raw(to_counter).await), ErrorCode::WrongType);
+        assert_eq!(client.counter("docs/c").get().await.unwrap(), 1);
         // The SDK refuses non-object JSON locally.
         assert!(matches!(client.doc("docs/e").put_json(&serde_json::json!([1])).await, Err(Error::InvalidArgument(_))));
 

@@ -237,7 +237,12 @@ impl Replica {
         // (whether the document holds them decides what `client_delta` accepts).
         let change_hashes = match &change {
             Change::Mutate(Mutation::DocApply { changes }) => {
-                DocCrdt::hashes_of(changes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES).map_err(Error::Crdt)?
+                match DocCrdt::hashes_of(changes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES) {
+                    Ok(hashes) => hashes,
+                    // The key's type is checked first, as for any other mutation: changes to a
+                    // key that holds no document are refused as such, parseable or not.
+                    Err(malformed) => return Err(wrong_type_or(engine_type(self, &data_key)?, malformed)),
+                }
             }
             _ => Vec::new(),
         };
@@ -329,6 +334,22 @@ impl Replica {
             batch.put(Space::Idempotency, id.0.to_be_bytes().to_vec(), layout::encode(record));
         }
         Ok(Prepared::Commit { batch, log: LogAppend { partition, record }, push, reply, ts, kept })
+    }
+}
+
+/// The type of the state `data_key` holds here, if any (its header only, for a collection).
+fn engine_type(replica: &Replica, data_key: &[u8]) -> Result<Option<CrdtType>, Error> {
+    let view = StateView::load(replica.engine.as_ref(), data_key, Vec::new()).map_err(super::state_error)?;
+    Ok(view.map(|view| view.stored().entry.crdt_type()))
+}
+
+/// `WrongType` for a document change to a key holding another type; `malformed` otherwise.
+fn wrong_type_or(actual: Option<CrdtType>, malformed: CrdtError) -> Error {
+    match actual {
+        Some(actual) if actual != CrdtType::Doc => {
+            Error::Crdt(CrdtError::WrongType { actual, requested: CrdtType::Doc })
+        }
+        _ => Error::Crdt(malformed),
     }
 }
 
