@@ -2,7 +2,8 @@
 # The region benchmark (issue 3), reported, never asserted: on this machine's loopback,
 #   1. a 3-node Meridian region (`meridian region start`, rf 3, durability fsync) driven by
 #      `meridian bench --external` at `eventual`, then at `local_quorum` (writes, then reads of the
-#      keys written), the clients dealt round-robin over the 3 nodes so all of them coordinate;
+#      keys written), the clients dealt round-robin over the 3 nodes so all of them coordinate,
+#      with where the writes' time went on the nodes (their /metrics, `--metrics-http`);
 #   2. Debian's etcd (etcd-server) as a 3-member cluster, driven by `meridian bench-etcd` at the same
 #      concurrency (PUTs, then linearizable ranges, over the v3 JSON gateway): a leader-based quorum
 #      anchor;
@@ -134,8 +135,10 @@ echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $c
 
 # --- 1. Meridian: a 3-node region --------------------------------------------------------------
 endpoints=""
+http=""
 for i in 1 2 3; do
   endpoints+="${endpoints:+,}127.0.0.1:$((base_port + 10 * i))"
+  http+="${http:+,}127.0.0.1:$((base_port + 10 * i + 1))"
 done
 # Starts the region in $tmp/region and waits until it is ready: `region start` creates it the first
 # time (certificates, configs with authentication on) and reuses its configs afterwards.
@@ -162,7 +165,7 @@ bench_region() {
     echo "== meridian bench --external, $level${1:+ (authentication off)}, clients over $endpoints"
     run_bench "$tmp/meridian-$level$1.txt" "$meridian" bench --external --endpoints "$endpoints" \
       --ca-cert "$tmp/region/certs/ca.crt" --cert "$tmp/region/certs/admin.crt" --key "$tmp/region/certs/admin.key" \
-      --consistency "$level" --skip-baseline \
+      --consistency "$level" --skip-baseline --metrics-http "$http" ${1:+--plain-metrics} \
       --clients "$clients" --ops "$ops" --value-bytes "$value_bytes"
   done
 }

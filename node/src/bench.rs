@@ -45,6 +45,12 @@ pub struct BenchOptions {
     /// Run the in-process node with authentication on (its clients present a client certificate),
     /// as clusters Meridian makes run; off measures the open single node.
     pub auth: bool,
+    /// With `endpoints`: the nodes' HTTP addresses, whose `/metrics` give the per-stage breakdown,
+    /// summed over the nodes: HTTPS trusting `ca_cert` (with `client_cert`), or plain HTTP for
+    /// nodes whose HTTP API is (`plain_metrics`, nodes with authentication off).
+    pub metrics_http: Vec<SocketAddr>,
+    /// Read `metrics_http` over plain HTTP.
+    pub plain_metrics: bool,
 }
 
 /// One phase's figures.
@@ -95,7 +101,51 @@ const STAGES: [(&str, &str); 9] = [
     ("reply", "the reply encoded and sent"),
 ];
 
-/// Sum and count of every write stage's histogram in Prometheus text `text`.
+/// Where the stage histograms are read.
+enum StageSource {
+    /// This process's recorder (the in-process node).
+    InProcess,
+    /// Running nodes' `/metrics`.
+    Nodes(meridian_wan::probe::NodeHttp, Vec<SocketAddr>),
+}
+
+impl StageSource {
+    fn of(options: &BenchOptions, in_process: bool, ca_cert: &std::path::Path) -> anyhow::Result<Option<StageSource>> {
+        if in_process {
+            return Ok(Some(StageSource::InProcess));
+        }
+        if options.metrics_http.is_empty() {
+            return Ok(None);
+        }
+        let client = options.client_cert.as_ref().map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let http = if options.plain_metrics {
+            meridian_wan::probe::NodeHttp::plain()
+        } else {
+            meridian_wan::probe::NodeHttp::tls(ca_cert, client).context("--metrics-http")?
+        };
+        Ok(Some(StageSource::Nodes(http, options.metrics_http.clone())))
+    }
+
+    /// The exposition text: every node's, one after the other.
+    async fn render(&self) -> anyhow::Result<String> {
+        match self {
+            StageSource::InProcess => Ok(meridian_server::metrics_export::prometheus().render()),
+            StageSource::Nodes(http, nodes) => {
+                let mut text = String::new();
+                for node in nodes {
+                    let (status, body) =
+                        http.get(*node, "/metrics").await.with_context(|| format!("{node}/metrics"))?;
+                    anyhow::ensure!(status == 200, "{node}/metrics answered {status}");
+                    text += &body;
+                }
+                Ok(text)
+            }
+        }
+    }
+}
+
+/// Sum and count of every write stage's histogram in Prometheus text `text` (several nodes' texts
+/// one after the other add up).
 fn stage_totals(text: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
     let name = meridian_server::telemetry::WRITE_STAGE_SECONDS;
@@ -104,9 +154,9 @@ fn stage_totals(text: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
         let Ok(value) = value.parse::<f64>() else { continue };
         let Some(stage) = series.split("stage=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
         if series.starts_with(&format!("{name}_sum{{")) {
-            out.entry(stage.to_string()).or_default().0 = value;
+            out.entry(stage.to_string()).or_default().0 += value;
         } else if series.starts_with(&format!("{name}_count{{")) {
-            out.entry(stage.to_string()).or_default().1 = value;
+            out.entry(stage.to_string()).or_default().1 += value;
         }
     }
     out
@@ -160,16 +210,22 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
     let level = options.consistency;
     // Fresh keys each run, so a second run against the same nodes writes new keys too.
     let tag = format!("{:08x}", rand::random::<u32>());
-    // The in-process node records into this process's metrics: its stage histograms, read around
-    // the writes phase, say where the writes' time went.
-    let metrics_before = running.as_ref().map(|_| meridian_server::metrics_export::prometheus().render());
+    // The nodes' stage histograms, read around the writes phase, say where the writes' time went:
+    // the in-process node records into this process's metrics, running nodes serve theirs.
+    let stage_source = StageSource::of(&options, running.is_some(), &ca_cert)?;
+    let metrics_before = match &stage_source {
+        Some(source) => Some(source.render().await?),
+        None => None,
+    };
     let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, key| {
         let value = value.clone();
         async move { client.register(key.as_str()).consistency(level).set(value).await.map(|_| ()) }
     })
     .await?;
-    let stages =
-        metrics_before.map(|before| stage_means(&before, &meridian_server::metrics_export::prometheus().render()));
+    let stages = match (&stage_source, metrics_before) {
+        (Some(source), Some(before)) => Some(stage_means(&before, &source.render().await?)),
+        _ => None,
+    };
     let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, key| async move {
         client.register(key.as_str()).consistency(level).get().await.map(|_| ())
     })
@@ -304,7 +360,7 @@ pub fn render_line(name: &str, p: &PhaseReport) -> String {
 /// The stage means as a table: where a write's time goes on the node (means over the writes phase;
 /// a write waits in several stages at once only where they nest, as the indentation shows).
 pub fn render_stages(stages: &WriteStages) -> String {
-    let mut out = String::from("  write stages on the node (mean per write over the writes phase):\n");
+    let mut out = String::from("  write stages on the node(s) (mean per write over the writes phase):\n");
     for (stage, writes, mean_us) in &stages.means {
         let what = STAGES.iter().find(|(name, _)| name == stage).map_or("", |(_, what)| *what);
         out += &format!("    {stage:<13} {mean_us:>9.1} µs  {what} ({writes} timed)\n");

@@ -265,6 +265,14 @@ enum Command {
         /// Run the in-process node with authentication on (clients present a client certificate).
         #[arg(long)]
         auth: bool,
+        /// With --external: the nodes' HTTP addresses (comma-separated host:port); their /metrics
+        /// give the per-stage breakdown of the writes (HTTPS trusting --ca-cert, presenting
+        /// --cert/--key).
+        #[arg(long, value_delimiter = ',')]
+        metrics_http: Vec<String>,
+        /// Read --metrics-http over plain HTTP (nodes with authentication off serve it so).
+        #[arg(long)]
+        plain_metrics: bool,
     },
     /// What one set member change costs as a set grows (one node in-process; docs/benchmarks.md).
     BenchCollections(meridian_node::bench_collections::CollectionBenchArgs),
@@ -369,7 +377,18 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
     });
     match command {
         Command::Serve { .. } => serve(node_config.expect("loaded before the runtime started")).await,
-        Command::Bench { clients, ops, value_bytes, external, endpoints, relaxed, skip_baseline, auth } => {
+        Command::Bench {
+            clients,
+            ops,
+            value_bytes,
+            external,
+            endpoints,
+            relaxed,
+            skip_baseline,
+            auth,
+            metrics_http,
+            plain_metrics,
+        } => {
             let endpoints = if endpoints.is_empty() { vec![cli.conn.endpoint.clone()] } else { endpoints };
             let options = meridian_node::bench::BenchOptions {
                 clients,
@@ -390,6 +409,12 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
                 },
                 skip_baseline,
                 auth,
+                metrics_http: metrics_http
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<_, _>>()
+                    .context("--metrics-http")?,
+                plain_metrics,
             };
             let report = meridian_node::bench::run(options.clone()).await?;
             print!("{}", meridian_node::bench::render(&report, &options));
