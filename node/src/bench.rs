@@ -75,7 +75,8 @@ pub struct BenchReport {
     pub reads: PhaseReport,
     /// Raw RocksDB puts (same writers, same durability).
     pub raw: Option<PhaseReport>,
-    /// Where the writes' time went, per stage (the in-process node only).
+    /// Where the writes' time went, per stage (the in-process node, or the nodes of
+    /// `metrics_http`).
     pub stages: Option<WriteStages>,
 }
 
@@ -124,6 +125,18 @@ impl StageSource {
             meridian_wan::probe::NodeHttp::tls(ca_cert, client).context("--metrics-http")?
         };
         Ok(Some(StageSource::Nodes(http, options.metrics_http.clone())))
+    }
+
+    /// [`StageSource::render`], or `None` with a warning: the breakdown is extra, the run goes on
+    /// without it.
+    async fn render_or_warn(&self) -> Option<String> {
+        match self.render().await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("warning: no per-stage breakdown: {e:#}");
+                None
+            }
+        }
     }
 
     /// The exposition text: every node's, one after the other.
@@ -214,7 +227,7 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
     // the in-process node records into this process's metrics, running nodes serve theirs.
     let stage_source = StageSource::of(&options, running.is_some(), &ca_cert)?;
     let metrics_before = match &stage_source {
-        Some(source) => Some(source.render().await?),
+        Some(source) => source.render_or_warn().await,
         None => None,
     };
     let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, key| {
@@ -223,7 +236,7 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
     })
     .await?;
     let stages = match (&stage_source, metrics_before) {
-        (Some(source), Some(before)) => Some(stage_means(&before, &source.render().await?)),
+        (Some(source), Some(before)) => source.render_or_warn().await.map(|after| stage_means(&before, &after)),
         _ => None,
     };
     let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, key| async move {

@@ -265,7 +265,7 @@ enum Command {
         /// Run the in-process node with authentication on (clients present a client certificate).
         #[arg(long)]
         auth: bool,
-        /// With --external: the nodes' HTTP addresses (comma-separated host:port); their /metrics
+        /// With --external: the nodes' HTTP addresses (comma-separated ip:port); their /metrics
         /// give the per-stage breakdown of the writes (HTTPS trusting --ca-cert, presenting
         /// --cert/--key).
         #[arg(long, value_delimiter = ',')]

@@ -239,8 +239,10 @@ impl Replica {
             Change::Mutate(Mutation::DocApply { changes }) => {
                 match DocCrdt::hashes_of(changes, meridian_crdt::codec::ABSOLUTE_MAX_BYTES) {
                     Ok(hashes) => hashes,
-                    // The key's type is checked first, as for any other mutation: changes to a
-                    // key that holds no document are refused as such, parseable or not.
+                    // The key's type is checked first, as for any other mutation: changes that
+                    // pass the node's size check but do not parse, sent to a key holding another
+                    // type, are refused as a wrong type (a bad chunk header is refused earlier,
+                    // with the size check, as a bad request).
                     Err(malformed) => return Err(wrong_type_or(engine_type(self, &data_key)?, malformed)),
                 }
             }

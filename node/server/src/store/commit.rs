@@ -112,6 +112,7 @@ impl GroupCommitter {
                     let mut next_seqs = last_seqs.clone();
                     let mut waiters = Vec::with_capacity(group.len());
                     let mut timed = Vec::new();
+                    let mut write_took = Duration::ZERO;
                     for pending in group.drain(..) {
                         if let Some(queued) = pending.queued {
                             timed.push(group_started.saturating_duration_since(queued));
@@ -133,7 +134,7 @@ impl GroupCommitter {
                         (Some(reason), _) => Err(StorageError::Fenced(format!(
                             "this node stopped taking writes after its storage failed ({reason}); nothing was written: retry on another node, or here once it is restarted"
                         ))),
-                        (None, Some(engine)) => timed_write(&*engine, joined, &timed).map_err(|e| {
+                        (None, Some(engine)) => timed_write(&*engine, joined, &mut write_took).map_err(|e| {
                             let reason = e.to_string();
                             set_fence(&fence, &reason);
                             StorageError::Fenced(format!(
@@ -156,6 +157,11 @@ impl GroupCommitter {
                             Ok(()) => Ok(seq),
                             Err(e) => Err(same_failure(e)),
                         });
+                    }
+                    // After the verdicts: the waiters do not wait for the bookkeeping.
+                    for wait in timed.drain(..) {
+                        telemetry::write_stage_took("commit_queue", wait);
+                        telemetry::write_stage_took("commit_write", write_took);
                     }
                 }
             })
@@ -204,16 +210,12 @@ impl GroupCommitter {
     }
 }
 
-/// Writes a group's batch; for the client writes in it (their waits in the queue in `queued`),
-/// records the stages `commit_queue` and `commit_write` (the engine's write, the fsync included).
-fn timed_write(engine: &dyn Engine, joined: Batch, queued: &[Duration]) -> Result<(), StorageError> {
+/// Writes a group's batch, noting in `took` how long the engine's write (its fsync included) took:
+/// the stage `commit_write` of each client write in the group.
+fn timed_write(engine: &dyn Engine, joined: Batch, took: &mut Duration) -> Result<(), StorageError> {
     let started = Instant::now();
     let written = engine.write(joined);
-    let took = started.elapsed();
-    for wait in queued {
-        telemetry::write_stage_took("commit_queue", *wait);
-        telemetry::write_stage_took("commit_write", took);
-    }
+    *took = started.elapsed();
     written
 }
 

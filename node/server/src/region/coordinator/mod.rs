@@ -89,6 +89,8 @@ pub struct Coordinator {
     pushers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::UnboundedSender<push::PushJob>>>,
     /// Writes pushed in a request shared with other writes, since start.
     batched_pushes: std::sync::atomic::AtomicU64,
+    /// Set at shutdown ([`Coordinator::stop_shipping`]).
+    stopping: std::sync::atomic::AtomicBool,
     /// The node's residency rules: every request to a peer is screened by the peer's region.
     residency: Arc<Residency>,
 }
@@ -133,6 +135,7 @@ impl Coordinator {
             shippers: std::sync::Mutex::new(std::collections::HashMap::new()),
             pushers: std::sync::Mutex::new(std::collections::HashMap::new()),
             batched_pushes: std::sync::atomic::AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -176,12 +179,21 @@ impl Coordinator {
         });
     }
 
-    /// Ends the cross-region shippers once what they hold is sent: each is a task that owns a clone
-    /// of this coordinator and waits on its queue, whose sender this coordinator holds — without
-    /// dropping the senders at shutdown, the coordinator (and the storage under it) would never
-    /// be freed, and a node restarted in the same process could not open its data directory.
+    /// Ends the cross-region shippers and the replicas' pushers once what they hold is sent: each
+    /// is a task that owns a clone of this coordinator and waits on its queue, whose sender this
+    /// coordinator holds — without dropping the senders at shutdown, the coordinator (and the
+    /// storage under it) would never be freed, and a node restarted in the same process could not
+    /// open its data directory. Writes still finishing afterwards leave hints instead of starting
+    /// new queues.
     pub fn stop_shipping(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shippers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Whether [`Coordinator::stop_shipping`] ran: no new shipper or pusher starts.
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The anti-entropy threads.

@@ -71,7 +71,13 @@ impl Coordinator {
             return false;
         };
         let job = PushJob { push: push.clone(), kept, done, _slot: slot, span: tracing::Span::current() };
-        match self.pusher_of(target).send(job) {
+        let sent = self.pusher_of(target).send(job);
+        if self.stopping() {
+            // Shutdown began (a write still finishing): the push is in, drop the queue again so
+            // its pusher ends once it has sent it (`Coordinator::stop_shipping`).
+            self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        match sent {
             Ok(()) => true,
             // The pusher ended: only when the runtime is shutting down.
             Err(refused) => {
@@ -99,18 +105,27 @@ impl Coordinator {
 
     /// The pusher of `target`: sends what has queued, a batch per request, with up to
     /// [`PUSH_IN_FLIGHT`] requests in flight. The queue is bounded by the push slots its jobs hold.
+    /// It ends once its queue is dropped (at shutdown) and empty.
     async fn push_to(self: Arc<Self>, target: NodeId, mut queue: mpsc::UnboundedReceiver<PushJob>) {
         let in_flight = Arc::new(Semaphore::new(PUSH_IN_FLIGHT));
         // Whether the target's connection was last seen speaking a version whose pushed records
-        // carry their idempotency records: only then may several writes share a request (before
-        // it, a write's record went beside its push, one push per request).
+        // carry their idempotency records: only then may several writes share a request. Before
+        // it (a connection not yet seen, or a peer of version 4 or earlier), a write's record went
+        // beside its push: each push is sent at once in a request of its own, as many in flight
+        // as the push slots allow, as before batching.
         let batches = Arc::new(AtomicBool::new(false));
         loop {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
             let Some(first) = queue.recv().await else { return };
+            let permit = if batches.load(Ordering::Relaxed) {
+                // What queues while this waits goes in the same request.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+                Some(permit)
+            } else {
+                None
+            };
             let mut bytes = records_len(&first.push);
             let mut jobs = vec![first];
-            while batches.load(Ordering::Relaxed) && jobs.len() < PUSH_BATCH_MAX && bytes < PUSH_BATCH_BYTES {
+            while permit.is_some() && jobs.len() < PUSH_BATCH_MAX && bytes < PUSH_BATCH_BYTES {
                 let Ok(next) = queue.try_recv() else { break };
                 bytes += records_len(&next.push);
                 jobs.push(next);
