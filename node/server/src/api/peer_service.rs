@@ -26,6 +26,10 @@ pub struct PeerService {
     cluster: Option<Arc<Cluster>>,
     store: EngineSyncStore,
     sync: SyncConfig,
+    /// Blocking tasks applying pushed records, node-wide, at most [`MAX_APPLY_TASKS`]: a request
+    /// applies its partitions side by side, and many requests at once must not take the whole
+    /// blocking pool (a lane waiting on a key lock whose holder needs a blocking thread too).
+    apply_tasks: Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerService {
@@ -62,7 +66,7 @@ impl PeerService {
     /// A service over `node`'s storage through `store` (share one store among everything that writes
     /// replicated state: its clones serialise writes per partition). Without `cluster`, gossip is refused.
     pub fn new(node: Arc<Node>, cluster: Option<Arc<Cluster>>, store: EngineSyncStore, sync: SyncConfig) -> Self {
-        PeerService { node, cluster, store, sync }
+        PeerService { node, cluster, store, sync, apply_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_APPLY_TASKS)) }
     }
 
     /// Answers one request; also names its kind (`peer.undecodable` if it could not be read).
@@ -380,16 +384,22 @@ impl PeerService {
             lanes[i % APPLY_LANES].push(group);
         }
         let applies = lanes.into_iter().filter(|lane| !lane.is_empty()).map(|lane| {
-            let (store, replica) = (store.clone(), replica.clone());
-            blocking(move || {
-                for (partition, records, reports) in lane {
-                    store.clone().accept_pushed(PartitionId(partition), &records)?;
-                    for report in reports {
-                        replica.take_report(partition, report);
+            let (store, replica, tasks) = (store.clone(), replica.clone(), self.apply_tasks.clone());
+            async move {
+                let Ok(_task) = tasks.acquire_owned().await else {
+                    return Err(PeerRefusal::Failed("the node is shutting down".into()));
+                };
+                blocking(move || {
+                    for (partition, records, reports) in lane {
+                        store.clone().accept_pushed(PartitionId(partition), &records)?;
+                        for report in reports {
+                            replica.take_report(partition, report);
+                        }
                     }
-                }
-                Ok(PeerReplyV1::Applied)
-            })
+                    Ok(PeerReplyV1::Applied)
+                })
+                .await
+            }
         });
         let mut reply = Ok(PeerReplyV1::Applied);
         for applied in futures::future::join_all(applies).await {
@@ -408,6 +418,8 @@ impl PeerService {
 
 /// Blocking tasks one request's pushes are applied in, at most.
 const APPLY_LANES: usize = 8;
+/// Blocking tasks applying pushes on the node at once, at most.
+const MAX_APPLY_TASKS: usize = 64;
 
 /// A partition's records and reports in a request.
 type PartitionPushes = (u16, Vec<SyncRecord>, Vec<SafeReport>);
