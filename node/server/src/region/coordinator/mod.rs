@@ -89,7 +89,7 @@ pub struct Coordinator {
     pushers: std::sync::Mutex<std::collections::HashMap<NodeId, mpsc::UnboundedSender<push::PushJob>>>,
     /// Writes pushed in a request shared with other writes, since start.
     batched_pushes: std::sync::atomic::AtomicU64,
-    /// Set at shutdown ([`Coordinator::stop_shipping`]).
+    /// Set at shutdown ([`Coordinator::stop_shipping`]): queues started later are dropped at once.
     stopping: std::sync::atomic::AtomicBool,
     /// The node's residency rules: every request to a peer is screened by the peer's region.
     residency: Arc<Residency>,
@@ -183,17 +183,26 @@ impl Coordinator {
     /// is a task that owns a clone of this coordinator and waits on its queue, whose sender this
     /// coordinator holds — without dropping the senders at shutdown, the coordinator (and the
     /// storage under it) would never be freed, and a node restarted in the same process could not
-    /// open its data directory. Writes still finishing afterwards leave hints instead of starting
-    /// new queues.
+    /// open its data directory. A write still finishing afterwards queues its push on a new queue
+    /// that is dropped again at once (`Coordinator::end_queues_if_stopping`): its task sends the
+    /// push, then ends.
     pub fn stop_shipping(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.shippers.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.drop_queues();
     }
 
-    /// Whether [`Coordinator::stop_shipping`] ran: no new shipper or pusher starts.
-    fn stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    /// Drops the shippers' and pushers' queues if shutdown began: called after a push was queued,
+    /// since the write may have started a queue again after [`Coordinator::stop_shipping`].
+    fn end_queues_if_stopping(&self) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            self.drop_queues();
+        }
+    }
+
+    /// Drops every shipper's and pusher's queue: each task ends once it has sent what it holds.
+    fn drop_queues(&self) {
+        self.shippers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The anti-entropy threads.

@@ -72,11 +72,7 @@ impl Coordinator {
         };
         let job = PushJob { push: push.clone(), kept, done, _slot: slot, span: tracing::Span::current() };
         let sent = self.pusher_of(target).send(job);
-        if self.stopping() {
-            // Shutdown began (a write still finishing): the push is in, drop the queue again so
-            // its pusher ends once it has sent it (`Coordinator::stop_shipping`).
-            self.pushers.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        self.end_queues_if_stopping();
         match sent {
             Ok(()) => true,
             // The pusher ended: only when the runtime is shutting down.
@@ -87,20 +83,16 @@ impl Coordinator {
         }
     }
 
-    /// The queue of `target`'s pusher, started on first use.
+    /// The queue of `target`'s pusher, started on first use (and again should it have ended).
     fn pusher_of(self: &Arc<Self>, target: NodeId) -> mpsc::UnboundedSender<PushJob> {
         let mut pushers = self.pushers.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = pushers.entry(target).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().push_to(target, rx));
-            tx
-        });
-        if sender.is_closed() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().push_to(target, rx));
-            *sender = tx;
+        if let Some(sender) = pushers.get(&target).filter(|sender| !sender.is_closed()) {
+            return sender.clone();
         }
-        sender.clone()
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().push_to(target, rx));
+        pushers.insert(target, tx.clone());
+        tx
     }
 
     /// The pusher of `target`: sends what has queued, a batch per request, with up to

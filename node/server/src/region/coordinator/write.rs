@@ -171,11 +171,7 @@ impl Coordinator {
         } else {
             Some(push)
         };
-        if self.stopping() {
-            // Shutdown began (a write still finishing): the push is in, drop the queue again so
-            // its shipper ends once it has sent it (`Coordinator::stop_shipping`).
-            self.shippers.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        self.end_queues_if_stopping();
         if let Some(push) = refused {
             let me = self.clone();
             tokio::spawn(async move { me.hint_all(target, std::slice::from_ref(&push)).await });
