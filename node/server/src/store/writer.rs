@@ -13,7 +13,11 @@ use crate::storage::{Batch, StorageError};
 use crate::store::commit::GroupCommitter;
 
 /// Number of key lock stripes; writes to keys in different stripes never wait for each other.
-const LOCK_STRIPES: usize = 1024;
+/// A write holds its stripe until it is durable (a group commit, milliseconds), and pipelined
+/// clients keep thousands of writes in flight: at 1,024 stripes, 50 clients pipelining 16 writes
+/// each waited ~0.8 ms per write for a stripe another key held, at 16,384 ~0.08 ms (and wrote ~20 %
+/// faster). A stripe is a few dozen bytes.
+const LOCK_STRIPES: usize = 16384;
 
 /// Key lock stripes and the group committer of one node.
 pub struct Writer {
