@@ -46,14 +46,16 @@ deps:
 interop-deps:
 	@scripts/install-deps.sh --interop
 
-## Benchmark: 32 clients writing then reading 100-byte registers, against a raw RocksDB loop.
+## Benchmark one node: 100-byte register writes then reads, per request and pipelined, beside a raw
+## RocksDB put loop and Redis (started and stopped by the script) in the same run (scripts/bench.sh).
 bench: deps
-	$(MERIDIAN) bench --clients 32 --ops 500
+	@scripts/install-deps.sh --bench
+	scripts/bench.sh
 
-## The long-term yardstick: redis-benchmark SET against redis-server with appendfsync everysec.
+## Redis alone: redis-benchmark SET against redis-server with appendfsync everysec (-P 1 and -P 16).
 bench-redis:
 	@scripts/install-deps.sh --bench
-	scripts/bench-redis.sh
+	scripts/bench-redis.sh --pipeline 16
 
 ## The bounded fuzz step of `make test`: builds the fuzz targets (client frames, peer messages, stored
 ## records, anti-entropy messages, automerge changes; stable toolchain, no sanitizer) and runs each for
@@ -70,10 +72,11 @@ fuzz:
 bench-backup: deps
 	scripts/bench-backup.sh --keys $${KEYS:-1000000}
 
-## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency.
+## A 3-node region at eventual and local_quorum against a 3-member etcd cluster, same concurrency
+## (authentication on and off, then pipelines of 16).
 bench-region:
 	@scripts/install-deps.sh --bench
-	scripts/bench-region.sh --clients 32 --ops 300 --compare-auth
+	scripts/bench-region.sh --clients 32 --ops 300 --compare-auth --pipeline 16
 
 ## Three local regions behind emulated 80 ms WAN links: convergence lag at a write rate, latency per
 ## consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).

@@ -13,8 +13,10 @@
 #
 # With --compare-auth the region then runs again with authentication off (the same configs with
 # `[auth] enabled = false`, fresh data), so the cost of authentication is measured in the same run.
+# With --pipeline N, both levels run once more (authentication on) with each client sending its
+# operations N to a request (`meridian bench --pipeline N`); etcd's row stays one put per request.
 #
-# Usage: scripts/bench-region.sh [--clients 32] [--ops 300] [--value-bytes 100] [--compare-auth]
+# Usage: scripts/bench-region.sh [--clients 32] [--ops 300] [--value-bytes 100] [--compare-auth] [--pipeline N]
 # Environment: MERIDIAN_BIN (default: build target/debug/meridian with cargo), REGION_BASE_PORT
 # (default 17500: nodes on base+10i, +1, +2), ETCD_CLIENT_BASE (default 23790: members on base+i),
 # ETCD_PEER_BASE (default 23800), BENCH_TIMEOUT_S (per benchmark run, default 300), KEEP=1 (keep the
@@ -26,12 +28,14 @@ clients=32
 ops=300
 value_bytes=100
 compare_auth=0
+pipeline=1
 while (($#)); do
   case "$1" in
     --clients) clients=${2:?}; shift 2 ;;
     --ops) ops=${2:?}; shift 2 ;;
     --value-bytes) value_bytes=${2:?}; shift 2 ;;
     --compare-auth) compare_auth=1; shift ;;
+    --pipeline) pipeline=${2:?}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -157,15 +161,18 @@ start_region() {
   echo "region ready: nodes on $endpoints (pids ${node_pids[*]:-?})"
 }
 
-# Runs both levels against the region; $1 names the arm ("" or "-noauth") in the result files.
+# Runs both levels against the region; $1 names the arm ("", "-noauth" or "-pipelined") in the
+# result files.
 bench_region() {
-  local level
+  local level plain="" per_request=1
+  [[ "$1" == "-noauth" ]] && plain=--plain-metrics
+  [[ "$1" == "-pipelined" ]] && per_request=$pipeline
   for level in eventual local_quorum; do
     echo
-    echo "== meridian bench --external, $level${1:+ (authentication off)}, clients over $endpoints"
+    echo "== meridian bench --external, $level${1:+ ($1)}, clients over $endpoints"
     run_bench "$tmp/meridian-$level$1.txt" "$meridian" bench --external --endpoints "$endpoints" \
       --ca-cert "$tmp/region/certs/ca.crt" --cert "$tmp/region/certs/admin.crt" --key "$tmp/region/certs/admin.key" \
-      --consistency "$level" --skip-baseline --metrics-http "$http" ${1:+--plain-metrics} \
+      --consistency "$level" --skip-baseline --metrics-http "$http" $plain --pipeline "$per_request" \
       --clients "$clients" --ops "$ops" --value-bytes "$value_bytes"
   done
 }
@@ -173,6 +180,7 @@ bench_region() {
 echo "starting a 3-node Meridian region in $tmp/region (base port $base_port)"
 start_region
 bench_region ""
+((pipeline > 1)) && bench_region "-pipelined"
 echo
 echo "stopping the region"
 stop_region
@@ -250,16 +258,22 @@ printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' \
   LEVEL "WRITE OPS/S" P50 P99 "READ OPS/S" P50 P99 "W RATIO" "R RATIO" ERRORS
 arms=("")
 ((compare_auth)) && arms+=("-noauth")
+((pipeline > 1)) && arms+=("-pipelined")
 for arm in "${arms[@]}"; do
   for level in eventual local_quorum; do
     read -r w w50 w99 werr < <(figures "$tmp/meridian-$level$arm.txt" "meridian write")
     read -r r r50 r99 rerr < <(figures "$tmp/meridian-$level$arm.txt" "meridian read")
     label="meridian $level"
-    ((compare_auth)) && label+=$([[ -z "$arm" ]] && echo " auth" || echo " noauth")
+    case "$arm" in
+      "") ((compare_auth)) && label+=" auth" ;;
+      -noauth) label+=" noauth" ;;
+      -pipelined) label+=" -P $pipeline" ;;
+    esac
     printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "$label" "$w" "$w50" "$w99" "$r" "$r50" "$r99" \
       "$(ratio "$w" "$ew")" "$(ratio "$r" "$er")" "$((werr + rerr))"
   done
 done
 printf '%-26s %12s %8s %8s %12s %8s %8s %8s %8s %7s\n' "etcd (linearizable)" "$ew" "$ew50" "$ew99" "$er" "$er50" "$er99" \
   "1.00" "1.00" "$((ewerr + ererr))"
+((pipeline > 1)) && echo "(-P $pipeline: each client sent its operations $pipeline to a request; latencies are per request, etcd's one put each)"
 echo "(figures from one run on a shared machine: compare ratios within a run, not absolute numbers across runs)"

@@ -49,6 +49,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(()) => println!("unexpected: wrong-type write accepted"),
     }
 
+    // A pipeline: many operations in one request, one answer each, in order.
+    let mut pipeline = client.pipeline();
+    for n in 0..10 {
+        pipeline.set(format!("tour/item:{n}"), format!("item {n}"));
+    }
+    pipeline.incr("tour/visits", 1).get("tour/item:3");
+    let answers = pipeline.run().await?;
+    println!("pipeline of {} operations, last answer: {:?}", answers.len(), answers.last());
+
     // Per-request consistency, and a causal session whose token can move to another process.
     let session = client.session();
     session.counter("tour/visits").consistency(Consistency::Causal).incr(1).await?;

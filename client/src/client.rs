@@ -189,6 +189,19 @@ impl Client {
         DocHandle::new(self.ctx(), key.into_key())
     }
 
+    /// A [`Pipeline`](crate::Pipeline): many keyed operations sent in one request.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> Result<(), meridian_client::Error> {
+    /// let mut pipeline = client.pipeline();
+    /// pipeline.set("users/alice/name", "Alice").incr("app/visits", 1);
+    /// let answers = pipeline.run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipeline(&self) -> crate::Pipeline {
+        crate::Pipeline::new(self.ctx())
+    }
+
     /// Reads a key of any type; `None` if it does not exist.
     ///
     /// ```no_run

@@ -99,6 +99,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::SetPart(_) => "SetPart",
         ReplyBody::MapPart(_) => "MapPart",
         ReplyBody::Storage(_) => "Storage",
+        ReplyBody::Pipeline(_) => "Pipeline",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

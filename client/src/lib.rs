@@ -76,6 +76,7 @@ mod handles;
 mod key;
 mod keys;
 mod map_doc;
+mod pipeline;
 mod quic_frame;
 mod region;
 mod session;
@@ -103,6 +104,7 @@ pub use handles::{CounterHandle, MvRegisterHandle, RegisterHandle, SetHandle, Si
 pub use key::IntoKey;
 pub use keys::{KeysPage, KeysQuery, DEFAULT_PAGE_LIMIT};
 pub use map_doc::{DocHandle, MapHandle, MapPage};
+pub use pipeline::Pipeline;
 pub use region::{RegionInfo, DEFAULT_FAILBACK_INTERVAL, DEFAULT_REGION};
 pub use session::Session;
 

@@ -298,3 +298,105 @@ async fn scenario() {
     server.endpoint.close(0u32.into(), b"done");
     drop(black_hole);
 }
+
+#[tokio::test]
+async fn a_pipeline_goes_in_one_frame_retries_whole_and_falls_back_on_an_older_node() {
+    tokio::time::timeout(Duration::from_secs(60), pipeline_scenario()).await.expect("the scenario is bounded");
+}
+
+async fn pipeline_scenario() {
+    let server = TestServer::start();
+    let client = Client::builder()
+        .endpoint(server.endpoint_string())
+        .ca_cert_pem(server.cert_pem.clone())
+        .connect()
+        .await
+        .unwrap();
+    let ops_of = |request: &RequestV1| match &request.op {
+        Operation::Pipeline(ops) => ops.clone(),
+        other => panic!("expected a pipeline, got {other:?}"),
+    };
+
+    // One frame; a retry resends it whole with the same idempotency ids; the session's token is
+    // sent and the reply's merged.
+    let session = client.session();
+    let answers = vec![Ok(ReplyBody::Written { counter: Some(1) }), Ok(ReplyBody::Value(None))];
+    server.script([err(ErrorCode::Overloaded), ok(token(&[(1, 5)]), ReplyBody::Pipeline(answers.clone()))]);
+    let mut pipeline = session.pipeline();
+    pipeline.incr("ns/a", 1).get("ns/b");
+    let got = pipeline.run().await.unwrap();
+    assert_eq!(got, answers.into_iter().map(|a| a.map_err(Error::from)).collect::<Vec<_>>());
+    let seen = server.take_seen();
+    assert_eq!(seen.len(), 2, "one refusal, one retry");
+    let (first, second) = (ops_of(&seen[0]), ops_of(&seen[1]));
+    assert_eq!(first, second, "the retry is the same pipeline, ids included");
+    assert_eq!(first.len(), 2);
+    write_id(&RequestV1 { op: first[0].clone(), ..seen[0].clone() });
+    assert_eq!(first[1], Operation::Read { key: Key::new("ns", "b").unwrap(), expected: None });
+    assert_eq!(seen[0].causal_token, Some(CausalToken::empty()));
+    assert_eq!(session.token(), token(&[(1, 5)]));
+
+    // An operation's own error stays in its place.
+    let refused = Err(ErrorReply::new(ErrorCode::WrongType, "not a counter"));
+    server.script([ok(token(&[]), ReplyBody::Pipeline(vec![refused, Ok(ReplyBody::Deleted { existed: true })]))]);
+    let mut pipeline = client.pipeline();
+    pipeline.incr("ns/a", 1).delete("ns/c");
+    let got = pipeline.run().await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap_err().code(), Some(ErrorCode::WrongType));
+    assert_eq!(got[1], Ok(ReplyBody::Deleted { existed: true }));
+    server.take_seen();
+
+    // A node older than pipelines cannot decode the frame: the operations go one by one, in order.
+    let old = Action::Reply(Box::new(Response::V1(Err(ErrorReply::new(
+        ErrorCode::BadRequest,
+        "malformed frame: malformed: unexpected variant index 14",
+    )))));
+    server.script([
+        old,
+        ok(token(&[(2, 1)]), ReplyBody::Written { counter: Some(4) }),
+        ok(token(&[(2, 1)]), ReplyBody::Value(Some(Value::Counter(4)))),
+    ]);
+    let mut pipeline = client.pipeline();
+    pipeline.incr("ns/a", 3).get("ns/a");
+    let got = pipeline.run().await.unwrap();
+    assert_eq!(got, vec![Ok(ReplyBody::Written { counter: Some(4) }), Ok(ReplyBody::Value(Some(Value::Counter(4))))]);
+    let seen = server.take_seen();
+    assert_eq!(seen.len(), 3);
+    assert!(matches!(&seen[1].op, Operation::Write { mutation: Mutation::CounterAdd { amount: 3 }, .. }));
+    assert_eq!(ops_of(&seen[0])[0], seen[1].op, "the single write carries the pipeline's id");
+    assert!(matches!(&seen[2].op, Operation::Read { .. }));
+
+    // Running the same pipeline again sends the same ids: what was applied is not applied twice.
+    let mut pipeline = client.pipeline();
+    pipeline.incr("ns/a", 1).delete("ns/b");
+    let answers = || {
+        ReplyBody::Pipeline(vec![
+            Ok(ReplyBody::Written { counter: Some(1) }),
+            Ok(ReplyBody::Deleted { existed: false }),
+        ])
+    };
+    server.script([ok(token(&[]), answers()), ok(token(&[]), answers())]);
+    pipeline.run().await.unwrap();
+    pipeline.run().await.unwrap();
+    let seen = server.take_seen();
+    assert_eq!(ops_of(&seen[0]), ops_of(&seen[1]));
+    write_id(&RequestV1 { op: ops_of(&seen[0])[1].clone(), ..seen[0].clone() });
+
+    // A reply that does not answer every operation is a protocol error.
+    server.script([ok(token(&[]), ReplyBody::Pipeline(vec![Ok(ReplyBody::Value(None))]))]);
+    let mut pipeline = client.pipeline();
+    pipeline.get("ns/a").get("ns/b");
+    assert!(matches!(pipeline.run().await, Err(Error::Protocol(_))));
+    server.take_seen();
+
+    // An invalid key fails the pipeline before anything is sent; an empty one sends nothing.
+    let mut pipeline = client.pipeline();
+    pipeline.get("ns/a").set("no-namespace", "v");
+    assert_eq!(pipeline.len(), 2);
+    assert!(matches!(pipeline.run().await, Err(Error::InvalidArgument(m)) if m.contains("operation 1")));
+    assert_eq!(client.pipeline().run().await.unwrap(), Vec::new());
+    assert!(server.take_seen().is_empty());
+
+    client.close().await;
+    server.endpoint.close(0u32.into(), b"done");
+}

@@ -124,6 +124,20 @@ impl Session {
         CounterHandle::new(self.ctx(), key.into_key())
     }
 
+    /// A [`Pipeline`](crate::Pipeline) in this session: it sends the session's token, and the
+    /// token it gets back (covering every operation) is merged into the session's.
+    ///
+    /// ```no_run
+    /// # async fn example(session: meridian_client::Session) -> Result<(), meridian_client::Error> {
+    /// let mut pipeline = session.pipeline();
+    /// pipeline.set("users/alice/name", "Alice").get("users/alice/name");
+    /// let answers = pipeline.run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pipeline(&self) -> crate::Pipeline {
+        crate::Pipeline::new(self.ctx())
+    }
+
     /// A handle on a `register` key, in this session. See [`RegisterHandle`].
     ///
     /// ```no_run

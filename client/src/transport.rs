@@ -280,12 +280,11 @@ impl Transport {
         mut request: RequestV1,
         trace: Option<proto::TraceContext>,
     ) -> Result<Reply, Error> {
-        // One id for every attempt of this write, fixed before the first one.
+        // One id for every attempt of this write (or of each write of a pipeline), fixed before
+        // the first one.
         match &mut request.op {
-            Operation::Write { idempotency_id, .. } | Operation::Delete { idempotency_id, .. } => {
-                idempotency_id.get_or_insert_with(IdempotencyId::random);
-            }
-            _ => {}
+            Operation::Pipeline(ops) => ops.iter_mut().for_each(give_idempotency_id),
+            op => give_idempotency_id(op),
         }
         let consistency = request.consistency;
         let frame = proto::encode_frame(&Request::new(request, trace));
@@ -589,6 +588,13 @@ impl Transport {
         for socket in sockets.into_iter().flatten() {
             let _ = tokio::time::timeout(Duration::from_secs(1), socket.wait_idle()).await;
         }
+    }
+}
+
+/// Gives a write or delete without an idempotency id a fresh one.
+fn give_idempotency_id(op: &mut Operation) {
+    if let Operation::Write { idempotency_id, .. } | Operation::Delete { idempotency_id, .. } = op {
+        idempotency_id.get_or_insert_with(IdempotencyId::random);
     }
 }
 

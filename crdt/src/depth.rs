@@ -26,8 +26,15 @@ where
     if depth >= MAX_NESTING {
         return Err(D::Error::custom(format!("nesting deeper than {MAX_NESTING} levels")));
     }
+    /// Restores the depth however the decode ends (a panic included: a runtime worker that
+    /// caught one must not decode every later value one level deeper).
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(self.0));
+        }
+    }
     DEPTH.with(|d| d.set(depth + 1));
-    let result = T::deserialize(deserializer);
-    DEPTH.with(|d| d.set(depth));
-    result
+    let _restore = Restore(depth);
+    T::deserialize(deserializer)
 }

@@ -4,6 +4,9 @@
 //! `--consistency`); records latency in hdrhistogram; and, in the same run, measures a raw `rocksdb`
 //! put loop with the same durability and writer count, printing Meridian's write rate as a ratio of it.
 //!
+//! With `--pipeline N`, each client sends its operations N to a request ([`meridian_client::Pipeline`]),
+//! as `redis-benchmark -P N` does.
+//!
 //! Only ratios measured in one run mean anything on a shared, noisy machine; the absolute figures are
 //! printed for context, never asserted.
 
@@ -51,6 +54,9 @@ pub struct BenchOptions {
     pub metrics_http: Vec<SocketAddr>,
     /// Read `metrics_http` over plain HTTP.
     pub plain_metrics: bool,
+    /// Operations per request: 1 sends each in a request of its own; more sends them in pipelines
+    /// of this many ([`meridian_client::Pipeline`]), each operation's latency being its pipeline's.
+    pub pipeline: usize,
 }
 
 /// One phase's figures.
@@ -230,17 +236,33 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
         Some(source) => source.render_or_warn().await,
         None => None,
     };
-    let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, key| {
+    let writes = phase(&options, &endpoints, &ca_cert, &tag, "writes", move |client, keys| {
         let value = value.clone();
-        async move { client.register(key.as_str()).consistency(level).set(value).await.map(|_| ()) }
+        async move {
+            if let [key] = keys.as_slice() {
+                return client.register(key.as_str()).consistency(level).set(value).await.map(|()| 0);
+            }
+            let mut pipeline = client.pipeline().consistency(level);
+            for key in keys {
+                pipeline.set(key, value.clone());
+            }
+            Ok(failed(pipeline.run().await?))
+        }
     })
     .await?;
     let stages = match (&stage_source, metrics_before) {
         (Some(source), Some(before)) => source.render_or_warn().await.map(|after| stage_means(&before, &after)),
         _ => None,
     };
-    let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, key| async move {
-        client.register(key.as_str()).consistency(level).get().await.map(|_| ())
+    let reads = phase(&options, &endpoints, &ca_cert, &tag, "reads", move |client, keys| async move {
+        if let [key] = keys.as_slice() {
+            return client.register(key.as_str()).consistency(level).get().await.map(|_| 0);
+        }
+        let mut pipeline = client.pipeline().consistency(level);
+        for key in keys {
+            pipeline.get(key);
+        }
+        Ok(failed(pipeline.run().await?))
     })
     .await?;
     if let Some(running) = running {
@@ -301,6 +323,13 @@ pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// How many of a pipeline's operations failed.
+fn failed(answers: Vec<Result<meridian_client::ReplyBody, meridian_client::Error>>) -> u64 {
+    answers.iter().filter(|answer| answer.is_err()).count() as u64
+}
+
+/// Runs one phase: each client sends its operations on keys of its own, `options.pipeline` keys a
+/// request; `op` sends one request and says how many of its operations failed.
 async fn phase<F, Fut>(
     options: &BenchOptions,
     endpoints: &[SocketAddr],
@@ -310,9 +339,10 @@ async fn phase<F, Fut>(
     op: F,
 ) -> anyhow::Result<PhaseReport>
 where
-    F: Fn(Client, String) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = Result<(), meridian_client::Error>> + Send,
+    F: Fn(Client, Vec<String>) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = Result<u64, meridian_client::Error>> + Send,
 {
+    let per_request = options.pipeline.max(1) as u64;
     let bar = Arc::new(progress(options.clients as u64 * options.ops_per_client, label));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -332,14 +362,18 @@ where
         workers.push(tokio::spawn(async move {
             let mut hist = new_histogram();
             let mut errors = 0u64;
-            for n in 0..ops {
-                let key = format!("bench/{tag}-w{worker}-{n}");
+            let mut n = 0;
+            while n < ops {
+                let batch = per_request.min(ops - n);
+                let keys = (n..n + batch).map(|n| format!("bench/{tag}-w{worker}-{n}")).collect();
+                n += batch;
                 let t = Instant::now();
-                match op(client.clone(), key).await {
-                    Ok(()) => hist.saturating_record(t.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
-                }
-                bar.inc(1);
+                // Every operation of a pipeline waited as long as the pipeline.
+                let failed = op(client.clone(), keys).await.unwrap_or(batch);
+                let micros = (t.elapsed().as_micros() as u64).min(hist.high());
+                hist.record_n(micros, batch - failed).expect("clamped to the histogram's range");
+                errors += failed;
+                bar.inc(batch);
             }
             (hist, errors)
         }));
@@ -385,13 +419,17 @@ pub fn render_stages(stages: &WriteStages) -> String {
 pub fn render(report: &BenchReport, options: &BenchOptions) -> String {
     let line = render_line;
     let mut out = format!(
-        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}, {} endpoint(s){}\n",
+        "meridian bench: {} clients, {} ops each, {}-byte values, durability {:?}, {} endpoint(s){}{}\n",
         options.clients,
         options.ops_per_client,
         options.value_bytes,
         options.durability,
         options.endpoints.len().max(1),
-        if options.auth { ", authentication on (client certificates)" } else { "" }
+        if options.auth { ", authentication on (client certificates)" } else { "" },
+        match options.pipeline {
+            0 | 1 => String::new(),
+            n => format!(", pipelines of {n} ops (latency per pipeline)"),
+        }
     );
     out += &line(&format!("meridian write ({})", options.consistency), &report.writes);
     out += &line(&format!("meridian read ({})", options.consistency), &report.reads);

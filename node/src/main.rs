@@ -273,6 +273,10 @@ enum Command {
         /// Read --metrics-http over plain HTTP (nodes with authentication off serve it so).
         #[arg(long)]
         plain_metrics: bool,
+        /// Send each client's operations this many to a request (a pipeline, as
+        /// `redis-benchmark -P`); 1 sends each in a request of its own.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        pipeline: u32,
     },
     /// What one set member change costs as a set grows (one node in-process; docs/benchmarks.md).
     BenchCollections(meridian_node::bench_collections::CollectionBenchArgs),
@@ -388,6 +392,7 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
             auth,
             metrics_http,
             plain_metrics,
+            pipeline,
         } => {
             let endpoints = if endpoints.is_empty() { vec![cli.conn.endpoint.clone()] } else { endpoints };
             let options = meridian_node::bench::BenchOptions {
@@ -415,6 +420,7 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()
                     .context("--metrics-http")?,
                 plain_metrics,
+                pipeline: pipeline as usize,
             };
             let report = meridian_node::bench::run(options.clone()).await?;
             print!("{}", meridian_node::bench::render(&report, &options));

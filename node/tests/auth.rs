@@ -318,3 +318,35 @@ async fn a_node_beyond_loopback_with_authentication_off_refuses_to_start() {
     assert!(running.http_https);
     shutdown(running).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_operation_of_a_pipeline_is_authorized_on_its_own() {
+    let s = setup().await;
+    let admin = s.as_cert("admin").await;
+    admin.auth(AuthOp::AddUser { name: "alice".into() }).await.unwrap();
+    admin.auth(AuthOp::Grant { user: "alice".into(), namespace: "app".into(), role: Role::Write }).await.unwrap();
+    let alice = s.as_cert("alice").await;
+    let mut pipeline = alice.pipeline();
+    pipeline.set("app/k", "v").set("billing/k", "v").get("billing/k").incr("app/n", 2);
+    let answers = bounded("alice's pipeline", pipeline.run()).await.expect("the pipeline itself is allowed");
+    assert!(answers[0].is_ok(), "{answers:?}");
+    for refused in [&answers[1], &answers[2]] {
+        assert_eq!(refused.as_ref().unwrap_err().code(), Some(ErrorCode::PermissionDenied), "{answers:?}");
+    }
+    assert!(answers[3].is_ok(), "{answers:?}");
+    assert_eq!(admin.register("billing/k").get().await.unwrap(), None, "the refused write did not happen");
+    assert_eq!(admin.register("app/k").get().await.unwrap(), Some(b"v".to_vec()));
+
+    // Anonymous: every operation is refused, nothing is written.
+    let anonymous = s.anonymous().await;
+    let mut pipeline = anonymous.pipeline();
+    pipeline.set("app/k", "w").set("app/j", "w");
+    for answer in bounded("an anonymous pipeline", pipeline.run()).await.unwrap() {
+        assert_eq!(answer.unwrap_err().code(), Some(ErrorCode::Unauthenticated));
+    }
+    assert_eq!(admin.register("app/k").get().await.unwrap(), Some(b"v".to_vec()));
+    for client in [anonymous, alice, admin] {
+        client.close().await;
+    }
+    shutdown(s.running).await;
+}

@@ -858,3 +858,95 @@ async fn set_part_reads_agree_with_the_whole_set() {
     .await;
     shutdown(running).await;
 }
+
+/// A pipeline against a real node: answers in order, each key's operations in order, the session's
+/// token covering them all, idempotent retries of the whole frame, and the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_answer_in_order_and_retry_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_rocks(config(dir.path())).await;
+    let client = connect(&running).await;
+    bounded("pipelines", async {
+        let session = client.session();
+        let mut pipeline = session.pipeline();
+        for n in 0..50 {
+            pipeline.set(format!("pipe/r{n}"), format!("v{n}")).incr("pipe/count", 1);
+        }
+        pipeline.sadd("pipe/tags", ["a", "b"]).get("pipe/tags").delete("pipe/r0").get("pipe/r0").get("pipe/r1");
+        let answers = pipeline.run().await.unwrap();
+        assert_eq!(answers.len(), 105);
+        for n in 0..50 {
+            assert_eq!(answers[2 * n], Ok(ReplyBody::Written { counter: None }));
+            assert_eq!(answers[2 * n + 1], Ok(ReplyBody::Written { counter: Some(n as i64 + 1) }), "in order");
+        }
+        assert_eq!(answers[101], Ok(ReplyBody::Value(Some(Value::Set(bytes(&["a", "b"]))))));
+        assert_eq!(answers[102], Ok(ReplyBody::Deleted { existed: true }));
+        assert_eq!(answers[103], Ok(ReplyBody::Value(None)), "the read after the delete of its key");
+        assert_eq!(answers[104], Ok(ReplyBody::Value(Some(Value::Register(Some(b"v1".to_vec()))))));
+        // The session's token covers the pipeline's writes: a key's read answers with the
+        // dependencies of its last write, which the token must already hold.
+        for key in ["pipe/r49", "pipe/count", "pipe/tags"] {
+            let read = RequestV1 {
+                consistency: None,
+                causal_token: None,
+                timeout_ms: 0,
+                op: Operation::Read { key: key.parse().unwrap(), expected: None },
+            };
+            let after = client.raw(read).await.unwrap().causal_token;
+            assert!(!after.0.is_empty() && session.token().covers(&after), "{key}: {after:?} vs {:?}", session.token());
+        }
+        assert_eq!(session.counter("pipe/count").get().await.unwrap(), 50);
+
+        // The same frame twice (a retry): every write applies once and answers as the first time.
+        let id = |n| Some(IdempotencyId(n));
+        let retried = |n: u128| RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: 0,
+            op: Operation::Pipeline(vec![
+                Operation::Write {
+                    key: "pipe/once".parse().unwrap(),
+                    mutation: Mutation::CounterAdd { amount: 5 },
+                    idempotency_id: id(n),
+                },
+                Operation::Write {
+                    key: "pipe/twice".parse().unwrap(),
+                    mutation: Mutation::CounterAdd { amount: 7 },
+                    idempotency_id: id(n + 1),
+                },
+            ]),
+        };
+        let first = client.raw(retried(1000)).await.unwrap();
+        let second = client.raw(retried(1000)).await.unwrap();
+        assert_eq!(first.body, second.body);
+        assert_eq!(client.counter("pipe/once").get().await.unwrap(), 5);
+        assert_eq!(client.counter("pipe/twice").get().await.unwrap(), 7);
+
+        // Refused whole, nothing run: longer than limits.max_pipeline_ops, or an unkeyed operation.
+        let max = running.node.config().limits.max_pipeline_ops as usize;
+        let mut long = client.pipeline();
+        for _ in 0..=max {
+            long.incr("pipe/never", 1);
+        }
+        assert_eq!(long.run().await.unwrap_err().code(), Some(ErrorCode::TooLarge));
+        let unkeyed = RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: 0,
+            op: Operation::Pipeline(vec![
+                Operation::Write {
+                    key: "pipe/never".parse().unwrap(),
+                    mutation: Mutation::CounterAdd { amount: 1 },
+                    idempotency_id: None,
+                },
+                Operation::Status,
+            ]),
+        };
+        let refused = client.raw(unkeyed).await.unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::BadRequest), "{refused}");
+        assert_eq!(client.get("pipe/never").await.unwrap(), None);
+    })
+    .await;
+    client.close().await;
+    shutdown(running).await;
+}

@@ -401,6 +401,23 @@ pub enum Operation {
     /// What the node's storage holds on disk, per space (`meridian status` shows it). Nodes
     /// before this variant cannot decode it (`BadRequest`, "malformed frame").
     Storage,
+    /// Several keyed operations in one frame, answered in one frame (as Redis clients pipeline):
+    /// [`ReplyBody::Pipeline`] holds one result per operation, in order, and the reply's token
+    /// covers them all. Each operation runs as a request of its own with the pipeline's level,
+    /// token and timeout (its own authorization, admission, routing and metrics), so one refused
+    /// operation fails only itself. Operations on the same key run in the order given, each seeing
+    /// the ones before it; operations on different keys run concurrently, so their writes share
+    /// group commits.
+    ///
+    /// Only keyed operations ([`Write`](Operation::Write), [`Delete`](Operation::Delete),
+    /// [`Read`](Operation::Read), [`DocChanges`](Operation::DocChanges),
+    /// [`ReadSet`](Operation::ReadSet), [`ReadMap`](Operation::ReadMap)) may be pipelined, at most
+    /// `limits.max_pipeline_ops` of them ([`ErrorCode::TooLarge`] above it); anything else refuses
+    /// the whole pipeline as [`ErrorCode::BadRequest`] before any operation runs. Nodes before this
+    /// variant cannot decode it (`BadRequest`, "malformed frame"); the SDK then sends the
+    /// operations one by one. A pipeline inside a pipeline does not decode (a hostile frame cannot
+    /// nest them deep enough to overflow the decoding stack).
+    Pipeline(#[serde(deserialize_with = "not_nested")] Vec<Operation>),
 }
 
 /// Which part of a map [`Operation::ReadMap`] reads.
@@ -854,10 +871,55 @@ impl HandoffReport {
     }
 }
 
+thread_local! {
+    /// Whether this thread is decoding the operations (or answers) of a pipeline.
+    static IN_PIPELINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes a pipeline's operations (or answers), refusing a pipeline among them. bincode has no
+/// recursion limit: without this, a hostile frame of a few megabytes could nest a pipeline a
+/// million levels deep and overflow the decoding thread's stack, killing the node instead of
+/// failing one request. (Map values nest too, bounded the same way by `meridian_crdt`'s depth
+/// guard.)
+fn not_nested<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::Error as _;
+    /// Clears the flag however the decode ends (a panic included: a runtime worker that caught
+    /// one must still decode the next pipeline).
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_PIPELINE.with(|in_pipeline| in_pipeline.set(false));
+        }
+    }
+    if IN_PIPELINE.with(std::cell::Cell::get) {
+        return Err(D::Error::custom("a pipeline inside a pipeline"));
+    }
+    IN_PIPELINE.with(|in_pipeline| in_pipeline.set(true));
+    let _leave = Leave;
+    T::deserialize(deserializer)
+}
+
 impl Operation {
     /// Whether the operation changes state.
     pub fn is_write(&self) -> bool {
         matches!(self, Operation::Write { .. } | Operation::Delete { .. })
+    }
+
+    /// Whether the operation names one key (and so may be pipelined).
+    pub fn is_keyed(&self) -> bool {
+        matches!(
+            self,
+            Operation::Write { .. }
+                | Operation::Delete { .. }
+                | Operation::Read { .. }
+                | Operation::DocChanges { .. }
+                | Operation::ReadSet { .. }
+                | Operation::ReadMap { .. }
+        )
     }
 }
 
@@ -925,6 +987,8 @@ pub enum ReplyBody {
     MapPart(MapPartReply),
     /// The answer to [`Operation::Storage`].
     Storage(StorageReport),
+    /// The answer to [`Operation::Pipeline`]: each operation's answer or error, in order.
+    Pipeline(#[serde(deserialize_with = "not_nested")] Vec<Result<ReplyBody, ErrorReply>>),
 }
 
 /// What a node's storage holds ([`Operation::Storage`]). The figures come from RocksDB's own
@@ -1270,6 +1334,62 @@ mod tests {
         let frame = encode_frame(&reply);
         assert_eq!(&frame[4..], &[1, 0, 0, 0, 12, 2, 1, 1, b'n', 0, 6, 1, 1, b'n']);
         assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
+    fn golden_pipeline_frames() {
+        let key: Key = "a/b".parse().unwrap();
+        let request = Request::V1(RequestV1 {
+            consistency: None,
+            causal_token: None,
+            timeout_ms: 0,
+            op: Operation::Pipeline(vec![Operation::Read { key, expected: None }]),
+        });
+        // length 13 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | Pipeline=14 | 1 op | Read=2 |
+        // key "a" "b" | None=0
+        assert_eq!(encode_frame(&request), vec![0, 0, 0, 13, 1, 0, 0, 0, 0, 14, 1, 2, 1, b'a', 1, b'b', 0]);
+        let answers = vec![Ok(ReplyBody::Written { counter: None }), Err(ErrorReply::new(ErrorCode::WrongType, "x"))];
+        let reply =
+            Response::V1(Ok(Reply { causal_token: CausalToken::default(), body: ReplyBody::Pipeline(answers) }));
+        let frame = encode_frame(&reply);
+        // V1=0 | Ok=0 | empty token | Pipeline=14 | 2 answers | Ok=0 Written=0 None=0 |
+        // Err=1 WrongType=1 "x"
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 14, 2, 0, 0, 0, 1, 1, 1, b'x']);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
+    }
+
+    #[test]
+    fn nested_pipelines_do_not_decode_however_deep() {
+        let frame = |depth: usize, body: &[u8]| {
+            // format 1 | V1=0 | None=0 | None=0 | timeout 0 | then `depth` × (Pipeline=14, 1 op) | body
+            let mut bytes = vec![1, 0, 0, 0, 0];
+            for _ in 0..depth {
+                bytes.extend([14, 1]);
+            }
+            bytes.extend(body);
+            bytes
+        };
+        let read = [2, 1, b'a', 1, b'b', 0];
+        assert!(decode_frame_body::<Request>(&frame(1, &read), 1 << 20).is_ok());
+        for depth in [2, 3, 1_000_000] {
+            let err = decode_frame_body::<Request>(&frame(depth, &read), 4 << 20).unwrap_err();
+            assert!(err.to_string().contains("a pipeline inside a pipeline"), "depth {depth}: {err}");
+        }
+        // The guard is released after a refusal: the next pipeline on this thread decodes.
+        assert!(decode_frame_body::<Request>(&frame(1, &read), 1 << 20).is_ok());
+
+        // Answers: V1=0 | Ok=0 | empty token | then `depth` × (Pipeline=14, 1 answer, Ok=0) | Value(None)
+        let answers = |depth: usize| {
+            let mut bytes = vec![1, 0, 0, 0];
+            for _ in 0..depth {
+                bytes.extend([14, 1, 0]);
+            }
+            bytes.extend([2, 0]);
+            bytes
+        };
+        assert!(decode_frame_body::<Response>(&answers(1), 1 << 20).is_ok());
+        let err = decode_frame_body::<Response>(&answers(1_000_000), 4 << 20).unwrap_err();
+        assert!(err.to_string().contains("a pipeline inside a pipeline"), "{err}");
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub struct LimitsConfig {
     pub causal_wait_ms: u64,
     /// Largest page of `keys`.
     pub max_list_keys: u32,
+    /// Most operations in one pipeline (`Operation::Pipeline`); a longer one is refused whole as
+    /// `too_large`. Each operation still takes its own in-flight slot.
+    pub max_pipeline_ops: u32,
     /// How long an idempotency record is kept (a retry later than this may apply twice).
     pub idempotency_ttl_s: u64,
     /// Open HTTP connections; further ones are closed at once.
@@ -369,6 +372,7 @@ impl Default for Config {
                 request_timeout_ms: 5_000,
                 causal_wait_ms: 2_000,
                 max_list_keys: 1_000,
+                max_pipeline_ops: 1_024,
                 idempotency_ttl_s: 24 * 3600,
                 max_http_connections: 4096,
                 http_header_timeout_ms: 10_000,
@@ -487,6 +491,7 @@ impl Config {
             ("limits.max_inflight_requests", limits.max_inflight_requests, 1),
             ("limits.request_timeout_ms", limits.request_timeout_ms as usize, 1),
             ("limits.max_list_keys", limits.max_list_keys as usize, 1),
+            ("limits.max_pipeline_ops", limits.max_pipeline_ops as usize, 1),
             ("limits.max_http_connections", limits.max_http_connections, 1),
             ("limits.http_header_timeout_ms", limits.http_header_timeout_ms as usize, 1),
         ] {

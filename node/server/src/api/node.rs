@@ -32,6 +32,9 @@ pub struct Node {
     /// The region side (placement, fan-out, quorum reads, routing); `None`: the node runs alone.
     coordinator: Option<Arc<Coordinator>>,
     inflight: Arc<Semaphore>,
+    /// Pipeline lanes running at once on the node (`api/pipeline.rs`): half the in-flight slots,
+    /// so pipelines, however many, leave the other half to requests sent alone.
+    pub(super) pipeline_lanes: Arc<Semaphore>,
     /// Checkpoints held for online backups in progress.
     backups: Arc<Backups>,
 }
@@ -45,8 +48,9 @@ impl Node {
     /// The node over `replica`, coordinating in a region when `coordinator` is given.
     pub fn new(replica: Arc<Replica>, coordinator: Option<Arc<Coordinator>>) -> Arc<Node> {
         let inflight = Arc::new(Semaphore::new(replica.config().limits.max_inflight_requests));
+        let pipeline_lanes = Arc::new(Semaphore::new((replica.config().limits.max_inflight_requests / 2).max(1)));
         let backups = Arc::new(Backups::open(&replica.config().data_dir));
-        Arc::new(Node { replica, coordinator, inflight, backups })
+        Arc::new(Node { replica, coordinator, inflight, pipeline_lanes, backups })
     }
 
     /// The local replica.
@@ -176,7 +180,9 @@ impl Node {
         self.execute_routed(request, None, &Caller::Forwarded, true).await
     }
 
-    async fn execute_routed(
+    /// Every request's way in: authorization, then a pipeline's operations (each coming back
+    /// here, `api/pipeline.rs`) or admission and the operation; tracing and metrics around it.
+    pub(super) async fn execute_routed(
         self: &Arc<Self>,
         request: RequestV1,
         trace: Option<&TraceContext>,
@@ -189,6 +195,9 @@ impl Node {
         let started = Instant::now();
         let span = crate::telemetry::request_span(op_name, level, hop, trace);
         let result = match self.authorize(caller, &request.op) {
+            Ok(()) if matches!(request.op, Operation::Pipeline(_)) => {
+                self.run_pipeline(request, trace, caller, forwarded).instrument(span.clone()).await
+            }
             Ok(()) => self.admit_and_run(request, caller, forwarded).instrument(span.clone()).await,
             Err(refused) => Err(refused),
         };
@@ -237,9 +246,7 @@ impl Node {
         caller: &Caller,
         forwarded: bool,
     ) -> Result<Reply, ErrorReply> {
-        if self.replica.is_shutting_down() {
-            return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
-        }
+        self.refuse_if_shutting_down()?;
         let limits = &self.config().limits;
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             ErrorReply::new(
@@ -250,10 +257,7 @@ impl Node {
                 ),
             )
         })?;
-        let timeout_ms = match request.timeout_ms {
-            0 => limits.request_timeout_ms,
-            ms => u64::from(ms).min(limits.request_timeout_ms),
-        };
+        let timeout_ms = self.time_budget_ms(request.timeout_ms);
         let run = self.route_and_run(request, caller, forwarded, permit, Duration::from_millis(timeout_ms));
         match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
             Ok(result) => result,
@@ -261,6 +265,35 @@ impl Node {
                 ErrorCode::Timeout,
                 format!("no answer within {timeout_ms} ms; a write may or may not have been applied (retry with the same idempotency id)"),
             )),
+        }
+    }
+
+    /// How long a request asking for `timeout_ms` may take here (0: the node's default; never more
+    /// than `limits.request_timeout_ms`).
+    pub(super) fn time_budget_ms(&self, timeout_ms: u32) -> u64 {
+        let limit = self.config().limits.request_timeout_ms;
+        match timeout_ms {
+            0 => limit,
+            ms => u64::from(ms).min(limit),
+        }
+    }
+
+    /// Refuses every request once the node is shutting down (the client retries on another node).
+    pub(super) fn refuse_if_shutting_down(&self) -> Result<(), ErrorReply> {
+        if self.replica.is_shutting_down() {
+            return Err(ErrorReply::new(ErrorCode::ShuttingDown, "the node is shutting down; retry on another node"));
+        }
+        Ok(())
+    }
+
+    /// Refuses a data request on a node of a region that has not heard from its region yet.
+    pub(super) fn refuse_before_joining(&self) -> Result<(), ErrorReply> {
+        match &self.coordinator {
+            Some(coordinator) if !coordinator.cluster().has_joined() => Err(ErrorReply::new(
+                ErrorCode::QuorumUnavailable,
+                "this node has not heard from its region yet (no seed answered); retry shortly or on another node",
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -274,24 +307,17 @@ impl Node {
         permit: OwnedSemaphorePermit,
         timeout: Duration,
     ) -> Result<Reply, ErrorReply> {
-        if let Some(coordinator) = &self.coordinator {
-            if !coordinator.cluster().has_joined()
-                && !matches!(
-                    request.op,
-                    Operation::Status
-                        | Operation::Readiness
-                        | Operation::Storage
-                        | Operation::Cluster(_)
-                        | Operation::Residency(_)
-                        | Operation::Auth(_)
-                        | Operation::Backup(_)
-                )
-            {
-                return Err(ErrorReply::new(
-                    ErrorCode::QuorumUnavailable,
-                    "this node has not heard from its region yet (no seed answered); retry shortly or on another node",
-                ));
-            }
+        if !matches!(
+            request.op,
+            Operation::Status
+                | Operation::Readiness
+                | Operation::Storage
+                | Operation::Cluster(_)
+                | Operation::Residency(_)
+                | Operation::Auth(_)
+                | Operation::Backup(_)
+        ) {
+            self.refuse_before_joining()?;
         }
         if let Some(data_key) = layout::keyed_data_key(&request.op) {
             let residency = self.residency();
@@ -399,6 +425,10 @@ impl Node {
             Operation::Status => Ok(Reply { causal_token: token, body: ReplyBody::Status(self.status()?) }),
             Operation::Readiness => {
                 Ok(Reply { causal_token: token, body: ReplyBody::Readiness(self.unready_reason()) })
+            }
+            // `execute_routed` sends pipelines to `run_pipeline`, which runs their operations.
+            Operation::Pipeline(_) => {
+                Err(ErrorReply::new(ErrorCode::Internal, "a pipeline reached the single-operation path"))
             }
             Operation::Storage => {
                 let replica = self.replica.clone();
@@ -550,7 +580,7 @@ impl Node {
     }
 }
 
-fn op_name(op: &Operation) -> &'static str {
+pub(super) fn op_name(op: &Operation) -> &'static str {
     match op {
         Operation::Write { .. } => "write",
         Operation::Delete { .. } => "delete",
@@ -566,6 +596,7 @@ fn op_name(op: &Operation) -> &'static str {
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",
         Operation::Backup(_) => "backup",
+        Operation::Pipeline(_) => "pipeline",
     }
 }
 
