@@ -168,6 +168,7 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(replica.clone(), shutdown.clone()));
+    tasks.spawn(take_census_periodically(replica.clone(), shutdown.clone()));
     if config.storage.log_retention_s > 0 {
         tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
     }
@@ -355,6 +356,55 @@ async fn sync_wal_periodically(node: Arc<Replica>, every: Duration, shutdown: Ca
             // Writes acknowledged since the last sync may not be on disk: stop taking more (the
             // same fence as a failed commit; store/commit.rs).
             node.fence_storage(&format!("relaxed-mode WAL sync failed: {e}"));
+        }
+    }
+}
+
+/// How often the data census (`store/census.rs`) starts a pass.
+const CENSUS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counts live keys and the tombstones kept, a pass every [`CENSUS_INTERVAL`] (the first soon after
+/// start), each step of the pass on a blocking thread with a pause between steps, and publishes
+/// each pass's counts at its end.
+async fn take_census_periodically(node: Arc<Replica>, shutdown: CancellationToken) {
+    use crate::store::census::{Census, CENSUS_STEP};
+    let mut wait = Duration::from_secs(5);
+    while shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_some() {
+        wait = CENSUS_INTERVAL;
+        let mut census = Census::default();
+        let mut start = Vec::new();
+        loop {
+            let engine = node.engine().clone();
+            let step = tokio::task::spawn_blocking(move || {
+                let next = census.step(engine.as_ref(), &start, CENSUS_STEP);
+                (census, next)
+            });
+            // A failed step ends the pass unpublished: half a count would read as deletes undone.
+            let (counted, next) = match step.await {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "data census step panicked; the next pass starts over");
+                    break;
+                }
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "data census step failed; the next pass starts over");
+                    break;
+                }
+            };
+            census = counted;
+            match next {
+                Some(next) => start = next,
+                None => {
+                    census.publish();
+                    break;
+                }
+            }
+            if shutdown.run_until_cancelled(tokio::time::sleep(Duration::from_millis(20))).await.is_none() {
+                return;
+            }
         }
     }
 }

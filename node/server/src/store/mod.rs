@@ -11,9 +11,11 @@
 //! - [`epoch`]: the node's id and log epoch — a new one after a run that may have lost writes it
 //!   had already pushed (an unclean stop under `relaxed` durability).
 //! - [`safe_times`]: what this node knows of other origins' logs, for causal reads.
+//! - [`census`]: counts live keys and the tombstones kept (deleted keys, removed map fields).
 //!
 //! Nothing here knows of requests, regions or peers.
 
+pub mod census;
 pub mod commit;
 pub mod epoch;
 pub mod log_truncation;
