@@ -266,6 +266,15 @@ impl Client {
         }
     }
 
+    /// What the node's last data census counted: live keys, and the deleted keys and removed map
+    /// fields kept as tombstones; `None` before its first pass ends (a few seconds after start).
+    pub async fn data_census(&self) -> Result<Option<crate::proto::CensusReport>, Error> {
+        match self.ctx().call(Operation::DataCensus).await? {
+            ReplyBody::DataCensus(report) => Ok(report),
+            other => Err(unexpected("data census", &other)),
+        }
+    }
+
     /// Whether the node is ready to serve: `None`, or why not (for example a storage failure, after
     /// which it takes no writes until restarted) — what `GET /readyz` answers over HTTP.
     pub async fn readiness(&self) -> Result<Option<String>, Error> {

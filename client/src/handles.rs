@@ -100,6 +100,7 @@ pub(crate) fn unexpected(request: &str, body: &ReplyBody) -> Error {
         ReplyBody::MapPart(_) => "MapPart",
         ReplyBody::Storage(_) => "Storage",
         ReplyBody::Pipeline(_) => "Pipeline",
+        ReplyBody::DataCensus(_) => "DataCensus",
     };
     Error::protocol(format!("the node answered a {request} request with a {kind} reply"))
 }

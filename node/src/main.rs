@@ -682,11 +682,26 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         }
         Err(e) => return Err(e.into()),
     };
+    // Likewise its data census (and `None` before the node's first pass ended).
+    let census = match client.data_census().await {
+        Ok(report) => report,
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(meridian_client::ErrorCode::Unsupported | meridian_client::ErrorCode::BadRequest)
+            ) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let health = meridian_node::health::judge(&status, unready.as_deref(), cluster.as_ref(), now);
     let exit_code = i32::from(check && health.state != "ok");
     if json {
-        let out = serde_json::json!({ "health": health, "node": status, "storage": storage, "cluster": cluster });
+        let out = serde_json::json!({
+            "health": health, "node": status, "storage": storage, "census": census, "cluster": cluster
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(exit_code);
     }
@@ -702,6 +717,9 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
     println!("connections {}", status.client_connections);
     let vv: Vec<String> = status.version_vector.iter().map(|(n, s)| format!("{n}:{s}")).collect();
     println!("vector      [{}]", vv.join(", "));
+    if let Some(census) = &census {
+        print_census(census, now);
+    }
     if let Some(storage) = &storage {
         print_storage(storage);
     }
@@ -710,6 +728,23 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         print_cluster(report);
     }
     Ok(exit_code)
+}
+
+/// The data census line of `meridian status`: live keys, and the tombstones kept.
+fn print_census(census: &meridian_client::proto::CensusReport, now_ms: u64) {
+    use meridian_node::backup_cli::bytes;
+    println!(
+        "data        {} live keys ({}); tombstones pending: {} deleted keys ({}), {} removed map fields; counted {} s ago",
+        census.live_keys,
+        bytes(census.live_bytes),
+        census.deleted_keys,
+        bytes(census.deleted_bytes),
+        census.removed_fields,
+        now_ms.saturating_sub(census.taken_ms) / 1000
+    );
+    if census.unreadable > 0 {
+        println!("            {} data records did not decode (see the node's log)", census.unreadable);
+    }
 }
 
 /// The storage lines of `meridian status`: the data directory's size, then one row per space.

@@ -13,7 +13,9 @@ fn json(text: &str) -> serde_json::Value {
 async fn readme_tour_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let node = process::spawn_node(&data).await;
+    // A census pass every 200 ms (default: a minute), so `status` shows the delete below.
+    let census = [("MERIDIAN_STORAGE__CENSUS_INTERVAL_MS".to_string(), "200".to_string())];
+    let node = process::spawn_node_with(&data, &census).await;
     let (ep, data) = (node.client_addr.as_str(), data.as_path());
     let status = ok(ep, data, &["status"]);
     assert!(status.contains("durability  fsync"), "{status}");
@@ -96,4 +98,21 @@ async fn readme_tour_works_as_written() {
     let resumed = meridian(ep, data, &["--token", &token, "--consistency", "causal", "get", "shop/visits"]);
     assert!(resumed.status.success());
     assert!(!meridian(ep, data, &["--consistency", "strong", "get", "shop/visits"]).status.success());
+
+    // `status` shows what the data census counted: the deleted key is a tombstone pending.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let census = loop {
+        let status = json(&ok(ep, data, &["status", "--json"]));
+        if status["census"]["deleted_keys"].as_u64().is_some_and(|n| n >= 1) {
+            break status["census"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no census counted the delete in 20 s: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(census["deleted_keys"], 1, "{census}");
+    assert!(census["live_keys"].as_u64().unwrap() >= 6, "{census}");
+    assert_eq!(census["unreadable"], 0, "{census}");
+    assert_eq!(census["removed_fields"], 1, "the hdel above: {census}");
+    let status = ok(ep, data, &["status"]);
+    assert!(status.contains("tombstones pending: 1 deleted keys"), "{status}");
 }

@@ -612,6 +612,7 @@ async fn operations_endpoints() {
 
     let status = api.get("/v1/status").await.ok();
     let mut expected = [
+        "census",
         "client_connections",
         "durability",
         "keys_estimate",

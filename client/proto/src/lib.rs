@@ -418,6 +418,10 @@ pub enum Operation {
     /// operations one by one. A pipeline inside a pipeline does not decode (a hostile frame cannot
     /// nest them deep enough to overflow the decoding stack).
     Pipeline(#[serde(deserialize_with = "not_nested")] Vec<Operation>),
+    /// What the node's last data census counted: live keys and the tombstones kept (`meridian
+    /// status` shows it). Nodes before this variant cannot decode it (`BadRequest`, "malformed
+    /// frame").
+    DataCensus,
 }
 
 /// Which part of a map [`Operation::ReadMap`] reads.
@@ -989,6 +993,9 @@ pub enum ReplyBody {
     Storage(StorageReport),
     /// The answer to [`Operation::Pipeline`]: each operation's answer or error, in order.
     Pipeline(#[serde(deserialize_with = "not_nested")] Vec<Result<ReplyBody, ErrorReply>>),
+    /// The answer to [`Operation::DataCensus`]: `None` until the node's first census pass ends
+    /// (a few seconds after it starts).
+    DataCensus(Option<CensusReport>),
 }
 
 /// What a node's storage holds ([`Operation::Storage`]). The figures come from RocksDB's own
@@ -1005,6 +1012,26 @@ pub struct StorageReport {
     /// Bytes of every file under the data directory: what the node takes on disk (table files,
     /// WAL, manifests, backups kept inside it).
     pub dir_bytes: u64,
+}
+
+/// What a node's data census counted in its `Data` space ([`Operation::DataCensus`]): a pass every
+/// minute, so up to a minute (and the pass's own time) old.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CensusReport {
+    /// Keys a read shows.
+    pub live_keys: u64,
+    /// Their bytes (a collection's parts included).
+    pub live_bytes: u64,
+    /// Deleted keys whose state is kept: tombstones, which nothing collects yet.
+    pub deleted_keys: u64,
+    /// Their bytes.
+    pub deleted_bytes: u64,
+    /// Removed fields of live maps whose records are kept.
+    pub removed_fields: u64,
+    /// Records that did not decode (0 on a healthy node).
+    pub unreadable: u64,
+    /// When the pass ended (Unix milliseconds, the node's clock).
+    pub taken_ms: u64,
 }
 
 /// One storage space in a [`StorageReport`].
@@ -1390,6 +1417,29 @@ mod tests {
         assert!(decode_frame_body::<Response>(&answers(1), 1 << 20).is_ok());
         let err = decode_frame_body::<Response>(&answers(1_000_000), 4 << 20).unwrap_err();
         assert!(err.to_string().contains("a pipeline inside a pipeline"), "{err}");
+    }
+
+    #[test]
+    fn golden_data_census_frames() {
+        let request =
+            Request::V1(RequestV1 { consistency: None, causal_token: None, timeout_ms: 0, op: Operation::DataCensus });
+        // length 6 | format 1 | V1=0 | None=0 | None=0 | timeout 0 | DataCensus=15
+        assert_eq!(encode_frame(&request), vec![0, 0, 0, 6, 1, 0, 0, 0, 0, 15]);
+        let report = CensusReport {
+            live_keys: 1,
+            live_bytes: 2,
+            deleted_keys: 3,
+            deleted_bytes: 4,
+            removed_fields: 5,
+            unreadable: 0,
+            taken_ms: 6,
+        };
+        let reply =
+            Response::V1(Ok(Reply { causal_token: CausalToken::default(), body: ReplyBody::DataCensus(Some(report)) }));
+        let frame = encode_frame(&reply);
+        // V1=0 | Ok=0 | empty token | DataCensus=15 | Some=1 | 1 2 3 4 5 0 6
+        assert_eq!(&frame[4..], &[1, 0, 0, 0, 15, 1, 1, 2, 3, 4, 5, 0, 6]);
+        assert_eq!(decode_frame_body::<Response>(&frame[4..], 1 << 20).unwrap(), reply);
     }
 
     #[test]

@@ -254,6 +254,9 @@ pub struct StorageConfig {
     pub log_retention_mb: u64,
     /// How often the log is truncated.
     pub log_truncation_interval_ms: u64,
+    /// How often the data census counts live keys and the tombstones kept (`store/census.rs`);
+    /// the first pass starts a few seconds after the node.
+    pub census_interval_ms: u64,
     /// Test knob: the kernel boot this run is in, instead of `/proc/sys/kernel/random/boot_id`
     /// (empty: read it). A node whose last `relaxed` run did not stop cleanly starts a new log
     /// epoch when the boot changed (`store/epoch.rs`); tests simulate a reboot with it.
@@ -357,6 +360,7 @@ impl Default for Config {
                 log_retention_s: 86_400,
                 log_retention_mb: 4_096,
                 log_truncation_interval_ms: 10_000,
+                census_interval_ms: 60_000,
                 boot_id: String::new(),
             },
             limits: LimitsConfig {
@@ -476,6 +480,7 @@ impl Config {
         for (field, value, min) in [
             ("storage.log_retention_mb", self.storage.log_retention_mb, 1),
             ("storage.log_truncation_interval_ms", self.storage.log_truncation_interval_ms, 100),
+            ("storage.census_interval_ms", self.storage.census_interval_ms, 100),
         ] {
             if value < min {
                 return invalid(field, format!("must be at least {min}"));

@@ -168,7 +168,8 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
         ));
     }
     tasks.spawn(expire_idempotency_records(replica.clone(), shutdown.clone()));
-    tasks.spawn(take_census_periodically(replica.clone(), shutdown.clone()));
+    let census_interval = Duration::from_millis(config.storage.census_interval_ms);
+    tasks.spawn(take_census_periodically(replica.clone(), census_interval, shutdown.clone()));
     if config.storage.log_retention_s > 0 {
         tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
     }
@@ -360,17 +361,14 @@ async fn sync_wal_periodically(node: Arc<Replica>, every: Duration, shutdown: Ca
     }
 }
 
-/// How often the data census (`store/census.rs`) starts a pass.
-const CENSUS_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Counts live keys and the tombstones kept, a pass every [`CENSUS_INTERVAL`] (the first soon after
-/// start), each step of the pass on a blocking thread with a pause between steps, and publishes
-/// each pass's counts at its end.
-async fn take_census_periodically(node: Arc<Replica>, shutdown: CancellationToken) {
+/// Counts live keys and the tombstones kept, a pass every `interval` (`storage.census_interval_ms`;
+/// the first within 5 s of start), each step of the pass on a blocking thread with a pause between
+/// steps, and publishes each pass's counts at its end.
+async fn take_census_periodically(node: Arc<Replica>, interval: Duration, shutdown: CancellationToken) {
     use crate::store::census::{Census, CENSUS_STEP};
-    let mut wait = Duration::from_secs(5);
+    let mut wait = interval.min(Duration::from_secs(5));
     while shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_some() {
-        wait = CENSUS_INTERVAL;
+        wait = interval;
         let mut census = Census::default();
         let mut start = Vec::new();
         loop {
@@ -399,6 +397,7 @@ async fn take_census_periodically(node: Arc<Replica>, shutdown: CancellationToke
                 Some(next) => start = next,
                 None => {
                     census.publish();
+                    node.record_census(&census);
                     break;
                 }
             }

@@ -739,11 +739,14 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Json<Json_>, ApiError> {
     let storage_common = common(caller.clone(), &CommonQuery::default(), &headers)?;
+    let census_common = common(caller.clone(), &CommonQuery::default(), &headers)?;
     let common = common(caller, &CommonQuery::default(), &headers)?;
     let reply = execute(&node, common, Operation::Status).await?;
     let ReplyBody::Status(status) = reply.body else { unreachable!("status reply") };
     let storage = execute(&node, storage_common, Operation::Storage).await?;
     let ReplyBody::Storage(storage) = storage.body else { unreachable!("storage reply") };
+    let census = execute(&node, census_common, Operation::DataCensus).await?;
+    let ReplyBody::DataCensus(census) = census.body else { unreachable!("census reply") };
     Ok(Json(json!({
         "node_id": status.node_id.to_string(),
         "name": status.name,
@@ -757,6 +760,7 @@ async fn status(
         "durability": status.durability,
         "client_connections": status.client_connections,
         "storage": storage,
+        "census": census,
     })))
 }
 

@@ -312,6 +312,7 @@ impl Node {
             Operation::Status
                 | Operation::Readiness
                 | Operation::Storage
+                | Operation::DataCensus
                 | Operation::Cluster(_)
                 | Operation::Residency(_)
                 | Operation::Auth(_)
@@ -429,6 +430,10 @@ impl Node {
             // `execute_routed` sends pipelines to `run_pipeline`, which runs their operations.
             Operation::Pipeline(_) => {
                 Err(ErrorReply::new(ErrorCode::Internal, "a pipeline reached the single-operation path"))
+            }
+            Operation::DataCensus => {
+                let report = self.replica.last_census();
+                Ok(Reply { causal_token: token, body: ReplyBody::DataCensus(report) })
             }
             Operation::Storage => {
                 let replica = self.replica.clone();
@@ -592,6 +597,7 @@ pub(super) fn op_name(op: &Operation) -> &'static str {
         Operation::Status => "status",
         Operation::Readiness => "readiness",
         Operation::Storage => "storage",
+        Operation::DataCensus => "data_census",
         Operation::Cluster(_) => "cluster",
         Operation::Residency(_) => "residency",
         Operation::Auth(_) => "auth",

@@ -105,7 +105,7 @@ pub fn needed(op: &Operation, rule_namespace: impl Fn(u32) -> Option<String>) ->
         | Operation::ReadSet { key, .. }
         | Operation::ReadMap { key, .. } => Need::Role(Role::Read, key.namespace.clone()),
         Operation::ListKeys { namespace, .. } => Need::Role(Role::Read, namespace.clone()),
-        Operation::Status | Operation::Readiness | Operation::Storage => Need::Principal,
+        Operation::Status | Operation::Readiness | Operation::Storage | Operation::DataCensus => Need::Principal,
         Operation::Cluster(ClusterOp::Status | ClusterOp::Placement { .. }) => Need::Principal,
         Operation::Cluster(_) => cluster(),
         Operation::Residency(ResidencyOp::List | ResidencyOp::Explain { .. }) => Need::Principal,

@@ -103,6 +103,8 @@ pub struct Replica {
     /// Client authentication: settings, and the cluster's users, grants and tokens.
     auth: Arc<Auth>,
     origin_names: OnceLock<OriginNames>,
+    /// What the last data census pass counted (`store/census.rs`), for `meridian status`.
+    last_census: Mutex<Option<meridian_client::proto::CensusReport>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -195,6 +197,7 @@ impl Replica {
             shutting_down: AtomicBool::new(false),
             writes: tokio_util::task::TaskTracker::new(),
             origin_names: OnceLock::new(),
+            last_census: Mutex::new(None),
             config,
             engine,
             id,
@@ -530,6 +533,17 @@ impl Replica {
             wal_bytes: self.engine.wal_bytes()?,
             dir_bytes: directory_bytes(&self.config.data_dir),
         })
+    }
+
+    /// Keeps what a data census pass counted, as of now.
+    pub fn record_census(&self, census: &crate::store::census::Census) {
+        let report = census.report(clock::now_ms());
+        *self.last_census.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
+    }
+
+    /// What the last data census pass counted; `None` before the first one ended.
+    pub fn last_census(&self) -> Option<meridian_client::proto::CensusReport> {
+        self.last_census.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Deletes idempotency records older than the TTL; scans at most `budget` records from `cursor`

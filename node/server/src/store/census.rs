@@ -77,6 +77,19 @@ impl Census {
         })
     }
 
+    /// The counts as the protocol reports them, for a pass that ended at `taken_ms`.
+    pub fn report(&self, taken_ms: u64) -> meridian_client::proto::CensusReport {
+        meridian_client::proto::CensusReport {
+            live_keys: self.live_keys,
+            live_bytes: self.live_bytes,
+            deleted_keys: self.deleted_keys,
+            deleted_bytes: self.deleted_bytes,
+            removed_fields: self.removed_fields,
+            unreadable: self.unreadable,
+            taken_ms,
+        }
+    }
+
     /// Publishes the pass's counts as gauges.
     pub fn publish(&self) {
         metrics::gauge!("meridian_data_keys", "state" => "live").set(self.live_keys as f64);
