@@ -669,32 +669,10 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         Err(e) if e.code() == Some(meridian_client::ErrorCode::Unsupported) => None,
         Err(e) => return Err(e.into()),
     };
-    // A node of an earlier version cannot decode the request: its storage is not shown.
-    let storage = match client.storage().await {
-        Ok(report) => Some(report),
-        Err(e)
-            if matches!(
-                e.code(),
-                Some(meridian_client::ErrorCode::Unsupported | meridian_client::ErrorCode::BadRequest)
-            ) =>
-        {
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Likewise its data census (and `None` before the node's first pass ended).
-    let census = match client.data_census().await {
-        Ok(report) => report,
-        Err(e)
-            if matches!(
-                e.code(),
-                Some(meridian_client::ErrorCode::Unsupported | meridian_client::ErrorCode::BadRequest)
-            ) =>
-        {
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // A node of an earlier version cannot decode these requests: its storage and census are not
+    // shown (nor is a census before the node's first pass ended).
+    let storage = unless_older_node(client.storage().await)?;
+    let census = unless_older_node(client.data_census().await)?.flatten();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let health = meridian_node::health::judge(&status, unready.as_deref(), cluster.as_ref(), now);
     let exit_code = i32::from(check && health.state != "ok");
@@ -728,6 +706,16 @@ async fn print_status(client: &Client, json: bool, check: bool) -> anyhow::Resul
         print_cluster(report);
     }
     Ok(exit_code)
+}
+
+/// What a node answered, `None` when it is of an earlier version that cannot decode the request.
+fn unless_older_node<T>(answer: Result<T, meridian_client::Error>) -> anyhow::Result<Option<T>> {
+    use meridian_client::ErrorCode::{BadRequest, Unsupported};
+    match answer {
+        Ok(answer) => Ok(Some(answer)),
+        Err(e) if matches!(e.code(), Some(Unsupported | BadRequest)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The data census line of `meridian status`: live keys, and the tombstones kept.

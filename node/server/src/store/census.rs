@@ -10,29 +10,17 @@
 //! published together at its end (`meridian_data_keys{state}`, `meridian_data_bytes{state}`,
 //! `meridian_tombstones_pending{kind}`).
 
+use meridian_client::proto::CensusReport;
+
 use crate::layout::{self, StateRecord};
 use crate::storage::{Engine, Space, StorageError};
 
 /// Data records read per census step.
 pub const CENSUS_STEP: usize = 5_000;
 
-/// What one census pass counted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Census {
-    /// Keys a read shows.
-    pub live_keys: u64,
-    /// Their `Data` records' bytes plus what their parts add (a set's elements, a map's fields,
-    /// a document's changes: the size the key caps count).
-    pub live_bytes: u64,
-    /// Deleted keys whose state is kept (tombstones).
-    pub deleted_keys: u64,
-    /// Their bytes, counted as for `live_bytes`.
-    pub deleted_bytes: u64,
-    /// Removed fields of live maps whose records are kept.
-    pub removed_fields: u64,
-    /// Records that did not decode (counted, never fatal: the census only reports).
-    pub unreadable: u64,
-}
+/// What one census pass counted (the protocol's report, `taken_ms` set when the pass ends).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census(pub CensusReport);
 
 impl Census {
     /// Adds the `Data` record `value` (a key's whole state, or a collection's header).
@@ -45,17 +33,18 @@ impl Census {
                 header.elements.saturating_sub(header.present),
             ),
             Err(_) => {
-                self.unreadable += 1;
+                self.0.unreadable += 1;
                 return;
             }
         };
+        let counts = &mut self.0;
         if exists {
-            self.live_keys += 1;
-            self.live_bytes += bytes;
-            self.removed_fields += removed_fields;
+            counts.live_keys += 1;
+            counts.live_bytes += bytes;
+            counts.removed_fields += removed_fields;
         } else {
-            self.deleted_keys += 1;
-            self.deleted_bytes += bytes;
+            counts.deleted_keys += 1;
+            counts.deleted_bytes += bytes;
         }
     }
 
@@ -78,27 +67,20 @@ impl Census {
     }
 
     /// The counts as the protocol reports them, for a pass that ended at `taken_ms`.
-    pub fn report(&self, taken_ms: u64) -> meridian_client::proto::CensusReport {
-        meridian_client::proto::CensusReport {
-            live_keys: self.live_keys,
-            live_bytes: self.live_bytes,
-            deleted_keys: self.deleted_keys,
-            deleted_bytes: self.deleted_bytes,
-            removed_fields: self.removed_fields,
-            unreadable: self.unreadable,
-            taken_ms,
-        }
+    pub fn report(&self, taken_ms: u64) -> CensusReport {
+        CensusReport { taken_ms, ..self.0.clone() }
     }
 
     /// Publishes the pass's counts as gauges.
     pub fn publish(&self) {
-        metrics::gauge!("meridian_data_keys", "state" => "live").set(self.live_keys as f64);
-        metrics::gauge!("meridian_data_keys", "state" => "deleted").set(self.deleted_keys as f64);
-        metrics::gauge!("meridian_data_bytes", "state" => "live").set(self.live_bytes as f64);
-        metrics::gauge!("meridian_data_bytes", "state" => "deleted").set(self.deleted_bytes as f64);
-        metrics::gauge!("meridian_tombstones_pending", "kind" => "key").set(self.deleted_keys as f64);
-        metrics::gauge!("meridian_tombstones_pending", "kind" => "map_field").set(self.removed_fields as f64);
-        metrics::gauge!("meridian_census_unreadable_records").set(self.unreadable as f64);
+        let counts = &self.0;
+        metrics::gauge!("meridian_data_keys", "state" => "live").set(counts.live_keys as f64);
+        metrics::gauge!("meridian_data_keys", "state" => "deleted").set(counts.deleted_keys as f64);
+        metrics::gauge!("meridian_data_bytes", "state" => "live").set(counts.live_bytes as f64);
+        metrics::gauge!("meridian_data_bytes", "state" => "deleted").set(counts.deleted_bytes as f64);
+        metrics::gauge!("meridian_tombstones_pending", "kind" => "key").set(counts.deleted_keys as f64);
+        metrics::gauge!("meridian_tombstones_pending", "kind" => "map_field").set(counts.removed_fields as f64);
+        metrics::gauge!("meridian_census_unreadable_records").set(counts.unreadable as f64);
     }
 }
 
@@ -159,12 +141,12 @@ mod tests {
         for step in [1, 2, 3, CENSUS_STEP] {
             let counted = census(node.engine().as_ref(), step).unwrap();
             assert_eq!(
-                (counted.live_keys, counted.deleted_keys, counted.removed_fields, counted.unreadable),
+                (counted.0.live_keys, counted.0.deleted_keys, counted.0.removed_fields, counted.0.unreadable),
                 (5, 4, 1, 0),
                 "step {step}: {counted:?}"
             );
-            assert!(counted.live_bytes >= 4 * 100, "{counted:?}");
-            assert!(counted.deleted_bytes > 0, "{counted:?}");
+            assert!(counted.0.live_bytes >= 4 * 100, "{counted:?}");
+            assert!(counted.0.deleted_bytes > 0, "{counted:?}");
         }
     }
 }
