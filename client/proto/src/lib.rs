@@ -1014,8 +1014,9 @@ pub struct StorageReport {
     pub dir_bytes: u64,
 }
 
-/// What a node's data census counted in its `Data` space ([`Operation::DataCensus`]): a pass every
-/// minute, so up to a minute (and the pass's own time) old.
+/// What a node's data census counted in its `Data` space ([`Operation::DataCensus`]): passes start
+/// `storage.census_interval_ms` (60 s) after the previous one ended, so the figures are that old at
+/// most, plus a pass's own time. Bytes are encoded sizes (what the key caps count), not disk use.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CensusReport {
     /// Keys a read shows.

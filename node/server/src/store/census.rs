@@ -7,7 +7,10 @@
 //!
 //! A census walks the space in steps of at most [`CENSUS_STEP`] records (each step one scan, off
 //! the reactor), so it never holds a snapshot or the CPU for long; counts from one pass are
-//! published together at its end (`meridian_data_keys{state}`, `meridian_data_bytes{state}`,
+//! published together at its end. Bytes are the encoded sizes the key caps count (a collection's
+//! parts included), not disk use. Fields removed inside nested maps, and maps still stored whole
+//! (storage format 1), are not counted as removed fields; a deleted map's kept fields count in its
+//! deleted bytes (`meridian_data_keys{state}`, `meridian_data_bytes{state}`,
 //! `meridian_tombstones_pending{kind}`).
 
 use meridian_client::proto::CensusReport;
@@ -15,16 +18,20 @@ use meridian_client::proto::CensusReport;
 use crate::layout::{self, StateRecord};
 use crate::storage::{Engine, Space, StorageError};
 
-/// Data records read per census step.
-pub const CENSUS_STEP: usize = 5_000;
+/// Data records read per census step: a step holds its records' values in memory (up to
+/// `limits.max_merged_key_bytes` each), so it takes as few as the other full scans' pages do.
+pub const CENSUS_STEP: usize = 1_024;
+
+/// Undecodable records a pass names in the log (by hash); the rest are only counted.
+const UNREADABLE_LOGGED: u64 = 3;
 
 /// What one census pass counted (the protocol's report, `taken_ms` set when the pass ends).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Census(pub CensusReport);
 
 impl Census {
-    /// Adds the `Data` record `value` (a key's whole state, or a collection's header).
-    fn count(&mut self, value: &[u8]) {
+    /// Adds the `Data` record `value` of `key` (a key's whole state, or a collection's header).
+    fn count(&mut self, key: &[u8], value: &[u8]) {
         let (exists, bytes, removed_fields) = match layout::decode_state(value) {
             Ok(StateRecord::Whole(stored)) => (stored.entry.exists(), value.len() as u64, 0),
             Ok(StateRecord::Split(header)) => (
@@ -32,8 +39,11 @@ impl Census {
                 value.len() as u64 + header.element_bytes,
                 header.elements.saturating_sub(header.present),
             ),
-            Err(_) => {
+            Err(e) => {
                 self.0.unreadable += 1;
+                if self.0.unreadable <= UNREADABLE_LOGGED {
+                    tracing::warn!(key = %layout::show_data_key(key), error = %e, "data census: a record does not decode");
+                }
                 return;
             }
         };
@@ -52,8 +62,8 @@ impl Census {
     /// (`None`: the space is done).
     pub fn step(&mut self, engine: &dyn Engine, start: &[u8], limit: usize) -> Result<Option<Vec<u8>>, StorageError> {
         let records = engine.scan(Space::Data, start, None, limit.max(1))?;
-        for (_, value) in &records {
-            self.count(value);
+        for (key, value) in &records {
+            self.count(key, value);
         }
         Ok(match records.last() {
             Some((key, _)) if records.len() >= limit.max(1) => {
