@@ -275,6 +275,13 @@ pub trait Engine: Send + Sync + 'static {
     fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize)
         -> Result<Vec<KeyValue>, StorageError>;
 
+    /// [`scan`](Engine::scan) from `start` to the end of the space for a background walk over all
+    /// of it (the data census): what it reads is not kept in the block cache, where it would push
+    /// out the blocks that requests read. Engines without such a cache just scan.
+    fn scan_uncached(&self, space: Space, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        self.scan(space, start, None, limit)
+    }
+
     /// The last entry with `start <= key < end`, if any (used to recover sequence numbers).
     fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError>;
 

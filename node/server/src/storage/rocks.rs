@@ -131,6 +131,36 @@ pub(super) fn rocks_err(e: rocksdb::Error, context: fmt::Arguments<'_>) -> Stora
 const MANIFEST_ROLL_BYTES: usize = 1;
 
 impl RocksEngine {
+    /// [`Engine::scan`] with the read options given (the upper bound is set here).
+    fn scan_with(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        mut ro: ReadOptions,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        if limit == 0 || end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        if let Some(end) = end {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(space)?, ro);
+        let mut out = Vec::new();
+        it.seek(start);
+        while out.len() < limit {
+            let Some((key, value)) = it.item() else { break };
+            if end.is_some_and(|end| key >= end) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            it.next();
+        }
+        it.status().map_err(|e| rocks_err(e, format_args!("scanning {space}")))?;
+        Ok(out)
+    }
+
     /// Opens (creating if missing) the database at `path` with one column family per [`Space`].
     ///
     /// On first open writes the format marker ([`FORMAT_KEY`] = `[FORMAT_VERSION]`, fsynced). Fails
@@ -330,26 +360,13 @@ impl Engine for RocksEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        if limit == 0 || end.is_some_and(|end| end <= start) {
-            return Ok(Vec::new());
-        }
+        self.scan_with(space, start, end, limit, ReadOptions::default())
+    }
+
+    fn scan_uncached(&self, space: Space, start: &[u8], limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         let mut ro = ReadOptions::default();
-        if let Some(end) = end {
-            ro.set_iterate_upper_bound(end);
-        }
-        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(space)?, ro);
-        let mut out = Vec::new();
-        it.seek(start);
-        while out.len() < limit {
-            let Some((key, value)) = it.item() else { break };
-            if end.is_some_and(|end| key >= end) {
-                break;
-            }
-            out.push((key.to_vec(), value.to_vec()));
-            it.next();
-        }
-        it.status().map_err(|e| rocks_err(e, format_args!("scanning {space}")))?;
-        Ok(out)
+        ro.fill_cache(false);
+        self.scan_with(space, start, None, limit, ro)
     }
 
     fn last_in_range(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, StorageError> {

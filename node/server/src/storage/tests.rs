@@ -178,6 +178,11 @@ mod suite {
         assert!(e.scan(Space::Log, b"b", Some(b"b"), 10).unwrap().is_empty(), "empty range");
         assert!(e.scan(Space::Log, b"c", Some(b"a"), 10).unwrap().is_empty(), "inverted range");
         assert!(e.scan(Space::Log, b"\xff\x00", None, 10).unwrap().is_empty(), "past the end");
+        // The background walk's scan reads what the cached one does.
+        for (start, limit) in [(&b""[..], usize::MAX), (b"ab", 3), (b"\xff", 10), (b"c", 0)] {
+            let cached = e.scan(Space::Log, start, None, limit).unwrap();
+            assert_eq!(e.scan_uncached(Space::Log, start, limit).unwrap(), cached, "from {start:?}, {limit}");
+        }
         // Deleted keys disappear from scans.
         let mut d = Batch::new();
         d.delete(Space::Log, b"ab");

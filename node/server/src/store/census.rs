@@ -61,7 +61,7 @@ impl Census {
     /// Counts up to `limit` `Data` records from `start` on; returns where the next step starts
     /// (`None`: the space is done).
     pub fn step(&mut self, engine: &dyn Engine, start: &[u8], limit: usize) -> Result<Option<Vec<u8>>, StorageError> {
-        let records = engine.scan(Space::Data, start, None, limit.max(1))?;
+        let records = engine.scan_uncached(Space::Data, start, limit.max(1))?;
         for (key, value) in &records {
             self.count(key, value);
         }
