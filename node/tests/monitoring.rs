@@ -538,6 +538,8 @@ async fn dashboard_and_rules_use_only_exported_metrics() {
     let b = restart(&config_b).await;
     wait_for_metric("meridian_hints_replayed_total").await;
     wait_for_metric("meridian_sync_passes_total").await;
+    // The data census publishes at the end of each node's first pass (within 5 s of its start).
+    wait_for_metric("meridian_tombstones_pending").await;
 
     refusals_on_a_guarded_node(dir.path()).await;
 
