@@ -647,3 +647,53 @@ async fn operations_endpoints() {
     api.get("/v1/kv/ops/n").await.error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true);
     api.post("/v1/kv/ops/n", json!({"op": "incr"})).await.error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true);
 }
+
+/// `POST /v1/pipeline`: one result per operation, in order, each shaped as its single request's
+/// body; idempotency keys per operation; a malformed element refuses the whole request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_over_http() {
+    let api = Api::new(|_| {});
+    let ops = json!({"ops": [
+        {"op": "incr", "key": "pipe/n", "by": 2, "idempotency_key": "first"},
+        {"op": "set", "key": "pipe/r", "value": "hello"},
+        {"op": "get", "key": "pipe/r", "type": "register"},
+        {"op": "sadd", "key": "pipe/n", "members": ["x"]},
+        {"op": "del", "key": "pipe/r"},
+        {"op": "get", "key": "pipe/r"},
+        {"op": "incr", "key": "pipe/n"},
+    ]});
+    let body = api.post("/v1/pipeline", ops.clone()).await.ok();
+    assert_eq!(fields(&body), ["results", "token"], "{body}");
+    token_of(&body);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7, "{body}");
+    assert_eq!(results[0], json!({"ok": true, "value": 2}));
+    assert_eq!(results[1], json!({"ok": true}));
+    assert_eq!(results[2], json!({"key": "pipe/r", "type": "register", "value": "hello"}));
+    assert_eq!(results[3]["error"]["code"], "wrong_type", "{body}");
+    assert_eq!(results[4], json!({"ok": true, "existed": true}));
+    assert_eq!(results[5]["error"]["code"], "not_found", "{body}");
+    assert_eq!(results[6], json!({"ok": true, "value": 3}), "one key's operations run in order");
+
+    // The first increment's idempotency key: sent again, it answers as before and adds nothing.
+    let again = api.post("/v1/pipeline", json!({"ops": [ops["ops"][0].clone()]})).await.ok();
+    assert_eq!(again["results"][0], json!({"ok": true, "value": 2}), "{again}");
+    assert_eq!(value_of(&api, "pipe/n", "counter").await, json!(3));
+
+    // Refused whole, naming the element; nothing ran.
+    for (ops, says) in [
+        (json!({"ops": [{"op": "incr", "key": "pipe/z"}, {"op": "incr"}]}), "operation 1"),
+        (json!({"ops": [{"op": "incr", "key": "pipe/z"}, {"op": "bogus", "key": "pipe/z"}]}), "operation 1"),
+        (json!({"ops": [{"op": "incr", "key": "pipe/z"}, {"op": "get", "key": "pipe/z", "type": 3}]}), "operation 1"),
+        (json!({"ops": [{"op": "incr", "key": "pipe/z", "idempotency_key": ""}]}), "operation 0"),
+        (json!({"ops": "incr"}), "\"ops\" array"),
+    ] {
+        let message = api.post("/v1/pipeline", ops).await.error(StatusCode::BAD_REQUEST, "bad_request", false);
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(api.get("/v1/kv/pipe/z").await.status, StatusCode::NOT_FOUND);
+    let max = api.node.config().limits.max_pipeline_ops as usize;
+    let long: Vec<Json> = (0..=max).map(|_| json!({"op": "incr", "key": "pipe/z"})).collect();
+    api.post("/v1/pipeline", json!({ "ops": long })).await.error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", false);
+    assert_eq!(api.send("GET", "/v1/pipeline", &[], Body::empty()).await.status, StatusCode::METHOD_NOT_ALLOWED);
+}

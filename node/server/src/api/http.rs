@@ -31,6 +31,8 @@ pub const TOKEN_HEADER: &str = "x-meridian-token";
 /// Header carrying a write's idempotency key (any string up to 128 bytes).
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
+mod pipeline;
+
 /// The router.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config().limits.max_frame_bytes;
@@ -46,6 +48,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/residency/explain/{namespace}/{*key}", get(residency_explain))
         .route("/v1/keys/{namespace}", get(list_keys))
         .route("/v1/kv/{namespace}/{*key}", get(read).post(write).delete(delete))
+        .route("/v1/pipeline", axum::routing::post(pipeline::pipeline))
         .route_layer(axum::middleware::from_fn_with_state(node.clone(), authenticate));
     Router::new()
         .route("/livez", get(|| async { "ok" }))
@@ -304,7 +307,11 @@ fn traceparent(headers: &HeaderMap) -> Option<TraceContext> {
 /// first one's reply replayed. Callers without a principal (authentication off) share one space.
 fn idempotency_id(headers: &HeaderMap, caller: &Caller) -> Result<Option<IdempotencyId>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
-    let value = value.as_bytes();
+    scoped_idempotency_id(value.as_bytes(), caller).map(Some)
+}
+
+/// The idempotency id of the client-chosen key `value` (1–128 bytes), scoped to `caller`.
+fn scoped_idempotency_id(value: &[u8], caller: &Caller) -> Result<IdempotencyId, ApiError> {
     if value.is_empty() || value.len() > 128 {
         return Err(bad("idempotency-key must be 1 to 128 bytes"));
     }
@@ -313,7 +320,7 @@ fn idempotency_id(headers: &HeaderMap, caller: &Caller) -> Result<Option<Idempot
     let scoped = [&(principal.len() as u32).to_be_bytes()[..], principal, value].concat();
     // Two stable hashes (with different prefixes) make a 128-bit id, the same in every process.
     let hash = |prefix: u8| crate::layout::stable_hash(&[&[prefix][..], &scoped].concat());
-    Ok(Some(IdempotencyId((u128::from(hash(1)) << 64) | u128::from(hash(2)))))
+    Ok(IdempotencyId((u128::from(hash(1)) << 64) | u128::from(hash(2))))
 }
 
 async fn execute(node: &Arc<Node>, common: Common, op: Operation) -> Result<Reply, ApiError> {
