@@ -55,6 +55,17 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// How many bytes [`encode`] would make of `value`, counted without building them (a pipeline's
+/// reply budget needs only the size of each answer).
+///
+/// # Panics
+/// As [`encode`].
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config()).expect("Meridian types always encode");
+    1 + size.bytes_written
+}
+
 /// Decodes a value written by [`encode`], refusing inputs over `max_len` bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, CodecError> {
     let max = max_len.min(ABSOLUTE_MAX_BYTES);
@@ -99,6 +110,19 @@ mod tests {
         let mutation = crate::Mutation::RegisterSet { value: b"hi".to_vec() };
         assert_eq!(encode(&mutation), vec![1, 1, 2, b'h', b'i']);
         assert_eq!(decode::<crate::Mutation>(&encode(&mutation), 64).unwrap(), mutation);
+    }
+
+    #[test]
+    fn encoded_len_counts_what_encode_makes() {
+        let register = crate::LwwRegister {
+            ts: crate::Hlc { wall_ms: 1 << 40, logical: 9 },
+            node: NodeId(70_000),
+            value: Some(vec![7; 100_000]),
+        };
+        assert_eq!(encoded_len(&register), encode(&register).len());
+        let vv: VersionVector = (1..500u64).map(|n| (NodeId(n), n << 20)).collect();
+        assert_eq!(encoded_len(&vv), encode(&vv).len());
+        assert_eq!(encoded_len(&()), 1, "the format byte alone");
     }
 
     #[test]

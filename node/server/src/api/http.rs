@@ -108,9 +108,29 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
+/// The JSON body of an error: `{"error": {"code", "message", "retryable"}}`.
+fn error_json(code: &str, message: &str, retryable: bool) -> Json_ {
+    json!({"error": {"code": code, "message": message, "retryable": retryable}})
+}
+
+/// The body (without its token) that answers a write, a delete or a read of `key`: alone, as
+/// `/v1/kv/…` answers, and as each result of `/v1/pipeline`.
+fn answer_json(body: &ReplyBody, key: &str) -> Json_ {
+    match body {
+        ReplyBody::Written { counter: Some(value) } => json!({"ok": true, "value": value}),
+        ReplyBody::Written { counter: None } => json!({"ok": true}),
+        ReplyBody::Deleted { existed } => json!({"ok": true, "existed": existed}),
+        ReplyBody::Value(Some(value)) => {
+            json!({"key": key, "type": value.crdt_type().name(), "value": value_json(value)})
+        }
+        ReplyBody::Value(None) => error_json("not_found", &format!("key {key} does not exist"), false),
+        _ => error_json("internal", "the node answered this operation with a reply of another kind", false),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.0.code.name(), "message": self.0.message, "retryable": self.0.code.is_retryable()}});
+        let body = error_json(self.0.code.name(), &self.0.message, self.0.code.is_retryable());
         let mut response = (status_of(self.0.code), Json(body)).into_response();
         if self.0.code == ErrorCode::Unauthenticated {
             response.headers_mut().insert(
@@ -492,11 +512,7 @@ async fn write(
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
     let op = Operation::Write { key, mutation, idempotency_id };
     let reply = execute(&node, common, op).await?;
-    let body = match &reply.body {
-        ReplyBody::Written { counter: Some(value) } => json!({"ok": true, "value": value}),
-        _ => json!({"ok": true}),
-    };
-    Ok(Json(with_token(&reply, body)))
+    Ok(Json(with_token(&reply, answer_json(&reply.body, ""))))
 }
 
 async fn delete(
@@ -512,8 +528,7 @@ async fn delete(
     let idempotency_id = idempotency_id(&headers, &caller)?;
     let common = common(caller, &query, &headers)?;
     let reply = execute(&node, common, Operation::Delete { key, idempotency_id }).await?;
-    let existed = matches!(reply.body, ReplyBody::Deleted { existed: true });
-    Ok(Json(with_token(&reply, json!({"ok": true, "existed": existed}))))
+    Ok(Json(with_token(&reply, answer_json(&reply.body, ""))))
 }
 
 async fn read(
@@ -549,15 +564,10 @@ async fn read(
         query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
     let display = key.to_string();
     let reply = execute(&node, common, Operation::Read { key, expected }).await?;
+    let body = Json(with_token(&reply, answer_json(&reply.body, &display)));
     match &reply.body {
-        ReplyBody::Value(Some(value)) => {
-            let body = json!({"key": display, "type": value.crdt_type().name(), "value": value_json(value)});
-            Ok(Json(with_token(&reply, body)).into_response())
-        }
-        _ => {
-            let body = json!({"error": {"code": "not_found", "message": format!("key {display} does not exist"), "retryable": false}});
-            Ok((StatusCode::NOT_FOUND, Json(with_token(&reply, body))).into_response())
-        }
+        ReplyBody::Value(Some(_)) => Ok(body.into_response()),
+        _ => Ok((StatusCode::NOT_FOUND, body).into_response()),
     }
 }
 

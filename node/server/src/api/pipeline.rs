@@ -91,7 +91,7 @@ impl Node {
                     token.merge(&reply.causal_token);
                     reply.body
                 });
-                let bytes = meridian_crdt::codec::encode(&answer).len();
+                let bytes = meridian_crdt::codec::encoded_len(&answer);
                 answers[index] = Some(if bytes <= reply_room {
                     reply_room -= bytes;
                     answer

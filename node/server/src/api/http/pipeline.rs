@@ -70,16 +70,8 @@ fn op_of(element: &Json_, caller: &Caller) -> Result<Operation, ApiError> {
 
 /// One operation's result, shaped as the single request's body would be (without its token).
 fn result_json(answer: &Result<ReplyBody, ErrorReply>, key: &str) -> Json_ {
-    let error = |code: &str, message: &str, retryable: bool| json!({"error": {"code": code, "message": message, "retryable": retryable}});
     match answer {
-        Ok(ReplyBody::Written { counter: Some(value) }) => json!({"ok": true, "value": value}),
-        Ok(ReplyBody::Written { counter: None }) => json!({"ok": true}),
-        Ok(ReplyBody::Deleted { existed }) => json!({"ok": true, "existed": existed}),
-        Ok(ReplyBody::Value(Some(value))) => {
-            json!({"key": key, "type": value.crdt_type().name(), "value": value_json(value)})
-        }
-        Ok(ReplyBody::Value(None)) => error("not_found", &format!("key {key} does not exist"), false),
-        Ok(_) => error("internal", "the node answered this operation with a reply of another kind", false),
-        Err(e) => error(e.code.name(), &e.message, e.code.is_retryable()),
+        Ok(body) => answer_json(body, key),
+        Err(e) => error_json(e.code.name(), &e.message, e.code.is_retryable()),
     }
 }
