@@ -307,6 +307,11 @@ pub struct LimitsConfig {
     pub max_pipeline_ops: u32,
     /// How long an idempotency record is kept (a retry later than this may apply twice).
     pub idempotency_ttl_s: u64,
+    /// The idempotency records' byte budget: while their space takes more, the TTL applied is
+    /// halved sweep after sweep (down to a minute) and restored once they take less than half
+    /// (`meridian_idempotency_ttl_seconds`). Every write leaves a record, so without a budget they
+    /// would take the TTL times the write rate.
+    pub idempotency_max_mb: u64,
     /// Open HTTP connections; further ones are closed at once.
     pub max_http_connections: usize,
     /// How long an HTTP client gets for its TLS handshake and for each request's header (also the
@@ -378,6 +383,7 @@ impl Default for Config {
                 max_list_keys: 1_000,
                 max_pipeline_ops: 1_024,
                 idempotency_ttl_s: 24 * 3600,
+                idempotency_max_mb: 1_024,
                 max_http_connections: 4096,
                 http_header_timeout_ms: 10_000,
             },
@@ -497,6 +503,7 @@ impl Config {
             ("limits.request_timeout_ms", limits.request_timeout_ms as usize, 1),
             ("limits.max_list_keys", limits.max_list_keys as usize, 1),
             ("limits.max_pipeline_ops", limits.max_pipeline_ops as usize, 1),
+            ("limits.idempotency_max_mb", limits.idempotency_max_mb as usize, 1),
             ("limits.max_http_connections", limits.max_http_connections, 1),
             ("limits.http_header_timeout_ms", limits.http_header_timeout_ms as usize, 1),
         ] {

@@ -27,7 +27,7 @@ use crate::store::sync_store::EngineSyncStore;
 
 /// Idempotency records examined per upkeep tick.
 const IDEMPOTENCY_SWEEP_BUDGET: usize = 10_000;
-/// Time between full idempotency sweeps.
+/// Most time between full idempotency sweeps (a short TTL is swept more often: a quarter of it).
 const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Pause between budget-sized steps of one sweep.
 const IDEMPOTENCY_SWEEP_PAUSE: Duration = Duration::from_millis(50);
@@ -424,8 +424,7 @@ async fn truncate_logs_periodically(
     let interval = Duration::from_millis(storage.log_truncation_interval_ms);
     while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
         let log_bytes = node.engine().space_usage(Space::Log).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
-        let now_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = unix_now_ms();
         let keep_ms = retention.next(log_bytes, now_ms);
         metrics::gauge!("meridian_log_retention_seconds").set(keep_ms as f64 / 1000.0);
         let mut from = 0;
@@ -462,13 +461,38 @@ async fn truncate_logs_periodically(
     }
 }
 
+/// The wall clock in Unix milliseconds (what the retention controllers are stepped by).
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Time between full sweeps: a quarter of the TTL, at least a second and at most
+/// [`IDEMPOTENCY_SWEEP_INTERVAL`], so expired records wait at most a quarter of their TTL longer.
+fn idempotency_sweep_interval(ttl_s: u64) -> Duration {
+    let quarter = Duration::from_millis(ttl_s.saturating_mul(250));
+    quarter.clamp(Duration::from_secs(1), IDEMPOTENCY_SWEEP_INTERVAL)
+}
+
 async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationToken) {
+    use crate::store::log_truncation::RetentionController;
+    let limits = &node.config().limits;
+    let configured_ms = limits.idempotency_ttl_s.saturating_mul(1000);
+    let mut ttl = RetentionController::new(configured_ms, limits.idempotency_max_mb << 20);
+    let mut ttl_ms = configured_ms;
     let mut cursor = None;
     loop {
+        if cursor.is_none() {
+            // A sweep starts: the TTL it applies, shortened while the records are over budget.
+            let bytes = node.engine().space_usage(Space::Idempotency).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
+            ttl_ms = ttl.next(bytes, unix_now_ms());
+            metrics::gauge!("meridian_idempotency_ttl_seconds").set(ttl_ms as f64 / 1000.0);
+        }
         let sweeper = node.clone();
         let from = cursor.take();
-        match tokio::task::spawn_blocking(move || sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET))
-            .await
+        match tokio::task::spawn_blocking(move || {
+            sweeper.expire_idempotency_records(from, IDEMPOTENCY_SWEEP_BUDGET, ttl_ms)
+        })
+        .await
         {
             Ok(Ok(next)) => cursor = next,
             Ok(Err(e)) => tracing::warn!(error = %e, "idempotency sweep failed"),
@@ -476,9 +500,25 @@ async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationTo
         }
         // A full pass rests for the interval; a pass cut short by the budget goes on at once (after a
         // short pause that keeps it from hogging the disk), so sweeping keeps up with any write rate.
-        let pause = if cursor.is_some() { IDEMPOTENCY_SWEEP_PAUSE } else { IDEMPOTENCY_SWEEP_INTERVAL };
+        let pause = if cursor.is_some() {
+            IDEMPOTENCY_SWEEP_PAUSE
+        } else {
+            idempotency_sweep_interval(node.config().limits.idempotency_ttl_s)
+        };
         if shutdown.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_idempotency_ttl_is_swept_more_often() {
+        assert_eq!(idempotency_sweep_interval(24 * 3600), IDEMPOTENCY_SWEEP_INTERVAL, "the default: once a minute");
+        assert_eq!(idempotency_sweep_interval(60), Duration::from_secs(15));
+        assert_eq!(idempotency_sweep_interval(2), Duration::from_secs(1), "at least a second");
     }
 }

@@ -546,16 +546,18 @@ impl Replica {
         self.last_census.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Deletes idempotency records older than the TTL; scans at most `budget` records from `cursor`
-    /// and returns where to resume (`None`: wrapped around).
+    /// Deletes idempotency records older than `ttl_ms` (the configured TTL, or less while the
+    /// records are over their byte budget); scans at most `budget` records from `cursor` and
+    /// returns where to resume (`None`: wrapped around).
     pub fn expire_idempotency_records(
         &self,
         cursor: Option<Vec<u8>>,
         budget: usize,
+        ttl_ms: u64,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         let start = cursor.unwrap_or_default();
         let records = self.engine.scan(Space::Idempotency, &start, None, budget)?;
-        let cutoff = clock::now_ms().saturating_sub(self.config.limits.idempotency_ttl_s * 1000);
+        let cutoff = clock::now_ms().saturating_sub(ttl_ms);
         let mut batch = Batch::default();
         for (key, value) in &records {
             let expired = match layout::decode::<IdempotencyRecord>(value) {

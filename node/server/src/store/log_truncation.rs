@@ -165,7 +165,8 @@ impl EngineSyncStore {
 /// How long the log keeps records: the configured retention, halved while the log takes more than
 /// its byte budget, and doubled back (up to the configured retention) once it takes less than half
 /// of it. A byte budget alone cannot say which records to cut; an age can, and the oldest records
-/// are the ones a peer is least likely to still need.
+/// are the ones a peer is least likely to still need. The idempotency records' TTL is held to their
+/// own budget the same way (`limits.idempotency_max_mb`, `serve.rs`).
 ///
 /// Deleted records free their bytes only when RocksDB flushes and compacts, so the measure lags the
 /// cut: the retention changes at most once per [`RETENTION_STEP_MS`], and never below
@@ -180,7 +181,7 @@ pub struct RetentionController {
 }
 
 /// The shortest retention the byte budget can force: a peer restarted within it still catches up
-/// from the log.
+/// from the log (and a client's retry within it is still recognised).
 pub const MIN_RETENTION_MS: u64 = 60_000;
 
 /// The retention changes at most this often.
