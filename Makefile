@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MERIDIAN := $(CARGO) run --quiet -p meridian-node --bin meridian --
 
-.PHONY: run region test terraform-test monitoring-test interop-deps gate deps bench bench-redis bench-region bench-geo bench-backup fuzz fuzz-ci doc upgrade-test
+.PHONY: run region test terraform-test monitoring-test interop-deps gate deps bench bench-redis bench-region bench-geo bench-backup bench-disk fuzz fuzz-ci doc upgrade-test
 
 ## The demo: three local regions (3 nodes each) with emulated WAN latency, a workload at every
 ## consistency level and a latency/lag report; the cluster stays up until Ctrl-C (docs/demo.md).
@@ -82,6 +82,11 @@ bench-region:
 ## consistency level, anti-entropy bytes after a partition (docs/benchmarks.md).
 bench-geo: deps
 	scripts/bench-geo.sh
+
+## One node under 10 minutes of steady overwrites and deletes: disk use sampled beside the live data, the
+## growth, disk ÷ live, and every key read back against its acknowledged writes (docs/benchmarks.md).
+bench-disk: deps
+	$(CARGO) run --quiet -p meridian-node --bin meridian -- bench-disk
 
 ## A rolling upgrade under load: the five-node kill -9 region starts on the previous release's binary
 ## (scripts/previous-release.sh builds it; PREVIOUS=<rev> picks another) and two nodes come back on

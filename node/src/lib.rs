@@ -10,6 +10,7 @@ pub mod auth_cli;
 pub mod backup_cli;
 pub mod bench;
 pub mod bench_collections;
+pub mod bench_disk;
 pub mod bench_etcd;
 pub mod bench_geo;
 pub mod certs_cli;

@@ -280,6 +280,9 @@ enum Command {
     },
     /// What one set member change costs as a set grows (one node in-process; docs/benchmarks.md).
     BenchCollections(meridian_node::bench_collections::CollectionBenchArgs),
+    /// Whether disk use stops growing under steady overwrites and deletes, disk ÷ live data, and no
+    /// acknowledged write lost (one node in-process; docs/benchmarks.md).
+    BenchDisk(meridian_node::bench_disk::DiskBenchArgs),
     /// Benchmark an etcd cluster (v3 JSON gateway) at the same shape as `bench`: PUTs, then linearizable GETs.
     BenchEtcd(meridian_node::bench_etcd::EtcdBenchArgs),
     /// Benchmark a local multi-region cluster behind emulated WAN links: convergence lag at a write
@@ -427,6 +430,7 @@ async fn run(cli: Cli, node_config: Option<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchCollections(args) => meridian_node::bench_collections::run_cli(args).await,
+        Command::BenchDisk(args) => meridian_node::bench_disk::run_cli(args).await,
         Command::BenchEtcd(args) => meridian_node::bench_etcd::run_cli(args).await,
         Command::BenchGeo(args) => meridian_node::bench_geo::run_cli(*args).await,
         Command::Certs { command } => meridian_node::certs_cli::run(command),
@@ -570,6 +574,7 @@ async fn data_command(conn: &Connection, command: Command) -> anyhow::Result<()>
         Command::Serve { .. }
         | Command::Bench { .. }
         | Command::BenchEtcd(_)
+        | Command::BenchDisk(_)
         | Command::BenchGeo(_)
         | Command::Certs { .. }
         | Command::Config { .. }
