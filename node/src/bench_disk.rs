@@ -11,8 +11,8 @@
 //!
 //! What it reports: disk ÷ live data at the end (live data as the census counts it: the encoded
 //! states a read would return), and the growth — the most disk used in the run's second half ÷ the
-//! most in its first half: near 1 for a disk that stopped growing, near 2 for one that grows with
-//! the writes. What a node keeps of its writes' history is bounded by the delta log's retention and
+//! most in its first half, halves of the payload written: near 1 for a disk that stopped growing,
+//! near 2 for one that grows with the writes. What a node keeps of its writes' history is bounded by the delta log's retention and
 //! the idempotency TTL, both set by the run (`--log-retention-s`, `--idempotency-ttl-s`; the
 //! node's defaults are a day, so a shorter soak at the defaults measures that history filling up,
 //! not a plateau). `--log-retention-s 0` keeps the log forever: the negative control, whose disk
@@ -36,9 +36,14 @@ use meridian_server::storage::Durability;
 /// `meridian bench-disk …`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DiskBenchArgs {
-    /// How long the workload runs, in seconds.
+    /// How long the workload runs, in seconds (at most, with `--payload-mb`).
     #[arg(long, default_value_t = 600)]
     pub secs: u64,
+    /// Stop once the clients have written this much payload (MB), if before `--secs`: the disk's
+    /// saw is paced by bytes written (WAL cap, flushes, compactions), so a run sized in bytes
+    /// holds as many of its teeth on a slow machine as on a fast one.
+    #[arg(long)]
+    pub payload_mb: Option<u64>,
     /// Seconds between samples of the node's disk and live data.
     #[arg(long, default_value_t = 10)]
     pub sample_secs: u64,
@@ -77,6 +82,8 @@ pub struct Sample {
     pub at: Duration,
     /// Operations acknowledged so far.
     pub ops: u64,
+    /// Payload bytes acknowledged so far.
+    pub written_bytes: u64,
     /// Every file under the data directory.
     pub dir_bytes: u64,
     /// The write-ahead log files.
@@ -87,6 +94,8 @@ pub struct Sample {
     pub live_bytes: Option<u64>,
     /// The census's deleted keys and their kept bytes.
     pub tombstones: Option<(u64, u64)>,
+    /// When the census pass these figures come from ended (the node's Unix milliseconds).
+    pub census_taken_ms: Option<u64>,
 }
 
 /// What one run measured.
@@ -109,11 +118,12 @@ pub struct DiskReport {
 }
 
 impl DiskReport {
-    /// The most disk used in the second half of the workload ÷ the most in its first half.
+    /// The most disk used in the second half of the workload ÷ the most in its first half, the
+    /// halves split by payload written (what paces RocksDB's flushes and compactions), not time.
     pub fn growth(&self) -> f64 {
-        let half = self.samples.last().map_or(Duration::ZERO, |s| s.at) / 2;
+        let half = self.samples.last().map_or(0, |s| s.written_bytes) / 2;
         let max = |pick: &dyn Fn(&&Sample) -> bool| self.samples.iter().filter(pick).map(|s| s.dir_bytes).max();
-        match (max(&|s| s.at <= half), max(&|s| s.at > half)) {
+        match (max(&|s| s.written_bytes <= half), max(&|s| s.written_bytes > half)) {
             (Some(first), Some(second)) if first > 0 => second as f64 / first as f64,
             _ => f64::NAN,
         }
@@ -184,58 +194,90 @@ pub async fn run_cli(args: DiskBenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: &DiskBenchArgs) -> anyhow::Result<DiskReport> {
     anyhow::ensure!(args.clients > 0 && args.keys >= args.clients, "--keys must be at least --clients (> 0)");
     anyhow::ensure!(args.sample_secs > 0 && args.secs >= 2 * args.sample_secs, "--secs must be at least two samples");
-    let scratch = tempfile_dir()?;
+    let scratch = Scratch(tempfile_dir()?);
     let durability = if args.relaxed { Durability::Relaxed } else { Durability::Fsync };
-    let mut config = in_process_config(&scratch, durability)?;
+    let mut config = in_process_config(&scratch.0, durability)?;
     config.storage.log_retention_s = args.log_retention_s;
     // Cut the log a few times per retention, so what it keeps is the retention's worth.
     config.storage.log_truncation_interval_ms = (args.log_retention_s * 250).clamp(500, 10_000);
     config.storage.census_interval_ms = (args.sample_secs * 1000 / 2).max(200);
     config.limits.idempotency_ttl_s = args.idempotency_ttl_s;
     let running = meridian_server::serve::start(config).await?;
-    let client = Client::builder()
-        .endpoint(running.client_addr.to_string())
-        .ca_cert_file(&running.cert_path)
-        .connect()
-        .await
-        .context("connecting the benchmark client")?;
-    let result = soak(&client, args).await;
+    let result = async {
+        let client = Client::builder()
+            .endpoint(running.client_addr.to_string())
+            .ca_cert_file(&running.cert_path)
+            .connect()
+            .await
+            .context("connecting the benchmark client")?;
+        soak(&client, args).await
+    }
+    .await;
     running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// The run's scratch directory, removed however the run ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn soak(client: &Client, args: &DiskBenchArgs) -> anyhow::Result<DiskReport> {
     let ops = Arc::new(AtomicU64::new(0));
     let written = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.secs);
-    let mut writers = Vec::new();
+    let stop = Stop {
+        deadline: started + Duration::from_secs(args.secs),
+        payload: args.payload_mb.map_or(u64::MAX, |mb| mb.saturating_mul(1 << 20)),
+    };
+    // A writer's failure ends the run at once; dropping the set (any early return) aborts the rest.
+    let mut writers = tokio::task::JoinSet::new();
     for c in 0..args.clients {
         let (client, ops, written, args) = (client.clone(), ops.clone(), written.clone(), args.clone());
-        writers.push(tokio::spawn(async move { write_keys(&client, c, &args, deadline, &ops, &written).await }));
+        writers.spawn(async move { write_keys(&client, c, &args, stop, &ops, &written).await });
     }
     let mut samples = Vec::new();
-    let mut next = started;
-    while Instant::now() < deadline {
-        next += Duration::from_secs(args.sample_secs);
-        tokio::time::sleep_until(next.min(deadline).into()).await;
-        samples.push(sample(client, started, ops.load(Ordering::Relaxed)).await?);
-    }
     let mut expected = BTreeMap::new();
-    for writer in writers {
-        expected.extend(writer.await?.context("a writer")?);
+    let mut next = started;
+    while !writers.is_empty() {
+        next += Duration::from_secs(args.sample_secs);
+        let tick = tokio::time::sleep_until(next.into());
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                Some(done) = writers.join_next() => {
+                    expected.extend(done.context("a writer panicked")?.context("a writer")?);
+                    if writers.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        samples.push(sample(client, started, &ops, &written).await?);
     }
-    // The last sample waits for a census pass that began after the writes ended.
-    // The node runs in this process: its clock is this one.
+    // The last sample waits for a census pass that began after the writes ended: the second pass to
+    // end after them (passes run one after the other). The node runs in this process: its clock is
+    // this one.
     let ended_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     let census_deadline = Instant::now() + Duration::from_secs(args.sample_secs * 4 + 60);
+    let mut first_after: Option<u64> = None;
     let last = loop {
-        let last = sample(client, started, ops.load(Ordering::Relaxed)).await?;
-        let fresh = client.data_census().await?.is_some_and(|census| census.taken_ms > ended_ms);
-        if fresh || Instant::now() > census_deadline {
-            break last;
+        let last = sample(client, started, &ops, &written).await?;
+        match (last.census_taken_ms, first_after) {
+            (Some(taken), Some(first)) if taken > first => break last,
+            (Some(taken), None) if taken > ended_ms => first_after = Some(taken),
+            _ => {}
         }
+        anyhow::ensure!(
+            Instant::now() < census_deadline,
+            "no data census pass began after the writes within {} s",
+            args.sample_secs * 4 + 60
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let (mut lost, mut lost_count) = (Vec::new(), 0);
@@ -260,27 +302,43 @@ async fn soak(client: &Client, args: &DiskBenchArgs) -> anyhow::Result<DiskRepor
     })
 }
 
-async fn sample(client: &Client, started: Instant, ops: u64) -> anyhow::Result<Sample> {
+/// When the writers stop: at the deadline, or once the payload written reaches `payload`.
+#[derive(Clone, Copy)]
+struct Stop {
+    deadline: Instant,
+    payload: u64,
+}
+
+impl Stop {
+    fn reached(&self, written: &AtomicU64) -> bool {
+        Instant::now() >= self.deadline || written.load(Ordering::Relaxed) >= self.payload
+    }
+}
+
+async fn sample(client: &Client, started: Instant, ops: &AtomicU64, written: &AtomicU64) -> anyhow::Result<Sample> {
+    let (ops, written_bytes) = (ops.load(Ordering::Relaxed), written.load(Ordering::Relaxed));
     let storage = client.storage().await.context("asking the node for its storage report")?;
     let census = client.data_census().await.context("asking the node for its data census")?;
     Ok(Sample {
         at: started.elapsed(),
         ops,
+        written_bytes,
         dir_bytes: storage.dir_bytes,
         wal_bytes: storage.wal_bytes,
         sst_bytes: storage.spaces.iter().map(|space| (space.name.clone(), space.sst_bytes)).collect(),
         live_bytes: census.as_ref().map(|c| c.live_bytes),
         tombstones: census.as_ref().map(|c| (c.deleted_keys, c.deleted_bytes)),
+        census_taken_ms: census.as_ref().map(|c| c.taken_ms),
     })
 }
 
-/// Client `c`'s writes until `deadline`, on the keys whose index is `c` modulo the clients;
-/// returns what each of its keys should hold.
+/// Client `c`'s writes until `stop`, on the keys whose index is `c` modulo the clients; returns
+/// what each of its keys should hold.
 async fn write_keys(
     client: &Client,
     c: u64,
     args: &DiskBenchArgs,
-    deadline: Instant,
+    stop: Stop,
     ops: &AtomicU64,
     written: &AtomicU64,
 ) -> anyhow::Result<BTreeMap<u64, Expected>> {
@@ -293,7 +351,7 @@ async fn write_keys(
         rng.fill_bytes(&mut bytes);
         bytes
     };
-    while Instant::now() < deadline {
+    while !stop.reached(written) {
         let index = owned[rng.random_range(0..owned.len())];
         let key = key_name(index);
         let roll = rng.random_range(0..100u32);
@@ -352,8 +410,9 @@ pub fn render(report: &DiskReport, args: &DiskBenchArgs) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "bench-disk: {} s, {} clients, {} keys, values up to {} B, {}, log retention {} s, idempotency TTL {} s",
+        "bench-disk: {} s{}, {} clients, {} keys, values up to {} B, {}, log retention {} s, idempotency TTL {} s",
         args.secs,
+        args.payload_mb.map_or(String::new(), |mb| format!(" or {mb} MB of payload")),
         args.clients,
         args.keys,
         args.value_bytes,
@@ -364,9 +423,10 @@ pub fn render(report: &DiskReport, args: &DiskBenchArgs) -> String {
     let names: Vec<&str> = report.last.sst_bytes.iter().map(|(name, _)| name.as_str()).collect();
     let _ = writeln!(
         out,
-        "{:>7} {:>10} {:>9} {:>8} {}  {:>8} {:>10}",
+        "{:>7} {:>10} {:>10} {:>9} {:>8} {}  {:>8} {:>10}",
         "at s",
         "ops",
+        "written MB",
         "disk MB",
         "wal MB",
         names.iter().map(|n| format!("{n:>11}")).collect::<String>(),
@@ -376,9 +436,10 @@ pub fn render(report: &DiskReport, args: &DiskBenchArgs) -> String {
     for s in report.samples.iter().chain(std::iter::once(&report.last)) {
         let _ = writeln!(
             out,
-            "{:>7.1} {:>10} {:>9.1} {:>8.1} {}  {:>8} {:>10}",
+            "{:>7.1} {:>10} {:>10.1} {:>9.1} {:>8.1} {}  {:>8} {:>10}",
             s.at.as_secs_f64(),
             s.ops,
+            mb(s.written_bytes),
             mb(s.dir_bytes),
             mb(s.wal_bytes),
             s.sst_bytes.iter().map(|(_, b)| format!("{:>11.1}", mb(*b))).collect::<String>(),

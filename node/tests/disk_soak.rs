@@ -2,16 +2,19 @@
 //! leave every acknowledged write in place and a disk that stopped growing.
 //!
 //! The node keeps 4 s of delta log and of idempotency records, so within the run its history
-//! reaches its bound many times over; the RocksDB WAL cycles through its 64 MiB cap every ~10 s.
-//! The disk use is then a saw (flushes fill the log's table files, compactions empty them: between
-//! 50 and 190 MB over a 300 s run of this shape, with 1.1 GB of payload written), so the growth
-//! compared (most disk used in the run's second half ÷ in its first half) is taken over halves long
-//! enough to hold several teeth. `MERIDIAN_DISK_SOAK_S=600` runs it for ten minutes instead of 90 s.
+//! reaches its bound many times over; the RocksDB WAL cycles through its 64 MiB cap again and
+//! again. The disk use is then a saw (flushes fill the log's table files, compactions empty them:
+//! between 50 and 190 MB over a 300 s run of this shape, with 1.1 GB of payload written), paced by
+//! the bytes written, so the run is sized in payload (300 MB, `MERIDIAN_DISK_SOAK_MB` for more) and
+//! the growth compared (most disk used while the second half of it was written ÷ the first half)
+//! is taken over halves that hold several teeth however fast the machine writes.
 //!
 //! Negative control (run by hand when this was written, 2026-12-07): the same shape with the log
-//! kept forever (`meridian bench-disk --secs 90 --sample-secs 2 --keys 6000 --value-bytes 4000
-//! --log-retention-s 0 --idempotency-ttl-s 4 --relaxed --seed 7`) grew 2.16× (the log's table
-//! files at 532 MB), past the bound below; this test's own run grew 1.19×.
+//! kept forever (`meridian bench-disk --secs 240 --payload-mb 300 --sample-secs 2 --keys 6000
+//! --value-bytes 4000 --log-retention-s 0 --idempotency-ttl-s 4 --relaxed --seed 7`) grew 2.82×
+//! (the log's table files at 356 MB), past the bound below; this test's own run grew 1.21×.
+
+use std::time::Duration;
 
 use meridian_node::bench_disk::{render, run, DiskBenchArgs};
 
@@ -21,9 +24,14 @@ const MAX_GROWTH: f64 = 1.5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_use_stops_growing_and_nothing_acknowledged_is_lost() {
-    let secs = std::env::var("MERIDIAN_DISK_SOAK_S").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
+    let payload_mb = match std::env::var("MERIDIAN_DISK_SOAK_MB") {
+        Ok(text) => text.parse().expect("MERIDIAN_DISK_SOAK_MB is a number of megabytes"),
+        Err(_) => 300,
+    };
     let args = DiskBenchArgs {
-        secs,
+        // At most; the run ends once `payload_mb` is written (about 70 s here).
+        secs: 240.max(payload_mb),
+        payload_mb: Some(payload_mb),
         sample_secs: 2,
         keys: 6_000,
         clients: 16,
@@ -33,7 +41,8 @@ async fn disk_use_stops_growing_and_nothing_acknowledged_is_lost() {
         relaxed: true,
         seed: 7,
     };
-    let report = run(&args).await.expect("the soak runs");
+    let bound = Duration::from_secs(args.secs + 300);
+    let report = tokio::time::timeout(bound, run(&args)).await.expect("the soak ends in time").expect("the soak runs");
     let text = render(&report, &args);
     println!("{text}");
     assert_eq!(report.lost_count, 0, "acknowledged writes were lost:\n{text}");

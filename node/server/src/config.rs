@@ -307,9 +307,9 @@ pub struct LimitsConfig {
     pub max_pipeline_ops: u32,
     /// How long an idempotency record is kept (a retry later than this may apply twice).
     pub idempotency_ttl_s: u64,
-    /// The idempotency records' byte budget: while their space takes more, the TTL applied is
-    /// halved sweep after sweep (down to a minute) and restored once they take less than half
-    /// (`meridian_idempotency_ttl_seconds`). Every write leaves a record, so without a budget they
+    /// The idempotency records' byte budget: while they take more (keys and values, as the last
+    /// sweep counted them), the TTL applied is halved, at most once a minute and not below a
+    /// minute, and doubled back once they take less than half (`meridian_idempotency_ttl_seconds`). Every write leaves a record, so without a budget they
     /// would take the TTL times the write rate.
     pub idempotency_max_mb: u64,
     /// Open HTTP connections; further ones are closed at once.

@@ -419,8 +419,10 @@ async fn truncate_logs_periodically(
     shutdown: CancellationToken,
 ) {
     use crate::store::log_truncation::RetentionController;
-    let mut retention =
-        RetentionController::new(storage.log_retention_s.saturating_mul(1000), storage.log_retention_mb << 20);
+    let mut retention = RetentionController::new(
+        storage.log_retention_s.saturating_mul(1000),
+        storage.log_retention_mb.saturating_mul(1 << 20),
+    );
     let interval = Duration::from_millis(storage.log_truncation_interval_ms);
     while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
         let log_bytes = node.engine().space_usage(Space::Log).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
@@ -466,25 +468,26 @@ fn unix_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Time between full sweeps: a quarter of the TTL, at least a second and at most
+/// Time between full sweeps: a quarter of the TTL applied, at least a second and at most
 /// [`IDEMPOTENCY_SWEEP_INTERVAL`], so expired records wait at most a quarter of their TTL longer.
-fn idempotency_sweep_interval(ttl_s: u64) -> Duration {
-    let quarter = Duration::from_millis(ttl_s.saturating_mul(250));
-    quarter.clamp(Duration::from_secs(1), IDEMPOTENCY_SWEEP_INTERVAL)
+fn idempotency_sweep_interval(ttl_ms: u64) -> Duration {
+    Duration::from_millis(ttl_ms / 4).clamp(Duration::from_secs(1), IDEMPOTENCY_SWEEP_INTERVAL)
 }
 
+/// Sweeps expired idempotency records, full pass after full pass. The TTL applied is
+/// `limits.idempotency_ttl_s`, shortened while the records take more than
+/// `limits.idempotency_max_mb` — as measured by the previous full pass (the bytes of the records it
+/// kept), which, unlike the space's table files, does not wait for compactions.
 async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationToken) {
     use crate::store::log_truncation::RetentionController;
     let limits = &node.config().limits;
     let configured_ms = limits.idempotency_ttl_s.saturating_mul(1000);
-    let mut ttl = RetentionController::new(configured_ms, limits.idempotency_max_mb << 20);
+    let mut ttl = RetentionController::new(configured_ms, limits.idempotency_max_mb.saturating_mul(1 << 20));
     let mut ttl_ms = configured_ms;
-    let mut cursor = None;
+    let (mut cursor, mut kept_this_pass, mut kept_last_pass) = (None, 0u64, 0u64);
     loop {
         if cursor.is_none() {
-            // A sweep starts: the TTL it applies, shortened while the records are over budget.
-            let bytes = node.engine().space_usage(Space::Idempotency).map_or(0, |u| u.sst_bytes + u.memtable_bytes);
-            ttl_ms = ttl.next(bytes, unix_now_ms());
+            ttl_ms = ttl.next(kept_last_pass, unix_now_ms());
             metrics::gauge!("meridian_idempotency_ttl_seconds").set(ttl_ms as f64 / 1000.0);
         }
         let sweeper = node.clone();
@@ -494,17 +497,26 @@ async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationTo
         })
         .await
         {
-            Ok(Ok(next)) => cursor = next,
-            Ok(Err(e)) => tracing::warn!(error = %e, "idempotency sweep failed"),
-            Err(e) => tracing::warn!(error = %e, "idempotency sweep panicked"),
+            Ok(Ok((next, kept))) => {
+                cursor = next;
+                kept_this_pass += kept;
+                if cursor.is_none() {
+                    kept_last_pass = std::mem::take(&mut kept_this_pass);
+                }
+            }
+            // The pass goes on from the start: its total so far would undercount.
+            Ok(Err(e)) => {
+                kept_this_pass = 0;
+                tracing::warn!(error = %e, "idempotency sweep failed")
+            }
+            Err(e) => {
+                kept_this_pass = 0;
+                tracing::warn!(error = %e, "idempotency sweep panicked")
+            }
         }
         // A full pass rests for the interval; a pass cut short by the budget goes on at once (after a
         // short pause that keeps it from hogging the disk), so sweeping keeps up with any write rate.
-        let pause = if cursor.is_some() {
-            IDEMPOTENCY_SWEEP_PAUSE
-        } else {
-            idempotency_sweep_interval(node.config().limits.idempotency_ttl_s)
-        };
+        let pause = if cursor.is_some() { IDEMPOTENCY_SWEEP_PAUSE } else { idempotency_sweep_interval(ttl_ms) };
         if shutdown.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
             return;
         }
@@ -517,8 +529,12 @@ mod tests {
 
     #[test]
     fn a_short_idempotency_ttl_is_swept_more_often() {
-        assert_eq!(idempotency_sweep_interval(24 * 3600), IDEMPOTENCY_SWEEP_INTERVAL, "the default: once a minute");
-        assert_eq!(idempotency_sweep_interval(60), Duration::from_secs(15));
-        assert_eq!(idempotency_sweep_interval(2), Duration::from_secs(1), "at least a second");
+        assert_eq!(
+            idempotency_sweep_interval(24 * 3_600_000),
+            IDEMPOTENCY_SWEEP_INTERVAL,
+            "the default: once a minute"
+        );
+        assert_eq!(idempotency_sweep_interval(60_000), Duration::from_secs(15));
+        assert_eq!(idempotency_sweep_interval(2_000), Duration::from_secs(1), "at least a second");
     }
 }

@@ -114,9 +114,10 @@ fn error_json(code: &str, message: &str, retryable: bool) -> Json_ {
 }
 
 /// The body (without its token) that answers a write, a delete or a read of `key`: alone, as
-/// `/v1/kv/…` answers, and as each result of `/v1/pipeline`.
-fn answer_json(body: &ReplyBody, key: &str) -> Json_ {
-    match body {
+/// `/v1/kv/…` answers, and as each result of `/v1/pipeline`. A reply of another kind is an
+/// internal error.
+fn answer_json(body: &ReplyBody, key: &str) -> Result<Json_, ErrorReply> {
+    Ok(match body {
         ReplyBody::Written { counter: Some(value) } => json!({"ok": true, "value": value}),
         ReplyBody::Written { counter: None } => json!({"ok": true}),
         ReplyBody::Deleted { existed } => json!({"ok": true, "existed": existed}),
@@ -124,8 +125,13 @@ fn answer_json(body: &ReplyBody, key: &str) -> Json_ {
             json!({"key": key, "type": value.crdt_type().name(), "value": value_json(value)})
         }
         ReplyBody::Value(None) => error_json("not_found", &format!("key {key} does not exist"), false),
-        _ => error_json("internal", "the node answered this operation with a reply of another kind", false),
-    }
+        _ => {
+            return Err(ErrorReply::new(
+                ErrorCode::Internal,
+                "the node answered this operation with a reply of another kind",
+            ))
+        }
+    })
 }
 
 impl IntoResponse for ApiError {
@@ -512,7 +518,7 @@ async fn write(
     let mutation = mutation_from_json(&parse_body(body)?, 0)?;
     let op = Operation::Write { key, mutation, idempotency_id };
     let reply = execute(&node, common, op).await?;
-    Ok(Json(with_token(&reply, answer_json(&reply.body, ""))))
+    Ok(Json(with_token(&reply, answer_json(&reply.body, "").map_err(ApiError)?)))
 }
 
 async fn delete(
@@ -528,7 +534,7 @@ async fn delete(
     let idempotency_id = idempotency_id(&headers, &caller)?;
     let common = common(caller, &query, &headers)?;
     let reply = execute(&node, common, Operation::Delete { key, idempotency_id }).await?;
-    Ok(Json(with_token(&reply, answer_json(&reply.body, ""))))
+    Ok(Json(with_token(&reply, answer_json(&reply.body, "").map_err(ApiError)?)))
 }
 
 async fn read(
@@ -564,7 +570,7 @@ async fn read(
         query.crdt_type.as_deref().map(str::parse::<CrdtType>).transpose().map_err(|e| bad(e.to_string()))?;
     let display = key.to_string();
     let reply = execute(&node, common, Operation::Read { key, expected }).await?;
-    let body = Json(with_token(&reply, answer_json(&reply.body, &display)));
+    let body = Json(with_token(&reply, answer_json(&reply.body, &display).map_err(ApiError)?));
     match &reply.body {
         ReplyBody::Value(Some(_)) => Ok(body.into_response()),
         _ => Ok((StatusCode::NOT_FOUND, body).into_response()),

@@ -547,18 +547,21 @@ impl Replica {
     }
 
     /// Deletes idempotency records older than `ttl_ms` (the configured TTL, or less while the
-    /// records are over their byte budget); scans at most `budget` records from `cursor` and
-    /// returns where to resume (`None`: wrapped around).
+    /// records are over their byte budget); scans at most `budget` records from `cursor`. Returns
+    /// where to resume (`None`: wrapped around) and the bytes (keys and values) of the records it
+    /// kept: summed over a whole sweep, what the records take without waiting for RocksDB to
+    /// compact the deleted ones away.
     pub fn expire_idempotency_records(
         &self,
         cursor: Option<Vec<u8>>,
         budget: usize,
         ttl_ms: u64,
-    ) -> Result<Option<Vec<u8>>, StorageError> {
+    ) -> Result<(Option<Vec<u8>>, u64), StorageError> {
         let start = cursor.unwrap_or_default();
         let records = self.engine.scan(Space::Idempotency, &start, None, budget)?;
         let cutoff = clock::now_ms().saturating_sub(ttl_ms);
         let mut batch = Batch::default();
+        let mut kept_bytes = 0;
         for (key, value) in &records {
             let expired = match layout::decode::<IdempotencyRecord>(value) {
                 Ok(IdempotencyRecord::V1 { created_ms, .. }) => created_ms < cutoff,
@@ -566,12 +569,16 @@ impl Replica {
             };
             if expired {
                 batch.delete(Space::Idempotency, key.clone());
+            } else {
+                kept_bytes += (key.len() + value.len()) as u64;
             }
         }
         if !batch.is_empty() {
             self.engine.write(batch)?;
         }
-        Ok(if records.len() < budget { None } else { records.last().map(|(k, _)| [k.as_slice(), &[0]].concat()) })
+        let next =
+            if records.len() < budget { None } else { records.last().map(|(k, _)| [k.as_slice(), &[0]].concat()) };
+        Ok((next, kept_bytes))
     }
 }
 

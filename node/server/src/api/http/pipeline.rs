@@ -70,8 +70,9 @@ fn op_of(element: &Json_, caller: &Caller) -> Result<Operation, ApiError> {
 
 /// One operation's result, shaped as the single request's body would be (without its token).
 fn result_json(answer: &Result<ReplyBody, ErrorReply>, key: &str) -> Json_ {
+    let failed = |e: &ErrorReply| error_json(e.code.name(), &e.message, e.code.is_retryable());
     match answer {
-        Ok(body) => answer_json(body, key),
-        Err(e) => error_json(e.code.name(), &e.message, e.code.is_retryable()),
+        Ok(body) => answer_json(body, key).unwrap_or_else(|e| failed(&e)),
+        Err(e) => failed(e),
     }
 }
