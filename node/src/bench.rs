@@ -282,7 +282,6 @@ pub async fn run(mut options: BenchOptions) -> anyhow::Result<BenchReport> {
         bar.finish_and_clear();
         Some(PhaseReport { ops: report.ops, errors: 0, ops_per_sec: report.ops_per_sec, latency_us: report.hist })
     };
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(BenchReport { writes, reads, raw, stages })
 }
 
@@ -316,11 +315,28 @@ pub(crate) fn in_process_config(scratch: &std::path::Path, durability: Durabilit
     Ok(config)
 }
 
-/// A fresh scratch folder for one benchmark run.
-pub(crate) fn tempfile_dir() -> anyhow::Result<PathBuf> {
+/// A fresh scratch folder for one benchmark run, removed when dropped: however the run ends.
+pub(crate) fn tempfile_dir() -> anyhow::Result<Scratch> {
     let dir = std::env::temp_dir().join(format!("meridian-bench-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(Scratch(dir))
+}
+
+/// A benchmark run's scratch folder ([`tempfile_dir`]).
+pub(crate) struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How many of a pipeline's operations failed.

@@ -136,15 +136,17 @@ pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Reports> {
     config.limits.max_key_bytes = BENCH_KEY_BYTES;
     config.limits.max_merged_key_bytes = 4 * BENCH_KEY_BYTES;
     let running = meridian_server::serve::start(config).await?;
-    let client = Client::builder()
-        .endpoint(running.client_addr.to_string())
-        .ca_cert_file(&running.cert_path)
-        .max_frame_bytes(4 * BENCH_KEY_BYTES + (1 << 20))
-        .max_retries(0)
-        .connect()
-        .await
-        .context("connecting the benchmark client")?;
+    // Every failure past the start goes through the shutdown below (the scratch folder goes when
+    // `scratch` drops).
     let result = async {
+        let client = Client::builder()
+            .endpoint(running.client_addr.to_string())
+            .ca_cert_file(&running.cert_path)
+            .max_frame_bytes(4 * BENCH_KEY_BYTES + (1 << 20))
+            .max_retries(0)
+            .connect()
+            .await
+            .context("connecting the benchmark client")?;
         let sets = probe_sizes(&client, args).await?;
         let maps = probe_map_sizes(&client, args).await?;
         let docs = probe_docs(&client, args).await?;
@@ -152,7 +154,6 @@ pub async fn run(args: &CollectionBenchArgs) -> anyhow::Result<Reports> {
     }
     .await;
     running.shutdown().await;
-    let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 

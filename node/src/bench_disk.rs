@@ -194,9 +194,9 @@ pub async fn run_cli(args: DiskBenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: &DiskBenchArgs) -> anyhow::Result<DiskReport> {
     anyhow::ensure!(args.clients > 0 && args.keys >= args.clients, "--keys must be at least --clients (> 0)");
     anyhow::ensure!(args.sample_secs > 0 && args.secs >= 2 * args.sample_secs, "--secs must be at least two samples");
-    let scratch = Scratch(tempfile_dir()?);
+    let scratch = tempfile_dir()?;
     let durability = if args.relaxed { Durability::Relaxed } else { Durability::Fsync };
-    let mut config = in_process_config(&scratch.0, durability)?;
+    let mut config = in_process_config(&scratch, durability)?;
     config.storage.log_retention_s = args.log_retention_s;
     // Cut the log a few times per retention, so what it keeps is the retention's worth.
     config.storage.log_truncation_interval_ms = (args.log_retention_s * 250).clamp(500, 10_000);
@@ -215,15 +215,6 @@ pub async fn run(args: &DiskBenchArgs) -> anyhow::Result<DiskReport> {
     .await;
     running.shutdown().await;
     result
-}
-
-/// The run's scratch directory, removed however the run ends.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 async fn soak(client: &Client, args: &DiskBenchArgs) -> anyhow::Result<DiskReport> {

@@ -3,6 +3,11 @@
 //! and truncates its log, then restarted. Nothing acknowledged is lost and nothing deleted comes
 //! back. Negative control in the same test: with a day's retention the same absence is healed
 //! from the log and no fallback runs, so the first half proves the truncation was really in the way.
+//!
+//! The control run also shows the cut by causal stability (`store/stability.rs`): with a day's
+//! retention, `a` still cuts its log below what `b` holds while both are up, and keeps what `b`
+//! then misses while it is away (no fallback). Cutting below what `b` has not reported (say,
+//! ignoring the readers) makes the control need the fallback, and fail.
 
 use meridian_client::{Client, Consistency, Value};
 use meridian_server::certs::generate_ca;
@@ -50,6 +55,26 @@ fn expected(i: usize) -> Option<i64> {
     (i % 3 != 0).then_some(i as i64 + 3)
 }
 
+/// Waits until some partition that `a` wrote to more than once keeps only its newest record of
+/// `a`'s log; returns how many do.
+async fn cut_to_newest(a: &RunningNode) -> usize {
+    use meridian_replication::antientropy::{PartitionId, SyncStore as _};
+    let store = a.node.replica().sync_store();
+    let a_id = a.node.id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let floors = (0..meridian_server::layout::PARTITIONS)
+            .filter(|p| {
+                let newest = store.partition_vv(PartitionId(*p)).unwrap().get(a_id);
+                newest > 1 && store.log_floor(PartitionId(*p), a_id).unwrap() == newest
+            })
+            .count();
+        if floors > 0 {
+            return floors;
+        }
+    }
+}
+
 /// Runs the scenario with `retention_s` on both nodes; returns the fallbacks it caused.
 async fn absence(dir: &Path, retention_s: u64) -> u64 {
     std::fs::create_dir_all(dir).unwrap();
@@ -60,6 +85,14 @@ async fn absence(dir: &Path, retention_s: u64) -> u64 {
     wait_for_region(&ca, 1).await;
     for i in 0..KEYS {
         ca.counter(format!("t/k{i}")).consistency(Consistency::LocalQuorum).incr(1).await.unwrap();
+    }
+
+    if retention_s > 2 {
+        // Long before the retention: b reports holding it all, so a keeps only its newest records.
+        let floors = tokio::time::timeout(Duration::from_secs(30), cut_to_newest(&a))
+            .await
+            .expect("a cuts its log below what b holds");
+        assert!(floors > 0);
     }
 
     // b goes away; a keeps writing and deleting, then cuts its log past what b has.
@@ -77,27 +110,8 @@ async fn absence(dir: &Path, retention_s: u64) -> u64 {
     }
     let before = fallbacks();
     if retention_s <= 2 {
-        let store = a.node.replica().sync_store();
-        let a_id = a.node.id();
-        let cut = async {
-            // Every partition a wrote to keeps only its newest record of a's log.
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let mut floors = 0;
-                for p in 0..meridian_server::layout::PARTITIONS {
-                    use meridian_replication::antientropy::SyncStore as _;
-                    let id = meridian_replication::antientropy::PartitionId(p);
-                    let newest = store.partition_vv(id).unwrap().get(a_id);
-                    if newest > 1 && store.log_floor(id, a_id).unwrap() == newest {
-                        floors += 1;
-                    }
-                }
-                if floors > 0 {
-                    return floors;
-                }
-            }
-        };
-        let floors = tokio::time::timeout(Duration::from_secs(30), cut).await.expect("a truncates its log");
+        let floors =
+            tokio::time::timeout(Duration::from_secs(30), cut_to_newest(&a)).await.expect("a truncates its log");
         assert!(floors > 0);
     }
 

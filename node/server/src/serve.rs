@@ -171,7 +171,8 @@ pub async fn start_with_engine(config: Config, engine: Arc<dyn Engine>) -> anyho
     let census_interval = Duration::from_millis(config.storage.census_interval_ms);
     tasks.spawn(take_census_periodically(replica.clone(), census_interval, shutdown.clone()));
     if config.storage.log_retention_s > 0 {
-        tasks.spawn(truncate_logs_periodically(replica.clone(), config.storage.clone(), shutdown.clone()));
+        let cluster = region.as_ref().map(|r| r.coordinator.cluster().clone());
+        tasks.spawn(truncate_logs_periodically(replica.clone(), cluster, config.storage.clone(), shutdown.clone()));
     }
     let (peer_addr, sync_threads) = match region {
         Some(region) => (Some(region.peer_addr), Some(region.threads)),
@@ -411,10 +412,12 @@ async fn take_census_periodically(node: Arc<Replica>, interval: Duration, shutdo
 /// Log records read or deleted per truncation step; a step cut short goes on after a short pause.
 const LOG_TRUNCATION_BUDGET: usize = 20_000;
 
-/// Cuts the delta log to its retention (`store/log_truncation.rs`), every
-/// `storage.log_truncation_interval_ms`, in budget-sized steps.
+/// Cuts the delta log (`store/log_truncation.rs`) every `storage.log_truncation_interval_ms`, in
+/// budget-sized steps: below what every node that reads it holds (the `cluster`'s log readers; a
+/// node without a region has none), and below its retention.
 async fn truncate_logs_periodically(
     node: Arc<Replica>,
+    cluster: Option<Arc<Cluster>>,
     storage: crate::config::StorageConfig,
     shutdown: CancellationToken,
 ) {
@@ -430,14 +433,27 @@ async fn truncate_logs_periodically(
         let keep_ms = retention.next(log_bytes, now_ms);
         metrics::gauge!("meridian_log_retention_seconds").set(keep_ms as f64 / 1000.0);
         let mut from = 0;
+        let mut stable_partitions = 0;
         loop {
             let store = node.sync_store();
             let cutoff_ms = now_ms.saturating_sub(keep_ms);
+            let cluster = cluster.clone();
             let step = tokio::task::spawn_blocking(move || {
-                store.truncate_older_than_from(cutoff_ms, LOG_TRUNCATION_BUDGET, from)
+                let stable = |partition: u16, vv: &meridian_crdt::VersionVector| {
+                    let readers = match &cluster {
+                        Some(cluster) => cluster.log_readers(partition)?,
+                        None => Vec::new(),
+                    };
+                    store.peer_vectors().stable(partition, &readers, vv)
+                };
+                store.truncate_from(cutoff_ms, stable, LOG_TRUNCATION_BUDGET, from)
             });
             match step.await {
                 Ok(Ok(summary)) => {
+                    stable_partitions += summary.stable_partitions;
+                    if summary.resume_at.is_none() {
+                        metrics::gauge!("meridian_log_stable_partitions").set(stable_partitions as f64);
+                    }
                     metrics::counter!("meridian_log_truncated_records_total").increment(summary.deleted);
                     if summary.deleted > 0 {
                         tracing::debug!(deleted = summary.deleted, keep_ms, "delta log truncated");

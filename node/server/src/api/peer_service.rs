@@ -272,8 +272,13 @@ impl PeerService {
                     .ok_or_else(|| PeerRefusal::Undecodable("a partition bitmap longer than 32 bytes".into()))?;
                 let store = self.store.clone();
                 blocking(move || {
-                    let ours = crate::region::peer_sync::vv_digests(&store, &partitions)?;
+                    use crate::region::peer_sync::{note_matching_vectors, vectors_and_digests};
+                    let (vectors, ours) = vectors_and_digests(&store, &partitions)?;
                     let same = combined_digest(&ours) == digest;
+                    if same {
+                        // The asker holds what these vectors name: what this node's log need not keep for it.
+                        note_matching_vectors(&store, from, &partitions, &vectors);
+                    }
                     Ok(PeerReplyV1::VvDigests(if same { Vec::new() } else { ours }))
                 })
                 .await

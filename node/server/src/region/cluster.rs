@@ -9,7 +9,7 @@
 //! catches it up), so a flapping node does not move data around. Only an operator's drain or removal
 //! changes placement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -598,6 +598,33 @@ impl Cluster {
         }
     }
 
+    /// The nodes that pull `partition` from this node's log, as this node sees placement now (the
+    /// peers whose [`Cluster::syncs_with`] names this node): its region's replicas, old and new
+    /// while the partition moves, and — when this node is its region's designated replica — each
+    /// other region's designated replica. Nodes that only hold handed-off data pull nothing.
+    /// `None` until this node has heard from its region: placement would then name it alone.
+    pub fn log_readers(&self, partition: u16) -> Option<Vec<NodeId>> {
+        if !self.has_joined() {
+            return None;
+        }
+        let view = self.lock();
+        let p = usize::from(partition);
+        let mut readers: BTreeSet<NodeId> = view.placements[p]
+            .iter()
+            .chain(&view.moves.old[p])
+            .chain(&view.moves.new[p])
+            .copied()
+            .filter(|id| *id != self.local)
+            .collect();
+        let now = now_ms();
+        if designated(&view, &view.placements[p], now) == Some(self.local) {
+            for theirs in view.remote_placements.values() {
+                readers.extend(designated(&view, &theirs[p], now));
+            }
+        }
+        Some(readers.into_iter().collect())
+    }
+
     /// Records the partitions `peer` holds without owning them.
     pub fn set_peer_handoff(&self, peer: NodeId, partitions: Vec<u16>) {
         self.lock().peer_handoff.insert(peer, partitions.into_iter().collect());
@@ -871,6 +898,43 @@ mod tests {
         assert!(!owner.syncs_with(p, NodeId(1)));
         owner.set_peer_handoff(NodeId(1), vec![p]);
         assert!(owner.syncs_with(p, NodeId(1)), "new owners pull what the drainer announces");
+    }
+
+    /// Whoever pulls a partition from a node is counted among the readers of its log there, so a
+    /// cut below what the readers hold never leaves a puller short (`store/stability.rs`).
+    #[test]
+    fn every_node_that_pulls_a_partition_reads_its_log() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let open_in = |region: &str, i: u64, activate: bool| {
+            let mut config = config(&format!("n{i}"), &format!("z{}", i % 3), 9400 + i as u16);
+            config.region = region.into();
+            config.peer.auto_activate = activate;
+            Cluster::open(Arc::new(MemoryEngine::new()), NodeId(i), &config, addr, addr, addr).unwrap()
+        };
+        let mut nodes: Vec<_> = (1..=8).map(|i| open_in(if i <= 4 { "a" } else { "b" }, i, true)).collect();
+        nodes.push(open_in("a", 9, false));
+        let mut seeded = config("lone", "z", 9499);
+        seeded.peer.seeds = vec![addr];
+        let lone = Cluster::open(Arc::new(MemoryEngine::new()), NodeId(99), &seeded, addr, addr, addr).unwrap();
+        assert!(lone.log_readers(0).is_none(), "a node that has not heard from its seeds knows no readers");
+        for a in &nodes {
+            for b in &nodes {
+                a.merge(&b.snapshot()).unwrap();
+                a.heartbeat(b.local());
+            }
+        }
+        let mut remote = 0;
+        for p in 0..PARTITIONS {
+            for a in &nodes {
+                let readers = a.log_readers(p).unwrap();
+                assert!(!readers.contains(&a.local()), "partition {p}");
+                for b in nodes.iter().filter(|b| b.local() != a.local() && b.syncs_with(p, a.local())) {
+                    assert!(readers.contains(&b.local()), "partition {p}: {} pulls from {}", b.local(), a.local());
+                    remote += usize::from(b.region() != a.region());
+                }
+            }
+        }
+        assert!(remote > 0, "designated replicas pull across regions");
     }
 
     /// A joining node and a draining one make their partitions *move*: quorums count the old and

@@ -16,7 +16,7 @@
 //! made during a burst of writes soon goes stale). An idle pair costs one small request per pass.
 //! A peer the failure detector holds dead is skipped until it answers gossip again.
 
-use meridian_crdt::NodeId;
+use meridian_crdt::{NodeId, VersionVector};
 use meridian_replication::antientropy::{PartitionId, SyncConfig, SyncEvent, SyncMessage, SyncMessageV1, SyncSession};
 use meridian_replication::SafeReport;
 use std::collections::{BTreeSet, VecDeque};
@@ -109,6 +109,10 @@ fn answer_one(
     residency: Option<(&crate::residency::Residency, &str)>,
 ) -> Result<Vec<SyncMessage>, PeerRefusal> {
     let partition = message.partition();
+    if let SyncMessage::V1(SyncMessageV1::Offer { vv, .. }) = &message {
+        // The offer states what the peer holds: what this node's log need not keep for it.
+        store.peer_vectors().record(partition.0, from, vv);
+    }
     let mut session =
         SyncSession::new(config, partition, local, from, 1).map_err(|e| PeerRefusal::Sync(e.to_string()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -153,14 +157,29 @@ fn for_region(residency: &crate::residency::Residency, region: &str, reply: Sync
 
 /// A digest of this node's version vector of each of `partitions` (equal vectors, equal digests).
 pub fn vv_digests(store: &EngineSyncStore, partitions: &[u16]) -> Result<Vec<u64>, SyncStoreError> {
+    Ok(vectors_and_digests(store, partitions)?.1)
+}
+
+/// This node's version vector of each of `partitions`, and [`vv_digests`] of them: a peer whose
+/// digests match holds what these vectors name (`store/stability.rs`).
+pub fn vectors_and_digests(
+    store: &EngineSyncStore,
+    partitions: &[u16],
+) -> Result<(Vec<VersionVector>, Vec<u64>), SyncStoreError> {
     use meridian_replication::antientropy::SyncStore as _;
-    partitions
-        .iter()
-        .map(|p| {
-            let vv = store.partition_vv(PartitionId(*p))?;
-            Ok(meridian_replication::stable_hash(&meridian_crdt::codec::encode(&vv)))
-        })
-        .collect()
+    let vectors = partitions.iter().map(|p| store.partition_vv(PartitionId(*p))).collect::<Result<Vec<_>, _>>()?;
+    let digests =
+        vectors.iter().map(|vv| meridian_replication::stable_hash(&meridian_crdt::codec::encode(vv))).collect();
+    Ok((vectors, digests))
+}
+
+/// Notes that `peer` holds what `vectors` name of `partitions` (its digests of them matched).
+/// Only the answering side notes it: there `peer` is the authenticated sender, and each node of a
+/// pair pulls from the other, so each learns what the other holds.
+pub fn note_matching_vectors(store: &EngineSyncStore, peer: NodeId, partitions: &[u16], vectors: &[VersionVector]) {
+    for (partition, vv) in partitions.iter().zip(vectors) {
+        store.peer_vectors().record(*partition, peer, vv);
+    }
 }
 
 /// Progress of anti-entropy with one peer, for `meridian status` and `/metrics`.

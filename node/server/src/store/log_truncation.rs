@@ -7,8 +7,13 @@
 //! for a costlier catch-up of a replica that was away longer than the retention — never correctness.
 //!
 //! What is cut, per `(partition, origin)`:
+//! - records every node that reads this log holds (causal stability, `store/stability.rs`): no
+//!   peer will ask for them again, so the log of a healthy cluster stays about as short as its
+//!   anti-entropy interval. Redactions stay until the retention: a residency backfill compares
+//!   them with what its sources hold (`region/residency_jobs.rs`);
 //! - records timestamped before `now − retention`, where retention is `storage.log_retention_s`,
-//!   shortened by [`RetentionController`] while the log takes more than `storage.log_retention_mb`;
+//!   shortened by [`RetentionController`] while the log takes more than `storage.log_retention_mb`:
+//!   that is what bounds the log while a reader is down or cut off;
 //! - **never the newest record held** (the one at the vector's entry): the group committer resumes
 //!   this node's positions, and its clock, from the newest record of its own log after a restart
 //!   (`Replica::open`), so deleting it would hand out a position twice;
@@ -19,11 +24,12 @@
 //! and a session that read the floor before the cut sees the hole and reports `Truncated` as well
 //! (`antientropy::serve`).
 
-use meridian_crdt::NodeId;
+use meridian_crdt::{NodeId, VersionVector};
 use meridian_replication::antientropy::{PartitionId, SyncStore};
 
-use crate::layout::{self, log_cut_key, log_floor_key, LogRecord, PARTITIONS};
+use crate::layout::{self, log_cut_key, log_floor_key, LogContent, LogRecord, PARTITIONS};
 use crate::storage::{Batch, Space};
+use crate::store::stability::Stable;
 use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 
 /// Records looked at per scan of one origin's log.
@@ -36,21 +42,43 @@ pub struct PassSummary {
     pub deleted: u64,
     /// Log records read to find the cuts (the pass's cost).
     pub examined: u64,
+    /// Partitions visited whose readers had all reported what they hold (cut by stability too).
+    pub stable_partitions: u64,
     /// Where the pass stopped at its budget: the partition the next step starts from (`None`: the
     /// pass reached the last partition).
     pub resume_at: Option<u16>,
 }
 
+/// Which records of one origin's log of a partition may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutRule {
+    /// Records timestamped (wall-clock ms) before this go: the retention.
+    pub older_than_ms: u64,
+    /// Records at or below this position go, redactions excepted: every reader holds them
+    /// (0: nothing is known to be held).
+    pub held_upto: u64,
+}
+
+impl CutRule {
+    /// Records older than `cutoff_ms` go, whatever the readers hold.
+    pub fn by_age(cutoff_ms: u64) -> CutRule {
+        CutRule { older_than_ms: cutoff_ms, held_upto: 0 }
+    }
+
+    fn cuts(&self, seq: u64, content: &LogContent, ts: meridian_crdt::Hlc) -> bool {
+        ts.wall_ms < self.older_than_ms || (seq <= self.held_upto && !matches!(content, LogContent::Redacted(_)))
+    }
+}
+
 impl EngineSyncStore {
-    /// The first position of `origin`'s log of `partition` to keep so that nothing older than
-    /// `cutoff_ms` (wall-clock ms of the record's timestamp) stays: the first record at or after the
-    /// cutoff, or the newest record held. Reads at most `budget` records; returns the cut found so
-    /// far and how many it read.
-    pub fn age_cut(
+    /// The first position of `origin`'s log of `partition` to keep under `rule`: the first record
+    /// the rule keeps, or the newest record held. Reads at most `budget` records; returns the cut
+    /// found so far and how many it read.
+    pub fn cut_point(
         &self,
         partition: u16,
         origin: NodeId,
-        cutoff_ms: u64,
+        rule: CutRule,
         budget: usize,
     ) -> Result<(u64, usize), SyncStoreError> {
         let newest = self.vv_entry(partition, origin)?;
@@ -66,13 +94,13 @@ impl EngineSyncStore {
             for (key, value) in &page {
                 examined += 1;
                 let Some((_, _, seq)) = layout::parse_log_key(key) else { continue };
-                let (_, ts) = layout::decode::<LogRecord>(value)
+                let (content, ts) = layout::decode::<LogRecord>(value)
                     .map_err(|e| SyncStoreError::Corrupt {
                         what: format!("log record {partition}/{origin}/{seq}"),
                         detail: e.to_string(),
                     })?
                     .into_parts();
-                if ts.wall_ms >= cutoff_ms {
+                if !rule.cuts(seq, &content, ts) {
                     return Ok((seq, examined));
                 }
                 next = seq.saturating_add(1);
@@ -125,17 +153,20 @@ impl EngineSyncStore {
 
     /// One pass over every partition's log: each origin's records older than `cutoff_ms` are cut
     /// (see the module docs). Reads and deletes at most about `budget` records; see
-    /// [`EngineSyncStore::truncate_older_than_from`] to go on where a step stopped.
+    /// [`EngineSyncStore::truncate_from`] to go on where a step stopped, and to cut below what
+    /// the log's readers hold too.
     pub fn truncate_older_than(&self, cutoff_ms: u64, budget: usize) -> Result<PassSummary, SyncStoreError> {
-        self.truncate_older_than_from(cutoff_ms, budget, 0)
+        self.truncate_from(cutoff_ms, |_, _| None, budget, 0)
     }
 
-    /// [`EngineSyncStore::truncate_older_than`] from partition `from` on: a step cut short by its
-    /// budget says where the next one starts ([`PassSummary::resume_at`]), so every partition is
-    /// reached whatever the budget.
-    pub fn truncate_older_than_from(
+    /// A step of a pass from partition `from` on: each origin's records older than `cutoff_ms`
+    /// are cut, and those every reader holds, where `stable(partition, vector)` says what that is
+    /// (`None`: not known). A step cut short by its budget says where the next one starts
+    /// ([`PassSummary::resume_at`]), so every partition is reached whatever the budget.
+    pub fn truncate_from(
         &self,
         cutoff_ms: u64,
+        stable: impl Fn(u16, &VersionVector) -> Option<Stable>,
         budget: usize,
         from: u16,
     ) -> Result<PassSummary, SyncStoreError> {
@@ -149,9 +180,13 @@ impl EngineSyncStore {
                 return Ok(summary);
             }
             let vv = self.partition_vv(PartitionId(partition))?;
+            let held = stable(partition, &vv);
+            summary.stable_partitions += u64::from(held.is_some());
             for (origin, _) in vv.iter() {
                 let left = budget.saturating_sub(work).max(1);
-                let (cut, examined) = self.age_cut(partition, origin, cutoff_ms, left)?;
+                let held_upto = held.as_ref().map_or(0, |held| held.upto(origin));
+                let rule = CutRule { older_than_ms: cutoff_ms, held_upto };
+                let (cut, examined) = self.cut_point(partition, origin, rule, left)?;
                 let deleted = self.truncate_log(partition, origin, cut, left)?;
                 work = work.saturating_add(examined.max(1)).saturating_add(deleted);
                 summary.examined += examined as u64;
@@ -273,7 +308,11 @@ mod tests {
         let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
         let origin = NodeId(2);
         written(&mut store, origin, 10, &keys(4));
-        assert_eq!(store.age_cut(P, origin, 4_500, usize::MAX).unwrap(), (5, 5), "records 1..=4 are older");
+        assert_eq!(
+            store.cut_point(P, origin, CutRule::by_age(4_500), usize::MAX).unwrap(),
+            (5, 5),
+            "records 1..=4 are older"
+        );
         let summary = store.truncate_older_than(4_500, usize::MAX).unwrap();
         assert_eq!((summary.deleted, summary.resume_at), (4, None));
         assert_eq!(log_seqs(&store, origin), (5..=10).collect::<Vec<_>>());
@@ -285,6 +324,38 @@ mod tests {
         assert_eq!(store.partition_vv(PartitionId(P)).unwrap().get(origin), 10, "the vector is untouched");
         // Nothing to do twice.
         assert_eq!(store.truncate_older_than(u64::MAX, usize::MAX).unwrap().deleted, 0);
+    }
+
+    #[test]
+    fn records_every_reader_holds_are_cut_before_the_retention_but_redactions_wait_for_it() {
+        let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
+        let (origin, other) = (NodeId(2), NodeId(3));
+        written(&mut store, origin, 10, &keys(4));
+        // `other`'s record 4 is a redaction (a key this node may not hold).
+        written(&mut store, other, 6, &keys(4));
+        let redacted = LogRecord::Redacted { ts: Hlc { wall_ms: 4_000, logical: 0 }, rule: 1 };
+        let mut batch = Batch::new();
+        batch.put(Space::Log, layout::log_key(P, other, 4).to_vec(), layout::encode(&redacted));
+        store.engine().write(batch).unwrap();
+
+        let held: meridian_crdt::VersionVector = [(origin, 7), (other, 6)].into_iter().collect();
+        let stable = |p: u16, _: &meridian_crdt::VersionVector| (p == P).then(|| Stable::Upto(held.clone()));
+        let summary = store.truncate_from(0, stable, usize::MAX, 0).unwrap();
+        assert_eq!((summary.deleted, summary.stable_partitions), (7 + 3, 1));
+        assert_eq!(log_seqs(&store, origin), [8, 9, 10], "what a reader lacks stays");
+        assert_eq!(log_seqs(&store, other), [4, 5, 6], "the cut stops at the redaction");
+        assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 8);
+
+        // Alone in its cluster, nobody reads the log: all but the newest may go, redactions excepted.
+        store.truncate_from(0, |_, _| Some(Stable::Everything), usize::MAX, 0).unwrap();
+        assert_eq!(log_seqs(&store, origin), [10]);
+        assert_eq!(log_seqs(&store, other), [4, 5, 6]);
+        // Past the retention the redaction goes too; the newest record never does.
+        store.truncate_from(u64::MAX, |_, _| Some(Stable::Everything), usize::MAX, 0).unwrap();
+        assert_eq!(log_seqs(&store, other), [6]);
+        // Nothing known, nothing old: nothing is cut.
+        written(&mut store, origin, 12, &keys(4));
+        assert_eq!(store.truncate_from(0, |_, _| None, usize::MAX, 0).unwrap().deleted, 0);
     }
 
     #[test]

@@ -12,13 +12,17 @@
 //!   had already pushed (an unclean stop under `relaxed` durability).
 //! - [`safe_times`]: what this node knows of other origins' logs, for causal reads.
 //! - [`census`]: counts live keys and the tombstones kept (deleted keys, removed map fields).
+//! - [`stability`]: what other nodes reported holding of each partition, so the log can be cut
+//!   below what every node that reads it holds.
 //!
-//! Nothing here knows of requests, regions or peers.
+//! Nothing here knows of requests or regions; peers appear only as the node ids whose vectors
+//! they reported (the region layer says which of them read a partition's log).
 
 pub mod census;
 pub mod commit;
 pub mod epoch;
 pub mod log_truncation;
 pub mod safe_times;
+pub mod stability;
 pub mod sync_store;
 pub mod writer;

@@ -102,6 +102,7 @@ use crate::residency::Residency;
 use crate::states::{self, StateError, StateView};
 use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
 use crate::store::safe_times::SafeTimeBook;
+use crate::store::stability::PeerVectors;
 use crate::store::writer::Writer;
 use tokio::sync::watch;
 
@@ -287,6 +288,8 @@ pub struct EngineSyncStore {
     /// Keys whose states a digest fallback from another region joined here, for the region to
     /// write back to this region's other replicas ([`EngineSyncStore::take_fetched_elsewhere`]).
     fetched_elsewhere: Arc<Mutex<FetchedKeys>>,
+    /// What peers reported holding, shared by every clone ([`EngineSyncStore::peer_vectors`]).
+    peer_vectors: Arc<PeerVectors>,
     locks: Arc<[Mutex<()>]>,
     /// An idempotency record to keep with the pushed write it is about, in the same batch
     /// ([`EngineSyncStore::keeping_idempotency`]).
@@ -369,6 +372,7 @@ impl EngineSyncStore {
             sender: None,
             peer_region: None,
             fetched_elsewhere: Arc::new(Mutex::new(Default::default())),
+            peer_vectors: Arc::new(PeerVectors::new()),
             locks,
             keeping: None,
         }
@@ -379,6 +383,12 @@ impl EngineSyncStore {
     /// The replica makes one and hands out clones of it (`Replica::sync_store`).
     pub fn live(engine: Arc<dyn Engine>, local: NodeId, live: Live) -> EngineSyncStore {
         EngineSyncStore { live: Some(live), ..EngineSyncStore::new(engine, local) }
+    }
+
+    /// What peers reported holding of each partition (anti-entropy offers and vector comparisons),
+    /// for cutting the log below what its readers hold (`store/log_truncation.rs`).
+    pub fn peer_vectors(&self) -> &PeerVectors {
+        &self.peer_vectors
     }
 
     /// From now on, every clone of this store tells `observer` about records made durable here
