@@ -14,6 +14,12 @@
 //! --log-retention-s 0 --idempotency-ttl-s 4 --relaxed --seed 7`; a retention of 0 turns truncation
 //! off) grew 2.82× (the log's table files at 356 MB), past the bound below. This test's own run grew
 //! 1.21× with the log cut by age only, 1.11× (disk ÷ live 1.79) with the cut by stability.
+//!
+//! The idempotency records get their own check: a broken sweep would move the disk's growth too
+//! little to fail the bound above (tens of MB on a saw of 50–190), so the records the last sweep
+//! kept are compared with the write rate. Its negative control (run by hand, 2026-12-07): with the
+//! sweep deleting nothing and `MERIDIAN_DISK_SOAK_MB=150`, the growth stayed within its bound but
+//! 201,644 records were kept against a bound of 48,810, and the test failed.
 
 use std::time::Duration;
 
@@ -51,4 +57,26 @@ async fn disk_use_stops_growing_and_nothing_acknowledged_is_lost() {
     assert!(report.last.live_bytes.is_some_and(|live| live > 0), "the census counted the live data:\n{text}");
     let growth = report.growth();
     assert!(growth <= MAX_GROWTH, "disk use kept growing ({growth:.2} > {MAX_GROWTH}):\n{text}");
+    // Every write left an idempotency record; the sweep keeps only those younger than the TTL.
+    // After the run (the read-back and a census pass, seconds without writes) the last full sweep
+    // kept at most a few seconds' worth: the TTL, a sweep interval and some slack. A sweep that
+    // deleted nothing would have kept every write's.
+    let kept = gauge("meridian_idempotency_records");
+    let secs = report.samples.last().map_or(1.0, |s| s.at.as_secs_f64()).max(1.0);
+    let bound = report.ops as f64 / secs * (args.idempotency_ttl_s as f64 + 6.0);
+    println!("{kept} idempotency records kept by the last sweep (at most {bound:.0})");
+    assert!(
+        kept <= bound,
+        "{kept} idempotency records kept, more than {bound:.0} (a TTL's worth of writes and slack) of {}:\n{text}",
+        report.ops
+    );
+}
+
+/// A gauge of this process's metrics (the soak's node runs in-process).
+fn gauge(name: &str) -> f64 {
+    let text = meridian_server::metrics_export::prometheus().render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|value| value.trim().parse().expect("a gauge's value"))
+        .unwrap_or_else(|| panic!("{name} was never published"))
 }

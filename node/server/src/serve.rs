@@ -500,7 +500,7 @@ async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationTo
     let configured_ms = limits.idempotency_ttl_s.saturating_mul(1000);
     let mut ttl = RetentionController::new(configured_ms, limits.idempotency_max_mb.saturating_mul(1 << 20));
     let mut ttl_ms = configured_ms;
-    let (mut cursor, mut kept_this_pass, mut kept_last_pass) = (None, 0u64, 0u64);
+    let (mut cursor, mut kept_this_pass, mut kept_last_pass) = (None, (0u64, 0u64), 0u64);
     loop {
         if cursor.is_none() {
             ttl_ms = ttl.next(kept_last_pass, unix_now_ms());
@@ -513,20 +513,24 @@ async fn expire_idempotency_records(node: Arc<Replica>, shutdown: CancellationTo
         })
         .await
         {
-            Ok(Ok((next, kept))) => {
-                cursor = next;
-                kept_this_pass += kept;
+            Ok(Ok(step)) => {
+                cursor = step.next;
+                kept_this_pass.0 += step.kept_records;
+                kept_this_pass.1 += step.kept_bytes;
                 if cursor.is_none() {
-                    kept_last_pass = std::mem::take(&mut kept_this_pass);
+                    let (records, bytes) = std::mem::take(&mut kept_this_pass);
+                    metrics::gauge!("meridian_idempotency_records").set(records as f64);
+                    metrics::gauge!("meridian_idempotency_bytes").set(bytes as f64);
+                    kept_last_pass = bytes;
                 }
             }
             // The pass goes on from the start: its total so far would undercount.
             Ok(Err(e)) => {
-                kept_this_pass = 0;
+                kept_this_pass = (0, 0);
                 tracing::warn!(error = %e, "idempotency sweep failed")
             }
             Err(e) => {
-                kept_this_pass = 0;
+                kept_this_pass = (0, 0);
                 tracing::warn!(error = %e, "idempotency sweep panicked")
             }
         }

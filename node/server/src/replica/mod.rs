@@ -548,20 +548,19 @@ impl Replica {
 
     /// Deletes idempotency records older than `ttl_ms` (the configured TTL, or less while the
     /// records are over their byte budget); scans at most `budget` records from `cursor`. Returns
-    /// where to resume (`None`: wrapped around) and the bytes (keys and values) of the records it
-    /// kept: summed over a whole sweep, what the records take without waiting for RocksDB to
-    /// compact the deleted ones away.
+    /// where to resume (`None`: wrapped around) and the records it kept: summed over a whole sweep,
+    /// what the records take without waiting for RocksDB to compact the deleted ones away.
     pub fn expire_idempotency_records(
         &self,
         cursor: Option<Vec<u8>>,
         budget: usize,
         ttl_ms: u64,
-    ) -> Result<(Option<Vec<u8>>, u64), StorageError> {
+    ) -> Result<SweepStep, StorageError> {
         let start = cursor.unwrap_or_default();
         let records = self.engine.scan(Space::Idempotency, &start, None, budget)?;
         let cutoff = clock::now_ms().saturating_sub(ttl_ms);
         let mut batch = Batch::default();
-        let mut kept_bytes = 0;
+        let (mut kept_records, mut kept_bytes) = (0, 0);
         for (key, value) in &records {
             let expired = match layout::decode::<IdempotencyRecord>(value) {
                 Ok(IdempotencyRecord::V1 { created_ms, .. }) => created_ms < cutoff,
@@ -570,6 +569,7 @@ impl Replica {
             if expired {
                 batch.delete(Space::Idempotency, key.clone());
             } else {
+                kept_records += 1;
                 kept_bytes += (key.len() + value.len()) as u64;
             }
         }
@@ -578,8 +578,19 @@ impl Replica {
         }
         let next =
             if records.len() < budget { None } else { records.last().map(|(k, _)| [k.as_slice(), &[0]].concat()) };
-        Ok((next, kept_bytes))
+        Ok(SweepStep { next, kept_records, kept_bytes })
     }
+}
+
+/// What one step of the idempotency sweep did ([`Replica::expire_idempotency_records`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepStep {
+    /// Where the next step starts (`None`: the sweep wrapped around).
+    pub next: Option<Vec<u8>>,
+    /// Records the step kept (not expired).
+    pub kept_records: u64,
+    /// Their bytes, keys and values.
+    pub kept_bytes: u64,
 }
 
 /// Where this node's own log of each partition ends, and the newest timestamp in those records: a

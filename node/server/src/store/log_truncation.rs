@@ -112,16 +112,21 @@ impl EngineSyncStore {
         Ok((next.min(newest), examined))
     }
 
-    /// Deletes the records of `origin` in `partition` below `below`, never the newest held nor any
-    /// above the vector, and raises the floor marker to the first record kept: one batch, under the
-    /// partition's lock. Starts where the last cut ended ([`layout::log_cut_key`]), so records a
-    /// fallback's floor hid are collected too. Deletes at most `budget` records; returns how many it
-    /// deleted.
+    /// Deletes the records of `origin` in `partition` below `below` that `rule` cuts, up to the
+    /// first one it keeps, never the newest held nor any above the vector, and raises the floor
+    /// marker to the first record kept: one batch, under the partition's lock. Starts where the
+    /// last cut ended ([`layout::log_cut_key`]), so records a fallback's floor hid are collected
+    /// too. Deletes at most `budget` records; returns how many it deleted.
+    ///
+    /// `rule` is checked again here, under the lock, although `below` came from
+    /// [`EngineSyncStore::cut_point`]: a residency purge may have rewritten a record as a redaction
+    /// since, and a redaction must stay until the retention.
     pub fn truncate_log(
         &self,
         partition: u16,
         origin: NodeId,
         below: u64,
+        rule: CutRule,
         budget: usize,
     ) -> Result<usize, SyncStoreError> {
         let _serial = self.lock(partition);
@@ -133,14 +138,18 @@ impl EngineSyncStore {
         }
         let start = layout::log_key(partition, origin, from);
         let end = layout::log_key(partition, origin, cut);
-        let doomed = self.engine().scan(Space::Log, &start, Some(&end), budget)?;
+        let mut doomed = self.engine().scan(Space::Log, &start, Some(&end), budget)?;
         // Stopped at the budget: the cut and the marker rise only past what this batch deletes.
-        let reached = match doomed.last() {
+        let mut reached = match doomed.last() {
             Some((key, _)) if doomed.len() == budget => {
                 layout::parse_log_key(key).map_or(from, |(_, _, seq)| seq.saturating_add(1))
             }
             _ => cut,
         };
+        if let Some(kept) = doomed.iter().position(|(key, value)| !cuts(rule, key, value)) {
+            reached = layout::parse_log_key(&doomed[kept].0).map_or(from, |(_, _, seq)| seq);
+            doomed.truncate(kept);
+        }
         let mut batch = Batch::new();
         for (key, _) in &doomed {
             batch.delete(Space::Log, key.clone());
@@ -187,13 +196,25 @@ impl EngineSyncStore {
                 let held_upto = held.as_ref().map_or(0, |held| held.upto(origin));
                 let rule = CutRule { older_than_ms: cutoff_ms, held_upto };
                 let (cut, examined) = self.cut_point(partition, origin, rule, left)?;
-                let deleted = self.truncate_log(partition, origin, cut, left)?;
+                let deleted = self.truncate_log(partition, origin, cut, rule, left)?;
                 work = work.saturating_add(examined.max(1)).saturating_add(deleted);
                 summary.examined += examined as u64;
                 summary.deleted += deleted as u64;
             }
         }
         Ok(summary)
+    }
+}
+
+/// Whether `rule` cuts the stored log record `value` under `key` (one that cannot be read is cut:
+/// nothing could ever ship it).
+fn cuts(rule: CutRule, key: &[u8], value: &[u8]) -> bool {
+    match (layout::parse_log_key(key), layout::decode::<LogRecord>(value)) {
+        (Some((_, _, seq)), Ok(record)) => {
+            let (content, ts) = record.into_parts();
+            rule.cuts(seq, &content, ts)
+        }
+        _ => true,
     }
 }
 
@@ -338,10 +359,16 @@ mod tests {
         batch.put(Space::Log, layout::log_key(P, other, 4).to_vec(), layout::encode(&redacted));
         store.engine().write(batch).unwrap();
 
+        // A cut decided before a purge rewrote record 4 as a redaction still stops at it.
+        let rule = CutRule { older_than_ms: 0, held_upto: 6 };
+        assert_eq!(store.truncate_log(P, other, 6, rule, usize::MAX).unwrap(), 3);
+        assert_eq!(log_seqs(&store, other), [4, 5, 6]);
+        assert_eq!(store.log_floor(PartitionId(P), other).unwrap(), 4);
+
         let held: meridian_crdt::VersionVector = [(origin, 7), (other, 6)].into_iter().collect();
         let stable = |p: u16, _: &meridian_crdt::VersionVector| (p == P).then(|| Stable::Upto(held.clone()));
         let summary = store.truncate_from(0, stable, usize::MAX, 0).unwrap();
-        assert_eq!((summary.deleted, summary.stable_partitions), (7 + 3, 1));
+        assert_eq!((summary.deleted, summary.stable_partitions), (7, 1));
         assert_eq!(log_seqs(&store, origin), [8, 9, 10], "what a reader lacks stays");
         assert_eq!(log_seqs(&store, other), [4, 5, 6], "the cut stops at the redaction");
         assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 8);
@@ -363,7 +390,7 @@ mod tests {
         let mut store = EngineSyncStore::new(Arc::new(MemoryEngine::new()), NodeId(1));
         let origin = NodeId(2);
         written(&mut store, origin, 20, &keys(3));
-        assert_eq!(store.truncate_log(P, origin, 15, 4).unwrap(), 4);
+        assert_eq!(store.truncate_log(P, origin, 15, CutRule::by_age(u64::MAX), 4).unwrap(), 4);
         assert_eq!(store.log_floor(PartitionId(P), origin).unwrap(), 5);
         let mut passes = 0;
         while log_seqs(&store, origin) != [20] {

@@ -10,7 +10,9 @@
 //!
 //! What a peer holds is learnt from what it says in anti-entropy, never guessed:
 //! - the vector of each `Offer` it sends (what it holds, gap-free, when it sent it);
-//! - a vector comparison that found its vector equal to this node's (`VvCombined`, `VvDigests`).
+//! - a `VvCombined` comparison (protocol version 3 and later) that found its vectors equal to this
+//!   node's. A peer of an older version says nothing of the partitions in sync with this node, so
+//!   they are cut by age only while it is a reader.
 //!
 //! A node's vector only grows, so everything learnt stays a lower bound of what it holds now: the
 //! book keeps the entrywise maximum of what each peer reported. It lives in memory; after a
@@ -30,7 +32,8 @@ pub struct PeerVectors {
 /// What every reader of a partition's log holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stable {
-    /// Nobody reads this log (a node alone in its cluster): every record but the newest may go.
+    /// Nobody reads this log (a node alone in its cluster, or a partition with no other replica
+    /// anywhere): every record but the newest may go.
     Everything,
     /// Every reader holds each origin's records up to its entry here.
     Upto(VersionVector),
