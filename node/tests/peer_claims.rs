@@ -6,6 +6,9 @@
 //! reason and counted in `meridian_peer_refused_total{reason}` (revocations in
 //! `meridian_peer_connections_refused_total{reason="revoked"}`), and nothing of it is stored.
 //!
+//! Nor about what they hold: a peer is noted holding what a vector comparison proved, under its own
+//! id only, and the node's log is then cut below it (`store/stability.rs`).
+//!
 //! The counters are process-wide (every node of this test binary shares one recorder), so each test
 //! owns one `reason` label and compares it before and after.
 
@@ -21,7 +24,9 @@ use meridian_replication::{Member, MemberState, MemberVersion, Membership};
 use meridian_server::certs::generate_ca;
 use meridian_server::certs::revocation::fingerprint;
 use meridian_server::config::Config;
-use meridian_server::peer::protocol::{decode_reply, encode_request, PeerCallError, PeerMessageV1, PeerReplyV1};
+use meridian_server::peer::protocol::{
+    combined_digest, decode_reply, encode_request, partition_bitmap, PeerCallError, PeerMessageV1, PeerReplyV1,
+};
 use meridian_server::peer::{codes, PeerConnection, PeerEndpoint, PeerError, PeerTlsConfig, PeerTransportConfig};
 use meridian_server::serve::RunningNode;
 
@@ -153,6 +158,33 @@ async fn a_request_naming_another_node_as_its_sender_is_refused() {
     assert_eq!(refused("from_mismatch")(), before + 1);
     // Under an id of its own (a first contact) it is answered.
     assert!(matches!(ask(&connection, NodeId(0xbad), PeerMessageV1::Hello).await, Ok(PeerReplyV1::Hello { .. })));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_noted_holding_only_what_a_vector_comparison_proved() {
+    let s = Setup::start(|_, _| {}).await;
+    let (partition, _) = a_record(&s.node).await;
+    let (peer, _) = s.certified("eu-west", "p2");
+    let connection = s.connect(&peer).await;
+    let (from, own) = (NodeId(0x5eed), s.node.node.id());
+    let store = s.node.node.replica().sync_store();
+    let ours = store.partition_vv(PartitionId(partition)).unwrap();
+    assert!(ours.get(own) > 0);
+    let stable = || store.peer_vectors().stable(partition, &[from], &ours);
+    let digest = combined_digest(&meridian_server::region::peer_sync::vv_digests(&store, &[partition]).unwrap());
+    let compare = |digest| PeerMessageV1::VvCombined { partitions: partition_bitmap(&[partition]), digest };
+    // Vectors that differ prove nothing.
+    let reply = ask(&connection, from, compare(digest ^ 1)).await.unwrap();
+    assert!(matches!(&reply, PeerReplyV1::VvDigests(digests) if digests.len() == 1), "{reply:?}");
+    assert_eq!(stable(), None);
+    // Under another node's id, the comparison is refused before anything is noted.
+    assert!(ask(&connection, own, compare(digest)).await.is_err());
+    assert_eq!(store.peer_vectors().stable(partition, &[own], &ours), None);
+    // Vectors that match: the peer holds what this node holds.
+    let reply = ask(&connection, from, compare(digest)).await.unwrap();
+    assert!(matches!(&reply, PeerReplyV1::VvDigests(digests) if digests.is_empty()), "{reply:?}");
+    assert_eq!(stable().expect("the peer's report").upto(own), ours.get(own));
     s.stop().await;
 }
 
