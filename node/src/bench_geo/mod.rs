@@ -36,7 +36,7 @@ use meridian_wan::relay::Relay;
 use tokio::time::Instant;
 
 use crate::demo::{self, DemoOptions};
-use crate::local_region::{self, say, StopSignals, Supervisor};
+use crate::local_region::{self, say, ConfigSetting, StopSignals, Supervisor};
 
 /// `meridian bench-geo …`.
 #[derive(Clone, Debug, clap::Args)]
@@ -101,6 +101,11 @@ pub struct GeoBenchArgs {
     /// Node k listens on base+10k (client), +1 (HTTP), +2 (peer); the links on base+1000, ….
     #[arg(long, default_value_t = 19600)]
     pub base_port: u16,
+    /// A setting of every node's configuration in every part, `KEY=VALUE` with a dotted key
+    /// (repeatable): `--node-set storage.log_retention_s=5 --node-set peer.max_hints_per_node=0`
+    /// makes part 3's heal a catch-up past the log retention (`docs/benchmarks.md`).
+    #[arg(long = "node-set", value_name = "KEY=VALUE")]
+    pub node_settings: Vec<local_region::ConfigSetting>,
     /// Skip part 1 (convergence lag at a write rate).
     #[arg(long)]
     pub skip_convergence: bool,
@@ -184,21 +189,23 @@ pub async fn run_cli(args: GeoBenchArgs) -> anyhow::Result<()> {
 
 async fn run_parts(args: &GeoBenchArgs, dir: &Path) -> anyhow::Result<()> {
     if !args.skip_convergence {
-        let cluster = GeoCluster::start(&dir.join("convergence"), &args.options(&args.durability)).await?;
+        let cluster =
+            GeoCluster::start(&dir.join("convergence"), &args.options(&args.durability), &args.node_settings).await?;
         let result = convergence::run(args, &cluster).await;
         cluster.stop().await;
         say!("{}", result?.trim_end());
         say!();
     }
     if !args.skip_latency {
-        let cluster = GeoCluster::start(&dir.join("latency"), &args.options(&args.durability)).await?;
+        let cluster =
+            GeoCluster::start(&dir.join("latency"), &args.options(&args.durability), &args.node_settings).await?;
         let result = latency::run(args, &cluster).await;
         cluster.stop().await;
         say!("{}", result?.trim_end());
         say!();
     }
     if !args.skip_partition {
-        let cluster = GeoCluster::start(&dir.join("partition"), &args.options("relaxed")).await?;
+        let cluster = GeoCluster::start(&dir.join("partition"), &args.options("relaxed"), &args.node_settings).await?;
         let result = partition::run(args, &cluster).await;
         cluster.stop().await;
         say!("{}", result?.trim_end());
@@ -228,6 +235,11 @@ fn header(args: &GeoBenchArgs, dir: &Path) -> String {
          group commit; relaxed = after it reaches the OS page cache, WAL fsynced every 100 ms)",
         args.durability
     );
+    if !args.node_settings.is_empty() {
+        let settings: Vec<String> =
+            args.node_settings.iter().map(|s| format!("{} = {}", s.path.join("."), s.value)).collect();
+        let _ = writeln!(out, "node settings (every node, every part): {}", settings.join(", "));
+    }
     if args.nodes_per_region == 1 {
         out += "one node per region by default, to fit the cluster and the load generator on 2 cores \
                 (--nodes-per-region 3 for the full shape)\n";
@@ -252,9 +264,10 @@ pub(crate) struct GeoCluster {
 }
 
 impl GeoCluster {
-    /// Writes a fresh cluster under `dir` (which must not hold one), starts its links and nodes,
+    /// Writes a fresh cluster under `dir` (which must not hold one) with `settings` applied to every
+    /// node's configuration, starts its links and nodes,
     /// waits until every node is ready and sees every member. Stops what it started on failure.
-    async fn start(dir: &Path, options: &DemoOptions) -> anyhow::Result<GeoCluster> {
+    async fn start(dir: &Path, options: &DemoOptions, settings: &[ConfigSetting]) -> anyhow::Result<GeoCluster> {
         anyhow::ensure!(
             !dir.exists() || std::fs::read_dir(dir)?.next().is_none(),
             "{} is not empty: bench-geo needs a fresh cluster (its lag histograms are lifetime figures); \
@@ -264,6 +277,9 @@ impl GeoCluster {
         let started = Instant::now();
         let plan = demo::init(dir, options)?;
         let nodes: Vec<NodePlan> = plan.nodes().map(|(_, n)| n.clone()).collect();
+        for node in &nodes {
+            local_region::apply_settings(&node.config, settings)?;
+        }
         local_region::check_ports_free(&nodes, "Is another bench-geo or demo running? (Use --base-port P.)")?;
         let links = demo::start_links(&plan)?;
         let mut supervisor = Supervisor::spawn(&nodes).await?;

@@ -36,12 +36,15 @@ const IDLE: Duration = Duration::from_secs(5);
 /// The goal: bytes over the links at most this many times the changed bytes.
 const GOAL_RATIO: f64 = 3.0;
 /// The counters read from every node's /metrics around the heal.
-const COUNTERS: [&str; 5] = [
+const COUNTERS: [&str; 8] = [
     "meridian_hints_written_total",
     "meridian_hints_replayed_total",
     "meridian_sync_passes_total",
     "meridian_sync_pass_errors_total",
     "meridian_read_repairs_total",
+    "meridian_sync_fallbacks_total",
+    "meridian_sync_states_applied_total",
+    "meridian_log_truncated_records_total",
 ];
 
 fn key(i: u64) -> String {
@@ -53,6 +56,8 @@ type LinkBytes = BTreeMap<(String, String), u64>;
 
 /// The cluster just before the heal.
 struct AtHeal {
+    /// Every node's /metrics counters when the links were cut.
+    counters_at_cut: Vec<BTreeMap<String, f64>>,
     /// Every node's /metrics counters.
     counters: Vec<BTreeMap<String, f64>>,
     /// Bytes delivered over every link so far.
@@ -119,7 +124,7 @@ pub(super) async fn run(args: &GeoBenchArgs, cluster: &GeoCluster) -> anyhow::Re
     let window = after.converged.unwrap_or_else(|| at_heal.healed_at.elapsed());
     write_convergence(&mut out, args, cluster, changed_bytes, &after, total(&moved), timeout);
     write_traffic(&mut out, &moved, changed_bytes, idle_rate, window, after.converged.is_some());
-    write_node_activity(&mut out, cluster, &at_heal.counters, &counters_after);
+    write_node_activity(&mut out, cluster, &at_heal.counters_at_cut, &at_heal.counters, &counters_after);
     out += "   peer requests, heal → converged (every node; payload bytes, the rest is QUIC's):\n";
     write_kinds(&mut out, &at_heal.kinds, &kinds_after, 1.0, ("requests", "request B", "answer B"));
     Ok(out)
@@ -284,6 +289,7 @@ async fn partition_and_change(
         .filter(|(_, l)| l.from_region == home || l.to_region == home)
         .map(|(i, _)| i)
         .collect();
+    let counters_at_cut = cluster.node_metrics().await;
     for &i in &cut_links {
         cluster.links[i].block();
     }
@@ -299,7 +305,7 @@ async fn partition_and_change(
     }
     let healed_at = Instant::now();
     say!("[partition] healed; reading the {} changed keys in every other region until all are new", args.changed);
-    Ok(AtHeal { counters, link_bytes, kinds, healed_at })
+    Ok(AtHeal { counters_at_cut, counters, link_bytes, kinds, healed_at })
 }
 
 /// Writes generation 1 of `changed` in up to 10 batches spread over the partition that began at
@@ -458,33 +464,48 @@ fn write_traffic(
 }
 
 /// The report's table of what every node did from the heal to convergence ([`COUNTERS`], deltas
-/// between `before` and `after` but the lifetime hints written at the heal).
+/// between `before` and `after` but the lifetime hints written at the heal, and the log records
+/// cut between `cut_at` and the heal).
 fn write_node_activity(
     out: &mut String,
     cluster: &GeoCluster,
+    cut_at: &[BTreeMap<String, f64>],
     before: &[BTreeMap<String, f64>],
     after: &[BTreeMap<String, f64>],
 ) {
     *out += "   what the nodes did meanwhile (/metrics counter deltas, heal → converged; hints = writes kept during \
-             the partition and replayed on heal, sync passes = anti-entropy pulls):\n";
+             the partition and replayed on heal, sync passes = anti-entropy pulls, fallbacks = partitions a pull \
+             caught up by digest/range sync because the log it needed was cut, states = keys' states it applied \
+             from them; log cut = records truncated during the partition):\n";
     let _ = writeln!(
         out,
-        "     {:<16}{:>14}{:>15}{:>13}{:>12}{:>14}",
-        "NODE", "hints written*", "hints replayed", "sync passes", "sync errors", "read repairs"
+        "     {:<16}{:>14}{:>15}{:>13}{:>12}{:>14}{:>11}{:>8}{:>9}",
+        "NODE",
+        "hints written*",
+        "hints replayed",
+        "sync passes",
+        "sync errors",
+        "read repairs",
+        "fallbacks",
+        "states",
+        "log cut"
     );
     for (i, (_, node)) in cluster.plan.nodes().enumerate() {
-        let before = &before[i];
-        let after = &after[i];
+        let (before, after, cut) = (&before[i], &after[i], &cut_at[i]);
         let delta = |name: &str| after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
+        let count = |m: &BTreeMap<String, f64>, name: &str| m.get(name).copied().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "     {:<16}{:>14.0}{:>15.0}{:>13.0}{:>12.0}{:>14.0}",
+            "     {:<16}{:>14.0}{:>15.0}{:>13.0}{:>12.0}{:>14.0}{:>11.0}{:>8.0}{:>9.0}",
             node.name,
-            before.get(COUNTERS[0]).copied().unwrap_or(0.0),
+            count(before, COUNTERS[0]),
             delta(COUNTERS[1]),
             delta(COUNTERS[2]),
             delta(COUNTERS[3]),
-            delta(COUNTERS[4])
+            delta(COUNTERS[4]),
+            delta(COUNTERS[5]),
+            delta(COUNTERS[6]),
+            count(before, COUNTERS[7]) - count(cut, COUNTERS[7])
         );
     }
     let queued_at_heal: f64 = before.iter().map(|c| c.get("meridian_hints_queued").copied().unwrap_or(0.0)).sum();

@@ -77,7 +77,8 @@ mod write;
 
 pub use start::start;
 pub(crate) use supervisor::{check_ports_free, StopSignals, Supervisor};
-pub(crate) use write::{create_private_dir, write_atomically, write_ca, write_node, NodeSetup};
+pub use write::ConfigSetting;
+pub(crate) use write::{apply_settings, create_private_dir, write_atomically, write_ca, write_node, NodeSetup};
 
 /// The plan's file name inside the region directory.
 pub const PLAN_FILE: &str = "region.json";
@@ -499,6 +500,33 @@ mod tests {
             certs::parse_identity(&cert).unwrap(),
             NodeIdentity { cluster_id: "dev".into(), region: "eu-west".into(), zone: "z1".into(), name: "n5".into() }
         );
+    }
+
+    #[test]
+    fn settings_change_a_written_config_and_refuse_what_it_does_not_have() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plan = init(tmp.path(), &options(1)).unwrap();
+        let path = &plan.nodes[0].config;
+        let set = |text: &str| text.parse::<ConfigSetting>().unwrap();
+        let written = Config::load(Some(path)).unwrap();
+        apply_settings(path, &[set("storage.log_retention_s=5"), set("peer.max_hints_per_node = 0")]).unwrap();
+        let config = Config::load(Some(path)).unwrap();
+        assert_eq!((config.storage.log_retention_s, config.peer.max_hints_per_node), (5, 0));
+        assert!(std::fs::read_to_string(path).unwrap().contains("# Run it alone with"), "the header is kept");
+        // Untouched settings keep what init wrote.
+        assert_eq!(
+            (&config.peer.seeds, config.peer.rf, &config.tls),
+            (&written.peer.seeds, written.peer.rf, &written.tls)
+        );
+
+        let refused = |setting: &str| apply_settings(path, &[set(setting)]).unwrap_err().to_string();
+        assert!(refused("storage.log_retention_days=5").contains("storage.log_retention_days"));
+        assert!(refused("storage.log_retention_s=soon").contains("storage.log_retention_s"));
+        assert!(refused("node_name.x=1").contains("node_name is not a section"));
+        assert!("log_retention_s".parse::<ConfigSetting>().is_err());
+        assert!("storage..x=1".parse::<ConfigSetting>().is_err());
+        // A refused setting leaves the file as it was.
+        assert_eq!(Config::load(Some(path)).unwrap(), config);
     }
 
     #[test]

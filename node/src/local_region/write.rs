@@ -148,3 +148,61 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
     }
     result.with_context(|| format!("writing {}", path.display()))
 }
+
+/// One `KEY=VALUE` setting of a node's configuration (`storage.log_retention_s=5`): a dotted path
+/// into the configuration's TOML and a TOML value (a bare word that is not one is a string).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigSetting {
+    pub path: Vec<String>,
+    pub value: toml::Value,
+}
+
+impl std::str::FromStr for ConfigSetting {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ConfigSetting, String> {
+        let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+        let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!("{key:?} is not a dotted configuration key (like storage.log_retention_s)"));
+        }
+        let value = value.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut table) => table.remove("v").unwrap_or_else(|| toml::Value::String(value.to_string())),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        Ok(ConfigSetting { path, value })
+    }
+}
+
+/// Applies `settings` to the node configuration at `path` (written by [`write_node`]), keeping its
+/// header comment. Refuses a key the configuration does not have, a value of the wrong type, and a
+/// result that does not validate, naming the setting.
+pub(crate) fn apply_settings(path: &Path, settings: &[ConfigSetting]) -> anyhow::Result<()> {
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let header: String =
+        text.lines().take_while(|l| l.starts_with('#') || l.is_empty()).map(|l| format!("{l}\n")).collect();
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    for setting in settings {
+        let (last, parents) = setting.path.split_last().expect("a setting has a non-empty path");
+        let mut at = &mut table;
+        for part in parents {
+            at = at
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("setting {}: {part} is not a section", setting.path.join(".")))?;
+        }
+        at.insert(last.clone(), setting.value.clone());
+    }
+    let names = settings.iter().map(|s| s.path.join(".")).collect::<Vec<_>>().join(", ");
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{}: the settings {names} do not fit the configuration", path.display()))?;
+    config.validate().with_context(|| format!("{}: with the settings {names}", path.display()))?;
+    let toml = toml::to_string_pretty(&config).with_context(|| format!("serialising {}", path.display()))?;
+    write_atomically(path, format!("{}\n\n{toml}", header.trim_end()).as_bytes())
+}
