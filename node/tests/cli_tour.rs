@@ -28,8 +28,8 @@ async fn readme_tour_works_as_written() {
     // Storage per space, as on disk (the node runs on RocksDB): every space, the WAL, the directory.
     let spaces: Vec<&str> =
         status["storage"]["spaces"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(spaces, ["data", "log", "meta", "idempotency", "hints", "elements"], "{status}");
-    assert_eq!(status["storage"]["format_version"], 2, "{status}");
+    assert_eq!(spaces, ["data", "log", "meta", "idempotency", "hints", "elements", "partition_index"], "{status}");
+    assert_eq!(status["storage"]["format_version"], 3, "{status}");
     assert!(status["storage"]["dir_bytes"].as_u64().unwrap() > 0, "{status}");
 
     assert_eq!(ok(ep, data, &["incr", "shop/visits"]).trim(), "1");

@@ -705,7 +705,7 @@ async fn the_storage_report_shows_what_was_written() {
     bounded("storage report", async {
         let before = client.storage().await.unwrap();
         let names: Vec<&str> = before.spaces.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["data", "log", "meta", "idempotency", "hints", "elements"]);
+        assert_eq!(names, ["data", "log", "meta", "idempotency", "hints", "elements", "partition_index"]);
         for i in 0..200 {
             client.register(format!("disk/k{i}").as_str()).set(vec![7u8; 1000]).await.unwrap();
         }
@@ -718,7 +718,7 @@ async fn the_storage_report_shows_what_was_written() {
         assert!(space("data").keys_estimate >= 200, "{after:?}");
         assert!(after.wal_bytes > before.wal_bytes + 200 * 1000, "{after:?}");
         assert!(after.dir_bytes >= after.wal_bytes, "{after:?}");
-        assert_eq!(after.format_version, 2);
+        assert_eq!(after.format_version, 3);
     })
     .await;
     shutdown(running).await;

@@ -76,16 +76,15 @@ pub fn show_data_key(data_key: &[u8]) -> String {
 }
 
 /// Number of partitions the keyspace is cut into (fixed; see `docs/design/replication.md`).
-pub const PARTITIONS: u16 = 256;
+pub use crate::storage::partition_index::PARTITIONS;
 
 /// The cluster's stable hash (defined once, in `meridian-replication`, because placement and
 /// partitioning must agree on every node).
 pub use meridian_replication::hash::stable_hash;
 
-/// The partition of a data key.
-pub fn partition_of(data_key: &[u8]) -> u16 {
-    (stable_hash(data_key) % u64::from(PARTITIONS)) as u16
-}
+/// The partition of a data key (defined with the storage's partition index, which keeps each
+/// partition's keys together).
+pub use crate::storage::partition_index::partition_of;
 
 /// The log key of record `seq` of `origin` in `partition`.
 pub fn log_key(partition: u16, origin: NodeId, seq: u64) -> [u8; 18] {

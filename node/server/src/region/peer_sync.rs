@@ -40,6 +40,11 @@ use crate::store::sync_store::{EngineSyncStore, SyncStoreError};
 /// in a batched pass, per session).
 const MAX_EXCHANGES_PER_PASS: usize = 1024;
 
+/// The digest fallback's requests (each a walk of one hash range on the peer) a batched pass keeps
+/// in flight together: a partition's fallback is a few round trips one after the other, so many
+/// partitions caught up one at a time would cost a round trip each, hundreds over a WAN.
+const FALLBACK_IN_FLIGHT: usize = 16;
+
 fn now_ms(started: Instant) -> u64 {
     started.elapsed().as_millis() as u64
 }
@@ -346,17 +351,17 @@ impl Queues {
         }
     }
 
-    /// The next request — a batch of offers and a fallback request taking turns — with the
-    /// messages it carries.
-    fn next(&mut self, offers_turn: &mut bool) -> Option<(Vec<SyncMessage>, PeerMessageV1)> {
+    /// The next requests — a batch of offers, or up to [`FALLBACK_IN_FLIGHT`] fallback requests
+    /// sent together, taking turns — each with the messages it carries.
+    fn next(&mut self, offers_turn: &mut bool) -> Vec<(Vec<SyncMessage>, PeerMessageV1)> {
         let take_offers = !self.offers.is_empty() && (*offers_turn || self.others.is_empty());
         *offers_turn = !*offers_turn;
         if take_offers {
             let batch: Vec<SyncMessage> = self.offers.drain(..self.offers.len().min(MAX_SYNC_BATCH)).collect();
-            return Some((batch.clone(), PeerMessageV1::SyncBatch(batch)));
+            return vec![(batch.clone(), PeerMessageV1::SyncBatch(batch))];
         }
-        let message = self.others.pop_front()?;
-        Some((vec![message.clone()], PeerMessageV1::Sync(message)))
+        let take = self.others.len().min(FALLBACK_IN_FLIGHT);
+        self.others.drain(..take).map(|message| (vec![message.clone()], PeerMessageV1::Sync(message))).collect()
     }
 }
 
@@ -508,46 +513,53 @@ impl Link<'_> {
         }
         let mut offers_turn = true;
         while !shutdown.is_cancelled() {
-            let Some((batch, request)) = queues.next(&mut offers_turn) else { break };
-            let replies = match self.call_for_batch(request) {
-                Ok(PeerReplyV1::Sync(replies)) => replies,
-                Ok(other) => return Err(PeerCallError::unexpected(&other).into()),
-                Err(e @ PeerCallError::Transport(_)) => return Err(e.into()),
-                Err(e) => {
-                    failed.get_or_insert(e.into());
-                    continue;
-                }
-            };
-            let asked: BTreeSet<u16> = batch.iter().map(|m| m.partition().0).collect();
-            let mut answered = BTreeSet::new();
-            for reply in replies {
-                let partition = reply.partition().0;
-                if !asked.contains(&partition) {
-                    continue;
-                }
-                if let Err(e) = sessions[usize::from(partition)].step(store, now_ms, reply) {
-                    failed.get_or_insert(PassFailed::Session(e.to_string()));
-                }
-                answered.insert(partition);
+            let requests = queues.next(&mut offers_turn);
+            if requests.is_empty() {
+                break;
             }
-            let last_answered = batch.iter().rposition(|m| answered.contains(&m.partition().0));
-            let mut cut = Vec::new();
-            for (index, message) in batch.into_iter().enumerate() {
-                let partition = message.partition().0;
-                if answered.contains(&partition) {
-                    continue;
+            let (batches, requests): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+            for (batch, answer) in batches.into_iter().zip(self.call_together(requests)) {
+                let replies = match answer {
+                    Ok(PeerReplyV1::Sync(replies)) => replies,
+                    Ok(other) => return Err(PeerCallError::unexpected(&other).into()),
+                    Err(e @ PeerCallError::Transport(_)) => return Err(e.into()),
+                    Err(e) => {
+                        failed.get_or_insert(e.into());
+                        continue;
+                    }
+                };
+                let asked: BTreeSet<u16> = batch.iter().map(|m| m.partition().0).collect();
+                let mut answered = BTreeSet::new();
+                for reply in replies {
+                    let partition = reply.partition().0;
+                    if !asked.contains(&partition) {
+                        continue;
+                    }
+                    if let Err(e) = sessions[usize::from(partition)].step(store, now_ms, reply) {
+                        failed.get_or_insert(PassFailed::Session(e.to_string()));
+                    }
+                    answered.insert(partition);
                 }
-                if is_offer(&message) && last_answered.is_some_and(|last| index > last) {
-                    cut.push(message);
-                } else {
-                    failed.get_or_insert(PassFailed::Session(format!("partition {partition}: the peer refused it")));
+                let last_answered = batch.iter().rposition(|m| answered.contains(&m.partition().0));
+                let mut cut = Vec::new();
+                for (index, message) in batch.into_iter().enumerate() {
+                    let partition = message.partition().0;
+                    if answered.contains(&partition) {
+                        continue;
+                    }
+                    if is_offer(&message) && last_answered.is_some_and(|last| index > last) {
+                        cut.push(message);
+                    } else {
+                        failed
+                            .get_or_insert(PassFailed::Session(format!("partition {partition}: the peer refused it")));
+                    }
                 }
-            }
-            queues.offers_first(cut);
-            for partition in answered {
-                let session = &mut sessions[usize::from(partition)];
-                queues.take_from(session, &mut exchanges);
-                take_events(session, store);
+                queues.offers_first(cut);
+                for partition in answered {
+                    let session = &mut sessions[usize::from(partition)];
+                    queues.take_from(session, &mut exchanges);
+                    take_events(session, store);
+                }
             }
         }
         if failed.is_none() && !shutdown.is_cancelled() && queues.capped {
@@ -557,10 +569,25 @@ impl Link<'_> {
         failed.map_or(Ok(()), Err)
     }
 
+    /// [`Link::call_for_batch`] of each of `requests`, all in flight at once (each on a stream of
+    /// its own); the answers in the order of the requests.
+    fn call_together(&self, requests: Vec<PeerMessageV1>) -> Vec<Result<PeerReplyV1, PeerCallError>> {
+        if requests.len() == 1 {
+            return requests.into_iter().map(|request| self.call_for_batch(request)).collect();
+        }
+        let calls = requests.into_iter().map(|request| self.call_for_batch_async(request));
+        self.runtime.block_on(futures::future::join_all(calls))
+    }
+
+    /// [`Link::call_for_batch_async`], blocking.
+    fn call_for_batch(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
+        self.runtime.block_on(self.call_for_batch_async(request))
+    }
+
     /// Sends `request` (a `Sync`, or a `SyncBatch` of offers) built for the connection it goes out
     /// on: a connection dialled again to a node of version 4 or earlier gets the batch's first
     /// offer alone as a `Sync` (the others go unanswered, and are asked again).
-    fn call_for_batch(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
+    async fn call_for_batch_async(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
         let build = |version: u8| {
             let request = match request {
                 PeerMessageV1::SyncBatch(mut batch) if version < SYNC_BATCH_VERSION && !batch.is_empty() => {
@@ -571,8 +598,9 @@ impl Link<'_> {
             encode_request(self.local, request)
         };
         let (_, _, reply) = self
-            .runtime
-            .block_on(self.pool.request_versioned(self.peer, None, build, self.timeout))
+            .pool
+            .request_versioned(self.peer, None, build, self.timeout)
+            .await
             .map_err(|e| PeerCallError::Transport(e.to_string()))?;
         decode_reply(&reply)
     }
@@ -692,22 +720,26 @@ mod tests {
     fn a_batched_pass_alternates_offer_batches_and_fallback_requests_and_resends_cut_offers_first() {
         let mut queues = Queues::default();
         queues.offers.extend((0..(MAX_SYNC_BATCH as u16 + 2)).map(offer));
-        queues.others.extend([digest_request(500), digest_request(501)]);
+        let fallbacks = 500..500 + FALLBACK_IN_FLIGHT as u16 + 1;
+        queues.others.extend(fallbacks.clone().map(digest_request));
         let mut offers_turn = true;
-        let (batch, request) = queues.next(&mut offers_turn).unwrap();
+        let mut next = |queues: &mut Queues| queues.next(&mut offers_turn);
+        let [(batch, request)] = <[_; 1]>::try_from(next(&mut queues)).unwrap();
         assert!(matches!(request, PeerMessageV1::SyncBatch(_)));
         assert_eq!(partitions(&batch), (0..MAX_SYNC_BATCH as u16).collect::<Vec<_>>(), "a full batch, in order");
         // The budget cut the batch after its 10th answer: those go first next time, in order.
         queues.offers_first(batch[10..].to_vec());
-        let (batch, request) = queues.next(&mut offers_turn).unwrap();
-        assert!(matches!(request, PeerMessageV1::Sync(_)), "a fallback request's turn");
-        assert_eq!(partitions(&batch), [500]);
-        let (batch, _) = queues.next(&mut offers_turn).unwrap();
+        let together = next(&mut queues);
+        assert!(together.iter().all(|(_, r)| matches!(r, PeerMessageV1::Sync(_))), "fallback requests' turn");
+        let sent: Vec<u16> = together.iter().flat_map(|(batch, _)| partitions(batch)).collect();
+        assert_eq!(sent, fallbacks.clone().take(FALLBACK_IN_FLIGHT).collect::<Vec<_>>(), "as many as go together");
+        let [(batch, _)] = <[_; 1]>::try_from(next(&mut queues)).unwrap();
         let mut expected: Vec<u16> = (10..MAX_SYNC_BATCH as u16).collect();
         expected.extend([MAX_SYNC_BATCH as u16, MAX_SYNC_BATCH as u16 + 1]);
         assert_eq!(partitions(&batch), expected, "cut offers first, then the rest");
-        assert_eq!(partitions(&queues.next(&mut offers_turn).unwrap().0), [501]);
-        assert!(queues.next(&mut offers_turn).is_none());
+        let [(batch, _)] = <[_; 1]>::try_from(next(&mut queues)).unwrap();
+        assert_eq!(partitions(&batch), [fallbacks.end - 1]);
+        assert!(next(&mut queues).is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `meridian residency audit`: a scan of one node's storage for anything its region may not hold.
 //!
 //! It reads every space that can carry a key's bytes — states, the part records of sets and maps,
-//! delta-log records, hints and idempotency records — and checks each key against the node's
+//! the partition index, delta-log records, hints and idempotency records — and checks each key against the node's
 //! current rules. Redacted log records and hints are counted but carry no key, so they are never
 //! violations. With `compact`,
 //! storage is flushed and compacted first, so that what the scan vouches for is also all that a
@@ -71,6 +71,12 @@ pub fn audit(engine: &Arc<dyn Engine>, residency: &Residency, compact: bool) -> 
     for_each(engine.as_ref(), Space::Elements, |key, _| {
         if let Some(data_key) = layout::collection_of(key) {
             check("elements", data_key, &mut violations);
+        }
+    })?;
+    // The partition index names every key of `Data` again (not counted apart either).
+    for_each(engine.as_ref(), Space::PartitionIndex, |key, _| {
+        if let Some((_, data_key)) = crate::storage::partition_index::parse_entry_key(key) {
+            check("partition_index", data_key, &mut violations);
         }
     })?;
     report.violations = violations;

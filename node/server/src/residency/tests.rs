@@ -228,3 +228,20 @@ fn a_fallback_from_a_narrower_region_raises_the_vector_only_as_far_as_backfills_
     us.sync_store().for_peer_region("eu-west").apply_states(p, &[], Some(&peer_vv)).unwrap();
     assert_eq!(held(&us), 40);
 }
+
+/// The storage audit reads the partition index too: a key this region may not hold is reported
+/// there as well as in `Data` (an index entry names the key).
+#[test]
+fn the_audit_reports_a_forbidden_key_in_the_partition_index() {
+    let here = residency_in("us-east", &["eu-west"]);
+    let engine: Arc<dyn crate::storage::Engine> = Arc::new(MemoryEngine::new());
+    let mut batch = crate::storage::Batch::new();
+    batch.put(crate::storage::Space::Data, key("eu/a"), b"state".to_vec());
+    batch.put(crate::storage::Space::Data, key("us/b"), b"state".to_vec());
+    engine.write(batch).unwrap();
+    let report = scan::audit(&engine, &here, false).unwrap();
+    let mut spaces: Vec<&str> = report.violations.iter().map(|v| v.space.as_str()).collect();
+    spaces.sort();
+    assert_eq!(spaces, ["data", "partition_index"], "{:?}", report.violations);
+    assert!(report.violations.iter().all(|v| v.key == "app/eu/a"), "{:?}", report.violations);
+}

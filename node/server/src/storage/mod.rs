@@ -69,6 +69,7 @@
 mod baseline;
 pub mod faulty;
 mod memory;
+pub mod partition_index;
 mod rocks;
 #[cfg(test)]
 mod tests;
@@ -85,13 +86,14 @@ pub const FORMAT_KEY: &[u8] = b"storage_format";
 
 /// The storage format version this build writes (stored as the single byte value of
 /// [`FORMAT_KEY`]). Version 2 added [`Space::Elements`]: sets and maps kept one record per
-/// element or field.
-pub const FORMAT_VERSION: u8 = 2;
+/// element or field; version 3 [`Space::PartitionIndex`], built from `Data` when a version 1 or 2
+/// directory is opened.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// The oldest storage format this build opens: a directory of an older format than
 /// [`FORMAT_VERSION`] is migrated in place when opened (1 → 2 needs no rewrite: a set or map stored
-/// whole stays readable, and moves to one record per part at its next write), so the marker is
-/// raised.
+/// whole stays readable, and moves to one record per part at its next write; → 3 writes the
+/// partition index of every `Data` key, then raises the marker).
 /// There is no way back: a release that reads only version 1 refuses the directory.
 pub const OLDEST_FORMAT_VERSION: u8 = 1;
 
@@ -123,12 +125,23 @@ pub enum Space {
     /// The elements of collections kept one record per element, and their dot index (see
     /// `crate::states`).
     Elements,
+    /// Every `Data` key by partition and anti-entropy key hash ([`partition_index`]), empty
+    /// values. Derived: [`Batch`] adds its entry to every `Data` operation, so it holds exactly
+    /// the keys of `Data`.
+    PartitionIndex,
 }
 
 impl Space {
     /// Every space, in a fixed order (also the order [`MemoryEngine`] takes its locks in).
-    pub const ALL: [Space; 6] =
-        [Space::Data, Space::Log, Space::Meta, Space::Idempotency, Space::Hints, Space::Elements];
+    pub const ALL: [Space; 7] = [
+        Space::Data,
+        Space::Log,
+        Space::Meta,
+        Space::Idempotency,
+        Space::Hints,
+        Space::Elements,
+        Space::PartitionIndex,
+    ];
 
     /// The space's name, which is also its RocksDB column family name.
     pub const fn name(self) -> &'static str {
@@ -139,6 +152,7 @@ impl Space {
             Space::Idempotency => "idempotency",
             Space::Hints => "hints",
             Space::Elements => "elements",
+            Space::PartitionIndex => "partition_index",
         }
     }
 
@@ -175,6 +189,8 @@ pub enum BatchOp {
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     ops: Vec<(Space, Vec<u8>, BatchOp)>,
+    /// Whether an operation was added into [`Space::PartitionIndex`] directly (refused).
+    writes_index: bool,
 }
 
 impl Batch {
@@ -185,26 +201,36 @@ impl Batch {
 
     /// Adds "set `key` in `space` to `value`".
     pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((space, key.into(), BatchOp::Put(value.into())));
+        self.push(space, key, BatchOp::Put(value.into()));
     }
 
     /// Adds "remove `key` from `space`".
     pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
-        self.ops.push((space, key.into(), BatchOp::Delete));
+        self.push(space, key, BatchOp::Delete);
     }
 
     /// Adds "raise `key` in `space` to at least `value`" (see [`BatchOp::MaxU64`]).
     pub fn max_u64(&mut self, space: Space, key: impl Into<Vec<u8>>, value: u64) {
-        self.ops.push((space, key.into(), BatchOp::MaxU64(value)));
+        self.push(space, key, BatchOp::MaxU64(value));
     }
 
-    /// Adds an already-built operation.
+    /// Adds an already-built operation. An operation in [`Space::Data`] brings its
+    /// [`Space::PartitionIndex`] entry along, in the same batch: the index can then never disagree
+    /// with `Data`, after any crash, whichever code path wrote.
     pub fn push(&mut self, space: Space, key: impl Into<Vec<u8>>, op: BatchOp) {
-        self.ops.push((space, key.into(), op));
+        let key = key.into();
+        self.writes_index |= space == Space::PartitionIndex;
+        if space == Space::Data {
+            // A put or a merge leaves the key present, a delete absent.
+            let index = if op == BatchOp::Delete { BatchOp::Delete } else { BatchOp::Put(Vec::new()) };
+            self.ops.push((Space::PartitionIndex, partition_index::entry_key(&key), index));
+        }
+        self.ops.push((space, key, op));
     }
 
     /// Moves every operation of `other` to the end of this batch (group commit joins batches).
     pub fn append(&mut self, mut other: Batch) {
+        self.writes_index |= other.writes_index;
         self.ops.append(&mut other.ops);
     }
 
@@ -223,8 +249,17 @@ impl Batch {
         self.ops.iter().map(|(space, key, op)| (*space, key.as_slice(), op))
     }
 
-    /// Rejects batches that touch the reserved [`FORMAT_KEY`].
+    /// Rejects batches that touch the reserved [`FORMAT_KEY`], or write the partition index other
+    /// than through `Data`.
     fn check_reserved(&self) -> Result<(), StorageError> {
+        if self.writes_index {
+            return Err(StorageError::Reserved(format!(
+                "{} follows {}: it is written only through {}'s operations",
+                Space::PartitionIndex,
+                Space::Data,
+                Space::Data
+            )));
+        }
         match self.ops.iter().find(|(space, key, _)| *space == Space::Meta && key.as_slice() == FORMAT_KEY) {
             Some(_) => Err(StorageError::Reserved(format!(
                 "{}/{} is the storage format marker and cannot be written",

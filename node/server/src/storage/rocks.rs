@@ -235,7 +235,13 @@ impl RocksEngine {
             Some(found) if matches!(found.as_slice(), [v] if (OLDEST_FORMAT_VERSION..FORMAT_VERSION).contains(v)) => {
                 // Every older format still readable migrates by raising the marker (see
                 // `OLDEST_FORMAT_VERSION`); the column families it lacked were created by the open.
+                // Before version 3 there was no partition index: it is built first, so a crash
+                // before the marker is raised builds it again (its puts are idempotent).
                 tracing::info!(path = %path, from = found[0], to = FORMAT_VERSION, "storage: migrating the format");
+                if found[0] < 3 {
+                    let keys = self.build_partition_index()?;
+                    tracing::info!(path = %path, keys, "storage: partition index built");
+                }
                 let mut batch = WriteBatch::default();
                 batch.put_cf(self.cf(Space::Meta)?, FORMAT_KEY, [FORMAT_VERSION]);
                 self.inner
@@ -266,6 +272,30 @@ impl RocksEngine {
                     .db
                     .write_opt(batch, &write_options(Durability::Fsync))
                     .map_err(|e| rocks_err(e, format_args!("{path}: writing the storage format marker")))
+            }
+        }
+    }
+
+    /// Writes the [`Space::PartitionIndex`] entry of every `Data` key (a migration from a format
+    /// without it), in pages; returns how many keys it indexed.
+    fn build_partition_index(&self) -> Result<u64, StorageError> {
+        const PAGE: usize = 4096;
+        let index = self.cf(Space::PartitionIndex)?;
+        let mut start = Vec::new();
+        let mut keys = 0u64;
+        loop {
+            let page = self.scan_uncached(Space::Data, &start, PAGE)?;
+            let mut batch = WriteBatch::default();
+            for (data_key, _) in &page {
+                batch.put_cf(index, super::partition_index::entry_key(data_key), []);
+            }
+            keys += page.len() as u64;
+            self.inner.db.write_opt(batch, &write_options(Durability::Fsync)).map_err(|e| {
+                rocks_err(e, format_args!("{}: building the partition index", self.inner.path.display()))
+            })?;
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => start = [last.as_slice(), &[0]].concat(),
+                _ => return Ok(keys),
             }
         }
     }

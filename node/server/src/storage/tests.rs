@@ -23,6 +23,9 @@ fn open_rocks() -> (RocksEngine, Option<TempDir>) {
     (engine, Some(dir))
 }
 
+/// The spaces a batch may write directly: all but the partition index, which follows `Data`.
+const WRITABLE: [Space; 6] = [Space::Data, Space::Log, Space::Meta, Space::Idempotency, Space::Hints, Space::Elements];
+
 fn get(e: &dyn Engine, space: Space, key: &[u8]) -> Option<Vec<u8>> {
     e.get(space, key).expect("get")
 }
@@ -77,21 +80,46 @@ mod suite {
         b.put(Space::Data, b"c", b"y");
         b.put(Space::Meta, b"n", 5u64.to_be_bytes());
         b.max_u64(Space::Meta, b"n", 3);
-        assert_eq!(b.len(), 8);
+        // Each of the six `Data` operations brings its partition index entry along.
+        assert_eq!(b.len(), 8 + 6);
         e.write(b).unwrap();
         assert_eq!(get(e, Space::Data, b"a"), None);
         assert_eq!(get(e, Space::Data, b"b"), Some(b"2".to_vec()));
         assert_eq!(get(e, Space::Data, b"c"), Some(b"y".to_vec()));
         assert_eq!(get_u64(e, Space::Meta, b"n"), Some(5));
+        let mut indexed: Vec<Vec<u8>> = [b"b", b"c"].map(|k| super::super::partition_index::entry_key(k)).to_vec();
+        indexed.sort();
+        let index: Vec<Vec<u8>> =
+            e.scan(Space::PartitionIndex, b"", None, 10).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(index, indexed, "the index holds the keys left in data, and only those");
+    }
+
+    pub fn partition_index_is_written_only_through_data(e: &dyn Engine) {
+        for op in [BatchOp::Put(Vec::new()), BatchOp::Delete, BatchOp::MaxU64(1)] {
+            let mut b = Batch::new();
+            b.put(Space::Data, b"k", b"v");
+            b.push(Space::PartitionIndex, b"anything", op);
+            let err = e.write(b).unwrap_err();
+            assert!(matches!(&err, StorageError::Reserved(m) if m.contains("partition_index")), "{err}");
+        }
+        // The refused batch wrote nothing, its `Data` put included.
+        assert_eq!(get(e, Space::Data, b"k"), None);
+        assert!(e.scan(Space::PartitionIndex, b"", None, 10).unwrap().is_empty());
+        // A batch joined from one that writes the index directly is refused too.
+        let mut bad = Batch::new();
+        bad.delete(Space::PartitionIndex, b"x");
+        let mut joined = Batch::new();
+        joined.append(bad);
+        assert!(e.write(joined).is_err());
     }
 
     pub fn batch_is_atomic_across_spaces(e: &dyn Engine) {
         let mut b = Batch::new();
-        for space in Space::ALL {
+        for space in WRITABLE {
             b.put(space, b"atomic", space.name());
         }
         e.write(b).unwrap();
-        for space in Space::ALL {
+        for space in WRITABLE {
             assert_eq!(get(e, space, b"atomic"), Some(space.name().as_bytes().to_vec()));
         }
 
@@ -105,7 +133,7 @@ mod suite {
             s.spawn(|| {
                 for round in 1..=ROUNDS {
                     let mut b = Batch::new();
-                    for space in Space::ALL {
+                    for space in WRITABLE {
                         b.put(space, key, round.to_be_bytes());
                     }
                     e.write(b).unwrap();
@@ -114,7 +142,7 @@ mod suite {
             s.spawn(|| {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
-                    let seen: Vec<u64> = Space::ALL.iter().map(|&space| round_of(space)).collect();
+                    let seen: Vec<u64> = WRITABLE.iter().map(|&space| round_of(space)).collect();
                     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "torn batch observed: {seen:?}");
                     if seen[0] == ROUNDS {
                         break;
@@ -134,10 +162,10 @@ mod suite {
     }
 
     pub fn spaces_isolated(e: &dyn Engine) {
-        for (i, space) in Space::ALL.into_iter().enumerate() {
+        for (i, space) in WRITABLE.into_iter().enumerate() {
             put(e, space, b"shared", &[i as u8]);
         }
-        for (i, space) in Space::ALL.into_iter().enumerate() {
+        for (i, space) in WRITABLE.into_iter().enumerate() {
             assert_eq!(get(e, space, b"shared"), Some(vec![i as u8]));
         }
         let mut b = Batch::new();
@@ -375,6 +403,7 @@ macro_rules! all_engine_tests {
             engine_tests!($module, $open, [
                 put_get_delete,
                 batch_ops_apply_in_order,
+                partition_index_is_written_only_through_data,
                 batch_is_atomic_across_spaces,
                 empty_batch_ok,
                 spaces_isolated,
@@ -405,7 +434,10 @@ fn decode_u64_be_checks_length() {
 
 #[test]
 fn space_names_and_order() {
-    assert_eq!(Space::ALL.map(Space::name), ["data", "log", "meta", "idempotency", "hints", "elements"]);
+    assert_eq!(
+        Space::ALL.map(Space::name),
+        ["data", "log", "meta", "idempotency", "hints", "elements", "partition_index"]
+    );
     for (i, space) in Space::ALL.into_iter().enumerate() {
         assert_eq!(space.index(), i);
     }
@@ -575,8 +607,8 @@ mod rocks_only {
     }
 
     /// A directory of format 1, as the release before decomposed sets left it: five column
-    /// families, marker 1, a key. It opens, gains the elements column family, keeps its data, and
-    /// says format 2 from then on.
+    /// families, marker 1, a key. It opens, gains the elements and partition index column
+    /// families, keeps its data (indexed), and says the current format from then on.
     #[test]
     fn a_format_1_directory_migrates_in_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -592,10 +624,42 @@ mod rocks_only {
         let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("format 1 migrates");
         assert_eq!(get(&engine, Space::Meta, FORMAT_KEY), Some(vec![FORMAT_VERSION]));
         assert_eq!(get(&engine, Space::Data, b"k"), Some(b"v".to_vec()));
+        let index = engine.scan(Space::PartitionIndex, b"", None, 10).unwrap();
+        assert_eq!(index, vec![(super::super::partition_index::entry_key(b"k"), Vec::new())]);
         put(&engine, Space::Elements, b"e", b"x");
         drop(engine);
-        let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("reopens at format 2");
+        let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("reopens at the current format");
         assert_eq!(get(&engine, Space::Elements, b"e"), Some(b"x".to_vec()));
+    }
+
+    /// A directory of format 2, as the release before the partition index left it: six column
+    /// families, marker 2, keys in several partitions. It opens, gains the partition index of
+    /// every key (more than one page of the build), and says format 3 from then on.
+    #[test]
+    fn a_format_2_directory_gains_its_partition_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Vec<u8>> = (0..5000u32).map(|i| format!("\x01n/key-{i}").into_bytes()).collect();
+        {
+            let mut opts = rocksdb::Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let v2_spaces = ["data", "log", "meta", "idempotency", "hints", "elements"];
+            let db = RawDb::open_cf(&opts, dir.path(), v2_spaces).unwrap();
+            db.put_cf(db.cf_handle("meta").unwrap(), FORMAT_KEY, [2]).unwrap();
+            for key in &keys {
+                db.put_cf(db.cf_handle("data").unwrap(), key, b"v").unwrap();
+            }
+        }
+        let engine = RocksEngine::open(dir.path(), RocksOptions::default()).expect("format 2 migrates");
+        assert_eq!(get(&engine, Space::Meta, FORMAT_KEY), Some(vec![FORMAT_VERSION]));
+        let mut expected: Vec<Vec<u8>> = keys.iter().map(|k| super::super::partition_index::entry_key(k)).collect();
+        expected.sort();
+        let index: Vec<Vec<u8>> =
+            engine.scan(Space::PartitionIndex, b"", None, usize::MAX).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(index.len(), keys.len());
+        assert!(index == expected, "every key of data is indexed, nothing else");
+        drop(engine);
+        RocksEngine::open(dir.path(), RocksOptions::default()).expect("reopens at format 3");
     }
 
     #[test]
@@ -679,7 +743,9 @@ mod model {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            8 => proptest::collection::vec((space(), key(), op()), 0..8).prop_map(Step::Write),
+            // Not into the partition index: batches refuse that (it follows `Data`).
+            8 => proptest::collection::vec((space().prop_filter("derived", |s| *s != Space::PartitionIndex), key(), op()), 0..8)
+                .prop_map(Step::Write),
             1 => Just(Step::FlushCompact),
             1 => Just(Step::Reopen),
         ]
@@ -695,6 +761,16 @@ mod model {
     }
 
     fn assert_agree(rocks: &RocksEngine, memory: &MemoryEngine, queries: &[Query]) -> Result<(), TestCaseError> {
+        let mut indexed: Vec<Vec<u8>> = memory
+            .scan(Space::Data, b"", None, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|(k, _)| super::super::partition_index::entry_key(k))
+            .collect();
+        indexed.sort();
+        let index: Vec<Vec<u8>> =
+            memory.scan(Space::PartitionIndex, b"", None, usize::MAX).unwrap().into_iter().map(|(k, _)| k).collect();
+        prop_assert_eq!(index, indexed, "the partition index holds exactly the keys of data");
         for space in Space::ALL {
             let all = memory.scan(space, b"", None, usize::MAX).unwrap();
             prop_assert_eq!(&rocks.scan(space, b"", None, usize::MAX).unwrap(), &all, "contents of {}", space);

@@ -68,16 +68,19 @@
 //! were applied before the raise stay in the log until log truncation collects them
 //! (`store/log_truncation.rs` starts each cut where the previous one ended, not at the floor).
 //!
-//! # Scans (first version)
+//! # Scans
 //!
-//! A partition's keys are spread over the whole `Data` space (partition = hash % 256), so
-//! [`SyncStore::range_digests`] and [`SyncStore::keys_in_range`] scan all of `Data` in pages and keep
-//! the keys with `partition_of(data_key) == partition`: O(all keys) per call, and a fallback makes one
-//! call per tree level. The scalable follow-up is an index keyed by `(partition, key hash, data key)`
-//! (maintained in the same batch as every state write, including the node's own writes), plus
-//! incremental per-bucket digests, which [`RangeDigest::remove_entry_hash`] is designed for. Each page
-//! is one engine iterator, not one snapshot of the whole scan; that is enough, because states only
-//! grow and each key's state is read atomically (a mixed view costs at most a spurious difference).
+//! A partition's keys are spread over the whole `Data` space (partition = hash % 256), so the
+//! fallback reads them through [`Space::PartitionIndex`], keyed `(partition, key hash, data key)`
+//! and written by [`Batch`] beside every `Data` put and delete (whatever the code path: the node's
+//! own writes, replicated joins, purges, restores). [`SyncStore::range_digests`] walks the part of
+//! the partition its ranges span, [`SyncStore::keys_in_range`] walks from its range's first key
+//! (or the page's last) and stops after a page: a call costs the keys it covers, one point read
+//! each, not every key of the node. Incremental per-bucket digests, which
+//! [`RangeDigest::remove_entry_hash`] is designed for, would make digests free of reads; they are
+//! not built. Each page is one engine iterator, not one snapshot of the whole scan; that is
+//! enough, because states only grow and each key's state is read atomically (a mixed view costs
+//! at most a spurious difference).
 //!
 //! # Next to the node's write path
 //!
@@ -100,7 +103,7 @@ use meridian_replication::antientropy::{
 use crate::layout::{self, log_floor_key, parse_data_key, vv_prefix, LogContent, LogRecord, Stored, PARTITIONS};
 use crate::residency::Residency;
 use crate::states::{self, StateError, StateView};
-use crate::storage::{decode_u64_be, Batch, Engine, Space, StorageError};
+use crate::storage::{decode_u64_be, partition_index, Batch, Engine, Space, StorageError};
 use crate::store::safe_times::SafeTimeBook;
 use crate::store::stability::PeerVectors;
 use crate::store::writer::Writer;
@@ -802,31 +805,44 @@ impl EngineSyncStore {
         }
     }
 
-    /// Calls `visit` with every `Data` entry of `partition` that `wanted` accepts, in data-key
-    /// order (paged scans), each as its whole state's encoding (a set kept per element is assembled
-    /// only once wanted); with a peer region set, only the keys that region may hold.
+    /// Calls `visit` with the `Data` entry of every key of `partition` whose key hash is in `range`
+    /// and whose (key hash, key) position is past `after`'s, in (key hash, key) order, until
+    /// `visit` answers `false`: a walk over the partition index, one point read per key. Each
+    /// entry is its whole state's encoding (a set kept per element is assembled); with a peer
+    /// region set, only the keys that region may hold.
     fn scan_partition(
         &self,
         partition: u16,
-        wanted: impl Fn(&[u8]) -> bool,
-        mut visit: impl FnMut(Vec<u8>, Vec<u8>),
+        range: HashRange,
+        after: Option<&[u8]>,
+        mut visit: impl FnMut(Vec<u8>, Vec<u8>) -> bool,
     ) -> Result<()> {
         let outside = |data_key: &[u8]| match (&self.peer_region, self.residency()) {
             (Some(region), Some(residency)) => !residency.allowed_in(region, data_key),
             _ => false,
         };
-        let mut start = Vec::new();
+        let mut start = partition_index::range_start(partition, range.lo()).to_vec();
+        if let Some(after) = after {
+            start = start.max([partition_index::entry_key(after).as_slice(), &[0]].concat());
+        }
+        let end = partition_index::range_end(partition, range.hi());
         loop {
-            let page = self.engine.scan(Space::Data, &start, None, DATA_PAGE)?;
+            let page = self.engine.scan(Space::PartitionIndex, &start, end.as_deref(), DATA_PAGE)?;
             let full = page.len() == DATA_PAGE;
             if let Some((last, _)) = page.last() {
                 start = [last.as_slice(), &[0]].concat();
             }
-            for (data_key, value) in page {
-                if layout::partition_of(&data_key) == partition && !outside(&data_key) && wanted(&data_key) {
-                    // A set kept per element goes out (and is hashed) as its whole state.
-                    if let Some(value) = states::whole_value(self.engine.as_ref(), &data_key, value)? {
-                        visit(data_key, value);
+            for (index_key, _) in page {
+                let Some((_, data_key)) = partition_index::parse_entry_key(&index_key) else { continue };
+                if outside(data_key) {
+                    continue;
+                }
+                // Gone since the index was read: a key deleted meanwhile (a purge) is not there.
+                let Some(value) = self.engine.get(Space::Data, data_key)? else { continue };
+                // A set kept per element goes out (and is hashed) as its whole state.
+                if let Some(value) = states::whole_value(self.engine.as_ref(), data_key, value)? {
+                    if !visit(data_key.to_vec(), value) {
+                        return Ok(());
                     }
                 }
             }
@@ -1014,33 +1030,41 @@ impl SyncStore for EngineSyncStore {
         Ok(())
     }
 
-    /// Every key of the partition (a full `Data` scan, see the module docs), hashed as stored.
+    /// The keys of the partition from the lowest range's first hash to the highest range's last
+    /// (one walk of the partition index), each hashed as stored into every range holding it.
     fn range_digests(&self, partition: PartitionId, ranges: &[HashRange]) -> Result<Vec<RangeDigest>> {
         let p = Self::check(partition)?;
         let mut digests = vec![RangeDigest::default(); ranges.len()];
         // Ranges by depth, then by prefix: one lookup per depth per key.
         let mut by_depth: BTreeMap<u8, HashMap<u64, Vec<usize>>> = BTreeMap::new();
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
         for (i, range) in ranges.iter().enumerate().filter(|(_, r)| r.is_valid()) {
             by_depth.entry(range.bits()).or_default().entry(range.index()).or_default().push(i);
+            (lo, hi) = (lo.min(range.lo()), hi.max(range.hi()));
         }
-        self.scan_partition(
-            p,
-            |_| true,
-            |data_key, state| {
-                let hash = key_hash(&data_key);
-                let entry = entry_hash(&data_key, &state);
-                for (bits, prefixes) in &by_depth {
-                    let prefix = hash.checked_shr(64 - u32::from(*bits)).unwrap_or(0);
-                    for &i in prefixes.get(&prefix).into_iter().flatten() {
-                        digests[i].add_entry_hash(entry);
-                    }
+        if by_depth.is_empty() {
+            return Ok(digests);
+        }
+        // The smallest range covering them all: the common prefix of `lo` and `hi`.
+        let bits = (lo ^ hi).leading_zeros().min(64) as u8;
+        let span = HashRange::new(bits, lo.checked_shr(64 - u32::from(bits)).unwrap_or(0))
+            .expect("a prefix of a valid hash is a valid range");
+        self.scan_partition(p, span, None, |data_key, state| {
+            let hash = key_hash(&data_key);
+            let entry = entry_hash(&data_key, &state);
+            for (bits, prefixes) in &by_depth {
+                let prefix = hash.checked_shr(64 - u32::from(*bits)).unwrap_or(0);
+                for &i in prefixes.get(&prefix).into_iter().flatten() {
+                    digests[i].add_entry_hash(entry);
                 }
-            },
-        )?;
+            }
+            true
+        })?;
         Ok(digests)
     }
 
-    /// A full `Data` scan keeping the first `max_keys + 1` matches in (key hash, key) order.
+    /// The first `max_keys + 1` keys of `range` past `after_key`, in (key hash, key) order: the
+    /// partition index is in that order, so the walk stops there.
     fn keys_in_range(
         &self,
         partition: PartitionId,
@@ -1050,28 +1074,18 @@ impl SyncStore for EngineSyncStore {
         max_bytes: usize,
     ) -> Result<KeyPage> {
         let p = Self::check(partition)?;
-        let after = after_key.map(|key| (key_hash(key), key.to_vec()));
         // One more than a page, to know whether keys remain.
         let keep = max_keys.saturating_add(1);
-        let mut first: BTreeMap<(u64, Vec<u8>), Vec<u8>> = BTreeMap::new();
-        let in_range = |data_key: &[u8]| {
-            let position = (key_hash(data_key), data_key);
-            range.contains_hash(position.0)
-                && after.as_ref().is_none_or(|(hash, key)| position > (*hash, key.as_slice()))
-        };
-        self.scan_partition(p, in_range, |data_key, state| {
-            let position = (key_hash(&data_key), data_key);
-            if first.len() == keep && first.last_key_value().is_some_and(|(last, _)| position > *last) {
-                return;
-            }
-            first.insert(position, state);
-            if first.len() > keep {
-                first.pop_last();
-            }
-        })?;
+        let mut first: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if range.is_valid() {
+            self.scan_partition(p, range, after_key, |data_key, state| {
+                first.push((data_key, state));
+                first.len() < keep
+            })?;
+        }
         let mut page = KeyPage::default();
         let mut bytes = 0usize;
-        for ((_, key), state) in first {
+        for (key, state) in first {
             let state = KeyState { key, state };
             bytes = bytes.saturating_add(state.wire_len());
             if page.states.len() == max_keys || (bytes > max_bytes && !page.states.is_empty()) {
