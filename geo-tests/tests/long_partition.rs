@@ -7,15 +7,19 @@
 //!    and read back from every node.
 //! 2. `ap-south` is isolated. Meanwhile `us-east` deletes `r0..r19` and writes `r0..r4` again
 //!    (`v2`), removes `a0` from `s0..s9`; `eu-west` rewrites `r20..r39` (`v1`) and adds `b1` to
-//!    `s10..s19`; the cut-off `ap-south` deletes `r50..r54` and writes new keys `lp/c0..c9`. The cut
-//!    lasts until every region's logs have been truncated past those changes.
+//!    `s10..s19`; the cut-off `ap-south` deletes `r50..r54` and writes new keys `lp/c0..c9`. Then
+//!    each side writes a filler register into every partition it changed: log truncation keeps the
+//!    newest record of each (partition, origin), so without one a partition's only change of the
+//!    cut would cross by the log, not the fallback. The cut lasts until the logs have been
+//!    truncated past every change.
 //! 3. Healed, every node of every region must read exactly the expected state (read at `eventual`
 //!    through that node): nothing deleted comes back (`ap-south` still held every deleted value and
 //!    removed element when it was cut off), nothing written is lost, the recreated keys hold their
 //!    new values. It must read it again a few anti-entropy passes later.
 //!
-//! The fault is checked, not assumed: log records were truncated during the cut, and fallbacks ran
-//! after the heal (`meridian_log_truncated_records_total`, `meridian_sync_fallbacks_total`).
+//! The fault is checked, not assumed: log records were truncated during the cut, and at least as
+//! many fallbacks ran after the heal as partitions were changed during it
+//! (`meridian_log_truncated_records_total`, `meridian_sync_fallbacks_total`).
 //! Negative control, run by hand: `MERIDIAN_GEO_LP_RETENTION_S=0` (logs kept forever) must fail on
 //! the fallback check; the state checker's own control is the unit test below.
 //!
@@ -23,11 +27,11 @@
 //! first: `cargo build -p meridian-node --bin meridian && cargo test -p meridian-geo-tests --test
 //! long_partition -- --nocapture`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use meridian_client::{Client, Consistency};
+use meridian_client::{Client, ClusterOp, Consistency, Key};
 use meridian_geo_tests::geo::{Geo, GeoSpec};
 use meridian_geo_tests::region::KeepOnFailure;
 
@@ -188,6 +192,37 @@ async fn wait_every_node_reads(geo: &Geo, expected: &Expected, timeout: Duration
     }
 }
 
+/// The partition of `key`, as the node behind `client` places it.
+async fn partition(client: &Client, key: &str) -> anyhow::Result<u32> {
+    let parsed: Key = key.parse().with_context(|| format!("key {key:?}"))?;
+    let report =
+        client.cluster(ClusterOp::Placement { key: parsed }).await.with_context(|| format!("placing {key}"))?;
+    Ok(report.placement.with_context(|| format!("no placement of {key}"))?.partition.into())
+}
+
+/// Writes through `client` one register (`lp/f-<side>-<n>`) into each partition of `changed`, after
+/// every change there, so that the changes are below the newest record of their partition and
+/// origin, which log truncation keeps; returns what the fillers read as, and the partitions.
+async fn fill_partitions(client: &Client, side: &str, changed: &[String]) -> anyhow::Result<(Expected, BTreeSet<u32>)> {
+    let mut left = BTreeSet::new();
+    for key in changed {
+        left.insert(partition(client, key).await?);
+    }
+    let partitions = left.clone();
+    let mut fillers = Expected::new();
+    for n in 0..50_000 {
+        if left.is_empty() {
+            return Ok((fillers, partitions));
+        }
+        let key = format!("lp/f-{side}-{n}");
+        if left.remove(&partition(client, &key).await?) {
+            write_register(client, &key, format!("f-{side}")).await?;
+            fillers.insert(key, Value::Register(format!("f-{side}").into_bytes()));
+        }
+    }
+    bail!("no filler key found for partitions {left:?}")
+}
+
 async fn write_register(client: &Client, key: &str, value: String) -> anyhow::Result<()> {
     client
         .register(key)
@@ -284,10 +319,22 @@ async fn scenario(geo: &Geo, retention: u64) -> anyhow::Result<()> {
     for i in 0..NEW_KEYS {
         write_register(&ap_client, &new_key(i), format!("c-{i}")).await?;
     }
+    let us_changed: Vec<String> = (0..20).map(register).chain((0..10).map(set)).collect();
+    let eu_changed: Vec<String> = (20..40).map(register).chain((10..SETS).map(set)).collect();
+    let ap_changed: Vec<String> = (50..55).map(register).chain((0..NEW_KEYS).map(new_key)).collect();
+    let mut fillers = Expected::new();
+    let mut changed_partitions = BTreeSet::new();
+    for (client, side, changed) in
+        [(&writer, "us", &us_changed), (&eu_client, "eu", &eu_changed), (&ap_client, "ap", &ap_changed)]
+    {
+        let (more, partitions) = fill_partitions(client, side, changed).await?;
+        fillers.extend(more);
+        changed_partitions.extend(partitions);
+    }
     for client in [&writer, &eu_client, &ap_client] {
         client.close().await;
     }
-    println!("{} changes made on both sides of the cut", at());
+    println!("{} changes made on both sides of the cut, then {} fillers", at(), fillers.len());
     tokio::time::sleep_until(tokio::time::Instant::from_std(cut_at + CUT)).await;
     let truncated = geo.metric_sum("meridian_log_truncated_records_total").await? - truncated_before;
     let fallbacks_before = geo.metric_sum("meridian_sync_fallbacks_total").await?;
@@ -295,7 +342,8 @@ async fn scenario(geo: &Geo, retention: u64) -> anyhow::Result<()> {
     // 3. Healed: everyone reads the changes of both sides, and nothing deleted comes back.
     geo.heal();
     println!("{} healed after {:.1} s; {truncated} log records were truncated meanwhile", at(), CUT.as_secs_f64());
-    let expected = after_cut();
+    let mut expected = after_cut();
+    expected.extend(fillers);
     let took = wait_every_node_reads(geo, &expected, CONVERGE_TIMEOUT).await.context("after the heal")?;
     let fallbacks = geo.metric_sum("meridian_sync_fallbacks_total").await? - fallbacks_before;
     println!(
@@ -303,10 +351,13 @@ async fn scenario(geo: &Geo, retention: u64) -> anyhow::Result<()> {
         at(),
         took.as_secs_f64()
     );
-    if truncated <= 0.0 || fallbacks <= 0.0 {
+    // Every partition changed during the cut had its changes cut from the log, so at least one
+    // node caught each up by the fallback.
+    if truncated <= 0.0 || fallbacks < changed_partitions.len() as f64 {
         bail!(
             "the fault did not happen: {truncated} log records truncated during the cut, {fallbacks} fallbacks after \
-             the heal (both must be positive: the heal must have gone past the logs)"
+             the heal for {} partitions changed during the cut (the heal must have gone past the logs)",
+            changed_partitions.len()
         );
     }
     // A few anti-entropy passes later (a stale state that came back late would show now).

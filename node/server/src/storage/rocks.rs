@@ -277,9 +277,12 @@ impl RocksEngine {
     }
 
     /// Writes the [`Space::PartitionIndex`] entry of every `Data` key (a migration from a format
-    /// without it), in pages; returns how many keys it indexed.
+    /// without it), in pages; returns how many keys it indexed. The pages are written without a
+    /// sync each: the marker's write after them is fsynced, and the WAL is replayed in order, so
+    /// the marker never survives a crash without them (and without it the build runs again).
     fn build_partition_index(&self) -> Result<u64, StorageError> {
         const PAGE: usize = 4096;
+        const REPORT_EVERY: u64 = 1 << 20;
         let index = self.cf(Space::PartitionIndex)?;
         let mut start = Vec::new();
         let mut keys = 0u64;
@@ -290,7 +293,10 @@ impl RocksEngine {
                 batch.put_cf(index, super::partition_index::entry_key(data_key), []);
             }
             keys += page.len() as u64;
-            self.inner.db.write_opt(batch, &write_options(Durability::Fsync)).map_err(|e| {
+            if keys % REPORT_EVERY < page.len() as u64 {
+                tracing::info!(path = %self.inner.path.display(), keys, "storage: building the partition index");
+            }
+            self.inner.db.write_opt(batch, &write_options(Durability::Relaxed)).map_err(|e| {
                 rocks_err(e, format_args!("{}: building the partition index", self.inner.path.display()))
             })?;
             match page.last() {
