@@ -595,6 +595,15 @@ impl StateView {
     /// part of its new kind), its old records deleted.
     pub fn write(self, engine: &dyn Engine, batch: &mut Batch) -> Result<usize> {
         let now = kind_of(&self.stored);
+        // A key read from `Data` (under its lock) is indexed already.
+        let present = !matches!(self.form, Form::Absent);
+        let put = |batch: &mut Batch, key: &[u8], value: Vec<u8>| {
+            if present {
+                batch.put_present(key.to_vec(), value);
+            } else {
+                batch.put(Space::Data, key.to_vec(), value);
+            }
+        };
         if let Form::Split { kind, loaded, .. } = &self.form {
             if now == Some(*kind) {
                 for (name, old) in loaded {
@@ -609,7 +618,7 @@ impl StateView {
                     // version (each is drawn afresh).
                     doc.cache_as(&self.data_key, header.writes, header.elements as usize);
                 }
-                batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
+                put(batch, &self.data_key, layout::encode_split(&header));
                 return Ok(split_len(&header));
             }
             // Another type won: the old kind's records all go.
@@ -618,7 +627,7 @@ impl StateView {
         if now.is_none() {
             let value = layout::encode_stored(&self.stored);
             let len = value.len();
-            batch.put(Space::Data, self.data_key.clone(), value);
+            put(batch, &self.data_key, value);
             return Ok(len);
         }
         // A new collection, one stored whole by format 1, or the winner of a type conflict: every
@@ -627,7 +636,7 @@ impl StateView {
             put_part_record(batch, &self.data_key, &name, None, Some(&value));
         }
         let header = self.header(new_version());
-        batch.put(Space::Data, self.data_key.clone(), layout::encode_split(&header));
+        put(batch, &self.data_key, layout::encode_split(&header));
         Ok(split_len(&header))
     }
 }
@@ -1102,6 +1111,12 @@ mod tests {
                 for replica in &replicas {
                     replica.check();
                     replica.check_part_reads();
+                    // Overwrites skip the partition index (`Batch::put_present`): it must still
+                    // name exactly the keys of `Data`.
+                    let keys = |space| replica.engine.scan(space, b"", None, 10).unwrap().into_iter().map(|(k, _)| k);
+                    let indexed: Vec<Vec<u8>> =
+                        keys(Space::Data).map(|k| crate::storage::partition_index::entry_key(&k)).collect();
+                    prop_assert_eq!(keys(Space::PartitionIndex).collect::<Vec<_>>(), indexed);
                 }
             }
         }

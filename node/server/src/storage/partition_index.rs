@@ -3,7 +3,9 @@
 //! partition's keys sit together in the order of the anti-entropy range tree (by
 //! [`key_hash`], then by key). [`super::Batch`]
 //! writes an entry beside every `Data` put, merge and delete, in the same batch, so the index holds
-//! exactly the keys of `Data` whichever code path wrote them. The digest fallback reads a partition,
+//! exactly the keys of `Data` whichever code path wrote them; the one exception is
+//! [`super::Batch::put_present`], an overwrite of a key read from `Data` under its lock, whose
+//! entry is there already. The digest fallback reads a partition,
 //! or one hash range of it, through it instead of scanning every key of the node.
 //!
 //! The partition function lives here because the index is keyed by it; `crate::layout` re-exports

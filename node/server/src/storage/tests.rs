@@ -837,6 +837,18 @@ mod model {
 /// Write throughput of one engine: `writers` threads × `ops_per_writer` single-put batches into
 /// `Space::Data`, with the same key and value shapes as the raw baseline.
 fn engine_put_loop(e: &dyn Engine, writers: usize, ops_per_writer: u64, value_bytes: usize) -> (Duration, f64) {
+    engine_put_loop_into(e, (Space::Data, false), writers, ops_per_writer, value_bytes)
+}
+
+/// [`engine_put_loop`] into `space`; `write_shaped`: each batch also carries what a node's write
+/// commits beside the state (a log record, a vector merge, an idempotency record).
+fn engine_put_loop_into(
+    e: &dyn Engine,
+    (space, write_shaped): (Space, bool),
+    writers: usize,
+    ops_per_writer: u64,
+    value_bytes: usize,
+) -> (Duration, f64) {
     let barrier = std::sync::Barrier::new(writers + 1);
     let elapsed = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
@@ -848,8 +860,21 @@ fn engine_put_loop(e: &dyn Engine, writers: usize, ops_per_writer: u64, value_by
                     for seq in 0..ops_per_writer {
                         let mut key = (writer as u32).to_be_bytes().to_vec();
                         key.extend_from_slice(&seq.to_be_bytes());
+                        let ordered = key.clone();
+                        if write_shaped {
+                            // User keys arrive in no order (memtable inserts then cost a search
+                            // each, as the index's hash-ordered keys do).
+                            key = meridian_replication::hash::mix64(seq ^ (writer as u64) << 48).to_be_bytes().to_vec();
+                        }
                         let mut b = Batch::new();
-                        b.put(Space::Data, key, value.clone());
+                        if write_shaped {
+                            // What a node's write commits besides the state: its log record (log
+                            // positions are ordered), its vector entry and its idempotency record.
+                            b.put(Space::Log, ordered, value.clone());
+                            b.max_u64(Space::Meta, key[..4].to_vec(), seq);
+                            b.put(Space::Idempotency, key.clone(), value[..value.len().min(64)].to_vec());
+                        }
+                        b.put(space, key, value.clone());
                         e.write(b).unwrap();
                     }
                 })
@@ -863,6 +888,52 @@ fn engine_put_loop(e: &dyn Engine, writers: usize, ops_per_writer: u64, value_by
         start.elapsed()
     });
     (elapsed, (writers as u64 * ops_per_writer) as f64 / elapsed.as_secs_f64())
+}
+
+/// Manual measurement (not a test): what the partition index costs a write. The same puts, same
+/// keys and values, into `Data` (each bringing its index entry) and into `Hints` (no index), on
+/// fresh engines, alternating, `BENCH_ROUNDS` rounds; 32 fsync writers by default, `BENCH_RELAXED=1`
+/// for relaxed; `BENCH_SINGLE=1` for batches of the one put (by default each batch also carries
+/// what a node's write commits beside the state). Run with
+/// `cargo test -p meridian-server --lib storage::tests::bench_partition_index_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "manual benchmark; timing-dependent"]
+fn bench_partition_index_cost() {
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (writers, ops, value_bytes, rounds) = (
+        env("BENCH_WRITERS", 32) as usize,
+        env("BENCH_OPS", 300),
+        env("BENCH_VALUE", 100) as usize,
+        env("BENCH_ROUNDS", 4),
+    );
+    let durability = if env("BENCH_RELAXED", 0) == 1 { Durability::Relaxed } else { Durability::Fsync };
+    let write_shaped = env("BENCH_SINGLE", 0) != 1;
+    println!(
+        "{writers} writers x {ops} ops, {value_bytes}-byte values, {durability:?}, {}",
+        if write_shaped { "batches shaped like a node's write" } else { "one put per batch" }
+    );
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let rate = |space: Space| {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = RocksEngine::open(dir.path(), RocksOptions { durability, ..RocksOptions::default() }).unwrap();
+            engine_put_loop_into(&engine, (space, write_shaped), writers, ops, value_bytes).1
+        };
+        let (indexed, plain) = if round % 2 == 0 {
+            let indexed = rate(Space::Data);
+            (indexed, rate(Space::Hints))
+        } else {
+            let plain = rate(Space::Hints);
+            (rate(Space::Data), plain)
+        };
+        ratios.push(indexed / plain);
+        println!(
+            "round {round}: data + index {indexed:8.0} ops/s | hints (no index) {plain:8.0} ops/s | ratio {:.3}",
+            indexed / plain
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median ratio {:.3}", ratios[ratios.len() / 2]);
 }
 
 /// Manual measurement (not a test): raw RocksDB vs RocksEngine, 32 fsync writers, with and without

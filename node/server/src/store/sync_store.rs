@@ -73,7 +73,8 @@
 //! A partition's keys are spread over the whole `Data` space (partition = hash % 256), so the
 //! fallback reads them through [`Space::PartitionIndex`], keyed `(partition, key hash, data key)`
 //! and written by [`Batch`] beside every `Data` put and delete (whatever the code path: the node's
-//! own writes, replicated joins, purges, restores). [`SyncStore::range_digests`] walks the part of
+//! own writes, replicated joins, purges, restores; an overwrite of a key read under its lock finds
+//! its entry there and writes none). [`SyncStore::range_digests`] walks the part of
 //! the partition its ranges span, [`SyncStore::keys_in_range`] walks from its range's first key
 //! (or the page's last) and stops after a page: a call costs the keys it covers, one point read
 //! each, not every key of the node. Incremental per-bucket digests, which
