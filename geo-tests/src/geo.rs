@@ -414,16 +414,24 @@ impl Geo {
     /// The sum over every running node of the metric `name` (a counter or gauge without labels,
     /// as its `GET /metrics` renders it; 0 where a node does not export it yet).
     pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(self.metric_by_node(name).await?.values().sum())
+    }
+
+    /// The metric `name` of every running node, by node name (see [`Geo::metric_sum`]).
+    pub async fn metric_by_node(&self, name: &str) -> anyhow::Result<BTreeMap<String, f64>> {
         let probe = meridian_wan::plan::admin_http(&self.plan.ca_cert)?;
-        let mut sum = 0.0;
+        let mut out = BTreeMap::new();
         for i in self.procs.running().collect::<Vec<_>>() {
             let http = self.plan.nodes().nth(i).map(|(_, n)| n.http_addr).expect("a planned node");
             let (status, body) = probe.get(http, "/metrics").await?;
-            anyhow::ensure!(status == 200, "GET /metrics on {} answered {status}", self.procs.node(i).name);
+            let node = &self.procs.node(i).name;
+            anyhow::ensure!(status == 200, "GET /metrics on {node} answered {status}");
             let prefix = format!("{name} ");
-            sum += body.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(Ok(0.0), |v| v.trim().parse::<f64>())?;
+            let value =
+                body.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(Ok(0.0), |v| v.trim().parse::<f64>())?;
+            out.insert(node.clone(), value);
         }
-        Ok(sum)
+        Ok(out)
     }
 
     /// Waits until node i answers `GET /readyz` with 200.

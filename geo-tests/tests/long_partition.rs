@@ -17,9 +17,11 @@
 //!    removed element when it was cut off), nothing written is lost, the recreated keys hold their
 //!    new values. It must read it again a few anti-entropy passes later.
 //!
-//! The fault is checked, not assumed: log records were truncated during the cut, and at least as
-//! many fallbacks ran after the heal as partitions were changed during it
-//! (`meridian_log_truncated_records_total`, `meridian_sync_fallbacks_total`).
+//! The fault is checked, not assumed: the heal waits until every change is older than the
+//! retention by three truncation passes; log records were truncated during the cut; and after the
+//! heal `ap-south` ran at least as many fallbacks as partitions changed outside it, the other two
+//! regions at least as many as partitions it changed (`meridian_log_truncated_records_total`,
+//! `meridian_sync_fallbacks_total` per node).
 //! Negative control, run by hand: `MERIDIAN_GEO_LP_RETENTION_S=0` (logs kept forever) must fail on
 //! the fallback check; the state checker's own control is the unit test below.
 //!
@@ -43,7 +45,10 @@ const SETS: usize = 20;
 const NEW_KEYS: usize = 10;
 /// The log retention the nodes run with (overridable for the negative control).
 const RETENTION_S: u64 = 1;
-/// How long `ap-south` stays cut off: several retentions and truncation intervals.
+/// How often the nodes cut their logs.
+const TRUNCATION_INTERVAL_MS: u64 = 500;
+/// How long `ap-south` stays cut off at least: several retentions and truncation intervals (and
+/// always until every change is older than the retention by three truncation passes).
 const CUT: Duration = Duration::from_secs(8);
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -249,7 +254,7 @@ async fn a_region_cut_off_past_the_log_retention_converges_without_resurrection(
     let retention = retention_s();
     let node_env = [
         ("MERIDIAN_STORAGE__LOG_RETENTION_S", retention.to_string()),
-        ("MERIDIAN_STORAGE__LOG_TRUNCATION_INTERVAL_MS", "500".to_string()),
+        ("MERIDIAN_STORAGE__LOG_TRUNCATION_INTERVAL_MS", TRUNCATION_INTERVAL_MS.to_string()),
         // No hints: what a region missed during the cut comes back only by anti-entropy.
         ("MERIDIAN_PEER__MAX_HINTS_PER_NODE", "0".to_string()),
     ]
@@ -323,21 +328,26 @@ async fn scenario(geo: &Geo, retention: u64) -> anyhow::Result<()> {
     let eu_changed: Vec<String> = (20..40).map(register).chain((10..SETS).map(set)).collect();
     let ap_changed: Vec<String> = (50..55).map(register).chain((0..NEW_KEYS).map(new_key)).collect();
     let mut fillers = Expected::new();
-    let mut changed_partitions = BTreeSet::new();
+    // Partitions changed on the connected side (us-east, eu-west) and on the cut-off one.
+    let (mut changed_outside, mut changed_inside) = (BTreeSet::new(), BTreeSet::new());
     for (client, side, changed) in
         [(&writer, "us", &us_changed), (&eu_client, "eu", &eu_changed), (&ap_client, "ap", &ap_changed)]
     {
         let (more, partitions) = fill_partitions(client, side, changed).await?;
         fillers.extend(more);
-        changed_partitions.extend(partitions);
+        if side == "ap" { &mut changed_inside } else { &mut changed_outside }.extend(partitions);
     }
+    let last_write = Instant::now();
     for client in [&writer, &eu_client, &ap_client] {
         client.close().await;
     }
     println!("{} changes made on both sides of the cut, then {} fillers", at(), fillers.len());
-    tokio::time::sleep_until(tokio::time::Instant::from_std(cut_at + CUT)).await;
+    // Heal once every change is older than the retention by three truncation passes (the cut
+    // may have to last longer than `CUT` on a slow machine).
+    let aged = last_write + Duration::from_secs(retention) + Duration::from_millis(3 * TRUNCATION_INTERVAL_MS);
+    tokio::time::sleep_until(tokio::time::Instant::from_std((cut_at + CUT).max(aged))).await;
     let truncated = geo.metric_sum("meridian_log_truncated_records_total").await? - truncated_before;
-    let fallbacks_before = geo.metric_sum("meridian_sync_fallbacks_total").await?;
+    let fallbacks_before = geo.metric_by_node("meridian_sync_fallbacks_total").await?;
 
     // 3. Healed: everyone reads the changes of both sides, and nothing deleted comes back.
     geo.heal();
@@ -345,19 +355,32 @@ async fn scenario(geo: &Geo, retention: u64) -> anyhow::Result<()> {
     let mut expected = after_cut();
     expected.extend(fillers);
     let took = wait_every_node_reads(geo, &expected, CONVERGE_TIMEOUT).await.context("after the heal")?;
-    let fallbacks = geo.metric_sum("meridian_sync_fallbacks_total").await? - fallbacks_before;
+    // Fallbacks after the heal, by the region that ran them (the puller).
+    let mut fallbacks: BTreeMap<String, f64> = BTreeMap::new();
+    for (node, after) in geo.metric_by_node("meridian_sync_fallbacks_total").await? {
+        let region = geo.region_of(&node).unwrap_or_default().to_string();
+        *fallbacks.entry(region).or_default() += after - fallbacks_before.get(&node).copied().unwrap_or(0.0);
+    }
+    let [on_us, on_eu, on_ap] = [US, EU, AP].map(|r| fallbacks.get(r).copied().unwrap_or(0.0));
     println!(
-        "{} every node reads the expected state {:.1} s after the heal ({fallbacks} fallbacks)",
+        "{} every node reads the expected state {:.1} s after the heal (fallbacks run by {US} {on_us}, {EU} {on_eu}, \
+         {AP} {on_ap}; partitions changed during the cut: {} outside {AP}, {} in it)",
         at(),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        changed_outside.len(),
+        changed_inside.len()
     );
-    // Every partition changed during the cut had its changes cut from the log, so at least one
-    // node caught each up by the fallback.
-    if truncated <= 0.0 || fallbacks < changed_partitions.len() as f64 {
+    // Every partition changed on one side had its changes cut from the logs there, so the other
+    // side caught each up by the fallback at least once (a lower bound: a partition may fall back
+    // against several peers).
+    if truncated <= 0.0 || on_ap < changed_outside.len() as f64 || on_us + on_eu < changed_inside.len() as f64 {
         bail!(
-            "the fault did not happen: {truncated} log records truncated during the cut, {fallbacks} fallbacks after \
-             the heal for {} partitions changed during the cut (the heal must have gone past the logs)",
-            changed_partitions.len()
+            "the fault did not happen: {truncated} log records truncated during the cut; fallbacks after the heal: \
+             {on_ap} in {AP} for {} partitions changed outside it, {} in {US} and {EU} for {} changed in {AP} (the \
+             heal must have gone past the logs)",
+            changed_outside.len(),
+            on_us + on_eu,
+            changed_inside.len()
         );
     }
     // A few anti-entropy passes later (a stale state that came back late would show now).

@@ -127,7 +127,7 @@ pub enum Space {
     Elements,
     /// Every `Data` key by partition and anti-entropy key hash ([`partition_index`]), empty
     /// values. Derived: [`Batch`] adds its entry to every `Data` operation (but an overwrite of a
-    /// key known present, [`Batch::put_present`]), so it holds exactly the keys of `Data`.
+    /// key known present, `Batch::put_present`), so it holds exactly the keys of `Data`.
     PartitionIndex,
 }
 
@@ -208,7 +208,7 @@ impl Batch {
     /// until this batch commits (its state was read under the key's lock, which every write of it
     /// takes): its partition index entry is there, so none is written. An overwrite then costs no
     /// index write (a random-order memtable insert, a quarter of a relaxed write's engine time).
-    pub fn put_present(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+    pub(crate) fn put_present(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.ops.push((Space::Data, key.into(), BatchOp::Put(value.into())));
     }
 

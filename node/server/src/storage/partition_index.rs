@@ -4,7 +4,7 @@
 //! [`key_hash`], then by key). [`super::Batch`]
 //! writes an entry beside every `Data` put, merge and delete, in the same batch, so the index holds
 //! exactly the keys of `Data` whichever code path wrote them; the one exception is
-//! [`super::Batch::put_present`], an overwrite of a key read from `Data` under its lock, whose
+//! `Batch::put_present`, an overwrite of a key read from `Data` under its lock, whose
 //! entry is there already. The digest fallback reads a partition,
 //! or one hash range of it, through it instead of scanning every key of the node.
 //!
