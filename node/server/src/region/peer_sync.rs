@@ -570,24 +570,16 @@ impl Link<'_> {
     }
 
     /// [`Link::call_for_batch`] of each of `requests`, all in flight at once (each on a stream of
-    /// its own); the answers in the order of the requests.
+    /// its own); the answers in the order of the requests. Blocks.
     fn call_together(&self, requests: Vec<PeerMessageV1>) -> Vec<Result<PeerReplyV1, PeerCallError>> {
-        if requests.len() == 1 {
-            return requests.into_iter().map(|request| self.call_for_batch(request)).collect();
-        }
-        let calls = requests.into_iter().map(|request| self.call_for_batch_async(request));
+        let calls = requests.into_iter().map(|request| self.call_for_batch(request));
         self.runtime.block_on(futures::future::join_all(calls))
-    }
-
-    /// [`Link::call_for_batch_async`], blocking.
-    fn call_for_batch(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
-        self.runtime.block_on(self.call_for_batch_async(request))
     }
 
     /// Sends `request` (a `Sync`, or a `SyncBatch` of offers) built for the connection it goes out
     /// on: a connection dialled again to a node of version 4 or earlier gets the batch's first
     /// offer alone as a `Sync` (the others go unanswered, and are asked again).
-    async fn call_for_batch_async(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
+    async fn call_for_batch(&self, request: PeerMessageV1) -> Result<PeerReplyV1, PeerCallError> {
         let build = |version: u8| {
             let request = match request {
                 PeerMessageV1::SyncBatch(mut batch) if version < SYNC_BATCH_VERSION && !batch.is_empty() => {
